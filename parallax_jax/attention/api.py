@@ -1,0 +1,77 @@
+"""``parallax_attention``: the one entry point; validates, picks a path, wires the VJP."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+from jaxtyping import Array, Float, Int
+
+from parallax_jax.attention import implementations
+from parallax_jax.attention.validation import CallSpec, validate
+
+
+def parallax_attention(
+    q: Float[Array, "B Tq Hq D"],
+    r: Float[Array, "B Tq Hq D"],
+    k: Float[Array, "B Tk Hkv D"],
+    v: Float[Array, "B Tk Hkv D"],
+    *,
+    scale: float | None = None,
+    causal: bool = True,
+    window_size: int | None = None,
+    segment_ids: Int[Array, "B T"] | None = None,
+    implementation: str | None = None,
+    interpret: bool = False,
+    block_sizes: object | None = None,
+) -> Float[Array, "B Tq Hq D"]:
+  """Parallax attention: ``o_i = sum_j p_ij (1 + tbar_i - t_ij) v_j``.
+
+  ``p = softmax(scale q.k)`` over the visible keys, ``t = r.k`` (never scaled),
+  ``tbar_i = sum_j p_ij t_ij``: softmax attention minus ``Cov_p(t, v)``; ``r = 0`` gives
+  softmax attention exactly.
+
+  Args:
+    q, r: ``[B, Tq, Hq, D]``.
+    k, v: ``[B, Tk, Hkv, D]``; ``Hq`` a multiple of ``Hkv`` (query head h uses kv head
+      ``h // (Hq // Hkv)``). float32, bfloat16 or float16, all one dtype (float64 too for
+      "reference" and "xla" when x64 is on); accumulation is float32.
+    scale: multiplies ``q.k`` only; default ``1 / sqrt(D)``.
+    causal: end-aligned: query i sees keys ``j <= Tk - Tq + i``. False: no mask.
+    window_size: keep the ``W`` most recent keys, diagonal included (needs causal).
+    segment_ids: ``[B, T]`` ints (``Tq == Tk``): attend only within the same id (packing).
+    implementation: None (best for the backend, logged once), "reference", "xla",
+      "pallas_gpu" or "pallas_tpu". A path that cannot serve the call raises
+      NotImplementedError.
+    interpret: run Pallas kernels in interpret mode (pure-JAX paths ignore it).
+    block_sizes: the chosen path's block-size config (e.g. ``XlaBlockSizes``); None: defaults.
+
+  Returns:
+    ``[B, Tq, Hq, D]`` in q's dtype. Rows that see no key are 0.
+  """
+  spec = validate(q, r, k, v, scale=scale, causal=causal, window_size=window_size,
+                  segment_ids=segment_ids, interpret=interpret, block_sizes=block_sizes)
+  impl = implementations.select(implementation, spec)
+  if impl.bwd is None:
+    return impl.fwd(q, r, k, v, segment_ids, spec)
+  return _attention(impl.name, spec, q, r, k, v, segment_ids)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _attention(name: str, spec: CallSpec, q, r, k, v, segment_ids):
+  o, _ = implementations.get(name).fwd(q, r, k, v, segment_ids, spec)
+  return o
+
+
+def _attention_fwd(name, spec, q, r, k, v, segment_ids):
+  o, residuals = implementations.get(name).fwd(q, r, k, v, segment_ids, spec)
+  return o, (q, r, k, v, segment_ids, residuals)
+
+
+def _attention_bwd(name, spec, saved, do):
+  q, r, k, v, segment_ids, residuals = saved
+  dq, dr, dk, dv = implementations.get(name).bwd(q, r, k, v, segment_ids, residuals, do, spec)
+  return dq, dr, dk, dv, None
+
+
+_attention.defvjp(_attention_fwd, _attention_bwd)

@@ -1,0 +1,268 @@
+"""Blockwise Parallax attention in plain JAX: the path that runs on every backend.
+
+Forward: the online algorithm of PARALLAX.md 2.1 over key blocks, vectorised over query blocks,
+never materialising ``Tq x Tk``. Backward: the closed form of PARALLAX.md 3.1, recomputing each
+tile from the residuals. Memory is ``O(T * block_k)`` per head.
+
+The loop is a static schedule: query block ``i`` visits key blocks
+``first[i], first[i] + 1, ...`` (``MaskSpec.block_schedule``), so a sliding window costs
+``O(T * W)``, not ``O(T^2)``. Every step gathers one key block per query block; causal
+schedules still compute (and mask) the blocks above the diagonal of the shorter rows.
+
+Layout inside: queries ``[B, Hkv, G, nQ, bq, D]`` (G = Hq // Hkv query heads per kv head, so
+GQA never repeats K/V), keys ``[B, Hkv, nK, bk, D]``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax.numpy as jnp
+from jax import lax
+from jaxtyping import Array, Float, Int
+
+from parallax_jax.attention import tile_math
+from parallax_jax.attention.masking import MaskSpec
+from parallax_jax.attention.residuals import Residuals
+
+
+@dataclasses.dataclass(frozen=True)
+class XlaBlockSizes:
+  """Block sizes of the XLA path (clipped to the sequence lengths)."""
+
+  block_q: int = 128
+  block_k: int = 128
+
+  def __post_init__(self):
+    for name in ("block_q", "block_k"):
+      value = getattr(self, name)
+      if not isinstance(value, int) or value < 1:
+        raise ValueError(f"XlaBlockSizes.{name} must be a positive int, got {value!r}.")
+
+
+def _cdiv(a: int, b: int) -> int:
+  return -(-a // b)
+
+
+def _precision(dtype):
+  # fp32/fp64 inputs ask for full precision (TF32 / bf16 passes would break the fp32 contract);
+  # bf16/fp16 operands are exact on the MXU / tensor cores anyway.
+  return lax.Precision.HIGHEST if jnp.dtype(dtype).itemsize >= 4 else lax.Precision.DEFAULT
+
+
+def _compute_dtype(dtype):
+  return jnp.promote_types(dtype, jnp.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Layout:
+  """Static blocking of one call."""
+
+  mask: MaskSpec
+  group: int
+  bq: int
+  bk: int
+
+  @property
+  def nq(self):
+    return _cdiv(self.mask.q_len, self.bq)
+
+  @property
+  def nk(self):
+    return _cdiv(self.mask.kv_len, self.bk)
+
+  def q_blocks(self, x):
+    """[B, Tq, Hq, D] -> [B, Hkv, G, nQ, bq, D] (zero padded)."""
+    b, t, h, d = x.shape
+    x = jnp.pad(x, ((0, 0), (0, self.nq * self.bq - t), (0, 0), (0, 0)))
+    x = x.reshape(b, self.nq, self.bq, h // self.group, self.group, d)
+    return x.transpose(0, 3, 4, 1, 2, 5)
+
+  def q_unblock(self, x):
+    """[B, Hkv, G, nQ, bq, D] -> [B, Tq, Hq, D]."""
+    b, hkv, g, nq, bq, d = x.shape
+    x = x.transpose(0, 3, 4, 1, 2, 5).reshape(b, nq * bq, hkv * g, d)
+    return x[:, : self.mask.q_len]
+
+  def row_blocks(self, x, fill=0.0):
+    """[B, Hq, Tq] -> [B, Hkv, G, nQ, bq]."""
+    b, h, t = x.shape
+    x = jnp.pad(x, ((0, 0), (0, 0), (0, self.nq * self.bq - t)), constant_values=fill)
+    return x.reshape(b, h // self.group, self.group, self.nq, self.bq)
+
+  def row_unblock(self, x):
+    b, hkv, g, nq, bq = x.shape
+    return x.reshape(b, hkv * g, nq * bq)[..., : self.mask.q_len]
+
+  def kv_blocks(self, x):
+    """[B, Tk, Hkv, D] -> [B, Hkv, nK, bk, D] (zero padded: padded keys stay finite)."""
+    b, t, h, d = x.shape
+    x = jnp.pad(x, ((0, 0), (0, self.nk * self.bk - t), (0, 0), (0, 0)))
+    return x.reshape(b, self.nk, self.bk, h, d).transpose(0, 3, 1, 2, 4)
+
+  def kv_unblock(self, x):
+    b, h, nk, bk, d = x.shape
+    return x.transpose(0, 2, 3, 1, 4).reshape(b, nk * bk, h, d)[:, : self.mask.kv_len]
+
+
+class _Schedule:
+  """Which key block each query block visits at loop step ``step``, and the tile's mask."""
+
+  def __init__(self, layout: _Layout, segment_ids):
+    self.layout = layout
+    first, count, self.num_steps = layout.mask.block_schedule(layout.bq, layout.bk)
+    self.first = jnp.asarray(first)
+    self.count = jnp.asarray(count)
+    self.rows = jnp.arange(layout.nq * layout.bq, dtype=jnp.int32).reshape(layout.nq, layout.bq)
+    self.seg_q = self.seg_k = None
+    if segment_ids is not None:
+      pad_q = layout.nq * layout.bq - layout.mask.q_len
+      pad_k = layout.nk * layout.bk - layout.mask.kv_len
+      seg = segment_ids.astype(jnp.int32)
+      self.seg_q = jnp.pad(seg, ((0, 0), (0, pad_q))).reshape(-1, layout.nq, layout.bq)
+      self.seg_k = jnp.pad(seg, ((0, 0), (0, pad_k))).reshape(-1, layout.nk, layout.bk)
+
+  def step(self, step):
+    """-> (key block per query block [nQ], visible [B|1, 1, 1, nQ, bq, bk])."""
+    lay = self.layout
+    kb = jnp.minimum(self.first + step, lay.nk - 1)
+    cols = kb[:, None] * lay.bk + jnp.arange(lay.bk, dtype=jnp.int32)  # [nQ, bk]
+    seg_q = seg_k = None
+    if self.seg_q is not None:
+      seg_q = self.seg_q[:, :, :, None]
+      seg_k = jnp.take(self.seg_k, kb, axis=1)[:, :, None, :]
+    visible = lay.mask.visible(self.rows[:, :, None], cols[:, None, :], seg_q, seg_k)
+    visible = visible & (step < self.count)[:, None, None]
+    if visible.ndim == 3:
+      visible = visible[None]
+    return kb, visible[:, None, None]
+
+
+def _dot(spec, x, y, precision, acc_dtype=jnp.float32):
+  return jnp.einsum(spec, x, y, precision=precision, preferred_element_type=acc_dtype)
+
+
+def _check(mask: MaskSpec, q):
+  if q.shape[1] != mask.q_len:
+    raise ValueError(f"mask.q_len={mask.q_len} does not match q's length {q.shape[1]}.")
+
+
+def parallax_fwd(
+    q: Float[Array, "B Tq Hq D"],
+    r: Float[Array, "B Tq Hq D"],
+    k: Float[Array, "B Tk Hkv D"],
+    v: Float[Array, "B Tk Hkv D"],
+    segment_ids: Int[Array, "B T"] | None = None,
+    *,
+    scale: float,
+    mask: MaskSpec,
+    block_sizes: XlaBlockSizes | None = None,
+) -> tuple[Float[Array, "B Tq Hq D"], Residuals]:
+  """Forward pass: ``(o, Residuals)``; o in q's dtype (see ``Residuals`` for the rest).
+
+  Inputs are assumed validated (``parallax_attention`` does that). Matmul operands stay in the
+  input dtype with float32 accumulation; the running state is float32.
+  """
+  _check(mask, q)
+  bs = block_sizes or XlaBlockSizes()
+  lay = _Layout(mask, q.shape[2] // k.shape[2], min(bs.block_q, mask.q_len),
+                min(bs.block_k, mask.kv_len))
+  sched = _Schedule(lay, segment_ids)
+  prec = _precision(q.dtype)
+  q_, r_ = lay.q_blocks(q), lay.q_blocks(r)
+  k_, v_ = lay.kv_blocks(k), lay.kv_blocks(v)
+  b, hkv, g, nq, bq, d = q_.shape
+  acc_dtype = _compute_dtype(q.dtype)
+
+  def body(step, state):
+    kb, visible = sched.step(step)
+    k_s = jnp.take(k_, kb, axis=2)  # [B, Hkv, nQ, bk, D]
+    v_s = jnp.take(v_, kb, axis=2)
+    s = scale * _dot("bhgqid,bhqjd->bhgqij", q_, k_s, prec, acc_dtype)
+    t = _dot("bhgqid,bhqjd->bhgqij", r_, k_s, prec, acc_dtype)
+    tile = tile_math.fwd_tile(s, t, visible, state.m)
+    pv1 = _dot("bhgqij,bhqjd->bhgqid", tile.w.astype(v.dtype), v_s, prec, acc_dtype)
+    pv2c = _dot("bhgqij,bhqjd->bhgqid", tile.w2c.astype(v.dtype), v_s, prec, acc_dtype)
+    return tile_math.fwd_update(state, tile, pv1, pv2c)
+
+  state = tile_math.fwd_init((b, hkv, g, nq, bq), d, acc_dtype)
+  state = lax.fori_loop(0, sched.num_steps, body, state)
+  res = tile_math.fwd_finalize(state)
+  o = lay.q_unblock(res.o).astype(q.dtype)
+  residuals = Residuals(
+      o=o,
+      barv=lay.q_unblock(res.barv).astype(q.dtype),
+      lse=lay.row_unblock(res.lse).astype(jnp.float32),
+      bart=lay.row_unblock(res.bart).astype(jnp.float32),
+  )
+  return o, residuals
+
+
+def parallax_bwd(
+    q: Float[Array, "B Tq Hq D"],
+    r: Float[Array, "B Tq Hq D"],
+    k: Float[Array, "B Tk Hkv D"],
+    v: Float[Array, "B Tk Hkv D"],
+    segment_ids: Int[Array, "B T"] | None,
+    residuals: Residuals,
+    do: Float[Array, "B Tq Hq D"],
+    *,
+    scale: float,
+    mask: MaskSpec,
+    block_sizes: XlaBlockSizes | None = None,
+):
+  """Backward pass: ``(dq, dr, dk, dv)`` in the dtypes of (q, r, k, v).
+
+  Recomputes every tile from ``residuals`` (closed form of PARALLAX.md 3.1). dk/dv of a GQA
+  group are accumulated over its query heads in float32, never materialised per query head.
+  """
+  _check(mask, q)
+  bs = block_sizes or XlaBlockSizes()
+  lay = _Layout(mask, q.shape[2] // k.shape[2], min(bs.block_q, mask.q_len),
+                min(bs.block_k, mask.kv_len))
+  sched = _Schedule(lay, segment_ids)
+  prec = _precision(q.dtype)
+  acc_dtype = _compute_dtype(q.dtype)
+
+  do = do.astype(q.dtype)
+  # Row statistics of the upstream gradient (PARALLAX.md 3.1: T = dO.o, b = dO.barv).
+  delta_o = jnp.einsum("bthd,bthd->bht", do.astype(acc_dtype), residuals.o.astype(acc_dtype))
+  b_row = jnp.einsum("bthd,bthd->bht", do.astype(acc_dtype), residuals.barv.astype(acc_dtype))
+  q_, r_, do_ = lay.q_blocks(q), lay.q_blocks(r), lay.q_blocks(do)
+  k_, v_ = lay.kv_blocks(k), lay.kv_blocks(v)
+  lse_ = lay.row_blocks(residuals.lse.astype(acc_dtype))
+  bart_ = lay.row_blocks(residuals.bart.astype(acc_dtype))
+  delta_ = lay.row_blocks(delta_o)
+  b_ = lay.row_blocks(b_row)
+
+  def body(step, carry):
+    dq, dr, dk, dv = carry
+    kb, visible = sched.step(step)
+    k_s = jnp.take(k_, kb, axis=2)
+    v_s = jnp.take(v_, kb, axis=2)
+    s = scale * _dot("bhgqid,bhqjd->bhgqij", q_, k_s, prec, acc_dtype)
+    t = _dot("bhgqid,bhqjd->bhgqij", r_, k_s, prec, acc_dtype)
+    a = _dot("bhgqid,bhqjd->bhgqij", do_, v_s, prec, acc_dtype)
+    tile = tile_math.bwd_tile(s, t, visible, lse_, bart_, a, delta_, b_)
+    gl = (scale * tile.gl).astype(q.dtype)
+    gu = tile.gu.astype(q.dtype)
+    pw = tile.pw.astype(q.dtype)
+    dq = dq + _dot("bhgqij,bhqjd->bhgqid", gl, k_s, prec, acc_dtype)
+    dr = dr + _dot("bhgqij,bhqjd->bhgqid", gu, k_s, prec, acc_dtype)
+    dk_s = (_dot("bhgqij,bhgqid->bhqjd", gl, q_, prec, acc_dtype)
+            + _dot("bhgqij,bhgqid->bhqjd", gu, r_, prec, acc_dtype))
+    dv_s = _dot("bhgqij,bhgqid->bhqjd", pw, do_, prec, acc_dtype)
+    # Several query blocks may visit the same key block in one step: scatter-add sums them.
+    dk = dk.at[:, :, kb].add(dk_s)
+    dv = dv.at[:, :, kb].add(dv_s)
+    return dq, dr, dk, dv
+
+  zeros_q = jnp.zeros(q_.shape, acc_dtype)
+  zeros_k = jnp.zeros(k_.shape, acc_dtype)
+  dq, dr, dk, dv = lax.fori_loop(0, sched.num_steps, body, (zeros_q, zeros_q, zeros_k, zeros_k))
+  return (
+      lay.q_unblock(dq).astype(q.dtype),
+      lay.q_unblock(dr).astype(r.dtype),
+      lay.kv_unblock(dk).astype(k.dtype),
+      lay.kv_unblock(dv).astype(v.dtype),
+  )
