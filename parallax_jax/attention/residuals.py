@@ -16,9 +16,9 @@ class Residuals(NamedTuple):
   Attributes:
     o: ``[B, Tq, Hq, D]`` output, input dtype (for ``dO . o``).
     barv: ``[B, Tq, Hq, D]`` softmax output ``sum_j p_j v_j``, input dtype (for ``dO . barv``).
-    lse: ``[B, Hq, Tq]`` float32 natural log-sum-exp of the scaled scores; ``-inf`` on rows
-      that see no key.
-    bart: ``[B, Hq, Tq]`` float32 ``tbar = sum_j p_j r.k_j``.
+    lse: ``[B, Hq, Tq]`` float32 (float64 for float64 inputs) natural log-sum-exp of the
+      scaled scores; ``-inf`` on rows that see no key.
+    bart: ``[B, Hq, Tq]`` float32 (likewise) ``tbar = sum_j p_j r.k_j``.
   """
 
   o: Float[Array, "B Tq Hq D"]

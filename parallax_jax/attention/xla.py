@@ -192,8 +192,8 @@ def parallax_fwd(
   residuals = Residuals(
       o=o,
       barv=lay.q_unblock(res.barv).astype(q.dtype),
-      lse=lay.row_unblock(res.lse).astype(jnp.float32),
-      bart=lay.row_unblock(res.bart).astype(jnp.float32),
+      lse=lay.row_unblock(res.lse),
+      bart=lay.row_unblock(res.bart),
   )
   return o, residuals
 

@@ -1,0 +1,244 @@
+"""Benchmark of the Parallax Pallas GPU kernels against cuDNN softmax attention and the XLA path.
+
+For each (B, L) at H=16, D=128, bf16, causal: times the forward and forward+backward
+(``jax.vjp`` w.r.t. all inputs, jitted) of
+  * ``parallax_attention(..., implementation="pallas_gpu")``,
+  * ``parallax_attention(..., implementation="xla")`` (optional above ``--skip-xla-above``),
+  * ``jax.nn.dot_product_attention(..., implementation="cudnn", is_causal=True)``,
+reports TFLOP/s (Parallax fwd 4 matmuls per visible pair, bwd 11; softmax fwd 2, bwd 5; causal
+halves the pairs) and checks the kernel's accuracy against the float32 ``parallax_reference``
+at the smaller shapes. Every cell is isolated: an error is recorded and the run goes on.
+
+  python experiments/bench_kernels.py                 # full run on the GPU
+  python experiments/bench_kernels.py --quick --interpret   # tiny CPU smoke run
+Writes ``<out-dir>/bench_kernels_<date>.json`` and ``.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+import traceback
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from parallax_jax import MaskSpec, parallax_attention, parallax_reference  # noqa: E402
+
+DEFAULT_SHAPES = "4x4096,2x8192,8x2048,1x16384"
+
+
+def _visible_pairs(length: int, causal: bool) -> float:
+  return length * (length + 1) / 2 if causal else float(length) ** 2
+
+
+def flops(kind: str, batch: int, length: int, heads: int, d: int, causal: bool) -> dict:
+  pairs = batch * heads * _visible_pairs(length, causal)
+  per = 2 * d
+  fwd_mm, bwd_mm = (4, 11) if kind == "parallax" else (2, 5)
+  return {"fwd": fwd_mm * per * pairs, "fwd_bwd": (fwd_mm + bwd_mm) * per * pairs}
+
+
+def time_fn(fn, args, iters: int, warmup: int = 3) -> float:
+  """Median seconds of ``fn(*args)`` over ``iters`` timed calls (after warm-up)."""
+  out = None
+  for _ in range(warmup):
+    out = fn(*args)
+  jax.block_until_ready(out)
+  times = []
+  for _ in range(iters):
+    t0 = time.perf_counter()
+    out = fn(*args)
+    jax.block_until_ready(out)
+    times.append(time.perf_counter() - t0)
+  return statistics.median(times)
+
+
+def make_inputs(batch, length, heads, d, dtype, seed=0):
+  keys = jax.random.split(jax.random.PRNGKey(seed), 5)
+  shape = (batch, length, heads, d)
+  q, r, k, v, g = (jax.random.normal(kk, shape, jnp.float32) for kk in keys)
+  # RMS-normed q, r, k like the model (|t| ~ D); r scaled down to a realistic correction size.
+  return tuple(x.astype(dtype) for x in (q, r * 0.1, k, v, g))
+
+
+def parallax_fn(impl, causal, interpret):
+  def f(q, r, k, v):
+    return parallax_attention(q, r, k, v, causal=causal, implementation=impl,
+                              interpret=interpret)
+  return f
+
+
+def softmax_fn(causal, interpret):
+  impl = "xla" if interpret else "cudnn"
+
+  def f(q, r, k, v):
+    del r
+    return jax.nn.dot_product_attention(q, k, v, is_causal=causal, implementation=impl)
+  return f
+
+
+def bench_cell(fn, inputs, iters):
+  q, r, k, v, g = inputs
+  fwd = jax.jit(fn)
+
+  @jax.jit
+  def fwd_bwd(q, r, k, v, g):
+    o, vjp = jax.vjp(fn, q, r, k, v)
+    return o, vjp(g)
+
+  return {"fwd_s": time_fn(fwd, (q, r, k, v), iters),
+          "fwd_bwd_s": time_fn(fwd_bwd, (q, r, k, v, g), iters)}
+
+
+def accuracy(fn, inputs, causal):
+  """Max-norm relative errors ``|out - ref| / max|ref|`` (max and median) of o and grads."""
+  q, r, k, v, g = inputs
+  o, vjp = jax.jit(lambda *a: jax.vjp(fn, *a))(q, r, k, v)
+  grads = vjp(g)
+  f32 = [x.astype(jnp.float32) for x in (q, r, k, v)]
+  length, d = q.shape[1], q.shape[3]
+  mask = MaskSpec(length, length, causal=causal)
+  ref = lambda *a: parallax_reference(*a, scale=1.0 / np.sqrt(d), mask=mask)  # noqa: E731
+  o_ref, vjp_ref = jax.jit(lambda *a: jax.vjp(ref, *a))(*f32)
+  grads_ref = vjp_ref(g.astype(jnp.float32))
+  out = {}
+  for name, a, b in zip(("o", "dq", "dr", "dk", "dv"), (o, *grads), (o_ref, *grads_ref)):
+    err = jnp.abs(a.astype(jnp.float32) - b) / jnp.max(jnp.abs(b))
+    out[name] = {"max": float(jnp.max(err)), "median": float(jnp.median(err))}
+  out["ok"] = all(e["max"] < 2e-2 and e["median"] < 1e-2 for e in out.values())
+  return out
+
+
+def versions():
+  v = {"jax": jax.__version__, "python": platform.python_version()}
+  try:
+    import jaxlib
+    v["jaxlib"] = jaxlib.__version__
+  except Exception:  # noqa: BLE001
+    pass
+  try:
+    import triton
+    v["triton"] = triton.__version__
+  except Exception:  # noqa: BLE001
+    v["triton"] = None
+  return v
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--shapes", default=DEFAULT_SHAPES, help="comma list of BxL")
+  p.add_argument("--heads", type=int, default=16)
+  p.add_argument("--head-dim", type=int, default=128)
+  p.add_argument("--dtype", default="bfloat16")
+  p.add_argument("--iters", type=int, default=30)
+  p.add_argument("--out-dir", default=os.path.join(os.path.dirname(__file__), "results"))
+  p.add_argument("--skip-xla-above", type=int, default=8192,
+                 help="skip the xla path for L above this")
+  p.add_argument("--accuracy-max-len", type=int, default=4096,
+                 help="check accuracy vs the fp32 reference for L <= this (and B*L <= 16384)")
+  p.add_argument("--non-causal", action="store_true")
+  p.add_argument("--quick", action="store_true", help="one small shape, few iterations")
+  p.add_argument("--interpret", action="store_true", help="Pallas interpret mode (CPU smoke)")
+  args = p.parse_args(argv)
+  if args.quick:
+    args.shapes = "1x128" if args.interpret else "1x2048"
+    args.iters = min(args.iters, 3 if args.interpret else 10)
+    if args.interpret:
+      args.heads, args.head_dim = 2, 64
+  causal = not args.non_causal
+  dtype = jnp.dtype(args.dtype)
+  shapes = [tuple(int(x) for x in s.lower().split("x")) for s in args.shapes.split(",")]
+  h, d = args.heads, args.head_dim
+  now = datetime.datetime.now()
+  devices = jax.devices()
+  meta = {
+      "date": now.isoformat(timespec="seconds"),
+      "device": getattr(devices[0], "device_kind", str(devices[0])),
+      "backend": jax.default_backend(),
+      "versions": versions(),
+      "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
+      "config": {"heads": h, "head_dim": d, "dtype": str(dtype), "causal": causal,
+                 "iters": args.iters, "interpret": args.interpret},
+  }
+  print(json.dumps(meta, indent=1), flush=True)
+  paths = {"pallas_gpu": parallax_fn("pallas_gpu", causal, args.interpret),
+           "xla": parallax_fn("xla", causal, args.interpret),
+           "softmax_cudnn": softmax_fn(causal, args.interpret)}
+  rows = []
+  for batch, length in shapes:
+    inputs = make_inputs(batch, length, h, d, dtype)
+    for name, fn in paths.items():
+      row = {"B": batch, "L": length, "path": name}
+      if name == "xla" and length > args.skip_xla_above:
+        row["skipped"] = f"L > --skip-xla-above {args.skip_xla_above}"
+        rows.append(row)
+        print(row, flush=True)
+        continue
+      kind = "softmax" if name.startswith("softmax") else "parallax"
+      fl = flops(kind, batch, length, h, d, causal)
+      try:
+        t = bench_cell(fn, inputs, args.iters)
+        row.update({"fwd_ms": t["fwd_s"] * 1e3, "fwd_bwd_ms": t["fwd_bwd_s"] * 1e3,
+                    "fwd_tflops": fl["fwd"] / t["fwd_s"] / 1e12,
+                    "fwd_bwd_tflops": fl["fwd_bwd"] / t["fwd_bwd_s"] / 1e12})
+      except Exception as e:  # noqa: BLE001  one failing cell must not kill the run
+        row["error"] = f"{type(e).__name__}: {str(e)[:500]}"
+        traceback.print_exc()
+      if (name == "pallas_gpu" and length <= args.accuracy_max_len
+          and batch * length <= 16384):
+        try:
+          row["accuracy"] = accuracy(fn, inputs, causal)
+        except Exception as e:  # noqa: BLE001
+          row["accuracy_error"] = f"{type(e).__name__}: {str(e)[:500]}"
+      rows.append(row)
+      print(json.dumps(row), flush=True)
+    del inputs
+  result = {**meta, "rows": rows}
+  os.makedirs(args.out_dir, exist_ok=True)
+  stem = os.path.join(args.out_dir, f"bench_kernels_{now.strftime('%Y-%m-%d_%H%M%S')}")
+  with open(stem + ".json", "w") as f:
+    json.dump(result, f, indent=1)
+  with open(stem + ".md", "w") as f:
+    f.write(to_markdown(result))
+  print(f"wrote {stem}.json and {stem}.md")
+  return result
+
+
+def to_markdown(result) -> str:
+  m = result
+  lines = [f"# bench_kernels {m['date']}", "",
+           f"- device: {m['device']} ({m['backend']})",
+           f"- versions: {m['versions']}",
+           f"- command: `{m['command']}`",
+           f"- config: {m['config']}", "",
+           "| B | L | path | fwd ms | fwd TFLOP/s | fwd+bwd ms | fwd+bwd TFLOP/s | accuracy | note |",
+           "|---|---|---|---|---|---|---|---|---|"]
+  for r in m["rows"]:
+    def fmt(key, spec=".3f"):
+      return format(r[key], spec) if key in r else "-"
+    acc = "-"
+    if "accuracy" in r:
+      a = r["accuracy"]
+      worst = max(v["max"] for k, v in a.items() if k != "ok")
+      acc = f"{'ok' if a['ok'] else 'FAIL'} (max {worst:.2e})"
+    elif "accuracy_error" in r:
+      acc = "error"
+    note = r.get("error") or r.get("skipped") or r.get("accuracy_error") or ""
+    lines.append(f"| {r['B']} | {r['L']} | {r['path']} | {fmt('fwd_ms')} | "
+                 f"{fmt('fwd_tflops', '.1f')} | {fmt('fwd_bwd_ms')} | "
+                 f"{fmt('fwd_bwd_tflops', '.1f')} | {acc} | {note[:120]} |")
+  return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,65 @@
+"""Temporary memory of forward+backward vs sequence length, from XLA's compiled memory analysis.
+
+Compiles (does not run) ``jax.grad`` of ``sum(parallax_attention(...))`` for each implementation
+and length, and reports ``temp_size_in_bytes``: the "xla" path should grow linearly in T, the
+dense "reference" quadratically. Runs on any backend (the numbers are the target backend's).
+
+  python -m experiments.memory_scaling --lengths 2048,4096,8192,16384 \
+      --out experiments/results/memory_scaling_cpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+
+import jax
+import jax.numpy as jnp
+
+from parallax_jax import parallax_attention
+
+
+def temp_bytes(implementation: str, length: int, batch=1, heads=4, head_dim=64,
+               dtype=jnp.float32) -> int:
+  shape = jax.ShapeDtypeStruct((batch, length, heads, head_dim), dtype)
+
+  def loss(q, r, k, v):
+    o = parallax_attention(q, r, k, v, implementation=implementation)
+    return jnp.sum(o.astype(jnp.float32))
+
+  grad = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3)))
+  compiled = grad.lower(shape, shape, shape, shape).compile()
+  return int(compiled.memory_analysis().temp_size_in_bytes)
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--lengths", default="2048,4096,8192,16384")
+  parser.add_argument("--implementations", default="xla,reference")
+  parser.add_argument("--out", default=None, help="write a JSON record here")
+  args = parser.parse_args(argv)
+  rows = []
+  for impl in args.implementations.split(","):
+    for length in map(int, args.lengths.split(",")):
+      b = temp_bytes(impl, length)
+      rows.append({"implementation": impl, "T": length, "temp_bytes": b})
+      print(f"{impl:>10} T={length:>6}: temp {b / 2**20:10.1f} MiB", flush=True)
+  record = {
+      "what": "temp_size_in_bytes of jit(grad(sum(parallax_attention))) , B=1 H=4 D=64 fp32",
+      "date": datetime.date.today().isoformat(),
+      "backend": jax.default_backend(),
+      "device": str(jax.devices()[0].device_kind),
+      "jax": jax.__version__,
+      "python": platform.python_version(),
+      "rows": rows,
+  }
+  if args.out:
+    with open(args.out, "w") as f:
+      json.dump(record, f, indent=2)
+  return record
+
+
+if __name__ == "__main__":
+  main()

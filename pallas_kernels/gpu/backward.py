@@ -1,0 +1,233 @@
+"""Backward Pallas Triton kernels (PARALLAX.md 3.1), two launches, no atomics.
+
+1. dq/dr pass, one program per (query block, batch, query head): the prologue computes the row
+   statistics ``T = dO.o`` and ``b = dO.barv`` (written out for pass 2), then the loop over key
+   blocks (same three ranges as the forward) accumulates ``dq`` and ``dr``.
+2. dk/dv pass, one program per (key block, batch, kv head): loops over the G query heads of the
+   GQA group and over the query blocks that see the key block (``schedule.query_blocks``:
+   causal border, unmasked interior, window border), accumulating dk/dv for the whole group in
+   float32. Tiles are computed transposed (``[Bk, Bq]``) so no tile transpose is needed.
+
+``lse2`` (base-2 log-sum-exp) is ``+inf`` on rows that see no key and on padded rows, so their
+weights are exactly 0 without a mask.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+
+from parallax_jax.attention.masking import MaskSpec
+from parallax_jax.attention.residuals import Residuals
+from pallas_kernels.gpu import common, schedule
+from pallas_kernels.gpu.block_sizes import KernelConfig
+from pallas_kernels.gpu.tile_math2 import LOG2E, bwd_tile2
+
+
+def _dq_kernel(*refs, mask: MaskSpec, scale: float, bq: int, bk: int, n_q: int,
+               has_seg: bool, prec):
+  if has_seg:
+    (q_ref, r_ref, do_ref, o_ref, barv_ref, lse_ref, bart_ref, k_ref, v_ref, segq_ref,
+     segk_ref, dq_ref, dr_ref, t_ref, b_ref) = refs
+  else:
+    (q_ref, r_ref, do_ref, o_ref, barv_ref, lse_ref, bart_ref, k_ref, v_ref,
+     dq_ref, dr_ref, t_ref, b_ref) = refs
+    segq_ref = segk_ref = None
+  qi = (n_q - 1 - pl.program_id(0)) if mask.causal else pl.program_id(0)
+  row0 = qi * bq
+  q = q_ref[...]
+  r = r_ref[...]
+  do = do_ref[...]
+  dtype = q.dtype
+  do32 = do.astype(jnp.float32)
+  delta_o = jnp.sum(do32 * o_ref[...].astype(jnp.float32), axis=1)  # T = dO . o
+  b_row = jnp.sum(do32 * barv_ref[...].astype(jnp.float32), axis=1)  # b = dO . barv
+  t_ref[...] = delta_o
+  b_ref[...] = b_row
+  lse2 = lse_ref[...][:, None]
+  bart = bart_ref[...][:, None]
+  b_col = b_row[:, None]
+  t_col = delta_o[:, None]
+  c2 = scale * LOG2E
+  rows = row0 + lax.broadcasted_iota(jnp.int32, (bq, bk), 0)
+  seg_q = segq_ref[...][:, None] if has_seg else None
+
+  def body(kb, carry, masked: bool):
+    dq, dr = carry
+    start = pl.multiple_of(kb * bk, bk)
+    k = k_ref[pl.ds(start, bk), :]
+    v = v_ref[pl.ds(start, bk), :]
+    s2 = common.dot_nt(q, k, prec) * c2
+    t = common.dot_nt(r, k, prec)
+    a = common.dot_nt(do, v, prec)
+    visible = None
+    if has_seg:
+      visible = seg_q == segk_ref[pl.ds(start, bk)][None, :]
+    if masked:
+      cols = start + lax.broadcasted_iota(jnp.int32, (bq, bk), 1)
+      vis_idx = mask.visible(rows, cols)
+      visible = vis_idx if visible is None else visible & vis_idx
+    gl, gu, _ = bwd_tile2(s2, t, visible, lse2, bart, a, t_col, b_col)
+    dq = dq + common.dot(gl.astype(dtype), k, prec)
+    dr = dr + common.dot(gu.astype(dtype), k, prec)
+    return dq, dr
+
+  lo, safe_lo, safe_hi, hi = schedule.key_blocks(mask, row0, bq, bk, jnp)
+  zeros = jnp.zeros(q.shape, jnp.float32)
+  carry = (zeros, zeros)
+  if mask.window_size is not None:
+    carry = lax.fori_loop(lo, safe_lo, functools.partial(body, masked=True), carry)
+  carry = lax.fori_loop(safe_lo, safe_hi, functools.partial(body, masked=False), carry)
+  dq, dr = lax.fori_loop(safe_hi, hi, functools.partial(body, masked=True), carry)
+  dq_ref[...] = (dq * scale).astype(dq_ref.dtype)
+  dr_ref[...] = dr.astype(dr_ref.dtype)
+
+
+def _dkv_kernel(*refs, mask: MaskSpec, scale: float, bq: int, bk: int, group: int,
+                has_seg: bool, prec):
+  if has_seg:
+    (q_ref, r_ref, do_ref, lse_ref, bart_ref, t_ref, b_ref, k_ref, v_ref, segq_ref, segk_ref,
+     dk_ref, dv_ref) = refs
+  else:
+    (q_ref, r_ref, do_ref, lse_ref, bart_ref, t_ref, b_ref, k_ref, v_ref,
+     dk_ref, dv_ref) = refs
+    segq_ref = segk_ref = None
+  kb = pl.program_id(0)
+  key0 = kb * bk
+  k = k_ref[...]
+  v = v_ref[...]
+  dtype = k.dtype
+  c2 = scale * LOG2E
+  cols = key0 + lax.broadcasted_iota(jnp.int32, (bk, bq), 0)  # key index of tile row
+  seg_k = segk_ref[...][:, None] if has_seg else None
+
+  def body(qb, carry, g, masked: bool):
+    dk, dv = carry
+    start = pl.multiple_of(qb * bq, bq)
+    q = q_ref[pl.ds(start, bq), g, :]
+    r = r_ref[pl.ds(start, bq), g, :]
+    do = do_ref[pl.ds(start, bq), g, :]
+    lse2 = lse_ref[g, pl.ds(start, bq)][None, :]
+    bart = bart_ref[g, pl.ds(start, bq)][None, :]
+    t_row = t_ref[g, pl.ds(start, bq)][None, :]
+    b_row = b_ref[g, pl.ds(start, bq)][None, :]
+    s2 = common.dot_nt(k, q, prec) * c2  # [Bk, Bq]
+    t = common.dot_nt(k, r, prec)
+    a = common.dot_nt(v, do, prec)
+    visible = None
+    if has_seg:
+      visible = seg_k == segq_ref[pl.ds(start, bq)][None, :]
+    if masked:
+      rows = start + lax.broadcasted_iota(jnp.int32, (bk, bq), 1)
+      vis_idx = mask.visible(rows, cols)
+      visible = vis_idx if visible is None else visible & vis_idx
+    gl, gu, pw = bwd_tile2(s2, t, visible, lse2, bart, a, t_row, b_row)
+    dv = dv + common.dot(pw.astype(dtype), do, prec)
+    dk = dk + common.dot((gl * scale).astype(dtype), q, prec)
+    dk = dk + common.dot(gu.astype(dtype), r, prec)
+    return dk, dv
+
+  lo, safe_lo, safe_hi, hi = schedule.query_blocks(mask, key0, bq, bk, jnp)
+
+  def head(g, carry):
+    carry = lax.fori_loop(lo, safe_lo, functools.partial(body, g=g, masked=True), carry)
+    carry = lax.fori_loop(safe_lo, safe_hi, functools.partial(body, g=g, masked=False), carry)
+    return lax.fori_loop(safe_hi, hi, functools.partial(body, g=g, masked=True), carry)
+
+  zeros = jnp.zeros(k.shape, jnp.float32)
+  if group == 1:
+    dk, dv = head(0, (zeros, zeros))
+  else:
+    dk, dv = lax.fori_loop(0, group, head, (zeros, zeros))
+  dk_ref[...] = dk.astype(dk_ref.dtype)
+  dv_ref[...] = dv.astype(dv_ref.dtype)
+
+
+def parallax_bwd(q, r, k, v, segment_ids, residuals: Residuals, do, *, scale: float,
+                 mask: MaskSpec, cfg_dq: KernelConfig, cfg_dkv: KernelConfig,
+                 interpret: bool = False):
+  """``(dq, dr, dk, dv)`` in the input dtypes."""
+  batch, q_len, hq, d = q.shape
+  _, kv_len, hkv, _ = k.shape
+  group = hq // hkv
+  dtype = q.dtype
+  prec = common.precision(dtype)
+  # One padding serves both passes (power-of-two blocks: the larger is a multiple of both).
+  tq = common.cdiv(q_len, max(cfg_dq.block_q, cfg_dkv.block_q)) * max(cfg_dq.block_q,
+                                                                      cfg_dkv.block_q)
+  tk = common.cdiv(kv_len, max(cfg_dq.block_k, cfg_dkv.block_k)) * max(cfg_dq.block_k,
+                                                                       cfg_dkv.block_k)
+  dp = common.padded_head_dim(d)
+  qp, rp = common.pad_seq_dim(q, tq, dp), common.pad_seq_dim(r, tq, dp)
+  dop = common.pad_seq_dim(do.astype(dtype), tq, dp)
+  op = common.pad_seq_dim(residuals.o.astype(dtype), tq, dp)
+  barvp = common.pad_seq_dim(residuals.barv.astype(dtype), tq, dp)
+  kp, vp = common.pad_seq_dim(k, tk, dp), common.pad_seq_dim(v, tk, dp)
+  lse = residuals.lse.astype(jnp.float32)
+  lse2 = jnp.where(jnp.isfinite(lse), lse * LOG2E, jnp.inf)
+  lse2 = common.pad_to(lse2, 2, tq, jnp.inf)
+  bart = common.pad_to(residuals.bart.astype(jnp.float32), 2, tq)
+  has_seg = segment_ids is not None
+  if has_seg:
+    seg = segment_ids.astype(jnp.int32)
+    segq, segk = common.pad_to(seg, 1, tq, -1), common.pad_to(seg, 1, tk, -2)
+
+  # Pass 1: dq, dr (+ T, b).
+  bq, bk = cfg_dq.block_q, cfg_dq.block_k
+  n_q = tq // bq
+
+  def qi(i):
+    return (n_q - 1 - i) if mask.causal else i
+
+  q_spec = pl.BlockSpec((None, bq, None, dp), lambda i, b, h: (b, qi(i), h, 0))
+  row_spec = pl.BlockSpec((None, None, bq), lambda i, b, h: (b, h, qi(i)))
+  kv_spec = pl.BlockSpec((None, tk, None, dp), lambda i, b, h: (b, 0, h // group, 0))
+  in_specs = [q_spec] * 5 + [row_spec] * 2 + [kv_spec] * 2
+  args = [qp, rp, dop, op, barvp, lse2, bart, kp, vp]
+  if has_seg:
+    in_specs += [pl.BlockSpec((None, bq), lambda i, b, h: (b, qi(i))),
+                 pl.BlockSpec((None, tk), lambda i, b, h: (b, 0))]
+    args += [segq, segk]
+  dq, dr, t_rows, b_rows = pl.pallas_call(
+      functools.partial(_dq_kernel, mask=mask, scale=scale, bq=bq, bk=bk, n_q=n_q,
+                        has_seg=has_seg, prec=prec),
+      grid=(n_q, batch, hq),
+      in_specs=in_specs,
+      out_specs=[q_spec, q_spec, row_spec, row_spec],
+      out_shape=[jax.ShapeDtypeStruct(qp.shape, dtype), jax.ShapeDtypeStruct(qp.shape, dtype),
+                 jax.ShapeDtypeStruct(lse2.shape, jnp.float32),
+                 jax.ShapeDtypeStruct(lse2.shape, jnp.float32)],
+      compiler_params=common.compiler_params(cfg_dq),
+      interpret=interpret,
+      name="parallax_bwd_dq",
+  )(*args)
+
+  # Pass 2: dk, dv, the G query heads of each kv head accumulated in the kernel.
+  bq, bk = cfg_dkv.block_q, cfg_dkv.block_k
+  n_k = tk // bk
+  qg_spec = pl.BlockSpec((None, tq, group, dp), lambda j, b, h: (b, 0, h, 0))
+  rowg_spec = pl.BlockSpec((None, group, tq), lambda j, b, h: (b, h, 0))
+  k_spec = pl.BlockSpec((None, bk, None, dp), lambda j, b, h: (b, j, h, 0))
+  in_specs = [qg_spec] * 3 + [rowg_spec] * 4 + [k_spec] * 2
+  args = [qp, rp, dop, lse2, bart, t_rows, b_rows, kp, vp]
+  if has_seg:
+    in_specs += [pl.BlockSpec((None, tq), lambda j, b, h: (b, 0)),
+                 pl.BlockSpec((None, bk), lambda j, b, h: (b, j))]
+    args += [segq, segk]
+  dk, dv = pl.pallas_call(
+      functools.partial(_dkv_kernel, mask=mask, scale=scale, bq=bq, bk=bk, group=group,
+                        has_seg=has_seg, prec=prec),
+      grid=(n_k, batch, hkv),
+      in_specs=in_specs,
+      out_specs=[k_spec, k_spec],
+      out_shape=[jax.ShapeDtypeStruct(kp.shape, k.dtype), jax.ShapeDtypeStruct(kp.shape, v.dtype)],
+      compiler_params=common.compiler_params(cfg_dkv),
+      interpret=interpret,
+      name="parallax_bwd_dkv",
+  )(*args)
+  return (dq[:, :q_len, :, :d], dr[:, :q_len, :, :d].astype(r.dtype),
+          dk[:, :kv_len, :, :d], dv[:, :kv_len, :, :d])

@@ -1,0 +1,12 @@
+"""Parallax attention as Mosaic TPU Pallas kernels (``implementation="pallas_tpu"``).
+
+Files: ``block_sizes`` (``TpuBlockSizes``), ``schedule`` (visited tiles, border masks),
+``layout`` (padding, heads-major transposes), ``kernel_utils`` (dots, lane-broadcast rows,
+compiler params), ``forward``, ``backward_dq``, ``backward_dkv`` (the three kernels) and
+``implementation`` (the registry entry). Runs on CPU with ``interpret=True``.
+"""
+
+from pallas_kernels.tpu.block_sizes import TpuBlockSizes
+from pallas_kernels.tpu.implementation import IMPLEMENTATION
+
+__all__ = ["IMPLEMENTATION", "TpuBlockSizes"]

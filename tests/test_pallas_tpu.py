@@ -1,0 +1,363 @@
+"""The Mosaic TPU kernels ("pallas_tpu"), run on CPU in Pallas interpret mode.
+
+Outputs and all four gradients (``jax.vjp`` with a random cotangent) are compared with the
+dense ``parallax_reference`` on small shapes that still span several blocks (128) per axis:
+causal / non-causal, windows not a multiple of the block, Tq < Tk and Tq > Tk (empty rows),
+GQA, segment ids, odd T and D, unequal q/k blocks, float32 / bfloat16 / float16. Also: block
+size validation, ``check``, the static schedules and tile classification against brute
+force, residual interchangeability with "xla", one run in the TPU-semantics interpreter, and
+the Pallas -> Mosaic lowering of all three kernels for the TPU platform.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.experimental.pallas import tpu as pltpu
+
+from pallas_kernels.tpu import IMPLEMENTATION, TpuBlockSizes
+from pallas_kernels.tpu import implementation as tpu_impl
+from pallas_kernels.tpu import schedule
+from parallax_jax.attention import (
+    MaskSpec,
+    XlaBlockSizes,
+    parallax_attention,
+    parallax_bwd,
+    parallax_fwd,
+    parallax_reference,
+)
+from parallax_jax.attention.validation import validate
+
+SMALL = TpuBlockSizes.uniform(128)
+F32_TOL = 2e-5
+LOW_PRECISION_TOL = 2e-2
+
+
+# ------------------------------------------------------------------------------------------
+# Helpers
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+  b: int = 1
+  tq: int = 200
+  tk: int | None = None  # None: tq
+  hq: int = 2
+  hkv: int = 1
+  d: int = 64
+  causal: bool = True
+  window: int | None = None
+  segments: bool = False
+  dtype: str = "float32"
+  blocks: TpuBlockSizes | None = SMALL
+
+  @property
+  def kv_len(self):
+    return self.tq if self.tk is None else self.tk
+
+
+def _inputs(case: Case, seed=0):
+  keys = jax.random.split(jax.random.PRNGKey(seed), 6)
+  dt = jnp.dtype(case.dtype)
+  q = jax.random.normal(keys[0], (case.b, case.tq, case.hq, case.d)).astype(dt)
+  # Small r keeps t = r.k (unscaled) in a realistic range for the low-precision checks.
+  r = (0.3 * jax.random.normal(keys[1], (case.b, case.tq, case.hq, case.d))).astype(dt)
+  k = jax.random.normal(keys[2], (case.b, case.kv_len, case.hkv, case.d)).astype(dt)
+  v = jax.random.normal(keys[3], (case.b, case.kv_len, case.hkv, case.d)).astype(dt)
+  g = jax.random.normal(keys[4], (case.b, case.tq, case.hq, case.d)).astype(dt)
+  seg = None
+  if case.segments:
+    starts = jax.random.bernoulli(keys[5], 0.04, (case.b, case.tq)).astype(jnp.int32)
+    seg = jnp.cumsum(starts, axis=1)
+  return q, r, k, v, g, seg
+
+
+def _kernel_outputs(case: Case, q, r, k, v, g, seg):
+  def f(q, r, k, v):
+    return parallax_attention(q, r, k, v, causal=case.causal, window_size=case.window,
+                              segment_ids=seg, implementation="pallas_tpu", interpret=True,
+                              block_sizes=case.blocks)
+
+  @jax.jit
+  def run(q, r, k, v, g):
+    o, vjp = jax.vjp(f, q, r, k, v)
+    return (o, *vjp(g))
+
+  return run(q, r, k, v, g)
+
+
+def _reference_outputs(case: Case, q, r, k, v, g, seg):
+  f32 = [x.astype(jnp.float32) for x in (q, r, k, v, g)]
+  mask = MaskSpec(case.tq, case.kv_len, case.causal, case.window)
+
+  def f(q, r, k, v):
+    return parallax_reference(q, r, k, v, scale=case.d ** -0.5, mask=mask, segment_ids=seg)
+
+  o, vjp = jax.vjp(f, *f32[:4])
+  return (o, *vjp(f32[4]))
+
+
+def _rel_err(x, ref):
+  x, ref = np.asarray(x, np.float64), np.asarray(ref, np.float64)
+  return float(np.max(np.abs(x - ref)) / max(np.max(np.abs(ref)), 1e-30))
+
+
+def _check_case(case: Case):
+  q, r, k, v, g, seg = _inputs(case)
+  got = _kernel_outputs(case, q, r, k, v, g, seg)
+  want = _reference_outputs(case, q, r, k, v, g, seg)
+  tol = F32_TOL if case.dtype == "float32" else LOW_PRECISION_TOL
+  for name, x, ref, inp in zip(("o", "dq", "dr", "dk", "dv"), got, want, (q, q, r, k, v)):
+    assert x.shape == inp.shape and x.dtype == inp.dtype, (name, x.shape, x.dtype)
+    assert bool(jnp.all(jnp.isfinite(x))), f"{name} has non-finite entries"
+    err = _rel_err(x, ref)
+    assert err < tol, f"{name}: max-norm relative error {err:.2e} >= {tol:.0e} for {case}"
+
+
+# ------------------------------------------------------------------------------------------
+# Block sizes and check()
+
+
+def test_block_sizes_defaults_and_resolution():
+  bs = TpuBlockSizes()
+  assert (bs.block_q, bs.block_k) == (512, 512)
+  resolved = bs.resolve(q_len=63, kv_len=1000)
+  assert resolved.fwd == (128, 512)
+  assert resolved.dq == (128, 512) and resolved.dkv == (128, 256)
+  fallback = TpuBlockSizes(block_q=256, block_k=384, block_q_dq=None, block_k_dq=None,
+                           block_q_dkv=None, block_k_dkv=None).resolve(1000, 1000)
+  assert fallback.dq == fallback.dkv == fallback.fwd == (256, 384)
+  assert TpuBlockSizes.uniform(128).resolve(300, 300).q_pad(300, "dq", "dkv") == 384
+  assert hash(bs) == hash(TpuBlockSizes())  # static argument of jit / custom_vjp
+
+
+@pytest.mark.parametrize("field", ["block_q", "block_k", "block_q_dq", "block_k_dq",
+                                   "block_q_dkv", "block_k_dkv"])
+@pytest.mark.parametrize("value,error", [(100, ValueError), (0, ValueError), (-128, ValueError),
+                                         (64, ValueError), (128.0, TypeError),
+                                         (True, TypeError), ("128", TypeError)])
+def test_block_sizes_validation(field, value, error):
+  with pytest.raises(error, match=f"TpuBlockSizes.{field}"):
+    TpuBlockSizes(**{field: value})
+
+
+@pytest.mark.parametrize("field", ["block_q", "block_k"])
+def test_forward_block_sizes_are_required(field):
+  with pytest.raises(TypeError, match=f"TpuBlockSizes.{field}"):
+    TpuBlockSizes(**{field: None})
+
+
+def _spec(**kw):
+  x = jnp.zeros((1, 16, 2, 8), jnp.float32)
+  return validate(x, x, x, x, scale=None, causal=True, window_size=None, segment_ids=None,
+                  interpret=True, block_sizes=kw.pop("block_sizes", None))
+
+
+def test_check_rejects_float64_and_foreign_block_sizes():
+  with pytest.raises(NotImplementedError, match="float64"):
+    IMPLEMENTATION.check(dataclasses.replace(_spec(), dtype="float64"))
+  with pytest.raises(NotImplementedError, match="TpuBlockSizes"):
+    IMPLEMENTATION.check(_spec(block_sizes=XlaBlockSizes()))
+  IMPLEMENTATION.check(_spec(block_sizes=SMALL))
+  IMPLEMENTATION.check(_spec())
+
+
+def test_api_refuses_foreign_block_sizes_and_cpu_without_interpret():
+  x = jnp.zeros((1, 16, 2, 8), jnp.float32)
+  with pytest.raises(NotImplementedError, match="TpuBlockSizes"):
+    parallax_attention(x, x, x, x, implementation="pallas_tpu", interpret=True,
+                       block_sizes=XlaBlockSizes())
+  if jax.default_backend() != "tpu":
+    with pytest.raises(NotImplementedError, match="interpret=True"):
+      parallax_attention(x, x, x, x, implementation="pallas_tpu")
+
+
+def test_implementation_metadata():
+  assert IMPLEMENTATION.name == "pallas_tpu"
+  assert IMPLEMENTATION.platforms == ("tpu",)
+  assert IMPLEMENTATION.interpretable and IMPLEMENTATION.bwd is not None
+
+
+# ------------------------------------------------------------------------------------------
+# Static schedule and tile classification (NumPy, brute force)
+
+_MASKS = [
+    MaskSpec(300, 300, True, None),
+    MaskSpec(300, 300, True, 100),
+    MaskSpec(300, 300, True, 128),
+    MaskSpec(300, 300, True, 7),
+    MaskSpec(100, 300, True, 33),
+    MaskSpec(300, 100, True, None),
+    MaskSpec(77, 300, False, None),
+]
+
+
+@pytest.mark.parametrize("mask", _MASKS, ids=str)
+@pytest.mark.parametrize("bq,bk", [(32, 32), (32, 64), (64, 32), (128, 128)])
+def test_schedules_and_tile_classes_match_brute_force(mask, bq, bk):
+  n_q, n_k = -(-mask.q_len // bq), -(-mask.kv_len // bk)
+  rows = np.arange(n_q * bq)[:, None]
+  cols = np.arange(n_k * bk)[None, :]
+  vis = np.asarray(mask.visible(rows, cols)).reshape(n_q, bq, n_k, bk)
+  any_vis = vis.any(axis=(1, 3))  # [nQ, nK]
+  all_vis = vis.all(axis=(1, 3))
+  kv = schedule.kv_schedule(mask, bq, bk)
+  qs = schedule.q_schedule(mask, bq, bk)
+  for i, j in itertools.product(range(n_q), range(n_k)):
+    in_kv = kv.first[i] <= j < kv.first[i] + kv.count[i]
+    in_q = qs.first[j] <= i < qs.first[j] + qs.count[j]
+    assert in_kv == in_q == any_vis[i, j], (i, j)
+    # Unmasked only when every pair is visible (the last-row window rule of PARALLAX.md 2.3);
+    # border tiles are the rest of the visited ones.
+    assert bool(schedule.tile_is_full(mask, i, j, bq, bk)) == all_vis[i, j], (i, j)
+  assert kv.steps == max(int(kv.count.max()), 1) and qs.steps == max(int(qs.count.max()), 1)
+
+
+# ------------------------------------------------------------------------------------------
+# End-to-end against the dense reference (float32: tight)
+
+F32_CASES = {
+    "causal_gqa_d60": Case(tq=200, hq=2, hkv=1, d=60),
+    "noncausal_d64": Case(tq=200, hq=2, hkv=2, d=64, causal=False),
+    "window77_t255_d100": Case(tq=255, hq=2, hkv=1, d=100, window=77),
+    "window200_t255": Case(tq=255, d=64, window=200),
+    "tq_lt_tk_gqa": Case(tq=63, tk=200, hq=4, hkv=2, d=64),
+    "tq_lt_tk_window": Case(tq=100, tk=256, d=60, window=50),
+    "tq_gt_tk_empty_rows": Case(tq=150, tk=60, hq=2, hkv=1, d=32),
+    "cross_noncausal_odd": Case(tq=63, tk=130, d=100, causal=False),
+    "segments_t111": Case(b=2, tq=111, d=60, segments=True),
+    "segments_window": Case(b=2, tq=200, d=64, window=64, segments=True),
+    "mqa_g4": Case(tq=130, hq=4, hkv=1, d=64),
+    "bq256_bk128_window128": Case(tq=300, d=64, window=128, blocks=TpuBlockSizes(
+        block_q=256, block_k=128, block_q_dq=256, block_k_dq=128, block_q_dkv=128,
+        block_k_dkv=256)),
+    "bq128_bk256_window100": Case(tq=300, d=64, window=100, blocks=TpuBlockSizes(
+        block_q=128, block_k=256, block_q_dq=128, block_k_dq=256, block_q_dkv=256,
+        block_k_dkv=128)),
+    "default_blocks_t63": Case(tq=63, d=60, blocks=None),
+}
+
+
+@pytest.mark.parametrize("case", F32_CASES.values(), ids=F32_CASES.keys())
+def test_matches_reference_float32(case):
+  _check_case(case)
+
+
+LOW_PRECISION_CASES = {
+    "bf16_causal_gqa": Case(tq=200, hq=2, hkv=1, d=64, dtype="bfloat16"),
+    "bf16_window_segments_d100": Case(b=2, tq=111, d=100, window=40, segments=True,
+                                      dtype="bfloat16"),
+    "fp16_tq_lt_tk": Case(tq=63, tk=200, hq=2, hkv=2, d=60, dtype="float16"),
+}
+
+
+@pytest.mark.parametrize("case", LOW_PRECISION_CASES.values(), ids=LOW_PRECISION_CASES.keys())
+def test_matches_reference_low_precision(case):
+  _check_case(case)
+
+
+def test_empty_rows_are_zero_with_finite_grads():
+  case = Case(tq=150, tk=60, d=32)
+  q, r, k, v, g, seg = _inputs(case)
+  o, dq, dr, dk, dv = _kernel_outputs(case, q, r, k, v, g, seg)
+  empty = case.tq - case.kv_len  # rows before key 0's position see nothing
+  assert bool(jnp.all(o[:, :empty] == 0)) and bool(jnp.all(dq[:, :empty] == 0))
+  assert bool(jnp.all(dr[:, :empty] == 0))
+  assert all(bool(jnp.all(jnp.isfinite(x))) for x in (dk, dv))
+
+
+def test_r_zero_is_softmax_attention():
+  case = Case(tq=130, d=64, causal=True)
+  q, _, k, v, _, _ = _inputs(case)
+  r = jnp.zeros_like(q)
+  o = parallax_attention(q, r, k, v, implementation="pallas_tpu", interpret=True,
+                         block_sizes=SMALL)
+  s = jnp.einsum("bihd,bjhd->bhij", q, jnp.repeat(k, 2, axis=2)) * case.d ** -0.5
+  s = jnp.where(jnp.tril(jnp.ones((130, 130), bool)), s, -jnp.inf)
+  want = jnp.einsum("bhij,bjhd->bihd", jax.nn.softmax(s, -1), jnp.repeat(v, 2, axis=2))
+  assert _rel_err(o, want) < F32_TOL
+
+
+# ------------------------------------------------------------------------------------------
+# Interchangeability with "xla", TPU-semantics interpreter, Mosaic lowering
+
+
+def test_residuals_interchangeable_with_xla():
+  case = Case(b=1, tq=111, d=60, hq=2, hkv=1, window=70)
+  q, r, k, v, g, _ = _inputs(case)
+  spec = validate(q, r, k, v, scale=None, causal=True, window_size=case.window,
+                  segment_ids=None, interpret=True, block_sizes=SMALL)
+  o_t, res_t = tpu_impl.fwd(q, r, k, v, None, spec)
+  o_x, res_x = parallax_fwd(q, r, k, v, scale=spec.scale, mask=spec.mask)
+  assert _rel_err(o_t, o_x) < F32_TOL
+  for name in ("o", "barv", "lse", "bart"):
+    a, b = getattr(res_t, name), getattr(res_x, name)
+    assert a.shape == b.shape and a.dtype == b.dtype, name
+    assert _rel_err(a, b) < F32_TOL, name
+  grads_t = tpu_impl.bwd(q, r, k, v, None, res_x, g, spec)  # kernels on xla residuals
+  grads_x = parallax_bwd(q, r, k, v, None, res_t, g, scale=spec.scale, mask=spec.mask)
+  for a, b in zip(grads_t, grads_x):
+    assert _rel_err(a, b) < F32_TOL
+
+
+def test_tpu_semantics_interpreter():
+  """DMAs, VMEM and scratch simulated (uninitialised memory reads as NaN)."""
+  case = Case(tq=200, tk=256, hq=4, hkv=2, d=60, window=90)
+  q, r, k, v, g, seg = _inputs(case)
+  params = pltpu.InterpretParams(uninitialized_memory="nan")
+  with pltpu.force_tpu_interpret_mode(params):
+    got = _kernel_outputs(case, q, r, k, v, g, seg)
+  want = _reference_outputs(case, q, r, k, v, g, seg)
+  for x, ref in zip(got, want):
+    assert _rel_err(x, ref) < F32_TOL
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_kernels_lower_to_mosaic(dtype):
+  """Pallas -> Mosaic lowering for the TPU platform (no TPU needed; not the layout passes)."""
+  b, t, hq, hkv, d = 1, 1000, 4, 2, 100
+  q = jnp.zeros((b, t, hq, d), dtype)
+  k = jnp.zeros((b, t, hkv, d), dtype)
+  seg = jnp.zeros((b, t), jnp.int32)
+  spec = validate(q, q, k, k, scale=None, causal=True, window_size=300, segment_ids=seg,
+                  interpret=False, block_sizes=None)
+  fwd = jax.jit(tpu_impl.fwd, static_argnums=5).trace(q, q, k, k, seg, spec)
+  _, res = jax.eval_shape(tpu_impl.fwd, q, q, k, k, seg, spec)
+  res = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), res)
+  bwd = jax.jit(tpu_impl.bwd, static_argnums=7).trace(q, q, k, k, seg, res, q, spec)
+  text = (fwd.lower(lowering_platforms=("tpu",)).as_text()
+          + bwd.lower(lowering_platforms=("tpu",)).as_text())
+  assert text.count("tpu_custom_call") == 3
+
+
+# ------------------------------------------------------------------------------------------
+# Larger grid (pytest -m slow)
+
+_SLOW_CASES = [
+    Case(b=b, tq=tq, tk=tk, hq=hq, hkv=hkv, d=d, causal=causal, window=w, segments=seg,
+         dtype=dt)
+    for (tq, tk), (hq, hkv), d, (causal, w), seg, dt, b in [
+        ((512, None), (4, 1), 128, (True, None), False, "float32", 1),
+        ((512, None), (4, 2), 64, (True, 129), False, "float32", 2),
+        ((384, 512), (2, 2), 96, (True, 256), False, "float32", 1),
+        ((256, 640), (2, 1), 128, (False, None), False, "float32", 1),
+        ((640, 300), (2, 1), 64, (True, None), False, "float32", 1),
+        ((500, None), (4, 2), 60, (True, None), True, "float32", 2),
+        ((512, None), (4, 1), 128, (True, None), False, "bfloat16", 1),
+        ((500, None), (2, 1), 100, (True, 200), True, "bfloat16", 2),
+        ((384, None), (2, 2), 64, (False, None), False, "float16", 1),
+    ]
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", _SLOW_CASES, ids=str)
+@pytest.mark.parametrize("blocks", [SMALL, TpuBlockSizes(block_q=256, block_k=128),
+                                    TpuBlockSizes()], ids=["128", "256x128", "default"])
+def test_matches_reference_large(case, blocks):
+  _check_case(dataclasses.replace(case, blocks=blocks))
