@@ -146,6 +146,8 @@ def main(argv=None):
                  help="skip the xla path for L above this")
   p.add_argument("--accuracy-max-len", type=int, default=4096,
                  help="check accuracy vs the fp32 reference for L <= this (and B*L <= 16384)")
+  p.add_argument("--paths", default="pallas_gpu,xla,softmax_cudnn",
+                 help="comma list of paths to time")
   p.add_argument("--non-causal", action="store_true")
   p.add_argument("--quick", action="store_true", help="one small shape, few iterations")
   p.add_argument("--interpret", action="store_true", help="Pallas interpret mode (CPU smoke)")
@@ -174,6 +176,7 @@ def main(argv=None):
   paths = {"pallas_gpu": parallax_fn("pallas_gpu", causal, args.interpret),
            "xla": parallax_fn("xla", causal, args.interpret),
            "softmax_cudnn": softmax_fn(causal, args.interpret)}
+  paths = {n: f for n, f in paths.items() if n in args.paths.split(",")}
   rows = []
   for batch, length in shapes:
     inputs = make_inputs(batch, length, h, d, dtype)

@@ -1,4 +1,4 @@
-"""``parallax-jax`` command line: ``parallax-jax demo`` (more subcommands come with training)."""
+"""``parallax-jax`` command line: train, eval, convert-softmax, demo."""
 
 from __future__ import annotations
 
@@ -41,9 +41,69 @@ def _demo(args) -> int:
   return 0 if ok else 1
 
 
+def _split_overrides(argv):
+  """``--config.a.b=value`` arguments (handled by the config loader) and the rest."""
+  overrides = [a for a in argv if a.startswith("--config.")]
+  return overrides, [a for a in argv if not a.startswith("--config.")]
+
+
+def _train(args) -> int:
+  from parallax_jax.train.config import load_config
+  from parallax_jax.train.loop import NonFiniteLossError, train
+
+  cfg = load_config(args.config, args.overrides)
+  try:
+    summary = train(cfg, args.workdir)
+  except NonFiniteLossError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 3
+  keys = ("final_step", "loss", "eval_loss", "eval_perplexity", "tokens_per_s", "mfu")
+  print(" ".join(f"{k}={summary[k]:.4g}" if isinstance(summary[k], float) else f"{k}={summary[k]}"
+                 for k in keys if k in summary))
+  return 0
+
+
+def _eval(args) -> int:
+  import json
+
+  from parallax_jax.train.config import load_config
+  from parallax_jax.train.loop import evaluate
+
+  cfg = load_config(args.config, args.overrides) if args.config else None
+  print(json.dumps(evaluate(args.workdir, cfg)))
+  return 0
+
+
+def _convert(args) -> int:
+  from parallax_jax.train.convert import convert_softmax_to_parallax
+
+  out = convert_softmax_to_parallax(args.workdir, args.out, step=args.step)
+  print(f"wrote {out}; train from it with --config.model.attention=parallax "
+        f"--config.checkpoint.init_from={out}")
+  return 0
+
+
 def main(argv=None) -> int:
+  argv = sys.argv[1:] if argv is None else list(argv)
+  overrides, argv = _split_overrides(argv)
   parser = argparse.ArgumentParser(prog="parallax-jax", description=__doc__)
   sub = parser.add_subparsers(dest="command", required=True)
+  tr = sub.add_parser("train", help="train from a config file (resumes from --workdir)",
+                      description="Extra --config.section.key=value arguments override the "
+                                  "config file.")
+  tr.add_argument("--config", required=True, help="config file with get_config()")
+  tr.add_argument("--workdir", required=True)
+  tr.set_defaults(fn=_train)
+  ev = sub.add_parser("eval", help="held-out loss/perplexity of a workdir's latest checkpoint")
+  ev.add_argument("--workdir", required=True)
+  ev.add_argument("--config", default=None, help="default: the workdir's config.json")
+  ev.set_defaults(fn=_eval)
+  cv = sub.add_parser("convert-softmax",
+                      help="softmax checkpoint -> Parallax params (r_proj zero-initialised)")
+  cv.add_argument("--workdir", required=True, help="workdir of a softmax run")
+  cv.add_argument("--out", required=True, help="where to write the params checkpoint")
+  cv.add_argument("--step", type=int, default=None, help="default: latest")
+  cv.set_defaults(fn=_convert)
   demo = sub.add_parser("demo", help="run the op; check r = 0 against softmax attention")
   demo.add_argument("--batch", type=int, default=2)
   demo.add_argument("--length", type=int, default=256)
@@ -54,8 +114,12 @@ def main(argv=None) -> int:
   demo.add_argument("--implementation", default=None)
   demo.set_defaults(fn=_demo)
   args = parser.parse_args(argv)
+  args.overrides = overrides
+  if overrides and args.command not in ("train", "eval"):
+    parser.error(f"--config.* overrides only apply to train and eval, got {overrides}")
   logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-  logging.getLogger("jax").setLevel(logging.WARNING)  # backend probing noise
+  for noisy in ("jax", "absl"):  # backend probing and Orbax's per-save chatter
+    logging.getLogger(noisy).setLevel(logging.WARNING)
   return args.fn(args)
 
 

@@ -20,16 +20,15 @@ import numpy as np
 import pytest
 from jax.experimental.pallas import tpu as pltpu
 
-from pallas_kernels.tpu import IMPLEMENTATION, TpuBlockSizes
+from pallas_kernels.tpu import IMPLEMENTATION, TpuBlockSizes, schedule
 from pallas_kernels.tpu import implementation as tpu_impl
-from pallas_kernels.tpu import schedule
 from parallax_jax.attention import (
-    MaskSpec,
-    XlaBlockSizes,
-    parallax_attention,
-    parallax_bwd,
-    parallax_fwd,
-    parallax_reference,
+  MaskSpec,
+  XlaBlockSizes,
+  parallax_attention,
+  parallax_bwd,
+  parallax_fwd,
+  parallax_reference,
 )
 from parallax_jax.attention.validation import validate
 
@@ -112,7 +111,8 @@ def _check_case(case: Case):
   got = _kernel_outputs(case, q, r, k, v, g, seg)
   want = _reference_outputs(case, q, r, k, v, g, seg)
   tol = F32_TOL if case.dtype == "float32" else LOW_PRECISION_TOL
-  for name, x, ref, inp in zip(("o", "dq", "dr", "dk", "dv"), got, want, (q, q, r, k, v)):
+  for name, x, ref, inp in zip(("o", "dq", "dr", "dk", "dv"), got, want, (q, q, r, k, v),
+                               strict=True):
     assert x.shape == inp.shape and x.dtype == inp.dtype, (name, x.shape, x.dtype)
     assert bool(jnp.all(jnp.isfinite(x))), f"{name} has non-finite entries"
     err = _rel_err(x, ref)
@@ -225,7 +225,9 @@ F32_CASES = {
     "causal_gqa_d60": Case(tq=200, hq=2, hkv=1, d=60),
     "noncausal_d64": Case(tq=200, hq=2, hkv=2, d=64, causal=False),
     "window77_t255_d100": Case(tq=255, hq=2, hkv=1, d=100, window=77),
-    "window200_t255": Case(tq=255, d=64, window=200),
+    # T a multiple of the block so the inner tile is unpadded: catches PARALLAX.md 2.3's
+    # first-row window rule (tile (1, 0) is inside row 128's window but not row 255's).
+    "window200_t256": Case(tq=256, d=64, window=200),
     "tq_lt_tk_gqa": Case(tq=63, tk=200, hq=4, hkv=2, d=64),
     "tq_lt_tk_window": Case(tq=100, tk=256, d=60, window=50),
     "tq_gt_tk_empty_rows": Case(tq=150, tk=60, hq=2, hkv=1, d=32),
@@ -301,7 +303,7 @@ def test_residuals_interchangeable_with_xla():
     assert _rel_err(a, b) < F32_TOL, name
   grads_t = tpu_impl.bwd(q, r, k, v, None, res_x, g, spec)  # kernels on xla residuals
   grads_x = parallax_bwd(q, r, k, v, None, res_t, g, scale=spec.scale, mask=spec.mask)
-  for a, b in zip(grads_t, grads_x):
+  for a, b in zip(grads_t, grads_x, strict=True):
     assert _rel_err(a, b) < F32_TOL
 
 
@@ -313,7 +315,7 @@ def test_tpu_semantics_interpreter():
   with pltpu.force_tpu_interpret_mode(params):
     got = _kernel_outputs(case, q, r, k, v, g, seg)
   want = _reference_outputs(case, q, r, k, v, g, seg)
-  for x, ref in zip(got, want):
+  for x, ref in zip(got, want, strict=True):
     assert _rel_err(x, ref) < F32_TOL
 
 

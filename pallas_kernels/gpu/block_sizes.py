@@ -37,7 +37,8 @@ class KernelConfig:
 class GpuBlockSizes:
   """Tiles and Triton launch parameters of the three Parallax GPU kernels.
 
-  Blocks are powers of two >= 16 (Triton tensor shapes and tensor-core tiles); they are
+  The dataclass defaults are the H200 bf16 D=128 tuning; ``default_block_sizes`` gives the
+  per-(dtype, head dim) defaults. Blocks are powers of two >= 16 (Triton tensor shapes and tensor-core tiles); they are
   clipped to the (power-of-two rounded) sequence lengths at call time. ``num_warps`` is a power
   of two in [1, 16]; ``num_stages`` in [1, 8].
 
@@ -48,18 +49,18 @@ class GpuBlockSizes:
       block_q_dkv is the inner row block, block_k_dkv the program's key block).
   """
 
-  block_q: int = 128
+  block_q: int = 64
   block_k: int = 64
-  num_warps: int = 8
+  num_warps: int = 4
   num_stages: int = 3
   block_q_dq: int = 64
   block_k_dq: int = 64
-  num_warps_dq: int = 8
+  num_warps_dq: int = 4
   num_stages_dq: int = 2
-  block_q_dkv: int = 64
-  block_k_dkv: int = 128
-  num_warps_dkv: int = 8
-  num_stages_dkv: int = 2
+  block_q_dkv: int = 32
+  block_k_dkv: int = 64
+  num_warps_dkv: int = 4
+  num_stages_dkv: int = 3
 
   def __post_init__(self):
     for f in dataclasses.fields(self):
@@ -114,8 +115,12 @@ def _tuned(path: str = _JSON) -> dict:
     return {}
 
 
-def default_block_sizes(dtype: str, head_dim: int) -> GpuBlockSizes:
-  """Tuned defaults for (dtype, head-dim bucket); dataclass defaults where none is tuned."""
+def default_block_sizes(dtype: str, head_dim: int, seq_len: int | None = None) -> GpuBlockSizes:
+  """Tuned defaults for (dtype, head-dim bucket); dataclass defaults where none is tuned.
+
+  An entry may hold length-specific configs ``"<kernel>@<L>"`` used when ``seq_len >= L``
+  (the largest such ``L`` wins): the best forward tile differs between L=4096 and L=16384.
+  """
   entry = _tuned().get(bucket_key(dtype, head_dim))
   if entry is None:
     # float16 shares bfloat16's tuning (same tensor-core rate and register footprint).
@@ -123,6 +128,12 @@ def default_block_sizes(dtype: str, head_dim: int) -> GpuBlockSizes:
   bs = GpuBlockSizes()
   if entry:
     for name in KERNELS:
-      if name in entry:
-        bs = bs.replace_kernel(name, KernelConfig(**entry[name]))
+      key, best = name, -1
+      for k in entry:
+        kname, _, threshold = k.partition("@")
+        if kname == name and threshold and seq_len is not None and \
+            best < int(threshold) <= seq_len:
+          key, best = k, int(threshold)
+      if key in entry:
+        bs = bs.replace_kernel(name, KernelConfig(**entry[key]))
   return bs

@@ -30,7 +30,8 @@ def _check(spec: CallSpec) -> None:
 
 def _block_sizes(spec: CallSpec) -> GpuBlockSizes:
   _check(spec)
-  return spec.block_sizes or default_block_sizes(spec.dtype, spec.head_dim)
+  return spec.block_sizes or default_block_sizes(
+      spec.dtype, spec.head_dim, max(spec.mask.q_len, spec.mask.kv_len))
 
 
 def _fwd(q, r, k, v, segment_ids, spec: CallSpec):

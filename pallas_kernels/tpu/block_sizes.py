@@ -5,7 +5,8 @@ from __future__ import annotations
 import dataclasses
 import math
 
-LANES = 128  # TPU vreg lane count: key blocks sit on lanes, so every block is a multiple of it.
+# Key blocks sit on lanes, so every block is a multiple of the lane count.
+from pallas_kernels.tpu.kernel_utils import LANES
 
 _FIELDS = ("block_q", "block_k", "block_q_dq", "block_k_dq", "block_q_dkv", "block_k_dkv")
 

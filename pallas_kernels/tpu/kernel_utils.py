@@ -7,8 +7,9 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
-LANES = 128
-# Scoped VMEM the kernels may use: above the 16/32 MiB defaults of v5e/v6e, below v7x's 64 MiB.
+LANES = 128  # TPU vreg lane count
+# Scoped VMEM the kernels may use: above the 16/32 MiB default scoped limits of v5e/v6e, below
+# v7x's 64 MiB; capped at 3/4 of the chip's VMEM where that is smaller.
 VMEM_LIMIT_BYTES = 48 * 1024 * 1024
 
 _NT = (((1,), (1,)), ((), ()))  # x @ y.T
@@ -48,8 +49,16 @@ def interpret_arg(interpret: bool):
   return bool(interpret)
 
 
+def vmem_limit_bytes() -> int:
+  try:
+    capacity = pltpu.get_tpu_info().vmem_capacity_bytes
+  except Exception:  # not on a TPU (interpret mode, cross-lowering) or an older jax
+    return VMEM_LIMIT_BYTES
+  return min(VMEM_LIMIT_BYTES, capacity * 3 // 4)
+
+
 def compiler_params(semantics: tuple[str, ...]):
-  return pltpu.CompilerParams(dimension_semantics=semantics, vmem_limit_bytes=VMEM_LIMIT_BYTES)
+  return pltpu.CompilerParams(dimension_semantics=semantics, vmem_limit_bytes=vmem_limit_bytes())
 
 
 def cost_estimate(matmuls: int, tiles: int, bq: int, bk: int, d: int, exps_per_pair: int,

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-LANES = 128
+from pallas_kernels.tpu.kernel_utils import LANES
+
 STAT_LANES = 8  # forward row statistics leave the kernel as [Tp, 8] f32 (lse, bart, 0...)
 
 

@@ -1,0 +1,118 @@
+"""Model configuration: a frozen, validated dataclass built from ``config.model``."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+
+ATTENTION_KINDS = ("parallax", "softmax")
+R_INITS = ("like_q", "zeros")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclasses.dataclass(frozen=True)
+class LogicalAxes:
+  """Logical names of parameter and activation axes; mesh rules map them (sharding config)."""
+
+  vocab: str = "vocab"
+  embed: str = "embed"
+  q_heads: str = "q_heads"
+  kv_heads: str = "kv_heads"
+  head_dim: str = "head_dim"
+  mlp: str = "mlp"
+  norm: str | None = None
+  batch: str = "batch"
+  length: str = "length"
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """A Qwen3-style decoder (pre-RMSNorm, SwiGLU, RoPE, GQA, QK-norm).
+
+  ``attention="parallax"`` adds ``r_proj`` (shaped like ``q_proj``) with its own RMSNorm when
+  ``qk_norm``; RoPE is applied to q, r and k. ``r_init="zeros"`` makes the model exactly a
+  softmax transformer at step 0; ``"like_q"`` initialises ``r_proj`` like ``q_proj``.
+  """
+
+  vocab_size: int = 512
+  d_model: int = 256
+  num_layers: int = 4
+  num_heads: int = 4
+  num_kv_heads: int = 2
+  head_dim: int = 64
+  mlp_dim: int = 768
+  attention: str = "parallax"
+  r_init: str = "like_q"
+  qk_norm: bool = True
+  tie_embeddings: bool = True
+  rope_theta: float = 1_000_000.0
+  norm_eps: float = 1e-6
+  window_size: int | None = None
+  init_std: float = 0.02
+  param_dtype: str = "float32"
+  compute_dtype: str = "bfloat16"
+  remat: bool = False
+  attention_impl: str | None = None  # parallax_attention's implementation=; None: best
+  axes: LogicalAxes = LogicalAxes()
+
+  def __post_init__(self):
+    def need(cond, field, msg):
+      if not cond:
+        raise ValueError(f"model.{field}: {msg}")
+
+    for f in ("vocab_size", "d_model", "num_layers", "num_heads", "num_kv_heads", "head_dim",
+              "mlp_dim"):
+      need(isinstance(getattr(self, f), int) and getattr(self, f) >= 1, f,
+           f"must be a positive int, got {getattr(self, f)!r}")
+    need(self.num_heads % self.num_kv_heads == 0, "num_heads",
+         f"{self.num_heads} query heads must be a multiple of num_kv_heads={self.num_kv_heads}")
+    need(self.attention in ATTENTION_KINDS, "attention",
+         f"must be one of {ATTENTION_KINDS}, got {self.attention!r}")
+    need(self.r_init in R_INITS, "r_init", f"must be one of {R_INITS}, got {self.r_init!r}")
+    need(self.param_dtype in DTYPES, "param_dtype", f"must be one of {DTYPES}")
+    need(self.compute_dtype in DTYPES, "compute_dtype", f"must be one of {DTYPES}")
+    need(self.head_dim % 2 == 0, "head_dim", "must be even (RoPE rotates pairs)")
+    need(self.window_size is None or self.window_size >= 1, "window_size", "must be >= 1 or None")
+
+  @classmethod
+  def from_dict(cls, d: Mapping) -> ModelConfig:
+    d = dict(d)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - fields)
+    if unknown:
+      raise ValueError(f"unknown model config keys {unknown}; known: {sorted(fields)}")
+    if isinstance(d.get("axes"), Mapping):
+      d["axes"] = LogicalAxes(**d["axes"])
+    return cls(**d)
+
+  @property
+  def uses_r(self) -> bool:
+    return self.attention == "parallax"
+
+  def num_params(self, *, embedding: bool = True) -> int:
+    """Parameter count (embedding and untied head included unless ``embedding=False``)."""
+    d, h, hkv, dh, f = (self.d_model, self.num_heads, self.num_kv_heads, self.head_dim,
+                        self.mlp_dim)
+    attn = d * h * dh * (3 if self.uses_r else 2) + 2 * d * hkv * dh
+    norms = 2 * d + (dh * (3 if self.uses_r else 2) if self.qk_norm else 0)
+    layer = attn + 3 * d * f + norms
+    total = self.num_layers * layer + d
+    if embedding:
+      total += self.vocab_size * d * (1 if self.tie_embeddings else 2)
+    return total
+
+  def flops_per_token(self, seq_len: int) -> float:
+    """Training FLOPs per token (forward + backward = 3x forward), attention included.
+
+    Matmul FLOPs only. Attention counts the matmuls per visible (query, key) pair of the
+    forward: 2 for softmax (QK^T, PV), 4 for Parallax (QK^T, RK^T, PV, (P*T)V); causal rows see
+    (T + 1) / 2 keys on average (or the window).
+    """
+    d, h, hkv, dh, f, v = (self.d_model, self.num_heads, self.num_kv_heads, self.head_dim,
+                           self.mlp_dim, self.vocab_size)
+    proj = d * h * dh * (3 if self.uses_r else 2) + 2 * d * hkv * dh
+    dense = self.num_layers * (proj + 3 * d * f) + d * v  # weights touched per token
+    keys = (seq_len + 1) / 2 if self.window_size is None else min(self.window_size,
+                                                                  (seq_len + 1) / 2)
+    attn = self.num_layers * (4 if self.uses_r else 2) * h * dh * keys
+    return 3 * (2 * dense + 2 * attn)

@@ -1,0 +1,60 @@
+"""The decoder: embedding, pre-RMSNorm blocks (attention + SwiGLU), final norm, LM head."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+from flax import nnx
+from jaxtyping import Array, Float, Int
+
+from parallax_jax.model.attention import Attention
+from parallax_jax.model.config import ModelConfig
+from parallax_jax.model.layers import RMSNorm, SwiGLU, param
+
+
+class Block(nnx.Module):
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    pdt = jnp.dtype(cfg.param_dtype)
+    self.attn_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps, axis_name=cfg.axes.norm, dtype=pdt)
+    self.attn = Attention(cfg, rngs=rngs)
+    self.mlp_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps, axis_name=cfg.axes.norm, dtype=pdt)
+    self.mlp = SwiGLU(cfg.d_model, cfg.mlp_dim, cfg.axes, rngs=rngs, std=cfg.init_std, dtype=pdt)
+    self.compute_dtype = jnp.dtype(cfg.compute_dtype)
+
+  def __call__(self, x, positions, segment_ids):
+    x = x + self.attn(self.attn_norm(x), positions, segment_ids)
+    return x + self.mlp(self.mlp_norm(x), self.compute_dtype)
+
+
+class Transformer(nnx.Module):
+  """``tokens [B, T] -> logits [B, T, V]`` (float32 logits)."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    ax, pdt = cfg.axes, jnp.dtype(cfg.param_dtype)
+    self.embed = param(rngs, (cfg.vocab_size, cfg.d_model), (ax.vocab, ax.embed), std=1.0,
+                       dtype=pdt)
+    self.blocks = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
+    self.final_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps, axis_name=ax.norm, dtype=pdt)
+    if not cfg.tie_embeddings:
+      self.head = param(rngs, (cfg.d_model, cfg.vocab_size), (ax.embed, ax.vocab),
+                        std=cfg.init_std, dtype=pdt)
+
+  def __call__(self, tokens: Int[Array, "B T"], positions: Int[Array, "B T"] | None = None,
+               segment_ids: Int[Array, "B T"] | None = None) -> Float[Array, "B T V"]:
+    cfg = self.cfg
+    dt = jnp.dtype(cfg.compute_dtype)
+    if positions is None:
+      positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
+    x = self.embed[...].astype(dt)[tokens]
+    for block in self.blocks:
+      if cfg.remat:
+        x = nnx.remat(lambda blk, x: blk(x, positions, segment_ids))(block, x)
+      else:
+        x = block(x, positions, segment_ids)
+    x = self.final_norm(x)
+    if cfg.tie_embeddings:
+      # Tied head: scale by 1/sqrt(d) so logits start O(1) with unit-variance embeddings.
+      logits = jnp.einsum("btd,vd->btv", x, self.embed[...].astype(dt)) * cfg.d_model ** -0.5
+    else:
+      logits = jnp.einsum("btd,dv->btv", x, self.head[...].astype(dt))
+    return logits.astype(jnp.float32)

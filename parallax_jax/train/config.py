@@ -1,0 +1,200 @@
+"""Experiment configs: ml_collections files with ``get_config()``, CLI overrides, validation.
+
+A config file returns a ``ConfigDict`` with sections ``model``, ``data``, ``train``,
+``optimizer``, ``checkpoint`` and ``mesh``. ``load_config`` applies ``--config.a.b=value``
+overrides (typed by the existing value; unknown keys are errors), and ``resolve`` turns the
+result into frozen, validated dataclasses before anything compiles.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import importlib.util
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import ml_collections
+
+from parallax_jax.model.config import ModelConfig
+from parallax_jax.train.optimizer import OptimizerConfig
+
+
+def _from_dict(cls, section: str, d: Mapping):
+  fields = {f.name for f in dataclasses.fields(cls)}
+  unknown = sorted(set(d) - fields)
+  if unknown:
+    raise ValueError(f"unknown {section} config keys {unknown}; known: {sorted(fields)}")
+  return cls(**dict(d))
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  steps: int = 1000
+  seed: int = 0
+  batch_size: int = 8  # global batch (rows of seq_len tokens)
+  seq_len: int = 256
+  log_every: int = 10
+  eval_every: int = 200  # 0: never
+  eval_batches: int = 4
+  progress_bar: bool = True
+
+  def __post_init__(self):
+    for f in ("steps", "batch_size", "seq_len", "log_every"):
+      if not isinstance(getattr(self, f), int) or getattr(self, f) < 1:
+        raise ValueError(f"train.{f} must be a positive int, got {getattr(self, f)!r}")
+    if self.eval_every < 0 or self.eval_batches < 0:
+      raise ValueError("train.eval_every and train.eval_batches must be >= 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+  every_steps: int = 100
+  keep: int = 3
+  async_save: bool = True
+  init_from: str | None = None  # params-only checkpoint (e.g. from convert-softmax)
+
+  def __post_init__(self):
+    if self.every_steps < 1:
+      raise ValueError(f"checkpoint.every_steps must be >= 1, got {self.every_steps}")
+    if self.keep < 1:
+      raise ValueError(f"checkpoint.keep must be >= 1, got {self.keep}")
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+  """Device mesh axis sizes; -1 takes the remaining devices (at most one axis)."""
+
+  data: int = -1
+  fsdp: int = 1
+  tensor: int = 1
+  sequence: int = 1
+
+  def shape(self, num_devices: int) -> dict[str, int]:
+    sizes = dataclasses.asdict(self)
+    free = [k for k, v in sizes.items() if v == -1]
+    if len(free) > 1:
+      raise ValueError(f"mesh: at most one axis may be -1, got {free}")
+    for k, v in sizes.items():
+      if v != -1 and v < 1:
+        raise ValueError(f"mesh.{k} must be >= 1 or -1, got {v}")
+    fixed = math.prod(v for v in sizes.values() if v != -1)
+    if free:
+      if num_devices % fixed:
+        raise ValueError(f"mesh: {num_devices} devices are not divisible by the fixed axes "
+                         f"{ {k: v for k, v in sizes.items() if v != -1} }")
+      sizes[free[0]] = num_devices // fixed
+    if math.prod(sizes.values()) != num_devices:
+      raise ValueError(f"mesh sizes {sizes} multiply to {math.prod(sizes.values())}, but "
+                       f"there are {num_devices} devices; fix --config.mesh.*")
+    return sizes
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+  """The resolved, validated config of one run."""
+
+  model: ModelConfig
+  data: object  # parallax_jax.data.DataConfig
+  train: TrainConfig
+  optimizer: OptimizerConfig
+  checkpoint: CheckpointConfig
+  mesh: MeshConfig
+  raw: ml_collections.ConfigDict = dataclasses.field(compare=False, repr=False)
+
+
+SECTIONS = ("model", "data", "train", "optimizer", "checkpoint", "mesh")
+
+
+def resolve(cfg: ml_collections.ConfigDict, num_devices: int | None = None) -> Experiment:
+  """Validates every section (unknown keys, ranges, heads vs widths, mesh vs devices)."""
+  from parallax_jax.data import DataConfig  # data pulls in grain; import only when resolving
+
+  unknown = sorted(set(cfg.keys()) - set(SECTIONS))
+  if unknown:
+    raise ValueError(f"unknown config sections {unknown}; known: {list(SECTIONS)}")
+  d = cfg.to_dict()
+  exp = Experiment(
+      model=ModelConfig.from_dict(d.get("model", {})),
+      data=DataConfig.from_dict(d.get("data", {})),
+      train=_from_dict(TrainConfig, "train", d.get("train", {})),
+      optimizer=OptimizerConfig.from_dict(d.get("optimizer", {})),
+      checkpoint=_from_dict(CheckpointConfig, "checkpoint", d.get("checkpoint", {})),
+      mesh=_from_dict(MeshConfig, "mesh", d.get("mesh", {})),
+      raw=cfg,
+  )
+  if hasattr(exp.data, "validate"):
+    exp.data.validate()
+  if exp.model.window_size is not None and exp.model.window_size > exp.train.seq_len:
+    raise ValueError(f"model.window_size={exp.model.window_size} exceeds train.seq_len="
+                     f"{exp.train.seq_len}; use None for full causal attention")
+  if num_devices is not None:
+    sizes = exp.mesh.shape(num_devices)
+    batch_shards = sizes["data"] * sizes["fsdp"]
+    if exp.train.batch_size % batch_shards:
+      raise ValueError(f"train.batch_size={exp.train.batch_size} must be divisible by "
+                       f"mesh.data * mesh.fsdp = {batch_shards}")
+  return exp
+
+
+def _parse(value: str, current):
+  """Parses an override string into the type of the value it replaces."""
+  if isinstance(current, bool):
+    if value.lower() in ("true", "1", "yes"):
+      return True
+    if value.lower() in ("false", "0", "no"):
+      return False
+    raise ValueError(f"expected a bool, got {value!r}")
+  if isinstance(current, int) and not isinstance(current, bool):
+    try:
+      return int(value)
+    except ValueError:
+      if value.lower() == "none":
+        return None
+      raise
+  if isinstance(current, float):
+    return None if value.lower() == "none" else float(value)
+  if isinstance(current, str):
+    return None if value == "None" else value
+  try:  # None, tuples, lists: Python literals, else a plain string
+    return ast.literal_eval(value)
+  except (ValueError, SyntaxError):
+    return value
+
+
+def apply_overrides(cfg: ml_collections.ConfigDict, overrides: Sequence[str]):
+  """Applies ``a.b=value`` (or ``--config.a.b=value``) overrides in place; returns cfg."""
+  for item in overrides:
+    key, sep, value = item.removeprefix("--").removeprefix("config.").partition("=")
+    if not sep:
+      raise ValueError(f"override {item!r} must look like --config.section.key=value")
+    *parents, leaf = key.split(".")
+    node = cfg
+    for p in parents:
+      if p not in node:
+        raise ValueError(f"unknown config key {key!r} (no section {p!r})")
+      node = node[p]
+    if leaf not in node:
+      raise ValueError(f"unknown config key {key!r}; {'.'.join(parents) or 'config'} has "
+                       f"{sorted(node.keys())}")
+    try:
+      parsed = _parse(value, node[leaf])
+    except ValueError as e:
+      raise ValueError(f"bad value for config.{key}: {e}") from e
+    with node.ignore_type():
+      node[leaf] = parsed
+  return cfg
+
+
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
+  """Imports ``get_config()`` from a config file and applies overrides."""
+  path = Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f"config file {str(path)!r} does not exist")
+  spec = importlib.util.spec_from_file_location(f"_parallax_config_{path.stem}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if not hasattr(module, "get_config"):
+    raise ValueError(f"config file {str(path)!r} has no get_config()")
+  return apply_overrides(module.get_config(), overrides)

@@ -1,0 +1,60 @@
+"""The trainer's view of the data: this process's train iterator, eval batches, state."""
+
+from __future__ import annotations
+
+import jax
+
+from parallax_jax.data import make_dataset, make_source, make_tokenizer
+
+
+class TrainData:
+  """Per-process batches (``global batch / process_count`` rows) of ``parallax_jax.data``."""
+
+  def __init__(self, exp):
+    self.exp = exp
+    cfg = exp.data
+    self.tokenizer = make_tokenizer(cfg.tokenizer)
+    if self.tokenizer.vocab_size > exp.model.vocab_size:
+      raise ValueError(
+          f"model.vocab_size={exp.model.vocab_size} is smaller than the tokenizer's vocabulary "
+          f"({self.tokenizer.vocab_size}, {cfg.tokenizer!r}); set model.vocab_size >= "
+          f"{self.tokenizer.padded_vocab_size}")
+    self.source = make_source(cfg, self.tokenizer)
+    n = jax.process_count()
+    if exp.train.batch_size % n:
+      raise ValueError(f"train.batch_size={exp.train.batch_size} must be divisible by the "
+                       f"number of processes ({n})")
+    self.local_batch = exp.train.batch_size // n
+    self._train = self._dataset("train")
+    self._it = iter(self._train)
+
+  def _dataset(self, split):
+    return make_dataset(
+        self.exp.data, tokenizer=self.tokenizer, seq_len=self.exp.train.seq_len,
+        batch_size=self.local_batch, split=split, seed=self.exp.train.seed,
+        process_index=jax.process_index(), process_count=jax.process_count(),
+        source=self.source)
+
+  def describe(self) -> dict:
+    return {"source": self.source.describe(), "tokenizer": repr(self.tokenizer),
+            "vocab_size": self.tokenizer.vocab_size}
+
+  def next_train(self) -> dict:
+    return next(self._it)
+
+  def state(self) -> dict:
+    """Iterator state after the batches drawn so far (JSON-serialisable)."""
+    return self._it.get_state()
+
+  def restore(self, state: dict | None) -> None:
+    if state is not None:
+      self._it.set_state(state)
+
+  def eval_batches(self):
+    """The first ``train.eval_batches`` held-out batches, the same every time."""
+    it = iter(self._dataset("eval"))
+    for _ in range(self.exp.train.eval_batches):
+      try:
+        yield next(it)
+      except StopIteration:
+        return

@@ -1,0 +1,171 @@
+"""``train(config, workdir)``: the end-to-end loop (resume, steps, eval, checkpoints, metrics)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import jax
+import ml_collections
+
+from parallax_jax import sharding
+from parallax_jax.train import data_io
+from parallax_jax.train.checkpoint import Checkpointer, abstract_like, load_params
+from parallax_jax.train.config import Experiment, resolve
+from parallax_jax.train.metrics import MetricsWriter, peak_flops_per_device
+from parallax_jax.train.optimizer import make_optimizer
+from parallax_jax.train.step import (TrainState, init_state, make_eval_step, make_train_step,
+                                     model_graphdef)
+
+log = logging.getLogger("parallax_jax")
+
+
+class NonFiniteLossError(RuntimeError):
+  pass
+
+
+def _progress(total: int, initial: int, enabled: bool):
+  if not enabled or jax.process_index() != 0:
+    return None
+  from tqdm.auto import tqdm
+  return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
+
+
+def save_resolved_config(exp: Experiment, workdir: Path, extra: dict) -> None:
+  record = {"config": exp.raw.to_dict(), **extra}
+  (workdir / "config.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
+
+
+class Trainer:
+  """Holds the compiled steps, shardings and data of one run."""
+
+  def __init__(self, cfg: ml_collections.ConfigDict, workdir: str | Path):
+    self.exp = exp = resolve(cfg, jax.device_count())
+    self.workdir = Path(workdir)
+    self.workdir.mkdir(parents=True, exist_ok=True)
+    self.mesh = sharding.make_mesh(exp.mesh)
+    self.data = data_io.TrainData(exp)
+    save_resolved_config(exp, self.workdir, {"data": self.data.describe(),
+                                             "num_params": exp.model.num_params(),
+                                             "devices": jax.device_count()})
+    self.tx, self.schedules = make_optimizer(exp.optimizer, exp.train.steps)
+    self.graphdef, _ = model_graphdef(exp.model)
+    repl = sharding.replicated(self.mesh)
+    batch = sharding.batch_sharding(self.mesh)
+    self.abstract_state = jax.eval_shape(lambda: init_state(exp.model, self.tx, exp.train.seed))
+    self.state_sharding = jax.tree.map(lambda _: repl, self.abstract_state)
+    self._init = jax.jit(lambda: init_state(exp.model, self.tx, exp.train.seed),
+                         out_shardings=self.state_sharding)
+    self.train_step = jax.jit(make_train_step(self.graphdef, self.tx, self.schedules),
+                              in_shardings=(self.state_sharding, batch),
+                              out_shardings=(self.state_sharding, repl), donate_argnums=(0,))
+    self.eval_step = jax.jit(make_eval_step(self.graphdef),
+                             in_shardings=(self.state_sharding.params, batch),
+                             out_shardings=repl)
+    self.checkpointer = Checkpointer(self.workdir / "checkpoints", exp.checkpoint)
+
+  def initial_state(self) -> TrainState:
+    """Latest checkpoint of the workdir, else ``checkpoint.init_from`` params, else fresh."""
+    abstract = abstract_like(self.abstract_state, self.state_sharding)
+    step = self.checkpointer.latest_step()
+    if step is not None:
+      state, data_state = self.checkpointer.restore(abstract, step)
+      self.data.restore(data_state)
+      log.info("resumed from %s at step %d", self.checkpointer.directory, step)
+      return state
+    state = self._init()
+    if self.exp.checkpoint.init_from:
+      params = load_params(self.exp.checkpoint.init_from, abstract.params)
+      state = state._replace(params=params, opt_state=jax.jit(
+          self.tx.init, out_shardings=self.state_sharding.opt_state)(params))
+      log.info("initialised params from %s", self.exp.checkpoint.init_from)
+    return state
+
+  def evaluate(self, params) -> dict:
+    nll, tokens = 0.0, 0.0
+    for batch in self.data.eval_batches():
+      out = self.eval_step(params, sharding.global_batch(batch, self.mesh))
+      nll += float(out["nll_sum"])
+      tokens += float(out["tokens"])
+    if tokens == 0:
+      return {}
+    return {"eval_loss": nll / tokens, "eval_perplexity": math.exp(min(nll / tokens, 50.0))}
+
+  def run(self) -> dict:
+    exp = self.exp
+    tcfg = exp.train
+    state = self.initial_state()
+    start = int(state.step)
+    metrics_out = MetricsWriter(self.workdir, resume_step=start)
+    bar = _progress(tcfg.steps, start, tcfg.progress_bar)
+    peak = peak_flops_per_device()
+    flops_per_token = exp.model.flops_per_token(tcfg.seq_len)
+    tokens_per_step = tcfg.batch_size * tcfg.seq_len
+    last_log_time, last_log_step, compiled = time.perf_counter(), start, False
+    summary = {"start_step": start}
+    try:
+      for step in range(start, tcfg.steps):
+        batch = sharding.global_batch(self.data.next_train(), self.mesh)
+        state, m = self.train_step(state, batch)
+        done = step + 1
+        loss = float(m["loss"])  # one host read per step: catch a non-finite loss at once
+        if not math.isfinite(loss):
+          latest = self.checkpointer.latest_step()
+          raise NonFiniteLossError(
+              f"non-finite loss ({loss}) at step {done}; stopping. The last good checkpoint is "
+              f"step {latest} in {self.checkpointer.directory}.")
+        if bar is not None:
+          bar.update(1)
+          bar.set_postfix(loss=f"{loss:.4f}")
+        if done % tcfg.log_every == 0 or done == tcfg.steps:
+          now = time.perf_counter()
+          scalars = {k: float(v) for k, v in jax.device_get(m).items()}
+          scalars["perplexity"] = math.exp(min(loss, 50.0))
+          if compiled:  # the first interval holds compilation: no throughput for it
+            dt = (now - last_log_time) / (done - last_log_step)
+            scalars.update(step_time_s=dt, tokens_per_s=tokens_per_step / dt)
+            if peak:
+              scalars["mfu"] = (flops_per_token * tokens_per_step / dt
+                                / (peak * jax.device_count()))
+          compiled = True
+          last_log_time, last_log_step = now, done
+          if tcfg.eval_every and (done % tcfg.eval_every == 0 or done == tcfg.steps):
+            scalars.update(self.evaluate(state.params))
+            last_log_time = time.perf_counter()  # eval time is not step time
+          metrics_out.write(done, scalars)
+          summary.update(scalars)
+        if done % exp.checkpoint.every_steps == 0 or done == tcfg.steps:
+          self.checkpointer.save(done, state, self.data.state())
+    finally:
+      self.checkpointer.close()
+      metrics_out.close()
+      if bar is not None:
+        bar.close()
+    summary["final_step"] = int(state.step)
+    return summary
+
+
+def train(cfg: ml_collections.ConfigDict, workdir: str | Path) -> dict:
+  return Trainer(cfg, workdir).run()
+
+
+def evaluate(workdir: str | Path, cfg: ml_collections.ConfigDict | None = None) -> dict:
+  """Held-out loss/perplexity of the latest checkpoint in ``workdir``."""
+  workdir = Path(workdir)
+  if cfg is None:
+    record = json.loads((workdir / "config.json").read_text())
+    cfg = ml_collections.ConfigDict(record["config"])
+  trainer = Trainer(cfg, workdir)
+  if trainer.checkpointer.latest_step() is None:
+    raise FileNotFoundError(f"no checkpoint in {workdir / 'checkpoints'} to evaluate")
+  state = trainer.initial_state()
+  out = trainer.evaluate(state.params)
+  out["step"] = int(state.step)
+  trainer.checkpointer.close()
+  return out
+
+
+__all__ = ["NonFiniteLossError", "Trainer", "evaluate", "train"]

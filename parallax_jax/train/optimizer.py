@@ -1,0 +1,129 @@
+"""Optimizers from config: AdamW or Muon (+ AdamW for non-matrix params), schedules, clipping.
+
+Parameter groups are decided by path (``parallax_jax.model`` names):
+- Muon: attention projections ``q/r/k/v_proj`` ([D, H, Dh]: reduce over D, output H*Dh),
+  ``o_proj`` ([H, Dh, D]: reduce over H*Dh) and the MLP matrices; W_R (``r_proj``) included.
+- AdamW: embeddings, the untied LM head, norm scales.
+Weight decay applies to matrices (embeddings only if ``decay_embeddings``), never to norms.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+
+import jax
+import optax
+from optax.contrib import MuonDimensionNumbers
+
+OPTIMIZERS = ("adamw", "muon")
+SCHEDULES = ("cosine", "wsd", "constant")
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+  name: str = "adamw"
+  learning_rate: float = 3e-3  # peak LR (Muon group under "muon")
+  adam_learning_rate: float | None = None  # AdamW group under "muon"; None: learning_rate
+  schedule: str = "cosine"
+  warmup_steps: int = 100
+  decay_fraction: float = 0.2  # wsd: share of steps spent decaying
+  min_lr_ratio: float = 0.1
+  weight_decay: float = 0.1
+  decay_embeddings: bool = False
+  b1: float = 0.9
+  b2: float = 0.95
+  eps: float = 1e-8
+  clip_norm: float | None = 1.0
+  muon_beta: float = 0.95
+  muon_ns_steps: int = 5
+
+  def __post_init__(self):
+    if self.name not in OPTIMIZERS:
+      raise ValueError(f"optimizer.name must be one of {OPTIMIZERS}, got {self.name!r}")
+    if self.schedule not in SCHEDULES:
+      raise ValueError(f"optimizer.schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+    if self.learning_rate <= 0:
+      raise ValueError(f"optimizer.learning_rate must be > 0, got {self.learning_rate}")
+    if self.warmup_steps < 0:
+      raise ValueError(f"optimizer.warmup_steps must be >= 0, got {self.warmup_steps}")
+    if not 0 <= self.decay_fraction <= 1:
+      raise ValueError(f"optimizer.decay_fraction must be in [0, 1], got {self.decay_fraction}")
+    if self.clip_norm is not None and self.clip_norm < 0:
+      raise ValueError(f"optimizer.clip_norm must be >= 0 or None, got {self.clip_norm}")
+
+  @classmethod
+  def from_dict(cls, d: Mapping) -> OptimizerConfig:
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - fields)
+    if unknown:
+      raise ValueError(f"unknown optimizer config keys {unknown}; known: {sorted(fields)}")
+    return cls(**dict(d))
+
+
+def make_schedule(peak: float, cfg: OptimizerConfig, total_steps: int) -> optax.Schedule:
+  """Warmup then cosine decay, warmup-stable-decay (linear decay), or constant."""
+  warmup = min(cfg.warmup_steps, max(total_steps - 1, 0))
+  end = peak * cfg.min_lr_ratio
+  if cfg.schedule == "cosine":
+    return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, max(total_steps, warmup + 1),
+                                              end)
+  if cfg.schedule == "constant":
+    return optax.warmup_constant_schedule(0.0, peak, warmup)
+  decay = int(round(cfg.decay_fraction * total_steps))
+  stable = max(total_steps - warmup - decay, 0)
+  return optax.join_schedules(
+      [optax.linear_schedule(0.0, peak, warmup), optax.constant_schedule(peak),
+       optax.linear_schedule(peak, end, max(decay, 1))],
+      boundaries=[warmup, warmup + stable])
+
+
+def _path_names(path) -> tuple[str, ...]:
+  return tuple(str(getattr(p, "key", getattr(p, "name", getattr(p, "idx", p)))) for p in path)
+
+
+def _is_embedding(names) -> bool:
+  return names[-1] in ("embed", "head")
+
+
+def muon_dimension_numbers(params):
+  """Per-leaf ``MuonDimensionNumbers`` (Muon) or None (AdamW), from the parameter path."""
+
+  def rule(path, x):
+    names = _path_names(path)
+    if x.ndim < 2 or _is_embedding(names) or names[-1] != "kernel":
+      return None
+    if "o_proj" in names:  # [H, Dh, D]
+      return MuonDimensionNumbers(reduction_axis=(0, 1), output_axis=(2,))
+    if any(n in names for n in ("q_proj", "r_proj", "k_proj", "v_proj")):  # [D, H, Dh]
+      return MuonDimensionNumbers(reduction_axis=(0,), output_axis=(1, 2))
+    return MuonDimensionNumbers(reduction_axis=(0,), output_axis=(1,))
+
+  return jax.tree_util.tree_map_with_path(rule, params)
+
+
+def decay_mask(cfg: OptimizerConfig):
+  def mask(params):
+    return jax.tree_util.tree_map_with_path(
+        lambda path, x: x.ndim >= 2 and (cfg.decay_embeddings
+                                         or not _is_embedding(_path_names(path))), params)
+  return mask
+
+
+def make_optimizer(cfg: OptimizerConfig, total_steps: int):
+  """``(tx, schedules)``: the optax transformation and ``{"lr": ..., ["adam_lr": ...]}``."""
+  lr = make_schedule(cfg.learning_rate, cfg, total_steps)
+  schedules = {"lr": lr}
+  if cfg.name == "adamw":
+    core = optax.adamw(lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay,
+                       mask=decay_mask(cfg))
+  else:
+    adam_lr = make_schedule(cfg.adam_learning_rate or cfg.learning_rate, cfg, total_steps)
+    schedules["adam_lr"] = adam_lr
+    core = optax.contrib.muon(
+        lr, ns_steps=cfg.muon_ns_steps, beta=cfg.muon_beta, eps=cfg.eps,
+        weight_decay=cfg.weight_decay, weight_decay_mask=decay_mask(cfg),
+        adam_b1=cfg.b1, adam_b2=cfg.b2, adam_weight_decay=cfg.weight_decay,
+        adam_learning_rate=adam_lr, muon_weight_dimension_numbers=muon_dimension_numbers)
+  parts = [optax.clip_by_global_norm(cfg.clip_norm)] if cfg.clip_norm else []
+  return optax.chain(*parts, core), schedules

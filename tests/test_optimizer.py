@@ -1,0 +1,68 @@
+"""Optimizer groups, masks and schedules on the real parameter tree."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+from optax.contrib import MuonDimensionNumbers as MDN
+
+from parallax_jax.model import ModelConfig, Transformer
+from parallax_jax.train.optimizer import (OptimizerConfig, decay_mask, make_optimizer,
+                                          make_schedule, muon_dimension_numbers)
+
+CFG = ModelConfig(vocab_size=128, d_model=64, num_layers=2, num_heads=4, num_kv_heads=2,
+                  head_dim=16, mlp_dim=96, tie_embeddings=False)
+PARAMS = nnx.to_pure_dict(nnx.state(Transformer(CFG, rngs=nnx.Rngs(0)), nnx.Param))
+
+
+def _flat(tree):
+  leaves = jax.tree_util.tree_flatten_with_path(
+      tree, is_leaf=lambda x: x is None or isinstance(x, MDN))[0]
+  return {jax.tree_util.keystr(p): v for p, v in leaves}
+
+
+def test_muon_groups_by_path():
+  dims = _flat(muon_dimension_numbers(PARAMS))
+  attn = "['blocks'][0]['attn']"
+  for proj in ("q_proj", "r_proj", "k_proj", "v_proj"):
+    assert dims[f"{attn}['{proj}']['kernel']"] == MDN((0,), (1, 2))
+  assert dims[f"{attn}['o_proj']['kernel']"] == MDN((0, 1), (2,))
+  assert dims["['blocks'][1]['mlp']['down']['kernel']"] == MDN((0,), (1,))
+  for adam in ("['embed']", "['head']", f"{attn}['q_norm']['scale']", "['final_norm']['scale']"):
+    assert dims[adam] is None, adam
+
+
+def test_weight_decay_mask():
+  mask = _flat(decay_mask(OptimizerConfig())(PARAMS))
+  assert mask["['blocks'][0]['attn']['r_proj']['kernel']"]
+  assert not mask["['embed']"] and not mask["['final_norm']['scale']"]
+  assert _flat(decay_mask(OptimizerConfig(decay_embeddings=True))(PARAMS))["['embed']"]
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "wsd", "constant"])
+def test_schedules(schedule):
+  cfg = OptimizerConfig(schedule=schedule, warmup_steps=10, learning_rate=1.0,
+                        min_lr_ratio=0.1, decay_fraction=0.2)
+  lr = make_schedule(1.0, cfg, 100)
+  assert float(lr(0)) == 0.0 and abs(float(lr(10)) - 1.0) < 1e-6
+  if schedule == "wsd":
+    assert float(lr(79)) == pytest.approx(1.0) and float(lr(100)) == pytest.approx(0.1)
+  if schedule == "cosine":
+    assert float(lr(100)) == pytest.approx(0.1) and 0.1 < float(lr(55)) < 1.0
+
+
+@pytest.mark.parametrize("name", ["adamw", "muon"])
+def test_optimizer_step_reduces_a_quadratic(name):
+  tx, schedules = make_optimizer(
+      OptimizerConfig(name=name, learning_rate=0.01, warmup_steps=0, weight_decay=0.0), 50)
+  params = jax.tree.map(lambda x: x.astype(jnp.float32), PARAMS)
+  loss = lambda p: sum(jnp.sum(x * x) for x in jax.tree.leaves(p))
+  state = tx.init(params)
+  before = loss(params)
+  for _ in range(3):
+    updates, state = tx.update(jax.grad(loss)(params), state, params)
+    params = optax.apply_updates(params, updates)
+  assert loss(params) < before and set(schedules) >= {"lr"}
+  assert np.isfinite(float(loss(params)))

@@ -1,0 +1,82 @@
+"""Config files, CLI overrides and validation before anything compiles."""
+
+from pathlib import Path
+
+import pytest
+
+from parallax_jax.train.config import MeshConfig, apply_overrides, load_config, resolve
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("name", ["tiny", "lm_0p6b", "lm_1p7b"])
+def test_shipped_configs_resolve(name):
+  exp = resolve(load_config(ROOT / "configs" / f"{name}.py"), num_devices=1)
+  assert exp.model.attention == "parallax" and exp.data.source == "builtin"
+  for key in ("train.steps", "train.seed", "checkpoint.every_steps", "model.attention",
+              "data.source"):
+    section, field = key.split(".")
+    assert hasattr(getattr(exp, section), field), key
+
+
+def test_qwen3_shapes():
+  exp = resolve(load_config(ROOT / "configs" / "lm_0p6b.py"))
+  m = exp.model
+  assert (m.num_layers, m.d_model, m.num_heads, m.num_kv_heads, m.head_dim, m.mlp_dim) == (
+      28, 1024, 16, 8, 128, 3072) and m.tie_embeddings
+  m = resolve(load_config(ROOT / "configs" / "lm_1p7b.py")).model
+  assert (m.d_model, m.mlp_dim) == (2048, 6144)
+
+
+def test_overrides_are_typed():
+  cfg = load_config(ROOT / "configs" / "tiny.py", [
+      "--config.train.steps=7", "--config.model.attention=softmax", "--config.optimizer.lr=1"
+      .replace("lr", "learning_rate"), "--config.model.window_size=16",
+      "--config.model.qk_norm=false", "--config.optimizer.clip_norm=None"])
+  exp = resolve(cfg)
+  assert exp.train.steps == 7 and exp.model.attention == "softmax"
+  assert exp.optimizer.learning_rate == 1.0 and exp.model.window_size == 16
+  assert exp.model.qk_norm is False and exp.optimizer.clip_norm is None
+
+
+@pytest.mark.parametrize("override,match", [
+    ("--config.train.stepz=3", "unknown config key 'train.stepz'"),
+    ("--config.nosection.x=1", "no section"),
+    ("--config.train.steps=many", "bad value for config.train.steps"),
+    ("--config.model.attention=linear", "model.attention"),
+    ("--config.model.num_kv_heads=3", "model.num_heads"),
+    ("--config.optimizer.name=sgd", "optimizer.name"),
+    ("--config.train.batch_size=0", "train.batch_size"),
+    ("--config.model.window_size=100000", "window_size"),
+    ("--config.data.format=parquet", "format"),
+])
+def test_bad_configs_fail_before_compiling(override, match):
+  with pytest.raises(ValueError, match=match):
+    resolve(load_config(ROOT / "configs" / "tiny.py", [override]))
+
+
+def test_unknown_keys_in_a_config_file(tmp_path):
+  cfg = load_config(ROOT / "configs" / "tiny.py")
+  cfg.model.unknown_knob = 3
+  with pytest.raises(ValueError, match="unknown model config keys"):
+    resolve(cfg)
+  with pytest.raises(FileNotFoundError, match="does not exist"):
+    load_config(tmp_path / "nope.py")
+
+
+def test_mesh_sizes_against_device_count():
+  assert MeshConfig(data=-1, tensor=2).shape(8) == {"data": 4, "fsdp": 1, "tensor": 2,
+                                                    "sequence": 1}
+  with pytest.raises(ValueError, match="multiply to"):
+    MeshConfig(data=2, fsdp=2, tensor=1, sequence=1).shape(8)
+  with pytest.raises(ValueError, match="not divisible"):
+    MeshConfig(data=-1, tensor=3).shape(8)
+  cfg = load_config(ROOT / "configs" / "tiny.py", ["--config.mesh.data=3"])
+  with pytest.raises(ValueError, match="mesh"):
+    resolve(cfg, num_devices=1)
+
+
+def test_apply_overrides_rejects_malformed():
+  cfg = load_config(ROOT / "configs" / "tiny.py")
+  with pytest.raises(ValueError, match="must look like"):
+    apply_overrides(cfg, ["--config.train.steps"])
