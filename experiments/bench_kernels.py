@@ -112,7 +112,8 @@ def accuracy(fn, inputs, causal):
   o_ref, vjp_ref = jax.jit(lambda *a: jax.vjp(ref, *a))(*f32)
   grads_ref = vjp_ref(g.astype(jnp.float32))
   out = {}
-  for name, a, b in zip(("o", "dq", "dr", "dk", "dv"), (o, *grads), (o_ref, *grads_ref)):
+  for name, a, b in zip(("o", "dq", "dr", "dk", "dv"), (o, *grads), (o_ref, *grads_ref),
+                        strict=True):
     err = jnp.abs(a.astype(jnp.float32) - b) / jnp.max(jnp.abs(b))
     out[name] = {"max": float(jnp.max(err)), "median": float(jnp.median(err))}
   out["ok"] = all(e["max"] < 2e-2 and e["median"] < 1e-2 for e in out.values())
@@ -224,10 +225,11 @@ def to_markdown(result) -> str:
            f"- versions: {m['versions']}",
            f"- command: `{m['command']}`",
            f"- config: {m['config']}", "",
-           "| B | L | path | fwd ms | fwd TFLOP/s | fwd+bwd ms | fwd+bwd TFLOP/s | accuracy | note |",
+           "| B | L | path | fwd ms | fwd TFLOP/s | fwd+bwd ms | fwd+bwd TFLOP/s | accuracy "
+           "| note |",
            "|---|---|---|---|---|---|---|---|---|"]
   for r in m["rows"]:
-    def fmt(key, spec=".3f"):
+    def fmt(key, spec=".3f", r=r):
       return format(r[key], spec) if key in r else "-"
     acc = "-"
     if "accuracy" in r:

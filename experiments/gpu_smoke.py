@@ -65,12 +65,12 @@ def run(b, tq, tk, hq, hkv, d, causal, w, segs, scale, dtype, bs):
   o2, vjp2 = jax.vjp(fr, q, r, k, v)
   grads2 = vjp2(g.astype(jnp.float32))
   errs = [float(jnp.max(jnp.abs(x.astype(jnp.float32) - y)) / jnp.max(jnp.abs(y)))
-          for x, y in zip((o, *grads), (o2, *grads2))]
+          for x, y in zip((o, *grads), (o2, *grads2), strict=True)]
   tol = 2e-5 if dtype == "float32" else (5e-3 if dtype == "float16" else 2e-2)
   ok = all(e < tol for e in errs) and all(bool(jnp.all(jnp.isfinite(x))) for x in (o, *grads))
   print(f"{'ok  ' if ok else 'FAIL'} B{b} T{tq}x{tk} H{hq}-{hkv} D{d} causal={causal} W={w} "
         f"seg={segs} scale={scale} {dtype} bs={'small' if bs else 'default'}: "
-        + " ".join(f"{n}={e:.1e}" for n, e in zip(("o", "dq", "dr", "dk", "dv"), errs))
+        + " ".join(f"{n}={e:.1e}" for n, e in zip(("o", "dq", "dr", "dk", "dv"), errs, strict=True))
         + f" ({time.time() - t0:.1f}s)", flush=True)
   return ok
 

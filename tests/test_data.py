@@ -2,6 +2,8 @@
 
 import json
 import os
+import pickle
+import re
 
 import grain
 import numpy as np
@@ -89,6 +91,7 @@ def test_hf_tokenizer_round_trip(tmp_path):
     assert hf.decode(hf.encode(TEXT)) == TEXT
     assert hf.eos_id not in hf.encode(TEXT)
     assert hf.padded_vocab_size % 128 == 0 and hf.padded_vocab_size >= hf.vocab_size
+    assert pickle.loads(pickle.dumps(hf)).encode(TEXT) == hf.encode(TEXT)  # grain workers
 
 
 def test_sentencepiece_round_trip(tmp_path):
@@ -102,6 +105,7 @@ def test_sentencepiece_round_trip(tmp_path):
     text = "the lazy fox packs 42 tokens"
     assert sp.decode(sp.encode(text)) == text
     assert 0 <= sp.eos_id < sp.vocab_size and sp.padded_vocab_size == 128
+    assert pickle.loads(pickle.dumps(sp)).encode(text) == sp.encode(text)
 
 
 def test_tokenizer_errors_name_path(tmp_path):
@@ -197,6 +201,7 @@ def test_every_format_loads(tmp_path):
     assert isinstance(npy, NpyTokenSource)
     assert [d.tolist() for d in npy] == [[5, 6], [7], [8, 9, 10]]
     assert npy[0].dtype == np.int32
+    assert pickle.loads(pickle.dumps(npy))[2].tolist() == [8, 9, 10]  # memmaps not pickled
     for src in (ar, npy, load(tmp_path / "d.jsonl")):
         assert json.loads(json.dumps(src.describe()))["num_documents"] == 3
     # A directory with explicit format keeps only that format's files.
@@ -205,7 +210,7 @@ def test_every_format_loads(tmp_path):
 
 def test_source_errors_name_path(tmp_path):
     def err(source, exc=ValueError, match=None, **kw):
-        with pytest.raises(exc, match=match or os.path.basename(str(source))):
+        with pytest.raises(exc, match=match or re.escape(os.path.basename(str(source)))):
             src = make_source(DataConfig(source=str(source), **kw), BYTE)
             [src[i] for i in range(len(src))]
 
@@ -273,14 +278,16 @@ def _check_batch(b, batch_size, seq_len, eos_id):
     starts = np.ones_like(seg, bool)
     starts[:, 1:] = seg[:, 1:] != seg[:, :-1]
     assert np.all(pos[starts & (seg > 0)] == 0)  # positions restart at each segment
-    np.testing.assert_array_equal(pos[:, 1:][~starts[:, 1:]], pos[:, :-1][~starts[:, 1:]] + 1)
+    cont = ~starts[:, 1:] & (seg[:, 1:] > 0)  # positions count up within a segment
+    np.testing.assert_array_equal(pos[:, 1:][cont], pos[:, :-1][cont] + 1)
     same = (seg[:, 1:] == seg[:, :-1]) & (seg[:, 1:] > 0)
     np.testing.assert_array_equal(tgt[:, :-1][same], inp[:, 1:][same])  # shift within a doc
-    # Padding only at the end of a row; segment ids count up from 1.
+    # Padding only at the end of a row (eval pads whole rows); segment ids count 1, 2, ...
     for row in seg:
         real = row[row > 0]
-        assert np.all(row[: len(real)] > 0) and real[0] == 1 and np.all(np.diff(real) >= 0)
-        assert np.all(np.diff(real) <= 1)
+        assert np.all(row[: len(real)] > 0)
+        if real.size:
+            assert real[0] == 1 and set(np.diff(real).tolist()) <= {0, 1}
 
 
 def test_batches_format_and_consistency(id_docs):
@@ -352,7 +359,7 @@ def test_process_sharding_partitions_documents(id_docs):
 
 
 def test_determinism_and_epochs(id_docs):
-    cfg, _ = id_docs
+    cfg, docs = id_docs
     make = lambda seed, c=cfg: make_dataset(c, tokenizer=BYTE, seq_len=32, batch_size=2,
                                             split="train", seed=seed)
     a = _batches(make(0), 30)
@@ -361,9 +368,18 @@ def test_determinism_and_epochs(id_docs):
     assert not np.array_equal(a[0]["inputs"], b[0]["inputs"])
     c = _batches(make(0, DataConfig(**{**cfg.to_dict(), "shuffle_seed": 1})), 30)
     assert not np.array_equal(a[0]["inputs"], c[0]["inputs"])
-    # The infinite train stream keeps going past one epoch (~2.3k tokens) and reshuffles.
-    many = _batches(make(0), 120)
-    assert len(many) == 120
+    # Two epochs: each covers the train documents once, in a different order.
+    train_idx, _ = split_documents(NUM_DOCS, cfg.eval_fraction)
+    ds = make_dataset(cfg, tokenizer=BYTE, seq_len=32, batch_size=1, split="train", seed=0,
+                      num_epochs=2)
+    order = []  # document ids in the order they are trained on
+    for b in _batches(ds):
+        for t in b["targets"][(b["loss_mask"] > 0) & (b["targets"] != BYTE.eos_id)].tolist():
+            if not order or order[-1] != t:
+                order.append(t)
+    n = len(train_idx)
+    assert sorted(order[:n]) == sorted(order[n:2 * n]) == sorted(docs[i][0] for i in train_idx)
+    assert order[:n] != order[n:2 * n]
 
 
 def test_checkpoint_resume_gives_same_batches(id_docs):
@@ -380,9 +396,9 @@ def test_checkpoint_resume_gives_same_batches(id_docs):
     _assert_batches_equal([next(fresh) for _ in range(40)], expected)
 
 
-def test_checkpoint_with_grain_helper():
-    cfg = DataConfig(read_threads=2)
-    ds = make_dataset(cfg, tokenizer=BYTE, seq_len=256, batch_size=2, split="eval", seed=0)
+def test_checkpoint_with_grain_helper(id_docs):
+    cfg, _ = id_docs  # small: the helper restores at every step, O(steps^2)
+    ds = make_dataset(cfg, tokenizer=BYTE, seq_len=16, batch_size=2, split="eval", seed=0)
     grain.experimental.assert_equal_output_after_checkpoint(ds)
 
 

@@ -18,10 +18,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from pallas_kernels.gpu import IMPLEMENTATION, GpuBlockSizes, default_block_sizes, schedule
 from parallax_jax import MaskSpec, parallax_attention, parallax_reference
 from parallax_jax.attention.validation import validate
 from parallax_jax.attention.xla import XlaBlockSizes
-from pallas_kernels.gpu import IMPLEMENTATION, GpuBlockSizes, default_block_sizes, schedule
 
 # ---------------------------------------------------------------------------------------------
 # Block sizes.
@@ -194,7 +194,11 @@ CASES = [  # (B, Tq, Tk, Hq, Hkv, D, causal, W, segments, scale, dtype, block_si
 ]
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda c: "B{}_T{}x{}_H{}-{}_D{}_c{}_W{}_seg{}_s{}_{}".format(*c))
+def _case_id(c):
+  return "B{}_T{}x{}_H{}-{}_D{}_c{}_W{}_seg{}_s{}_{}".format(*c)
+
+
+@pytest.mark.parametrize("case", CASES, ids=_case_id)
 def test_matches_reference(case):
   b, tq, tk, hq, hkv, d, causal, w, segs, scale, dtype, bs = case
   tk = tk or tq
@@ -222,7 +226,8 @@ def test_matches_reference(case):
   grads_ref = vjp_ref(g.astype(jnp.float32))
   tol = {"float32": 2e-5, "bfloat16": 2e-2, "float16": 5e-3}[dtype]
   assert o.dtype == q.dtype and o.shape == q.shape
-  for name, got, want in zip(("o", "dq", "dr", "dk", "dv"), (o, *grads), (o_ref, *grads_ref)):
+  for name, got, want in zip(("o", "dq", "dr", "dk", "dv"), (o, *grads), (o_ref, *grads_ref),
+                        strict=True):
     assert got.dtype == jnp.dtype(dtype), name
     assert np.all(np.isfinite(np.asarray(got, np.float32))), name
     err = _max_rel(got, want)

@@ -18,9 +18,10 @@ from parallax_jax.train.metrics import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--config.model.d_model=64", "--config.model.num_layers=1", "--config.model.mlp_dim=128",
-         "--config.model.head_dim=16", "--config.train.batch_size=4", "--config.train.seq_len=64",
+         "--config.model.head_dim=16", "--config.train.batch_size=8", "--config.train.seq_len=64",
          "--config.train.log_every=1", "--config.train.eval_every=0",
-         "--config.train.progress_bar=false", "--config.optimizer.warmup_steps=5"]
+         "--config.train.progress_bar=false", "--config.optimizer.warmup_steps=5",
+         "--config.optimizer.learning_rate=1e-2"]
 
 
 def _cfg(*extra):

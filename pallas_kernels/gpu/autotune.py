@@ -6,7 +6,8 @@
 For each (dtype, head dim) the forward, the dq/dr pass and the dk/dv pass are tuned one after
 the other (the backward passes timed together, the other pass at its best known config) on a
 causal problem (B=2, L=4096, H=16 by default). Candidates are few on purpose: the whole run
-for one (dtype, head dim) takes about a minute, mostly Triton compiles. The forward is tuned again at
+for one (dtype, head dim) takes about a minute, mostly Triton compiles. The forward is tuned again
+at
 B=1, L=16384 (``--long-length``): its best tile grows with L (on an H200, 64x64 wins at 4096 and
 128x128 at 16384) and is stored as ``fwd@8192``. Entries for other
 (dtype, head dim) keys already in the file are kept.
@@ -23,10 +24,9 @@ import time
 import jax
 import jax.numpy as jnp
 
-from parallax_jax.attention.masking import MaskSpec
 from pallas_kernels.gpu import backward, forward
-from pallas_kernels.gpu.block_sizes import (_JSON, KernelConfig, bucket_key,
-                                            default_block_sizes)
+from pallas_kernels.gpu.block_sizes import _JSON, KernelConfig, bucket_key, default_block_sizes
+from parallax_jax.attention.masking import MaskSpec
 
 C = KernelConfig
 CANDIDATES = {

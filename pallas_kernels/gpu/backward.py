@@ -21,11 +21,11 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 
-from parallax_jax.attention.masking import MaskSpec
-from parallax_jax.attention.residuals import Residuals
 from pallas_kernels.gpu import common, schedule
 from pallas_kernels.gpu.block_sizes import KernelConfig
 from pallas_kernels.gpu.tile_math2 import LOG2E, bwd_tile2
+from parallax_jax.attention.masking import MaskSpec
+from parallax_jax.attention.residuals import Residuals
 
 
 def _dq_kernel(*refs, mask: MaskSpec, scale: float, bq: int, bk: int, n_q: int,

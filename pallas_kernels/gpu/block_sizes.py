@@ -38,7 +38,8 @@ class GpuBlockSizes:
   """Tiles and Triton launch parameters of the three Parallax GPU kernels.
 
   The dataclass defaults are the H200 bf16 D=128 tuning; ``default_block_sizes`` gives the
-  per-(dtype, head dim) defaults. Blocks are powers of two >= 16 (Triton tensor shapes and tensor-core tiles); they are
+  per-(dtype, head dim) defaults. Blocks are powers of two >= 16 (Triton tensor shapes and
+  tensor-core tiles); they are
   clipped to the (power-of-two rounded) sequence lengths at call time. ``num_warps`` is a power
   of two in [1, 16]; ``num_stages`` in [1, 8].
 
@@ -86,8 +87,8 @@ class GpuBlockSizes:
 
   def replace_kernel(self, name: str, cfg: KernelConfig) -> GpuBlockSizes:
     fields = _FIELDS[name]
-    return dataclasses.replace(self, **dict(zip(fields, (cfg.block_q, cfg.block_k,
-                                                         cfg.num_warps, cfg.num_stages))))
+    values = (cfg.block_q, cfg.block_k, cfg.num_warps, cfg.num_stages)
+    return dataclasses.replace(self, **dict(zip(fields, values, strict=True)))
 
 
 def pow2_at_least(n: int, floor: int = 16) -> int:
@@ -106,7 +107,7 @@ def bucket_key(dtype: str, head_dim: int) -> str:
   return f"{dtype}/d{head_dim_bucket(head_dim)}"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _tuned(path: str = _JSON) -> dict:
   try:
     with open(path) as f:

@@ -15,12 +15,12 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 
-from parallax_jax.attention import tile_math
-from parallax_jax.attention.masking import MaskSpec
-from parallax_jax.attention.residuals import Residuals
 from pallas_kernels.gpu import common, schedule
 from pallas_kernels.gpu.block_sizes import KernelConfig
 from pallas_kernels.gpu.tile_math2 import LOG2E, fwd_finalize2, fwd_tile2
+from parallax_jax.attention import tile_math
+from parallax_jax.attention.masking import MaskSpec
+from parallax_jax.attention.residuals import Residuals
 
 
 def _fwd_kernel(*refs, mask: MaskSpec, scale: float, bq: int, bk: int, n_q: int,

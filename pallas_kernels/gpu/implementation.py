@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from parallax_jax.attention.implementations import Implementation
-from parallax_jax.attention.validation import CallSpec
 from pallas_kernels.gpu import backward, forward
 from pallas_kernels.gpu.block_sizes import GpuBlockSizes, default_block_sizes
+from parallax_jax.attention.implementations import Implementation
+from parallax_jax.attention.validation import CallSpec
 
 _DTYPES = ("float32", "bfloat16", "float16")
 

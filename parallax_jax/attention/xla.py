@@ -16,6 +16,7 @@ GQA never repeats K/V), keys ``[B, Hkv, nK, bk, D]``.
 from __future__ import annotations
 
 import dataclasses
+from typing import NamedTuple
 
 import jax.numpy as jnp
 from jax import lax
@@ -105,14 +106,57 @@ class _Layout:
     return x.transpose(0, 2, 3, 1, 4).reshape(b, nk * bk, h, d)[:, : self.mask.kv_len]
 
 
+@dataclasses.dataclass(frozen=True)
+class OffsetMask:
+  """A ``MaskSpec`` whose query offset is a traced int scalar instead of ``Tk - Tq``.
+
+  Query row ``i`` sits at key index ``i + q_offset`` (the absolute position of query row 0
+  minus that of key 0). Used for one (query chunk, key chunk) pair of a sharded sequence; the
+  rules themselves are ``MaskSpec``'s, shared verbatim.
+  """
+
+  q_len: int
+  kv_len: int
+  causal: bool
+  window_size: int | None
+  q_offset: object  # int32 scalar, may be traced
+
+  visible = MaskSpec.visible
+  key_range = MaskSpec.key_range
+
+  def max_blocks(self, block_q: int, block_k: int) -> int:
+    """Static bound on the key blocks one query block may touch (the loop trip count)."""
+    nk = _cdiv(self.kv_len, block_k)
+    if self.window_size is None:
+      return nk
+    # A block of bq rows sees at most bq + W - 1 consecutive keys.
+    return min(nk, _cdiv(block_q + self.window_size - 2, block_k) + 1)
+
+
 class _Schedule:
-  """Which key block each query block visits at loop step ``step``, and the tile's mask."""
+  """Which key block each query block visits at loop step ``step``, and the tile's mask.
+
+  ``layout.mask`` is a ``MaskSpec`` (static schedule) or an ``OffsetMask`` (schedule computed
+  from the traced offset, trip count bounded statically).
+  """
 
   def __init__(self, layout: _Layout, segment_ids):
     self.layout = layout
-    first, count, self.num_steps = layout.mask.block_schedule(layout.bq, layout.bk)
-    self.first = jnp.asarray(first)
-    self.count = jnp.asarray(count)
+    mask = layout.mask
+    if isinstance(mask, OffsetMask):
+      nq = layout.nq
+      row_first = jnp.arange(nq, dtype=jnp.int32) * layout.bq
+      row_last = jnp.minimum(row_first + layout.bq, mask.q_len) - 1
+      lo, hi = mask.key_range(row_first, row_last, xp=jnp)
+      first = jnp.clip(lo, 0, None) // layout.bk
+      last = jnp.where(hi >= lo, hi // layout.bk, first - 1)
+      self.first = first.astype(jnp.int32)
+      self.count = jnp.maximum(last - first + 1, 0).astype(jnp.int32)
+      self.num_steps = mask.max_blocks(layout.bq, layout.bk)
+    else:
+      first, count, self.num_steps = mask.block_schedule(layout.bq, layout.bk)
+      self.first = jnp.asarray(first)
+      self.count = jnp.asarray(count)
     self.rows = jnp.arange(layout.nq * layout.bq, dtype=jnp.int32).reshape(layout.nq, layout.bq)
     self.seg_q = self.seg_k = None
     if segment_ids is not None:
@@ -125,7 +169,7 @@ class _Schedule:
   def step(self, step):
     """-> (key block per query block [nQ], visible [B|1, 1, 1, nQ, bq, bk])."""
     lay = self.layout
-    kb = jnp.minimum(self.first + step, lay.nk - 1)
+    kb = jnp.clip(self.first + step, 0, lay.nk - 1)
     cols = kb[:, None] * lay.bk + jnp.arange(lay.bk, dtype=jnp.int32)  # [nQ, bk]
     seg_q = seg_k = None
     if self.seg_q is not None:
@@ -147,6 +191,83 @@ def _check(mask: MaskSpec, q):
     raise ValueError(f"mask.q_len={mask.q_len} does not match q's length {q.shape[1]}.")
 
 
+def _fwd_loop(sched: _Schedule, q_, r_, k_, v_, state, *, scale: float, v_dtype):
+  """Folds every key block of ``sched`` into the blocked online ``state``."""
+  prec = _precision(q_.dtype)
+  acc_dtype = _compute_dtype(q_.dtype)
+
+  def body(step, state):
+    kb, visible = sched.step(step)
+    k_s = jnp.take(k_, kb, axis=2)  # [B, Hkv, nQ, bk, D]
+    v_s = jnp.take(v_, kb, axis=2)
+    s = scale * _dot("bhgqid,bhqjd->bhgqij", q_, k_s, prec, acc_dtype)
+    t = _dot("bhgqid,bhqjd->bhgqij", r_, k_s, prec, acc_dtype)
+    tile = tile_math.fwd_tile(s, t, visible, state.m)
+    pv1 = _dot("bhgqij,bhqjd->bhgqid", tile.w.astype(v_dtype), v_s, prec, acc_dtype)
+    pv2c = _dot("bhgqij,bhqjd->bhgqid", tile.w2c.astype(v_dtype), v_s, prec, acc_dtype)
+    return tile_math.fwd_update(state, tile, pv1, pv2c)
+
+  return lax.fori_loop(0, sched.num_steps, body, state)
+
+
+class RowStats(NamedTuple):
+  """Per-row statistics the backward needs, blocked ``[B, Hkv, G, nQ, bq]`` (compute dtype)."""
+
+  lse: jnp.ndarray
+  bart: jnp.ndarray
+  delta_o: jnp.ndarray  # dO . o
+  b: jnp.ndarray  # dO . barv
+
+
+def _bwd_loop(sched: _Schedule, q_, r_, do_, rows: RowStats, k_, v_, carry, *, scale: float):
+  """Adds the gradient contributions of every tile of ``sched`` to ``carry``.
+
+  ``carry = (dq, dr, dk, dv)`` blocked, compute dtype; the tiles are exact given the global
+  row statistics ``rows`` (PARALLAX.md 3.1), so carries of disjoint key sets simply add up.
+  """
+  prec = _precision(q_.dtype)
+  acc_dtype = _compute_dtype(q_.dtype)
+  dtype = q_.dtype
+
+  def body(step, carry):
+    dq, dr, dk, dv = carry
+    kb, visible = sched.step(step)
+    k_s = jnp.take(k_, kb, axis=2)
+    v_s = jnp.take(v_, kb, axis=2)
+    s = scale * _dot("bhgqid,bhqjd->bhgqij", q_, k_s, prec, acc_dtype)
+    t = _dot("bhgqid,bhqjd->bhgqij", r_, k_s, prec, acc_dtype)
+    a = _dot("bhgqid,bhqjd->bhgqij", do_, v_s, prec, acc_dtype)
+    tile = tile_math.bwd_tile(s, t, visible, rows.lse, rows.bart, a, rows.delta_o, rows.b)
+    gl = (scale * tile.gl).astype(dtype)
+    gu = tile.gu.astype(dtype)
+    pw = tile.pw.astype(dtype)
+    dq = dq + _dot("bhgqij,bhqjd->bhgqid", gl, k_s, prec, acc_dtype)
+    dr = dr + _dot("bhgqij,bhqjd->bhgqid", gu, k_s, prec, acc_dtype)
+    dk_s = (_dot("bhgqij,bhgqid->bhqjd", gl, q_, prec, acc_dtype)
+            + _dot("bhgqij,bhgqid->bhqjd", gu, r_, prec, acc_dtype))
+    dv_s = _dot("bhgqij,bhgqid->bhqjd", pw, do_, prec, acc_dtype)
+    # Several query blocks may visit the same key block in one step: scatter-add sums them.
+    dk = dk.at[:, :, kb].add(dk_s)
+    dv = dv.at[:, :, kb].add(dv_s)
+    return dq, dr, dk, dv
+
+  return lax.fori_loop(0, sched.num_steps, body, carry)
+
+
+def _row_products(do, residuals: Residuals, acc_dtype):
+  """``(dO . o, dO . barv)`` per row, ``[B, Hq, Tq]`` (PARALLAX.md 3.1: T and b)."""
+  do = do.astype(acc_dtype)
+  delta_o = jnp.einsum("bthd,bthd->bht", do, residuals.o.astype(acc_dtype))
+  b_row = jnp.einsum("bthd,bthd->bht", do, residuals.barv.astype(acc_dtype))
+  return delta_o, b_row
+
+
+def _layout(mask, q, k, block_sizes) -> _Layout:
+  bs = block_sizes or XlaBlockSizes()
+  return _Layout(mask, q.shape[2] // k.shape[2], min(bs.block_q, mask.q_len),
+                 min(bs.block_k, mask.kv_len))
+
+
 def parallax_fwd(
     q: Float[Array, "B Tq Hq D"],
     r: Float[Array, "B Tq Hq D"],
@@ -164,29 +285,13 @@ def parallax_fwd(
   input dtype with float32 accumulation; the running state is float32.
   """
   _check(mask, q)
-  bs = block_sizes or XlaBlockSizes()
-  lay = _Layout(mask, q.shape[2] // k.shape[2], min(bs.block_q, mask.q_len),
-                min(bs.block_k, mask.kv_len))
+  lay = _layout(mask, q, k, block_sizes)
   sched = _Schedule(lay, segment_ids)
-  prec = _precision(q.dtype)
   q_, r_ = lay.q_blocks(q), lay.q_blocks(r)
   k_, v_ = lay.kv_blocks(k), lay.kv_blocks(v)
   b, hkv, g, nq, bq, d = q_.shape
-  acc_dtype = _compute_dtype(q.dtype)
-
-  def body(step, state):
-    kb, visible = sched.step(step)
-    k_s = jnp.take(k_, kb, axis=2)  # [B, Hkv, nQ, bk, D]
-    v_s = jnp.take(v_, kb, axis=2)
-    s = scale * _dot("bhgqid,bhqjd->bhgqij", q_, k_s, prec, acc_dtype)
-    t = _dot("bhgqid,bhqjd->bhgqij", r_, k_s, prec, acc_dtype)
-    tile = tile_math.fwd_tile(s, t, visible, state.m)
-    pv1 = _dot("bhgqij,bhqjd->bhgqid", tile.w.astype(v.dtype), v_s, prec, acc_dtype)
-    pv2c = _dot("bhgqij,bhqjd->bhgqid", tile.w2c.astype(v.dtype), v_s, prec, acc_dtype)
-    return tile_math.fwd_update(state, tile, pv1, pv2c)
-
-  state = tile_math.fwd_init((b, hkv, g, nq, bq), d, acc_dtype)
-  state = lax.fori_loop(0, sched.num_steps, body, state)
+  state = tile_math.fwd_init((b, hkv, g, nq, bq), d, _compute_dtype(q.dtype))
+  state = _fwd_loop(sched, q_, r_, k_, v_, state, scale=scale, v_dtype=v.dtype)
   res = tile_math.fwd_finalize(state)
   o = lay.q_unblock(res.o).astype(q.dtype)
   residuals = Residuals(
@@ -217,52 +322,100 @@ def parallax_bwd(
   group are accumulated over its query heads in float32, never materialised per query head.
   """
   _check(mask, q)
-  bs = block_sizes or XlaBlockSizes()
-  lay = _Layout(mask, q.shape[2] // k.shape[2], min(bs.block_q, mask.q_len),
-                min(bs.block_k, mask.kv_len))
+  lay = _layout(mask, q, k, block_sizes)
   sched = _Schedule(lay, segment_ids)
-  prec = _precision(q.dtype)
   acc_dtype = _compute_dtype(q.dtype)
-
   do = do.astype(q.dtype)
-  # Row statistics of the upstream gradient (PARALLAX.md 3.1: T = dO.o, b = dO.barv).
-  delta_o = jnp.einsum("bthd,bthd->bht", do.astype(acc_dtype), residuals.o.astype(acc_dtype))
-  b_row = jnp.einsum("bthd,bthd->bht", do.astype(acc_dtype), residuals.barv.astype(acc_dtype))
+  delta_o, b_row = _row_products(do, residuals, acc_dtype)
   q_, r_, do_ = lay.q_blocks(q), lay.q_blocks(r), lay.q_blocks(do)
   k_, v_ = lay.kv_blocks(k), lay.kv_blocks(v)
-  lse_ = lay.row_blocks(residuals.lse.astype(acc_dtype))
-  bart_ = lay.row_blocks(residuals.bart.astype(acc_dtype))
-  delta_ = lay.row_blocks(delta_o)
-  b_ = lay.row_blocks(b_row)
-
-  def body(step, carry):
-    dq, dr, dk, dv = carry
-    kb, visible = sched.step(step)
-    k_s = jnp.take(k_, kb, axis=2)
-    v_s = jnp.take(v_, kb, axis=2)
-    s = scale * _dot("bhgqid,bhqjd->bhgqij", q_, k_s, prec, acc_dtype)
-    t = _dot("bhgqid,bhqjd->bhgqij", r_, k_s, prec, acc_dtype)
-    a = _dot("bhgqid,bhqjd->bhgqij", do_, v_s, prec, acc_dtype)
-    tile = tile_math.bwd_tile(s, t, visible, lse_, bart_, a, delta_, b_)
-    gl = (scale * tile.gl).astype(q.dtype)
-    gu = tile.gu.astype(q.dtype)
-    pw = tile.pw.astype(q.dtype)
-    dq = dq + _dot("bhgqij,bhqjd->bhgqid", gl, k_s, prec, acc_dtype)
-    dr = dr + _dot("bhgqij,bhqjd->bhgqid", gu, k_s, prec, acc_dtype)
-    dk_s = (_dot("bhgqij,bhgqid->bhqjd", gl, q_, prec, acc_dtype)
-            + _dot("bhgqij,bhgqid->bhqjd", gu, r_, prec, acc_dtype))
-    dv_s = _dot("bhgqij,bhgqid->bhqjd", pw, do_, prec, acc_dtype)
-    # Several query blocks may visit the same key block in one step: scatter-add sums them.
-    dk = dk.at[:, :, kb].add(dk_s)
-    dv = dv.at[:, :, kb].add(dv_s)
-    return dq, dr, dk, dv
-
+  rows = RowStats(
+      lse=lay.row_blocks(residuals.lse.astype(acc_dtype)),
+      bart=lay.row_blocks(residuals.bart.astype(acc_dtype)),
+      delta_o=lay.row_blocks(delta_o),
+      b=lay.row_blocks(b_row),
+  )
   zeros_q = jnp.zeros(q_.shape, acc_dtype)
   zeros_k = jnp.zeros(k_.shape, acc_dtype)
-  dq, dr, dk, dv = lax.fori_loop(0, sched.num_steps, body, (zeros_q, zeros_q, zeros_k, zeros_k))
+  dq, dr, dk, dv = _bwd_loop(sched, q_, r_, do_, rows, k_, v_,
+                             (zeros_q, zeros_q, zeros_k, zeros_k), scale=scale)
   return (
       lay.q_unblock(dq).astype(q.dtype),
       lay.q_unblock(dr).astype(r.dtype),
       lay.kv_unblock(dk).astype(k.dtype),
       lay.kv_unblock(dv).astype(v.dtype),
   )
+
+
+@dataclasses.dataclass(frozen=True)
+class ChunkPairOp:
+  """Blockwise Parallax of a query chunk against a key chunk at a traced relative position.
+
+  The building block of context parallelism (``context_parallel``): the forward folds one key
+  chunk into an un-normalised online state (``tile_math.FwdState``), the backward adds one key
+  chunk's exact gradient contributions given the *global* row statistics. Arrays stay in the
+  blocked layout of this module (convert once with the ``*_blocks`` / ``*_unblock`` methods):
+  queries ``[B, Hkv, G, nQ, bq, D]``, row statistics ``[B, Hkv, G, nQ, bq]``, keys
+  ``[B, Hkv, nK, bk, D]``.
+
+  ``q_offset`` (int32 scalar, may be traced) is the absolute position of query row 0 minus that
+  of key 0; the mask is ``MaskSpec``'s (causal: ``key <= row + q_offset``; window ``W``:
+  ``key > row + q_offset - W``). With a window the loop visits only the key blocks a query block
+  can see (static bound); pairs with no visible key still run their loop (skip them outside).
+  """
+
+  q_len: int
+  kv_len: int
+  group: int
+  causal: bool
+  window_size: int | None
+  scale: float
+  block_sizes: XlaBlockSizes | None = None
+
+  def _lay(self, q_offset=0) -> _Layout:
+    bs = self.block_sizes or XlaBlockSizes()
+    mask = OffsetMask(self.q_len, self.kv_len, self.causal, self.window_size, q_offset)
+    return _Layout(mask, self.group, min(bs.block_q, self.q_len), min(bs.block_k, self.kv_len))
+
+  def q_blocks(self, x):
+    return self._lay().q_blocks(x)
+
+  def q_unblock(self, x):
+    return self._lay().q_unblock(x)
+
+  def row_blocks(self, x):
+    return self._lay().row_blocks(x)
+
+  def row_unblock(self, x):
+    return self._lay().row_unblock(x)
+
+  def kv_blocks(self, x):
+    return self._lay().kv_blocks(x)
+
+  def kv_unblock(self, x):
+    return self._lay().kv_unblock(x)
+
+  def init_state(self, q_) -> tile_math.FwdState:
+    """Empty online state for blocked queries ``q_``."""
+    return tile_math.fwd_init(q_.shape[:-1], q_.shape[-1], _compute_dtype(q_.dtype))
+
+  def fwd(self, state, q_, r_, k_, v_, q_offset) -> tile_math.FwdState:
+    """``state`` with the key chunk ``(k_, v_)`` folded in."""
+    sched = _Schedule(self._lay(jnp.asarray(q_offset, jnp.int32)), None)
+    return _fwd_loop(sched, q_, r_, k_, v_, state, scale=self.scale, v_dtype=v_.dtype)
+
+  def row_stats(self, residuals: Residuals, do) -> RowStats:
+    """Blocked backward row statistics from (natural-layout) residuals of these rows."""
+    acc_dtype = _compute_dtype(do.dtype)
+    delta_o, b_row = _row_products(do, residuals, acc_dtype)
+    return RowStats(
+        lse=self.row_blocks(residuals.lse.astype(acc_dtype)),
+        bart=self.row_blocks(residuals.bart.astype(acc_dtype)),
+        delta_o=self.row_blocks(delta_o),
+        b=self.row_blocks(b_row),
+    )
+
+  def bwd(self, carry, q_, r_, do_, rows: RowStats, k_, v_, q_offset):
+    """``carry = (dq, dr, dk, dv)`` (blocked, compute dtype) plus this key chunk's part."""
+    sched = _Schedule(self._lay(jnp.asarray(q_offset, jnp.int32)), None)
+    return _bwd_loop(sched, q_, r_, do_, rows, k_, v_, carry, scale=self.scale)

@@ -8,7 +8,6 @@
 """
 
 from parallax_jax.data.config import DataConfig
-from parallax_jax.data.pipeline import make_dataset, split_documents
 from parallax_jax.data.sources import (
     ArrayRecordSource,
     BuiltinCorpus,
@@ -26,6 +25,18 @@ from parallax_jax.data.tokenizers import (
     Tokenizer,
     make_tokenizer,
 )
+
+
+
+def __getattr__(name):
+    # The grain pipeline is imported on first use, so configs and sources work where grain is
+    # not installed (e.g. a GPU image used only for benchmarks).
+    if name in ("make_dataset", "split_documents"):
+        from parallax_jax.data import pipeline
+
+        return getattr(pipeline, name)
+    raise AttributeError(f"module 'parallax_jax.data' has no attribute {name!r}")
+
 
 __all__ = [
     "ArrayRecordSource",

@@ -75,7 +75,7 @@ class DataConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | Any) -> DataConfig:
-        """Builds a config from a mapping (or an ml_collections `ConfigDict`); unknown keys raise."""
+        """Builds a config from a mapping or an ml_collections `ConfigDict`; unknown keys raise."""
         if hasattr(d, "to_dict"):  # ml_collections.ConfigDict / FrozenConfigDict
             d = d.to_dict()
         if not isinstance(d, Mapping):

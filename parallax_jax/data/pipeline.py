@@ -102,7 +102,8 @@ def make_dataset(
         is padded with all-zero rows so every batch has the same shape).
       process_index, process_count: this process's share of documents (multi-host).
       num_epochs: passes over this process's documents; None means forever for "train" and
-        once for "eval".
+        once for "eval". Processes can get different numbers of eval batches, so multi-host
+        eval should run the same fixed number of steps on every process.
       source: a prebuilt `make_source(cfg, tokenizer)` (e.g. to record `describe()`).
 
     Returns:

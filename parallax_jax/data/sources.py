@@ -56,9 +56,8 @@ class BuiltinCorpus:
         for dirpath, dirnames, filenames in os.walk(self.root):
             dirnames[:] = [d for d in dirnames if d not in _BUILTIN_EXCLUDED_DIRS]
             rel_dir = os.path.relpath(dirpath, self.root)
-            for name in filenames:
-                if name.endswith(".py"):
-                    rel_paths.append(os.path.normpath(os.path.join(rel_dir, name)).replace(os.sep, "/"))
+            rel_paths += [os.path.normpath(os.path.join(rel_dir, n)).replace(os.sep, "/")
+                          for n in filenames if n.endswith(".py")]
         self.rel_paths = sorted(rel_paths)
         if not self.rel_paths:
             raise ValueError(f"builtin corpus: no .py files under the stdlib root {self.root!r}")
@@ -222,6 +221,8 @@ class ArrayRecordSource:
         return len(self._source)
 
     def __getitem__(self, index: int) -> str:
+        if not 0 <= index < len(self._source):  # IndexError lets `list(src)` stop
+            raise IndexError(f"document {index} out of range [0, {len(self._source)})")
         data = self._source[index]
         where = f"ArrayRecord record {index} of {self.paths}"
         if data[:1] == b"{":
@@ -347,6 +348,9 @@ def make_source(cfg: DataConfig, tokenizer) -> DocumentSource:
     `tokenizer` supplies `eos_id`/`vocab_size` for `.npy` shards.
     """
     if cfg.source == "builtin":
+        if cfg.format not in ("auto", "text"):
+            raise ValueError(f"DataConfig.format={cfg.format!r}: the builtin corpus is text; "
+                             "use format='auto'")
         return BuiltinCorpus()
     paths, fmt = resolve_paths(cfg.source, cfg.format)
     if fmt == "text":

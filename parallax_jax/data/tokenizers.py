@@ -128,7 +128,8 @@ class SentencePieceTokenizer(_Base):
         try:
             self._sp = spm.SentencePieceProcessor(model_file=path)
         except Exception as e:
-            raise ValueError(f"tokenizer: cannot load {path!r} as a SentencePiece model: {e}") from e
+            raise ValueError(f"tokenizer: cannot load {path!r} as a SentencePiece model: {e}"
+                             ) from e
         self.path = path
         self.base_vocab_size = self._sp.get_piece_size()
         has_eos = self._sp.eos_id() >= 0
@@ -153,7 +154,8 @@ class SentencePieceTokenizer(_Base):
 
 
 def make_tokenizer(spec: str) -> Tokenizer:
-    """"byte" -> `ByteTokenizer`; "*.json" -> `HFTokenizer`; "*.model" -> `SentencePieceTokenizer`."""
+    """Tokenizer from a spec: "byte" -> `ByteTokenizer`, "*.json" -> `HFTokenizer`,
+    "*.model" -> `SentencePieceTokenizer`. A missing file raises `FileNotFoundError` naming it."""
     if spec == "byte":
         return ByteTokenizer()
     if spec.endswith(".json"):

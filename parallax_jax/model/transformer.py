@@ -31,8 +31,8 @@ class Transformer(nnx.Module):
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
     self.cfg = cfg
     ax, pdt = cfg.axes, jnp.dtype(cfg.param_dtype)
-    self.embed = param(rngs, (cfg.vocab_size, cfg.d_model), (ax.vocab, ax.embed), std=1.0,
-                       dtype=pdt)
+    self.embed = param(rngs, (cfg.vocab_size, cfg.d_model), (ax.vocab, ax.embed),
+                       std=cfg.init_std, dtype=pdt)
     self.blocks = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
     self.final_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps, axis_name=ax.norm, dtype=pdt)
     if not cfg.tie_embeddings:
@@ -53,7 +53,8 @@ class Transformer(nnx.Module):
         x = block(x, positions, segment_ids)
     x = self.final_norm(x)
     if cfg.tie_embeddings:
-      # Tied head: scale by 1/sqrt(d) so logits start O(1) with unit-variance embeddings.
+      # Tied head, scaled by 1/sqrt(d): the final stream correlates with its own input
+      # token's embedding, and unscaled that token's logit would start at init_std * d.
       logits = jnp.einsum("btd,vd->btv", x, self.embed[...].astype(dt)) * cfg.d_model ** -0.5
     else:
       logits = jnp.einsum("btd,dv->btv", x, self.head[...].astype(dt))

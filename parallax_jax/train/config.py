@@ -109,7 +109,7 @@ SECTIONS = ("model", "data", "train", "optimizer", "checkpoint", "mesh")
 
 def resolve(cfg: ml_collections.ConfigDict, num_devices: int | None = None) -> Experiment:
   """Validates every section (unknown keys, ranges, heads vs widths, mesh vs devices)."""
-  from parallax_jax.data import DataConfig  # data pulls in grain; import only when resolving
+  from parallax_jax.data.config import DataConfig  # data pulls in grain; import only when resolving
 
   unknown = sorted(set(cfg.keys()) - set(SECTIONS))
   if unknown:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import jax
+import numpy as np
 
 from parallax_jax.data import make_dataset, make_source, make_tokenizer
 
@@ -51,10 +52,19 @@ class TrainData:
       self._it.set_state(state)
 
   def eval_batches(self):
-    """The first ``train.eval_batches`` held-out batches, the same every time."""
+    """The first ``train.eval_batches`` held-out batches, the same every time.
+
+    Always exactly ``train.eval_batches`` batches: a process whose share of held-out documents
+    runs out yields all-padding batches (``loss_mask`` 0), so every process runs the same
+    number of (collective) eval steps.
+    """
     it = iter(self._dataset("eval"))
+    last = None
     for _ in range(self.exp.train.eval_batches):
       try:
-        yield next(it)
+        last = next(it)
       except StopIteration:
-        return
+        if last is None:
+          return
+        last = {k: np.zeros_like(v) for k, v in last.items()}
+      yield last

@@ -17,7 +17,7 @@ def _section(cls, skip=()):
 
 def base_config() -> ml_collections.ConfigDict:
   """All sections with defaults; config files start here and override what they need."""
-  from parallax_jax.data import DataConfig
+  from parallax_jax.data.config import DataConfig
 
   return ml_collections.ConfigDict({
       "model": _section(ModelConfig, skip=("axes",)),

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 
 from parallax_jax import sharding
@@ -57,7 +58,7 @@ class Trainer:
     batch = sharding.batch_sharding(self.mesh)
     self.abstract_state = jax.eval_shape(lambda: init_state(exp.model, self.tx, exp.train.seed))
     self.state_sharding = jax.tree.map(lambda _: repl, self.abstract_state)
-    self._init = jax.jit(lambda: init_state(exp.model, self.tx, exp.train.seed),
+    self._init = jax.jit(lambda seed: init_state(exp.model, self.tx, seed),
                          out_shardings=self.state_sharding)
     self.train_step = jax.jit(make_train_step(self.graphdef, self.tx, self.schedules),
                               in_shardings=(self.state_sharding, batch),
@@ -76,7 +77,7 @@ class Trainer:
       self.data.restore(data_state)
       log.info("resumed from %s at step %d", self.checkpointer.directory, step)
       return state
-    state = self._init()
+    state = self._init(jnp.int32(self.exp.train.seed))
     if self.exp.checkpoint.init_from:
       params = load_params(self.exp.checkpoint.init_from, abstract.params)
       state = state._replace(params=params, opt_state=jax.jit(
