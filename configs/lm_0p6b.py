@@ -6,12 +6,29 @@ from parallax_jax.train.defaults import base_config
 def get_config():
   cfg = base_config()
   cfg.model.update(
-      vocab_size=151936, d_model=1024, num_layers=28, num_heads=16, num_kv_heads=8,
-      head_dim=128, mlp_dim=3072, attention="parallax", tie_embeddings=True,
-      rope_theta=1_000_000.0, compute_dtype="bfloat16", remat=True)
-  cfg.train.update(steps=100_000, batch_size=64, seq_len=4096, log_every=20, eval_every=2000,
-                   eval_batches=8)
-  cfg.optimizer.update(name="muon", learning_rate=0.02, adam_learning_rate=3e-3,
-                       schedule="wsd", warmup_steps=2000, weight_decay=0.1)
+    vocab_size=151936,
+    d_model=1024,
+    num_layers=28,
+    num_heads=16,
+    num_kv_heads=8,
+    head_dim=128,
+    mlp_dim=3072,
+    attention="parallax",
+    tie_embeddings=True,
+    rope_theta=1_000_000.0,
+    compute_dtype="bfloat16",
+    remat=True,
+  )
+  cfg.train.update(
+    steps=100_000, batch_size=64, seq_len=4096, log_every=20, eval_every=2000, eval_batches=8
+  )
+  cfg.optimizer.update(
+    name="muon",
+    learning_rate=0.02,
+    adam_learning_rate=3e-3,
+    schedule="wsd",
+    warmup_steps=2000,
+    weight_decay=0.1,
+  )
   cfg.checkpoint.update(every_steps=1000, keep=3)
   return cfg

@@ -73,8 +73,8 @@ def make_inputs(batch, length, heads, d, dtype, seed=0):
 
 def parallax_fn(impl, causal, interpret):
   def f(q, r, k, v):
-    return parallax_attention(q, r, k, v, causal=causal, implementation=impl,
-                              interpret=interpret)
+    return parallax_attention(q, r, k, v, causal=causal, implementation=impl, interpret=interpret)
+
   return f
 
 
@@ -84,6 +84,7 @@ def softmax_fn(causal, interpret):
   def f(q, r, k, v):
     del r
     return jax.nn.dot_product_attention(q, k, v, is_causal=causal, implementation=impl)
+
   return f
 
 
@@ -96,8 +97,10 @@ def bench_cell(fn, inputs, iters):
     o, vjp = jax.vjp(fn, q, r, k, v)
     return o, vjp(g)
 
-  return {"fwd_s": time_fn(fwd, (q, r, k, v), iters),
-          "fwd_bwd_s": time_fn(fwd_bwd, (q, r, k, v, g), iters)}
+  return {
+    "fwd_s": time_fn(fwd, (q, r, k, v), iters),
+    "fwd_bwd_s": time_fn(fwd_bwd, (q, r, k, v, g), iters),
+  }
 
 
 def accuracy(fn, inputs, causal):
@@ -112,8 +115,9 @@ def accuracy(fn, inputs, causal):
   o_ref, vjp_ref = jax.jit(lambda *a: jax.vjp(ref, *a))(*f32)
   grads_ref = vjp_ref(g.astype(jnp.float32))
   out = {}
-  for name, a, b in zip(("o", "dq", "dr", "dk", "dv"), (o, *grads), (o_ref, *grads_ref),
-                        strict=True):
+  for name, a, b in zip(
+    ("o", "dq", "dr", "dk", "dv"), (o, *grads), (o_ref, *grads_ref), strict=True
+  ):
     err = jnp.abs(a.astype(jnp.float32) - b) / jnp.max(jnp.abs(b))
     out[name] = {"max": float(jnp.max(err)), "median": float(jnp.median(err))}
   out["ok"] = all(e["max"] < 2e-2 and e["median"] < 1e-2 for e in out.values())
@@ -124,11 +128,13 @@ def versions():
   v = {"jax": jax.__version__, "python": platform.python_version()}
   try:
     import jaxlib
+
     v["jaxlib"] = jaxlib.__version__
   except Exception:  # noqa: BLE001
     pass
   try:
     import triton
+
     v["triton"] = triton.__version__
   except Exception:  # noqa: BLE001
     v["triton"] = None
@@ -143,12 +149,18 @@ def main(argv=None):
   p.add_argument("--dtype", default="bfloat16")
   p.add_argument("--iters", type=int, default=30)
   p.add_argument("--out-dir", default=os.path.join(os.path.dirname(__file__), "results"))
-  p.add_argument("--skip-xla-above", type=int, default=8192,
-                 help="skip the xla path for L above this")
-  p.add_argument("--accuracy-max-len", type=int, default=4096,
-                 help="check accuracy vs the fp32 reference for L <= this (and B*L <= 16384)")
-  p.add_argument("--paths", default="pallas_gpu,xla,softmax_cudnn",
-                 help="comma list of paths to time")
+  p.add_argument(
+    "--skip-xla-above", type=int, default=8192, help="skip the xla path for L above this"
+  )
+  p.add_argument(
+    "--accuracy-max-len",
+    type=int,
+    default=4096,
+    help="check accuracy vs the fp32 reference for L <= this (and B*L <= 16384)",
+  )
+  p.add_argument(
+    "--paths", default="pallas_gpu,xla,softmax_cudnn", help="comma list of paths to time"
+  )
   p.add_argument("--non-causal", action="store_true")
   p.add_argument("--quick", action="store_true", help="one small shape, few iterations")
   p.add_argument("--interpret", action="store_true", help="Pallas interpret mode (CPU smoke)")
@@ -165,18 +177,26 @@ def main(argv=None):
   now = datetime.datetime.now()
   devices = jax.devices()
   meta = {
-      "date": now.isoformat(timespec="seconds"),
-      "device": getattr(devices[0], "device_kind", str(devices[0])),
-      "backend": jax.default_backend(),
-      "versions": versions(),
-      "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
-      "config": {"heads": h, "head_dim": d, "dtype": str(dtype), "causal": causal,
-                 "iters": args.iters, "interpret": args.interpret},
+    "date": now.isoformat(timespec="seconds"),
+    "device": getattr(devices[0], "device_kind", str(devices[0])),
+    "backend": jax.default_backend(),
+    "versions": versions(),
+    "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
+    "config": {
+      "heads": h,
+      "head_dim": d,
+      "dtype": str(dtype),
+      "causal": causal,
+      "iters": args.iters,
+      "interpret": args.interpret,
+    },
   }
   print(json.dumps(meta, indent=1), flush=True)
-  paths = {"pallas_gpu": parallax_fn("pallas_gpu", causal, args.interpret),
-           "xla": parallax_fn("xla", causal, args.interpret),
-           "softmax_cudnn": softmax_fn(causal, args.interpret)}
+  paths = {
+    "pallas_gpu": parallax_fn("pallas_gpu", causal, args.interpret),
+    "xla": parallax_fn("xla", causal, args.interpret),
+    "softmax_cudnn": softmax_fn(causal, args.interpret),
+  }
   paths = {n: f for n, f in paths.items() if n in args.paths.split(",")}
   rows = []
   for batch, length in shapes:
@@ -192,14 +212,18 @@ def main(argv=None):
       fl = flops(kind, batch, length, h, d, causal)
       try:
         t = bench_cell(fn, inputs, args.iters)
-        row.update({"fwd_ms": t["fwd_s"] * 1e3, "fwd_bwd_ms": t["fwd_bwd_s"] * 1e3,
-                    "fwd_tflops": fl["fwd"] / t["fwd_s"] / 1e12,
-                    "fwd_bwd_tflops": fl["fwd_bwd"] / t["fwd_bwd_s"] / 1e12})
+        row.update(
+          {
+            "fwd_ms": t["fwd_s"] * 1e3,
+            "fwd_bwd_ms": t["fwd_bwd_s"] * 1e3,
+            "fwd_tflops": fl["fwd"] / t["fwd_s"] / 1e12,
+            "fwd_bwd_tflops": fl["fwd_bwd"] / t["fwd_bwd_s"] / 1e12,
+          }
+        )
       except Exception as e:  # noqa: BLE001  one failing cell must not kill the run
         row["error"] = f"{type(e).__name__}: {str(e)[:500]}"
         traceback.print_exc()
-      if (name == "pallas_gpu" and length <= args.accuracy_max_len
-          and batch * length <= 16384):
+      if name == "pallas_gpu" and length <= args.accuracy_max_len and batch * length <= 16384:
         try:
           row["accuracy"] = accuracy(fn, inputs, causal)
         except Exception as e:  # noqa: BLE001
@@ -220,17 +244,22 @@ def main(argv=None):
 
 def to_markdown(result) -> str:
   m = result
-  lines = [f"# bench_kernels {m['date']}", "",
-           f"- device: {m['device']} ({m['backend']})",
-           f"- versions: {m['versions']}",
-           f"- command: `{m['command']}`",
-           f"- config: {m['config']}", "",
-           "| B | L | path | fwd ms | fwd TFLOP/s | fwd+bwd ms | fwd+bwd TFLOP/s | accuracy "
-           "| note |",
-           "|---|---|---|---|---|---|---|---|---|"]
+  lines = [
+    f"# bench_kernels {m['date']}",
+    "",
+    f"- device: {m['device']} ({m['backend']})",
+    f"- versions: {m['versions']}",
+    f"- command: `{m['command']}`",
+    f"- config: {m['config']}",
+    "",
+    "| B | L | path | fwd ms | fwd TFLOP/s | fwd+bwd ms | fwd+bwd TFLOP/s | accuracy | note |",
+    "|---|---|---|---|---|---|---|---|---|",
+  ]
   for r in m["rows"]:
+
     def fmt(key, spec=".3f", r=r):
       return format(r[key], spec) if key in r else "-"
+
     acc = "-"
     if "accuracy" in r:
       a = r["accuracy"]
@@ -239,9 +268,11 @@ def to_markdown(result) -> str:
     elif "accuracy_error" in r:
       acc = "error"
     note = r.get("error") or r.get("skipped") or r.get("accuracy_error") or ""
-    lines.append(f"| {r['B']} | {r['L']} | {r['path']} | {fmt('fwd_ms')} | "
-                 f"{fmt('fwd_tflops', '.1f')} | {fmt('fwd_bwd_ms')} | "
-                 f"{fmt('fwd_bwd_tflops', '.1f')} | {acc} | {note[:120]} |")
+    lines.append(
+      f"| {r['B']} | {r['L']} | {r['path']} | {fmt('fwd_ms')} | "
+      f"{fmt('fwd_tflops', '.1f')} | {fmt('fwd_bwd_ms')} | "
+      f"{fmt('fwd_bwd_tflops', '.1f')} | {acc} | {note[:120]} |"
+    )
   return "\n".join(lines) + "\n"
 
 

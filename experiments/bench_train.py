@@ -33,15 +33,17 @@ from parallax_jax.train.step import init_state, make_train_step, model_graphdef
 def _batch(batch_size, seq_len, vocab, seed=0):
   tokens = jax.random.randint(jax.random.key(seed), (batch_size, seq_len + 1), 0, vocab)
   return {
-      "inputs": tokens[:, :-1], "targets": tokens[:, 1:],
-      "positions": jnp.broadcast_to(jnp.arange(seq_len), (batch_size, seq_len)),
-      "segment_ids": None,  # unpacked rows: both kinds run their plain causal kernels
-      "loss_mask": jnp.ones((batch_size, seq_len), jnp.float32),
+    "inputs": tokens[:, :-1],
+    "targets": tokens[:, 1:],
+    "positions": jnp.broadcast_to(jnp.arange(seq_len), (batch_size, seq_len)),
+    "segment_ids": None,  # unpacked rows: both kinds run their plain causal kernels
+    "loss_mask": jnp.ones((batch_size, seq_len), jnp.float32),
   }
 
 
-def bench_one(model: ModelConfig, opt: OptimizerConfig, batch_size: int, seq_len: int,
-              steps: int, warmup: int) -> dict:
+def bench_one(
+  model: ModelConfig, opt: OptimizerConfig, batch_size: int, seq_len: int, steps: int, warmup: int
+) -> dict:
   tx, schedules = make_optimizer(opt, 1000)
   graphdef, _ = model_graphdef(model)
   state = jax.jit(lambda seed: init_state(model, tx, seed))(jnp.int32(0))
@@ -62,10 +64,16 @@ def bench_one(model: ModelConfig, opt: OptimizerConfig, batch_size: int, seq_len
   tokens = batch_size * seq_len
   peak = peak_flops_per_device()
   flops = model.flops_per_token(seq_len) * tokens
-  return {"batch_size": batch_size, "step_time_s": dt, "tokens_per_s": tokens / dt,
-          "tflops_per_s": flops / dt / 1e12, "mfu": flops / dt / peak if peak else None,
-          "loss": loss, "compile_s": compile_s,
-          "peak_bytes": _peak_bytes()}
+  return {
+    "batch_size": batch_size,
+    "step_time_s": dt,
+    "tokens_per_s": tokens / dt,
+    "tflops_per_s": flops / dt / 1e12,
+    "mfu": flops / dt / peak if peak else None,
+    "loss": loss,
+    "compile_s": compile_s,
+    "peak_bytes": _peak_bytes(),
+  }
 
 
 def _peak_bytes():
@@ -106,17 +114,23 @@ def main(argv=None):
       print(json.dumps(row), flush=True)
       break
   ok = {r["attention"]: r for r in rows if "error" not in r}
-  ratio = (ok["parallax"]["tokens_per_s"] / ok["softmax"]["tokens_per_s"]
-           if {"parallax", "softmax"} <= set(ok) else None)
+  ratio = (
+    ok["parallax"]["tokens_per_s"] / ok["softmax"]["tokens_per_s"]
+    if {"parallax", "softmax"} <= set(ok)
+    else None
+  )
   record = {
-      "what": f"train step tokens/s and MFU, {args.config}, seq_len {args.seq_len}",
-      "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-      "device": jax.devices()[0].device_kind, "backend": jax.default_backend(),
-      "jax": jax.__version__, "python": platform.python_version(),
-      "command": "python -m experiments.bench_train " + " ".join(
-          sys.argv[1:] if argv is None else argv),
-      "num_layers": base.num_layers,
-      "parallax_over_softmax_tokens_per_s": ratio, "rows": rows,
+    "what": f"train step tokens/s and MFU, {args.config}, seq_len {args.seq_len}",
+    "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    "device": jax.devices()[0].device_kind,
+    "backend": jax.default_backend(),
+    "jax": jax.__version__,
+    "python": platform.python_version(),
+    "command": "python -m experiments.bench_train "
+    + " ".join(sys.argv[1:] if argv is None else argv),
+    "num_layers": base.num_layers,
+    "parallax_over_softmax_tokens_per_s": ratio,
+    "rows": rows,
   }
   print(json.dumps({"parallax_over_softmax_tokens_per_s": ratio}))
   if args.out_dir:
@@ -124,20 +138,27 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     stem = f"bench_train_{Path(args.config).stem}_{datetime.date.today().isoformat()}"
     (out / f"{stem}.json").write_text(json.dumps(record, indent=2) + "\n")
-    lines = [f"# {record['what']}", "",
-             f"- date: {record['date']}; device: {record['device']}; jax {record['jax']}",
-             f"- command: `{record['command']}`", "",
-             "| attention | batch | step (s) | tokens/s | TFLOP/s | MFU | peak mem (GiB) |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+      f"# {record['what']}",
+      "",
+      f"- date: {record['date']}; device: {record['device']}; jax {record['jax']}",
+      f"- command: `{record['command']}`",
+      "",
+      "| attention | batch | step (s) | tokens/s | TFLOP/s | MFU | peak mem (GiB) |",
+      "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
       if "error" in r:
-        lines.append(f"| {r['attention']} | {r['batch_size']} | failed: {r['error'][:60]} |"
-                     " | | | |")
+        lines.append(
+          f"| {r['attention']} | {r['batch_size']} | failed: {r['error'][:60]} | | | | |"
+        )
         continue
       mem = f"{r['peak_bytes'] / 2**30:.1f}" if r.get("peak_bytes") else "-"
       mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") else "-"
-      lines.append(f"| {r['attention']} | {r['batch_size']} | {r['step_time_s']:.3f} | "
-                   f"{r['tokens_per_s']:.0f} | {r['tflops_per_s']:.0f} | {mfu} | {mem} |")
+      lines.append(
+        f"| {r['attention']} | {r['batch_size']} | {r['step_time_s']:.3f} | "
+        f"{r['tokens_per_s']:.0f} | {r['tflops_per_s']:.0f} | {mfu} | {mem} |"
+      )
     if ratio:
       lines += ["", f"Parallax / softmax tokens/s: {ratio:.3f}"]
     (out / f"{stem}.md").write_text("\n".join(lines) + "\n")

@@ -21,8 +21,9 @@ import jax.numpy as jnp
 from parallax_jax import parallax_attention
 
 
-def temp_bytes(implementation: str, length: int, batch=1, heads=4, head_dim=64,
-               dtype=jnp.float32) -> int:
+def temp_bytes(
+  implementation: str, length: int, batch=1, heads=4, head_dim=64, dtype=jnp.float32
+) -> int:
   shape = jax.ShapeDtypeStruct((batch, length, heads, head_dim), dtype)
 
   def loss(q, r, k, v):
@@ -47,13 +48,13 @@ def main(argv=None):
       rows.append({"implementation": impl, "T": length, "temp_bytes": b})
       print(f"{impl:>10} T={length:>6}: temp {b / 2**20:10.1f} MiB", flush=True)
   record = {
-      "what": "temp_size_in_bytes of jit(grad(sum(parallax_attention))) , B=1 H=4 D=64 fp32",
-      "date": datetime.date.today().isoformat(),
-      "backend": jax.default_backend(),
-      "device": str(jax.devices()[0].device_kind),
-      "jax": jax.__version__,
-      "python": platform.python_version(),
-      "rows": rows,
+    "what": "temp_size_in_bytes of jit(grad(sum(parallax_attention))) , B=1 H=4 D=64 fp32",
+    "date": datetime.date.today().isoformat(),
+    "backend": jax.default_backend(),
+    "device": str(jax.devices()[0].device_kind),
+    "jax": jax.__version__,
+    "python": platform.python_version(),
+    "rows": rows,
   }
   if args.out:
     with open(args.out, "w") as f:

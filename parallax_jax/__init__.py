@@ -1,23 +1,23 @@
 """parallax-jax: Parallax attention in JAX/Flax, with Pallas kernels for GPU and TPU."""
 
 from parallax_jax.attention import (
-    MaskSpec,
-    Residuals,
-    XlaBlockSizes,
-    parallax_attention,
-    parallax_bwd,
-    parallax_fwd,
-    parallax_reference,
+  MaskSpec,
+  Residuals,
+  XlaBlockSizes,
+  parallax_attention,
+  parallax_bwd,
+  parallax_fwd,
+  parallax_reference,
 )
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "MaskSpec",
-    "Residuals",
-    "XlaBlockSizes",
-    "parallax_attention",
-    "parallax_bwd",
-    "parallax_fwd",
-    "parallax_reference",
+  "MaskSpec",
+  "Residuals",
+  "XlaBlockSizes",
+  "parallax_attention",
+  "parallax_bwd",
+  "parallax_fwd",
+  "parallax_reference",
 ]

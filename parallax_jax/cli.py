@@ -34,7 +34,9 @@ def _demo(args) -> int:
 
   loss = lambda *x: jnp.sum(parallax_attention(*x, implementation=impl) ** 2)
   grads = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3)))(q, r, k, v)
-  norms = ", ".join(f"|d{n}|={float(jnp.linalg.norm(g)):.3g}" for n, g in zip("qrkv", grads))
+  norms = ", ".join(
+    f"|d{n}|={float(jnp.linalg.norm(g)):.3g}" for n, g in zip("qrkv", grads, strict=True)
+  )
   print(f"gradients: {norms}")
   ok = err < 1e-5 and all(bool(np.isfinite(np.asarray(g)).all()) for g in grads)
   print("OK" if ok else "MISMATCH")
@@ -58,8 +60,13 @@ def _train(args) -> int:
     print(f"error: {e}", file=sys.stderr)
     return 3
   keys = ("final_step", "loss", "eval_loss", "eval_perplexity", "tokens_per_s", "mfu")
-  print(" ".join(f"{k}={summary[k]:.4g}" if isinstance(summary[k], float) else f"{k}={summary[k]}"
-                 for k in keys if k in summary))
+  print(
+    " ".join(
+      f"{k}={summary[k]:.4g}" if isinstance(summary[k], float) else f"{k}={summary[k]}"
+      for k in keys
+      if k in summary
+    )
+  )
   return 0
 
 
@@ -78,8 +85,10 @@ def _convert(args) -> int:
   from parallax_jax.train.convert import convert_softmax_to_parallax
 
   out = convert_softmax_to_parallax(args.workdir, args.out, step=args.step)
-  print(f"wrote {out}; train from it with --config.model.attention=parallax "
-        f"--config.checkpoint.init_from={out}")
+  print(
+    f"wrote {out}; train from it with --config.model.attention=parallax "
+    f"--config.checkpoint.init_from={out}"
+  )
   return 0
 
 
@@ -88,9 +97,11 @@ def main(argv=None) -> int:
   overrides, argv = _split_overrides(argv)
   parser = argparse.ArgumentParser(prog="parallax-jax", description=__doc__)
   sub = parser.add_subparsers(dest="command", required=True)
-  tr = sub.add_parser("train", help="train from a config file (resumes from --workdir)",
-                      description="Extra --config.section.key=value arguments override the "
-                                  "config file.")
+  tr = sub.add_parser(
+    "train",
+    help="train from a config file (resumes from --workdir)",
+    description="Extra --config.section.key=value arguments override the config file.",
+  )
   tr.add_argument("--config", required=True, help="config file with get_config()")
   tr.add_argument("--workdir", required=True)
   tr.set_defaults(fn=_train)
@@ -98,8 +109,9 @@ def main(argv=None) -> int:
   ev.add_argument("--workdir", required=True)
   ev.add_argument("--config", default=None, help="default: the workdir's config.json")
   ev.set_defaults(fn=_eval)
-  cv = sub.add_parser("convert-softmax",
-                      help="softmax checkpoint -> Parallax params (r_proj zero-initialised)")
+  cv = sub.add_parser(
+    "convert-softmax", help="softmax checkpoint -> Parallax params (r_proj zero-initialised)"
+  )
   cv.add_argument("--workdir", required=True, help="workdir of a softmax run")
   cv.add_argument("--out", required=True, help="where to write the params checkpoint")
   cv.add_argument("--step", type=int, default=None, help="default: latest")

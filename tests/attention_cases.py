@@ -12,9 +12,8 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
-
 import oracle
+import pytest
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,10 +31,10 @@ class Impl:
 
 
 IMPLEMENTATIONS = [
-    Impl("reference"),
-    Impl("xla"),
-    Impl("pallas_gpu", interpret=True, fast_grid=False),
-    Impl("pallas_tpu", interpret=True, fast_grid=False),
+  Impl("reference"),
+  Impl("xla"),
+  Impl("pallas_gpu", interpret=True, fast_grid=False),
+  Impl("pallas_tpu", interpret=True, fast_grid=False),
 ]
 
 
@@ -63,8 +62,13 @@ class Case:
 
   @property
   def id(self):
-    parts = [f"B{self.batch}", f"T{self.q_len}" + (f"x{self.kv_len}" if self.kv_len else ""),
-             f"H{self.hq}-{self.hkv}", f"D{self.d}", self.dtype]
+    parts = [
+      f"B{self.batch}",
+      f"T{self.q_len}" + (f"x{self.kv_len}" if self.kv_len else ""),
+      f"H{self.hq}-{self.hkv}",
+      f"D{self.d}",
+      self.dtype,
+    ]
     if not self.causal:
       parts.append("noncausal")
     if self.window is not None:
@@ -87,41 +91,41 @@ class Case:
 
 # PARALLAX.md 6.3 grids scaled to CPU, plus the odd shapes of the op issue.
 CASES = [
-    # Official training parity grid (B, Hq, Hkv, L, D, W), lengths scaled down.
-    Case(1, 128, None, 1, 1, 64, inputs="rms", core=True),
-    Case(1, 128, None, 1, 1, 128, inputs="rms"),
-    Case(2, 256, None, 4, 4, 64, inputs="rms"),
-    Case(1, 256, None, 8, 2, 128, inputs="rms"),
-    Case(1, 192, None, 8, 1, 64, inputs="rms"),
-    Case(2, 256, None, 4, 4, 128, window=64, inputs="rms"),
-    Case(2, 256, None, 4, 2, 128, window=48, inputs="rms"),
-    Case(1, 200, None, 8, 2, 128, window=33, inputs="rms", core=True),
-    # fla grid (B, T, Hkv, Hq, D, scale) and its SWA grid.
-    Case(1, 63, None, 1, 1, 64, scale=1.0, core=True),
-    Case(3, 111, None, 2, 2, 100, scale=1.0),
-    Case(2, 160, None, 8, 2, 60, scale=0.1, core=True),
-    Case(2, 128, None, 8, 2, 128, scale=0.1),
-    Case(1, 63, None, 1, 1, 64, window=16),
-    Case(2, 111, None, 2, 2, 100, window=32, core=True),
-    # Odd lengths and head dims, Tq < Tk, non-causal, packed.
-    Case(2, 1, None, 2, 1, 64, core=True),
-    Case(1, 1, 77, 4, 2, 64, core=True),
-    Case(1, 1, 77, 4, 2, 64, window=20),
-    Case(2, 37, 100, 4, 2, 60, core=True),
-    Case(1, 50, 130, 2, 2, 100, window=45),
-    Case(2, 63, None, 2, 1, 60, causal=False, core=True),
-    Case(1, 40, 100, 2, 2, 64, causal=False, scale=0.1),
-    Case(2, 111, None, 4, 2, 100, segments=(1, 40, 70), core=True),
-    Case(1, 96, None, 2, 2, 64, segments=(30, 30, 36), window=20),
-    # Windows not a multiple of any block, larger than T, and W = 1.
-    Case(1, 150, None, 2, 2, 64, window=1),
-    Case(1, 150, None, 2, 2, 64, window=500),
-    # Half precision.
-    Case(2, 128, None, 4, 2, 64, dtype="bfloat16", inputs="rms", core=True),
-    Case(1, 111, None, 2, 1, 100, dtype="bfloat16", window=40, core=True),
-    Case(2, 64, None, 4, 4, 128, dtype="bfloat16", scale=0.1),
-    Case(1, 96, None, 2, 2, 64, dtype="float16", inputs="rms", core=True),
-    Case(1, 63, None, 2, 1, 60, dtype="float16", segments=(20, 43)),
+  # Official training parity grid (B, Hq, Hkv, L, D, W), lengths scaled down.
+  Case(1, 128, None, 1, 1, 64, inputs="rms", core=True),
+  Case(1, 128, None, 1, 1, 128, inputs="rms"),
+  Case(2, 256, None, 4, 4, 64, inputs="rms"),
+  Case(1, 256, None, 8, 2, 128, inputs="rms"),
+  Case(1, 192, None, 8, 1, 64, inputs="rms"),
+  Case(2, 256, None, 4, 4, 128, window=64, inputs="rms"),
+  Case(2, 256, None, 4, 2, 128, window=48, inputs="rms"),
+  Case(1, 200, None, 8, 2, 128, window=33, inputs="rms", core=True),
+  # fla grid (B, T, Hkv, Hq, D, scale) and its SWA grid.
+  Case(1, 63, None, 1, 1, 64, scale=1.0, core=True),
+  Case(3, 111, None, 2, 2, 100, scale=1.0),
+  Case(2, 160, None, 8, 2, 60, scale=0.1, core=True),
+  Case(2, 128, None, 8, 2, 128, scale=0.1),
+  Case(1, 63, None, 1, 1, 64, window=16),
+  Case(2, 111, None, 2, 2, 100, window=32, core=True),
+  # Odd lengths and head dims, Tq < Tk, non-causal, packed.
+  Case(2, 1, None, 2, 1, 64, core=True),
+  Case(1, 1, 77, 4, 2, 64, core=True),
+  Case(1, 1, 77, 4, 2, 64, window=20),
+  Case(2, 37, 100, 4, 2, 60, core=True),
+  Case(1, 50, 130, 2, 2, 100, window=45),
+  Case(2, 63, None, 2, 1, 60, causal=False, core=True),
+  Case(1, 40, 100, 2, 2, 64, causal=False, scale=0.1),
+  Case(2, 111, None, 4, 2, 100, segments=(1, 40, 70), core=True),
+  Case(1, 96, None, 2, 2, 64, segments=(30, 30, 36), window=20),
+  # Windows not a multiple of any block, larger than T, and W = 1.
+  Case(1, 150, None, 2, 2, 64, window=1),
+  Case(1, 150, None, 2, 2, 64, window=500),
+  # Half precision.
+  Case(2, 128, None, 4, 2, 64, dtype="bfloat16", inputs="rms", core=True),
+  Case(1, 111, None, 2, 1, 100, dtype="bfloat16", window=40, core=True),
+  Case(2, 64, None, 4, 4, 128, dtype="bfloat16", scale=0.1),
+  Case(1, 96, None, 2, 2, 64, dtype="float16", inputs="rms", core=True),
+  Case(1, 63, None, 2, 1, 60, dtype="float16", segments=(20, 43)),
 ]
 
 
@@ -153,22 +157,24 @@ def make_inputs(case: Case, seed: int = 0):
   if case.inputs == "rms":
     q, r, k = _rms_normalize(q), _rms_normalize(r), _rms_normalize(k)
   dt = jnp.dtype(case.dtype)
-  return tuple(np.asarray(jnp.asarray(x, dt).astype(jnp.float32), np.float64)
-               for x in (q, r, k, v, g))
+  return tuple(
+    np.asarray(jnp.asarray(x, dt).astype(jnp.float32), np.float64) for x in (q, r, k, v, g)
+  )
 
 
 def to_jax(x, dtype):
   return jnp.asarray(x, jnp.float32).astype(dtype)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def oracle_result(case: Case, seed: int = 0):
   """Oracle output and gradients, computed once per case."""
   q, r, k, v, g = make_inputs(case, seed)
   scale = case.scale if case.scale is not None else 1.0 / np.sqrt(case.d)
   seg = case.segment_ids()
-  mask = oracle.visible_mask(case.q_len, case.tk, causal=case.causal,
-                             window_size=case.window, segment_ids=seg)
+  mask = oracle.visible_mask(
+    case.q_len, case.tk, causal=case.causal, window_size=case.window, segment_ids=seg
+  )
   o, _ = oracle.forward(q, r, k, v, scale=scale, mask=mask)
   return o, oracle.grads(q, r, k, v, g, scale=scale, mask=mask)
 
@@ -182,9 +188,17 @@ def run_op(impl: Impl, case: Case, seed: int = 0):
 
   def f(q, r, k, v):
     return parallax_attention(
-        q, r, k, v, scale=case.scale, causal=case.causal, window_size=case.window,
-        segment_ids=None if seg is None else jnp.asarray(seg), implementation=impl.name,
-        interpret=impl.interpret)
+      q,
+      r,
+      k,
+      v,
+      scale=case.scale,
+      causal=case.causal,
+      window_size=case.window,
+      segment_ids=None if seg is None else jnp.asarray(seg),
+      implementation=impl.name,
+      interpret=impl.interpret,
+    )
 
   o, vjp = jax.vjp(jax.jit(f), q, r, k, v)
   return o, vjp(g)
@@ -193,9 +207,9 @@ def run_op(impl: Impl, case: Case, seed: int = 0):
 # Tolerances per dtype: (max-norm relative error, RMS ratio). fp32 is set by float32 rounding
 # of O(D)-sized dot products; bf16/fp16 by one rounding of the inputs of each matmul.
 TOLERANCES = {
-    "float32": (2e-5, 2e-5),
-    "bfloat16": (2e-2, 2e-2),
-    "float16": (5e-3, 5e-3),
+  "float32": (2e-5, 2e-5),
+  "bfloat16": (2e-2, 2e-2),
+  "float16": (5e-3, 5e-3),
 }
 
 
@@ -212,8 +226,10 @@ def errors(actual, expected, natural_scale=0.0):
   e_max, e_rms = np.max(np.abs(e)), np.sqrt(np.mean(e * e))
   if e_max <= 1e-12 * natural_scale:
     e_max = e_rms = natural_scale
-  return (np.max(np.abs(a - e)) / max(e_max, 1e-30),
-          np.sqrt(np.mean((a - e) ** 2)) / max(e_rms, 1e-30))
+  return (
+    np.max(np.abs(a - e)) / max(e_max, 1e-30),
+    np.sqrt(np.mean((a - e) ** 2)) / max(e_rms, 1e-30),
+  )
 
 
 def natural_scale(case: Case, seed: int = 0):
@@ -229,5 +245,6 @@ def assert_close(name, actual, expected, dtype, natural=0.0):
   max_err, rms_err = errors(actual, expected, natural)
   assert np.all(np.isfinite(np.asarray(jnp.asarray(actual, jnp.float32)))), f"{name}: non-finite"
   assert max_err < max_tol and rms_err < rms_tol, (
-      f"{name}: max-norm rel err {max_err:.3g} (tol {max_tol}), RMS ratio {rms_err:.3g} "
-      f"(tol {rms_tol})")
+    f"{name}: max-norm rel err {max_err:.3g} (tol {max_tol}), RMS ratio {rms_err:.3g} "
+    f"(tol {rms_tol})"
+  )

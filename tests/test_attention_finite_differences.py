@@ -9,13 +9,16 @@ from parallax_jax import XlaBlockSizes, parallax_attention
 
 
 @pytest.mark.parametrize("implementation", ["reference", "xla"])
-@pytest.mark.parametrize("causal,window,tk,segments", [
+@pytest.mark.parametrize(
+  "causal,window,tk,segments",
+  [
     (True, None, None, False),
     (True, 4, None, False),
     (True, None, 13, False),
     (False, None, 7, False),
     (True, 5, None, True),
-])
+  ],
+)
 def test_grads_match_finite_differences(implementation, causal, window, tk, segments):
   with jax.enable_x64(True):
     keys = jax.random.split(jax.random.key(0), 4)
@@ -29,9 +32,17 @@ def test_grads_match_finite_differences(implementation, causal, window, tk, segm
 
     def f(q, r, k, v):
       return parallax_attention(
-          q, r, k, v, scale=0.8, causal=causal, window_size=window, segment_ids=seg,
-          implementation=implementation,
-          block_sizes=XlaBlockSizes(4, 3) if implementation == "xla" else None)
+        q,
+        r,
+        k,
+        v,
+        scale=0.8,
+        causal=causal,
+        window_size=window,
+        segment_ids=seg,
+        implementation=implementation,
+        block_sizes=XlaBlockSizes(4, 3) if implementation == "xla" else None,
+      )
 
     # Central differences with a 1e-6 step: truncation error ~1e-12, roundoff ~1e-9.
     check_grads(f, (q, r, k, v), order=1, modes=["rev"], eps=1e-6, atol=1e-7, rtol=1e-7)

@@ -2,8 +2,7 @@
 
 import jax.numpy as jnp
 import pytest
-
-from attention_cases import all_params, assert_close, oracle_result, natural_scale, run_op
+from attention_cases import all_params, assert_close, natural_scale, oracle_result, run_op
 
 
 @pytest.mark.parametrize("impl,case", all_params())

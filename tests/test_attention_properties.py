@@ -4,8 +4,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from attention_cases import IMPLEMENTATIONS, assert_close
+
 from parallax_jax import parallax_attention
 
 IMPL_PARAMS = [pytest.param(i, id=str(i)) for i in IMPLEMENTATIONS]
@@ -17,8 +17,12 @@ def _normal(seed, shape, dtype=jnp.float32):
 
 def _qrkv(b=2, tq=48, tk=None, hq=4, hkv=2, d=32, seed=0):
   tk = tk or tq
-  return (_normal(seed, (b, tq, hq, d)), _normal(seed + 1, (b, tq, hq, d)),
-          _normal(seed + 2, (b, tk, hkv, d)), _normal(seed + 3, (b, tk, hkv, d)))
+  return (
+    _normal(seed, (b, tq, hq, d)),
+    _normal(seed + 1, (b, tq, hq, d)),
+    _normal(seed + 2, (b, tk, hkv, d)),
+    _normal(seed + 3, (b, tk, hkv, d)),
+  )
 
 
 def _op(impl, *args, **kw):
@@ -35,9 +39,13 @@ def test_r_zero_is_softmax_attention(impl, window):
   q, r, k, v = _qrkv()
   o = _op(impl, q, jnp.zeros_like(r), k, v, window_size=window)
   expected = jax.nn.dot_product_attention(
-      q, k, v, is_causal=True,
-      local_window_size=None if window is None else (window - 1, 0),
-      implementation="xla")
+    q,
+    k,
+    v,
+    is_causal=True,
+    local_window_size=None if window is None else (window - 1, 0),
+    implementation="xla",
+  )
   assert_close("o", o, np.asarray(expected, np.float64), "float32")
 
 
@@ -68,10 +76,17 @@ def test_gqa_equals_repeated_kv(impl):
   k_rep, v_rep = jnp.repeat(k, 3, axis=2), jnp.repeat(v, 3, axis=2)
   o_rep = _op(impl, q, r, k_rep, v_rep, window_size=30)
   dq, dr, dk_rep, dv_rep = _grads(impl, q, r, k_rep, v_rep, g, window_size=30)
+
   def fold(x):  # per-query-head kv grads summed over each group
     return x.reshape(*x.shape[:2], 2, 3, x.shape[-1]).sum(3)
-  for name, got, want in [("o", o, o_rep), ("dq", grads[0], dq), ("dr", grads[1], dr),
-                          ("dk", grads[2], fold(dk_rep)), ("dv", grads[3], fold(dv_rep))]:
+
+  for name, got, want in [
+    ("o", o, o_rep),
+    ("dq", grads[0], dq),
+    ("dr", grads[1], dr),
+    ("dk", grads[2], fold(dk_rep)),
+    ("dv", grads[3], fold(dv_rep)),
+  ]:
     assert_close(name, got, np.asarray(want, np.float64), "float32")
 
 
@@ -112,12 +127,12 @@ def test_causality_gradients_exactly_zero(impl, tq, tk, window):
     g = jnp.zeros(q.shape).at[:, t].set(1.0)
     dq, dr, dk, dv = _grads(impl, q, r, k, v, g, window_size=window)
     pos = t + tk - tq
-    assert not np.any(np.asarray(dq[:, t + 1:])) and not np.any(np.asarray(dr[:, t + 1:]))
-    assert not np.any(np.asarray(dk[:, pos + 1:])) and not np.any(np.asarray(dv[:, pos + 1:]))
+    assert not np.any(np.asarray(dq[:, t + 1 :])) and not np.any(np.asarray(dr[:, t + 1 :]))
+    assert not np.any(np.asarray(dk[:, pos + 1 :])) and not np.any(np.asarray(dv[:, pos + 1 :]))
     if window is not None:
       first = pos - window + 1
-      assert not np.any(np.asarray(dk[:, :max(first, 0)]))
-      assert not np.any(np.asarray(dv[:, :max(first, 0)]))
+      assert not np.any(np.asarray(dk[:, : max(first, 0)]))
+      assert not np.any(np.asarray(dv[:, : max(first, 0)]))
     assert np.any(np.asarray(dv[:, pos]))
 
 

@@ -19,7 +19,9 @@ Q = _x((1, 8, 4, 16))
 K = _x((1, 8, 2, 16))
 
 
-@pytest.mark.parametrize("kwargs,error,match", [
+@pytest.mark.parametrize(
+  "kwargs,error,match",
+  [
     (dict(q=_x((8, 4, 16))), ValueError, r"q must have rank 4"),
     (dict(r=_x((1, 8, 4, 8))), ValueError, r"r must have q's shape"),
     (dict(k=_x((1, 8, 2))), ValueError, r"k must have rank 4"),
@@ -31,8 +33,11 @@ K = _x((1, 8, 2, 16))
     (dict(q=_x((1, 8, 4, 16), jnp.int32)), TypeError, r"q has dtype int32"),
     (dict(segment_ids=jnp.zeros((1, 8), jnp.float32)), TypeError, r"segment_ids must have an int"),
     (dict(segment_ids=jnp.zeros((1, 7), jnp.int32)), ValueError, r"segment_ids must have shape"),
-    (dict(k=_x((1, 9, 2, 16)), v=_x((1, 9, 2, 16)), segment_ids=jnp.zeros((1, 8), jnp.int32)),
-     ValueError, r"segment_ids needs self-attention"),
+    (
+      dict(k=_x((1, 9, 2, 16)), v=_x((1, 9, 2, 16)), segment_ids=jnp.zeros((1, 8), jnp.int32)),
+      ValueError,
+      r"segment_ids needs self-attention",
+    ),
     (dict(window_size=0), ValueError, r"window_size must be >= 1"),
     (dict(window_size=-3), ValueError, r"window_size must be >= 1"),
     (dict(window_size=2.5), TypeError, r"window_size must be an int"),
@@ -42,9 +47,9 @@ K = _x((1, 8, 2, 16))
     (dict(scale="0.1"), TypeError, r"scale must be a static Python float"),
     (dict(implementation="cuda"), ValueError, r"implementation must be None or one of"),
     (dict(interpret=1), TypeError, r"interpret must be a bool"),
-    (dict(implementation="xla", block_sizes=(64, 64)), NotImplementedError,
-     r"XlaBlockSizes"),
-])
+    (dict(implementation="xla", block_sizes=(64, 64)), NotImplementedError, r"XlaBlockSizes"),
+  ],
+)
 def test_bad_input_raises_naming_the_argument(kwargs, error, match):
   args = dict(q=Q, r=Q, k=K, v=K)
   args.update(kwargs)

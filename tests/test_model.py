@@ -12,8 +12,16 @@ from parallax_jax.model import ModelConfig, Transformer
 from parallax_jax.train.convert import add_zero_r
 from parallax_jax.train.step import logical_axes
 
-CFG = ModelConfig(vocab_size=128, d_model=64, num_layers=2, num_heads=4, num_kv_heads=2,
-                  head_dim=16, mlp_dim=96, compute_dtype="float32")
+CFG = ModelConfig(
+  vocab_size=128,
+  d_model=64,
+  num_layers=2,
+  num_heads=4,
+  num_kv_heads=2,
+  head_dim=16,
+  mlp_dim=96,
+  compute_dtype="float32",
+)
 
 
 def _params(cfg, seed=0):
@@ -43,8 +51,9 @@ def test_zero_r_parallax_equals_softmax_twin():
   par = dataclasses.replace(CFG, attention="parallax", r_init="zeros")
   params = _params(soft)
   tokens = _tokens((2, 40))
-  np.testing.assert_allclose(_logits(par, add_zero_r(params, par), tokens),
-                             _logits(soft, params, tokens), atol=2e-5)
+  np.testing.assert_allclose(
+    _logits(par, add_zero_r(params, par), tokens), _logits(soft, params, tokens), atol=2e-5
+  )
 
 
 def test_r_init_zeros_and_like_q():
@@ -79,8 +88,9 @@ def test_packed_rows_equal_separate_documents():
 def test_every_param_has_logical_axes_of_its_rank():
   params = _params(CFG)
   axes = logical_axes(CFG)
-  flat = {k: v for k, v in nnx.to_flat_state(nnx.state(Transformer(CFG, rngs=nnx.Rngs(0)),
-                                                       nnx.Param))}
+  flat = {
+    k: v for k, v in nnx.to_flat_state(nnx.state(Transformer(CFG, rngs=nnx.Rngs(0)), nnx.Param))
+  }
   assert set(axes) == set(flat) and len(axes) == len(jax.tree.leaves(params))
   for path, names in axes.items():
     assert len(names) == flat[path].value.ndim, path
@@ -88,9 +98,16 @@ def test_every_param_has_logical_axes_of_its_rank():
   assert axes[("blocks", 0, "attn", "r_proj", "kernel")] == ("embed", "q_heads", "head_dim")
 
 
-@pytest.mark.parametrize("field,value,match", [
-    ("num_kv_heads", 3, "num_heads"), ("attention", "linear", "attention"),
-    ("r_init", "ones", "r_init"), ("head_dim", 15, "head_dim"), ("d_model", 0, "d_model")])
+@pytest.mark.parametrize(
+  "field,value,match",
+  [
+    ("num_kv_heads", 3, "num_heads"),
+    ("attention", "linear", "attention"),
+    ("r_init", "ones", "r_init"),
+    ("head_dim", 15, "head_dim"),
+    ("d_model", 0, "d_model"),
+  ],
+)
 def test_bad_model_config_names_the_field(field, value, match):
   with pytest.raises(ValueError, match=match):
     dataclasses.replace(CFG, **{field: value})

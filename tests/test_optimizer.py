@@ -9,17 +9,31 @@ from flax import nnx
 from optax.contrib import MuonDimensionNumbers as MDN
 
 from parallax_jax.model import ModelConfig, Transformer
-from parallax_jax.train.optimizer import (OptimizerConfig, decay_mask, make_optimizer,
-                                          make_schedule, muon_dimension_numbers)
+from parallax_jax.train.optimizer import (
+  OptimizerConfig,
+  decay_mask,
+  make_optimizer,
+  make_schedule,
+  muon_dimension_numbers,
+)
 
-CFG = ModelConfig(vocab_size=128, d_model=64, num_layers=2, num_heads=4, num_kv_heads=2,
-                  head_dim=16, mlp_dim=96, tie_embeddings=False)
+CFG = ModelConfig(
+  vocab_size=128,
+  d_model=64,
+  num_layers=2,
+  num_heads=4,
+  num_kv_heads=2,
+  head_dim=16,
+  mlp_dim=96,
+  tie_embeddings=False,
+)
 PARAMS = nnx.to_pure_dict(nnx.state(Transformer(CFG, rngs=nnx.Rngs(0)), nnx.Param))
 
 
 def _flat(tree):
   leaves = jax.tree_util.tree_flatten_with_path(
-      tree, is_leaf=lambda x: x is None or isinstance(x, MDN))[0]
+    tree, is_leaf=lambda x: x is None or isinstance(x, MDN)
+  )[0]
   return {jax.tree_util.keystr(p): v for p, v in leaves}
 
 
@@ -43,8 +57,9 @@ def test_weight_decay_mask():
 
 @pytest.mark.parametrize("schedule", ["cosine", "wsd", "constant"])
 def test_schedules(schedule):
-  cfg = OptimizerConfig(schedule=schedule, warmup_steps=10, learning_rate=1.0,
-                        min_lr_ratio=0.1, decay_fraction=0.2)
+  cfg = OptimizerConfig(
+    schedule=schedule, warmup_steps=10, learning_rate=1.0, min_lr_ratio=0.1, decay_fraction=0.2
+  )
   lr = make_schedule(1.0, cfg, 100)
   assert float(lr(0)) == 0.0 and abs(float(lr(10)) - 1.0) < 1e-6
   if schedule == "wsd":
@@ -56,7 +71,8 @@ def test_schedules(schedule):
 @pytest.mark.parametrize("name", ["adamw", "muon"])
 def test_optimizer_step_reduces_a_quadratic(name):
   tx, schedules = make_optimizer(
-      OptimizerConfig(name=name, learning_rate=0.01, warmup_steps=0, weight_decay=0.0), 50)
+    OptimizerConfig(name=name, learning_rate=0.01, warmup_steps=0, weight_decay=0.0), 50
+  )
   params = jax.tree.map(lambda x: x.astype(jnp.float32), PARAMS)
   loss = lambda p: sum(jnp.sum(x * x) for x in jax.tree.leaves(p))
   state = tx.init(params)

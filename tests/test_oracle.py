@@ -1,17 +1,19 @@
 """The NumPy oracle's own gradients against central finite differences (float64)."""
 
 import numpy as np
+import oracle
 import pytest
 
-import oracle
 
-
-@pytest.mark.parametrize("causal,window,segments,tk", [
+@pytest.mark.parametrize(
+  "causal,window,segments,tk",
+  [
     (True, None, None, None),
     (True, 3, None, None),
     (False, None, None, 7),
     (True, None, (2, 3), None),
-])
+  ],
+)
 def test_oracle_grads_match_finite_differences(causal, window, segments, tk):
   rng = np.random.default_rng(0)
   b, t, hq, hkv, d = 1, 5, 2, 1, 3

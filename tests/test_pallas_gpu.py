@@ -27,7 +27,9 @@ from parallax_jax.attention.xla import XlaBlockSizes
 # Block sizes.
 
 
-@pytest.mark.parametrize("field,value,match", [
+@pytest.mark.parametrize(
+  "field,value,match",
+  [
     ("block_q", 48, "block_q must be a power of two >= 16"),
     ("block_k", 8, "block_k must be a power of two >= 16"),
     ("block_k_dkv", 100, "block_k_dkv must be a power of two"),
@@ -36,7 +38,8 @@ from parallax_jax.attention.xla import XlaBlockSizes
     ("num_warps_dkv", 32, "num_warps_dkv must be a power of two in"),
     ("num_stages", 0, r"num_stages must be in \[1, 8\]"),
     ("num_stages_dq", 9, r"num_stages_dq must be in \[1, 8\]"),
-])
+  ],
+)
 def test_block_sizes_validation(field, value, match):
   with pytest.raises(ValueError, match=match):
     GpuBlockSizes(**{field: value})
@@ -65,14 +68,25 @@ def _q(dtype=jnp.float32, t=16, d=32):
 def test_check_rejects():
   q = _q()
   with pytest.raises(NotImplementedError, match="GpuBlockSizes"):
-    parallax_attention(q, q, q, q, implementation="pallas_gpu", interpret=True,
-                       block_sizes=XlaBlockSizes())
+    parallax_attention(
+      q, q, q, q, implementation="pallas_gpu", interpret=True, block_sizes=XlaBlockSizes()
+    )
   with pytest.raises(NotImplementedError, match="runs on gpu"):
     if jax.default_backend() == "gpu":
       pytest.skip("on a GPU backend")
     parallax_attention(q, q, q, q, implementation="pallas_gpu", interpret=False)
-  spec = validate(q, q, q, q, scale=None, causal=True, window_size=None, segment_ids=None,
-                  interpret=True, block_sizes=None)
+  spec = validate(
+    q,
+    q,
+    q,
+    q,
+    scale=None,
+    causal=True,
+    window_size=None,
+    segment_ids=None,
+    interpret=True,
+    block_sizes=None,
+  )
   IMPLEMENTATION.check(spec)
   with pytest.raises(NotImplementedError, match="float64"):
     IMPLEMENTATION.check(dataclasses.replace(spec, dtype="float64"))
@@ -182,15 +196,15 @@ def _max_rel(a, b):
 
 
 CASES = [  # (B, Tq, Tk, Hq, Hkv, D, causal, W, segments, scale, dtype, block_sizes)
-    (1, 63, None, 4, 2, 60, True, None, None, None, "float32", _SMALL),
-    (1, 100, None, 4, 1, 64, True, 33, None, 1.0, "float32", _WIDE_Q),  # Bq > Bk, odd W
-    (1, 64, None, 2, 2, 64, True, 32, None, None, "float32", _WIDE_Q),  # Bq > Bk, aligned W
-    (1, 37, 100, 2, 1, 100, True, None, None, 0.1, "float32", _SMALL),  # Tq < Tk
-    (2, 50, None, 2, 2, 32, False, None, None, None, "float32", _SMALL),
-    (1, 80, None, 2, 1, 32, True, None, (1, 30, 49), None, "float32", _SMALL),
-    (1, 1, 40, 2, 2, 64, True, 20, None, None, "float32", None),
-    (1, 96, None, 4, 2, 128, True, None, None, None, "bfloat16", None),
-    (1, 70, None, 2, 2, 60, True, 24, None, None, "float16", _SMALL),
+  (1, 63, None, 4, 2, 60, True, None, None, None, "float32", _SMALL),
+  (1, 100, None, 4, 1, 64, True, 33, None, 1.0, "float32", _WIDE_Q),  # Bq > Bk, odd W
+  (1, 64, None, 2, 2, 64, True, 32, None, None, "float32", _WIDE_Q),  # Bq > Bk, aligned W
+  (1, 37, 100, 2, 1, 100, True, None, None, 0.1, "float32", _SMALL),  # Tq < Tk
+  (2, 50, None, 2, 2, 32, False, None, None, None, "float32", _SMALL),
+  (1, 80, None, 2, 1, 32, True, None, (1, 30, 49), None, "float32", _SMALL),
+  (1, 1, 40, 2, 2, 64, True, 20, None, None, "float32", None),
+  (1, 96, None, 4, 2, 128, True, None, None, None, "bfloat16", None),
+  (1, 70, None, 2, 2, 60, True, 24, None, None, "float16", _SMALL),
 ]
 
 
@@ -209,12 +223,22 @@ def test_matches_reference(case):
     seg = jnp.asarray(np.stack([ids] * b))
 
   def f(q, r, k, v):
-    return parallax_attention(q, r, k, v, scale=scale, causal=causal, window_size=w,
-                              segment_ids=seg, implementation="pallas_gpu", interpret=True,
-                              block_sizes=bs)
+    return parallax_attention(
+      q,
+      r,
+      k,
+      v,
+      scale=scale,
+      causal=causal,
+      window_size=w,
+      segment_ids=seg,
+      implementation="pallas_gpu",
+      interpret=True,
+      block_sizes=bs,
+    )
 
   mask = MaskSpec(tq, tk, causal=causal, window_size=w)
-  sc = scale if scale is not None else d ** -0.5
+  sc = scale if scale is not None else d**-0.5
 
   def ref(q, r, k, v):
     return parallax_reference(q, r, k, v, scale=sc, mask=mask, segment_ids=seg)
@@ -226,8 +250,9 @@ def test_matches_reference(case):
   grads_ref = vjp_ref(g.astype(jnp.float32))
   tol = {"float32": 2e-5, "bfloat16": 2e-2, "float16": 5e-3}[dtype]
   assert o.dtype == q.dtype and o.shape == q.shape
-  for name, got, want in zip(("o", "dq", "dr", "dk", "dv"), (o, *grads), (o_ref, *grads_ref),
-                        strict=True):
+  for name, got, want in zip(
+    ("o", "dq", "dr", "dk", "dv"), (o, *grads), (o_ref, *grads_ref), strict=True
+  ):
     assert got.dtype == jnp.dtype(dtype), name
     assert np.all(np.isfinite(np.asarray(got, np.float32))), name
     err = _max_rel(got, want)
@@ -241,17 +266,30 @@ def test_residuals_interchangeable_with_xla():
   mask = MaskSpec(48, 48, causal=True, window_size=20)
   q, r, k, v, g = _inputs(1, 48, 48, 2, 1, 32, jnp.float32)
   from pallas_kernels.gpu import backward, forward
+
   fwd_cfg = _SMALL.kernel("fwd", 48, 48)
-  o_k, res_k = forward.parallax_fwd(q, r, k, v, None, scale=0.2, mask=mask, cfg=fwd_cfg,
-                                    interpret=True)
+  o_k, res_k = forward.parallax_fwd(
+    q, r, k, v, None, scale=0.2, mask=mask, cfg=fwd_cfg, interpret=True
+  )
   o_x, res_x = xla.parallax_fwd(q, r, k, v, None, scale=0.2, mask=mask)
   for a, b in zip(res_k, res_x, strict=True):
     assert a.shape == b.shape and a.dtype == b.dtype
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
   grads_x = xla.parallax_bwd(q, r, k, v, None, res_k, g, scale=0.2, mask=mask)
-  grads_k = backward.parallax_bwd(q, r, k, v, None, res_x, g, scale=0.2, mask=mask,
-                                  cfg_dq=_SMALL.kernel("dq", 48, 48),
-                                  cfg_dkv=_SMALL.kernel("dkv", 48, 48), interpret=True)
+  grads_k = backward.parallax_bwd(
+    q,
+    r,
+    k,
+    v,
+    None,
+    res_x,
+    g,
+    scale=0.2,
+    mask=mask,
+    cfg_dq=_SMALL.kernel("dq", 48, 48),
+    cfg_dkv=_SMALL.kernel("dkv", 48, 48),
+    interpret=True,
+  )
   for a, b in zip(grads_k, grads_x, strict=True):
     assert _max_rel(a, b) < 2e-5
 
@@ -261,8 +299,9 @@ def test_empty_rows_are_zero():
   q, r, k, v, g = _inputs(1, 40, 24, 2, 2, 32, jnp.float32)
 
   def f(q, r, k, v):
-    return parallax_attention(q, r, k, v, implementation="pallas_gpu", interpret=True,
-                              block_sizes=_SMALL)
+    return parallax_attention(
+      q, r, k, v, implementation="pallas_gpu", interpret=True, block_sizes=_SMALL
+    )
 
   o, vjp = jax.vjp(f, q, r, k, v)
   dq, dr, dk, dv = vjp(g)

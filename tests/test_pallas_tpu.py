@@ -78,9 +78,18 @@ def _inputs(case: Case, seed=0):
 
 def _kernel_outputs(case: Case, q, r, k, v, g, seg):
   def f(q, r, k, v):
-    return parallax_attention(q, r, k, v, causal=case.causal, window_size=case.window,
-                              segment_ids=seg, implementation="pallas_tpu", interpret=True,
-                              block_sizes=case.blocks)
+    return parallax_attention(
+      q,
+      r,
+      k,
+      v,
+      causal=case.causal,
+      window_size=case.window,
+      segment_ids=seg,
+      implementation="pallas_tpu",
+      interpret=True,
+      block_sizes=case.blocks,
+    )
 
   @jax.jit
   def run(q, r, k, v, g):
@@ -95,7 +104,7 @@ def _reference_outputs(case: Case, q, r, k, v, g, seg):
   mask = MaskSpec(case.tq, case.kv_len, case.causal, case.window)
 
   def f(q, r, k, v):
-    return parallax_reference(q, r, k, v, scale=case.d ** -0.5, mask=mask, segment_ids=seg)
+    return parallax_reference(q, r, k, v, scale=case.d**-0.5, mask=mask, segment_ids=seg)
 
   o, vjp = jax.vjp(f, *f32[:4])
   return (o, *vjp(f32[4]))
@@ -111,8 +120,9 @@ def _check_case(case: Case):
   got = _kernel_outputs(case, q, r, k, v, g, seg)
   want = _reference_outputs(case, q, r, k, v, g, seg)
   tol = F32_TOL if case.dtype == "float32" else LOW_PRECISION_TOL
-  for name, x, ref, inp in zip(("o", "dq", "dr", "dk", "dv"), got, want, (q, q, r, k, v),
-                               strict=True):
+  for name, x, ref, inp in zip(
+    ("o", "dq", "dr", "dk", "dv"), got, want, (q, q, r, k, v), strict=True
+  ):
     assert x.shape == inp.shape and x.dtype == inp.dtype, (name, x.shape, x.dtype)
     assert bool(jnp.all(jnp.isfinite(x))), f"{name} has non-finite entries"
     err = _rel_err(x, ref)
@@ -129,18 +139,29 @@ def test_block_sizes_defaults_and_resolution():
   resolved = bs.resolve(q_len=63, kv_len=1000)
   assert resolved.fwd == (128, 512)
   assert resolved.dq == (128, 512) and resolved.dkv == (128, 256)
-  fallback = TpuBlockSizes(block_q=256, block_k=384, block_q_dq=None, block_k_dq=None,
-                           block_q_dkv=None, block_k_dkv=None).resolve(1000, 1000)
+  fallback = TpuBlockSizes(
+    block_q=256, block_k=384, block_q_dq=None, block_k_dq=None, block_q_dkv=None, block_k_dkv=None
+  ).resolve(1000, 1000)
   assert fallback.dq == fallback.dkv == fallback.fwd == (256, 384)
   assert TpuBlockSizes.uniform(128).resolve(300, 300).q_pad(300, "dq", "dkv") == 384
   assert hash(bs) == hash(TpuBlockSizes())  # static argument of jit / custom_vjp
 
 
-@pytest.mark.parametrize("field", ["block_q", "block_k", "block_q_dq", "block_k_dq",
-                                   "block_q_dkv", "block_k_dkv"])
-@pytest.mark.parametrize("value,error", [(100, ValueError), (0, ValueError), (-128, ValueError),
-                                         (64, ValueError), (128.0, TypeError),
-                                         (True, TypeError), ("128", TypeError)])
+@pytest.mark.parametrize(
+  "field", ["block_q", "block_k", "block_q_dq", "block_k_dq", "block_q_dkv", "block_k_dkv"]
+)
+@pytest.mark.parametrize(
+  "value,error",
+  [
+    (100, ValueError),
+    (0, ValueError),
+    (-128, ValueError),
+    (64, ValueError),
+    (128.0, TypeError),
+    (True, TypeError),
+    ("128", TypeError),
+  ],
+)
 def test_block_sizes_validation(field, value, error):
   with pytest.raises(error, match=f"TpuBlockSizes.{field}"):
     TpuBlockSizes(**{field: value})
@@ -154,8 +175,18 @@ def test_forward_block_sizes_are_required(field):
 
 def _spec(**kw):
   x = jnp.zeros((1, 16, 2, 8), jnp.float32)
-  return validate(x, x, x, x, scale=None, causal=True, window_size=None, segment_ids=None,
-                  interpret=True, block_sizes=kw.pop("block_sizes", None))
+  return validate(
+    x,
+    x,
+    x,
+    x,
+    scale=None,
+    causal=True,
+    window_size=None,
+    segment_ids=None,
+    interpret=True,
+    block_sizes=kw.pop("block_sizes", None),
+  )
 
 
 def test_check_rejects_float64_and_foreign_block_sizes():
@@ -170,8 +201,9 @@ def test_check_rejects_float64_and_foreign_block_sizes():
 def test_api_refuses_foreign_block_sizes_and_cpu_without_interpret():
   x = jnp.zeros((1, 16, 2, 8), jnp.float32)
   with pytest.raises(NotImplementedError, match="TpuBlockSizes"):
-    parallax_attention(x, x, x, x, implementation="pallas_tpu", interpret=True,
-                       block_sizes=XlaBlockSizes())
+    parallax_attention(
+      x, x, x, x, implementation="pallas_tpu", interpret=True, block_sizes=XlaBlockSizes()
+    )
   if jax.default_backend() != "tpu":
     with pytest.raises(NotImplementedError, match="interpret=True"):
       parallax_attention(x, x, x, x, implementation="pallas_tpu")
@@ -187,13 +219,13 @@ def test_implementation_metadata():
 # Static schedule and tile classification (NumPy, brute force)
 
 _MASKS = [
-    MaskSpec(300, 300, True, None),
-    MaskSpec(300, 300, True, 100),
-    MaskSpec(300, 300, True, 128),
-    MaskSpec(300, 300, True, 7),
-    MaskSpec(100, 300, True, 33),
-    MaskSpec(300, 100, True, None),
-    MaskSpec(77, 300, False, None),
+  MaskSpec(300, 300, True, None),
+  MaskSpec(300, 300, True, 100),
+  MaskSpec(300, 300, True, 128),
+  MaskSpec(300, 300, True, 7),
+  MaskSpec(100, 300, True, 33),
+  MaskSpec(300, 100, True, None),
+  MaskSpec(77, 300, False, None),
 ]
 
 
@@ -222,26 +254,36 @@ def test_schedules_and_tile_classes_match_brute_force(mask, bq, bk):
 # End-to-end against the dense reference (float32: tight)
 
 F32_CASES = {
-    "causal_gqa_d60": Case(tq=200, hq=2, hkv=1, d=60),
-    "noncausal_d64": Case(tq=200, hq=2, hkv=2, d=64, causal=False),
-    "window77_t255_d100": Case(tq=255, hq=2, hkv=1, d=100, window=77),
-    # T a multiple of the block so the inner tile is unpadded: catches PARALLAX.md 2.3's
-    # first-row window rule (tile (1, 0) is inside row 128's window but not row 255's).
-    "window200_t256": Case(tq=256, d=64, window=200),
-    "tq_lt_tk_gqa": Case(tq=63, tk=200, hq=4, hkv=2, d=64),
-    "tq_lt_tk_window": Case(tq=100, tk=256, d=60, window=50),
-    "tq_gt_tk_empty_rows": Case(tq=150, tk=60, hq=2, hkv=1, d=32),
-    "cross_noncausal_odd": Case(tq=63, tk=130, d=100, causal=False),
-    "segments_t111": Case(b=2, tq=111, d=60, segments=True),
-    "segments_window": Case(b=2, tq=200, d=64, window=64, segments=True),
-    "mqa_g4": Case(tq=130, hq=4, hkv=1, d=64),
-    "bq256_bk128_window128": Case(tq=300, d=64, window=128, blocks=TpuBlockSizes(
-        block_q=256, block_k=128, block_q_dq=256, block_k_dq=128, block_q_dkv=128,
-        block_k_dkv=256)),
-    "bq128_bk256_window100": Case(tq=300, d=64, window=100, blocks=TpuBlockSizes(
-        block_q=128, block_k=256, block_q_dq=128, block_k_dq=256, block_q_dkv=256,
-        block_k_dkv=128)),
-    "default_blocks_t63": Case(tq=63, d=60, blocks=None),
+  "causal_gqa_d60": Case(tq=200, hq=2, hkv=1, d=60),
+  "noncausal_d64": Case(tq=200, hq=2, hkv=2, d=64, causal=False),
+  "window77_t255_d100": Case(tq=255, hq=2, hkv=1, d=100, window=77),
+  # T a multiple of the block so the inner tile is unpadded: catches PARALLAX.md 2.3's
+  # first-row window rule (tile (1, 0) is inside row 128's window but not row 255's).
+  "window200_t256": Case(tq=256, d=64, window=200),
+  "tq_lt_tk_gqa": Case(tq=63, tk=200, hq=4, hkv=2, d=64),
+  "tq_lt_tk_window": Case(tq=100, tk=256, d=60, window=50),
+  "tq_gt_tk_empty_rows": Case(tq=150, tk=60, hq=2, hkv=1, d=32),
+  "cross_noncausal_odd": Case(tq=63, tk=130, d=100, causal=False),
+  "segments_t111": Case(b=2, tq=111, d=60, segments=True),
+  "segments_window": Case(b=2, tq=200, d=64, window=64, segments=True),
+  "mqa_g4": Case(tq=130, hq=4, hkv=1, d=64),
+  "bq256_bk128_window128": Case(
+    tq=300,
+    d=64,
+    window=128,
+    blocks=TpuBlockSizes(
+      block_q=256, block_k=128, block_q_dq=256, block_k_dq=128, block_q_dkv=128, block_k_dkv=256
+    ),
+  ),
+  "bq128_bk256_window100": Case(
+    tq=300,
+    d=64,
+    window=100,
+    blocks=TpuBlockSizes(
+      block_q=128, block_k=256, block_q_dq=128, block_k_dq=256, block_q_dkv=256, block_k_dkv=128
+    ),
+  ),
+  "default_blocks_t63": Case(tq=63, d=60, blocks=None),
 }
 
 
@@ -251,10 +293,9 @@ def test_matches_reference_float32(case):
 
 
 LOW_PRECISION_CASES = {
-    "bf16_causal_gqa": Case(tq=200, hq=2, hkv=1, d=64, dtype="bfloat16"),
-    "bf16_window_segments_d100": Case(b=2, tq=111, d=100, window=40, segments=True,
-                                      dtype="bfloat16"),
-    "fp16_tq_lt_tk": Case(tq=63, tk=200, hq=2, hkv=2, d=60, dtype="float16"),
+  "bf16_causal_gqa": Case(tq=200, hq=2, hkv=1, d=64, dtype="bfloat16"),
+  "bf16_window_segments_d100": Case(b=2, tq=111, d=100, window=40, segments=True, dtype="bfloat16"),
+  "fp16_tq_lt_tk": Case(tq=63, tk=200, hq=2, hkv=2, d=60, dtype="float16"),
 }
 
 
@@ -277,9 +318,8 @@ def test_r_zero_is_softmax_attention():
   case = Case(tq=130, d=64, causal=True)
   q, _, k, v, _, _ = _inputs(case)
   r = jnp.zeros_like(q)
-  o = parallax_attention(q, r, k, v, implementation="pallas_tpu", interpret=True,
-                         block_sizes=SMALL)
-  s = jnp.einsum("bihd,bjhd->bhij", q, jnp.repeat(k, 2, axis=2)) * case.d ** -0.5
+  o = parallax_attention(q, r, k, v, implementation="pallas_tpu", interpret=True, block_sizes=SMALL)
+  s = jnp.einsum("bihd,bjhd->bhij", q, jnp.repeat(k, 2, axis=2)) * case.d**-0.5
   s = jnp.where(jnp.tril(jnp.ones((130, 130), bool)), s, -jnp.inf)
   want = jnp.einsum("bhij,bjhd->bihd", jax.nn.softmax(s, -1), jnp.repeat(v, 2, axis=2))
   assert _rel_err(o, want) < F32_TOL
@@ -292,8 +332,18 @@ def test_r_zero_is_softmax_attention():
 def test_residuals_interchangeable_with_xla():
   case = Case(b=1, tq=111, d=60, hq=2, hkv=1, window=70)
   q, r, k, v, g, _ = _inputs(case)
-  spec = validate(q, r, k, v, scale=None, causal=True, window_size=case.window,
-                  segment_ids=None, interpret=True, block_sizes=SMALL)
+  spec = validate(
+    q,
+    r,
+    k,
+    v,
+    scale=None,
+    causal=True,
+    window_size=case.window,
+    segment_ids=None,
+    interpret=True,
+    block_sizes=SMALL,
+  )
   o_t, res_t = tpu_impl.fwd(q, r, k, v, None, spec)
   o_x, res_x = parallax_fwd(q, r, k, v, scale=spec.scale, mask=spec.mask)
   assert _rel_err(o_t, o_x) < F32_TOL
@@ -326,14 +376,26 @@ def test_kernels_lower_to_mosaic(dtype):
   q = jnp.zeros((b, t, hq, d), dtype)
   k = jnp.zeros((b, t, hkv, d), dtype)
   seg = jnp.zeros((b, t), jnp.int32)
-  spec = validate(q, q, k, k, scale=None, causal=True, window_size=300, segment_ids=seg,
-                  interpret=False, block_sizes=None)
+  spec = validate(
+    q,
+    q,
+    k,
+    k,
+    scale=None,
+    causal=True,
+    window_size=300,
+    segment_ids=seg,
+    interpret=False,
+    block_sizes=None,
+  )
   fwd = jax.jit(tpu_impl.fwd, static_argnums=5).trace(q, q, k, k, seg, spec)
   _, res = jax.eval_shape(tpu_impl.fwd, q, q, k, k, seg, spec)
   res = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), res)
   bwd = jax.jit(tpu_impl.bwd, static_argnums=7).trace(q, q, k, k, seg, res, q, spec)
-  text = (fwd.lower(lowering_platforms=("tpu",)).as_text()
-          + bwd.lower(lowering_platforms=("tpu",)).as_text())
+  text = (
+    fwd.lower(lowering_platforms=("tpu",)).as_text()
+    + bwd.lower(lowering_platforms=("tpu",)).as_text()
+  )
   assert text.count("tpu_custom_call") == 3
 
 
@@ -341,25 +403,27 @@ def test_kernels_lower_to_mosaic(dtype):
 # Larger grid (pytest -m slow)
 
 _SLOW_CASES = [
-    Case(b=b, tq=tq, tk=tk, hq=hq, hkv=hkv, d=d, causal=causal, window=w, segments=seg,
-         dtype=dt)
-    for (tq, tk), (hq, hkv), d, (causal, w), seg, dt, b in [
-        ((512, None), (4, 1), 128, (True, None), False, "float32", 1),
-        ((512, None), (4, 2), 64, (True, 129), False, "float32", 2),
-        ((384, 512), (2, 2), 96, (True, 256), False, "float32", 1),
-        ((256, 640), (2, 1), 128, (False, None), False, "float32", 1),
-        ((640, 300), (2, 1), 64, (True, None), False, "float32", 1),
-        ((500, None), (4, 2), 60, (True, None), True, "float32", 2),
-        ((512, None), (4, 1), 128, (True, None), False, "bfloat16", 1),
-        ((500, None), (2, 1), 100, (True, 200), True, "bfloat16", 2),
-        ((384, None), (2, 2), 64, (False, None), False, "float16", 1),
-    ]
+  Case(b=b, tq=tq, tk=tk, hq=hq, hkv=hkv, d=d, causal=causal, window=w, segments=seg, dtype=dt)
+  for (tq, tk), (hq, hkv), d, (causal, w), seg, dt, b in [
+    ((512, None), (4, 1), 128, (True, None), False, "float32", 1),
+    ((512, None), (4, 2), 64, (True, 129), False, "float32", 2),
+    ((384, 512), (2, 2), 96, (True, 256), False, "float32", 1),
+    ((256, 640), (2, 1), 128, (False, None), False, "float32", 1),
+    ((640, 300), (2, 1), 64, (True, None), False, "float32", 1),
+    ((500, None), (4, 2), 60, (True, None), True, "float32", 2),
+    ((512, None), (4, 1), 128, (True, None), False, "bfloat16", 1),
+    ((500, None), (2, 1), 100, (True, 200), True, "bfloat16", 2),
+    ((384, None), (2, 2), 64, (False, None), False, "float16", 1),
+  ]
 ]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("case", _SLOW_CASES, ids=str)
-@pytest.mark.parametrize("blocks", [SMALL, TpuBlockSizes(block_q=256, block_k=128),
-                                    TpuBlockSizes()], ids=["128", "256x128", "default"])
+@pytest.mark.parametrize(
+  "blocks",
+  [SMALL, TpuBlockSizes(block_q=256, block_k=128), TpuBlockSizes()],
+  ids=["128", "256x128", "default"],
+)
 def test_matches_reference_large(case, blocks):
   _check_case(dataclasses.replace(case, blocks=blocks))

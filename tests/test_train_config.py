@@ -13,8 +13,13 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_shipped_configs_resolve(name):
   exp = resolve(load_config(ROOT / "configs" / f"{name}.py"), num_devices=1)
   assert exp.model.attention == "parallax" and exp.data.source == "builtin"
-  for key in ("train.steps", "train.seed", "checkpoint.every_steps", "model.attention",
-              "data.source"):
+  for key in (
+    "train.steps",
+    "train.seed",
+    "checkpoint.every_steps",
+    "model.attention",
+    "data.source",
+  ):
     section, field = key.split(".")
     assert hasattr(getattr(exp, section), field), key
 
@@ -23,23 +28,38 @@ def test_qwen3_shapes():
   exp = resolve(load_config(ROOT / "configs" / "lm_0p6b.py"))
   m = exp.model
   assert (m.num_layers, m.d_model, m.num_heads, m.num_kv_heads, m.head_dim, m.mlp_dim) == (
-      28, 1024, 16, 8, 128, 3072) and m.tie_embeddings
+    28,
+    1024,
+    16,
+    8,
+    128,
+    3072,
+  ) and m.tie_embeddings
   m = resolve(load_config(ROOT / "configs" / "lm_1p7b.py")).model
   assert (m.d_model, m.mlp_dim) == (2048, 6144)
 
 
 def test_overrides_are_typed():
-  cfg = load_config(ROOT / "configs" / "tiny.py", [
-      "--config.train.steps=7", "--config.model.attention=softmax", "--config.optimizer.lr=1"
-      .replace("lr", "learning_rate"), "--config.model.window_size=16",
-      "--config.model.qk_norm=false", "--config.optimizer.clip_norm=None"])
+  cfg = load_config(
+    ROOT / "configs" / "tiny.py",
+    [
+      "--config.train.steps=7",
+      "--config.model.attention=softmax",
+      "--config.optimizer.lr=1".replace("lr", "learning_rate"),
+      "--config.model.window_size=16",
+      "--config.model.qk_norm=false",
+      "--config.optimizer.clip_norm=None",
+    ],
+  )
   exp = resolve(cfg)
   assert exp.train.steps == 7 and exp.model.attention == "softmax"
   assert exp.optimizer.learning_rate == 1.0 and exp.model.window_size == 16
   assert exp.model.qk_norm is False and exp.optimizer.clip_norm is None
 
 
-@pytest.mark.parametrize("override,match", [
+@pytest.mark.parametrize(
+  "override,match",
+  [
     ("--config.train.stepz=3", "unknown config key 'train.stepz'"),
     ("--config.nosection.x=1", "no section"),
     ("--config.train.steps=many", "bad value for config.train.steps"),
@@ -49,7 +69,8 @@ def test_overrides_are_typed():
     ("--config.train.batch_size=0", "train.batch_size"),
     ("--config.model.window_size=100000", "window_size"),
     ("--config.data.format=parquet", "format"),
-])
+  ],
+)
 def test_bad_configs_fail_before_compiling(override, match):
   with pytest.raises(ValueError, match=match):
     resolve(load_config(ROOT / "configs" / "tiny.py", [override]))
@@ -65,8 +86,12 @@ def test_unknown_keys_in_a_config_file(tmp_path):
 
 
 def test_mesh_sizes_against_device_count():
-  assert MeshConfig(data=-1, tensor=2).shape(8) == {"data": 4, "fsdp": 1, "tensor": 2,
-                                                    "sequence": 1}
+  assert MeshConfig(data=-1, tensor=2).shape(8) == {
+    "data": 4,
+    "fsdp": 1,
+    "tensor": 2,
+    "sequence": 1,
+  }
   with pytest.raises(ValueError, match="multiply to"):
     MeshConfig(data=2, fsdp=2, tensor=1, sequence=1).shape(8)
   with pytest.raises(ValueError, match="not divisible"):

@@ -17,11 +17,19 @@ from parallax_jax.train.loop import NonFiniteLossError, Trainer, evaluate, train
 from parallax_jax.train.metrics import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = ["--config.model.d_model=64", "--config.model.num_layers=1", "--config.model.mlp_dim=128",
-         "--config.model.head_dim=16", "--config.train.batch_size=8", "--config.train.seq_len=64",
-         "--config.train.log_every=1", "--config.train.eval_every=0",
-         "--config.train.progress_bar=false", "--config.optimizer.warmup_steps=5",
-         "--config.optimizer.learning_rate=1e-2"]
+SMALL = [
+  "--config.model.d_model=64",
+  "--config.model.num_layers=1",
+  "--config.model.mlp_dim=128",
+  "--config.model.head_dim=16",
+  "--config.train.batch_size=8",
+  "--config.train.seq_len=64",
+  "--config.train.log_every=1",
+  "--config.train.eval_every=0",
+  "--config.train.progress_bar=false",
+  "--config.optimizer.warmup_steps=5",
+  "--config.optimizer.learning_rate=1e-2",
+]
 
 
 def _cfg(*extra):
@@ -33,14 +41,27 @@ def _losses(workdir):
 
 
 def test_loss_falls_and_outputs_are_written(tmp_path):
-  summary = train(_cfg("--config.train.steps=40", "--config.train.eval_every=20",
-                       "--config.checkpoint.every_steps=20"), tmp_path)
+  summary = train(
+    _cfg(
+      "--config.train.steps=40",
+      "--config.train.eval_every=20",
+      "--config.checkpoint.every_steps=20",
+    ),
+    tmp_path,
+  )
   losses = _losses(tmp_path)
   assert summary["final_step"] == 40 and sorted(losses) == list(range(1, 41))
   assert np.mean([losses[s] for s in range(36, 41)]) < losses[1] - 1.0
   record = read_metrics(tmp_path)[-1]
-  for key in ("loss", "perplexity", "tokens_per_s", "step_time_s", "grad_norm", "lr",
-              "eval_perplexity"):
+  for key in (
+    "loss",
+    "perplexity",
+    "tokens_per_s",
+    "step_time_s",
+    "grad_norm",
+    "lr",
+    "eval_perplexity",
+  ):
     assert key in record, key
   config = json.loads((tmp_path / "config.json").read_text())
   assert config["config"]["train"]["steps"] == 40 and config["data"]["source"]["sha256"]
@@ -50,10 +71,25 @@ def test_loss_falls_and_outputs_are_written(tmp_path):
 
 
 def _run_cli(workdir, *extra):
-  cmd = [sys.executable, "-m", "parallax_jax.cli", "train", "--config",
-         str(ROOT / "configs" / "tiny.py"), "--workdir", str(workdir), *SMALL, *extra]
-  return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  cmd = [
+    sys.executable,
+    "-m",
+    "parallax_jax.cli",
+    "train",
+    "--config",
+    str(ROOT / "configs" / "tiny.py"),
+    "--workdir",
+    str(workdir),
+    *SMALL,
+    *extra,
+  ]
+  return subprocess.Popen(
+    cmd,
+    cwd=ROOT,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    env={**os.environ, "JAX_PLATFORMS": "cpu"},
+  )
 
 
 def test_kill_9_then_resume_equals_uninterrupted(tmp_path):
@@ -79,8 +115,14 @@ def test_kill_9_then_resume_equals_uninterrupted(tmp_path):
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
-  trainer = Trainer(_cfg("--config.train.steps=12", "--config.checkpoint.every_steps=4",
-                         "--config.checkpoint.async_save=false"), tmp_path)
+  trainer = Trainer(
+    _cfg(
+      "--config.train.steps=12",
+      "--config.checkpoint.every_steps=4",
+      "--config.checkpoint.async_save=false",
+    ),
+    tmp_path,
+  )
   step_fn = trainer.train_step
 
   def poisoned(state, batch):
@@ -94,18 +136,42 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
 
 
 def test_convert_softmax_checkpoint_then_train_parallax(tmp_path):
-  train(_cfg("--config.model.attention=softmax", "--config.train.steps=6",
-             "--config.checkpoint.every_steps=6"), tmp_path / "soft")
-  soft_loss = evaluate(tmp_path / "soft", _cfg("--config.model.attention=softmax",
-                                              "--config.train.eval_batches=2"))
-  out = subprocess.run([sys.executable, "-m", "parallax_jax.cli", "convert-softmax",
-                        "--workdir", str(tmp_path / "soft"), "--out", str(tmp_path / "plx")],
-                       cwd=ROOT, capture_output=True, text=True)
+  train(
+    _cfg(
+      "--config.model.attention=softmax",
+      "--config.train.steps=6",
+      "--config.checkpoint.every_steps=6",
+    ),
+    tmp_path / "soft",
+  )
+  soft_loss = evaluate(
+    tmp_path / "soft", _cfg("--config.model.attention=softmax", "--config.train.eval_batches=2")
+  )
+  out = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "parallax_jax.cli",
+      "convert-softmax",
+      "--workdir",
+      str(tmp_path / "soft"),
+      "--out",
+      str(tmp_path / "plx"),
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+  )
   assert out.returncode == 0, out.stdout + out.stderr
   # Zero W_R: the Parallax model starts as exactly the softmax model.
-  trainer = Trainer(_cfg(f"--config.checkpoint.init_from={tmp_path / 'plx'}",
-                         "--config.train.eval_batches=2", "--config.train.steps=2"),
-                    tmp_path / "par")
+  trainer = Trainer(
+    _cfg(
+      f"--config.checkpoint.init_from={tmp_path / 'plx'}",
+      "--config.train.eval_batches=2",
+      "--config.train.steps=2",
+    ),
+    tmp_path / "par",
+  )
   state = trainer.initial_state()
   r = state.params["blocks"][0]["attn"]["r_proj"]["kernel"]
   assert not np.any(np.asarray(r))

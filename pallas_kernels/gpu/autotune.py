@@ -30,16 +30,15 @@ from parallax_jax.attention.masking import MaskSpec
 
 C = KernelConfig
 CANDIDATES = {
-    "fwd": [C(128, 64, 8, 3), C(128, 64, 4, 3), C(128, 128, 8, 2), C(64, 64, 4, 3),
-            C(128, 32, 4, 4)],
-    "dq": [C(64, 64, 8, 2), C(64, 64, 4, 2), C(128, 64, 8, 2), C(64, 32, 4, 3)],
-    "dkv": [C(64, 128, 8, 2), C(32, 128, 8, 2), C(64, 64, 4, 2), C(32, 64, 4, 3)],
+  "fwd": [C(128, 64, 8, 3), C(128, 64, 4, 3), C(128, 128, 8, 2), C(64, 64, 4, 3), C(128, 32, 4, 4)],
+  "dq": [C(64, 64, 8, 2), C(64, 64, 4, 2), C(128, 64, 8, 2), C(64, 32, 4, 3)],
+  "dkv": [C(64, 128, 8, 2), C(32, 128, 8, 2), C(64, 64, 4, 2), C(32, 64, 4, 3)],
 }
 # Large head dims: tiles must fit in shared memory / registers.
 CANDIDATES_D256 = {
-    "fwd": [C(64, 32, 8, 2), C(64, 64, 8, 2), C(32, 32, 4, 2)],
-    "dq": [C(32, 32, 8, 1), C(64, 32, 8, 1), C(32, 32, 4, 2)],
-    "dkv": [C(32, 64, 8, 1), C(16, 64, 8, 1), C(32, 32, 4, 2)],
+  "fwd": [C(64, 32, 8, 2), C(64, 64, 8, 2), C(32, 32, 4, 2)],
+  "dq": [C(32, 32, 8, 1), C(64, 32, 8, 1), C(32, 32, 4, 2)],
+  "dkv": [C(32, 64, 8, 1), C(16, 64, 8, 1), C(32, 32, 4, 2)],
 }
 
 
@@ -53,28 +52,41 @@ def _median_time(fn, args, iters):
   return statistics.median(times)
 
 
-def tune_one(dtype: str, head_dim: int, *, batch: int, length: int, heads: int, iters: int,
-             kernels=("fwd", "dq", "dkv"), log=print) -> dict:
+def tune_one(
+  dtype: str,
+  head_dim: int,
+  *,
+  batch: int,
+  length: int,
+  heads: int,
+  iters: int,
+  kernels=("fwd", "dq", "dkv"),
+  log=print,
+) -> dict:
   """Best ``{"fwd": cfg, "dq": cfg, "dkv": cfg}`` (as dicts) for one (dtype, head dim)."""
   dt = jnp.dtype(dtype)
   keys = jax.random.split(jax.random.PRNGKey(0), 5)
   shape = (batch, length, heads, head_dim)
   q, r, k, v, do = (jax.random.normal(kk, shape, jnp.float32).astype(dt) for kk in keys)
   mask = MaskSpec(length, length, causal=True)
-  scale = head_dim ** -0.5
+  scale = head_dim**-0.5
   base = default_block_sizes(dtype, head_dim, length)
   best = {n: base.kernel(n, length, length) for n in ("fwd", "dq", "dkv")}
   cands = CANDIDATES_D256 if head_dim > 128 else CANDIDATES
 
   def fwd_fn(cfg):
-    return jax.jit(lambda q, r, k, v: forward.parallax_fwd(
-        q, r, k, v, None, scale=scale, mask=mask, cfg=cfg))
+    return jax.jit(
+      lambda q, r, k, v: forward.parallax_fwd(q, r, k, v, None, scale=scale, mask=mask, cfg=cfg)
+    )
 
   res = None
 
   def bwd_fn(cfg_dq, cfg_dkv):
-    return jax.jit(lambda q, r, k, v, res, do: backward.parallax_bwd(
-        q, r, k, v, None, res, do, scale=scale, mask=mask, cfg_dq=cfg_dq, cfg_dkv=cfg_dkv))
+    return jax.jit(
+      lambda q, r, k, v, res, do: backward.parallax_bwd(
+        q, r, k, v, None, res, do, scale=scale, mask=mask, cfg_dq=cfg_dq, cfg_dkv=cfg_dkv
+      )
+    )
 
   for name in kernels:
     if name != "fwd" and res is None:
@@ -96,8 +108,15 @@ def tune_one(dtype: str, head_dim: int, *, batch: int, length: int, heads: int, 
     if timings:
       best[name] = min(timings, key=lambda x: x[0])[1]
     log(f"{dtype}/d{head_dim} {name}: best {best[name]}")
-  return {n: {"block_q": c.block_q, "block_k": c.block_k, "num_warps": c.num_warps,
-              "num_stages": c.num_stages} for n, c in best.items()}
+  return {
+    n: {
+      "block_q": c.block_q,
+      "block_k": c.block_k,
+      "num_warps": c.num_warps,
+      "num_stages": c.num_stages,
+    }
+    for n, c in best.items()
+  }
 
 
 def main(argv=None):
@@ -109,9 +128,13 @@ def main(argv=None):
   p.add_argument("--length", type=int, default=4096)
   p.add_argument("--heads", type=int, default=16)
   p.add_argument("--iters", type=int, default=10)
-  p.add_argument("--long-length", type=int, default=16384,
-                 help="also tune the forward at B=1 and this length, stored as 'fwd@<L/2>' "
-                      "(used from L/2 on); 0 to skip")
+  p.add_argument(
+    "--long-length",
+    type=int,
+    default=16384,
+    help="also tune the forward at B=1 and this length, stored as 'fwd@<L/2>' "
+    "(used from L/2 on); 0 to skip",
+  )
   args = p.parse_args(argv)
   if jax.default_backend() != "gpu":
     raise SystemExit("autotune needs a GPU (the timings of interpret mode mean nothing).")
@@ -123,17 +146,27 @@ def main(argv=None):
   t0 = time.time()
   for dtype in args.dtypes.split(","):
     for d in (int(x) for x in args.head_dims.split(",")):
-      entry = tune_one(dtype, d, batch=args.batch, length=args.length, heads=args.heads,
-                       iters=args.iters)
+      entry = tune_one(
+        dtype, d, batch=args.batch, length=args.length, heads=args.heads, iters=args.iters
+      )
       if args.long_length:
-        long = tune_one(dtype, d, batch=1, length=args.long_length, heads=args.heads,
-                        iters=max(3, args.iters // 2), kernels=("fwd",))
+        long = tune_one(
+          dtype,
+          d,
+          batch=1,
+          length=args.long_length,
+          heads=args.heads,
+          iters=max(3, args.iters // 2),
+          kernels=("fwd",),
+        )
         entry[f"fwd@{args.long_length // 2}"] = long["fwd"]
       data["entries"][bucket_key(dtype, d)] = entry
   data["device"] = jax.devices()[0].device_kind
-  data["note"] = (f"autotuned {datetime.date.today().isoformat()} on {data['device']} "
-                  f"(jax {jax.__version__}), causal B={args.batch} L={args.length} "
-                  f"H={args.heads}; other keys hand-picked")
+  data["note"] = (
+    f"autotuned {datetime.date.today().isoformat()} on {data['device']} "
+    f"(jax {jax.__version__}), causal B={args.batch} L={args.length} "
+    f"H={args.heads}; other keys hand-picked"
+  )
   with open(args.out, "w") as f:
     json.dump(data, f, indent=1)
     f.write("\n")

@@ -28,14 +28,43 @@ from parallax_jax.attention.masking import MaskSpec
 from parallax_jax.attention.residuals import Residuals
 
 
-def _dq_kernel(*refs, mask: MaskSpec, scale: float, bq: int, bk: int, n_q: int,
-               has_seg: bool, prec):
+def _dq_kernel(
+  *refs, mask: MaskSpec, scale: float, bq: int, bk: int, n_q: int, has_seg: bool, prec
+):
   if has_seg:
-    (q_ref, r_ref, do_ref, o_ref, barv_ref, lse_ref, bart_ref, k_ref, v_ref, segq_ref,
-     segk_ref, dq_ref, dr_ref, t_ref, b_ref) = refs
+    (
+      q_ref,
+      r_ref,
+      do_ref,
+      o_ref,
+      barv_ref,
+      lse_ref,
+      bart_ref,
+      k_ref,
+      v_ref,
+      segq_ref,
+      segk_ref,
+      dq_ref,
+      dr_ref,
+      t_ref,
+      b_ref,
+    ) = refs
   else:
-    (q_ref, r_ref, do_ref, o_ref, barv_ref, lse_ref, bart_ref, k_ref, v_ref,
-     dq_ref, dr_ref, t_ref, b_ref) = refs
+    (
+      q_ref,
+      r_ref,
+      do_ref,
+      o_ref,
+      barv_ref,
+      lse_ref,
+      bart_ref,
+      k_ref,
+      v_ref,
+      dq_ref,
+      dr_ref,
+      t_ref,
+      b_ref,
+    ) = refs
     segq_ref = segk_ref = None
   qi = (n_q - 1 - pl.program_id(0)) if mask.causal else pl.program_id(0)
   row0 = qi * bq
@@ -87,14 +116,27 @@ def _dq_kernel(*refs, mask: MaskSpec, scale: float, bq: int, bk: int, n_q: int,
   dr_ref[...] = dr.astype(dr_ref.dtype)
 
 
-def _dkv_kernel(*refs, mask: MaskSpec, scale: float, bq: int, bk: int, group: int,
-                has_seg: bool, prec):
+def _dkv_kernel(
+  *refs, mask: MaskSpec, scale: float, bq: int, bk: int, group: int, has_seg: bool, prec
+):
   if has_seg:
-    (q_ref, r_ref, do_ref, lse_ref, bart_ref, t_ref, b_ref, k_ref, v_ref, segq_ref, segk_ref,
-     dk_ref, dv_ref) = refs
+    (
+      q_ref,
+      r_ref,
+      do_ref,
+      lse_ref,
+      bart_ref,
+      t_ref,
+      b_ref,
+      k_ref,
+      v_ref,
+      segq_ref,
+      segk_ref,
+      dk_ref,
+      dv_ref,
+    ) = refs
   else:
-    (q_ref, r_ref, do_ref, lse_ref, bart_ref, t_ref, b_ref, k_ref, v_ref,
-     dk_ref, dv_ref) = refs
+    (q_ref, r_ref, do_ref, lse_ref, bart_ref, t_ref, b_ref, k_ref, v_ref, dk_ref, dv_ref) = refs
     segq_ref = segk_ref = None
   kb = pl.program_id(0)
   key0 = kb * bk
@@ -147,9 +189,21 @@ def _dkv_kernel(*refs, mask: MaskSpec, scale: float, bq: int, bk: int, group: in
   dv_ref[...] = dv.astype(dv_ref.dtype)
 
 
-def parallax_bwd(q, r, k, v, segment_ids, residuals: Residuals, do, *, scale: float,
-                 mask: MaskSpec, cfg_dq: KernelConfig, cfg_dkv: KernelConfig,
-                 interpret: bool = False):
+def parallax_bwd(
+  q,
+  r,
+  k,
+  v,
+  segment_ids,
+  residuals: Residuals,
+  do,
+  *,
+  scale: float,
+  mask: MaskSpec,
+  cfg_dq: KernelConfig,
+  cfg_dkv: KernelConfig,
+  interpret: bool = False,
+):
   """``(dq, dr, dk, dv)`` in the input dtypes."""
   batch, q_len, hq, d = q.shape
   _, kv_len, hkv, _ = k.shape
@@ -157,10 +211,12 @@ def parallax_bwd(q, r, k, v, segment_ids, residuals: Residuals, do, *, scale: fl
   dtype = q.dtype
   prec = common.precision(dtype)
   # One padding serves both passes (power-of-two blocks: the larger is a multiple of both).
-  tq = common.cdiv(q_len, max(cfg_dq.block_q, cfg_dkv.block_q)) * max(cfg_dq.block_q,
-                                                                      cfg_dkv.block_q)
-  tk = common.cdiv(kv_len, max(cfg_dq.block_k, cfg_dkv.block_k)) * max(cfg_dq.block_k,
-                                                                       cfg_dkv.block_k)
+  tq = common.cdiv(q_len, max(cfg_dq.block_q, cfg_dkv.block_q)) * max(
+    cfg_dq.block_q, cfg_dkv.block_q
+  )
+  tk = common.cdiv(kv_len, max(cfg_dq.block_k, cfg_dkv.block_k)) * max(
+    cfg_dq.block_k, cfg_dkv.block_k
+  )
   dp = common.padded_head_dim(d)
   qp, rp = common.pad_seq_dim(q, tq, dp), common.pad_seq_dim(r, tq, dp)
   dop = common.pad_seq_dim(do.astype(dtype), tq, dp)
@@ -189,21 +245,27 @@ def parallax_bwd(q, r, k, v, segment_ids, residuals: Residuals, do, *, scale: fl
   in_specs = [q_spec] * 5 + [row_spec] * 2 + [kv_spec] * 2
   args = [qp, rp, dop, op, barvp, lse2, bart, kp, vp]
   if has_seg:
-    in_specs += [pl.BlockSpec((None, bq), lambda i, b, h: (b, qi(i))),
-                 pl.BlockSpec((None, tk), lambda i, b, h: (b, 0))]
+    in_specs += [
+      pl.BlockSpec((None, bq), lambda i, b, h: (b, qi(i))),
+      pl.BlockSpec((None, tk), lambda i, b, h: (b, 0)),
+    ]
     args += [segq, segk]
   dq, dr, t_rows, b_rows = pl.pallas_call(
-      functools.partial(_dq_kernel, mask=mask, scale=scale, bq=bq, bk=bk, n_q=n_q,
-                        has_seg=has_seg, prec=prec),
-      grid=(n_q, batch, hq),
-      in_specs=in_specs,
-      out_specs=[q_spec, q_spec, row_spec, row_spec],
-      out_shape=[jax.ShapeDtypeStruct(qp.shape, dtype), jax.ShapeDtypeStruct(qp.shape, dtype),
-                 jax.ShapeDtypeStruct(lse2.shape, jnp.float32),
-                 jax.ShapeDtypeStruct(lse2.shape, jnp.float32)],
-      compiler_params=common.compiler_params(cfg_dq),
-      interpret=interpret,
-      name="parallax_bwd_dq",
+    functools.partial(
+      _dq_kernel, mask=mask, scale=scale, bq=bq, bk=bk, n_q=n_q, has_seg=has_seg, prec=prec
+    ),
+    grid=(n_q, batch, hq),
+    in_specs=in_specs,
+    out_specs=[q_spec, q_spec, row_spec, row_spec],
+    out_shape=[
+      jax.ShapeDtypeStruct(qp.shape, dtype),
+      jax.ShapeDtypeStruct(qp.shape, dtype),
+      jax.ShapeDtypeStruct(lse2.shape, jnp.float32),
+      jax.ShapeDtypeStruct(lse2.shape, jnp.float32),
+    ],
+    compiler_params=common.compiler_params(cfg_dq),
+    interpret=interpret,
+    name="parallax_bwd_dq",
   )(*args)
 
   # Pass 2: dk, dv, the G query heads of each kv head accumulated in the kernel.
@@ -215,19 +277,26 @@ def parallax_bwd(q, r, k, v, segment_ids, residuals: Residuals, do, *, scale: fl
   in_specs = [qg_spec] * 3 + [rowg_spec] * 4 + [k_spec] * 2
   args = [qp, rp, dop, lse2, bart, t_rows, b_rows, kp, vp]
   if has_seg:
-    in_specs += [pl.BlockSpec((None, tq), lambda j, b, h: (b, 0)),
-                 pl.BlockSpec((None, bk), lambda j, b, h: (b, j))]
+    in_specs += [
+      pl.BlockSpec((None, tq), lambda j, b, h: (b, 0)),
+      pl.BlockSpec((None, bk), lambda j, b, h: (b, j)),
+    ]
     args += [segq, segk]
   dk, dv = pl.pallas_call(
-      functools.partial(_dkv_kernel, mask=mask, scale=scale, bq=bq, bk=bk, group=group,
-                        has_seg=has_seg, prec=prec),
-      grid=(n_k, batch, hkv),
-      in_specs=in_specs,
-      out_specs=[k_spec, k_spec],
-      out_shape=[jax.ShapeDtypeStruct(kp.shape, k.dtype), jax.ShapeDtypeStruct(kp.shape, v.dtype)],
-      compiler_params=common.compiler_params(cfg_dkv),
-      interpret=interpret,
-      name="parallax_bwd_dkv",
+    functools.partial(
+      _dkv_kernel, mask=mask, scale=scale, bq=bq, bk=bk, group=group, has_seg=has_seg, prec=prec
+    ),
+    grid=(n_k, batch, hkv),
+    in_specs=in_specs,
+    out_specs=[k_spec, k_spec],
+    out_shape=[jax.ShapeDtypeStruct(kp.shape, k.dtype), jax.ShapeDtypeStruct(kp.shape, v.dtype)],
+    compiler_params=common.compiler_params(cfg_dkv),
+    interpret=interpret,
+    name="parallax_bwd_dkv",
   )(*args)
-  return (dq[:, :q_len, :, :d], dr[:, :q_len, :, :d].astype(r.dtype),
-          dk[:, :kv_len, :, :d], dv[:, :kv_len, :, :d])
+  return (
+    dq[:, :q_len, :, :d],
+    dr[:, :q_len, :, :d].astype(r.dtype),
+    dk[:, :kv_len, :, :d],
+    dv[:, :kv_len, :, :d],
+  )

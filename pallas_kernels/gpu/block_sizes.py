@@ -17,9 +17,9 @@ _JSON = os.path.join(os.path.dirname(__file__), "tuned_block_sizes.json")
 
 KERNELS = ("fwd", "dq", "dkv")
 _FIELDS = {  # kernel -> (block_q field, block_k field, warps field, stages field)
-    "fwd": ("block_q", "block_k", "num_warps", "num_stages"),
-    "dq": ("block_q_dq", "block_k_dq", "num_warps_dq", "num_stages_dq"),
-    "dkv": ("block_q_dkv", "block_k_dkv", "num_warps_dkv", "num_stages_dkv"),
+  "fwd": ("block_q", "block_k", "num_warps", "num_stages"),
+  "dq": ("block_q_dq", "block_k_dq", "num_warps_dq", "num_stages_dq"),
+  "dkv": ("block_q_dkv", "block_k_dkv", "num_warps_dkv", "num_stages_dkv"),
 }
 
 
@@ -70,20 +70,23 @@ class GpuBlockSizes:
         raise TypeError(f"GpuBlockSizes.{f.name} must be an int, got {value!r}.")
       if f.name.startswith("block_"):
         if value < 16 or value & (value - 1):
-          raise ValueError(f"GpuBlockSizes.{f.name} must be a power of two >= 16 (Triton "
-                           f"tile), got {value}.")
+          raise ValueError(
+            f"GpuBlockSizes.{f.name} must be a power of two >= 16 (Triton tile), got {value}."
+          )
       elif f.name.startswith("num_warps"):
         if value < 1 or value > 16 or value & (value - 1):
-          raise ValueError(f"GpuBlockSizes.{f.name} must be a power of two in [1, 16], got "
-                           f"{value}.")
+          raise ValueError(
+            f"GpuBlockSizes.{f.name} must be a power of two in [1, 16], got {value}."
+          )
       elif not 1 <= value <= 8:
         raise ValueError(f"GpuBlockSizes.{f.name} must be in [1, 8], got {value}.")
 
   def kernel(self, name: str, q_len: int, kv_len: int) -> KernelConfig:
     """The config of kernel ``name`` ("fwd", "dq", "dkv") clipped to the sequence lengths."""
     bq, bk, warps, stages = (getattr(self, f) for f in _FIELDS[name])
-    return KernelConfig(min(bq, pow2_at_least(q_len)), min(bk, pow2_at_least(kv_len)),
-                        warps, stages)
+    return KernelConfig(
+      min(bq, pow2_at_least(q_len)), min(bk, pow2_at_least(kv_len)), warps, stages
+    )
 
   def replace_kernel(self, name: str, cfg: KernelConfig) -> GpuBlockSizes:
     fields = _FIELDS[name]
@@ -132,8 +135,7 @@ def default_block_sizes(dtype: str, head_dim: int, seq_len: int | None = None) -
       key, best = name, -1
       for k in entry:
         kname, _, threshold = k.partition("@")
-        if kname == name and threshold and seq_len is not None and \
-            best < int(threshold) <= seq_len:
+        if kname == name and threshold and seq_len is not None and best < int(threshold) <= seq_len:
           key, best = k, int(threshold)
       if key in entry:
         bs = bs.replace_kernel(name, KernelConfig(**entry[key]))

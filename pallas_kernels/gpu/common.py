@@ -41,14 +41,16 @@ def precision(dtype):
 
 def dot(a, b, prec):
   """``a @ b`` with float32 accumulation."""
-  return lax.dot_general(a, b, (((1,), (0,)), ((), ())), precision=prec,
-                         preferred_element_type=jnp.float32)
+  return lax.dot_general(
+    a, b, (((1,), (0,)), ((), ())), precision=prec, preferred_element_type=jnp.float32
+  )
 
 
 def dot_nt(a, b, prec):
   """``a @ b.T`` with float32 accumulation (Triton transposes the operand in shared memory)."""
-  return lax.dot_general(a, b, (((1,), (1,)), ((), ())), precision=prec,
-                         preferred_element_type=jnp.float32)
+  return lax.dot_general(
+    a, b, (((1,), (1,)), ((), ())), precision=prec, preferred_element_type=jnp.float32
+  )
 
 
 def compiler_params(cfg: KernelConfig):

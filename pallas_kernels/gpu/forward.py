@@ -23,8 +23,9 @@ from parallax_jax.attention.masking import MaskSpec
 from parallax_jax.attention.residuals import Residuals
 
 
-def _fwd_kernel(*refs, mask: MaskSpec, scale: float, bq: int, bk: int, n_q: int,
-                has_seg: bool, prec):
+def _fwd_kernel(
+  *refs, mask: MaskSpec, scale: float, bq: int, bk: int, n_q: int, has_seg: bool, prec
+):
   if has_seg:
     q_ref, r_ref, k_ref, v_ref, segq_ref, segk_ref, o_ref, barv_ref, lse_ref, bart_ref = refs
   else:
@@ -72,8 +73,18 @@ def _fwd_kernel(*refs, mask: MaskSpec, scale: float, bq: int, bk: int, n_q: int,
   bart_ref[...] = res.bart
 
 
-def parallax_fwd(q, r, k, v, segment_ids, *, scale: float, mask: MaskSpec, cfg: KernelConfig,
-                 interpret: bool = False):
+def parallax_fwd(
+  q,
+  r,
+  k,
+  v,
+  segment_ids,
+  *,
+  scale: float,
+  mask: MaskSpec,
+  cfg: KernelConfig,
+  interpret: bool = False,
+):
   """``(o, Residuals)`` for validated inputs (see ``parallax_jax.attention.residuals``)."""
   batch, q_len, hq, d = q.shape
   _, kv_len, hkv, _ = k.shape
@@ -91,44 +102,51 @@ def parallax_fwd(q, r, k, v, segment_ids, *, scale: float, mask: MaskSpec, cfg: 
     return (b, h, (n_q - 1 - i) if mask.causal else i)
 
   in_specs = [
-      pl.BlockSpec((None, bq, None, dp), q_map),
-      pl.BlockSpec((None, bq, None, dp), q_map),
-      pl.BlockSpec((None, tk, None, dp), lambda i, b, h: (b, 0, h // group, 0)),
-      pl.BlockSpec((None, tk, None, dp), lambda i, b, h: (b, 0, h // group, 0)),
+    pl.BlockSpec((None, bq, None, dp), q_map),
+    pl.BlockSpec((None, bq, None, dp), q_map),
+    pl.BlockSpec((None, tk, None, dp), lambda i, b, h: (b, 0, h // group, 0)),
+    pl.BlockSpec((None, tk, None, dp), lambda i, b, h: (b, 0, h // group, 0)),
   ]
   args = [qp, rp, kp, vp]
   if segment_ids is not None:
     seg = segment_ids.astype(jnp.int32)
     args += [common.pad_to(seg, 1, tq, -1), common.pad_to(seg, 1, tk, -2)]
     in_specs += [
-        pl.BlockSpec((None, bq), lambda i, b, h: (b, (n_q - 1 - i) if mask.causal else i)),
-        pl.BlockSpec((None, tk), lambda i, b, h: (b, 0)),
+      pl.BlockSpec((None, bq), lambda i, b, h: (b, (n_q - 1 - i) if mask.causal else i)),
+      pl.BlockSpec((None, tk), lambda i, b, h: (b, 0)),
     ]
   out_shape = [
-      jax.ShapeDtypeStruct((batch, tq, hq, dp), q.dtype),
-      jax.ShapeDtypeStruct((batch, tq, hq, dp), q.dtype),
-      jax.ShapeDtypeStruct((batch, hq, tq), jnp.float32),
-      jax.ShapeDtypeStruct((batch, hq, tq), jnp.float32),
+    jax.ShapeDtypeStruct((batch, tq, hq, dp), q.dtype),
+    jax.ShapeDtypeStruct((batch, tq, hq, dp), q.dtype),
+    jax.ShapeDtypeStruct((batch, hq, tq), jnp.float32),
+    jax.ShapeDtypeStruct((batch, hq, tq), jnp.float32),
   ]
   out_specs = [
-      pl.BlockSpec((None, bq, None, dp), q_map),
-      pl.BlockSpec((None, bq, None, dp), q_map),
-      pl.BlockSpec((None, None, bq), row_map),
-      pl.BlockSpec((None, None, bq), row_map),
+    pl.BlockSpec((None, bq, None, dp), q_map),
+    pl.BlockSpec((None, bq, None, dp), q_map),
+    pl.BlockSpec((None, None, bq), row_map),
+    pl.BlockSpec((None, None, bq), row_map),
   ]
-  kernel = functools.partial(_fwd_kernel, mask=mask, scale=scale, bq=bq, bk=bk, n_q=n_q,
-                             has_seg=segment_ids is not None, prec=common.precision(q.dtype))
+  kernel = functools.partial(
+    _fwd_kernel,
+    mask=mask,
+    scale=scale,
+    bq=bq,
+    bk=bk,
+    n_q=n_q,
+    has_seg=segment_ids is not None,
+    prec=common.precision(q.dtype),
+  )
   o, barv, lse, bart = pl.pallas_call(
-      kernel,
-      grid=(n_q, batch, hq),
-      in_specs=in_specs,
-      out_specs=out_specs,
-      out_shape=out_shape,
-      compiler_params=common.compiler_params(cfg),
-      interpret=interpret,
-      name="parallax_fwd",
+    kernel,
+    grid=(n_q, batch, hq),
+    in_specs=in_specs,
+    out_specs=out_specs,
+    out_shape=out_shape,
+    compiler_params=common.compiler_params(cfg),
+    interpret=interpret,
+    name="parallax_fwd",
   )(*args)
   o = o[:, :q_len, :, :d]
-  res = Residuals(o=o, barv=barv[:, :q_len, :, :d], lse=lse[..., :q_len],
-                  bart=bart[..., :q_len])
+  res = Residuals(o=o, barv=barv[:, :q_len, :, :d], lse=lse[..., :q_len], bart=bart[..., :q_len])
   return o, res

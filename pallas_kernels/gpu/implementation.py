@@ -15,40 +15,54 @@ _DTYPES = ("float32", "bfloat16", "float16")
 def _check(spec: CallSpec) -> None:
   if spec.dtype not in _DTYPES:
     raise NotImplementedError(
-        f"implementation='pallas_gpu' takes {', '.join(_DTYPES)} inputs, got {spec.dtype} "
-        "(use implementation='xla' or 'reference' for float64).")
+      f"implementation='pallas_gpu' takes {', '.join(_DTYPES)} inputs, got {spec.dtype} "
+      "(use implementation='xla' or 'reference' for float64)."
+    )
   bs = spec.block_sizes
   if bs is not None and not isinstance(bs, GpuBlockSizes):
     raise NotImplementedError(
-        f"implementation='pallas_gpu' takes block_sizes=GpuBlockSizes(...), got "
-        f"{type(bs).__name__}.")
+      f"implementation='pallas_gpu' takes block_sizes=GpuBlockSizes(...), got {type(bs).__name__}."
+    )
   if spec.head_dim > 256:
     raise NotImplementedError(
-        f"implementation='pallas_gpu' supports head_dim <= 256, got {spec.head_dim} "
-        "(the Q, R, K, V tiles would not fit in shared memory).")
+      f"implementation='pallas_gpu' supports head_dim <= 256, got {spec.head_dim} "
+      "(the Q, R, K, V tiles would not fit in shared memory)."
+    )
 
 
 def _block_sizes(spec: CallSpec) -> GpuBlockSizes:
   _check(spec)
   return spec.block_sizes or default_block_sizes(
-      spec.dtype, spec.head_dim, max(spec.mask.q_len, spec.mask.kv_len))
+    spec.dtype, spec.head_dim, max(spec.mask.q_len, spec.mask.kv_len)
+  )
 
 
 def _fwd(q, r, k, v, segment_ids, spec: CallSpec):
   bs = _block_sizes(spec)
   cfg = bs.kernel("fwd", spec.mask.q_len, spec.mask.kv_len)
-  return forward.parallax_fwd(q, r, k, v, segment_ids, scale=spec.scale, mask=spec.mask,
-                              cfg=cfg, interpret=spec.interpret)
+  return forward.parallax_fwd(
+    q, r, k, v, segment_ids, scale=spec.scale, mask=spec.mask, cfg=cfg, interpret=spec.interpret
+  )
 
 
 def _bwd(q, r, k, v, segment_ids, residuals, do, spec: CallSpec):
   bs = _block_sizes(spec)
   return backward.parallax_bwd(
-      q, r, k, v, segment_ids, residuals, jnp.asarray(do, q.dtype), scale=spec.scale,
-      mask=spec.mask, cfg_dq=bs.kernel("dq", spec.mask.q_len, spec.mask.kv_len),
-      cfg_dkv=bs.kernel("dkv", spec.mask.q_len, spec.mask.kv_len), interpret=spec.interpret)
+    q,
+    r,
+    k,
+    v,
+    segment_ids,
+    residuals,
+    jnp.asarray(do, q.dtype),
+    scale=spec.scale,
+    mask=spec.mask,
+    cfg_dq=bs.kernel("dq", spec.mask.q_len, spec.mask.kv_len),
+    cfg_dkv=bs.kernel("dkv", spec.mask.q_len, spec.mask.kv_len),
+    interpret=spec.interpret,
+  )
 
 
 IMPLEMENTATION = Implementation(
-    name="pallas_gpu", fwd=_fwd, bwd=_bwd, platforms=("gpu",), check=_check,
-    interpretable=True)
+  name="pallas_gpu", fwd=_fwd, bwd=_bwd, platforms=("gpu",), check=_check, interpretable=True
+)

@@ -33,8 +33,9 @@ class _Config:
   has_segments: bool
 
 
-def _kernel(first_ref, count_ref, q_ref, r_ref, do_ref, stats_ref, k_ref, v_ref, *refs,
-            cfg: _Config):
+def _kernel(
+  first_ref, count_ref, q_ref, r_ref, do_ref, stats_ref, k_ref, v_ref, *refs, cfg: _Config
+):
   if cfg.has_segments:
     q_seg_ref, k_seg_ref, *refs = refs
   dk_ref, dv_ref, dk_sc, dv_sc = refs
@@ -63,8 +64,7 @@ def _kernel(first_ref, count_ref, q_ref, r_ref, do_ref, stats_ref, k_ref, v_ref,
     lse, bart, delta_o, b = (stats_ref[i] for i in range(4))
     tile = tile_math.bwd_tile(s, t, visible, lse, bart, a, delta_o, b)
     gl_t = (cfg.scale * tile.gl).T.astype(q.dtype)
-    dk_sc[...] += (ku.dot_nn(gl_t, q, prec)
-                   + ku.dot_nn(tile.gu.T.astype(r.dtype), r, prec))
+    dk_sc[...] += ku.dot_nn(gl_t, q, prec) + ku.dot_nn(tile.gu.T.astype(r.dtype), r, prec)
     dv_sc[...] += ku.dot_nn(tile.pw.T.astype(do.dtype), do, prec)
 
   if cfg.has_segments:
@@ -80,8 +80,22 @@ def _kernel(first_ref, count_ref, q_ref, r_ref, do_ref, stats_ref, k_ref, v_ref,
     dv_ref[...] = dv_sc[...].astype(dv_ref.dtype)
 
 
-def dk_dv(q, r, do, stats, k, v, q_seg, k_seg, *, scale: float, mask: MaskSpec, bq: int,
-          bk: int, interpret: bool):
+def dk_dv(
+  q,
+  r,
+  do,
+  stats,
+  k,
+  v,
+  q_seg,
+  k_seg,
+  *,
+  scale: float,
+  mask: MaskSpec,
+  bq: int,
+  bk: int,
+  interpret: bool,
+):
   """Heads-major inputs as for ``backward_dq.dq_dr`` -> ``dk, dv [B, Hkv, Tkp, Dp]``."""
   batch, hq, _, dp = q.shape
   hkv = k.shape[1]
@@ -103,25 +117,27 @@ def dk_dv(q, r, do, stats, k, v, q_seg, k_seg, *, scale: float, mask: MaskSpec, 
   if q_seg is not None:
     operands += [q_seg, k_seg]
     in_specs += [
-        pl.BlockSpec((None, 1, bq), lambda b, h, i, g, j, first, count: (
-            b, 0, schedule.inner_block(first, count, i, j))),
-        pl.BlockSpec((None, 1, bk), lambda b, h, i, g, j, *_: (b, 0, i)),
+      pl.BlockSpec(
+        (None, 1, bq),
+        lambda b, h, i, g, j, first, count: (b, 0, schedule.inner_block(first, count, i, j)),
+      ),
+      pl.BlockSpec((None, 1, bk), lambda b, h, i, g, j, *_: (b, 0, i)),
     ]
   cfg = _Config(mask=mask, scale=scale, bq=bq, bk=bk, has_segments=q_seg is not None)
   return pl.pallas_call(
-      functools.partial(_kernel, cfg=cfg),
-      out_shape=[jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
-      grid_spec=pltpu.PrefetchScalarGridSpec(
-          num_scalar_prefetch=2,
-          grid=(batch, hkv, n_k, group, sched.steps),
-          in_specs=in_specs,
-          out_specs=[kv_spec, kv_spec],
-          scratch_shapes=[pltpu.VMEM((bk, dp), jnp.float32) for _ in range(2)],
-      ),
-      compiler_params=ku.compiler_params(
-          ("parallel", "parallel", "parallel", "arbitrary", "arbitrary")),
-      cost_estimate=ku.cost_estimate(6, batch * hq * int(sched.count.sum()), bq, bk, dp, 1,
-                                     operands),
-      interpret=ku.interpret_arg(interpret),
-      name="parallax_bwd_dk_dv_tpu",
+    functools.partial(_kernel, cfg=cfg),
+    out_shape=[jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
+    grid_spec=pltpu.PrefetchScalarGridSpec(
+      num_scalar_prefetch=2,
+      grid=(batch, hkv, n_k, group, sched.steps),
+      in_specs=in_specs,
+      out_specs=[kv_spec, kv_spec],
+      scratch_shapes=[pltpu.VMEM((bk, dp), jnp.float32) for _ in range(2)],
+    ),
+    compiler_params=ku.compiler_params(
+      ("parallel", "parallel", "parallel", "arbitrary", "arbitrary")
+    ),
+    cost_estimate=ku.cost_estimate(6, batch * hq * int(sched.count.sum()), bq, bk, dp, 1, operands),
+    interpret=ku.interpret_arg(interpret),
+    name="parallax_bwd_dk_dv_tpu",
   )(*sched.tables(), *operands)

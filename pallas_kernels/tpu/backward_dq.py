@@ -31,8 +31,9 @@ class _Config:
   has_segments: bool
 
 
-def _kernel(first_ref, count_ref, q_ref, r_ref, do_ref, stats_ref, k_ref, v_ref, *refs,
-            cfg: _Config):
+def _kernel(
+  first_ref, count_ref, q_ref, r_ref, do_ref, stats_ref, k_ref, v_ref, *refs, cfg: _Config
+):
   if cfg.has_segments:
     q_seg_ref, k_seg_ref, *refs = refs
   dq_ref, dr_ref, dq_sc, dr_sc = refs
@@ -75,8 +76,22 @@ def _kernel(first_ref, count_ref, q_ref, r_ref, do_ref, stats_ref, k_ref, v_ref,
     dr_ref[...] = dr_sc[...].astype(dr_ref.dtype)
 
 
-def dq_dr(q, r, do, stats, k, v, q_seg, k_seg, *, scale: float, mask: MaskSpec, bq: int,
-          bk: int, interpret: bool):
+def dq_dr(
+  q,
+  r,
+  do,
+  stats,
+  k,
+  v,
+  q_seg,
+  k_seg,
+  *,
+  scale: float,
+  mask: MaskSpec,
+  bq: int,
+  bk: int,
+  interpret: bool,
+):
   """Heads-major ``q, r, do [B, Hq, Tp, Dp]``, ``stats [B, Hq, 4, Tp]``, ``k, v [B, Hkv, Tkp,
   Dp]`` (T padded to multiples of bq, bk) -> ``dq, dr [B, Hq, Tp, Dp]`` in q's dtype."""
   batch, hq, q_pad, dp = q.shape
@@ -96,24 +111,25 @@ def dq_dr(q, r, do, stats, k, v, q_seg, k_seg, *, scale: float, mask: MaskSpec, 
   if q_seg is not None:
     operands += [q_seg, k_seg]
     in_specs += [
-        pl.BlockSpec((None, 1, bq), lambda b, h, i, j, *_: (b, 0, i)),
-        pl.BlockSpec((None, 1, bk), lambda b, h, i, j, first, count: (
-            b, 0, schedule.inner_block(first, count, i, j))),
+      pl.BlockSpec((None, 1, bq), lambda b, h, i, j, *_: (b, 0, i)),
+      pl.BlockSpec(
+        (None, 1, bk),
+        lambda b, h, i, j, first, count: (b, 0, schedule.inner_block(first, count, i, j)),
+      ),
     ]
   cfg = _Config(mask=mask, scale=scale, bq=bq, bk=bk, has_segments=q_seg is not None)
   return pl.pallas_call(
-      functools.partial(_kernel, cfg=cfg),
-      out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct(r.shape, r.dtype)],
-      grid_spec=pltpu.PrefetchScalarGridSpec(
-          num_scalar_prefetch=2,
-          grid=(batch, hq, n_q, sched.steps),
-          in_specs=in_specs,
-          out_specs=[q_spec, q_spec],
-          scratch_shapes=[pltpu.VMEM((bq, dp), jnp.float32) for _ in range(2)],
-      ),
-      compiler_params=ku.compiler_params(("parallel", "parallel", "parallel", "arbitrary")),
-      cost_estimate=ku.cost_estimate(5, batch * hq * int(sched.count.sum()), bq, bk, dp, 1,
-                                     operands),
-      interpret=ku.interpret_arg(interpret),
-      name="parallax_bwd_dq_dr_tpu",
+    functools.partial(_kernel, cfg=cfg),
+    out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct(r.shape, r.dtype)],
+    grid_spec=pltpu.PrefetchScalarGridSpec(
+      num_scalar_prefetch=2,
+      grid=(batch, hq, n_q, sched.steps),
+      in_specs=in_specs,
+      out_specs=[q_spec, q_spec],
+      scratch_shapes=[pltpu.VMEM((bq, dp), jnp.float32) for _ in range(2)],
+    ),
+    compiler_params=ku.compiler_params(("parallel", "parallel", "parallel", "arbitrary")),
+    cost_estimate=ku.cost_estimate(5, batch * hq * int(sched.count.sum()), bq, bk, dp, 1, operands),
+    interpret=ku.interpret_arg(interpret),
+    name="parallax_bwd_dq_dr_tpu",
   )(*sched.tables(), *operands)

@@ -41,8 +41,9 @@ class TpuBlockSizes:
         raise TypeError(f"TpuBlockSizes.{name} must be an int, got {value!r}.")
       if value < LANES or value % LANES:
         raise ValueError(
-            f"TpuBlockSizes.{name} must be a positive multiple of {LANES} (TPU lane width), "
-            f"got {value}.")
+          f"TpuBlockSizes.{name} must be a positive multiple of {LANES} (TPU lane width), "
+          f"got {value}."
+        )
 
   @classmethod
   def uniform(cls, size: int) -> TpuBlockSizes:
@@ -51,15 +52,15 @@ class TpuBlockSizes:
 
   def resolve(self, q_len: int, kv_len: int) -> ResolvedBlocks:
     """The blocks of one call: each capped at its sequence length rounded up to 128."""
+
     def fit(value, default, length):
       value = default if value is None else value
       return min(value, _round_up(length, LANES))
 
     return ResolvedBlocks(
-        fwd=(fit(self.block_q, None, q_len), fit(self.block_k, None, kv_len)),
-        dq=(fit(self.block_q_dq, self.block_q, q_len), fit(self.block_k_dq, self.block_k, kv_len)),
-        dkv=(fit(self.block_q_dkv, self.block_q, q_len),
-             fit(self.block_k_dkv, self.block_k, kv_len)),
+      fwd=(fit(self.block_q, None, q_len), fit(self.block_k, None, kv_len)),
+      dq=(fit(self.block_q_dq, self.block_q, q_len), fit(self.block_k_dq, self.block_k, kv_len)),
+      dkv=(fit(self.block_q_dkv, self.block_q, q_len), fit(self.block_k_dkv, self.block_k, kv_len)),
     )
 
 

@@ -51,8 +51,9 @@ def _kernel(first_ref, count_ref, q_ref, r_ref, k_ref, v_ref, *refs, cfg: _Confi
     acc2_sc[...] = jnp.zeros(acc2_sc.shape, jnp.float32)
 
   def state():
-    return tile_math.FwdState(ku.load_rows(m_sc), ku.load_rows(d1_sc), ku.load_rows(d2_sc),
-                              acc1_sc[...], acc2_sc[...])
+    return tile_math.FwdState(
+      ku.load_rows(m_sc), ku.load_rows(d1_sc), ku.load_rows(d2_sc), acc1_sc[...], acc2_sc[...]
+    )
 
   def update(masked: bool):
     prec = ku.precision(q_ref.dtype)
@@ -89,12 +90,14 @@ def _kernel(first_ref, count_ref, q_ref, r_ref, k_ref, v_ref, *refs, cfg: _Confi
     o_ref[...] = res.o.astype(o_ref.dtype)
     barv_ref[...] = res.barv.astype(barv_ref.dtype)
     lane = jax.lax.broadcasted_iota(jnp.int32, stats_ref.shape, 1)
-    stats_ref[...] = jnp.where(lane == 0, res.lse[:, None],
-                               jnp.where(lane == 1, res.bart[:, None], 0.0))
+    stats_ref[...] = jnp.where(
+      lane == 0, res.lse[:, None], jnp.where(lane == 1, res.bart[:, None], 0.0)
+    )
 
 
-def forward(q, r, k, v, segment_ids, *, scale: float, mask: MaskSpec, bq: int, bk: int,
-            interpret: bool) -> tuple[jax.Array, Residuals]:
+def forward(
+  q, r, k, v, segment_ids, *, scale: float, mask: MaskSpec, bq: int, bk: int, interpret: bool
+) -> tuple[jax.Array, Residuals]:
   """``(o, Residuals)`` of Parallax attention; inputs ``[B, T, H, D]`` as validated by the API."""
   batch, q_len, hq, d = q.shape
   hkv = k.shape[2]
@@ -116,46 +119,48 @@ def forward(q, r, k, v, segment_ids, *, scale: float, mask: MaskSpec, bq: int, b
   if segment_ids is not None:
     operands += [layout.segments(segment_ids, q_pad), layout.segments(segment_ids, kv_pad)]
     in_specs += [
-        pl.BlockSpec((None, 1, bq), lambda b, h, i, j, *_: (b, 0, i)),
-        pl.BlockSpec((None, 1, bk), lambda b, h, i, j, first, count: (
-            b, 0, schedule.inner_block(first, count, i, j))),
+      pl.BlockSpec((None, 1, bq), lambda b, h, i, j, *_: (b, 0, i)),
+      pl.BlockSpec(
+        (None, 1, bk),
+        lambda b, h, i, j, first, count: (b, 0, schedule.inner_block(first, count, i, j)),
+      ),
     ]
 
   out_shape = [
-      jax.ShapeDtypeStruct((batch, hq, q_pad, dp), q.dtype),  # o
-      jax.ShapeDtypeStruct((batch, hq, q_pad, dp), q.dtype),  # barv
-      jax.ShapeDtypeStruct((batch, hq, q_pad, layout.STAT_LANES), jnp.float32),  # lse, bart
+    jax.ShapeDtypeStruct((batch, hq, q_pad, dp), q.dtype),  # o
+    jax.ShapeDtypeStruct((batch, hq, q_pad, dp), q.dtype),  # barv
+    jax.ShapeDtypeStruct((batch, hq, q_pad, layout.STAT_LANES), jnp.float32),  # lse, bart
   ]
   out_specs = [
-      q_spec, q_spec,
-      pl.BlockSpec((None, None, bq, layout.STAT_LANES), lambda b, h, i, j, *_: (b, h, i, 0)),
+    q_spec,
+    q_spec,
+    pl.BlockSpec((None, None, bq, layout.STAT_LANES), lambda b, h, i, j, *_: (b, h, i, 0)),
   ]
   scratch = [pltpu.VMEM((bq, ku.LANES), jnp.float32) for _ in range(3)]
   scratch += [pltpu.VMEM((bq, dp), jnp.float32) for _ in range(2)]
 
   cfg = _Config(mask=mask, scale=scale, bq=bq, bk=bk, has_segments=segment_ids is not None)
   o, barv, stats = pl.pallas_call(
-      functools.partial(_kernel, cfg=cfg),
-      out_shape=out_shape,
-      grid_spec=pltpu.PrefetchScalarGridSpec(
-          num_scalar_prefetch=2,
-          grid=(batch, hq, n_q, sched.steps),
-          in_specs=in_specs,
-          out_specs=out_specs,
-          scratch_shapes=scratch,
-      ),
-      compiler_params=ku.compiler_params(("parallel", "parallel", "parallel", "arbitrary")),
-      cost_estimate=ku.cost_estimate(4, batch * hq * int(sched.count.sum()), bq, bk, dp, 1,
-                                     operands),
-      interpret=ku.interpret_arg(interpret),
-      name="parallax_fwd_tpu",
+    functools.partial(_kernel, cfg=cfg),
+    out_shape=out_shape,
+    grid_spec=pltpu.PrefetchScalarGridSpec(
+      num_scalar_prefetch=2,
+      grid=(batch, hq, n_q, sched.steps),
+      in_specs=in_specs,
+      out_specs=out_specs,
+      scratch_shapes=scratch,
+    ),
+    compiler_params=ku.compiler_params(("parallel", "parallel", "parallel", "arbitrary")),
+    cost_estimate=ku.cost_estimate(4, batch * hq * int(sched.count.sum()), bq, bk, dp, 1, operands),
+    interpret=ku.interpret_arg(interpret),
+    name="parallax_fwd_tpu",
   )(*sched.tables(), *operands)
 
   o = layout.from_heads_major(o, q_len, d)
   residuals = Residuals(
-      o=o,
-      barv=layout.from_heads_major(barv, q_len, d),
-      lse=stats[:, :, :q_len, 0],
-      bart=stats[:, :, :q_len, 1],
+    o=o,
+    barv=layout.from_heads_major(barv, q_len, d),
+    lse=stats[:, :, :q_len, 0],
+    bart=stats[:, :, :q_len, 1],
   )
   return o, residuals

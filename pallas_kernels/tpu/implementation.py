@@ -25,12 +25,14 @@ def check(spec: CallSpec) -> None:
   """Raises NotImplementedError for a call these kernels cannot serve."""
   if spec.dtype not in _DTYPES:
     raise NotImplementedError(
-        f"implementation='pallas_tpu' takes {', '.join(_DTYPES)} inputs, got {spec.dtype} "
-        f"(TPUs have no {spec.dtype} matmul); use implementation='xla' or 'reference'.")
+      f"implementation='pallas_tpu' takes {', '.join(_DTYPES)} inputs, got {spec.dtype} "
+      f"(TPUs have no {spec.dtype} matmul); use implementation='xla' or 'reference'."
+    )
   if spec.block_sizes is not None and not isinstance(spec.block_sizes, TpuBlockSizes):
     raise NotImplementedError(
-        f"implementation='pallas_tpu' takes block_sizes=TpuBlockSizes(...) (from "
-        f"pallas_kernels.tpu), got {type(spec.block_sizes).__name__}.")
+      f"implementation='pallas_tpu' takes block_sizes=TpuBlockSizes(...) (from "
+      f"pallas_kernels.tpu), got {type(spec.block_sizes).__name__}."
+    )
 
 
 def _blocks(spec: CallSpec) -> ResolvedBlocks:
@@ -41,8 +43,18 @@ def _blocks(spec: CallSpec) -> ResolvedBlocks:
 @functools.partial(jax.jit, static_argnums=5)
 def fwd(q, r, k, v, segment_ids, spec: CallSpec) -> tuple[jax.Array, Residuals]:
   bq, bk = _blocks(spec).fwd
-  return forward.forward(q, r, k, v, segment_ids, scale=spec.scale, mask=spec.mask, bq=bq,
-                         bk=bk, interpret=spec.interpret)
+  return forward.forward(
+    q,
+    r,
+    k,
+    v,
+    segment_ids,
+    scale=spec.scale,
+    mask=spec.mask,
+    bq=bq,
+    bk=bk,
+    interpret=spec.interpret,
+  )
 
 
 @functools.partial(jax.jit, static_argnums=7)
@@ -64,13 +76,20 @@ def bwd(q, r, k, v, segment_ids, residuals: Residuals, do, spec: CallSpec):
   k_seg = layout.segments(segment_ids, kv_pad)
   common = dict(scale=spec.scale, mask=spec.mask, interpret=spec.interpret)
 
-  dq, dr = backward_dq.dq_dr(q_, r_, do_, stats, k_, v_, q_seg, k_seg,
-                             bq=blocks.dq[0], bk=blocks.dq[1], **common)
-  dk, dv = backward_dkv.dk_dv(q_, r_, do_, stats, k_, v_, q_seg, k_seg,
-                              bq=blocks.dkv[0], bk=blocks.dkv[1], **common)
-  return (layout.from_heads_major(dq, q_len, d), layout.from_heads_major(dr, q_len, d),
-          layout.from_heads_major(dk, kv_len, d), layout.from_heads_major(dv, kv_len, d))
+  dq, dr = backward_dq.dq_dr(
+    q_, r_, do_, stats, k_, v_, q_seg, k_seg, bq=blocks.dq[0], bk=blocks.dq[1], **common
+  )
+  dk, dv = backward_dkv.dk_dv(
+    q_, r_, do_, stats, k_, v_, q_seg, k_seg, bq=blocks.dkv[0], bk=blocks.dkv[1], **common
+  )
+  return (
+    layout.from_heads_major(dq, q_len, d),
+    layout.from_heads_major(dr, q_len, d),
+    layout.from_heads_major(dk, kv_len, d),
+    layout.from_heads_major(dv, kv_len, d),
+  )
 
 
 IMPLEMENTATION = Implementation(
-    name="pallas_tpu", fwd=fwd, bwd=bwd, platforms=("tpu",), check=check, interpretable=True)
+  name="pallas_tpu", fwd=fwd, bwd=bwd, platforms=("tpu",), check=check, interpretable=True
+)

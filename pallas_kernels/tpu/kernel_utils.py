@@ -61,10 +61,13 @@ def compiler_params(semantics: tuple[str, ...]):
   return pltpu.CompilerParams(dimension_semantics=semantics, vmem_limit_bytes=vmem_limit_bytes())
 
 
-def cost_estimate(matmuls: int, tiles: int, bq: int, bk: int, d: int, exps_per_pair: int,
-                  operands) -> pl.CostEstimate:
+def cost_estimate(
+  matmuls: int, tiles: int, bq: int, bk: int, d: int, exps_per_pair: int, operands
+) -> pl.CostEstimate:
   """XLA scheduling hint: ``matmuls`` [bq, bk, d] products per visited tile."""
   pairs = tiles * bq * bk
   return pl.CostEstimate(
-      flops=int(2 * matmuls * pairs * d), transcendentals=int(exps_per_pair * pairs),
-      bytes_accessed=int(sum(x.size * x.dtype.itemsize for x in operands)))
+    flops=int(2 * matmuls * pairs * d),
+    transcendentals=int(exps_per_pair * pairs),
+    bytes_accessed=int(sum(x.size * x.dtype.itemsize for x in operands)),
+  )

@@ -54,7 +54,9 @@ def q_schedule(mask: MaskSpec, bq: int, bk: int) -> Schedule:
   count = seen.sum(axis=0).astype(np.int32)
   first = np.where(count > 0, np.argmax(seen, axis=0), 0).astype(np.int32)
   for j in range(n_k):  # consecutive by construction; guard the invariant the grid relies on
-    assert seen[first[j]:first[j] + count[j], j].all(), "query blocks of a key block not contiguous"
+    assert seen[first[j] : first[j] + count[j], j].all(), (
+      "query blocks of a key block not contiguous"
+    )
   return Schedule(first, count, max(int(count.max(initial=0)), 1))
 
 

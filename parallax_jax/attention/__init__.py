@@ -7,11 +7,11 @@ from parallax_jax.attention.residuals import Residuals
 from parallax_jax.attention.xla import XlaBlockSizes, parallax_bwd, parallax_fwd
 
 __all__ = [
-    "MaskSpec",
-    "Residuals",
-    "XlaBlockSizes",
-    "parallax_attention",
-    "parallax_bwd",
-    "parallax_fwd",
-    "parallax_reference",
+  "MaskSpec",
+  "Residuals",
+  "XlaBlockSizes",
+  "parallax_attention",
+  "parallax_bwd",
+  "parallax_fwd",
+  "parallax_reference",
 ]

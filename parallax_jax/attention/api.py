@@ -12,18 +12,18 @@ from parallax_jax.attention.validation import CallSpec, validate
 
 
 def parallax_attention(
-    q: Float[Array, "B Tq Hq D"],
-    r: Float[Array, "B Tq Hq D"],
-    k: Float[Array, "B Tk Hkv D"],
-    v: Float[Array, "B Tk Hkv D"],
-    *,
-    scale: float | None = None,
-    causal: bool = True,
-    window_size: int | None = None,
-    segment_ids: Int[Array, "B T"] | None = None,
-    implementation: str | None = None,
-    interpret: bool = False,
-    block_sizes: object | None = None,
+  q: Float[Array, "B Tq Hq D"],
+  r: Float[Array, "B Tq Hq D"],
+  k: Float[Array, "B Tk Hkv D"],
+  v: Float[Array, "B Tk Hkv D"],
+  *,
+  scale: float | None = None,
+  causal: bool = True,
+  window_size: int | None = None,
+  segment_ids: Int[Array, "B T"] | None = None,
+  implementation: str | None = None,
+  interpret: bool = False,
+  block_sizes: object | None = None,
 ) -> Float[Array, "B Tq Hq D"]:
   """Parallax attention: ``o_i = sum_j p_ij (1 + tbar_i - t_ij) v_j``.
 
@@ -49,8 +49,18 @@ def parallax_attention(
   Returns:
     ``[B, Tq, Hq, D]`` in q's dtype. Rows that see no key are 0.
   """
-  spec = validate(q, r, k, v, scale=scale, causal=causal, window_size=window_size,
-                  segment_ids=segment_ids, interpret=interpret, block_sizes=block_sizes)
+  spec = validate(
+    q,
+    r,
+    k,
+    v,
+    scale=scale,
+    causal=causal,
+    window_size=window_size,
+    segment_ids=segment_ids,
+    interpret=interpret,
+    block_sizes=block_sizes,
+  )
   impl = implementations.select(implementation, spec)
   if impl.bwd is None:
     return impl.fwd(q, r, k, v, segment_ids, spec)

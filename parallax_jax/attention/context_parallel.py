@@ -77,23 +77,23 @@ from parallax_jax.attention import ring_state, tile_math
 from parallax_jax.attention.api import parallax_attention
 from parallax_jax.attention.residuals import Residuals
 from parallax_jax.attention.ring_state import (
-    SKIP,
-    Placement,
-    from_zigzag,
-    merge_fwd_states,
-    to_zigzag,
-    zigzag_positions,
+  SKIP,
+  Placement,
+  from_zigzag,
+  merge_fwd_states,
+  to_zigzag,
+  zigzag_positions,
 )
 from parallax_jax.attention.validation import validate
 from parallax_jax.attention.xla import ChunkPairOp, XlaBlockSizes
 
 __all__ = [
-    "Placement",
-    "from_zigzag",
-    "merge_fwd_states",
-    "ring_parallax_attention",
-    "to_zigzag",
-    "zigzag_positions",
+  "Placement",
+  "from_zigzag",
+  "merge_fwd_states",
+  "ring_parallax_attention",
+  "to_zigzag",
+  "zigzag_positions",
 ]
 
 
@@ -124,8 +124,9 @@ class _Ring:
 
   @property
   def steps(self) -> int:
-    return ring_state.num_ring_steps(self.placement, causal=self.causal,
-                                     window_size=self.window_size)
+    return ring_state.num_ring_steps(
+      self.placement, causal=self.causal, window_size=self.window_size
+    )
 
   @property
   def x_spec(self):  # [B, T, H, D]
@@ -136,8 +137,7 @@ class _Ring:
     return P(self.batch_axes or None, self.head_axis, self.axis_name)
 
   def _shard_map(self, f, in_specs, out_specs):
-    return jax.shard_map(f, mesh=self.mesh, in_specs=in_specs, out_specs=out_specs,
-                         check_vma=False)
+    return jax.shard_map(f, mesh=self.mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False)
 
   # ---- per-device pieces --------------------------------------------------------------------
 
@@ -152,8 +152,9 @@ class _Ring:
     theirs = pl.shard_chunks((me - step) % self.n)
     for a, qc in enumerate(mine):
       for b, kc in enumerate(theirs):
-        kind = ring_state.pair_kind(qc, kc, pl.chunk_len, causal=self.causal,
-                                    window_size=self.window_size, xp=jnp)
+        kind = ring_state.pair_kind(
+          qc, kc, pl.chunk_len, causal=self.causal, window_size=self.window_size, xp=jnp
+        )
         yield a, b, kind, ((qc - kc) * pl.chunk_len).astype(jnp.int32)
 
   def _ring_loop(self, compute, carry, travel):
@@ -170,16 +171,21 @@ class _Ring:
 
   def _fwd_local(self, q, r, k, v):
     op = self.op
-    qs = [(op.q_blocks(qa), op.q_blocks(ra))
-          for qa, ra in zip(self._split(q), self._split(r), strict=True)]
-    kv = tuple((op.kv_blocks(kb), op.kv_blocks(vb))
-               for kb, vb in zip(self._split(k), self._split(v), strict=True))
+    qs = [
+      (op.q_blocks(qa), op.q_blocks(ra))
+      for qa, ra in zip(self._split(q), self._split(r), strict=True)
+    ]
+    kv = tuple(
+      (op.kv_blocks(kb), op.kv_blocks(vb))
+      for kb, vb in zip(self._split(k), self._split(v), strict=True)
+    )
 
     def compute(step, states, kv):
       states = list(states)
       for a, b, kind, offset in self._pairs(step):
-        fold = functools.partial(op.fwd, q_=qs[a][0], r_=qs[a][1], k_=kv[b][0], v_=kv[b][1],
-                                 q_offset=offset)
+        fold = functools.partial(
+          op.fwd, q_=qs[a][0], r_=qs[a][1], k_=kv[b][0], v_=kv[b][1], q_offset=offset
+        )
         if self.causal:
           states[a] = lax.cond(kind != SKIP, fold, lambda st: st, states[a])
         else:
@@ -192,10 +198,10 @@ class _Ring:
     cat = lambda xs: jnp.concatenate(xs, axis=1)
     o = cat([op.q_unblock(x.o) for x in res]).astype(q.dtype)
     residuals = Residuals(
-        o=o,
-        barv=cat([op.q_unblock(x.barv) for x in res]).astype(q.dtype),
-        lse=jnp.concatenate([op.row_unblock(x.lse) for x in res], axis=2),
-        bart=jnp.concatenate([op.row_unblock(x.bart) for x in res], axis=2),
+      o=o,
+      barv=cat([op.q_unblock(x.barv) for x in res]).astype(q.dtype),
+      lse=jnp.concatenate([op.row_unblock(x.lse) for x in res], axis=2),
+      bart=jnp.concatenate([op.row_unblock(x.bart) for x in res], axis=2),
     )
     return o, residuals
 
@@ -204,13 +210,21 @@ class _Ring:
     do = do.astype(q.dtype)
     rows, qs = [], []
     for qa, ra, doa, oa, bva, lsea, bta in zip(
-        self._split(q), self._split(r), self._split(do), self._split(residuals.o),
-        self._split(residuals.barv), self._split(residuals.lse, 2),
-        self._split(residuals.bart, 2), strict=True):
+      self._split(q),
+      self._split(r),
+      self._split(do),
+      self._split(residuals.o),
+      self._split(residuals.barv),
+      self._split(residuals.lse, 2),
+      self._split(residuals.bart, 2),
+      strict=True,
+    ):
       qs.append((op.q_blocks(qa), op.q_blocks(ra), op.q_blocks(doa)))
       rows.append(op.row_stats(Residuals(oa, bva, lsea, bta), doa))
-    kv = tuple((op.kv_blocks(kb), op.kv_blocks(vb))
-               for kb, vb in zip(self._split(k), self._split(v), strict=True))
+    kv = tuple(
+      (op.kv_blocks(kb), op.kv_blocks(vb))
+      for kb, vb in zip(self._split(k), self._split(v), strict=True)
+    )
     acc = jnp.promote_types(q.dtype, jnp.float32)
     dqr = tuple((jnp.zeros(q_.shape, acc), jnp.zeros(q_.shape, acc)) for q_, _, _ in qs)
     dkv = tuple((jnp.zeros(k_.shape, acc), jnp.zeros(k_.shape, acc)) for k_, _ in kv)
@@ -251,14 +265,15 @@ class _Ring:
 
   def fwd(self, q, r, k, v):
     x, rows = self.x_spec, self.row_spec
-    return self._shard_map(self._fwd_local, in_specs=(x, x, x, x),
-                           out_specs=(x, Residuals(x, x, rows, rows)))(q, r, k, v)
+    return self._shard_map(
+      self._fwd_local, in_specs=(x, x, x, x), out_specs=(x, Residuals(x, x, rows, rows))
+    )(q, r, k, v)
 
   def bwd(self, q, r, k, v, residuals, do):
     x, rows = self.x_spec, self.row_spec
-    return self._shard_map(self._bwd_local,
-                           in_specs=(x, x, x, x, Residuals(x, x, rows, rows), x),
-                           out_specs=(x, x, x, x))(q, r, k, v, residuals, do)
+    return self._shard_map(
+      self._bwd_local, in_specs=(x, x, x, x, Residuals(x, x, rows, rows), x), out_specs=(x, x, x, x)
+    )(q, r, k, v, residuals, do)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -288,28 +303,35 @@ def _check_mesh(mesh, axis_name, batch_axes, head_axis, batch, hkv):
     if a not in names:
       raise ValueError(f"mesh axis {a!r} is not in the mesh axes {names}.")
   if len(set(used)) != len(used):
-    raise ValueError(f"axis_name, batch_axes and head_axis must be distinct mesh axes, got "
-                     f"{used}.")
+    raise ValueError(f"axis_name, batch_axes and head_axis must be distinct mesh axes, got {used}.")
   batch_shards = math.prod(mesh.shape[a] for a in batch_axes)
   if batch % batch_shards:
-    raise ValueError(f"the batch size {batch} must be divisible by the batch_axes {batch_axes} "
-                     f"size {batch_shards}.")
+    raise ValueError(
+      f"the batch size {batch} must be divisible by the batch_axes {batch_axes} "
+      f"size {batch_shards}."
+    )
   if head_axis is not None and hkv % mesh.shape[head_axis]:
-    raise ValueError(f"the number of kv heads {hkv} must be divisible by the head_axis "
-                     f"{head_axis!r} size {mesh.shape[head_axis]}.")
+    raise ValueError(
+      f"the number of kv heads {hkv} must be divisible by the head_axis "
+      f"{head_axis!r} size {mesh.shape[head_axis]}."
+    )
 
 
 def ring_parallax_attention(
-    q, r, k, v, *,
-    mesh: Mesh,
-    axis_name: str = "sequence",
-    scale: float | None = None,
-    causal: bool = True,
-    window_size: int | None = None,
-    load_balance: bool = True,
-    batch_axes: str | tuple[str, ...] | None = None,
-    head_axis: str | None = None,
-    block_sizes: XlaBlockSizes | None = None,
+  q,
+  r,
+  k,
+  v,
+  *,
+  mesh: Mesh,
+  axis_name: str = "sequence",
+  scale: float | None = None,
+  causal: bool = True,
+  window_size: int | None = None,
+  load_balance: bool = True,
+  batch_axes: str | tuple[str, ...] | None = None,
+  head_axis: str | None = None,
+  block_sizes: XlaBlockSizes | None = None,
 ):
   """Parallax self-attention with the sequence sharded over ``mesh`` axis ``axis_name``.
 
@@ -331,14 +353,25 @@ def ring_parallax_attention(
   Returns:
     ``[B, T, Hq, D]`` in q's dtype, same layout and sharding as q.
   """
-  spec = validate(q, r, k, v, scale=scale, causal=causal, window_size=window_size,
-                  segment_ids=None, interpret=False, block_sizes=block_sizes)
+  spec = validate(
+    q,
+    r,
+    k,
+    v,
+    scale=scale,
+    causal=causal,
+    window_size=window_size,
+    segment_ids=None,
+    interpret=False,
+    block_sizes=block_sizes,
+  )
   if spec.mask.q_len != spec.mask.kv_len:
-    raise ValueError(f"ring_parallax_attention is self-attention: q and k must have the same "
-                     f"length, got Tq={spec.mask.q_len}, Tk={spec.mask.kv_len}.")
+    raise ValueError(
+      f"ring_parallax_attention is self-attention: q and k must have the same "
+      f"length, got Tq={spec.mask.q_len}, Tk={spec.mask.kv_len}."
+    )
   if block_sizes is not None and not isinstance(block_sizes, XlaBlockSizes):
-    raise TypeError(f"block_sizes must be XlaBlockSizes or None, got "
-                    f"{type(block_sizes).__name__}.")
+    raise TypeError(f"block_sizes must be XlaBlockSizes or None, got {type(block_sizes).__name__}.")
   if not isinstance(load_balance, bool):
     raise TypeError(f"load_balance must be a bool, got {load_balance!r}.")
   batch_axes = _axes_tuple(batch_axes)
@@ -348,18 +381,39 @@ def ring_parallax_attention(
 
   if n == 1:  # Nothing to pass around: the op itself, per batch/head shard.
     call = functools.partial(
-        parallax_attention, scale=spec.scale, causal=causal, window_size=window_size,
-        block_sizes=block_sizes, implementation="xla" if block_sizes is not None else None)
+      parallax_attention,
+      scale=spec.scale,
+      causal=causal,
+      window_size=window_size,
+      block_sizes=block_sizes,
+      implementation="xla" if block_sizes is not None else None,
+    )
     if not batch_axes and head_axis is None:
       return call(q, r, k, v)
     x = P(batch_axes or None, None, head_axis, None)
-    return jax.shard_map(call, mesh=mesh, in_specs=(x, x, x, x), out_specs=x,
-                         check_vma=False)(q, r, k, v)
+    return jax.shard_map(call, mesh=mesh, in_specs=(x, x, x, x), out_specs=x, check_vma=False)(
+      q, r, k, v
+    )
 
   placement = Placement(spec.mask.q_len, n, load_balance=load_balance and causal)
   c = placement.chunk_len
-  op = ChunkPairOp(q_len=c, kv_len=c, group=spec.group, causal=causal,
-                   window_size=window_size, scale=spec.scale, block_sizes=block_sizes)
-  ring = _Ring(mesh=mesh, axis_name=axis_name, batch_axes=batch_axes, head_axis=head_axis,
-               placement=placement, op=op, causal=causal, window_size=window_size)
+  op = ChunkPairOp(
+    q_len=c,
+    kv_len=c,
+    group=spec.group,
+    causal=causal,
+    window_size=window_size,
+    scale=spec.scale,
+    block_sizes=block_sizes,
+  )
+  ring = _Ring(
+    mesh=mesh,
+    axis_name=axis_name,
+    batch_axes=batch_axes,
+    head_axis=head_axis,
+    placement=placement,
+    op=op,
+    causal=causal,
+    window_size=window_size,
+  )
   return _ring_attention(ring, q, r, k, v)

@@ -42,26 +42,30 @@ class Implementation:
 
   def ensure_supported(self, spec: CallSpec, platform: str) -> None:
     if platform not in self.platforms and not (self.interpretable and spec.interpret):
-      hint = " (or pass interpret=True to run its kernels in interpret mode)" \
-          if self.interpretable else ""
+      hint = (
+        " (or pass interpret=True to run its kernels in interpret mode)"
+        if self.interpretable
+        else ""
+      )
       raise NotImplementedError(
-          f"implementation={self.name!r} runs on {', '.join(self.platforms)}, not on the "
-          f"'{platform}' backend{hint}.")
+        f"implementation={self.name!r} runs on {', '.join(self.platforms)}, not on the "
+        f"'{platform}' backend{hint}."
+      )
     self.check(spec)
 
 
 # name -> "module:attribute" of an Implementation; modules are imported on first use.
 _REGISTRY: dict[str, str] = {
-    "reference": "parallax_jax.attention.reference_impl:IMPLEMENTATION",
-    "xla": "parallax_jax.attention.xla_impl:IMPLEMENTATION",
-    "pallas_gpu": "pallas_kernels.gpu:IMPLEMENTATION",
-    "pallas_tpu": "pallas_kernels.tpu:IMPLEMENTATION",
+  "reference": "parallax_jax.attention.reference_impl:IMPLEMENTATION",
+  "xla": "parallax_jax.attention.xla_impl:IMPLEMENTATION",
+  "pallas_gpu": "pallas_kernels.gpu:IMPLEMENTATION",
+  "pallas_tpu": "pallas_kernels.tpu:IMPLEMENTATION",
 }
 
 # What implementation=None tries, per backend, in order.
 _PREFERENCE: dict[str, tuple[str, ...]] = {
-    "gpu": ("pallas_gpu", "xla"),
-    "tpu": ("pallas_tpu", "xla"),
+  "gpu": ("pallas_gpu", "xla"),
+  "tpu": ("pallas_tpu", "xla"),
 }
 _DEFAULT_PREFERENCE = ("xla",)
 
@@ -102,7 +106,6 @@ def select(implementation: str | None, spec: CallSpec) -> Implementation:
     if key not in _logged:
       _logged.add(key)
       skipped = f" (skipped {'; '.join(reasons)})" if reasons else ""
-      log.info("parallax_attention: implementation=None on %s uses %r%s.", platform, name,
-               skipped)
+      log.info("parallax_attention: implementation=None on %s uses %r%s.", platform, name, skipped)
     return impl
   raise NotImplementedError("no implementation can serve this call: " + "; ".join(reasons))

@@ -13,14 +13,14 @@ from parallax_jax.attention.masking import MaskSpec
 
 
 def parallax_reference(
-    q: Float[Array, "B Tq Hq D"],
-    r: Float[Array, "B Tq Hq D"],
-    k: Float[Array, "B Tk Hkv D"],
-    v: Float[Array, "B Tk Hkv D"],
-    *,
-    scale: float,
-    mask: MaskSpec,
-    segment_ids: Int[Array, "B T"] | None = None,
+  q: Float[Array, "B Tq Hq D"],
+  r: Float[Array, "B Tq Hq D"],
+  k: Float[Array, "B Tk Hkv D"],
+  v: Float[Array, "B Tk Hkv D"],
+  *,
+  scale: float,
+  mask: MaskSpec,
+  segment_ids: Int[Array, "B T"] | None = None,
 ) -> Float[Array, "B Tq Hq D"]:
   """o_i = sum_j p_ij (1 + tbar_i - t_ij) v_j with p = softmax(scale q.k), t = r.k (unscaled).
 

@@ -46,11 +46,11 @@ def merge_fwd_states(a: tile_math.FwdState, b: tile_math.FwdState) -> tile_math.
   ca = jnp.exp(a.m - m_safe)
   cb = jnp.exp(b.m - m_safe)
   return tile_math.FwdState(
-      m=m,
-      d1=ca * a.d1 + cb * b.d1,
-      d2=ca * a.d2 + cb * b.d2,
-      acc1=ca[..., None] * a.acc1 + cb[..., None] * b.acc1,
-      acc2=ca[..., None] * a.acc2 + cb[..., None] * b.acc2,
+    m=m,
+    d1=ca * a.d1 + cb * b.d1,
+    d2=ca * a.d2 + cb * b.d2,
+    acc1=ca[..., None] * a.acc1 + cb[..., None] * b.acc1,
+    acc2=ca[..., None] * a.acc2 + cb[..., None] * b.acc2,
   )
 
 
@@ -67,8 +67,9 @@ class Placement:
       raise ValueError(f"num_shards must be >= 1, got {self.num_shards}.")
     if self.seq_len % self.num_chunks:
       kind = "2 * num_shards (zigzag load balancing)" if self.load_balance else "num_shards"
-      raise ValueError(f"the sequence length {self.seq_len} must be divisible by {kind} = "
-                       f"{self.num_chunks}.")
+      raise ValueError(
+        f"the sequence length {self.seq_len} must be divisible by {kind} = {self.num_chunks}."
+      )
 
   @property
   def chunks_per_shard(self) -> int:
@@ -91,8 +92,13 @@ class Placement:
   def positions(self) -> np.ndarray:
     """``[T]`` absolute position of each row of the layout."""
     c = self.chunk_len
-    return np.concatenate([np.arange(ch * c, (ch + 1) * c)
-                           for i in range(self.num_shards) for ch in self.shard_chunks(i)])
+    return np.concatenate(
+      [
+        np.arange(ch * c, (ch + 1) * c)
+        for i in range(self.num_shards)
+        for ch in self.shard_chunks(i)
+      ]
+    )
 
 
 def zigzag_positions(seq_len: int, num_shards: int) -> np.ndarray:
@@ -125,8 +131,7 @@ def from_zigzag(x, num_shards: int, axis: int = 1):
   return jnp.moveaxis(x.reshape(t, *rest), 0, axis)
 
 
-def pair_kind(q_chunk, k_chunk, chunk_len: int, *, causal: bool, window_size: int | None,
-              xp=np):
+def pair_kind(q_chunk, k_chunk, chunk_len: int, *, causal: bool, window_size: int | None, xp=np):
   """``SKIP`` / ``PARTIAL`` / ``FULL`` for a (query chunk, key chunk) pair of self-attention.
 
   Chunk indices may be ints, NumPy arrays or traced ``jnp`` ints (``xp=jnp``).
@@ -160,8 +165,7 @@ def num_ring_steps(placement: Placement, *, causal: bool, window_size: int | Non
   return min(n, (c + window_size - 2) // c + 1)
 
 
-def ring_schedule(placement: Placement, *, causal: bool,
-                  window_size: int | None) -> np.ndarray:
+def ring_schedule(placement: Placement, *, causal: bool, window_size: int | None) -> np.ndarray:
   """``[n, steps, cps, cps]`` pair kinds: shard, ring step, its query chunk, the visiting key
   chunk (``cps`` chunks per shard). Shard ``i`` at step ``s`` holds the keys of ``i - s``."""
   n = placement.num_shards
@@ -174,6 +178,7 @@ def ring_schedule(placement: Placement, *, causal: bool,
       theirs = placement.shard_chunks((i - s) % n)
       for a in range(cps):
         for b in range(cps):
-          out[i, s, a, b] = pair_kind(mine[a], theirs[b], placement.chunk_len, causal=causal,
-                                      window_size=window_size)
+          out[i, s, a, b] = pair_kind(
+            mine[a], theirs[b], placement.chunk_len, causal=causal, window_size=window_size
+          )
   return out

@@ -69,11 +69,11 @@ def fwd_update(state: FwdState, tile: FwdTile, pv1, pv2c) -> FwdState:
   """Fold one tile in: ``pv1 = cast(w) @ V``, ``pv2c = cast(w2c) @ V`` (float32 results)."""
   a = tile.alpha[..., None]
   return FwdState(
-      m=tile.m_new,
-      d1=tile.alpha * state.d1 + tile.d1,
-      d2=tile.alpha * state.d2 + tile.d2,
-      acc1=a * state.acc1 + pv1,
-      acc2=a * state.acc2 + pv2c + tile.center[..., None] * pv1,
+    m=tile.m_new,
+    d1=tile.alpha * state.d1 + tile.d1,
+    d2=tile.alpha * state.d2 + tile.d2,
+    acc1=a * state.acc1 + pv1,
+    acc2=a * state.acc2 + pv2c + tile.center[..., None] * pv1,
   )
 
 

@@ -41,12 +41,17 @@ def _shape(name, x):
   return tuple(x.shape)
 
 
-def validate(q, r, k, v, *, scale, causal, window_size, segment_ids, interpret,
-             block_sizes) -> CallSpec:
+def validate(
+  q, r, k, v, *, scale, causal, window_size, segment_ids, interpret, block_sizes
+) -> CallSpec:
   """Checks the arguments of ``parallax_attention`` and returns the static ``CallSpec``."""
   shapes = {n: _shape(n, x) for n, x in (("q", q), ("r", r), ("k", k), ("v", v))}
-  layouts = {"q": "[B, Tq, Hq, D]", "r": "[B, Tq, Hq, D]", "k": "[B, Tk, Hkv, D]",
-             "v": "[B, Tk, Hkv, D]"}
+  layouts = {
+    "q": "[B, Tq, Hq, D]",
+    "r": "[B, Tq, Hq, D]",
+    "k": "[B, Tk, Hkv, D]",
+    "v": "[B, Tk, Hkv, D]",
+  }
   for name, shape in shapes.items():
     if len(shape) != 4:
       raise ValueError(f"{name} must have rank 4 {layouts[name]}, got shape {shape}.")
@@ -64,8 +69,9 @@ def validate(q, r, k, v, *, scale, causal, window_size, segment_ids, interpret,
     raise ValueError(f"empty inputs: q shape {shapes['q']}, k shape {shapes['k']}.")
   if hq % hkv:
     raise ValueError(
-        f"the number of query heads ({hq}, q.shape[2]) must be a multiple of the number of "
-        f"kv heads ({hkv}, k.shape[2]).")
+      f"the number of query heads ({hq}, q.shape[2]) must be a multiple of the number of "
+      f"kv heads ({hkv}, k.shape[2])."
+    )
 
   dtypes = {n: jnp.dtype(x.dtype) for n, x in (("q", q), ("r", r), ("k", k), ("v", v))}
   allowed = [jnp.dtype(t) for t in SUPPORTED_DTYPES]
@@ -74,16 +80,20 @@ def validate(q, r, k, v, *, scale, causal, window_size, segment_ids, interpret,
   for name, dt in dtypes.items():
     if dt not in allowed:
       raise TypeError(
-          f"{name} has dtype {dt}; parallax_attention takes {', '.join(map(str, allowed))}.")
+        f"{name} has dtype {dt}; parallax_attention takes {', '.join(map(str, allowed))}."
+      )
   if len(set(dtypes.values())) != 1:
-    raise TypeError(f"q, r, k, v must share one dtype, got "
-                    f"{ {n: str(t) for n, t in dtypes.items()} }; cast them first.")
+    raise TypeError(
+      f"q, r, k, v must share one dtype, got "
+      f"{ {n: str(t) for n, t in dtypes.items()} }; cast them first."
+    )
 
   if scale is None:
     scale = 1.0 / math.sqrt(d)
   elif isinstance(scale, jax.core.Tracer) or not isinstance(scale, numbers.Real | np.ndarray):
-    raise TypeError(f"scale must be a static Python float (or None for 1/sqrt(D)), got "
-                    f"{type(scale).__name__}.")
+    raise TypeError(
+      f"scale must be a static Python float (or None for 1/sqrt(D)), got {type(scale).__name__}."
+    )
   scale = float(scale)
   if not math.isfinite(scale):
     raise ValueError(f"scale must be finite, got {scale}.")
@@ -94,11 +104,15 @@ def validate(q, r, k, v, *, scale, causal, window_size, segment_ids, interpret,
     if isinstance(window_size, bool) or not isinstance(window_size, numbers.Integral):
       raise TypeError(f"window_size must be an int or None, got {window_size!r}.")
     if window_size < 1:
-      raise ValueError(f"window_size must be >= 1 (the number of most recent keys kept, "
-                       f"diagonal included) or None for no window, got {window_size}.")
+      raise ValueError(
+        f"window_size must be >= 1 (the number of most recent keys kept, "
+        f"diagonal included) or None for no window, got {window_size}."
+      )
     if not causal:
-      raise ValueError("window_size needs causal=True: the window keeps the W most recent keys "
-                       "up to the diagonal. Pass causal=True or window_size=None.")
+      raise ValueError(
+        "window_size needs causal=True: the window keeps the W most recent keys "
+        "up to the diagonal. Pass causal=True or window_size=None."
+      )
     window_size = int(window_size)
 
   if segment_ids is not None:
@@ -106,22 +120,21 @@ def validate(q, r, k, v, *, scale, causal, window_size, segment_ids, interpret,
     if not jnp.issubdtype(segment_ids.dtype, jnp.integer):
       raise TypeError(f"segment_ids must have an integer dtype, got {segment_ids.dtype}.")
     if q_len != kv_len:
-      raise ValueError(f"segment_ids needs self-attention (Tq == Tk), got Tq={q_len}, "
-                       f"Tk={kv_len}.")
+      raise ValueError(f"segment_ids needs self-attention (Tq == Tk), got Tq={q_len}, Tk={kv_len}.")
     if seg_shape != (batch, q_len):
       raise ValueError(f"segment_ids must have shape [B, T] = {(batch, q_len)}, got {seg_shape}.")
   if not isinstance(interpret, bool):
     raise TypeError(f"interpret must be a bool, got {interpret!r}.")
 
   return CallSpec(
-      scale=scale,
-      mask=MaskSpec(q_len=q_len, kv_len=kv_len, causal=bool(causal), window_size=window_size),
-      dtype=str(dtypes["q"]),
-      batch=batch,
-      num_q_heads=hq,
-      num_kv_heads=hkv,
-      head_dim=d,
-      has_segment_ids=segment_ids is not None,
-      interpret=interpret,
-      block_sizes=block_sizes,
+    scale=scale,
+    mask=MaskSpec(q_len=q_len, kv_len=kv_len, causal=bool(causal), window_size=window_size),
+    dtype=str(dtypes["q"]),
+    batch=batch,
+    num_q_heads=hq,
+    num_kv_heads=hkv,
+    head_dim=d,
+    has_segment_ids=segment_ids is not None,
+    interpret=interpret,
+    block_sizes=block_sizes,
   )

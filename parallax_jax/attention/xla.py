@@ -243,8 +243,9 @@ def _bwd_loop(sched: _Schedule, q_, r_, do_, rows: RowStats, k_, v_, carry, *, s
     pw = tile.pw.astype(dtype)
     dq = dq + _dot("bhgqij,bhqjd->bhgqid", gl, k_s, prec, acc_dtype)
     dr = dr + _dot("bhgqij,bhqjd->bhgqid", gu, k_s, prec, acc_dtype)
-    dk_s = (_dot("bhgqij,bhgqid->bhqjd", gl, q_, prec, acc_dtype)
-            + _dot("bhgqij,bhgqid->bhqjd", gu, r_, prec, acc_dtype))
+    dk_s = _dot("bhgqij,bhgqid->bhqjd", gl, q_, prec, acc_dtype) + _dot(
+      "bhgqij,bhgqid->bhqjd", gu, r_, prec, acc_dtype
+    )
     dv_s = _dot("bhgqij,bhgqid->bhqjd", pw, do_, prec, acc_dtype)
     # Several query blocks may visit the same key block in one step: scatter-add sums them.
     dk = dk.at[:, :, kb].add(dk_s)
@@ -264,20 +265,21 @@ def _row_products(do, residuals: Residuals, acc_dtype):
 
 def _layout(mask, q, k, block_sizes) -> _Layout:
   bs = block_sizes or XlaBlockSizes()
-  return _Layout(mask, q.shape[2] // k.shape[2], min(bs.block_q, mask.q_len),
-                 min(bs.block_k, mask.kv_len))
+  return _Layout(
+    mask, q.shape[2] // k.shape[2], min(bs.block_q, mask.q_len), min(bs.block_k, mask.kv_len)
+  )
 
 
 def parallax_fwd(
-    q: Float[Array, "B Tq Hq D"],
-    r: Float[Array, "B Tq Hq D"],
-    k: Float[Array, "B Tk Hkv D"],
-    v: Float[Array, "B Tk Hkv D"],
-    segment_ids: Int[Array, "B T"] | None = None,
-    *,
-    scale: float,
-    mask: MaskSpec,
-    block_sizes: XlaBlockSizes | None = None,
+  q: Float[Array, "B Tq Hq D"],
+  r: Float[Array, "B Tq Hq D"],
+  k: Float[Array, "B Tk Hkv D"],
+  v: Float[Array, "B Tk Hkv D"],
+  segment_ids: Int[Array, "B T"] | None = None,
+  *,
+  scale: float,
+  mask: MaskSpec,
+  block_sizes: XlaBlockSizes | None = None,
 ) -> tuple[Float[Array, "B Tq Hq D"], Residuals]:
   """Forward pass: ``(o, Residuals)``; o in q's dtype (see ``Residuals`` for the rest).
 
@@ -295,26 +297,26 @@ def parallax_fwd(
   res = tile_math.fwd_finalize(state)
   o = lay.q_unblock(res.o).astype(q.dtype)
   residuals = Residuals(
-      o=o,
-      barv=lay.q_unblock(res.barv).astype(q.dtype),
-      lse=lay.row_unblock(res.lse),
-      bart=lay.row_unblock(res.bart),
+    o=o,
+    barv=lay.q_unblock(res.barv).astype(q.dtype),
+    lse=lay.row_unblock(res.lse),
+    bart=lay.row_unblock(res.bart),
   )
   return o, residuals
 
 
 def parallax_bwd(
-    q: Float[Array, "B Tq Hq D"],
-    r: Float[Array, "B Tq Hq D"],
-    k: Float[Array, "B Tk Hkv D"],
-    v: Float[Array, "B Tk Hkv D"],
-    segment_ids: Int[Array, "B T"] | None,
-    residuals: Residuals,
-    do: Float[Array, "B Tq Hq D"],
-    *,
-    scale: float,
-    mask: MaskSpec,
-    block_sizes: XlaBlockSizes | None = None,
+  q: Float[Array, "B Tq Hq D"],
+  r: Float[Array, "B Tq Hq D"],
+  k: Float[Array, "B Tk Hkv D"],
+  v: Float[Array, "B Tk Hkv D"],
+  segment_ids: Int[Array, "B T"] | None,
+  residuals: Residuals,
+  do: Float[Array, "B Tq Hq D"],
+  *,
+  scale: float,
+  mask: MaskSpec,
+  block_sizes: XlaBlockSizes | None = None,
 ):
   """Backward pass: ``(dq, dr, dk, dv)`` in the dtypes of (q, r, k, v).
 
@@ -330,20 +332,21 @@ def parallax_bwd(
   q_, r_, do_ = lay.q_blocks(q), lay.q_blocks(r), lay.q_blocks(do)
   k_, v_ = lay.kv_blocks(k), lay.kv_blocks(v)
   rows = RowStats(
-      lse=lay.row_blocks(residuals.lse.astype(acc_dtype)),
-      bart=lay.row_blocks(residuals.bart.astype(acc_dtype)),
-      delta_o=lay.row_blocks(delta_o),
-      b=lay.row_blocks(b_row),
+    lse=lay.row_blocks(residuals.lse.astype(acc_dtype)),
+    bart=lay.row_blocks(residuals.bart.astype(acc_dtype)),
+    delta_o=lay.row_blocks(delta_o),
+    b=lay.row_blocks(b_row),
   )
   zeros_q = jnp.zeros(q_.shape, acc_dtype)
   zeros_k = jnp.zeros(k_.shape, acc_dtype)
-  dq, dr, dk, dv = _bwd_loop(sched, q_, r_, do_, rows, k_, v_,
-                             (zeros_q, zeros_q, zeros_k, zeros_k), scale=scale)
+  dq, dr, dk, dv = _bwd_loop(
+    sched, q_, r_, do_, rows, k_, v_, (zeros_q, zeros_q, zeros_k, zeros_k), scale=scale
+  )
   return (
-      lay.q_unblock(dq).astype(q.dtype),
-      lay.q_unblock(dr).astype(r.dtype),
-      lay.kv_unblock(dk).astype(k.dtype),
-      lay.kv_unblock(dv).astype(v.dtype),
+    lay.q_unblock(dq).astype(q.dtype),
+    lay.q_unblock(dr).astype(r.dtype),
+    lay.kv_unblock(dk).astype(k.dtype),
+    lay.kv_unblock(dv).astype(v.dtype),
   )
 
 
@@ -409,10 +412,10 @@ class ChunkPairOp:
     acc_dtype = _compute_dtype(do.dtype)
     delta_o, b_row = _row_products(do, residuals, acc_dtype)
     return RowStats(
-        lse=self.row_blocks(residuals.lse.astype(acc_dtype)),
-        bart=self.row_blocks(residuals.bart.astype(acc_dtype)),
-        delta_o=self.row_blocks(delta_o),
-        b=self.row_blocks(b_row),
+      lse=self.row_blocks(residuals.lse.astype(acc_dtype)),
+      bart=self.row_blocks(residuals.bart.astype(acc_dtype)),
+      delta_o=self.row_blocks(delta_o),
+      b=self.row_blocks(b_row),
     )
 
   def bwd(self, carry, q_, r_, do_, rows: RowStats, k_, v_, q_offset):

@@ -12,81 +12,81 @@ TEXT_SPLITS = ("file", "paragraph", "line")
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    """Data settings; validated on construction (`validate()` raises `ValueError` naming the field).
+  """Data settings; validated on construction (`validate()` raises `ValueError` naming the field).
 
-    Attributes:
-      source: "builtin" (the running interpreter's standard-library `.py` sources, see
-        `BuiltinCorpus`), or a file, a directory (searched recursively) or a glob.
-      format: "auto" (from file extensions), "text", "jsonl", "arrayrecord" or "npy".
-      jsonl_field: the string field holding the document in JSONL lines and JSON ArrayRecord
-        records.
-      text_split: how text files become documents: "file" (one document per file),
-        "paragraph" (split on blank lines) or "line" (one per non-blank line).
-      tokenizer: "byte", a Hugging Face `tokenizers` JSON file, or a SentencePiece `.model`.
-      eval_fraction: fraction of documents held out for the "eval" split, in [0, 1).
-      shuffle_seed: mixed with the run seed to order training documents; change it to reorder
-        the data without changing the model seed. The eval split does not depend on it.
-      add_eos: wrap every document as [EOS] doc [EOS] (EOS doubles as BOS, GPT-2 style), so the
-        model learns to start and to end documents.
-      read_threads: threads reading and tokenizing documents (grain `ReadOptions.num_threads`).
-    """
+  Attributes:
+    source: "builtin" (the running interpreter's standard-library `.py` sources, see
+      `BuiltinCorpus`), or a file, a directory (searched recursively) or a glob.
+    format: "auto" (from file extensions), "text", "jsonl", "arrayrecord" or "npy".
+    jsonl_field: the string field holding the document in JSONL lines and JSON ArrayRecord
+      records.
+    text_split: how text files become documents: "file" (one document per file),
+      "paragraph" (split on blank lines) or "line" (one per non-blank line).
+    tokenizer: "byte", a Hugging Face `tokenizers` JSON file, or a SentencePiece `.model`.
+    eval_fraction: fraction of documents held out for the "eval" split, in [0, 1).
+    shuffle_seed: mixed with the run seed to order training documents; change it to reorder
+      the data without changing the model seed. The eval split does not depend on it.
+    add_eos: wrap every document as [EOS] doc [EOS] (EOS doubles as BOS, GPT-2 style), so the
+      model learns to start and to end documents.
+    read_threads: threads reading and tokenizing documents (grain `ReadOptions.num_threads`).
+  """
 
-    source: str = "builtin"
-    format: str = "auto"
-    jsonl_field: str = "text"
-    text_split: str = "file"
-    tokenizer: str = "byte"
-    eval_fraction: float = 0.01
-    shuffle_seed: int = 0
-    add_eos: bool = True
-    read_threads: int = 8
+  source: str = "builtin"
+  format: str = "auto"
+  jsonl_field: str = "text"
+  text_split: str = "file"
+  tokenizer: str = "byte"
+  eval_fraction: float = 0.01
+  shuffle_seed: int = 0
+  add_eos: bool = True
+  read_threads: int = 8
 
-    def __post_init__(self):
-        self.validate()
+  def __post_init__(self):
+    self.validate()
 
-    def validate(self) -> None:
-        """Raises `ValueError` naming the first bad field and its allowed values."""
+  def validate(self) -> None:
+    """Raises `ValueError` naming the first bad field and its allowed values."""
 
-        def bad(field: str, why: str):
-            raise ValueError(f"DataConfig.{field}={getattr(self, field)!r}: {why}")
+    def bad(field: str, why: str):
+      raise ValueError(f"DataConfig.{field}={getattr(self, field)!r}: {why}")
 
-        for field in ("source", "jsonl_field", "tokenizer"):
-            value = getattr(self, field)
-            if not isinstance(value, str) or not value.strip():
-                bad(field, "must be a non-empty string")
-        if self.format not in FORMATS:
-            bad("format", f"must be one of {FORMATS}")
-        if self.text_split not in TEXT_SPLITS:
-            bad("text_split", f"must be one of {TEXT_SPLITS}")
-        if isinstance(self.eval_fraction, bool) or not isinstance(self.eval_fraction, int | float):
-            bad("eval_fraction", "must be a number in [0, 1)")
-        if not 0.0 <= self.eval_fraction < 1.0:
-            bad("eval_fraction", "must be in [0, 1) (0 disables the eval split)")
-        if isinstance(self.shuffle_seed, bool) or not isinstance(self.shuffle_seed, int):
-            bad("shuffle_seed", "must be an int")
-        if self.shuffle_seed < 0:
-            bad("shuffle_seed", "must be >= 0")
-        if not isinstance(self.add_eos, bool):
-            bad("add_eos", "must be a bool")
-        if isinstance(self.read_threads, bool) or not isinstance(self.read_threads, int):
-            bad("read_threads", "must be an int >= 1")
-        if self.read_threads < 1:
-            bad("read_threads", "must be >= 1")
+    for field in ("source", "jsonl_field", "tokenizer"):
+      value = getattr(self, field)
+      if not isinstance(value, str) or not value.strip():
+        bad(field, "must be a non-empty string")
+    if self.format not in FORMATS:
+      bad("format", f"must be one of {FORMATS}")
+    if self.text_split not in TEXT_SPLITS:
+      bad("text_split", f"must be one of {TEXT_SPLITS}")
+    if isinstance(self.eval_fraction, bool) or not isinstance(self.eval_fraction, int | float):
+      bad("eval_fraction", "must be a number in [0, 1)")
+    if not 0.0 <= self.eval_fraction < 1.0:
+      bad("eval_fraction", "must be in [0, 1) (0 disables the eval split)")
+    if isinstance(self.shuffle_seed, bool) or not isinstance(self.shuffle_seed, int):
+      bad("shuffle_seed", "must be an int")
+    if self.shuffle_seed < 0:
+      bad("shuffle_seed", "must be >= 0")
+    if not isinstance(self.add_eos, bool):
+      bad("add_eos", "must be a bool")
+    if isinstance(self.read_threads, bool) or not isinstance(self.read_threads, int):
+      bad("read_threads", "must be an int >= 1")
+    if self.read_threads < 1:
+      bad("read_threads", "must be >= 1")
 
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any] | Any) -> DataConfig:
-        """Builds a config from a mapping or an ml_collections `ConfigDict`; unknown keys raise."""
-        if hasattr(d, "to_dict"):  # ml_collections.ConfigDict / FrozenConfigDict
-            d = d.to_dict()
-        if not isinstance(d, Mapping):
-            raise TypeError(f"DataConfig.from_dict: expected a mapping, got {type(d).__name__}")
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - fields)
-        if unknown:
-            raise ValueError(
-                f"DataConfig.from_dict: unknown keys {unknown}; valid keys are {sorted(fields)}"
-            )
-        return cls(**dict(d))
+  @classmethod
+  def from_dict(cls, d: Mapping[str, Any] | Any) -> DataConfig:
+    """Builds a config from a mapping or an ml_collections `ConfigDict`; unknown keys raise."""
+    if hasattr(d, "to_dict"):  # ml_collections.ConfigDict / FrozenConfigDict
+      d = d.to_dict()
+    if not isinstance(d, Mapping):
+      raise TypeError(f"DataConfig.from_dict: expected a mapping, got {type(d).__name__}")
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - fields)
+    if unknown:
+      raise ValueError(
+        f"DataConfig.from_dict: unknown keys {unknown}; valid keys are {sorted(fields)}"
+      )
+    return cls(**dict(d))
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+  def to_dict(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)

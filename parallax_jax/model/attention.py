@@ -22,9 +22,14 @@ def softmax_attention(q, k, v, *, segment_ids, window_size, implementation):
   if segment_ids is not None:
     mask = segment_ids[:, None, :, None] == segment_ids[:, None, None, :]  # [B, 1, T, T]
   return jax.nn.dot_product_attention(
-      q, k, v, mask=mask, is_causal=True,
-      local_window_size=None if window_size is None else (window_size - 1, 0),
-      implementation=implementation)
+    q,
+    k,
+    v,
+    mask=mask,
+    is_causal=True,
+    local_window_size=None if window_size is None else (window_size - 1, 0),
+    implementation=implementation,
+  )
 
 
 class Attention(nnx.Module):
@@ -41,19 +46,30 @@ class Attention(nnx.Module):
     self.k_proj = Projection((d,), (hkv, dh), kv_axes, rngs=rngs, std=std, dtype=pdt)
     self.v_proj = Projection((d,), (hkv, dh), kv_axes, rngs=rngs, std=std, dtype=pdt)
     # Output projection scaled down with depth (GPT-2 / nanodo style residual init).
-    self.o_proj = Projection((h, dh), (d,), (ax.q_heads, ax.head_dim, ax.embed), rngs=rngs,
-                             std=std / math.sqrt(2 * cfg.num_layers), dtype=pdt)
+    self.o_proj = Projection(
+      (h, dh),
+      (d,),
+      (ax.q_heads, ax.head_dim, ax.embed),
+      rngs=rngs,
+      std=std / math.sqrt(2 * cfg.num_layers),
+      dtype=pdt,
+    )
     if cfg.uses_r:
-      self.r_proj = Projection((d,), (h, dh), q_axes, rngs=rngs, std=std, dtype=pdt,
-                               zeros=cfg.r_init == "zeros")
+      self.r_proj = Projection(
+        (d,), (h, dh), q_axes, rngs=rngs, std=std, dtype=pdt, zeros=cfg.r_init == "zeros"
+      )
     if cfg.qk_norm:
       norm = lambda: RMSNorm(dh, eps=cfg.norm_eps, axis_name=ax.norm, dtype=pdt)
       self.q_norm, self.k_norm = norm(), norm()
       if cfg.uses_r:
         self.r_norm = norm()
 
-  def __call__(self, x: Float[Array, "B T D"], positions: Int[Array, "B T"],
-               segment_ids: Int[Array, "B T"] | None) -> Float[Array, "B T D"]:
+  def __call__(
+    self,
+    x: Float[Array, "B T D"],
+    positions: Int[Array, "B T"],
+    segment_ids: Int[Array, "B T"] | None,
+  ) -> Float[Array, "B T D"]:
     cfg = self.cfg
     dt = jnp.dtype(cfg.compute_dtype)
     q, k, v = self.q_proj(x, dt), self.k_proj(x, dt), self.v_proj(x, dt)
@@ -65,9 +81,23 @@ class Attention(nnx.Module):
       if cfg.qk_norm:
         r = self.r_norm(r)
       r = rope(r, positions, cfg.rope_theta)  # r sits at the query positions, like q
-      o = parallax_attention(q, r, k, v, causal=True, window_size=cfg.window_size,
-                             segment_ids=segment_ids, implementation=cfg.attention_impl)
+      o = parallax_attention(
+        q,
+        r,
+        k,
+        v,
+        causal=True,
+        window_size=cfg.window_size,
+        segment_ids=segment_ids,
+        implementation=cfg.attention_impl,
+      )
     else:
-      o = softmax_attention(q, k, v, segment_ids=segment_ids, window_size=cfg.window_size,
-                            implementation=cfg.attention_impl)
+      o = softmax_attention(
+        q,
+        k,
+        v,
+        segment_ids=segment_ids,
+        window_size=cfg.window_size,
+        implementation=cfg.attention_impl,
+      )
     return self.o_proj(o, dt)

@@ -60,14 +60,30 @@ class ModelConfig:
       if not cond:
         raise ValueError(f"model.{field}: {msg}")
 
-    for f in ("vocab_size", "d_model", "num_layers", "num_heads", "num_kv_heads", "head_dim",
-              "mlp_dim"):
-      need(isinstance(getattr(self, f), int) and getattr(self, f) >= 1, f,
-           f"must be a positive int, got {getattr(self, f)!r}")
-    need(self.num_heads % self.num_kv_heads == 0, "num_heads",
-         f"{self.num_heads} query heads must be a multiple of num_kv_heads={self.num_kv_heads}")
-    need(self.attention in ATTENTION_KINDS, "attention",
-         f"must be one of {ATTENTION_KINDS}, got {self.attention!r}")
+    for f in (
+      "vocab_size",
+      "d_model",
+      "num_layers",
+      "num_heads",
+      "num_kv_heads",
+      "head_dim",
+      "mlp_dim",
+    ):
+      need(
+        isinstance(getattr(self, f), int) and getattr(self, f) >= 1,
+        f,
+        f"must be a positive int, got {getattr(self, f)!r}",
+      )
+    need(
+      self.num_heads % self.num_kv_heads == 0,
+      "num_heads",
+      f"{self.num_heads} query heads must be a multiple of num_kv_heads={self.num_kv_heads}",
+    )
+    need(
+      self.attention in ATTENTION_KINDS,
+      "attention",
+      f"must be one of {ATTENTION_KINDS}, got {self.attention!r}",
+    )
     need(self.r_init in R_INITS, "r_init", f"must be one of {R_INITS}, got {self.r_init!r}")
     need(self.param_dtype in DTYPES, "param_dtype", f"must be one of {DTYPES}")
     need(self.compute_dtype in DTYPES, "compute_dtype", f"must be one of {DTYPES}")
@@ -91,8 +107,13 @@ class ModelConfig:
 
   def num_params(self, *, embedding: bool = True) -> int:
     """Parameter count (embedding and untied head included unless ``embedding=False``)."""
-    d, h, hkv, dh, f = (self.d_model, self.num_heads, self.num_kv_heads, self.head_dim,
-                        self.mlp_dim)
+    d, h, hkv, dh, f = (
+      self.d_model,
+      self.num_heads,
+      self.num_kv_heads,
+      self.head_dim,
+      self.mlp_dim,
+    )
     attn = d * h * dh * (3 if self.uses_r else 2) + 2 * d * hkv * dh
     norms = 2 * d + (dh * (3 if self.uses_r else 2) if self.qk_norm else 0)
     layer = attn + 3 * d * f + norms
@@ -108,11 +129,18 @@ class ModelConfig:
     forward: 2 for softmax (QK^T, PV), 4 for Parallax (QK^T, RK^T, PV, (P*T)V); causal rows see
     (T + 1) / 2 keys on average (or the window).
     """
-    d, h, hkv, dh, f, v = (self.d_model, self.num_heads, self.num_kv_heads, self.head_dim,
-                           self.mlp_dim, self.vocab_size)
+    d, h, hkv, dh, f, v = (
+      self.d_model,
+      self.num_heads,
+      self.num_kv_heads,
+      self.head_dim,
+      self.mlp_dim,
+      self.vocab_size,
+    )
     proj = d * h * dh * (3 if self.uses_r else 2) + 2 * d * hkv * dh
     dense = self.num_layers * (proj + 3 * d * f) + d * v  # weights touched per token
-    keys = (seq_len + 1) / 2 if self.window_size is None else min(self.window_size,
-                                                                  (seq_len + 1) / 2)
+    keys = (
+      (seq_len + 1) / 2 if self.window_size is None else min(self.window_size, (seq_len + 1) / 2)
+    )
     attn = self.num_layers * (4 if self.uses_r else 2) * h * dh * keys
     return 3 * (2 * dense + 2 * attn)

@@ -10,11 +10,17 @@ from flax import nnx
 from jaxtyping import Array, Float, Int
 
 
-def param(rngs: nnx.Rngs, shape: Sequence[int], axes: Sequence[str | None], *, std: float,
-          dtype, zeros: bool = False) -> nnx.Param:
+def param(
+  rngs: nnx.Rngs,
+  shape: Sequence[int],
+  axes: Sequence[str | None],
+  *,
+  std: float,
+  dtype,
+  zeros: bool = False,
+) -> nnx.Param:
   """A normal(0, std) (or zero) parameter tagged with its logical axis names."""
-  value = (jnp.zeros(shape, dtype) if zeros
-           else std * jax.random.normal(rngs.params(), shape, dtype))
+  value = jnp.zeros(shape, dtype) if zeros else std * jax.random.normal(rngs.params(), shape, dtype)
   return nnx.Param(value, logical_axes=tuple(axes))
 
 
@@ -34,9 +40,17 @@ class RMSNorm(nnx.Module):
 class Projection(nnx.Module):
   """``einsum(x, W)`` with ``W`` of shape ``in_shape + out_shape`` (no bias)."""
 
-  def __init__(self, in_shape: Sequence[int], out_shape: Sequence[int],
-               axes: Sequence[str | None], *, rngs: nnx.Rngs, std: float, dtype,
-               zeros: bool = False):
+  def __init__(
+    self,
+    in_shape: Sequence[int],
+    out_shape: Sequence[int],
+    axes: Sequence[str | None],
+    *,
+    rngs: nnx.Rngs,
+    std: float,
+    dtype,
+    zeros: bool = False,
+  ):
     self.n_in = len(in_shape)
     self.kernel = param(rngs, (*in_shape, *out_shape), axes, std=std, dtype=dtype, zeros=zeros)
 
@@ -46,8 +60,8 @@ class Projection(nnx.Module):
     batch = x.ndim - self.n_in
     letters = "abcdefghijklmnopqrstuvwxyz"
     xs = letters[:batch]
-    ins = letters[batch:batch + self.n_in]
-    outs = letters[batch + self.n_in:batch + self.n_in + n_out]
+    ins = letters[batch : batch + self.n_in]
+    outs = letters[batch + self.n_in : batch + self.n_in + n_out]
     return jnp.einsum(f"{xs}{ins},{ins}{outs}->{xs}{outs}", x.astype(dtype), w)
 
 
@@ -55,12 +69,15 @@ class SwiGLU(nnx.Module):
   """``down(silu(gate(x)) * up(x))``."""
 
   def __init__(self, d_model: int, mlp_dim: int, axes, *, rngs: nnx.Rngs, std: float, dtype):
-    self.gate = Projection((d_model,), (mlp_dim,), (axes.embed, axes.mlp), rngs=rngs, std=std,
-                           dtype=dtype)
-    self.up = Projection((d_model,), (mlp_dim,), (axes.embed, axes.mlp), rngs=rngs, std=std,
-                         dtype=dtype)
-    self.down = Projection((mlp_dim,), (d_model,), (axes.mlp, axes.embed), rngs=rngs, std=std,
-                           dtype=dtype)
+    self.gate = Projection(
+      (d_model,), (mlp_dim,), (axes.embed, axes.mlp), rngs=rngs, std=std, dtype=dtype
+    )
+    self.up = Projection(
+      (d_model,), (mlp_dim,), (axes.embed, axes.mlp), rngs=rngs, std=std, dtype=dtype
+    )
+    self.down = Projection(
+      (mlp_dim,), (d_model,), (axes.mlp, axes.embed), rngs=rngs, std=std, dtype=dtype
+    )
 
   def __call__(self, x, dtype):
     return self.down(jax.nn.silu(self.gate(x, dtype)) * self.up(x, dtype), dtype)

@@ -31,16 +31,22 @@ class Transformer(nnx.Module):
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
     self.cfg = cfg
     ax, pdt = cfg.axes, jnp.dtype(cfg.param_dtype)
-    self.embed = param(rngs, (cfg.vocab_size, cfg.d_model), (ax.vocab, ax.embed),
-                       std=cfg.init_std, dtype=pdt)
+    self.embed = param(
+      rngs, (cfg.vocab_size, cfg.d_model), (ax.vocab, ax.embed), std=cfg.init_std, dtype=pdt
+    )
     self.blocks = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
     self.final_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps, axis_name=ax.norm, dtype=pdt)
     if not cfg.tie_embeddings:
-      self.head = param(rngs, (cfg.d_model, cfg.vocab_size), (ax.embed, ax.vocab),
-                        std=cfg.init_std, dtype=pdt)
+      self.head = param(
+        rngs, (cfg.d_model, cfg.vocab_size), (ax.embed, ax.vocab), std=cfg.init_std, dtype=pdt
+      )
 
-  def __call__(self, tokens: Int[Array, "B T"], positions: Int[Array, "B T"] | None = None,
-               segment_ids: Int[Array, "B T"] | None = None) -> Float[Array, "B T V"]:
+  def __call__(
+    self,
+    tokens: Int[Array, "B T"],
+    positions: Int[Array, "B T"] | None = None,
+    segment_ids: Int[Array, "B T"] | None = None,
+  ) -> Float[Array, "B T V"]:
     cfg = self.cfg
     dt = jnp.dtype(cfg.compute_dtype)
     if positions is None:
@@ -55,7 +61,7 @@ class Transformer(nnx.Module):
     if cfg.tie_embeddings:
       # Tied head, scaled by 1/sqrt(d): the final stream correlates with its own input
       # token's embedding, and unscaled that token's logit would start at init_std * d.
-      logits = jnp.einsum("btd,vd->btv", x, self.embed[...].astype(dt)) * cfg.d_model ** -0.5
+      logits = jnp.einsum("btd,vd->btv", x, self.embed[...].astype(dt)) * cfg.d_model**-0.5
     else:
       logits = jnp.einsum("btd,dv->btv", x, self.head[...].astype(dt))
     return logits.astype(jnp.float32)

@@ -82,12 +82,16 @@ class MeshConfig:
     fixed = math.prod(v for v in sizes.values() if v != -1)
     if free:
       if num_devices % fixed:
-        raise ValueError(f"mesh: {num_devices} devices are not divisible by the fixed axes "
-                         f"{ {k: v for k, v in sizes.items() if v != -1} }")
+        raise ValueError(
+          f"mesh: {num_devices} devices are not divisible by the fixed axes "
+          f"{ {k: v for k, v in sizes.items() if v != -1} }"
+        )
       sizes[free[0]] = num_devices // fixed
     if math.prod(sizes.values()) != num_devices:
-      raise ValueError(f"mesh sizes {sizes} multiply to {math.prod(sizes.values())}, but "
-                       f"there are {num_devices} devices; fix --config.mesh.*")
+      raise ValueError(
+        f"mesh sizes {sizes} multiply to {math.prod(sizes.values())}, but "
+        f"there are {num_devices} devices; fix --config.mesh.*"
+      )
     return sizes
 
 
@@ -116,25 +120,29 @@ def resolve(cfg: ml_collections.ConfigDict, num_devices: int | None = None) -> E
     raise ValueError(f"unknown config sections {unknown}; known: {list(SECTIONS)}")
   d = cfg.to_dict()
   exp = Experiment(
-      model=ModelConfig.from_dict(d.get("model", {})),
-      data=DataConfig.from_dict(d.get("data", {})),
-      train=_from_dict(TrainConfig, "train", d.get("train", {})),
-      optimizer=OptimizerConfig.from_dict(d.get("optimizer", {})),
-      checkpoint=_from_dict(CheckpointConfig, "checkpoint", d.get("checkpoint", {})),
-      mesh=_from_dict(MeshConfig, "mesh", d.get("mesh", {})),
-      raw=cfg,
+    model=ModelConfig.from_dict(d.get("model", {})),
+    data=DataConfig.from_dict(d.get("data", {})),
+    train=_from_dict(TrainConfig, "train", d.get("train", {})),
+    optimizer=OptimizerConfig.from_dict(d.get("optimizer", {})),
+    checkpoint=_from_dict(CheckpointConfig, "checkpoint", d.get("checkpoint", {})),
+    mesh=_from_dict(MeshConfig, "mesh", d.get("mesh", {})),
+    raw=cfg,
   )
   if hasattr(exp.data, "validate"):
     exp.data.validate()
   if exp.model.window_size is not None and exp.model.window_size > exp.train.seq_len:
-    raise ValueError(f"model.window_size={exp.model.window_size} exceeds train.seq_len="
-                     f"{exp.train.seq_len}; use None for full causal attention")
+    raise ValueError(
+      f"model.window_size={exp.model.window_size} exceeds train.seq_len="
+      f"{exp.train.seq_len}; use None for full causal attention"
+    )
   if num_devices is not None:
     sizes = exp.mesh.shape(num_devices)
     batch_shards = sizes["data"] * sizes["fsdp"]
     if exp.train.batch_size % batch_shards:
-      raise ValueError(f"train.batch_size={exp.train.batch_size} must be divisible by "
-                       f"mesh.data * mesh.fsdp = {batch_shards}")
+      raise ValueError(
+        f"train.batch_size={exp.train.batch_size} must be divisible by "
+        f"mesh.data * mesh.fsdp = {batch_shards}"
+      )
   return exp
 
 
@@ -176,8 +184,9 @@ def apply_overrides(cfg: ml_collections.ConfigDict, overrides: Sequence[str]):
         raise ValueError(f"unknown config key {key!r} (no section {p!r})")
       node = node[p]
     if leaf not in node:
-      raise ValueError(f"unknown config key {key!r}; {'.'.join(parents) or 'config'} has "
-                       f"{sorted(node.keys())}")
+      raise ValueError(
+        f"unknown config key {key!r}; {'.'.join(parents) or 'config'} has {sorted(node.keys())}"
+      )
     try:
       parsed = _parse(value, node[leaf])
     except ValueError as e:

@@ -35,15 +35,18 @@ def add_zero_r(params: dict, cfg: ModelConfig) -> dict:
   return out
 
 
-def convert_softmax_to_parallax(workdir: str | Path, out: str | Path,
-                                step: int | None = None) -> Path:
+def convert_softmax_to_parallax(
+  workdir: str | Path, out: str | Path, step: int | None = None
+) -> Path:
   workdir = Path(workdir)
   record = json.loads((workdir / "config.json").read_text())
   cfg = ml_collections.ConfigDict(record["config"])
   model = ModelConfig.from_dict(cfg.model.to_dict())
   if model.attention != "softmax":
-    raise ValueError(f"{workdir} holds a {model.attention!r} model; convert-softmax needs "
-                     "model.attention='softmax'")
+    raise ValueError(
+      f"{workdir} holds a {model.attention!r} model; convert-softmax needs "
+      "model.attention='softmax'"
+    )
   tx, _ = make_optimizer(OptimizerConfig.from_dict(cfg.optimizer.to_dict()), cfg.train.steps)
   abstract = abstract_like(jax.eval_shape(lambda: init_state(model, tx, 0)))
   ckpt = Checkpointer(workdir / "checkpoints", CheckpointConfig(async_save=False))

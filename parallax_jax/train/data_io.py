@@ -17,28 +17,40 @@ class TrainData:
     self.tokenizer = make_tokenizer(cfg.tokenizer)
     if self.tokenizer.vocab_size > exp.model.vocab_size:
       raise ValueError(
-          f"model.vocab_size={exp.model.vocab_size} is smaller than the tokenizer's vocabulary "
-          f"({self.tokenizer.vocab_size}, {cfg.tokenizer!r}); set model.vocab_size >= "
-          f"{self.tokenizer.padded_vocab_size}")
+        f"model.vocab_size={exp.model.vocab_size} is smaller than the tokenizer's vocabulary "
+        f"({self.tokenizer.vocab_size}, {cfg.tokenizer!r}); set model.vocab_size >= "
+        f"{self.tokenizer.padded_vocab_size}"
+      )
     self.source = make_source(cfg, self.tokenizer)
     n = jax.process_count()
     if exp.train.batch_size % n:
-      raise ValueError(f"train.batch_size={exp.train.batch_size} must be divisible by the "
-                       f"number of processes ({n})")
+      raise ValueError(
+        f"train.batch_size={exp.train.batch_size} must be divisible by the "
+        f"number of processes ({n})"
+      )
     self.local_batch = exp.train.batch_size // n
     self._train = self._dataset("train")
     self._it = iter(self._train)
 
   def _dataset(self, split):
     return make_dataset(
-        self.exp.data, tokenizer=self.tokenizer, seq_len=self.exp.train.seq_len,
-        batch_size=self.local_batch, split=split, seed=self.exp.train.seed,
-        process_index=jax.process_index(), process_count=jax.process_count(),
-        source=self.source)
+      self.exp.data,
+      tokenizer=self.tokenizer,
+      seq_len=self.exp.train.seq_len,
+      batch_size=self.local_batch,
+      split=split,
+      seed=self.exp.train.seed,
+      process_index=jax.process_index(),
+      process_count=jax.process_count(),
+      source=self.source,
+    )
 
   def describe(self) -> dict:
-    return {"source": self.source.describe(), "tokenizer": repr(self.tokenizer),
-            "vocab_size": self.tokenizer.vocab_size}
+    return {
+      "source": self.source.describe(),
+      "tokenizer": repr(self.tokenizer),
+      "vocab_size": self.tokenizer.vocab_size,
+    }
 
   def next_train(self) -> dict:
     return next(self._it)

@@ -19,11 +19,13 @@ def base_config() -> ml_collections.ConfigDict:
   """All sections with defaults; config files start here and override what they need."""
   from parallax_jax.data.config import DataConfig
 
-  return ml_collections.ConfigDict({
+  return ml_collections.ConfigDict(
+    {
       "model": _section(ModelConfig, skip=("axes",)),
       "data": _section(DataConfig),
       "train": _section(TrainConfig),
       "optimizer": _section(OptimizerConfig),
       "checkpoint": _section(CheckpointConfig),
       "mesh": _section(MeshConfig),
-  })
+    }
+  )

@@ -18,8 +18,13 @@ from parallax_jax.train.checkpoint import Checkpointer, abstract_like, load_para
 from parallax_jax.train.config import Experiment, resolve
 from parallax_jax.train.metrics import MetricsWriter, peak_flops_per_device
 from parallax_jax.train.optimizer import make_optimizer
-from parallax_jax.train.step import (TrainState, init_state, make_eval_step, make_train_step,
-                                     model_graphdef)
+from parallax_jax.train.step import (
+  TrainState,
+  init_state,
+  make_eval_step,
+  make_train_step,
+  model_graphdef,
+)
 
 log = logging.getLogger("parallax_jax")
 
@@ -32,6 +37,7 @@ def _progress(total: int, initial: int, enabled: bool):
   if not enabled or jax.process_index() != 0:
     return None
   from tqdm.auto import tqdm
+
   return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
 
 
@@ -49,23 +55,35 @@ class Trainer:
     self.workdir.mkdir(parents=True, exist_ok=True)
     self.mesh = sharding.make_mesh(exp.mesh)
     self.data = data_io.TrainData(exp)
-    save_resolved_config(exp, self.workdir, {"data": self.data.describe(),
-                                             "num_params": exp.model.num_params(),
-                                             "devices": jax.device_count()})
+    save_resolved_config(
+      exp,
+      self.workdir,
+      {
+        "data": self.data.describe(),
+        "num_params": exp.model.num_params(),
+        "devices": jax.device_count(),
+      },
+    )
     self.tx, self.schedules = make_optimizer(exp.optimizer, exp.train.steps)
     self.graphdef, _ = model_graphdef(exp.model)
     repl = sharding.replicated(self.mesh)
     batch = sharding.batch_sharding(self.mesh)
     self.abstract_state = jax.eval_shape(lambda: init_state(exp.model, self.tx, exp.train.seed))
     self.state_sharding = jax.tree.map(lambda _: repl, self.abstract_state)
-    self._init = jax.jit(lambda seed: init_state(exp.model, self.tx, seed),
-                         out_shardings=self.state_sharding)
-    self.train_step = jax.jit(make_train_step(self.graphdef, self.tx, self.schedules),
-                              in_shardings=(self.state_sharding, batch),
-                              out_shardings=(self.state_sharding, repl), donate_argnums=(0,))
-    self.eval_step = jax.jit(make_eval_step(self.graphdef),
-                             in_shardings=(self.state_sharding.params, batch),
-                             out_shardings=repl)
+    self._init = jax.jit(
+      lambda seed: init_state(exp.model, self.tx, seed), out_shardings=self.state_sharding
+    )
+    self.train_step = jax.jit(
+      make_train_step(self.graphdef, self.tx, self.schedules),
+      in_shardings=(self.state_sharding, batch),
+      out_shardings=(self.state_sharding, repl),
+      donate_argnums=(0,),
+    )
+    self.eval_step = jax.jit(
+      make_eval_step(self.graphdef),
+      in_shardings=(self.state_sharding.params, batch),
+      out_shardings=repl,
+    )
     self.checkpointer = Checkpointer(self.workdir / "checkpoints", exp.checkpoint)
 
   def initial_state(self) -> TrainState:
@@ -80,8 +98,10 @@ class Trainer:
     state = self._init(jnp.int32(self.exp.train.seed))
     if self.exp.checkpoint.init_from:
       params = load_params(self.exp.checkpoint.init_from, abstract.params)
-      state = state._replace(params=params, opt_state=jax.jit(
-          self.tx.init, out_shardings=self.state_sharding.opt_state)(params))
+      state = state._replace(
+        params=params,
+        opt_state=jax.jit(self.tx.init, out_shardings=self.state_sharding.opt_state)(params),
+      )
       log.info("initialised params from %s", self.exp.checkpoint.init_from)
     return state
 
@@ -116,8 +136,9 @@ class Trainer:
         if not math.isfinite(loss):
           latest = self.checkpointer.latest_step()
           raise NonFiniteLossError(
-              f"non-finite loss ({loss}) at step {done}; stopping. The last good checkpoint is "
-              f"step {latest} in {self.checkpointer.directory}.")
+            f"non-finite loss ({loss}) at step {done}; stopping. The last good checkpoint is "
+            f"step {latest} in {self.checkpointer.directory}."
+          )
         if bar is not None:
           bar.update(1)
           bar.set_postfix(loss=f"{loss:.4f}")
@@ -129,8 +150,7 @@ class Trainer:
             dt = (now - last_log_time) / (done - last_log_step)
             scalars.update(step_time_s=dt, tokens_per_s=tokens_per_step / dt)
             if peak:
-              scalars["mfu"] = (flops_per_token * tokens_per_step / dt
-                                / (peak * jax.device_count()))
+              scalars["mfu"] = flops_per_token * tokens_per_step / dt / (peak * jax.device_count())
           compiled = True
           last_log_time, last_log_step = now, done
           if tcfg.eval_every and (done % tcfg.eval_every == 0 or done == tcfg.steps):

@@ -10,9 +10,19 @@ import jax
 
 # Dense bf16 peak FLOP/s per device (vendor figures), by device_kind substring.
 PEAK_FLOPS = {
-    "H200": 989e12, "H100": 989e12, "A100": 312e12, "B200": 2250e12, "L4": 121e12,
-    "TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12,
-    "TPU v5": 459e12, "TPU v6 lite": 918e12, "TPU v6e": 918e12, "TPU7x": 2307e12,
+  "H200": 989e12,
+  "H100": 989e12,
+  "A100": 312e12,
+  "B200": 2250e12,
+  "L4": 121e12,
+  "TPU v4": 275e12,
+  "TPU v5 lite": 197e12,
+  "TPU v5e": 197e12,
+  "TPU v5p": 459e12,
+  "TPU v5": 459e12,
+  "TPU v6 lite": 918e12,
+  "TPU v6e": 918e12,
+  "TPU7x": 2307e12,
 }
 
 
@@ -33,22 +43,30 @@ class MetricsWriter:
     self._tb = None
     if tensorboard and jax.process_index() == 0:
       from tensorboardX import SummaryWriter
+
       self._tb = SummaryWriter(str(Path(workdir) / "tensorboard"))
 
   def _truncate_after(self, step: int) -> None:
     """A resumed run redoes the steps after its checkpoint: drop their old records."""
     if not self.path.exists():
       return
-    kept = [line for line in self.path.read_text().splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= step]
+    kept = [
+      line
+      for line in self.path.read_text().splitlines()
+      if line.strip() and json.loads(line).get("step", 0) <= step
+    ]
     self.path.write_text("".join(line + "\n" for line in kept))
 
   def write(self, step: int, scalars: dict) -> None:
     if jax.process_index() != 0:
       return
     record = {"step": int(step)}
-    record.update({k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-                   for k, v in scalars.items()})
+    record.update(
+      {
+        k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+        for k, v in scalars.items()
+      }
+    )
     with self.path.open("a") as f:
       f.write(json.dumps(record) + "\n")
     if self._tb is not None:

@@ -66,16 +66,19 @@ def make_schedule(peak: float, cfg: OptimizerConfig, total_steps: int) -> optax.
   warmup = min(cfg.warmup_steps, max(total_steps - 1, 0))
   end = peak * cfg.min_lr_ratio
   if cfg.schedule == "cosine":
-    return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, max(total_steps, warmup + 1),
-                                              end)
+    return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, max(total_steps, warmup + 1), end)
   if cfg.schedule == "constant":
     return optax.warmup_constant_schedule(0.0, peak, warmup)
   decay = int(round(cfg.decay_fraction * total_steps))
   stable = max(total_steps - warmup - decay, 0)
   return optax.join_schedules(
-      [optax.linear_schedule(0.0, peak, warmup), optax.constant_schedule(peak),
-       optax.linear_schedule(peak, end, max(decay, 1))],
-      boundaries=[warmup, warmup + stable])
+    [
+      optax.linear_schedule(0.0, peak, warmup),
+      optax.constant_schedule(peak),
+      optax.linear_schedule(peak, end, max(decay, 1)),
+    ],
+    boundaries=[warmup, warmup + stable],
+  )
 
 
 def _path_names(path) -> tuple[str, ...]:
@@ -105,8 +108,12 @@ def muon_dimension_numbers(params):
 def decay_mask(cfg: OptimizerConfig):
   def mask(params):
     return jax.tree_util.tree_map_with_path(
-        lambda path, x: x.ndim >= 2 and (cfg.decay_embeddings
-                                         or not _is_embedding(_path_names(path))), params)
+      lambda path, x: (
+        x.ndim >= 2 and (cfg.decay_embeddings or not _is_embedding(_path_names(path)))
+      ),
+      params,
+    )
+
   return mask
 
 
@@ -115,15 +122,24 @@ def make_optimizer(cfg: OptimizerConfig, total_steps: int):
   lr = make_schedule(cfg.learning_rate, cfg, total_steps)
   schedules = {"lr": lr}
   if cfg.name == "adamw":
-    core = optax.adamw(lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay,
-                       mask=decay_mask(cfg))
+    core = optax.adamw(
+      lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay, mask=decay_mask(cfg)
+    )
   else:
     adam_lr = make_schedule(cfg.adam_learning_rate or cfg.learning_rate, cfg, total_steps)
     schedules["adam_lr"] = adam_lr
     core = optax.contrib.muon(
-        lr, ns_steps=cfg.muon_ns_steps, beta=cfg.muon_beta, eps=cfg.eps,
-        weight_decay=cfg.weight_decay, weight_decay_mask=decay_mask(cfg),
-        adam_b1=cfg.b1, adam_b2=cfg.b2, adam_weight_decay=cfg.weight_decay,
-        adam_learning_rate=adam_lr, muon_weight_dimension_numbers=muon_dimension_numbers)
+      lr,
+      ns_steps=cfg.muon_ns_steps,
+      beta=cfg.muon_beta,
+      eps=cfg.eps,
+      weight_decay=cfg.weight_decay,
+      weight_decay_mask=decay_mask(cfg),
+      adam_b1=cfg.b1,
+      adam_b2=cfg.b2,
+      adam_weight_decay=cfg.weight_decay,
+      adam_learning_rate=adam_lr,
+      muon_weight_dimension_numbers=muon_dimension_numbers,
+    )
   parts = [optax.clip_by_global_norm(cfg.clip_norm)] if cfg.clip_norm else []
   return optax.chain(*parts, core), schedules

@@ -53,8 +53,12 @@ def init_state(cfg: ModelConfig, tx: optax.GradientTransformation, seed) -> Trai
   initialisation of every parameter, which takes minutes at 0.6B parameters.
   """
   params = init_params(cfg, seed)
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                    rng=jax.random.PRNGKey(seed + 1))
+  return TrainState(
+    step=jnp.zeros((), jnp.int32),
+    params=params,
+    opt_state=tx.init(params),
+    rng=jax.random.PRNGKey(seed + 1),
+  )
 
 
 def forward(graphdef, params, batch):
@@ -82,12 +86,15 @@ def make_train_step(graphdef, tx, schedules):
 
   def train_step(state: TrainState, batch: dict):
     rng, _ = jax.random.split(state.rng)  # carried for stochastic layers; none use it yet
-    (loss, tokens), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params, graphdef, batch)
+    (loss, tokens), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, graphdef, batch)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = {"loss": loss, "tokens": tokens, "grad_norm": optax.tree.norm(grads),
-               "param_norm": optax.tree.norm(params)}
+    metrics = {
+      "loss": loss,
+      "tokens": tokens,
+      "grad_norm": optax.tree.norm(grads),
+      "param_norm": optax.tree.norm(params),
+    }
     for name, schedule in schedules.items():
       metrics[name] = schedule(state.step)
     return TrainState(state.step + 1, params, opt_state, rng), metrics

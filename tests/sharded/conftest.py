@@ -27,8 +27,11 @@ _HERE = pathlib.Path(__file__).resolve().parent
 
 
 def _xla_flags() -> str:
-  flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
-           if not f.startswith("--xla_force_host_platform_device_count")]
+  flags = [
+    f
+    for f in os.environ.get("XLA_FLAGS", "").split()
+    if not f.startswith("--xla_force_host_platform_device_count")
+  ]
   return " ".join([*flags, _FLAG])
 
 
@@ -51,11 +54,28 @@ def pytest_pyfunc_call(pyfuncitem):
   if os.environ.get(_CHILD):
     pytest.fail(f"{NUM_DEVICES} devices needed, the child process has {jax.device_count()}.")
   env = dict(os.environ, XLA_FLAGS=_xla_flags(), JAX_PLATFORMS="cpu", **{_CHILD: "1"})
-  cmd = [sys.executable, "-m", "pytest", pyfuncitem.nodeid, "-q", "-m", "",
-         "-p", "no:cacheprovider", "-p", "no:xdist", "-p", "no:randomly"]
-  proc = subprocess.run(cmd, cwd=pyfuncitem.config.rootpath, env=env, capture_output=True,
-                        text=True, timeout=900)
+  cmd = [
+    sys.executable,
+    "-m",
+    "pytest",
+    pyfuncitem.nodeid,
+    "-q",
+    "-m",
+    "",
+    "-p",
+    "no:cacheprovider",
+    "-p",
+    "no:xdist",
+    "-p",
+    "no:randomly",
+  ]
+  proc = subprocess.run(
+    cmd, cwd=pyfuncitem.config.rootpath, env=env, capture_output=True, text=True, timeout=900
+  )
   if proc.returncode != 0:
-    pytest.fail(f"child run on {NUM_DEVICES} devices failed ({' '.join(cmd)}):\n"
-                f"{proc.stdout[-6000:]}\n{proc.stderr[-3000:]}", pytrace=False)
+    pytest.fail(
+      f"child run on {NUM_DEVICES} devices failed ({' '.join(cmd)}):\n"
+      f"{proc.stdout[-6000:]}\n{proc.stderr[-3000:]}",
+      pytrace=False,
+    )
   return True

@@ -19,11 +19,11 @@ from jax.sharding import Mesh
 from parallax_jax import XlaBlockSizes, parallax_attention
 from parallax_jax.attention import ring_state, tile_math, xla
 from parallax_jax.attention.context_parallel import (
-    from_zigzag,
-    merge_fwd_states,
-    ring_parallax_attention,
-    to_zigzag,
-    zigzag_positions,
+  from_zigzag,
+  merge_fwd_states,
+  ring_parallax_attention,
+  to_zigzag,
+  zigzag_positions,
 )
 
 TOL = {"float32": 2e-5, "bfloat16": 2e-2}
@@ -46,8 +46,13 @@ class RingCase:
 
   @property
   def id(self):
-    parts = [f"seq{self.seq}", "zigzag" if self.load_balance else "contig",
-             "causal" if self.causal else "noncausal", f"T{self.t}", f"H{self.hq}-{self.hkv}"]
+    parts = [
+      f"seq{self.seq}",
+      "zigzag" if self.load_balance else "contig",
+      "causal" if self.causal else "noncausal",
+      f"T{self.t}",
+      f"H{self.hq}-{self.hkv}",
+    ]
     if self.window is not None:
       parts.append(f"W{self.window}")
     if self.data > 1:
@@ -62,19 +67,19 @@ class RingCase:
 
 
 CASES = [
-    RingCase(2),
-    RingCase(4, hq=4, hkv=2),  # GQA
-    RingCase(8, hq=4, hkv=1),  # MQA, chunk of 4 rows
-    RingCase(4, load_balance=False),
-    # Windows: smaller than a chunk, and spanning several chunks (not chunk multiples).
-    RingCase(4, window=5, hq=4, hkv=2),  # chunk 8
-    RingCase(4, window=37),
-    RingCase(8, load_balance=False, window=5, t=128),  # chunk 16: ring of 2 steps
-    RingCase(8, load_balance=False, window=37, t=128, hq=4, hkv=2, block=(8, 4)),  # 4 steps
-    RingCase(4, causal=False, hq=4, hkv=2),
-    RingCase(4, data=2, hq=4, hkv=2),  # mesh (data=2, sequence=4)
-    RingCase(2, data=2, heads=2, hq=4, hkv=2, window=21, block=(8, 8)),
-    RingCase(4, hq=4, hkv=2, dtype="bfloat16"),
+  RingCase(2),
+  RingCase(4, hq=4, hkv=2),  # GQA
+  RingCase(8, hq=4, hkv=1),  # MQA, chunk of 4 rows
+  RingCase(4, load_balance=False),
+  # Windows: smaller than a chunk, and spanning several chunks (not chunk multiples).
+  RingCase(4, window=5, hq=4, hkv=2),  # chunk 8
+  RingCase(4, window=37),
+  RingCase(8, load_balance=False, window=5, t=128),  # chunk 16: ring of 2 steps
+  RingCase(8, load_balance=False, window=37, t=128, hq=4, hkv=2, block=(8, 4)),  # 4 steps
+  RingCase(4, causal=False, hq=4, hkv=2),
+  RingCase(4, data=2, hq=4, hkv=2),  # mesh (data=2, sequence=4)
+  RingCase(2, data=2, heads=2, hq=4, hkv=2, window=21, block=(8, 8)),
+  RingCase(4, hq=4, hkv=2, dtype="bfloat16"),
 ]
 
 
@@ -101,6 +106,7 @@ def _value_and_grads(f, args, g):
   def run(*args):
     o, vjp = jax.vjp(f, *args)
     return (o, *vjp(g))
+
   return jax.jit(run)(*args)
 
 
@@ -121,9 +127,14 @@ def test_ring_matches_unsharded(devices, case):
   to = (lambda x: to_zigzag(x, case.seq)) if zigzag else (lambda x: x)
   back = (lambda x: from_zigzag(x, case.seq)) if zigzag else (lambda x: x)
   ring = lambda *x: ring_parallax_attention(
-      *x, mesh=mesh, load_balance=case.load_balance, batch_axes="data",
-      head_axis="heads" if case.heads > 1 else None,
-      block_sizes=XlaBlockSizes(*case.block) if case.block else None, **kw)
+    *x,
+    mesh=mesh,
+    load_balance=case.load_balance,
+    batch_axes="data",
+    head_axis="heads" if case.heads > 1 else None,
+    block_sizes=XlaBlockSizes(*case.block) if case.block else None,
+    **kw,
+  )
   got = _value_and_grads(ring, tuple(map(to, args)), to(g))
   assert got[0].dtype == args[0].dtype
   for name, x, y in zip(("o", "dq", "dr", "dk", "dv"), got, want, strict=True):
@@ -138,7 +149,8 @@ def test_single_sequence_shard_calls_the_op(devices, batch_axes):
   kw = dict(window_size=case.window)
   want = _value_and_grads(lambda *x: parallax_attention(*x, implementation="xla", **kw), args, g)
   got = _value_and_grads(
-      lambda *x: ring_parallax_attention(*x, mesh=mesh, batch_axes=batch_axes, **kw), args, g)
+    lambda *x: ring_parallax_attention(*x, mesh=mesh, batch_axes=batch_axes, **kw), args, g
+  )
   for name, x, y in zip(("o", "dq", "dr", "dk", "dv"), got, want, strict=True):
     _assert_close(x, y, TOL["float32"], name)
 
@@ -162,8 +174,14 @@ def test_bad_arguments(devices):
   with pytest.raises(ValueError, match="not in the mesh"):
     ring_parallax_attention(q, q, q, q, mesh=mesh, axis_name="seq")
   with pytest.raises(ValueError, match="batch size"):
-    ring_parallax_attention(q, q, q, q, mesh=Mesh(np.asarray(devices[:8]).reshape(2, 4),
-                                                  ("data", "sequence")), batch_axes="data")
+    ring_parallax_attention(
+      q,
+      q,
+      q,
+      q,
+      mesh=Mesh(np.asarray(devices[:8]).reshape(2, 4), ("data", "sequence")),
+      batch_axes="data",
+    )
 
 
 # ---- device-free pieces ---------------------------------------------------------------------
@@ -191,15 +209,17 @@ def test_zigzag_other_axis():
 def _work(sched):
   """Per shard: computed pairs, and causal work in units of a full pair (diagonal = 1/2)."""
   pairs = (sched != ring_state.SKIP).sum(axis=(1, 2, 3))
-  work = (sched == ring_state.FULL).sum(axis=(1, 2, 3)) + 0.5 * (
-      sched == ring_state.PARTIAL).sum(axis=(1, 2, 3))
+  work = (sched == ring_state.FULL).sum(axis=(1, 2, 3)) + 0.5 * (sched == ring_state.PARTIAL).sum(
+    axis=(1, 2, 3)
+  )
   return pairs, work
 
 
 @pytest.mark.parametrize("n", [2, 4, 8])
 def test_causal_work_is_balanced_by_zigzag(n):
-  zig = ring_state.ring_schedule(ring_state.Placement(64 * n, n, True), causal=True,
-                                 window_size=None)
+  zig = ring_state.ring_schedule(
+    ring_state.Placement(64 * n, n, True), causal=True, window_size=None
+  )
   pairs, work = _work(zig)
   assert (pairs == pairs[0]).all() and (work == work[0]).all(), (pairs, work)
   assert pairs[0] == 2 * n + 1  # 2 diagonal + 2n - 1 full chunk pairs per shard
@@ -207,8 +227,9 @@ def test_causal_work_is_balanced_by_zigzag(n):
   per_step = (zig != ring_state.SKIP).sum(axis=(2, 3))
   assert (per_step[:, 1:] == 2).all() and (per_step[:, 0] == 3).all()
 
-  contig = ring_state.ring_schedule(ring_state.Placement(64 * n, n, False), causal=True,
-                                    window_size=None)
+  contig = ring_state.ring_schedule(
+    ring_state.Placement(64 * n, n, False), causal=True, window_size=None
+  )
   pairs, _ = _work(contig)
   np.testing.assert_array_equal(pairs, np.arange(1, n + 1))  # shard i: i full + 1 diagonal
 
@@ -239,17 +260,36 @@ def test_ring_visits_each_visible_pair_once(n, window, load_balance):
 
 def test_merge_of_key_halves_equals_whole():
   (q, r, k, v), _ = _inputs(RingCase(1, t=24, hq=4, hkv=2))
-  op = xla.ChunkPairOp(q_len=24, kv_len=12, group=2, causal=True, window_size=None, scale=0.25,
-                       block_sizes=XlaBlockSizes(8, 4))
-  whole = xla.ChunkPairOp(q_len=24, kv_len=24, group=2, causal=True, window_size=None,
-                          scale=0.25, block_sizes=XlaBlockSizes(8, 4))
+  op = xla.ChunkPairOp(
+    q_len=24,
+    kv_len=12,
+    group=2,
+    causal=True,
+    window_size=None,
+    scale=0.25,
+    block_sizes=XlaBlockSizes(8, 4),
+  )
+  whole = xla.ChunkPairOp(
+    q_len=24,
+    kv_len=24,
+    group=2,
+    causal=True,
+    window_size=None,
+    scale=0.25,
+    block_sizes=XlaBlockSizes(8, 4),
+  )
   q_, r_ = op.q_blocks(q), op.q_blocks(r)
   state0 = op.init_state(q_)
-  halves = [op.fwd(state0, q_, r_, op.kv_blocks(k[:, i:i + 12]), op.kv_blocks(v[:, i:i + 12]),
-                   q_offset=-i) for i in (0, 12)]
+  halves = [
+    op.fwd(
+      state0, q_, r_, op.kv_blocks(k[:, i : i + 12]), op.kv_blocks(v[:, i : i + 12]), q_offset=-i
+    )
+    for i in (0, 12)
+  ]
   merged = tile_math.fwd_finalize(merge_fwd_states(*halves))
   full = tile_math.fwd_finalize(
-      whole.fwd(state0, q_, r_, whole.kv_blocks(k), whole.kv_blocks(v), q_offset=0))
+    whole.fwd(state0, q_, r_, whole.kv_blocks(k), whole.kv_blocks(v), q_offset=0)
+  )
   for x, y in zip(merged, full, strict=True):
     np.testing.assert_allclose(x, y, rtol=2e-5, atol=2e-6)
   # Merging with an empty state (a row that saw nothing) changes nothing and makes no NaN.
