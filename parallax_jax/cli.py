@@ -92,6 +92,17 @@ def _convert(args) -> int:
   return 0
 
 
+def _compare(args) -> int:
+  from parallax_jax.train.compare_sharding import compare_sharding
+  from parallax_jax.train.config import load_config
+
+  cfg = load_config(args.config, args.overrides)
+  rows = compare_sharding(
+    cfg, args.strategies.split(","), args.workdir, steps=args.steps, synthetic=args.synthetic
+  )
+  return 1 if any(r.get("error") for r in rows) else 0
+
+
 def main(argv=None) -> int:
   argv = sys.argv[1:] if argv is None else list(argv)
   overrides, argv = _split_overrides(argv)
@@ -116,6 +127,15 @@ def main(argv=None) -> int:
   cv.add_argument("--out", required=True, help="where to write the params checkpoint")
   cv.add_argument("--step", type=int, default=None, help="default: latest")
   cv.set_defaults(fn=_convert)
+  cs = sub.add_parser(
+    "compare-sharding", help="run the same steps under each sharding strategy; CSV + chart"
+  )
+  cs.add_argument("--config", required=True)
+  cs.add_argument("--workdir", required=True)
+  cs.add_argument("--strategies", default="dp,fsdp,tp,fsdp_tp,cp")
+  cs.add_argument("--steps", type=int, default=3, help="timed steps after the first")
+  cs.add_argument("--synthetic", action="store_true", help="random tokens instead of data")
+  cs.set_defaults(fn=_compare)
   demo = sub.add_parser("demo", help="run the op; check r = 0 against softmax attention")
   demo.add_argument("--batch", type=int, default=2)
   demo.add_argument("--length", type=int, default=256)
@@ -127,7 +147,7 @@ def main(argv=None) -> int:
   demo.set_defaults(fn=_demo)
   args = parser.parse_args(argv)
   args.overrides = overrides
-  if overrides and args.command not in ("train", "eval"):
+  if overrides and args.command not in ("train", "eval", "compare-sharding"):
     parser.error(f"--config.* overrides only apply to train and eval, got {overrides}")
   logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
   for noisy in ("jax", "absl"):  # backend probing and Orbax's per-save chatter

@@ -93,7 +93,7 @@ def test_every_param_has_logical_axes_of_its_rank():
   }
   assert set(axes) == set(flat) and len(axes) == len(jax.tree.leaves(params))
   for path, names in axes.items():
-    assert len(names) == flat[path].value.ndim, path
+    assert len(names) == flat[path].get_value().ndim, path
   assert axes[("embed",)] == ("vocab", "embed")
   assert axes[("blocks", 0, "attn", "r_proj", "kernel")] == ("embed", "q_heads", "head_dim")
 

@@ -1,9 +1,10 @@
 """Context parallelism for Parallax attention: ring attention over a sharded sequence.
 
 ``ring_parallax_attention(q, r, k, v, mesh=..., axis_name="sequence")`` computes exactly what
-``parallax_attention(q, r, k, v, causal=..., window_size=...)`` computes (self-attention,
-``Tq == Tk == T``), with the sequence axis sharded over the ``n`` devices of mesh axis
-``axis_name``. No device ever holds more than its own chunks plus one visiting K/V shard.
+``parallax_attention(q, r, k, v, causal=..., window_size=..., segment_ids=...)`` computes
+(self-attention, ``Tq == Tk == T``), with the sequence axis sharded over the ``n`` devices of
+mesh axis ``axis_name``. No device ever holds more than its own chunks plus one visiting K/V
+shard.
 
 Shapes and layout
 -----------------
@@ -24,6 +25,11 @@ Without a causal mask the result does not depend on the order, so ``load_balance
 own batch/head slice; ``Hkv`` must be divisible by the head axis size). Mesh axes named
 nowhere replicate the computation.
 
+Packed sequences: ``segment_ids`` ``[B, T]`` ints are in the same layout as q (zigzag:
+``to_zigzag(segment_ids, n)``) and sharded like it (batch and sequence axes, replicated over
+the head axis). A query sees only keys of its own segment, on top of causal/window; rows that
+see no key give 0, never NaN.
+
 Algorithm (forward)
 -------------------
 Inside ``jax.shard_map`` every device keeps its query chunk(s) and starts with its own K/V
@@ -32,11 +38,15 @@ chunk(s). At ring step ``s = 0..S-1`` it holds the K/V of shard ``i - s`` and fo
 (``tile_math.FwdState``: running max ``m``, ``d1 = sum w``, ``d2 = sum w t``,
 ``acc1 = sum w v``, ``acc2 = sum w t v``) with ``xla.ChunkPairOp``, the blockwise loop of the
 "xla" path at a traced relative position; then K/V move one step around the ring
-(``lax.ppermute`` ``i -> i + 1``). Threading one state through the pairs is the split-K merge
+(``lax.ppermute`` ``i -> i + 1``); the keys' segment ids travel with them, the queries' stay
+put. Threading one state through the pairs is the split-K merge
 (``ring_state.merge_fwd_states``) done tile by tile, so the result is exact. Pairs are
 classified from their chunk indices (``ring_state.pair_kind``): ``SKIP`` pairs (in the future,
 or entirely left of every window) are skipped with ``lax.cond``; the others run the masked
 loop with absolute positions (a window's loop visits only the key blocks it can see).
+Segment ids cannot make a pair skippable statically; a pair is also skipped (at run time)
+when, in every local batch row, the id ranges of its query and key chunks are disjoint
+(common for packed documents, exact for any ids: no id can match).
 ``tile_math.fwd_finalize`` gives ``o`` and the residuals ``(o, barv, lse, bart)``, sharded
 along ``T`` like the inputs.
 
@@ -46,8 +56,8 @@ The closed form of PARALLAX.md 3.1 is exact per tile given the *global* row stat
 ``lse``, ``bart``, ``dO.o`` and ``dO.barv``, all of which are local to the query's device.
 So each device replays the same ring: it recomputes the tiles of its queries against each
 visiting K/V chunk, accumulates ``dq``, ``dr`` locally, and adds the chunk's ``dk``, ``dv``
-into float32 buffers that travel with the K/V. After the last step one more ``ppermute``
-returns every buffer to its owner.
+into float32 buffers that travel with the K/V (and the keys' segment ids). After the last step
+one more ``ppermute`` returns every buffer to its owner.
 
 Ring length ``S`` is ``n``, except for a contiguous placement with a window, which stops once
 the visiting chunk is left of every window (``ring_state.num_ring_steps``: about
@@ -56,9 +66,9 @@ the visiting chunk is left of every window (``ring_state.num_ring_steps``: about
 With ``n == 1`` (or a mesh without ``axis_name``'s devices to spread over) the op is called
 directly (``parallax_attention``, inside a ``shard_map`` over the batch/head axes if any).
 
-Limitations: self-attention only (``Tq == Tk``), no ``segment_ids``; per-pair compute is the
-"xla" blockwise path (no Pallas kernel yet); communication is not explicitly overlapped with
-compute (XLA may schedule the ``ppermute`` early); zigzag with a window runs the full ring.
+Limitations: self-attention only (``Tq == Tk``); per-pair compute is the "xla" blockwise path
+(no Pallas kernel yet); communication is not explicitly overlapped with compute (XLA may
+schedule the ``ppermute`` early); zigzag with a window runs the full ring.
 """
 
 from __future__ import annotations
@@ -136,6 +146,10 @@ class _Ring:
   def row_spec(self):  # [B, H, T]
     return P(self.batch_axes or None, self.head_axis, self.axis_name)
 
+  @property
+  def seg_spec(self):  # [B, T]
+    return P(self.batch_axes or None, self.axis_name)
+
   def _shard_map(self, f, in_specs, out_specs):
     return jax.shard_map(f, mesh=self.mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False)
 
@@ -143,6 +157,29 @@ class _Ring:
 
   def _split(self, x, axis=1):
     return jnp.split(x, self.placement.chunks_per_shard, axis=axis)
+
+  def _split_seg(self, seg):
+    """Per local chunk: the chunk's ``[B, C]`` segment ids, or ``None`` without segments."""
+    if seg is None:
+      return (None,) * self.placement.chunks_per_shard
+    return tuple(self._split(seg))
+
+  def _fold(self, kind, seg_q, seg_k, fn, carry):
+    """``fn(carry)``, skipped (``carry`` unchanged) when the pair has no visible key.
+
+    Statically: ``kind`` (traced ``SKIP``/``PARTIAL``/``FULL``, causal only). Dynamically,
+    with segment ids: when, in every batch row, the id ranges of the query chunk and the key
+    chunk are disjoint (no id can match). Either way the skipped tiles contribute exactly 0.
+    """
+    live = None
+    if self.causal:
+      live = kind != SKIP
+    if seg_q is not None:
+      overlap = (seg_q.min(axis=1) <= seg_k.max(axis=1)) & (seg_k.min(axis=1) <= seg_q.max(axis=1))
+      live = overlap.any() if live is None else live & overlap.any()
+    if live is None:
+      return fn(carry)
+    return lax.cond(live, fn, lambda c: c, carry)
 
   def _pairs(self, step):
     """``(a, b, kind, q_offset)`` for the pairs this device meets at ``step`` (traced)."""
@@ -169,27 +206,38 @@ class _Ring:
     carry, travel = lax.fori_loop(0, self.steps - 1, body, (carry, travel))
     return compute(self.steps - 1, carry, travel)
 
-  def _fwd_local(self, q, r, k, v):
+  def _kv_chunks(self, k, v, seg):
+    """The travelling part of this shard: per chunk ``(k_, v_, segment ids or None)``."""
+    op = self.op
+    return tuple(
+      (op.kv_blocks(kb), op.kv_blocks(vb), sb)
+      for kb, vb, sb in zip(self._split(k), self._split(v), self._split_seg(seg), strict=True)
+    )
+
+  def _fwd_local(self, q, r, k, v, seg=None):
     op = self.op
     qs = [
       (op.q_blocks(qa), op.q_blocks(ra))
       for qa, ra in zip(self._split(q), self._split(r), strict=True)
     ]
-    kv = tuple(
-      (op.kv_blocks(kb), op.kv_blocks(vb))
-      for kb, vb in zip(self._split(k), self._split(v), strict=True)
-    )
+    seg_q = self._split_seg(seg)  # the queries' ids stay here
+    kv = self._kv_chunks(k, v, seg)  # the keys' ids travel with their K/V
 
     def compute(step, states, kv):
       states = list(states)
       for a, b, kind, offset in self._pairs(step):
+        k_, v_, seg_k = kv[b]
         fold = functools.partial(
-          op.fwd, q_=qs[a][0], r_=qs[a][1], k_=kv[b][0], v_=kv[b][1], q_offset=offset
+          op.fwd,
+          q_=qs[a][0],
+          r_=qs[a][1],
+          k_=k_,
+          v_=v_,
+          q_offset=offset,
+          q_segment_ids=seg_q[a],
+          kv_segment_ids=seg_k,
         )
-        if self.causal:
-          states[a] = lax.cond(kind != SKIP, fold, lambda st: st, states[a])
-        else:
-          states[a] = fold(states[a])
+        states[a] = self._fold(kind, seg_q[a], seg_k, fold, states[a])
       return tuple(states), kv
 
     states = tuple(op.init_state(q_) for q_, _ in qs)
@@ -205,7 +253,7 @@ class _Ring:
     )
     return o, residuals
 
-  def _bwd_local(self, q, r, k, v, residuals, do):
+  def _bwd_local(self, q, r, k, v, residuals, do, seg=None):
     op = self.op
     do = do.astype(q.dtype)
     rows, qs = [], []
@@ -221,31 +269,33 @@ class _Ring:
     ):
       qs.append((op.q_blocks(qa), op.q_blocks(ra), op.q_blocks(doa)))
       rows.append(op.row_stats(Residuals(oa, bva, lsea, bta), doa))
-    kv = tuple(
-      (op.kv_blocks(kb), op.kv_blocks(vb))
-      for kb, vb in zip(self._split(k), self._split(v), strict=True)
-    )
+    seg_q = self._split_seg(seg)
+    kv = self._kv_chunks(k, v, seg)
     acc = jnp.promote_types(q.dtype, jnp.float32)
     dqr = tuple((jnp.zeros(q_.shape, acc), jnp.zeros(q_.shape, acc)) for q_, _, _ in qs)
-    dkv = tuple((jnp.zeros(k_.shape, acc), jnp.zeros(k_.shape, acc)) for k_, _ in kv)
+    dkv = tuple((jnp.zeros(k_.shape, acc), jnp.zeros(k_.shape, acc)) for k_, _, _ in kv)
 
     def compute(step, dqr, travel):
       kv, dkv = travel
       dqr, dkv = [list(x) for x in dqr], [list(x) for x in dkv]
       for a, b, kind, offset in self._pairs(step):
         q_, r_, do_ = qs[a]
-        k_, v_ = kv[b]
-
-        def add(carry, q_=q_, r_=r_, do_=do_, rows=rows[a], k_=k_, v_=v_, offset=offset):
-          return op.bwd(carry, q_, r_, do_, rows, k_, v_, offset)
-
-        carry = (*dqr[a], *dkv[b])
-        if self.causal:
-          carry = lax.cond(kind != SKIP, add, lambda c: c, carry)
-        else:
-          carry = add(carry)
+        k_, v_, seg_k = kv[b]
+        add = functools.partial(
+          op.bwd,
+          q_=q_,
+          r_=r_,
+          do_=do_,
+          rows=rows[a],
+          k_=k_,
+          v_=v_,
+          q_offset=offset,
+          q_segment_ids=seg_q[a],
+          kv_segment_ids=seg_k,
+        )
+        carry = self._fold(kind, seg_q[a], seg_k, add, (*dqr[a], *dkv[b]))
         dqr[a], dkv[b] = list(carry[:2]), list(carry[2:])
-      # dk/dv travel with their K/V.
+      # dk/dv (and the keys' segment ids) travel with their K/V.
       return tuple(map(tuple, dqr)), (kv, tuple(map(tuple, dkv)))
 
     dqr, (_, dkv) = self._ring_loop(compute, dqr, (kv, dkv))
@@ -263,32 +313,36 @@ class _Ring:
 
   # ---- global (shard_map) pieces -------------------------------------------------------------
 
-  def fwd(self, q, r, k, v):
+  def fwd(self, q, r, k, v, seg=None):
     x, rows = self.x_spec, self.row_spec
+    args, in_specs = (q, r, k, v), (x, x, x, x)
+    if seg is not None:
+      args, in_specs = (*args, seg), (*in_specs, self.seg_spec)
     return self._shard_map(
-      self._fwd_local, in_specs=(x, x, x, x), out_specs=(x, Residuals(x, x, rows, rows))
-    )(q, r, k, v)
+      self._fwd_local, in_specs=in_specs, out_specs=(x, Residuals(x, x, rows, rows))
+    )(*args)
 
-  def bwd(self, q, r, k, v, residuals, do):
+  def bwd(self, q, r, k, v, residuals, do, seg=None):
     x, rows = self.x_spec, self.row_spec
-    return self._shard_map(
-      self._bwd_local, in_specs=(x, x, x, x, Residuals(x, x, rows, rows), x), out_specs=(x, x, x, x)
-    )(q, r, k, v, residuals, do)
+    args, in_specs = (q, r, k, v, residuals, do), (x, x, x, x, Residuals(x, x, rows, rows), x)
+    if seg is not None:
+      args, in_specs = (*args, seg), (*in_specs, self.seg_spec)
+    return self._shard_map(self._bwd_local, in_specs=in_specs, out_specs=(x, x, x, x))(*args)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _ring_attention(ring: _Ring, q, r, k, v):
-  return ring.fwd(q, r, k, v)[0]
+def _ring_attention(ring: _Ring, q, r, k, v, segment_ids):
+  return ring.fwd(q, r, k, v, segment_ids)[0]
 
 
-def _ring_attention_fwd(ring, q, r, k, v):
-  o, residuals = ring.fwd(q, r, k, v)
-  return o, (q, r, k, v, residuals)
+def _ring_attention_fwd(ring, q, r, k, v, segment_ids):
+  o, residuals = ring.fwd(q, r, k, v, segment_ids)
+  return o, (q, r, k, v, segment_ids, residuals)
 
 
 def _ring_attention_bwd(ring, saved, do):
-  q, r, k, v, residuals = saved
-  return ring.bwd(q, r, k, v, residuals, do)
+  q, r, k, v, segment_ids, residuals = saved
+  return (*ring.bwd(q, r, k, v, residuals, do, segment_ids), None)
 
 
 _ring_attention.defvjp(_ring_attention_fwd, _ring_attention_bwd)
@@ -332,12 +386,14 @@ def ring_parallax_attention(
   batch_axes: str | tuple[str, ...] | None = None,
   head_axis: str | None = None,
   block_sizes: XlaBlockSizes | None = None,
+  segment_ids=None,
 ):
   """Parallax self-attention with the sequence sharded over ``mesh`` axis ``axis_name``.
 
   Equals ``parallax_attention(q, r, k, v, scale=scale, causal=causal,
-  window_size=window_size)`` (forward and all four gradients) with the sequence axis in the
-  layout described in the module docstring (zigzag when ``load_balance`` and ``causal``).
+  window_size=window_size, segment_ids=segment_ids)`` (forward and all four gradients) with
+  the sequence axis in the layout described in the module docstring (zigzag when
+  ``load_balance`` and ``causal``).
 
   Args:
     q, r: ``[B, T, Hq, D]``; k, v: ``[B, T, Hkv, D]``; one float dtype.
@@ -349,6 +405,9 @@ def ring_parallax_attention(
     batch_axes: mesh axis name(s) the batch axis is sharded over.
     head_axis: mesh axis the head axes (Hq and Hkv) are sharded over.
     block_sizes: ``XlaBlockSizes`` of the per-chunk blockwise loops (clipped to the chunk).
+    segment_ids: ``[B, T]`` ints or None, in the same layout and sharding as q (in zigzag
+      layout pass ``to_zigzag(segment_ids, n)``): a query sees only keys with its id (packed
+      documents), on top of causal/window. Rows that see no key give 0. Not differentiated.
 
   Returns:
     ``[B, T, Hq, D]`` in q's dtype, same layout and sharding as q.
@@ -361,7 +420,7 @@ def ring_parallax_attention(
     scale=scale,
     causal=causal,
     window_size=window_size,
-    segment_ids=None,
+    segment_ids=segment_ids,
     interpret=False,
     block_sizes=block_sizes,
   )
@@ -389,11 +448,13 @@ def ring_parallax_attention(
       implementation="xla" if block_sizes is not None else None,
     )
     if not batch_axes and head_axis is None:
-      return call(q, r, k, v)
+      return call(q, r, k, v, segment_ids=segment_ids)
     x = P(batch_axes or None, None, head_axis, None)
-    return jax.shard_map(call, mesh=mesh, in_specs=(x, x, x, x), out_specs=x, check_vma=False)(
-      q, r, k, v
-    )
+    args, in_specs = (q, r, k, v), (x, x, x, x)
+    if segment_ids is not None:
+      args, in_specs = (*args, segment_ids), (*in_specs, P(batch_axes or None, None))
+    local = lambda q, r, k, v, seg=None: call(q, r, k, v, segment_ids=seg)
+    return jax.shard_map(local, mesh=mesh, in_specs=in_specs, out_specs=x, check_vma=False)(*args)
 
   placement = Placement(spec.mask.q_len, n, load_balance=load_balance and causal)
   c = placement.chunk_len
@@ -416,4 +477,4 @@ def ring_parallax_attention(
     causal=causal,
     window_size=window_size,
   )
-  return _ring_attention(ring, q, r, k, v)
+  return _ring_attention(ring, q, r, k, v, segment_ids)

@@ -137,10 +137,12 @@ class _Schedule:
   """Which key block each query block visits at loop step ``step``, and the tile's mask.
 
   ``layout.mask`` is a ``MaskSpec`` (static schedule) or an ``OffsetMask`` (schedule computed
-  from the traced offset, trip count bounded statically).
+  from the traced offset, trip count bounded statically). ``segment_ids`` ``[B, Tq]`` are the
+  query rows' ids and ``kv_segment_ids`` ``[B, Tk]`` the keys' (default: ``segment_ids``, i.e.
+  self-attention); segment ids only mask tiles, they never shorten the schedule.
   """
 
-  def __init__(self, layout: _Layout, segment_ids):
+  def __init__(self, layout: _Layout, segment_ids, kv_segment_ids=None):
     self.layout = layout
     mask = layout.mask
     if isinstance(mask, OffsetMask):
@@ -159,12 +161,18 @@ class _Schedule:
       self.count = jnp.asarray(count)
     self.rows = jnp.arange(layout.nq * layout.bq, dtype=jnp.int32).reshape(layout.nq, layout.bq)
     self.seg_q = self.seg_k = None
+    if kv_segment_ids is None:
+      kv_segment_ids = segment_ids
+    if (segment_ids is None) != (kv_segment_ids is None):
+      raise ValueError("query and key segment ids must be given together.")
     if segment_ids is not None:
+      # Padding rows/keys get id 0; they are invisible anyway (out of range).
       pad_q = layout.nq * layout.bq - layout.mask.q_len
       pad_k = layout.nk * layout.bk - layout.mask.kv_len
-      seg = segment_ids.astype(jnp.int32)
-      self.seg_q = jnp.pad(seg, ((0, 0), (0, pad_q))).reshape(-1, layout.nq, layout.bq)
-      self.seg_k = jnp.pad(seg, ((0, 0), (0, pad_k))).reshape(-1, layout.nk, layout.bk)
+      seg_q = segment_ids.astype(jnp.int32)
+      seg_k = kv_segment_ids.astype(jnp.int32)
+      self.seg_q = jnp.pad(seg_q, ((0, 0), (0, pad_q))).reshape(-1, layout.nq, layout.bq)
+      self.seg_k = jnp.pad(seg_k, ((0, 0), (0, pad_k))).reshape(-1, layout.nk, layout.bk)
 
   def step(self, step):
     """-> (key block per query block [nQ], visible [B|1, 1, 1, nQ, bq, bk])."""
@@ -365,6 +373,11 @@ class ChunkPairOp:
   of key 0; the mask is ``MaskSpec``'s (causal: ``key <= row + q_offset``; window ``W``:
   ``key > row + q_offset - W``). With a window the loop visits only the key blocks a query block
   can see (static bound); pairs with no visible key still run their loop (skip them outside).
+
+  Packed sequences: ``q_segment_ids`` ``[B, q_len]`` (the query chunk's ids) and
+  ``kv_segment_ids`` ``[B, kv_len]`` (the key chunk's), ints in natural (unblocked) layout, both
+  or neither; a query then also needs ``q_seg == k_seg``. A row that sees no key of the chunk
+  keeps its state unchanged (``m = -inf`` if it saw nothing yet), never NaN.
   """
 
   q_len: int
@@ -402,9 +415,17 @@ class ChunkPairOp:
     """Empty online state for blocked queries ``q_``."""
     return tile_math.fwd_init(q_.shape[:-1], q_.shape[-1], _compute_dtype(q_.dtype))
 
-  def fwd(self, state, q_, r_, k_, v_, q_offset) -> tile_math.FwdState:
+  def _schedule(self, q_offset, q_segment_ids, kv_segment_ids) -> _Schedule:
+    if (q_segment_ids is None) != (kv_segment_ids is None):
+      raise ValueError("q_segment_ids and kv_segment_ids must be given together.")
+    lay = self._lay(jnp.asarray(q_offset, jnp.int32))
+    return _Schedule(lay, q_segment_ids, kv_segment_ids)
+
+  def fwd(
+    self, state, q_, r_, k_, v_, q_offset, q_segment_ids=None, kv_segment_ids=None
+  ) -> tile_math.FwdState:
     """``state`` with the key chunk ``(k_, v_)`` folded in."""
-    sched = _Schedule(self._lay(jnp.asarray(q_offset, jnp.int32)), None)
+    sched = self._schedule(q_offset, q_segment_ids, kv_segment_ids)
     return _fwd_loop(sched, q_, r_, k_, v_, state, scale=self.scale, v_dtype=v_.dtype)
 
   def row_stats(self, residuals: Residuals, do) -> RowStats:
@@ -418,7 +439,19 @@ class ChunkPairOp:
       b=self.row_blocks(b_row),
     )
 
-  def bwd(self, carry, q_, r_, do_, rows: RowStats, k_, v_, q_offset):
+  def bwd(
+    self,
+    carry,
+    q_,
+    r_,
+    do_,
+    rows: RowStats,
+    k_,
+    v_,
+    q_offset,
+    q_segment_ids=None,
+    kv_segment_ids=None,
+  ):
     """``carry = (dq, dr, dk, dv)`` (blocked, compute dtype) plus this key chunk's part."""
-    sched = _Schedule(self._lay(jnp.asarray(q_offset, jnp.int32)), None)
+    sched = self._schedule(q_offset, q_segment_ids, kv_segment_ids)
     return _bwd_loop(sched, q_, r_, do_, rows, k_, v_, carry, scale=self.scale)

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jaxtyping import Array, Float, Int
 
+from parallax_jax import sharding
 from parallax_jax.attention import parallax_attention
 from parallax_jax.model.config import ModelConfig
 from parallax_jax.model.layers import Projection, RMSNorm, rope
@@ -76,28 +77,59 @@ class Attention(nnx.Module):
     if cfg.qk_norm:
       q, k = self.q_norm(q), self.k_norm(k)
     q, k = rope(q, positions, cfg.rope_theta), rope(k, positions, cfg.rope_theta)
+    r = None
     if cfg.uses_r:
       r = self.r_proj(x, dt)
       if cfg.qk_norm:
         r = self.r_norm(r)
       r = rope(r, positions, cfg.rope_theta)  # r sits at the query positions, like q
-      o = parallax_attention(
-        q,
-        r,
-        k,
-        v,
-        causal=True,
-        window_size=cfg.window_size,
-        segment_ids=segment_ids,
-        implementation=cfg.attention_impl,
-      )
-    else:
-      o = softmax_attention(
-        q,
-        k,
-        v,
-        segment_ids=segment_ids,
-        window_size=cfg.window_size,
-        implementation=cfg.attention_impl,
-      )
+    o = sharding.attention(
+      self._attend, q, r, k, v, segment_ids, axes=cfg.axes, ring=self._ring if cfg.uses_r else None
+    )
     return self.o_proj(o, dt)
+
+  def _attend(self, q, r, k, v, segment_ids):
+    """The op on local (unpartitioned) arrays: Parallax, or softmax when ``r is None``."""
+    cfg = self.cfg
+    if r is None:
+      return softmax_attention(
+        q,
+        k,
+        v,
+        segment_ids=segment_ids,
+        window_size=cfg.window_size,
+        implementation=cfg.attention_impl,
+      )
+    return parallax_attention(
+      q,
+      r,
+      k,
+      v,
+      causal=True,
+      window_size=cfg.window_size,
+      segment_ids=segment_ids,
+      implementation=cfg.attention_impl,
+    )
+
+  def _ring(self, q, r, k, v, segment_ids, rules):
+    """Context parallelism: ring attention over the sequence axis (batches in zigzag order)."""
+    from parallax_jax.attention.context_parallel import ring_parallax_attention
+
+    ax = self.cfg.axes
+    (seq_axis,) = rules.axes(ax.length)
+    heads = rules.axes(ax.q_heads)
+    kwargs = {} if segment_ids is None else {"segment_ids": segment_ids}
+    return ring_parallax_attention(
+      q,
+      r,
+      k,
+      v,
+      mesh=rules.mesh,
+      axis_name=seq_axis,
+      causal=True,
+      window_size=self.cfg.window_size,
+      load_balance=True,
+      batch_axes=rules.axes(ax.batch),
+      head_axis=heads[0] if heads else None,
+      **kwargs,
+    )

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jaxtyping import Array, Float, Int
 
+from parallax_jax import sharding
 from parallax_jax.model.attention import Attention
 from parallax_jax.model.config import ModelConfig
 from parallax_jax.model.layers import RMSNorm, SwiGLU, param
@@ -51,12 +52,14 @@ class Transformer(nnx.Module):
     dt = jnp.dtype(cfg.compute_dtype)
     if positions is None:
       positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
-    x = self.embed[...].astype(dt)[tokens]
+    stream_axes = (cfg.axes.batch, cfg.axes.length, None)  # the residual stream [B, T, D]
+    x = sharding.constrain(self.embed[...].astype(dt)[tokens], stream_axes)
     for block in self.blocks:
       if cfg.remat:
         x = nnx.remat(lambda blk, x: blk(x, positions, segment_ids))(block, x)
       else:
         x = block(x, positions, segment_ids)
+      x = sharding.constrain(x, stream_axes)
     x = self.final_norm(x)
     if cfg.tie_embeddings:
       # Tied head, scaled by 1/sqrt(d): the final stream correlates with its own input

@@ -18,6 +18,7 @@ from pathlib import Path
 import ml_collections
 
 from parallax_jax.model.config import ModelConfig
+from parallax_jax.sharding import ShardingConfig
 from parallax_jax.train.optimizer import OptimizerConfig
 
 
@@ -105,10 +106,11 @@ class Experiment:
   optimizer: OptimizerConfig
   checkpoint: CheckpointConfig
   mesh: MeshConfig
+  sharding: ShardingConfig
   raw: ml_collections.ConfigDict = dataclasses.field(compare=False, repr=False)
 
 
-SECTIONS = ("model", "data", "train", "optimizer", "checkpoint", "mesh")
+SECTIONS = ("model", "data", "train", "optimizer", "checkpoint", "mesh", "sharding")
 
 
 def resolve(cfg: ml_collections.ConfigDict, num_devices: int | None = None) -> Experiment:
@@ -126,6 +128,7 @@ def resolve(cfg: ml_collections.ConfigDict, num_devices: int | None = None) -> E
     optimizer=OptimizerConfig.from_dict(d.get("optimizer", {})),
     checkpoint=_from_dict(CheckpointConfig, "checkpoint", d.get("checkpoint", {})),
     mesh=_from_dict(MeshConfig, "mesh", d.get("mesh", {})),
+    sharding=ShardingConfig.from_dict(d.get("sharding", {})),
     raw=cfg,
   )
   if hasattr(exp.data, "validate"):
@@ -143,7 +146,30 @@ def resolve(cfg: ml_collections.ConfigDict, num_devices: int | None = None) -> E
         f"train.batch_size={exp.train.batch_size} must be divisible by "
         f"mesh.data * mesh.fsdp = {batch_shards}"
       )
+    _check_strategy(exp, sizes)
   return exp
+
+
+def _check_strategy(exp: Experiment, sizes: dict[str, int]) -> None:
+  """Shapes the strategy's rules must divide (clear errors before compiling)."""
+  table, m = exp.sharding.table, exp.model
+  for logical, dim, field in (
+    ("q_heads", m.num_heads, "model.num_heads"),
+    ("kv_heads", m.num_kv_heads, "model.num_kv_heads"),
+    ("mlp", m.mlp_dim, "model.mlp_dim"),
+  ):
+    n = math.prod(sizes[a] for a in table.get(logical, ()))
+    if dim % n:
+      raise ValueError(
+        f"sharding.strategy={exp.sharding.strategy!r} splits {logical} over {n} devices, "
+        f"but {field}={dim} is not divisible by {n}; change the mesh (--config.mesh.*)"
+      )
+  n_seq = math.prod(sizes[a] for a in table.get("length", ()))
+  if n_seq > 1 and exp.train.seq_len % (2 * n_seq):
+    raise ValueError(
+      f"context parallelism over {n_seq} devices needs train.seq_len divisible by "
+      f"{2 * n_seq} (zigzag load balancing), got {exp.train.seq_len}"
+    )
 
 
 def _parse(value: str, current):

@@ -7,6 +7,7 @@ import dataclasses
 import ml_collections
 
 from parallax_jax.model.config import ModelConfig
+from parallax_jax.sharding import DEFAULT_RULES
 from parallax_jax.train.config import CheckpointConfig, MeshConfig, TrainConfig
 from parallax_jax.train.optimizer import OptimizerConfig
 
@@ -27,5 +28,6 @@ def base_config() -> ml_collections.ConfigDict:
       "optimizer": _section(OptimizerConfig),
       "checkpoint": _section(CheckpointConfig),
       "mesh": _section(MeshConfig),
+      "sharding": {"strategy": "dp", "rules": DEFAULT_RULES},
     }
   )

@@ -9,22 +9,14 @@ import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 
-from parallax_jax import sharding
 from parallax_jax.train import data_io
 from parallax_jax.train.checkpoint import Checkpointer, abstract_like, load_params
 from parallax_jax.train.config import Experiment, resolve
 from parallax_jax.train.metrics import MetricsWriter, peak_flops_per_device
-from parallax_jax.train.optimizer import make_optimizer
-from parallax_jax.train.step import (
-  TrainState,
-  init_state,
-  make_eval_step,
-  make_train_step,
-  model_graphdef,
-)
+from parallax_jax.train.program import Program
+from parallax_jax.train.step import TrainState
 
 log = logging.getLogger("parallax_jax")
 
@@ -53,7 +45,8 @@ class Trainer:
     self.exp = exp = resolve(cfg, jax.device_count())
     self.workdir = Path(workdir)
     self.workdir.mkdir(parents=True, exist_ok=True)
-    self.mesh = sharding.make_mesh(exp.mesh)
+    self.program = Program(exp)
+    self.mesh = self.program.mesh
     self.data = data_io.TrainData(exp)
     save_resolved_config(
       exp,
@@ -64,26 +57,11 @@ class Trainer:
         "devices": jax.device_count(),
       },
     )
-    self.tx, self.schedules = make_optimizer(exp.optimizer, exp.train.steps)
-    self.graphdef, _ = model_graphdef(exp.model)
-    repl = sharding.replicated(self.mesh)
-    batch = sharding.batch_sharding(self.mesh)
-    self.abstract_state = jax.eval_shape(lambda: init_state(exp.model, self.tx, exp.train.seed))
-    self.state_sharding = jax.tree.map(lambda _: repl, self.abstract_state)
-    self._init = jax.jit(
-      lambda seed: init_state(exp.model, self.tx, seed), out_shardings=self.state_sharding
-    )
-    self.train_step = jax.jit(
-      make_train_step(self.graphdef, self.tx, self.schedules),
-      in_shardings=(self.state_sharding, batch),
-      out_shardings=(self.state_sharding, repl),
-      donate_argnums=(0,),
-    )
-    self.eval_step = jax.jit(
-      make_eval_step(self.graphdef),
-      in_shardings=(self.state_sharding.params, batch),
-      out_shardings=repl,
-    )
+    self.tx = self.program.tx
+    self.abstract_state = self.program.abstract_state
+    self.state_sharding = self.program.state_sharding
+    self.train_step = self.program.train_step
+    self.eval_step = self.program.eval_step
     self.checkpointer = Checkpointer(self.workdir / "checkpoints", exp.checkpoint)
 
   def initial_state(self) -> TrainState:
@@ -95,12 +73,12 @@ class Trainer:
       self.data.restore(data_state)
       log.info("resumed from %s at step %d", self.checkpointer.directory, step)
       return state
-    state = self._init(jnp.int32(self.exp.train.seed))
+    state = self.program.init(self.exp.train.seed)
     if self.exp.checkpoint.init_from:
       params = load_params(self.exp.checkpoint.init_from, abstract.params)
       state = state._replace(
         params=params,
-        opt_state=jax.jit(self.tx.init, out_shardings=self.state_sharding.opt_state)(params),
+        opt_state=self.program.opt_init(params),
       )
       log.info("initialised params from %s", self.exp.checkpoint.init_from)
     return state
@@ -108,7 +86,7 @@ class Trainer:
   def evaluate(self, params) -> dict:
     nll, tokens = 0.0, 0.0
     for batch in self.data.eval_batches():
-      out = self.eval_step(params, sharding.global_batch(batch, self.mesh))
+      out = self.eval_step(params, self.program.device_batch(batch))
       nll += float(out["nll_sum"])
       tokens += float(out["tokens"])
     if tokens == 0:
@@ -129,7 +107,7 @@ class Trainer:
     summary = {"start_step": start}
     try:
       for step in range(start, tcfg.steps):
-        batch = sharding.global_batch(self.data.next_train(), self.mesh)
+        batch = self.program.device_batch(self.data.next_train())
         state, m = self.train_step(state, batch)
         done = step + 1
         loss = float(m["loss"])  # one host read per step: catch a non-finite loss at once

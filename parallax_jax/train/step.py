@@ -37,7 +37,7 @@ def logical_axes(cfg: ModelConfig) -> dict:
   _, state = model_graphdef(cfg)
   flat = {}
   for path, var in nnx.to_flat_state(state):
-    flat[path] = tuple(getattr(var, "logical_axes", (None,) * var.value.ndim))
+    flat[path] = tuple(getattr(var, "logical_axes", (None,) * var.get_value().ndim))
   return flat
 
 
@@ -81,10 +81,16 @@ def loss_fn(params, graphdef, batch):
   return loss, tokens
 
 
-def make_train_step(graphdef, tx, schedules):
-  """Builds ``train_step(state, batch) -> (state, metrics)``."""
+def make_train_step(graphdef, tx, schedules, prepare_batch=None):
+  """Builds ``train_step(state, batch) -> (state, metrics)``.
+
+  ``prepare_batch`` (e.g. the zigzag reordering of context parallelism) runs first, inside
+  the step.
+  """
 
   def train_step(state: TrainState, batch: dict):
+    if prepare_batch is not None:
+      batch = prepare_batch(batch)
     rng, _ = jax.random.split(state.rng)  # carried for stochastic layers; none use it yet
     (loss, tokens), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, graphdef, batch)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -102,10 +108,12 @@ def make_train_step(graphdef, tx, schedules):
   return train_step
 
 
-def make_eval_step(graphdef):
+def make_eval_step(graphdef, prepare_batch=None):
   """``eval_step(params, batch) -> {"nll_sum", "tokens"}`` (sums, for exact perplexity)."""
 
   def eval_step(params, batch):
+    if prepare_batch is not None:
+      batch = prepare_batch(batch)
     nll = token_nll(forward(graphdef, params, batch), batch["targets"])
     w = batch["loss_mask"].astype(jnp.float32)
     return {"nll_sum": jnp.sum(nll * w), "tokens": jnp.sum(w)}

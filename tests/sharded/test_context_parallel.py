@@ -3,7 +3,7 @@
 Runs on 8 fake CPU devices (see conftest.py: in-process for ``pytest tests/sharded``, a child
 process per test in a mixed session). Forward and all four gradients (``jax.vjp`` with a random
 cotangent) must match ``parallax_attention(..., implementation="xla")`` to 2e-5 of max|ref| in
-float32.
+float32, with and without ``segment_ids`` (packed documents).
 """
 
 from __future__ import annotations
@@ -116,16 +116,38 @@ def _assert_close(got, want, tol, name):
   assert err < tol, f"{name}: max|err| / max|ref| = {err:.2e} >= {tol:.0e}"
 
 
-@pytest.mark.parametrize("case", [pytest.param(c, id=c.id) for c in CASES])
-def test_ring_matches_unsharded(devices, case):
+def _segment_ids(batch: int, t: int) -> np.ndarray:
+  """``[B, T]`` packed-document ids in natural order.
+
+  Row 0: boundaries inside chunks and across them, length-1 segments (position 5 and the last
+  position). Row 1: boundaries on chunk edges (for every shard count used here), a length-1
+  segment, non-monotone ids and one id used by two separate runs (they see each other, as in
+  ``parallax_attention``). Further rows repeat these.
+  """
+  cuts = [
+    ([5, 6, t // 4 + 3, t // 2 + 1, t - 1], [0, 1, 2, 3, 4, 5]),
+    ([t // 8, t // 4, t // 4 + 1, t // 2], [7, 0, 3, 7, 2]),
+  ]
+  rows = []
+  for i in range(batch):
+    bounds, ids = cuts[i % 2]
+    rows.append(np.asarray(ids)[np.searchsorted(bounds, np.arange(t), side="right")])
+  return np.stack(rows).astype(np.int32)
+
+
+def _check_ring(devices, case: RingCase, segment_ids=None):
   args, g = _inputs(case)
   kw = dict(causal=case.causal, window_size=case.window)
-  want = _value_and_grads(lambda *x: parallax_attention(*x, implementation="xla", **kw), args, g)
+  want = _value_and_grads(
+    lambda *x: parallax_attention(*x, implementation="xla", segment_ids=segment_ids, **kw), args, g
+  )
 
   mesh = _mesh(devices, case)
   zigzag = case.load_balance and case.causal
   to = (lambda x: to_zigzag(x, case.seq)) if zigzag else (lambda x: x)
   back = (lambda x: from_zigzag(x, case.seq)) if zigzag else (lambda x: x)
+  # The caller permutes the segment ids into the layout like every other input.
+  seg = None if segment_ids is None else to(jnp.asarray(segment_ids))
   ring = lambda *x: ring_parallax_attention(
     *x,
     mesh=mesh,
@@ -133,6 +155,7 @@ def test_ring_matches_unsharded(devices, case):
     batch_axes="data",
     head_axis="heads" if case.heads > 1 else None,
     block_sizes=XlaBlockSizes(*case.block) if case.block else None,
+    segment_ids=seg,
     **kw,
   )
   got = _value_and_grads(ring, tuple(map(to, args)), to(g))
@@ -141,12 +164,43 @@ def test_ring_matches_unsharded(devices, case):
     _assert_close(back(x), y, TOL[case.dtype], name)
 
 
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.id) for c in CASES])
+def test_ring_matches_unsharded(devices, case):
+  _check_ring(devices, case)
+
+
+SEGMENT_CASES = [
+  RingCase(4, hq=4, hkv=2),  # zigzag, chunk 8, GQA
+  RingCase(2, window=21, hq=4, hkv=1),  # zigzag + window, MQA
+  RingCase(4, load_balance=False, window=5),  # contiguous, chunk 16: ring of 2 steps
+  RingCase(8, load_balance=False, t=128, hq=4, hkv=2, block=(8, 4)),  # contiguous, full ring
+  RingCase(4, data=2, hq=4, hkv=2, window=9),  # batch sharded: one packing per device
+  RingCase(2, data=2, heads=2, hq=4, hkv=2, block=(8, 8)),  # batch and heads sharded
+  RingCase(4, causal=False, hq=4, hkv=2),  # only segments mask
+]
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.id) for c in SEGMENT_CASES])
+def test_ring_with_segment_ids_matches_unsharded(devices, case):
+  _check_ring(devices, case, _segment_ids(case.batch, case.t))
+
+
+def test_ring_with_one_segment_per_chunk(devices):
+  # Every off-diagonal chunk pair is masked by segments alone (skipped at run time): each
+  # chunk attends only to itself.
+  case = RingCase(4, hq=4, hkv=2, window=11)
+  seg = np.repeat(np.arange(8, dtype=np.int32), 8)[None].repeat(case.batch, 0)
+  _check_ring(devices, case, seg)
+
+
+@pytest.mark.parametrize("segments", [False, True])
 @pytest.mark.parametrize("batch_axes", [None, "data"])
-def test_single_sequence_shard_calls_the_op(devices, batch_axes):
+def test_single_sequence_shard_calls_the_op(devices, batch_axes, segments):
   case = RingCase(1, hq=4, hkv=2, batch=8, window=9)
   args, g = _inputs(case)
   mesh = Mesh(np.asarray(devices).reshape(8, 1), ("data", "sequence"))
-  kw = dict(window_size=case.window)
+  seg = jnp.asarray(_segment_ids(case.batch, case.t)) if segments else None
+  kw = dict(window_size=case.window, segment_ids=seg)
   want = _value_and_grads(lambda *x: parallax_attention(*x, implementation="xla", **kw), args, g)
   got = _value_and_grads(
     lambda *x: ring_parallax_attention(*x, mesh=mesh, batch_axes=batch_axes, **kw), args, g
@@ -173,6 +227,12 @@ def test_bad_arguments(devices):
     ring_parallax_attention(q, q, q[:, :32], q[:, :32], mesh=mesh)
   with pytest.raises(ValueError, match="not in the mesh"):
     ring_parallax_attention(q, q, q, q, mesh=mesh, axis_name="seq")
+  with pytest.raises(ValueError, match="segment_ids must have shape"):
+    ring_parallax_attention(q, q, q, q, mesh=mesh, segment_ids=jnp.zeros((1, 32), jnp.int32))
+  with pytest.raises(TypeError, match="integer dtype"):
+    ring_parallax_attention(
+      q[:, :32], q[:, :32], q[:, :32], q[:, :32], mesh=mesh, segment_ids=jnp.zeros((1, 32))
+    )
   with pytest.raises(ValueError, match="batch size"):
     ring_parallax_attention(
       q,
@@ -298,3 +358,64 @@ def test_merge_of_key_halves_equals_whole():
     np.testing.assert_array_equal(x, y)
   empty = merge_fwd_states(state0, state0)
   assert not any(np.isnan(np.asarray(x)).any() for x in tile_math.fwd_finalize(empty))
+
+
+def test_chunk_pair_with_segment_ids():
+  """Key halves with their own segment ids merge to the whole; a pair whose ids never match
+  leaves the state empty (finalised to 0, no NaN)."""
+  (q, r, k, v), _ = _inputs(RingCase(1, t=24, hq=4, hkv=2))
+  seg = jnp.asarray(_segment_ids(2, 24))
+  kw = dict(group=2, causal=True, window_size=7, scale=0.25, block_sizes=XlaBlockSizes(8, 4))
+  op = xla.ChunkPairOp(q_len=24, kv_len=12, **kw)
+  whole = xla.ChunkPairOp(q_len=24, kv_len=24, **kw)
+  q_, r_ = op.q_blocks(q), op.q_blocks(r)
+  state0 = op.init_state(q_)
+  halves = [
+    op.fwd(
+      state0,
+      q_,
+      r_,
+      op.kv_blocks(k[:, i : i + 12]),
+      op.kv_blocks(v[:, i : i + 12]),
+      q_offset=-i,
+      q_segment_ids=seg,
+      kv_segment_ids=seg[:, i : i + 12],
+    )
+    for i in (0, 12)
+  ]
+  merged = tile_math.fwd_finalize(merge_fwd_states(*halves))
+  full = tile_math.fwd_finalize(
+    whole.fwd(
+      state0,
+      q_,
+      r_,
+      whole.kv_blocks(k),
+      whole.kv_blocks(v),
+      q_offset=0,
+      q_segment_ids=seg,
+      kv_segment_ids=seg,
+    )
+  )
+  for x, y in zip(merged, full, strict=True):
+    np.testing.assert_allclose(x, y, rtol=2e-5, atol=2e-6)
+  want = parallax_attention(
+    q, r, k, v, scale=0.25, window_size=7, segment_ids=seg, implementation="xla"
+  )
+  np.testing.assert_allclose(op.q_unblock(merged.o), want, rtol=2e-5, atol=2e-6)
+
+  disjoint = op.fwd(
+    state0,
+    q_,
+    r_,
+    op.kv_blocks(k[:, :12]),
+    op.kv_blocks(v[:, :12]),
+    q_offset=0,
+    q_segment_ids=seg,
+    kv_segment_ids=seg[:, :12] + 100,
+  )
+  assert np.all(np.asarray(disjoint.m) == tile_math.NEG_INF)
+  for x in tile_math.fwd_finalize(disjoint):  # o, barv, bart = 0; lse = -inf
+    assert not np.isnan(np.asarray(x)).any()
+  np.testing.assert_array_equal(tile_math.fwd_finalize(disjoint).o, 0.0)
+  with pytest.raises(ValueError, match="together"):
+    op.fwd(state0, q_, r_, op.kv_blocks(k[:, :12]), op.kv_blocks(v[:, :12]), 0, seg, None)

@@ -1,0 +1,227 @@
+"""``parallax-jax compare-sharding``: the same train steps under each sharding strategy.
+
+For every strategy it builds the mesh preset (``mesh_preset``), compiles the train step and
+reads per-device memory from XLA's compiled memory analysis and collective traffic from the
+compiled HLO, runs a few steps, and writes ``<workdir>/sharding.csv``, ``sharding.png`` (bar
+charts) and prints the table. A strategy that fails is recorded with its error.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import logging
+import math
+import re
+import time
+import traceback
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from parallax_jax.sharding import STRATEGIES
+from parallax_jax.train.config import apply_overrides, resolve
+from parallax_jax.train.metrics import peak_flops_per_device
+from parallax_jax.train.program import Program
+
+log = logging.getLogger("parallax_jax")
+
+COLUMNS = (
+  "strategy",
+  "mesh",
+  "step_time_s",
+  "tokens_per_s",
+  "peak_memory_bytes",
+  "collective_bytes",
+  "mfu",
+  "first_step_loss",
+  "compile_s",
+  "error",
+)
+
+_COLLECTIVE = re.compile(
+  r"=\s*(?P<shape>\(?[a-z0-9_\[\],{}:\s]*?\)?)\s*"
+  r"(?P<op>all-reduce|all-gather|reduce-scatter|collective-permute|all-to-all)(?:-start)?\("
+)
+_ARRAY = re.compile(r"(?P<dtype>[a-z]+[0-9]*)\[(?P<dims>[0-9,]*)\]")
+_BYTES = {
+  "f64": 8,
+  "s64": 8,
+  "u64": 8,
+  "f32": 4,
+  "s32": 4,
+  "u32": 4,
+  "bf16": 2,
+  "f16": 2,
+  "s16": 2,
+  "u16": 2,
+  "s8": 1,
+  "u8": 1,
+  "pred": 1,
+}
+
+
+def collective_bytes(hlo_text: str) -> int:
+  """Bytes produced by collective ops in compiled HLO text (per device, one step)."""
+  total = 0
+  for match in _COLLECTIVE.finditer(hlo_text):
+    for arr in _ARRAY.finditer(match.group("shape")):
+      dims = [int(d) for d in arr.group("dims").split(",") if d]
+      total += _BYTES.get(arr.group("dtype"), 4) * math.prod(dims)
+  return total
+
+
+def mesh_preset(strategy: str, n: int, model, seq_len: int) -> dict[str, int]:
+  """Mesh sizes for a strategy on ``n`` devices (the widest split the shapes allow)."""
+
+  def largest(fits):
+    return max(d for d in range(1, n + 1) if n % d == 0 and fits(d))
+
+  tensor = largest(
+    lambda t: model.num_kv_heads % t == 0 and model.num_heads % t == 0 and model.mlp_dim % t == 0
+  )
+  sizes = {"data": 1, "fsdp": 1, "tensor": 1, "sequence": 1}
+  if strategy == "dp":
+    sizes["data"] = n
+  elif strategy == "fsdp":
+    sizes["fsdp"] = n
+  elif strategy == "tp":
+    sizes.update(tensor=tensor, data=n // tensor)
+  elif strategy == "fsdp_tp":
+    sizes.update(tensor=tensor, fsdp=n // tensor)
+  elif strategy == "cp":
+    seq = largest(lambda s: seq_len % (2 * s) == 0)
+    sizes.update(sequence=seq, data=n // seq)
+  else:
+    raise ValueError(f"unknown strategy {strategy!r}; known: {STRATEGIES}")
+  return sizes
+
+
+def _peak_memory(compiled) -> int | None:
+  try:
+    m = compiled.memory_analysis()
+  except Exception:  # some backends have none
+    return None
+  if m is None:
+    return None
+  return int(
+    m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
+  )
+
+
+def _synthetic_batch(exp, seed=0):
+  rng = np.random.default_rng(seed)
+  b, t = exp.train.batch_size, exp.train.seq_len
+  tokens = rng.integers(0, exp.model.vocab_size, (b, t + 1), dtype=np.int32)
+  return {
+    "inputs": tokens[:, :-1],
+    "targets": tokens[:, 1:],
+    "segment_ids": np.ones((b, t), np.int32),
+    "positions": np.broadcast_to(np.arange(t, dtype=np.int32), (b, t)).copy(),
+    "loss_mask": np.ones((b, t), np.float32),
+  }
+
+
+def run_strategy(cfg, strategy: str, steps: int, synthetic: bool) -> dict:
+  n = jax.device_count()
+  probe = resolve(cfg)
+  sizes = mesh_preset(strategy, n, probe.model, probe.train.seq_len)
+  cfg = apply_overrides(
+    copy.deepcopy(cfg),
+    [f"sharding.strategy={strategy}"] + [f"mesh.{k}={v}" for k, v in sizes.items()],
+  )
+  exp = resolve(cfg, n)
+  row = {"strategy": strategy, "mesh": " ".join(f"{k}={v}" for k, v in sizes.items() if v > 1)}
+  program = Program(exp)
+  if synthetic:
+    batches = [_synthetic_batch(exp, i) for i in range(steps + 1)]
+  else:
+    from parallax_jax.train.data_io import TrainData
+
+    data = TrainData(exp)
+    batches = [data.next_train() for _ in range(steps + 1)]
+  t0 = time.perf_counter()
+  compiled = program.lower_train_step(batches[0]).compile()
+  row["compile_s"] = time.perf_counter() - t0
+  row["peak_memory_bytes"] = _peak_memory(compiled)
+  row["collective_bytes"] = collective_bytes(compiled.as_text())
+  state = program.init(exp.train.seed)
+  state, m = program.train_step(state, program.device_batch(batches[0]))
+  row["first_step_loss"] = float(m["loss"])
+  t0 = time.perf_counter()
+  for batch in batches[1:]:
+    state, m = program.train_step(state, program.device_batch(batch))
+  float(m["loss"])
+  dt = (time.perf_counter() - t0) / max(steps, 1)
+  tokens = exp.train.batch_size * exp.train.seq_len
+  row["step_time_s"] = dt
+  row["tokens_per_s"] = tokens / dt
+  peak = peak_flops_per_device()
+  row["mfu"] = (
+    exp.model.flops_per_token(exp.train.seq_len) * tokens / dt / (peak * n) if peak else None
+  )
+  return row
+
+
+def plot(rows: list[dict], path: Path) -> None:
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  ok = [r for r in rows if not r.get("error")]
+  metrics = [
+    ("step_time_s", "step time (s)"),
+    ("peak_memory_bytes", "peak memory / device (MiB)"),
+    ("collective_bytes", "collective bytes / device (MiB)"),
+  ]
+  fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3.2))
+  for ax, (key, label) in zip(axes, metrics, strict=True):
+    scale = 2**20 if "bytes" in key else 1
+    values = [(r[key] or 0) / scale for r in ok]
+    ax.bar([r["strategy"] for r in ok], values, color="tab:blue")
+    ax.set_title(label)
+    ax.tick_params(axis="x", rotation=30)
+  fig.suptitle(f"{jax.device_count()} x {jax.devices()[0].device_kind}")
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def format_table(rows: list[dict]) -> str:
+  head = ["strategy", "mesh", "step (s)", "tokens/s", "peak MiB", "collective MiB", "MFU", "loss@1"]
+  lines = [" | ".join(head)]
+  for r in rows:
+    if r.get("error"):
+      lines.append(f"{r['strategy']} | failed: {r['error'][:80]}")
+      continue
+    mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") else "-"
+    peak = f"{r['peak_memory_bytes'] / 2**20:.1f}" if r.get("peak_memory_bytes") else "-"
+    lines.append(
+      f"{r['strategy']} | {r['mesh']} | {r['step_time_s']:.4f} | {r['tokens_per_s']:.0f} | "
+      f"{peak} | {r['collective_bytes'] / 2**20:.2f} | {mfu} | {r['first_step_loss']:.6f}"
+    )
+  return "\n".join(lines)
+
+
+def compare_sharding(cfg, strategies, workdir, *, steps: int = 3, synthetic: bool = False):
+  workdir = Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  rows = []
+  for strategy in strategies:
+    try:
+      row = run_strategy(cfg, strategy, steps, synthetic)
+    except Exception as e:  # record it; the comparison goes on
+      log.error("strategy %s failed:\n%s", strategy, traceback.format_exc())
+      row = {"strategy": strategy, "error": f"{type(e).__name__}: {e}"}
+    rows.append(row)
+    print(format_table([row]).splitlines()[-1], flush=True)
+  with (workdir / "sharding.csv").open("w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=COLUMNS)
+    writer.writeheader()
+    for r in rows:
+      writer.writerow({k: r.get(k) for k in COLUMNS})
+  plot(rows, workdir / "sharding.png")
+  print(format_table(rows))
+  return rows

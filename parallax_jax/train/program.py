@@ -1,0 +1,97 @@
+"""The jitted, sharded functions of one experiment on one mesh (shared by the trainer,
+``compare-sharding`` and the benchmarks).
+
+Parameters and optimizer state get shardings from the parameters' logical axis names and the
+strategy's rules; they are created already sharded (``init`` is jitted with
+``out_shardings``: no full copy ever sits on one device). Every jitted function is traced
+under ``sharding.use_rules`` so the layers see the mesh (attention ``shard_map``, activation
+constraints).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from parallax_jax import sharding
+from parallax_jax.train.config import Experiment
+from parallax_jax.train.optimizer import make_optimizer
+from parallax_jax.train.step import (
+  TrainState,
+  init_state,
+  logical_axes,
+  make_eval_step,
+  make_train_step,
+  model_graphdef,
+)
+
+
+class Program:
+  def __init__(self, exp: Experiment, devices=None):
+    self.exp = exp
+    self.mesh = sharding.make_mesh(exp.mesh, devices)
+    self.rules = sharding.make_rules(self.mesh, exp.sharding)
+    self.tx, self.schedules = make_optimizer(exp.optimizer, exp.train.steps)
+    self.graphdef, _ = model_graphdef(exp.model)
+    model = exp.model
+    self.abstract_state = jax.eval_shape(lambda: init_state(model, self.tx, 0))
+    params = self.abstract_state.params
+    param_sh = sharding.param_shardings(logical_axes(model), params, self.rules)
+    repl = sharding.replicated(self.mesh)
+    self.state_sharding = TrainState(
+      step=repl,
+      params=param_sh,
+      opt_state=sharding.tree_shardings_like(
+        self.abstract_state.opt_state, params, param_sh, self.mesh
+      ),
+      rng=repl,
+    )
+    self.batch_sharding = sharding.batch_sharding(self.rules, model.axes.batch)
+    prepare = sharding.sequence_layout(self.rules, model.uses_r)
+    self._init = jax.jit(
+      lambda seed: init_state(model, self.tx, seed), out_shardings=self.state_sharding
+    )
+    self._opt_init = jax.jit(self.tx.init, out_shardings=self.state_sharding.opt_state)
+    self._train_step = jax.jit(
+      make_train_step(self.graphdef, self.tx, self.schedules, prepare),
+      in_shardings=(self.state_sharding, self.batch_sharding),
+      out_shardings=(self.state_sharding, repl),
+      donate_argnums=(0,),
+    )
+    self._eval_step = jax.jit(
+      make_eval_step(self.graphdef, prepare),
+      in_shardings=(self.state_sharding.params, self.batch_sharding),
+      out_shardings=repl,
+    )
+
+  def _traced(self, fn, *args):
+    with sharding.use_rules(self.rules):
+      return fn(*args)
+
+  def init(self, seed: int) -> TrainState:
+    return self._traced(self._init, jnp.int32(seed))
+
+  def opt_init(self, params):
+    return self._traced(self._opt_init, params)
+
+  def train_step(self, state: TrainState, batch: dict):
+    return self._traced(self._train_step, state, batch)
+
+  def eval_step(self, params, batch: dict):
+    return self._traced(self._eval_step, params, batch)
+
+  def device_batch(self, local_batch: dict) -> dict:
+    return sharding.global_batch(local_batch, self.batch_sharding)
+
+  def lower_train_step(self, batch: dict):
+    """``jax.stages.Lowered`` of the train step for ``batch`` (shapes only)."""
+    abstract = jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+      self.abstract_state,
+      self.state_sharding,
+    )
+    batch = {
+      k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=self.batch_sharding)
+      for k, v in batch.items()
+    }
+    return self._traced(self._train_step.lower, abstract, batch)
