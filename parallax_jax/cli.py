@@ -49,11 +49,20 @@ def _split_overrides(argv):
   return overrides, [a for a in argv if not a.startswith("--config.")]
 
 
-def _train(args) -> int:
+def _load_and_initialize(path, overrides):
+  """Loads the config, then starts jax.distributed (before any backend is touched)."""
+  from parallax_jax import distributed
   from parallax_jax.train.config import load_config
+
+  cfg = load_config(path, overrides)
+  distributed.initialize(distributed.DistributedConfig.from_dict(cfg.distributed.to_dict()))
+  return cfg
+
+
+def _train(args) -> int:
   from parallax_jax.train.loop import NonFiniteLossError, train
 
-  cfg = load_config(args.config, args.overrides)
+  cfg = _load_and_initialize(args.config, args.overrides)
   try:
     summary = train(cfg, args.workdir)
   except NonFiniteLossError as e:
@@ -94,9 +103,8 @@ def _convert(args) -> int:
 
 def _compare(args) -> int:
   from parallax_jax.train.compare_sharding import compare_sharding
-  from parallax_jax.train.config import load_config
 
-  cfg = load_config(args.config, args.overrides)
+  cfg = _load_and_initialize(args.config, args.overrides)
   rows = compare_sharding(
     cfg, args.strategies.split(","), args.workdir, steps=args.steps, synthetic=args.synthetic
   )

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import ml_collections
 
+from parallax_jax.distributed import DistributedConfig
 from parallax_jax.model.config import ModelConfig
 from parallax_jax.sharding import ShardingConfig
 from parallax_jax.train.optimizer import OptimizerConfig
@@ -107,10 +108,11 @@ class Experiment:
   checkpoint: CheckpointConfig
   mesh: MeshConfig
   sharding: ShardingConfig
+  distributed: DistributedConfig
   raw: ml_collections.ConfigDict = dataclasses.field(compare=False, repr=False)
 
 
-SECTIONS = ("model", "data", "train", "optimizer", "checkpoint", "mesh", "sharding")
+SECTIONS = ("model", "data", "train", "optimizer", "checkpoint", "mesh", "sharding", "distributed")
 
 
 def resolve(cfg: ml_collections.ConfigDict, num_devices: int | None = None) -> Experiment:
@@ -129,6 +131,7 @@ def resolve(cfg: ml_collections.ConfigDict, num_devices: int | None = None) -> E
     checkpoint=_from_dict(CheckpointConfig, "checkpoint", d.get("checkpoint", {})),
     mesh=_from_dict(MeshConfig, "mesh", d.get("mesh", {})),
     sharding=ShardingConfig.from_dict(d.get("sharding", {})),
+    distributed=DistributedConfig.from_dict(d.get("distributed", {})),
     raw=cfg,
   )
   if hasattr(exp.data, "validate"):

@@ -6,6 +6,7 @@ import dataclasses
 
 import ml_collections
 
+from parallax_jax.distributed import DistributedConfig
 from parallax_jax.model.config import ModelConfig
 from parallax_jax.sharding import DEFAULT_RULES
 from parallax_jax.train.config import CheckpointConfig, MeshConfig, TrainConfig
@@ -29,5 +30,6 @@ def base_config() -> ml_collections.ConfigDict:
       "checkpoint": _section(CheckpointConfig),
       "mesh": _section(MeshConfig),
       "sharding": {"strategy": "dp", "rules": DEFAULT_RULES},
+      "distributed": _section(DistributedConfig),
     }
   )
