@@ -2,7 +2,7 @@
 
 ``IMPLEMENTATION`` is registered as ``implementation="pallas_gpu"``; ``GpuBlockSizes`` is its
 ``block_sizes=`` config. Modules: ``block_sizes`` (config + tuned defaults), ``schedule`` (tile
-classification), ``tile_math2`` (base-2 tile algebra), ``forward``, ``backward``,
+classification), ``tile_math_base2`` (base-2 tile algebra), ``forward``, ``backward``,
 ``implementation`` (registry wiring), ``autotune`` (writes ``tuned_block_sizes.json``).
 """
 

@@ -23,7 +23,7 @@ from jax.experimental import pallas as pl
 
 from pallas_kernels.gpu import common, schedule
 from pallas_kernels.gpu.block_sizes import KernelConfig
-from pallas_kernels.gpu.tile_math2 import LOG2E, bwd_tile2
+from pallas_kernels.gpu.tile_math_base2 import LOG2E, bwd_tile2
 from parallax_jax.attention.masking import MaskSpec
 from parallax_jax.attention.residuals import Residuals
 

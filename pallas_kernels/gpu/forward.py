@@ -17,7 +17,7 @@ from jax.experimental import pallas as pl
 
 from pallas_kernels.gpu import common, schedule
 from pallas_kernels.gpu.block_sizes import KernelConfig
-from pallas_kernels.gpu.tile_math2 import LOG2E, fwd_finalize2, fwd_tile2
+from pallas_kernels.gpu.tile_math_base2 import LOG2E, fwd_finalize2, fwd_tile2
 from parallax_jax.attention import tile_math
 from parallax_jax.attention.masking import MaskSpec
 from parallax_jax.attention.residuals import Residuals

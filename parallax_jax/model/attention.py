@@ -1,4 +1,4 @@
-"""Self-attention block: Parallax (q, r, k, v) or its softmax twin (q, k, v)."""
+"""Self-attention block: Parallax (q, r, k, v), its softmax twin or LLA (q, k, v)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from jaxtyping import Array, Float, Int
 
 from parallax_jax import sharding
 from parallax_jax.attention import parallax_attention
+from parallax_jax.attention.lla import lla_attention
 from parallax_jax.model.config import ModelConfig
 from parallax_jax.model.layers import Projection, RMSNorm, rope
 
@@ -89,8 +90,12 @@ class Attention(nnx.Module):
     return self.o_proj(o, dt)
 
   def _attend(self, q, r, k, v, segment_ids):
-    """The op on local (unpartitioned) arrays: Parallax, or softmax when ``r is None``."""
+    """The op on local (unpartitioned) arrays: Parallax, LLA, or softmax when ``r is None``."""
     cfg = self.cfg
+    if cfg.attention == "lla":
+      return lla_attention(
+        q, k, v, ridge=cfg.lla_ridge, window_size=cfg.window_size, segment_ids=segment_ids
+      )
     if r is None:
       return softmax_attention(
         q,

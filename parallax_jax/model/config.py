@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 
-ATTENTION_KINDS = ("parallax", "softmax")
+ATTENTION_KINDS = ("parallax", "softmax", "lla")
 R_INITS = ("like_q", "zeros")
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -32,6 +32,8 @@ class ModelConfig:
   ``attention="parallax"`` adds ``r_proj`` (shaped like ``q_proj``) with its own RMSNorm when
   ``qk_norm``; RoPE is applied to q, r and k. ``r_init="zeros"`` makes the model exactly a
   softmax transformer at step 0; ``"like_q"`` initialises ``r_proj`` like ``q_proj``.
+  ``attention="lla"``: Local Linear Attention (q, k, v; a dense per-query ridge solve with ridge
+  ``lla_ridge``, ``parallax_jax.attention.lla``), a reference for small models.
   """
 
   vocab_size: int = 512
@@ -53,6 +55,7 @@ class ModelConfig:
   compute_dtype: str = "bfloat16"
   remat: bool = False
   attention_impl: str | None = None  # parallax_attention's implementation=; None: best
+  lla_ridge: float = 1.0  # attention="lla": ridge lambda on the local slope (> 0)
   axes: LogicalAxes = LogicalAxes()
 
   def __post_init__(self):
@@ -89,6 +92,7 @@ class ModelConfig:
     need(self.compute_dtype in DTYPES, "compute_dtype", f"must be one of {DTYPES}")
     need(self.head_dim % 2 == 0, "head_dim", "must be even (RoPE rotates pairs)")
     need(self.window_size is None or self.window_size >= 1, "window_size", "must be >= 1 or None")
+    need(self.lla_ridge > 0, "lla_ridge", f"must be > 0, got {self.lla_ridge!r}")
 
   @classmethod
   def from_dict(cls, d: Mapping) -> ModelConfig:

@@ -1,0 +1,131 @@
+"""Local Linear Attention (LLA, arXiv 2510.01450): a dense reference with an exact ridge solve.
+
+Attention as test-time regression: keys are inputs, values are labels, query ``i`` is the
+test point. Softmax attention is the Nadaraya-Watson (local *constant*) estimator with kernel
+weights ``w_ij = exp(c q_i.k_j)`` over the keys ``j`` that query ``i`` sees. LLA fits a local
+*affine* model ``f(x) = b + W (x - q_i)`` by ridge-regularised weighted least squares,
+
+    min_{b, W}  1/2 sum_j p_ij |v_j - b - W z_ij|^2 + lambda/2 |W|_F^2,
+    p_ij = w_ij / sum_j' w_ij',   z_ij = k_j - q_i,
+
+and outputs the intercept ``b_i = f(q_i)``. The normal equations give the closed form
+(PARALLAX.md 8.1; unnormalised ``w`` with ridge ``lambda * omega_i`` is the same problem)
+
+    zbar_i  = sum_j p_ij z_ij                                      [D]
+    Sigma_i = sum_j p_ij z_ij z_ij^T + lambda I                    [D, D]
+    rho_i   = Sigma_i^{-1} zbar_i                                  (one dense solve per query)
+    o_i     = sum_j p_ij (1 - rho_i.z_ij) v_j / (1 - rho_i.zbar_i)
+
+With ``lambda > 0`` the denominator lies in (0, 1]: it is the Schur complement of a positive
+definite moment matrix, ``1 - zbar^T (E[z z^T] + lambda I)^{-1} zbar >= lambda / (|zbar|^2 +
+lambda)``. ``lambda = 0`` is plain local-linear regression: when every ``v_j`` is an affine
+function ``a + B k_j`` of its key and the visible keys span their affine hull (at least
+``D + 1`` keys in general position), the fit is exact and ``o_i = a + B q_i``.
+
+This is a *reference*: it materialises ``[B, H, T, T]`` weights and ``[B, H, T, D, D]``
+moment matrices and calls ``jnp.linalg.solve`` per query, so it is for small models and
+tests. Everything is differentiable by JAX autodiff. Math runs in float32 (float64 inputs stay
+float64); the output has q's dtype.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, Int
+
+
+def lla_attention(
+  q: Float[Array, "B Tq Hq D"],
+  k: Float[Array, "B Tk Hkv D"],
+  v: Float[Array, "B Tk Hkv Dv"],
+  *,
+  ridge: float = 1.0,
+  scale: float | None = None,
+  causal: bool = True,
+  window_size: int | None = None,
+  segment_ids: Int[Array, "B T"] | None = None,
+) -> Float[Array, "B Tq Hq Dv"]:
+  """Local Linear Attention (see the module docstring for the math).
+
+  Args:
+    q: queries ``[B, Tq, Hq, D]``. k, v: keys and values ``[B, Tk, Hkv, D]``; ``Hq`` a
+      multiple of ``Hkv`` (query head ``h`` uses kv head ``h // (Hq // Hkv)``).
+    ridge: ``lambda >= 0``, the ridge on the slope ``W`` (relative to the normalised weights).
+    scale: ``c`` in ``w_ij = exp(c q_i.k_j)``; default ``1/sqrt(D)``. ``z = k - q`` is unscaled.
+    causal: end-aligned causal mask (query ``i`` sees keys ``j <= Tk - Tq + i``).
+    window_size: keep only the ``window_size`` most recent keys (needs ``causal``).
+    segment_ids: ``[B, T]`` (``Tq == Tk``): attend only within a segment.
+
+  Returns:
+    ``[B, Tq, Hq, Dv]`` in q's dtype. A row that sees no key returns 0.
+  """
+  if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
+    raise ValueError(f"q, k, v must be [B, T, H, D]; got q{q.shape} k{k.shape} v{v.shape}")
+  b, tq, hq, d = q.shape
+  tk, hkv = k.shape[1], k.shape[2]
+  if k.shape[0] != b or k.shape[3] != d or v.shape[:3] != k.shape[:3]:
+    raise ValueError(f"k{k.shape} and v{v.shape} do not match q{q.shape}")
+  if hq % hkv:
+    raise ValueError(f"q heads ({hq}) must be a multiple of k/v heads ({hkv})")
+  if ridge < 0:
+    raise ValueError(f"ridge must be >= 0, got {ridge}")
+  if window_size is not None and (not causal or window_size < 1):
+    raise ValueError(f"window_size={window_size} needs causal=True and must be >= 1")
+  if segment_ids is not None and (segment_ids.shape != (b, tq) or tq != tk):
+    raise ValueError(f"segment_ids{segment_ids.shape} must be [B, T] = {(b, tq)} with Tq == Tk")
+  out_dtype = q.dtype
+  dt = jnp.promote_types(q.dtype, jnp.float32)
+  c = d**-0.5 if scale is None else scale
+  group = hq // hkv
+  # [B, H, T, D] layout, kv heads repeated for GQA.
+  qh = jnp.swapaxes(q, 1, 2).astype(dt)
+  kh = jnp.repeat(jnp.swapaxes(k, 1, 2), group, axis=1).astype(dt)
+  vh = jnp.repeat(jnp.swapaxes(v, 1, 2), group, axis=1).astype(dt)
+
+  mask = jnp.ones((tq, tk), bool)
+  if causal:
+    qi = jnp.arange(tq)[:, None] + (tk - tq)
+    kj = jnp.arange(tk)[None, :]
+    mask = kj <= qi
+    if window_size is not None:
+      mask &= kj > qi - window_size
+  mask = jnp.broadcast_to(mask, (b, 1, tq, tk))
+  if segment_ids is not None:
+    mask = mask & (segment_ids[:, None, :, None] == segment_ids[:, None, None, :])
+
+  logits = c * jnp.einsum("bhid,bhjd->bhij", qh, kh)
+  logits = jnp.where(mask, logits, -jnp.inf)
+  m = jnp.max(logits, axis=-1, keepdims=True)
+  m = jnp.where(jnp.isfinite(m), m, 0.0)
+  w = jnp.where(mask, jnp.exp(logits - m), 0.0)  # [B, H, Tq, Tk]
+  omega = jnp.sum(w, axis=-1, keepdims=True)
+  seen = omega > 0
+  p = w / jnp.where(seen, omega, 1.0)
+
+  # Moments of z_ij = k_j - q_i under p_i, expanded so no [T, T, D] tensor is formed.
+  kbar = jnp.einsum("bhij,bhjd->bhid", p, kh)
+  outer = (kh[..., :, None] * kh[..., None, :]).reshape(*kh.shape[:3], d * d)  # [B, H, Tk, D*D]
+  kk = jnp.einsum("bhij,bhjx->bhix", p, outer).reshape(*p.shape[:3], d, d)  # E_p[k k^T]
+  zbar = kbar - qh  # rows with no key: -q (masked below)
+  sigma = (
+    kk
+    - kbar[..., :, None] * qh[..., None, :]
+    - qh[..., :, None] * kbar[..., None, :]
+    + qh[..., :, None] * qh[..., None, :]
+    + ridge * jnp.eye(d, dtype=dt)
+  )
+  sigma = jnp.where(seen[..., None], sigma, jnp.eye(d, dtype=dt))  # keep empty rows solvable
+  rho = jnp.linalg.solve(sigma, zbar[..., None])[..., 0]  # [B, H, Tq, D]
+  # sum_j p_ij (1 - rho_i.z_ij) v_j = vbar_i - sum_j p_ij (rho_i.k_j) v_j + (rho_i.q_i) vbar_i
+  t = jnp.einsum("bhid,bhjd->bhij", rho, kh)  # rho_i.k_j
+  vbar = jnp.einsum("bhij,bhje->bhie", p, vh)
+  ptv = jnp.einsum("bhij,bhje->bhie", p * t, vh)
+  rq = jnp.sum(rho * qh, axis=-1, keepdims=True)
+  num = vbar - ptv + rq * vbar
+  den = 1.0 - jnp.sum(rho * zbar, axis=-1, keepdims=True)
+  o = jnp.where(seen, num / jnp.where(seen, den, 1.0), 0.0)
+  return jnp.swapaxes(o, 1, 2).astype(out_dtype)
+
+
+__all__ = ["lla_attention"]
