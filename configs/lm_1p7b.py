@@ -1,34 +1,12 @@
-"""Qwen3-1.7B-like Parallax LM (28 layers, d_model 2048, 16/8 heads of 128, MLP 6144, tied)."""
+"""Qwen3-1.7B-like Parallax LM: lm_0p6b with d_model 2048, MLP 6144 and a larger batch."""
 
-from parallax_jax.train.defaults import base_config
+from pathlib import Path
+
+from parallax_jax.train.config import load_config
 
 
 def get_config():
-  cfg = base_config()
-  cfg.model.update(
-    vocab_size=151936,
-    d_model=2048,
-    num_layers=28,
-    num_heads=16,
-    num_kv_heads=8,
-    head_dim=128,
-    mlp_dim=6144,
-    attention="parallax",
-    tie_embeddings=True,
-    rope_theta=1_000_000.0,
-    compute_dtype="bfloat16",
-    remat=True,
-  )
-  cfg.train.update(
-    steps=100_000, batch_size=128, seq_len=4096, log_every=20, eval_every=2000, eval_batches=8
-  )
-  cfg.optimizer.update(
-    name="muon",
-    learning_rate=0.02,
-    adam_learning_rate=3e-3,
-    schedule="wsd",
-    warmup_steps=2000,
-    weight_decay=0.1,
-  )
-  cfg.checkpoint.update(every_steps=1000, keep=3)
+  cfg = load_config(Path(__file__).with_name("lm_0p6b.py"))
+  cfg.model.update(d_model=2048, mlp_dim=6144)
+  cfg.train.update(batch_size=128)
   return cfg

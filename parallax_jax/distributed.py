@@ -20,6 +20,8 @@ import logging
 import os
 from collections.abc import Mapping
 
+from parallax_jax.config_utils import from_section
+
 log = logging.getLogger("parallax_jax")
 
 MODES = ("auto", "always", "never")
@@ -38,11 +40,7 @@ class DistributedConfig:
 
   @classmethod
   def from_dict(cls, d: Mapping) -> DistributedConfig:
-    fields = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - fields)
-    if unknown:
-      raise ValueError(f"unknown distributed config keys {unknown}; known: {sorted(fields)}")
-    return cls(**dict(d))
+    return from_section(cls, "distributed", d)
 
 
 def _int_env(name: str) -> int:

@@ -237,9 +237,7 @@ def constrain(x, logical_axes):
   return jax.lax.with_sharding_constraint(x, rules.sharding(logical_axes))
 
 
-def attention(
-  fn: Callable, q, r, k, v, segment_ids, *, axes, causal_window=None, ring: Callable | None = None
-):
+def attention(fn: Callable, q, r, k, v, segment_ids, *, axes, ring: Callable | None = None):
   """Calls ``fn(q, r, k, v, segment_ids)`` with no partitioned array inside.
 
   ``q, r: [B, T, Hq, D]``, ``k, v: [B, T, Hkv, D]``, ``segment_ids: [B, T] | None``. Under
@@ -247,7 +245,6 @@ def attention(
   ``ring(q, r, k, v, segment_ids, rules)`` instead (ring attention handles its own
   ``shard_map``). Otherwise ``fn`` runs inside ``jax.shard_map`` over the batch and head axes.
   """
-  del causal_window
   rules = current_rules()
   if rules is None or rules.mesh.size == 1:
     return fn(q, r, k, v, segment_ids)

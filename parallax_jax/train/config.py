@@ -12,23 +12,16 @@ import ast
 import dataclasses
 import importlib.util
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import ml_collections
 
+from parallax_jax.config_utils import from_section
 from parallax_jax.distributed import DistributedConfig
 from parallax_jax.model.config import ModelConfig
 from parallax_jax.sharding import ShardingConfig
 from parallax_jax.train.optimizer import OptimizerConfig
-
-
-def _from_dict(cls, section: str, d: Mapping):
-  fields = {f.name for f in dataclasses.fields(cls)}
-  unknown = sorted(set(d) - fields)
-  if unknown:
-    raise ValueError(f"unknown {section} config keys {unknown}; known: {sorted(fields)}")
-  return cls(**dict(d))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,10 +119,10 @@ def resolve(cfg: ml_collections.ConfigDict, num_devices: int | None = None) -> E
   exp = Experiment(
     model=ModelConfig.from_dict(d.get("model", {})),
     data=DataConfig.from_dict(d.get("data", {})),
-    train=_from_dict(TrainConfig, "train", d.get("train", {})),
+    train=from_section(TrainConfig, "train", d.get("train", {})),
     optimizer=OptimizerConfig.from_dict(d.get("optimizer", {})),
-    checkpoint=_from_dict(CheckpointConfig, "checkpoint", d.get("checkpoint", {})),
-    mesh=_from_dict(MeshConfig, "mesh", d.get("mesh", {})),
+    checkpoint=from_section(CheckpointConfig, "checkpoint", d.get("checkpoint", {})),
+    mesh=from_section(MeshConfig, "mesh", d.get("mesh", {})),
     sharding=ShardingConfig.from_dict(d.get("sharding", {})),
     distributed=DistributedConfig.from_dict(d.get("distributed", {})),
     raw=cfg,

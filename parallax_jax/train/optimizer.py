@@ -16,6 +16,8 @@ import jax
 import optax
 from optax.contrib import MuonDimensionNumbers
 
+from parallax_jax.config_utils import from_section
+
 OPTIMIZERS = ("adamw", "muon")
 SCHEDULES = ("cosine", "wsd", "constant")
 
@@ -54,11 +56,7 @@ class OptimizerConfig:
 
   @classmethod
   def from_dict(cls, d: Mapping) -> OptimizerConfig:
-    fields = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - fields)
-    if unknown:
-      raise ValueError(f"unknown optimizer config keys {unknown}; known: {sorted(fields)}")
-    return cls(**dict(d))
+    return from_section(cls, "optimizer", d)
 
 
 def make_schedule(peak: float, cfg: OptimizerConfig, total_steps: int) -> optax.Schedule:
