@@ -1,4 +1,4 @@
-"""``parallax-jax`` command line: train, eval, convert-softmax, demo."""
+"""``parallax-jax`` command line: train, eval, sweep, convert-softmax, demo."""
 
 from __future__ import annotations
 
@@ -68,7 +68,15 @@ def _train(args) -> int:
   except NonFiniteLossError as e:
     print(f"error: {e}", file=sys.stderr)
     return 3
-  keys = ("final_step", "loss", "eval_loss", "eval_perplexity", "tokens_per_s", "mfu")
+  keys = (
+    "final_step",
+    "loss",
+    "eval_loss",
+    "eval_perplexity",
+    "eval_accuracy",
+    "tokens_per_s",
+    "mfu",
+  )
   print(
     " ".join(
       f"{k}={summary[k]:.4g}" if isinstance(summary[k], float) else f"{k}={summary[k]}"
@@ -88,6 +96,21 @@ def _eval(args) -> int:
   cfg = load_config(args.config, args.overrides) if args.config else None
   print(json.dumps(evaluate(args.workdir, cfg)))
   return 0
+
+
+def _sweep(args) -> int:
+  from parallax_jax.experiments.sweep_config import load_sweep
+  from parallax_jax.experiments.sweep_runner import run_sweep
+
+  sweep = load_sweep(args.config, args.workdir)
+  if args.dry_run:
+    for p in sweep.points:
+      print(f"{p.name}: {' '.join(p.overrides) or '(base)'}")
+    return 0
+  rows = run_sweep(sweep, args.workdir, parallel=args.parallel)
+  print(f"wrote {args.workdir}/results.md:")
+  print(open(f"{args.workdir}/results.md").read())
+  return 0 if all(r["status"] == "finished" for r in rows) else 1
 
 
 def _convert(args) -> int:
@@ -128,6 +151,20 @@ def main(argv=None) -> int:
   ev.add_argument("--workdir", required=True)
   ev.add_argument("--config", default=None, help="default: the workdir's config.json")
   ev.set_defaults(fn=_eval)
+  sw = sub.add_parser(
+    "sweep",
+    help="train every point of a sweep config (resumable); results table and plots",
+    description="Each point trains in W/points/<name>/ via `parallax-jax train` in a "
+    "subprocess; a rerun skips finished points and retries failed ones. Writes "
+    "W/results.csv, W/results.md, W/loss_curves.png and W/metric_vs_<axis>.png.",
+  )
+  sw.add_argument("--config", required=True, help="sweep file (configs/sweeps/<name>.py)")
+  sw.add_argument("--workdir", required=True)
+  sw.add_argument(
+    "--parallel", type=int, default=1, help="points at once (one accelerator each if several)"
+  )
+  sw.add_argument("--dry-run", action="store_true", help="list the points and exit")
+  sw.set_defaults(fn=_sweep)
   cv = sub.add_parser(
     "convert-softmax", help="softmax checkpoint -> Parallax params (r_proj zero-initialised)"
   )

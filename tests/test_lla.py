@@ -46,8 +46,9 @@ def _inputs(seed, b=2, t=9, hq=4, hkv=2, d=4, dtype=np.float64):
   return q.astype(dtype), k.astype(dtype), v.astype(dtype)
 
 
-@pytest.mark.parametrize("ridge", [0.1, 1.0, 10.0])
-def test_matches_numpy_oracle_float64(ridge):
+@pytest.mark.parametrize("solver", ["lapack", "gauss_jordan"])
+@pytest.mark.parametrize("ridge", [0.1, 10.0])
+def test_matches_numpy_oracle_float64(ridge, solver):
   q, k, v = _inputs(0)
   seg = np.array([[1] * 5 + [2] * 4, [1] * 9])
   with jax.enable_x64(True):
@@ -57,6 +58,7 @@ def test_matches_numpy_oracle_float64(ridge):
         jnp.asarray(k),
         jnp.asarray(v),
         ridge=ridge,
+        solver=solver,
         window_size=kw.get("window"),
         segment_ids=None if "segment_ids" not in kw else jnp.asarray(seg),
       )
@@ -72,7 +74,8 @@ def test_float32_close_to_oracle():
   np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4, atol=1e-4)
 
 
-def test_reproduces_affine_function_of_keys():
+@pytest.mark.parametrize("solver", ["lapack", "gauss_jordan"])
+def test_reproduces_affine_function_of_keys(solver):
   """v_j = a + B k_j exactly => local-linear fit (ridge 0) returns a + B q_i."""
   rng = np.random.default_rng(2)
   b, t, h, d = 1, 12, 2, 3
@@ -80,7 +83,9 @@ def test_reproduces_affine_function_of_keys():
   a, bmat = rng.normal(size=(h, d)), rng.normal(size=(h, d, d))
   v = a + np.einsum("hed,bthd->bthe", bmat, k)
   with jax.enable_x64(True):
-    got = np.asarray(lla_attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), ridge=0.0))
+    got = np.asarray(
+      lla_attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), ridge=0.0, solver=solver)
+    )
   want = a + np.einsum("hed,bthd->bthe", bmat, q)
   rows = slice(d + 1, None)  # rows that see at least D + 1 keys (full-rank design)
   np.testing.assert_allclose(got[:, rows], want[:, rows], rtol=1e-8, atol=1e-8)
@@ -116,6 +121,8 @@ def test_rejects_bad_arguments():
     lla_attention(q, k[:, :, :2], v[:, :, :2])
   with pytest.raises(ValueError, match="ridge"):
     lla_attention(q, k, v, ridge=-1.0)
+  with pytest.raises(ValueError, match="solver"):
+    lla_attention(q, k, v, solver="qr")
 
 
 def test_model_with_lla_trains(tmp_path):

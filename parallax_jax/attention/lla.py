@@ -23,9 +23,10 @@ function ``a + B k_j`` of its key and the visible keys span their affine hull (a
 ``D + 1`` keys in general position), the fit is exact and ``o_i = a + B q_i``.
 
 This is a *reference*: it materialises ``[B, H, T, T]`` weights and ``[B, H, T, D, D]``
-moment matrices and calls ``jnp.linalg.solve`` per query, so it is for small models and
-tests. Everything is differentiable by JAX autodiff. Math runs in float32 (float64 inputs stay
-float64); the output has q's dtype.
+moment matrices and solves one ``[D, D]`` system per query (``jnp.linalg.solve``), so it is
+for small models and tests (on CPU a pure-XLA Gauss-Jordan solve replaces it, see
+``solver``). Everything is differentiable by JAX autodiff. Math runs in float32 (float64
+inputs stay float64); the output has q's dtype.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ def lla_attention(
   causal: bool = True,
   window_size: int | None = None,
   segment_ids: Int[Array, "B T"] | None = None,
+  solver: str = "auto",
 ) -> Float[Array, "B Tq Hq Dv"]:
   """Local Linear Attention (see the module docstring for the math).
 
@@ -56,6 +58,9 @@ def lla_attention(
     causal: end-aligned causal mask (query ``i`` sees keys ``j <= Tk - Tq + i``).
     window_size: keep only the ``window_size`` most recent keys (needs ``causal``).
     segment_ids: ``[B, T]`` (``Tq == Tk``): attend only within a segment.
+    solver: the per-query ``[D, D]`` solve: "lapack" (``jnp.linalg.solve``), "gauss_jordan"
+      (pure XLA, unrolled over D), or "auto": "lapack" except on CPU, where XLA deadlocks on
+      LAPACK calls inside multi-device train steps.
 
   Returns:
     ``[B, Tq, Hq, Dv]`` in q's dtype. A row that sees no key returns 0.
@@ -68,6 +73,8 @@ def lla_attention(
     raise ValueError(f"k{k.shape} and v{v.shape} do not match q{q.shape}")
   if hq % hkv:
     raise ValueError(f"q heads ({hq}) must be a multiple of k/v heads ({hkv})")
+  if solver not in SOLVERS:
+    raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
   if ridge < 0:
     raise ValueError(f"ridge must be >= 0, got {ridge}")
   if window_size is not None and (not causal or window_size < 1):
@@ -116,7 +123,7 @@ def lla_attention(
     + ridge * jnp.eye(d, dtype=dt)
   )
   sigma = jnp.where(seen[..., None], sigma, jnp.eye(d, dtype=dt))  # keep empty rows solvable
-  rho = jnp.linalg.solve(sigma, zbar[..., None])[..., 0]  # [B, H, Tq, D]
+  rho = _solve(sigma, zbar, solver)  # [B, H, Tq, D]
   # sum_j p_ij (1 - rho_i.z_ij) v_j = vbar_i - sum_j p_ij (rho_i.k_j) v_j + (rho_i.q_i) vbar_i
   t = jnp.einsum("bhid,bhjd->bhij", rho, kh)  # rho_i.k_j
   vbar = jnp.einsum("bhij,bhje->bhie", p, vh)
@@ -128,4 +135,29 @@ def lla_attention(
   return jnp.swapaxes(o, 1, 2).astype(out_dtype)
 
 
-__all__ = ["lla_attention"]
+SOLVERS = ("auto", "lapack", "gauss_jordan")
+
+
+def _solve(a, b, solver: str):
+  """``x = a^{-1} b`` per query: ``a [..., D, D]`` symmetric positive definite, ``b [..., D]``."""
+  if solver == "auto":
+    # XLA:CPU (jax 0.10) deadlocks when LAPACK custom calls (jnp.linalg.solve, cholesky) run in
+    # a train step over several CPU devices (tests use 8): use the pure-XLA solve on CPU.
+    solver = "gauss_jordan" if jax.default_backend() == "cpu" else "lapack"
+  if solver == "lapack":
+    return jnp.linalg.solve(a, b[..., None])[..., 0]
+  return _gauss_jordan(a, b)
+
+
+def _gauss_jordan(a, b):
+  """Gauss-Jordan elimination without pivoting (stable for SPD ``a``), unrolled over D."""
+  d = a.shape[-1]
+  m = jnp.concatenate([a, b[..., None]], axis=-1)  # [..., D, D + 1]
+  for i in range(d):
+    row = m[..., i, :] / m[..., i, i][..., None]
+    m = m - m[..., :, i][..., None] * row[..., None, :]
+    m = m.at[..., i, :].set(row)
+  return m[..., :, d]
+
+
+__all__ = ["SOLVERS", "lla_attention"]

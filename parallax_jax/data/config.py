@@ -29,6 +29,11 @@ class DataConfig:
     add_eos: wrap every document as [EOS] doc [EOS] (EOS doubles as BOS, GPT-2 style), so the
       model learns to start and to end documents.
     read_threads: threads reading and tokenizing documents (grain `ReadOptions.num_threads`).
+    mqar_vocab_size, mqar_num_pairs, mqar_num_queries: with source="mqar" (synthetic
+      multi-query associative recall, `parallax_jax.data.synthetic`; no files, no tokenizer):
+      token ids used (keys and values split the ids 1..vocab_size-1 in halves), key-value
+      pairs per row and queries per row (<= pairs). Needs train.seq_len >= 2 * (pairs +
+      queries) and model.vocab_size >= mqar_vocab_size.
   """
 
   source: str = "builtin"
@@ -40,6 +45,9 @@ class DataConfig:
   shuffle_seed: int = 0
   add_eos: bool = True
   read_threads: int = 8
+  mqar_vocab_size: int = 64
+  mqar_num_pairs: int = 8
+  mqar_num_queries: int = 8
 
   def __post_init__(self):
     self.validate()
@@ -72,6 +80,19 @@ class DataConfig:
       bad("read_threads", "must be an int >= 1")
     if self.read_threads < 1:
       bad("read_threads", "must be >= 1")
+    for field in ("mqar_vocab_size", "mqar_num_pairs", "mqar_num_queries"):
+      value = getattr(self, field)
+      if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        bad(field, "must be an int >= 1")
+    if self.source == "mqar":
+      if self.mqar_num_queries > self.mqar_num_pairs:
+        bad("mqar_num_queries", f"must be <= mqar_num_pairs={self.mqar_num_pairs}")
+      if (self.mqar_vocab_size - 1) // 2 < max(self.mqar_num_pairs, 2):
+        bad(
+          "mqar_vocab_size",
+          f"must be >= {2 * max(self.mqar_num_pairs, 2) + 1}: half of the ids 1.. are keys "
+          f"(mqar_num_pairs={self.mqar_num_pairs} distinct per row), half are values",
+        )
 
   @classmethod
   def from_dict(cls, d: Mapping[str, Any] | Any) -> DataConfig:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from parallax_jax.data import make_dataset, make_source, make_tokenizer
+from parallax_jax.data import make_dataset, make_source, make_tokenizer, synthetic
 
 
 class TrainData:
@@ -14,14 +14,12 @@ class TrainData:
   def __init__(self, exp):
     self.exp = exp
     cfg = exp.data
-    self.tokenizer = make_tokenizer(cfg.tokenizer)
-    if self.tokenizer.vocab_size > exp.model.vocab_size:
-      raise ValueError(
-        f"model.vocab_size={exp.model.vocab_size} is smaller than the tokenizer's vocabulary "
-        f"({self.tokenizer.vocab_size}, {cfg.tokenizer!r}); set model.vocab_size >= "
-        f"{self.tokenizer.padded_vocab_size}"
-      )
-    self.source = make_source(cfg, self.tokenizer)
+    self.task = cfg.source in synthetic.TASKS  # generated on the fly: no tokenizer, no files
+    self.tokenizer = self.source = None
+    if self.task:
+      synthetic.check_task(cfg, exp.train.seq_len, exp.model.vocab_size)
+    else:
+      self._init_text(cfg)
     n = jax.process_count()
     if exp.train.batch_size % n:
       raise ValueError(
@@ -32,7 +30,28 @@ class TrainData:
     self._train = self._dataset("train")
     self._it = iter(self._train)
 
+  def _init_text(self, cfg):
+    exp = self.exp
+    self.tokenizer = make_tokenizer(cfg.tokenizer)
+    if self.tokenizer.vocab_size > exp.model.vocab_size:
+      raise ValueError(
+        f"model.vocab_size={exp.model.vocab_size} is smaller than the tokenizer's vocabulary "
+        f"({self.tokenizer.vocab_size}, {cfg.tokenizer!r}); set model.vocab_size >= "
+        f"{self.tokenizer.padded_vocab_size}"
+      )
+    self.source = make_source(cfg, self.tokenizer)
+
   def _dataset(self, split):
+    if self.task:
+      return synthetic.make_task_dataset(
+        self.exp.data,
+        seq_len=self.exp.train.seq_len,
+        batch_size=self.local_batch,
+        split=split,
+        seed=self.exp.train.seed,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+      )
     return make_dataset(
       self.exp.data,
       tokenizer=self.tokenizer,
@@ -46,6 +65,8 @@ class TrainData:
     )
 
   def describe(self) -> dict:
+    if self.task:
+      return {"source": synthetic.describe_task(self.exp.data)}
     return {
       "source": self.source.describe(),
       "tokenizer": repr(self.tokenizer),

@@ -84,14 +84,19 @@ class Trainer:
     return state
 
   def evaluate(self, params) -> dict:
-    nll, tokens = 0.0, 0.0
+    nll, correct, tokens = 0.0, 0.0, 0.0
     for batch in self.data.eval_batches():
       out = self.eval_step(params, self.program.device_batch(batch))
       nll += float(out["nll_sum"])
+      correct += float(out["correct"])
       tokens += float(out["tokens"])
     if tokens == 0:
       return {}
-    return {"eval_loss": nll / tokens, "eval_perplexity": math.exp(min(nll / tokens, 50.0))}
+    return {
+      "eval_loss": nll / tokens,
+      "eval_perplexity": math.exp(min(nll / tokens, 50.0)),
+      "eval_accuracy": correct / tokens,  # argmax accuracy on loss_mask positions
+    }
 
   def run(self) -> dict:
     exp = self.exp

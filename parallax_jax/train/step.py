@@ -109,13 +109,16 @@ def make_train_step(graphdef, tx, schedules, prepare_batch=None):
 
 
 def make_eval_step(graphdef, prepare_batch=None):
-  """``eval_step(params, batch) -> {"nll_sum", "tokens"}`` (sums, for exact perplexity)."""
+  """``eval_step(params, batch) -> {"nll_sum", "correct", "tokens"}`` (sums over loss_mask
+  positions: exact perplexity, and argmax accuracy, e.g. MQAR answers)."""
 
   def eval_step(params, batch):
     if prepare_batch is not None:
       batch = prepare_batch(batch)
-    nll = token_nll(forward(graphdef, params, batch), batch["targets"])
+    logits = forward(graphdef, params, batch)
+    nll = token_nll(logits, batch["targets"])
     w = batch["loss_mask"].astype(jnp.float32)
-    return {"nll_sum": jnp.sum(nll * w), "tokens": jnp.sum(w)}
+    hit = (jnp.argmax(logits, axis=-1) == batch["targets"]).astype(jnp.float32)
+    return {"nll_sum": jnp.sum(nll * w), "correct": jnp.sum(hit * w), "tokens": jnp.sum(w)}
 
   return eval_step

@@ -1,0 +1,10 @@
+"""Experiments: resumable sweeps over configs (``parallax-jax sweep``), results and plots.
+
+sweep = load_sweep("configs/sweeps/smoke.py", workdir)   # points expanded and validated
+rows = run_sweep(sweep, workdir, parallel=1)              # W/points/*, results.csv/.md, plots
+"""
+
+from parallax_jax.experiments.sweep_config import Point, Sweep, build_sweep, load_sweep
+from parallax_jax.experiments.sweep_runner import run_sweep
+
+__all__ = ["Point", "Sweep", "build_sweep", "load_sweep", "run_sweep"]

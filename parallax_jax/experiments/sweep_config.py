@@ -1,0 +1,283 @@
+"""Sweep configs: a base experiment config, axes of values, and the points they expand to.
+
+A sweep file ``configs/sweeps/<name>.py`` has ``get_config()`` returning a ``ConfigDict`` (or a
+dict) with
+
+    base       path of a base config file (absolute, or relative to the working directory or
+               the repository root), or the base ``ConfigDict`` itself
+    axes       {dotted config key: [values]}; dotted keys need
+               ``ConfigDict(..., allow_dotted_keys=True)``, or nest them
+               ({"model": {"attention": [...]}}); a list is always a leaf (a value list)
+    mode       "grid" (every combination, in axis order) or "random" (``count`` distinct
+               combinations drawn with ``seed``)
+    overrides  optional {dotted key: value} applied to every point
+    metric     optional column that ranks points: default "eval_accuracy" for synthetic tasks
+               (data.source "mqar"), else "eval_perplexity"
+
+Every point is checked against the base config here (unknown keys, unparsable values), before
+anything runs. A point's name is built from its axis values, so it stays the same when the
+sweep is rerun (resume) and when other values are added to an axis.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+import math
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+from parallax_jax.train.config import apply_overrides, load_config
+
+MODES = ("grid", "random")
+KEYS = ("base", "axes", "mode", "seed", "count", "overrides", "metric")
+REPO_ROOT = Path(__file__).resolve().parents[2]
+_MAX_NAME = 96
+
+
+@dataclasses.dataclass(frozen=True)
+class Point:
+  """One training run of a sweep: its axis values and fully resolved config."""
+
+  name: str
+  values: dict[str, Any]  # axis key -> value
+  overrides: tuple[str, ...]  # "key=value" strings, fixed overrides then axis values
+  config: ml_collections.ConfigDict = dataclasses.field(compare=False, repr=False)
+
+  @property
+  def steps(self) -> int:
+    return int(self.config.train.steps)
+
+  def fingerprint(self) -> str:
+    """sha256 of the resolved config: a rerun must train exactly this config."""
+    text = json.dumps(self.config.to_dict(), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclasses.dataclass(frozen=True)
+class Sweep:
+  base_path: Path  # a config file the train CLI can load
+  base: ml_collections.ConfigDict
+  axes: dict[str, list]
+  mode: str
+  seed: int
+  count: int | None
+  overrides: dict[str, Any]
+  metric: str | None
+  points: tuple[Point, ...]
+
+
+def cli_value(value) -> str:
+  """A value as a ``--config.key=`` string that ``apply_overrides`` parses back to it."""
+  if isinstance(value, bool):
+    return "true" if value else "false"
+  if value is None:
+    return "None"
+  if isinstance(value, str):
+    return value
+  if isinstance(value, int | float):
+    return repr(value)
+  if isinstance(value, list | tuple):
+    return repr(tuple(value))
+  raise TypeError(f"sweep values must be str, int, float, bool, None or tuples; got {value!r}")
+
+
+def _flatten(d: Mapping, prefix: str = "") -> dict[str, Any]:
+  out = {}
+  for k, v in d.items():
+    key = f"{prefix}{k}"
+    if isinstance(v, Mapping):
+      out.update(_flatten(v, key + "."))
+    else:
+      out[key] = v
+  return out
+
+
+def _to_plain(d) -> dict:
+  if isinstance(d, ml_collections.ConfigDict | ml_collections.FrozenConfigDict):
+    return d.to_dict()
+  if not isinstance(d, Mapping):
+    raise TypeError(f"expected a mapping, got {type(d).__name__}")
+  return dict(d)
+
+
+def _label(value) -> str:
+  if isinstance(value, float):
+    return f"{value:g}"
+  if isinstance(value, list | tuple):
+    return "-".join(_label(v) for v in value)
+  return str(value)
+
+
+def point_name(values: Mapping[str, Any]) -> str:
+  """``attention=softmax,lr=0.003`` (short keys unless two axes share a last component)."""
+  if not values:
+    return "base"
+  leaves = [k.rsplit(".", 1)[-1] for k in values]
+  keys = [leaf if leaves.count(leaf) == 1 else k for k, leaf in zip(values, leaves, strict=True)]
+  name = ",".join(f"{k}={_label(v)}" for k, v in zip(keys, values.values(), strict=True))
+  name = re.sub(r"[^A-Za-z0-9._=,+-]", "-", name)
+  if len(name) > _MAX_NAME:
+    digest = hashlib.sha256(repr(sorted(values.items())).encode()).hexdigest()[:8]
+    name = f"{name[: _MAX_NAME - 9]}~{digest}"
+  return name
+
+
+def _combinations(axes: dict[str, list], mode: str, seed: int, count: int | None):
+  keys, lists = list(axes), list(axes.values())
+  if mode == "grid":
+    return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*lists)]
+  total = math.prod(len(v) for v in lists)
+  if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+    raise ValueError(f"sweep.count must be an int >= 1 for mode='random', got {count!r}")
+  if count > total:
+    raise ValueError(f"sweep.count={count} exceeds the {total} distinct combinations of axes")
+  rng = np.random.default_rng(seed)
+  out = []
+  for flat in rng.choice(total, size=count, replace=False):
+    combo, rest = {}, int(flat)
+    for key, values in zip(reversed(keys), reversed(lists), strict=True):  # mixed radix
+      rest, i = divmod(rest, len(values))
+      combo[key] = values[i]
+    out.append({k: combo[k] for k in keys})
+  return out
+
+
+def _resolve_base(base) -> tuple[Path | None, ml_collections.ConfigDict]:
+  if isinstance(base, str | Path):
+    path = Path(base)
+    if not path.is_absolute():
+      candidates = [Path.cwd() / path, REPO_ROOT / path]
+      path = next((p for p in candidates if p.is_file()), candidates[0])
+    if not path.is_file():
+      raise FileNotFoundError(f"sweep.base={str(base)!r}: no such config file")
+    return path.resolve(), load_config(path)
+  if isinstance(base, ml_collections.ConfigDict):
+    return None, base
+  if isinstance(base, Mapping):
+    return None, ml_collections.ConfigDict(dict(base))
+  raise TypeError(f"sweep.base must be a config file path or a ConfigDict, got {type(base)}")
+
+
+def build_sweep(spec, *, base_path_for_inline: Path | None = None) -> Sweep:
+  """Validates a sweep spec (the ``get_config()`` result) and expands its points.
+
+  ``base_path_for_inline``: where an inline base ``ConfigDict`` is written for the train CLI
+  (``write_inline_base``); required only when ``spec.base`` is not a path.
+  """
+  spec = _to_plain(spec)
+  unknown = sorted(set(spec) - set(KEYS))
+  if unknown:
+    raise ValueError(f"unknown sweep config keys {unknown}; known: {list(KEYS)}")
+  if "base" not in spec:
+    raise ValueError("sweep config needs `base` (a config file path or a ConfigDict)")
+  base_path, base = _resolve_base(spec["base"])
+  if base_path is None:
+    base_path = base_path_for_inline or Path("base_config.py")
+  axes = _flatten(spec.get("axes") or {})
+  for key, values in axes.items():
+    if not isinstance(values, list | tuple) or not values:
+      raise ValueError(f"sweep.axes[{key!r}] must be a non-empty list of values, got {values!r}")
+  axes = {k: list(v) for k, v in axes.items()}
+  mode = spec.get("mode", "grid")
+  if mode not in MODES:
+    raise ValueError(f"sweep.mode must be one of {MODES}, got {mode!r}")
+  seed = spec.get("seed", 0)
+  count = spec.get("count")
+  fixed = _flatten(spec.get("overrides") or {})
+  combos = _combinations(axes, mode, seed, count) if axes else [{}]
+  points, names = [], set()
+  for values in combos:
+    overrides = tuple(f"{k}={cli_value(v)}" for k, v in {**fixed, **values}.items())
+    try:
+      config = apply_overrides(ml_collections.ConfigDict(base.to_dict()), overrides)
+    except ValueError as e:
+      raise ValueError(f"sweep point {values}: {e}") from e
+    name = point_name(values)
+    if name in names:
+      name = f"{name}~{hashlib.sha256(repr(values).encode()).hexdigest()[:8]}"
+    names.add(name)
+    points.append(Point(name, values, overrides, config))
+  return Sweep(
+    base_path=base_path,
+    base=base,
+    axes=axes,
+    mode=mode,
+    seed=seed,
+    count=count,
+    overrides=fixed,
+    metric=spec.get("metric"),
+    points=tuple(points),
+  )
+
+
+def load_sweep(path: str | Path, workdir: str | Path | None = None) -> Sweep:
+  """Imports ``get_config()`` from a sweep file; an inline base is written under ``workdir``."""
+  path = Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f"sweep config file {str(path)!r} does not exist")
+  import importlib.util
+
+  module_spec = importlib.util.spec_from_file_location(f"_parallax_sweep_{path.stem}", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  if not hasattr(module, "get_config"):
+    raise ValueError(f"sweep config file {str(path)!r} has no get_config()")
+  inline = None if workdir is None else Path(workdir).resolve() / "base_config.py"
+  return build_sweep(module.get_config(), base_path_for_inline=inline)
+
+
+_INLINE_TEMPLATE = '''"""Inline base config of a sweep (written by `parallax-jax sweep`)."""
+
+import json
+from pathlib import Path
+
+import ml_collections
+
+
+def get_config():
+  text = (Path(__file__).parent / "base_config.json").read_text()
+  return ml_collections.ConfigDict(json.loads(text))
+'''
+
+
+def write_inline_base(sweep: Sweep) -> None:
+  """Writes an inline base config where the train CLI will load it (no-op for file bases)."""
+  if sweep.base_path.is_file():
+    return
+  sweep.base_path.parent.mkdir(parents=True, exist_ok=True)
+  (sweep.base_path.parent / "base_config.json").write_text(
+    json.dumps(sweep.base.to_dict(), indent=2) + "\n"
+  )
+  sweep.base_path.write_text(_INLINE_TEMPLATE)
+
+
+def describe(sweep: Sweep) -> dict:
+  return {
+    "base": str(sweep.base_path),
+    "axes": sweep.axes,
+    "mode": sweep.mode,
+    "seed": sweep.seed,
+    "count": sweep.count,
+    "overrides": sweep.overrides,
+    "points": [p.name for p in sweep.points],
+  }
+
+
+__all__: Sequence[str] = [
+  "Point",
+  "Sweep",
+  "build_sweep",
+  "cli_value",
+  "describe",
+  "load_sweep",
+  "point_name",
+  "write_inline_base",
+]

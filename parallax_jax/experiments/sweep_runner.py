@@ -1,0 +1,239 @@
+"""Runs a sweep: each point is ``python -m parallax_jax.cli train`` in ``W/points/<name>/``.
+
+Points run in subprocesses (a crash in one cannot take down the sweep), one after another or
+``parallel`` at a time. With several accelerators each concurrent point gets its own device
+(``CUDA_VISIBLE_DEVICES``, or the ``TPU_VISIBLE_CHIPS`` family on TPU); with one point at a
+time the point uses every device, like a plain ``train``. On CPU ``parallel`` processes share
+the cores.
+
+``W/points/<name>/status.json`` records each point (status "finished", "failed" or
+"running", steps, final step, error, command, timings, the config fingerprint); its
+``train.log`` holds the subprocess output. A rerun skips finished points (final step ==
+train.steps and the same config) and reruns the others, which resume from their own
+checkpoints; failed points are retried.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from parallax_jax.experiments import sweep_report
+from parallax_jax.experiments.sweep_config import Point, Sweep, describe, write_inline_base
+
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]
+_ERROR_LINE = re.compile(r"^(error: |[A-Za-z_][\w.]*(Error|Exception|Interrupt)\b)")
+
+
+def point_dir(workdir: Path, point: Point) -> Path:
+  return Path(workdir) / "points" / point.name
+
+
+def read_status(workdir: Path, point: Point) -> dict | None:
+  path = point_dir(workdir, point) / "status.json"
+  return json.loads(path.read_text()) if path.exists() else None
+
+
+def _write_status(workdir: Path, point: Point, status: dict) -> None:
+  path = point_dir(workdir, point) / "status.json"
+  tmp = path.with_suffix(".tmp")
+  tmp.write_text(json.dumps(status, indent=2, default=str) + "\n")
+  tmp.replace(path)
+
+
+def is_finished(status: dict | None, point: Point) -> bool:
+  return (
+    status is not None
+    and status.get("status") == "finished"
+    and (status.get("final_step") or 0) >= point.steps
+    and status.get("fingerprint") == point.fingerprint()
+  )
+
+
+def last_step(directory: Path) -> int | None:
+  path = Path(directory) / "metrics.jsonl"
+  if not path.exists():
+    return None
+  steps = [json.loads(line).get("step", 0) for line in path.read_text().splitlines() if line]
+  return max(steps, default=None)
+
+
+def error_summary(log_text: str, returncode: int) -> str:
+  """The exception line of a failed run's output (else its last line), with the exit code."""
+  lines = [line.strip() for line in log_text.splitlines() if line.strip()]
+  hits = [line for line in lines if _ERROR_LINE.match(line)]
+  line = hits[-1] if hits else (lines[-1] if lines else "no output")
+  return f"exit {returncode}: {line[:500]}"
+
+
+def train_command(sweep: Sweep, point: Point, directory: Path) -> list[str]:
+  cmd = [sys.executable, "-m", "parallax_jax.cli", "train", "--config", str(sweep.base_path)]
+  cmd += ["--workdir", str(directory)]
+  cmd += [f"--config.{o}" for o in point.overrides]
+  if not any(o.startswith("train.progress_bar=") for o in point.overrides):
+    cmd.append("--config.train.progress_bar=false")  # logs, not a terminal
+  return cmd
+
+
+def _accelerators(env: dict) -> tuple[str, list[str]]:
+  """("gpu", ids) / ("tpu", ids) of this host's accelerators, without initialising JAX."""
+  visible = env.get("CUDA_VISIBLE_DEVICES")
+  if visible is not None:
+    ids = [d for d in visible.split(",") if d.strip()]
+    return ("gpu", ids) if ids else ("cpu", [])
+  if shutil.which("nvidia-smi"):
+    try:
+      out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30)
+      n = sum(line.startswith("GPU ") for line in out.stdout.splitlines())
+      if n:
+        return "gpu", [str(i) for i in range(n)]
+    except (OSError, subprocess.SubprocessError):
+      pass
+  chips = sorted(Path("/dev").glob("accel*")) or sorted(Path("/dev/vfio").glob("[0-9]*"))
+  if chips:
+    return "tpu", [str(i) for i in range(len(chips))]
+  return "cpu", []
+
+
+def slot_environments(parallel: int, base_env: dict | None = None) -> list[dict]:
+  """One environment per concurrent slot; slot ``i`` sees accelerator ``i`` (round robin)."""
+  env = dict(os.environ if base_env is None else base_env)
+  env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PACKAGE_ROOT), env.get("PYTHONPATH")) if p)
+  if parallel == 1:
+    return [env]
+  kind, ids = _accelerators(env)
+  envs = []
+  for i in range(parallel):
+    e = dict(env)
+    if kind == "gpu":
+      e["CUDA_VISIBLE_DEVICES"] = ids[i % len(ids)]
+      if parallel > len(ids):  # several points share a GPU: do not preallocate its memory
+        e["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
+    elif kind == "tpu":  # one chip per process (the usual multi-process single-chip recipe)
+      e.update(
+        TPU_VISIBLE_CHIPS=ids[i % len(ids)],
+        TPU_CHIPS_PER_PROCESS_BOUNDS="1,1,1",
+        TPU_PROCESS_BOUNDS="1,1,1",
+        TPU_PROCESS_PORT=str(8476 + i),
+        TPU_PROCESS_ADDRESSES=f"localhost:{8476 + i}",
+        CLOUD_TPU_TASK_ID="0",
+      )
+    envs.append(e)
+  return envs
+
+
+def run_point(sweep: Sweep, point: Point, workdir: Path, env: dict) -> dict:
+  """Trains one point to completion (resuming its checkpoints); returns its status."""
+  directory = point_dir(workdir, point)
+  directory.mkdir(parents=True, exist_ok=True)
+  cmd = train_command(sweep, point, directory)
+  status = {
+    "name": point.name,
+    "values": point.values,
+    "overrides": list(point.overrides),
+    "steps": point.steps,
+    "fingerprint": point.fingerprint(),
+    "command": cmd,
+    "device": env.get("CUDA_VISIBLE_DEVICES") or env.get("TPU_VISIBLE_CHIPS"),
+    "status": "running",
+    "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+  }
+  _write_status(workdir, point, status)
+  t0 = time.perf_counter()
+  log_path = directory / "train.log"
+  with log_path.open("a") as log:
+    log.write(f"\n$ {' '.join(cmd)}\n")
+    log.flush()
+    rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+  final = last_step(directory)
+  done = rc == 0 and final is not None and final >= point.steps
+  status.update(
+    status="finished" if done else "failed",
+    returncode=rc,
+    final_step=final,
+    wall_s=round(time.perf_counter() - t0, 2),
+    ended=time.strftime("%Y-%m-%dT%H:%M:%S"),
+    error=None,
+  )
+  if not done:
+    text = log_path.read_text(errors="replace")
+    status["error"] = (
+      error_summary(text[-20000:], rc)
+      if rc
+      else f"exited 0 at step {final}, expected train.steps={point.steps}"
+    )
+  _write_status(workdir, point, status)
+  return status
+
+
+def _stale_config_status(point: Point, old: dict) -> dict:
+  return {
+    **old,
+    "status": "failed",
+    "error": (
+      f"points/{point.name} was trained with a different config (fingerprint "
+      f"{old.get('fingerprint')} != {point.fingerprint()}); delete that folder to rerun it"
+    ),
+  }
+
+
+def run_sweep(
+  sweep: Sweep,
+  workdir: str | Path,
+  *,
+  parallel: int = 1,
+  log: Callable[[str], None] = print,
+  env: dict | None = None,
+) -> list[dict]:
+  """Runs every unfinished point, then writes results.csv/.md and the plots; returns rows."""
+  if not isinstance(parallel, int) or parallel < 1:
+    raise ValueError(f"parallel must be an int >= 1, got {parallel!r}")
+  workdir = Path(workdir).resolve()
+  (workdir / "points").mkdir(parents=True, exist_ok=True)
+  write_inline_base(sweep)
+  (workdir / "sweep.json").write_text(json.dumps(describe(sweep), indent=2, default=str) + "\n")
+  todo = []
+  for point in sweep.points:
+    old = read_status(workdir, point)
+    if is_finished(old, point):
+      log(f"[sweep] {point.name}: finished earlier, skipped")
+    elif old is not None and old.get("fingerprint") not in (None, point.fingerprint()):
+      _write_status(workdir, point, _stale_config_status(point, old))
+      log(f"[sweep] {point.name}: config changed since it ran; not rerun (see status.json)")
+    else:
+      todo.append(point)
+  slots: queue.Queue = queue.Queue()
+  for e in slot_environments(min(parallel, max(len(todo), 1)), env):
+    slots.put(e)
+  lock = threading.Lock()
+
+  def job(point: Point) -> dict:
+    slot_env = slots.get()
+    try:
+      with lock:
+        log(f"[sweep] {point.name}: training ({' '.join(point.overrides) or 'base'})")
+      status = run_point(sweep, point, workdir, slot_env)
+    finally:
+      slots.put(slot_env)
+    with lock:
+      msg = status["error"] if status["status"] == "failed" else f"{status['wall_s']:.0f}s"
+      log(f"[sweep] {point.name}: {status['status']} ({msg})")
+      sweep_report.write_tables(sweep, workdir)
+    return status
+
+  with ThreadPoolExecutor(max_workers=parallel) as pool:
+    list(pool.map(job, todo))
+  return sweep_report.write_all(sweep, workdir)
+
+
+__all__ = ["is_finished", "point_dir", "read_status", "run_point", "run_sweep"]

@@ -1,0 +1,188 @@
+"""Sweeps: config expansion (grid, random), resume, failing points, results, the smoke sweep."""
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import ml_collections
+import pytest
+
+from parallax_jax.experiments.sweep_config import build_sweep, cli_value, load_sweep, point_name
+from parallax_jax.experiments.sweep_runner import (
+  error_summary,
+  is_finished,
+  run_sweep,
+  slot_environments,
+)
+from parallax_jax.train.config import apply_overrides, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = str(ROOT / "configs" / "tiny.py")
+FAST = {  # a few-second run per point on CPU (8 fake devices: batch divisible by 8)
+  "model.d_model": 32,
+  "model.num_layers": 1,
+  "model.head_dim": 8,
+  "model.mlp_dim": 64,
+  "train.steps": 3,
+  "train.batch_size": 8,
+  "train.seq_len": 16,
+  "train.log_every": 1,
+  "train.eval_every": 3,
+  "train.eval_batches": 1,
+  "checkpoint.every_steps": 3,
+  "checkpoint.async_save": False,
+  "optimizer.warmup_steps": 1,
+}
+
+
+def test_grid_expands_every_combination_with_stable_names():
+  sweep = build_sweep(
+    {
+      "base": TINY,
+      "axes": {"model.attention": ["parallax", "softmax"], "optimizer.learning_rate": [1e-3, 3e-3]},
+      "overrides": {"train.steps": 7},
+    }
+  )
+  assert [p.name for p in sweep.points] == [
+    "attention=parallax,learning_rate=0.001",
+    "attention=parallax,learning_rate=0.003",
+    "attention=softmax,learning_rate=0.001",
+    "attention=softmax,learning_rate=0.003",
+  ]
+  p = sweep.points[2]
+  assert p.values == {"model.attention": "softmax", "optimizer.learning_rate": 1e-3}
+  assert p.config.model.attention == "softmax" and p.config.optimizer.learning_rate == 1e-3
+  assert p.steps == 7 and p.overrides[0] == "train.steps=7"
+  assert sweep.points[0].fingerprint() != sweep.points[1].fingerprint()
+
+
+def test_nested_axes_and_configdict_spec():
+  spec = ml_collections.ConfigDict()
+  spec.base = "configs/tiny.py"  # relative to the repository root
+  spec.axes = {"model": {"num_layers": [1, 2]}, "train": {"seed": [0]}}
+  sweep = build_sweep(spec)
+  assert [p.name for p in sweep.points] == ["num_layers=1,seed=0", "num_layers=2,seed=0"]
+
+
+def test_random_mode_draws_distinct_points_reproducibly():
+  spec = {
+    "base": TINY,
+    "mode": "random",
+    "seed": 3,
+    "count": 4,
+    "axes": {"train.seed": [0, 1, 2], "optimizer.learning_rate": [1e-3, 2e-3, 4e-3]},
+  }
+  names = [p.name for p in build_sweep(spec).points]
+  assert len(set(names)) == 4 and names == [p.name for p in build_sweep(spec).points]
+  assert names != [p.name for p in build_sweep({**spec, "seed": 4}).points]
+  with pytest.raises(ValueError, match="count=10 exceeds the 9"):
+    build_sweep({**spec, "count": 10})
+  with pytest.raises(ValueError, match="sweep.count"):
+    build_sweep({**spec, "count": None})
+
+
+def test_bad_sweep_configs_raise_clear_errors():
+  with pytest.raises(ValueError, match="unknown config key 'model.atention'"):
+    build_sweep({"base": TINY, "axes": {"model.atention": ["softmax"]}})
+  with pytest.raises(ValueError, match="sweep.mode"):
+    build_sweep({"base": TINY, "mode": "bayes"})
+  with pytest.raises(ValueError, match="unknown sweep config keys"):
+    build_sweep({"base": TINY, "axis": {}})
+  with pytest.raises(ValueError, match=r"sweep.axes\['train.seed'\]"):
+    build_sweep({"base": TINY, "axes": {"train.seed": 3}})
+  with pytest.raises(FileNotFoundError, match="sweep.base"):
+    build_sweep({"base": "configs/nope.py"})
+
+
+def test_values_round_trip_through_cli_overrides():
+  cfg = load_config(TINY)
+  for key, value in (
+    ("model.window_size", 16),
+    ("model.window_size", None),
+    ("train.progress_bar", False),
+    ("optimizer.learning_rate", 1e-4),
+    ("model.attention", "lla"),
+  ):
+    apply_overrides(cfg, [f"{key}={cli_value(value)}"])
+    section, leaf = key.split(".")
+    assert cfg[section][leaf] == value
+  assert point_name({"a.b": "x/y z", "c.b": 1}) == "a.b=x-y-z,c.b=1"
+
+
+def test_finished_status_and_slot_environments():
+  (point,) = build_sweep({"base": TINY, "overrides": {"train.steps": 5}}).points
+  ok = {"status": "finished", "final_step": 5, "fingerprint": point.fingerprint()}
+  assert is_finished(ok, point)
+  assert not is_finished({**ok, "final_step": 4}, point)
+  assert not is_finished({**ok, "fingerprint": "other"}, point)
+  assert not is_finished({**ok, "status": "failed"}, point)
+  envs = slot_environments(3, {"CUDA_VISIBLE_DEVICES": "4,5"})
+  assert [e["CUDA_VISIBLE_DEVICES"] for e in envs] == ["4", "5", "4"]
+  assert envs[0]["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"
+  assert "CUDA_VISIBLE_DEVICES" not in slot_environments(1, {})[0]
+  log = "Traceback (most recent call last):\n  ...\nValueError: model.num_heads: bad\n"
+  assert error_summary(log, 1) == "exit 1: ValueError: model.num_heads: bad"
+
+
+def test_failing_point_is_recorded_and_rerun_resumes(tmp_path):
+  """num_heads=3 is not a multiple of num_kv_heads=2: that point fails, the other finishes."""
+  base = load_config(TINY)  # an inline base ConfigDict
+  spec = {"base": base, "axes": {"model.num_heads": [2, 3]}, "overrides": FAST}
+  sweep = build_sweep(spec, base_path_for_inline=tmp_path / "base_config.py")
+  messages = []
+  rows = run_sweep(sweep, tmp_path, log=messages.append)
+  by_name = {r["name"]: r for r in rows}
+  good, bad = by_name["num_heads=2"], by_name["num_heads=3"]
+  assert good["status"] == "finished" and good["final_step"] == 3 and good["error"] is None
+  assert good["train_loss"] > 0 and 0 <= good["eval_accuracy"] <= 1 and good["eval_perplexity"]
+  assert bad["status"] == "failed" and "num_heads" in bad["error"] and "exit" in bad["error"]
+
+  with (tmp_path / "results.csv").open() as f:
+    table = list(csv.DictReader(f))
+  assert [r["name"] for r in table] == ["num_heads=2", "num_heads=3"]
+  assert table[0]["model.num_heads"] == "2" and table[1]["status"] == "failed"
+  md = (tmp_path / "results.md").read_text()
+  assert "| num_heads=3 | 3 | failed |" in md and "metric: `eval_perplexity`" in md
+  for png in ("loss_curves.png", "metric_vs_model_num_heads.png"):
+    assert (tmp_path / png).stat().st_size > 1000
+  status = json.loads((tmp_path / "points" / "num_heads=2" / "status.json").read_text())
+  assert status["status"] == "finished" and status["command"][1:4] == [
+    "-m",
+    "parallax_jax.cli",
+    "train",
+  ]
+
+  messages.clear()
+  rows = run_sweep(sweep, tmp_path, log=messages.append)  # resume: skip finished, retry failed
+  assert "[sweep] num_heads=2: finished earlier, skipped" in messages
+  assert any(m.startswith("[sweep] num_heads=3: training") for m in messages)
+  assert (tmp_path / "points" / "num_heads=2" / "train.log").read_text().count("\n$ ") == 1
+  assert (tmp_path / "points" / "num_heads=3" / "train.log").read_text().count("\n$ ") == 2
+  assert [r["status"] for r in rows] == ["finished", "failed"]
+
+
+def test_smoke_sweep_end_to_end(tmp_path):
+  out = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "parallax_jax.cli",
+      "sweep",
+      "--config",
+      str(ROOT / "configs" / "sweeps" / "smoke.py"),
+      "--workdir",
+      str(tmp_path),
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+  )
+  assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+  sweep = load_sweep(ROOT / "configs" / "sweeps" / "smoke.py")
+  with (tmp_path / "results.csv").open() as f:
+    table = list(csv.DictReader(f))
+  assert [r["name"] for r in table] == [p.name for p in sweep.points]
+  assert all(r["status"] == "finished" and float(r["eval_perplexity"]) > 1 for r in table)
+  assert (tmp_path / "metric_vs_model_attention.png").exists()
