@@ -67,12 +67,7 @@ def _kernel(
     dk_sc[...] += ku.dot_nn(gl_t, q, prec) + ku.dot_nn(tile.gu.T.astype(r.dtype), r, prec)
     dv_sc[...] += ku.dot_nn(tile.pw.T.astype(do.dtype), do, prec)
 
-  if cfg.has_segments:
-    pl.when(run)(lambda: update(masked=True))
-  else:
-    full = schedule.tile_is_full(cfg.mask, q_block, k_block, cfg.bq, cfg.bk)
-    pl.when(run & full)(lambda: update(masked=False))
-    pl.when(run & jnp.logical_not(full))(lambda: update(masked=True))
+  schedule.run_tile(update, run, cfg.mask, q_block, k_block, cfg.bq, cfg.bk, cfg.has_segments)
 
   @pl.when((head == pl.num_programs(3) - 1) & (step == pl.num_programs(4) - 1))
   def _finalize():

@@ -63,12 +63,7 @@ def _kernel(
     dq_sc[...] += ku.dot_nn((cfg.scale * tile.gl).astype(k.dtype), k, prec)
     dr_sc[...] += ku.dot_nn(tile.gu.astype(k.dtype), k, prec)
 
-  if cfg.has_segments:
-    pl.when(run)(lambda: update(masked=True))
-  else:
-    full = schedule.tile_is_full(cfg.mask, q_block, k_block, cfg.bq, cfg.bk)
-    pl.when(run & full)(lambda: update(masked=False))
-    pl.when(run & jnp.logical_not(full))(lambda: update(masked=True))
+  schedule.run_tile(update, run, cfg.mask, q_block, k_block, cfg.bq, cfg.bk, cfg.has_segments)
 
   @pl.when(step == pl.num_programs(3) - 1)
   def _finalize():

@@ -77,12 +77,7 @@ def _kernel(first_ref, count_ref, q_ref, r_ref, k_ref, v_ref, *refs, cfg: _Confi
     acc1_sc[...] = new.acc1
     acc2_sc[...] = new.acc2
 
-  if cfg.has_segments:
-    pl.when(run)(lambda: update(masked=True))
-  else:
-    full = schedule.tile_is_full(cfg.mask, q_block, k_block, cfg.bq, cfg.bk)
-    pl.when(run & full)(lambda: update(masked=False))
-    pl.when(run & jnp.logical_not(full))(lambda: update(masked=True))
+  schedule.run_tile(update, run, cfg.mask, q_block, k_block, cfg.bq, cfg.bk, cfg.has_segments)
 
   @pl.when(step == pl.num_programs(3) - 1)
   def _finalize():

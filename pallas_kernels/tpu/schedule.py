@@ -13,6 +13,7 @@ import dataclasses
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.experimental import pallas as pl
 
 from parallax_jax.attention.masking import MaskSpec
 
@@ -96,3 +97,15 @@ def tile_visible(mask: MaskSpec, q_block, k_block, bq: int, bk: int, q_seg=None,
   rows = q_block * bq + lax.broadcasted_iota(jnp.int32, (bq, bk), 0)
   cols = k_block * bk + lax.broadcasted_iota(jnp.int32, (bq, bk), 1)
   return mask.visible(rows, cols, q_seg, k_seg)
+
+
+def run_tile(update, run, mask: MaskSpec, q_block, k_block, bq: int, bk: int, has_segments: bool):
+  """Runs ``update(masked=...)`` for a scheduled tile (``run``): without the mask arithmetic
+  when the tile is fully visible, with it on border tiles (and on every tile when segment ids
+  are present, since they are only known at run time)."""
+  if has_segments:
+    pl.when(run)(lambda: update(masked=True))
+    return
+  full = tile_is_full(mask, q_block, k_block, bq, bk)
+  pl.when(run & full)(lambda: update(masked=False))
+  pl.when(run & jnp.logical_not(full))(lambda: update(masked=True))
