@@ -17,7 +17,8 @@ def get_config():
     tie_embeddings=True,
     rope_theta=1_000_000.0,
     compute_dtype="bfloat16",
-    remat=True,
+    remat="dots_attention",  # keep matmul outputs and the attention residuals
+    logits_chunk=512,  # fused LM head + cross-entropy: no [B, T, 152k] logits
   )
   cfg.train.update(
     steps=100_000, batch_size=64, seq_len=4096, log_every=20, eval_every=2000, eval_batches=8

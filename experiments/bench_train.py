@@ -1,11 +1,13 @@
 """Training throughput of a config's model with Parallax vs softmax attention, same run.
 
 Times the jitted train step (forward, backward, optimizer) on random tokens (no data
-pipeline), for each attention kind, at the largest batch from ``--batches`` that fits, and
-reports tokens/s and MFU (attention FLOPs counted, see ``ModelConfig.flops_per_token``).
+pipeline), for each attention kind, and reports tokens/s and MFU (attention FLOPs counted, see
+``ModelConfig.flops_per_token``). Per kind it tries the ``--remat`` policies in order, each at
+the ``--batches`` largest first, and times the first (policy, batch) whose compiled memory fits
+the device: the least recomputation, then the largest batch.
 
   python -m experiments.bench_train --config configs/lm_0p6b.py --seq-len 4096 \
-      --batches 16,12,8,4 --out-dir experiments/results
+      --remat none,dots_attention,full --batches 16,12,8,4 --out-dir experiments/results
 """
 
 from __future__ import annotations
@@ -46,13 +48,21 @@ def bench_one(
 ) -> dict:
   tx, schedules = make_optimizer(opt, 1000)
   graphdef, _ = model_graphdef(model)
-  state = jax.jit(lambda seed: init_state(model, tx, seed))(jnp.int32(0))
-  step = jax.jit(make_train_step(graphdef, tx, schedules), donate_argnums=(0,))
+  init = jax.jit(lambda seed: init_state(model, tx, seed))
   batch = _batch(batch_size, seq_len, model.vocab_size)
   t0 = time.perf_counter()
+  step = (
+    jax.jit(make_train_step(graphdef, tx, schedules), donate_argnums=(0,))
+    .lower(jax.eval_shape(init, jnp.int32(0)), batch)
+    .compile()
+  )
+  compile_s = time.perf_counter() - t0
+  need, have = _compiled_bytes(step), _device_bytes()
+  if have and need > 0.97 * have:
+    raise MemoryError(f"needs {need / 2**30:.1f} GiB of {have / 2**30:.1f} GiB (compiled)")
+  state = init(jnp.int32(0))
   state, m = step(state, batch)
   float(m["loss"])
-  compile_s = time.perf_counter() - t0
   for _ in range(warmup):
     state, m = step(state, batch)
   float(m["loss"])
@@ -72,13 +82,30 @@ def bench_one(
     "mfu": flops / dt / peak if peak else None,
     "loss": loss,
     "compile_s": compile_s,
+    "compiled_bytes": _compiled_bytes(step),
     "peak_bytes": _peak_bytes(),
   }
+
+
+def _compiled_bytes(compiled) -> int:
+  ma = compiled.memory_analysis()
+  if ma is None:
+    return 0
+  return ma.temp_size_in_bytes + ma.argument_size_in_bytes + ma.output_size_in_bytes
+
+
+def _device_bytes():
+  return (jax.devices()[0].memory_stats() or {}).get("bytes_limit")
 
 
 def _peak_bytes():
   stats = jax.devices()[0].memory_stats() or {}
   return stats.get("peak_bytes_in_use")
+
+
+def _out_of_memory(e: Exception) -> bool:
+  text = repr(e)
+  return isinstance(e, MemoryError) or "RESOURCE_EXHAUSTED" in text or "out of memory" in text
 
 
 def main(argv=None):
@@ -87,6 +114,9 @@ def main(argv=None):
   p.add_argument("--seq-len", type=int, default=4096)
   p.add_argument("--batches", default="16,12,8,4", help="tried largest first until one fits")
   p.add_argument("--attention", default="softmax,parallax")
+  p.add_argument(
+    "--remat", default=None, help="model.remat policies tried in order (default: the config's)"
+  )
   p.add_argument("--steps", type=int, default=10)
   p.add_argument("--warmup", type=int, default=2)
   p.add_argument("--layers", type=int, default=None, help="override num_layers (quick runs)")
@@ -98,21 +128,31 @@ def main(argv=None):
     base = dataclasses.replace(base, num_layers=args.layers)
   opt = OptimizerConfig.from_dict(cfg.optimizer.to_dict())
   rows = []
+  remats = args.remat.split(",") if args.remat else [base.remat]
+  tries = [(r, int(b)) for r in remats for b in args.batches.split(",")]
   for kind in args.attention.split(","):
-    model = dataclasses.replace(base, attention=kind)
-    for b in map(int, args.batches.split(",")):
+    for remat, b in tries:
+      model = dataclasses.replace(base, attention=kind, remat=remat)
       try:
         row = bench_one(model, opt, b, args.seq_len, args.steps, args.warmup)
-      except Exception as e:  # OOM (or any failure): record it, try the next batch size
-        rows.append({"attention": kind, "batch_size": b, "error": repr(e)[:500]})
-        print(f"{kind} B={b}: failed: {repr(e)[:200]}", flush=True)
-        if "RESOURCE_EXHAUSTED" not in repr(e) and "out of memory" not in repr(e).lower():
+      except Exception as e:  # does not fit (or fails): record it, try the next setting
+        rows.append({"attention": kind, "remat": remat, "batch_size": b, "error": repr(e)[:500]})
+        print(f"{kind} remat={remat} B={b}: failed: {repr(e)[:200]}", flush=True)
+        if not _out_of_memory(e):
           traceback.print_exc()
+        _report(args, argv, base, rows)
         continue
-      row.update(attention=kind, params=model.num_params())
+      row.update(attention=kind, remat=remat, params=model.num_params())
       rows.append(row)
       print(json.dumps(row), flush=True)
+      _report(args, argv, base, rows)
       break
+  return _report(args, argv, base, rows)
+
+
+def _report(args, argv, base: ModelConfig, rows: list[dict]) -> dict:
+  """Prints the ratio and writes ``<out-dir>/bench_train_*.{json,md}`` (after every row, so a
+  run cut short keeps what it measured)."""
   ok = {r["attention"]: r for r in rows if "error" not in r}
   ratio = (
     ok["parallax"]["tokens_per_s"] / ok["softmax"]["tokens_per_s"]
@@ -128,40 +168,47 @@ def main(argv=None):
     "python": platform.python_version(),
     "command": "python -m experiments.bench_train "
     + " ".join(sys.argv[1:] if argv is None else argv),
-    "num_layers": base.num_layers,
+    "model": dataclasses.asdict(base),
     "parallax_over_softmax_tokens_per_s": ratio,
     "rows": rows,
   }
-  print(json.dumps({"parallax_over_softmax_tokens_per_s": ratio}))
-  if args.out_dir:
-    out = Path(args.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = f"bench_train_{Path(args.config).stem}_{datetime.date.today().isoformat()}"
-    (out / f"{stem}.json").write_text(json.dumps(record, indent=2) + "\n")
-    lines = [
-      f"# {record['what']}",
-      "",
-      f"- date: {record['date']}; device: {record['device']}; jax {record['jax']}",
-      f"- command: `{record['command']}`",
-      "",
-      "| attention | batch | step (s) | tokens/s | TFLOP/s | MFU | peak mem (GiB) |",
-      "|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in rows:
-      if "error" in r:
-        lines.append(
-          f"| {r['attention']} | {r['batch_size']} | failed: {r['error'][:60]} | | | | |"
-        )
-        continue
-      mem = f"{r['peak_bytes'] / 2**30:.1f}" if r.get("peak_bytes") else "-"
-      mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") else "-"
+  print(json.dumps({"parallax_over_softmax_tokens_per_s": ratio}), flush=True)
+  if not args.out_dir:
+    return record
+  out = Path(args.out_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  layers = f"_{args.layers}layers" if args.layers else ""
+  stem = f"bench_train_{Path(args.config).stem}{layers}_{datetime.date.today().isoformat()}"
+  (out / f"{stem}.json").write_text(json.dumps(record, indent=2) + "\n")
+  m = base
+  lines = [
+    f"# {record['what']}",
+    "",
+    f"- date: {record['date']}; device: {record['device']}; jax {record['jax']}",
+    f"- command: `{record['command']}`",
+    f"- model: {m.num_layers} layers, d_model {m.d_model}, {m.num_heads}/{m.num_kv_heads} heads "
+    f"of {m.head_dim}, MLP {m.mlp_dim}, vocab {m.vocab_size}, logits_chunk {m.logits_chunk}; "
+    "random tokens, no packing; memory = the compiled step's (arguments + temporaries)",
+    "",
+    "| attention | remat | batch | step (s) | tokens/s | TFLOP/s | MFU | memory (GiB) |",
+    "|---|---|---:|---:|---:|---:|---:|---:|",
+  ]
+  for r in rows:
+    if "error" in r:
       lines.append(
-        f"| {r['attention']} | {r['batch_size']} | {r['step_time_s']:.3f} | "
-        f"{r['tokens_per_s']:.0f} | {r['tflops_per_s']:.0f} | {mfu} | {mem} |"
+        f"| {r['attention']} | {r['remat']} | {r['batch_size']} | "
+        f"not run: {r['error'][:70]} | | | | |"
       )
-    if ratio:
-      lines += ["", f"Parallax / softmax tokens/s: {ratio:.3f}"]
-    (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
+      continue
+    mem = f"{r['compiled_bytes'] / 2**30:.1f}" if r.get("compiled_bytes") else "-"
+    mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") else "-"
+    lines.append(
+      f"| {r['attention']} | {r['remat']} | {r['batch_size']} | {r['step_time_s']:.3f} | "
+      f"{r['tokens_per_s']:.0f} | {r['tflops_per_s']:.0f} | {mfu} | {mem} |"
+    )
+  if ratio:
+    lines += ["", f"Parallax / softmax tokens/s: {ratio:.3f}"]
+  (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
   return record
 
 

@@ -1,6 +1,7 @@
 """The decoder: shapes, parameter count, softmax twin, causality, packing."""
 
 import dataclasses
+import re
 
 import jax
 import jax.numpy as jnp
@@ -106,8 +107,69 @@ def test_every_param_has_logical_axes_of_its_rank():
     ("r_init", "ones", "r_init"),
     ("head_dim", 15, "head_dim"),
     ("d_model", 0, "d_model"),
+    ("remat", "some", "remat"),
   ],
 )
 def test_bad_model_config_names_the_field(field, value, match):
   with pytest.raises(ValueError, match=match):
     dataclasses.replace(CFG, **{field: value})
+
+
+def _loss_and_grads(cfg, params, tokens):
+  def loss(p):
+    return jnp.mean(_logits(cfg, p, tokens) ** 2)
+
+  return jax.jit(jax.value_and_grad(loss))(params)
+
+
+@pytest.mark.parametrize("remat", ["full", "dots", "dots_attention"])
+def test_remat_policies_give_the_same_gradients(remat):
+  params, tokens = _params(CFG), _tokens((2, 24))
+  want = _loss_and_grads(CFG, params, tokens)
+  got = _loss_and_grads(dataclasses.replace(CFG, remat=remat), params, tokens)
+  for w, g in zip(jax.tree.leaves(want), jax.tree.leaves(got), strict=True):
+    np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-7)
+
+
+def _attention_scans(remat):
+  """``scan`` loops in the grad jaxpr of one layer: the "xla" path's forward is one, its
+  backward another; a rerun forward adds one."""
+  cfg = dataclasses.replace(CFG, num_layers=1, remat=remat)
+  params, tokens = _params(cfg), _tokens((1, 16))
+  jaxpr = jax.make_jaxpr(jax.grad(lambda p: jnp.sum(_logits(cfg, p, tokens))))(params)
+  return len(re.findall(r"\bscan\b", str(jaxpr)))
+
+
+def test_remat_dots_attention_keeps_the_attention_residuals():
+  scans = {r: _attention_scans(r) for r in ("none", "full", "dots_attention")}
+  assert scans["none"] == 2
+  assert scans["full"] == 3  # the backward reruns the attention forward
+  assert scans["dots_attention"] == 2
+
+
+def test_remat_accepts_legacy_bools():
+  assert dataclasses.replace(CFG, remat=True).remat == "full"
+  assert dataclasses.replace(CFG, remat=False).remat == "none"
+
+
+def test_logits_chunk_loss_and_grads_equal_dense_logits():
+  from parallax_jax.train.step import loss_fn
+
+  cfg = dataclasses.replace(CFG, tie_embeddings=False)
+  params, tokens = _params(cfg), _tokens((2, 21))
+  batch = {
+    "inputs": tokens[:, :-1],
+    "targets": tokens[:, 1:],
+    "positions": jnp.broadcast_to(jnp.arange(20), (2, 20)),
+    "segment_ids": None,
+    "loss_mask": (jnp.arange(20) % 3 != 0).astype(jnp.float32)[None].repeat(2, 0),
+  }
+  for tied in (cfg, CFG):
+    p = params if tied is cfg else _params(CFG)
+    results = []
+    for chunk in (0, 8):
+      c = dataclasses.replace(tied, logits_chunk=chunk)
+      graphdef, _ = nnx.split(nnx.eval_shape(lambda c=c: Transformer(c, rngs=nnx.Rngs(0))))
+      results.append(jax.value_and_grad(loss_fn, has_aux=True)(p, graphdef, batch))
+    for w, g in zip(jax.tree.leaves(results[0]), jax.tree.leaves(results[1]), strict=True):
+      np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-7)

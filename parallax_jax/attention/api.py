@@ -5,10 +5,15 @@ from __future__ import annotations
 import functools
 
 import jax
+from jax.ad_checkpoint import checkpoint_name
 from jaxtyping import Array, Float, Int
 
 from parallax_jax.attention import implementations
 from parallax_jax.attention.validation import CallSpec, validate
+
+# The forward's output and residuals carry this ``checkpoint_name``: a remat policy that saves
+# it (``save_only_these_names(CHECKPOINT_NAME)``) keeps the backward from rerunning the forward.
+CHECKPOINT_NAME = "parallax_attention_residuals"
 
 
 def parallax_attention(
@@ -75,6 +80,7 @@ def _attention(name: str, spec: CallSpec, q, r, k, v, segment_ids):
 
 def _attention_fwd(name, spec, q, r, k, v, segment_ids):
   o, residuals = implementations.get(name).fwd(q, r, k, v, segment_ids, spec)
+  o, residuals = jax.tree.map(lambda a: checkpoint_name(a, CHECKPOINT_NAME), (o, residuals))
   return o, (q, r, k, v, segment_ids, residuals)
 
 

@@ -8,6 +8,9 @@ from collections.abc import Mapping
 ATTENTION_KINDS = ("parallax", "softmax", "lla")
 R_INITS = ("like_q", "zeros")
 DTYPES = ("float32", "bfloat16", "float16")
+# Activation rematerialisation per block (see ``transformer.remat_policy``): what the backward
+# pass keeps from the forward and what it recomputes.
+REMAT = ("none", "full", "dots", "dots_attention")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,12 +56,18 @@ class ModelConfig:
   init_std: float = 0.02
   param_dtype: str = "float32"
   compute_dtype: str = "bfloat16"
-  remat: bool = False
+  remat: str = "none"  # one of REMAT; True/False are read as "full"/"none"
+  # Training loss: LM head + cross-entropy in chunks of this many positions, never holding
+  # the [B, T, V] logits (model/cross_entropy.py); 0: dense logits.
+  logits_chunk: int = 0
   attention_impl: str | None = None  # parallax_attention's implementation=; None: best
   lla_ridge: float = 1.0  # attention="lla": ridge lambda on the local slope (> 0)
   axes: LogicalAxes = LogicalAxes()
 
   def __post_init__(self):
+    if isinstance(self.remat, bool):  # configs written before remat policies existed
+      object.__setattr__(self, "remat", "full" if self.remat else "none")
+
     def need(cond, field, msg):
       if not cond:
         raise ValueError(f"model.{field}: {msg}")
@@ -88,10 +97,16 @@ class ModelConfig:
       f"must be one of {ATTENTION_KINDS}, got {self.attention!r}",
     )
     need(self.r_init in R_INITS, "r_init", f"must be one of {R_INITS}, got {self.r_init!r}")
+    need(self.remat in REMAT, "remat", f"must be one of {REMAT}, got {self.remat!r}")
     need(self.param_dtype in DTYPES, "param_dtype", f"must be one of {DTYPES}")
     need(self.compute_dtype in DTYPES, "compute_dtype", f"must be one of {DTYPES}")
     need(self.head_dim % 2 == 0, "head_dim", "must be even (RoPE rotates pairs)")
     need(self.window_size is None or self.window_size >= 1, "window_size", "must be >= 1 or None")
+    need(
+      isinstance(self.logits_chunk, int) and self.logits_chunk >= 0,
+      "logits_chunk",
+      f"must be an int >= 0 (0: dense logits), got {self.logits_chunk!r}",
+    )
     need(self.lla_ridge > 0, "lla_ridge", f"must be > 0, got {self.lla_ridge!r}")
 
   @classmethod

@@ -2,14 +2,35 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 from flax import nnx
 from jaxtyping import Array, Float, Int
 
 from parallax_jax import sharding
+from parallax_jax.attention.api import CHECKPOINT_NAME
 from parallax_jax.model.attention import Attention
 from parallax_jax.model.config import ModelConfig
 from parallax_jax.model.layers import RMSNorm, SwiGLU, param
+
+
+def remat_policy(remat: str):
+  """``model.remat`` -> ``jax.checkpoint`` policy (``None`` when the block is not rematted).
+
+  "full": keep only the block input; the backward reruns the whole block (attention kernel
+  included). "dots": keep the outputs of weight matmuls (projections, MLP); recompute norms,
+  RoPE, activations and attention. "dots_attention": also keep the attention output and the
+  Parallax op's residuals (its forward kernel then runs once per step). The cuDNN softmax path
+  has no named residuals, so for softmax "dots_attention" equals "dots".
+  """
+  cp = jax.checkpoint_policies
+  return {
+    "full": cp.nothing_saveable,
+    "dots": cp.dots_with_no_batch_dims_saveable,
+    "dots_attention": cp.save_from_both_policies(
+      cp.dots_with_no_batch_dims_saveable, cp.save_only_these_names(CHECKPOINT_NAME)
+    ),
+  }.get(remat)
 
 
 class Block(nnx.Module):
@@ -48,23 +69,38 @@ class Transformer(nnx.Module):
     positions: Int[Array, "B T"] | None = None,
     segment_ids: Int[Array, "B T"] | None = None,
   ) -> Float[Array, "B T V"]:
+    x = self.hidden(tokens, positions, segment_ids)
+    w_VD, scale = self.lm_head()
+    return (jnp.einsum("btd,vd->btv", x, w_VD) * scale).astype(jnp.float32)
+
+  def hidden(
+    self,
+    tokens: Int[Array, "B T"],
+    positions: Int[Array, "B T"] | None = None,
+    segment_ids: Int[Array, "B T"] | None = None,
+  ) -> Float[Array, "B T D"]:
+    """The final-normed residual stream (compute dtype), the LM head's input."""
     cfg = self.cfg
     dt = jnp.dtype(cfg.compute_dtype)
     if positions is None:
       positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
     stream_axes = (cfg.axes.batch, cfg.axes.length, None)  # the residual stream [B, T, D]
     x = sharding.constrain(self.embed[...].astype(dt)[tokens], stream_axes)
+    policy = remat_policy(cfg.remat)
     for block in self.blocks:
-      if cfg.remat:
-        x = nnx.remat(lambda blk, x: blk(x, positions, segment_ids))(block, x)
+      if policy is not None:
+        x = nnx.remat(lambda blk, x: blk(x, positions, segment_ids), policy=policy)(block, x)
       else:
         x = block(x, positions, segment_ids)
       x = sharding.constrain(x, stream_axes)
-    x = self.final_norm(x)
+    return self.final_norm(x)
+
+  def lm_head(self) -> tuple[Float[Array, "V D"], float]:
+    """The LM head as ``(w [V, D] in the compute dtype, scale)``: ``logits = scale x @ w.T``."""
+    cfg = self.cfg
+    dt = jnp.dtype(cfg.compute_dtype)
     if cfg.tie_embeddings:
       # Tied head, scaled by 1/sqrt(d): the final stream correlates with its own input
       # token's embedding, and unscaled that token's logit would start at init_std * d.
-      logits = jnp.einsum("btd,vd->btv", x, self.embed[...].astype(dt)) * cfg.d_model**-0.5
-    else:
-      logits = jnp.einsum("btd,dv->btv", x, self.head[...].astype(dt))
-    return logits.astype(jnp.float32)
+      return self.embed[...].astype(dt), cfg.d_model**-0.5
+    return self.head[...].astype(dt).T, 1.0

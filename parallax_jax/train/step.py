@@ -15,6 +15,7 @@ import optax
 from flax import nnx
 
 from parallax_jax.model import ModelConfig, Transformer
+from parallax_jax.model.cross_entropy import chunked_cross_entropy
 
 
 class TrainState(NamedTuple):
@@ -74,11 +75,21 @@ def token_nll(logits, targets):
 
 
 def loss_fn(params, graphdef, batch):
-  nll = token_nll(forward(graphdef, params, batch), batch["targets"])
+  """Mean NLL over ``loss_mask`` positions (and their count); ``model.logits_chunk > 0`` fuses
+  the LM head into a chunked cross-entropy instead of materialising the logits."""
+  model = nnx.merge(graphdef, params)
   weights = batch["loss_mask"].astype(jnp.float32)
   tokens = jnp.sum(weights)
-  loss = jnp.sum(nll * weights) / jnp.maximum(tokens, 1.0)
-  return loss, tokens
+  if model.cfg.logits_chunk:
+    x = model.hidden(batch["inputs"], batch["positions"], batch["segment_ids"])
+    w, scale = model.lm_head()
+    total = chunked_cross_entropy(
+      x, w, batch["targets"], weights, scale=scale, chunk=model.cfg.logits_chunk
+    )
+  else:
+    logits = model(batch["inputs"], batch["positions"], batch["segment_ids"])
+    total = jnp.sum(token_nll(logits, batch["targets"]) * weights)
+  return total / jnp.maximum(tokens, 1.0), tokens
 
 
 def make_train_step(graphdef, tx, schedules, prepare_batch=None):

@@ -1,0 +1,73 @@
+"""The chunked LM-head cross-entropy against a float64 NumPy oracle and finite differences."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from parallax_jax.model.cross_entropy import chunked_cross_entropy
+
+
+def _oracle(x, w, targets, weights, scale):
+  """float64 NumPy: loss and its gradients in x and w, by hand."""
+  x, w = np.asarray(x, np.float64), np.asarray(w, np.float64)
+  logits = scale * np.einsum("btd,vd->btv", x, w)
+  m = logits.max(-1, keepdims=True)
+  p = np.exp(logits - m)
+  p /= p.sum(-1, keepdims=True)
+  lse = np.log(np.exp(logits - m).sum(-1)) + m[..., 0]
+  picked = np.take_along_axis(logits, targets[..., None], -1)[..., 0]
+  loss = np.sum((lse - picked) * weights)
+  g = p.copy()
+  np.put_along_axis(g, targets[..., None], np.take_along_axis(g, targets[..., None], -1) - 1, -1)
+  g *= weights[..., None] * scale
+  return loss, np.einsum("btv,vd->btd", g, w), np.einsum("btv,btd->vd", g, x)
+
+
+def _inputs(b, t, d, v, seed=0):
+  kx, kw, kt, km = jax.random.split(jax.random.key(seed), 4)
+  x = jax.random.normal(kx, (b, t, d), jnp.float32)
+  w = jax.random.normal(kw, (v, d), jnp.float32)
+  targets = jax.random.randint(kt, (b, t), 0, v)
+  weights = (jax.random.uniform(km, (b, t)) > 0.3).astype(jnp.float32)
+  return x, w, targets, weights
+
+
+@pytest.mark.parametrize("t,chunk", [(16, 4), (13, 4), (7, 16), (8, 1)])
+def test_matches_oracle_loss_and_grads(t, chunk):
+  x, w, targets, weights = _inputs(2, t, 8, 11)
+  scale = 0.7
+  loss, (dx, dw) = jax.value_and_grad(chunked_cross_entropy, argnums=(0, 1))(
+    x, w, targets, weights, scale=scale, chunk=chunk
+  )
+  want_loss, want_dx, want_dw = _oracle(x, w, np.asarray(targets), np.asarray(weights), scale)
+  np.testing.assert_allclose(loss, want_loss, rtol=1e-5)
+  np.testing.assert_allclose(dx, want_dx, rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(dw, want_dw, rtol=1e-4, atol=1e-6)
+
+
+def test_forward_without_grad_equals_with_grad_and_scales_with_cotangent():
+  x, w, targets, weights = _inputs(1, 9, 4, 5, seed=1)
+  f = lambda x, w: 3.0 * chunked_cross_entropy(x, w, targets, weights, scale=1.0, chunk=4)
+  (loss, vjp) = jax.vjp(f, x, w)
+  np.testing.assert_allclose(loss, f(x, w), rtol=1e-6)
+  dx, _ = vjp(jnp.float32(1.0))
+  _, want_dx, _ = _oracle(x, w, np.asarray(targets), np.asarray(weights), 1.0)
+  np.testing.assert_allclose(dx, 3.0 * want_dx, rtol=1e-4, atol=1e-6)
+
+
+def test_bf16_inputs_give_bf16_grads_close_to_fp32():
+  x, w, targets, weights = _inputs(2, 8, 16, 32, seed=2)
+  g32 = jax.grad(chunked_cross_entropy, argnums=(0, 1))(x, w, targets, weights, scale=0.25, chunk=4)
+  g16 = jax.grad(chunked_cross_entropy, argnums=(0, 1))(
+    x.astype(jnp.bfloat16), w.astype(jnp.bfloat16), targets, weights, scale=0.25, chunk=4
+  )
+  for a, b in zip(g32, g16, strict=True):
+    assert b.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(b, np.float32), a, rtol=0.05, atol=0.02)
+
+
+def test_bad_chunk_names_the_argument():
+  x, w, targets, weights = _inputs(1, 4, 4, 5)
+  with pytest.raises(ValueError, match="chunk"):
+    chunked_cross_entropy(x, w, targets, weights, scale=1.0, chunk=0)
