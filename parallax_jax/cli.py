@@ -74,6 +74,10 @@ def _train(args) -> int:
     "eval_loss",
     "eval_perplexity",
     "eval_accuracy",
+    "eval_mse",
+    "eval_mse_baseline_zero",
+    "eval_mse_baseline_ols",
+    "eval_mse_baseline_bayes",
     "tokens_per_s",
     "mfu",
   )

@@ -66,6 +66,45 @@ def test_nested_axes_and_configdict_spec():
   assert [p.name for p in sweep.points] == ["num_layers=1,seed=0", "num_layers=2,seed=0"]
 
 
+def test_variants_are_named_override_bundles_on_their_own_axis():
+  sweep = build_sweep(
+    {
+      "base": TINY,
+      "variants": {
+        "parallax": {},
+        "softmax_wide": {"model.attention": "softmax", "model.mlp_dim": 427},
+      },
+      "axes": {"optimizer.name": ["adamw", "muon"]},
+      "overrides": {"model.mlp_dim": 100},
+    }
+  )
+  assert [p.name for p in sweep.points] == [
+    "variant=parallax,name=adamw",
+    "variant=parallax,name=muon",
+    "variant=softmax_wide,name=adamw",
+    "variant=softmax_wide,name=muon",
+  ]
+  wide = sweep.points[3].config
+  assert wide.model.attention == "softmax" and wide.model.mlp_dim == 427  # beats overrides
+  assert wide.optimizer.name == "muon"
+  assert sweep.points[0].config.model.mlp_dim == 100
+  with pytest.raises(ValueError, match="unknown config key 'model.widht'"):
+    build_sweep({"base": TINY, "variants": {"a": {"model.widht": 1}}})
+
+
+def test_exclude_drops_matching_grid_points():
+  spec = {
+    "base": TINY,
+    "axes": {"model.attention": ["parallax", "softmax", "lla"], "train.seq_len": [16, 32]},
+    "exclude": [{"model.attention": "lla", "train.seq_len": 32}],
+  }
+  names = [p.name for p in build_sweep(spec).points]
+  assert len(names) == 5 and "attention=lla,seq_len=16" in names
+  assert "attention=lla,seq_len=32" not in names
+  with pytest.raises(ValueError, match="sweep.exclude"):
+    build_sweep({**spec, "exclude": [{"model.attention": "linear"}]})
+
+
 def test_random_mode_draws_distinct_points_reproducibly():
   spec = {
     "base": TINY,

@@ -7,7 +7,7 @@ float64 inputs) and is differentiated by JAX autodiff. Use it for tests and smal
 from __future__ import annotations
 
 import jax.numpy as jnp
-from jaxtyping import Array, Float, Int
+from jaxtyping import Array, Bool, Float, Int
 
 from parallax_jax.attention.masking import MaskSpec
 
@@ -26,23 +26,39 @@ def parallax_reference(
 
   Rows that see no key return 0. Output in q's dtype.
   """
-  out_dtype = q.dtype
+  a, _ = effective_weights(q, r, k, scale=scale, mask=mask, segment_ids=segment_ids)
+  group = q.shape[2] // k.shape[2]
+  v = jnp.repeat(v.astype(a.dtype), group, axis=2)  # GQA: query head h uses kv head h // group
+  o = jnp.einsum("bhij,bjhd->bihd", a, v, precision="highest")
+  return o.astype(q.dtype)
+
+
+def effective_weights(
+  q: Float[Array, "B Tq Hq D"],
+  r: Float[Array, "B Tq Hq D"] | None,
+  k: Float[Array, "B Tk Hkv D"],
+  *,
+  scale: float,
+  mask: MaskSpec,
+  segment_ids: Int[Array, "B T"] | None = None,
+) -> tuple[Float[Array, "B Hq Tq Tk"], Bool[Array, "B Hq Tq Tk"]]:
+  """``(a, visible)``: the weights ``a_ij = p_ij (1 + tbar_i - t_ij)`` that mix the values.
+
+  ``r=None`` gives softmax attention's ``p``. Every row that sees a key sums to 1; Parallax
+  weights can be negative or above 1. float32 (float64 for float64 inputs); 0 where not visible.
+  """
   compute = jnp.promote_types(q.dtype, jnp.float32)
   group = q.shape[2] // k.shape[2]
-  q, r = q.astype(compute), r.astype(compute)
-  # GQA: query head h uses kv head h // group.
-  k = jnp.repeat(k.astype(compute), group, axis=2)
-  v = jnp.repeat(v.astype(compute), group, axis=2)
+  q = q.astype(compute)
+  k = jnp.repeat(k.astype(compute), group, axis=2)  # GQA: query head h uses kv head h // group
 
   s = scale * jnp.einsum("bihd,bjhd->bhij", q, k, precision="highest")
-  t = jnp.einsum("bihd,bjhd->bhij", r, k, precision="highest")
   i = jnp.arange(mask.q_len)[:, None]
   j = jnp.arange(mask.kv_len)[None, :]
   seg_q = seg_k = None
   if segment_ids is not None:
     seg_q, seg_k = segment_ids[:, None, :, None], segment_ids[:, None, None, :]
-  visible = mask.visible(i, j, seg_q, seg_k)
-  visible = jnp.broadcast_to(visible, s.shape)
+  visible = jnp.broadcast_to(mask.visible(i, j, seg_q, seg_k), s.shape)
 
   s = jnp.where(visible, s, -jnp.inf)
   m = jnp.max(s, axis=-1, keepdims=True)
@@ -50,7 +66,8 @@ def parallax_reference(
   w = jnp.where(visible, jnp.exp(s - m), 0.0)
   d1 = jnp.sum(w, axis=-1, keepdims=True)
   p = w / jnp.where(d1 > 0, d1, 1.0)
+  if r is None:
+    return p, visible
+  t = jnp.einsum("bihd,bjhd->bhij", r.astype(compute), k, precision="highest")
   tbar = jnp.sum(p * t, axis=-1, keepdims=True)
-  a = p * (1.0 + tbar - t)  # effective weights; sum to 1 on every row that sees a key
-  o = jnp.einsum("bhij,bjhd->bihd", a, v, precision="highest")
-  return o.astype(out_dtype)
+  return p * (1.0 + tbar - t), visible  # sums to 1 on every row that sees a key

@@ -34,6 +34,12 @@ class DataConfig:
       token ids used (keys and values split the ids 1..vocab_size-1 in halves), key-value
       pairs per row and queries per row (<= pairs). Needs train.seq_len >= 2 * (pairs +
       queries) and model.vocab_size >= mqar_vocab_size.
+    regression_dim, regression_noise, regression_drift: with source="linreg" (in-context linear
+      regression, `parallax_jax.data.regression`) or "drift_linreg" (its weights drift along
+      the row as a random walk): the dimension d of x (the model reads d + 1 features:
+      model.input_dim = d + 1, model.output_dim = 1), the std of the noise added to y, and the
+      std of each weight increment per point (0 for "linreg", > 0 for "drift_linreg"). A row
+      holds train.seq_len / 2 points.
   """
 
   source: str = "builtin"
@@ -48,6 +54,9 @@ class DataConfig:
   mqar_vocab_size: int = 64
   mqar_num_pairs: int = 8
   mqar_num_queries: int = 8
+  regression_dim: int = 8
+  regression_noise: float = 0.0
+  regression_drift: float = 0.0
 
   def __post_init__(self):
     self.validate()
@@ -93,6 +102,18 @@ class DataConfig:
           f"must be >= {2 * max(self.mqar_num_pairs, 2) + 1}: half of the ids 1.. are keys "
           f"(mqar_num_pairs={self.mqar_num_pairs} distinct per row), half are values",
         )
+    value = self.regression_dim
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+      bad("regression_dim", "must be an int >= 1")
+    for field in ("regression_noise", "regression_drift"):
+      value = getattr(self, field)
+      number = isinstance(value, int | float) and not isinstance(value, bool)
+      if not number or not 0 <= value < float("inf"):  # NaN fails the comparison too
+        bad(field, "must be a finite number >= 0")
+    if self.source == "linreg" and self.regression_drift != 0:
+      bad("regression_drift", "must be 0 for source='linreg' (use source='drift_linreg')")
+    if self.source == "drift_linreg" and self.regression_drift <= 0:
+      bad("regression_drift", "must be > 0 for source='drift_linreg' (0 is source='linreg')")
 
   @classmethod
   def from_dict(cls, d: Mapping[str, Any] | Any) -> DataConfig:

@@ -1,4 +1,5 @@
-"""Synthetic tasks generated on the fly from a seed: MQAR (multi-query associative recall).
+"""Synthetic tasks generated on the fly from a seed: MQAR (multi-query associative recall) here,
+in-context linear regression ("linreg", "drift_linreg") in `parallax_jax.data.regression`.
 
 One MQAR row of ``seq_len`` inputs (token 0 is padding; keys and values come from disjoint
 halves of ``[1, mqar_vocab_size)``)::
@@ -19,8 +20,14 @@ import grain
 import numpy as np
 
 from parallax_jax.data.config import DataConfig
+from parallax_jax.data.regression import (
+  REGRESSION_TASKS,
+  RegressionRow,
+  check_regression,
+  describe_regression,
+)
 
-TASKS = ("mqar",)
+TASKS = ("mqar", *REGRESSION_TASKS)
 _SPLIT_SALT = {"train": 0x7A11, "eval": 0xE7A1}
 _EVAL_SEED = 0x5EED  # the eval rows do not depend on the run's seeds
 _ROWS = 1 << 40  # "forever" for the train split
@@ -32,6 +39,10 @@ def mqar_vocab(vocab_size: int) -> tuple[range, range]:
   return range(1, 1 + half), range(1 + half, vocab_size)
 
 
+def split_seed(cfg: DataConfig, seed: int, split: str) -> tuple[int, int]:
+  return (_EVAL_SEED, 0) if split == "eval" else (seed, cfg.shuffle_seed)
+
+
 class MQARRow:
   """Row index -> batch features (int32/float32 ``[seq_len]`` each), see the module docstring."""
 
@@ -39,7 +50,7 @@ class MQARRow:
     self.seq_len, self.split = seq_len, split
     self.num_pairs, self.num_queries = cfg.mqar_num_pairs, cfg.mqar_num_queries
     self.keys, self.values = mqar_vocab(cfg.mqar_vocab_size)
-    self.seed = (_EVAL_SEED, 0) if split == "eval" else (seed, cfg.shuffle_seed)
+    self.seed = split_seed(cfg, seed, split)
 
   def __call__(self, index) -> dict[str, np.ndarray]:
     rng = np.random.default_rng([*self.seed, _SPLIT_SALT[self.split], int(index)])
@@ -64,19 +75,30 @@ class MQARRow:
     }
 
 
-def check_task(cfg: DataConfig, seq_len: int, model_vocab_size: int | None = None) -> None:
-  """Raises ``ValueError`` naming the field when the task does not fit the run."""
+def check_task(cfg: DataConfig, seq_len: int, model=None) -> None:
+  """Raises ``ValueError`` naming the field when the task does not fit the run (and ``model``,
+  a ``ModelConfig``, when given)."""
   if cfg.source not in TASKS:
     raise ValueError(f"data.source={cfg.source!r} is not a synthetic task {TASKS}")
+  if cfg.source in REGRESSION_TASKS:
+    check_regression(cfg, seq_len, model)
+    return
   need = 2 * (cfg.mqar_num_pairs + cfg.mqar_num_queries)
   if need > seq_len:
     raise ValueError(
       f"MQAR needs train.seq_len >= 2 * (data.mqar_num_pairs + data.mqar_num_queries) = "
       f"{need}, got {seq_len}"
     )
-  if model_vocab_size is not None and cfg.mqar_vocab_size > model_vocab_size:
+  if model is None:
+    return
+  if cfg.mqar_vocab_size > model.vocab_size:
     raise ValueError(
-      f"data.mqar_vocab_size={cfg.mqar_vocab_size} exceeds model.vocab_size={model_vocab_size}"
+      f"data.mqar_vocab_size={cfg.mqar_vocab_size} exceeds model.vocab_size={model.vocab_size}"
+    )
+  if model.input_dim or model.output_dim:
+    raise ValueError(
+      f"data.source='mqar' is token ids in, logits out: set model.input_dim=0 and "
+      f"model.output_dim=0 (got {model.input_dim} and {model.output_dim})"
     )
 
 
@@ -90,7 +112,9 @@ def make_task_dataset(
   process_index: int = 0,
   process_count: int = 1,
 ) -> grain.IterDataset:
-  """Batches ``{inputs, targets, segment_ids, positions, loss_mask}`` ``[batch_size, seq_len]``.
+  """Batches ``{inputs, targets, segment_ids, positions, loss_mask}`` ``[batch_size, seq_len]``
+  (regression: ``inputs`` ``[batch_size, seq_len, d + 1]`` float32, eval adds the
+  ``baseline_*`` predictions, see `parallax_jax.data.regression`).
 
   Process ``p`` of ``n`` takes rows ``p, p + n, ...``; "train" is endless, "eval" is a fixed
   set of rows independent of ``seed`` (iterate as many batches as needed).
@@ -99,11 +123,18 @@ def make_task_dataset(
     raise ValueError(f"split={split!r}: must be 'train' or 'eval'")
   check_task(cfg, seq_len)
   rows = grain.MapDataset.range(process_index, _ROWS, process_count)
-  ds = rows.map(MQARRow(cfg, seq_len, seed, split)).batch(batch_size, drop_remainder=True)
+  if cfg.source in REGRESSION_TASKS:
+    entropy = (*split_seed(cfg, seed, split), _SPLIT_SALT[split])
+    row = RegressionRow(cfg, seq_len, entropy, with_baselines=split == "eval")
+  else:
+    row = MQARRow(cfg, seq_len, seed, split)
+  ds = rows.map(row).batch(batch_size, drop_remainder=True)
   return ds.to_iter_dataset()
 
 
-def describe_task(cfg: DataConfig) -> dict:
+def describe_task(cfg: DataConfig, seq_len: int | None = None) -> dict:
+  if cfg.source in REGRESSION_TASKS:
+    return describe_regression(cfg, seq_len)
   keys, values = mqar_vocab(cfg.mqar_vocab_size)
   return {
     "task": cfg.source,

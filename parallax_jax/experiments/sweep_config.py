@@ -8,11 +8,17 @@ dict) with
     axes       {dotted config key: [values]}; dotted keys need
                ``ConfigDict(..., allow_dotted_keys=True)``, or nest them
                ({"model": {"attention": [...]}}); a list is always a leaf (a value list)
+    exclude    optional [{axis key: value}]: grid combinations matching every item of one entry
+               are dropped (e.g. an expensive reference at the largest sizes)
     mode       "grid" (every combination, in axis order) or "random" (``count`` distinct
                combinations drawn with ``seed``)
     overrides  optional {dotted key: value} applied to every point
-    metric     optional column that ranks points: default "eval_accuracy" for synthetic tasks
-               (data.source "mqar"), else "eval_perplexity"
+    variants   optional {name: {dotted key: value}}: named bundles of overrides that form one
+               more axis, "variant" (first), for comparisons no grid of single keys expresses
+               (e.g. "softmax, widened to Parallax's parameter count")
+    metric     optional column that ranks points: default "eval_mse" for the regression
+               tasks (data.source "linreg", "drift_linreg"; lower is better),
+               "eval_accuracy" for "mqar", else "eval_perplexity"
 
 Every point is checked against the base config here (unknown keys, unparsable values), before
 anything runs. A point's name is built from its axis values, so it stays the same when the
@@ -37,7 +43,8 @@ import numpy as np
 from parallax_jax.train.config import apply_overrides, load_config
 
 MODES = ("grid", "random")
-KEYS = ("base", "axes", "mode", "seed", "count", "overrides", "metric")
+KEYS = ("base", "axes", "variants", "exclude", "mode", "seed", "count", "overrides", "metric")
+VARIANT = "variant"  # the axis that ``variants`` adds
 REPO_ROOT = Path(__file__).resolve().parents[2]
 _MAX_NAME = 96
 
@@ -192,10 +199,25 @@ def build_sweep(spec, *, base_path_for_inline: Path | None = None) -> Sweep:
   seed = spec.get("seed", 0)
   count = spec.get("count")
   fixed = _flatten(spec.get("overrides") or {})
+  variants = {
+    name: _flatten(_to_plain(v)) for name, v in _to_plain(spec.get("variants") or {}).items()
+  }
+  if variants:
+    if VARIANT in axes:
+      raise ValueError(f"sweep.axes may not have a {VARIANT!r} axis when sweep.variants is set")
+    axes = {VARIANT: list(variants), **axes}
   combos = _combinations(axes, mode, seed, count) if axes else [{}]
+  exclude = [_flatten(_to_plain(e)) for e in spec.get("exclude") or []]
+  for entry in exclude:
+    for key, value in entry.items():
+      if key not in axes or value not in axes[key]:
+        raise ValueError(f"sweep.exclude entry {entry}: {key}={value!r} is not an axis value")
+  combos = [c for c in combos if not any(all(c[k] == v for k, v in e.items()) for e in exclude)]
   points, names = [], set()
   for values in combos:
-    overrides = tuple(f"{k}={cli_value(v)}" for k, v in {**fixed, **values}.items())
+    chosen = variants.get(values.get(VARIANT), {})
+    keyed = {k: v for k, v in values.items() if not (variants and k == VARIANT)}
+    overrides = tuple(f"{k}={cli_value(v)}" for k, v in {**fixed, **chosen, **keyed}.items())
     try:
       config = apply_overrides(ml_collections.ConfigDict(base.to_dict()), overrides)
     except ValueError as e:

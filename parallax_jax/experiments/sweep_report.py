@@ -2,8 +2,9 @@
 
 One row per point: its axis values, status, final step, final train loss, eval loss,
 perplexity and accuracy (argmax accuracy on loss_mask positions: the answer accuracy of a
-synthetic task), median tokens/s, wall time and error. Rows come from each point's
-``status.json`` and ``metrics.jsonl``.
+synthetic task), eval MSE (regression tasks; their sweeps also get the baselines' MSE), median
+tokens/s, wall time and error. Rows come from each point's ``status.json`` and
+``metrics.jsonl``.
 """
 
 from __future__ import annotations
@@ -15,9 +16,19 @@ import re
 import statistics
 from pathlib import Path
 
+from parallax_jax.data.regression import REGRESSION_TASKS
 from parallax_jax.experiments.sweep_config import Point, Sweep
 
-METRIC_COLUMNS = ("train_loss", "eval_loss", "eval_perplexity", "eval_accuracy", "tokens_per_s")
+METRIC_COLUMNS = (
+  "train_loss",
+  "eval_loss",
+  "eval_perplexity",
+  "eval_accuracy",
+  "eval_mse",
+  "tokens_per_s",
+)
+# Columns added when a point runs a regression task: the reference predictors' eval MSE.
+BASELINE_COLUMNS = ("eval_mse_baseline_zero", "eval_mse_baseline_ols", "eval_mse_baseline_bayes")
 # Larger is better for these; smaller for the rest.
 HIGHER_IS_BETTER = ("eval_accuracy", "tokens_per_s")
 
@@ -50,24 +61,34 @@ def point_row(sweep: Sweep, point: Point, workdir: Path) -> dict:
     eval_loss=_last(records, "eval_loss"),
     eval_perplexity=_last(records, "eval_perplexity"),
     eval_accuracy=_last(records, "eval_accuracy"),
+    eval_mse=_last(records, "eval_mse"),
     tokens_per_s=statistics.median(speeds) if speeds else None,
-    wall_s=status.get("wall_s"),
-    error=status.get("error"),
   )
+  if _sources(sweep) & set(REGRESSION_TASKS):
+    row.update({k: _last(records, k) for k in BASELINE_COLUMNS})
+  row.update(wall_s=status.get("wall_s"), error=status.get("error"))
   return row
 
 
+def _sources(sweep: Sweep) -> set[str]:
+  return {p.config.data.source for p in sweep.points}
+
+
 def metric_name(sweep: Sweep, rows: list[dict]) -> str:
-  """The sweep's ``metric``, else task accuracy / eval perplexity / train loss as present."""
+  """The sweep's ``metric``, else eval MSE (regression tasks) / task accuracy (MQAR) / eval
+  perplexity, whichever applies and is present, else train loss."""
   if sweep.metric:
     return sweep.metric
-  from parallax_jax.data.synthetic import TASKS
+  from parallax_jax.data.synthetic import TASKS  # imports grain: only when needed
 
-  is_task = any(p.config.data.source in TASKS for p in sweep.points)
-  for name in ("eval_accuracy",) if is_task else ("eval_perplexity",):
-    if any(r.get(name) is not None for r in rows):
-      return name
-  return "train_loss"
+  sources = _sources(sweep)
+  if sources & set(REGRESSION_TASKS):
+    name = "eval_mse"
+  elif sources & set(TASKS):
+    name = "eval_accuracy"
+  else:
+    name = "eval_perplexity"
+  return name if any(r.get(name) is not None for r in rows) else "train_loss"
 
 
 def _fmt(value) -> str:

@@ -39,6 +39,9 @@ class Attention(nnx.Module):
 
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
     self.cfg = cfg
+    # Attention analysis (parallax_jax/analysis): when True, a call sows the scored
+    # q, (r), k as nnx.Intermediate "scored"; off in training (it would keep them alive).
+    self.capture = False
     ax, d, h, hkv, dh = cfg.axes, cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     pdt = jnp.dtype(cfg.param_dtype)
     std = cfg.init_std
@@ -84,6 +87,8 @@ class Attention(nnx.Module):
       if cfg.qk_norm:
         r = self.r_norm(r)
       r = rope(r, positions, cfg.rope_theta)  # r sits at the query positions, like q
+    if self.capture:
+      self.sow(nnx.Intermediate, "scored", {"q": q, "k": k, **({} if r is None else {"r": r})})
     o = sharding.attention(
       self._attend, q, r, k, v, segment_ids, axes=cfg.axes, ring=self._ring if cfg.uses_r else None
     )

@@ -37,6 +37,12 @@ class ModelConfig:
   softmax transformer at step 0; ``"like_q"`` initialises ``r_proj`` like ``q_proj``.
   ``attention="lla"``: Local Linear Attention (q, k, v; a dense per-query ridge solve with ridge
   ``lla_ridge``, ``parallax_jax.attention.lla``), a reference for small models.
+
+  ``input_dim > 0`` reads float vectors ``[B, T, input_dim]`` through a linear projection with
+  a bias (no token embedding); ``output_dim > 0`` replaces the LM head by a linear head
+  predicting ``output_dim`` numbers per position (trained with MSE). Both 0: token ids in,
+  logits out. The regression tasks ("linreg", "drift_linreg") use ``input_dim = d + 1``,
+  ``output_dim = 1``.
   """
 
   vocab_size: int = 512
@@ -62,6 +68,8 @@ class ModelConfig:
   logits_chunk: int = 0
   attention_impl: str | None = None  # parallax_attention's implementation=; None: best
   lla_ridge: float = 1.0  # attention="lla": ridge lambda on the local slope (> 0)
+  input_dim: int = 0  # > 0: float input vectors of this size instead of token ids
+  output_dim: int = 0  # > 0: a linear regression head of this size instead of the LM head
   axes: LogicalAxes = LogicalAxes()
 
   def __post_init__(self):
@@ -108,6 +116,24 @@ class ModelConfig:
       f"must be an int >= 0 (0: dense logits), got {self.logits_chunk!r}",
     )
     need(self.lla_ridge > 0, "lla_ridge", f"must be > 0, got {self.lla_ridge!r}")
+    for f in ("input_dim", "output_dim"):
+      value = getattr(self, f)
+      need(
+        isinstance(value, int) and not isinstance(value, bool) and value >= 0,
+        f,
+        f"must be an int >= 0 (0: token ids / LM head), got {value!r}",
+      )
+    need(
+      not (self.input_dim and not self.output_dim and self.tie_embeddings),
+      "tie_embeddings",
+      "must be False when input_dim > 0 and output_dim = 0 (no token embedding to tie the "
+      "LM head to)",
+    )
+    need(
+      not (self.output_dim and self.logits_chunk),
+      "logits_chunk",
+      "must be 0 when output_dim > 0 (it chunks the LM head, which the model then lacks)",
+    )
 
   @classmethod
   def from_dict(cls, d: Mapping) -> ModelConfig:
@@ -138,7 +164,11 @@ class ModelConfig:
     layer = attn + 3 * d * f + norms
     total = self.num_layers * layer + d
     if embedding:
-      total += self.vocab_size * d * (1 if self.tie_embeddings else 2)
+      total += self.input_dim * d + d if self.input_dim else self.vocab_size * d
+      if self.output_dim:
+        total += d * self.output_dim
+      elif not self.tie_embeddings:
+        total += d * self.vocab_size
     return total
 
   def flops_per_token(self, seq_len: int) -> float:
@@ -157,7 +187,8 @@ class ModelConfig:
       self.vocab_size,
     )
     proj = d * h * dh * (3 if self.uses_r else 2) + 2 * d * hkv * dh
-    dense = self.num_layers * (proj + 3 * d * f) + d * v  # weights touched per token
+    head = d * (self.output_dim or v)
+    dense = self.num_layers * (proj + 3 * d * f) + head + self.input_dim * d  # weights per token
     keys = (
       (seq_len + 1) / 2 if self.window_size is None else min(self.window_size, (seq_len + 1) / 2)
     )

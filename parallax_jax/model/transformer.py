@@ -1,4 +1,8 @@
-"""The decoder: embedding, pre-RMSNorm blocks (attention + SwiGLU), final norm, LM head."""
+"""The decoder: embedding, pre-RMSNorm blocks (attention + SwiGLU), final norm, LM head.
+
+With ``input_dim`` / ``output_dim`` (``ModelConfig``) the embedding / LM head become linear maps
+of float vectors (regression tasks).
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ from parallax_jax import sharding
 from parallax_jax.attention.api import CHECKPOINT_NAME
 from parallax_jax.model.attention import Attention
 from parallax_jax.model.config import ModelConfig
-from parallax_jax.model.layers import RMSNorm, SwiGLU, param
+from parallax_jax.model.layers import Projection, RMSNorm, SwiGLU, param
 
 
 def remat_policy(remat: str):
@@ -48,44 +52,64 @@ class Block(nnx.Module):
 
 
 class Transformer(nnx.Module):
-  """``tokens [B, T] -> logits [B, T, V]`` (float32 logits)."""
+  """``tokens [B, T] -> logits [B, T, V]`` (float32); with ``cfg.input_dim`` the inputs are
+  ``[B, T, input_dim]`` floats, with ``cfg.output_dim`` the output is ``[B, T, output_dim]``."""
 
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
     self.cfg = cfg
-    ax, pdt = cfg.axes, jnp.dtype(cfg.param_dtype)
-    self.embed = param(
-      rngs, (cfg.vocab_size, cfg.d_model), (ax.vocab, ax.embed), std=cfg.init_std, dtype=pdt
-    )
+    ax, pdt, std = cfg.axes, jnp.dtype(cfg.param_dtype), cfg.init_std
+    if cfg.input_dim:
+      # The input axis is tiny: replicated (None). The bias keeps the input's scale visible
+      # through the first RMSNorm, which would map x and 2x to the same normed vector.
+      self.input_proj = Projection(
+        (cfg.input_dim,), (cfg.d_model,), (None, ax.embed), rngs=rngs, std=std, dtype=pdt
+      )
+      self.input_bias = param(rngs, (cfg.d_model,), (ax.embed,), std=std, dtype=pdt)
+    else:
+      self.embed = param(
+        rngs, (cfg.vocab_size, cfg.d_model), (ax.vocab, ax.embed), std=std, dtype=pdt
+      )
     self.blocks = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
     self.final_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps, axis_name=ax.norm, dtype=pdt)
-    if not cfg.tie_embeddings:
+    if cfg.output_dim:
+      self.output_head = Projection(
+        (cfg.d_model,), (cfg.output_dim,), (ax.embed, None), rngs=rngs, std=std, dtype=pdt
+      )
+    elif not cfg.tie_embeddings:
       self.head = param(
-        rngs, (cfg.d_model, cfg.vocab_size), (ax.embed, ax.vocab), std=cfg.init_std, dtype=pdt
+        rngs, (cfg.d_model, cfg.vocab_size), (ax.embed, ax.vocab), std=std, dtype=pdt
       )
 
   def __call__(
     self,
-    tokens: Int[Array, "B T"],
+    inputs: Int[Array, "B T"] | Float[Array, "B T F"],
     positions: Int[Array, "B T"] | None = None,
     segment_ids: Int[Array, "B T"] | None = None,
-  ) -> Float[Array, "B T V"]:
-    x = self.hidden(tokens, positions, segment_ids)
+  ) -> Float[Array, "B T V"] | Float[Array, "B T K"]:
+    x = self.hidden(inputs, positions, segment_ids)
+    if self.cfg.output_dim:
+      return self.output_head(x, x.dtype).astype(jnp.float32)
     w_VD, scale = self.lm_head()
     return (jnp.einsum("btd,vd->btv", x, w_VD) * scale).astype(jnp.float32)
 
   def hidden(
     self,
-    tokens: Int[Array, "B T"],
+    inputs: Int[Array, "B T"] | Float[Array, "B T F"],
     positions: Int[Array, "B T"] | None = None,
     segment_ids: Int[Array, "B T"] | None = None,
   ) -> Float[Array, "B T D"]:
-    """The final-normed residual stream (compute dtype), the LM head's input."""
+    """The final-normed residual stream (compute dtype), the output head's input."""
     cfg = self.cfg
     dt = jnp.dtype(cfg.compute_dtype)
+    batch_shape = inputs.shape[:2]
     if positions is None:
-      positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
+      positions = jnp.broadcast_to(jnp.arange(batch_shape[1]), batch_shape)
     stream_axes = (cfg.axes.batch, cfg.axes.length, None)  # the residual stream [B, T, D]
-    x = sharding.constrain(self.embed[...].astype(dt)[tokens], stream_axes)
+    if cfg.input_dim:
+      x = self.input_proj(inputs, dt) + self.input_bias[...].astype(dt)
+    else:
+      x = self.embed[...].astype(dt)[inputs]
+    x = sharding.constrain(x, stream_axes)
     policy = remat_policy(cfg.remat)
     for block in self.blocks:
       if policy is not None:

@@ -114,9 +114,16 @@ def _synthetic_batch(exp, seed=0):
   rng = np.random.default_rng(seed)
   b, t = exp.train.batch_size, exp.train.seq_len
   tokens = rng.integers(0, exp.model.vocab_size, (b, t + 1), dtype=np.int32)
+  inputs, targets = tokens[:, :-1], tokens[:, 1:]
+  m = exp.model
+  if m.input_dim:  # float vectors in / a regression head out (e.g. data.source="linreg")
+    inputs = rng.standard_normal((b, t, m.input_dim), dtype=np.float32)
+  if m.output_dim:
+    shape = (b, t) if m.output_dim == 1 else (b, t, m.output_dim)
+    targets = rng.standard_normal(shape, dtype=np.float32)
   return {
-    "inputs": tokens[:, :-1],
-    "targets": tokens[:, 1:],
+    "inputs": inputs,
+    "targets": targets,
     "segment_ids": np.ones((b, t), np.int32),
     "positions": np.broadcast_to(np.arange(t, dtype=np.int32), (b, t)).copy(),
     "loss_mask": np.ones((b, t), np.float32),

@@ -17,7 +17,7 @@ class TrainData:
     self.task = cfg.source in synthetic.TASKS  # generated on the fly: no tokenizer, no files
     self.tokenizer = self.source = None
     if self.task:
-      synthetic.check_task(cfg, exp.train.seq_len, exp.model.vocab_size)
+      synthetic.check_task(cfg, exp.train.seq_len, exp.model)
     else:
       self._init_text(cfg)
     n = jax.process_count()
@@ -66,7 +66,7 @@ class TrainData:
 
   def describe(self) -> dict:
     if self.task:
-      return {"source": synthetic.describe_task(self.exp.data)}
+      return {"source": synthetic.describe_task(self.exp.data, self.exp.train.seq_len)}
     return {
       "source": self.source.describe(),
       "tokenizer": repr(self.tokenizer),

@@ -16,7 +16,7 @@ from parallax_jax.train.checkpoint import Checkpointer, abstract_like, load_para
 from parallax_jax.train.config import Experiment, resolve
 from parallax_jax.train.metrics import MetricsWriter, peak_flops_per_device
 from parallax_jax.train.program import Program
-from parallax_jax.train.step import TrainState
+from parallax_jax.train.step import TrainState, eval_metrics
 
 log = logging.getLogger("parallax_jax")
 
@@ -84,19 +84,13 @@ class Trainer:
     return state
 
   def evaluate(self, params) -> dict:
-    nll, correct, tokens = 0.0, 0.0, 0.0
+    """Held-out metrics (`step.eval_metrics`): perplexity and accuracy, or MSE and baselines."""
+    sums: dict[str, float] = {}
     for batch in self.data.eval_batches():
       out = self.eval_step(params, self.program.device_batch(batch))
-      nll += float(out["nll_sum"])
-      correct += float(out["correct"])
-      tokens += float(out["tokens"])
-    if tokens == 0:
-      return {}
-    return {
-      "eval_loss": nll / tokens,
-      "eval_perplexity": math.exp(min(nll / tokens, 50.0)),
-      "eval_accuracy": correct / tokens,  # argmax accuracy on loss_mask positions
-    }
+      for key, value in jax.device_get(out).items():
+        sums[key] = sums.get(key, 0.0) + float(value)
+    return eval_metrics(sums)
 
   def run(self) -> dict:
     exp = self.exp
@@ -128,7 +122,8 @@ class Trainer:
         if done % tcfg.log_every == 0 or done == tcfg.steps:
           now = time.perf_counter()
           scalars = {k: float(v) for k, v in jax.device_get(m).items()}
-          scalars["perplexity"] = math.exp(min(loss, 50.0))
+          if not exp.model.output_dim:  # a regression loss is an MSE, not an NLL
+            scalars["perplexity"] = math.exp(min(loss, 50.0))
           if compiled:  # the first interval holds compilation: no throughput for it
             dt = (now - last_log_time) / (done - last_log_step)
             scalars.update(step_time_s=dt, tokens_per_s=tokens_per_step / dt)
@@ -157,7 +152,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | Path) -> dict:
 
 
 def evaluate(workdir: str | Path, cfg: ml_collections.ConfigDict | None = None) -> dict:
-  """Held-out loss/perplexity of the latest checkpoint in ``workdir``."""
+  """Held-out metrics (loss/perplexity, or MSE) of the latest checkpoint in ``workdir``."""
   workdir = Path(workdir)
   if cfg is None:
     record = json.loads((workdir / "config.json").read_text())

@@ -84,7 +84,8 @@ def _path_names(path) -> tuple[str, ...]:
 
 
 def _is_embedding(names) -> bool:
-  return names[-1] in ("embed", "head")
+  """Input and output layers (token embedding, LM head, their float-vector counterparts)."""
+  return names[-1] in ("embed", "head") or names[0] in ("input_proj", "output_head")
 
 
 def muon_dimension_numbers(params):

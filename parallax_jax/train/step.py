@@ -7,6 +7,7 @@ model is split once into a ``graphdef`` and merged with the (pure-dict) params i
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import jax
@@ -74,13 +75,24 @@ def token_nll(logits, targets):
   return logz - picked
 
 
+def squared_error(pred_BTK, targets) -> jax.Array:
+  """Per-position squared error summed over the ``K`` outputs, float32 ``[B, T]``
+  (``targets``: ``[B, T]`` when ``K = 1``, else ``[B, T, K]``)."""
+  diff = pred_BTK.astype(jnp.float32) - targets.astype(jnp.float32).reshape(pred_BTK.shape)
+  return jnp.sum(diff * diff, axis=-1)
+
+
 def loss_fn(params, graphdef, batch):
-  """Mean NLL over ``loss_mask`` positions (and their count); ``model.logits_chunk > 0`` fuses
+  """Mean loss over ``loss_mask`` positions (and their count): NLL, or squared error when the
+  model has a regression head (``model.output_dim > 0``). ``model.logits_chunk > 0`` fuses
   the LM head into a chunked cross-entropy instead of materialising the logits."""
   model = nnx.merge(graphdef, params)
   weights = batch["loss_mask"].astype(jnp.float32)
   tokens = jnp.sum(weights)
-  if model.cfg.logits_chunk:
+  if model.cfg.output_dim:
+    pred = model(batch["inputs"], batch["positions"], batch["segment_ids"])
+    total = jnp.sum(squared_error(pred, batch["targets"]) * weights)
+  elif model.cfg.logits_chunk:
     x = model.hidden(batch["inputs"], batch["positions"], batch["segment_ids"])
     w, scale = model.lm_head()
     total = chunked_cross_entropy(
@@ -120,16 +132,53 @@ def make_train_step(graphdef, tx, schedules, prepare_batch=None):
 
 
 def make_eval_step(graphdef, prepare_batch=None):
-  """``eval_step(params, batch) -> {"nll_sum", "correct", "tokens"}`` (sums over loss_mask
-  positions: exact perplexity, and argmax accuracy, e.g. MQAR answers)."""
+  """``eval_step(params, batch) -> sums over loss_mask positions`` (see `eval_metrics`).
+
+  LM head: ``{"nll_sum", "correct", "tokens"}`` (exact perplexity, and argmax accuracy, e.g.
+  MQAR answers). Regression head: ``{"sq_err_sum", "sq_err_sum_baseline_zero", "tokens"}``
+  plus ``sq_err_sum_<key>`` for every ``baseline_*`` prediction in the batch (``[B, T]``,
+  e.g. the least-squares and Bayes predictions of the regression tasks).
+  """
 
   def eval_step(params, batch):
     if prepare_batch is not None:
       batch = prepare_batch(batch)
-    logits = forward(graphdef, params, batch)
-    nll = token_nll(logits, batch["targets"])
+    model = nnx.merge(graphdef, params)
+    out = model(batch["inputs"], batch["positions"], batch["segment_ids"])
     w = batch["loss_mask"].astype(jnp.float32)
-    hit = (jnp.argmax(logits, axis=-1) == batch["targets"]).astype(jnp.float32)
+    targets = batch["targets"]
+    if model.cfg.output_dim:
+      sums = {"sq_err_sum": squared_error(out, targets)}
+      sums["sq_err_sum_baseline_zero"] = squared_error(jnp.zeros_like(out), targets)
+      for key in sorted(k for k in batch if k.startswith("baseline_")):
+        sums[f"sq_err_sum_{key}"] = squared_error(batch[key].reshape(out.shape), targets)
+      return {"tokens": jnp.sum(w), **{k: jnp.sum(v * w) for k, v in sums.items()}}
+    nll = token_nll(out, targets)
+    hit = (jnp.argmax(out, axis=-1) == targets).astype(jnp.float32)
     return {"nll_sum": jnp.sum(nll * w), "correct": jnp.sum(hit * w), "tokens": jnp.sum(w)}
 
   return eval_step
+
+
+def eval_metrics(sums: dict[str, float]) -> dict[str, float]:
+  """Summed `make_eval_step` outputs (over all eval batches) -> the logged ``eval_*`` metrics.
+
+  LM head: ``eval_loss`` (mean NLL), ``eval_perplexity``, ``eval_accuracy``. Regression head:
+  ``eval_loss`` = ``eval_mse`` (mean squared error of the model), and ``eval_mse_baseline_*``
+  of the reference predictions (``_zero``: predicting 0, i.e. ``E[y^2]``).
+  """
+  tokens = sums.get("tokens", 0.0)
+  if not tokens:
+    return {}
+  if "nll_sum" in sums:
+    loss = sums["nll_sum"] / tokens
+    return {
+      "eval_loss": loss,
+      "eval_perplexity": math.exp(min(loss, 50.0)),
+      "eval_accuracy": sums["correct"] / tokens,  # argmax accuracy on loss_mask positions
+    }
+  out = {"eval_loss": sums["sq_err_sum"] / tokens}
+  for key, value in sums.items():
+    if key.startswith("sq_err_sum"):
+      out["eval_mse" + key.removeprefix("sq_err_sum")] = value / tokens
+  return out

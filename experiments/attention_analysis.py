@@ -1,0 +1,143 @@
+"""Study 3: how trained models attend (effective weights), Parallax against softmax.
+
+Loads the latest checkpoint of each run, runs its held-out batches and reports per layer (mean
+over heads) the share of negative effective weights, of weights above 1, the negative mass per
+row, and the weight on the document's first token (the attention sink) next to what uniform
+attention would give (``parallax_jax.analysis.attention_stats``).
+
+  python -m experiments.attention_analysis \\
+      --run parallax=runs/study_tiny_lm/points/variant=muon+parallax \\
+      --run softmax=runs/study_tiny_lm/points/variant=muon+softmax \\
+      --out experiments/results/studies/attention_analysis
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from parallax_jax.analysis import attention_stats
+from parallax_jax.train.loop import Trainer
+
+ROWS = (
+  ("negative", "negative weights", "{:.2%}"),
+  ("above_one", "weights > 1", "{:.2%}"),
+  ("negative_mass", "negative mass / row", "{:.3f}"),
+  ("first_token", "first-token weight", "{:.3f}"),
+  ("first_token_uniform", "(uniform would give)", "{:.3f}"),
+)
+
+
+def analyse(workdir: Path, min_row: int) -> dict:
+  record = json.loads((workdir / "config.json").read_text())
+  trainer = Trainer(ml_collections.ConfigDict(record["config"]), workdir)
+  if trainer.checkpointer.latest_step() is None:
+    raise FileNotFoundError(f"no checkpoint in {workdir / 'checkpoints'}")
+  state = trainer.initial_state()
+  trainer.checkpointer.close()
+  batches = [
+    {k: None if v is None else jnp.asarray(v) for k, v in b.items()}
+    for b in trainer.data.eval_batches()
+  ]
+  stats = attention_stats(
+    trainer.program.graphdef, jax.device_get(state.params), batches, min_row=min_row
+  )
+  return {
+    "workdir": str(workdir),
+    "step": int(state.step),
+    "attention": trainer.exp.model.attention,
+    "optimizer": trainer.exp.optimizer.name,
+    **stats.summary(),
+  }
+
+
+def _plot(results: dict, path: Path) -> None:
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+  for ax, (key, title) in zip(
+    axes,
+    [
+      ("negative_by_layer", "share of negative weights"),
+      ("above_one_by_layer", "share of weights > 1"),
+      ("first_token_by_layer", "weight on the first token"),
+    ],
+    strict=True,
+  ):
+    for name, r in results.items():
+      ax.plot(range(len(r[key])), r[key], marker="o", label=name)
+    ax.set_title(title)
+    ax.set_xlabel("layer")
+  first = next(iter(results.values()))
+  axes[2].plot(
+    range(len(first["first_token_uniform_by_layer"])),
+    first["first_token_uniform_by_layer"],
+    "k--",
+    label="uniform",
+  )
+  axes[2].legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--run", action="append", required=True, help="name=workdir (repeatable)")
+  p.add_argument("--out", required=True, help="output stem: writes .json, .md and .png")
+  p.add_argument("--min-row", type=int, default=16, help="skip each document's first rows")
+  args = p.parse_args(argv)
+  runs = {}
+  for spec in args.run:
+    name, sep, workdir = spec.partition("=")
+    if not sep or not workdir:
+      raise SystemExit(f"--run must be name=workdir, got {spec!r}")
+    runs[name] = Path(workdir)
+  results = {name: analyse(workdir, args.min_row) for name, workdir in runs.items()}
+  record = {
+    "what": "effective attention weights of trained models (held-out batches)",
+    "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    "device": jax.devices()[0].device_kind,
+    "jax": jax.__version__,
+    "python": platform.python_version(),
+    "command": "python -m experiments.attention_analysis "
+    + " ".join(sys.argv[1:] if argv is None else argv),
+    "min_row": args.min_row,
+    "results": results,
+  }
+  out = Path(args.out)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
+  names = list(results)
+  lines = [
+    f"# {record['what']}",
+    "",
+    f"- date: {record['date']}; device: {record['device']}; jax {record['jax']}",
+    f"- command: `{record['command']}`",
+    f"- rows more than {args.min_row} tokens into their document; means over layers and heads",
+    "",
+    "| | " + " | ".join(names) + " |",
+    "|---|" + "---:|" * len(names),
+  ]
+  for key, label, fmt in ROWS:
+    lines.append(f"| {label} | " + " | ".join(fmt.format(results[n][key]) for n in names) + " |")
+  lines.append("| step | " + " | ".join(str(results[n]["step"]) for n in names) + " |")
+  out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+  _plot(results, out.with_suffix(".png"))
+  print("\n".join(lines))
+  return record
+
+
+if __name__ == "__main__":
+  main()
