@@ -6,8 +6,9 @@ row, and the weight on the document's first token (the attention sink) next to w
 attention would give (``parallax_jax.analysis.attention_stats``).
 
   python -m experiments.attention_analysis \\
-      --run parallax=runs/study_tiny_lm/points/variant=muon+parallax \\
-      --run softmax=runs/study_tiny_lm/points/variant=muon+softmax \\
+      --run parallax=runs/study_tiny_lm/points/variant=muon+parallax,seed=0 \\
+      --run softmax=runs/study_tiny_lm/points/variant=muon+softmax,seed=0 \\
+      --init parallax_init=runs/study_tiny_lm/points/variant=muon+parallax,seed=0 \\
       --out experiments/results/studies/attention_analysis
 """
 
@@ -36,12 +37,17 @@ ROWS = (
 )
 
 
-def analyse(workdir: Path, min_row: int) -> dict:
+def analyse(workdir: Path, min_row: int, at_init: bool = False) -> dict:
+  """Stats of the latest checkpoint in ``workdir``, or (``at_init``) of its config's fresh
+  initialisation (same seed): what training changed."""
   record = json.loads((workdir / "config.json").read_text())
   trainer = Trainer(ml_collections.ConfigDict(record["config"]), workdir)
-  if trainer.checkpointer.latest_step() is None:
+  if at_init:
+    state = trainer.program.init(trainer.exp.train.seed)
+  elif trainer.checkpointer.latest_step() is None:
     raise FileNotFoundError(f"no checkpoint in {workdir / 'checkpoints'}")
-  state = trainer.initial_state()
+  else:
+    state = trainer.initial_state()
   trainer.checkpointer.close()
   batches = [
     {k: None if v is None else jnp.asarray(v) for k, v in b.items()}
@@ -79,6 +85,7 @@ def _plot(results: dict, path: Path) -> None:
       ax.plot(range(len(r[key])), r[key], marker="o", label=name)
     ax.set_title(title)
     ax.set_xlabel("layer")
+    ax.set_xticks(range(len(next(iter(results.values()))[key])))
   first = next(iter(results.values()))
   axes[2].plot(
     range(len(first["first_token_uniform_by_layer"])),
@@ -95,16 +102,23 @@ def _plot(results: dict, path: Path) -> None:
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--run", action="append", required=True, help="name=workdir (repeatable)")
+  p.add_argument(
+    "--init",
+    action="append",
+    default=[],
+    help="name=workdir: that run's model at initialisation, before training (repeatable)",
+  )
   p.add_argument("--out", required=True, help="output stem: writes .json, .md and .png")
   p.add_argument("--min-row", type=int, default=16, help="skip each document's first rows")
   args = p.parse_args(argv)
   runs = {}
-  for spec in args.run:
-    name, sep, workdir = spec.partition("=")
-    if not sep or not workdir:
-      raise SystemExit(f"--run must be name=workdir, got {spec!r}")
-    runs[name] = Path(workdir)
-  results = {name: analyse(workdir, args.min_row) for name, workdir in runs.items()}
+  for flag, specs in (("--run", args.run), ("--init", args.init)):
+    for spec in specs:
+      name, sep, workdir = spec.partition("=")
+      if not sep or not workdir:
+        raise SystemExit(f"{flag} must be name=workdir, got {spec!r}")
+      runs[name] = (Path(workdir), flag == "--init")
+  results = {name: analyse(w, args.min_row, init) for name, (w, init) in runs.items()}
   record = {
     "what": "effective attention weights of trained models (held-out batches)",
     "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),

@@ -225,3 +225,26 @@ def test_smoke_sweep_end_to_end(tmp_path):
   assert [r["name"] for r in table] == [p.name for p in sweep.points]
   assert all(r["status"] == "finished" and float(r["eval_perplexity"]) > 1 for r in table)
   assert (tmp_path / "metric_vs_model_attention.png").exists()
+
+
+def test_pivot_results_averages_the_other_axes(tmp_path):
+  from experiments.pivot_results import pivot
+
+  path = tmp_path / "results.csv"
+  rows = [
+    ("a", "0", "finished", "1.0"),
+    ("a", "1", "finished", "3.0"),
+    ("b", "0", "finished", "5.0"),
+    ("b", "1", "failed", ""),
+  ]
+  with path.open("w", newline="") as f:
+    w = csv.writer(f)
+    w.writerow(["variant", "train.seed", "status", "eval_loss"])
+    w.writerows(rows)
+  table = pivot(path, "variant", "status", "eval_loss", "{:.1f}")
+  assert "| a | 2.0 ± 1.0 (n=2) |" in table  # mean ± half range over the seeds
+  assert "| b | 5.0 |" in table  # the failed point is left out
+  by_seed = pivot(path, "variant", "train.seed", "eval_loss", "{:.1f}")
+  assert "| b | 5.0 | - |" in by_seed
+  with pytest.raises(ValueError, match="no column 'eval_mse'"):
+    pivot(path, "variant", "status", "eval_mse")

@@ -7,6 +7,7 @@ length):
 - softmax_params: softmax with its MLP widened to spend W_R's parameters (parameter-matched);
 - softmax_compute: softmax trained for more steps, so its training FLOPs (attention included,
   ``ModelConfig.flops_per_token``) equal Parallax's (compute-matched).
+And under Muon, parallax_r0: Parallax with W_R initialised to 0 (for the attention analysis).
 
   parallax-jax sweep --config configs/sweeps/study_tiny_lm.py --workdir runs/study_tiny_lm
 """
@@ -52,9 +53,14 @@ def get_config():
   return {  # a plain dict: the override keys are dotted
     "base": "configs/tiny.py",
     "variants": {
-      f"{opt}+{model}": {**opt_overrides, **model_overrides}
-      for opt, opt_overrides in OPTIMIZERS.items()
-      for model, model_overrides in models.items()
+      **{
+        f"{opt}+{model}": {**opt_overrides, **model_overrides}
+        for opt, opt_overrides in OPTIMIZERS.items()
+        for model, model_overrides in models.items()
+      },
+      # W_R = 0 at init: exactly softmax at step 0, so whatever negative weights the
+      # attention analysis finds were learned, not inherited from a random W_R.
+      "muon+parallax_r0": {**OPTIMIZERS["muon"], "model.r_init": "zeros"},
     },
     "axes": {"train.seed": SEEDS},  # initialisation and data order
     "overrides": {
