@@ -131,3 +131,15 @@ def test_capture_returns_what_the_op_receives_per_layer():
   for name in ("q", "r", "k"):
     norms = jnp.linalg.norm(scored[1][name], axis=-1)
     np.testing.assert_allclose(norms, np.sqrt(8.0), rtol=1e-5, err_msg=name)
+
+
+def test_stats_over_batches_are_the_mean_of_per_batch_stats():
+  graphdef, params = _model(CFG)
+  b1 = _batch()
+  b2 = {**b1, "inputs": (b1["inputs"] + 1) % CFG.vocab_size}
+  both = attention_stats(graphdef, params, [b1, b2], min_row=2)
+  each = [attention_stats(graphdef, params, [b], min_row=2) for b in (b1, b2)]
+  for name in ("negative", "first_token"):
+    want = (getattr(each[0], name) + getattr(each[1], name)) / 2
+    np.testing.assert_allclose(getattr(both, name), want, rtol=1e-6)
+  assert not np.allclose(each[0].first_token, each[1].first_token)  # the batches differ

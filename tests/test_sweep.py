@@ -103,6 +103,8 @@ def test_exclude_drops_matching_grid_points():
   assert "attention=lla,seq_len=32" not in names
   with pytest.raises(ValueError, match="sweep.exclude"):
     build_sweep({**spec, "exclude": [{"model.attention": "linear"}]})
+  with pytest.raises(ValueError, match="sweep.exclude works with mode='grid'"):
+    build_sweep({**spec, "mode": "random", "seed": 0, "count": 2})
 
 
 def test_random_mode_draws_distinct_points_reproducibly():

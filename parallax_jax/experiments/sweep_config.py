@@ -208,6 +208,9 @@ def build_sweep(spec, *, base_path_for_inline: Path | None = None) -> Sweep:
     axes = {VARIANT: list(variants), **axes}
   combos = _combinations(axes, mode, seed, count) if axes else [{}]
   exclude = [_flatten(_to_plain(e)) for e in spec.get("exclude") or []]
+  if exclude and mode != "grid":
+    # Dropping points after a random draw would silently run fewer than `count`.
+    raise ValueError("sweep.exclude works with mode='grid' only")
   for entry in exclude:
     for key, value in entry.items():
       if key not in axes or value not in axes[key]:

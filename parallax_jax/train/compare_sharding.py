@@ -22,7 +22,7 @@ import numpy as np
 
 from parallax_jax.sharding import STRATEGIES
 from parallax_jax.train.config import apply_overrides, resolve
-from parallax_jax.train.metrics import peak_flops_per_device
+from parallax_jax.train.metrics import compiled_memory_bytes, peak_flops_per_device
 from parallax_jax.train.program import Program
 
 log = logging.getLogger("parallax_jax")
@@ -98,18 +98,6 @@ def mesh_preset(strategy: str, n: int, model, seq_len: int) -> dict[str, int]:
   return sizes
 
 
-def _peak_memory(compiled) -> int | None:
-  try:
-    m = compiled.memory_analysis()
-  except Exception:  # some backends have none
-    return None
-  if m is None:
-    return None
-  return int(
-    m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
-  )
-
-
 def _synthetic_batch(exp, seed=0):
   rng = np.random.default_rng(seed)
   b, t = exp.train.batch_size, exp.train.seq_len
@@ -151,7 +139,7 @@ def run_strategy(cfg, strategy: str, steps: int, synthetic: bool) -> dict:
   t0 = time.perf_counter()
   compiled = program.lower_train_step(batches[0]).compile()
   row["compile_s"] = time.perf_counter() - t0
-  row["peak_memory_bytes"] = _peak_memory(compiled)
+  row["peak_memory_bytes"] = compiled_memory_bytes(compiled)
   row["collective_bytes"] = collective_bytes(compiled.as_text())
   state = program.init(exp.train.seed)
   state, m = program.train_step(state, program.device_batch(batches[0]))

@@ -79,6 +79,20 @@ class MetricsWriter:
       self._tb.close()
 
 
+def compiled_memory_bytes(compiled) -> int | None:
+  """Device memory a compiled step needs: arguments + outputs + temporaries, outputs that alias
+  (donated) arguments counted once. None where the backend has no memory analysis."""
+  try:
+    m = compiled.memory_analysis()
+  except Exception:  # some backends have none
+    return None
+  if m is None:
+    return None
+  return int(
+    m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
+  )
+
+
 def read_metrics(workdir: str | Path) -> list[dict]:
   path = Path(workdir) / "metrics.jsonl"
   return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

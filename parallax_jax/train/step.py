@@ -63,11 +63,6 @@ def init_state(cfg: ModelConfig, tx: optax.GradientTransformation, seed) -> Trai
   )
 
 
-def forward(graphdef, params, batch):
-  model = nnx.merge(graphdef, params)
-  return model(batch["inputs"], batch["positions"], batch["segment_ids"])
-
-
 def token_nll(logits, targets):
   """Per-token negative log-likelihood, float32 ``[B, T]``."""
   logz = jax.nn.logsumexp(logits, axis=-1)
