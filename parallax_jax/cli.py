@@ -103,8 +103,8 @@ def _eval(args) -> int:
 
 
 def _sweep(args) -> int:
-  from parallax_jax.experiments.sweep_config import load_sweep
-  from parallax_jax.experiments.sweep_runner import run_sweep
+  from parallax_jax.sweeps.config import load_sweep
+  from parallax_jax.sweeps.runner import run_sweep
 
   sweep = load_sweep(args.config, args.workdir)
   if args.dry_run:
@@ -129,7 +129,7 @@ def _convert(args) -> int:
 
 
 def _compare(args) -> int:
-  from parallax_jax.train.compare_sharding import compare_sharding
+  from parallax_jax.benchmarking.compare_sharding import compare_sharding
 
   cfg = _load_and_initialize(args.config, args.overrides)
   rows = compare_sharding(

@@ -281,8 +281,8 @@ def test_input_and_output_layers_are_trained_like_embeddings():
 
 
 def test_sweep_ranks_regression_points_by_eval_mse(tmp_path):
-  from parallax_jax.experiments.sweep_config import build_sweep
-  from parallax_jax.experiments.sweep_report import metric_name, write_tables
+  from parallax_jax.sweeps.config import build_sweep
+  from parallax_jax.sweeps.report import metric_name, write_tables
 
   sweep = build_sweep(
     {"base": str(ROOT / "configs" / "linreg_tiny.py"), "axes": {"model.attention": ["softmax"]}}

@@ -10,7 +10,7 @@ from jax.sharding import PartitionSpec as P
 
 from parallax_jax import sharding
 from parallax_jax.train.checkpoint import Checkpointer, abstract_like
-from parallax_jax.train.compare_sharding import _synthetic_batch, compare_sharding, mesh_preset
+from parallax_jax.benchmarking.compare_sharding import _synthetic_batch, compare_sharding, mesh_preset
 from parallax_jax.train.config import CheckpointConfig, apply_overrides, load_config, resolve
 from parallax_jax.train.program import Program
 from parallax_jax.train.step import loss_fn

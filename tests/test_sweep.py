@@ -9,8 +9,8 @@ from pathlib import Path
 import ml_collections
 import pytest
 
-from parallax_jax.experiments.sweep_config import build_sweep, cli_value, load_sweep, point_name
-from parallax_jax.experiments.sweep_runner import (
+from parallax_jax.sweeps.config import build_sweep, cli_value, load_sweep, point_name
+from parallax_jax.sweeps.runner import (
   error_summary,
   is_finished,
   run_sweep,
@@ -230,7 +230,7 @@ def test_smoke_sweep_end_to_end(tmp_path):
 
 
 def test_pivot_results_averages_the_other_axes(tmp_path):
-  from experiments.pivot_results import pivot
+  from parallax_jax.sweeps.pivot import pivot
 
   path = tmp_path / "results.csv"
   rows = [

@@ -1,6 +1,6 @@
 """The "xla" path's temporary memory grows linearly in T (compiled memory analysis)."""
 
-from experiments.memory_scaling import temp_bytes
+from parallax_jax.benchmarking.memory import temp_bytes
 
 
 def test_xla_temp_memory_is_linear_reference_quadratic():

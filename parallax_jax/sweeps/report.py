@@ -17,7 +17,7 @@ import statistics
 from pathlib import Path
 
 from parallax_jax.data.regression import REGRESSION_TASKS
-from parallax_jax.experiments.sweep_config import Point, Sweep
+from parallax_jax.sweeps.config import Point, Sweep
 
 METRIC_COLUMNS = (
   "train_loss",

@@ -28,8 +28,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from parallax_jax.experiments import sweep_report
-from parallax_jax.experiments.sweep_config import Point, Sweep, describe, write_inline_base
+from parallax_jax.sweeps import report as sweep_report
+from parallax_jax.sweeps.config import Point, Sweep, describe, write_inline_base
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 _ERROR_LINE = re.compile(r"^(error: |[A-Za-z_][\w.]*(Error|Exception|Interrupt)\b)")

@@ -1,0 +1,1 @@
+"""Measuring tools the CLI and ``experiments/`` share: sharding comparison, memory, timing."""

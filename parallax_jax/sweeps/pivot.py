@@ -1,0 +1,49 @@
+"""A sweep's ``results.csv`` as one markdown table: a metric by two of its axes.
+
+Points that differ only in the other axes (e.g. ``train.seed``) are averaged; with several,
+the cell shows ``mean ± half the range`` and their count. Unfinished points are left out.
+
+CLI: ``python -m experiments.pivot_results W/results.csv --rows A --cols B --value M``.
+"""
+
+from __future__ import annotations
+
+import csv
+import statistics
+from pathlib import Path
+
+
+def pivot(csv_path: str | Path, rows: str, cols: str, value: str, fmt: str = "{:.3f}") -> str:
+  with open(csv_path, newline="") as f:
+    records = [r for r in csv.DictReader(f) if r.get("status") == "finished"]
+  if not records:
+    raise ValueError(f"{csv_path}: no finished points")
+  for key in (rows, cols, value):
+    if key not in records[0]:
+      raise ValueError(f"{csv_path} has no column {key!r}; columns: {list(records[0])}")
+  cells: dict[tuple[str, str], list[float]] = {}
+  row_keys, col_keys = [], []
+  for r in records:
+    if r[value] == "":
+      continue
+    if r[rows] not in row_keys:
+      row_keys.append(r[rows])
+    if r[cols] not in col_keys:
+      col_keys.append(r[cols])
+    cells.setdefault((r[rows], r[cols]), []).append(float(r[value]))
+
+  def cell(xs):
+    if not xs:
+      return "-"
+    if len(xs) == 1:
+      return fmt.format(xs[0])
+    half = (max(xs) - min(xs)) / 2
+    return f"{fmt.format(statistics.mean(xs))} ± {fmt.format(half)} (n={len(xs)})"
+
+  lines = [
+    f"| {rows} \\ {cols} | " + " | ".join(col_keys) + " |",
+    "|---|" + "---:|" * len(col_keys),
+  ]
+  for rk in row_keys:
+    lines.append(f"| {rk} | " + " | ".join(cell(cells.get((rk, ck), [])) for ck in col_keys) + " |")
+  return "\n".join(lines)
