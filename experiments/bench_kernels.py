@@ -5,9 +5,10 @@ For each (B, L) at H=16, D=128, bf16, causal: times the forward and forward+back
   * ``parallax_attention(..., implementation="pallas_gpu")``,
   * ``parallax_attention(..., implementation="xla")`` (optional above ``--skip-xla-above``),
   * ``jax.nn.dot_product_attention(..., implementation="cudnn", is_causal=True)``,
-reports TFLOP/s (Parallax fwd 4 matmuls per visible pair, bwd 11; softmax fwd 2, bwd 5; causal
-halves the pairs) and checks the kernel's accuracy against the float32 ``parallax_reference``
-at the smaller shapes. Every cell is isolated: an error is recorded and the run goes on.
+reports kernel TFLOP/s of the executed matmuls (``benchmarking.flops.kernel_executed_flops``:
+Parallax fwd 4 matmuls per visible pair, bwd 11; softmax fwd 2, bwd 5; not model FLOPs) and
+checks the kernel's accuracy against the float32 ``parallax_reference`` at the smaller shapes.
+Every cell is isolated: an error is recorded and the run goes on.
 
   python experiments/bench_kernels.py                 # full run on the GPU
   python experiments/bench_kernels.py --quick --interpret   # tiny CPU smoke run
@@ -21,9 +22,7 @@ import datetime
 import json
 import os
 import platform
-import statistics
 import sys
-import time
 import traceback
 
 import jax
@@ -33,34 +32,13 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from parallax_jax import MaskSpec, parallax_attention, parallax_reference  # noqa: E402
+from parallax_jax.benchmarking.flops import (  # noqa: E402
+  KERNEL_TFLOPS_HEADER,
+  kernel_executed_flops,
+)
+from parallax_jax.benchmarking.timing import time_call  # noqa: E402
 
 DEFAULT_SHAPES = "4x4096,2x8192,8x2048,1x16384"
-
-
-def _visible_pairs(length: int, causal: bool) -> float:
-  return length * (length + 1) / 2 if causal else float(length) ** 2
-
-
-def flops(kind: str, batch: int, length: int, heads: int, d: int, causal: bool) -> dict:
-  pairs = batch * heads * _visible_pairs(length, causal)
-  per = 2 * d
-  fwd_mm, bwd_mm = (4, 11) if kind == "parallax" else (2, 5)
-  return {"fwd": fwd_mm * per * pairs, "fwd_bwd": (fwd_mm + bwd_mm) * per * pairs}
-
-
-def time_fn(fn, args, iters: int, warmup: int = 3) -> float:
-  """Median seconds of ``fn(*args)`` over ``iters`` timed calls (after warm-up)."""
-  out = None
-  for _ in range(warmup):
-    out = fn(*args)
-  jax.block_until_ready(out)
-  times = []
-  for _ in range(iters):
-    t0 = time.perf_counter()
-    out = fn(*args)
-    jax.block_until_ready(out)
-    times.append(time.perf_counter() - t0)
-  return statistics.median(times)
 
 
 def make_inputs(batch, length, heads, d, dtype, seed=0):
@@ -98,8 +76,8 @@ def bench_cell(fn, inputs, iters):
     return o, vjp(g)
 
   return {
-    "fwd_s": time_fn(fwd, (q, r, k, v), iters),
-    "fwd_bwd_s": time_fn(fwd_bwd, (q, r, k, v, g), iters),
+    "fwd_s": time_call(fwd, (q, r, k, v), iters=iters).median_s,
+    "fwd_bwd_s": time_call(fwd_bwd, (q, r, k, v, g), iters=iters).median_s,
   }
 
 
@@ -209,7 +187,9 @@ def main(argv=None):
         print(row, flush=True)
         continue
       kind = "softmax" if name.startswith("softmax") else "parallax"
-      fl = flops(kind, batch, length, h, d, causal)
+      fl = kernel_executed_flops(
+        kind, batch=batch, heads=h, length=length, head_dim=d, causal=causal
+      )
       try:
         t = bench_cell(fn, inputs, args.iters)
         row.update(
@@ -252,7 +232,8 @@ def to_markdown(result) -> str:
     f"- command: `{m['command']}`",
     f"- config: {m['config']}",
     "",
-    "| B | L | path | fwd ms | fwd TFLOP/s | fwd+bwd ms | fwd+bwd TFLOP/s | accuracy | note |",
+    f"| B | L | path | fwd ms | fwd {KERNEL_TFLOPS_HEADER} | fwd+bwd ms | "
+    f"fwd+bwd {KERNEL_TFLOPS_HEADER} | accuracy | note |",
     "|---|---|---|---|---|---|---|---|---|",
   ]
   for r in m["rows"]:

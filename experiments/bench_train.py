@@ -1,10 +1,11 @@
 """Training throughput of a config's model with Parallax vs softmax attention, same run.
 
 Times the jitted train step (forward, backward, optimizer) on random tokens (no data
-pipeline), for each attention kind, and reports tokens/s and MFU (attention FLOPs counted, see
-``ModelConfig.flops_per_token``). Per kind it tries the ``--remat`` policies in order, each at
-the ``--batches`` largest first, and times the first (policy, batch) whose compiled memory fits
-the device: the least recomputation, then the largest batch.
+pipeline), for each attention kind, and reports tokens/s, model TFLOP/s and MFU (model FLOPs,
+attention included: ``ModelConfig.flops_per_token``, defined in ``benchmarking.flops``); the
+step time is the median of ``--steps`` timed steps. Per kind it tries the ``--remat`` policies
+in order, each at the ``--batches`` largest first, and times the first (policy, batch) whose
+compiled memory fits the device: the least recomputation, then the largest batch.
 
   python -m experiments.bench_train --config configs/lm_0p6b.py --seq-len 4096 \
       --remat none,dots_attention,full --batches 16,12,8,4 --out-dir experiments/results
@@ -25,22 +26,14 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
+from parallax_jax.benchmarking.flops import MFU_HEADER, MODEL_TFLOPS_HEADER
+from parallax_jax.benchmarking.synthetic_batch import synthetic_batch
+from parallax_jax.benchmarking.timing import time_call
 from parallax_jax.model import ModelConfig
 from parallax_jax.train.config import load_config
-from parallax_jax.train.metrics import compiled_memory_bytes, peak_flops_per_device
+from parallax_jax.train.metrics import compiled_memory_bytes, mfu
 from parallax_jax.train.optimizer import OptimizerConfig, make_optimizer
 from parallax_jax.train.step import init_state, make_train_step, model_graphdef
-
-
-def _batch(batch_size, seq_len, vocab, seed=0):
-  tokens = jax.random.randint(jax.random.key(seed), (batch_size, seq_len + 1), 0, vocab)
-  return {
-    "inputs": tokens[:, :-1],
-    "targets": tokens[:, 1:],
-    "positions": jnp.broadcast_to(jnp.arange(seq_len), (batch_size, seq_len)),
-    "segment_ids": None,  # unpacked rows: both kinds run their plain causal kernels
-    "loss_mask": jnp.ones((batch_size, seq_len), jnp.float32),
-  }
 
 
 def bench_one(
@@ -49,7 +42,8 @@ def bench_one(
   tx, schedules = make_optimizer(opt, 1000)
   graphdef, _ = model_graphdef(model)
   init = jax.jit(lambda seed: init_state(model, tx, seed))
-  batch = _batch(batch_size, seq_len, model.vocab_size)
+  # Unpacked rows (no segment ids): both kinds run their plain causal kernels.
+  batch = jax.device_put(synthetic_batch(model, batch_size, seq_len, packed=False))
   t0 = time.perf_counter()
   step = (
     jax.jit(make_train_step(graphdef, tx, schedules), donate_argnums=(0,))
@@ -60,26 +54,22 @@ def bench_one(
   need, have = compiled_memory_bytes(step), _device_bytes()
   if need and have and need > 0.97 * have:
     raise MemoryError(f"needs {need / 2**30:.1f} GiB of {have / 2**30:.1f} GiB (compiled)")
-  state = init(jnp.int32(0))
-  state, m = step(state, batch)
-  float(m["loss"])
-  for _ in range(warmup):
-    state, m = step(state, batch)
-  float(m["loss"])
-  t0 = time.perf_counter()
-  for _ in range(steps):
-    state, m = step(state, batch)
-  loss = float(m["loss"])
-  dt = (time.perf_counter() - t0) / steps
+  carry = {"state": init(jnp.int32(0))}
+
+  def train_step():  # threads the (donated) state from one timed call to the next
+    carry["state"], carry["metrics"] = step(carry["state"], batch)
+    return carry["state"], carry["metrics"]
+
+  dt = time_call(train_step, iters=steps, warmup=1 + warmup).median_s
+  loss = float(carry["metrics"]["loss"])
   tokens = batch_size * seq_len
-  peak = peak_flops_per_device()
   flops = model.flops_per_token(seq_len) * tokens
   return {
     "batch_size": batch_size,
     "step_time_s": dt,
     "tokens_per_s": tokens / dt,
-    "tflops_per_s": flops / dt / 1e12,
-    "mfu": flops / dt / peak if peak else None,
+    "tflops_per_s": flops / dt / 1e12,  # model FLOPs
+    "mfu": mfu(flops, dt),
     "loss": loss,
     "compile_s": compile_s,
     "compiled_bytes": need,
@@ -184,7 +174,8 @@ def _report(args, argv, base: ModelConfig, rows: list[dict]) -> dict:
     "random tokens, no packing; memory = the compiled step's (arguments + outputs + "
     "temporaries, donated outputs counted once)",
     "",
-    "| attention | remat | batch | step (s) | tokens/s | TFLOP/s | MFU | memory (GiB) |",
+    f"| attention | remat | batch | step (s) | tokens/s | {MODEL_TFLOPS_HEADER} | {MFU_HEADER} "
+    "| memory (GiB) |",
     "|---|---|---:|---:|---:|---:|---:|---:|",
   ]
   for r in rows:
@@ -195,10 +186,10 @@ def _report(args, argv, base: ModelConfig, rows: list[dict]) -> dict:
       )
       continue
     mem = f"{r['compiled_bytes'] / 2**30:.1f}" if r.get("compiled_bytes") else "-"
-    mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") else "-"
+    mfu_text = f"{100 * r['mfu']:.1f}%" if r.get("mfu") else "-"
     lines.append(
       f"| {r['attention']} | {r['remat']} | {r['batch_size']} | {r['step_time_s']:.3f} | "
-      f"{r['tokens_per_s']:.0f} | {r['tflops_per_s']:.0f} | {mfu} | {mem} |"
+      f"{r['tokens_per_s']:.0f} | {r['tflops_per_s']:.0f} | {mfu_text} | {mem} |"
     )
   if ratio:
     lines += ["", f"Parallax / softmax tokens/s: {ratio:.3f}"]

@@ -11,6 +11,10 @@ live in the config (``config.sharding.rules.<strategy>``; defaults in ``DEFAULT_
 * ``cp``: batch over ``data``, the sequence over ``sequence``: Parallax runs as ring attention
   (``ring_parallax_attention``) on zigzag-ordered batches, so causal work is balanced.
 
+Parameters are placed by their logical axis names (``param_shardings``), the optimizer state by
+its structure (``opt_state_shardings``: moments follow their parameter); a non-scalar leaf that
+neither covers raises rather than being replicated.
+
 The mesh uses ``jax.sharding.Mesh`` (Auto axis types, deliberately): the model is plain
 GSPMD-style code, the jitted step gets explicit in/out shardings, and the partitioner
 propagates the rest. Attention kernels never see a partitioned array: the op is called inside
@@ -22,12 +26,16 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 
 import jax
 import numpy as np
+import optax
+from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
+
+from parallax_jax.attention.sharded import shard_over_batch_and_heads
 
 MESH_AXES = ("data", "fsdp", "tensor", "sequence")
 BATCH_AXES = ("data", "fsdp")
@@ -54,6 +62,20 @@ DEFAULT_RULES: dict[str, dict[str, tuple[str, ...]]] = {
   },
   "cp": {"batch": ("data", "fsdp"), "length": ("sequence",)},
 }
+
+
+# The ``nnx.Param`` metadata key holding a parameter's logical axis names (set by the model's
+# layers). Kept rather than Flax's ``out_sharding`` + ``nnx.get_partition_spec``: Flax maps any
+# leaf without the metadata to ``PartitionSpec()`` (the silent replication this module refuses),
+# has no per-parameter fallback when a mesh axis does not divide a dimension, and ``out_sharding``
+# turns on eager sharding at creation. Running optax on the nnx Variables instead of the pure
+# param dict (so optimizer leaves inherit the metadata) changes the leaf paths (``.value``), which
+# the path-based Muon/AdamW grouping in ``train.optimizer`` reads.
+LOGICAL_AXES = "logical_axes"
+
+# Optimizer-state fields that are small constants, not per-parameter buffers: replicated.
+# ``ns_coeffs``: optax.contrib.muon's Newton-Schulz coefficients, shape (3,) or (steps, 3).
+REPLICATED_STATE_FIELDS = frozenset({"ns_coeffs"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,50 +172,104 @@ def global_batch(local_batch: dict, sharding: NamedSharding) -> dict:
   }
 
 
-def param_shardings(logical_axes: Mapping[tuple, tuple], params: dict, rules: Rules) -> dict:
-  """Pure dict of NamedShardings for ``params`` from their logical axis names.
+def param_shardings(variables, rules: Rules) -> dict:
+  """Pure dict (``nnx.to_pure_dict`` layout) of NamedShardings for the model's parameters.
 
-  ``logical_axes`` maps a flat parameter path (as ``nnx.to_flat_state`` gives it) to names.
-  A mesh axis that does not divide the dimension is dropped for that parameter.
+  ``variables``: the model's (abstract) ``nnx.State``; every ``nnx.Param`` carries its logical
+  axis names as ``LOGICAL_AXES`` metadata (one name or None per dimension), and the strategy's
+  rules map the names onto mesh axes. A Param without the metadata raises: it would otherwise
+  be replicated unnoticed. A mesh axis that does not divide the dimension is dropped for that
+  parameter (e.g. 2 kv heads over 4 tensor devices: the heads stay whole).
   """
-
-  def one(path, x):
-    key = tuple(getattr(p, "key", getattr(p, "idx", p)) for p in path)
-    names = logical_axes[key]
+  out: dict = {}
+  for path, var in nnx.to_flat_state(variables):
+    if not isinstance(var, nnx.Param):
+      continue
+    names = var.get_metadata().get(LOGICAL_AXES)
+    shape = var.get_value().shape
+    if names is None or len(names) != len(shape):
+      raise ValueError(
+        f"parameter {'/'.join(map(str, path))} of shape {shape} has {LOGICAL_AXES}={names!r}: "
+        f"create it as nnx.Param(value, {LOGICAL_AXES}=(one name or None per dimension)) "
+        "so the sharding rules can place it."
+      )
     spec = []
-    for dim, name in zip(x.shape, names, strict=True):
+    for dim, name in zip(shape, names, strict=True):
       axes = rules.axes(name)
-      size = int(np.prod([rules.mesh.shape[a] for a in axes or ()]))
-      spec.append(axes if axes and dim % size == 0 else None)
-    return NamedSharding(rules.mesh, P(*spec))
+      spec.append(axes if axes and dim % rules.size(name) == 0 else None)
+    node = out
+    for key in path[:-1]:
+      node = node.setdefault(key, {})
+    node[path[-1]] = NamedSharding(rules.mesh, P(*spec))
+  return out
 
-  return jax.tree_util.tree_map_with_path(one, params)
 
+def opt_state_shardings(
+  opt_state,
+  params: dict,
+  param_sharding: dict,
+  mesh: Mesh,
+  *,
+  replicated_fields: Collection[str] = REPLICATED_STATE_FIELDS,
+):
+  """Shardings for an optax state, derived from its structure.
 
-def tree_shardings_like(tree, params: dict, param_sharding: dict, mesh: Mesh):
-  """Shardings for a tree holding params-shaped subtrees (optimizer state): a leaf whose path
-  ends with a parameter's path and has its shape gets that parameter's sharding; everything
-  else (step counts, scalars) is replicated."""
-  by_path = {}
-  for path, x in jax.tree_util.tree_flatten_with_path(params)[0]:
-    by_path[_keys(path)] = (x.shape, None)
-  for path, s in jax.tree_util.tree_flatten_with_path(param_sharding)[0]:
-    shape, _ = by_path[_keys(path)]
-    by_path[_keys(path)] = (shape, s)
+  optax states mirror the parameters: AdamW's ``mu``/``nu`` and Muon's momentum are subtrees
+  with the params' tree structure (with ``optax.MaskedNode`` where a mask or partition left a
+  parameter out). Each leaf of such a subtree gets its parameter's sharding. Scalars (step
+  counts) and leaves whose field is in ``replicated_fields`` are replicated. Any other leaf, or
+  a mirrored leaf whose shape differs from its parameter's (a factored or reshaped buffer),
+  raises: replicated quietly, an optimizer buffer would multiply its memory by the mesh size.
+  """
+  params_def = jax.tree.structure(params)
+  repl = replicated(mesh)
+
+  def mirrors_params(x) -> bool:
+    return not _is_masked(x) and jax.tree.structure(x, is_leaf=_is_masked) == params_def
+
+  def mirrored(prefix, path, x, p, s):
+    if _is_masked(x):
+      return x
+    if x.shape != p.shape:
+      raise ValueError(
+        f"optimizer state leaf {jax.tree_util.keystr((*prefix, *path))} has shape {x.shape} "
+        f"but its parameter has shape {p.shape}: it needs its own sharding rule in "
+        "parallax_jax.sharding.opt_state_shardings."
+      )
+    return s
 
   def one(path, x):
-    keys = _keys(path)
-    for n in range(len(keys)):
-      hit = by_path.get(keys[n:])
-      if hit is not None and tuple(hit[0]) == tuple(x.shape):
-        return hit[1]
-    return replicated(mesh)
+    if mirrors_params(x):
+      return jax.tree_util.tree_map_with_path(
+        lambda sub, y, p, s: mirrored(path, sub, y, p, s),
+        x,
+        params,
+        param_sharding,
+        is_leaf=_is_masked,
+      )
+    if _is_masked(x) or x.shape == () or _field(path) in replicated_fields:
+      return repl if not _is_masked(x) else x
+    raise ValueError(
+      f"optimizer state leaf {jax.tree_util.keystr(path)} (shape {x.shape}) mirrors no "
+      "parameter and is not a scalar. Replicated on every device it could exhaust memory at "
+      "scale, so it needs a rule: if it is a small constant, add its field name to "
+      "parallax_jax.sharding.REPLICATED_STATE_FIELDS (or pass replicated_fields=); otherwise "
+      "give it a sharding in parallax_jax.sharding.opt_state_shardings."
+    )
 
-  return jax.tree_util.tree_map_with_path(one, tree)
+  return jax.tree_util.tree_map_with_path(one, opt_state, is_leaf=mirrors_params)
 
 
-def _keys(path) -> tuple:
-  return tuple(str(getattr(p, "key", getattr(p, "idx", getattr(p, "name", p)))) for p in path)
+def _is_masked(x) -> bool:
+  return isinstance(x, optax.MaskedNode)
+
+
+def _field(path) -> str | None:
+  """The name of the state field (NamedTuple attribute or dict key) a leaf sits in."""
+  if not path:
+    return None
+  last = path[-1]
+  return str(getattr(last, "name", getattr(last, "key", last)))
 
 
 def sequence_layout(rules: Rules | None, uses_ring: bool) -> Callable | None:
@@ -253,24 +329,6 @@ def attention(fn: Callable, q, r, k, v, segment_ids, *, axes, ring: Callable | N
   b, hq, hkv = rules.axes(axes.batch), rules.axes(axes.q_heads), rules.axes(axes.kv_heads)
   if hkv is not None and k.shape[2] % rules.size(axes.kv_heads):
     hq = hkv = None  # kv heads do not split evenly: keep heads whole
-  q_spec, kv_spec = P(b, None, hq, None), P(b, None, hkv, None)
-  args, specs = [q, r, k, v], [q_spec, q_spec, kv_spec, kv_spec]
-  if r is None:
-    args, specs = [q, k, v], [q_spec, kv_spec, kv_spec]
-  seg_spec = P(b, None)
-  has_seg = segment_ids is not None
-
-  def local(*xs):
-    xs = list(xs)
-    seg = xs.pop() if has_seg else None
-    if r is None:
-      return fn(xs[0], None, xs[1], xs[2], seg)
-    return fn(*xs, seg)
-
-  return jax.shard_map(
-    local,
-    mesh=rules.mesh,
-    in_specs=tuple(specs + ([seg_spec] if has_seg else [])),
-    out_specs=q_spec,
-    check_vma=False,  # pallas_call inside shard_map (JAX_NOTES.md 1)
-  )(*args, *([segment_ids] if has_seg else []))
+  return shard_over_batch_and_heads(
+    fn, q, r, k, v, segment_ids, mesh=rules.mesh, batch_axes=b, q_head_axes=hq, kv_head_axes=hkv
+  )

@@ -1,10 +1,28 @@
 import os
+import re
+import shlex
 import sys
 
 # Every test process sees 8 CPU devices, so sharding tests (8 fake devices) and the rest share
 # one pytest run; single-device code is unaffected. Must be set before jax is imported.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-# Test helpers (oracle, attention_cases) are imported as top-level modules.
+
+def _gpu_mode() -> bool:
+  """``-m`` selects the ``gpu`` marker (``python -m pytest -m gpu``): keep JAX's accelerator.
+
+  Read from the command line because JAX fixes its platforms when first imported, before
+  pytest hands the parsed options to any hook.
+  """
+  args = shlex.split(os.environ.get("PYTEST_ADDOPTS", "")) + sys.argv[1:]
+  exprs = [b for a, b in zip(args, args[1:], strict=False) if a in ("-m", "--markexpr")]
+  exprs += [a[2:] for a in args if a.startswith("-m") and len(a) > 2]
+  return any(re.search(r"(?<!not )\bgpu\b", e) for e in exprs)
+
+
+if not _gpu_mode():
+  # The default suite runs on CPU even on an accelerator host (kernels in interpret mode).
+  os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+# Test helpers (attention_cases) are imported as top-level modules.
 sys.path.insert(0, os.path.dirname(__file__))

@@ -5,7 +5,6 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
-import oracle
 import pytest
 from flax import nnx
 
@@ -14,6 +13,7 @@ from parallax_jax.analysis.attention_stats import MARGIN, _layer_stats
 from parallax_jax.attention.masking import MaskSpec
 from parallax_jax.attention.reference import effective_weights
 from parallax_jax.model import ModelConfig, Transformer
+from parallax_jax.testing import oracle
 
 CFG = ModelConfig(
   vocab_size=64,

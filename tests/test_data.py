@@ -47,7 +47,7 @@ def test_config_defaults_and_from_dict():
   assert (cfg.source, cfg.format, cfg.tokenizer, cfg.add_eos) == ("builtin", "auto", "byte", True)
   assert DataConfig.from_dict({"source": "x.jsonl", "eval_fraction": 0.1}).eval_fraction == 0.1
   assert DataConfig.from_dict(cfg.to_dict()) == cfg
-  with pytest.raises(ValueError, match="unknown keys.*'sauce'"):
+  with pytest.raises(ValueError, match="unknown data config keys.*'sauce'"):
     DataConfig.from_dict({"sauce": "x"})
 
 

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from parallax_jax.model import ModelConfig, Transformer
+from parallax_jax.model import LogicalAxes, ModelConfig, Transformer
+from parallax_jax.model.layers import RMSNorm, projection
 from parallax_jax.train.convert import add_zero_r
 from parallax_jax.train.step import logical_axes
 
@@ -147,9 +148,90 @@ def test_remat_dots_attention_keeps_the_attention_residuals():
   assert scans["dots_attention"] == 2
 
 
-def test_remat_accepts_legacy_bools():
-  assert dataclasses.replace(CFG, remat=True).remat == "full"
-  assert dataclasses.replace(CFG, remat=False).remat == "none"
+@pytest.mark.parametrize("value", [True, False])
+def test_remat_bool_is_an_error_naming_the_policies(value):
+  with pytest.raises(ValueError, match=r"model\.remat.*'none', 'full', 'dots', 'dots_attention'"):
+    dataclasses.replace(CFG, remat=value)
+
+
+def test_rmsnorm_is_float32_math_in_the_input_dtype():
+  """bf16 input, float32 scale: the float64 formula rounded once to bf16 (half an ulp)."""
+  rng = np.random.default_rng(0)
+  norm = RMSNorm(16, eps=1e-6, logical_axis=None, param_dtype=jnp.float32)
+  scale = rng.uniform(0.5, 1.5, 16).astype(np.float32)
+  norm.scale[...] = jnp.asarray(scale)
+  x = jnp.asarray(rng.standard_normal((3, 5, 16)) * 30, jnp.bfloat16)
+  y = norm(x)
+  assert y.dtype == jnp.bfloat16 and norm.scale[...].dtype == jnp.float32
+  x64 = np.asarray(x, np.float64)
+  want = x64 / np.sqrt(np.mean(x64 * x64, axis=-1, keepdims=True) + 1e-6) * scale
+  np.testing.assert_allclose(np.asarray(y, np.float64), want, rtol=2**-8 + 1e-6, atol=0)
+  assert norm(x.astype(jnp.float32)).dtype == jnp.float32
+
+
+def test_projection_contracts_the_trailing_input_axes():
+  """o_proj's layout: ``[B, T, H, Dh] x [H, Dh, D]``, against a float64 einsum."""
+  proj = projection(
+    (3, 4),
+    (5,),
+    ("q_heads", "head_dim", "embed"),
+    rngs=nnx.Rngs(0),
+    std=1.0,
+    param_dtype=jnp.float32,
+    dtype=jnp.float32,
+  )
+  assert proj.kernel.logical_axes == ("q_heads", "head_dim", "embed")
+  x = np.random.default_rng(1).standard_normal((2, 6, 3, 4)).astype(np.float32)
+  w = np.asarray(proj.kernel[...], np.float64)
+  want = np.einsum("bthd,hde->bte", x.astype(np.float64), w)
+  np.testing.assert_allclose(np.asarray(proj(jnp.asarray(x))), want, rtol=1e-5, atol=1e-5)
+
+
+def test_zero_r_init_draws_no_key():
+  """With ``r_init="zeros"`` every other parameter equals the softmax model's (same seed):
+  the checkpoint conversion and the softmax-twin comparisons rely on it."""
+  soft = _params(dataclasses.replace(CFG, attention="softmax"), seed=5)
+  par = _params(dataclasses.replace(CFG, r_init="zeros"), seed=5)
+  for block in par["blocks"].values():
+    assert not np.any(np.asarray(block["attn"].pop("r_proj")["kernel"]))
+    block["attn"].pop("r_norm")
+  for (path, s), (_, p) in zip(
+    jax.tree_util.tree_flatten_with_path(soft)[0],
+    jax.tree_util.tree_flatten_with_path(par)[0],
+    strict=True,
+  ):
+    np.testing.assert_array_equal(np.asarray(p), np.asarray(s), err_msg=jax.tree_util.keystr(path))
+
+
+def test_model_config_from_dict_builds_the_axes_and_names_unknown_keys():
+  cfg = ModelConfig.from_dict({"d_model": 64, "axes": {"embed": "my_embed"}})
+  assert cfg.axes == dataclasses.replace(LogicalAxes(), embed="my_embed")
+  with pytest.raises(ValueError, match=r"unknown model\.axes config keys \['embd'\]"):
+    ModelConfig.from_dict({"axes": {"embd": "x"}})
+
+
+def test_a_loss_mask_of_the_wrong_shape_is_an_error():
+  """A ``[B, 1]`` mask would broadcast silently against ``[B, T]`` losses."""
+  from parallax_jax.train.step import loss_fn
+
+  tokens = _tokens((2, 9))
+  batch = {
+    "inputs": tokens[:, :-1],
+    "targets": tokens[:, 1:],
+    "positions": jnp.broadcast_to(jnp.arange(8), (2, 8)),
+    "segment_ids": None,
+    "loss_mask": jnp.ones((2, 1)),
+  }
+  graphdef, _ = nnx.split(nnx.eval_shape(lambda: Transformer(CFG, rngs=nnx.Rngs(0))))
+  with pytest.raises(AssertionError, match="shape"):
+    loss_fn(_params(CFG), graphdef, batch)
+
+
+def test_positions_of_the_wrong_shape_are_an_error():
+  """``[1, T]`` positions would broadcast silently over a batch of 2 in RoPE."""
+  tokens = _tokens((2, 8))
+  with pytest.raises(AssertionError, match="shape"):
+    _logits(CFG, _params(CFG), tokens, positions=jnp.arange(8)[None])
 
 
 def test_logits_chunk_loss_and_grads_equal_dense_logits():

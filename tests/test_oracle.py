@@ -1,8 +1,9 @@
 """The NumPy oracle's own gradients against central finite differences (float64)."""
 
 import numpy as np
-import oracle
 import pytest
+
+from parallax_jax.testing import oracle
 
 
 @pytest.mark.parametrize(

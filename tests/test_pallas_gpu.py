@@ -4,8 +4,13 @@
 * the tile classification (skip / unmasked / masked) of the forward + dq/dr passes and of the
   dk/dv pass against brute-force ``MaskSpec.visible`` over a grid of shapes, blocks and windows
   (including block_q > block_k with aligned W, W not a multiple of the tile, Tq < Tk, Tq > Tk);
-* a few end-to-end comparisons of o and all four gradients with ``parallax_reference``.
-The shared oracle grid (tests/test_attention_oracle.py) covers many more shapes.
+* the shared case grid (``parallax_jax/testing/attention_cases.py``) with small and
+  block_q > block_k tiles against the float64 oracle (the default blocks run in
+  tests/test_attention_oracle.py);
+* ``implementation=None`` picks the kernels on a GPU backend; explicit requests elsewhere raise.
+
+GPU mode: ``python -m pytest -m gpu`` compiles the kernels on a real GPU (``interpret=False``)
+and runs the whole shared grid against the oracle with the shared tolerances.
 """
 
 from __future__ import annotations
@@ -17,9 +22,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from attention_cases import CASES, CORE_CASES, Impl, check_case, gpu_params, require_gpu, run_op
 
 from pallas_kernels.gpu import IMPLEMENTATION, GpuBlockSizes, default_block_sizes, schedule
-from parallax_jax import MaskSpec, parallax_attention, parallax_reference
+from parallax_jax import MaskSpec, parallax_attention
 from parallax_jax.attention.validation import validate
 from parallax_jax.attention.xla import XlaBlockSizes
 
@@ -71,10 +77,6 @@ def test_check_rejects():
     parallax_attention(
       q, q, q, q, implementation="pallas_gpu", interpret=True, block_sizes=XlaBlockSizes()
     )
-  with pytest.raises(NotImplementedError, match="runs on gpu"):
-    if jax.default_backend() == "gpu":
-      pytest.skip("on a GPU backend")
-    parallax_attention(q, q, q, q, implementation="pallas_gpu", interpret=False)
   spec = validate(
     q,
     q,
@@ -92,7 +94,28 @@ def test_check_rejects():
     IMPLEMENTATION.check(dataclasses.replace(spec, dtype="float64"))
   with pytest.raises(NotImplementedError, match="head_dim <= 256"):
     IMPLEMENTATION.check(dataclasses.replace(spec, head_dim=512))
-  assert IMPLEMENTATION.name == "pallas_gpu" and IMPLEMENTATION.interpretable
+
+
+def test_explicit_request_off_gpu_raises():
+  if jax.default_backend() == "gpu":
+    pytest.skip("on a GPU backend the kernels compile; GPU mode (-m gpu) runs them")
+  q = _q()
+  with pytest.raises(NotImplementedError, match="runs on gpu.*interpret=True"):
+    parallax_attention(q, q, q, q, implementation="pallas_gpu", interpret=False)
+
+
+def _traces_a_kernel(q) -> bool:
+  jaxpr = jax.make_jaxpr(lambda x: parallax_attention(x, x, x, x))(q)
+  return "pallas_call" in str(jaxpr)
+
+
+def test_default_implementation_on_a_gpu_backend(monkeypatch):
+  """implementation=None takes the kernels on gpu, falls back to "xla" for calls they
+  refuse, and never takes them elsewhere (traced only: nothing compiles)."""
+  assert not _traces_a_kernel(_q())  # cpu
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  assert _traces_a_kernel(_q())
+  assert not _traces_a_kernel(_q(d=512))  # head_dim > 256: "xla" serves it
 
 
 # ---------------------------------------------------------------------------------------------
@@ -153,7 +176,7 @@ def test_tile_classification_exhaustive(bq, bk):
 
 
 def test_tile_classification_last_row_rule():
-  """The upstream first-row rule would mark this tile unmasked (PARALLAX.md 2.3)."""
+  """The upstream first-row rule would mark this tile unmasked (docs/design.md §2.3)."""
   mask = MaskSpec(512, 512, causal=True, window_size=128)
   lo, safe_lo, safe_hi, hi = schedule.key_blocks(mask, 256, 128, 64)
   # Rows 256..383 see keys >= 129..256: key block 2 ([128, 192)) must be masked.
@@ -195,68 +218,39 @@ def _max_rel(a, b):
   return np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30)
 
 
-CASES = [  # (B, Tq, Tk, Hq, Hkv, D, causal, W, segments, scale, dtype, block_sizes)
-  (1, 63, None, 4, 2, 60, True, None, None, None, "float32", _SMALL),
-  (1, 100, None, 4, 1, 64, True, 33, None, 1.0, "float32", _WIDE_Q),  # Bq > Bk, odd W
-  (1, 64, None, 2, 2, 64, True, 32, None, None, "float32", _WIDE_Q),  # Bq > Bk, aligned W
-  (1, 37, 100, 2, 1, 100, True, None, None, 0.1, "float32", _SMALL),  # Tq < Tk
-  (2, 50, None, 2, 2, 32, False, None, None, None, "float32", _SMALL),
-  (1, 80, None, 2, 1, 32, True, None, (1, 30, 49), None, "float32", _SMALL),
-  (1, 1, 40, 2, 2, 64, True, 20, None, None, "float32", None),
-  (1, 96, None, 4, 2, 128, True, None, None, None, "bfloat16", None),
-  (1, 70, None, 2, 2, 60, True, 24, None, None, "float16", _SMALL),
-]
+# Kernel block configs over the shared case grid (parallax_jax/testing/attention_cases.py):
+# the oracle test (test_attention_oracle.py) runs the default blocks; these run small tiles
+# (many per axis) and block_q > block_k. Each core case takes one config by default, every
+# pairing runs under -m slow.
+BLOCK_CONFIGS = {"small": _SMALL, "wide_q": _WIDE_Q}
 
 
-def _case_id(c):
-  return "B{}_T{}x{}_H{}-{}_D{}_c{}_W{}_seg{}_s{}_{}".format(*c)
+def _block_params():
+  names = list(BLOCK_CONFIGS)
+  out = []
+  for case in CASES:
+    # Core case i runs config i mod n by default; every other pairing is slow.
+    default = names[CORE_CASES.index(case) % len(names)] if case.core else None
+    for name, blocks in BLOCK_CONFIGS.items():
+      marks = [] if name == default else [pytest.mark.slow]
+      out.append(pytest.param(case, blocks, id=f"{name}-{case.id}", marks=marks))
+  return out
 
 
-@pytest.mark.parametrize("case", CASES, ids=_case_id)
-def test_matches_reference(case):
-  b, tq, tk, hq, hkv, d, causal, w, segs, scale, dtype, bs = case
-  tk = tk or tq
-  q, r, k, v, g = _inputs(b, tq, tk, hq, hkv, d, jnp.dtype(dtype))
-  seg = None
-  if segs:
-    ids = np.concatenate([np.full(n, i) for i, n in enumerate(segs)]).astype(np.int32)
-    seg = jnp.asarray(np.stack([ids] * b))
+@pytest.mark.parametrize("case,blocks", _block_params())
+def test_block_configs_match_oracle(case, blocks):
+  o, grads = run_op(Impl("pallas_gpu", interpret=True), case, block_sizes=blocks)
+  check_case(o, grads, case)
 
-  def f(q, r, k, v):
-    return parallax_attention(
-      q,
-      r,
-      k,
-      v,
-      scale=scale,
-      causal=causal,
-      window_size=w,
-      segment_ids=seg,
-      implementation="pallas_gpu",
-      interpret=True,
-      block_sizes=bs,
-    )
 
-  mask = MaskSpec(tq, tk, causal=causal, window_size=w)
-  sc = scale if scale is not None else d**-0.5
-
-  def ref(q, r, k, v):
-    return parallax_reference(q, r, k, v, scale=sc, mask=mask, segment_ids=seg)
-
-  o, vjp = jax.vjp(jax.jit(f), q, r, k, v)
-  grads = vjp(g)
-  f32 = [x.astype(jnp.float32) for x in (q, r, k, v)]
-  o_ref, vjp_ref = jax.vjp(ref, *f32)
-  grads_ref = vjp_ref(g.astype(jnp.float32))
-  tol = {"float32": 2e-5, "bfloat16": 2e-2, "float16": 5e-3}[dtype]
-  assert o.dtype == q.dtype and o.shape == q.shape
-  for name, got, want in zip(
-    ("o", "dq", "dr", "dk", "dv"), (o, *grads), (o_ref, *grads_ref), strict=True
-  ):
-    assert got.dtype == jnp.dtype(dtype), name
-    assert np.all(np.isfinite(np.asarray(got, np.float32))), name
-    err = _max_rel(got, want)
-    assert err < tol, f"{name}: max-norm relative error {err:.3g} >= {tol}"
+@pytest.mark.parametrize("case,blocks", gpu_params({"default": None, **BLOCK_CONFIGS}))
+def test_compiled_kernels_match_oracle(case, blocks):
+  """GPU mode: ``python -m pytest -m gpu`` compiles the Triton kernels (interpret=False) and
+  checks every shared case, with the default and the test block configs, against the oracle
+  with the shared tolerances. Skips without a GPU backend."""
+  require_gpu()
+  o, grads = run_op(Impl("pallas_gpu", interpret=False), case, block_sizes=blocks)
+  check_case(o, grads, case)
 
 
 def test_residuals_interchangeable_with_xla():

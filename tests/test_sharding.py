@@ -9,8 +9,9 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from parallax_jax import sharding
+from parallax_jax.benchmarking.compare_sharding import compare_sharding, mesh_preset
+from parallax_jax.benchmarking.synthetic_batch import synthetic_batch
 from parallax_jax.train.checkpoint import Checkpointer, abstract_like
-from parallax_jax.benchmarking.compare_sharding import _synthetic_batch, compare_sharding, mesh_preset
 from parallax_jax.train.config import CheckpointConfig, apply_overrides, load_config, resolve
 from parallax_jax.train.program import Program
 from parallax_jax.train.step import loss_fn
@@ -67,7 +68,7 @@ def single():
     exp = _exp("dp", attention, devices=1)
     program = Program(exp, devices=jax.devices()[:1])
     params = jax.device_get(program.init(0).params)
-    batch = _synthetic_batch(exp, seed=3)
+    batch = synthetic_batch(exp.model, exp.train.batch_size, exp.train.seq_len, seed=3)
     batch["segment_ids"] = np.repeat(np.repeat([[1, 2]], 32, axis=1), 8, axis=0).astype(np.int32)
     out[attention] = (params, batch, *jax.device_get(_loss_and_grads(program, params, batch)))
   return out
@@ -124,7 +125,9 @@ def test_parameter_and_activation_shardings_follow_the_rules(strategy, expect):
     x.sharding.spec == attn["q_proj"]["kernel"].sharding.spec for x in q_shaped
   )
   # Activations: the batch is split over the batch axes (and T over sequence under cp).
-  batch = program.device_batch(_synthetic_batch(program.exp))
+  batch = program.device_batch(
+    synthetic_batch(program.exp.model, program.exp.train.batch_size, program.exp.train.seq_len)
+  )
   spec = batch["inputs"].sharding.spec
   assert spec == program.rules.spec(("batch", "length"))
   if strategy == "cp":

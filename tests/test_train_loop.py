@@ -123,13 +123,13 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     ),
     tmp_path,
   )
-  step_fn = trainer.train_step
+  step_fn = trainer.program.train_step
 
   def poisoned(state, batch):
     state, m = step_fn(state, batch)
     return state, {**m, "loss": jax.numpy.where(state.step == 7, np.nan, m["loss"])}
 
-  trainer.train_step = poisoned
+  trainer.program.train_step = poisoned
   with pytest.raises(NonFiniteLossError, match="at step 7.*last good checkpoint is step 4"):
     trainer.run()
   assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["4"]

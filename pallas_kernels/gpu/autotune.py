@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import statistics
 import time
 
 import jax
@@ -27,6 +26,7 @@ import jax.numpy as jnp
 from pallas_kernels.gpu import backward, forward
 from pallas_kernels.gpu.block_sizes import _JSON, KernelConfig, bucket_key, default_block_sizes
 from parallax_jax.attention.masking import MaskSpec
+from parallax_jax.benchmarking.timing import time_call
 
 C = KernelConfig
 CANDIDATES = {
@@ -40,16 +40,6 @@ CANDIDATES_D256 = {
   "dq": [C(32, 32, 8, 1), C(64, 32, 8, 1), C(32, 32, 4, 2)],
   "dkv": [C(32, 64, 8, 1), C(16, 64, 8, 1), C(32, 32, 4, 2)],
 }
-
-
-def _median_time(fn, args, iters):
-  jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(iters):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - t0)
-  return statistics.median(times)
 
 
 def tune_one(
@@ -95,11 +85,12 @@ def tune_one(
     for cfg in cands[name]:
       try:
         if name == "fwd":
-          sec = _median_time(fwd_fn(cfg), (q, r, k, v), iters)
+          fn, fn_args = fwd_fn(cfg), (q, r, k, v)
         elif name == "dq":
-          sec = _median_time(bwd_fn(cfg, best["dkv"]), (q, r, k, v, res, do), iters)
+          fn, fn_args = bwd_fn(cfg, best["dkv"]), (q, r, k, v, res, do)
         else:
-          sec = _median_time(bwd_fn(best["dq"], cfg), (q, r, k, v, res, do), iters)
+          fn, fn_args = bwd_fn(best["dq"], cfg), (q, r, k, v, res, do)
+        sec = time_call(fn, fn_args, iters=iters, warmup=1).median_s
       except Exception as e:  # noqa: BLE001  e.g. out of shared memory: skip the candidate
         log(f"  {dtype}/d{head_dim} {name} {cfg}: failed ({type(e).__name__}: {str(e)[:200]})")
         continue

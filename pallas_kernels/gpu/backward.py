@@ -1,10 +1,10 @@
-"""Backward Pallas Triton kernels (PARALLAX.md 3.1), two launches, no atomics.
+"""Backward Pallas Triton kernels (docs/design.md §5), two launches, no atomics.
 
 1. dq/dr pass, one program per (query block, batch, query head): the prologue computes the row
    statistics ``T = dO.o`` and ``b = dO.barv`` (written out for pass 2), then the loop over key
    blocks (same three ranges as the forward) accumulates ``dq`` and ``dr``.
 2. dk/dv pass, one program per (key block, batch, kv head): loops over the G query heads of the
-   GQA group and over the query blocks that see the key block (``schedule.query_blocks``:
+   GQA group and over the query blocks that see the key block (``MaskSpec.query_blocks``:
    causal border, unmasked interior, window border), accumulating dk/dv for the whole group in
    float32. Tiles are computed transposed (``[Bk, Bq]``) so no tile transpose is needed.
 
@@ -24,6 +24,7 @@ from jax.experimental import pallas as pl
 from pallas_kernels.gpu import common, schedule
 from pallas_kernels.gpu.block_sizes import KernelConfig
 from pallas_kernels.gpu.tile_math_base2 import LOG2E, bwd_tile2
+from parallax_jax.attention import tile_math
 from parallax_jax.attention.masking import MaskSpec
 from parallax_jax.attention.residuals import Residuals
 
@@ -72,9 +73,7 @@ def _dq_kernel(
   r = r_ref[...]
   do = do_ref[...]
   dtype = q.dtype
-  do32 = do.astype(jnp.float32)
-  delta_o = jnp.sum(do32 * o_ref[...].astype(jnp.float32), axis=1)  # T = dO . o
-  b_row = jnp.sum(do32 * barv_ref[...].astype(jnp.float32), axis=1)  # b = dO . barv
+  delta_o, b_row = tile_math.bwd_row_stats(do, o_ref[...], barv_ref[...])
   t_ref[...] = delta_o
   b_ref[...] = b_row
   lse2 = lse_ref[...][:, None]
@@ -105,13 +104,11 @@ def _dq_kernel(
     dr = dr + common.dot(gu.astype(dtype), k, prec)
     return dq, dr
 
-  lo, safe_lo, safe_hi, hi = schedule.key_blocks(mask, row0, bq, bk, jnp)
   zeros = jnp.zeros(q.shape, jnp.float32)
-  carry = (zeros, zeros)
-  if mask.window_size is not None:
-    carry = lax.fori_loop(lo, safe_lo, functools.partial(body, masked=True), carry)
-  carry = lax.fori_loop(safe_lo, safe_hi, functools.partial(body, masked=False), carry)
-  dq, dr = lax.fori_loop(safe_hi, hi, functools.partial(body, masked=True), carry)
+  ranges = mask.key_blocks(row0, bq, bk, jnp)
+  dq, dr = schedule.three_range_loop(
+    ranges, body, (zeros, zeros), left_border=mask.window_size is not None
+  )
   dq_ref[...] = (dq * scale).astype(dq_ref.dtype)
   dr_ref[...] = dr.astype(dr_ref.dtype)
 
@@ -173,12 +170,10 @@ def _dkv_kernel(
     dk = dk + common.dot(gu.astype(dtype), r, prec)
     return dk, dv
 
-  lo, safe_lo, safe_hi, hi = schedule.query_blocks(mask, key0, bq, bk, jnp)
+  ranges = mask.query_blocks(key0, bq, bk, jnp)
 
-  def head(g, carry):
-    carry = lax.fori_loop(lo, safe_lo, functools.partial(body, g=g, masked=True), carry)
-    carry = lax.fori_loop(safe_lo, safe_hi, functools.partial(body, g=g, masked=False), carry)
-    return lax.fori_loop(safe_hi, hi, functools.partial(body, g=g, masked=True), carry)
+  def head(g, carry):  # the causal border comes first in a key block's query range
+    return schedule.three_range_loop(ranges, functools.partial(body, g=g), carry, left_border=True)
 
   zeros = jnp.zeros(k.shape, jnp.float32)
   if group == 1:

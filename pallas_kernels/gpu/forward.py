@@ -1,8 +1,8 @@
 """Forward Pallas Triton kernel: one program per (query block, batch, query head).
 
 Q and R tiles are loaded once; the loop streams K/V tiles over three ranges from
-``schedule.key_blocks``: left window border (masked), interior (no index mask) and right border
-(causal diagonal / key padding, masked). Scores are kept in base 2 (``scale * log2 e`` folded
+``MaskSpec.key_blocks``: left window border (masked), interior (no index mask) and right
+border (causal diagonal / key padding, masked). Scores are kept in base 2 (``scale * log2 e`` folded
 into the fp32 scores) and the state follows ``tile_math`` (with the re-centred ``W2``).
 """
 
@@ -60,12 +60,9 @@ def _fwd_kernel(
     pv2c = common.dot(tile.w2c.astype(dtype), v, prec)
     return tile_math.fwd_update(state, tile, pv1, pv2c)
 
-  lo, safe_lo, safe_hi, hi = schedule.key_blocks(mask, row0, bq, bk, jnp)
   state = tile_math.fwd_init((bq,), q.shape[-1])
-  if mask.window_size is not None:
-    state = lax.fori_loop(lo, safe_lo, functools.partial(body, masked=True), state)
-  state = lax.fori_loop(safe_lo, safe_hi, functools.partial(body, masked=False), state)
-  state = lax.fori_loop(safe_hi, hi, functools.partial(body, masked=True), state)
+  ranges = mask.key_blocks(row0, bq, bk, jnp)
+  state = schedule.three_range_loop(ranges, body, state, left_border=mask.window_size is not None)
   res = fwd_finalize2(state)
   o_ref[...] = res.o.astype(o_ref.dtype)
   barv_ref[...] = res.barv.astype(barv_ref.dtype)

@@ -1,5 +1,5 @@
 """dk/dv kernel: grid over key tiles; the G query heads of the group and the query blocks are
-the two innermost "arbitrary" axes (PARALLAX.md 3.1, 3.2 step 3; section 11 item 6).
+the two innermost "arbitrary" axes (docs/design.md §5.2, §5.4).
 
 Grid ``(B, Hkv, nK, G, steps)``. ``dk`` and ``dv`` of a kv head accumulate in f32 VMEM scratch
 over every query head of its group and every query block that sees the key block
@@ -133,6 +133,6 @@ def dk_dv(
       ("parallel", "parallel", "parallel", "arbitrary", "arbitrary")
     ),
     cost_estimate=ku.cost_estimate(6, batch * hq * int(sched.count.sum()), bq, bk, dp, 1, operands),
-    interpret=ku.interpret_arg(interpret),
+    interpret=interpret,
     name="parallax_bwd_dk_dv_tpu",
   )(*sched.tables(), *operands)

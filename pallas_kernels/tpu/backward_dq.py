@@ -1,4 +1,4 @@
-"""dq/dr kernel: grid over query tiles, key blocks innermost (PARALLAX.md 3.1, 3.2 step 2).
+"""dq/dr kernel: grid over query tiles, key blocks innermost (docs/design.md §5.2, §5.4).
 
 Grid ``(B, Hq, nQ, steps)`` with the forward's schedule; ``dq`` and ``dr`` accumulate in f32
 VMEM scratch and are written at the last key step. Each tile recomputes ``s = c q.k``,
@@ -125,6 +125,6 @@ def dq_dr(
     ),
     compiler_params=ku.compiler_params(("parallel", "parallel", "parallel", "arbitrary")),
     cost_estimate=ku.cost_estimate(5, batch * hq * int(sched.count.sum()), bq, bk, dp, 1, operands),
-    interpret=ku.interpret_arg(interpret),
+    interpret=interpret,
     name="parallax_bwd_dq_dr_tpu",
   )(*sched.tables(), *operands)

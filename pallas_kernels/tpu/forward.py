@@ -1,4 +1,4 @@
-"""Forward kernel: online Parallax over key blocks (PARALLAX.md 2.1), one query tile per program.
+"""Forward kernel (docs/design.md §3.1): online Parallax over key blocks, a query tile per program.
 
 Grid ``(B, Hq, nQ, steps)``; the key-block axis is innermost and "arbitrary", the state
 ``m, d1, d2`` (lane-broadcast ``[bq, 128]``) and ``acc1, acc2`` (``[bq, Dp]``) lives in VMEM
@@ -147,7 +147,7 @@ def forward(
     ),
     compiler_params=ku.compiler_params(("parallel", "parallel", "parallel", "arbitrary")),
     cost_estimate=ku.cost_estimate(4, batch * hq * int(sched.count.sum()), bq, bk, dp, 1, operands),
-    interpret=ku.interpret_arg(interpret),
+    interpret=interpret,
     name="parallax_fwd_tpu",
   )(*sched.tables(), *operands)
 

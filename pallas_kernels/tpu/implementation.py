@@ -2,7 +2,8 @@
 
 ``fwd``/``bwd`` follow ``parallax_jax.attention.implementations`` and exchange exactly the
 ``Residuals`` of the "xla" path, so the two are interchangeable. The backward row statistics
-``T = dO.o`` and ``b = dO.barv`` are one XLA einsum each (a memory-bound pass over ``dO``).
+``T = dO.o`` and ``b = dO.barv`` are computed by XLA outside the kernels (a memory-bound pass
+over ``dO``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pallas_kernels.tpu import backward_dkv, backward_dq, forward, layout
 from pallas_kernels.tpu.block_sizes import ResolvedBlocks, TpuBlockSizes
 from parallax_jax.attention.implementations import Implementation
 from parallax_jax.attention.residuals import Residuals
+from parallax_jax.attention.tile_math import bwd_row_stats
 from parallax_jax.attention.validation import CallSpec
 
 _DTYPES = ("float32", "bfloat16", "float16")
@@ -62,9 +64,7 @@ def bwd(q, r, k, v, segment_ids, residuals: Residuals, do, spec: CallSpec):
   blocks = _blocks(spec)
   q_len, kv_len, d = spec.mask.q_len, spec.mask.kv_len, spec.head_dim
   do = do.astype(q.dtype)
-  f32 = jnp.float32
-  delta_o = jnp.einsum("bthd,bthd->bht", do.astype(f32), residuals.o.astype(f32))
-  b_row = jnp.einsum("bthd,bthd->bht", do.astype(f32), residuals.barv.astype(f32))
+  delta_o, b_row = (jnp.swapaxes(x, 1, 2) for x in bwd_row_stats(do, residuals.o, residuals.barv))
 
   q_pad = blocks.q_pad(q_len, "dq", "dkv")
   kv_pad = blocks.kv_pad(kv_len, "dq", "dkv")

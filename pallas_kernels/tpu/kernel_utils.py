@@ -39,16 +39,6 @@ def store_rows(ref, x):
   ref[...] = lax.broadcast_in_dim(x, ref.shape, (0,))
 
 
-def interpret_arg(interpret: bool):
-  """``interpret=`` of ``pallas_call``.
-
-  ``True`` is Pallas' generic interpreter (about 3x faster on CPU than the TPU-semantics one).
-  To simulate TPU memory (DMAs, VMEM, uninitialised scratch as NaN) run the call under
-  ``pltpu.force_tpu_interpret_mode(pltpu.InterpretParams(...))``, which overrides this.
-  """
-  return bool(interpret)
-
-
 def vmem_limit_bytes() -> int:
   try:
     capacity = pltpu.get_tpu_info().vmem_capacity_bytes

@@ -1,4 +1,4 @@
-"""Which tiles the kernels visit (static, NumPy) and how each tile is masked (in-kernel).
+"""The TPU kernels' grids over ``MaskSpec``'s schedules, and per-tile dispatch on its classes.
 
 The grids are rectangular, ``steps = max`` visited blocks; a grid step past a block's count is
 skipped with ``pl.when`` and its BlockSpec index is clamped to the last visited block, so the
@@ -15,7 +15,7 @@ import numpy as np
 from jax import lax
 from jax.experimental import pallas as pl
 
-from parallax_jax.attention.masking import MaskSpec
+from parallax_jax.attention.masking import MaskSpec, TileKind
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,29 +36,13 @@ class Schedule:
 
 
 def kv_schedule(mask: MaskSpec, bq: int, bk: int) -> Schedule:
-  """Key blocks per query block (forward and dq/dr)."""
-  n_k = -(-mask.kv_len // bk)
-  first, count, steps = mask.block_schedule(bq, bk)
-  return Schedule(np.minimum(first, n_k - 1).astype(np.int32), count, max(steps, 1))
+  """Key blocks per query block (forward and dq/dr): ``MaskSpec.block_schedule``."""
+  return Schedule(*mask.block_schedule(bq, bk))
 
 
 def q_schedule(mask: MaskSpec, bq: int, bk: int) -> Schedule:
-  """Query blocks per key block (dk/dv): the transpose of ``kv_schedule``.
-
-  Row ``i`` sees keys in ``[lo(i), hi(i)]`` with both bounds non-decreasing in ``i``, so the
-  query blocks that see a key block are consecutive.
-  """
-  n_k = -(-mask.kv_len // bk)
-  kv = kv_schedule(mask, bq, bk)
-  kb = np.arange(n_k)[None, :]
-  seen = (kb >= kv.first[:, None]) & (kb < (kv.first + kv.count)[:, None])  # [nQ, nK]
-  count = seen.sum(axis=0).astype(np.int32)
-  first = np.where(count > 0, np.argmax(seen, axis=0), 0).astype(np.int32)
-  for j in range(n_k):  # consecutive by construction; guard the invariant the grid relies on
-    assert seen[first[j] : first[j] + count[j], j].all(), (
-      "query blocks of a key block not contiguous"
-    )
-  return Schedule(first, count, max(int(count.max(initial=0)), 1))
+  """Query blocks per key block (dk/dv): ``MaskSpec.query_block_schedule``."""
+  return Schedule(*mask.query_block_schedule(bq, bk))
 
 
 def inner_block(first_ref, count_ref, outer, step):
@@ -71,22 +55,6 @@ def kv_head(q_head, group: int):
   """GQA: the kv head of query head ``q_head`` (``lax.div``: non-negative, no floor-div sign
   fix-up in the scalar index map)."""
   return q_head if group == 1 else lax.div(q_head, group)
-
-
-def tile_is_full(mask: MaskSpec, q_block, k_block, bq: int, bk: int):
-  """True when every (row, key) pair of the tile is visible (segment ids aside).
-
-  PARALLAX.md 2.3 with the last-row window rule: all keys at or before the first row's
-  position, all keys inside the last row's window, and no padded row or key.
-  """
-  r0 = q_block * bq
-  c0 = k_block * bk
-  full = (c0 + bk <= mask.kv_len) & (r0 + bq <= mask.q_len)
-  if mask.causal:
-    full = full & (c0 + bk - 1 <= r0 + mask.q_offset)
-  if mask.window_size is not None:
-    full = full & (c0 >= r0 + bq - 1 + mask.q_offset - mask.window_size + 1)
-  return full
 
 
 def tile_visible(mask: MaskSpec, q_block, k_block, bq: int, bk: int, q_seg=None, k_seg=None):
@@ -106,6 +74,6 @@ def run_tile(update, run, mask: MaskSpec, q_block, k_block, bq: int, bk: int, ha
   if has_segments:
     pl.when(run)(lambda: update(masked=True))
     return
-  full = tile_is_full(mask, q_block, k_block, bq, bk)
+  full = mask.tile_kind(q_block, k_block, bq, bk, jnp) == TileKind.FULL
   pl.when(run & full)(lambda: update(masked=False))
   pl.when(run & jnp.logical_not(full))(lambda: update(masked=True))

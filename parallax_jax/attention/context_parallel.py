@@ -41,7 +41,7 @@ chunk(s). At ring step ``s = 0..S-1`` it holds the K/V of shard ``i - s`` and fo
 (``lax.ppermute`` ``i -> i + 1``); the keys' segment ids travel with them, the queries' stay
 put. Threading one state through the pairs is the split-K merge
 (``ring_state.merge_fwd_states``) done tile by tile, so the result is exact. Pairs are
-classified from their chunk indices (``ring_state.pair_kind``): ``SKIP`` pairs (in the future,
+classified from their chunk positions (``masking.chunk_pair_kind``): ``SKIP`` pairs (in the future,
 or entirely left of every window) are skipped with ``lax.cond``; the others run the masked
 loop with absolute positions (a window's loop visits only the key blocks it can see).
 Segment ids cannot make a pair skippable statically; a pair is also skipped (at run time)
@@ -52,7 +52,7 @@ along ``T`` like the inputs.
 
 Algorithm (backward, ``jax.custom_vjp`` around the two ``shard_map``\\ s)
 ----------------------------------------------------------------------
-The closed form of PARALLAX.md 3.1 is exact per tile given the *global* row statistics
+The closed form of docs/design.md §5.2 is exact per tile given the *global* row statistics
 ``lse``, ``bart``, ``dO.o`` and ``dO.barv``, all of which are local to the query's device.
 So each device replays the same ring: it recomputes the tiles of its queries against each
 visiting K/V chunk, accumulates ``dq``, ``dr`` locally, and adds the chunk's ``dk``, ``dv``
@@ -85,15 +85,16 @@ from jax.sharding import PartitionSpec as P
 
 from parallax_jax.attention import ring_state, tile_math
 from parallax_jax.attention.api import parallax_attention
+from parallax_jax.attention.masking import TileKind, chunk_pair_kind
 from parallax_jax.attention.residuals import Residuals
 from parallax_jax.attention.ring_state import (
-  SKIP,
   Placement,
   from_zigzag,
   merge_fwd_states,
   to_zigzag,
   zigzag_positions,
 )
+from parallax_jax.attention.sharded import shard_over_batch_and_heads
 from parallax_jax.attention.validation import validate
 from parallax_jax.attention.xla import ChunkPairOp, XlaBlockSizes
 
@@ -167,13 +168,13 @@ class _Ring:
   def _fold(self, kind, seg_q, seg_k, fn, carry):
     """``fn(carry)``, skipped (``carry`` unchanged) when the pair has no visible key.
 
-    Statically: ``kind`` (traced ``SKIP``/``PARTIAL``/``FULL``, causal only). Dynamically,
+    Statically: ``kind`` (a traced ``TileKind``, causal only). Dynamically,
     with segment ids: when, in every batch row, the id ranges of the query chunk and the key
     chunk are disjoint (no id can match). Either way the skipped tiles contribute exactly 0.
     """
     live = None
     if self.causal:
-      live = kind != SKIP
+      live = kind != TileKind.SKIP
     if seg_q is not None:
       overlap = (seg_q.min(axis=1) <= seg_k.max(axis=1)) & (seg_k.min(axis=1) <= seg_q.max(axis=1))
       live = overlap.any() if live is None else live & overlap.any()
@@ -189,8 +190,13 @@ class _Ring:
     theirs = pl.shard_chunks((me - step) % self.n)
     for a, qc in enumerate(mine):
       for b, kc in enumerate(theirs):
-        kind = ring_state.pair_kind(
-          qc, kc, pl.chunk_len, causal=self.causal, window_size=self.window_size, xp=jnp
+        kind = chunk_pair_kind(
+          qc * pl.chunk_len,
+          kc * pl.chunk_len,
+          pl.chunk_len,
+          causal=self.causal,
+          window_size=self.window_size,
+          xp=jnp,
         )
         yield a, b, kind, ((qc - kc) * pl.chunk_len).astype(jnp.int32)
 
@@ -208,16 +214,17 @@ class _Ring:
 
   def _kv_chunks(self, k, v, seg):
     """The travelling part of this shard: per chunk ``(k_, v_, segment ids or None)``."""
-    op = self.op
+    lay = self.op.layout()
     return tuple(
-      (op.kv_blocks(kb), op.kv_blocks(vb), sb)
+      (lay.kv_blocks(kb), lay.kv_blocks(vb), sb)
       for kb, vb, sb in zip(self._split(k), self._split(v), self._split_seg(seg), strict=True)
     )
 
   def _fwd_local(self, q, r, k, v, seg=None):
     op = self.op
+    lay = op.layout()
     qs = [
-      (op.q_blocks(qa), op.q_blocks(ra))
+      (lay.q_blocks(qa), lay.q_blocks(ra))
       for qa, ra in zip(self._split(q), self._split(r), strict=True)
     ]
     seg_q = self._split_seg(seg)  # the queries' ids stay here
@@ -244,17 +251,18 @@ class _Ring:
     states, _ = self._ring_loop(compute, states, kv)
     res = [tile_math.fwd_finalize(st) for st in states]
     cat = lambda xs: jnp.concatenate(xs, axis=1)
-    o = cat([op.q_unblock(x.o) for x in res]).astype(q.dtype)
+    o = cat([lay.q_unblock(x.o) for x in res]).astype(q.dtype)
     residuals = Residuals(
       o=o,
-      barv=cat([op.q_unblock(x.barv) for x in res]).astype(q.dtype),
-      lse=jnp.concatenate([op.row_unblock(x.lse) for x in res], axis=2),
-      bart=jnp.concatenate([op.row_unblock(x.bart) for x in res], axis=2),
+      barv=cat([lay.q_unblock(x.barv) for x in res]).astype(q.dtype),
+      lse=jnp.concatenate([lay.row_unblock(x.lse) for x in res], axis=2),
+      bart=jnp.concatenate([lay.row_unblock(x.bart) for x in res], axis=2),
     )
     return o, residuals
 
   def _bwd_local(self, q, r, k, v, residuals, do, seg=None):
     op = self.op
+    lay = op.layout()
     do = do.astype(q.dtype)
     rows, qs = [], []
     for qa, ra, doa, oa, bva, lsea, bta in zip(
@@ -267,7 +275,7 @@ class _Ring:
       self._split(residuals.bart, 2),
       strict=True,
     ):
-      qs.append((op.q_blocks(qa), op.q_blocks(ra), op.q_blocks(doa)))
+      qs.append((lay.q_blocks(qa), lay.q_blocks(ra), lay.q_blocks(doa)))
       rows.append(op.row_stats(Residuals(oa, bva, lsea, bta), doa))
     seg_q = self._split_seg(seg)
     kv = self._kv_chunks(k, v, seg)
@@ -305,10 +313,10 @@ class _Ring:
       dkv = lax.ppermute(dkv, self.axis_name, [(j, (j - back) % self.n) for j in range(self.n)])
 
     cat = lambda xs: jnp.concatenate(xs, axis=1)
-    dq = cat([op.q_unblock(x[0]) for x in dqr]).astype(q.dtype)
-    dr = cat([op.q_unblock(x[1]) for x in dqr]).astype(r.dtype)
-    dk = cat([op.kv_unblock(x[0]) for x in dkv]).astype(k.dtype)
-    dv = cat([op.kv_unblock(x[1]) for x in dkv]).astype(v.dtype)
+    dq = cat([lay.q_unblock(x[0]) for x in dqr]).astype(q.dtype)
+    dr = cat([lay.q_unblock(x[1]) for x in dqr]).astype(r.dtype)
+    dk = cat([lay.kv_unblock(x[0]) for x in dkv]).astype(k.dtype)
+    dv = cat([lay.kv_unblock(x[1]) for x in dkv]).astype(v.dtype)
     return dq, dr, dk, dv
 
   # ---- global (shard_map) pieces -------------------------------------------------------------
@@ -449,12 +457,18 @@ def ring_parallax_attention(
     )
     if not batch_axes and head_axis is None:
       return call(q, r, k, v, segment_ids=segment_ids)
-    x = P(batch_axes or None, None, head_axis, None)
-    args, in_specs = (q, r, k, v), (x, x, x, x)
-    if segment_ids is not None:
-      args, in_specs = (*args, segment_ids), (*in_specs, P(batch_axes or None, None))
-    local = lambda q, r, k, v, seg=None: call(q, r, k, v, segment_ids=seg)
-    return jax.shard_map(local, mesh=mesh, in_specs=in_specs, out_specs=x, check_vma=False)(*args)
+    return shard_over_batch_and_heads(
+      lambda q, r, k, v, seg: call(q, r, k, v, segment_ids=seg),
+      q,
+      r,
+      k,
+      v,
+      segment_ids,
+      mesh=mesh,
+      batch_axes=batch_axes or None,
+      q_head_axes=head_axis,
+      kv_head_axes=head_axis,
+    )
 
   placement = Placement(spec.mask.q_len, n, load_balance=load_balance and causal)
   c = placement.chunk_len

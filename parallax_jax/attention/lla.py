@@ -9,7 +9,7 @@ weights ``w_ij = exp(c q_i.k_j)`` over the keys ``j`` that query ``i`` sees. LLA
     p_ij = w_ij / sum_j' w_ij',   z_ij = k_j - q_i,
 
 and outputs the intercept ``b_i = f(q_i)``. The normal equations give the closed form
-(PARALLAX.md 8.1; unnormalised ``w`` with ridge ``lambda * omega_i`` is the same problem)
+(docs/design.md §8.3; unnormalised ``w`` with ridge ``lambda * omega_i`` is the same problem)
 
     zbar_i  = sum_j p_ij z_ij                                      [D]
     Sigma_i = sum_j p_ij z_ij z_ij^T + lambda I                    [D, D]
@@ -34,6 +34,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
+
+from parallax_jax.attention.masking import MaskSpec
+from parallax_jax.attention.reference import effective_weights
 
 
 def lla_attention(
@@ -77,8 +80,6 @@ def lla_attention(
     raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
   if ridge < 0:
     raise ValueError(f"ridge must be >= 0, got {ridge}")
-  if window_size is not None and (not causal or window_size < 1):
-    raise ValueError(f"window_size={window_size} needs causal=True and must be >= 1")
   if segment_ids is not None and (segment_ids.shape != (b, tq) or tq != tk):
     raise ValueError(f"segment_ids{segment_ids.shape} must be [B, T] = {(b, tq)} with Tq == Tk")
   out_dtype = q.dtype
@@ -90,25 +91,10 @@ def lla_attention(
   kh = jnp.repeat(jnp.swapaxes(k, 1, 2), group, axis=1).astype(dt)
   vh = jnp.repeat(jnp.swapaxes(v, 1, 2), group, axis=1).astype(dt)
 
-  mask = jnp.ones((tq, tk), bool)
-  if causal:
-    qi = jnp.arange(tq)[:, None] + (tk - tq)
-    kj = jnp.arange(tk)[None, :]
-    mask = kj <= qi
-    if window_size is not None:
-      mask &= kj > qi - window_size
-  mask = jnp.broadcast_to(mask, (b, 1, tq, tk))
-  if segment_ids is not None:
-    mask = mask & (segment_ids[:, None, :, None] == segment_ids[:, None, None, :])
-
-  logits = c * jnp.einsum("bhid,bhjd->bhij", qh, kh)
-  logits = jnp.where(mask, logits, -jnp.inf)
-  m = jnp.max(logits, axis=-1, keepdims=True)
-  m = jnp.where(jnp.isfinite(m), m, 0.0)
-  w = jnp.where(mask, jnp.exp(logits - m), 0.0)  # [B, H, Tq, Tk]
-  omega = jnp.sum(w, axis=-1, keepdims=True)
-  seen = omega > 0
-  p = w / jnp.where(seen, omega, 1.0)
+  # p (and which rows see a key) from the op's one masking rule and softmax.
+  mask = MaskSpec(q_len=tq, kv_len=tk, causal=causal, window_size=window_size)
+  p, visible = effective_weights(q, None, k, scale=c, mask=mask, segment_ids=segment_ids)
+  seen = jnp.any(visible, axis=-1, keepdims=True)  # [B, H, Tq, 1]
 
   # Moments of z_ij = k_j - q_i under p_i, expanded so no [T, T, D] tensor is formed.
   kbar = jnp.einsum("bhij,bhjd->bhid", p, kh)

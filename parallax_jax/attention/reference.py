@@ -1,4 +1,4 @@
-"""Dense Parallax attention (PARALLAX.md 1.3): the short, obviously-right oracle.
+"""Dense Parallax attention (docs/design.md §1.1): the short, obviously-right oracle.
 
 Materialises the full ``[B, Hq, Tq, Tk]`` score matrix, computes in float32 (float64 when given
 float64 inputs) and is differentiated by JAX autodiff. Use it for tests and small problems.

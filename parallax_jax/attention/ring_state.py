@@ -17,14 +17,15 @@ shard order, so that sharding its sequence axis over ``n`` devices gives each sh
 Contiguous layout = natural order; ``to_zigzag`` / ``from_zigzag`` convert the zigzag one, and
 ``zigzag_positions`` gives the absolute position of each layout row (for RoPE etc.).
 
-Pairs. A (query chunk, key chunk) pair is ``SKIP`` (no query sees any key: entirely in the
-future or entirely left of every row's window), ``FULL`` (every query sees every key) or
-``PARTIAL`` (needs the element mask: the diagonal chunk, or a chunk cut by a window edge).
+Pairs. A (query chunk, key chunk) pair is classified like a tile (``masking.chunk_pair_kind``):
+``SKIP`` (no query sees any key: entirely in the future or entirely left of every row's
+window), ``FULL`` (every query sees every key) or ``MASKED`` (needs the element mask: the
+diagonal chunk, or a chunk cut by a window edge).
 
 States. ``merge_fwd_states`` combines the un-normalised online states (``tile_math.FwdState``)
-of two disjoint key sets of the same rows exactly (the split-K merge of PARALLAX.md 4.2 /
-11.8): ``m = max(m_a, m_b)``, every other field of state ``x`` scaled by ``exp(m_x - m)`` and
-added. Rows that saw no key keep ``m = -inf`` and zeros (never NaN).
+of two disjoint key sets of the same rows exactly (the split-K merge, docs/design.md §7.3):
+``m = max(m_a, m_b)``, every other field of state ``x`` scaled by ``exp(m_x - m)`` and added.
+Rows that saw no key keep ``m = -inf`` and zeros (never NaN).
 """
 
 from __future__ import annotations
@@ -35,8 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from parallax_jax.attention import tile_math
-
-SKIP, PARTIAL, FULL = 0, 1, 2
+from parallax_jax.attention.masking import chunk_pair_kind
 
 
 def merge_fwd_states(a: tile_math.FwdState, b: tile_math.FwdState) -> tile_math.FwdState:
@@ -131,26 +131,6 @@ def from_zigzag(x, num_shards: int, axis: int = 1):
   return jnp.moveaxis(x.reshape(t, *rest), 0, axis)
 
 
-def pair_kind(q_chunk, k_chunk, chunk_len: int, *, causal: bool, window_size: int | None, xp=np):
-  """``SKIP`` / ``PARTIAL`` / ``FULL`` for a (query chunk, key chunk) pair of self-attention.
-
-  Chunk indices may be ints, NumPy arrays or traced ``jnp`` ints (``xp=jnp``).
-  """
-  if not causal:
-    return xp.full(xp.shape(q_chunk), FULL, dtype=np.int32)
-  q0 = q_chunk * chunk_len
-  q1 = q0 + chunk_len - 1
-  k0 = k_chunk * chunk_len
-  k1 = k0 + chunk_len - 1
-  # Rows q0..q1 see keys in the union of [q - W + 1, q]: [q0 - W + 1, q1].
-  some = k0 <= q1
-  every = k1 <= q0
-  if window_size is not None:
-    some = some & (k1 >= q0 - window_size + 1)
-    every = every & (k0 >= q1 - window_size + 1)
-  return xp.where(some, xp.where(every, FULL, PARTIAL), SKIP)
-
-
 def num_ring_steps(placement: Placement, *, causal: bool, window_size: int | None) -> int:
   """Ring steps that can meet a visible pair (the rest are skipped entirely).
 
@@ -166,8 +146,9 @@ def num_ring_steps(placement: Placement, *, causal: bool, window_size: int | Non
 
 
 def ring_schedule(placement: Placement, *, causal: bool, window_size: int | None) -> np.ndarray:
-  """``[n, steps, cps, cps]`` pair kinds: shard, ring step, its query chunk, the visiting key
-  chunk (``cps`` chunks per shard). Shard ``i`` at step ``s`` holds the keys of ``i - s``."""
+  """``[n, steps, cps, cps]`` ``TileKind``s of the pairs: shard, ring step, its query chunk,
+  the visiting key chunk (``cps`` chunks per shard). Shard ``i`` at step ``s`` holds the keys
+  of ``i - s``."""
   n = placement.num_shards
   steps = num_ring_steps(placement, causal=causal, window_size=window_size)
   cps = placement.chunks_per_shard
@@ -178,7 +159,8 @@ def ring_schedule(placement: Placement, *, causal: bool, window_size: int | None
       theirs = placement.shard_chunks((i - s) % n)
       for a in range(cps):
         for b in range(cps):
-          out[i, s, a, b] = pair_kind(
-            mine[a], theirs[b], placement.chunk_len, causal=causal, window_size=window_size
+          c = placement.chunk_len
+          out[i, s, a, b] = chunk_pair_kind(
+            mine[a] * c, theirs[b] * c, c, causal=causal, window_size=window_size
           )
   return out

@@ -5,12 +5,12 @@ and an accumulator ``[..., Bq, D]``. Matmuls stay with the caller (batched einsu
 ``jnp.dot`` / ``pl.dot`` in kernels); this module holds what they share so the algorithm lives
 in one place. Scores are in natural-log units (``s = scale * q.k``); state is float32.
 
-Forward (PARALLAX.md 2.1) with one exact refinement: each tile's ``W2 = W * t`` is centred on
+Forward (docs/design.md §3.1) with one exact refinement: each tile's ``W2 = W * t`` is centred on
 the tile's own weighted mean ``c = sum(W t) / sum(W)`` before it is rounded to the input dtype
 for the PV matmul, and ``c * (W V)`` is added back in float32. The result is identical in exact
 arithmetic (``sum_j w_j (t_j - c) v_j + c sum_j w_j v_j = sum_j w_j t_j v_j``) but the rounded
 operand is ``w (t - c)`` instead of ``w t``, which removes most of the bf16 cancellation that
-``o = barv (1 + bart) - A2 / d1`` otherwise suffers (PARALLAX.md 11, item 4).
+``o = barv (1 + bart) - A2 / d1`` otherwise suffers (docs/design.md §3.2).
 """
 
 from __future__ import annotations
@@ -95,6 +95,14 @@ def fwd_finalize(state: FwdState) -> FwdResult:
   return FwdResult(o, barv, lse, bart)
 
 
+def bwd_row_stats(do, o, barv):
+  """Per-row backward statistics ``(dO . o, dO . barv)`` (docs/design.md §5.1), summed over the
+  last (head) axis in float32 (float64 for float64 inputs): ``[..., D] -> [...]``."""
+  acc = jnp.promote_types(do.dtype, jnp.float32)
+  do = do.astype(acc)
+  return jnp.sum(do * o.astype(acc), axis=-1), jnp.sum(do * barv.astype(acc), axis=-1)
+
+
 class BwdTile(NamedTuple):
   gl: jnp.ndarray  # [..., Bq, Bk] dL/ds (s = scale q.k)
   gu: jnp.ndarray  # [..., Bq, Bk] dL/dt (t = r.k)
@@ -102,7 +110,7 @@ class BwdTile(NamedTuple):
 
 
 def bwd_tile(s, t, visible, lse, bart, a, delta_o, b) -> BwdTile:
-  """Closed-form backward of one tile (PARALLAX.md 3.1).
+  """Closed-form backward of one tile (docs/design.md §5.2).
 
   Args:
     s, t: scaled scores and r.k, float32 ``[..., Bq, Bk]``.

@@ -1,7 +1,7 @@
 """Blockwise Parallax attention in plain JAX: the path that runs on every backend.
 
-Forward: the online algorithm of PARALLAX.md 2.1 over key blocks, vectorised over query blocks,
-never materialising ``Tq x Tk``. Backward: the closed form of PARALLAX.md 3.1, recomputing each
+Forward: the online algorithm of docs/design.md §3.1 over key blocks, vectorised over query blocks,
+never materialising ``Tq x Tk``. Backward: the closed form of docs/design.md §5.2, recomputing each
 tile from the residuals. Memory is ``O(T * block_k)`` per head.
 
 The loop is a static schedule: query block ``i`` visits key blocks
@@ -19,11 +19,12 @@ import dataclasses
 from typing import NamedTuple
 
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 from jaxtyping import Array, Float, Int
 
 from parallax_jax.attention import tile_math
-from parallax_jax.attention.masking import MaskSpec
+from parallax_jax.attention.masking import ChunkMask, MaskSpec, cdiv
 from parallax_jax.attention.residuals import Residuals
 
 
@@ -39,10 +40,6 @@ class XlaBlockSizes:
       value = getattr(self, name)
       if not isinstance(value, int) or value < 1:
         raise ValueError(f"XlaBlockSizes.{name} must be a positive int, got {value!r}.")
-
-
-def _cdiv(a: int, b: int) -> int:
-  return -(-a // b)
 
 
 def _precision(dtype):
@@ -66,11 +63,11 @@ class _Layout:
 
   @property
   def nq(self):
-    return _cdiv(self.mask.q_len, self.bq)
+    return cdiv(self.mask.q_len, self.bq)
 
   @property
   def nk(self):
-    return _cdiv(self.mask.kv_len, self.bk)
+    return cdiv(self.mask.kv_len, self.bk)
 
   def q_blocks(self, x):
     """[B, Tq, Hq, D] -> [B, Hkv, G, nQ, bq, D] (zero padded)."""
@@ -106,37 +103,10 @@ class _Layout:
     return x.transpose(0, 2, 3, 1, 4).reshape(b, nk * bk, h, d)[:, : self.mask.kv_len]
 
 
-@dataclasses.dataclass(frozen=True)
-class OffsetMask:
-  """A ``MaskSpec`` whose query offset is a traced int scalar instead of ``Tk - Tq``.
-
-  Query row ``i`` sits at key index ``i + q_offset`` (the absolute position of query row 0
-  minus that of key 0). Used for one (query chunk, key chunk) pair of a sharded sequence; the
-  rules themselves are ``MaskSpec``'s, shared verbatim.
-  """
-
-  q_len: int
-  kv_len: int
-  causal: bool
-  window_size: int | None
-  q_offset: object  # int32 scalar, may be traced
-
-  visible = MaskSpec.visible
-  key_range = MaskSpec.key_range
-
-  def max_blocks(self, block_q: int, block_k: int) -> int:
-    """Static bound on the key blocks one query block may touch (the loop trip count)."""
-    nk = _cdiv(self.kv_len, block_k)
-    if self.window_size is None:
-      return nk
-    # A block of bq rows sees at most bq + W - 1 consecutive keys.
-    return min(nk, _cdiv(block_q + self.window_size - 2, block_k) + 1)
-
-
 class _Schedule:
   """Which key block each query block visits at loop step ``step``, and the tile's mask.
 
-  ``layout.mask`` is a ``MaskSpec`` (static schedule) or an ``OffsetMask`` (schedule computed
+  ``layout.mask`` is a ``MaskSpec`` (static schedule) or a ``ChunkMask`` (schedule computed
   from the traced offset, trip count bounded statically). ``segment_ids`` ``[B, Tq]`` are the
   query rows' ids and ``kv_segment_ids`` ``[B, Tk]`` the keys' (default: ``segment_ids``, i.e.
   self-attention); segment ids only mask tiles, they never shorten the schedule.
@@ -145,20 +115,11 @@ class _Schedule:
   def __init__(self, layout: _Layout, segment_ids, kv_segment_ids=None):
     self.layout = layout
     mask = layout.mask
-    if isinstance(mask, OffsetMask):
-      nq = layout.nq
-      row_first = jnp.arange(nq, dtype=jnp.int32) * layout.bq
-      row_last = jnp.minimum(row_first + layout.bq, mask.q_len) - 1
-      lo, hi = mask.key_range(row_first, row_last, xp=jnp)
-      first = jnp.clip(lo, 0, None) // layout.bk
-      last = jnp.where(hi >= lo, hi // layout.bk, first - 1)
-      self.first = first.astype(jnp.int32)
-      self.count = jnp.maximum(last - first + 1, 0).astype(jnp.int32)
-      self.num_steps = mask.max_blocks(layout.bq, layout.bk)
-    else:
-      first, count, self.num_steps = mask.block_schedule(layout.bq, layout.bk)
-      self.first = jnp.asarray(first)
-      self.count = jnp.asarray(count)
+    # A traced chunk offset (the ring) gets a traced schedule with a static trip-count bound.
+    xp = np if isinstance(mask, MaskSpec) else jnp
+    first, count, self.num_steps = mask.block_schedule(layout.bq, layout.bk, xp)
+    self.first = jnp.asarray(first)
+    self.count = jnp.asarray(count)
     self.rows = jnp.arange(layout.nq * layout.bq, dtype=jnp.int32).reshape(layout.nq, layout.bq)
     self.seg_q = self.seg_k = None
     if kv_segment_ids is None:
@@ -231,7 +192,7 @@ def _bwd_loop(sched: _Schedule, q_, r_, do_, rows: RowStats, k_, v_, carry, *, s
   """Adds the gradient contributions of every tile of ``sched`` to ``carry``.
 
   ``carry = (dq, dr, dk, dv)`` blocked, compute dtype; the tiles are exact given the global
-  row statistics ``rows`` (PARALLAX.md 3.1), so carries of disjoint key sets simply add up.
+  row statistics ``rows`` (docs/design.md §5.4), so carries of disjoint key sets simply add up.
   """
   prec = _precision(q_.dtype)
   acc_dtype = _compute_dtype(q_.dtype)
@@ -263,12 +224,10 @@ def _bwd_loop(sched: _Schedule, q_, r_, do_, rows: RowStats, k_, v_, carry, *, s
   return lax.fori_loop(0, sched.num_steps, body, carry)
 
 
-def _row_products(do, residuals: Residuals, acc_dtype):
-  """``(dO . o, dO . barv)`` per row, ``[B, Hq, Tq]`` (PARALLAX.md 3.1: T and b)."""
-  do = do.astype(acc_dtype)
-  delta_o = jnp.einsum("bthd,bthd->bht", do, residuals.o.astype(acc_dtype))
-  b_row = jnp.einsum("bthd,bthd->bht", do, residuals.barv.astype(acc_dtype))
-  return delta_o, b_row
+def _row_products(do, residuals: Residuals):
+  """``(dO . o, dO . barv)`` per row, ``[B, Hq, Tq]``."""
+  delta_o, b_row = tile_math.bwd_row_stats(do, residuals.o, residuals.barv)
+  return jnp.swapaxes(delta_o, 1, 2), jnp.swapaxes(b_row, 1, 2)
 
 
 def _layout(mask, q, k, block_sizes) -> _Layout:
@@ -328,7 +287,7 @@ def parallax_bwd(
 ):
   """Backward pass: ``(dq, dr, dk, dv)`` in the dtypes of (q, r, k, v).
 
-  Recomputes every tile from ``residuals`` (closed form of PARALLAX.md 3.1). dk/dv of a GQA
+  Recomputes every tile from ``residuals`` (closed form of docs/design.md §5.2). dk/dv of a GQA
   group are accumulated over its query heads in float32, never materialised per query head.
   """
   _check(mask, q)
@@ -336,7 +295,7 @@ def parallax_bwd(
   sched = _Schedule(lay, segment_ids)
   acc_dtype = _compute_dtype(q.dtype)
   do = do.astype(q.dtype)
-  delta_o, b_row = _row_products(do, residuals, acc_dtype)
+  delta_o, b_row = _row_products(do, residuals)
   q_, r_, do_ = lay.q_blocks(q), lay.q_blocks(r), lay.q_blocks(do)
   k_, v_ = lay.kv_blocks(k), lay.kv_blocks(v)
   rows = RowStats(
@@ -365,7 +324,7 @@ class ChunkPairOp:
   The building block of context parallelism (``context_parallel``): the forward folds one key
   chunk into an un-normalised online state (``tile_math.FwdState``), the backward adds one key
   chunk's exact gradient contributions given the *global* row statistics. Arrays stay in the
-  blocked layout of this module (convert once with the ``*_blocks`` / ``*_unblock`` methods):
+  blocked layout of this module (convert once with ``layout()``'s ``*_blocks`` / ``*_unblock``):
   queries ``[B, Hkv, G, nQ, bq, D]``, row statistics ``[B, Hkv, G, nQ, bq]``, keys
   ``[B, Hkv, nK, bk, D]``.
 
@@ -388,28 +347,12 @@ class ChunkPairOp:
   scale: float
   block_sizes: XlaBlockSizes | None = None
 
-  def _lay(self, q_offset=0) -> _Layout:
+  def layout(self, q_offset=0) -> _Layout:
+    """The blocked layout of this pair (``q_blocks``, ``kv_blocks``, ``row_blocks`` and their
+    inverses convert arrays once; the offset only matters to the schedule)."""
     bs = self.block_sizes or XlaBlockSizes()
-    mask = OffsetMask(self.q_len, self.kv_len, self.causal, self.window_size, q_offset)
+    mask = ChunkMask(self.q_len, self.kv_len, self.causal, self.window_size, q_offset)
     return _Layout(mask, self.group, min(bs.block_q, self.q_len), min(bs.block_k, self.kv_len))
-
-  def q_blocks(self, x):
-    return self._lay().q_blocks(x)
-
-  def q_unblock(self, x):
-    return self._lay().q_unblock(x)
-
-  def row_blocks(self, x):
-    return self._lay().row_blocks(x)
-
-  def row_unblock(self, x):
-    return self._lay().row_unblock(x)
-
-  def kv_blocks(self, x):
-    return self._lay().kv_blocks(x)
-
-  def kv_unblock(self, x):
-    return self._lay().kv_unblock(x)
 
   def init_state(self, q_) -> tile_math.FwdState:
     """Empty online state for blocked queries ``q_``."""
@@ -418,7 +361,7 @@ class ChunkPairOp:
   def _schedule(self, q_offset, q_segment_ids, kv_segment_ids) -> _Schedule:
     if (q_segment_ids is None) != (kv_segment_ids is None):
       raise ValueError("q_segment_ids and kv_segment_ids must be given together.")
-    lay = self._lay(jnp.asarray(q_offset, jnp.int32))
+    lay = self.layout(jnp.asarray(q_offset, jnp.int32))
     return _Schedule(lay, q_segment_ids, kv_segment_ids)
 
   def fwd(
@@ -431,12 +374,13 @@ class ChunkPairOp:
   def row_stats(self, residuals: Residuals, do) -> RowStats:
     """Blocked backward row statistics from (natural-layout) residuals of these rows."""
     acc_dtype = _compute_dtype(do.dtype)
-    delta_o, b_row = _row_products(do, residuals, acc_dtype)
+    delta_o, b_row = _row_products(do, residuals)
+    lay = self.layout()
     return RowStats(
-      lse=self.row_blocks(residuals.lse.astype(acc_dtype)),
-      bart=self.row_blocks(residuals.bart.astype(acc_dtype)),
-      delta_o=self.row_blocks(delta_o),
-      b=self.row_blocks(b_row),
+      lse=lay.row_blocks(residuals.lse.astype(acc_dtype)),
+      bart=lay.row_blocks(residuals.bart.astype(acc_dtype)),
+      delta_o=lay.row_blocks(delta_o),
+      b=lay.row_blocks(b_row),
     )
 
   def bwd(

@@ -18,11 +18,12 @@ import traceback
 from pathlib import Path
 
 import jax
-import numpy as np
 
+from parallax_jax.benchmarking.flops import MFU_HEADER
+from parallax_jax.benchmarking.synthetic_batch import synthetic_batch
 from parallax_jax.sharding import STRATEGIES
 from parallax_jax.train.config import apply_overrides, resolve
-from parallax_jax.train.metrics import compiled_memory_bytes, peak_flops_per_device
+from parallax_jax.train.metrics import compiled_memory_bytes, mfu
 from parallax_jax.train.program import Program
 
 log = logging.getLogger("parallax_jax")
@@ -98,26 +99,6 @@ def mesh_preset(strategy: str, n: int, model, seq_len: int) -> dict[str, int]:
   return sizes
 
 
-def _synthetic_batch(exp, seed=0):
-  rng = np.random.default_rng(seed)
-  b, t = exp.train.batch_size, exp.train.seq_len
-  tokens = rng.integers(0, exp.model.vocab_size, (b, t + 1), dtype=np.int32)
-  inputs, targets = tokens[:, :-1], tokens[:, 1:]
-  m = exp.model
-  if m.input_dim:  # float vectors in / a regression head out (e.g. data.source="linreg")
-    inputs = rng.standard_normal((b, t, m.input_dim), dtype=np.float32)
-  if m.output_dim:
-    shape = (b, t) if m.output_dim == 1 else (b, t, m.output_dim)
-    targets = rng.standard_normal(shape, dtype=np.float32)
-  return {
-    "inputs": inputs,
-    "targets": targets,
-    "segment_ids": np.ones((b, t), np.int32),
-    "positions": np.broadcast_to(np.arange(t, dtype=np.int32), (b, t)).copy(),
-    "loss_mask": np.ones((b, t), np.float32),
-  }
-
-
 def run_strategy(cfg, strategy: str, steps: int, synthetic: bool) -> dict:
   n = jax.device_count()
   probe = resolve(cfg)
@@ -130,7 +111,8 @@ def run_strategy(cfg, strategy: str, steps: int, synthetic: bool) -> dict:
   row = {"strategy": strategy, "mesh": " ".join(f"{k}={v}" for k, v in sizes.items() if v > 1)}
   program = Program(exp)
   if synthetic:
-    batches = [_synthetic_batch(exp, i) for i in range(steps + 1)]
+    b, t = exp.train.batch_size, exp.train.seq_len
+    batches = [synthetic_batch(exp.model, b, t, seed=i) for i in range(steps + 1)]
   else:
     from parallax_jax.train.data_io import TrainData
 
@@ -152,10 +134,7 @@ def run_strategy(cfg, strategy: str, steps: int, synthetic: bool) -> dict:
   tokens = exp.train.batch_size * exp.train.seq_len
   row["step_time_s"] = dt
   row["tokens_per_s"] = tokens / dt
-  peak = peak_flops_per_device()
-  row["mfu"] = (
-    exp.model.flops_per_token(exp.train.seq_len) * tokens / dt / (peak * n) if peak else None
-  )
+  row["mfu"] = mfu(exp.model.flops_per_token(exp.train.seq_len) * tokens, dt, n)
   return row
 
 
@@ -185,17 +164,18 @@ def plot(rows: list[dict], path: Path) -> None:
 
 
 def format_table(rows: list[dict]) -> str:
-  head = ["strategy", "mesh", "step (s)", "tokens/s", "peak MiB", "collective MiB", "MFU", "loss@1"]
+  head = ["strategy", "mesh", "step (s)", "tokens/s", "peak MiB", "collective MiB", MFU_HEADER]
+  head.append("loss@1")
   lines = [" | ".join(head)]
   for r in rows:
     if r.get("error"):
       lines.append(f"{r['strategy']} | failed: {r['error'][:80]}")
       continue
-    mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") else "-"
+    mfu_text = f"{100 * r['mfu']:.1f}%" if r.get("mfu") else "-"
     peak = f"{r['peak_memory_bytes'] / 2**20:.1f}" if r.get("peak_memory_bytes") else "-"
     lines.append(
       f"{r['strategy']} | {r['mesh']} | {r['step_time_s']:.4f} | {r['tokens_per_s']:.0f} | "
-      f"{peak} | {r['collective_bytes'] / 2**20:.2f} | {mfu} | {r['first_step_loss']:.6f}"
+      f"{peak} | {r['collective_bytes'] / 2**20:.2f} | {mfu_text} | {r['first_step_loss']:.6f}"
     )
   return "\n".join(lines)
 

@@ -6,6 +6,8 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+from parallax_jax.config_utils import from_section
+
 FORMATS = ("auto", "text", "jsonl", "arrayrecord", "npy")
 TEXT_SPLITS = ("file", "paragraph", "line")
 
@@ -118,17 +120,7 @@ class DataConfig:
   @classmethod
   def from_dict(cls, d: Mapping[str, Any] | Any) -> DataConfig:
     """Builds a config from a mapping or an ml_collections `ConfigDict`; unknown keys raise."""
-    if hasattr(d, "to_dict"):  # ml_collections.ConfigDict / FrozenConfigDict
-      d = d.to_dict()
-    if not isinstance(d, Mapping):
-      raise TypeError(f"DataConfig.from_dict: expected a mapping, got {type(d).__name__}")
-    fields = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - fields)
-    if unknown:
-      raise ValueError(
-        f"DataConfig.from_dict: unknown keys {unknown}; valid keys are {sorted(fields)}"
-      )
-    return cls(**dict(d))
+    return from_section(cls, "data", d)
 
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)

@@ -5,6 +5,9 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 
+from parallax_jax.benchmarking.flops import model_flops_per_token
+from parallax_jax.config_utils import from_section
+
 ATTENTION_KINDS = ("parallax", "softmax", "lla")
 R_INITS = ("like_q", "zeros")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -62,7 +65,7 @@ class ModelConfig:
   init_std: float = 0.02
   param_dtype: str = "float32"
   compute_dtype: str = "bfloat16"
-  remat: str = "none"  # one of REMAT; True/False are read as "full"/"none"
+  remat: str = "none"  # one of REMAT
   # Training loss: LM head + cross-entropy in chunks of this many positions, never holding
   # the [B, T, V] logits (model/cross_entropy.py); 0: dense logits.
   logits_chunk: int = 0
@@ -73,9 +76,6 @@ class ModelConfig:
   axes: LogicalAxes = LogicalAxes()
 
   def __post_init__(self):
-    if isinstance(self.remat, bool):  # configs written before remat policies existed
-      object.__setattr__(self, "remat", "full" if self.remat else "none")
-
     def need(cond, field, msg):
       if not cond:
         raise ValueError(f"model.{field}: {msg}")
@@ -105,7 +105,11 @@ class ModelConfig:
       f"must be one of {ATTENTION_KINDS}, got {self.attention!r}",
     )
     need(self.r_init in R_INITS, "r_init", f"must be one of {R_INITS}, got {self.r_init!r}")
-    need(self.remat in REMAT, "remat", f"must be one of {REMAT}, got {self.remat!r}")
+    need(
+      isinstance(self.remat, str) and self.remat in REMAT,
+      "remat",
+      f"must be one of the strings {REMAT} (True/False: use 'full'/'none'), got {self.remat!r}",
+    )
     need(self.param_dtype in DTYPES, "param_dtype", f"must be one of {DTYPES}")
     need(self.compute_dtype in DTYPES, "compute_dtype", f"must be one of {DTYPES}")
     need(self.head_dim % 2 == 0, "head_dim", "must be even (RoPE rotates pairs)")
@@ -137,14 +141,7 @@ class ModelConfig:
 
   @classmethod
   def from_dict(cls, d: Mapping) -> ModelConfig:
-    d = dict(d)
-    fields = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - fields)
-    if unknown:
-      raise ValueError(f"unknown model config keys {unknown}; known: {sorted(fields)}")
-    if isinstance(d.get("axes"), Mapping):
-      d["axes"] = LogicalAxes(**d["axes"])
-    return cls(**d)
+    return from_section(cls, "model", d)
 
   @property
   def uses_r(self) -> bool:
@@ -172,25 +169,5 @@ class ModelConfig:
     return total
 
   def flops_per_token(self, seq_len: int) -> float:
-    """Training FLOPs per token (forward + backward = 3x forward), attention included.
-
-    Matmul FLOPs only. Attention counts the matmuls per visible (query, key) pair of the
-    forward: 2 for softmax (QK^T, PV), 4 for Parallax (QK^T, RK^T, PV, (P*T)V); causal rows see
-    (T + 1) / 2 keys on average (or the window).
-    """
-    d, h, hkv, dh, f, v = (
-      self.d_model,
-      self.num_heads,
-      self.num_kv_heads,
-      self.head_dim,
-      self.mlp_dim,
-      self.vocab_size,
-    )
-    proj = d * h * dh * (3 if self.uses_r else 2) + 2 * d * hkv * dh
-    head = d * (self.output_dim or v)
-    dense = self.num_layers * (proj + 3 * d * f) + head + self.input_dim * d  # weights per token
-    keys = (
-      (seq_len + 1) / 2 if self.window_size is None else min(self.window_size, (seq_len + 1) / 2)
-    )
-    attn = self.num_layers * (4 if self.uses_r else 2) * h * dh * keys
-    return 3 * (2 * dense + 2 * attn)
+    """Training model FLOPs per token (the MFU convention): ``benchmarking.flops``."""
+    return model_flops_per_token(self, seq_len)

@@ -47,6 +47,7 @@ def _scan(x, w, targets, weights, scale, chunk, with_grads):
   def body(dw, xs):
     x_c, t_c, wt_c = xs
     logits = jnp.einsum("bcd,vd->bcv", x_c, w, preferred_element_type=jnp.float32) * scale
+    # By hand, not optax.softmax_cross_entropy_with_integer_labels: lse is reused for p below.
     lse = jax.nn.logsumexp(logits, axis=-1)
     picked = jnp.take_along_axis(logits, t_c[..., None], axis=-1)[..., 0]
     loss = jnp.sum((lse - picked) * wt_c)

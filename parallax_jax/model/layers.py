@@ -1,4 +1,8 @@
-"""Building blocks: RMSNorm, projections with logical axes, SwiGLU MLP, RoPE."""
+"""Building blocks: Flax's RMSNorm and LinearGeneral tagged with logical axes, SwiGLU MLP, RoPE.
+
+Every parameter carries ``logical_axes`` metadata (one name per dimension, ``ModelConfig.axes``);
+``train.step.logical_axes`` reads it and the sharding rules map the names onto the mesh.
+"""
 
 from __future__ import annotations
 
@@ -17,70 +21,79 @@ def param(
   *,
   std: float,
   dtype,
-  zeros: bool = False,
 ) -> nnx.Param:
-  """A normal(0, std) (or zero) parameter tagged with its logical axis names."""
-  value = jnp.zeros(shape, dtype) if zeros else std * jax.random.normal(rngs.params(), shape, dtype)
+  """A normal(0, std) parameter tagged with its logical axis names.
+
+  Hand-written rather than ``nnx.Embed``: the embedding is also the tied LM head, and its path
+  (``embed``, not ``embed/embedding``) names it in the optimizer's groups and in checkpoints.
+  """
+  value = std * jax.random.normal(rngs.params(), shape, dtype)
   return nnx.Param(value, logical_axes=tuple(axes))
 
 
-class RMSNorm(nnx.Module):
-  """``x / rms(x) * scale`` over the last axis, computed in float32."""
+class RMSNorm(nnx.RMSNorm):
+  """``nnx.RMSNorm`` over the last axis, computed in float32; returns the input's dtype."""
 
-  def __init__(self, dim: int, *, eps: float, axis_name: str | None, dtype):
-    self.eps = eps
-    self.scale = nnx.Param(jnp.ones((dim,), dtype), logical_axes=(axis_name,))
+  def __init__(self, dim: int, *, eps: float, logical_axis: str | None, param_dtype):
+    super().__init__(
+      dim,
+      epsilon=eps,
+      dtype=jnp.float32,  # statistics, scale and product in float32 (also for a bf16 input)
+      param_dtype=param_dtype,
+      # The scale starts at ones and needs no key: a private stream leaves the model's params
+      # stream (every other parameter's initial value for a given seed) as it was.
+      rngs=nnx.Rngs(0),
+      scale_metadata={"logical_axes": (logical_axis,)},
+    )
 
   def __call__(self, x: Float[Array, "... D"]) -> Float[Array, "... D"]:
-    x32 = x.astype(jnp.float32)
-    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
-    return (y * self.scale[...].astype(jnp.float32)).astype(x.dtype)
+    return super().__call__(x).astype(x.dtype)
 
 
-class Projection(nnx.Module):
-  """``einsum(x, W)`` with ``W`` of shape ``in_shape + out_shape`` (no bias)."""
+def projection(
+  in_shape: Sequence[int],
+  out_shape: Sequence[int],
+  axes: Sequence[str | None],
+  *,
+  rngs: nnx.Rngs,
+  std: float,
+  param_dtype,
+  dtype,
+  zeros: bool = False,
+) -> nnx.LinearGeneral:
+  """``nnx.LinearGeneral`` without bias contracting the input's last ``len(in_shape)`` axes.
 
-  def __init__(
-    self,
-    in_shape: Sequence[int],
-    out_shape: Sequence[int],
-    axes: Sequence[str | None],
-    *,
-    rngs: nnx.Rngs,
-    std: float,
-    dtype,
-    zeros: bool = False,
-  ):
-    self.n_in = len(in_shape)
-    self.kernel = param(rngs, (*in_shape, *out_shape), axes, std=std, dtype=dtype, zeros=zeros)
-
-  def __call__(self, x, dtype):
-    w = self.kernel[...].astype(dtype)
-    n_out = w.ndim - self.n_in
-    batch = x.ndim - self.n_in
-    letters = "abcdefghijklmnopqrstuvwxyz"
-    xs = letters[:batch]
-    ins = letters[batch : batch + self.n_in]
-    outs = letters[batch + self.n_in : batch + self.n_in + n_out]
-    return jnp.einsum(f"{xs}{ins},{ins}{outs}->{xs}{outs}", x.astype(dtype), w)
+  The kernel has shape ``in_shape + out_shape``, logical axis names ``axes``, and is
+  normal(0, std) (or zero); inputs and kernel are cast to ``dtype`` (the compute dtype).
+  """
+  return nnx.LinearGeneral(
+    tuple(in_shape),
+    tuple(out_shape),
+    axis=tuple(range(-len(in_shape), 0)),
+    use_bias=False,
+    dtype=dtype,
+    param_dtype=param_dtype,
+    kernel_init=nnx.initializers.zeros if zeros else nnx.initializers.normal(std),
+    # A zero kernel draws no key from the model's stream: a zero-initialised r_proj leaves
+    # every other parameter equal to the softmax model's of the same seed.
+    rngs=nnx.Rngs(0) if zeros else rngs,
+    kernel_metadata={"logical_axes": tuple(axes)},
+  )
 
 
 class SwiGLU(nnx.Module):
   """``down(silu(gate(x)) * up(x))``."""
 
-  def __init__(self, d_model: int, mlp_dim: int, axes, *, rngs: nnx.Rngs, std: float, dtype):
-    self.gate = Projection(
-      (d_model,), (mlp_dim,), (axes.embed, axes.mlp), rngs=rngs, std=std, dtype=dtype
-    )
-    self.up = Projection(
-      (d_model,), (mlp_dim,), (axes.embed, axes.mlp), rngs=rngs, std=std, dtype=dtype
-    )
-    self.down = Projection(
-      (mlp_dim,), (d_model,), (axes.mlp, axes.embed), rngs=rngs, std=std, dtype=dtype
-    )
+  def __init__(
+    self, d_model: int, mlp_dim: int, axes, *, rngs: nnx.Rngs, std: float, param_dtype, dtype
+  ):
+    kw = dict(rngs=rngs, std=std, param_dtype=param_dtype, dtype=dtype)
+    self.gate = projection((d_model,), (mlp_dim,), (axes.embed, axes.mlp), **kw)
+    self.up = projection((d_model,), (mlp_dim,), (axes.embed, axes.mlp), **kw)
+    self.down = projection((mlp_dim,), (d_model,), (axes.mlp, axes.embed), **kw)
 
-  def __call__(self, x, dtype):
-    return self.down(jax.nn.silu(self.gate(x, dtype)) * self.up(x, dtype), dtype)
+  def __call__(self, x: Float[Array, "B T D"]) -> Float[Array, "B T D"]:
+    return self.down(jax.nn.silu(self.gate(x)) * self.up(x))
 
 
 def rope(x: Float[Array, "B T H D"], positions: Int[Array, "B T"], theta: float):

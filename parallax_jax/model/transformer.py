@@ -15,7 +15,7 @@ from parallax_jax import sharding
 from parallax_jax.attention.api import CHECKPOINT_NAME
 from parallax_jax.model.attention import Attention
 from parallax_jax.model.config import ModelConfig
-from parallax_jax.model.layers import Projection, RMSNorm, SwiGLU, param
+from parallax_jax.model.layers import RMSNorm, SwiGLU, param, projection
 
 
 def remat_policy(remat: str):
@@ -39,16 +39,20 @@ def remat_policy(remat: str):
 
 class Block(nnx.Module):
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
-    pdt = jnp.dtype(cfg.param_dtype)
-    self.attn_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps, axis_name=cfg.axes.norm, dtype=pdt)
+    pdt, dt = jnp.dtype(cfg.param_dtype), jnp.dtype(cfg.compute_dtype)
+    norm = lambda: RMSNorm(
+      cfg.d_model, eps=cfg.norm_eps, logical_axis=cfg.axes.norm, param_dtype=pdt
+    )
+    self.attn_norm = norm()
     self.attn = Attention(cfg, rngs=rngs)
-    self.mlp_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps, axis_name=cfg.axes.norm, dtype=pdt)
-    self.mlp = SwiGLU(cfg.d_model, cfg.mlp_dim, cfg.axes, rngs=rngs, std=cfg.init_std, dtype=pdt)
-    self.compute_dtype = jnp.dtype(cfg.compute_dtype)
+    self.mlp_norm = norm()
+    self.mlp = SwiGLU(
+      cfg.d_model, cfg.mlp_dim, cfg.axes, rngs=rngs, std=cfg.init_std, param_dtype=pdt, dtype=dt
+    )
 
   def __call__(self, x, positions, segment_ids):
     x = x + self.attn(self.attn_norm(x), positions, segment_ids)
-    return x + self.mlp(self.mlp_norm(x), self.compute_dtype)
+    return x + self.mlp(self.mlp_norm(x))
 
 
 class Transformer(nnx.Module):
@@ -58,11 +62,18 @@ class Transformer(nnx.Module):
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
     self.cfg = cfg
     ax, pdt, std = cfg.axes, jnp.dtype(cfg.param_dtype), cfg.init_std
+    dt = jnp.dtype(cfg.compute_dtype)
     if cfg.input_dim:
       # The input axis is tiny: replicated (None). The bias keeps the input's scale visible
       # through the first RMSNorm, which would map x and 2x to the same normed vector.
-      self.input_proj = Projection(
-        (cfg.input_dim,), (cfg.d_model,), (None, ax.embed), rngs=rngs, std=std, dtype=pdt
+      self.input_proj = projection(
+        (cfg.input_dim,),
+        (cfg.d_model,),
+        (None, ax.embed),
+        rngs=rngs,
+        std=std,
+        param_dtype=pdt,
+        dtype=dt,
       )
       self.input_bias = param(rngs, (cfg.d_model,), (ax.embed,), std=std, dtype=pdt)
     else:
@@ -70,10 +81,16 @@ class Transformer(nnx.Module):
         rngs, (cfg.vocab_size, cfg.d_model), (ax.vocab, ax.embed), std=std, dtype=pdt
       )
     self.blocks = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
-    self.final_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps, axis_name=ax.norm, dtype=pdt)
+    self.final_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps, logical_axis=ax.norm, param_dtype=pdt)
     if cfg.output_dim:
-      self.output_head = Projection(
-        (cfg.d_model,), (cfg.output_dim,), (ax.embed, None), rngs=rngs, std=std, dtype=pdt
+      self.output_head = projection(
+        (cfg.d_model,),
+        (cfg.output_dim,),
+        (ax.embed, None),
+        rngs=rngs,
+        std=std,
+        param_dtype=pdt,
+        dtype=dt,
       )
     elif not cfg.tie_embeddings:
       self.head = param(
@@ -88,7 +105,7 @@ class Transformer(nnx.Module):
   ) -> Float[Array, "B T V"] | Float[Array, "B T K"]:
     x = self.hidden(inputs, positions, segment_ids)
     if self.cfg.output_dim:
-      return self.output_head(x, x.dtype).astype(jnp.float32)
+      return self.output_head(x).astype(jnp.float32)
     w_VD, scale = self.lm_head()
     return (jnp.einsum("btd,vd->btv", x, w_VD) * scale).astype(jnp.float32)
 
@@ -106,7 +123,7 @@ class Transformer(nnx.Module):
       positions = jnp.broadcast_to(jnp.arange(batch_shape[1]), batch_shape)
     stream_axes = (cfg.axes.batch, cfg.axes.length, None)  # the residual stream [B, T, D]
     if cfg.input_dim:
-      x = self.input_proj(inputs, dt) + self.input_bias[...].astype(dt)
+      x = self.input_proj(inputs) + self.input_bias[...].astype(dt)
     else:
       x = self.embed[...].astype(dt)[inputs]
     x = sharding.constrain(x, stream_axes)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from parallax_jax.data.regression import REGRESSION_TASKS
 from parallax_jax.sweeps.config import Point, Sweep
+from parallax_jax.train.metrics import read_metrics
 
 METRIC_COLUMNS = (
   "train_loss",
@@ -33,13 +34,6 @@ BASELINE_COLUMNS = ("eval_mse_baseline_zero", "eval_mse_baseline_ols", "eval_mse
 HIGHER_IS_BETTER = ("eval_accuracy", "tokens_per_s")
 
 
-def _records(directory: Path) -> list[dict]:
-  path = directory / "metrics.jsonl"
-  if not path.exists():
-    return []
-  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def _last(records: list[dict], key: str):
   for r in reversed(records):
     if r.get(key) is not None:
@@ -51,7 +45,7 @@ def point_row(sweep: Sweep, point: Point, workdir: Path) -> dict:
   directory = Path(workdir) / "points" / point.name
   status_path = directory / "status.json"
   status = json.loads(status_path.read_text()) if status_path.exists() else {}
-  records = _records(directory)
+  records = read_metrics(directory, missing_ok=True)
   speeds = [r["tokens_per_s"] for r in records if r.get("tokens_per_s")]
   row = {"name": point.name, **{k: point.values.get(k) for k in sweep.axes}}
   row.update(
@@ -146,7 +140,11 @@ def write_plots(sweep: Sweep, workdir: Path, rows: list[dict]) -> list[Path]:
   out = []
   fig, ax = plt.subplots(figsize=(7, 4.5))
   for p in sweep.points:
-    recs = [r for r in _records(workdir / "points" / p.name) if r.get("loss") is not None]
+    recs = [
+      r
+      for r in read_metrics(workdir / "points" / p.name, missing_ok=True)
+      if r.get("loss") is not None
+    ]
     if recs:
       ax.plot([r["step"] for r in recs], [r["loss"] for r in recs], label=p.name)
   ax.set(xlabel="step", ylabel="train loss", title="Training loss per sweep point")

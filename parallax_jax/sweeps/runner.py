@@ -30,6 +30,7 @@ from pathlib import Path
 
 from parallax_jax.sweeps import report as sweep_report
 from parallax_jax.sweeps.config import Point, Sweep, describe, write_inline_base
+from parallax_jax.train.metrics import read_metrics
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 _ERROR_LINE = re.compile(r"^(error: |[A-Za-z_][\w.]*(Error|Exception|Interrupt)\b)")
@@ -61,10 +62,7 @@ def is_finished(status: dict | None, point: Point) -> bool:
 
 
 def last_step(directory: Path) -> int | None:
-  path = Path(directory) / "metrics.jsonl"
-  if not path.exists():
-    return None
-  steps = [json.loads(line).get("step", 0) for line in path.read_text().splitlines() if line]
+  steps = [r.get("step", 0) for r in read_metrics(directory, missing_ok=True)]
   return max(steps, default=None)
 
 

@@ -168,6 +168,10 @@ def _check_strategy(exp: Experiment, sizes: dict[str, int]) -> None:
     )
 
 
+# Hand-written rather than ml_collections.config_flags: config_flags cannot override a field whose
+# default is None (model.window_size, checkpoint.init_from, optimizer.clip_norm, ...) nor set
+# a field to None, and it needs absl's global FLAGS, while overrides here also come from sweeps
+# and from argparse subcommands.
 def _parse(value: str, current):
   """Parses an override string into the type of the value it replaces."""
   if isinstance(current, bool):

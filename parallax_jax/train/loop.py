@@ -14,7 +14,7 @@ import ml_collections
 from parallax_jax.train import data_io
 from parallax_jax.train.checkpoint import Checkpointer, abstract_like, load_params
 from parallax_jax.train.config import Experiment, resolve
-from parallax_jax.train.metrics import MetricsWriter, peak_flops_per_device
+from parallax_jax.train.metrics import MetricsWriter, mfu
 from parallax_jax.train.program import Program
 from parallax_jax.train.step import TrainState, eval_metrics
 
@@ -39,14 +39,14 @@ def save_resolved_config(exp: Experiment, workdir: Path, extra: dict) -> None:
 
 
 class Trainer:
-  """Holds the compiled steps, shardings and data of one run."""
+  """One run: its ``Program`` (compiled steps, mesh, shardings: ``trainer.program``), data,
+  checkpoints and metrics."""
 
   def __init__(self, cfg: ml_collections.ConfigDict, workdir: str | Path):
     self.exp = exp = resolve(cfg, jax.device_count())
     self.workdir = Path(workdir)
     self.workdir.mkdir(parents=True, exist_ok=True)
     self.program = Program(exp)
-    self.mesh = self.program.mesh
     self.data = data_io.TrainData(exp)
     save_resolved_config(
       exp,
@@ -57,16 +57,11 @@ class Trainer:
         "devices": jax.device_count(),
       },
     )
-    self.tx = self.program.tx
-    self.abstract_state = self.program.abstract_state
-    self.state_sharding = self.program.state_sharding
-    self.train_step = self.program.train_step
-    self.eval_step = self.program.eval_step
     self.checkpointer = Checkpointer(self.workdir / "checkpoints", exp.checkpoint)
 
   def initial_state(self) -> TrainState:
     """Latest checkpoint of the workdir, else ``checkpoint.init_from`` params, else fresh."""
-    abstract = abstract_like(self.abstract_state, self.state_sharding)
+    abstract = abstract_like(self.program.abstract_state, self.program.state_sharding)
     step = self.checkpointer.latest_step()
     if step is not None:
       state, data_state = self.checkpointer.restore(abstract, step)
@@ -87,7 +82,7 @@ class Trainer:
     """Held-out metrics (`step.eval_metrics`): perplexity and accuracy, or MSE and baselines."""
     sums: dict[str, float] = {}
     for batch in self.data.eval_batches():
-      out = self.eval_step(params, self.program.device_batch(batch))
+      out = self.program.eval_step(params, self.program.device_batch(batch))
       for key, value in jax.device_get(out).items():
         sums[key] = sums.get(key, 0.0) + float(value)
     return eval_metrics(sums)
@@ -99,7 +94,6 @@ class Trainer:
     start = int(state.step)
     metrics_out = MetricsWriter(self.workdir, resume_step=start)
     bar = _progress(tcfg.steps, start, tcfg.progress_bar)
-    peak = peak_flops_per_device()
     flops_per_token = exp.model.flops_per_token(tcfg.seq_len)
     tokens_per_step = tcfg.batch_size * tcfg.seq_len
     last_log_time, last_log_step, compiled = time.perf_counter(), start, False
@@ -107,7 +101,7 @@ class Trainer:
     try:
       for step in range(start, tcfg.steps):
         batch = self.program.device_batch(self.data.next_train())
-        state, m = self.train_step(state, batch)
+        state, m = self.program.train_step(state, batch)
         done = step + 1
         loss = float(m["loss"])  # one host read per step: catch a non-finite loss at once
         if not math.isfinite(loss):
@@ -127,8 +121,9 @@ class Trainer:
           if compiled:  # the first interval holds compilation: no throughput for it
             dt = (now - last_log_time) / (done - last_log_step)
             scalars.update(step_time_s=dt, tokens_per_s=tokens_per_step / dt)
-            if peak:
-              scalars["mfu"] = flops_per_token * tokens_per_step / dt / (peak * jax.device_count())
+            utilisation = mfu(flops_per_token * tokens_per_step, dt, jax.device_count())
+            if utilisation is not None:  # None: no known peak (CPU)
+              scalars["mfu"] = utilisation
           compiled = True
           last_log_time, last_log_step = now, done
           if tcfg.eval_every and (done % tcfg.eval_every == 0 or done == tcfg.steps):

@@ -1,4 +1,4 @@
-"""Run metrics: ``metrics.jsonl`` + TensorBoard, throughput and MFU."""
+"""Run metrics: ``metrics.jsonl`` (writer and the one reader) + TensorBoard, and MFU."""
 
 from __future__ import annotations
 
@@ -34,6 +34,14 @@ def peak_flops_per_device(device=None) -> float | None:
   return None
 
 
+def mfu(model_flops: float, seconds: float, num_devices: int = 1, device=None) -> float | None:
+  """Model FLOPs utilisation: ``model_flops`` (``benchmarking.flops``'s model count, not the
+  executed one) done in ``seconds`` on ``num_devices``, over their bf16 peak; None where the
+  device's peak is unknown (e.g. CPU)."""
+  peak = peak_flops_per_device(device)
+  return model_flops / seconds / (peak * num_devices) if peak else None
+
+
 class MetricsWriter:
   """Appends one JSON object per logged step; mirrors scalars to TensorBoard."""
 
@@ -50,12 +58,8 @@ class MetricsWriter:
     """A resumed run redoes the steps after its checkpoint: drop their old records."""
     if not self.path.exists():
       return
-    kept = [
-      line
-      for line in self.path.read_text().splitlines()
-      if line.strip() and json.loads(line).get("step", 0) <= step
-    ]
-    self.path.write_text("".join(line + "\n" for line in kept))
+    kept = [r for r in read_metrics(self.path.parent) if r.get("step", 0) <= step]
+    self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
 
   def write(self, step: int, scalars: dict) -> None:
     if jax.process_index() != 0:
@@ -93,6 +97,23 @@ def compiled_memory_bytes(compiled) -> int | None:
   )
 
 
-def read_metrics(workdir: str | Path) -> list[dict]:
+def read_metrics(workdir: str | Path, *, missing_ok: bool = False) -> list[dict]:
+  """The records of ``<workdir>/metrics.jsonl`` in order (``[]`` for no file if
+  ``missing_ok``). A last line cut short (a run killed mid-write, or one still writing) is
+  left out; a bad line anywhere else raises."""
   path = Path(workdir) / "metrics.jsonl"
-  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+  if missing_ok and not path.exists():
+    return []
+  text = path.read_text()
+  lines = text.split("\n")
+  records = []
+  for i, line in enumerate(lines):
+    if not line.strip():
+      continue
+    try:
+      records.append(json.loads(line))
+    except json.JSONDecodeError:
+      if i == len(lines) - 1:  # no newline after it: an unfinished write
+        break
+      raise ValueError(f"{path}: line {i + 1} is not JSON: {line[:200]!r}") from None
+  return records

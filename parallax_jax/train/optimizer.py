@@ -80,7 +80,8 @@ def make_schedule(peak: float, cfg: OptimizerConfig, total_steps: int) -> optax.
 
 
 def _path_names(path) -> tuple[str, ...]:
-  return tuple(str(getattr(p, "key", getattr(p, "name", getattr(p, "idx", p)))) for p in path)
+  """``("blocks", "0", "attn", "q_proj", "kernel")`` for a params-tree key path."""
+  return tuple(jax.tree_util.keystr(path, simple=True, separator="/").split("/"))
 
 
 def _is_embedding(names) -> bool:

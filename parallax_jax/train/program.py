@@ -1,8 +1,9 @@
 """The jitted, sharded functions of one experiment on one mesh (shared by the trainer,
 ``compare-sharding`` and the benchmarks).
 
-Parameters and optimizer state get shardings from the parameters' logical axis names and the
-strategy's rules; they are created already sharded (``init`` is jitted with
+Parameters get shardings from their logical axis names and the strategy's rules, the optimizer
+state from its structure (its params-shaped subtrees follow the params; see
+``sharding.opt_state_shardings``); they are created already sharded (``init`` is jitted with
 ``out_shardings``: no full copy ever sits on one device). Every jitted function is traced
 under ``sharding.use_rules`` so the layers see the mesh (attention ``shard_map``, activation
 constraints).
@@ -19,7 +20,6 @@ from parallax_jax.train.optimizer import make_optimizer
 from parallax_jax.train.step import (
   TrainState,
   init_state,
-  logical_axes,
   make_eval_step,
   make_train_step,
   model_graphdef,
@@ -32,19 +32,18 @@ class Program:
     self.mesh = sharding.make_mesh(exp.mesh, devices)
     self.rules = sharding.make_rules(self.mesh, exp.sharding)
     self.tx, self.schedules = make_optimizer(exp.optimizer, exp.train.steps)
-    self.graphdef, _ = model_graphdef(exp.model)
+    self.graphdef, variables = model_graphdef(exp.model)
     model = exp.model
     self.abstract_state = jax.eval_shape(lambda: init_state(model, self.tx, 0))
     params = self.abstract_state.params
-    param_sh = sharding.param_shardings(logical_axes(model), params, self.rules)
+    param_sh = sharding.param_shardings(variables, self.rules)
     repl = sharding.replicated(self.mesh)
     self.state_sharding = TrainState(
       step=repl,
       params=param_sh,
-      opt_state=sharding.tree_shardings_like(
+      opt_state=sharding.opt_state_shardings(
         self.abstract_state.opt_state, params, param_sh, self.mesh
       ),
-      rng=repl,
     )
     self.batch_sharding = sharding.batch_sharding(self.rules, model.axes.batch)
     prepare = sharding.sequence_layout(self.rules, model.uses_r)

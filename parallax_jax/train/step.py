@@ -1,7 +1,7 @@
 """The pure train and eval steps, and model/state initialisation.
 
 ``train_step(state, batch) -> (state, metrics)`` is a pure function of the train state (params,
-optimizer state, step, rng) and a batch; the mesh code jits it with explicit shardings. The NNX
+optimizer state, step) and a batch; the mesh code jits it with explicit shardings. The NNX
 model is split once into a ``graphdef`` and merged with the (pure-dict) params inside the step.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
+import chex
 import jax
 import jax.numpy as jnp
 import optax
@@ -20,12 +21,12 @@ from parallax_jax.model.cross_entropy import chunked_cross_entropy
 
 
 class TrainState(NamedTuple):
-  """Everything a step reads and writes; checkpointed whole."""
+  """Everything a step reads and writes; checkpointed whole. No layer is stochastic (no
+  dropout): the state holds no random key."""
 
   step: jax.Array  # int32 scalar: steps taken
   params: dict  # pure dict of arrays (nnx.to_pure_dict layout)
   opt_state: optax.OptState
-  rng: jax.Array  # uint32[2] raw key, split every step
 
 
 def model_graphdef(cfg: ModelConfig):
@@ -59,15 +60,7 @@ def init_state(cfg: ModelConfig, tx: optax.GradientTransformation, seed) -> Trai
     step=jnp.zeros((), jnp.int32),
     params=params,
     opt_state=tx.init(params),
-    rng=jax.random.PRNGKey(seed + 1),
   )
-
-
-def token_nll(logits, targets):
-  """Per-token negative log-likelihood, float32 ``[B, T]``."""
-  logz = jax.nn.logsumexp(logits, axis=-1)
-  picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
-  return logz - picked
 
 
 def squared_error(pred_BTK, targets) -> jax.Array:
@@ -75,6 +68,19 @@ def squared_error(pred_BTK, targets) -> jax.Array:
   (``targets``: ``[B, T]`` when ``K = 1``, else ``[B, T, K]``)."""
   diff = pred_BTK.astype(jnp.float32) - targets.astype(jnp.float32).reshape(pred_BTK.shape)
   return jnp.sum(diff * diff, axis=-1)
+
+
+def check_batch(batch: dict) -> None:
+  """Trace-time shape checks of a batch: ``inputs`` ``[B, T]`` token ids or ``[B, T, F]``
+  vectors; ``targets`` ``[B, T]`` or ``[B, T, K]``; ``loss_mask``, ``positions`` and
+  ``segment_ids`` (when given) ``[B, T]``."""
+  mask = batch["loss_mask"]
+  chex.assert_rank(mask, 2)
+  chex.assert_rank(batch["inputs"], {2, 3})
+  chex.assert_rank(batch["targets"], {2, 3})
+  row_arrays = [batch[k] for k in ("positions", "segment_ids") if batch.get(k) is not None]
+  chex.assert_equal_shape([mask, *row_arrays])
+  chex.assert_equal_shape_prefix([mask, batch["inputs"], batch["targets"]], 2)
 
 
 def loss_fn(params, graphdef, batch):
@@ -95,7 +101,8 @@ def loss_fn(params, graphdef, batch):
     )
   else:
     logits = model(batch["inputs"], batch["positions"], batch["segment_ids"])
-    total = jnp.sum(token_nll(logits, batch["targets"]) * weights)
+    nll = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
+    total = jnp.sum(nll * weights)
   return total / jnp.maximum(tokens, 1.0), tokens
 
 
@@ -109,7 +116,6 @@ def make_train_step(graphdef, tx, schedules, prepare_batch=None):
   def train_step(state: TrainState, batch: dict):
     if prepare_batch is not None:
       batch = prepare_batch(batch)
-    rng, _ = jax.random.split(state.rng)  # carried for stochastic layers; none use it yet
     (loss, tokens), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, graphdef, batch)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
@@ -121,7 +127,7 @@ def make_train_step(graphdef, tx, schedules, prepare_batch=None):
     }
     for name, schedule in schedules.items():
       metrics[name] = schedule(state.step)
-    return TrainState(state.step + 1, params, opt_state, rng), metrics
+    return TrainState(state.step + 1, params, opt_state), metrics
 
   return train_step
 
@@ -139,6 +145,7 @@ def make_eval_step(graphdef, prepare_batch=None):
     if prepare_batch is not None:
       batch = prepare_batch(batch)
     model = nnx.merge(graphdef, params)
+    check_batch(batch)
     out = model(batch["inputs"], batch["positions"], batch["segment_ids"])
     w = batch["loss_mask"].astype(jnp.float32)
     targets = batch["targets"]
@@ -148,7 +155,7 @@ def make_eval_step(graphdef, prepare_batch=None):
       for key in sorted(k for k in batch if k.startswith("baseline_")):
         sums[f"sq_err_sum_{key}"] = squared_error(batch[key].reshape(out.shape), targets)
       return {"tokens": jnp.sum(w), **{k: jnp.sum(v * w) for k, v in sums.items()}}
-    nll = token_nll(out, targets)
+    nll = optax.softmax_cross_entropy_with_integer_labels(out, targets)
     hit = (jnp.argmax(out, axis=-1) == targets).astype(jnp.float32)
     return {"nll_sum": jnp.sum(nll * w), "correct": jnp.sum(hit * w), "tokens": jnp.sum(w)}
 

@@ -3,7 +3,7 @@
 The mask rules are spelled out again here (not imported), and the gradients come from explicit
 per-row Jacobians (softmax Jacobian ``diag(p) - p p^T`` and the Jacobians of the effective
 weights ``a_j = p_j (1 + tbar - t_j)``), not from the closed form the kernels use. Its own
-gradients are checked against finite differences in ``test_oracle.py``.
+gradients are checked against finite differences in ``tests/test_oracle.py``.
 
 Layout as the op: q, r ``[B, Tq, Hq, D]``; k, v ``[B, Tk, Hkv, D]``.
 """

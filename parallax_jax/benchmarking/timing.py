@@ -1,0 +1,36 @@
+"""The one timer of the benchmarks and the kernel autotuner."""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import time
+from collections.abc import Callable, Sequence
+
+import jax
+
+
+@dataclasses.dataclass(frozen=True)
+class Timing:
+  median_s: float
+  samples_s: tuple[float, ...]
+
+
+def time_call(fn: Callable, args: Sequence = (), *, iters: int, warmup: int = 3) -> Timing:
+  """Wall seconds of ``fn(*args)`` (a jitted call): ``warmup`` untimed calls (compilation,
+  autotuning, allocator warm-up), then ``iters`` calls, each timed up to
+  ``jax.block_until_ready`` of its output. Returns the median and every sample."""
+  if iters < 1:
+    raise ValueError(f"iters must be >= 1, got {iters}")
+  if warmup < 0:
+    raise ValueError(f"warmup must be >= 0, got {warmup}")
+  out = None
+  for _ in range(warmup):
+    out = fn(*args)
+  jax.block_until_ready(out)
+  samples = []
+  for _ in range(iters):
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    samples.append(time.perf_counter() - t0)
+  return Timing(statistics.median(samples), tuple(samples))
