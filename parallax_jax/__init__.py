@@ -1,9 +1,10 @@
 """parallax-jax: Parallax attention in JAX/Flax, with Pallas kernels for GPU and TPU."""
 
 from parallax_jax.attention import (
+  BlockSizes,
   MaskSpec,
   Residuals,
-  XlaBlockSizes,
+  Tile,
   parallax_attention,
   parallax_bwd,
   parallax_fwd,
@@ -13,9 +14,10 @@ from parallax_jax.attention import (
 __version__ = "0.1.0"
 
 __all__ = [
+  "BlockSizes",
   "MaskSpec",
   "Residuals",
-  "XlaBlockSizes",
+  "Tile",
   "parallax_attention",
   "parallax_bwd",
   "parallax_fwd",

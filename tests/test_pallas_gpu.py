@@ -25,7 +25,7 @@ import pytest
 from attention_cases import CASES, CORE_CASES, Impl, check_case, gpu_params, require_gpu, run_op
 
 from pallas_kernels.gpu import IMPLEMENTATION, GpuBlockSizes, default_block_sizes, schedule
-from parallax_jax import MaskSpec, parallax_attention
+from parallax_jax import BlockSizes, MaskSpec, Tile, parallax_attention
 from parallax_jax.attention.validation import validate
 from parallax_jax.attention.xla import XlaBlockSizes
 
@@ -222,7 +222,10 @@ def _max_rel(a, b):
 # the oracle test (test_attention_oracle.py) runs the default blocks; these run small tiles
 # (many per axis) and block_q > block_k. Each core case takes one config by default, every
 # pairing runs under -m slow.
-BLOCK_CONFIGS = {"small": _SMALL, "wide_q": _WIDE_Q}
+BLOCK_CONFIGS = {
+  "small": BlockSizes(Tile(16, 16, 4, 2), Tile(16, 16, 4, 2), Tile(16, 32, 4, 2)),
+  "wide_q": BlockSizes(Tile(32, 16, 4, 2), Tile(32, 16, 4, 2), Tile(16, 32, 4, 2)),
+}
 
 
 def _block_params():

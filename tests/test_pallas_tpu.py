@@ -24,7 +24,9 @@ from jax.experimental.pallas import tpu as pltpu
 from pallas_kernels.tpu import IMPLEMENTATION, TpuBlockSizes, schedule
 from pallas_kernels.tpu import implementation as tpu_impl
 from parallax_jax.attention import (
+  BlockSizes,
   MaskSpec,
+  Tile,
   XlaBlockSizes,
   parallax_attention,
   parallax_bwd,
@@ -254,13 +256,9 @@ def test_schedules_and_tile_classes_match_brute_force(mask, bq, bk):
 # under -m slow.
 
 BLOCK_CONFIGS = {
-  "128": SMALL,
-  "256x128": TpuBlockSizes(
-    block_q=256, block_k=128, block_q_dq=256, block_k_dq=128, block_q_dkv=128, block_k_dkv=256
-  ),
-  "128x256": TpuBlockSizes(
-    block_q=128, block_k=256, block_q_dq=128, block_k_dq=256, block_q_dkv=256, block_k_dkv=128
-  ),
+  "128": BlockSizes.uniform(128),
+  "256x128": BlockSizes(Tile(256, 128), Tile(256, 128), Tile(128, 256)),
+  "128x256": BlockSizes(Tile(128, 256), Tile(128, 256), Tile(256, 128)),
 }
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from parallax_jax.train.config import load_config
 from parallax_jax.train.loop import NonFiniteLossError, Trainer, evaluate, train
-from parallax_jax.train.metrics import read_metrics
+from parallax_jax.train.metrics import MetricsWriter, read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = [
@@ -177,3 +177,18 @@ def test_convert_softmax_checkpoint_then_train_parallax(tmp_path):
   assert not np.any(np.asarray(r))
   par_loss = trainer.evaluate(state.params)
   assert abs(par_loss["eval_loss"] - soft_loss["eval_loss"]) < 1e-5
+
+
+def test_read_metrics_skips_an_unfinished_last_line(tmp_path):
+  path = tmp_path / "metrics.jsonl"
+  path.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}\n{"step": 3, "lo')
+  assert read_metrics(tmp_path) == [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5}]
+  # A resumed run (checkpoint at step 1) drops the later records and the cut line.
+  MetricsWriter(tmp_path, resume_step=1, tensorboard=False).close()
+  assert path.read_text() == '{"step": 1, "loss": 2.0}\n'
+  path.write_text('{"step": 1}\nnot json\n{"step": 3}\n')
+  with pytest.raises(ValueError, match="line 2 is not JSON"):
+    read_metrics(tmp_path)
+  assert read_metrics(tmp_path / "none", missing_ok=True) == []
+  with pytest.raises(FileNotFoundError):
+    read_metrics(tmp_path / "none")

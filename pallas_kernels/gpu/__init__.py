@@ -1,12 +1,13 @@
 """Fused Pallas GPU kernels (Triton lowering) for Parallax attention, forward and backward.
 
-``IMPLEMENTATION`` is registered as ``implementation="pallas_gpu"``; ``GpuBlockSizes`` is its
-``block_sizes=`` config. Modules: ``block_sizes`` (config + tuned defaults), ``schedule`` (tile
-classification), ``tile_math_base2`` (base-2 tile algebra), ``forward``, ``backward``,
-``implementation`` (registry wiring), ``autotune`` (writes ``tuned_block_sizes.json``).
+``IMPLEMENTATION`` is registered as ``implementation="pallas_gpu"``; it takes the op's
+``BlockSizes`` (``default_block_sizes`` gives the tuned ones). Modules: ``block_sizes`` (checks
++ tuned defaults), ``schedule`` (the three-range tile loop over ``MaskSpec``'s classes),
+``tile_math_base2`` (base-2 tile algebra), ``forward``, ``backward``, ``implementation``
+(registry wiring), ``autotune`` (writes ``tuned_block_sizes.json``).
 """
 
-from pallas_kernels.gpu.block_sizes import GpuBlockSizes, default_block_sizes
+from pallas_kernels.gpu.block_sizes import default_block_sizes
 from pallas_kernels.gpu.implementation import IMPLEMENTATION
 
-__all__ = ["IMPLEMENTATION", "GpuBlockSizes", "default_block_sizes"]
+__all__ = ["IMPLEMENTATION", "default_block_sizes"]

@@ -16,6 +16,7 @@ B=1, L=16384 (``--long-length``): its best tile grows with L (on an H200, 64x64 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import time
@@ -24,11 +25,12 @@ import jax
 import jax.numpy as jnp
 
 from pallas_kernels.gpu import backward, forward
-from pallas_kernels.gpu.block_sizes import _JSON, KernelConfig, bucket_key, default_block_sizes
+from pallas_kernels.gpu.block_sizes import _JSON, bucket_key, clip, default_block_sizes
+from parallax_jax.attention.block_sizes import Tile
 from parallax_jax.attention.masking import MaskSpec
 from parallax_jax.benchmarking.timing import time_call
 
-C = KernelConfig
+C = Tile
 CANDIDATES = {
   "fwd": [C(128, 64, 8, 3), C(128, 64, 4, 3), C(128, 128, 8, 2), C(64, 64, 4, 3), C(128, 32, 4, 4)],
   "dq": [C(64, 64, 8, 2), C(64, 64, 4, 2), C(128, 64, 8, 2), C(64, 32, 4, 3)],
@@ -61,7 +63,7 @@ def tune_one(
   mask = MaskSpec(length, length, causal=True)
   scale = head_dim**-0.5
   base = default_block_sizes(dtype, head_dim, length)
-  best = {n: base.kernel(n, length, length) for n in ("fwd", "dq", "dkv")}
+  best = {n: clip(tile, length, length) for n, tile in base.tiles()}
   cands = CANDIDATES_D256 if head_dim > 128 else CANDIDATES
 
   def fwd_fn(cfg):
@@ -99,15 +101,7 @@ def tune_one(
     if timings:
       best[name] = min(timings, key=lambda x: x[0])[1]
     log(f"{dtype}/d{head_dim} {name}: best {best[name]}")
-  return {
-    n: {
-      "block_q": c.block_q,
-      "block_k": c.block_k,
-      "num_warps": c.num_warps,
-      "num_stages": c.num_stages,
-    }
-    for n, c in best.items()
-  }
+  return {n: dataclasses.asdict(c) for n, c in best.items()}
 
 
 def main(argv=None):

@@ -22,9 +22,9 @@ from jax import lax
 from jax.experimental import pallas as pl
 
 from pallas_kernels.gpu import common, schedule
-from pallas_kernels.gpu.block_sizes import KernelConfig
 from pallas_kernels.gpu.tile_math_base2 import LOG2E, bwd_tile2
 from parallax_jax.attention import tile_math
+from parallax_jax.attention.block_sizes import Tile
 from parallax_jax.attention.masking import MaskSpec
 from parallax_jax.attention.residuals import Residuals
 
@@ -195,8 +195,8 @@ def parallax_bwd(
   *,
   scale: float,
   mask: MaskSpec,
-  cfg_dq: KernelConfig,
-  cfg_dkv: KernelConfig,
+  cfg_dq: Tile,
+  cfg_dkv: Tile,
   interpret: bool = False,
 ):
   """``(dq, dr, dk, dv)`` in the input dtypes."""
@@ -206,12 +206,8 @@ def parallax_bwd(
   dtype = q.dtype
   prec = common.precision(dtype)
   # One padding serves both passes (power-of-two blocks: the larger is a multiple of both).
-  tq = common.cdiv(q_len, max(cfg_dq.block_q, cfg_dkv.block_q)) * max(
-    cfg_dq.block_q, cfg_dkv.block_q
-  )
-  tk = common.cdiv(kv_len, max(cfg_dq.block_k, cfg_dkv.block_k)) * max(
-    cfg_dq.block_k, cfg_dkv.block_k
-  )
+  tq = pl.cdiv(q_len, max(cfg_dq.block_q, cfg_dkv.block_q)) * max(cfg_dq.block_q, cfg_dkv.block_q)
+  tk = pl.cdiv(kv_len, max(cfg_dq.block_k, cfg_dkv.block_k)) * max(cfg_dq.block_k, cfg_dkv.block_k)
   dp = common.padded_head_dim(d)
   qp, rp = common.pad_seq_dim(q, tq, dp), common.pad_seq_dim(r, tq, dp)
   dop = common.pad_seq_dim(do.astype(dtype), tq, dp)

@@ -6,11 +6,8 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental.pallas import triton as pltriton
 
-from pallas_kernels.gpu.block_sizes import KernelConfig, pow2_at_least
-
-
-def cdiv(a: int, b: int) -> int:
-  return -(-a // b)
+from pallas_kernels.gpu.block_sizes import pow2_at_least
+from parallax_jax.attention.block_sizes import Tile
 
 
 def padded_head_dim(d: int) -> int:
@@ -53,5 +50,5 @@ def dot_nt(a, b, prec):
   )
 
 
-def compiler_params(cfg: KernelConfig):
+def compiler_params(cfg: Tile):
   return pltriton.CompilerParams(num_warps=cfg.num_warps, num_stages=cfg.num_stages)

@@ -16,9 +16,9 @@ from jax import lax
 from jax.experimental import pallas as pl
 
 from pallas_kernels.gpu import common, schedule
-from pallas_kernels.gpu.block_sizes import KernelConfig
 from pallas_kernels.gpu.tile_math_base2 import LOG2E, fwd_finalize2, fwd_tile2
 from parallax_jax.attention import tile_math
+from parallax_jax.attention.block_sizes import Tile
 from parallax_jax.attention.masking import MaskSpec
 from parallax_jax.attention.residuals import Residuals
 
@@ -79,7 +79,7 @@ def parallax_fwd(
   *,
   scale: float,
   mask: MaskSpec,
-  cfg: KernelConfig,
+  cfg: Tile,
   interpret: bool = False,
 ):
   """``(o, Residuals)`` for validated inputs (see ``parallax_jax.attention.residuals``)."""
@@ -87,7 +87,7 @@ def parallax_fwd(
   _, kv_len, hkv, _ = k.shape
   group = hq // hkv
   bq, bk = cfg.block_q, cfg.block_k
-  n_q, n_k = common.cdiv(q_len, bq), common.cdiv(kv_len, bk)
+  n_q, n_k = pl.cdiv(q_len, bq), pl.cdiv(kv_len, bk)
   tq, tk, dp = n_q * bq, n_k * bk, common.padded_head_dim(d)
   qp, rp = common.pad_seq_dim(q, tq, dp), common.pad_seq_dim(r, tq, dp)
   kp, vp = common.pad_seq_dim(k, tk, dp), common.pad_seq_dim(v, tk, dp)

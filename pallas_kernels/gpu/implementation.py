@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from pallas_kernels.gpu import backward, forward
-from pallas_kernels.gpu.block_sizes import GpuBlockSizes, default_block_sizes
+from pallas_kernels.gpu import backward, block_sizes, forward
+from parallax_jax.attention.block_sizes import BlockSizes
 from parallax_jax.attention.implementations import Implementation
 from parallax_jax.attention.validation import CallSpec
 
@@ -18,11 +18,8 @@ def _check(spec: CallSpec) -> None:
       f"implementation='pallas_gpu' takes {', '.join(_DTYPES)} inputs, got {spec.dtype} "
       "(use implementation='xla' or 'reference' for float64)."
     )
-  bs = spec.block_sizes
-  if bs is not None and not isinstance(bs, GpuBlockSizes):
-    raise NotImplementedError(
-      f"implementation='pallas_gpu' takes block_sizes=GpuBlockSizes(...), got {type(bs).__name__}."
-    )
+  if spec.block_sizes is not None:
+    block_sizes.check(spec.block_sizes)
   if spec.head_dim > 256:
     raise NotImplementedError(
       f"implementation='pallas_gpu' supports head_dim <= 256, got {spec.head_dim} "
@@ -30,23 +27,30 @@ def _check(spec: CallSpec) -> None:
     )
 
 
-def _block_sizes(spec: CallSpec) -> GpuBlockSizes:
+def _tile(spec: CallSpec, pass_name: str):
+  """The clipped tile of one pass: the call's ``BlockSizes`` or the tuned defaults."""
   _check(spec)
-  return spec.block_sizes or default_block_sizes(
+  bs: BlockSizes = spec.block_sizes or block_sizes.default_block_sizes(
     spec.dtype, spec.head_dim, max(spec.mask.q_len, spec.mask.kv_len)
   )
+  return block_sizes.clip(getattr(bs, pass_name), spec.mask.q_len, spec.mask.kv_len)
 
 
 def _fwd(q, r, k, v, segment_ids, spec: CallSpec):
-  bs = _block_sizes(spec)
-  cfg = bs.kernel("fwd", spec.mask.q_len, spec.mask.kv_len)
   return forward.parallax_fwd(
-    q, r, k, v, segment_ids, scale=spec.scale, mask=spec.mask, cfg=cfg, interpret=spec.interpret
+    q,
+    r,
+    k,
+    v,
+    segment_ids,
+    scale=spec.scale,
+    mask=spec.mask,
+    cfg=_tile(spec, "fwd"),
+    interpret=spec.interpret,
   )
 
 
 def _bwd(q, r, k, v, segment_ids, residuals, do, spec: CallSpec):
-  bs = _block_sizes(spec)
   return backward.parallax_bwd(
     q,
     r,
@@ -57,8 +61,8 @@ def _bwd(q, r, k, v, segment_ids, residuals, do, spec: CallSpec):
     jnp.asarray(do, q.dtype),
     scale=spec.scale,
     mask=spec.mask,
-    cfg_dq=bs.kernel("dq", spec.mask.q_len, spec.mask.kv_len),
-    cfg_dkv=bs.kernel("dkv", spec.mask.q_len, spec.mask.kv_len),
+    cfg_dq=_tile(spec, "dq"),
+    cfg_dkv=_tile(spec, "dkv"),
     interpret=spec.interpret,
   )
 

@@ -1,67 +1,33 @@
-"""``TpuBlockSizes``: the tiling of the Mosaic TPU kernels, and its per-call resolution."""
+"""The Mosaic TPU kernels' block sizes: checks, defaults and their per-call resolution."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
 
-# Key blocks sit on lanes, so every block is a multiple of the lane count.
 from pallas_kernels.tpu.kernel_utils import LANES
+from parallax_jax.attention.block_sizes import BlockSizes, Tile, check_for
 
-_FIELDS = ("block_q", "block_k", "block_q_dq", "block_k_dq", "block_q_dkv", "block_k_dkv")
+# TPU v5e/v6e: 512 x 512 forward tiles; backward tiles that keep the seven float32 [bq, bk]
+# intermediates of the closed-form backward in VMEM.
+DEFAULT = BlockSizes(fwd=Tile(512, 512), dq=Tile(256, 512), dkv=Tile(512, 256))
 
 
-@dataclasses.dataclass(frozen=True)
-class TpuBlockSizes:
-  """Block sizes of the "pallas_tpu" kernels (all multiples of 128).
+def check(block_sizes: BlockSizes) -> None:
+  """Key blocks sit on lanes, so every block is a multiple of the lane count."""
+  check_for("pallas_tpu", block_sizes, multiple_of=LANES)
 
-  Each is an upper bound: a call uses ``min(block, round_up(T, 128))``, so short sequences get
-  one block. The defaults suit TPU v5e/v6e (512 x 512 forward tiles; backward tiles that keep
-  the seven float32 ``[bq, bk]`` intermediates of the closed-form backward in VMEM).
 
-  Attributes:
-    block_q, block_k: forward query rows and keys per tile.
-    block_q_dq, block_k_dq: the dq/dr kernel (grid over query blocks). None: the forward ones.
-    block_q_dkv, block_k_dkv: the dk/dv kernel (grid over key blocks). None: the forward ones.
-  """
+def resolve(block_sizes: BlockSizes | None, q_len: int, kv_len: int) -> ResolvedBlocks:
+  """The blocks of one call: each an upper bound, capped at its length rounded up to 128 (short
+  sequences get one block)."""
+  bs = block_sizes or DEFAULT
+  check(bs)
 
-  block_q: int = 512
-  block_k: int = 512
-  block_q_dq: int | None = 256
-  block_k_dq: int | None = 512
-  block_q_dkv: int | None = 512
-  block_k_dkv: int | None = 256
+  def fit(tile: Tile):
+    return min(tile.block_q, _round_up(q_len, LANES)), min(tile.block_k, _round_up(kv_len, LANES))
 
-  def __post_init__(self):
-    for name in _FIELDS:
-      value = getattr(self, name)
-      if value is None and name not in ("block_q", "block_k"):
-        continue
-      if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"TpuBlockSizes.{name} must be an int, got {value!r}.")
-      if value < LANES or value % LANES:
-        raise ValueError(
-          f"TpuBlockSizes.{name} must be a positive multiple of {LANES} (TPU lane width), "
-          f"got {value}."
-        )
-
-  @classmethod
-  def uniform(cls, size: int) -> TpuBlockSizes:
-    """Every block ``size`` (handy for tests and small problems)."""
-    return cls(*(size,) * len(_FIELDS))
-
-  def resolve(self, q_len: int, kv_len: int) -> ResolvedBlocks:
-    """The blocks of one call: each capped at its sequence length rounded up to 128."""
-
-    def fit(value, default, length):
-      value = default if value is None else value
-      return min(value, _round_up(length, LANES))
-
-    return ResolvedBlocks(
-      fwd=(fit(self.block_q, None, q_len), fit(self.block_k, None, kv_len)),
-      dq=(fit(self.block_q_dq, self.block_q, q_len), fit(self.block_k_dq, self.block_k, kv_len)),
-      dkv=(fit(self.block_q_dkv, self.block_q, q_len), fit(self.block_k_dkv, self.block_k, kv_len)),
-    )
+  return ResolvedBlocks(fwd=fit(bs.fwd), dq=fit(bs.dq), dkv=fit(bs.dkv))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,8 +13,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from pallas_kernels.tpu import backward_dkv, backward_dq, forward, layout
-from pallas_kernels.tpu.block_sizes import ResolvedBlocks, TpuBlockSizes
+from pallas_kernels.tpu import backward_dkv, backward_dq, block_sizes, forward, layout
+from pallas_kernels.tpu.block_sizes import ResolvedBlocks
 from parallax_jax.attention.implementations import Implementation
 from parallax_jax.attention.residuals import Residuals
 from parallax_jax.attention.tile_math import bwd_row_stats
@@ -30,16 +30,13 @@ def check(spec: CallSpec) -> None:
       f"implementation='pallas_tpu' takes {', '.join(_DTYPES)} inputs, got {spec.dtype} "
       f"(TPUs have no {spec.dtype} matmul); use implementation='xla' or 'reference'."
     )
-  if spec.block_sizes is not None and not isinstance(spec.block_sizes, TpuBlockSizes):
-    raise NotImplementedError(
-      f"implementation='pallas_tpu' takes block_sizes=TpuBlockSizes(...) (from "
-      f"pallas_kernels.tpu), got {type(spec.block_sizes).__name__}."
-    )
+  if spec.block_sizes is not None:
+    block_sizes.check(spec.block_sizes)
 
 
 def _blocks(spec: CallSpec) -> ResolvedBlocks:
   check(spec)
-  return (spec.block_sizes or TpuBlockSizes()).resolve(spec.mask.q_len, spec.mask.kv_len)
+  return block_sizes.resolve(spec.block_sizes, spec.mask.q_len, spec.mask.kv_len)
 
 
 @functools.partial(jax.jit, static_argnums=5)

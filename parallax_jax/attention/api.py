@@ -49,7 +49,8 @@ def parallax_attention(
       "pallas_gpu" or "pallas_tpu". A path that cannot serve the call raises
       NotImplementedError.
     interpret: run Pallas kernels in interpret mode (pure-JAX paths ignore it).
-    block_sizes: the chosen path's block-size config (e.g. ``XlaBlockSizes``); None: defaults.
+    block_sizes: ``BlockSizes`` (the tiles of the forward, dq/dr and dk/dv passes) that the
+      chosen path can run; None: the path's (tuned) defaults.
 
   Returns:
     ``[B, Tq, Hq, D]`` in q's dtype. Rows that see no key are 0.

@@ -85,6 +85,7 @@ from jax.sharding import PartitionSpec as P
 
 from parallax_jax.attention import ring_state, tile_math
 from parallax_jax.attention.api import parallax_attention
+from parallax_jax.attention.block_sizes import BlockSizes
 from parallax_jax.attention.masking import TileKind, chunk_pair_kind
 from parallax_jax.attention.residuals import Residuals
 from parallax_jax.attention.ring_state import (
@@ -96,7 +97,7 @@ from parallax_jax.attention.ring_state import (
 )
 from parallax_jax.attention.sharded import shard_over_batch_and_heads
 from parallax_jax.attention.validation import validate
-from parallax_jax.attention.xla import ChunkPairOp, XlaBlockSizes
+from parallax_jax.attention.xla import ChunkPairOp
 
 __all__ = [
   "Placement",
@@ -393,7 +394,7 @@ def ring_parallax_attention(
   load_balance: bool = True,
   batch_axes: str | tuple[str, ...] | None = None,
   head_axis: str | None = None,
-  block_sizes: XlaBlockSizes | None = None,
+  block_sizes: BlockSizes | None = None,
   segment_ids=None,
 ):
   """Parallax self-attention with the sequence sharded over ``mesh`` axis ``axis_name``.
@@ -412,7 +413,8 @@ def ring_parallax_attention(
     load_balance: zigzag layout (causal only; see module docstring).
     batch_axes: mesh axis name(s) the batch axis is sharded over.
     head_axis: mesh axis the head axes (Hq and Hkv) are sharded over.
-    block_sizes: ``XlaBlockSizes`` of the per-chunk blockwise loops (clipped to the chunk).
+    block_sizes: ``BlockSizes.uniform(bq, bk)`` of the per-chunk blockwise loops (clipped to
+      the chunk).
     segment_ids: ``[B, T]`` ints or None, in the same layout and sharding as q (in zigzag
       layout pass ``to_zigzag(segment_ids, n)``): a query sees only keys with its id (packed
       documents), on top of causal/window. Rows that see no key give 0. Not differentiated.
@@ -437,8 +439,8 @@ def ring_parallax_attention(
       f"ring_parallax_attention is self-attention: q and k must have the same "
       f"length, got Tq={spec.mask.q_len}, Tk={spec.mask.kv_len}."
     )
-  if block_sizes is not None and not isinstance(block_sizes, XlaBlockSizes):
-    raise TypeError(f"block_sizes must be XlaBlockSizes or None, got {type(block_sizes).__name__}.")
+  if block_sizes is not None and not isinstance(block_sizes, BlockSizes):
+    raise TypeError(f"block_sizes must be BlockSizes or None, got {type(block_sizes).__name__}.")
   if not isinstance(load_balance, bool):
     raise TypeError(f"load_balance must be a bool, got {load_balance!r}.")
   batch_axes = _axes_tuple(batch_axes)

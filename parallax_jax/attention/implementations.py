@@ -56,8 +56,8 @@ class Implementation:
 
 # name -> "module:attribute" of an Implementation; modules are imported on first use.
 _REGISTRY: dict[str, str] = {
-  "reference": "parallax_jax.attention.reference_impl:IMPLEMENTATION",
-  "xla": "parallax_jax.attention.xla_impl:IMPLEMENTATION",
+  "reference": "parallax_jax.attention.reference:IMPLEMENTATION",
+  "xla": "parallax_jax.attention.xla:IMPLEMENTATION",
   "pallas_gpu": "pallas_kernels.gpu:IMPLEMENTATION",
   "pallas_tpu": "pallas_kernels.tpu:IMPLEMENTATION",
 }

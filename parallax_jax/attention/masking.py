@@ -150,9 +150,8 @@ class _Rules:
     last_key = key_start + bk - 1
     row_lo = xp.maximum(key_start - delta, 0) if self.causal else xp.zeros_like(key_start)
     row_hi = xp.full_like(key_start, self.q_len - 1)
-    if self.window_size is not None:  # pos(i) - W + 1 <= last real key
-      last_real = xp.minimum(last_key, self.kv_len - 1)
-      row_hi = xp.minimum(row_hi, last_real + self.window_size - 1 - delta)
+    if self.window_size is not None:  # pos(i) - W + 1 <= last key
+      row_hi = xp.minimum(row_hi, last_key + self.window_size - 1 - delta)
     lo = row_lo // bq
     hi = xp.where(row_hi >= row_lo, row_hi // bq + 1, lo)
     if self.causal:  # pos(r0) >= last key

@@ -9,6 +9,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
+from parallax_jax.attention.implementations import Implementation
 from parallax_jax.attention.masking import MaskSpec
 
 
@@ -71,3 +72,19 @@ def effective_weights(
   t = jnp.einsum("bihd,bjhd->bhij", r.astype(compute), k, precision="highest")
   tbar = jnp.sum(p * t, axis=-1, keepdims=True)
   return p * (1.0 + tbar - t), visible  # sums to 1 on every row that sees a key
+
+
+def _check(spec) -> None:
+  if spec.block_sizes is not None:
+    raise NotImplementedError(
+      "implementation='reference' is dense and takes no block_sizes; leave it None."
+    )
+
+
+def _impl_fwd(q, r, k, v, segment_ids, spec):
+  return parallax_reference(q, r, k, v, scale=spec.scale, mask=spec.mask, segment_ids=segment_ids)
+
+
+IMPLEMENTATION = Implementation(
+  name="reference", fwd=_impl_fwd, bwd=None, platforms=("cpu", "gpu", "tpu"), check=_check
+)

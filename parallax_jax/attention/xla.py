@@ -24,22 +24,20 @@ from jax import lax
 from jaxtyping import Array, Float, Int
 
 from parallax_jax.attention import tile_math
+from parallax_jax.attention.block_sizes import BlockSizes, check_for
+from parallax_jax.attention.implementations import Implementation
 from parallax_jax.attention.masking import ChunkMask, MaskSpec, cdiv
 from parallax_jax.attention.residuals import Residuals
 
+# 128 x 128 tiles: large enough that the batched einsums dominate, small enough that the
+# [B, H, nQ, bq, bk] score tiles of one loop step stay a fraction of the activations.
+DEFAULT_BLOCK_SIZES = BlockSizes.uniform(128)
 
-@dataclasses.dataclass(frozen=True)
-class XlaBlockSizes:
-  """Block sizes of the XLA path (clipped to the sequence lengths)."""
 
-  block_q: int = 128
-  block_k: int = 128
-
-  def __post_init__(self):
-    for name in ("block_q", "block_k"):
-      value = getattr(self, name)
-      if not isinstance(value, int) or value < 1:
-        raise ValueError(f"XlaBlockSizes.{name} must be a positive int, got {value!r}.")
+def check_block_sizes(block_sizes) -> None:
+  """Raises NotImplementedError for block sizes this path cannot run."""
+  if block_sizes is not None:
+    check_for("xla", block_sizes, fused_backward=True)
 
 
 def _precision(dtype):
@@ -230,10 +228,11 @@ def _row_products(do, residuals: Residuals):
   return jnp.swapaxes(delta_o, 1, 2), jnp.swapaxes(b_row, 1, 2)
 
 
-def _layout(mask, q, k, block_sizes) -> _Layout:
-  bs = block_sizes or XlaBlockSizes()
+def _layout(mask, q, k, block_sizes, pass_name: str) -> _Layout:
+  check_block_sizes(block_sizes)
+  tile = getattr(block_sizes or DEFAULT_BLOCK_SIZES, pass_name)
   return _Layout(
-    mask, q.shape[2] // k.shape[2], min(bs.block_q, mask.q_len), min(bs.block_k, mask.kv_len)
+    mask, q.shape[2] // k.shape[2], min(tile.block_q, mask.q_len), min(tile.block_k, mask.kv_len)
   )
 
 
@@ -246,7 +245,7 @@ def parallax_fwd(
   *,
   scale: float,
   mask: MaskSpec,
-  block_sizes: XlaBlockSizes | None = None,
+  block_sizes: BlockSizes | None = None,
 ) -> tuple[Float[Array, "B Tq Hq D"], Residuals]:
   """Forward pass: ``(o, Residuals)``; o in q's dtype (see ``Residuals`` for the rest).
 
@@ -254,7 +253,7 @@ def parallax_fwd(
   input dtype with float32 accumulation; the running state is float32.
   """
   _check(mask, q)
-  lay = _layout(mask, q, k, block_sizes)
+  lay = _layout(mask, q, k, block_sizes, "fwd")
   sched = _Schedule(lay, segment_ids)
   q_, r_ = lay.q_blocks(q), lay.q_blocks(r)
   k_, v_ = lay.kv_blocks(k), lay.kv_blocks(v)
@@ -283,7 +282,7 @@ def parallax_bwd(
   *,
   scale: float,
   mask: MaskSpec,
-  block_sizes: XlaBlockSizes | None = None,
+  block_sizes: BlockSizes | None = None,
 ):
   """Backward pass: ``(dq, dr, dk, dv)`` in the dtypes of (q, r, k, v).
 
@@ -291,7 +290,7 @@ def parallax_bwd(
   group are accumulated over its query heads in float32, never materialised per query head.
   """
   _check(mask, q)
-  lay = _layout(mask, q, k, block_sizes)
+  lay = _layout(mask, q, k, block_sizes, "dq")
   sched = _Schedule(lay, segment_ids)
   acc_dtype = _compute_dtype(q.dtype)
   do = do.astype(q.dtype)
@@ -345,14 +344,20 @@ class ChunkPairOp:
   causal: bool
   window_size: int | None
   scale: float
-  block_sizes: XlaBlockSizes | None = None
+  block_sizes: BlockSizes | None = None
 
   def layout(self, q_offset=0) -> _Layout:
     """The blocked layout of this pair (``q_blocks``, ``kv_blocks``, ``row_blocks`` and their
     inverses convert arrays once; the offset only matters to the schedule)."""
-    bs = self.block_sizes or XlaBlockSizes()
+    bs = self.block_sizes or DEFAULT_BLOCK_SIZES
+    check_block_sizes(bs)
+    if bs.fwd != bs.dq:  # the ring blocks each chunk once for its forward and backward
+      raise NotImplementedError(
+        "ring attention uses one tile for all passes: pass BlockSizes.uniform(block_q, block_k)."
+      )
+    tile = bs.fwd
     mask = ChunkMask(self.q_len, self.kv_len, self.causal, self.window_size, q_offset)
-    return _Layout(mask, self.group, min(bs.block_q, self.q_len), min(bs.block_k, self.kv_len))
+    return _Layout(mask, self.group, min(tile.block_q, self.q_len), min(tile.block_k, self.kv_len))
 
   def init_state(self, q_) -> tile_math.FwdState:
     """Empty online state for blocked queries ``q_``."""
@@ -399,3 +404,33 @@ class ChunkPairOp:
     """``carry = (dq, dr, dk, dv)`` (blocked, compute dtype) plus this key chunk's part."""
     sched = self._schedule(q_offset, q_segment_ids, kv_segment_ids)
     return _bwd_loop(sched, q_, r_, do_, rows, k_, v_, carry, scale=self.scale)
+
+
+def _impl_fwd(q, r, k, v, segment_ids, spec):
+  return parallax_fwd(
+    q, r, k, v, segment_ids, scale=spec.scale, mask=spec.mask, block_sizes=spec.block_sizes
+  )
+
+
+def _impl_bwd(q, r, k, v, segment_ids, residuals, do, spec):
+  return parallax_bwd(
+    q,
+    r,
+    k,
+    v,
+    segment_ids,
+    residuals,
+    do,
+    scale=spec.scale,
+    mask=spec.mask,
+    block_sizes=spec.block_sizes,
+  )
+
+
+IMPLEMENTATION = Implementation(
+  name="xla",
+  fwd=_impl_fwd,
+  bwd=_impl_bwd,
+  platforms=("cpu", "gpu", "tpu"),
+  check=lambda spec: check_block_sizes(spec.block_sizes),
+)

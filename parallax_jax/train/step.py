@@ -88,6 +88,7 @@ def loss_fn(params, graphdef, batch):
   model has a regression head (``model.output_dim > 0``). ``model.logits_chunk > 0`` fuses
   the LM head into a chunked cross-entropy instead of materialising the logits."""
   model = nnx.merge(graphdef, params)
+  check_batch(batch)
   weights = batch["loss_mask"].astype(jnp.float32)
   tokens = jnp.sum(weights)
   if model.cfg.output_dim:

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh
 
-from parallax_jax import XlaBlockSizes, parallax_attention
+from parallax_jax import BlockSizes, parallax_attention
 from parallax_jax.attention import ring_state, tile_math, xla
 from parallax_jax.attention.context_parallel import (
   from_zigzag,
@@ -161,7 +161,7 @@ def _check_ring(devices, case: RingCase, segment_ids=None):
     load_balance=case.load_balance,
     batch_axes="data",
     head_axis="heads" if case.heads > 1 else None,
-    block_sizes=XlaBlockSizes(*case.block) if case.block else None,
+    block_sizes=BlockSizes.uniform(*case.block) if case.block else None,
     segment_ids=seg,
     **kw,
   )
@@ -334,7 +334,7 @@ def test_merge_of_key_halves_equals_whole():
     causal=True,
     window_size=None,
     scale=0.25,
-    block_sizes=XlaBlockSizes(8, 4),
+    block_sizes=BlockSizes.uniform(8, 4),
   )
   whole = xla.ChunkPairOp(
     q_len=24,
@@ -343,7 +343,7 @@ def test_merge_of_key_halves_equals_whole():
     causal=True,
     window_size=None,
     scale=0.25,
-    block_sizes=XlaBlockSizes(8, 4),
+    block_sizes=BlockSizes.uniform(8, 4),
   )
   q_, r_ = op.layout().q_blocks(q), op.layout().q_blocks(r)
   state0 = op.init_state(q_)
@@ -377,7 +377,7 @@ def test_chunk_pair_with_segment_ids():
   leaves the state empty (finalised to 0, no NaN)."""
   (q, r, k, v), _ = _inputs(RingCase(1, t=24, hq=4, hkv=2))
   seg = jnp.asarray(_segment_ids(2, 24))
-  kw = dict(group=2, causal=True, window_size=7, scale=0.25, block_sizes=XlaBlockSizes(8, 4))
+  kw = dict(group=2, causal=True, window_size=7, scale=0.25, block_sizes=BlockSizes.uniform(8, 4))
   op = xla.ChunkPairOp(q_len=24, kv_len=12, **kw)
   whole = xla.ChunkPairOp(q_len=24, kv_len=24, **kw)
   q_, r_ = op.layout().q_blocks(q), op.layout().q_blocks(r)

@@ -1,0 +1,118 @@
+"""benchmarking: the FLOP conventions (against brute-force pair counts and the model's own
+parameter tree), the timer, and the synthetic batch."""
+
+import dataclasses
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from parallax_jax.attention.masking import MaskSpec
+from parallax_jax.benchmarking.flops import (
+  attention_model_flops,
+  kernel_executed_flops,
+  visible_pairs,
+)
+from parallax_jax.benchmarking.synthetic_batch import synthetic_batch
+from parallax_jax.benchmarking.timing import time_call
+from parallax_jax.model import ModelConfig, Transformer
+from parallax_jax.train.step import check_batch
+
+MASKS = [(True, None), (False, None), (True, 1), (True, 3), (True, 16), (True, 17), (True, 40)]
+
+
+def _brute_force_pairs(length, causal, window):
+  mask = MaskSpec(length, length, causal=causal, window_size=window)
+  i, j = np.meshgrid(np.arange(length), np.arange(length), indexing="ij")
+  return int(np.sum(mask.visible(i, j)))
+
+
+@pytest.mark.parametrize("length", [1, 2, 7, 17])
+@pytest.mark.parametrize("causal,window", MASKS)
+def test_visible_pairs_counts_what_the_mask_lets_through(length, causal, window):
+  want = _brute_force_pairs(length, causal, window)
+  assert visible_pairs(length, causal=causal, window_size=window) == want
+
+
+def test_attention_flops_conventions():
+  shape = dict(batch=2, heads=3, length=17, head_dim=8, window_size=5)
+  pairs = 2 * 3 * _brute_force_pairs(17, True, 5)
+  per_matmul = 2 * 8 * pairs
+  assert kernel_executed_flops("parallax", **shape) == {
+    "fwd": 4 * per_matmul,
+    "fwd_bwd": 15 * per_matmul,
+  }
+  assert kernel_executed_flops("softmax", **shape) == {
+    "fwd": 2 * per_matmul,
+    "fwd_bwd": 7 * per_matmul,
+  }
+  # Model FLOPs: the backward counted as twice the forward.
+  assert attention_model_flops("parallax", **shape) == 3 * 4 * per_matmul
+  assert attention_model_flops("softmax", **shape) == 3 * 2 * per_matmul
+  with pytest.raises(ValueError, match="attention kind"):
+    kernel_executed_flops("lla", **shape)
+
+
+BASE = ModelConfig(
+  vocab_size=96, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8, mlp_dim=40
+)
+
+
+@pytest.mark.parametrize(
+  "changes",
+  [
+    {},
+    {"attention": "softmax", "tie_embeddings": False},
+    {"window_size": 5},
+    {"input_dim": 3, "output_dim": 2, "tie_embeddings": False},
+  ],
+)
+def test_model_flops_per_token_from_the_parameter_tree(changes):
+  """6 FLOPs per weight of every matmul (forward 2, backward 4) plus 3x the attention forward,
+  the weights read off the model's parameters, the pairs off the mask."""
+  cfg = dataclasses.replace(BASE, **changes)
+  params = nnx.to_pure_dict(nnx.state(Transformer(cfg, rngs=nnx.Rngs(0)), nnx.Param))
+  sizes = {jax.tree_util.keystr(p): x.size for p, x in jax.tree_util.tree_leaves_with_path(params)}
+  weights = sum(n for k, n in sizes.items() if k.endswith(("['kernel']", "['head']")))
+  if cfg.tie_embeddings:  # the embedding is also the LM head's matmul
+    weights += sizes["['embed']"]
+  seq_len = 12
+  pairs = _brute_force_pairs(seq_len, True, cfg.window_size)
+  matmuls = 4 if cfg.attention == "parallax" else 2
+  attn = cfg.num_layers * 3 * matmuls * 2 * cfg.head_dim * cfg.num_heads * pairs / seq_len
+  assert cfg.flops_per_token(seq_len) == pytest.approx(6 * weights + attn, rel=1e-12)
+
+
+def test_time_call_warms_up_then_times_each_call():
+  calls = []
+
+  def fn(x):
+    calls.append(time.perf_counter())
+    time.sleep(0.01)
+    return x + 1
+
+  timing = time_call(fn, (jnp.ones(3),), iters=4, warmup=2)
+  assert len(calls) == 6 and len(timing.samples_s) == 4
+  assert timing.median_s == pytest.approx(float(np.median(timing.samples_s)))
+  assert min(timing.samples_s) >= 0.01
+  with pytest.raises(ValueError, match="iters"):
+    time_call(fn, (jnp.ones(3),), iters=0)
+
+
+@pytest.mark.parametrize("packed", [True, False])
+def test_synthetic_batch_fits_the_model(packed):
+  b, t = 3, 10
+  batch = synthetic_batch(BASE, b, t, seed=1, packed=packed)
+  check_batch(batch)
+  assert batch["inputs"].shape == (b, t) and batch["inputs"].dtype == np.int32
+  assert 0 <= batch["inputs"].min() and batch["targets"].max() < BASE.vocab_size
+  np.testing.assert_array_equal(batch["inputs"][:, 1:], batch["targets"][:, :-1])
+  np.testing.assert_array_equal(batch["positions"], np.tile(np.arange(t), (b, 1)))
+  assert (batch["segment_ids"] is None) != packed
+  reg = dataclasses.replace(BASE, input_dim=3, output_dim=2, tie_embeddings=False)
+  batch = synthetic_batch(reg, b, t)
+  check_batch(batch)
+  assert batch["inputs"].shape == (b, t, 3) and batch["targets"].shape == (b, t, 2)
