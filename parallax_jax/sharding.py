@@ -36,6 +36,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from parallax_jax.attention.sharded import shard_over_batch_and_heads
+from parallax_jax.config_utils import from_section
 
 MESH_AXES = ("data", "fsdp", "tensor", "sequence")
 BATCH_AXES = ("data", "fsdp")
@@ -102,11 +103,13 @@ class ShardingConfig:
 
   @classmethod
   def from_dict(cls, d: Mapping) -> ShardingConfig:
-    unknown = sorted(set(d) - {"strategy", "rules"})
-    if unknown:
-      raise ValueError(f"unknown sharding config keys {unknown}; known: ['rules', 'strategy']")
-    rules = {k: {lk: _as_tuple(v) for lk, v in t.items()} for k, t in d.get("rules", {}).items()}
-    return cls(strategy=d.get("strategy", "dp"), rules=rules or DEFAULT_RULES)
+    if hasattr(d, "to_dict"):  # ml_collections.ConfigDict
+      d = d.to_dict()
+    d = dict(d)
+    if isinstance(d.get("rules"), Mapping):  # axis lists (JSON, ConfigDict) -> tuples
+      rules = {k: {lk: _as_tuple(v) for lk, v in t.items()} for k, t in d["rules"].items()}
+      d["rules"] = rules or DEFAULT_RULES
+    return from_section(cls, "sharding", d)
 
   @property
   def table(self) -> dict[str, tuple[str, ...]]:

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import pytest
 from jax.test_util import check_grads
 
-from parallax_jax import XlaBlockSizes, parallax_attention
+from parallax_jax import BlockSizes, parallax_attention
 
 
 @pytest.mark.parametrize("implementation", ["reference", "xla"])
@@ -41,7 +41,7 @@ def test_grads_match_finite_differences(implementation, causal, window, tk, segm
         window_size=window,
         segment_ids=seg,
         implementation=implementation,
-        block_sizes=XlaBlockSizes(4, 3) if implementation == "xla" else None,
+        block_sizes=BlockSizes.uniform(4, 3) if implementation == "xla" else None,
       )
 
     # Central differences with a 1e-6 step: truncation error ~1e-12, roundoff ~1e-9.

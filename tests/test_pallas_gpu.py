@@ -1,9 +1,7 @@
 """Kernel-specific checks of the Pallas GPU (Triton) kernels, run in interpret mode on CPU.
 
-* ``GpuBlockSizes`` validation and the tuned-defaults lookup;
-* the tile classification (skip / unmasked / masked) of the forward + dq/dr passes and of the
-  dk/dv pass against brute-force ``MaskSpec.visible`` over a grid of shapes, blocks and windows
-  (including block_q > block_k with aligned W, W not a multiple of the tile, Tq < Tk, Tq > Tk);
+* what the kernels serve (dtypes, head dims, backends); block sizes are checked in
+  tests/test_block_sizes.py and the tile classes the loops use in tests/test_masking.py;
 * the shared case grid (``parallax_jax/testing/attention_cases.py``) with small and
   block_q > block_k tiles against the float64 oracle (the default blocks run in
   tests/test_attention_oracle.py);
@@ -16,7 +14,6 @@ and runs the whole shared grid against the oracle with the shared tolerances.
 from __future__ import annotations
 
 import dataclasses
-import itertools
 
 import jax
 import jax.numpy as jnp
@@ -24,47 +21,12 @@ import numpy as np
 import pytest
 from attention_cases import CASES, CORE_CASES, Impl, check_case, gpu_params, require_gpu, run_op
 
-from pallas_kernels.gpu import IMPLEMENTATION, GpuBlockSizes, default_block_sizes, schedule
+from pallas_kernels.gpu import IMPLEMENTATION
 from parallax_jax import BlockSizes, MaskSpec, Tile, parallax_attention
 from parallax_jax.attention.validation import validate
-from parallax_jax.attention.xla import XlaBlockSizes
 
 # ---------------------------------------------------------------------------------------------
-# Block sizes.
-
-
-@pytest.mark.parametrize(
-  "field,value,match",
-  [
-    ("block_q", 48, "block_q must be a power of two >= 16"),
-    ("block_k", 8, "block_k must be a power of two >= 16"),
-    ("block_k_dkv", 100, "block_k_dkv must be a power of two"),
-    ("block_q_dq", 0, "block_q_dq must be a power of two"),
-    ("num_warps", 3, "num_warps must be a power of two in"),
-    ("num_warps_dkv", 32, "num_warps_dkv must be a power of two in"),
-    ("num_stages", 0, r"num_stages must be in \[1, 8\]"),
-    ("num_stages_dq", 9, r"num_stages_dq must be in \[1, 8\]"),
-  ],
-)
-def test_block_sizes_validation(field, value, match):
-  with pytest.raises(ValueError, match=match):
-    GpuBlockSizes(**{field: value})
-
-
-@pytest.mark.parametrize("value", [64.0, "64", True, None])
-def test_block_sizes_type(value):
-  with pytest.raises(TypeError, match="GpuBlockSizes.block_q must be an int"):
-    GpuBlockSizes(block_q=value)
-
-
-def test_block_sizes_clip_and_defaults():
-  bs = GpuBlockSizes(block_q=128, block_k=64)
-  cfg = bs.kernel("fwd", 20, 300)
-  assert (cfg.block_q, cfg.block_k) == (32, 64)  # clipped to next_pow2(T) >= 16
-  assert bs.kernel("dkv", 1, 1).block_q == 16
-  for dtype in ("float32", "bfloat16", "float16"):
-    for d in (32, 60, 64, 100, 128, 256):
-      default_block_sizes(dtype, d)  # valid configs for every bucket
+# What the kernels serve (block sizes: tests/test_block_sizes.py).
 
 
 def _q(dtype=jnp.float32, t=16, d=32):
@@ -73,9 +35,9 @@ def _q(dtype=jnp.float32, t=16, d=32):
 
 def test_check_rejects():
   q = _q()
-  with pytest.raises(NotImplementedError, match="GpuBlockSizes"):
+  with pytest.raises(NotImplementedError, match=r"BlockSizes\(\.\.\.\)"):
     parallax_attention(
-      q, q, q, q, implementation="pallas_gpu", interpret=True, block_sizes=XlaBlockSizes()
+      q, q, q, q, implementation="pallas_gpu", interpret=True, block_sizes=(16, 16)
     )
   spec = validate(
     q,
@@ -119,87 +81,7 @@ def test_default_implementation_on_a_gpu_backend(monkeypatch):
 
 
 # ---------------------------------------------------------------------------------------------
-# Tile classification against brute force.
-
-_BLOCKS = (16, 32, 64)
-_WINDOWS = (None, 1, 16, 32, 33, 64, 100)
-_LENGTHS = ((64, 64), (100, 100), (37, 100), (100, 37), (1, 77), (130, 130))
-
-
-def _mask_grid():
-  for (tq, tk), causal, w in itertools.product(_LENGTHS, (True, False), _WINDOWS):
-    if w is not None and not causal:
-      continue
-    yield MaskSpec(tq, tk, causal=causal, window_size=w)
-
-
-def _check_tile(vis, real_rows, real_keys, state, where):
-  """vis: visibility of the tile's real rows x all its keys (keys beyond Tk invisible)."""
-  if state == "skip":
-    assert not vis.any(), f"{where}: skipped tile has a visible pair"
-  elif state == "unmasked":
-    assert real_keys.all(), f"{where}: unmasked tile holds padded keys"
-    assert vis[real_rows].all(), f"{where}: unmasked tile has an invisible pair"
-  else:
-    assert vis.any(), f"{where}: masked tile without any visible pair (should be skipped)"
-
-
-def _states(lo, safe_lo, safe_hi, hi, n):
-  assert lo <= safe_lo <= safe_hi <= hi <= n, (lo, safe_lo, safe_hi, hi, n)
-  out = np.full(n, "skip", dtype=object)
-  out[lo:safe_lo] = "masked"
-  out[safe_lo:safe_hi] = "unmasked"
-  out[safe_hi:hi] = "masked"
-  return out
-
-
-@pytest.mark.parametrize("bq,bk", list(itertools.product(_BLOCKS, _BLOCKS)))
-def test_tile_classification_exhaustive(bq, bk):
-  for mask in _mask_grid():
-    n_q, n_k = -(-mask.q_len // bq), -(-mask.kv_len // bk)
-    rows = np.arange(n_q * bq)[:, None]
-    cols = np.arange(n_k * bk)[None, :]
-    vis = np.asarray(mask.visible(rows, cols))
-    real_rows, real_keys = rows[:, 0] < mask.q_len, cols[0] < mask.kv_len
-    # Forward and dq/dr pass: query block -> key blocks.
-    for qi in range(n_q):
-      st = _states(*(int(x) for x in schedule.key_blocks(mask, qi * bq, bq, bk)), n_k)
-      for kb in range(n_k):
-        r, c = slice(qi * bq, (qi + 1) * bq), slice(kb * bk, (kb + 1) * bk)
-        _check_tile(vis[r, c], real_rows[r], real_keys[c], st[kb], f"fwd {mask} q{qi} k{kb}")
-    # dk/dv pass: key block -> query blocks.
-    for kb in range(n_k):
-      st = _states(*(int(x) for x in schedule.query_blocks(mask, kb * bk, bq, bk)), n_q)
-      for qi in range(n_q):
-        r, c = slice(qi * bq, (qi + 1) * bq), slice(kb * bk, (kb + 1) * bk)
-        _check_tile(vis[r, c], real_rows[r], real_keys[c], st[qi], f"dkv {mask} k{kb} q{qi}")
-
-
-def test_tile_classification_last_row_rule():
-  """The upstream first-row rule would mark this tile unmasked (docs/design.md §2.3)."""
-  mask = MaskSpec(512, 512, causal=True, window_size=128)
-  lo, safe_lo, safe_hi, hi = schedule.key_blocks(mask, 256, 128, 64)
-  # Rows 256..383 see keys >= 129..256: key block 2 ([128, 192)) must be masked.
-  assert lo == 2 and safe_lo == 4 and (lo, safe_lo) != (2, 2)
-  assert (safe_hi, hi) == (4, 6)
-
-
-def test_schedule_traced_matches_numpy():
-  mask = MaskSpec(100, 130, causal=True, window_size=33)
-  for start in (0, 32, 96):
-    want = schedule.key_blocks(mask, start, 32, 16)
-    got = jax.jit(lambda s: jnp.stack(schedule.key_blocks(mask, s, 32, 16, jnp)))(start)
-    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
-    want = schedule.query_blocks(mask, start, 32, 16)
-    got = jax.jit(lambda s: jnp.stack(schedule.query_blocks(mask, s, 32, 16, jnp)))(start)
-    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
-
-
-# ---------------------------------------------------------------------------------------------
 # End to end against the reference (interpret mode).
-
-_SMALL = GpuBlockSizes(16, 16, 4, 2, 16, 16, 4, 2, 16, 32, 4, 2)
-_WIDE_Q = GpuBlockSizes(32, 16, 4, 2, 32, 16, 4, 2, 16, 32, 4, 2)
 
 
 def _inputs(b, tq, tk, hq, hkv, d, dtype, seed=0):
@@ -264,7 +146,8 @@ def test_residuals_interchangeable_with_xla():
   q, r, k, v, g = _inputs(1, 48, 48, 2, 1, 32, jnp.float32)
   from pallas_kernels.gpu import backward, forward
 
-  fwd_cfg = _SMALL.kernel("fwd", 48, 48)
+  small = BLOCK_CONFIGS["small"]
+  fwd_cfg = small.fwd
   o_k, res_k = forward.parallax_fwd(
     q, r, k, v, None, scale=0.2, mask=mask, cfg=fwd_cfg, interpret=True
   )
@@ -283,8 +166,8 @@ def test_residuals_interchangeable_with_xla():
     g,
     scale=0.2,
     mask=mask,
-    cfg_dq=_SMALL.kernel("dq", 48, 48),
-    cfg_dkv=_SMALL.kernel("dkv", 48, 48),
+    cfg_dq=small.dq,
+    cfg_dkv=small.dkv,
     interpret=True,
   )
   for a, b in zip(grads_k, grads_x, strict=True):
@@ -297,7 +180,7 @@ def test_empty_rows_are_zero():
 
   def f(q, r, k, v):
     return parallax_attention(
-      q, r, k, v, implementation="pallas_gpu", interpret=True, block_sizes=_SMALL
+      q, r, k, v, implementation="pallas_gpu", interpret=True, block_sizes=BLOCK_CONFIGS["small"]
     )
 
   o, vjp = jax.vjp(f, q, r, k, v)

@@ -177,7 +177,13 @@ def test_failing_point_is_recorded_and_rerun_resumes(tmp_path):
   by_name = {r["name"]: r for r in rows}
   good, bad = by_name["num_heads=2"], by_name["num_heads=3"]
   assert good["status"] == "finished" and good["final_step"] == 3 and good["error"] is None
-  assert good["train_loss"] > 0 and 0 <= good["eval_accuracy"] <= 1 and good["eval_perplexity"]
+  # The table reports what the point's run logged (read here as plain JSON lines).
+  lines = (tmp_path / "points" / "num_heads=2" / "metrics.jsonl").read_text().splitlines()
+  logged = [json.loads(line) for line in lines if line.strip()]
+  last_eval = [r for r in logged if "eval_accuracy" in r][-1]
+  assert good["train_loss"] == pytest.approx(logged[-1]["loss"]) and good["train_loss"] > 0
+  for key in ("eval_accuracy", "eval_perplexity"):
+    assert good[key] == pytest.approx(last_eval[key]), key
   assert bad["status"] == "failed" and "num_heads" in bad["error"] and "exit" in bad["error"]
 
   with (tmp_path / "results.csv").open() as f:

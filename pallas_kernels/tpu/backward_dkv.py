@@ -96,7 +96,7 @@ def dk_dv(
   hkv = k.shape[1]
   group = hq // hkv
   sched = schedule.q_schedule(mask, bq, bk)
-  n_k = -(-mask.kv_len // bk)
+  n_k = pl.cdiv(mask.kv_len, bk)
 
   def q_index(b, h, i, g, j, first, count):
     return b, h * group + g, schedule.inner_block(first, count, i, j), 0

@@ -92,7 +92,7 @@ def dq_dr(
   batch, hq, q_pad, dp = q.shape
   group = hq // k.shape[1]
   sched = schedule.kv_schedule(mask, bq, bk)
-  n_q = -(-mask.q_len // bq)
+  n_q = pl.cdiv(mask.q_len, bq)
 
   q_spec = pl.BlockSpec((None, None, bq, dp), lambda b, h, i, j, *_: (b, h, i, 0))
   stats_spec = pl.BlockSpec((None, None, stats.shape[2], bq), lambda b, h, i, j, *_: (b, h, 0, i))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from jax.experimental import pallas as pl
+
 from pallas_kernels.tpu.kernel_utils import LANES
 from parallax_jax.attention.block_sizes import BlockSizes, Tile, check_for
 
@@ -47,4 +49,4 @@ class ResolvedBlocks:
 
 
 def _round_up(x: int, m: int) -> int:
-  return -(-x // m) * m
+  return pl.cdiv(x, m) * m

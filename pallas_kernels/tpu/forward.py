@@ -98,7 +98,7 @@ def forward(
   hkv = k.shape[2]
   group = hq // hkv
   dp = layout.head_dim_pad(d)
-  q_pad, kv_pad = -(-q_len // bq) * bq, -(-mask.kv_len // bk) * bk
+  q_pad, kv_pad = pl.cdiv(q_len, bq) * bq, pl.cdiv(mask.kv_len, bk) * bk
   sched = schedule.kv_schedule(mask, bq, bk)
   n_q = q_pad // bq
 

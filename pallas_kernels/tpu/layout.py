@@ -9,6 +9,7 @@ padded rows are dropped).
 from __future__ import annotations
 
 import jax.numpy as jnp
+from jax.experimental import pallas as pl
 
 from pallas_kernels.tpu.kernel_utils import LANES
 
@@ -16,7 +17,7 @@ STAT_LANES = 8  # forward row statistics leave the kernel as [Tp, 8] f32 (lse, b
 
 
 def head_dim_pad(d: int) -> int:
-  return -(-d // LANES) * LANES
+  return pl.cdiv(d, LANES) * LANES
 
 
 def to_heads_major(x, t_pad: int, d_pad: int):

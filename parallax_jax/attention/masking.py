@@ -59,7 +59,8 @@ class TileKind(enum.IntEnum):
 
 
 def cdiv(a, b):
-  """Ceiling division of ints or int arrays (``b > 0``)."""
+  """Ceiling division of ints, NumPy or jnp int arrays (``b > 0``). Not ``pl.cdiv``: that one
+  turns NumPy arrays into jax arrays and rounds negative numerators toward zero."""
   return -((-a) // b)
 
 

@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from parallax_jax.attention import tile_math
-from parallax_jax.attention.masking import chunk_pair_kind
+from parallax_jax.attention.masking import MaskSpec, chunk_pair_kind
 
 
 def merge_fwd_states(a: tile_math.FwdState, b: tile_math.FwdState) -> tile_math.FwdState:
@@ -135,14 +135,16 @@ def num_ring_steps(placement: Placement, *, causal: bool, window_size: int | Non
   """Ring steps that can meet a visible pair (the rest are skipped entirely).
 
   Step ``s`` brings shard ``i`` the keys of shard ``i - s``. Only a contiguous placement with
-  a window can stop early: chunk ``i - s`` is out of every row's window once
-  ``s * C > C + W - 2``.
+  a window can stop early: shard ``i``'s chunk is then query block ``i`` of the whole sequence
+  in chunk-sized tiles, and the most key blocks any of them visits (the schedule's trip count)
+  is the number of steps.
   """
   n = placement.num_shards
   if placement.load_balance or not causal or window_size is None:
     return n
   c = placement.chunk_len
-  return min(n, (c + window_size - 2) // c + 1)
+  whole = MaskSpec(placement.seq_len, placement.seq_len, causal=True, window_size=window_size)
+  return whole.block_schedule(c, c)[2]
 
 
 def ring_schedule(placement: Placement, *, causal: bool, window_size: int | None) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""The two FLOP counts of the project, defined here and nowhere else.
+"""The two FLOP counts of the project, defined here and nowhere else (docs/design.md §10).
 
 Both count matmul FLOPs only (2 per multiply-add); attention is counted per visible (query,
 key) pair and head, with ``visible_pairs`` as the one count of pairs a mask lets through.
