@@ -37,8 +37,12 @@ from parallax_jax.benchmarking.flops import (  # noqa: E402
   kernel_executed_flops,
 )
 from parallax_jax.benchmarking.timing import time_call  # noqa: E402
+from parallax_jax.testing.attention_cases import BENCHMARK_SHAPES  # noqa: E402
 
-DEFAULT_SHAPES = "4x4096,2x8192,8x2048,1x16384"
+# The shared benchmark problems (their heads, head dim, dtype and causality are the defaults of
+# --heads/--head-dim/--dtype/--non-causal).
+DEFAULT_SHAPES = ",".join(s.id for s in BENCHMARK_SHAPES)
+_SHAPE = BENCHMARK_SHAPES[0]
 
 
 def make_inputs(batch, length, heads, d, dtype, seed=0):
@@ -122,9 +126,9 @@ def versions():
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--shapes", default=DEFAULT_SHAPES, help="comma list of BxL")
-  p.add_argument("--heads", type=int, default=16)
-  p.add_argument("--head-dim", type=int, default=128)
-  p.add_argument("--dtype", default="bfloat16")
+  p.add_argument("--heads", type=int, default=_SHAPE.heads)
+  p.add_argument("--head-dim", type=int, default=_SHAPE.head_dim)
+  p.add_argument("--dtype", default=_SHAPE.dtype)
   p.add_argument("--iters", type=int, default=30)
   p.add_argument("--out-dir", default=os.path.join(os.path.dirname(__file__), "results"))
   p.add_argument(

@@ -84,6 +84,19 @@ def require_gpu():
     )
 
 
+def block_config_params(block_configs: dict):
+  """``(case, blocks)`` params of a kernel's block configs over the shared cases: core case ``i``
+  runs config ``i mod n`` by default; every other pairing is marked slow."""
+  names = list(block_configs)
+  out = []
+  for case in CASES:
+    default = names[CORE_CASES.index(case) % len(names)] if case.core else None
+    for name, blocks in block_configs.items():
+      marks = [] if name == default else [pytest.mark.slow]
+      out.append(pytest.param(case, blocks, id=f"{name}-{case.id}", marks=marks))
+  return out
+
+
 def gpu_params(block_configs: dict):
   """``(case, block_sizes)`` params for GPU mode: every case with each named block config,
   marked ``gpu`` (deselected by default)."""

@@ -17,7 +17,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from attention_cases import CASES, CORE_CASES, TOLERANCES, Impl, check_case, run_op
+from attention_cases import (
+  TOLERANCES,
+  Impl,
+  block_config_params,
+  check_case,
+  run_op,
+)
 from jax.experimental.pallas import tpu as pltpu
 
 from pallas_kernels.tpu import IMPLEMENTATION
@@ -187,19 +193,7 @@ BLOCK_CONFIGS = {
 }
 
 
-def _block_params():
-  names = list(BLOCK_CONFIGS)
-  out = []
-  for case in CASES:
-    # Core case i runs config i mod n by default; every other pairing is slow.
-    default = names[CORE_CASES.index(case) % len(names)] if case.core else None
-    for name, blocks in BLOCK_CONFIGS.items():
-      marks = [] if name == default else [pytest.mark.slow]
-      out.append(pytest.param(case, blocks, id=f"{name}-{case.id}", marks=marks))
-  return out
-
-
-@pytest.mark.parametrize("case,blocks", _block_params())
+@pytest.mark.parametrize("case,blocks", block_config_params(BLOCK_CONFIGS))
 def test_block_configs_match_oracle(case, blocks):
   o, grads = run_op(Impl("pallas_tpu", interpret=True), case, block_sizes=blocks)
   check_case(o, grads, case)
