@@ -20,7 +20,10 @@ def _gpu_mode() -> bool:
   return any(re.search(r"(?<!not )\bgpu\b", e) for e in exprs)
 
 
-if not _gpu_mode():
+# The controller decides once and hands the decision to its pytest-xdist workers through the
+# environment they inherit (a worker's own command line does not carry ``-m``).
+_MODE = os.environ.setdefault("PARALLAX_TESTS_PLATFORM", "gpu" if _gpu_mode() else "cpu")
+if _MODE == "cpu":
   # The default suite runs on CPU even on an accelerator host (kernels in interpret mode).
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
