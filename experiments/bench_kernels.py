@@ -5,7 +5,7 @@ For each (B, L) at H=16, D=128, bf16, causal: times the forward and forward+back
   * ``parallax_attention(..., implementation="pallas_gpu")``,
   * ``parallax_attention(..., implementation="xla")`` (optional above ``--skip-xla-above``),
   * ``jax.nn.dot_product_attention(..., implementation="cudnn", is_causal=True)``,
-reports kernel TFLOP/s of the executed matmuls (``benchmarking.flops.kernel_executed_flops``:
+reports kernel TFLOP/s of the executed matmuls (``parallax_jax.flops.kernel_executed_flops``:
 Parallax fwd 4 matmuls per visible pair, bwd 11; softmax fwd 2, bwd 5; not model FLOPs) and
 checks the kernel's accuracy against the float32 ``parallax_reference`` at the smaller shapes.
 Every cell is isolated: an error is recorded and the run goes on.
@@ -32,11 +32,11 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from parallax_jax import MaskSpec, parallax_attention, parallax_reference  # noqa: E402
-from parallax_jax.benchmarking.flops import (  # noqa: E402
+from parallax_jax.benchmarking.timing import time_call  # noqa: E402
+from parallax_jax.flops import (  # noqa: E402
   KERNEL_TFLOPS_HEADER,
   kernel_executed_flops,
 )
-from parallax_jax.benchmarking.timing import time_call  # noqa: E402
 from parallax_jax.testing.attention_cases import BENCHMARK_SHAPES  # noqa: E402
 
 # The shared benchmark problems (their heads, head dim, dtype and causality are the defaults of

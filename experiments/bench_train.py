@@ -2,7 +2,7 @@
 
 Times the jitted train step (forward, backward, optimizer) on random tokens (no data
 pipeline), for each attention kind, and reports tokens/s, model TFLOP/s and MFU (model FLOPs,
-attention included: ``ModelConfig.flops_per_token``, defined in ``benchmarking.flops``); the
+attention included: ``ModelConfig.flops_per_token``, defined in ``parallax_jax.flops``); the
 step time is the median of ``--steps`` timed steps. Per kind it tries the ``--remat`` policies
 in order, each at the ``--batches`` largest first, and times the first (policy, batch) whose
 compiled memory fits the device: the least recomputation, then the largest batch.
@@ -26,9 +26,9 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
-from parallax_jax.benchmarking.flops import MFU_HEADER, MODEL_TFLOPS_HEADER
 from parallax_jax.benchmarking.synthetic_batch import synthetic_batch
 from parallax_jax.benchmarking.timing import time_call
+from parallax_jax.flops import MFU_HEADER, MODEL_TFLOPS_HEADER
 from parallax_jax.model import ModelConfig
 from parallax_jax.train.config import load_config
 from parallax_jax.train.metrics import compiled_memory_bytes, mfu

@@ -11,13 +11,13 @@ import pytest
 from flax import nnx
 
 from parallax_jax.attention.masking import MaskSpec
-from parallax_jax.benchmarking.flops import (
+from parallax_jax.benchmarking.synthetic_batch import synthetic_batch
+from parallax_jax.benchmarking.timing import time_call
+from parallax_jax.flops import (
   attention_model_flops,
   kernel_executed_flops,
   visible_pairs,
 )
-from parallax_jax.benchmarking.synthetic_batch import synthetic_batch
-from parallax_jax.benchmarking.timing import time_call
 from parallax_jax.model import ModelConfig, Transformer
 from parallax_jax.train.step import check_batch
 

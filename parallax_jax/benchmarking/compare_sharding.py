@@ -19,8 +19,8 @@ from pathlib import Path
 
 import jax
 
-from parallax_jax.benchmarking.flops import MFU_HEADER
 from parallax_jax.benchmarking.synthetic_batch import synthetic_batch
+from parallax_jax.flops import MFU_HEADER
 from parallax_jax.sharding import STRATEGIES
 from parallax_jax.train.config import apply_overrides, resolve
 from parallax_jax.train.metrics import compiled_memory_bytes, mfu

@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 
-from parallax_jax.benchmarking.flops import model_flops_per_token
 from parallax_jax.config_utils import from_section
+from parallax_jax.flops import model_flops_per_token
 
 ATTENTION_KINDS = ("parallax", "softmax", "lla")
 R_INITS = ("like_q", "zeros")
@@ -169,5 +169,5 @@ class ModelConfig:
     return total
 
   def flops_per_token(self, seq_len: int) -> float:
-    """Training model FLOPs per token (the MFU convention): ``benchmarking.flops``."""
+    """Training model FLOPs per token (the MFU convention): ``parallax_jax.flops``."""
     return model_flops_per_token(self, seq_len)

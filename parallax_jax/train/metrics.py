@@ -35,7 +35,7 @@ def peak_flops_per_device(device=None) -> float | None:
 
 
 def mfu(model_flops: float, seconds: float, num_devices: int = 1, device=None) -> float | None:
-  """Model FLOPs utilisation: ``model_flops`` (``benchmarking.flops``'s model count, not the
+  """Model FLOPs utilisation: ``model_flops`` (``parallax_jax.flops``'s model count, not the
   executed one) done in ``seconds`` on ``num_devices``, over their bf16 peak; None where the
   device's peak is unknown (e.g. CPU)."""
   peak = peak_flops_per_device(device)
