@@ -23,10 +23,10 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 
 from parallax_jax.analysis import attention_stats
 from parallax_jax.train.loop import Trainer
+from parallax_jax.train.run_record import load_run_config
 
 ROWS = (
   ("negative", "negative weights", "{:.2%}"),
@@ -40,8 +40,7 @@ ROWS = (
 def analyse(workdir: Path, min_row: int, at_init: bool = False) -> dict:
   """Stats of the latest checkpoint in ``workdir``, or (``at_init``) of its config's fresh
   initialisation (same seed): what training changed."""
-  record = json.loads((workdir / "config.json").read_text())
-  trainer = Trainer(ml_collections.ConfigDict(record["config"]), workdir)
+  trainer = Trainer(load_run_config(workdir), workdir, read_only=True)
   if at_init:
     state = trainer.program.init(trainer.exp.train.seed)
   elif trainer.checkpointer.latest_step() is None:

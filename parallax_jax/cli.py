@@ -1,10 +1,26 @@
-"""``parallax-jax`` command line: train, eval, sweep, convert-softmax, demo."""
+"""``parallax-jax`` command line: train, eval, config, plot, sweep, convert-softmax, demo, ...
+
+Errors in what the user gave (``parallax_jax.errors.UserError``: config, data, paths, workdir)
+print one line ``parallax-jax: error: ...`` and exit 2; ``--debug`` (or PARALLAX_JAX_DEBUG=1)
+shows their traceback. Any other exception is a bug and keeps its traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+
+from parallax_jax.errors import UserError
+
+CONFIG_HELP = """\
+config keys: --config.SECTION.KEY=VALUE (or --config.SECTION.KEY VALUE) overrides a key of the
+config file, typed like its current value (None, true/false, numbers, Python literals).
+  parallax-jax config --config C [overrides]     every key: value, resume rule, meaning; validates
+  parallax-jax train --dry-run --config C ...    + parameters, FLOPs/token, mesh, memory/device
+The table of keys is parallax_jax/train/config_keys.py.
+"""
 
 
 def _demo(args) -> int:
@@ -44,9 +60,19 @@ def _demo(args) -> int:
 
 
 def _split_overrides(argv):
-  """``--config.a.b=value`` arguments (handled by the config loader) and the rest."""
-  overrides = [a for a in argv if a.startswith("--config.")]
-  return overrides, [a for a in argv if not a.startswith("--config.")]
+  """``--config.a.b=value`` / ``--config.a.b value`` arguments (for the config loader), and the
+  rest. A space-form value is the next argument unless that starts with ``--``."""
+  overrides, rest, i = [], [], 0
+  while i < len(argv):
+    arg = argv[i]
+    if arg.startswith("--config."):
+      if "=" not in arg and i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+        arg, i = f"{arg}={argv[i + 1]}", i + 1
+      overrides.append(arg)
+    else:
+      rest.append(arg)
+    i += 1
+  return overrides, rest
 
 
 def _load_and_initialize(path, overrides):
@@ -61,13 +87,27 @@ def _load_and_initialize(path, overrides):
 
 def _train(args) -> int:
   from parallax_jax.train.loop import NonFiniteLossError, train
+  from parallax_jax.train.preemption import EXIT_PREEMPTED, Preempted
 
+  if args.dry_run:
+    return _dry_run(args)
+  if args.workdir is None:
+    raise UserError("train: --workdir is required (only --dry-run runs without one)")
   cfg = _load_and_initialize(args.config, args.overrides)
   try:
     summary = train(cfg, args.workdir)
   except NonFiniteLossError as e:
     print(f"error: {e}", file=sys.stderr)
     return 3
+  except Preempted as e:
+    print(f"parallax-jax: {e}", file=sys.stderr)
+    return EXIT_PREEMPTED
+  if summary.get("already_finished"):
+    print(
+      f"parallax-jax: {args.workdir} is already finished at step {summary['final_step']} "
+      "(train.steps); nothing to do. Raise --config.train.steps to train further."
+    )
+    return 0
   keys = (
     "final_step",
     "loss",
@@ -91,14 +131,60 @@ def _train(args) -> int:
   return 0
 
 
+def _dry_run(args) -> int:
+  from parallax_jax.train import dry_run
+
+  cfg = _load_and_initialize(args.config, args.overrides)
+  print("\n".join(dry_run.config_lines(cfg)))
+  exp, data = dry_run.validate(cfg)
+  print(f"data: {data.describe()}")
+  if args.workdir is not None:
+    print(dry_run.workdir_line(args.workdir, cfg))
+  print("\n".join(dry_run.dry_run_lines(exp, data, compile=not args.no_compile)))
+  print("valid: nothing was trained or written")
+  return 0
+
+
+def _config(args) -> int:
+  import jax
+
+  from parallax_jax.train import dry_run
+
+  cfg = _load_and_initialize(args.config, args.overrides)
+  print("\n".join(dry_run.config_lines(cfg)))
+  exp, data = dry_run.validate(cfg)
+  print(f"data: {data.describe()}")
+  sizes = exp.mesh.shape(jax.device_count())
+  print(f"valid for {jax.device_count()} device(s): mesh {sizes} (nothing compiled or written)")
+  return 0
+
+
 def _eval(args) -> int:
   import json
 
-  from parallax_jax.train.config import load_config
+  from parallax_jax.train.config import apply_overrides, load_config
   from parallax_jax.train.loop import evaluate
+  from parallax_jax.train.run_record import load_run_config
 
-  cfg = load_config(args.config, args.overrides) if args.config else None
+  if args.config:
+    cfg = load_config(args.config, args.overrides)
+  else:  # the run's own config, with any overrides (e.g. --config.train.eval_batches=8)
+    cfg = apply_overrides(load_run_config(args.workdir), args.overrides)
   print(json.dumps(evaluate(args.workdir, cfg)))
+  return 0
+
+
+def _plot(args) -> int:
+  from pathlib import Path
+
+  from parallax_jax.errors import UserFileNotFoundError
+  from parallax_jax.plots import plot_runs, run_labels
+
+  workdirs = [Path(w) for w in args.workdir]
+  for w in workdirs:
+    if not (w / "metrics.jsonl").is_file():
+      raise UserFileNotFoundError(f"--workdir {w} has no metrics.jsonl: not a training run")
+  print(f"wrote {plot_runs(run_labels(workdirs), args.out)}")
   return 0
 
 
@@ -118,8 +204,11 @@ def _sweep(args) -> int:
 
 
 def _convert(args) -> int:
+  from parallax_jax.train import run_record
   from parallax_jax.train.convert import convert_softmax_to_parallax
 
+  run_record.load_run_config(args.workdir)  # one-line errors for a workdir that holds no run
+  run_record.require_checkpoints(args.workdir)
   out = convert_softmax_to_parallax(args.workdir, args.out, step=args.step)
   print(
     f"wrote {out}; train from it with --config.model.attention=parallax "
@@ -138,25 +227,72 @@ def _compare(args) -> int:
   return 1 if any(r.get("error") for r in rows) else 0
 
 
-def main(argv=None) -> int:
-  argv = sys.argv[1:] if argv is None else list(argv)
-  overrides, argv = _split_overrides(argv)
-  parser = argparse.ArgumentParser(prog="parallax-jax", description=__doc__)
-  sub = parser.add_subparsers(dest="command", required=True)
+def _add_train(sub, common):
   tr = sub.add_parser(
     "train",
+    parents=[common],
     help="train from a config file (resumes from --workdir)",
-    description="Extra --config.section.key=value arguments override the config file.",
+    description="Trains in --workdir, resuming the run there. A config change the run cannot\n"
+    "take (its checkpoint or data stream) is refused before anything is written; safe ones\n"
+    "are recorded in W/config_history.jsonl (W/config.json keeps the first start's).",
+    epilog=CONFIG_HELP,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
   )
   tr.add_argument("--config", required=True, help="config file with get_config()")
-  tr.add_argument("--workdir", required=True)
-  tr.set_defaults(fn=_train)
-  ev = sub.add_parser("eval", help="held-out loss/perplexity of a workdir's latest checkpoint")
+  tr.add_argument("--workdir", help="run directory: checkpoints, metrics, config record")
+  tr.add_argument(
+    "--dry-run",
+    action="store_true",
+    help="print the resolved config, parameters, FLOPs per token, mesh and memory per device "
+    "(compiles the train step once), check --workdir if given; train nothing, write nothing",
+  )
+  tr.add_argument(
+    "--no-compile", action="store_true", help="with --dry-run: skip the compiled memory analysis"
+  )
+  tr.set_defaults(fn=_train, takes_overrides=True)
+
+
+def _add_config(sub, common):
+  cf = sub.add_parser(
+    "config",
+    parents=[common],
+    help="print every config key (value, resume rule, meaning) and validate; compiles nothing",
+    description="Resolves --config with the overrides for this host's devices and opens the "
+    "data, as a training start does; prints every key's value, resume rule and meaning.",
+    epilog=CONFIG_HELP,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
+  cf.add_argument("--config", required=True, help="config file with get_config()")
+  cf.set_defaults(fn=_config, takes_overrides=True)
+
+
+def _add_eval(sub, common):
+  ev = sub.add_parser(
+    "eval",
+    parents=[common],
+    help="held-out loss/perplexity of a workdir's latest checkpoint (writes nothing there)",
+  )
   ev.add_argument("--workdir", required=True)
-  ev.add_argument("--config", default=None, help="default: the workdir's config.json")
-  ev.set_defaults(fn=_eval)
+  ev.add_argument("--config", default=None, help="default: the run's own config")
+  ev.set_defaults(fn=_eval, takes_overrides=True)
+
+
+def _add_plot(sub, common):
+  pl = sub.add_parser(
+    "plot",
+    parents=[common],
+    help="loss / eval curves of one or more runs, overlaid, as a PNG",
+    description="Reads each workdir's metrics.jsonl and writes nothing into the runs.",
+  )
+  pl.add_argument("--workdir", required=True, nargs="+", help="one or more run workdirs")
+  pl.add_argument("--out", default="plot.png", help="PNG to write (default: ./plot.png)")
+  pl.set_defaults(fn=_plot)
+
+
+def _add_sweep(sub, common):
   sw = sub.add_parser(
     "sweep",
+    parents=[common],
     help="train every point of a sweep config (resumable); results table and plots",
     description="Each point trains in W/points/<name>/ via `parallax-jax train` in a "
     "subprocess; a rerun skips finished points and retries failed ones. Writes "
@@ -169,23 +305,38 @@ def main(argv=None) -> int:
   )
   sw.add_argument("--dry-run", action="store_true", help="list the points and exit")
   sw.set_defaults(fn=_sweep)
+
+
+def _add_convert(sub, common):
   cv = sub.add_parser(
-    "convert-softmax", help="softmax checkpoint -> Parallax params (r_proj zero-initialised)"
+    "convert-softmax",
+    parents=[common],
+    help="softmax checkpoint -> Parallax params (r_proj zero-initialised)",
   )
   cv.add_argument("--workdir", required=True, help="workdir of a softmax run")
   cv.add_argument("--out", required=True, help="where to write the params checkpoint")
   cv.add_argument("--step", type=int, default=None, help="default: latest")
   cv.set_defaults(fn=_convert)
+
+
+def _add_compare(sub, common):
   cs = sub.add_parser(
-    "compare-sharding", help="run the same steps under each sharding strategy; CSV + chart"
+    "compare-sharding",
+    parents=[common],
+    help="run the same steps under each sharding strategy; CSV + chart",
   )
   cs.add_argument("--config", required=True)
   cs.add_argument("--workdir", required=True)
   cs.add_argument("--strategies", default="dp,fsdp,tp,fsdp_tp,cp")
   cs.add_argument("--steps", type=int, default=3, help="timed steps after the first")
   cs.add_argument("--synthetic", action="store_true", help="random tokens instead of data")
-  cs.set_defaults(fn=_compare)
-  demo = sub.add_parser("demo", help="run the op; check r = 0 against softmax attention")
+  cs.set_defaults(fn=_compare, takes_overrides=True)
+
+
+def _add_demo(sub, common):
+  demo = sub.add_parser(
+    "demo", parents=[common], help="run the op; check r = 0 against softmax attention"
+  )
   demo.add_argument("--batch", type=int, default=2)
   demo.add_argument("--length", type=int, default=256)
   demo.add_argument("--heads", type=int, default=8)
@@ -194,14 +345,58 @@ def main(argv=None) -> int:
   demo.add_argument("--seed", type=int, default=0)
   demo.add_argument("--implementation", default=None)
   demo.set_defaults(fn=_demo)
+
+
+# The subcommands, in --help order: each adds its parser to ``sub`` (with ``parents=[common]``
+# for --debug) and sets ``fn`` (and ``takes_overrides=True`` if it reads --config.* overrides).
+COMMANDS = [
+  _add_train,
+  _add_eval,
+  _add_config,
+  _add_plot,
+  _add_sweep,
+  _add_convert,
+  _add_compare,
+  _add_demo,
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(
+    prog="parallax-jax",
+    description=__doc__,
+    epilog=CONFIG_HELP,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
+  debug_help = "show the traceback of user errors too (also: PARALLAX_JAX_DEBUG=1)"
+  parser.add_argument("--debug", action="store_true", help=debug_help)
+  common = argparse.ArgumentParser(add_help=False)  # --debug after the subcommand too
+  common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help)
+  sub = parser.add_subparsers(dest="command", required=True)
+  for add in COMMANDS:
+    add(sub, common)
+  return parser
+
+
+def main(argv=None) -> int:
+  argv = sys.argv[1:] if argv is None else list(argv)
+  overrides, argv = _split_overrides(argv)
+  parser = build_parser()
   args = parser.parse_args(argv)
   args.overrides = overrides
-  if overrides and args.command not in ("train", "eval", "compare-sharding"):
-    parser.error(f"--config.* overrides only apply to train and eval, got {overrides}")
+  if overrides and not getattr(args, "takes_overrides", False):
+    parser.error(f"--config.* overrides do not apply to {args.command}, got {overrides}")
   logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
   for noisy in ("jax", "absl"):  # backend probing and Orbax's per-save chatter
     logging.getLogger(noisy).setLevel(logging.WARNING)
-  return args.fn(args)
+  debug = args.debug or os.environ.get("PARALLAX_JAX_DEBUG", "") not in ("", "0")
+  try:
+    return args.fn(args)
+  except UserError as e:
+    if debug:
+      raise
+    print(f"parallax-jax: error: {' '.join(str(e).splitlines())}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

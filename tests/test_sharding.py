@@ -158,10 +158,12 @@ def test_restore_onto_a_different_mesh(tmp_path):
   assert len(q.sharding.device_set) == 4 and q.sharding.is_fully_replicated
 
 
-def test_compare_sharding_writes_csv_and_chart(tmp_path):
+def test_compare_sharding_writes_csv_and_chart(tmp_path, capsys):
   cfg = _cfg("train.steps=2")
   rows = compare_sharding(copy.deepcopy(cfg), sharding.STRATEGIES, tmp_path, steps=1)
   assert [r["strategy"] for r in rows] == list(sharding.STRATEGIES)
+  printed = [line.split(" | ")[0] for line in capsys.readouterr().out.splitlines()]
+  assert [p for p in printed if p in sharding.STRATEGIES] == list(sharding.STRATEGIES)  # once each
   assert not any(r.get("error") for r in rows), rows
   losses = [r["first_step_loss"] for r in rows]
   assert max(losses) - min(losses) < 1e-5 * abs(losses[0])

@@ -14,7 +14,7 @@ import pytest
 
 from parallax_jax.train.config import load_config
 from parallax_jax.train.loop import NonFiniteLossError, Trainer, evaluate, train
-from parallax_jax.train.metrics import MetricsWriter, read_metrics
+from parallax_jax.train.metrics import MetricsWriter, mfu_fields, read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = [
@@ -68,6 +68,36 @@ def test_loss_falls_and_outputs_are_written(tmp_path):
   assert any((tmp_path / "tensorboard").iterdir())
   assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["20", "40"]
   assert evaluate(tmp_path)["step"] == 40
+  # MFU is logged with the peak it used; CPU has no known peak, and the record says so.
+  assert record["mfu"] is None and record["peak_flops_per_device"] is None
+  assert record["mfu_note"] == f"no peak known for {jax.devices()[0].device_kind!r}"
+  assert (tmp_path / "plots" / "curves.png").read_bytes().startswith(b"\x89PNG")  # end of run
+
+
+def test_mfu_divides_by_the_peak_it_reports():
+  class H200:
+    device_kind = "NVIDIA H200"
+
+  fields = mfu_fields(4 * 989e12, 2.0, num_devices=2, device=H200())
+  assert fields == {"mfu": 1.0, "peak_flops_per_device": 989e12}
+
+
+def test_log_file_gets_plain_lines_and_a_finished_run_is_left_alone(tmp_path):
+  steps = ["--config.train.steps=4", "--config.train.progress_bar=true"]
+  proc = _run_cli(tmp_path, "--config.train.log_every=2", *steps)
+  out = proc.communicate(timeout=600)[0].decode()
+  assert proc.returncode == 0, out[-2000:]
+  assert "\r" not in out and "step 4/4: loss=" in out  # stdout/stderr are a pipe, not a TTY
+  before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+
+  again = _run_cli(tmp_path, "--config.train.log_every=2", *steps)
+  out = again.communicate(timeout=600)[0].decode()
+  assert again.returncode == 0, out
+  assert out.splitlines()[-1] == (
+    f"parallax-jax: {tmp_path} is already finished at step 4 (train.steps); nothing to do. "
+    "Raise --config.train.steps to train further."
+  )
+  assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
 
 
 def _run_cli(workdir, *extra):

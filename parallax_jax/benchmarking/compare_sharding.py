@@ -2,8 +2,9 @@
 
 For every strategy it builds the mesh preset (``mesh_preset``), compiles the train step and
 reads per-device memory from XLA's compiled memory analysis and collective traffic from the
-compiled HLO, runs a few steps, and writes ``<workdir>/sharding.csv``, ``sharding.png`` (bar
-charts) and prints the table. A strategy that fails is recorded with its error.
+compiled HLO, runs a few steps, prints the table one row per strategy as it finishes, and writes
+``<workdir>/sharding.csv`` and ``sharding.png`` (bar charts). A strategy that fails is
+recorded with its error.
 """
 
 from __future__ import annotations
@@ -184,6 +185,7 @@ def compare_sharding(cfg, strategies, workdir, *, steps: int = 3, synthetic: boo
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   rows = []
+  print(format_table([]), flush=True)  # the header; each row follows as its strategy ends
   for strategy in strategies:
     try:
       row = run_strategy(cfg, strategy, steps, synthetic)
@@ -198,5 +200,5 @@ def compare_sharding(cfg, strategies, workdir, *, steps: int = 3, synthetic: boo
     for r in rows:
       writer.writerow({k: r.get(k) for k in COLUMNS})
   plot(rows, workdir / "sharding.png")
-  print(format_table(rows))
+  print(f"wrote {workdir / 'sharding.csv'} and {workdir / 'sharding.png'}")
   return rows

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from parallax_jax.config_utils import from_section
+from parallax_jax.errors import UserError
 
 FORMATS = ("auto", "text", "jsonl", "arrayrecord", "npy")
 TEXT_SPLITS = ("file", "paragraph", "line")
@@ -67,7 +68,7 @@ class DataConfig:
     """Raises `ValueError` naming the first bad field and its allowed values."""
 
     def bad(field: str, why: str):
-      raise ValueError(f"DataConfig.{field}={getattr(self, field)!r}: {why}")
+      raise UserError(f"DataConfig.{field}={getattr(self, field)!r}: {why}")
 
     for field in ("source", "jsonl_field", "tokenizer"):
       value = getattr(self, field)

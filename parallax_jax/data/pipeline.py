@@ -21,6 +21,7 @@ import numpy as np
 
 from parallax_jax.data.config import DataConfig
 from parallax_jax.data.sources import DocumentSource, make_source
+from parallax_jax.errors import UserError
 
 _SPLIT_SALT = 0x5DEECE66D  # fixed: the eval split must not change with seeds
 
@@ -30,7 +31,8 @@ def split_documents(num_documents: int, eval_fraction: float) -> tuple[np.ndarra
 
   Returns (train, eval) sorted int64 arrays. Document i is eval iff u(i) < eval_fraction with
   u a splitmix64 hash mapped to [0, 1): independent of any seed and of the number of
-  processes. With eval_fraction > 0 and >= 2 documents both splits are non-empty.
+  processes. With eval_fraction > 0 and >= 2 documents both splits are non-empty; a single
+  document is always train's (eval_fraction = 0: every document is).
   """
   with np.errstate(over="ignore"):  # uint64 arithmetic wraps by design
     z = np.arange(num_documents, dtype=np.uint64) + np.uint64(_SPLIT_SALT)
@@ -42,6 +44,7 @@ def split_documents(num_documents: int, eval_fraction: float) -> tuple[np.ndarra
   is_eval = u < eval_fraction
   if eval_fraction > 0 and num_documents >= 2:
     is_eval[np.argmin(u)] = True  # never an empty eval split ...
+  if num_documents:
     is_eval[np.argmax(u)] = False  # ... nor an empty train split
   return np.flatnonzero(~is_eval), np.flatnonzero(is_eval)
 
@@ -76,6 +79,36 @@ def _lm_features(packed) -> dict[str, np.ndarray]:
     "positions": packed["inputs_positions"].astype(np.int32),
     "loss_mask": ((segment_ids > 0) & same_doc).astype(np.float32),
   }
+
+
+def _empty_split_advice(cfg, source, split, num_eval, process_count) -> str:
+  """What is wrong and what works, for a split that leaves a process no document."""
+  n = len(source)
+  docs = f"the source has {n} document{'s' * (n != 1)}"
+  procs = f" (one per process: {process_count} processes)" if process_count > 1 else ""
+  more = "add documents"
+  if getattr(source, "text_split", "line") != "line":  # a TextSource cutting coarser than lines
+    more += f" (or cut files finer: data.text_split='paragraph' or 'line', now {cfg.text_split!r})"
+  if split == "train":
+    return (
+      f"split='train' has no documents for every process: {docs}, {num_eval} held out for "
+      f"eval (data.eval_fraction={cfg.eval_fraction}), and each process needs one{procs}; "
+      f"{more} or lower data.eval_fraction"
+    )
+  off = "or turn eval off with train.eval_every=0"
+  if cfg.eval_fraction == 0:
+    why = "data.eval_fraction=0 holds out no document"
+    fix = f"set data.eval_fraction > 0 (needs >= {process_count + 1} documents; {docs})"
+  elif n < process_count + 1:
+    why = (
+      f"{docs}: eval holds out whole documents and training keeps at least one, so eval "
+      f"needs >= {process_count + 1} documents{procs}"
+    )
+    fix = more
+  else:
+    why = f"data.eval_fraction={cfg.eval_fraction} holds out {num_eval} of {n} documents{procs}"
+    fix = "raise data.eval_fraction"
+  return f"split='eval' has no documents: {why}; {fix}, {off}"
 
 
 def make_dataset(
@@ -132,12 +165,7 @@ def make_dataset(
   train_docs, eval_docs = split_documents(len(source), cfg.eval_fraction)
   docs = (train_docs if split == "train" else eval_docs)[process_index::process_count]
   if len(docs) == 0:
-    raise ValueError(
-      f"split={split!r} has no documents for process {process_index}/{process_count}: the "
-      f"source has {len(source)} documents and DataConfig.eval_fraction="
-      f"{cfg.eval_fraction}; use more documents (e.g. DataConfig.text_split='paragraph') "
-      "or a positive eval_fraction"
-    )
+    raise UserError(_empty_split_advice(cfg, source, split, len(eval_docs), process_count))
 
   ds = grain.MapDataset.source(docs)
   if split == "train":

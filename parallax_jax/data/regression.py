@@ -33,6 +33,7 @@ from __future__ import annotations
 import numpy as np
 
 from parallax_jax.data.config import DataConfig
+from parallax_jax.errors import UserError
 
 REGRESSION_TASKS = ("linreg", "drift_linreg")
 # Added to K's diagonal: keeps the noise-free (rank <= d) covariance positive definite. Acts as
@@ -112,19 +113,19 @@ class RegressionRow:
 def check_regression(cfg: DataConfig, seq_len: int, model=None) -> None:
   """Raises ``ValueError`` naming the field when the task does not fit the run."""
   if seq_len < 2 or seq_len % 2:
-    raise ValueError(
+    raise UserError(
       f"data.source={cfg.source!r} needs an even train.seq_len >= 2 (an x-token and a y-token "
       f"per point), got {seq_len}"
     )
   if model is not None:
     if model.input_dim != cfg.regression_dim + 1:
-      raise ValueError(
+      raise UserError(
         f"data.source={cfg.source!r} feeds vectors of data.regression_dim + 1 = "
         f"{cfg.regression_dim + 1} features: set model.input_dim={cfg.regression_dim + 1} "
         f"(got {model.input_dim})"
       )
     if model.output_dim != 1:
-      raise ValueError(
+      raise UserError(
         f"data.source={cfg.source!r} predicts one number per point: set model.output_dim=1 "
         f"(got {model.output_dim})"
       )

@@ -22,6 +22,7 @@ from typing import Protocol
 import numpy as np
 
 from parallax_jax.data.config import DataConfig
+from parallax_jax.errors import UserError, UserFileNotFoundError, UserPermissionError
 
 Document = str | np.ndarray
 
@@ -63,7 +64,7 @@ class BuiltinCorpus:
       ]
     self.rel_paths = sorted(rel_paths)
     if not self.rel_paths:
-      raise ValueError(f"builtin corpus: no .py files under the stdlib root {self.root!r}")
+      raise UserError(f"builtin corpus: no .py files under the stdlib root {self.root!r}")
     self._fingerprint = None
 
   def __len__(self) -> int:
@@ -130,7 +131,7 @@ def _decode(data: bytes, where: str) -> str:
   try:
     return data.decode("utf-8")
   except UnicodeDecodeError as e:
-    raise ValueError(
+    raise UserError(
       f"data: {where} is not valid UTF-8 ({e.reason} at byte {e.start}); "
       "re-encode the file as UTF-8"
     ) from e
@@ -195,7 +196,7 @@ class JsonlSource(_Spans):
     try:
       record = json.loads(line)
     except json.JSONDecodeError as e:
-      raise ValueError(f"data: {where} is not a JSON line: {e}") from e
+      raise UserError(f"data: {where} is not a JSON line: {e}") from e
     return _field(record, self.field, where)
 
   def describe(self) -> dict:
@@ -205,7 +206,7 @@ class JsonlSource(_Spans):
 def _field(record, field: str, where: str) -> str:
   if not isinstance(record, dict) or not isinstance(record.get(field), str):
     keys = sorted(record) if isinstance(record, dict) else type(record).__name__
-    raise ValueError(
+    raise UserError(
       f"data: {where} has no string field {field!r} (found {keys}); set DataConfig.jsonl_field"
     )
   return record[field]
@@ -223,7 +224,7 @@ class ArrayRecordSource:
       try:
         grain.sources.ArrayRecordDataSource([path])
       except Exception as e:
-        raise ValueError(f"data: cannot open {path!r} as ArrayRecord: {e}") from e
+        raise UserError(f"data: cannot open {path!r} as ArrayRecord: {e}") from e
     self._source = grain.sources.ArrayRecordDataSource(self.paths)
 
   def __len__(self) -> int:
@@ -264,13 +265,13 @@ class NpyTokenSource(_Spans):
     for fid, path in enumerate(self.paths):
       arr = self._load(path)
       if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer) or arr.size == 0:
-        raise ValueError(
+        raise UserError(
           f"data: {path!r} must hold a non-empty 1-D integer array of "
           f"token ids, got shape {arr.shape} dtype {arr.dtype}"
         )
       lo, hi = int(arr.min()), int(arr.max())
       if lo < 0 or hi >= vocab_size:
-        raise ValueError(
+        raise UserError(
           f"data: {path!r} has token ids in [{lo}, {hi}], outside the "
           f"tokenizer's [0, {vocab_size}); check DataConfig.tokenizer"
         )
@@ -289,7 +290,7 @@ class NpyTokenSource(_Spans):
     try:
       return np.load(path, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError) as e:
-      raise ValueError(f"data: cannot load {path!r} as a .npy token array: {e}") from e
+      raise UserError(f"data: cannot load {path!r} as a .npy token array: {e}") from e
 
   def __getitem__(self, index: int) -> np.ndarray:
     fid = int(self._file[index])
@@ -337,10 +338,10 @@ def resolve_paths(source: str, fmt: str = "auto") -> tuple[list[str], str]:
   elif os.path.isfile(source):
     paths = [source]
   else:
-    raise FileNotFoundError(f"DataConfig.source={source!r}: no such file or directory")
+    raise UserFileNotFoundError(f"DataConfig.source={source!r}: no such file or directory")
   paths = sorted(paths)
   if not paths:
-    raise FileNotFoundError(
+    raise UserFileNotFoundError(
       f"DataConfig.source={source!r}: matched no data files"
       + (f" with format {fmt!r}" if fmt != "auto" else "")
     )
@@ -348,19 +349,19 @@ def resolve_paths(source: str, fmt: str = "auto") -> tuple[list[str], str]:
     formats = {p: _format_of(p) for p in paths}
     unknown = [p for p, f in formats.items() if f is None]
     if unknown:
-      raise ValueError(
+      raise UserError(
         f"DataConfig.source={source!r}: cannot infer the format of "
         f"{unknown[:3]} from the extension; set DataConfig.format"
       )
     if len(set(formats.values())) > 1:
-      raise ValueError(
+      raise UserError(
         f"DataConfig.source={source!r}: mixed formats "
         f"{sorted(set(formats.values()))}; point it at one format"
       )
     fmt = next(iter(formats.values()))
   for p in paths:
     if not os.access(p, os.R_OK):
-      raise PermissionError(f"data: cannot read {p!r} (permission denied)")
+      raise UserPermissionError(f"data: cannot read {p!r} (permission denied)")
   return paths, fmt
 
 
@@ -371,7 +372,7 @@ def make_source(cfg: DataConfig, tokenizer) -> DocumentSource:
   """
   if cfg.source == "builtin":
     if cfg.format not in ("auto", "text"):
-      raise ValueError(
+      raise UserError(
         f"DataConfig.format={cfg.format!r}: the builtin corpus is text; use format='auto'"
       )
     return BuiltinCorpus()
@@ -386,7 +387,7 @@ def make_source(cfg: DataConfig, tokenizer) -> DocumentSource:
     src = NpyTokenSource(paths, tokenizer.eos_id, tokenizer.vocab_size)
   if len(src) == 0:
     shown = paths if len(paths) <= 3 else paths[:3] + ["..."]
-    raise ValueError(
+    raise UserError(
       f"DataConfig.source={cfg.source!r}: no documents in {shown} "
       f"(format {fmt!r}: files are empty or whitespace-only)"
     )

@@ -26,6 +26,7 @@ from parallax_jax.data.regression import (
   check_regression,
   describe_regression,
 )
+from parallax_jax.errors import UserError
 
 TASKS = ("mqar", *REGRESSION_TASKS)
 _SPLIT_SALT = {"train": 0x7A11, "eval": 0xE7A1}
@@ -79,24 +80,24 @@ def check_task(cfg: DataConfig, seq_len: int, model=None) -> None:
   """Raises ``ValueError`` naming the field when the task does not fit the run (and ``model``,
   a ``ModelConfig``, when given)."""
   if cfg.source not in TASKS:
-    raise ValueError(f"data.source={cfg.source!r} is not a synthetic task {TASKS}")
+    raise UserError(f"data.source={cfg.source!r} is not a synthetic task {TASKS}")
   if cfg.source in REGRESSION_TASKS:
     check_regression(cfg, seq_len, model)
     return
   need = 2 * (cfg.mqar_num_pairs + cfg.mqar_num_queries)
   if need > seq_len:
-    raise ValueError(
+    raise UserError(
       f"MQAR needs train.seq_len >= 2 * (data.mqar_num_pairs + data.mqar_num_queries) = "
       f"{need}, got {seq_len}"
     )
   if model is None:
     return
   if cfg.mqar_vocab_size > model.vocab_size:
-    raise ValueError(
+    raise UserError(
       f"data.mqar_vocab_size={cfg.mqar_vocab_size} exceeds model.vocab_size={model.vocab_size}"
     )
   if model.input_dim or model.output_dim:
-    raise ValueError(
+    raise UserError(
       f"data.source='mqar' is token ids in, logits out: set model.input_dim=0 and "
       f"model.output_dim=0 (got {model.input_dim} and {model.output_dim})"
     )

@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 from typing import Protocol, runtime_checkable
 
+from parallax_jax.errors import UserError, UserFileNotFoundError, UserPermissionError
+
 VOCAB_MULTIPLE = 128  # embedding/logit tables are padded to this for efficient matmuls
 
 # EOS spellings searched in HF tokenizer files, most common first.
@@ -66,9 +68,9 @@ class ByteTokenizer(_Base):
 
 def _check_file(path: str, kind: str) -> None:
   if not os.path.isfile(path):
-    raise FileNotFoundError(f"tokenizer: {kind} file not found: {path!r}")
+    raise UserFileNotFoundError(f"tokenizer: {kind} file not found: {path!r}")
   if not os.access(path, os.R_OK):
-    raise PermissionError(f"tokenizer: {kind} file is not readable: {path!r}")
+    raise UserPermissionError(f"tokenizer: {kind} file is not readable: {path!r}")
 
 
 class HFTokenizer(_Base):
@@ -88,7 +90,7 @@ class HFTokenizer(_Base):
     try:
       self._tok = tokenizers.Tokenizer.from_file(path)
     except Exception as e:  # the Rust side raises plain Exception
-      raise ValueError(f"tokenizer: cannot load {path!r} as a tokenizers JSON: {e}") from e
+      raise UserError(f"tokenizer: cannot load {path!r} as a tokenizers JSON: {e}") from e
     self.path = path
     self.base_vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
     eos = [self._tok.token_to_id(t) for t in _HF_EOS_CANDIDATES]
@@ -128,7 +130,7 @@ class SentencePieceTokenizer(_Base):
     try:
       self._sp = spm.SentencePieceProcessor(model_file=path)
     except Exception as e:
-      raise ValueError(f"tokenizer: cannot load {path!r} as a SentencePiece model: {e}") from e
+      raise UserError(f"tokenizer: cannot load {path!r} as a SentencePiece model: {e}") from e
     self.path = path
     self.base_vocab_size = self._sp.get_piece_size()
     has_eos = self._sp.eos_id() >= 0
@@ -161,7 +163,7 @@ def make_tokenizer(spec: str) -> Tokenizer:
     return HFTokenizer(spec)
   if spec.endswith(".model"):
     return SentencePieceTokenizer(spec)
-  raise ValueError(
+  raise UserError(
     f"tokenizer={spec!r}: expected 'byte', a Hugging Face tokenizers '.json' file or a "
     "SentencePiece '.model' file"
   )

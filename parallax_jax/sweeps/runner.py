@@ -33,7 +33,9 @@ from parallax_jax.sweeps.config import Point, Sweep, describe, write_inline_base
 from parallax_jax.train.metrics import read_metrics
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
-_ERROR_LINE = re.compile(r"^(error: |[A-Za-z_][\w.]*(Error|Exception|Interrupt)\b)")
+_ERROR_LINE = re.compile(
+  r"^(parallax-jax: error: |error: |[A-Za-z_][\w.]*(Error|Exception|Interrupt)\b)"
+)
 
 
 def point_dir(workdir: Path, point: Point) -> Path:

@@ -4,29 +4,55 @@ Saves are atomic (Orbax writes to a temporary directory and renames it when comp
 run killed mid-save leaves the previous checkpoint as the latest) and optionally async.
 Each checkpoint holds ``state`` (step, params, optimizer state, rng) and ``data`` (the Grain
 iterator state as JSON, taken after exactly ``step`` batches were drawn).
+
+``restore_latest`` tries the newest step first; an unreadable one (truncated files, missing
+metadata) is logged with the reason and, once an older step has restored, moved aside to
+``<workdir>/checkpoints_corrupt/`` (never deleted) so that new saves and keep-last-K do not
+meet it again.
 """
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
+import sys
+import time
+import warnings
 from pathlib import Path
 
 import jax
 import orbax.checkpoint as ocp
 
+from parallax_jax.errors import UserError
 from parallax_jax.train.config import CheckpointConfig
 from parallax_jax.train.step import TrainState
 
 log = logging.getLogger("parallax_jax")
 
 
+class _ReadOnlyNotice(logging.Filter):
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("Given directory is read only")
+
+
+_READ_ONLY_NOTICE = _ReadOnlyNotice()
+
+
 class Checkpointer:
   """Keep-last-K checkpoints under ``<workdir>/checkpoints``."""
 
-  def __init__(self, directory: str | Path, cfg: CheckpointConfig):
+  def __init__(self, directory: str | Path, cfg: CheckpointConfig, *, read_only: bool = False):
     self.directory = Path(directory).absolute()
+    self.read_only = read_only
+    if read_only:  # reading a run is what we mean: Orbax's warning about it is noise
+      logging.getLogger("absl").addFilter(_READ_ONLY_NOTICE)
     options = ocp.CheckpointManagerOptions(
-      max_to_keep=cfg.keep, enable_async_checkpointing=cfg.async_save, create=True
+      max_to_keep=None if read_only else cfg.keep,
+      save_interval_steps=0 if read_only else 1,
+      enable_async_checkpointing=cfg.async_save,
+      create=not read_only,
+      read_only=read_only,
     )
     self.manager = ocp.CheckpointManager(
       self.directory, options=options, item_names=("state", "data")
@@ -51,6 +77,54 @@ class Checkpointer:
     restored = self.manager.restore(step, args=ocp.args.Composite(**args))
     return TrainState(**restored["state"]), restored.get("data") if "data" in args else None
 
+  def restore_latest(self, abstract_state: TrainState):
+    """``(step, state, data_state)`` of the newest readable step, or None with no steps.
+
+    Unreadable steps newer than it are moved aside (not in read-only mode); if no step is
+    readable, nothing is moved and ``CheckpointError`` names the directory and each reason."""
+    failures: list[tuple[int, str]] = []
+    for step in sorted(self.manager.all_steps(), reverse=True):
+      try:
+        with _abandoned_reads_quiet():
+          state, data_state = self.restore(abstract_state, step)
+      except Exception as e:  # Orbax/TensorStore raise many kinds for damaged files
+        reason = _one_line(e)
+        log.error("checkpoint step %d in %s is unreadable: %s", step, self.directory, reason)
+        failures.append((step, reason))
+        continue
+      for bad, _ in failures:
+        self._move_aside(bad)
+      if failures:
+        self.manager.reload()
+        log.warning("resuming from step %d, the newest readable checkpoint", step)
+      return step, state, data_state
+    if failures:
+      listed = "; ".join(f"step {s}: {r}" for s, r in failures)
+      raise CheckpointError(
+        f"no readable checkpoint in {self.directory} ({listed}). Nothing was moved; to start "
+        "over, use a new --workdir (or move the checkpoints directory away)."
+      )
+    return None
+
+  def _move_aside(self, step: int) -> None:
+    if self.read_only:
+      return
+    target = self.directory.parent / f"{self.directory.name}_corrupt"
+    target = target / f"{step}.{time.strftime('%Y%m%dT%H%M%S')}"
+    if jax.process_index() == 0:  # one process moves; the others wait for it
+      target.parent.mkdir(parents=True, exist_ok=True)
+      (self.directory / str(step)).rename(target)
+      log.warning("moved unreadable checkpoint step %d to %s", step, target)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+
+      multihost_utils.sync_global_devices(f"parallax_jax_move_aside_{step}")
+
+  def reached_preemption(self, step: int) -> bool:
+    """Have all processes reached the step at which to save for a preemption (multi-process,
+    JAX's preemption service; see ``preemption.py``)?"""
+    return self.manager.reached_preemption(step)
+
   def _items(self, step: int) -> set[str]:
     return {p.name for p in (self.directory / str(step)).iterdir() if p.is_dir()}
 
@@ -60,6 +134,36 @@ class Checkpointer:
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+@contextlib.contextmanager
+def _abandoned_reads_quiet():
+  """A failed restore leaves Orbax's other array reads to fail later, each printing its error
+  and TensorStore spec (hundreds of lines for one bad file) through ``sys.unraisablehook``, the
+  ``asyncio`` logger or a never-awaited warning. The first error is the one reported; these
+  go to the debug log."""
+  previous = sys.unraisablehook
+  sys.unraisablehook = lambda u: log.debug("after a failed restore: %r", u.exc_value)
+  try:
+    yield
+  finally:
+    asyncio_log = logging.getLogger("asyncio")
+    disabled, asyncio_log.disabled = asyncio_log.disabled, True
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore", RuntimeWarning)
+      gc.collect()  # abandoned reads report now, while the hooks are ours
+    asyncio_log.disabled = disabled
+    sys.unraisablehook = previous
+
+
+class CheckpointError(UserError):
+  """No checkpoint of a run could be read (the CLI prints it as one line)."""
+
+
+def _one_line(e: Exception, limit: int = 300) -> str:
+  first = next((line.strip() for line in str(e).splitlines() if line.strip()), "")
+  text = f"{type(e).__name__}: {first}"
+  return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def save_params(path: str | Path, params: dict) -> None:

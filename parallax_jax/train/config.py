@@ -3,7 +3,8 @@
 A config file returns a ``ConfigDict`` with sections ``model``, ``data``, ``train``,
 ``optimizer``, ``checkpoint`` and ``mesh``. ``load_config`` applies ``--config.a.b=value``
 overrides (typed by the existing value; unknown keys are errors), and ``resolve`` turns the
-result into frozen, validated dataclasses before anything compiles.
+result into frozen, validated dataclasses before anything compiles. Every key's meaning:
+``config_keys.KEYS``. Invalid input raises ``parallax_jax.errors.UserError`` (a ValueError).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import ml_collections
 
 from parallax_jax.config_utils import from_section
 from parallax_jax.distributed import DistributedConfig
+from parallax_jax.errors import UserError, UserFileNotFoundError
 from parallax_jax.model.config import ModelConfig
 from parallax_jax.sharding import ShardingConfig
 from parallax_jax.train.optimizer import OptimizerConfig
@@ -38,9 +40,9 @@ class TrainConfig:
   def __post_init__(self):
     for f in ("steps", "batch_size", "seq_len", "log_every"):
       if not isinstance(getattr(self, f), int) or getattr(self, f) < 1:
-        raise ValueError(f"train.{f} must be a positive int, got {getattr(self, f)!r}")
+        raise UserError(f"train.{f} must be a positive int, got {getattr(self, f)!r}")
     if self.eval_every < 0 or self.eval_batches < 0:
-      raise ValueError("train.eval_every and train.eval_batches must be >= 0")
+      raise UserError("train.eval_every and train.eval_batches must be >= 0")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,9 +54,9 @@ class CheckpointConfig:
 
   def __post_init__(self):
     if self.every_steps < 1:
-      raise ValueError(f"checkpoint.every_steps must be >= 1, got {self.every_steps}")
+      raise UserError(f"checkpoint.every_steps must be >= 1, got {self.every_steps}")
     if self.keep < 1:
-      raise ValueError(f"checkpoint.keep must be >= 1, got {self.keep}")
+      raise UserError(f"checkpoint.keep must be >= 1, got {self.keep}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,20 +72,20 @@ class MeshConfig:
     sizes = dataclasses.asdict(self)
     free = [k for k, v in sizes.items() if v == -1]
     if len(free) > 1:
-      raise ValueError(f"mesh: at most one axis may be -1, got {free}")
+      raise UserError(f"mesh: at most one axis may be -1, got {free}")
     for k, v in sizes.items():
       if v != -1 and v < 1:
-        raise ValueError(f"mesh.{k} must be >= 1 or -1, got {v}")
+        raise UserError(f"mesh.{k} must be >= 1 or -1, got {v}")
     fixed = math.prod(v for v in sizes.values() if v != -1)
     if free:
       if num_devices % fixed:
-        raise ValueError(
+        raise UserError(
           f"mesh: {num_devices} devices are not divisible by the fixed axes "
           f"{ {k: v for k, v in sizes.items() if v != -1} }"
         )
       sizes[free[0]] = num_devices // fixed
     if math.prod(sizes.values()) != num_devices:
-      raise ValueError(
+      raise UserError(
         f"mesh sizes {sizes} multiply to {math.prod(sizes.values())}, but "
         f"there are {num_devices} devices; fix --config.mesh.*"
       )
@@ -114,23 +116,24 @@ def resolve(cfg: ml_collections.ConfigDict, num_devices: int | None = None) -> E
 
   unknown = sorted(set(cfg.keys()) - set(SECTIONS))
   if unknown:
-    raise ValueError(f"unknown config sections {unknown}; known: {list(SECTIONS)}")
+    raise UserError(f"unknown config sections {unknown}; known: {list(SECTIONS)}")
   d = cfg.to_dict()
+  builders = {
+    "model": ModelConfig.from_dict,
+    "data": DataConfig.from_dict,
+    "train": lambda x: from_section(TrainConfig, "train", x),
+    "optimizer": OptimizerConfig.from_dict,
+    "checkpoint": lambda x: from_section(CheckpointConfig, "checkpoint", x),
+    "mesh": lambda x: from_section(MeshConfig, "mesh", x),
+    "sharding": ShardingConfig.from_dict,
+    "distributed": DistributedConfig.from_dict,
+  }
   exp = Experiment(
-    model=ModelConfig.from_dict(d.get("model", {})),
-    data=DataConfig.from_dict(d.get("data", {})),
-    train=from_section(TrainConfig, "train", d.get("train", {})),
-    optimizer=OptimizerConfig.from_dict(d.get("optimizer", {})),
-    checkpoint=from_section(CheckpointConfig, "checkpoint", d.get("checkpoint", {})),
-    mesh=from_section(MeshConfig, "mesh", d.get("mesh", {})),
-    sharding=ShardingConfig.from_dict(d.get("sharding", {})),
-    distributed=DistributedConfig.from_dict(d.get("distributed", {})),
+    **{name: _section(name, build, d.get(name, {})) for name, build in builders.items()},
     raw=cfg,
   )
-  if hasattr(exp.data, "validate"):
-    exp.data.validate()
   if exp.model.window_size is not None and exp.model.window_size > exp.train.seq_len:
-    raise ValueError(
+    raise UserError(
       f"model.window_size={exp.model.window_size} exceeds train.seq_len="
       f"{exp.train.seq_len}; use None for full causal attention"
     )
@@ -138,12 +141,24 @@ def resolve(cfg: ml_collections.ConfigDict, num_devices: int | None = None) -> E
     sizes = exp.mesh.shape(num_devices)
     batch_shards = sizes["data"] * sizes["fsdp"]
     if exp.train.batch_size % batch_shards:
-      raise ValueError(
+      raise UserError(
         f"train.batch_size={exp.train.batch_size} must be divisible by "
         f"mesh.data * mesh.fsdp = {batch_shards}"
       )
     _check_strategy(exp, sizes)
   return exp
+
+
+def _section(name: str, build, values):
+  """A section's dataclass; its validation errors (the section classes raise ValueError or,
+  for a wrong type, TypeError) are the user's: re-raised as ``UserError``."""
+  try:
+    return build(values)
+  except UserError:
+    raise
+  except (ValueError, TypeError) as e:
+    msg = str(e) if isinstance(e, ValueError) else f"config.{name}: {e}"
+    raise UserError(msg) from e
 
 
 def _check_strategy(exp: Experiment, sizes: dict[str, int]) -> None:
@@ -156,13 +171,13 @@ def _check_strategy(exp: Experiment, sizes: dict[str, int]) -> None:
   ):
     n = math.prod(sizes[a] for a in table.get(logical, ()))
     if dim % n:
-      raise ValueError(
+      raise UserError(
         f"sharding.strategy={exp.sharding.strategy!r} splits {logical} over {n} devices, "
         f"but {field}={dim} is not divisible by {n}; change the mesh (--config.mesh.*)"
       )
   n_seq = math.prod(sizes[a] for a in table.get("length", ()))
   if n_seq > 1 and exp.train.seq_len % (2 * n_seq):
-    raise ValueError(
+    raise UserError(
       f"context parallelism over {n_seq} devices needs train.seq_len divisible by "
       f"{2 * n_seq} (zigzag load balancing), got {exp.train.seq_len}"
     )
@@ -179,16 +194,19 @@ def _parse(value: str, current):
       return True
     if value.lower() in ("false", "0", "no"):
       return False
-    raise ValueError(f"expected a bool, got {value!r}")
+    raise UserError(f"expected a bool, got {value!r}")
   if isinstance(current, int) and not isinstance(current, bool):
     try:
       return int(value)
     except ValueError:
       if value.lower() == "none":
         return None
-      raise
+      raise UserError(f"expected an int, got {value!r}") from None
   if isinstance(current, float):
-    return None if value.lower() == "none" else float(value)
+    try:
+      return None if value.lower() == "none" else float(value)
+    except ValueError:
+      raise UserError(f"expected a number, got {value!r}") from None
   if isinstance(current, str):
     return None if value == "None" else value
   try:  # None, tuples, lists: Python literals, else a plain string
@@ -197,26 +215,32 @@ def _parse(value: str, current):
     return value
 
 
+_LIST_KEYS = "`parallax-jax config --config C` lists every key"
+
+
 def apply_overrides(cfg: ml_collections.ConfigDict, overrides: Sequence[str]):
   """Applies ``a.b=value`` (or ``--config.a.b=value``) overrides in place; returns cfg."""
   for item in overrides:
     key, sep, value = item.removeprefix("--").removeprefix("config.").partition("=")
     if not sep:
-      raise ValueError(f"override {item!r} must look like --config.section.key=value")
+      raise UserError(f"override {item!r} must look like --config.section.key=value")
     *parents, leaf = key.split(".")
     node = cfg
-    for p in parents:
-      if p not in node:
-        raise ValueError(f"unknown config key {key!r} (no section {p!r})")
+    for i, p in enumerate(parents):
+      if not isinstance(node, ml_collections.ConfigDict) or p not in node:
+        where = f"no section {'.'.join(parents[: i + 1])!r}"
+        raise UserError(f"unknown config key {key!r} ({where}); {_LIST_KEYS}")
       node = node[p]
-    if leaf not in node:
-      raise ValueError(
-        f"unknown config key {key!r}; {'.'.join(parents) or 'config'} has {sorted(node.keys())}"
+    if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
+      raise UserError(
+        f"unknown config key {key!r}; {'.'.join(parents) or 'config'} has "
+        f"{sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else 'no keys'}; "
+        f"{_LIST_KEYS}"
       )
     try:
       parsed = _parse(value, node[leaf])
     except ValueError as e:
-      raise ValueError(f"bad value for config.{key}: {e}") from e
+      raise UserError(f"bad value for config.{key}: {e}") from e
     with node.ignore_type():
       node[leaf] = parsed
   return cfg
@@ -226,10 +250,10 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> ml_collectio
   """Imports ``get_config()`` from a config file and applies overrides."""
   path = Path(path)
   if not path.is_file():
-    raise FileNotFoundError(f"config file {str(path)!r} does not exist")
+    raise UserFileNotFoundError(f"config file {str(path)!r} does not exist")
   spec = importlib.util.spec_from_file_location(f"_parallax_config_{path.stem}", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   if not hasattr(module, "get_config"):
-    raise ValueError(f"config file {str(path)!r} has no get_config()")
+    raise UserError(f"config file {str(path)!r} has no get_config()")
   return apply_overrides(module.get_config(), overrides)

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from parallax_jax.errors import UserError, UserFileNotFoundError
 from parallax_jax.model import ModelConfig
 from parallax_jax.train.checkpoint import Checkpointer, abstract_like, save_params
 from parallax_jax.train.config import CheckpointConfig
@@ -43,15 +44,15 @@ def convert_softmax_to_parallax(
   cfg = ml_collections.ConfigDict(record["config"])
   model = ModelConfig.from_dict(cfg.model.to_dict())
   if model.attention != "softmax":
-    raise ValueError(
-      f"{workdir} holds a {model.attention!r} model; convert-softmax needs "
-      "model.attention='softmax'"
+    raise UserError(
+      f"--workdir {str(workdir)!r} holds a {model.attention!r} model; convert-softmax needs a "
+      "run trained with model.attention='softmax'"
     )
   tx, _ = make_optimizer(OptimizerConfig.from_dict(cfg.optimizer.to_dict()), cfg.train.steps)
   abstract = abstract_like(jax.eval_shape(lambda: init_state(model, tx, 0)))
   ckpt = Checkpointer(workdir / "checkpoints", CheckpointConfig(async_save=False))
   if ckpt.latest_step() is None:
-    raise FileNotFoundError(f"no checkpoint in {workdir / 'checkpoints'}")
+    raise UserFileNotFoundError(f"no checkpoint in {workdir / 'checkpoints'}")
   state, _ = ckpt.restore(abstract, step)
   ckpt.close()
   parallax = dataclasses.replace(model, attention="parallax", r_init="zeros")

@@ -6,6 +6,7 @@ import jax
 import numpy as np
 
 from parallax_jax.data import make_dataset, make_source, make_tokenizer, synthetic
+from parallax_jax.errors import UserError
 
 
 class TrainData:
@@ -22,19 +23,21 @@ class TrainData:
       self._init_text(cfg)
     n = jax.process_count()
     if exp.train.batch_size % n:
-      raise ValueError(
+      raise UserError(
         f"train.batch_size={exp.train.batch_size} must be divisible by the "
         f"number of processes ({n})"
       )
     self.local_batch = exp.train.batch_size // n
     self._train = self._dataset("train")
+    if exp.train.eval_every and exp.train.eval_batches:
+      self._dataset("eval")  # no held-out document: fail now rather than at the first eval
     self._it = iter(self._train)
 
   def _init_text(self, cfg):
     exp = self.exp
     self.tokenizer = make_tokenizer(cfg.tokenizer)
     if self.tokenizer.vocab_size > exp.model.vocab_size:
-      raise ValueError(
+      raise UserError(
         f"model.vocab_size={exp.model.vocab_size} is smaller than the tokenizer's vocabulary "
         f"({self.tokenizer.vocab_size}, {cfg.tokenizer!r}); set model.vocab_size >= "
         f"{self.tokenizer.padded_vocab_size}"

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
+import sys
 import time
 from pathlib import Path
 
 import jax
 import ml_collections
 
-from parallax_jax.train import data_io
+from parallax_jax.errors import UserFileNotFoundError
+from parallax_jax.plots import plot_runs
+from parallax_jax.train import data_io, run_record
 from parallax_jax.train.checkpoint import Checkpointer, abstract_like, load_params
-from parallax_jax.train.config import Experiment, resolve
-from parallax_jax.train.metrics import MetricsWriter, mfu
+from parallax_jax.train.config import CheckpointConfig, resolve
+from parallax_jax.train.metrics import MetricsWriter, mfu_fields
+from parallax_jax.train.preemption import Preempted, StopSignal
 from parallax_jax.train.program import Program
 from parallax_jax.train.step import TrainState, eval_metrics
 
@@ -26,45 +29,47 @@ class NonFiniteLossError(RuntimeError):
 
 
 def _progress(total: int, initial: int, enabled: bool):
-  if not enabled or jax.process_index() != 0:
+  """A tqdm bar on a terminal; None elsewhere (a log file gets plain lines, see ``run``)."""
+  if not enabled or jax.process_index() != 0 or not sys.stderr.isatty():
     return None
   from tqdm.auto import tqdm
 
   return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
 
 
-def save_resolved_config(exp: Experiment, workdir: Path, extra: dict) -> None:
-  record = {"config": exp.raw.to_dict(), **extra}
-  (workdir / "config.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
-
-
 class Trainer:
   """One run: its ``Program`` (compiled steps, mesh, shardings: ``trainer.program``), data,
   checkpoints and metrics."""
 
-  def __init__(self, cfg: ml_collections.ConfigDict, workdir: str | Path):
+  def __init__(
+    self, cfg: ml_collections.ConfigDict, workdir: str | Path, *, read_only: bool = False
+  ):
+    """``read_only``: read a run (eval, analysis) and write nothing to its workdir."""
     self.exp = exp = resolve(cfg, jax.device_count())
-    self.workdir = Path(workdir)
-    self.workdir.mkdir(parents=True, exist_ok=True)
+    self.workdir, self.read_only = Path(workdir), read_only
+    # Checked before anything is written: a config the run cannot take changes nothing.
+    changed = run_record.check(self.workdir, exp.raw.to_dict(), reading=read_only)
+    if read_only:
+      run_record.require_checkpoints(self.workdir)
     self.program = Program(exp)
     self.data = data_io.TrainData(exp)
-    save_resolved_config(
-      exp,
-      self.workdir,
-      {
+    if not read_only:  # the workdir is created only now: config and data are valid
+      extra = {
         "data": self.data.describe(),
         "num_params": exp.model.num_params(),
         "devices": jax.device_count(),
-      },
+      }
+      run_record.record_start(self.workdir, exp.raw.to_dict(), extra, changed)
+    self.checkpointer = Checkpointer(
+      self.workdir / "checkpoints", exp.checkpoint, read_only=read_only
     )
-    self.checkpointer = Checkpointer(self.workdir / "checkpoints", exp.checkpoint)
 
   def initial_state(self) -> TrainState:
     """Latest checkpoint of the workdir, else ``checkpoint.init_from`` params, else fresh."""
     abstract = abstract_like(self.program.abstract_state, self.program.state_sharding)
-    step = self.checkpointer.latest_step()
-    if step is not None:
-      state, data_state = self.checkpointer.restore(abstract, step)
+    restored = self.checkpointer.restore_latest(abstract)  # falls back past unreadable steps
+    if restored is not None:
+      step, state, data_state = restored
       self.data.restore(data_state)
       log.info("resumed from %s at step %d", self.checkpointer.directory, step)
       return state
@@ -88,61 +93,89 @@ class Trainer:
     return eval_metrics(sums)
 
   def run(self) -> dict:
+    """Trains to ``train.steps``; raises ``Preempted`` after saving a checkpoint on SIGTERM /
+    SIGINT (``preemption.py``)."""
     exp = self.exp
     tcfg = exp.train
     state = self.initial_state()
     start = int(state.step)
     metrics_out = MetricsWriter(self.workdir, resume_step=start)
     bar = _progress(tcfg.steps, start, tcfg.progress_bar)
+    log_lines = tcfg.progress_bar and bar is None and jax.process_index() == 0
     flops_per_token = exp.model.flops_per_token(tcfg.seq_len)
     tokens_per_step = tcfg.batch_size * tcfg.seq_len
     last_log_time, last_log_step, compiled = time.perf_counter(), start, False
     summary = {"start_step": start}
-    try:
-      for step in range(start, tcfg.steps):
-        batch = self.program.device_batch(self.data.next_train())
-        state, m = self.program.train_step(state, batch)
-        done = step + 1
-        loss = float(m["loss"])  # one host read per step: catch a non-finite loss at once
-        if not math.isfinite(loss):
-          latest = self.checkpointer.latest_step()
-          raise NonFiniteLossError(
-            f"non-finite loss ({loss}) at step {done}; stopping. The last good checkpoint is "
-            f"step {latest} in {self.checkpointer.directory}."
-          )
+    with StopSignal(self.checkpointer.reached_preemption) as stop:
+      try:
+        for step in range(start, tcfg.steps):
+          batch = self.program.device_batch(self.data.next_train())
+          state, m = self.program.train_step(state, batch)
+          done = step + 1
+          loss = float(m["loss"])  # one host read per step: catch a non-finite loss at once
+          if not math.isfinite(loss):
+            latest = self.checkpointer.latest_step()
+            raise NonFiniteLossError(
+              f"non-finite loss ({loss}) at step {done}; stopping. The last good checkpoint is "
+              f"step {latest} in {self.checkpointer.directory}."
+            )
+          if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4f}")
+          if done % tcfg.log_every == 0 or done == tcfg.steps:
+            now = time.perf_counter()
+            scalars = {k: float(v) for k, v in jax.device_get(m).items()}
+            if not exp.model.output_dim:  # a regression loss is an MSE, not an NLL
+              scalars["perplexity"] = math.exp(min(loss, 50.0))
+            if compiled:  # the first interval holds compilation: no throughput for it
+              dt = (now - last_log_time) / (done - last_log_step)
+              scalars.update(step_time_s=dt, tokens_per_s=tokens_per_step / dt)
+              scalars.update(mfu_fields(flops_per_token * tokens_per_step, dt, jax.device_count()))
+            compiled = True
+            last_log_time, last_log_step = now, done
+            if tcfg.eval_every and (done % tcfg.eval_every == 0 or done == tcfg.steps):
+              scalars.update(self.evaluate(state.params))
+              last_log_time = time.perf_counter()  # eval time is not step time
+            metrics_out.write(done, scalars)
+            summary.update({k: v for k, v in scalars.items() if v is not None})
+            if log_lines:
+              rate = (
+                f", {scalars['tokens_per_s']:.0f} tokens/s" if "tokens_per_s" in scalars else ""
+              )
+              log.info("step %d/%d: loss=%.4f%s", done, tcfg.steps, loss, rate)
+          saved = done % exp.checkpoint.every_steps == 0 or done == tcfg.steps
+          if saved:
+            self.checkpointer.save(done, state, self.data.state())
+          if done < tcfg.steps and stop.should_stop(done):  # every process, every step
+            if not saved:
+              self.checkpointer.save(done, state, self.data.state())
+            self.checkpointer.wait()  # complete on disk before we exit
+            raise Preempted(stop.signame, done)
+      finally:
+        self.checkpointer.close()
+        metrics_out.close()
         if bar is not None:
-          bar.update(1)
-          bar.set_postfix(loss=f"{loss:.4f}")
-        if done % tcfg.log_every == 0 or done == tcfg.steps:
-          now = time.perf_counter()
-          scalars = {k: float(v) for k, v in jax.device_get(m).items()}
-          if not exp.model.output_dim:  # a regression loss is an MSE, not an NLL
-            scalars["perplexity"] = math.exp(min(loss, 50.0))
-          if compiled:  # the first interval holds compilation: no throughput for it
-            dt = (now - last_log_time) / (done - last_log_step)
-            scalars.update(step_time_s=dt, tokens_per_s=tokens_per_step / dt)
-            utilisation = mfu(flops_per_token * tokens_per_step, dt, jax.device_count())
-            if utilisation is not None:  # None: no known peak (CPU)
-              scalars["mfu"] = utilisation
-          compiled = True
-          last_log_time, last_log_step = now, done
-          if tcfg.eval_every and (done % tcfg.eval_every == 0 or done == tcfg.steps):
-            scalars.update(self.evaluate(state.params))
-            last_log_time = time.perf_counter()  # eval time is not step time
-          metrics_out.write(done, scalars)
-          summary.update(scalars)
-        if done % exp.checkpoint.every_steps == 0 or done == tcfg.steps:
-          self.checkpointer.save(done, state, self.data.state())
-    finally:
-      self.checkpointer.close()
-      metrics_out.close()
-      if bar is not None:
-        bar.close()
+          bar.close()
     summary["final_step"] = int(state.step)
+    if jax.process_index() == 0:
+      summary["plot"] = str(plot_runs({self.workdir.name: self.workdir}, self.plot_path))
     return summary
+
+  @property
+  def plot_path(self) -> Path:
+    """The run's own curves, written at the end of training."""
+    return self.workdir / "plots" / "curves.png"
 
 
 def train(cfg: ml_collections.ConfigDict, workdir: str | Path) -> dict:
+  """Trains (or resumes) the run in ``workdir``; a run already at ``train.steps`` returns
+  ``already_finished`` without building, reading or writing anything."""
+  run_record.check(workdir, cfg.to_dict())  # a config the run cannot take: refused first
+  checkpoints = Checkpointer(Path(workdir) / "checkpoints", CheckpointConfig(), read_only=True)
+  latest = checkpoints.latest_step()
+  checkpoints.close()
+  if latest is not None and latest >= cfg.train.steps:
+    return {"start_step": latest, "final_step": latest, "already_finished": True}
   return Trainer(cfg, workdir).run()
 
 
@@ -150,11 +183,11 @@ def evaluate(workdir: str | Path, cfg: ml_collections.ConfigDict | None = None) 
   """Held-out metrics (loss/perplexity, or MSE) of the latest checkpoint in ``workdir``."""
   workdir = Path(workdir)
   if cfg is None:
-    record = json.loads((workdir / "config.json").read_text())
-    cfg = ml_collections.ConfigDict(record["config"])
-  trainer = Trainer(cfg, workdir)
+    cfg = run_record.load_run_config(workdir)
+  trainer = Trainer(cfg, workdir, read_only=True)
   if trainer.checkpointer.latest_step() is None:
-    raise FileNotFoundError(f"no checkpoint in {workdir / 'checkpoints'} to evaluate")
+    trainer.checkpointer.close()
+    raise UserFileNotFoundError(f"no checkpoint in {workdir / 'checkpoints'} to evaluate")
   state = trainer.initial_state()
   out = trainer.evaluate(state.params)
   out["step"] = int(state.step)
@@ -162,4 +195,4 @@ def evaluate(workdir: str | Path, cfg: ml_collections.ConfigDict | None = None) 
   return out
 
 
-__all__ = ["NonFiniteLossError", "Trainer", "evaluate", "train"]
+__all__ = ["NonFiniteLossError", "Preempted", "Trainer", "evaluate", "train"]

@@ -1,4 +1,8 @@
-"""Run metrics: ``metrics.jsonl`` (writer and the one reader) + TensorBoard, and MFU."""
+"""Run metrics: ``metrics.jsonl`` (writer and the one reader) + TensorBoard, and MFU.
+
+MFU divides the model FLOPs (``parallax_jax.flops``) by the dense bf16 peak of
+``PEAK_FLOPS`` (vendor figures, matched on ``device_kind``).
+"""
 
 from __future__ import annotations
 
@@ -40,6 +44,17 @@ def mfu(model_flops: float, seconds: float, num_devices: int = 1, device=None) -
   device's peak is unknown (e.g. CPU)."""
   peak = peak_flops_per_device(device)
   return model_flops / seconds / (peak * num_devices) if peak else None
+
+
+def mfu_fields(model_flops: float, seconds: float, num_devices: int = 1, device=None) -> dict:
+  """``metrics.jsonl``'s MFU fields: ``mfu`` and the ``peak_flops_per_device`` it divides by
+  (``PEAK_FLOPS``); on a device kind without a peak there (CPU) both are None and
+  ``mfu_note`` says why, rather than a made-up peak."""
+  peak = peak_flops_per_device(device)
+  if peak is None:
+    kind = (device or jax.devices()[0]).device_kind
+    return {"mfu": None, "peak_flops_per_device": None, "mfu_note": f"no peak known for {kind!r}"}
+  return {"mfu": mfu(model_flops, seconds, num_devices, device), "peak_flops_per_device": peak}
 
 
 class MetricsWriter:

@@ -1,0 +1,169 @@
+"""The run's record in its workdir, and the check of a new config against it.
+
+``W/config.json`` is written once, by the start that creates the run: its config and what it
+ran on (data description, parameter count, devices). It is never rewritten. Every later start
+(a resume) appends one line to ``W/config_history.jsonl``: when, the checkpoint step it resumed
+from, the keys it changed (``[old, new]``) and its full config. The run's current config is the
+last entry's (else config.json's).
+
+Before anything is written, a config for a workdir that holds a run is compared with the
+current config: a change to a key that ``config_keys`` marks FIXED (the checkpoint's tree, the
+function trained, the data position's meaning) is refused with one ``UserError`` listing
+every such key; other changes are allowed and go into the history. Readers (``eval``,
+analysis) use ``load_run_config`` and ``check`` and write nothing.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import os
+from pathlib import Path
+
+import ml_collections
+
+from parallax_jax.errors import UserError, UserFileNotFoundError
+from parallax_jax.train import config_keys
+
+log = logging.getLogger("parallax_jax")
+
+CONFIG = "config.json"
+HISTORY = "config_history.jsonl"
+
+
+class ConfigMismatchError(UserError):
+  """A config changes keys that a run in the workdir cannot change."""
+
+
+def _plain(value):
+  """JSON-normal form (tuples -> lists, unknown objects -> str), as config.json stores it."""
+  return json.loads(json.dumps(value, default=str))
+
+
+def holds_run(workdir: str | Path) -> bool:
+  return (Path(workdir) / CONFIG).is_file()
+
+
+def read_history(workdir: str | Path) -> list[dict]:
+  path = Path(workdir) / HISTORY
+  if not path.exists():
+    return []
+  # A start killed mid-append leaves a cut last line: skip it.
+  return [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
+
+
+def current_config(workdir: str | Path) -> dict:
+  """The config of the run's latest start (plain dict)."""
+  history = read_history(workdir)
+  if history:
+    return history[-1]["config"]
+  return json.loads((Path(workdir) / CONFIG).read_text())["config"]
+
+
+def load_run_config(workdir: str | Path) -> ml_collections.ConfigDict:
+  """The run's current config; a ``UserError`` if ``workdir`` holds no run."""
+  workdir = Path(workdir)
+  if not workdir.is_dir():
+    raise UserFileNotFoundError(f"--workdir {str(workdir)!r} does not exist")
+  if not holds_run(workdir):
+    raise UserFileNotFoundError(
+      f"--workdir {str(workdir)!r} holds no run (no {CONFIG}); train one there with "
+      "`parallax-jax train --config C --workdir W`"
+    )
+  return ml_collections.ConfigDict(current_config(workdir))
+
+
+def changes(old: dict, new: dict) -> dict[str, tuple]:
+  """``{key: (old, new)}`` over flattened keys; keys the old config lacks (added to the code
+  since) are left out: their default is what the run used."""
+  old, new = config_keys.flatten(_plain(old)), config_keys.flatten(_plain(new))
+  return {k: (old[k], new[k]) for k in new if k in old and old[k] != new[k]}
+
+
+def check(workdir: str | Path, new: dict, *, reading: bool = False) -> dict[str, tuple]:
+  """The keys ``new`` changes against the run in ``workdir`` ({} when it holds none).
+
+  Raises ``ConfigMismatchError`` listing every refused change (``reading``: the message is
+  about reading the run with this config rather than resuming it).
+  """
+  workdir = Path(workdir)
+  if workdir.exists() and not workdir.is_dir():
+    raise UserError(f"--workdir {str(workdir)!r} is a file, not a directory")
+  if not holds_run(workdir):
+    return {}
+  diff = changes(current_config(workdir), new)
+  refused = {k: v for k, v in diff.items() if config_keys.refused_on_resume(k, *v)}
+  if refused:
+    listed = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in refused.items())
+    if reading:
+      fix = "drop these overrides (the run's own config is used without --config)"
+    else:
+      fix = (
+        "resume it without these changes, or pass a new --workdir to start a new run with "
+        "this config"
+      )
+    raise ConfigMismatchError(
+      f"--workdir {str(workdir)!r} holds a run that cannot take these config changes (they "
+      f"change its checkpoint or its data stream; see parallax_jax/train/config_keys.py): "
+      f"{listed}; {fix}"
+    )
+  return diff
+
+
+def latest_step(workdir: Path) -> int | None:
+  steps = [int(p.name) for p in (workdir / "checkpoints").glob("*") if p.name.isdigit()]
+  return max(steps, default=None)
+
+
+def record_start(workdir: str | Path, config: dict, extra: dict, diff: dict) -> None:
+  """Creates the workdir and config.json for a new run, else appends a history entry.
+
+  ``diff``: what ``check`` returned. Only process 0 writes.
+  """
+  import jax
+
+  if jax.process_index() != 0:
+    return
+  workdir = Path(workdir)
+  if not holds_run(workdir):
+    workdir.mkdir(parents=True, exist_ok=True)
+    record = _plain({"config": config, **extra})
+    tmp = workdir / f".{CONFIG}.tmp"
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    os.replace(tmp, workdir / CONFIG)  # atomic: never a half-written record
+    return
+  entry = {
+    "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    "resumed_from_step": latest_step(workdir),
+    "changes": {k: list(v) for k, v in diff.items()},
+  }
+  stored_data = json.loads((workdir / CONFIG).read_text()).get("data")
+  if "data" in extra and stored_data is not None and _plain(extra["data"]) != stored_data:
+    log.warning(
+      "the data source differs from the one %s records (now %s); the run continues on it",
+      workdir / CONFIG,
+      extra["data"],
+    )
+    entry["data"] = extra["data"]
+  entry["devices"] = extra.get("devices")
+  entry["config"] = config
+  if diff:
+    log.info(
+      "config changes recorded in %s: %s",
+      workdir / HISTORY,
+      ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in diff.items()),
+    )
+  with open(workdir / HISTORY, "a") as f:
+    f.write(json.dumps(_plain(entry)) + "\n")
+
+
+def require_checkpoints(workdir: str | Path) -> None:
+  """A ``UserError`` unless ``workdir`` has a checkpoints directory (for readers)."""
+  workdir = Path(workdir)
+  if not workdir.is_dir():
+    raise UserFileNotFoundError(f"--workdir {str(workdir)!r} does not exist")
+  if not (workdir / "checkpoints").is_dir():
+    raise UserFileNotFoundError(
+      f"--workdir {str(workdir)!r} holds no checkpoints (no {workdir / 'checkpoints'})"
+    )

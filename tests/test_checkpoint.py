@@ -1,0 +1,115 @@
+"""Unreadable checkpoints: restore falls back to the newest readable step, moves the bad ones
+aside byte for byte (never deletes), and with none readable names the directory."""
+
+import logging
+import shutil
+from pathlib import Path
+
+import pytest
+
+from parallax_jax.train.checkpoint import CheckpointError
+from parallax_jax.train.config import load_config
+from parallax_jax.train.loop import Trainer, evaluate, train
+from parallax_jax.train.metrics import read_metrics
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = [
+  "--config.model.d_model=64",
+  "--config.model.num_layers=1",
+  "--config.model.mlp_dim=128",
+  "--config.model.head_dim=16",
+  "--config.train.batch_size=8",
+  "--config.train.seq_len=64",
+  "--config.train.log_every=1",
+  "--config.train.eval_every=0",
+  "--config.train.eval_batches=1",
+  "--config.train.progress_bar=false",
+  "--config.checkpoint.every_steps=10",
+  "--config.checkpoint.keep=3",
+  "--config.checkpoint.async_save=false",
+]
+
+
+def _cfg(steps):
+  return load_config(ROOT / "configs" / "tiny.py", [*SMALL, f"--config.train.steps={steps}"])
+
+
+@pytest.fixture(scope="module")
+def run30(tmp_path_factory):
+  """A run with checkpoints 10, 20, 30 (copied per test, then damaged)."""
+  workdir = tmp_path_factory.mktemp("run30")
+  train(_cfg(30), workdir)
+  return workdir
+
+
+def _files(directory: Path) -> dict[str, bytes]:
+  return {
+    str(p.relative_to(directory)): p.read_bytes() for p in directory.rglob("*") if p.is_file()
+  }
+
+
+def _truncate_data(step_dir: Path) -> None:
+  """Cuts the largest array data file of the OCDBT store in half."""
+  largest = max(
+    (step_dir / "state" / "ocdbt.process_0" / "d").iterdir(), key=lambda p: p.stat().st_size
+  )
+  largest.write_bytes(largest.read_bytes()[: largest.stat().st_size // 2])
+
+
+def _delete_metadata(step_dir: Path) -> None:
+  (step_dir / "state" / "_METADATA").unlink()
+
+
+@pytest.mark.parametrize("damage", [_truncate_data, _delete_metadata])
+def test_unreadable_latest_is_moved_aside_and_the_previous_step_resumes(
+  tmp_path, run30, damage, caplog
+):
+  workdir = tmp_path / "run"
+  shutil.copytree(run30, workdir)
+  damage(workdir / "checkpoints" / "30")
+  damaged = _files(workdir / "checkpoints" / "30")
+
+  trainer = Trainer(_cfg(30), workdir)
+  with caplog.at_level(logging.INFO, logger="parallax_jax"):
+    state = trainer.initial_state()
+  trainer.checkpointer.close()
+  assert int(state.step) == 20
+  assert f"checkpoint step 30 in {workdir / 'checkpoints'} is unreadable" in caplog.text
+  assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["10", "20"]
+  (aside,) = (workdir / "checkpoints_corrupt").iterdir()
+  assert aside.name.startswith("30.") and _files(aside) == damaged  # moved, byte for byte
+
+  # The run continues from step 20 exactly as it first went (losses of steps 21..30).
+  first = {r["step"]: r["loss"] for r in read_metrics(run30)}
+  train(_cfg(30), workdir)
+  again = {r["step"]: r["loss"] for r in read_metrics(workdir)}
+  assert again == first
+  assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["10", "20", "30"]
+
+
+def test_reading_a_run_falls_back_without_moving_anything(tmp_path, run30):
+  workdir = tmp_path / "run"
+  shutil.copytree(run30, workdir)
+  _delete_metadata(workdir / "checkpoints" / "30")
+  before = _files(workdir)
+  assert evaluate(workdir)["step"] == 20
+  assert _files(workdir) == before
+
+
+def test_no_readable_checkpoint_is_one_error_naming_the_directory(tmp_path, run30):
+  workdir = tmp_path / "run"
+  shutil.copytree(run30, workdir)
+  for step in (10, 20):
+    _delete_metadata(workdir / "checkpoints" / str(step))
+  _truncate_data(workdir / "checkpoints" / "30")
+  before = _files(workdir / "checkpoints")
+  trainer = Trainer(_cfg(30), workdir)
+  with pytest.raises(CheckpointError) as info:
+    trainer.initial_state()
+  trainer.checkpointer.close()
+  message = str(info.value)
+  assert f"no readable checkpoint in {workdir / 'checkpoints'}" in message
+  assert "step 30: " in message and "step 20: " in message and "step 10: " in message
+  assert "\n" not in message
+  assert _files(workdir / "checkpoints") == before  # nothing moved
+  assert not (workdir / "checkpoints_corrupt").exists()

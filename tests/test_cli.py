@@ -1,0 +1,161 @@
+"""The command line: one-line user errors (exit 2), --debug, overrides, `config`, --dry-run."""
+
+import re
+from pathlib import Path
+
+import jax
+import pytest
+
+from parallax_jax import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = str(ROOT / "configs" / "tiny.py")
+
+
+def _run(capsys, *argv):
+  """``(exit code, stdout, stderr)`` of ``parallax-jax argv`` in this process."""
+  try:
+    code = cli.main(list(argv))
+  except SystemExit as e:  # argparse
+    code = e.code
+  out = capsys.readouterr()
+  return code, out.out, out.err
+
+
+def _one_line_error(err: str) -> str:
+  lines = [line for line in err.splitlines() if not line.startswith(("INFO ", "WARNING "))]
+  assert len(lines) == 1 and lines[0].startswith("parallax-jax: error: "), err
+  assert "Traceback" not in err
+  return lines[0]
+
+
+@pytest.mark.parametrize(
+  "override,match",
+  [
+    ("--config.nonexistent=1", "unknown config key 'nonexistent'"),
+    ("--config.train.stepz=1", "unknown config key 'train.stepz'"),
+    ("--config.train.steps=many", "config.train.steps: expected an int, got 'many'"),
+    ("--config.model.num_kv_heads=3", "model.num_heads"),
+    ("--config.data.source=/nonexistent/corpus.txt", "'/nonexistent/corpus.txt': no such file"),
+    ("--config.data.tokenizer=/nonexistent/tok.json", "tokenizer: .* not found"),
+  ],
+)
+def test_user_errors_are_one_line_and_leave_no_workdir(tmp_path, capsys, override, match):
+  workdir = tmp_path / "w"
+  code, _, err = _run(capsys, "train", "--config", TINY, "--workdir", str(workdir), override)
+  assert code == 2 and re.search(match, _one_line_error(err))
+  assert not workdir.exists()
+
+
+def test_empty_corpus_and_missing_config_file(tmp_path, capsys):
+  (tmp_path / "blank.txt").write_text("  \n\n")
+  workdir = tmp_path / "w"
+  source = f"--config.data.source={tmp_path / 'blank.txt'}"
+  code, _, err = _run(capsys, "train", "--config", TINY, "--workdir", str(workdir), source)
+  assert code == 2 and "no documents" in _one_line_error(err)
+  code, _, err = _run(capsys, "train", "--config", str(tmp_path / "nope.py"), "--workdir", "x")
+  assert code == 2 and "does not exist" in _one_line_error(err)
+  assert not workdir.exists() and not Path("x").exists()
+
+
+def test_debug_shows_the_traceback_and_bugs_keep_theirs(tmp_path, capsys, monkeypatch):
+  argv = ["train", "--config", TINY, "--workdir", str(tmp_path / "w"), "--config.nonexistent=1"]
+  with pytest.raises(ValueError, match="unknown config key"):
+    cli.main(["--debug", *argv])
+  with pytest.raises(ValueError, match="unknown config key"):
+    cli.main([*argv, "--debug"])
+  monkeypatch.setenv("PARALLAX_JAX_DEBUG", "1")
+  with pytest.raises(ValueError, match="unknown config key"):
+    cli.main(argv)
+  monkeypatch.delenv("PARALLAX_JAX_DEBUG")
+
+  def bug(*_):
+    raise ValueError("an internal bug")
+
+  monkeypatch.setattr("parallax_jax.train.config.load_config", bug)
+  with pytest.raises(ValueError, match="an internal bug"):  # not a UserError: not caught
+    cli.main(argv[:-1])
+
+
+def test_space_form_overrides():
+  overrides, rest = cli._split_overrides(
+    ["train", "--config.train.steps", "5", "--config.mesh.data", "-1", "--config.x=1", "--debug"]
+  )
+  assert overrides == ["--config.train.steps=5", "--config.mesh.data=-1", "--config.x=1"]
+  assert rest == ["train", "--debug"]
+
+
+def test_config_prints_every_key_with_its_meaning(capsys):
+  from parallax_jax.train.config_keys import KEYS, flatten
+  from parallax_jax.train.defaults import base_config
+
+  code, out, _ = _run(capsys, "config", "--config", TINY, "--config.train.steps", "7")
+  assert code == 0
+  rows = {line.split()[0]: line for line in out.splitlines()}
+  for key in flatten(base_config().to_dict()):
+    if key != "sharding.rules":
+      assert KEYS[key][1] in rows[key], key
+  assert rows["train.steps"].split()[1:3] == ["7", "safe"]
+  assert rows["model.d_model"].split()[1:3] == ["128", "fixed"]
+  assert f"valid for {jax.device_count()} device(s)" in out
+  code, _, err = _run(capsys, "config", "--config", TINY, "--config.train.steps", "x")
+  assert code == 2 and "expected an int" in _one_line_error(err)
+
+
+def test_train_dry_run_reports_and_writes_nothing(tmp_path, capsys):
+  from parallax_jax.train.config import load_config, resolve
+
+  workdir = tmp_path / "w"
+  code, out, _ = _run(capsys, "train", "--dry-run", "--config", TINY, "--workdir", str(workdir))
+  assert code == 0 and not workdir.exists()
+  m = resolve(load_config(TINY)).model
+  assert f"parameters: {m.num_params():,}" in out
+  assert f"model FLOPs per token (training, 3x forward): {m.flops_per_token(128):.4g}" in out
+  assert f"mesh: data={jax.device_count()} x fsdp=1 x tensor=1 x sequence=1" in out
+  # Strategy dp replicates the float32 params on every device.
+  state = re.search(r"train state from its shardings: params (\S+) MiB", out)
+  assert abs(float(state.group(1)) - m.num_params() * 4 / 2**20) < 0.01
+  assert re.search(r"compiled train step .*: [\d.]+ MiB", out)
+  assert f"workdir: {workdir} holds no run" in out
+
+
+def test_train_help_points_to_config_and_dry_run(capsys):
+  code, out, _ = _run(capsys, "train", "--help")
+  assert code == 0
+  assert "parallax-jax config --config C" in out and "--dry-run" in out
+  assert "--config.SECTION.KEY VALUE" in out
+
+
+def test_one_document_corpus_advice(tmp_path, capsys):
+  """Eval holds out whole documents and training keeps one: the error says so at the start
+  (not at the first eval), and eval off with eval_fraction=0 trains."""
+  (tmp_path / "one.txt").write_text("just one line of text\n")
+  base = ["train", "--config", TINY, f"--config.data.source={tmp_path / 'one.txt'}"]
+  base += ["--config.train.steps=2", "--config.train.progress_bar=false"]
+  workdir = str(tmp_path / "w")
+  code, _, err = _run(capsys, *base, "--workdir", workdir)
+  line = _one_line_error(err)
+  assert code == 2 and "the source has 1 document:" in line and "train.eval_every=0" in line
+  assert "positive eval_fraction" not in line  # the old advice: 0.01 is positive already
+  code, _, err = _run(capsys, *base, "--workdir", workdir, "--config.data.eval_fraction=0.0")
+  line = _one_line_error(err)
+  assert code == 2 and "data.eval_fraction=0 holds out no document" in line
+  assert not Path(workdir).exists()
+  code, out, _ = _run(
+    capsys,
+    *base,
+    "--workdir",
+    workdir,
+    "--config.data.eval_fraction=0.0",
+    "--config.train.eval_every=0",
+    "--config.checkpoint.async_save=false",
+  )
+  assert code == 0 and "final_step=2" in out
+
+
+def test_one_document_is_trained_on_whatever_the_eval_fraction():
+  from parallax_jax.data.pipeline import split_documents
+
+  for fraction in (0.0, 0.01, 0.5, 0.99):
+    train, held_out = split_documents(1, fraction)
+    assert train.tolist() == [0] and held_out.tolist() == [], fraction

@@ -1,0 +1,67 @@
+"""``parallax-jax plot``: several runs' curves overlaid in one PNG; the runs are only read."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from parallax_jax.cli import main
+from parallax_jax.plots import curves_figure, run_labels
+
+ROOT = Path(__file__).resolve().parents[1]
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _run(workdir: Path, scale: float, eval_key: str = "eval_loss") -> Path:
+  workdir.mkdir(parents=True)
+  records = [{"step": s, "loss": scale / s} for s in range(1, 11)]
+  records[4][eval_key] = scale / 4
+  records[9][eval_key] = scale / 8
+  (workdir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+  return workdir
+
+
+def _files(directory: Path) -> dict[str, bytes]:
+  return {
+    str(p.relative_to(directory)): p.read_bytes() for p in directory.rglob("*") if p.is_file()
+  }
+
+
+def test_runs_are_overlaid_with_their_eval_curves(tmp_path):
+  a, b = _run(tmp_path / "a", 4.0), _run(tmp_path / "x" / "b", 2.0, eval_key="eval_mse")
+  fig = curves_figure(run_labels([a, b]))
+  train_ax, eval_ax = fig.axes
+  assert [line.get_label() for line in train_ax.lines] == ["a", "b"]
+  assert [list(line.get_ydata()) for line in eval_ax.lines] == [[1.0, 0.5], [0.5, 0.25]]
+  assert eval_ax.get_ylabel() == "eval_loss / eval_mse"
+  same = run_labels([tmp_path / "1" / "run", tmp_path / "2" / "run"])
+  assert list(same) == [str(tmp_path / "1" / "run"), str(tmp_path / "2" / "run")]
+
+
+def test_plot_command_writes_only_its_out_file(tmp_path, monkeypatch):
+  a, b = _run(tmp_path / "a", 4.0), _run(tmp_path / "b", 2.0)
+  before = _files(tmp_path)
+  monkeypatch.chdir(tmp_path)
+  assert main(["plot", "--workdir", str(a), str(b)]) == 0
+  assert (tmp_path / "plot.png").read_bytes().startswith(PNG)  # default: ./plot.png
+  assert main(["plot", "--workdir", str(a), "--out", str(tmp_path / "o" / "one.png")]) == 0
+  assert (tmp_path / "o" / "one.png").read_bytes().startswith(PNG)
+  after = _files(tmp_path)
+  assert sorted(set(after) - set(before)) == ["o/one.png", "plot.png"]
+  assert {k: after[k] for k in before} == before
+
+
+def test_plot_of_a_directory_without_metrics_is_a_one_line_error(tmp_path):
+  out = subprocess.run(
+    [sys.executable, "-m", "parallax_jax.cli", "plot", "--workdir", str(tmp_path)],
+    cwd=tmp_path,
+    capture_output=True,
+    text=True,
+    env={**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)},
+  )
+  assert out.returncode == 2
+  assert out.stderr.strip().splitlines()[-1] == (
+    f"parallax-jax: error: --workdir {tmp_path} has no metrics.jsonl: not a training run"
+  )
+  assert sorted(tmp_path.iterdir()) == []

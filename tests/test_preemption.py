@@ -1,0 +1,172 @@
+"""SIGTERM / SIGINT: the step in flight finishes, a checkpoint of it is saved, the run exits 75
+and resumes exactly; a second signal exits at once; several processes stop at one step."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from parallax_jax.train.metrics import read_metrics
+from parallax_jax.train.preemption import EXIT_PREEMPTED, StopSignal
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = [
+  "--config.model.d_model=64",
+  "--config.model.num_layers=1",
+  "--config.model.mlp_dim=128",
+  "--config.model.head_dim=16",
+  "--config.train.batch_size=8",
+  "--config.train.seq_len=64",
+  "--config.train.log_every=1",
+  "--config.train.eval_every=0",
+  "--config.train.progress_bar=false",
+  "--config.optimizer.warmup_steps=5",
+  "--config.optimizer.learning_rate=1e-2",
+  "--config.train.steps=30",
+  "--config.checkpoint.every_steps=20",
+]
+ENV = {**os.environ, "JAX_PLATFORMS": "cpu"}
+
+
+def _train(workdir):
+  cmd = [sys.executable, "-m", "parallax_jax.cli", "train", "--config", "configs/tiny.py"]
+  return subprocess.Popen(
+    [*cmd, "--workdir", str(workdir), *SMALL],
+    cwd=ROOT,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+    env=ENV,
+  )
+
+
+def _losses(workdir):
+  return {m["step"]: m["loss"] for m in read_metrics(workdir)}
+
+
+def _wait_for_step(workdir, step, proc):
+  path = Path(workdir) / "metrics.jsonl"
+  deadline = time.time() + 300
+  while time.time() < deadline and proc.poll() is None:
+    lines = path.read_text().splitlines() if path.exists() else []
+    if any(line.endswith("}") and json.loads(line)["step"] >= step for line in lines):
+      return
+    time.sleep(0.02)
+  raise AssertionError(f"step {step} never logged:\n{proc.communicate()[0][-3000:]}")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("full")
+  full = _train(workdir)
+  out = full.communicate(timeout=600)[0]
+  assert full.returncode == 0, out[-3000:]
+  return _losses(workdir)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_saves_the_step_it_stopped_at_and_resume_is_exact(tmp_path, signum, uninterrupted):
+  run = _train(tmp_path / "run")
+  _wait_for_step(tmp_path / "run", 5, run)  # before the first checkpoint (step 20)
+  run.send_signal(signum)
+  out = run.communicate(timeout=300)[0]
+  assert run.returncode == EXIT_PREEMPTED, out[-3000:]
+  stopped = max(_losses(tmp_path / "run"))
+  assert 5 <= stopped < 20
+  line = f"parallax-jax: preempted ({signum.name}) at step {stopped}; checkpoint saved"
+  assert line in out and "Traceback" not in out, out[-3000:]
+  steps = sorted(int(p.name) for p in (tmp_path / "run" / "checkpoints").iterdir())
+  assert steps == [stopped]  # complete: no Orbax temporary directory left
+
+  resumed = _train(tmp_path / "run")
+  out = resumed.communicate(timeout=600)[0]
+  assert resumed.returncode == 0, out[-3000:]
+  assert f"at step {stopped}" in out
+  assert _losses(tmp_path / "run") == uninterrupted
+
+
+SECOND_SIGNAL = """
+import os, signal, sys, time
+from parallax_jax.train.preemption import StopSignal
+with StopSignal(lambda step: False) as stop:
+  os.kill(os.getpid(), signal.{name})
+  time.sleep(0.2)
+  print("first handled, stop =", stop.should_stop(1), flush=True)
+  os.kill(os.getpid(), signal.{name})
+  time.sleep(5)
+  print("survived the second signal", flush=True)
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_second_signal_exits_at_once(signum):
+  code = SECOND_SIGNAL.format(name=signum.name)
+  out = subprocess.run(
+    [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, env=ENV, timeout=120
+  )
+  assert out.stdout == "first handled, stop = True\n", out.stdout + out.stderr
+  assert out.returncode == -signum, out.stderr  # died by the signal, as without a handler
+  assert f"second {signum.name}; exiting now without a checkpoint" in out.stderr
+
+
+def test_handlers_are_restored_after_the_run():
+  before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+  with StopSignal(lambda step: False) as stop:
+    assert signal.getsignal(signal.SIGINT) != before[signal.SIGINT]
+    assert not stop.should_stop(3)
+  assert {s: signal.getsignal(s) for s in before} == before
+
+
+MULTI_PROCESS = """
+import sys, time
+import jax
+jax.config.update("jax_cpu_collectives_implementation", "gloo")
+jax.distributed.initialize(sys.argv[1], num_processes=2, process_id=int(sys.argv[2]))
+from jax.experimental import multihost_utils
+from parallax_jax.train.preemption import StopSignal
+with StopSignal(multihost_utils.reached_preemption_sync_point) as stop:
+  print("ready", flush=True)
+  for step in range(1, 3000):
+    time.sleep(0.01 * (1 + int(sys.argv[2])))  # processes at different speeds
+    if stop.should_stop(step):
+      print("stopped at", step, flush=True)
+      break
+"""
+
+
+def test_processes_agree_on_the_stop_step():
+  """SIGINT to one of two ``jax.distributed`` processes: both stop at the same step (JAX's
+  preemption sync point), so the checkpoint save is collective."""
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    address = f"localhost:{s.getsockname()[1]}"
+  procs = [
+    subprocess.Popen(
+      [sys.executable, "-c", MULTI_PROCESS, address, str(i)],
+      cwd=ROOT,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.DEVNULL,
+      text=True,
+      env=ENV,
+    )
+    for i in range(2)
+  ]
+  try:
+    for p in procs:
+      assert p.stdout.readline() == "ready\n"
+    time.sleep(1.0)
+    procs[1].send_signal(signal.SIGINT)
+    outs = [p.communicate(timeout=120)[0] for p in procs]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  assert [p.returncode for p in procs] == [0, 0], outs
+  stops = [out.split()[-1] for out in outs]
+  assert outs[0].startswith("stopped at") and stops[0] == stops[1], outs

@@ -1,0 +1,162 @@
+"""A run's record: config changes on resume (refused or recorded), readers that never write."""
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from parallax_jax import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = str(ROOT / "configs" / "tiny.py")
+SMALL = [
+  "--config.model.d_model=64",
+  "--config.model.num_layers=1",
+  "--config.model.mlp_dim=128",
+  "--config.model.head_dim=16",
+  "--config.train.seq_len=32",
+  "--config.train.eval_every=0",
+  "--config.train.eval_batches=1",
+  "--config.train.progress_bar=false",
+  "--config.checkpoint.every_steps=2",
+  "--config.checkpoint.async_save=false",
+]
+
+
+def _snapshot(workdir: Path) -> dict:
+  """Every path under workdir with a hash of its bytes (directories: None)."""
+  return {
+    str(p.relative_to(workdir)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else None
+    for p in sorted(workdir.rglob("*"))
+  }
+
+
+def _main(capsys, *argv):
+  code = cli.main(list(argv))
+  out = capsys.readouterr()
+  return code, out.out, out.err
+
+
+def _error(err: str) -> str:
+  lines = [x for x in err.splitlines() if x.startswith("parallax-jax: error: ")]
+  assert len(lines) == 1 and "Traceback" not in err, err
+  return lines[0]
+
+
+def test_readers_never_write_and_changed_configs_are_refused_or_recorded(tmp_path, capsys):
+  w = tmp_path / "run"
+  train = ["train", "--config", TINY, "--workdir", str(w), *SMALL]
+  assert _main(capsys, *train, "--config.train.steps=4")[0] == 0
+  config_bytes = (w / "config.json").read_bytes()
+  before = _snapshot(w)
+
+  # eval: the run's config, a safe override, then a config the run cannot take.
+  code, out, _ = _main(capsys, "eval", "--workdir", str(w))
+  assert code == 0 and json.loads(out.splitlines()[-1])["step"] == 4
+  assert _main(capsys, "eval", "--workdir", str(w), "--config.train.eval_batches=2")[0] == 0
+  code, _, err = _main(capsys, "eval", "--workdir", str(w), "--config", TINY)
+  assert code == 2 and "model.d_model 64 -> 128" in _error(err)
+  assert _snapshot(w) == before
+
+  # analysis reads the run the same way.
+  from experiments.attention_analysis import analyse
+
+  assert analyse(w, min_row=1)["step"] == 4
+  assert _snapshot(w) == before
+
+  # A rerun that changes the model or the data stream: refused, every key listed, no write.
+  code, _, err = _main(
+    capsys, *train, "--config.train.steps=8", "--config.model.d_model=32", "--config.train.seed=1"
+  )
+  line = _error(err)
+  assert code == 2 and "model.d_model 64 -> 32" in line and "train.seed 0 -> 1" in line
+  assert "train.steps" not in line and "new --workdir" in line
+  assert _snapshot(w) == before
+
+  # A safe change resumes and is recorded next to, not over, the original record.
+  code, out, _ = _main(capsys, *train, "--config.train.steps=6", "--config.train.log_every=2")
+  assert code == 0 and "final_step=6" in out
+  assert (w / "config.json").read_bytes() == config_bytes
+  history = [json.loads(x) for x in (w / "config_history.jsonl").read_text().splitlines()]
+  assert len(history) == 1 and history[0]["resumed_from_step"] == 4
+  assert history[0]["changes"] == {"train.log_every": [10, 2], "train.steps": [4, 6]}
+  code, out, _ = _main(capsys, "eval", "--workdir", str(w))  # the run's current config
+  assert code == 0 and json.loads(out.splitlines()[-1])["step"] == 6
+
+
+def test_eval_of_a_missing_or_empty_workdir_is_one_line_and_creates_nothing(tmp_path, capsys):
+  missing = tmp_path / "missing"
+  for argv in (["--workdir", str(missing)], ["--workdir", str(missing), "--config", TINY]):
+    code, _, err = _main(capsys, "eval", *argv)
+    assert code == 2 and "does not exist" in _error(err)
+  assert not missing.exists()
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  for argv in (["--workdir", str(empty)], ["--workdir", str(empty), "--config", TINY]):
+    code, _, err = _main(capsys, "eval", *argv)
+    assert code == 2 and str(empty) in _error(err)
+  assert list(empty.iterdir()) == []
+
+
+def test_key_table_covers_the_config():
+  from parallax_jax.train.config_keys import KEYS, flatten
+  from parallax_jax.train.defaults import base_config
+
+  assert set(flatten(base_config().to_dict())) == set(KEYS)
+  assert all(rule in ("fixed", "toggle", "safe") and meaning for rule, meaning in KEYS.values())
+
+
+# Keys the table marks safe (or toggle, within "on") that could plausibly touch the state.
+SAFE_CHANGES = [
+  ("model.remat", "full"),
+  ("model.logits_chunk", 16),
+  ("model.attention_impl", "xla"),
+  ("optimizer.learning_rate", 1e-4),
+  ("optimizer.schedule", "wsd"),
+  ("optimizer.warmup_steps", 0),
+  ("optimizer.weight_decay", 0.0),
+  ("optimizer.decay_embeddings", True),
+  ("optimizer.b2", 0.5),
+  ("optimizer.clip_norm", 0.5),
+  ("train.steps", 7),
+]
+MUON_SAFE_CHANGES = [
+  ("optimizer.adam_learning_rate", 1e-3),
+  ("optimizer.muon_beta", 0.5),
+  ("optimizer.muon_ns_steps", 2),
+  ("optimizer.weight_decay", 0.0),
+]
+
+
+def _abstract_state(*overrides):
+  import jax
+
+  from parallax_jax.train.config import load_config, resolve
+  from parallax_jax.train.optimizer import make_optimizer
+  from parallax_jax.train.step import init_state
+
+  exp = resolve(load_config(TINY, [*SMALL, *overrides]))
+  tx, _ = make_optimizer(exp.optimizer, exp.train.steps)
+  state = jax.eval_shape(lambda: init_state(exp.model, tx, 0))
+  return jax.tree.structure(state), [(x.shape, x.dtype) for x in jax.tree.leaves(state)]
+
+
+@pytest.mark.parametrize("base", [[], ["--config.optimizer.name=muon"]], ids=["adamw", "muon"])
+def test_safe_keys_keep_the_checkpoint_tree_and_fixed_ones_do_not(base):
+  """The resume rules of config_keys against the state's actual tree (shapes and dtypes)."""
+  from parallax_jax.train.config import load_config
+  from parallax_jax.train.config_keys import flatten, refused_on_resume
+
+  current = flatten(load_config(TINY, [*SMALL, *base]).to_dict())
+  reference = _abstract_state(*base)
+  for key, value in SAFE_CHANGES + (MUON_SAFE_CHANGES if base else []):
+    assert not refused_on_resume(key, current[key], value), key
+    assert _abstract_state(*base, f"--config.{key}={value}") == reference, key
+  for key, value in [
+    ("optimizer.clip_norm", None),
+    ("optimizer.name", "muon" if not base else "adamw"),
+    ("model.d_model", 32),
+  ]:
+    assert refused_on_resume(key, current[key], value), key
+    assert _abstract_state(*base, f"--config.{key}={value}") != reference, key
