@@ -6,24 +6,16 @@ import shutil
 from pathlib import Path
 
 import pytest
+from train_configs import ROOT, SMALL_MODEL
 
 from parallax_jax.train.checkpoint import CheckpointError
 from parallax_jax.train.config import load_config
 from parallax_jax.train.loop import Trainer, evaluate, train
 from parallax_jax.train.metrics import read_metrics
 
-ROOT = Path(__file__).resolve().parents[1]
 SMALL = [
-  "--config.model.d_model=64",
-  "--config.model.num_layers=1",
-  "--config.model.mlp_dim=128",
-  "--config.model.head_dim=16",
-  "--config.train.batch_size=8",
-  "--config.train.seq_len=64",
-  "--config.train.log_every=1",
-  "--config.train.eval_every=0",
+  *SMALL_MODEL,
   "--config.train.eval_batches=1",
-  "--config.train.progress_bar=false",
   "--config.checkpoint.every_steps=10",
   "--config.checkpoint.keep=3",
   "--config.checkpoint.async_save=false",

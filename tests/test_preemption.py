@@ -11,23 +11,14 @@ import time
 from pathlib import Path
 
 import pytest
+from train_configs import FAST_LR, ROOT, SMALL_MODEL
 
 from parallax_jax.train.metrics import read_metrics
 from parallax_jax.train.preemption import EXIT_PREEMPTED, StopSignal
 
-ROOT = Path(__file__).resolve().parents[1]
 SMALL = [
-  "--config.model.d_model=64",
-  "--config.model.num_layers=1",
-  "--config.model.mlp_dim=128",
-  "--config.model.head_dim=16",
-  "--config.train.batch_size=8",
-  "--config.train.seq_len=64",
-  "--config.train.log_every=1",
-  "--config.train.eval_every=0",
-  "--config.train.progress_bar=false",
-  "--config.optimizer.warmup_steps=5",
-  "--config.optimizer.learning_rate=1e-2",
+  *SMALL_MODEL,
+  *FAST_LR,
   "--config.train.steps=30",
   "--config.checkpoint.every_steps=20",
 ]

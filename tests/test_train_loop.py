@@ -6,30 +6,17 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
+from train_configs import FAST_LR, ROOT, SMALL_MODEL
 
 from parallax_jax.train.config import load_config
 from parallax_jax.train.loop import NonFiniteLossError, Trainer, evaluate, train
 from parallax_jax.train.metrics import MetricsWriter, mfu_fields, read_metrics
 
-ROOT = Path(__file__).resolve().parents[1]
-SMALL = [
-  "--config.model.d_model=64",
-  "--config.model.num_layers=1",
-  "--config.model.mlp_dim=128",
-  "--config.model.head_dim=16",
-  "--config.train.batch_size=8",
-  "--config.train.seq_len=64",
-  "--config.train.log_every=1",
-  "--config.train.eval_every=0",
-  "--config.train.progress_bar=false",
-  "--config.optimizer.warmup_steps=5",
-  "--config.optimizer.learning_rate=1e-2",
-]
+SMALL = [*SMALL_MODEL, *FAST_LR]
 
 
 def _cfg(*extra):
