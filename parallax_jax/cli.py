@@ -178,7 +178,7 @@ def _plot(args) -> int:
   from pathlib import Path
 
   from parallax_jax.errors import UserFileNotFoundError
-  from parallax_jax.plots import plot_runs, run_labels
+  from parallax_jax.train.plots import plot_runs, run_labels
 
   workdirs = [Path(w) for w in args.workdir]
   for w in workdirs:

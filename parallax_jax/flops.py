@@ -14,6 +14,10 @@ key) pair and head, with ``visible_pairs`` as the one count of pairs a mask lets
 
 from __future__ import annotations
 
+import numpy as np
+
+from parallax_jax.attention.masking import MaskSpec
+
 # Matmuls per visible (query, key) pair and head: (forward, backward as the kernels run it).
 # Softmax: QK^T and PV forward; QK^T again, dV, dP, dQ, dK backward. Parallax adds RK^T and
 # (P*T)V forward; its closed-form backward runs 11.
@@ -27,15 +31,12 @@ KERNEL_TFLOPS_HEADER = "kernel TFLOP/s (executed matmuls)"
 def visible_pairs(length: int, *, causal: bool = True, window_size: int | None = None) -> int:
   """(query, key) pairs a ``[length, length]`` mask lets through, without segment ids.
 
-  Causal: row ``i`` sees keys ``0..i``; a window ``W`` keeps the ``W`` most recent keys,
-  diagonal included (``parallax_jax.attention.masking``).
+  Counted row by row from the one masking rule (``MaskSpec.key_range``), not re-derived here.
   """
-  if not causal:
-    if window_size is not None:
-      raise ValueError("visible_pairs: window_size needs causal=True")
-    return length * length
-  w = length if window_size is None else min(window_size, length)
-  return w * (w + 1) // 2 + (length - w) * w  # rows below W see i + 1 keys, the rest W
+  mask = MaskSpec(length, length, causal=causal, window_size=window_size)
+  rows = np.arange(length, dtype=np.int64)
+  lo, hi = mask.key_range(rows, rows)
+  return int(np.maximum(hi - lo + 1, 0).sum())
 
 
 def _matmuls(kind: str) -> tuple[int, int]:

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from parallax_jax.cli import main
-from parallax_jax.plots import curves_figure, run_labels
+from parallax_jax.train.plots import curves_figure, run_labels
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG = b"\x89PNG\r\n\x1a\n"

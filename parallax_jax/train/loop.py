@@ -12,11 +12,11 @@ import jax
 import ml_collections
 
 from parallax_jax.errors import UserFileNotFoundError
-from parallax_jax.plots import plot_runs
 from parallax_jax.train import data_io, run_record
 from parallax_jax.train.checkpoint import Checkpointer, abstract_like, load_params
 from parallax_jax.train.config import CheckpointConfig, resolve
 from parallax_jax.train.metrics import MetricsWriter, mfu_fields
+from parallax_jax.train.plots import plot_runs
 from parallax_jax.train.preemption import Preempted, StopSignal
 from parallax_jax.train.program import Program
 from parallax_jax.train.step import TrainState, eval_metrics
