@@ -131,13 +131,21 @@ def _train(args) -> int:
   return 0
 
 
-def _dry_run(args) -> int:
+def _print_validated(args):
+  """Loads, prints every key and validates the config (data opened): ``(cfg, exp, data)``."""
   from parallax_jax.train import dry_run
 
   cfg = _load_and_initialize(args.config, args.overrides)
   print("\n".join(dry_run.config_lines(cfg)))
   exp, data = dry_run.validate(cfg)
   print(f"data: {data.describe()}")
+  return cfg, exp, data
+
+
+def _dry_run(args) -> int:
+  from parallax_jax.train import dry_run
+
+  cfg, exp, data = _print_validated(args)
   if args.workdir is not None:
     print(dry_run.workdir_line(args.workdir, cfg))
   print("\n".join(dry_run.dry_run_lines(exp, data, compile=not args.no_compile)))
@@ -148,12 +156,7 @@ def _dry_run(args) -> int:
 def _config(args) -> int:
   import jax
 
-  from parallax_jax.train import dry_run
-
-  cfg = _load_and_initialize(args.config, args.overrides)
-  print("\n".join(dry_run.config_lines(cfg)))
-  exp, data = dry_run.validate(cfg)
-  print(f"data: {data.describe()}")
+  _, exp, _ = _print_validated(args)
   sizes = exp.mesh.shape(jax.device_count())
   print(f"valid for {jax.device_count()} device(s): mesh {sizes} (nothing compiled or written)")
   return 0

@@ -45,6 +45,12 @@ def _matmuls(kind: str) -> tuple[int, int]:
   return ATTENTION_MATMULS[kind]
 
 
+def _per_matmul(batch, heads, length, head_dim, causal, window_size) -> int:
+  """FLOPs of one ``[pairs, head_dim]`` matmul over every visible pair of every head."""
+  pairs = visible_pairs(length, causal=causal, window_size=window_size)
+  return 2 * head_dim * batch * heads * pairs
+
+
 def attention_model_flops(
   kind: str,
   *,
@@ -56,8 +62,8 @@ def attention_model_flops(
   window_size: int | None = None,
 ) -> float:
   """Model FLOPs of one attention call's forward + backward (3x the forward)."""
-  pairs = batch * heads * visible_pairs(length, causal=causal, window_size=window_size)
-  return 3 * _matmuls(kind)[0] * 2 * head_dim * pairs
+  per_matmul = _per_matmul(batch, heads, length, head_dim, causal, window_size)
+  return 3 * _matmuls(kind)[0] * per_matmul
 
 
 def kernel_executed_flops(
@@ -71,9 +77,8 @@ def kernel_executed_flops(
   window_size: int | None = None,
 ) -> dict[str, float]:
   """Matmul FLOPs the attention kernels execute: ``{"fwd": ..., "fwd_bwd": ...}``."""
-  pairs = batch * heads * visible_pairs(length, causal=causal, window_size=window_size)
   fwd, bwd = _matmuls(kind)
-  per_matmul = 2 * head_dim * pairs
+  per_matmul = _per_matmul(batch, heads, length, head_dim, causal, window_size)
   return {"fwd": fwd * per_matmul, "fwd_bwd": (fwd + bwd) * per_matmul}
 
 
