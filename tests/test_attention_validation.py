@@ -75,7 +75,7 @@ def test_explicit_kernel_on_wrong_backend_raises():
 
 
 def test_default_picks_xla_on_cpu_and_logs_once(caplog):
-  implementations._logged.clear()
+  implementations.ATTENTION.clear_log()
   with caplog.at_level(logging.INFO, logger="parallax_jax"):
     a = parallax_attention(Q + 1.0, Q, K + 1.0, K + 2.0)
     parallax_attention(Q, Q, K, K)

@@ -1,4 +1,4 @@
-"""The registry of Parallax implementations and the choice among them.
+"""The registries of Parallax implementations and the choice among them.
 
 An implementation is a forward that returns ``(o, Residuals)`` and a backward that maps the
 residuals and ``dO`` to ``(dq, dr, dk, dv)`` (wired into one ``jax.custom_vjp`` by ``api``),
@@ -31,6 +31,10 @@ class Implementation:
     bwd: ``bwd(q, r, k, v, segment_ids, residuals, do, spec) -> (dq, dr, dk, dv)`` or None.
     platforms: backends it compiles for natively; with ``spec.interpret`` it runs anywhere.
     check: raises NotImplementedError (saying why) for a call it cannot serve.
+    interpretable: its kernels run anywhere in Pallas interpret mode (``spec.interpret``).
+
+  The decode op (``parallax_jax.decode``) uses the same class: ``fwd(q, r, k_cache, v_cache,
+  lengths, spec) -> o`` and no ``bwd``.
   """
 
   name: str
@@ -54,58 +58,83 @@ class Implementation:
     self.check(spec)
 
 
-# name -> "module:attribute" of an Implementation; modules are imported on first use.
-_REGISTRY: dict[str, str] = {
-  "reference": "parallax_jax.attention.reference:IMPLEMENTATION",
-  "xla": "parallax_jax.attention.xla:IMPLEMENTATION",
-  "pallas_gpu": "pallas_kernels.gpu:IMPLEMENTATION",
-  "pallas_tpu": "pallas_kernels.tpu:IMPLEMENTATION",
-}
+class Registry:
+  """The implementations of one op by name, and ``implementation=None``'s choice among them.
 
-# What implementation=None tries, per backend, in order.
-_PREFERENCE: dict[str, tuple[str, ...]] = {
-  "gpu": ("pallas_gpu", "xla"),
-  "tpu": ("pallas_tpu", "xla"),
-}
-_DEFAULT_PREFERENCE = ("xla",)
+  Args:
+    op: the op's name, for messages and the log line.
+    entries: name -> ``"module:attribute"`` of an ``Implementation``; modules are imported on
+      first use (kernel families whose Pallas backend is missing stay unimported).
+    preference: per backend, the names ``implementation=None`` tries, in order.
+    default_preference: the names tried on any other backend.
+  """
 
-_logged: set[tuple] = set()
+  def __init__(
+    self,
+    op: str,
+    entries: dict[str, str],
+    preference: dict[str, tuple[str, ...]],
+    default_preference: tuple[str, ...] = ("xla",),
+  ):
+    self.op = op
+    self._entries = dict(entries)
+    self._preference = dict(preference)
+    self._default_preference = tuple(default_preference)
+    self._logged: set[tuple] = set()
 
+  def names(self) -> tuple[str, ...]:
+    return tuple(self._entries)
 
-def names() -> tuple[str, ...]:
-  return tuple(_REGISTRY)
-
-
-def get(name: str) -> Implementation:
-  if name not in _REGISTRY:
-    raise ValueError(f"implementation must be None or one of {names()}, got {name!r}.")
-  module, attr = _REGISTRY[name].split(":")
-  try:
-    impl = getattr(importlib.import_module(module), attr)
-  except ImportError as e:  # e.g. a kernel family whose Pallas backend is missing
-    raise NotImplementedError(f"implementation={name!r} is unavailable here: {e}") from e
-  return impl
-
-
-def select(implementation: str | None, spec: CallSpec) -> Implementation:
-  """The implementation that serves this call; explicit requests raise if they cannot."""
-  platform = jax.default_backend()
-  if implementation is not None:
-    impl = get(implementation)
-    impl.ensure_supported(spec, platform)
-    return impl
-  reasons = []
-  for name in _PREFERENCE.get(platform, _DEFAULT_PREFERENCE):
+  def get(self, name: str) -> Implementation:
+    if name not in self._entries:
+      raise ValueError(f"implementation must be None or one of {self.names()}, got {name!r}.")
+    module, attr = self._entries[name].split(":")
     try:
-      impl = get(name)
-      impl.ensure_supported(spec, platform)
-    except NotImplementedError as e:
-      reasons.append(f"{name}: {e}")
-      continue
-    key = (platform, name, tuple(reasons))
-    if key not in _logged:
-      _logged.add(key)
-      skipped = f" (skipped {'; '.join(reasons)})" if reasons else ""
-      log.info("parallax_attention: implementation=None on %s uses %r%s.", platform, name, skipped)
+      impl = getattr(importlib.import_module(module), attr)
+    except ImportError as e:  # e.g. a kernel family whose Pallas backend is missing
+      raise NotImplementedError(f"implementation={name!r} is unavailable here: {e}") from e
     return impl
-  raise NotImplementedError("no implementation can serve this call: " + "; ".join(reasons))
+
+  def select(self, implementation: str | None, spec) -> Implementation:
+    """The implementation that serves this call; explicit requests raise if they cannot."""
+    platform = jax.default_backend()
+    if implementation is not None:
+      impl = self.get(implementation)
+      impl.ensure_supported(spec, platform)
+      return impl
+    reasons = []
+    for name in self._preference.get(platform, self._default_preference):
+      try:
+        impl = self.get(name)
+        impl.ensure_supported(spec, platform)
+      except NotImplementedError as e:
+        reasons.append(f"{name}: {e}")
+        continue
+      key = (platform, name, tuple(reasons))
+      if key not in self._logged:
+        self._logged.add(key)
+        skipped = f" (skipped {'; '.join(reasons)})" if reasons else ""
+        log.info("%s: implementation=None on %s uses %r%s.", self.op, platform, name, skipped)
+      return impl
+    raise NotImplementedError(
+      f"no {self.op} implementation can serve this call: " + "; ".join(reasons)
+    )
+
+  def clear_log(self) -> None:
+    """Forget which choices were logged (tests of the log line)."""
+    self._logged.clear()
+
+
+ATTENTION = Registry(
+  "parallax_attention",
+  {
+    "reference": "parallax_jax.attention.reference:IMPLEMENTATION",
+    "xla": "parallax_jax.attention.xla:IMPLEMENTATION",
+    "pallas_gpu": "pallas_kernels.gpu:IMPLEMENTATION",
+    "pallas_tpu": "pallas_kernels.tpu:IMPLEMENTATION",
+  },
+  {"gpu": ("pallas_gpu", "xla"), "tpu": ("pallas_tpu", "xla")},
+)
+
+# The attention op's registry as module functions (``implementations.select(...)``).
+names, get, select = ATTENTION.names, ATTENTION.get, ATTENTION.select

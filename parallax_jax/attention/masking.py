@@ -10,7 +10,9 @@ This module is the single source of the masking convention. Every path asks it:
     the GPU forward and dq/dr loops) and ``query_blocks`` (its transpose for one key block: the
     GPU dk/dv loop);
 (c) the static block schedules ``block_schedule`` (key blocks per query block: the XLA loop
-    and the kernels' grids) and ``query_block_schedule`` (query blocks per key block).
+    and the kernels' grids) and ``query_block_schedule`` (query blocks per key block);
+(d) the decode mask ``kv_lengths_mask``: per-row KV lengths over a right-padded cache are the
+    causal rule with a per-row (traced) offset, not a rule of their own.
 
 Positions are end-aligned: with ``Tq`` queries and ``Tk`` keys, query row ``i`` sits at key
 position ``pos(i) = i + q_offset`` with ``q_offset = Tk - Tq`` (a ``ChunkMask`` carries any
@@ -271,3 +273,15 @@ def chunk_pair_kind(q_start, k_start, chunk_len: int, *, causal, window_size, xp
   positions starting at absolute positions ``q_start`` and ``k_start`` (ints or arrays)."""
   mask = ChunkMask(chunk_len, chunk_len, causal, window_size, q_start - k_start)
   return mask.tile_kind(0, 0, chunk_len, chunk_len, xp)
+
+
+def kv_lengths_mask(q_len: int, cache_len: int, lengths, window_size: int | None = None):
+  """The decode mask: row ``b`` of a right-padded cache holds ``lengths[b]`` valid keys and its
+  ``q_len`` queries are the last ``q_len`` of those positions (end-aligned per row).
+
+  That is the causal rule with query row 0 at key index ``lengths[b] - q_len``: keys at or past
+  ``lengths[b]`` lie after every query, and query rows at a negative position (``lengths[b] <
+  q_len``) see nothing. ``lengths`` is an int (array) shaped to broadcast against the query
+  index it will be compared with (e.g. ``lengths[:, None, None]`` for ``[B, Tq, S]`` tests).
+  """
+  return ChunkMask(q_len, cache_len, True, window_size, lengths - q_len)

@@ -32,6 +32,19 @@ def visible_mask(q_len, kv_len, *, causal, window_size, segment_ids=None):
   return out
 
 
+def decode_mask(lengths, q_len, cache_len, *, window_size):
+  """Boolean ``[B, Tq, S]`` of decode over a right-padded cache: row b holds ``lengths[b]``
+  valid keys and query i sits at position ``lengths[b] - Tq + i`` (it may be negative)."""
+  out = np.zeros((len(lengths), q_len, cache_len), bool)
+  for b, n in enumerate(lengths):
+    for i in range(q_len):
+      pos = n - q_len + i
+      for j in range(cache_len):
+        if j < n and j <= pos and (window_size is None or j > pos - window_size):
+          out[b, i, j] = True
+  return out
+
+
 def _row(q_i, r_i, k, scale, vis):
   """Probabilities and t of one row over its visible keys."""
   s = scale * (k[vis] @ q_i)
