@@ -70,6 +70,11 @@ class ModelConfig:
   # the [B, T, V] logits (model/cross_entropy.py); 0: dense logits.
   logits_chunk: int = 0
   attention_impl: str | None = None  # parallax_attention's implementation=; None: best
+  # Decode attention (Transformer.decode_step): parallax_decode's path for attention="parallax"
+  # ("xla", "pallas_gpu", "pallas_tpu"), jax.nn.dot_product_attention's for "softmax" ("xla",
+  # "cudnn"); None: attention_impl when it names such a path, else the best path.
+  decode_impl: str | None = None
+  decode_num_splits: int | None = None  # split-KV count of the decode kernels; None: heuristic
   lla_ridge: float = 1.0  # attention="lla": ridge lambda on the local slope (> 0)
   input_dim: int = 0  # > 0: float input vectors of this size instead of token ids
   output_dim: int = 0  # > 0: a linear regression head of this size instead of the LM head
@@ -118,6 +123,17 @@ class ModelConfig:
       isinstance(self.logits_chunk, int) and self.logits_chunk >= 0,
       "logits_chunk",
       f"must be an int >= 0 (0: dense logits), got {self.logits_chunk!r}",
+    )
+    need(
+      self.decode_impl in (None, "xla", "pallas_gpu", "pallas_tpu", "cudnn"),
+      "decode_impl",
+      f"must be None, 'xla', 'pallas_gpu', 'pallas_tpu' or 'cudnn', got {self.decode_impl!r}",
+    )
+    need(
+      self.decode_num_splits is None
+      or (isinstance(self.decode_num_splits, int) and self.decode_num_splits >= 1),
+      "decode_num_splits",
+      f"must be a positive int or None, got {self.decode_num_splits!r}",
     )
     need(self.lla_ridge > 0, "lla_ridge", f"must be > 0, got {self.lla_ridge!r}")
     for f in ("input_dim", "output_dim"):

@@ -2,19 +2,25 @@
 
 With ``input_dim`` / ``output_dim`` (``ModelConfig``) the embedding / LM head become linear maps
 of float vectors (regression tasks).
+
+Inference (docs/design.md §13.4): ``init_cache``, ``prefill`` (right-padded prompts, optionally
+in chunks) and ``decode_step`` (one token per row) run the same weights on a ``KVCache``.
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 from jaxtyping import Array, Float, Int
 
 from parallax_jax import sharding
 from parallax_jax.attention.api import CHECKPOINT_NAME
+from parallax_jax.model import kv_cache
 from parallax_jax.model.attention import Attention
 from parallax_jax.model.config import ModelConfig
+from parallax_jax.model.kv_cache import KVCache
 from parallax_jax.model.layers import RMSNorm, SwiGLU, param, projection
 
 
@@ -53,6 +59,22 @@ class Block(nnx.Module):
   def __call__(self, x, positions, segment_ids):
     x = x + self.attn(self.attn_norm(x), positions, segment_ids)
     return x + self.mlp(self.mlp_norm(x))
+
+  def prefill_chunk(self, x, start, k_cache, v_cache):
+    """``__call__`` on prompt positions ``start ..`` through the layer's cache."""
+    h, k_cache, v_cache = self.attn.prefill_chunk(self.attn_norm(x), start, k_cache, v_cache)
+    x = x + h
+    return x + self.mlp(self.mlp_norm(x)), k_cache, v_cache
+
+  def decode(self, x, lengths, k_cache, v_cache):
+    """``__call__`` on one new token per row at position ``lengths[b]``."""
+    h, k_cache, v_cache = self.attn.decode(self.attn_norm(x), lengths, k_cache, v_cache)
+    x = x + h
+    return x + self.mlp(self.mlp_norm(x)), k_cache, v_cache
+
+
+def _is_concrete(x) -> bool:
+  return not isinstance(x, jax.core.Tracer)
 
 
 class Transformer(nnx.Module):
@@ -145,3 +167,164 @@ class Transformer(nnx.Module):
       # token's embedding, and unscaled that token's logit would start at init_std * d.
       return self.embed[...].astype(dt), cfg.d_model**-0.5
     return self.head[...].astype(dt).T, 1.0
+
+  # Inference ----------------------------------------------------------------------------------
+  def _check_decodes(self, what: str) -> None:
+    cfg = self.cfg
+    if cfg.input_dim or cfg.output_dim:
+      raise ValueError(
+        f"Transformer.{what}: a regression model (model.input_dim={cfg.input_dim}, "
+        f"model.output_dim={cfg.output_dim}) reads float vectors and has no LM head; only "
+        f"token models (both 0) decode."
+      )
+    if cfg.attention not in ("parallax", "softmax"):
+      raise NotImplementedError(
+        f"Transformer.{what}: decode supports attention='parallax' and 'softmax', "
+        f"not {cfg.attention!r}."
+      )
+
+  def init_cache(self, batch: int, max_len: int, dtype=None) -> KVCache:
+    """An empty ``KVCache``: zeros ``[batch, max_len, Hkv, D]`` per layer in ``dtype`` (None:
+    the compute dtype; attention then runs in that dtype), ``lengths`` 0."""
+    self._check_decodes("init_cache")
+    cfg = self.cfg
+    dtype = jnp.dtype(cfg.compute_dtype if dtype is None else dtype)
+    return kv_cache.empty_cache(
+      cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.head_dim, dtype
+    )
+
+  def prefill(
+    self,
+    tokens: Int[Array, "B T"],
+    prompt_lengths: Int[Array, " B"],
+    cache: KVCache,
+    *,
+    chunk_size: int | None = None,
+  ) -> tuple[Float[Array, "B V"], KVCache]:
+    """Runs right-padded prompts into an empty cache; returns the next-token logits.
+
+    Row ``b``'s prompt is ``tokens[b, :prompt_lengths[b]]`` (token ``i`` at position ``i``);
+    k, v of positions ``0 .. T - 1`` go to slots ``0 .. T - 1`` (a row's padding slots are
+    never visible: ``cache.lengths`` becomes ``prompt_lengths``).
+
+    Args:
+      tokens: ``[B, T]`` int token ids, ``T <= cache.max_len``.
+      prompt_lengths: ``[B]`` ints in ``1 .. T`` (checked when concrete).
+      cache: an empty cache (``init_cache``; lengths 0, checked when concrete).
+      chunk_size: positions per chunk (static): chunk ``[s, e)`` attends to slots ``0 .. e-1``
+        through the training op (causal, end-aligned), so no ``[T, T]`` problem is built
+        beyond the op's own tiling. None: the whole prompt in one chunk.
+
+    Returns:
+      ``(logits [B, V] float32 at position prompt_lengths[b] - 1, cache)``.
+    """
+    self._check_decodes("prefill")
+    cfg = self.cfg
+    if getattr(tokens, "ndim", None) != 2 or not jnp.issubdtype(tokens.dtype, jnp.integer):
+      raise ValueError(
+        f"prefill: tokens must be int [B, T] (right-padded prompts), got "
+        f"{getattr(tokens, 'shape', type(tokens).__name__)} {getattr(tokens, 'dtype', '')}."
+      )
+    b, t = tokens.shape
+    kv_cache.check_cache(
+      cache,
+      num_layers=cfg.num_layers,
+      batch=b,
+      num_kv_heads=cfg.num_kv_heads,
+      head_dim=cfg.head_dim,
+    )
+    if t > cache.max_len:
+      raise ValueError(
+        f"prefill: the prompts have T={t} positions but the cache holds max_len="
+        f"{cache.max_len}: build the cache with init_cache(max_len >= {t}) or trim the prompts."
+      )
+    if chunk_size is None:
+      chunk_size = t
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+      raise ValueError(f"prefill: chunk_size must be a positive int or None, got {chunk_size!r}.")
+    prompt_lengths = jnp.asarray(prompt_lengths)
+    if tuple(prompt_lengths.shape) != (b,) or not jnp.issubdtype(prompt_lengths.dtype, jnp.integer):
+      raise ValueError(
+        f"prefill: prompt_lengths must be int [B] = ({b},), got "
+        f"{tuple(prompt_lengths.shape)} {prompt_lengths.dtype}."
+      )
+    if _is_concrete(prompt_lengths):
+      values = np.asarray(prompt_lengths)
+      if values.min() < 1 or values.max() > t:
+        raise ValueError(
+          f"prefill: prompt_lengths must lie in 1 .. T={t} (tokens.shape[1]), got "
+          f"{values.tolist()}."
+        )
+    if _is_concrete(cache.lengths) and np.asarray(cache.lengths).any():
+      raise ValueError(
+        "prefill: the cache must be empty (lengths 0; init_cache), got lengths "
+        f"{np.asarray(cache.lengths).tolist()}; continue a filled cache with decode_step."
+      )
+
+    dt = jnp.dtype(cfg.compute_dtype)
+    x_BTD = self.embed[...].astype(dt)[tokens]
+    ks, vs = list(cache.k), list(cache.v)
+    outs = []
+    for start in range(0, t, chunk_size):
+      x = x_BTD[:, start : start + chunk_size]
+      for i, block in enumerate(self.blocks):
+        x, ks[i], vs[i] = block.prefill_chunk(x, start, ks[i], vs[i])
+      outs.append(x)
+    x_BTD = jnp.concatenate(outs, axis=1) if len(outs) > 1 else outs[0]
+    last = prompt_lengths.astype(jnp.int32) - 1
+    x_BD = self.final_norm(x_BTD[jnp.arange(b), last])
+    cache = KVCache(k=tuple(ks), v=tuple(vs), lengths=prompt_lengths.astype(jnp.int32))
+    return self._logits(x_BD), cache
+
+  def decode_step(
+    self, tokens: Int[Array, " B"], cache: KVCache
+  ) -> tuple[Float[Array, "B V"], KVCache]:
+    """One new token per row at position ``cache.lengths[b]``; returns its next-token logits.
+
+    Writes the token's k, v into slot ``lengths[b]`` of every layer and advances ``lengths``
+    by one. A full row (``lengths[b] == max_len``) raises when ``lengths`` is concrete; under
+    ``jit`` its write is dropped, its ``lengths`` stays ``max_len`` and its logits are
+    meaningless (the token is not in the cache): stop rows before they fill the cache.
+
+    Returns:
+      ``(logits [B, V] float32, cache)``.
+    """
+    self._check_decodes("decode_step")
+    cfg = self.cfg
+    if getattr(tokens, "ndim", None) != 1 or not jnp.issubdtype(tokens.dtype, jnp.integer):
+      raise ValueError(
+        f"decode_step: tokens must be int [B] (one new token per row), got "
+        f"{getattr(tokens, 'shape', type(tokens).__name__)} {getattr(tokens, 'dtype', '')}."
+      )
+    (b,) = tokens.shape
+    kv_cache.check_cache(
+      cache,
+      num_layers=cfg.num_layers,
+      batch=b,
+      num_kv_heads=cfg.num_kv_heads,
+      head_dim=cfg.head_dim,
+    )
+    lengths = cache.lengths.astype(jnp.int32)
+    if _is_concrete(lengths):
+      values = np.asarray(lengths)
+      bad = (values < 0) | (values >= cache.max_len)
+      if bad.any():
+        row = int(bad.argmax())
+        raise ValueError(
+          f"decode_step: row {row} has lengths={values[row]} but the cache holds max_len="
+          f"{cache.max_len} slots (0 <= lengths < max_len needed): stop the row or build a "
+          f"longer cache."
+        )
+    dt = jnp.dtype(cfg.compute_dtype)
+    x = self.embed[...].astype(dt)[tokens][:, None]  # [B, 1, D]
+    ks, vs = list(cache.k), list(cache.v)
+    for i, block in enumerate(self.blocks):
+      x, ks[i], vs[i] = block.decode(x, lengths, ks[i], vs[i])
+    x_BD = self.final_norm(x[:, 0])
+    cache = KVCache(k=tuple(ks), v=tuple(vs), lengths=kv_cache.next_lengths(lengths, cache.max_len))
+    return self._logits(x_BD), cache
+
+  def _logits(self, x_BD: Float[Array, "B D"]) -> Float[Array, "B V"]:
+    """The LM head on final-normed vectors, float32 (as ``__call__``)."""
+    w_VD, scale = self.lm_head()
+    return (jnp.einsum("bd,vd->bv", x_BD, w_VD) * scale).astype(jnp.float32)

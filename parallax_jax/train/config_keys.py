@@ -42,6 +42,8 @@ KEYS: dict[str, tuple[str, str]] = {
   "model.remat": (SAFE, "rematerialisation per block: 'none', 'full', 'dots', 'dots_attention'"),
   "model.logits_chunk": (SAFE, "cross-entropy in chunks of this many positions; 0: dense logits"),
   "model.attention_impl": (SAFE, "attention kernel ('xla', 'pallas', ...); None: best available"),
+  "model.decode_impl": (SAFE, "decode attention path (generate); None: attention_impl or best"),
+  "model.decode_num_splits": (SAFE, "split-KV count of the decode kernels; None: heuristic"),
   "model.lla_ridge": (FIXED, "attention='lla': ridge lambda of the local linear solve (> 0)"),
   "model.input_dim": (FIXED, "> 0: float input vectors of this size instead of token ids"),
   "model.output_dim": (FIXED, "> 0: linear regression head of this size instead of the LM head"),
