@@ -116,3 +116,17 @@ def test_synthetic_batch_fits_the_model(packed):
   batch = synthetic_batch(reg, b, t)
   check_batch(batch)
   assert batch["inputs"].shape == (b, t, 3) and batch["targets"].shape == (b, t, 2)
+
+
+def test_bench_generate_smoke_writes_both_kinds(tmp_path):
+  """experiments/bench_generate.py end to end on a tiny CPU model: a row per attention kind,
+  the Parallax/softmax ratio, JSON + markdown written; a later run's name does not overwrite."""
+  from experiments import bench_generate
+
+  record = bench_generate.main(["--smoke", "--out-dir", str(tmp_path)])
+  kinds = {r["attention"] for r in record["rows"] if "error" not in r}
+  assert kinds == {"parallax", "softmax"}, record["rows"]
+  assert all(r["decode_tokens"] == 2 * 7 for r in record["rows"])  # 2 rows, 7 decode steps
+  assert len(record["parallax_over_softmax"]) == 1
+  (written,) = tmp_path.glob("*.json")
+  assert bench_generate._stem(tmp_path, written.stem).name == written.stem + "_2"

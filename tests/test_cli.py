@@ -5,28 +5,12 @@ from pathlib import Path
 
 import jax
 import pytest
+from cli_runner import one_line_error, run_cli
 
 from parallax_jax import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "configs" / "tiny.py")
-
-
-def _run(capsys, *argv):
-  """``(exit code, stdout, stderr)`` of ``parallax-jax argv`` in this process."""
-  try:
-    code = cli.main(list(argv))
-  except SystemExit as e:  # argparse
-    code = e.code
-  out = capsys.readouterr()
-  return code, out.out, out.err
-
-
-def _one_line_error(err: str) -> str:
-  lines = [line for line in err.splitlines() if not line.startswith(("INFO ", "WARNING "))]
-  assert len(lines) == 1 and lines[0].startswith("parallax-jax: error: "), err
-  assert "Traceback" not in err
-  return lines[0]
 
 
 @pytest.mark.parametrize(
@@ -42,8 +26,8 @@ def _one_line_error(err: str) -> str:
 )
 def test_user_errors_are_one_line_and_leave_no_workdir(tmp_path, capsys, override, match):
   workdir = tmp_path / "w"
-  code, _, err = _run(capsys, "train", "--config", TINY, "--workdir", str(workdir), override)
-  assert code == 2 and re.search(match, _one_line_error(err))
+  code, _, err = run_cli(capsys, "train", "--config", TINY, "--workdir", str(workdir), override)
+  assert code == 2 and re.search(match, one_line_error(err))
   assert not workdir.exists()
 
 
@@ -51,10 +35,10 @@ def test_empty_corpus_and_missing_config_file(tmp_path, capsys):
   (tmp_path / "blank.txt").write_text("  \n\n")
   workdir = tmp_path / "w"
   source = f"--config.data.source={tmp_path / 'blank.txt'}"
-  code, _, err = _run(capsys, "train", "--config", TINY, "--workdir", str(workdir), source)
-  assert code == 2 and "no documents" in _one_line_error(err)
-  code, _, err = _run(capsys, "train", "--config", str(tmp_path / "nope.py"), "--workdir", "x")
-  assert code == 2 and "does not exist" in _one_line_error(err)
+  code, _, err = run_cli(capsys, "train", "--config", TINY, "--workdir", str(workdir), source)
+  assert code == 2 and "no documents" in one_line_error(err)
+  code, _, err = run_cli(capsys, "train", "--config", str(tmp_path / "nope.py"), "--workdir", "x")
+  assert code == 2 and "does not exist" in one_line_error(err)
   assert not workdir.exists() and not Path("x").exists()
 
 
@@ -89,7 +73,7 @@ def test_config_prints_every_key_with_its_meaning(capsys):
   from parallax_jax.train.config_keys import KEYS, flatten
   from parallax_jax.train.defaults import base_config
 
-  code, out, _ = _run(capsys, "config", "--config", TINY, "--config.train.steps", "7")
+  code, out, _ = run_cli(capsys, "config", "--config", TINY, "--config.train.steps", "7")
   assert code == 0
   rows = {line.split()[0]: line for line in out.splitlines()}
   for key in flatten(base_config().to_dict()):
@@ -98,15 +82,15 @@ def test_config_prints_every_key_with_its_meaning(capsys):
   assert rows["train.steps"].split()[1:3] == ["7", "safe"]
   assert rows["model.d_model"].split()[1:3] == ["128", "fixed"]
   assert f"valid for {jax.device_count()} device(s)" in out
-  code, _, err = _run(capsys, "config", "--config", TINY, "--config.train.steps", "x")
-  assert code == 2 and "expected an int" in _one_line_error(err)
+  code, _, err = run_cli(capsys, "config", "--config", TINY, "--config.train.steps", "x")
+  assert code == 2 and "expected an int" in one_line_error(err)
 
 
 def test_train_dry_run_reports_and_writes_nothing(tmp_path, capsys):
   from parallax_jax.train.config import load_config, resolve
 
   workdir = tmp_path / "w"
-  code, out, _ = _run(capsys, "train", "--dry-run", "--config", TINY, "--workdir", str(workdir))
+  code, out, _ = run_cli(capsys, "train", "--dry-run", "--config", TINY, "--workdir", str(workdir))
   assert code == 0 and not workdir.exists()
   m = resolve(load_config(TINY)).model
   assert f"parameters: {m.num_params():,}" in out
@@ -120,7 +104,7 @@ def test_train_dry_run_reports_and_writes_nothing(tmp_path, capsys):
 
 
 def test_train_help_points_to_config_and_dry_run(capsys):
-  code, out, _ = _run(capsys, "train", "--help")
+  code, out, _ = run_cli(capsys, "train", "--help")
   assert code == 0
   assert "parallax-jax config --config C" in out and "--dry-run" in out
   assert "--config.SECTION.KEY VALUE" in out
@@ -133,15 +117,15 @@ def test_one_document_corpus_advice(tmp_path, capsys):
   base = ["train", "--config", TINY, f"--config.data.source={tmp_path / 'one.txt'}"]
   base += ["--config.train.steps=2", "--config.train.progress_bar=false"]
   workdir = str(tmp_path / "w")
-  code, _, err = _run(capsys, *base, "--workdir", workdir)
-  line = _one_line_error(err)
+  code, _, err = run_cli(capsys, *base, "--workdir", workdir)
+  line = one_line_error(err)
   assert code == 2 and "the source has 1 document:" in line and "train.eval_every=0" in line
   assert "positive eval_fraction" not in line  # the old advice: 0.01 is positive already
-  code, _, err = _run(capsys, *base, "--workdir", workdir, "--config.data.eval_fraction=0.0")
-  line = _one_line_error(err)
+  code, _, err = run_cli(capsys, *base, "--workdir", workdir, "--config.data.eval_fraction=0.0")
+  line = one_line_error(err)
   assert code == 2 and "data.eval_fraction=0 holds out no document" in line
   assert not Path(workdir).exists()
-  code, out, _ = _run(
+  code, out, _ = run_cli(
     capsys,
     *base,
     "--workdir",

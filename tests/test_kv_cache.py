@@ -195,14 +195,14 @@ def test_decode_config_keys_reach_the_op():
   """``model.decode_impl`` / ``decode_num_splits`` are what decode asks for: an explicit "xla"
   path with a split count it cannot run raises (nothing falls back), one split runs."""
   seq = tokens((1, 6), seed=3)
+  five = jnp.array([5], jnp.int32)
   m = make_model(decode_impl="xla", decode_num_splits=4)
-  cache = m.init_cache(1, 16)
-  _, cache = m.prefill(seq[:, :5], jnp.array([5], jnp.int32), cache)
+  _, cache = prefill(m, seq[:, :5], five, m.init_cache(1, 16))
   with pytest.raises(NotImplementedError, match="no launch tuning"):
-    m.decode_step(seq[:, 5], cache)
+    decode_step(m, seq[:, 5], cache)
   m = make_model(decode_impl="xla", decode_num_splits=1)
-  _, cache = m.prefill(seq[:, :5], jnp.array([5], jnp.int32), m.init_cache(1, 16))
-  logits, _ = m.decode_step(seq[:, 5], cache)
+  _, cache = prefill(m, seq[:, :5], five, m.init_cache(1, 16))
+  logits, _ = decode_step(m, seq[:, 5], cache)
   np.testing.assert_allclose(logits, forward(m, seq)[:, 5], atol=ATOL)
   with pytest.raises(ValueError, match="model.decode_impl"):
     make_model(decode_impl="fast")

@@ -35,17 +35,63 @@ class CallSpec:
     return self.num_q_heads // self.num_kv_heads
 
 
-def _shape(name, x):
+def array_shape(name, x) -> tuple[int, ...]:
+  """The shape of array argument ``name``; TypeError if it is not an array."""
   if not hasattr(x, "shape") or not hasattr(x, "dtype"):
     raise TypeError(f"{name} must be an array, got {type(x).__name__}.")
   return tuple(x.shape)
+
+
+def common_dtype(arrays: dict, op: str) -> str:
+  """The one float dtype of ``arrays`` (name -> array); TypeError naming the odd one out."""
+  dtypes = {n: jnp.dtype(x.dtype) for n, x in arrays.items()}
+  allowed = [jnp.dtype(t) for t in SUPPORTED_DTYPES]
+  if jax.config.jax_enable_x64:
+    allowed.append(jnp.dtype(jnp.float64))
+  for name, dt in dtypes.items():
+    if dt not in allowed:
+      raise TypeError(f"{name} has dtype {dt}; {op} takes {', '.join(map(str, allowed))}.")
+  if len(set(dtypes.values())) != 1:
+    raise TypeError(
+      f"{', '.join(dtypes)} must share one dtype, got "
+      f"{ {n: str(t) for n, t in dtypes.items()} }; cast them first."
+    )
+  return str(next(iter(dtypes.values())))
+
+
+def static_scale(scale, head_dim: int) -> float:
+  """``scale`` as a finite Python float (None: ``1 / sqrt(D)``)."""
+  if scale is None:
+    return 1.0 / math.sqrt(head_dim)
+  if isinstance(scale, jax.core.Tracer) or not isinstance(scale, numbers.Real | np.ndarray):
+    raise TypeError(
+      f"scale must be a static Python float (or None for 1/sqrt(D)), got {type(scale).__name__}."
+    )
+  scale = float(scale)
+  if not math.isfinite(scale):
+    raise ValueError(f"scale must be finite, got {scale}.")
+  return scale
+
+
+def window(window_size) -> int | None:
+  """``window_size`` as an int >= 1 or None."""
+  if window_size is None:
+    return None
+  if isinstance(window_size, bool) or not isinstance(window_size, numbers.Integral):
+    raise TypeError(f"window_size must be an int or None, got {window_size!r}.")
+  if window_size < 1:
+    raise ValueError(
+      f"window_size must be >= 1 (the number of most recent keys kept, "
+      f"diagonal included) or None for no window, got {window_size}."
+    )
+  return int(window_size)
 
 
 def validate(
   q, r, k, v, *, scale, causal, window_size, segment_ids, interpret, block_sizes
 ) -> CallSpec:
   """Checks the arguments of ``parallax_attention`` and returns the static ``CallSpec``."""
-  shapes = {n: _shape(n, x) for n, x in (("q", q), ("r", r), ("k", k), ("v", v))}
+  shapes = {n: array_shape(n, x) for n, x in (("q", q), ("r", r), ("k", k), ("v", v))}
   layouts = {
     "q": "[B, Tq, Hq, D]",
     "r": "[B, Tq, Hq, D]",
@@ -73,50 +119,21 @@ def validate(
       f"kv heads ({hkv}, k.shape[2])."
     )
 
-  dtypes = {n: jnp.dtype(x.dtype) for n, x in (("q", q), ("r", r), ("k", k), ("v", v))}
-  allowed = [jnp.dtype(t) for t in SUPPORTED_DTYPES]
-  if jax.config.jax_enable_x64:
-    allowed.append(jnp.dtype(jnp.float64))
-  for name, dt in dtypes.items():
-    if dt not in allowed:
-      raise TypeError(
-        f"{name} has dtype {dt}; parallax_attention takes {', '.join(map(str, allowed))}."
-      )
-  if len(set(dtypes.values())) != 1:
-    raise TypeError(
-      f"q, r, k, v must share one dtype, got "
-      f"{ {n: str(t) for n, t in dtypes.items()} }; cast them first."
-    )
-
-  if scale is None:
-    scale = 1.0 / math.sqrt(d)
-  elif isinstance(scale, jax.core.Tracer) or not isinstance(scale, numbers.Real | np.ndarray):
-    raise TypeError(
-      f"scale must be a static Python float (or None for 1/sqrt(D)), got {type(scale).__name__}."
-    )
-  scale = float(scale)
-  if not math.isfinite(scale):
-    raise ValueError(f"scale must be finite, got {scale}.")
+  dtype = common_dtype({"q": q, "r": r, "k": k, "v": v}, "parallax_attention")
+  scale = static_scale(scale, d)
 
   if not isinstance(causal, bool | np.bool_):
     raise TypeError(f"causal must be a bool, got {causal!r}.")
+  window_size = window(window_size)
   if window_size is not None:
-    if isinstance(window_size, bool) or not isinstance(window_size, numbers.Integral):
-      raise TypeError(f"window_size must be an int or None, got {window_size!r}.")
-    if window_size < 1:
-      raise ValueError(
-        f"window_size must be >= 1 (the number of most recent keys kept, "
-        f"diagonal included) or None for no window, got {window_size}."
-      )
     if not causal:
       raise ValueError(
         "window_size needs causal=True: the window keeps the W most recent keys "
         "up to the diagonal. Pass causal=True or window_size=None."
       )
-    window_size = int(window_size)
 
   if segment_ids is not None:
-    seg_shape = _shape("segment_ids", segment_ids)
+    seg_shape = array_shape("segment_ids", segment_ids)
     if not jnp.issubdtype(segment_ids.dtype, jnp.integer):
       raise TypeError(f"segment_ids must have an integer dtype, got {segment_ids.dtype}.")
     if q_len != kv_len:
@@ -129,7 +146,7 @@ def validate(
   return CallSpec(
     scale=scale,
     mask=MaskSpec(q_len=q_len, kv_len=kv_len, causal=bool(causal), window_size=window_size),
-    dtype=str(dtypes["q"]),
+    dtype=dtype,
     batch=batch,
     num_q_heads=hq,
     num_kv_heads=hkv,

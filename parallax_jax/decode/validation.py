@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import math
-import numbers
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from parallax_jax.attention.masking import ChunkMask, kv_lengths_mask
-from parallax_jax.attention.validation import SUPPORTED_DTYPES
+from parallax_jax.attention.validation import array_shape, common_dtype, static_scale, window
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,12 +64,6 @@ class DecodeSpec:
     return kv_lengths_mask(self.q_len, self.cache_len, lengths, self.window_size)
 
 
-def _shape(name, x):
-  if not hasattr(x, "shape") or not hasattr(x, "dtype"):
-    raise TypeError(f"{name} must be an array, got {type(x).__name__}.")
-  return tuple(x.shape)
-
-
 def _is_concrete(x) -> bool:
   return not isinstance(x, jax.core.Tracer)
 
@@ -87,7 +79,7 @@ def validate_decode(
     "v_cache": "[B, S, Hkv, D]",
   }
   arrays = {"q": q, "r": r, "k_cache": k_cache, "v_cache": v_cache}
-  shapes = {n: _shape(n, x) for n, x in arrays.items()}
+  shapes = {n: array_shape(n, x) for n, x in arrays.items()}
   for name, shape in shapes.items():
     if len(shape) != 4:
       raise ValueError(f"{name} must have rank 4 {layouts[name]}, got shape {shape}.")
@@ -111,22 +103,9 @@ def validate_decode(
       f"kv heads ({hkv}, k_cache.shape[2])."
     )
 
-  dtypes = {n: jnp.dtype(x.dtype) for n, x in arrays.items()}
-  allowed = [jnp.dtype(t) for t in SUPPORTED_DTYPES]
-  if jax.config.jax_enable_x64:
-    allowed.append(jnp.dtype(jnp.float64))
-  for name, dt in dtypes.items():
-    if dt not in allowed:
-      raise TypeError(
-        f"{name} has dtype {dt}; parallax_decode takes {', '.join(map(str, allowed))}."
-      )
-  if len(set(dtypes.values())) != 1:
-    raise TypeError(
-      f"q, r, k_cache, v_cache must share one dtype, got "
-      f"{ {n: str(t) for n, t in dtypes.items()} }; cast them first."
-    )
+  dtype = common_dtype(arrays, "parallax_decode")
 
-  lshape = _shape("lengths", lengths)
+  lshape = array_shape("lengths", lengths)
   if lshape != (batch,):
     raise ValueError(
       f"lengths must have shape [B] = ({batch},) (valid keys per row), got {lshape}."
@@ -143,24 +122,8 @@ def validate_decode(
         f"{values.max()} (row {values.argmax()})."
       )
 
-  if scale is None:
-    scale = 1.0 / math.sqrt(d)
-  elif isinstance(scale, jax.core.Tracer) or not isinstance(scale, numbers.Real | np.ndarray):
-    raise TypeError(
-      f"scale must be a static Python float (or None for 1/sqrt(D)), got {type(scale).__name__}."
-    )
-  scale = float(scale)
-  if not math.isfinite(scale):
-    raise ValueError(f"scale must be finite, got {scale}.")
-  if window_size is not None:
-    if isinstance(window_size, bool) or not isinstance(window_size, numbers.Integral):
-      raise TypeError(f"window_size must be an int or None, got {window_size!r}.")
-    if window_size < 1:
-      raise ValueError(
-        f"window_size must be >= 1 (the number of most recent keys kept, diagonal included) "
-        f"or None for no window, got {window_size}."
-      )
-    window_size = int(window_size)
+  scale = static_scale(scale, d)
+  window_size = window(window_size)
   if not isinstance(interpret, bool):
     raise TypeError(f"interpret must be a bool, got {interpret!r}.")
   if tuning is None:
@@ -173,7 +136,7 @@ def validate_decode(
     q_len=q_len,
     cache_len=cache_len,
     window_size=window_size,
-    dtype=str(dtypes["q"]),
+    dtype=dtype,
     batch=batch,
     num_q_heads=hq,
     num_kv_heads=hkv,

@@ -82,29 +82,62 @@ class Checkpointer:
 
     Unreadable steps newer than it are moved aside (not in read-only mode); if no step is
     readable, nothing is moved and ``CheckpointError`` names the directory and each reason."""
+    steps = sorted(self.manager.all_steps(), reverse=True)
+    found, failures = self._first_readable(steps, lambda s: self.restore(abstract_state, s))
+    if found is None:
+      if failures:
+        raise CheckpointError(
+          f"no readable checkpoint in {self.directory} ({_listed(failures)}). Nothing was moved; "
+          "to start over, use a new --workdir (or move the checkpoints directory away)."
+        )
+      return None
+    step, (state, data_state) = found
+    for bad, _ in failures:
+      self._move_aside(bad)
+    if failures:
+      self.manager.reload()
+      log.warning("resuming from step %d, the newest readable checkpoint", step)
+    return step, state, data_state
+
+  def restore_params(self, abstract_params: dict, step: int | None = None) -> tuple[int, dict]:
+    """``(step, params)`` of ``step`` (default: the newest readable one) as a partial restore:
+    the optimizer and data states stay on disk. ``abstract_params`` is the params pure dict of
+    ``jax.ShapeDtypeStruct`` (with the target shardings). Moves nothing: an unreadable newer
+    step is logged and skipped."""
+    steps = [step] if step is not None else sorted(self.manager.all_steps(), reverse=True)
+    item = {"params": abstract_params}
+
+    def read(s):
+      restore = ocp.args.PyTreeRestore(
+        item=item,
+        restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+        partial_restore=True,
+      )
+      return self.manager.restore(s, args=ocp.args.Composite(state=restore))["state"]["params"]
+
+    # A given step's failure is the error itself; only a fallback needs the log line.
+    found, failures = self._first_readable(steps, read, log_failures=step is None)
+    if found is None:
+      raise CheckpointError(
+        f"no readable checkpoint in {self.directory} ({_listed(failures) or 'no steps'}); "
+        "nothing was changed"
+      )
+    return found
+
+  def _first_readable(self, steps, read, *, log_failures: bool = True):
+    """``((step, read(step)) or None, [(step, reason) of the unreadable ones before it])``
+    over ``steps`` in order; each unreadable step is logged with its reason."""
     failures: list[tuple[int, str]] = []
-    for step in sorted(self.manager.all_steps(), reverse=True):
+    for step in steps:
       try:
         with _abandoned_reads_quiet():
-          state, data_state = self.restore(abstract_state, step)
+          return (step, read(step)), failures
       except Exception as e:  # Orbax/TensorStore raise many kinds for damaged files
         reason = _one_line(e)
-        log.error("checkpoint step %d in %s is unreadable: %s", step, self.directory, reason)
+        if log_failures:
+          log.error("checkpoint step %d in %s is unreadable: %s", step, self.directory, reason)
         failures.append((step, reason))
-        continue
-      for bad, _ in failures:
-        self._move_aside(bad)
-      if failures:
-        self.manager.reload()
-        log.warning("resuming from step %d, the newest readable checkpoint", step)
-      return step, state, data_state
-    if failures:
-      listed = "; ".join(f"step {s}: {r}" for s, r in failures)
-      raise CheckpointError(
-        f"no readable checkpoint in {self.directory} ({listed}). Nothing was moved; to start "
-        "over, use a new --workdir (or move the checkpoints directory away)."
-      )
-    return None
+    return None, failures
 
   def _move_aside(self, step: int) -> None:
     if self.read_only:
@@ -158,6 +191,10 @@ def _abandoned_reads_quiet():
 
 class CheckpointError(UserError):
   """No checkpoint of a run could be read (the CLI prints it as one line)."""
+
+
+def _listed(failures: list[tuple[int, str]]) -> str:
+  return "; ".join(f"step {s}: {r}" for s, r in failures)
 
 
 def _one_line(e: Exception, limit: int = 300) -> str:

@@ -1,0 +1,230 @@
+"""End-to-end generation speed: Parallax beside softmax, the same model size, the same run.
+
+For each attention kind, builds the config's model with random weights (bf16 parameters, as a
+serving copy would hold them), and for each (batch, prompt length) runs
+``parallax_jax.inference.generate`` on random prompt tokens: prefill, then ``--new-tokens``
+greedy decode steps (no EOS, every row runs to the end). Reports prefill tokens/s and decode
+tokens/s (``GenerationResult``: compiled calls only, compilation excluded; decode time runs
+from dispatch of each chunk to the host read of its tokens), the best of ``--repeats`` runs.
+
+  python -m experiments.bench_generate --config configs/lm_0p6b.py \
+      --batches 1,32 --prompt-lens 1024,4096 --new-tokens 256 --out-dir experiments/results
+  python -m experiments.bench_generate --smoke        # tiny model on CPU (a test runs it)
+
+Writes ``<out-dir>/bench_generate_<config>_<date>[_N].{json,md}`` (never overwrites).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import platform
+import sys
+import traceback
+from pathlib import Path
+
+import jax
+import numpy as np
+from flax import nnx
+
+from parallax_jax.inference.generate import generate
+from parallax_jax.model import ModelConfig, Transformer
+from parallax_jax.train.config import load_config
+
+SMOKE_MODEL = dict(
+  vocab_size=256,
+  d_model=64,
+  num_layers=2,
+  num_heads=4,
+  num_kv_heads=2,
+  head_dim=16,
+  mlp_dim=128,
+  compute_dtype="float32",
+)
+
+
+def build_model(cfg: ModelConfig, seed: int = 0):
+  """``(graphdef, params)`` of a randomly initialised model (jitted init: no constant folding
+  of 0.6B random draws)."""
+
+  @nnx.jit
+  def init(key):
+    return Transformer(cfg, rngs=nnx.Rngs(params=key))
+
+  return nnx.split(init(jax.random.key(seed)))
+
+
+def bench_one(model, cfg: ModelConfig, batch: int, prompt_len: int, args) -> dict:
+  rng = np.random.default_rng(0)
+  prompts = rng.integers(0, cfg.vocab_size, (batch, prompt_len)).tolist()
+  best = None
+  compile_s = 0.0
+  for _ in range(args.repeats + 1):  # the first run compiles
+    res = generate(
+      model,
+      prompts,
+      max_new_tokens=args.new_tokens,
+      eos_id=None,
+      chunk_tokens=args.chunk_tokens,
+      prefill_chunk=args.prefill_chunk,
+    )
+    compile_s = max(compile_s, res.compile_s)
+    if res.compile_s:
+      continue
+    if best is None or res.decode_s < best.decode_s:
+      best = res
+  assert best is not None
+  return {
+    "batch": batch,
+    "prompt_len": prompt_len,
+    "new_tokens": args.new_tokens,
+    "prefill_s": best.prefill_s,
+    "prefill_tokens_per_s": best.prefill_tokens_per_s,
+    "decode_s": best.decode_s,
+    "decode_tokens": best.decode_tokens,
+    "decode_tokens_per_s": best.decode_tokens_per_s,
+    "decode_ms_per_step": 1e3 * best.decode_s / max(args.new_tokens - 1, 1),
+    "compile_s": compile_s,
+  }
+
+
+def main(argv=None) -> dict:
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--config", default="configs/lm_0p6b.py")
+  p.add_argument("--attention", default="parallax,softmax")
+  p.add_argument("--batches", default="1,32")
+  p.add_argument("--prompt-lens", default="1024,4096")
+  p.add_argument("--new-tokens", type=int, default=256)
+  p.add_argument("--chunk-tokens", type=int, default=64, help="decode steps per jitted call")
+  p.add_argument("--prefill-chunk", type=int, default=None)
+  p.add_argument("--repeats", type=int, default=2, help="timed runs after the compiling one")
+  p.add_argument("--layers", type=int, default=None, help="override num_layers (quick runs)")
+  p.add_argument("--smoke", action="store_true", help="tiny CPU model, tiny shapes")
+  p.add_argument("--out-dir", default=None)
+  args = p.parse_args(argv)
+  if args.smoke:
+    base = ModelConfig(**SMOKE_MODEL)
+    args.batches, args.prompt_lens, args.new_tokens, args.repeats = "2", "16", 8, 1
+  else:
+    cfg = load_config(args.config)
+    base = ModelConfig.from_dict(cfg.model.to_dict())
+    # A serving copy: bf16 weights (no per-token f32 -> bf16 weight casts), no remat.
+    base = dataclasses.replace(base, param_dtype="bfloat16", remat="none")
+  if args.layers:
+    base = dataclasses.replace(base, num_layers=args.layers)
+  rows = []
+  stem = _new_stem(args) if args.out_dir else None
+  for kind in args.attention.split(","):
+    mcfg = dataclasses.replace(base, attention=kind)
+    model = build_model(mcfg)
+    for b in map(int, args.batches.split(",")):
+      for n in map(int, args.prompt_lens.split(",")):
+        try:
+          row = bench_one(model, mcfg, b, n, args)
+        except Exception as e:  # recorded; the run goes on
+          traceback.print_exc()
+          row = {"batch": b, "prompt_len": n, "error": repr(e)[:500]}
+        row["attention"] = kind
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        _report(args, argv, base, rows, stem)  # after every row: a run cut short keeps it
+    del model
+  return _report(args, argv, base, rows, stem, final=True)
+
+
+def _ratios(rows):
+  ok = {(r["attention"], r["batch"], r["prompt_len"]): r for r in rows if "error" not in r}
+  out = []
+  for (kind, b, n), r in ok.items():
+    s = ok.get(("softmax", b, n))
+    if kind == "parallax" and s:
+      out.append(
+        {
+          "batch": b,
+          "prompt_len": n,
+          "prefill": r["prefill_tokens_per_s"] / s["prefill_tokens_per_s"],
+          "decode": r["decode_tokens_per_s"] / s["decode_tokens_per_s"],
+        }
+      )
+  return out
+
+
+def _stem(out: Path, name: str) -> Path:
+  stem = out / name
+  i = 1
+  while stem.with_suffix(".json").exists() or stem.with_suffix(".md").exists():
+    i += 1
+    stem = out / f"{name}_{i}"
+  return stem
+
+
+def _new_stem(args) -> Path:
+  out = Path(args.out_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  layers = f"_{args.layers}layers" if args.layers else ""
+  config = "smoke" if args.smoke else Path(args.config).stem
+  return _stem(out, f"bench_generate_{config}{layers}_{datetime.date.today().isoformat()}")
+
+
+def _report(args, argv, base: ModelConfig, rows, stem: Path | None, final=False) -> dict:
+  record = {
+    "what": "generation: prefill and decode tokens/s, Parallax beside softmax",
+    "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    "device": jax.devices()[0].device_kind,
+    "backend": jax.default_backend(),
+    "jax": jax.__version__,
+    "python": platform.python_version(),
+    "command": "python -m experiments.bench_generate "
+    + " ".join(sys.argv[1:] if argv is None else argv),
+    "model": dataclasses.asdict(base),
+    "parallax_over_softmax": _ratios(rows),
+    "rows": rows,
+  }
+  if stem is None:
+    return record
+  stem.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
+  m = base
+  lines = [
+    f"# {record['what']}",
+    "",
+    f"- date: {record['date']}; device: {record['device']}; jax {record['jax']}",
+    f"- command: `{record['command']}`",
+    f"- model: {m.num_layers} layers, d_model {m.d_model}, {m.num_heads}/{m.num_kv_heads} heads "
+    f"of {m.head_dim}, vocab {m.vocab_size}, {m.param_dtype} weights, {m.compute_dtype} "
+    f"compute; random weights and prompt tokens; greedy, {args.new_tokens} new tokens per row, "
+    f"{args.chunk_tokens} decode steps per jitted call; best of {args.repeats} runs",
+    "",
+    "| attention | batch | prompt | prefill tokens/s | decode tokens/s | ms / decode step |",
+    "|---|---:|---:|---:|---:|---:|",
+  ]
+  for r in rows:
+    if "error" in r:
+      lines.append(
+        f"| {r['attention']} | {r['batch']} | {r['prompt_len']} | error: {r['error'][:60]} | | |"
+      )
+      continue
+    lines.append(
+      f"| {r['attention']} | {r['batch']} | {r['prompt_len']} | "
+      f"{r['prefill_tokens_per_s']:.0f} | {r['decode_tokens_per_s']:.0f} | "
+      f"{r['decode_ms_per_step']:.2f} |"
+    )
+  if record["parallax_over_softmax"]:
+    lines += [
+      "",
+      "| batch | prompt | Parallax / softmax prefill | decode |",
+      "|---:|---:|---:|---:|",
+    ]
+    for q in record["parallax_over_softmax"]:
+      lines.append(
+        f"| {q['batch']} | {q['prompt_len']} | {q['prefill']:.2f}x | {q['decode']:.2f}x |"
+      )
+  stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+  if final:
+    print(f"wrote {stem}.json and .md")
+  return record
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,105 @@
+"""A trained run's model, params and tokenizer, read from its workdir (writes nothing there).
+
+``load_run(workdir, step=None)`` reads the run's current config (``run_record``), builds the
+tokenizer its data config names, and restores only the params of the latest readable (or the
+given) checkpoint onto one device, as a partial Orbax restore: the optimizer state and the
+data iterator state stay on disk. Like the trainer's ``restore_latest``, an unreadable newest
+step is logged with its reason and the next older one is tried; unlike it, nothing is moved.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+
+import jax
+from flax import nnx
+
+from parallax_jax.data.tokenizers import Tokenizer, make_tokenizer
+from parallax_jax.errors import UserError, UserFileNotFoundError
+from parallax_jax.model import ModelConfig
+from parallax_jax.train import run_record
+from parallax_jax.train.checkpoint import Checkpointer
+from parallax_jax.train.config import resolve
+from parallax_jax.train.step import model_graphdef
+
+log = logging.getLogger("parallax_jax")
+
+DECODING_ATTENTION = ("parallax", "softmax")  # the kinds with a KV-cache decode path
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedRun:
+  """What ``generate`` needs from a run: ``(graphdef, params)`` is the model."""
+
+  workdir: Path
+  step: int
+  model: ModelConfig
+  graphdef: nnx.GraphDef
+  params: dict  # pure dict (nnx.to_pure_dict layout), param dtype, on one device
+  tokenizer: Tokenizer
+  add_eos: bool  # data.add_eos: training documents start after EOS (prompts are prefixed)
+
+
+def load_run(workdir: str | Path, step: int | None = None) -> LoadedRun:
+  """Loads ``workdir``'s model, params (checkpoint ``step``, default: the newest readable one)
+  and tokenizer. Raises a ``UserError`` naming the fix for a directory that holds no run or no
+  checkpoint, a missing step, and a run that cannot generate text (regression heads, synthetic
+  tasks, attention without a decode path)."""
+  from parallax_jax.data import synthetic  # pulls in grain: import only when loading
+
+  workdir = Path(workdir)
+  exp = resolve(run_record.load_run_config(workdir))
+  model, data = exp.model, exp.data
+  where = f"--workdir {str(workdir)!r}"
+  if model.input_dim or model.output_dim:
+    raise UserError(
+      f"{where} holds a regression model (data.source={data.source!r}, model.input_dim="
+      f"{model.input_dim}, model.output_dim={model.output_dim}); generate needs a language model"
+    )
+  if data.source in synthetic.TASKS:
+    raise UserError(
+      f"{where} was trained on the synthetic task data.source={data.source!r}, which has no "
+      "tokenizer; generate needs a run trained on text"
+    )
+  if model.attention not in DECODING_ATTENTION:
+    raise UserError(
+      f"{where} holds a model.attention={model.attention!r} model; generate decodes "
+      f"{' and '.join(DECODING_ATTENTION)} models only (no KV-cache decode for it)"
+    )
+  tokenizer = make_tokenizer(data.tokenizer)
+  if tokenizer.vocab_size > model.vocab_size:
+    raise UserError(
+      f"{where}: the tokenizer {data.tokenizer!r} has {tokenizer.vocab_size} ids but "
+      f"model.vocab_size={model.vocab_size}; the run's data config does not match its model"
+    )
+  if step is not None and (isinstance(step, bool) or not isinstance(step, int) or step < 0):
+    raise UserError(f"--step must be an int >= 0 (a saved checkpoint's step), got {step!r}")
+  run_record.require_checkpoints(workdir)
+  graphdef, abstract = model_graphdef(model)
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  abstract = jax.tree.map(
+    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), nnx.to_pure_dict(abstract)
+  )
+  step, params = _restore_params(workdir / "checkpoints", exp.checkpoint, abstract, step)
+  return LoadedRun(workdir, step, model, graphdef, params, tokenizer, data.add_eos)
+
+
+def _restore_params(directory: Path, cfg, abstract: dict, step: int | None):
+  """``(step, params)``: the given step, else the newest one that restores (nothing moved)."""
+  ckpt = Checkpointer(directory, cfg, read_only=True)
+  try:
+    steps = sorted(ckpt.manager.all_steps(), reverse=True)
+    if not steps:
+      raise UserFileNotFoundError(
+        f"no checkpoint in {directory}: train the run first (`parallax-jax train`)"
+      )
+    if step is not None and step not in steps:
+      raise UserError(
+        f"--step {step}: {directory} holds no checkpoint of that step; it holds steps "
+        f"{sorted(steps)} (omit --step for the latest)"
+      )
+    return ckpt.restore_params(abstract, step)
+  finally:
+    ckpt.close()

@@ -1,0 +1,91 @@
+"""Next-token sampling on float32 logits: greedy, temperature, top-k, top-p (docs/design.md §13.5).
+
+``sample`` is pure and jit-able; ``SamplingConfig`` is a frozen (hashable) dataclass, so a
+jitted generation loop takes it as a static argument.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, Int
+
+from parallax_jax.errors import UserError
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+  """How the next token is chosen from the logits.
+
+  Attributes:
+    temperature: 0 is greedy (argmax); > 0 divides the logits before sampling.
+    top_k: keep only the ``top_k`` most likely tokens (None: all).
+    top_p: nucleus sampling: keep the smallest set of most likely tokens whose probability
+      (after ``top_k``) reaches ``top_p``, in (0, 1]; the most likely token is always kept
+      (None or 1: all).
+
+  ``top_k`` and ``top_p`` do not change a greedy choice (the argmax is always kept).
+  """
+
+  temperature: float = 0.0
+  top_k: int | None = None
+  top_p: float | None = None
+
+  def __post_init__(self):
+    def bad(field: str, why: str):
+      # Named as the field and its flag (--top-p for top_p), for the CLI's one-line error.
+      flag = field.replace("_", "-")
+      raise UserError(f"sampling {field}={getattr(self, field)!r} (--{flag}): {why}")
+
+    t = self.temperature
+    if isinstance(t, bool) or not isinstance(t, int | float) or not 0 <= t < math.inf:
+      bad("temperature", "must be a finite number >= 0 (0: greedy)")
+    k = self.top_k
+    if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+      bad("top_k", "must be an int >= 1, or None for no top-k filter")
+    p = self.top_p
+    if p is not None and (isinstance(p, bool) or not isinstance(p, int | float) or not 0 < p <= 1):
+      bad("top_p", "must be a number in (0, 1], or None for no nucleus filter")
+
+  @property
+  def greedy(self) -> bool:
+    return self.temperature == 0
+
+
+def sample(
+  logits_BV: Float[Array, "B V"],
+  key: jax.Array,
+  cfg: SamplingConfig,
+  *,
+  vocab_size: int | None = None,
+) -> Int[Array, " B"]:
+  """One token per row, int32 ``[B]``.
+
+  ``vocab_size``: the tokenizer's vocabulary; ids ``>= vocab_size`` (the embedding table is
+  padded to a multiple of 128) are never chosen. ``key`` is unused when greedy.
+  """
+  logits_BV = logits_BV.astype(jnp.float32)
+  v = logits_BV.shape[-1]
+  if vocab_size is not None:
+    if not 1 <= vocab_size <= v:
+      raise ValueError(f"vocab_size={vocab_size} must lie in 1 .. {v} (the logits' last axis)")
+    logits_BV = jnp.where(jnp.arange(v) < vocab_size, logits_BV, -jnp.inf)
+  if cfg.greedy:
+    return jnp.argmax(logits_BV, axis=-1).astype(jnp.int32)
+  logits_BV = logits_BV / cfg.temperature
+  top_p = None if cfg.top_p is None or cfg.top_p >= 1 else cfg.top_p
+  if cfg.top_k is None and top_p is None:
+    return jax.random.categorical(key, logits_BV, axis=-1).astype(jnp.int32)
+  # Sort once (descending): top-k is a prefix, and the nucleus is a prefix of that.
+  k = v if cfg.top_k is None else min(cfg.top_k, v)
+  vals_BK, ids_BK = jax.lax.top_k(logits_BV, k)
+  if top_p is not None:
+    probs_BK = jax.nn.softmax(vals_BK, axis=-1)
+    # Keep a token if the tokens ranked above it hold less than top_p: the first is always kept.
+    before_BK = jnp.cumsum(probs_BK, axis=-1) - probs_BK
+    vals_BK = jnp.where(before_BK < top_p, vals_BK, -jnp.inf)
+  choice_B = jax.random.categorical(key, vals_BK, axis=-1)
+  return jnp.take_along_axis(ids_BK, choice_B[:, None], axis=-1)[:, 0].astype(jnp.int32)
