@@ -77,16 +77,23 @@ def load_run(workdir: str | Path, step: int | None = None) -> LoadedRun:
   if step is not None and (isinstance(step, bool) or not isinstance(step, int) or step < 0):
     raise UserError(f"--step must be an int >= 0 (a saved checkpoint's step), got {step!r}")
   run_record.require_checkpoints(workdir)
-  graphdef, abstract = model_graphdef(model)
+  graphdef, _ = model_graphdef(model)
+  step, params = restore_run_params(workdir, exp, step)
+  return LoadedRun(workdir, step, model, graphdef, params, tokenizer, data.add_eos)
+
+
+def restore_run_params(workdir: Path, exp, step: int | None) -> tuple[int, dict]:
+  """``(step, params)`` of the run in ``workdir`` (its resolved ``Experiment``): the params pure
+  dict on one device, from ``step`` or the newest readable checkpoint; nothing moved on disk."""
+  _, abstract = model_graphdef(exp.model)
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   abstract = jax.tree.map(
     lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), nnx.to_pure_dict(abstract)
   )
-  step, params = _restore_params(workdir / "checkpoints", exp.checkpoint, abstract, step)
-  return LoadedRun(workdir, step, model, graphdef, params, tokenizer, data.add_eos)
+  return restore_params(Path(workdir) / "checkpoints", exp.checkpoint, abstract, step)
 
 
-def _restore_params(directory: Path, cfg, abstract: dict, step: int | None):
+def restore_params(directory: Path, cfg, abstract: dict, step: int | None):
   """``(step, params)``: the given step, else the newest one that restores (nothing moved)."""
   ckpt = Checkpointer(directory, cfg, read_only=True)
   try:

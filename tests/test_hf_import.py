@@ -1,0 +1,210 @@
+"""import-hf: a tiny random Qwen3 directory imports; its logits equal a float64 NumPy Qwen3."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+import pytest
+from cli_runner import one_line_error, run_cli
+from flax import nnx
+
+from parallax_jax.errors import UserError
+from parallax_jax.inference.loading import load_run
+from parallax_jax.interop import hf_names
+from parallax_jax.interop.import_hf import import_hf, read_params
+from parallax_jax.interop.safetensors_io import SafetensorsReader, write_safetensors
+from parallax_jax.model import ModelConfig
+from parallax_jax.testing.hf_fixtures import (
+  tiny_qwen3_config,
+  tiny_qwen3_tensors,
+  write_hf_dir,
+  write_tiny_qwen3,
+)
+from parallax_jax.testing.qwen3_oracle import qwen3_logits
+from parallax_jax.train.checkpoint import load_params
+from parallax_jax.train.step import model_graphdef
+
+# Short rows and one eval batch: eval / train on the imported run take seconds on CPU.
+RUN = ["train.batch_size=8", "train.seq_len=32", "train.eval_batches=1", "train.eval_every=0"]
+TOKENS = np.random.default_rng(1).integers(0, 384, size=(2, 12))
+
+
+def imported_logits(workdir) -> np.ndarray:
+  """Logits of ``load_run(workdir)``'s params (what generate reads), computed in float32."""
+  run = load_run(workdir)
+  graphdef, _ = model_graphdef(dataclasses.replace(run.model, compute_dtype="float32"))
+  return np.asarray(nnx.merge(graphdef, run.params)(jnp.asarray(TOKENS)))
+
+
+def assert_close_rel(actual, expected, rtol=1e-5):
+  err = np.max(np.abs(actual - expected)) / np.max(np.abs(expected))
+  assert err < rtol, f"max-norm relative error {err:.2e} >= {rtol}"
+
+
+@pytest.fixture(scope="module")
+def tied(tmp_path_factory):
+  """A tied GQA (4 query heads, 2 kv heads) Qwen3 in one model.safetensors, imported twice."""
+  root = tmp_path_factory.mktemp("tied")
+  config, tensors = write_tiny_qwen3(root / "hf", tied=True)
+  run = [*RUN, "model.compute_dtype=float32"]  # eval losses compared at float32 precision
+  soft = import_hf(root / "hf", root / "soft", attention="softmax", overrides=run).workdir
+  par = import_hf(root / "hf", root / "par", overrides=run).workdir
+  return config, tensors, soft, par
+
+
+def test_tied_import_matches_the_float64_qwen3(tied):
+  config, tensors, soft, _ = tied
+  assert_close_rel(imported_logits(soft), qwen3_logits(tensors, config, TOKENS))
+
+
+def test_parallax_with_zero_r_equals_the_softmax_import(tied):
+  config, tensors, soft, par = tied
+  logits = imported_logits(par)
+  assert_close_rel(logits, imported_logits(soft), rtol=1e-6)
+  assert_close_rel(logits, qwen3_logits(tensors, config, TOKENS))
+  params = load_run(par).params
+  assert not np.any(np.asarray(params["blocks"][1]["attn"]["r_proj"]["kernel"]))
+  np.testing.assert_array_equal(params["blocks"][1]["attn"]["r_norm"]["scale"], 1.0)
+
+
+def test_untied_sharded_bfloat16_import_matches_the_float64_qwen3(tmp_path):
+  config = tiny_qwen3_config(tied=False, torch_dtype="bfloat16")
+  tensors = {k: v.astype(ml_dtypes.bfloat16) for k, v in tiny_qwen3_tensors(config, seed=2).items()}
+  write_hf_dir(tmp_path / "hf", config, tensors, shards=3)
+  workdir = import_hf(tmp_path / "hf", tmp_path / "w", overrides=RUN).workdir
+  # The oracle reads the same bf16 values (exact in float64): the tolerance is float32's.
+  assert_close_rel(imported_logits(workdir), qwen3_logits(tensors, config, TOKENS))
+  record = json.loads((workdir / "config.json").read_text())
+  assert record["config"]["model"]["tie_embeddings"] is False
+  assert record["config"]["model"]["compute_dtype"] == "bfloat16"
+  assert record["config"]["data"]["tokenizer"] == str(workdir / "tokenizer.json")
+
+
+def test_params_checkpoint_equals_the_run_checkpoint(tied):
+  _, _, _, par = tied
+  params = load_run(par).params
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
+  saved = load_params(par / "params", abstract)
+  jax.tree.map(np.testing.assert_array_equal, saved, params)
+
+
+@pytest.mark.slow  # ~25 s on 2 cores: data pipeline, eval and train-step compilation
+def test_eval_and_training_from_the_import(tied, tmp_path):
+  from parallax_jax.train.config import load_config
+  from parallax_jax.train.loop import Trainer, evaluate
+
+  _, _, soft, par = tied
+  # W_R = 0: the Parallax import's held-out loss is the softmax import's.
+  assert abs(evaluate(par)["eval_loss"] - evaluate(soft)["eval_loss"]) < 1e-4
+  # Another run starting from W/params, with the config file the import wrote.
+  cfg = load_config(
+    par / "hf_import_config.py", [f"checkpoint.init_from={par / 'params'}", "train.steps=1"]
+  )
+  trainer = Trainer(cfg, tmp_path / "uptrain")
+  state = trainer.initial_state()
+  jax.tree.map(np.testing.assert_array_equal, state.params, load_run(par).params)
+  assert np.isfinite(trainer.run()["loss"])
+
+
+def test_r_init_like_q_copies_q(tmp_path):
+  config, _ = write_tiny_qwen3(tmp_path / "hf")
+  model = ModelConfig(
+    vocab_size=384, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16,
+    mlp_dim=64, rope_theta=10000.0, attention="parallax", r_init="like_q",
+  )  # fmt: skip
+  graphdef, abstract = model_graphdef(model)
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  shardings = jax.tree.map(lambda _: device, nnx.to_pure_dict(abstract))
+  with SafetensorsReader(tmp_path / "hf") as reader:
+    params = read_params(reader, model, shardings, r_init="like_q")
+  attn = params["blocks"][0]["attn"]
+  np.testing.assert_array_equal(attn["r_proj"]["kernel"], attn["q_proj"]["kernel"])
+  np.testing.assert_array_equal(attn["r_norm"]["scale"], attn["q_norm"]["scale"])
+  assert np.any(np.asarray(attn["r_proj"]["kernel"]))
+
+
+def test_table_conversions_are_inverse_and_cover_the_model():
+  for tie in (True, False):
+    for attention in ("parallax", "softmax"):
+      cfg = ModelConfig(
+        vocab_size=256, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16,
+        mlp_dim=64, tie_embeddings=tie, attention=attention,
+      )  # fmt: skip
+      table = hf_names.tensor_table(cfg)
+      _, abstract = model_graphdef(cfg)
+      paths = set(hf_names.iter_paths(nnx.to_pure_dict(abstract)))
+      assert {m.path for m in table} == paths
+      for m in table:
+        w = np.random.default_rng(0).standard_normal(m.hf_shape).astype(np.float32)
+        assert m.to_nnx(w).shape == m.nnx_shape
+        np.testing.assert_allclose(m.to_hf(m.to_nnx(w)), w, rtol=1e-6)
+
+
+def test_write_safetensors_shards_and_reads_back(tmp_path):
+  tensors = {f"t{i}": np.full((4, 8), i, np.float32) for i in range(5)}
+  files = write_safetensors(tmp_path, tensors.items(), max_shard_bytes=300)
+  assert len(files) == 3 and (tmp_path / "model.safetensors.index.json").is_file()
+  with SafetensorsReader(tmp_path) as reader:
+    assert reader.names() == sorted(tensors)
+    for name, value in tensors.items():
+      np.testing.assert_array_equal(reader.get(name), value)
+
+
+# Errors --------------------------------------------------------------------------------------
+def _bad_dir(tmp_path, *, config_extra=None, edit=None):
+  config = tiny_qwen3_config(**(config_extra or {}))
+  tensors = tiny_qwen3_tensors(config)
+  if edit is not None:
+    edit(tensors)
+  return write_hf_dir(tmp_path / "hf", config, tensors)
+
+
+def _drop(name):
+  return lambda t: t.pop(name)
+
+
+def _add(name):
+  return lambda t: t.update({name: np.zeros((4,), np.float32)})
+
+
+def _reshape(name):
+  return lambda t: t.update({name: t[name][:-1]})
+
+
+@pytest.mark.parametrize(
+  "kwargs, match",
+  [
+    (dict(edit=_drop("model.layers.1.self_attn.k_proj.weight")), "missing.*layers.1.self_attn.k_"),
+    (dict(edit=_add("model.layers.0.self_attn.q_proj.bias")), "unknown.*q_proj.bias"),
+    (dict(edit=_reshape("model.layers.0.mlp.up_proj.weight")), "up_proj.weight has shape \\[63"),
+    (dict(config_extra={"use_sliding_window": True}), "use_sliding_window"),
+    (dict(config_extra={"num_experts": 8}), "num_experts=8"),
+    (dict(config_extra={"rope_scaling": {"type": "yarn"}}), "rope_scaling"),
+    (dict(config_extra={"attention_bias": True}), "attention_bias"),
+    (dict(config_extra={"model_type": "llama"}), "model_type"),
+    (dict(edit=_add("lm_head.weight")), "lm_head.weight"),
+  ],
+)
+def test_bad_checkpoints_raise_naming_the_culprit(tmp_path, kwargs, match):
+  src = _bad_dir(tmp_path, **kwargs)
+  with pytest.raises(UserError, match=match):
+    import_hf(src, tmp_path / "w")
+  assert not (tmp_path / "w").exists()  # nothing written
+
+
+def test_cli_imports_and_errors_in_one_line(tmp_path, capsys):
+  write_tiny_qwen3(tmp_path / "hf")
+  w = tmp_path / "w"
+  args = ["import-hf", "--from", str(tmp_path / "hf"), "--workdir", str(w)]
+  code, out, err = run_cli(capsys, *args, "--attention", "softmax", "--config.train.seq_len=32")
+  assert code == 0, err
+  assert "next:" in out and (w / "checkpoints" / "0").is_dir()
+  code, _, err = run_cli(capsys, *args)  # W holds a run now
+  assert code == 2 and "already holds a run" in one_line_error(err)
+  code, _, err = run_cli(capsys, *args[:-1], str(tmp_path / "w2"), "--config.model.d_model=64")
+  assert code == 2 and "model.d_model" in one_line_error(err)
