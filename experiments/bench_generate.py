@@ -20,8 +20,6 @@ import argparse
 import dataclasses
 import datetime
 import json
-import platform
-import sys
 import traceback
 from pathlib import Path
 
@@ -29,6 +27,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from parallax_jax.benchmarking.run_info import run_info
 from parallax_jax.inference.generate import generate
 from parallax_jax.model import ModelConfig, Transformer
 from parallax_jax.train.config import load_config
@@ -171,13 +170,7 @@ def _new_stem(args) -> Path:
 def _report(args, argv, base: ModelConfig, rows, stem: Path | None, final=False) -> dict:
   record = {
     "what": "generation: prefill and decode tokens/s, Parallax beside softmax",
-    "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-    "device": jax.devices()[0].device_kind,
-    "backend": jax.default_backend(),
-    "jax": jax.__version__,
-    "python": platform.python_version(),
-    "command": "python -m experiments.bench_generate "
-    + " ".join(sys.argv[1:] if argv is None else argv),
+    **run_info("experiments.bench_generate", argv),
     "model": dataclasses.asdict(base),
     "parallax_over_softmax": _ratios(rows),
     "rows": rows,

@@ -17,8 +17,6 @@ import argparse
 import dataclasses
 import datetime
 import json
-import platform
-import sys
 import time
 import traceback
 from pathlib import Path
@@ -26,6 +24,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
+from parallax_jax.benchmarking.run_info import run_info
 from parallax_jax.benchmarking.synthetic_batch import synthetic_batch
 from parallax_jax.benchmarking.timing import time_call
 from parallax_jax.flops import MFU_HEADER, MODEL_TFLOPS_HEADER
@@ -144,13 +143,7 @@ def _report(args, argv, base: ModelConfig, rows: list[dict]) -> dict:
   )
   record = {
     "what": f"train step tokens/s and MFU, {args.config}, seq_len {args.seq_len}",
-    "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-    "device": jax.devices()[0].device_kind,
-    "backend": jax.default_backend(),
-    "jax": jax.__version__,
-    "python": platform.python_version(),
-    "command": "python -m experiments.bench_train "
-    + " ".join(sys.argv[1:] if argv is None else argv),
+    **run_info("experiments.bench_train", argv),
     "model": dataclasses.asdict(base),
     "parallax_over_softmax_tokens_per_s": ratio,
     "rows": rows,

@@ -128,8 +128,7 @@ class Transformer(nnx.Module):
     x = self.hidden(inputs, positions, segment_ids)
     if self.cfg.output_dim:
       return self.output_head(x).astype(jnp.float32)
-    w_VD, scale = self.lm_head()
-    return (jnp.einsum("btd,vd->btv", x, w_VD) * scale).astype(jnp.float32)
+    return self._logits(x)
 
   def hidden(
     self,
@@ -183,6 +182,27 @@ class Transformer(nnx.Module):
         f"not {cfg.attention!r}."
       )
 
+  def _check_step(
+    self, what: str, tokens, rank: int, layout: str, cache: KVCache
+  ) -> tuple[int, ...]:
+    """Checks a decoding model, int ``tokens`` of ``rank`` (described as ``layout``) and a cache
+    that fits them; returns the tokens' shape."""
+    self._check_decodes(what)
+    cfg = self.cfg
+    if getattr(tokens, "ndim", None) != rank or not jnp.issubdtype(tokens.dtype, jnp.integer):
+      raise ValueError(
+        f"{what}: tokens must be int {layout}, got "
+        f"{getattr(tokens, 'shape', type(tokens).__name__)} {getattr(tokens, 'dtype', '')}."
+      )
+    kv_cache.check_cache(
+      cache,
+      num_layers=cfg.num_layers,
+      batch=tokens.shape[0],
+      num_kv_heads=cfg.num_kv_heads,
+      head_dim=cfg.head_dim,
+    )
+    return tuple(tokens.shape)
+
   def init_cache(self, batch: int, max_len: int, dtype=None) -> KVCache:
     """An empty ``KVCache``: zeros ``[batch, max_len, Hkv, D]`` per layer in ``dtype`` (None:
     the compute dtype; attention then runs in that dtype), ``lengths`` 0."""
@@ -218,21 +238,8 @@ class Transformer(nnx.Module):
     Returns:
       ``(logits [B, V] float32 at position prompt_lengths[b] - 1, cache)``.
     """
-    self._check_decodes("prefill")
     cfg = self.cfg
-    if getattr(tokens, "ndim", None) != 2 or not jnp.issubdtype(tokens.dtype, jnp.integer):
-      raise ValueError(
-        f"prefill: tokens must be int [B, T] (right-padded prompts), got "
-        f"{getattr(tokens, 'shape', type(tokens).__name__)} {getattr(tokens, 'dtype', '')}."
-      )
-    b, t = tokens.shape
-    kv_cache.check_cache(
-      cache,
-      num_layers=cfg.num_layers,
-      batch=b,
-      num_kv_heads=cfg.num_kv_heads,
-      head_dim=cfg.head_dim,
-    )
+    b, t = self._check_step("prefill", tokens, 2, "[B, T] (right-padded prompts)", cache)
     if t > cache.max_len:
       raise ValueError(
         f"prefill: the prompts have T={t} positions but the cache holds max_len="
@@ -289,21 +296,8 @@ class Transformer(nnx.Module):
     Returns:
       ``(logits [B, V] float32, cache)``.
     """
-    self._check_decodes("decode_step")
     cfg = self.cfg
-    if getattr(tokens, "ndim", None) != 1 or not jnp.issubdtype(tokens.dtype, jnp.integer):
-      raise ValueError(
-        f"decode_step: tokens must be int [B] (one new token per row), got "
-        f"{getattr(tokens, 'shape', type(tokens).__name__)} {getattr(tokens, 'dtype', '')}."
-      )
-    (b,) = tokens.shape
-    kv_cache.check_cache(
-      cache,
-      num_layers=cfg.num_layers,
-      batch=b,
-      num_kv_heads=cfg.num_kv_heads,
-      head_dim=cfg.head_dim,
-    )
+    (b,) = self._check_step("decode_step", tokens, 1, "[B] (one new token per row)", cache)
     lengths = cache.lengths.astype(jnp.int32)
     if _is_concrete(lengths):
       values = np.asarray(lengths)
@@ -324,7 +318,7 @@ class Transformer(nnx.Module):
     cache = KVCache(k=tuple(ks), v=tuple(vs), lengths=kv_cache.next_lengths(lengths, cache.max_len))
     return self._logits(x_BD), cache
 
-  def _logits(self, x_BD: Float[Array, "B D"]) -> Float[Array, "B V"]:
-    """The LM head on final-normed vectors, float32 (as ``__call__``)."""
+  def _logits(self, x: Float[Array, "... D"]) -> Float[Array, "... V"]:
+    """The LM head on final-normed vectors ``[..., D]``, float32."""
     w_VD, scale = self.lm_head()
-    return (jnp.einsum("bd,vd->bv", x_BD, w_VD) * scale).astype(jnp.float32)
+    return (jnp.einsum("...d,vd->...v", x, w_VD) * scale).astype(jnp.float32)
