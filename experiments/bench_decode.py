@@ -2,7 +2,10 @@
 
 For each (B, L) and kv-head count at Hq query heads, D, bf16, Tq = 1, cache S = L and
 lengths = L, times
-  * ``parallax_decode(..., implementation="pallas_gpu")`` (one row per ``--tunings`` entry),
+  * "floor": a Pallas kernel copying q to the output (one launch doing nothing): what the
+    chain charges any kernel, the floor under the kernel rows;
+  * ``parallax_decode(..., implementation="pallas_gpu")`` (one row per ``--tunings`` entry and
+    ``--merges`` entry: the split merge in the kernel's last program, a second kernel, XLA),
   * ``parallax_decode(..., implementation="xla")``,
   * ``jax.nn.dot_product_attention`` (softmax decode, ``key_value_seq_lengths``) with
     implementation "cudnn" and "xla".
@@ -38,6 +41,7 @@ import jax.numpy as jnp
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from experiments.bench_kernels import versions  # noqa: E402
+from parallax_jax.benchmarking.kernel_times import kernel_times  # noqa: E402
 from parallax_jax.benchmarking.timing import time_call  # noqa: E402
 from parallax_jax.decode import DecodeTuning, parallax_decode  # noqa: E402
 from parallax_jax.decode.validation import validate_decode  # noqa: E402
@@ -66,11 +70,40 @@ def make_inputs(batch, length, hq, hkv, d, dtype, seed=0):
   return (q.astype(dtype), (r * 0.1).astype(dtype), k.astype(dtype), v.astype(dtype), lengths)
 
 
-def parallax_fn(impl, tuning=None, interpret=False):
+def parallax_fn(impl, tuning=None, interpret=False, merge=None):
+  """The decode call; ``merge`` sets ``pallas_kernels.gpu.decode.MERGE`` while it traces."""
+
   def f(q, r, k, v, lengths):
-    return parallax_decode(
-      q, r, k, v, lengths=lengths, implementation=impl, tuning=tuning, interpret=interpret
-    )
+    if merge is None:
+      return parallax_decode(
+        q, r, k, v, lengths=lengths, implementation=impl, tuning=tuning, interpret=interpret
+      )
+    from pallas_kernels.gpu import decode as gpu_decode
+
+    saved, gpu_decode.MERGE = gpu_decode.MERGE, merge
+    try:
+      return parallax_decode(
+        q, r, k, v, lengths=lengths, implementation=impl, tuning=tuning, interpret=interpret
+      )
+    finally:
+      gpu_decode.MERGE = saved
+
+  return f
+
+
+def floor_fn(interpret=False):
+  """A Pallas kernel that only copies q to the output: the chain's cost of one launch that
+  reads and writes a few KB, the floor under every kernel row of the same run."""
+  from jax.experimental import pallas as pl
+
+  def copy(q_ref, o_ref):
+    o_ref[...] = q_ref[...]
+
+  def f(q, r, k, v, lengths):
+    del r, k, v, lengths
+    return pl.pallas_call(
+      copy, out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype), interpret=interpret
+    )(q)
 
   return f
 
@@ -127,9 +160,9 @@ def launches(compiled) -> int:
   return len(re.findall(r"^\s*(?:ROOT )?\S+ = .*? " + ops + r"\(", entry, flags=re.M))
 
 
-def kernel_launch(inputs, tuning, interpret):
-  """The split count / key block the kernel picks for this call (for the report)."""
-  from pallas_kernels.gpu.decode import launch_for
+def kernel_launch(inputs, tuning, interpret, merge=None):
+  """The split count / key block / merge the kernel picks for this call (for the report)."""
+  from pallas_kernels.gpu import decode as gpu_decode
 
   q, r, k, v, lengths = inputs
   spec = validate_decode(
@@ -143,7 +176,11 @@ def kernel_launch(inputs, tuning, interpret):
     interpret=interpret,
     tuning=tuning,
   )
-  return launch_for(spec).__dict__
+  saved, gpu_decode.MERGE = gpu_decode.MERGE, merge or gpu_decode.MERGE
+  try:
+    return gpu_decode.launch_for(spec).__dict__
+  finally:
+    gpu_decode.MERGE = saved
 
 
 def output_stem(out_dir: str, date: str, device: str) -> str:
@@ -185,30 +222,41 @@ def main(argv=None):
   )
   p.add_argument(
     "--paths",
-    default="pallas_gpu,parallax_xla,softmax_cudnn,softmax_xla",
-    help="comma list of paths to time",
+    default="floor,pallas_gpu,parallax_xla,softmax_cudnn,softmax_xla",
+    help="comma list of paths to time (floor: a Pallas copy kernel, the chain's launch floor)",
   )
   p.add_argument(
     "--accuracy-all", action="store_true", help="accuracy of every tuning, not just the default"
   )
   p.add_argument(
-    "--merge",
-    choices=("pallas", "xla"),
-    help="override pallas_kernels.gpu.decode.MERGE (the split merge: one kernel or XLA)",
+    "--merges",
+    default="default",
+    help="comma list of split merges for the pallas_gpu rows: 'default' (the module's MERGE) "
+    "or in_kernel, pallas, xla (pallas_kernels.gpu.decode.MERGES)",
+  )
+  p.add_argument(
+    "--kernel-times",
+    action=argparse.BooleanOptionalAction,
+    default=True,
+    help="also record each kernel's device time per call from a profiler trace",
   )
   p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
   p.add_argument("--smoke", action="store_true", help="tiny shapes, interpret mode (CPU)")
   args = p.parse_args(argv)
   interpret = args.smoke
-  if args.merge:
-    from pallas_kernels.gpu import decode as gpu_decode
+  from pallas_kernels.gpu import decode as gpu_decode
 
-    gpu_decode.MERGE = args.merge
   if args.smoke:
     args.shapes, args.kv_heads, args.heads, args.head_dim = "2x100", "2", 4, 32
     args.iters, args.chain, args.accuracy_all = 2, 3, True
     if args.tunings == "default":  # the merge of split states too
       args.tunings = "default,32:0:0:3"
+    if args.merges == "default":
+      args.merges = "default,in_kernel"
+  merges = args.merges.split(",")
+  for m in merges:
+    if m != "default" and m not in gpu_decode.MERGES:
+      p.error(f"--merges entries are 'default' or one of {gpu_decode.MERGES}, got {m!r}")
   dtype = jnp.dtype(args.dtype)
   shapes = [tuple(int(x) for x in s.lower().split("x")) for s in args.shapes.split(",")]
   kv_heads = [int(x) for x in args.kv_heads.split(",")]
@@ -230,20 +278,26 @@ def main(argv=None):
       "iters": args.iters,
       "chain": args.chain,
       "interpret": interpret,
-      "merge": args.merge or "default",
+      "merges": merges,
+      "default_merge": gpu_decode.MERGE,
     },
   }
   print(json.dumps(meta, indent=1), flush=True)
   paths = {}
   for name in args.paths.split(","):
     if name == "pallas_gpu":
-      for label, tuning in tunings.items():
-        key = "pallas_gpu" if label == "default" else f"pallas_gpu[{label}]"
-        paths[key] = (parallax_fn("pallas_gpu", tuning, interpret), tuning)
+      for merge in merges:
+        for label, tuning in tunings.items():
+          tags = [t for t in (label, merge) if t != "default"]
+          key = f"pallas_gpu[{','.join(tags)}]" if tags else "pallas_gpu"
+          fn = parallax_fn("pallas_gpu", tuning, interpret, None if merge == "default" else merge)
+          paths[key] = (fn, tuning, None if merge == "default" else merge)
+    elif name == "floor":
+      paths[name] = (floor_fn(interpret), None, None)
     elif name == "parallax_xla":
-      paths[name] = (parallax_fn("xla"), None)
+      paths[name] = (parallax_fn("xla"), None, None)
     elif name.startswith("softmax_"):
-      paths[name] = (softmax_fn(name.removeprefix("softmax_")), None)
+      paths[name] = (softmax_fn(name.removeprefix("softmax_")), None, None)
     else:
       raise ValueError(f"unknown path {name!r} in --paths")
 
@@ -255,15 +309,17 @@ def main(argv=None):
       inputs = make_inputs(batch, length, hq, hkv, d, dtype)
       kv_bytes = 2 * batch * length * hkv * d * dtype.itemsize
       ref = None
-      for name, (fn, tuning) in paths.items():
+      for name, (fn, tuning, merge) in paths.items():
         row = {"B": batch, "L": length, "Hkv": hkv, "path": name}
         try:
           if name.startswith("pallas_gpu"):
-            row["launch"] = kernel_launch(inputs, tuning, interpret)
+            row["launch"] = kernel_launch(inputs, tuning, interpret, merge)
           one, many = chained(fn, 1, inputs), chained(fn, args.chain, inputs)
           row["launches"] = launches(one)
           t = per_call_seconds(one, many, args.chain, inputs, args.iters)
           row.update({"us": t * 1e6, "gb_s": kv_bytes / t / 1e9})
+          if args.kernel_times:  # device time per kernel (profiler trace; {} on CPU)
+            row["kernels_us"] = kernel_times(one, inputs)
           if name == "pallas_gpu" or (name.startswith("pallas_gpu") and args.accuracy_all):
             ref = reference(inputs) if ref is None else ref
             row["accuracy"] = accuracy(one(*inputs), ref)
@@ -293,9 +349,11 @@ def to_markdown(result) -> str:
     "GB/s: K + V bytes read / time; "
     "launches: kernels per call in the compiled HLO; err: |o - ref| / max|ref| vs the float32 "
     "xla path (max, median)",
+    "- kernel us: the device time of the call's kernels (profiler trace, summed; the rest of "
+    "'us' is launch gaps)",
     "",
-    "| B | L | Hkv | path | us | GB/s | splits | launches | err max | err q50 | note |",
-    "|---|---|---|---|---|---|---|---|---|---|---|",
+    "| B | L | Hkv | path | us | kernel us | GB/s | splits | launches | err max | err q50 | note |",
+    "|---|---|---|---|---|---|---|---|---|---|---|---|",
   ]
   for r in m["rows"]:
     us = f"{r['us']:.1f}" if "us" in r else "-"
@@ -305,8 +363,9 @@ def to_markdown(result) -> str:
     emax = f"{acc['max']:.2e}" if acc else "-"
     emed = f"{acc['median']:.2e}" if acc else "-"
     note = r.get("error", "")[:120].replace("|", "/").replace("\n", " ")
+    kus = f"{sum(r['kernels_us'].values()):.1f}" if r.get("kernels_us") else "-"
     lines.append(
-      f"| {r['B']} | {r['L']} | {r['Hkv']} | {r['path']} | {us} | {gbs} | {splits} | "
+      f"| {r['B']} | {r['L']} | {r['Hkv']} | {r['path']} | {us} | {kus} | {gbs} | {splits} | "
       f"{r.get('launches', '-')} | "
       f"{emax} | {emed} | {note} |"
     )

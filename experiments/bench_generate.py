@@ -115,13 +115,16 @@ def main(argv=None) -> dict:
     base = dataclasses.replace(base, num_layers=args.layers)
   rows = []
   stem = _new_stem(args) if args.out_dir else None
-  for kind in args.attention.split(","):
-    mcfg = dataclasses.replace(base, attention=kind)
-    model = build_model(mcfg)
-    for b in map(int, args.batches.split(",")):
-      for n in map(int, args.prompt_lens.split(",")):
+  kinds = args.attention.split(",")
+  # Every kind's model is built up front and the kinds alternate inside each (batch, prompt),
+  # so a run cut short still holds Parallax and softmax side by side.
+  models = {kind: build_model(dataclasses.replace(base, attention=kind)) for kind in kinds}
+  for b in map(int, args.batches.split(",")):
+    for n in map(int, args.prompt_lens.split(",")):
+      for kind in kinds:
+        mcfg = dataclasses.replace(base, attention=kind)
         try:
-          row = bench_one(model, mcfg, b, n, args)
+          row = bench_one(models[kind], mcfg, b, n, args)
         except Exception as e:  # recorded; the run goes on
           traceback.print_exc()
           row = {"batch": b, "prompt_len": n, "error": repr(e)[:500]}
@@ -129,7 +132,6 @@ def main(argv=None) -> dict:
         rows.append(row)
         print(json.dumps(row), flush=True)
         _report(args, argv, base, rows, stem)  # after every row: a run cut short keeps it
-    del model
   return _report(args, argv, base, rows, stem, final=True)
 
 

@@ -11,6 +11,7 @@ import pytest
 from flax import nnx
 
 from parallax_jax.attention.masking import MaskSpec
+from parallax_jax.benchmarking.kernel_times import kernel_times, summarize
 from parallax_jax.benchmarking.synthetic_batch import synthetic_batch
 from parallax_jax.benchmarking.timing import time_call
 from parallax_jax.flops import (
@@ -100,6 +101,22 @@ def test_time_call_warms_up_then_times_each_call():
   assert min(timing.samples_s) >= 0.01
   with pytest.raises(ValueError, match="iters"):
     time_call(fn, (jnp.ones(3),), iters=0)
+
+
+def test_kernel_times_reads_device_planes_only():
+  """On CPU the trace has no device plane: no kernel times (GPU rows come from
+  experiments/bench_decode.py on the H200); bad repeats is refused; summarize formats pairs."""
+  f = jax.jit(lambda x: jnp.sin(x) @ x)
+  x = jnp.ones((64, 64))
+  expected = {} if jax.default_backend() == "cpu" else None
+  times = kernel_times(f, (x,), repeats=2)
+  if expected is not None:
+    assert times == expected
+  else:
+    assert times and all(us > 0 for us in times.values())
+  with pytest.raises(ValueError, match="repeats"):
+    kernel_times(f, (x,), repeats=0)
+  assert summarize({"parallax_decode": 4.5, "merge": 1.25}) == "parallax_decode=4.50, merge=1.25"
 
 
 @pytest.mark.parametrize("packed", [True, False])

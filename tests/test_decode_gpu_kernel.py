@@ -64,12 +64,33 @@ def test_launches_match_oracle_gpu(case, tuning):
   check_decode(run_decode("pallas_gpu", case, tuning=tuning), case)
 
 
-def test_xla_merge_matches_oracle(monkeypatch):
-  """``MERGE = "xla"`` (partials.merge_splits + finish) serves the same partial states."""
-  monkeypatch.setattr(gpu_decode, "MERGE", "xla")
-  case = _CASES["window"]
-  tuning = DecodeTuning(num_splits=3, block_k=16)
+@pytest.mark.parametrize("cname, splits", [("window", 3), ("gqa4", 32)])
+@pytest.mark.parametrize("merge", gpu_decode.MERGES)
+def test_every_merge_matches_oracle(monkeypatch, merge, cname, splits):
+  """Each ``MERGE`` (in-kernel last program, a second kernel, XLA) merges the same partial
+  states exactly, with 16-key blocks: 3 splits (padded to 4) over rows of 0-100 keys, empty
+  splits included, fold in one chunk; 32 splits over a 300-key row (19 of them hold keys)
+  fold in several chunks (``decode_merge.fold_splits``)."""
+  monkeypatch.setattr(gpu_decode, "MERGE", merge)
+  case = _CASES[cname]
+  tuning = DecodeTuning(num_splits=splits, block_k=16)
   check_decode(run_decode("pallas_gpu", case, interpret=True, tuning=tuning), case)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("merge", gpu_decode.MERGES)
+def test_every_merge_matches_oracle_gpu(monkeypatch, merge):
+  require_gpu()
+  monkeypatch.setattr(gpu_decode, "MERGE", merge)
+  for case in _CASES.values():
+    for splits in (2, 5, 16):
+      check_decode(run_decode("pallas_gpu", case, tuning=DecodeTuning(num_splits=splits)), case)
+
+
+def test_merge_switch_rejects_unknown(monkeypatch):
+  monkeypatch.setattr(gpu_decode, "MERGE", "atomic")
+  with pytest.raises(ValueError, match="MERGE must be one of"):
+    run_decode("pallas_gpu", _CASES["window"], interpret=True, tuning=DecodeTuning(num_splits=2))
 
 
 @pytest.mark.parametrize("junk", [np.inf, -np.inf, 1e30])

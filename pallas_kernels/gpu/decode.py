@@ -15,8 +15,9 @@ import jax
 import jax.numpy as jnp
 
 from pallas_kernels.gpu.block_sizes import pow2_at_least
-from pallas_kernels.gpu.decode_kernel import Launch, decode_call, row_padding
+from pallas_kernels.gpu.decode_kernel import Launch, decode_call
 from pallas_kernels.gpu.decode_merge import merge_call
+from pallas_kernels.gpu.decode_rows import row_padding
 from parallax_jax.attention.implementations import Implementation
 from parallax_jax.decode.partials import finish, merge_splits
 from parallax_jax.decode.splits import choose_num_splits
@@ -35,8 +36,10 @@ FALLBACK_STAGES = 2
 STAGED_BYTES = 192 * 1024
 FALLBACK_CORES = 132  # an H200's SM count, for interpret mode without a GPU
 MAX_ROWS = 128  # Tq * G query rows one program holds (padded to powers of two)
-MERGE = "pallas"  # "pallas": decode_merge's one launch; "xla": partials.merge_splits (fusions)
-MERGE_BLOCK_D = 32  # merge columns per program: D / 32 programs per (row, kv head)
+# The split merge: "in_kernel" (the last program of each (row, kv head) merges, one launch),
+# "pallas" (decode_merge's second launch) or "xla" (partials.merge_splits, a few fusions).
+MERGE = "pallas"
+MERGES = ("in_kernel", "pallas", "xla")
 
 
 def _pow2(x: int) -> bool:
@@ -93,11 +96,14 @@ def launch_for(spec: DecodeSpec) -> Launch:
   )
   itemsize = jnp.dtype(spec.dtype).itemsize
   fits = itemsize == 2 and 2 * block_k * spec.head_dim * itemsize * NUM_STAGES <= STAGED_BYTES
+  if MERGE not in MERGES:
+    raise ValueError(f"pallas_kernels.gpu.decode.MERGE must be one of {MERGES}, got {MERGE!r}.")
   return Launch(
     block_k=block_k,
     num_splits=splits,
     num_warps=t.num_warps or NUM_WARPS,
     num_stages=t.num_stages or (NUM_STAGES if fits else FALLBACK_STAGES),
+    merge_in_kernel=splits > 1 and MERGE == "in_kernel",
   )
 
 
@@ -105,11 +111,13 @@ def fwd(q, r, k_cache, v_cache, lengths, spec: DecodeSpec):
   """``[B, Tq, Hq, D]`` output of ``parallax_decode`` in q's dtype (see its docstring)."""
   launch = launch_for(spec)
   out = decode_call(q, r, k_cache, v_cache, lengths, spec, launch)
-  if launch.num_splits > 1 and MERGE == "xla":
-    out = finish(merge_splits(out, axis=1), q.dtype)  # [B, Tq, Hkv, G, D]
-  elif launch.num_splits > 1:
-    block_d = min(spec.head_dim, MERGE_BLOCK_D)
-    out = merge_call(out, q.dtype, block_d=block_d, interpret=spec.interpret)
+  if launch.num_splits == 1 or launch.merge_in_kernel:
+    pass  # the kernel wrote o
+  elif MERGE == "xla":
+    states = jax.tree.map(lambda x: x[:, : launch.num_splits], out)  # drop the padding splits
+    out = finish(merge_splits(states, axis=1), q.dtype)  # [B, Tq, Hkv, G, D]
+  else:
+    out = merge_call(out, launch.num_splits, q.dtype, interpret=spec.interpret)
   return out.reshape(q.shape)
 
 

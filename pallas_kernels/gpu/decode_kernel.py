@@ -15,7 +15,15 @@ the scores with ``ChunkMask.visible``. Scores are base 2 (``scale * log2 e`` fol
 float32 scores, docs/design.md §3.4) and the state follows ``tile_math``.
 
 Outputs: with one split, the finished ``o`` (``[B, Tq, Hkv, G, D]``); otherwise the float32
-partial state per split (``m`` in natural units) for ``decode.partials.merge_splits``.
+partial state per split (``m`` in natural units), merged by ``decode_merge`` (a second
+launch) or, with ``Launch.merge_in_kernel``, by the last program of each (row, kv head) in
+this launch: every program stores its partial state, then (after a CTA barrier, so the
+release below covers every thread's stores) takes a ticket with an acquire-release
+``atomic_add`` on the (row, kv head)'s counter; the program that draws ticket ``S - 1`` knows
+the other ``S - 1`` states are visible (its acquire also invalidates the SM's L1, and no
+program read those lines before), folds them and stores ``o``. No program ever waits on
+another, so any grid order and any residency is safe. The counters start at zero in every
+call (an XLA memset of ``B * Hkv`` int32).
 """
 
 from __future__ import annotations
@@ -30,12 +38,11 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
 from pallas_kernels.gpu import common, schedule
-from pallas_kernels.gpu.block_sizes import pow2_at_least
+from pallas_kernels.gpu.decode_merge import fold_splits, padded_splits
+from pallas_kernels.gpu.decode_rows import Rows
 from pallas_kernels.gpu.tile_math_base2 import LN2, LOG2E, fwd_finalize2, fwd_tile2
 from parallax_jax.attention import tile_math
 from parallax_jax.decode.validation import DecodeSpec
-
-MIN_ROWS = 16  # tensor-core dots need M >= 16
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,45 +53,18 @@ class Launch:
   num_splits: int
   num_warps: int
   num_stages: int
+  merge_in_kernel: bool = False  # several splits: the last program merges (no second launch)
 
 
-def row_padding(q_len: int, group: int) -> tuple[int, int]:
-  """``(tq_p, g_p)``: powers of two covering ``Tq`` and ``G`` with ``tq_p * g_p >= 16``."""
-  tq_p = pow2_at_least(q_len, floor=1)
-  g_p = pow2_at_least(group, floor=max(1, MIN_ROWS // tq_p))
-  return tq_p, g_p
-
-
-def _kernel(q_ref, r_ref, k_ref, v_ref, len_ref, *out_refs, spec: DecodeSpec, launch: Launch):
+def _kernel(q_ref, r_ref, k_ref, v_ref, len_ref, *refs, spec: DecodeSpec, launch: Launch):
   bk, splits = launch.block_k, launch.num_splits
-  tq_p, g_p = row_padding(spec.q_len, spec.group)
-  mp, d = tq_p * g_p, spec.head_dim
+  rows = Rows(spec.q_len, spec.group)
+  mp, g_p, d = rows.count, rows.shape[1], spec.head_dim
   n = len_ref[...]  # this row's valid keys (scalar int32)
   n_load = jnp.minimum(n, spec.cache_len)  # traced lengths are unchecked: never read past S
 
   # Query rows m = tq * g_p + g; padding rows (tq >= Tq or g >= G) load zeros, are never stored.
-  tq_idx = lax.broadcasted_iota(jnp.int32, (tq_p, g_p), 0)
-  g_idx = lax.broadcasted_iota(jnp.int32, (tq_p, g_p), 1)
-  row_ok = (tq_idx < spec.q_len) & (g_idx < spec.group)
-  padded_rows = (tq_p, g_p) != (spec.q_len, spec.group)
-  rows = pl.ds(0, tq_p), pl.ds(0, g_p), slice(None)
-
-  def load_rows(ref):
-    if padded_rows:
-      x = pltriton.load(ref.at[rows], mask=row_ok[..., None], other=0)
-    else:
-      x = ref[...]
-    return x.reshape(mp, d)
-
-  def store_rows(ref, x):
-    x = x.reshape(tq_p, g_p, *x.shape[1:]).astype(ref.dtype)
-    if padded_rows:
-      mask = row_ok if x.ndim == 2 else row_ok[..., None]
-      pltriton.store(ref.at[rows[: x.ndim]], x, mask=mask)
-    else:
-      ref[...] = x
-
-  q, r = load_rows(q_ref), load_rows(r_ref)
+  q, r = rows.load(q_ref), rows.load(r_ref)
   dtype = q.dtype
   prec = common.precision(dtype)
   c2 = spec.scale * LOG2E
@@ -126,21 +106,33 @@ def _kernel(q_ref, r_ref, k_ref, v_ref, len_ref, *out_refs, spec: DecodeSpec, la
   )
 
   if splits == 1:
-    (o_ref,) = out_refs
-    store_rows(o_ref, fwd_finalize2(state).o)
-  else:
-    m_ref, d1_ref, d2_ref, acc1_ref, acc2_ref = out_refs
-    store_rows(m_ref, state.m * LN2)  # natural units for merge_splits
-    store_rows(d1_ref, state.d1)
-    store_rows(d2_ref, state.d2)
-    store_rows(acc1_ref, state.acc1)
-    store_rows(acc2_ref, state.acc2)
+    (o_ref,) = refs
+    rows.store(o_ref, fwd_finalize2(state).o)
+    return
+  partial = state._replace(m=state.m * LN2)  # natural units for the merge
+  if not launch.merge_in_kernel:
+    for ref, x in zip(refs, partial, strict=True):
+      rows.store(ref, x)
+    return
+  _, o_ref, *partial_refs, count_ref = refs  # the counter's input is aliased to count_ref
+  split = pl.program_id(2)
+  for ref, x in zip(partial_refs, partial, strict=True):
+    rows.store(ref, x, (split,))
+  if not spec.interpret:  # interpret mode runs programs one after another
+    pltriton.debug_barrier()  # every thread's stores precede the release of the ticket
+  ticket = pltriton.atomic_add(count_ref, (jnp.int32(0),), jnp.int32(1))
+
+  @pl.when(ticket == splits - 1)
+  def _merge():
+    merged = fold_splits(rows, partial_refs, splits, d)
+    rows.store(o_ref, tile_math.fwd_finalize(merged).o)
 
 
 def decode_call(q, r, k_cache, v_cache, lengths, spec: DecodeSpec, launch: Launch):
-  """Runs the kernel. One split: ``o`` ``[B, Tq, Hkv, G, D]`` in q's dtype. Several: the
-  float32 ``tile_math.FwdState`` with a split axis 1 (``m``, ``d1``, ``d2``: ``[B, splits, Tq,
-  Hkv, G]``; ``acc1``, ``acc2``: ``[..., D]``)."""
+  """Runs the kernel. One split, or ``launch.merge_in_kernel``: ``o`` ``[B, Tq, Hkv, G, D]``
+  in q's dtype. Otherwise the float32 ``tile_math.FwdState`` with a split axis 1 padded to a
+  power of two (only the first ``num_splits`` hold states; ``m``,
+  ``d1``, ``d2``: ``[B, splits, Tq, Hkv, G]``; ``acc1``, ``acc2``: ``[..., D]``)."""
   b, tq, hq, d = q.shape
   hkv, g, splits = spec.num_kv_heads, spec.group, launch.num_splits
   s_len = k_cache.shape[1]
@@ -149,28 +141,41 @@ def decode_call(q, r, k_cache, v_cache, lengths, spec: DecodeSpec, launch: Launc
   q_spec = pl.BlockSpec((None, tq, None, g, d), lambda i, h, s: (i, 0, h, 0, 0))
   kv_spec = pl.BlockSpec((None, s_len, None, d), lambda i, h, s: (i, 0, h, 0))
   in_specs = [q_spec, q_spec, kv_spec, kv_spec, pl.BlockSpec((None,), lambda i, h, s: (i,))]
+  args = [q5, r5, k_cache, v_cache, lengths.astype(jnp.int32)]
+  o_shape = jax.ShapeDtypeStruct((b, tq, hkv, g, d), q.dtype)
+  s_pad = padded_splits(splits)  # splits >= num_splits are never written, never read
+  stat = jax.ShapeDtypeStruct((b, s_pad, tq, hkv, g), jnp.float32)
+  acc = jax.ShapeDtypeStruct((b, s_pad, tq, hkv, g, d), jnp.float32)
+  aliases = {}
   if splits == 1:
-    out_shape = [jax.ShapeDtypeStruct((b, tq, hkv, g, d), q.dtype)]
-    out_specs = [q_spec]
-  else:
-    stat = jax.ShapeDtypeStruct((b, splits, tq, hkv, g), jnp.float32)
-    acc = jax.ShapeDtypeStruct((b, splits, tq, hkv, g, d), jnp.float32)
+    out_shape, out_specs = [o_shape], [q_spec]
+  elif not launch.merge_in_kernel:  # one block per split
     stat_spec = pl.BlockSpec((None, None, tq, None, g), lambda i, h, s: (i, s, 0, h, 0))
     acc_spec = pl.BlockSpec((None, None, tq, None, g, d), lambda i, h, s: (i, s, 0, h, 0, 0))
     out_shape = [stat, stat, stat, acc, acc]
     out_specs = [stat_spec, stat_spec, stat_spec, acc_spec, acc_spec]
+  else:  # every program of a (row, kv head) sees all its splits' states and its counter
+    stat_spec = pl.BlockSpec((None, s_pad, tq, None, g), lambda i, h, s: (i, 0, 0, h, 0))
+    acc_spec = pl.BlockSpec((None, s_pad, tq, None, g, d), lambda i, h, s: (i, 0, 0, h, 0, 0))
+    count_spec = pl.BlockSpec((None, 1), lambda i, h, s: (i, h))  # a [1] ref: atomics index it
+    out_shape = [o_shape, stat, stat, stat, acc, acc, jax.ShapeDtypeStruct((b, hkv), jnp.int32)]
+    out_specs = [q_spec, stat_spec, stat_spec, stat_spec, acc_spec, acc_spec, count_spec]
+    args.append(jnp.zeros((b, hkv), jnp.int32))
+    aliases = {len(args) - 1: len(out_shape) - 1}
+    in_specs.append(count_spec)
   out = pl.pallas_call(
     functools.partial(_kernel, spec=spec, launch=launch),
     grid=(b, hkv, splits),
     in_specs=in_specs,
     out_specs=out_specs,
     out_shape=out_shape,
+    input_output_aliases=aliases,
     compiler_params=pltriton.CompilerParams(
       num_warps=launch.num_warps, num_stages=launch.num_stages
     ),
     interpret=spec.interpret,
     name="parallax_decode",
-  )(q5, r5, k_cache, v_cache, lengths.astype(jnp.int32))
-  if splits == 1:
+  )(*args)
+  if splits == 1 or launch.merge_in_kernel:
     return out[0]
   return tile_math.FwdState(*out)
