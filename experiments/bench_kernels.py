@@ -32,6 +32,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from parallax_jax import MaskSpec, parallax_attention, parallax_reference  # noqa: E402
+from parallax_jax.benchmarking.kernel_times import kernel_times  # noqa: E402
 from parallax_jax.benchmarking.timing import time_call  # noqa: E402
 from parallax_jax.flops import (  # noqa: E402
   KERNEL_TFLOPS_HEADER,
@@ -53,24 +54,31 @@ def make_inputs(batch, length, heads, d, dtype, seed=0):
   return tuple(x.astype(dtype) for x in (q, r * 0.1, k, v, g))
 
 
-def parallax_fn(impl, causal, interpret):
+def parallax_fn(impl, causal, interpret, window=None):
   def f(q, r, k, v):
-    return parallax_attention(q, r, k, v, causal=causal, implementation=impl, interpret=interpret)
+    return parallax_attention(
+      q, r, k, v, causal=causal, window_size=window, implementation=impl, interpret=interpret
+    )
 
   return f
 
 
-def softmax_fn(causal, interpret):
+def softmax_fn(causal, interpret, window=None):
   impl = "xla" if interpret else "cudnn"
-
   def f(q, r, k, v):
     del r
-    return jax.nn.dot_product_attention(q, k, v, is_causal=causal, implementation=impl)
+    t = q.shape[1]
+    local = MaskSpec(t, t, causal=causal, window_size=window).jax_nn_local_window()
+    return jax.nn.dot_product_attention(
+      q, k, v, is_causal=causal, local_window_size=local, implementation=impl
+    )
 
   return f
 
 
-def bench_cell(fn, inputs, iters):
+def bench_cell(fn, inputs, iters, profile=False):
+  """Median wall seconds of the forward and of forward+backward; with ``profile``, also the
+  device microseconds of each kernel they launch (``benchmarking.kernel_times``)."""
   q, r, k, v, g = inputs
   fwd = jax.jit(fn)
 
@@ -79,20 +87,24 @@ def bench_cell(fn, inputs, iters):
     o, vjp = jax.vjp(fn, q, r, k, v)
     return o, vjp(g)
 
-  return {
+  out = {
     "fwd_s": time_call(fwd, (q, r, k, v), iters=iters).median_s,
     "fwd_bwd_s": time_call(fwd_bwd, (q, r, k, v, g), iters=iters).median_s,
   }
+  if profile:
+    out["fwd_kernels_us"] = kernel_times(fwd, (q, r, k, v), repeats=3)
+    out["fwd_bwd_kernels_us"] = kernel_times(fwd_bwd, (q, r, k, v, g), repeats=3)
+  return out
 
 
-def accuracy(fn, inputs, causal):
+def accuracy(fn, inputs, causal, window=None):
   """Max-norm relative errors ``|out - ref| / max|ref|`` (max and median) of o and grads."""
   q, r, k, v, g = inputs
   o, vjp = jax.jit(lambda *a: jax.vjp(fn, *a))(q, r, k, v)
   grads = vjp(g)
   f32 = [x.astype(jnp.float32) for x in (q, r, k, v)]
   length, d = q.shape[1], q.shape[3]
-  mask = MaskSpec(length, length, causal=causal)
+  mask = MaskSpec(length, length, causal=causal, window_size=window)
   ref = lambda *a: parallax_reference(*a, scale=1.0 / np.sqrt(d), mask=mask)  # noqa: E731
   o_ref, vjp_ref = jax.jit(lambda *a: jax.vjp(ref, *a))(*f32)
   grads_ref = vjp_ref(g.astype(jnp.float32))
@@ -144,6 +156,12 @@ def main(argv=None):
     "--paths", default="pallas_gpu,xla,softmax_cudnn", help="comma list of paths to time"
   )
   p.add_argument("--non-causal", action="store_true")
+  p.add_argument("--window", type=int, default=None, help="sliding window (keys per query)")
+  p.add_argument(
+    "--kernel-times",
+    action="store_true",
+    help="record each kernel's device time (profiler trace) of fwd and fwd+bwd",
+  )
   p.add_argument("--quick", action="store_true", help="one small shape, few iterations")
   p.add_argument("--interpret", action="store_true", help="Pallas interpret mode (CPU smoke)")
   args = p.parse_args(argv)
@@ -169,15 +187,18 @@ def main(argv=None):
       "head_dim": d,
       "dtype": str(dtype),
       "causal": causal,
+      "window": args.window,
       "iters": args.iters,
       "interpret": args.interpret,
     },
   }
   print(json.dumps(meta, indent=1), flush=True)
+  w = args.window
   paths = {
-    "pallas_gpu": parallax_fn("pallas_gpu", causal, args.interpret),
-    "xla": parallax_fn("xla", causal, args.interpret),
-    "softmax_cudnn": softmax_fn(causal, args.interpret),
+    "pallas_mosaic_gpu": parallax_fn("pallas_mosaic_gpu", causal, args.interpret, w),
+    "pallas_gpu": parallax_fn("pallas_gpu", causal, args.interpret, w),
+    "xla": parallax_fn("xla", causal, args.interpret, w),
+    "softmax_cudnn": softmax_fn(causal, args.interpret, w),
   }
   paths = {n: f for n, f in paths.items() if n in args.paths.split(",")}
   rows = []
@@ -192,10 +213,10 @@ def main(argv=None):
         continue
       kind = "softmax" if name.startswith("softmax") else "parallax"
       fl = kernel_executed_flops(
-        kind, batch=batch, heads=h, length=length, head_dim=d, causal=causal
+        kind, batch=batch, heads=h, length=length, head_dim=d, causal=causal, window_size=w
       )
       try:
-        t = bench_cell(fn, inputs, args.iters)
+        t = bench_cell(fn, inputs, args.iters, profile=args.kernel_times)
         row.update(
           {
             "fwd_ms": t["fwd_s"] * 1e3,
@@ -204,12 +225,15 @@ def main(argv=None):
             "fwd_bwd_tflops": fl["fwd_bwd"] / t["fwd_bwd_s"] / 1e12,
           }
         )
+        for key in ("fwd_kernels_us", "fwd_bwd_kernels_us"):
+          if key in t:
+            row[key] = t[key]
       except Exception as e:  # noqa: BLE001  one failing cell must not kill the run
         row["error"] = f"{type(e).__name__}: {str(e)[:500]}"
         traceback.print_exc()
-      if name == "pallas_gpu" and length <= args.accuracy_max_len and batch * length <= 16384:
+      if name.startswith("pallas") and length <= args.accuracy_max_len and batch * length <= 16384:
         try:
-          row["accuracy"] = accuracy(fn, inputs, causal)
+          row["accuracy"] = accuracy(fn, inputs, causal, w)
         except Exception as e:  # noqa: BLE001
           row["accuracy_error"] = f"{type(e).__name__}: {str(e)[:500]}"
       rows.append(row)

@@ -131,6 +131,7 @@ ATTENTION = Registry(
     "reference": "parallax_jax.attention.reference:IMPLEMENTATION",
     "xla": "parallax_jax.attention.xla:IMPLEMENTATION",
     "pallas_gpu": "pallas_kernels.gpu:IMPLEMENTATION",
+    "pallas_mosaic_gpu": "pallas_kernels.mosaic_gpu:IMPLEMENTATION",
     "pallas_tpu": "pallas_kernels.tpu:IMPLEMENTATION",
   },
   {"gpu": ("pallas_gpu", "xla"), "tpu": ("pallas_tpu", "xla")},

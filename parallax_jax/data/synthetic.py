@@ -22,13 +22,13 @@ import numpy as np
 from parallax_jax.data.config import DataConfig
 from parallax_jax.data.regression import (
   REGRESSION_TASKS,
+  TASKS,
   RegressionRow,
   check_regression,
   describe_regression,
 )
 from parallax_jax.errors import UserError
 
-TASKS = ("mqar", *REGRESSION_TASKS)
 _SPLIT_SALT = {"train": 0x7A11, "eval": 0xE7A1}
 _EVAL_SEED = 0x5EED  # the eval rows do not depend on the run's seeds
 _ROWS = 1 << 40  # "forever" for the train split

@@ -47,7 +47,7 @@ def load_run(workdir: str | Path, step: int | None = None) -> LoadedRun:
   and tokenizer. Raises a ``UserError`` naming the fix for a directory that holds no run or no
   checkpoint, a missing step, and a run that cannot generate text (regression heads, synthetic
   tasks, attention without a decode path)."""
-  from parallax_jax.data import synthetic  # pulls in grain: import only when loading
+  from parallax_jax.data.regression import TASKS
 
   workdir = Path(workdir)
   exp = resolve(run_record.load_run_config(workdir))
@@ -58,7 +58,7 @@ def load_run(workdir: str | Path, step: int | None = None) -> LoadedRun:
       f"{where} holds a regression model (data.source={data.source!r}, model.input_dim="
       f"{model.input_dim}, model.output_dim={model.output_dim}); generate needs a language model"
     )
-  if data.source in synthetic.TASKS:
+  if data.source in TASKS:
     raise UserError(
       f"{where} was trained on the synthetic task data.source={data.source!r}, which has no "
       "tokenizer; generate needs a run trained on text"

@@ -1,0 +1,135 @@
+"""What the two Mosaic GPU backward kernels share: register-level ops, tile masking, ranges.
+
+Interpret mode (CPU tests, jax 0.10.x's private GPU interpreter) simulates SMEM, TMA copies,
+barriers, warpgroups and wgmma on SMEM operands, but it cannot run register layouts
+(``layout_cast``, ``broadcasted_iota(layout=)``, ``plgpu.load(layout=)``), a transposed wgmma
+operand (``transpose_ref``) or a register (non-SMEM) wgmma operand. ``BwdOps`` hides exactly
+those behind one flag: the GPU path issues the real instructions, the interpreted path the same
+products on plain arrays. The pipeline, barriers, masks and tile math are shared.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import mosaic_gpu as plgpu
+
+ROWS = 64  # wgmma's M: the rows (dq: queries, dk/dv: keys) one consumer warpgroup owns
+NEG_INF = float("-inf")
+
+WGMMA = plgpu.Layout.WGMMA
+ROW = plgpu.Layout.WGMMA.reduce(1)  # one value per accumulator row
+COL = plgpu.Layout.WGMMA.reduce(0)  # one value per accumulator column
+
+# Version branch: jax 0.10.x's ``plgpu.load(src, idx, ...)`` requires ``idx``; jax >= 0.11
+# deprecates passing it (index the ref instead).
+_LOAD_NEEDS_IDX = inspect.signature(plgpu.load).parameters["idx"].default is inspect._empty
+
+
+def tma_transforms(dtype):
+  """Tiling + 128-byte swizzle of a wgmma operand tile (head dims are multiples of 64)."""
+  swizzle = 128
+  return (
+    plgpu.TilingTransform((8, swizzle // jnp.dtype(dtype).itemsize)),
+    plgpu.SwizzleTransform(swizzle),
+  )
+
+
+def smem(shape, dtype):
+  """A swizzled SMEM buffer for wgmma operands (the layout TMA writes and wgmma reads)."""
+  return plgpu.SMEM(shape, dtype, transforms=tma_transforms(dtype))
+
+
+def compiler_params():
+  """The kernels' compiler params (one place: tests lower with other lowering semantics)."""
+  return plgpu.CompilerParams(approx_math=True)
+
+
+def interpret_params(interpret: bool):
+  """``interpret=`` of ``plgpu.kernel``: the GPU interpreter's params (private API), or None."""
+  if not interpret:
+    return None
+  from jax._src.pallas.mosaic_gpu.interpret.params import InterpretGPUParams
+
+  return InterpretGPUParams()
+
+
+@dataclasses.dataclass(frozen=True)
+class BwdOps:
+  """The register-level operations that differ between the GPU and the interpreter."""
+
+  interpret: bool
+
+  def layout(self, x, layout=WGMMA):
+    return x if self.interpret else plgpu.layout_cast(x, layout)
+
+  def iota(self, shape, dim):
+    """int32 ``broadcasted_iota`` in the accumulator layout."""
+    if self.interpret:
+      return lax.broadcasted_iota(jnp.int32, shape, dim)
+    return plgpu.broadcasted_iota(jnp.int32, shape, dim, layout=WGMMA)
+
+  def load(self, ref, layout):
+    """``ref[...]`` (a 1-D GMEM or SMEM ref) as a per-row (``ROW``) or per-column (``COL``)
+    vector of the accumulator."""
+    if self.interpret:
+      return ref[...]
+    if _LOAD_NEEDS_IDX:
+      return plgpu.load(ref, (), layout=layout, optimized=False)
+    return plgpu.load(ref, layout=layout, optimized=False)
+
+  def matmuls_nt(self, pairs, shape):
+    """``[a @ b.T for a, b in pairs]`` of SMEM tiles, float32 ``shape`` results: all wgmmas are
+    in flight before the first result is read."""
+    if self.interpret:
+      dims = (((1,), (1,)), ((), ()))
+      return tuple(
+        lax.dot_general(a[...], b[...], dims, preferred_element_type=jnp.float32) for a, b in pairs
+      )
+
+    def issue(*accs):
+      for acc, (a, b) in zip(accs, pairs, strict=True):
+        plgpu.wgmma(acc, a, plgpu.transpose_ref(b, (1, 0)))
+      return tuple(acc[...] for acc in accs)
+
+    return pl.run_scoped(issue, *[plgpu.ACC(shape, jnp.float32) for _ in pairs])
+
+  def matmuls_acc(self, accs, terms):
+    """``accs[i] += x @ b`` for each ``(i, x, b)`` of ``terms``: ``x`` in registers (input
+    dtype), ``b`` an SMEM tile, float32 accumulators returned once every wgmma has finished
+    (so the SMEM tiles may be released afterwards)."""
+    if self.interpret:
+      out = list(accs)
+      for i, x, b in terms:
+        out[i] = out[i] + jnp.dot(x, b[...], preferred_element_type=jnp.float32)
+      return tuple(out)
+
+    def issue(acc_refs):
+      for i, x, b in terms:
+        plgpu.wgmma(acc_refs[i], x, b)
+
+    return pl.run_state(issue)(tuple(plgpu.ACC.init(a) for a in accs))
+
+
+def union_range(ranges):
+  """``(lo, n)``: the blocks ``[lo, lo + n)`` covering the non-empty ``(lo, _, _, hi)`` ranges
+  of a CTA's warpgroups (``MaskSpec.key_blocks`` / ``query_blocks``, traced ints). Empty ranges
+  may sit anywhere (e.g. at block 0) and must not stretch the union."""
+  big = jnp.int32(2**30)
+  lo_u, hi_u = big, jnp.int32(0)
+  for lo, _, _, hi in ranges:
+    empty = hi <= lo
+    lo_u = jnp.minimum(lo_u, jnp.where(empty, big, lo))
+    hi_u = jnp.maximum(hi_u, jnp.where(empty, 0, hi))
+  n = jnp.maximum(hi_u - lo_u, 0)
+  return jnp.where(n > 0, lo_u, 0).astype(jnp.int32), n.astype(jnp.int32)
+
+
+def mask_scores(s2, *, masked, visible_fn):
+  """``s2`` with invisible entries at ``-inf`` on MASKED tiles (``masked``: traced bool), as
+  is on FULL ones. ``visible_fn()`` builds the boolean tile only inside the masked branch."""
+  return lax.cond(masked, lambda: jnp.where(visible_fn(), s2, NEG_INF), lambda: s2)

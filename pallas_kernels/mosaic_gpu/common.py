@@ -1,0 +1,211 @@
+"""Shared helpers of the Mosaic GPU (Hopper) kernels: scope checks, padding, interpret mode.
+
+Scope (``check``; anything else raises ``NotImplementedError`` so ``implementation=None`` can
+fall back to "pallas_gpu" and an explicit request says why): bfloat16/float16 inputs, head_dim
+64 or 128, any GQA ratio, causal/window/segment-id masks. Sequence lengths are zero-padded up to
+the block sizes by ``pad_to`` (a no-op when they are multiples already); padded rows and keys
+are invisible under ``MaskSpec`` and sliced off.
+
+Interpret mode (CPU tests) runs the kernels with the private ``InterpretGPUParams`` of jax
+0.10.x: ``plgpu.kernel(..., interpret=True)`` does not work. That interpreter simulates SMEM,
+TMA copies, barriers and warpgroups, but it cannot run register layouts
+(``layout_cast``, ``broadcasted_iota(layout=)``, ``plgpu.load(layout=)``), a transposed wgmma
+operand or a register wgmma operand. ``Ops`` hides exactly those behind one flag: the GPU path
+issues the real instructions, the interpreted path the same math on plain arrays. Everything
+else (TMA ring, barriers, warp specialisation, masks, tile math) is shared.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import threading
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import mosaic_gpu as plgpu
+
+from parallax_jax.attention.block_sizes import Tile
+
+DTYPES = ("bfloat16", "float16")
+HEAD_DIMS = (64, 128)
+ROWS_PER_WG = 64  # wgmma's M: the query rows one consumer warpgroup owns
+COMPUTE_WGS = 2  # consumer warpgroups per CTA (a third one is the TMA producer)
+NAME = "pallas_mosaic_gpu"
+
+_WGMMA = plgpu.Layout.WGMMA
+_ROW = plgpu.Layout.WGMMA.reduce(1)  # one value per accumulator row
+_COL = plgpu.Layout.WGMMA.reduce(0)  # one value per accumulator column
+
+
+def interpret_params(interpret: bool):
+  """``interpret=`` argument of ``plgpu.kernel``: the GPU interpreter's params, or None."""
+  if not interpret:
+    return None
+  from jax._src.pallas.mosaic_gpu.interpret.params import InterpretGPUParams  # private API
+
+  return InterpretGPUParams()
+
+
+def check_tile(tile: Tile, pass_name: str) -> None:
+  """Raises NotImplementedError unless ``tile`` is a forward tile these kernels can run."""
+  where = f"implementation={NAME!r} BlockSizes(...).{pass_name}"
+  if tile.block_q != ROWS_PER_WG:
+    raise NotImplementedError(
+      f"{where}.block_q must be {ROWS_PER_WG} (the query rows of one consumer warpgroup; a "
+      f"CTA runs {COMPUTE_WGS} of them), got {tile.block_q}."
+    )
+  if tile.block_k not in (64, 128):
+    raise NotImplementedError(f"{where}.block_k must be 64 or 128, got {tile.block_k}.")
+  if tile.num_warps is not None:
+    raise NotImplementedError(
+      f"{where}.num_warps must be None (warpgroups are fixed: {COMPUTE_WGS} consumers + 1 "
+      f"producer), got {tile.num_warps}."
+    )
+  if tile.num_stages is not None and not 2 <= tile.num_stages <= 4:
+    raise NotImplementedError(
+      f"{where}.num_stages (K/V ring depth) must be in [2, 4] or None, got {tile.num_stages}."
+    )
+
+
+def check(spec) -> None:
+  """Raises NotImplementedError (saying why and what to use) for calls out of scope."""
+  if spec.dtype not in DTYPES:
+    raise NotImplementedError(
+      f"implementation={NAME!r} takes {' or '.join(DTYPES)} inputs, got {spec.dtype} "
+      "(use implementation='pallas_gpu' for float32)."
+    )
+  if spec.head_dim not in HEAD_DIMS:
+    raise NotImplementedError(
+      f"implementation={NAME!r} supports head_dim 64 or 128, got {spec.head_dim} "
+      "(use implementation='pallas_gpu')."
+    )
+  if spec.block_sizes is not None:
+    check_tile(spec.block_sizes.fwd, "fwd")
+
+
+def default_fwd_tile(head_dim: int) -> Tile:
+  """The forward's default tile (see ``forward`` for why block_k = 64)."""
+  del head_dim  # 64 for both head dims: two score tiles + two accumulators per warpgroup
+  return Tile(ROWS_PER_WG, 64, None, 2)
+
+
+def pad_to(x, axis: int, multiple: int, value=0):
+  """Pads ``axis`` of ``x`` up to a multiple of ``multiple`` (no copy when it is one)."""
+  extra = -x.shape[axis] % multiple
+  if extra == 0:
+    return x
+  widths = [(0, 0)] * x.ndim
+  widths[axis] = (0, extra)
+  return jnp.pad(x, widths, constant_values=value)
+
+
+def smem(shape, dtype):
+  """A swizzled SMEM tile of a wgmma operand (the layout TMA writes and wgmma reads)."""
+  swizzle = 128  # bytes: 64 half-precision elements, the head dims here are multiples of 64
+  tiling = plgpu.TilingTransform((8, swizzle // jnp.dtype(dtype).itemsize))
+  return plgpu.SMEM(shape, dtype, transforms=(tiling, plgpu.SwizzleTransform(swizzle)))
+
+
+@contextlib.contextmanager
+def interpret_compile_cache():
+  """Compiles each interpreted kernel's thread program once instead of once per (grid point,
+  thread), the cost that dominates interpret mode (jax 0.10 ``thread_map._run_jaxpr`` traces,
+  lowers and compiles it anew for every call). For tests; a no-op where that hook is absent."""
+  from jax._src import core as jax_core
+  from jax._src.pallas.mosaic.interpret import thread_map  # private API
+
+  original = getattr(thread_map, "_run_jaxpr", None)
+  if original is None:
+    yield
+    return
+  cache, lock = {}, threading.Lock()
+
+  def run_jaxpr(jaxpr, consts, *args):
+    avals = tuple((np.shape(x), str(x.dtype)) for x in jax.tree.leaves((consts, args)))
+    with lock:
+      entry = cache.setdefault((jaxpr, avals), [threading.Lock(), None])
+    with entry[0]:  # the block's threads run the same program: compile it once
+      if entry[1] is None:
+        fn = jax.jit(lambda consts, *args: jax_core.eval_jaxpr(jaxpr, consts, *args))
+        entry[1] = fn.trace(consts, *args).lower().compile()
+    entry[1](consts, *args)
+
+  thread_map._run_jaxpr = run_jaxpr
+  try:
+    yield
+  finally:
+    thread_map._run_jaxpr = original
+
+
+@dataclasses.dataclass(frozen=True)
+class Ops:
+  """The register-level operations that differ between the GPU and the interpreter."""
+
+  interpret: bool
+
+  def layout(self, x, layout=_WGMMA):
+    return x if self.interpret else plgpu.layout_cast(x, layout)
+
+  def rows(self, x):
+    """A per-row vector ``[M]`` in the accumulator's row layout."""
+    return self.layout(x, _ROW)
+
+  def iota(self, shape, dim):
+    if self.interpret:
+      return lax.broadcasted_iota(jnp.int32, shape, dim)
+    return plgpu.broadcasted_iota(jnp.int32, shape, dim, layout=_WGMMA)
+
+  def load_rows(self, ref):
+    """``ref[...]`` (GMEM ``[M]``) as a per-row vector of the accumulator."""
+    return ref[...] if self.interpret else plgpu.load(ref, (), layout=_ROW, optimized=False)
+
+  def load_cols(self, ref):
+    """``ref[...]`` (GMEM ``[N]``) as a per-column vector of the accumulator."""
+    return ref[...] if self.interpret else plgpu.load(ref, (), layout=_COL, optimized=False)
+
+  def matmuls_nt(self, a_smems, b_smem, shape, while_running=lambda: None):
+    """``[a @ b.T for a in a_smems]`` (SMEM operands, float32 results): wgmmas that share the
+    SMEM tile ``b``, all in flight before the first result is read; ``while_running()`` runs
+    between issue and wait (e.g. a schedule barrier)."""
+    if self.interpret:
+      dims = (((1,), (1,)), ((), ()))
+      out = tuple(
+        lax.dot_general(a[...], b_smem[...], dims, preferred_element_type=jnp.float32)
+        for a in a_smems
+      )
+      while_running()
+      return out
+    b_t = plgpu.transpose_ref(b_smem, (1, 0))
+
+    def issue(*acc_refs):
+      for acc, a in zip(acc_refs, a_smems, strict=True):
+        plgpu.wgmma(acc, a, b_t)
+      while_running()
+      return tuple(acc[...] for acc in acc_refs)
+
+    return pl.run_scoped(issue, *[plgpu.ACC(shape, jnp.float32) for _ in a_smems])
+
+  def matmuls_acc(self, accs, lhs, b_smem):
+    """``[acc + x @ b for acc, x in zip(accs, lhs)]``: ``lhs`` in registers (input dtype),
+    ``b`` in SMEM, float32 accumulators (returned once every wgmma has finished)."""
+    if self.interpret:
+      return tuple(
+        acc + jnp.dot(x, b_smem[...], preferred_element_type=jnp.float32)
+        for acc, x in zip(accs, lhs, strict=True)
+      )
+
+    def issue(acc_refs):
+      for acc, x in zip(acc_refs, lhs, strict=True):
+        plgpu.wgmma(acc, x, b_smem)
+
+    return pl.run_state(issue)(tuple(plgpu.ACC.init(a) for a in accs))
+
+
+def lowered_for_gpu(fn, *args) -> str:
+  """StableHLO text of ``fn(*args)`` lowered for CUDA (no GPU needed): the Pallas -> Mosaic
+  GPU lowering runs here, so register-layout and API errors show on CPU (tests)."""
+  return jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
