@@ -33,15 +33,12 @@ import jax.numpy as jnp
 
 from pallas_kernels.gpu.tile_math_base2 import LOG2E
 from pallas_kernels.mosaic_gpu import backward_dkv, backward_dq
-from pallas_kernels.mosaic_gpu.common import pad_to
+from pallas_kernels.mosaic_gpu.common import DTYPES, HEAD_DIMS, NAME, check_scope, pad_to
 from parallax_jax.attention import tile_math
 from parallax_jax.attention.block_sizes import Tile
 from parallax_jax.attention.masking import MaskSpec
 from parallax_jax.attention.residuals import Residuals
 
-NAME = "pallas_mosaic_gpu"
-DTYPES = ("bfloat16", "float16")
-HEAD_DIMS = (64, 128)
 STREAM_BLOCKS = (64, 128)
 CTA_BLOCKS = (64, 128)  # 64 rows per consumer warpgroup: one or two consumers
 STAGES = (2, 3, 4)
@@ -92,16 +89,7 @@ def check_tiles(dq: Tile, dkv: Tile, head_dim: int, has_segment_ids: bool) -> No
 
 def check(spec) -> None:
   """Raises NotImplementedError (saying why and what to use) for calls out of scope."""
-  if spec.dtype not in DTYPES:
-    raise NotImplementedError(
-      f"implementation={NAME!r} takes {' or '.join(DTYPES)} inputs, got {spec.dtype} "
-      "(use implementation='pallas_gpu' for float32)."
-    )
-  if spec.head_dim not in HEAD_DIMS:
-    raise NotImplementedError(
-      f"implementation={NAME!r} supports head_dim 64 or 128, got {spec.head_dim} "
-      "(use implementation='pallas_gpu')."
-    )
+  check_scope(spec)
   if spec.block_sizes is not None:
     bs = spec.block_sizes
     check_tiles(bs.dq, bs.dkv, spec.head_dim, spec.has_segment_ids)

@@ -72,7 +72,14 @@ def check_tile(tile: Tile, pass_name: str) -> None:
 
 
 def check(spec) -> None:
-  """Raises NotImplementedError (saying why and what to use) for calls out of scope."""
+  """Raises NotImplementedError (saying why and what to use) for forward calls out of scope."""
+  check_scope(spec)
+  if spec.block_sizes is not None:
+    check_tile(spec.block_sizes.fwd, "fwd")
+
+
+def check_scope(spec) -> None:
+  """The dtypes and head dims every Mosaic GPU kernel here serves (NotImplementedError)."""
   if spec.dtype not in DTYPES:
     raise NotImplementedError(
       f"implementation={NAME!r} takes {' or '.join(DTYPES)} inputs, got {spec.dtype} "
@@ -83,8 +90,6 @@ def check(spec) -> None:
       f"implementation={NAME!r} supports head_dim 64 or 128, got {spec.head_dim} "
       "(use implementation='pallas_gpu')."
     )
-  if spec.block_sizes is not None:
-    check_tile(spec.block_sizes.fwd, "fwd")
 
 
 def default_fwd_tile(head_dim: int) -> Tile:
