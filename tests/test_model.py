@@ -255,3 +255,39 @@ def test_logits_chunk_loss_and_grads_equal_dense_logits():
       results.append(jax.value_and_grad(loss_fn, has_aux=True)(p, graphdef, batch))
     for w, g in zip(jax.tree.leaves(results[0]), jax.tree.leaves(results[1]), strict=True):
       np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-7)
+
+
+def test_softmax_falls_back_to_xla_where_cudnn_refuses(monkeypatch, caplog):
+  """``implementation=None`` on a GPU backend asks cuDNN first; a refusal at trace time (here:
+  no cuDNN on this CPU; on a GPU e.g. float32 inputs) falls back to "xla" with one log line,
+  and the result is causal softmax attention (checked against a NumPy softmax)."""
+  from parallax_jax.model import attention as model_attention
+
+  monkeypatch.setattr(model_attention.jax, "default_backend", lambda: "gpu")
+  monkeypatch.setattr(model_attention, "_LOGGED_FALLBACKS", set())
+  rng = np.random.default_rng(0)
+  q, k, v = (rng.standard_normal((1, 5, 2, 8)).astype(np.float32) for _ in range(3))
+  with caplog.at_level("INFO", logger="parallax_jax"):
+    o = model_attention.softmax_attention(
+      jnp.asarray(q),
+      jnp.asarray(k),
+      jnp.asarray(v),
+      segment_ids=None,
+      window_size=None,
+      implementation=None,
+    )
+  assert "cudnn refused" in caplog.text
+  s = np.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(8)
+  s = np.where(np.tril(np.ones((5, 5), bool)), s, -np.inf)
+  p = np.exp(s - s.max(-1, keepdims=True))
+  p /= p.sum(-1, keepdims=True)
+  np.testing.assert_allclose(o, np.einsum("bhqk,bkhd->bqhd", p, v), rtol=1e-5, atol=1e-6)
+  with pytest.raises(RuntimeError):  # an explicit request is passed through, never replaced
+    model_attention.softmax_attention(
+      jnp.asarray(q),
+      jnp.asarray(k),
+      jnp.asarray(v),
+      segment_ids=None,
+      window_size=None,
+      implementation="cudnn",
+    )

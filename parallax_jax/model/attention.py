@@ -29,23 +29,38 @@ SOFTMAX_IMPLS = ("xla", "cudnn")  # jax.nn.dot_product_attention's implementatio
 _LOGGED_FALLBACKS: set[str] = set()
 
 
+def _softmax(q, k, v, implementation, **kwargs):
+  """``jax.nn.dot_product_attention``; ``implementation=None``: cuDNN on GPU where it accepts
+  the call (it refuses float32 and some shapes at trace time), else "xla", the fallback
+  logged once per reason. An explicit name is passed through and raises if refused."""
+  if implementation is not None or jax.default_backend() != "gpu":
+    return jax.nn.dot_product_attention(q, k, v, implementation=implementation or "xla", **kwargs)
+  try:
+    return jax.nn.dot_product_attention(q, k, v, implementation="cudnn", **kwargs)
+  except (NotImplementedError, ValueError, RuntimeError) as e:
+    reason = f"{type(e).__name__}: {e}"
+    if reason not in _LOGGED_FALLBACKS:
+      _LOGGED_FALLBACKS.add(reason)
+      log.info("softmax attention: cudnn refused (%s); using 'xla'.", reason)
+    return jax.nn.dot_product_attention(q, k, v, implementation="xla", **kwargs)
+
+
 def softmax_attention(q, k, v, *, segment_ids, window_size, implementation):
-  """Causal softmax attention through ``jax.nn.dot_product_attention`` (cuDNN on GPU)."""
-  if implementation is None:
-    implementation = "cudnn" if jax.default_backend() == "gpu" else "xla"
+  """Causal softmax attention through ``jax.nn.dot_product_attention`` (``_softmax``: cuDNN
+  on GPU where it serves the call, e.g. not float32)."""
   t = q.shape[1]
   rules = MaskSpec(q_len=t, kv_len=t, causal=True, window_size=window_size)
   mask = None
   if segment_ids is not None:  # [B, 1, T, T]; causality and the window go as cuDNN's flags
     mask = same_segment(segment_ids[:, None, :, None], segment_ids[:, None, None, :])
-  return jax.nn.dot_product_attention(
+  return _softmax(
     q,
     k,
     v,
+    implementation,
     mask=mask,
     is_causal=rules.causal,
     local_window_size=rules.jax_nn_local_window(),
-    implementation=implementation,
   )
 
 
@@ -53,22 +68,8 @@ def masked_softmax_attention(q, k, v, visible, *, implementation):
   """``jax.nn.dot_product_attention`` with an explicit boolean mask (broadcast to
   ``[B, H, Tq, Tk]``), for the cached paths whose queries are not aligned with the keys'
   start (jax.nn's ``is_causal`` and windows are top-left aligned, §13.1 is end-aligned).
-
-  ``implementation=None``: cuDNN on GPU when it accepts the call (it refuses float32, some
-  shapes), else "xla", logged once; an explicit name is passed through and raises if refused.
-  """
-  if implementation is not None or jax.default_backend() != "gpu":
-    return jax.nn.dot_product_attention(
-      q, k, v, mask=visible, implementation=implementation or "xla"
-    )
-  try:
-    return jax.nn.dot_product_attention(q, k, v, mask=visible, implementation="cudnn")
-  except (NotImplementedError, ValueError, RuntimeError) as e:
-    reason = f"{type(e).__name__}: {e}"
-    if reason not in _LOGGED_FALLBACKS:
-      _LOGGED_FALLBACKS.add(reason)
-      log.info("cached softmax attention: cudnn refused (%s); using 'xla'.", reason)
-    return jax.nn.dot_product_attention(q, k, v, mask=visible, implementation="xla")
+  ``implementation`` as in ``_softmax``."""
+  return _softmax(q, k, v, implementation, mask=visible)
 
 
 class Attention(nnx.Module):
