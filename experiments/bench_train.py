@@ -95,7 +95,12 @@ def main(argv=None):
   p.add_argument("--config", default="configs/lm_0p6b.py")
   p.add_argument("--seq-len", type=int, default=4096)
   p.add_argument("--batches", default="16,12,8,4", help="tried largest first until one fits")
-  p.add_argument("--attention", default="softmax,parallax")
+  p.add_argument(
+    "--attention",
+    default="softmax,parallax",
+    help="comma list of model.attention kinds; 'kind@impl' also sets model.attention_impl "
+    "(e.g. parallax@pallas_mosaic_gpu)",
+  )
   p.add_argument(
     "--remat", default=None, help="model.remat policies tried in order (default: the config's)"
   )
@@ -104,6 +109,7 @@ def main(argv=None):
   p.add_argument("--layers", type=int, default=None, help="override num_layers (quick runs)")
   p.add_argument("--out-dir", default=None)
   args, overrides = p.parse_known_args(argv)
+  args.stem = None
   cfg = load_config(args.config, overrides)
   base = ModelConfig.from_dict(cfg.model.to_dict())
   if args.layers:
@@ -112,19 +118,22 @@ def main(argv=None):
   rows = []
   remats = args.remat.split(",") if args.remat else [base.remat]
   tries = [(r, int(b)) for r in remats for b in args.batches.split(",")]
-  for kind in args.attention.split(","):
+  for label in args.attention.split(","):
+    kind, _, impl = label.partition("@")
     for remat, b in tries:
       model = dataclasses.replace(base, attention=kind, remat=remat)
+      if impl:
+        model = dataclasses.replace(model, attention_impl=impl)
       try:
         row = bench_one(model, opt, b, args.seq_len, args.steps, args.warmup)
       except Exception as e:  # does not fit (or fails): record it, try the next setting
-        rows.append({"attention": kind, "remat": remat, "batch_size": b, "error": repr(e)[:500]})
-        print(f"{kind} remat={remat} B={b}: failed: {repr(e)[:200]}", flush=True)
+        rows.append({"attention": label, "remat": remat, "batch_size": b, "error": repr(e)[:500]})
+        print(f"{label} remat={remat} B={b}: failed: {repr(e)[:200]}", flush=True)
         if not _out_of_memory(e):
           traceback.print_exc()
         _report(args, argv, base, rows)
         continue
-      row.update(attention=kind, remat=remat, params=model.num_params())
+      row.update(attention=label, remat=remat, params=model.num_params())
       rows.append(row)
       print(json.dumps(row), flush=True)
       _report(args, argv, base, rows)
@@ -136,25 +145,33 @@ def _report(args, argv, base: ModelConfig, rows: list[dict]) -> dict:
   """Prints the ratio and writes ``<out-dir>/bench_train_*.{json,md}`` (after every row, so a
   run cut short keeps what it measured)."""
   ok = {r["attention"]: r for r in rows if "error" not in r}
-  ratio = (
-    ok["parallax"]["tokens_per_s"] / ok["softmax"]["tokens_per_s"]
-    if {"parallax", "softmax"} <= set(ok)
-    else None
-  )
+  ratios = {
+    label: r["tokens_per_s"] / ok["softmax"]["tokens_per_s"]
+    for label, r in ok.items()
+    if label != "softmax" and "softmax" in ok
+  }
+  ratio = ratios.get("parallax")
   record = {
     "what": f"train step tokens/s and MFU, {args.config}, seq_len {args.seq_len}",
     **run_info("experiments.bench_train", argv),
     "model": dataclasses.asdict(base),
     "parallax_over_softmax_tokens_per_s": ratio,
+    "over_softmax_tokens_per_s": ratios,
     "rows": rows,
   }
-  print(json.dumps({"parallax_over_softmax_tokens_per_s": ratio}), flush=True)
+  print(json.dumps({"over_softmax_tokens_per_s": ratios}), flush=True)
   if not args.out_dir:
     return record
   out = Path(args.out_dir)
   out.mkdir(parents=True, exist_ok=True)
-  layers = f"_{args.layers}layers" if args.layers else ""
-  stem = f"bench_train_{Path(args.config).stem}{layers}_{datetime.date.today().isoformat()}"
+  if args.stem is None:  # the run's own files, chosen once: never an earlier run's
+    layers = f"_{args.layers}layers" if args.layers else ""
+    name = f"bench_train_{Path(args.config).stem}{layers}_{datetime.date.today().isoformat()}"
+    args.stem, i = name, 1
+    while (out / f"{args.stem}.json").exists() or (out / f"{args.stem}.md").exists():
+      i += 1
+      args.stem = f"{name}_{i}"
+  stem = args.stem
   (out / f"{stem}.json").write_text(json.dumps(record, indent=2) + "\n")
   m = base
   lines = [
@@ -184,8 +201,8 @@ def _report(args, argv, base: ModelConfig, rows: list[dict]) -> dict:
       f"| {r['attention']} | {r['remat']} | {r['batch_size']} | {r['step_time_s']:.3f} | "
       f"{r['tokens_per_s']:.0f} | {r['tflops_per_s']:.0f} | {mfu_text} | {mem} |"
     )
-  if ratio:
-    lines += ["", f"Parallax / softmax tokens/s: {ratio:.3f}"]
+  for label, value in ratios.items():
+    lines += ["", f"{label} / softmax tokens/s: {value:.3f}"]
   (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
   return record
 
