@@ -54,17 +54,33 @@ def make_inputs(batch, length, heads, d, dtype, seed=0):
   return tuple(x.astype(dtype) for x in (q, r * 0.1, k, v, g))
 
 
-def parallax_fn(impl, causal, interpret, window=None):
+def parallax_fn(impl, causal, interpret, window=None, mosaic_backward=None):
+  """The op as one path; ``mosaic_backward`` sets ``pallas_kernels.mosaic_gpu.implementation.
+  BACKWARD`` ("triton" or "mosaic") while the call traces."""
+
   def f(q, r, k, v):
     return parallax_attention(
       q, r, k, v, causal=causal, window_size=window, implementation=impl, interpret=interpret
     )
 
-  return f
+  if mosaic_backward is None:
+    return f
+
+  def with_backward(q, r, k, v):
+    from pallas_kernels.mosaic_gpu import implementation
+
+    saved, implementation.BACKWARD = implementation.BACKWARD, mosaic_backward
+    try:
+      return f(q, r, k, v)
+    finally:
+      implementation.BACKWARD = saved
+
+  return with_backward
 
 
 def softmax_fn(causal, interpret, window=None):
   impl = "xla" if interpret else "cudnn"
+
   def f(q, r, k, v):
     del r
     t = q.shape[1]
@@ -153,7 +169,11 @@ def main(argv=None):
     help="check accuracy vs the fp32 reference for L <= this (and B*L <= 16384)",
   )
   p.add_argument(
-    "--paths", default="pallas_gpu,xla,softmax_cudnn", help="comma list of paths to time"
+    "--paths",
+    default="pallas_gpu,xla,softmax_cudnn",
+    help="comma list of paths to time: pallas_gpu, pallas_mosaic_gpu (Mosaic forward, the "
+    "module's BACKWARD), pallas_mosaic_gpu_bwd (Mosaic forward and backward), xla, "
+    "softmax_cudnn",
   )
   p.add_argument("--non-causal", action="store_true")
   p.add_argument("--window", type=int, default=None, help="sliding window (keys per query)")
@@ -196,12 +216,25 @@ def main(argv=None):
   w = args.window
   paths = {
     "pallas_mosaic_gpu": parallax_fn("pallas_mosaic_gpu", causal, args.interpret, w),
+    # the Mosaic forward with the Mosaic backward (BACKWARD = "mosaic")
+    "pallas_mosaic_gpu_bwd": parallax_fn("pallas_mosaic_gpu", causal, args.interpret, w, "mosaic"),
     "pallas_gpu": parallax_fn("pallas_gpu", causal, args.interpret, w),
     "xla": parallax_fn("xla", causal, args.interpret, w),
     "softmax_cudnn": softmax_fn(causal, args.interpret, w),
   }
   paths = {n: f for n, f in paths.items() if n in args.paths.split(",")}
   rows = []
+  os.makedirs(args.out_dir, exist_ok=True)
+  stem = os.path.join(args.out_dir, f"bench_kernels_{now.strftime('%Y-%m-%d_%H%M%S')}")
+
+  def write():  # after every row: a run cut short keeps what it measured
+    result = {**meta, "rows": rows}
+    with open(stem + ".json", "w") as f:
+      json.dump(result, f, indent=1)
+    with open(stem + ".md", "w") as f:
+      f.write(to_markdown(result))
+    return result
+
   for batch, length in shapes:
     inputs = make_inputs(batch, length, h, d, dtype)
     for name, fn in paths.items():
@@ -238,14 +271,9 @@ def main(argv=None):
           row["accuracy_error"] = f"{type(e).__name__}: {str(e)[:500]}"
       rows.append(row)
       print(json.dumps(row), flush=True)
+      write()
     del inputs
-  result = {**meta, "rows": rows}
-  os.makedirs(args.out_dir, exist_ok=True)
-  stem = os.path.join(args.out_dir, f"bench_kernels_{now.strftime('%Y-%m-%d_%H%M%S')}")
-  with open(stem + ".json", "w") as f:
-    json.dump(result, f, indent=1)
-  with open(stem + ".md", "w") as f:
-    f.write(to_markdown(result))
+  result = write()
   print(f"wrote {stem}.json and {stem}.md")
   return result
 

@@ -107,9 +107,19 @@ def main(argv=None):
   p.add_argument("--steps", type=int, default=10)
   p.add_argument("--warmup", type=int, default=2)
   p.add_argument("--layers", type=int, default=None, help="override num_layers (quick runs)")
+  p.add_argument(
+    "--mosaic-backward",
+    choices=("triton", "mosaic"),
+    default=None,
+    help="the backward of implementation pallas_mosaic_gpu (default: the module's BACKWARD)",
+  )
   p.add_argument("--out-dir", default=None)
   args, overrides = p.parse_known_args(argv)
   args.stem = None
+  if args.mosaic_backward:
+    from pallas_kernels.mosaic_gpu import implementation
+
+    implementation.BACKWARD = args.mosaic_backward
   cfg = load_config(args.config, overrides)
   base = ModelConfig.from_dict(cfg.model.to_dict())
   if args.layers:
