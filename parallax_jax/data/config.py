@@ -19,13 +19,20 @@ class DataConfig:
 
   Attributes:
     source: "builtin" (the running interpreter's standard-library `.py` sources, see
-      `BuiltinCorpus`), or a file, a directory (searched recursively) or a glob.
+      `BuiltinCorpus`), "python_corpus" (every `.py`/`.md`/`.rst`/`.txt` file of the
+      interpreter's stdlib and site-packages, deduplicated by content, held-out files chosen
+      by a hash of their path; ~380 MiB on the H200 image; see `PythonCorpus`), or a file, a
+      directory (searched recursively) or a glob.
     format: "auto" (from file extensions), "text", "jsonl", "arrayrecord" or "npy".
     jsonl_field: the string field holding the document in JSONL lines and JSON ArrayRecord
       records.
     text_split: how text files become documents: "file" (one document per file),
       "paragraph" (split on blank lines) or "line" (one per non-blank line).
-    tokenizer: "byte", a Hugging Face `tokenizers` JSON file, or a SentencePiece `.model`.
+    tokenizer: "byte", a Hugging Face `tokenizers` JSON file, a SentencePiece `.model`, or
+      "train:bpe:VOCAB[:MIB]": a byte-level BPE of VOCAB ids (EOS included; e.g.
+      "train:bpe:32000") trained with `tokenizers` when the run starts, on a deterministic
+      sample of at most MIB MiB (default 64) of the training split, and saved as
+      `<workdir>/tokenizer.json`, which resume, eval and generate read (never retrained).
     eval_fraction: fraction of documents held out for the "eval" split, in [0, 1).
     shuffle_seed: mixed with the run seed to order training documents; change it to reorder
       the data without changing the model seed. The eval split does not depend on it.
@@ -74,6 +81,15 @@ class DataConfig:
       value = getattr(self, field)
       if not isinstance(value, str) or not value.strip():
         bad(field, "must be a non-empty string")
+    if self.tokenizer.startswith("train:"):
+      from parallax_jax.data.tokenizers import parse_train_spec
+
+      try:
+        parse_train_spec(self.tokenizer)
+      except UserError as e:
+        bad("tokenizer", str(e).split(": ", 1)[1])
+      if self.format == "npy":
+        bad("tokenizer", "needs text documents to train on; format='npy' holds token ids")
     if self.format not in FORMATS:
       bad("format", f"must be one of {FORMATS}")
     if self.text_split not in TEXT_SPLITS:

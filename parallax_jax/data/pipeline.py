@@ -1,6 +1,6 @@
 """The grain pipeline: documents -> tokens -> packed rows -> batches for LM training.
 
-    doc indices (train/eval split by hash, then [process_index::process_count])
+    doc indices (train/eval split by hash, `document_split`, then [process_index::process_count])
       -> shuffle (train; reshuffled every epoch) -> repeat -> read + tokenize -> drop empty
       -> to_iter_dataset (threads) -> ConcatThenSplitIterDataset (no token wasted)
       -> batch (train: drop the remainder; eval: pad the last batch)
@@ -47,6 +47,14 @@ def split_documents(num_documents: int, eval_fraction: float) -> tuple[np.ndarra
   if num_documents:
     is_eval[np.argmax(u)] = False  # ... nor an empty train split
   return np.flatnonzero(~is_eval), np.flatnonzero(is_eval)
+
+
+def document_split(source: DocumentSource, eval_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+  """(train, eval) document indices: the source's own split where it has one (`PythonCorpus`:
+  by a hash of each file's path), else `split_documents` (by a hash of the index)."""
+  if hasattr(source, "split_indices"):
+    return source.split_indices(eval_fraction)
+  return split_documents(len(source), eval_fraction)
 
 
 class _ReadAndTokenize:
@@ -162,7 +170,7 @@ def make_dataset(
   if source is None:
     source = make_source(cfg, tokenizer)
 
-  train_docs, eval_docs = split_documents(len(source), cfg.eval_fraction)
+  train_docs, eval_docs = document_split(source, cfg.eval_fraction)
   docs = (train_docs if split == "train" else eval_docs)[process_index::process_count]
   if len(docs) == 0:
     raise UserError(_empty_split_advice(cfg, source, split, len(eval_docs), process_count))

@@ -4,7 +4,8 @@ A document is a `str` (text formats) or a 1-D int32 `np.ndarray` of token ids (`
 Sources index their files once at construction and read documents lazily; they keep no open
 file handles, so they pickle cheaply into grain worker processes. Every source has
 `describe() -> dict` (JSON-able) for the run record; `BuiltinCorpus.fingerprint()` hashes its
-contents.
+contents. `PythonCorpus` (source="python_corpus", `parallax_jax.data.python_corpus`) also
+chooses its own train/eval split (`split_indices`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Protocol
 import numpy as np
 
 from parallax_jax.data.config import DataConfig
+from parallax_jax.data.python_corpus import PythonCorpus
 from parallax_jax.errors import UserError, UserFileNotFoundError, UserPermissionError
 
 Document = str | np.ndarray
@@ -368,7 +370,7 @@ def resolve_paths(source: str, fmt: str = "auto") -> tuple[list[str], str]:
 def make_source(cfg: DataConfig, tokenizer) -> DocumentSource:
   """Builds the document source `cfg` describes. Raises if it holds no documents.
 
-  `tokenizer` supplies `eos_id`/`vocab_size` for `.npy` shards.
+  `tokenizer` supplies `eos_id`/`vocab_size` for `.npy` shards (None for the other formats).
   """
   if cfg.source == "builtin":
     if cfg.format not in ("auto", "text"):
@@ -376,6 +378,10 @@ def make_source(cfg: DataConfig, tokenizer) -> DocumentSource:
         f"DataConfig.format={cfg.format!r}: the builtin corpus is text; use format='auto'"
       )
     return BuiltinCorpus()
+  if cfg.source == "python_corpus":
+    if cfg.format not in ("auto", "text"):
+      raise UserError(f"DataConfig.format={cfg.format!r}: python_corpus is text; use format='auto'")
+    return PythonCorpus(eval_fraction=cfg.eval_fraction)
   paths, fmt = resolve_paths(cfg.source, cfg.format)
   if fmt == "text":
     src = TextSource(paths, cfg.text_split)

@@ -68,7 +68,7 @@ def load_run(workdir: str | Path, step: int | None = None) -> LoadedRun:
       f"{where} holds a model.attention={model.attention!r} model; generate decodes "
       f"{' and '.join(DECODING_ATTENTION)} models only (no KV-cache decode for it)"
     )
-  tokenizer = make_tokenizer(data.tokenizer)
+  tokenizer = make_tokenizer(data.tokenizer, workdir)  # a 'train:bpe:...' one is in workdir
   if tokenizer.vocab_size > model.vocab_size:
     raise UserError(
       f"{where}: the tokenizer {data.tokenizer!r} has {tokenizer.vocab_size} ids but "

@@ -132,7 +132,7 @@ def export_hf(
     target = _qwen3_target(model, where)
   else:
     target = _fla_target(model, where, allow_qk_norm_eps_change, notes)
-  tokenizer_file, eos_id = _tokenizer(exp.data, notes)
+  tokenizer_file, eos_id = _tokenizer(exp.data, workdir, notes)
   run_record.require_checkpoints(workdir)
   step, params = _restore(workdir, exp, step)
   if model.attention == "parallax" and target.attention == "softmax":
@@ -214,7 +214,7 @@ def _fla_target(model: ModelConfig, where: str, allow_eps: bool, notes: list) ->
   return dataclasses.replace(model, attention="parallax")
 
 
-def _tokenizer(data, notes: list) -> tuple[Path | None, int | None]:
+def _tokenizer(data, workdir: Path, notes: list) -> tuple[Path | None, int | None]:
   """``(file to copy or None, eos id or None)`` of the run's data config."""
   from parallax_jax.data.regression import TASKS
   from parallax_jax.data.tokenizers import make_tokenizer
@@ -222,13 +222,13 @@ def _tokenizer(data, notes: list) -> tuple[Path | None, int | None]:
   if data.source in TASKS:
     notes.append(f"data.source={data.source!r} is a synthetic task: no tokenizer written")
     return None, None
-  tok = make_tokenizer(data.tokenizer)
+  tok = make_tokenizer(data.tokenizer, workdir)
   if data.tokenizer == "byte":
     notes.append(
       f"byte tokenizer (UTF-8 bytes = ids 0..255, EOS {tok.eos_id}): no tokenizer file written"
     )
     return None, tok.eos_id
-  return Path(data.tokenizer), tok.eos_id
+  return Path(tok.path), tok.eos_id  # a 'train:bpe:...' tokenizer is the run's tokenizer.json
 
 
 def _tokenizer_name(path: Path) -> str:

@@ -48,11 +48,14 @@ KEYS: dict[str, tuple[str, str]] = {
   "model.input_dim": (FIXED, "> 0: float input vectors of this size instead of token ids"),
   "model.output_dim": (FIXED, "> 0: linear regression head of this size instead of the LM head"),
   # data: parallax_jax.data.config.DataConfig
-  "data.source": (FIXED, "'builtin' (stdlib .py), a path/glob, or a task: 'mqar', 'linreg', ..."),
+  "data.source": (FIXED, "'builtin', 'python_corpus' (installed text), a path/glob, or a task"),
   "data.format": (FIXED, "'auto' (from extensions), 'text', 'jsonl', 'arrayrecord' or 'npy'"),
   "data.jsonl_field": (FIXED, "string field holding the document in JSONL/ArrayRecord records"),
   "data.text_split": (FIXED, "text files become documents per 'file', 'paragraph' or 'line'"),
-  "data.tokenizer": (FIXED, "'byte', a tokenizers .json file or a SentencePiece .model file"),
+  "data.tokenizer": (
+    FIXED,
+    "'byte', 'train:bpe:VOCAB[:MIB]' (trained), a tokenizers .json or SentencePiece .model",
+  ),
   "data.eval_fraction": (FIXED, "share of documents held out for eval, in [0, 1); 0: none"),
   "data.shuffle_seed": (FIXED, "mixed with train.seed to order the training documents"),
   "data.add_eos": (FIXED, "wrap every document as [EOS] doc [EOS]"),

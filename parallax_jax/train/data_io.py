@@ -2,18 +2,51 @@
 
 from __future__ import annotations
 
+import logging
+import tempfile
+import time
+from pathlib import Path
+
 import jax
 import numpy as np
 
-from parallax_jax.data import make_dataset, make_source, make_tokenizer, synthetic
+from parallax_jax.data import make_dataset, make_source, make_tokenizer, synthetic, tokenizers
+from parallax_jax.data.pipeline import document_split
 from parallax_jax.errors import UserError
+
+log = logging.getLogger("parallax_jax")
+
+
+_SAMPLE_SEED = 0x70C  # fixed: the tokenizer's sample must not change with the run's seeds
+
+
+def _sample_texts(source, train_docs, max_bytes: int) -> tuple[list[str], dict]:
+  """Training documents in a fixed pseudo-random order until `max_bytes` UTF-8 bytes (the
+  last one cut to fit): the tokenizer's deterministic, bounded training sample."""
+  order = np.random.default_rng(_SAMPLE_SEED).permutation(np.asarray(train_docs))
+  texts, total = [], 0
+  for i in order:
+    data = source[int(i)].encode("utf-8", errors="replace")
+    take = data[: max_bytes - total]
+    texts.append(take.decode("utf-8", errors="ignore"))  # a cut character is dropped
+    total += len(take)
+    if total >= max_bytes:
+      break
+  info = {"sample_documents": len(texts), "sample_bytes": total, "sample_max_bytes": max_bytes}
+  return texts, info
 
 
 class TrainData:
-  """Per-process batches (``global batch / process_count`` rows) of ``parallax_jax.data``."""
+  """Per-process batches (``global batch / process_count`` rows) of ``parallax_jax.data``.
 
-  def __init__(self, exp):
-    self.exp = exp
+  ``workdir``: the run's directory, where a ``data.tokenizer="train:bpe:..."`` tokenizer is
+  read from (``tokenizer.json``) or, when absent and not ``read_only``, trained and saved once;
+  without a workdir (``--dry-run``, ``config``) it is trained in memory and not saved.
+  """
+
+  def __init__(self, exp, workdir: str | Path | None = None, *, read_only: bool = False):
+    self.exp, self.workdir, self.read_only = exp, workdir, read_only
+    self.tokenizer_training = None  # what a tokenizer trained here was trained on
     cfg = exp.data
     self.task = cfg.source in synthetic.TASKS  # generated on the fly: no tokenizer, no files
     self.tokenizer = self.source = None
@@ -35,14 +68,58 @@ class TrainData:
 
   def _init_text(self, cfg):
     exp = self.exp
-    self.tokenizer = make_tokenizer(cfg.tokenizer)
-    if self.tokenizer.vocab_size > exp.model.vocab_size:
+    spec = tokenizers.parse_train_spec(cfg.tokenizer)
+    if spec is None:
+      self.tokenizer = make_tokenizer(cfg.tokenizer)
+      self._check_vocab()
+      self.source = make_source(cfg, self.tokenizer)
+      return
+    if spec.vocab_size > exp.model.vocab_size:  # checked before minutes of training
       raise UserError(
         f"model.vocab_size={exp.model.vocab_size} is smaller than the tokenizer's vocabulary "
+        f"({spec.vocab_size}, {cfg.tokenizer!r}); set model.vocab_size >= "
+        f"{tokenizers.round_up(spec.vocab_size)}"
+      )
+    self.source = make_source(cfg, None)  # text: needs no tokenizer
+    saved = self.workdir is not None and tokenizers.trained_tokenizer_path(self.workdir).is_file()
+    if saved or self.read_only:  # never retrained: resume, eval and generate read the file
+      self.tokenizer = tokenizers.load_trained(cfg.tokenizer, self.workdir)
+      self.tokenizer_training = tokenizers.trained_info(self.workdir)
+    else:
+      self.tokenizer = self._train_tokenizer(cfg.tokenizer, spec)
+    self._check_vocab()
+
+  def _check_vocab(self):
+    cfg, model = self.exp.data, self.exp.model
+    if self.tokenizer.vocab_size > model.vocab_size:
+      raise UserError(
+        f"model.vocab_size={model.vocab_size} is smaller than the tokenizer's vocabulary "
         f"({self.tokenizer.vocab_size}, {cfg.tokenizer!r}); set model.vocab_size >= "
         f"{self.tokenizer.padded_vocab_size}"
       )
-    self.source = make_source(cfg, self.tokenizer)
+
+  def _train_tokenizer(self, spec_text: str, spec: tokenizers.TrainSpec):
+    """Trains the BPE on a sample of the training split; saves it in the workdir (if any)."""
+    train_docs, _ = document_split(self.source, self.exp.data.eval_fraction)
+    texts, info = _sample_texts(self.source, train_docs, spec.sample_bytes)
+    t0 = time.perf_counter()
+    tok = tokenizers.train_bpe(texts, spec.vocab_size)
+    info = {
+      "spec": spec_text,
+      **info,
+      "vocab_size": tok.get_vocab_size(with_added_tokens=True),
+      "train_seconds": round(time.perf_counter() - t0, 1),
+    }
+    log.info("tokenizer %s trained: %s", spec_text, info)
+    self.tokenizer_training = info
+    if self.workdir is not None and jax.process_index() == 0:
+      tokenizers.save_trained(tok, self.workdir, info)
+      return tokenizers.load_trained(spec_text, self.workdir)
+    # A dry run (no workdir) or another host (training is deterministic: the same tokenizer):
+    # a private file, since `HFTokenizer` reloads from its path in worker processes.
+    path = Path(tempfile.mkdtemp(prefix="parallax_tokenizer_")) / tokenizers.TRAINED_FILE
+    tok.save(str(path))
+    return tokenizers.HFTokenizer(str(path))
 
   def _dataset(self, split):
     if self.task:
@@ -70,11 +147,14 @@ class TrainData:
   def describe(self) -> dict:
     if self.task:
       return {"source": synthetic.describe_task(self.exp.data, self.exp.train.seq_len)}
-    return {
+    out = {
       "source": self.source.describe(),
       "tokenizer": repr(self.tokenizer),
       "vocab_size": self.tokenizer.vocab_size,
     }
+    if self.tokenizer_training is not None:
+      out["tokenizer_training"] = self.tokenizer_training
+    return out
 
   def next_train(self) -> dict:
     return next(self._it)

@@ -52,7 +52,7 @@ class Trainer:
     if read_only:
       run_record.require_checkpoints(self.workdir)
     self.program = Program(exp)
-    self.data = data_io.TrainData(exp)
+    self.data = data_io.TrainData(exp, self.workdir, read_only=read_only)
     if not read_only:  # the workdir is created only now: config and data are valid
       extra = {
         "data": self.data.describe(),

@@ -1,0 +1,174 @@
+"""GPU study (issue 16): softmax vs Parallax, ~100M-parameter Qwen3-style LM, one H200 per run.
+
+Model: configs/lm_0p6b.py narrowed to 12 layers, d_model 768, 6 query / 3 KV heads of 128
+(the head size the GPU kernels are tuned for), SwiGLU MLP 2048, tied embeddings, vocab 32000:
+102M parameters softmax, 110M Parallax (W_R: 768 x 768 per layer). Data: source
+"python_corpus" (the H200 image's installed .py/.md/.rst/.txt, ~380 MiB; 2% of the files held
+out by a hash of their path) through a 32k byte-level BPE trained at the start of each run on
+64 MiB of the training split (deterministic: every run trains the same one).
+Rows of 2048 tokens, batch 64 (131,072 tokens per step), cosine schedule, 10% warmup.
+
+Step count, for ~8 minutes of one device call per run (estimate, to check on the first run):
+FLOPs per token at seq 2048 (`ModelConfig.flops_per_token`) are 0.884 G Parallax and 0.728 G
+softmax. bench_train_lm_0p6b_2026-12-02 measured 373 (Parallax) and 413 (softmax) TFLOP/s of
+model FLOPs on an H200 at 0.6B; at that rate this model would run 422k and 567k tokens/s.
+Narrower matmuls reach a lower MFU: taking 70% of it, ~300k and ~400k tokens/s. 800 steps
+(105M tokens, about one pass over the corpus) then take ~350 s Parallax, ~260 s softmax, plus
+~2 minutes for start-up (corpus index, tokenizer training, compilation) and the evals.
+
+Arms (variants; `<optimizer>+<model>[_lr<scale>]_s<seed>`):
+- main pair: parallax and softmax, under Muon (W_R in the Muon group: every matrix is) and
+  under AdamW, seeds 0 and 1;
+- learning-rate scans, per optimizer and kind separately, seed 0: the base LR x0.5 and x2;
+- parallax_r0 (Muon, seed 0): W_R = 0 at init, exactly softmax at step 0;
+- softmax_params: MLP widened to Parallax's parameter count; softmax_compute: more steps, to
+  Parallax's training FLOPs (attention included); both per optimizer, seed 0.
+`PRIORITY` orders them for the device sessions (experiments/results/studies_gpu/results.md).
+
+One device call runs one point (or a few): set GPU_STUDY_POINTS to their variant names or
+fnmatch patterns, comma-separated (e.g. "muon+*_s1"); without it the sweep has every point.
+
+  GPU_STUDY_POINTS=muon+parallax_s0 parallax-jax sweep --config configs/sweeps/gpu_study_lm.py \\
+      --workdir runs/gpu_study_lm
+  parallax-jax sweep --config configs/sweeps/gpu_study_lm.py --workdir runs/gpu_study_lm --dry-run
+"""
+
+import dataclasses
+import fnmatch
+import os
+
+from parallax_jax.model import ModelConfig
+from parallax_jax.train.config import apply_overrides, load_config
+
+BASE = "configs/lm_0p6b.py"
+STEPS, SEQ_LEN, BATCH = 800, 2048, 64
+MODEL = {
+  "model.vocab_size": 32000,  # = the BPE's 32000 ids, a multiple of 128
+  "model.d_model": 768,
+  "model.num_layers": 12,
+  "model.num_heads": 6,
+  "model.num_kv_heads": 3,
+  "model.head_dim": 128,
+  "model.mlp_dim": 2048,
+  "model.remat": "none",  # ~60 GiB of activations at batch 64 (0.6B: 92 GiB at 65k tokens)
+  "model.logits_chunk": 512,
+}
+DATA = {
+  "data.source": "python_corpus",
+  "data.tokenizer": "train:bpe:32000",
+  "data.eval_fraction": 0.02,
+  "data.read_threads": 12,  # BPE encoding: ~0.4M tokens/s per thread on a slow core
+}
+OPTIMIZERS = {  # base learning rates; the scans multiply the first one
+  "adamw": {"optimizer.name": "adamw", "optimizer.learning_rate": 2e-3},
+  "muon": {
+    "optimizer.name": "muon",
+    "optimizer.learning_rate": 0.02,
+    "optimizer.adam_learning_rate": 3e-3,  # embeddings and norms, not scanned
+  },
+}
+LR_SCALES = (0.5, 2.0)
+SEEDS = (0, 1)
+PRIORITY = (  # device sessions run these in order: each step answers a question on its own
+  "muon+parallax_s0",
+  "muon+softmax_s0",
+  "muon+parallax_lr0.5_s0",
+  "muon+parallax_lr2_s0",
+  "muon+softmax_lr0.5_s0",
+  "muon+softmax_lr2_s0",
+  "muon+parallax_s1",
+  "muon+softmax_s1",
+  "muon+softmax_compute_s0",
+  "muon+softmax_params_s0",
+  "muon+parallax_r0_s0",
+  "adamw+parallax_s0",
+  "adamw+softmax_s0",
+  "adamw+parallax_lr0.5_s0",
+  "adamw+parallax_lr2_s0",
+  "adamw+softmax_lr0.5_s0",
+  "adamw+softmax_lr2_s0",
+  "adamw+parallax_s1",
+  "adamw+softmax_s1",
+  "adamw+softmax_compute_s0",
+  "adamw+softmax_params_s0",
+)
+OVERRIDES = {
+  **MODEL,
+  **DATA,
+  "train.steps": STEPS,
+  "train.seq_len": SEQ_LEN,
+  "train.batch_size": BATCH,
+  "train.log_every": 20,
+  "train.eval_every": 200,
+  "train.eval_batches": 16,  # 2.1M held-out tokens: about the whole held-out split
+  "optimizer.schedule": "cosine",
+  "optimizer.warmup_steps": STEPS // 10,
+  "checkpoint.every_steps": STEPS,  # the final one only (and on preemption)
+  "checkpoint.keep": 1,
+}
+
+
+def _model() -> ModelConfig:
+  cfg = load_config(BASE)
+  cfg = apply_overrides(cfg, [f"{k}={v}" for k, v in MODEL.items()])
+  return ModelConfig.from_dict(cfg.model.to_dict())
+
+
+def _matched() -> tuple[int, int]:
+  """(mlp_dim of a softmax model with Parallax's parameters, softmax steps at equal FLOPs)."""
+  parallax = _model()
+  softmax = dataclasses.replace(parallax, attention="softmax")
+  mlp_dim = min(
+    range(parallax.mlp_dim, 2 * parallax.mlp_dim),
+    key=lambda f: abs(dataclasses.replace(softmax, mlp_dim=f).num_params() - parallax.num_params()),
+  )
+  ratio = parallax.flops_per_token(SEQ_LEN) / softmax.flops_per_token(SEQ_LEN)
+  return mlp_dim, round(STEPS * ratio)
+
+
+def variants() -> dict[str, dict]:
+  mlp_dim, compute_steps = _matched()
+  out = {}
+  for opt, opt_overrides in OPTIMIZERS.items():
+    lr = opt_overrides["optimizer.learning_rate"]
+    kinds = {"parallax": {}, "softmax": {"model.attention": "softmax"}}
+    for seed in SEEDS:
+      for kind, kind_overrides in kinds.items():
+        out[f"{opt}+{kind}_s{seed}"] = {**opt_overrides, **kind_overrides, "train.seed": seed}
+    for kind, kind_overrides in kinds.items():
+      for scale in LR_SCALES:
+        out[f"{opt}+{kind}_lr{scale:g}_s0"] = {
+          **opt_overrides,
+          **kind_overrides,
+          "optimizer.learning_rate": lr * scale,
+          "train.seed": 0,
+        }
+    softmax = {**opt_overrides, "model.attention": "softmax", "train.seed": 0}
+    out[f"{opt}+softmax_params_s0"] = {**softmax, "model.mlp_dim": mlp_dim}
+    out[f"{opt}+softmax_compute_s0"] = {
+      **softmax,
+      "train.steps": compute_steps,
+      "optimizer.warmup_steps": compute_steps // 10,
+    }
+  out["muon+parallax_r0_s0"] = {**OPTIMIZERS["muon"], "model.r_init": "zeros", "train.seed": 0}
+  return out
+
+
+def _selected(all_variants: dict[str, dict]) -> dict[str, dict]:
+  """The variants GPU_STUDY_POINTS names (comma-separated names or fnmatch patterns)."""
+  patterns = [p.strip() for p in os.environ.get("GPU_STUDY_POINTS", "").split(",") if p.strip()]
+  if not patterns:
+    return all_variants
+  unmatched = [p for p in patterns if not fnmatch.filter(all_variants, p)]
+  if unmatched:
+    raise ValueError(f"GPU_STUDY_POINTS: {unmatched} match no variant of {list(all_variants)}")
+  return {n: v for n, v in all_variants.items() if any(fnmatch.fnmatch(n, p) for p in patterns)}
+
+
+def get_config():
+  return {  # a plain dict: the override keys are dotted
+    "base": BASE,
+    "variants": _selected(variants()),
+    "overrides": OVERRIDES,
+    "metric": "eval_perplexity",
+  }

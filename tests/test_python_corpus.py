@@ -1,0 +1,348 @@
+"""source="python_corpus" (the installation's text files) and tokenizer="train:bpe:VOCAB".
+
+The corpus runs on a fake install tree (explicit roots); the tokenizer trains on tiny texts.
+References are properties: which files a tree must give, splits that agree across trees,
+text that must round-trip, a tokenizer file that must not be rewritten.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from parallax_jax.data import DataConfig, make_source, tokenizers
+from parallax_jax.data import python_corpus as pc
+from parallax_jax.data.pipeline import document_split, make_dataset
+from parallax_jax.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+ROUND_TRIP = [
+  "def f(x):\n\treturn x  # tab, two spaces\n",
+  "  leading and trailing spaces  \n\n\n",
+  "unicode: héllo wörld, 日本語, emoji 🐍🚀, RTL שלום, combining é",
+  "\x00\x01 control \r\n CRLF \x7f and a lone surrogate-free \ufeff BOM",
+  "",
+]
+
+
+def _write(path: Path, text: str) -> None:
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text(text)
+
+
+def _fake_install(root: Path, extra: int = 40) -> dict[str, str]:
+  """A stdlib with a nested site-packages (the pyenv layout): {label: directory}."""
+  lib, site = root / "lib", root / "lib" / "site-packages"
+  _write(lib / "json" / "decoder.py", "import re\n# the decoder\n")
+  _write(lib / "README.md", "# readme\n")
+  _write(lib / "notes.rst", "notes\n=====\n")
+  _write(lib / "data.txt", "some text\n")
+  _write(lib / "binary.so", "not text")  # wrong extension
+  _write(lib / "lib.pyc", "bytecode")
+  _write(lib / "test" / "test_json.py", "bad = (\n")  # test directories are skipped
+  _write(lib / "idlelib" / "idle_test" / "t.py", "x\n")
+  _write(lib / "__pycache__" / "cached.py", "x\n")
+  _write(site / "numpy" / "core.py", "import numpy\n")
+  _write(site / "numpy" / "tests" / "test_core.py", "x\n")
+  _write(site / "dup.py", "import re\n# the decoder\n")  # same content as json/decoder.py
+  for i in range(extra):
+    _write(site / f"pkg{i % 7}" / f"mod{i}.py", f"value_{i} = {i} * 2\nprint(value_{i})\n")
+  return {"stdlib": str(lib), "purelib": str(site)}
+
+
+@pytest.fixture
+def tree(tmp_path):
+  return _fake_install(tmp_path / "install")
+
+
+def test_keeps_text_files_skips_tests_and_duplicates(tree):
+  corpus = pc.PythonCorpus(tree, eval_fraction=0.1)
+  names = set(corpus.names)
+  expected = {"stdlib/README.md", "stdlib/notes.rst", "stdlib/data.txt", "purelib/numpy/core.py"}
+  assert expected <= names
+  assert corpus.names == sorted(corpus.names)
+  # The nested root is walked once, as itself; test dirs, caches, other extensions never.
+  assert not any(n.startswith("stdlib/site-packages") for n in names)
+  assert not any("test" in n or "cache" in n or n.endswith((".so", ".pyc")) for n in names)
+  # One copy of a duplicated content: the first name in sorted order ("purelib" < "stdlib").
+  assert "purelib/dup.py" in names and "stdlib/json/decoder.py" not in names
+  assert corpus.num_duplicates == 1 and len(corpus) == 3 + 2 + 40  # stdlib, purelib, pkg*
+  i = corpus.names.index("stdlib/README.md")
+  assert corpus[i] == "# readme\n"
+  info = corpus.describe()
+  assert info["kind"] == "python_corpus" and info["num_files"] == len(corpus)
+  assert info["train_files"] + info["eval_files"] == len(corpus)
+  assert info["num_bytes"] == sum(len(corpus[j].encode()) for j in range(len(corpus)))
+
+
+def test_split_is_disjoint_and_a_function_of_the_name(tmp_path, tree):
+  corpus = pc.PythonCorpus(tree, eval_fraction=0.25)
+  train, ev = document_split(corpus, 0.25)
+  assert len(np.intersect1d(train, ev)) == 0
+  assert sorted(np.concatenate([train, ev]).tolist()) == list(range(len(corpus)))
+  assert 0 < len(ev) < len(train)
+  held_out = {corpus.names[i] for i in ev}
+  # Another machine: the tree elsewhere, some files gone, others added. Names that exist in
+  # both trees are held out in both or in neither.
+  other = tmp_path / "elsewhere"
+  shutil.copytree(Path(tree["stdlib"]).parent, other)
+  for name in sorted(held_out)[:1] + sorted(set(corpus.names) - held_out)[:5]:
+    label, rel = name.split("/", 1)
+    (other / ("lib" if label == "stdlib" else "lib/site-packages") / rel).unlink()
+  for i in range(40, 200):
+    _write(other / "lib" / "site-packages" / "more" / f"m{i}.py", f"more_{i} = {i}\n")
+  roots = {"stdlib": str(other / "lib"), "purelib": str(other / "lib" / "site-packages")}
+  moved = pc.PythonCorpus(roots, eval_fraction=0.25)
+  _, ev2 = moved.split_indices()
+  held_out2 = {moved.names[i] for i in ev2}
+  common = set(corpus.names) & set(moved.names)
+  assert len(common) >= len(corpus) - 6
+  assert held_out & common == held_out2 & common
+  assert 0.15 < len(ev2) / len(moved) < 0.35  # a hash split holds out about eval_fraction
+  with pytest.raises(UserError, match="eval_fraction"):
+    moved.split_indices(0.5)
+
+
+def test_fingerprint_tracks_contents_not_location(tmp_path, tree):
+  sha = pc.PythonCorpus(tree).fingerprint()["sha256"]
+  assert pc.PythonCorpus(tree).fingerprint()["sha256"] == sha
+  other = tmp_path / "copy"
+  shutil.copytree(Path(tree["stdlib"]).parent, other)
+  roots = {"stdlib": str(other / "lib"), "purelib": str(other / "lib" / "site-packages")}
+  assert pc.PythonCorpus(roots).fingerprint()["sha256"] == sha
+  (other / "lib" / "data.txt").write_text("Some text\n")  # same size, one byte changed
+  assert pc.PythonCorpus(roots).fingerprint()["sha256"] != sha
+
+
+def test_make_source_and_the_pipeline_use_the_name_split(monkeypatch, tree):
+  monkeypatch.setattr(pc, "default_roots", lambda: tree)
+  cfg = DataConfig(source="python_corpus", eval_fraction=0.2, read_threads=1)
+  corpus = make_source(cfg, None)
+  assert isinstance(corpus, pc.PythonCorpus) and corpus.eval_fraction == 0.2
+  _, ev = corpus.split_indices()
+  held_out = "".join(corpus[int(i)] for i in ev)
+  tok = tokenizers.ByteTokenizer()
+  batches = make_dataset(
+    cfg, tokenizer=tok, seq_len=64, batch_size=2, split="eval", seed=0, source=corpus
+  )
+  for batch in batches:
+    for row, mask in zip(batch["targets"], batch["loss_mask"], strict=True):
+      text = bytes(int(t) for t, m in zip(row, mask, strict=True) if m and t < 256).decode()
+      for line in filter(None, text.split("\n")):
+        assert line in held_out  # eval rows come from held-out files only
+  with pytest.raises(UserError, match="python_corpus is text"):
+    make_source(DataConfig(source="python_corpus", format="jsonl"), None)
+
+
+def test_empty_tree_and_bad_roots_raise(tmp_path):
+  (tmp_path / "empty").mkdir()
+  with pytest.raises(UserError, match="no .py/.md/.rst/.txt files"):
+    pc.PythonCorpus({"stdlib": str(tmp_path / "empty")})
+  with pytest.raises(UserError, match="not a directory"):
+    pc.PythonCorpus({"stdlib": str(tmp_path / "missing")})
+
+
+def test_default_roots_are_the_running_interpreter():
+  import sysconfig
+
+  roots = pc.default_roots()
+  assert roots["stdlib"] == sysconfig.get_paths()["stdlib"]
+  assert len({str(Path(r).resolve()) for r in roots.values()}) == len(roots)
+
+
+# ---------------------------------------------------------------------------- the tokenizer
+
+
+@pytest.mark.parametrize(
+  "spec, error",
+  [
+    ("train:bpe", "expected 'train:bpe:VOCAB'"),
+    ("train:wordpiece:300", "expected 'train:bpe:VOCAB'"),
+    ("train:bpe:100", "VOCAB=100 is out of range"),
+    ("train:bpe:300:0", "MIB=0 must be in"),
+    ("train:bpe:3e4", "expected"),
+  ],
+)
+def test_bad_train_specs_name_the_form(spec, error):
+  with pytest.raises(UserError, match=f"DataConfig.tokenizer={spec!r}.*{error}"):
+    DataConfig(source="python_corpus", tokenizer=spec)
+  assert tokenizers.parse_train_spec("train:bpe:32000") == tokenizers.TrainSpec(32000, 64)
+  assert tokenizers.parse_train_spec("train:bpe:300:2").sample_bytes == 2 * 2**20
+
+
+def test_trained_bpe_round_trips_any_text(tmp_path):
+  texts = ["def add(a, b):\n    return a + b\n" * 20, "# héllo\nprint('hello world')\n" * 20]
+  tok = tokenizers.train_bpe(texts, 300)
+  assert 257 < tok.get_vocab_size() <= 300
+  tok.save(str(tmp_path / "t.json"))
+  hf = tokenizers.HFTokenizer(str(tmp_path / "t.json"))
+  assert hf.eos_id == 0 and hf.vocab_size == tok.get_vocab_size()
+  for text in [*ROUND_TRIP, texts[0]]:
+    ids = hf.encode(text)
+    assert hf.decode(ids) == text
+    assert ids == tok.encode(text, add_special_tokens=False).ids
+  assert len(hf.encode(texts[0])) < len(texts[0]) / 2  # merges were learned
+  assert tokenizers.train_bpe(texts, 300).to_str() == tok.to_str()  # deterministic
+
+
+def _experiment(tree_roots, monkeypatch, *, tokenizer="train:bpe:300:1", steps=2):
+  from parallax_jax.train.config import load_config, resolve
+
+  monkeypatch.setattr(pc, "default_roots", lambda: tree_roots)
+  cfg = load_config(
+    str(ROOT / "configs" / "tiny.py"),
+    [
+      "--config.data.source=python_corpus",
+      f"--config.data.tokenizer={tokenizer}",
+      "--config.data.eval_fraction=0.2",
+      "--config.data.read_threads=1",
+      "--config.model.num_layers=1",
+      "--config.model.d_model=32",
+      "--config.model.head_dim=8",
+      "--config.model.mlp_dim=64",
+      f"--config.train.steps={steps}",
+      "--config.train.batch_size=8",
+      "--config.train.seq_len=32",
+      "--config.train.log_every=1",
+      "--config.train.eval_every=2",
+      "--config.train.eval_batches=1",
+      "--config.optimizer.warmup_steps=1",
+      "--config.checkpoint.every_steps=2",
+    ],
+  )
+  return cfg, resolve(cfg, 1)
+
+
+def test_train_data_trains_once_and_reuses_the_saved_tokenizer(tmp_path, tree, monkeypatch):
+  from parallax_jax.train.data_io import TrainData, _sample_texts
+
+  _, exp = _experiment(tree, monkeypatch)
+  workdir = tmp_path / "run"
+  data = TrainData(exp, workdir)
+  saved = workdir / "tokenizer.json"
+  info = json.loads((workdir / "tokenizer_train.json").read_text())
+  assert info["spec"] == "train:bpe:300:1" and data.describe()["tokenizer_training"] == info
+  assert info["sample_bytes"] <= 2**20 and data.tokenizer.vocab_size <= 300
+  batch = data.next_train()
+  assert batch["inputs"].shape == (8, 32) and batch["inputs"].max() < data.tokenizer.vocab_size
+  # The sample comes from training files only, in a fixed order, within its bound.
+  train, ev = document_split(data.source, 0.2)
+  texts, sample = _sample_texts(data.source, train, 300)
+  assert sample["sample_bytes"] == 300 and sum(len(t.encode()) for t in texts) <= 300
+  assert _sample_texts(data.source, train, 300)[0] == texts
+  held_out = {data.source[int(i)] for i in ev}
+  assert not held_out & set(_sample_texts(data.source, train, 10**6)[0])
+
+  # Resume, eval, generate: the file is read, never retrained nor rewritten.
+  def no_training(*a, **k):
+    raise AssertionError("retrained")
+
+  monkeypatch.setattr(tokenizers, "train_bpe", no_training)
+  before = saved.stat().st_mtime_ns
+  for read_only in (False, True):
+    again = TrainData(exp, workdir, read_only=read_only)
+    assert again.describe() == data.describe()
+  assert saved.stat().st_mtime_ns == before
+  assert tokenizers.make_tokenizer(exp.data.tokenizer, workdir).encode("x = 1") == (
+    data.tokenizer.encode("x = 1")
+  )
+  with pytest.raises(UserError, match="pass the run's workdir"):
+    tokenizers.make_tokenizer(exp.data.tokenizer)
+  with pytest.raises(FileNotFoundError, match="start the run first"):
+    TrainData(exp, tmp_path / "never_trained", read_only=True)
+  with pytest.raises(UserError, match="was trained for 'train:bpe:300:1'"):
+    tokenizers.load_trained("train:bpe:400", workdir)
+
+
+def test_vocab_larger_than_the_model_is_refused_before_training(tree, monkeypatch, tmp_path):
+  from parallax_jax.train.data_io import TrainData
+
+  _, exp = _experiment(tree, monkeypatch, tokenizer="train:bpe:1000")
+  monkeypatch.setattr(tokenizers, "train_bpe", lambda *a: pytest.fail("trained"))
+  with pytest.raises(UserError, match="model.vocab_size=384 .* set model.vocab_size >= 1024"):
+    TrainData(exp, tmp_path / "run")
+
+
+def test_tiny_training_run_end_to_end(tmp_path, tree, monkeypatch):
+  """2 steps on source="python_corpus" with a trained BPE, saved in the workdir and recorded.
+  Needs the Trainer to pass its workdir to TrainData."""
+  from parallax_jax.train.loop import train
+
+  cfg, _ = _experiment(tree, monkeypatch)
+  workdir = tmp_path / "run"
+  out = train(cfg, workdir)
+  assert out["final_step"] == 2 and np.isfinite(out["eval_loss"])
+  record = json.loads((workdir / "config.json").read_text())
+  assert record["data"]["source"]["kind"] == "python_corpus"
+  assert record["data"]["source"]["sha256"] == pc.PythonCorpus(tree, 0.2).fingerprint()["sha256"]
+  assert record["data"]["tokenizer_training"]["spec"] == "train:bpe:300:1"
+  assert record["data"]["tokenizer"] == f"HFTokenizer({str(workdir / 'tokenizer.json')!r})"
+
+
+@pytest.mark.slow
+def test_resume_and_eval_read_the_run_tokenizer(tmp_path, tree, monkeypatch):
+  """Resumed to 3 steps and evaluated, the run reads its tokenizer back, never retrains."""
+  from parallax_jax.train.loop import evaluate, train
+
+  cfg, _ = _experiment(tree, monkeypatch)
+  workdir = tmp_path / "run"
+  train(cfg, workdir)
+  saved = (workdir / "tokenizer.json").read_bytes()
+  monkeypatch.setattr(tokenizers, "train_bpe", lambda *a: pytest.fail("retrained"))
+  cfg.train.steps = 3
+  assert train(cfg, workdir)["final_step"] == 3
+  assert np.isfinite(evaluate(workdir)["eval_loss"])
+  assert (workdir / "tokenizer.json").read_bytes() == saved
+  history = (workdir / "config_history.jsonl").read_text().splitlines()
+  assert history and not any("data" in json.loads(line) for line in history)  # same data
+
+
+# ------------------------------------------------------------------------- the study configs
+
+
+@pytest.mark.parametrize("name, count", [("gpu_study_lm", 21), ("gpu_study_mqar", 20)])
+def test_gpu_study_configs_plan_and_validate(name, count, capsys, monkeypatch):
+  import jax
+
+  from parallax_jax import cli
+  from parallax_jax.sweeps.config import load_sweep
+  from parallax_jax.train.config import resolve
+
+  path = str(ROOT / "configs" / "sweeps" / f"{name}.py")
+  monkeypatch.delenv("GPU_STUDY_POINTS", raising=False)
+  assert cli.main(["sweep", "--config", path, "--workdir", "unused", "--dry-run"]) == 0
+  assert len(capsys.readouterr().out.strip().splitlines()) == count
+  sweep = load_sweep(path)
+  exps = {
+    p.name.removeprefix("variant="): resolve(p.config, jax.device_count()) for p in sweep.points
+  }
+  spec = importlib.util.spec_from_file_location(name, path)
+  config = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(config)
+  # The results file's plan (PRIORITY) runs every point.
+  assert {n for n in exps if any(fnmatch.fnmatch(n, p) for p in config.PRIORITY)} == set(exps)
+  monkeypatch.setenv("GPU_STUDY_POINTS", f"{sorted(exps)[0]},{sorted(exps)[1]}")
+  assert [p.name for p in load_sweep(path).points] == [f"variant={n}" for n in sorted(exps)[:2]]
+  monkeypatch.setenv("GPU_STUDY_POINTS", "no_such_point")
+  with pytest.raises(ValueError, match="match no variant"):
+    load_sweep(path)
+  if name == "gpu_study_lm":
+    main, params, compute = (
+      exps[f"muon+{k}_s0"] for k in ("parallax", "softmax_params", "softmax_compute")
+    )
+    assert main.data.source == "python_corpus" and main.data.tokenizer == "train:bpe:32000"
+    assert 100e6 < main.model.num_params() < 150e6 and main.train.seq_len == 2048
+    assert abs(params.model.num_params() / main.model.num_params() - 1) < 1e-3
+    flops = compute.train.steps * compute.model.flops_per_token(2048)
+    assert abs(flops / (main.train.steps * main.model.flops_per_token(2048)) - 1) < 2e-3
+    assert exps["muon+parallax_r0_s0"].model.r_init == "zeros"
+  else:
+    assert {e.data.mqar_num_pairs for e in exps.values()} == {4, 16, 32, 64}
+    assert all(e.model.d_model == 256 and e.train.steps >= 10_000 for e in exps.values())
