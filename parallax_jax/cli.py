@@ -192,10 +192,10 @@ def _plot(args) -> int:
 
 
 def _sweep(args) -> int:
-  from parallax_jax.sweeps.config import load_sweep
+  from parallax_jax.sweeps.config import load_sweep, select_points
   from parallax_jax.sweeps.runner import run_sweep
 
-  sweep = load_sweep(args.config, args.workdir)
+  sweep = select_points(load_sweep(args.config, args.workdir), args.points)
   if args.dry_run:
     for p in sweep.points:
       print(f"{p.name}: {' '.join(p.overrides) or '(base)'}")
@@ -400,6 +400,12 @@ def _add_sweep(sub, common):
   sw.add_argument("--workdir", required=True)
   sw.add_argument(
     "--parallel", type=int, default=1, help="points at once (one accelerator each if several)"
+  )
+  sw.add_argument(
+    "--points",
+    default=None,
+    help="comma list of fnmatch patterns: run only the points whose name or variant matches "
+    "(e.g. 'muon+parallax_s0' or 'L2_pairs64_*'); default: every point",
   )
   sw.add_argument("--dry-run", action="store_true", help="list the points and exit")
   sw.set_defaults(fn=_sweep)

@@ -312,11 +312,11 @@ def test_gpu_study_configs_plan_and_validate(name, count, capsys, monkeypatch):
   import jax
 
   from parallax_jax import cli
-  from parallax_jax.sweeps.config import load_sweep
+  from parallax_jax.errors import UserError
+  from parallax_jax.sweeps.config import load_sweep, select_points
   from parallax_jax.train.config import resolve
 
   path = str(ROOT / "configs" / "sweeps" / f"{name}.py")
-  monkeypatch.delenv("GPU_STUDY_POINTS", raising=False)
   assert cli.main(["sweep", "--config", path, "--workdir", "unused", "--dry-run"]) == 0
   assert len(capsys.readouterr().out.strip().splitlines()) == count
   sweep = load_sweep(path)
@@ -328,11 +328,15 @@ def test_gpu_study_configs_plan_and_validate(name, count, capsys, monkeypatch):
   spec.loader.exec_module(config)
   # The results file's plan (PRIORITY) runs every point.
   assert {n for n in exps if any(fnmatch.fnmatch(n, p) for p in config.PRIORITY)} == set(exps)
-  monkeypatch.setenv("GPU_STUDY_POINTS", f"{sorted(exps)[0]},{sorted(exps)[1]}")
-  assert [p.name for p in load_sweep(path).points] == [f"variant={n}" for n in sorted(exps)[:2]]
-  monkeypatch.setenv("GPU_STUDY_POINTS", "no_such_point")
-  with pytest.raises(ValueError, match="match no variant"):
-    load_sweep(path)
+  two = select_points(load_sweep(path), f"{sorted(exps)[0]},{sorted(exps)[1]}")
+  assert [p.name for p in two.points] == [f"variant={n}" for n in sorted(exps)[:2]]
+  with pytest.raises(UserError, match="match no point"):
+    select_points(load_sweep(path), "no_such_point")
+  first = sorted(exps)[0]
+  argv = ["sweep", "--config", path, "--workdir", "unused", "--dry-run", "--points", first]
+  assert cli.main(argv) == 0
+  (line,) = capsys.readouterr().out.strip().splitlines()  # the one point --points selects
+  assert line.startswith(f"variant={first}: ")
   if name == "gpu_study_lm":
     main, params, compute = (
       exps[f"muon+{k}_s0"] for k in ("parallax", "softmax_params", "softmax_compute")

@@ -25,17 +25,15 @@ Arms (variants; `<optimizer>+<model>[_lr<scale>]_s<seed>`):
   Parallax's training FLOPs (attention included); both per optimizer, seed 0.
 `PRIORITY` orders them for the device sessions (experiments/results/studies_gpu/results.md).
 
-One device call runs one point (or a few): set GPU_STUDY_POINTS to their variant names or
-fnmatch patterns, comma-separated (e.g. "muon+*_s1"); without it the sweep has every point.
+One device call runs one point (or a few): `parallax-jax sweep --points` takes their variant
+names or fnmatch patterns, comma-separated (e.g. "muon+*_s1"); without it, every point.
 
-  GPU_STUDY_POINTS=muon+parallax_s0 parallax-jax sweep --config configs/sweeps/gpu_study_lm.py \\
+  parallax-jax sweep --config configs/sweeps/gpu_study_lm.py --points muon+parallax_s0 \\
       --workdir runs/gpu_study_lm
   parallax-jax sweep --config configs/sweeps/gpu_study_lm.py --workdir runs/gpu_study_lm --dry-run
 """
 
 import dataclasses
-import fnmatch
-import os
 
 from parallax_jax.model import ModelConfig
 from parallax_jax.train.config import apply_overrides, load_config
@@ -154,21 +152,10 @@ def variants() -> dict[str, dict]:
   return out
 
 
-def _selected(all_variants: dict[str, dict]) -> dict[str, dict]:
-  """The variants GPU_STUDY_POINTS names (comma-separated names or fnmatch patterns)."""
-  patterns = [p.strip() for p in os.environ.get("GPU_STUDY_POINTS", "").split(",") if p.strip()]
-  if not patterns:
-    return all_variants
-  unmatched = [p for p in patterns if not fnmatch.filter(all_variants, p)]
-  if unmatched:
-    raise ValueError(f"GPU_STUDY_POINTS: {unmatched} match no variant of {list(all_variants)}")
-  return {n: v for n, v in all_variants.items() if any(fnmatch.fnmatch(n, p) for p in patterns)}
-
-
 def get_config():
   return {  # a plain dict: the override keys are dotted
     "base": BASE,
-    "variants": _selected(variants()),
+    "variants": variants(),
     "overrides": OVERRIDES,
     "metric": "eval_perplexity",
   }

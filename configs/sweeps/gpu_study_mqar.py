@@ -12,15 +12,12 @@ Device time (estimate, to check on the first call): the models are tiny (3.2M pa
 a step is launch-bound, ~10-20 ms: 10k steps take ~2-4 minutes plus ~1 minute of start-up, and
 one device call runs 2-3 points.
 
-One device call runs a few points: set GPU_STUDY_POINTS to their variant names or fnmatch
-patterns, comma-separated (e.g. "L2_pairs64_*"); without it the sweep has every point.
+One device call runs a few points: `parallax-jax sweep --points` takes their variant names or
+fnmatch patterns, comma-separated (e.g. "L2_pairs64_*"); without it, every point.
 
-  GPU_STUDY_POINTS='L2_pairs4_*_lr0.003' parallax-jax sweep \\
-      --config configs/sweeps/gpu_study_mqar.py --workdir runs/gpu_study_mqar
+  parallax-jax sweep --config configs/sweeps/gpu_study_mqar.py --points 'L2_pairs4_*_lr0.003' \\
+      --workdir runs/gpu_study_mqar
 """
-
-import fnmatch
-import os
 
 BASE = "configs/mqar_tiny.py"
 PAIRS = (4, 16, 32, 64)
@@ -53,21 +50,10 @@ def variants() -> dict[str, dict]:
   return out
 
 
-def _selected(all_variants: dict[str, dict]) -> dict[str, dict]:
-  """The variants GPU_STUDY_POINTS names (comma-separated names or fnmatch patterns)."""
-  patterns = [p.strip() for p in os.environ.get("GPU_STUDY_POINTS", "").split(",") if p.strip()]
-  if not patterns:
-    return all_variants
-  unmatched = [p for p in patterns if not fnmatch.filter(all_variants, p)]
-  if unmatched:
-    raise ValueError(f"GPU_STUDY_POINTS: {unmatched} match no variant of {list(all_variants)}")
-  return {n: v for n, v in all_variants.items() if any(fnmatch.fnmatch(n, p) for p in patterns)}
-
-
 def get_config():
   return {  # a plain dict: the keys are dotted
     "base": BASE,
-    "variants": _selected(variants()),
+    "variants": variants(),
     "overrides": {
       "data.mqar_vocab_size": 1025,
       "model.vocab_size": 1152,  # >= 1025, a multiple of 128

@@ -28,6 +28,7 @@ sweep is rerun (resume) and when other values are added to an axis.
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import hashlib
 import itertools
 import json
@@ -40,6 +41,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
+from parallax_jax.errors import UserError
 from parallax_jax.train.config import apply_overrides, load_config
 
 MODES = ("grid", "random")
@@ -306,3 +308,26 @@ __all__: Sequence[str] = [
   "point_name",
   "write_inline_base",
 ]
+
+
+def select_points(sweep: Sweep, patterns: str | None) -> Sweep:
+  """The sweep restricted to the points whose name (``variant=...,seed=...``) or variant name
+  matches one of the comma-separated fnmatch ``patterns`` (``--points``): one device call can
+  run a few points of a larger study into its own workdir. None or empty: every point. A
+  pattern that matches nothing is a UserError naming the points."""
+  names = [p.strip() for p in (patterns or "").split(",") if p.strip()]
+  if not names:
+    return sweep
+
+  def keys(point: Point) -> list[str]:
+    parts = dict(part.split("=", 1) for part in point.name.split(",") if "=" in part)
+    return [point.name] + ([parts["variant"]] if "variant" in parts else [])
+
+  unmatched = [n for n in names if not any(fnmatch.filter(keys(p), n) for p in sweep.points)]
+  if unmatched:
+    raise UserError(
+      f"--points {unmatched} match no point of the sweep; its points: "
+      f"{', '.join(p.name for p in sweep.points)}"
+    )
+  chosen = tuple(p for p in sweep.points if any(fnmatch.filter(keys(p), n) for n in names))
+  return dataclasses.replace(sweep, points=chosen)
