@@ -33,6 +33,7 @@ def _rows(part: dict) -> dict[tuple[str, str], dict]:
   return {(r["name"], r["dtype"]): r for r in part["rows"]}
 
 
+@pytest.mark.slow  # the script end to end (~35 s on 2 cores); -m slow runs it
 def test_writes_json_and_markdown_and_cleans_up(smoke):
   result, stem, scratch = smoke
   record = json.loads(stem.with_suffix(".json").read_text())
@@ -46,6 +47,7 @@ def test_writes_json_and_markdown_and_cleans_up(smoke):
   assert not scratch.exists()  # the scratch folder is removed without --keep
 
 
+@pytest.mark.slow  # the script end to end (~35 s on 2 cores); -m slow runs it
 @pytest.mark.skipif(HAVE_TORCH, reason="torch/transformers are installed: part 1 compares them")
 def test_qwen3_import_matches_the_oracle_and_says_why_torch_is_skipped(smoke):
   part = smoke[0]["parts"]["qwen3"]
@@ -55,6 +57,7 @@ def test_qwen3_import_matches_the_oracle_and_says_why_torch_is_skipped(smoke):
     assert rows[("ours vs transformers Qwen3", dtype)]["skipped"] == "skipped: torch not installed"
 
 
+@pytest.mark.slow  # the script end to end (~35 s on 2 cores); -m slow runs it
 @pytest.mark.skipif(not HAVE_TORCH, reason="torch/transformers are not installed")
 def test_qwen3_import_matches_transformers(smoke):
   rows = _rows(smoke[0]["parts"]["qwen3"])
@@ -62,6 +65,7 @@ def test_qwen3_import_matches_transformers(smoke):
   assert rows[("ours vs transformers Qwen3 (from_pretrained)", "bfloat16")]["max_norm_rel"] < 5e-2
 
 
+@pytest.mark.slow  # the script end to end (~35 s on 2 cores); -m slow runs it
 def test_fla_part_exports_and_says_why_fla_is_skipped(smoke):
   part = smoke[0]["parts"]["fla"]
   assert {"model.safetensors", "config.json"} <= set(part["export"]["files"])
@@ -71,6 +75,7 @@ def test_fla_part_exports_and_says_why_fla_is_skipped(smoke):
       assert row["skipped"] == "skipped: torch not installed"
 
 
+@pytest.mark.slow  # the script end to end (~35 s on 2 cores); -m slow runs it
 def test_uptraining_starts_from_the_softmax_loss_and_learns(smoke):
   part = smoke[0]["parts"]["uptrain"]
   # W_R = 0: the Parallax model computes the softmax model's function, so its loss.

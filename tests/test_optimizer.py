@@ -70,7 +70,7 @@ def test_schedules(schedule):
       assert float(lr(t)) == pytest.approx(want, rel=1e-5), t
 
 
-@pytest.mark.parametrize("name", ["adamw", "muon"])
+@pytest.mark.parametrize("name", [pytest.param("adamw", marks=pytest.mark.slow), "muon"])
 def test_optimizer_step_reduces_a_quadratic(name):
   tx, schedules = make_optimizer(
     OptimizerConfig(

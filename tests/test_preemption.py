@@ -61,7 +61,10 @@ def uninterrupted(tmp_path_factory):
   return _losses(workdir)
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+# SIGINT takes the same handler as SIGTERM: it runs under -m slow (suite time).
+@pytest.mark.parametrize(
+  "signum", [signal.SIGTERM, pytest.param(signal.SIGINT, marks=pytest.mark.slow)]
+)
 def test_signal_saves_the_step_it_stopped_at_and_resume_is_exact(tmp_path, signum, uninterrupted):
   run = _train(tmp_path / "run")
   _wait_for_step(tmp_path / "run", 5, run)  # before the first checkpoint (step 20)

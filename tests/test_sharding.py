@@ -158,6 +158,7 @@ def test_restore_onto_a_different_mesh(tmp_path):
   assert len(q.sharding.device_set) == 4 and q.sharding.is_fully_replicated
 
 
+@pytest.mark.slow  # ~60 s: the CLI end to end; every strategy's numerics run by default above
 def test_compare_sharding_writes_csv_and_chart(tmp_path, capsys):
   cfg = _cfg("train.steps=2")
   rows = compare_sharding(copy.deepcopy(cfg), sharding.STRATEGIES, tmp_path, steps=1)
