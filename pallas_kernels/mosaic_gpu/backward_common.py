@@ -18,7 +18,15 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
-ROWS = 64  # wgmma's M: the rows (dq: queries, dk/dv: keys) one consumer warpgroup owns
+# The kernels' SMEM tiles and interpreter switch are the forward's (one place, common.py).
+from pallas_kernels.mosaic_gpu.common import (  # noqa: F401  (used as bc.smem, ...)
+  ROWS_PER_WG,
+  interpret_params,
+  smem,
+  tma_transforms,
+)
+
+ROWS = ROWS_PER_WG  # the rows (dq: queries, dk/dv: keys) one consumer warpgroup owns
 NEG_INF = float("-inf")
 
 WGMMA = plgpu.Layout.WGMMA
@@ -30,32 +38,9 @@ COL = plgpu.Layout.WGMMA.reduce(0)  # one value per accumulator column
 _LOAD_NEEDS_IDX = inspect.signature(plgpu.load).parameters["idx"].default is inspect._empty
 
 
-def tma_transforms(dtype):
-  """Tiling + 128-byte swizzle of a wgmma operand tile (head dims are multiples of 64)."""
-  swizzle = 128
-  return (
-    plgpu.TilingTransform((8, swizzle // jnp.dtype(dtype).itemsize)),
-    plgpu.SwizzleTransform(swizzle),
-  )
-
-
-def smem(shape, dtype):
-  """A swizzled SMEM buffer for wgmma operands (the layout TMA writes and wgmma reads)."""
-  return plgpu.SMEM(shape, dtype, transforms=tma_transforms(dtype))
-
-
 def compiler_params():
   """The kernels' compiler params (one place: tests lower with other lowering semantics)."""
   return plgpu.CompilerParams(approx_math=True)
-
-
-def interpret_params(interpret: bool):
-  """``interpret=`` of ``plgpu.kernel``: the GPU interpreter's params (private API), or None."""
-  if not interpret:
-    return None
-  from jax._src.pallas.mosaic_gpu.interpret.params import InterpretGPUParams
-
-  return InterpretGPUParams()
 
 
 @dataclasses.dataclass(frozen=True)

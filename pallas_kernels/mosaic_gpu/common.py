@@ -108,11 +108,18 @@ def pad_to(x, axis: int, multiple: int, value=0):
   return jnp.pad(x, widths, constant_values=value)
 
 
+def tma_transforms(dtype):
+  """Tiling + 128-byte swizzle of a wgmma operand tile (head dims are multiples of 64)."""
+  swizzle = 128  # bytes: 64 half-precision elements
+  return (
+    plgpu.TilingTransform((8, swizzle // jnp.dtype(dtype).itemsize)),
+    plgpu.SwizzleTransform(swizzle),
+  )
+
+
 def smem(shape, dtype):
   """A swizzled SMEM tile of a wgmma operand (the layout TMA writes and wgmma reads)."""
-  swizzle = 128  # bytes: 64 half-precision elements, the head dims here are multiples of 64
-  tiling = plgpu.TilingTransform((8, swizzle // jnp.dtype(dtype).itemsize))
-  return plgpu.SMEM(shape, dtype, transforms=(tiling, plgpu.SwizzleTransform(swizzle)))
+  return plgpu.SMEM(shape, dtype, transforms=tma_transforms(dtype))
 
 
 @contextlib.contextmanager
