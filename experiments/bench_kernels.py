@@ -18,6 +18,7 @@ Writes ``<out-dir>/bench_kernels_<date>.json`` and ``.md``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -54,28 +55,27 @@ def make_inputs(batch, length, heads, d, dtype, seed=0):
   return tuple(x.astype(dtype) for x in (q, r * 0.1, k, v, g))
 
 
-def parallax_fn(impl, causal, interpret, window=None, mosaic_backward=None):
-  """The op as one path; ``mosaic_backward`` sets ``pallas_kernels.mosaic_gpu.implementation.
-  BACKWARD`` ("triton" or "mosaic") while the call traces."""
+def parallax_fn(impl, causal, interpret, window=None):
+  """The op as one path."""
 
   def f(q, r, k, v):
     return parallax_attention(
       q, r, k, v, causal=causal, window_size=window, implementation=impl, interpret=interpret
     )
 
-  if mosaic_backward is None:
-    return f
+  return f
 
-  def with_backward(q, r, k, v):
-    from pallas_kernels.mosaic_gpu import implementation
 
-    saved, implementation.BACKWARD = implementation.BACKWARD, mosaic_backward
-    try:
-      return f(q, r, k, v)
-    finally:
-      implementation.BACKWARD = saved
+def path_context(name):
+  """What a path holds while it is traced: the Mosaic GPU paths pin
+  ``pallas_kernels.mosaic_gpu.implementation.BACKWARD`` ("pallas_mosaic_gpu": the Triton
+  backward, "pallas_mosaic_gpu_bwd": the Mosaic one) for the whole cell, because JAX traces the
+  backward after the forward call has returned."""
+  if not name.startswith("pallas_mosaic_gpu"):
+    return contextlib.nullcontext()
+  from pallas_kernels.mosaic_gpu import implementation
 
-  return with_backward
+  return implementation.use_backward("mosaic" if name.endswith("_bwd") else "triton")
 
 
 def softmax_fn(causal, interpret, window=None):
@@ -171,8 +171,8 @@ def main(argv=None):
   p.add_argument(
     "--paths",
     default="pallas_gpu,xla,softmax_cudnn",
-    help="comma list of paths to time: pallas_gpu, pallas_mosaic_gpu (Mosaic forward, the "
-    "module's BACKWARD), pallas_mosaic_gpu_bwd (Mosaic forward and backward), xla, "
+    help="comma list of paths to time: pallas_gpu, pallas_mosaic_gpu (Mosaic forward, Triton "
+    "backward), pallas_mosaic_gpu_bwd (Mosaic forward and backward), xla, "
     "softmax_cudnn",
   )
   p.add_argument("--non-causal", action="store_true")
@@ -216,8 +216,8 @@ def main(argv=None):
   w = args.window
   paths = {
     "pallas_mosaic_gpu": parallax_fn("pallas_mosaic_gpu", causal, args.interpret, w),
-    # the Mosaic forward with the Mosaic backward (BACKWARD = "mosaic")
-    "pallas_mosaic_gpu_bwd": parallax_fn("pallas_mosaic_gpu", causal, args.interpret, w, "mosaic"),
+    # the Mosaic forward with the Mosaic backward (path_context)
+    "pallas_mosaic_gpu_bwd": parallax_fn("pallas_mosaic_gpu", causal, args.interpret, w),
     "pallas_gpu": parallax_fn("pallas_gpu", causal, args.interpret, w),
     "xla": parallax_fn("xla", causal, args.interpret, w),
     "softmax_cudnn": softmax_fn(causal, args.interpret, w),
@@ -249,7 +249,8 @@ def main(argv=None):
         kind, batch=batch, heads=h, length=length, head_dim=d, causal=causal, window_size=w
       )
       try:
-        t = bench_cell(fn, inputs, args.iters, profile=args.kernel_times)
+        with path_context(name):
+          t = bench_cell(fn, inputs, args.iters, profile=args.kernel_times)
         row.update(
           {
             "fwd_ms": t["fwd_s"] * 1e3,
@@ -266,7 +267,8 @@ def main(argv=None):
         traceback.print_exc()
       if name.startswith("pallas") and length <= args.accuracy_max_len and batch * length <= 16384:
         try:
-          row["accuracy"] = accuracy(fn, inputs, causal, w)
+          with path_context(name):
+            row["accuracy"] = accuracy(fn, inputs, causal, w)
         except Exception as e:  # noqa: BLE001
           row["accuracy_error"] = f"{type(e).__name__}: {str(e)[:500]}"
       rows.append(row)

@@ -147,3 +147,22 @@ def test_bench_generate_smoke_writes_both_kinds(tmp_path):
   assert len(record["parallax_over_softmax"]) == 1
   (written,) = tmp_path.glob("*.json")
   assert bench_generate._stem(tmp_path, written.stem).name == written.stem + "_2"
+
+
+def test_bench_kernels_mosaic_paths_trace_the_backward_they_name():
+  """JAX traces a custom VJP's backward after the forward returns, so the bench must hold
+  ``BACKWARD`` while the gradient traces: each Mosaic GPU path's gradient program names its
+  own backward kernels (Triton "parallax_bwd_dq", Mosaic "parallax_bwd_dq_mgpu")."""
+  import re
+
+  from experiments import bench_kernels
+
+  fn = bench_kernels.parallax_fn("pallas_mosaic_gpu", True, True)
+  x = jnp.ones((1, 128, 2, 64), jnp.bfloat16)
+  kernels = {}
+  for name in ("pallas_mosaic_gpu", "pallas_mosaic_gpu_bwd"):
+    with bench_kernels.path_context(name):
+      jaxpr = jax.make_jaxpr(lambda *a: jax.vjp(fn, *a)[1](a[0]))(x, x, x, x)
+    kernels[name] = set(re.findall(r"parallax_bwd_\w+", str(jaxpr)))
+  assert kernels["pallas_mosaic_gpu"] == {"parallax_bwd_dq", "parallax_bwd_dkv"}
+  assert kernels["pallas_mosaic_gpu_bwd"] == {"parallax_bwd_dq_mgpu", "parallax_bwd_dkv_mgpu"}

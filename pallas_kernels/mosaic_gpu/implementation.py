@@ -13,6 +13,7 @@ The forward is ``forward.parallax_fwd``. The backward is chosen by ``BACKWARD``:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 
 import jax.numpy as jnp
@@ -24,6 +25,24 @@ from parallax_jax.attention.validation import CallSpec
 
 BACKWARDS = ("triton", "mosaic")
 BACKWARD = "triton"
+
+
+@contextlib.contextmanager
+def use_backward(name: str):
+  """Sets ``BACKWARD`` for the block, then restores it.
+
+  The backward is read when JAX traces the backward pass (the custom VJP's ``bwd``), which
+  happens after the forward has returned: so the block must enclose every trace of the
+  gradient (``jax.jit(jax.grad(...))``'s first call), not just the forward call.
+  """
+  global BACKWARD
+  if name not in BACKWARDS:
+    raise ValueError(f"backward must be one of {BACKWARDS}, got {name!r}.")
+  saved, BACKWARD = BACKWARD, name
+  try:
+    yield
+  finally:
+    BACKWARD = saved
 
 
 def _backward() -> str:
