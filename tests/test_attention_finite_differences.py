@@ -30,6 +30,7 @@ def test_grads_match_finite_differences(implementation, causal, window, tk, segm
     v = jax.random.normal(keys[3], (b, tk, hkv, d), jnp.float64)
     seg = jnp.asarray([[0] * 4 + [1] * 5, [0] * 9]) if segments else None
 
+    @jax.jit  # check_grads calls f many times at one shape: compile once
     def f(q, r, k, v):
       return parallax_attention(
         q,

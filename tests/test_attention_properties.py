@@ -1,5 +1,7 @@
 """Properties of Parallax attention that hold for every implementation (no oracle needed)."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -25,12 +27,35 @@ def _qrkv(b=2, tq=48, tk=None, hq=4, hkv=2, d=32, seed=0):
   )
 
 
-def _op(impl, *args, **kw):
-  return parallax_attention(*args, implementation=impl.name, interpret=impl.interpret, **kw)
+@functools.cache
+def _jitted(impl, static: frozenset):
+  """One jitted op per (implementation, static options): a call with new shapes compiles
+  once instead of dispatching (and compiling) every primitive eagerly."""
+
+  def op(q, r, k, v, segment_ids=None):
+    return parallax_attention(
+      q,
+      r,
+      k,
+      v,
+      segment_ids=segment_ids,
+      implementation=impl.name,
+      interpret=impl.interpret,
+      **dict(static),
+    )
+
+  def grads(q, r, k, v, g, segment_ids=None):
+    return jax.vjp(lambda *x: op(*x, segment_ids=segment_ids), q, r, k, v)[1](g)
+
+  return jax.jit(op), jax.jit(grads)
 
 
-def _grads(impl, q, r, k, v, g, **kw):
-  return jax.vjp(lambda *x: _op(impl, *x, **kw), q, r, k, v)[1](g)
+def _op(impl, *args, segment_ids=None, **kw):
+  return _jitted(impl, frozenset(kw.items()))[0](*args, segment_ids=segment_ids)
+
+
+def _grads(impl, q, r, k, v, g, segment_ids=None, **kw):
+  return _jitted(impl, frozenset(kw.items()))[1](q, r, k, v, g, segment_ids=segment_ids)
 
 
 @pytest.mark.parametrize("impl", IMPL_PARAMS)

@@ -1,6 +1,7 @@
 """The decoder: shapes, parameter count, softmax twin, causality, packing."""
 
 import dataclasses
+import functools
 import re
 
 import jax
@@ -26,13 +27,19 @@ CFG = ModelConfig(
 )
 
 
+# Jitted (the config is static): one compile per test instead of eager dispatch of every op;
+# the random draws are the same bits either way.
+@functools.partial(jax.jit, static_argnums=(0, 1))
 def _params(cfg, seed=0):
   return nnx.to_pure_dict(nnx.state(Transformer(cfg, rngs=nnx.Rngs(seed)), nnx.Param))
 
 
-def _logits(cfg, params, tokens, segment_ids=None, positions=None):
+def _logits_traced(cfg, params, tokens, segment_ids=None, positions=None):
   graphdef, _ = nnx.split(nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0))))
   return nnx.merge(graphdef, params)(tokens, positions, segment_ids)
+
+
+_logits = jax.jit(_logits_traced, static_argnums=0)
 
 
 def _tokens(shape, seed=0):
@@ -137,7 +144,7 @@ def _attention_scans(remat):
   backward another; a rerun forward adds one."""
   cfg = dataclasses.replace(CFG, num_layers=1, remat=remat)
   params, tokens = _params(cfg), _tokens((1, 16))
-  jaxpr = jax.make_jaxpr(jax.grad(lambda p: jnp.sum(_logits(cfg, p, tokens))))(params)
+  jaxpr = jax.make_jaxpr(jax.grad(lambda p: jnp.sum(_logits_traced(cfg, p, tokens))))(params)
   return len(re.findall(r"\bscan\b", str(jaxpr)))
 
 
@@ -252,7 +259,8 @@ def test_logits_chunk_loss_and_grads_equal_dense_logits():
     for chunk in (0, 8):
       c = dataclasses.replace(tied, logits_chunk=chunk)
       graphdef, _ = nnx.split(nnx.eval_shape(lambda c=c: Transformer(c, rngs=nnx.Rngs(0))))
-      results.append(jax.value_and_grad(loss_fn, has_aux=True)(p, graphdef, batch))
+      vg = jax.jit(jax.value_and_grad(loss_fn, has_aux=True), static_argnums=1)
+      results.append(vg(p, graphdef, batch))
     for w, g in zip(jax.tree.leaves(results[0]), jax.tree.leaves(results[1]), strict=True):
       np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-7)
 
