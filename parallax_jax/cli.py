@@ -224,8 +224,19 @@ def _compare(args) -> int:
   from parallax_jax.benchmarking.compare_sharding import compare_sharding
 
   cfg = _load_and_initialize(args.config, args.overrides)
+  counts = None
+  if args.devices:
+    try:
+      counts = [int(n) for n in args.devices.split(",")]
+    except ValueError:
+      raise UserError(f"--devices must be a comma list of integers, got {args.devices!r}") from None
   rows = compare_sharding(
-    cfg, args.strategies.split(","), args.workdir, steps=args.steps, synthetic=args.synthetic
+    cfg,
+    args.strategies.split(","),
+    args.workdir,
+    steps=args.steps,
+    synthetic=args.synthetic,
+    device_counts=counts,
   )
   return 1 if any(r.get("error") for r in rows) else 0
 
@@ -498,6 +509,12 @@ def _add_compare(sub, common):
   cs.add_argument("--strategies", default="dp,fsdp,tp,fsdp_tp,cp")
   cs.add_argument("--steps", type=int, default=3, help="timed steps after the first")
   cs.add_argument("--synthetic", action="store_true", help="random tokens instead of data")
+  cs.add_argument(
+    "--devices",
+    default=None,
+    help="comma list of device counts, e.g. 1,2,4,8: each strategy on the first n devices, "
+    "same global batch; adds scaling.png (default: all devices once)",
+  )
   cs.set_defaults(fn=_compare, takes_overrides=True)
 
 

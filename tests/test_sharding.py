@@ -11,6 +11,7 @@ from jax.sharding import PartitionSpec as P
 from parallax_jax import sharding
 from parallax_jax.benchmarking.compare_sharding import compare_sharding, mesh_preset
 from parallax_jax.benchmarking.synthetic_batch import synthetic_batch
+from parallax_jax.errors import UserError
 from parallax_jax.train.checkpoint import Checkpointer, abstract_like
 from parallax_jax.train.config import CheckpointConfig, apply_overrides, load_config, resolve
 from parallax_jax.train.program import Program
@@ -185,3 +186,22 @@ def test_compare_sharding_writes_csv_and_chart(tmp_path, capsys):
   by = {r["strategy"]: r for r in rows}
   assert by["fsdp"]["peak_memory_bytes"] < by["dp"]["peak_memory_bytes"]
   assert by["dp"]["collective_bytes"] < by["fsdp"]["collective_bytes"]
+
+
+def test_compare_sharding_over_device_counts(tmp_path):
+  """``--devices 1,2``: the strategy runs on 1 and on 2 devices at the same global batch (the
+  same first-step loss), the CSV has a devices column, scaling.png is drawn; a count the host
+  lacks is a one-line error naming --devices."""
+  cfg = _cfg("train.steps=2")
+  rows = compare_sharding(copy.deepcopy(cfg), ["dp"], tmp_path, steps=1, device_counts=[1, 2])
+  assert not any(r.get("error") for r in rows), rows
+  assert [(r["strategy"], r["devices"]) for r in rows] == [("dp", 1), ("dp", 2)]
+  assert rows[0]["mesh"] == "" and rows[1]["mesh"] == "data=2"
+  a, b = (r["first_step_loss"] for r in rows)
+  assert abs(a - b) < 1e-5 * abs(a)
+  text = (tmp_path / "sharding.csv").read_text().splitlines()
+  assert text[0].split(",")[:2] == ["strategy", "devices"]
+  assert [line.split(",")[1] for line in text[1:]] == ["1", "2"]
+  assert (tmp_path / "scaling.png").stat().st_size > 10_000
+  with pytest.raises(UserError, match="--devices: counts \\[16\\]"):
+    compare_sharding(copy.deepcopy(cfg), ["dp"], tmp_path, device_counts=[16])

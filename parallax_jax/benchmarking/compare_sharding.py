@@ -4,7 +4,9 @@ For every strategy it builds the mesh preset (``mesh_preset``), compiles the tra
 reads per-device memory from XLA's compiled memory analysis and collective traffic from the
 compiled HLO, runs a few steps, prints the table one row per strategy as it finishes, and writes
 ``<workdir>/sharding.csv`` and ``sharding.png`` (bar charts). A strategy that fails is
-recorded with its error.
+recorded with its error. With several ``device_counts`` (``--devices 1,2,4,8``) every strategy
+runs on the first ``n`` devices for each count, at the same global batch, and ``scaling.png``
+plots tokens/s against the device count beside linear scaling.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 import jax
 
 from parallax_jax.benchmarking.synthetic_batch import synthetic_batch
+from parallax_jax.errors import UserError
 from parallax_jax.flops import MFU_HEADER
 from parallax_jax.sharding import STRATEGIES
 from parallax_jax.train.config import apply_overrides, resolve
@@ -31,6 +34,7 @@ log = logging.getLogger("parallax_jax")
 
 COLUMNS = (
   "strategy",
+  "devices",
   "mesh",
   "step_time_s",
   "tokens_per_s",
@@ -100,8 +104,10 @@ def mesh_preset(strategy: str, n: int, model, seq_len: int) -> dict[str, int]:
   return sizes
 
 
-def run_strategy(cfg, strategy: str, steps: int, synthetic: bool) -> dict:
-  n = jax.device_count()
+def run_strategy(cfg, strategy: str, steps: int, synthetic: bool, devices=None) -> dict:
+  """One strategy on ``devices`` (default: all): compile, memory, collectives, timed steps."""
+  devices = list(devices if devices is not None else jax.devices())
+  n = len(devices)
   probe = resolve(cfg)
   sizes = mesh_preset(strategy, n, probe.model, probe.train.seq_len)
   cfg = apply_overrides(
@@ -109,8 +115,9 @@ def run_strategy(cfg, strategy: str, steps: int, synthetic: bool) -> dict:
     [f"sharding.strategy={strategy}"] + [f"mesh.{k}={v}" for k, v in sizes.items()],
   )
   exp = resolve(cfg, n)
-  row = {"strategy": strategy, "mesh": " ".join(f"{k}={v}" for k, v in sizes.items() if v > 1)}
-  program = Program(exp)
+  mesh = " ".join(f"{k}={v}" for k, v in sizes.items() if v > 1)
+  row = {"strategy": strategy, "devices": n, "mesh": mesh}
+  program = Program(exp, devices)
   if synthetic:
     b, t = exp.train.batch_size, exp.train.seq_len
     batches = [synthetic_batch(exp.model, b, t, seed=i) for i in range(steps + 1)]
@@ -155,7 +162,9 @@ def plot(rows: list[dict], path: Path) -> None:
   for ax, (key, label) in zip(axes, metrics, strict=True):
     scale = 2**20 if "bytes" in key else 1
     values = [(r[key] or 0) / scale for r in ok]
-    ax.bar([r["strategy"] for r in ok], values, color="tab:blue")
+    several = len({r["devices"] for r in ok}) > 1
+    labels = [f"{r['strategy']}@{r['devices']}" if several else r["strategy"] for r in ok]
+    ax.bar(labels, values, color="tab:blue")
     ax.set_title(label)
     ax.tick_params(axis="x", rotation=30)
   fig.suptitle(f"{jax.device_count()} x {jax.devices()[0].device_kind}")
@@ -164,41 +173,100 @@ def plot(rows: list[dict], path: Path) -> None:
   plt.close(fig)
 
 
+def plot_scaling(rows: list[dict], path: Path) -> None:
+  """tokens/s against the device count, one line per strategy, beside linear scaling from
+  each strategy's smallest count."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, ax = plt.subplots(figsize=(5, 3.6))
+  for strategy in dict.fromkeys(r["strategy"] for r in rows):
+    ok = sorted(
+      (r["devices"], r["tokens_per_s"])
+      for r in rows
+      if r["strategy"] == strategy and not r.get("error")
+    )
+    if not ok:
+      continue
+    (line,) = ax.plot(*zip(*ok, strict=True), marker="o", label=strategy)
+    n0, t0 = ok[0]
+    ideal = [(n, t0 * n / n0) for n, _ in ok]
+    ax.plot(*zip(*ideal, strict=True), linestyle=":", color=line.get_color())
+  ax.set_xscale("log", base=2)
+  ax.set_yscale("log")
+  ax.set_xlabel("devices")
+  ax.set_ylabel("tokens/s (dotted: linear)")
+  ax.legend(fontsize=8)
+  ax.set_title(jax.devices()[0].device_kind)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
 def format_table(rows: list[dict]) -> str:
-  head = ["strategy", "mesh", "step (s)", "tokens/s", "peak MiB", "collective MiB", MFU_HEADER]
+  head = [
+    "strategy",
+    "devices",
+    "mesh",
+    "step (s)",
+    "tokens/s",
+    "peak MiB",
+    "collective MiB",
+    MFU_HEADER,
+  ]
   head.append("loss@1")
   lines = [" | ".join(head)]
   for r in rows:
     if r.get("error"):
-      lines.append(f"{r['strategy']} | failed: {r['error'][:80]}")
+      lines.append(f"{r['strategy']} | {r.get('devices', '-')} | failed: {r['error'][:80]}")
       continue
     mfu_text = f"{100 * r['mfu']:.1f}%" if r.get("mfu") else "-"
     peak = f"{r['peak_memory_bytes'] / 2**20:.1f}" if r.get("peak_memory_bytes") else "-"
     lines.append(
-      f"{r['strategy']} | {r['mesh']} | {r['step_time_s']:.4f} | {r['tokens_per_s']:.0f} | "
+      f"{r['strategy']} | {r['devices']} | {r['mesh']} | {r['step_time_s']:.4f} | "
+      f"{r['tokens_per_s']:.0f} | "
       f"{peak} | {r['collective_bytes'] / 2**20:.2f} | {mfu_text} | {r['first_step_loss']:.6f}"
     )
   return "\n".join(lines)
 
 
-def compare_sharding(cfg, strategies, workdir, *, steps: int = 3, synthetic: bool = False):
+def compare_sharding(
+  cfg, strategies, workdir, *, steps: int = 3, synthetic: bool = False, device_counts=None
+):
+  """Every strategy (on the first ``n`` devices for each of ``device_counts``; default: all
+  devices); writes the CSV and the charts, returns the rows (a failed run: its error)."""
+  available = jax.device_count()
+  counts = list(device_counts or [available])
+  bad = [n for n in counts if not 1 <= n <= available]
+  if bad:
+    raise UserError(
+      f"--devices: counts {bad} are not between 1 and the {available} devices here; "
+      "give counts this host has"
+    )
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   rows = []
-  print(format_table([]), flush=True)  # the header; each row follows as its strategy ends
-  for strategy in strategies:
-    try:
-      row = run_strategy(cfg, strategy, steps, synthetic)
-    except Exception as e:  # record it; the comparison goes on
-      log.error("strategy %s failed:\n%s", strategy, traceback.format_exc())
-      row = {"strategy": strategy, "error": f"{type(e).__name__}: {e}"}
-    rows.append(row)
-    print(format_table([row]).splitlines()[-1], flush=True)
+  print(format_table([]), flush=True)  # the header; each row follows as its run ends
+  for n in counts:
+    for strategy in strategies:
+      try:
+        row = run_strategy(cfg, strategy, steps, synthetic, jax.devices()[:n])
+      except Exception as e:  # record it; the comparison goes on
+        log.error("strategy %s on %d devices failed:\n%s", strategy, n, traceback.format_exc())
+        row = {"strategy": strategy, "devices": n, "error": f"{type(e).__name__}: {e}"}
+      rows.append(row)
+      print(format_table([row]).splitlines()[-1], flush=True)
   with (workdir / "sharding.csv").open("w", newline="") as f:
     writer = csv.DictWriter(f, fieldnames=COLUMNS)
     writer.writeheader()
     for r in rows:
       writer.writerow({k: r.get(k) for k in COLUMNS})
   plot(rows, workdir / "sharding.png")
-  print(f"wrote {workdir / 'sharding.csv'} and {workdir / 'sharding.png'}")
+  written = [workdir / "sharding.csv", workdir / "sharding.png"]
+  if len(counts) > 1:
+    plot_scaling(rows, workdir / "scaling.png")
+    written.append(workdir / "scaling.png")
+  print("wrote " + ", ".join(map(str, written)))
   return rows
