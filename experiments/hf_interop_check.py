@@ -631,6 +631,11 @@ def part_uptrain(args, ctx: dict, part: dict) -> None:
   from parallax_jax.train.config import apply_overrides, resolve
   from parallax_jax.train.program import Program
 
+  t0 = time.perf_counter()
+
+  def stage(what):  # where the part's time goes (a device call's timeout shows the last one)
+    print(f"  [uptrain] {what} ({time.perf_counter() - t0:.0f} s)", flush=True)
+
   src = ctx.get("qwen3_src")
   if src is None or not (src / "config.json").is_file():  # part 1 did not write one
     src = ctx["tmp"] / "uptrain_qwen3"
@@ -638,11 +643,13 @@ def part_uptrain(args, ctx: dict, part: dict) -> None:
     part["source"] = "testing.hf_fixtures (NumPy)"
   else:
     part["source"] = "part 1's checkpoint"
+  stage(f"source: {part['source']}")
   runs = {"softmax": ctx.get("softmax_workdir"), "parallax": None}
   for kind in runs:
     if runs[kind] is None:
       runs[kind] = ctx["tmp"] / f"uptrain_{kind}"
       import_hf(src, runs[kind], attention=kind, r_init="zeros", base=lm_base())
+      stage(f"imported as {kind}")
   overrides = [
     f"train.batch_size={args.train_batch}",
     f"train.seq_len={args.train_seq}",
@@ -669,6 +676,7 @@ def part_uptrain(args, ctx: dict, part: dict) -> None:
     dtypes = (m.compute_dtype, "float32") if kind == "softmax" else ("float32",)
     losses[kind] = {dt: first_loss(m, params, batch, dt) for dt in dtypes}
     del params
+    stage(f"first loss of the {kind} import {losses[kind]}")
   part["first_loss"] = losses
   # Training: Program.train_step from the imported run's step-0 checkpoint (what `train`
   # restores), the same batch every step.
@@ -677,6 +685,7 @@ def part_uptrain(args, ctx: dict, part: dict) -> None:
   ckpt = Checkpointer(runs["parallax"] / "checkpoints", exp.checkpoint, read_only=True)
   state, _ = ckpt.restore(abstract_like(program.abstract_state, program.state_sharding), 0)
   ckpt.close()
+  stage("restored the Parallax run's step-0 checkpoint")
   device_batch = program.device_batch(batch)
   train_losses, seconds = [], []
   for _ in range(args.train_steps):
