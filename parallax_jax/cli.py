@@ -223,13 +223,13 @@ def _convert(args) -> int:
 def _compare(args) -> int:
   from parallax_jax.benchmarking.compare_sharding import compare_sharding
 
-  cfg = _load_and_initialize(args.config, args.overrides)
   counts = None
-  if args.devices:
+  if args.devices:  # checked before the config loads: a typo costs nothing
     try:
       counts = [int(n) for n in args.devices.split(",")]
     except ValueError:
       raise UserError(f"--devices must be a comma list of integers, got {args.devices!r}") from None
+  cfg = _load_and_initialize(args.config, args.overrides)
   rows = compare_sharding(
     cfg,
     args.strategies.split(","),

@@ -167,7 +167,8 @@ def plot(rows: list[dict], path: Path) -> None:
     ax.bar(labels, values, color="tab:blue")
     ax.set_title(label)
     ax.tick_params(axis="x", rotation=30)
-  fig.suptitle(f"{jax.device_count()} x {jax.devices()[0].device_kind}")
+  counts = sorted({r["devices"] for r in ok}) or [jax.device_count()]
+  fig.suptitle(f"{'/'.join(map(str, counts))} x {jax.devices()[0].device_kind}")
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
@@ -215,8 +216,8 @@ def format_table(rows: list[dict]) -> str:
     "peak MiB",
     "collective MiB",
     MFU_HEADER,
+    "loss@1",
   ]
-  head.append("loss@1")
   lines = [" | ".join(head)]
   for r in rows:
     if r.get("error"):
