@@ -124,8 +124,9 @@ def _kernel(q_ref, r_ref, k_ref, v_ref, len_ref, *refs, spec: DecodeSpec, launch
 
   @pl.when(ticket == splits - 1)
   def _merge():
-    merged = fold_splits(rows, partial_refs, splits, d)
-    rows.store(o_ref, tile_math.fwd_finalize(merged).o)
+    merge_rows = rows.unpadded()  # the fold has no dots: only the real rows
+    merged = fold_splits(merge_rows, partial_refs, splits, d)
+    merge_rows.store(o_ref, tile_math.fwd_finalize(merged).o)
 
 
 def decode_call(q, r, k_cache, v_cache, lengths, spec: DecodeSpec, launch: Launch):

@@ -88,11 +88,12 @@ def merge_call(state: tile_math.FwdState, splits: int, dtype, *, interpret: bool
   """``o`` ``[B, Tq, Hkv, G, D]`` in ``dtype`` from the partial states of ``decode_call``
   (split axis 1, padded; the first ``splits`` are states); grid ``(B, Hkv, D / block_d)``."""
   b, s_pad, tq, hkv, g, d = state.acc1.shape
-  block_d = merge_block_d(splits, Rows(tq, g), d)
+  rows = Rows(tq, g).unpadded()  # no dots here: only the real rows are loaded and folded
+  block_d = merge_block_d(splits, rows, d)
   stat_spec = pl.BlockSpec((None, s_pad, tq, None, g), lambda i, h, c: (i, 0, 0, h, 0))
   acc_spec = pl.BlockSpec((None, s_pad, tq, None, g, block_d), lambda i, h, c: (i, 0, 0, h, 0, c))
   return pl.pallas_call(
-    functools.partial(_merge_kernel, rows=Rows(tq, g), splits=splits, block_d=block_d),
+    functools.partial(_merge_kernel, rows=rows, splits=splits, block_d=block_d),
     grid=(b, hkv, d // block_d),
     in_specs=[stat_spec, stat_spec, stat_spec, acc_spec, acc_spec],
     out_specs=pl.BlockSpec((None, tq, None, g, block_d), lambda i, h, c: (i, 0, h, 0, c)),

@@ -2,8 +2,10 @@
 
 A decode program serves the ``M = Tq * G`` query rows of one (row, kv head): the ``G`` query
 heads of the group at each of the ``Tq`` positions. They are held tq-major, ``m = tq * g_p +
-g``, padded to powers of two ``tq_p >= Tq``, ``g_p >= G`` with ``tq_p * g_p >= 16`` (the
-tensor-core minimum). Padding rows load zeros and are never stored. ``Rows`` holds the masks
+g``, padded to powers of two ``tq_p >= Tq``, ``g_p >= G`` with ``tq_p * g_p >= min_rows``
+(16, the tensor-core minimum, for the split kernel's dots; 1 for the merges, which have no dots
+and would otherwise load and fold 16x the rows at G = 1). Padding rows load zeros and are never
+stored. ``Rows`` holds the masks
 and the masked loads and stores every decode kernel (the split kernel and the merge) uses on
 ``[..., Tq, G(, width)]`` blocks.
 """
@@ -22,10 +24,10 @@ from pallas_kernels.gpu.block_sizes import pow2_at_least
 MIN_ROWS = 16  # tensor-core dots need M >= 16
 
 
-def row_padding(q_len: int, group: int) -> tuple[int, int]:
-  """``(tq_p, g_p)``: powers of two covering ``Tq`` and ``G`` with ``tq_p * g_p >= 16``."""
+def row_padding(q_len: int, group: int, min_rows: int = MIN_ROWS) -> tuple[int, int]:
+  """``(tq_p, g_p)``: powers of two covering ``Tq`` and ``G`` with ``tq_p * g_p >= min_rows``."""
   tq_p = pow2_at_least(q_len, floor=1)
-  g_p = pow2_at_least(group, floor=max(1, MIN_ROWS // tq_p))
+  g_p = pow2_at_least(group, floor=max(1, min_rows // tq_p))
   return tq_p, g_p
 
 
@@ -35,10 +37,15 @@ class Rows:
 
   q_len: int
   group: int
+  min_rows: int = MIN_ROWS  # 1 where no dot consumes the rows (the merges)
 
   @property
   def shape(self) -> tuple[int, int]:
-    return row_padding(self.q_len, self.group)
+    return row_padding(self.q_len, self.group, self.min_rows)
+
+  def unpadded(self) -> Rows:
+    """The same rows without the tensor-core minimum (for elementwise work: the merges)."""
+    return dataclasses.replace(self, min_rows=1)
 
   @property
   def count(self) -> int:
