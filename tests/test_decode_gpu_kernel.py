@@ -142,6 +142,10 @@ def test_launch_defaults_and_overrides():
   assert (launch.num_splits, launch.block_k, launch.num_warps, launch.num_stages) == (3, 32, 8, 4)
   # A short cache caps the default key block; a full GPU gets one split.
   assert gpu_decode.launch_for(_spec(cache_len=40)).block_k == 64
+  # A short cache that is split (B * Hkv below the SM count) takes the short key block.
+  short = gpu_decode.launch_for(_spec(cache_len=gpu_decode.SHORT_CACHE))
+  assert (short.block_k, short.num_splits) == (gpu_decode.SHORT_BLOCK_K, 16)
+  assert gpu_decode.launch_for(_spec(batch=32, cache_len=512)).block_k == gpu_decode.BLOCK_K
   assert gpu_decode.launch_for(_spec(batch=64, hkv=8)).num_splits == 1
 
 
