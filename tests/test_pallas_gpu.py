@@ -14,6 +14,7 @@ and runs the whole shared grid against the oracle with the shared tolerances.
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import jax
 import jax.numpy as jnp
@@ -30,6 +31,7 @@ from attention_cases import (
 
 from pallas_kernels.gpu import IMPLEMENTATION
 from parallax_jax import BlockSizes, MaskSpec, Tile, parallax_attention
+from parallax_jax.attention import implementations
 from parallax_jax.attention.validation import validate
 
 # ---------------------------------------------------------------------------------------------
@@ -183,3 +185,51 @@ def test_empty_rows_are_zero():
   assert np.all(np.asarray(o[:, :16]) == 0) and np.all(np.isfinite(np.asarray(o)))
   assert np.all(np.asarray(dq[:, :16]) == 0) and np.all(np.asarray(dr[:, :16]) == 0)
   assert all(np.all(np.isfinite(np.asarray(x))) for x in (dq, dr, dk, dv))
+
+
+class _FakeGpu:
+  """A stand-in device with a compute capability (nothing runs on it: only checks read it)."""
+
+  platform = "gpu"
+
+  def __init__(self, cc, kind):
+    self.compute_capability, self.device_kind = cc, kind
+
+
+@pytest.mark.parametrize(
+  "cc, dtype, d, expected",
+  [
+    ("9.0", jnp.bfloat16, 128, "pallas_mosaic_gpu"),  # Hopper, in the Mosaic kernels' scope
+    ("9.0", jnp.float16, 64, "pallas_mosaic_gpu"),
+    ("9.0", jnp.float32, 128, "pallas_gpu"),  # Mosaic: bf16/f16 only
+    ("9.0", jnp.bfloat16, 32, "pallas_gpu"),  # Mosaic: D 64 or 128 only
+    ("8.0", jnp.bfloat16, 128, "pallas_gpu"),  # an A100: no wgmma / TMA
+    ("10.0", jnp.bfloat16, 128, "pallas_gpu"),  # Blackwell: these kernels are sm_90 wgmma
+  ],
+)
+def test_default_prefers_mosaic_on_hopper(monkeypatch, caplog, cc, dtype, d, expected):
+  """implementation=None on a GPU takes the Mosaic forward exactly where it can serve the
+  call (a Hopper device, bf16/f16, D 64/128) and logs which path it took; everything else
+  falls through to the Triton kernels."""
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  monkeypatch.setattr(jax, "devices", lambda *a: [_FakeGpu(cc, f"fake sm_{cc}")])
+  implementations.ATTENTION.clear_log()
+  q = _q(d=d, dtype=dtype)
+  spec = validate(
+    q,
+    q,
+    q,
+    q,
+    scale=None,
+    causal=True,
+    window_size=None,
+    segment_ids=None,
+    interpret=False,
+    block_sizes=None,
+  )
+  with caplog.at_level(logging.INFO):
+    assert implementations.select(None, spec).name == expected
+  assert f"uses {expected!r}" in caplog.text
+  if expected != "pallas_mosaic_gpu":
+    with pytest.raises(NotImplementedError, match="pallas_mosaic_gpu"):
+      implementations.select("pallas_mosaic_gpu", spec)  # an explicit request raises

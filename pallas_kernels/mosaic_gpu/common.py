@@ -1,7 +1,8 @@
 """Shared helpers of the Mosaic GPU (Hopper) kernels: scope checks, padding, interpret mode.
 
 Scope (``check``; anything else raises ``NotImplementedError`` so ``implementation=None`` can
-fall back to "pallas_gpu" and an explicit request says why): bfloat16/float16 inputs, head_dim
+fall back to "pallas_gpu" and an explicit request says why): a Hopper GPU (sm_90; any device
+in interpret mode), bfloat16/float16 inputs, head_dim
 64 or 128, any GQA ratio, causal/window/segment-id masks. Sequence lengths are zero-padded up to
 the block sizes by ``pad_to`` (a no-op when they are multiples already); padded rows and keys
 are invisible under ``MaskSpec`` and sliced off.
@@ -78,8 +79,22 @@ def check(spec) -> None:
     check_tile(spec.block_sizes.fwd, "fwd")
 
 
+def check_device(spec) -> None:
+  """The kernels issue wgmma and TMA: Hopper (sm_90) only, outside interpret mode."""
+  if spec.interpret:
+    return
+  cc = getattr(jax.devices()[0], "compute_capability", None)
+  if cc is None or not str(cc).startswith("9."):
+    raise NotImplementedError(
+      f"implementation={NAME!r} runs on Hopper GPUs (sm_90: wgmma and TMA), this device is "
+      f"{jax.devices()[0].device_kind} (compute capability {cc}); use implementation='pallas_gpu'."
+    )
+
+
 def check_scope(spec) -> None:
-  """The dtypes and head dims every Mosaic GPU kernel here serves (NotImplementedError)."""
+  """The device, dtypes and head dims every Mosaic GPU kernel here serves
+  (NotImplementedError)."""
+  check_device(spec)
   if spec.dtype not in DTYPES:
     raise NotImplementedError(
       f"implementation={NAME!r} takes {' or '.join(DTYPES)} inputs, got {spec.dtype} "

@@ -134,7 +134,9 @@ ATTENTION = Registry(
     "pallas_mosaic_gpu": "pallas_kernels.mosaic_gpu:IMPLEMENTATION",
     "pallas_tpu": "pallas_kernels.tpu:IMPLEMENTATION",
   },
-  {"gpu": ("pallas_gpu", "xla"), "tpu": ("pallas_tpu", "xla")},
+  # GPU: the Mosaic forward (Hopper; bf16/f16, D 64/128) where it serves the call, measured
+  # faster than the Triton forward at every benchmarked shape (docs/design.md §6.3), else Triton.
+  {"gpu": ("pallas_mosaic_gpu", "pallas_gpu", "xla"), "tpu": ("pallas_tpu", "xla")},
 )
 
 # The attention op's registry as module functions (``implementations.select(...)``).
