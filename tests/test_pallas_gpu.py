@@ -42,13 +42,9 @@ def _q(dtype=jnp.float32, t=16, d=32):
   return jnp.zeros((1, t, 2, d), dtype)
 
 
-def test_check_rejects():
-  q = _q()
-  with pytest.raises(NotImplementedError, match=r"BlockSizes\(\.\.\.\)"):
-    parallax_attention(
-      q, q, q, q, implementation="pallas_gpu", interpret=True, block_sizes=(16, 16)
-    )
-  spec = validate(
+def _validate(q, *, interpret: bool):
+  """The causal self-attention ``CallSpec`` of ``q`` as q, r, k and v."""
+  return validate(
     q,
     q,
     q,
@@ -57,9 +53,18 @@ def test_check_rejects():
     causal=True,
     window_size=None,
     segment_ids=None,
-    interpret=True,
+    interpret=interpret,
     block_sizes=None,
   )
+
+
+def test_check_rejects():
+  q = _q()
+  with pytest.raises(NotImplementedError, match=r"BlockSizes\(\.\.\.\)"):
+    parallax_attention(
+      q, q, q, q, implementation="pallas_gpu", interpret=True, block_sizes=(16, 16)
+    )
+  spec = _validate(q, interpret=True)
   IMPLEMENTATION.check(spec)
   with pytest.raises(NotImplementedError, match="float64"):
     IMPLEMENTATION.check(dataclasses.replace(spec, dtype="float64"))
@@ -215,18 +220,7 @@ def test_default_prefers_mosaic_on_hopper(monkeypatch, caplog, cc, dtype, d, exp
   monkeypatch.setattr(jax, "devices", lambda *a: [_FakeGpu(cc, f"fake sm_{cc}")])
   implementations.ATTENTION.clear_log()
   q = _q(d=d, dtype=dtype)
-  spec = validate(
-    q,
-    q,
-    q,
-    q,
-    scale=None,
-    causal=True,
-    window_size=None,
-    segment_ids=None,
-    interpret=False,
-    block_sizes=None,
-  )
+  spec = _validate(q, interpret=False)
   with caplog.at_level(logging.INFO):
     assert implementations.select(None, spec).name == expected
   assert f"uses {expected!r}" in caplog.text
