@@ -66,16 +66,22 @@ def parallax_fn(impl, causal, interpret, window=None):
   return f
 
 
+@contextlib.contextmanager
 def path_context(name):
-  """What a path holds while it is traced: the Mosaic GPU paths pin
-  ``pallas_kernels.mosaic_gpu.implementation.BACKWARD`` ("pallas_mosaic_gpu": the Triton
-  backward, "pallas_mosaic_gpu_bwd": the Mosaic one) for the whole cell, because JAX traces the
-  backward after the forward call has returned."""
-  if not name.startswith("pallas_mosaic_gpu"):
-    return contextlib.nullcontext()
-  from pallas_kernels.mosaic_gpu import implementation
+  """The backward switches a path pins for its whole cell: "*_fused" the atomic single-pass
+  Triton backward (``pallas_kernels.gpu.backward.FUSED``); the Mosaic GPU paths
+  ``pallas_kernels.mosaic_gpu.implementation.BACKWARD`` ("pallas_mosaic_gpu_bwd": the Mosaic
+  backward, the others the Triton one)."""
+  from pallas_kernels.gpu import backward
 
-  return implementation.use_backward("mosaic" if name.endswith("_bwd") else "triton")
+  with contextlib.ExitStack() as stack:
+    stack.enter_context(backward.use_fused(name.endswith("_fused")))
+    if name.startswith("pallas_mosaic_gpu"):
+      from pallas_kernels.mosaic_gpu import implementation
+
+      mosaic = "mosaic" if name.endswith("_bwd") else "triton"
+      stack.enter_context(implementation.use_backward(mosaic))
+    yield
 
 
 def softmax_fn(causal, interpret, window=None):
@@ -171,9 +177,10 @@ def main(argv=None):
   p.add_argument(
     "--paths",
     default="pallas_gpu,xla,softmax_cudnn",
-    help="comma list of paths to time: pallas_gpu, pallas_mosaic_gpu (Mosaic forward, Triton "
-    "backward), pallas_mosaic_gpu_bwd (Mosaic forward and backward), xla, "
-    "softmax_cudnn",
+    help="comma list of paths to time: pallas_gpu, pallas_gpu_fused (the atomic single-pass "
+    "backward), pallas_mosaic_gpu (Mosaic forward, Triton backward), pallas_mosaic_gpu_fused "
+    "(Mosaic forward, fused Triton backward), pallas_mosaic_gpu_bwd (Mosaic forward and "
+    "backward), xla, softmax_cudnn",
   )
   p.add_argument("--non-causal", action="store_true")
   p.add_argument("--window", type=int, default=None, help="sliding window (keys per query)")
@@ -218,7 +225,10 @@ def main(argv=None):
     "pallas_mosaic_gpu": parallax_fn("pallas_mosaic_gpu", causal, args.interpret, w),
     # the Mosaic forward with the Mosaic backward (path_context)
     "pallas_mosaic_gpu_bwd": parallax_fn("pallas_mosaic_gpu", causal, args.interpret, w),
+    # the Mosaic forward with the fused (atomic dq/dr) Triton backward (path_context)
+    "pallas_mosaic_gpu_fused": parallax_fn("pallas_mosaic_gpu", causal, args.interpret, w),
     "pallas_gpu": parallax_fn("pallas_gpu", causal, args.interpret, w),
+    "pallas_gpu_fused": parallax_fn("pallas_gpu", causal, args.interpret, w),
     "xla": parallax_fn("xla", causal, args.interpret, w),
     "softmax_cudnn": softmax_fn(causal, args.interpret, w),
   }

@@ -149,20 +149,56 @@ def test_bench_generate_smoke_writes_both_kinds(tmp_path):
   assert bench_generate._stem(tmp_path, written.stem).name == written.stem + "_2"
 
 
-def test_bench_kernels_mosaic_paths_trace_the_backward_they_name():
-  """JAX traces a custom VJP's backward after the forward returns, so the bench must hold
-  ``BACKWARD`` while the gradient traces: each Mosaic GPU path's gradient program names its
-  own backward kernels (Triton "parallax_bwd_dq", Mosaic "parallax_bwd_dq_mgpu")."""
+def test_bench_kernels_paths_trace_the_backward_they_name():
+  """Each GPU path's gradient program names its own backward kernels (Triton two-pass
+  "parallax_bwd_dq" + "_dkv", fused "parallax_bwd_row_stats" + "_dkv", Mosaic "*_mgpu")."""
   import re
 
   from experiments import bench_kernels
 
-  fn = bench_kernels.parallax_fn("pallas_mosaic_gpu", True, True)
   x = jnp.ones((1, 128, 2, 64), jnp.bfloat16)
   kernels = {}
-  for name in ("pallas_mosaic_gpu", "pallas_mosaic_gpu_bwd"):
+  for name, impl in (
+    ("pallas_gpu", "pallas_gpu"),
+    ("pallas_gpu_fused", "pallas_gpu"),
+    ("pallas_mosaic_gpu", "pallas_mosaic_gpu"),
+    ("pallas_mosaic_gpu_fused", "pallas_mosaic_gpu"),
+    ("pallas_mosaic_gpu_bwd", "pallas_mosaic_gpu"),
+  ):
+    fn = bench_kernels.parallax_fn(impl, True, True)
     with bench_kernels.path_context(name):
-      jaxpr = jax.make_jaxpr(lambda *a: jax.vjp(fn, *a)[1](a[0]))(x, x, x, x)
+      jaxpr = jax.make_jaxpr(lambda *a, fn=fn: jax.vjp(fn, *a)[1](a[0]))(x, x, x, x)
     kernels[name] = set(re.findall(r"parallax_bwd_\w+", str(jaxpr)))
-  assert kernels["pallas_mosaic_gpu"] == {"parallax_bwd_dq", "parallax_bwd_dkv"}
+  two_pass, fused = (
+    {"parallax_bwd_dq", "parallax_bwd_dkv"},
+    {"parallax_bwd_row_stats", "parallax_bwd_dkv"},
+  )
+  assert kernels["pallas_gpu"] == kernels["pallas_mosaic_gpu"] == two_pass
+  assert kernels["pallas_gpu_fused"] == kernels["pallas_mosaic_gpu_fused"] == fused
   assert kernels["pallas_mosaic_gpu_bwd"] == {"parallax_bwd_dq_mgpu", "parallax_bwd_dkv_mgpu"}
+
+
+def test_backward_switches_are_read_at_the_call():
+  """The backward switches are fixed when the op is called (static arguments of the custom
+  VJP): a backward traced after the switch is restored still runs the variant of the call,
+  and the same call under the other setting is not served from the first one's trace."""
+  import re
+
+  from pallas_kernels.gpu import backward
+  from parallax_jax import parallax_attention
+
+  x = jnp.ones((1, 32, 2, 16), jnp.float32)
+
+  def kernels(fused: bool):
+    def f(*a):
+      with backward.use_fused(fused):
+        o, pullback = jax.vjp(
+          lambda *b: parallax_attention(*b, implementation="pallas_gpu", interpret=True), *a
+        )
+      return pullback(o)  # traced outside the block
+
+    return set(re.findall(r"parallax_bwd_\w+", str(jax.make_jaxpr(f)(x, x, x, x))))
+
+  assert kernels(True) == {"parallax_bwd_row_stats", "parallax_bwd_dkv"}
+  assert kernels(False) == {"parallax_bwd_dq", "parallax_bwd_dkv"}
+  assert kernels(True) == {"parallax_bwd_row_stats", "parallax_bwd_dkv"}

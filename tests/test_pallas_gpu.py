@@ -29,7 +29,7 @@ from attention_cases import (
   run_op,
 )
 
-from pallas_kernels.gpu import IMPLEMENTATION
+from pallas_kernels.gpu import IMPLEMENTATION, backward
 from parallax_jax import BlockSizes, MaskSpec, Tile, parallax_attention
 from parallax_jax.attention import implementations
 from parallax_jax.attention.validation import validate
@@ -136,6 +136,24 @@ def test_compiled_kernels_match_oracle(case, blocks):
   checks every shared case, with the default and the test block configs, against the oracle
   with the shared tolerances. Skips without a GPU backend."""
   require_gpu()
+  o, grads = run_op(Impl("pallas_gpu", interpret=False), case, block_sizes=blocks)
+  check_case(o, grads, case)
+
+
+@pytest.mark.parametrize("case,blocks", block_config_params(BLOCK_CONFIGS))
+def test_fused_backward_matches_oracle(monkeypatch, case, blocks):
+  """The fused backward (dk/dv pass with atomic dq/dr, ``backward.FUSED``) on the shared
+  cases, against the same oracle and tolerances as the two-pass backward."""
+  monkeypatch.setattr(backward, "FUSED", True)
+  o, grads = run_op(Impl("pallas_gpu", interpret=True), case, block_sizes=blocks)
+  check_case(o, grads, case)
+
+
+@pytest.mark.parametrize("case,blocks", gpu_params({"default": None, **BLOCK_CONFIGS}))
+def test_compiled_fused_backward_matches_oracle(monkeypatch, case, blocks):
+  """GPU mode: the fused backward compiled (its atomics on real hardware) on every case."""
+  require_gpu()
+  monkeypatch.setattr(backward, "FUSED", True)
   o, grads = run_op(Impl("pallas_gpu", interpret=False), case, block_sizes=blocks)
   check_case(o, grads, case)
 

@@ -1,4 +1,6 @@
-"""Backward Pallas Triton kernels (docs/design.md §5), two launches, no atomics.
+"""Backward Pallas Triton kernels (docs/design.md §5).
+
+The default (``FUSED = False``): two launches, no atomics, deterministic.
 
 1. dq/dr pass, one program per (query block, batch, query head): the prologue computes the row
    statistics ``T = dO.o`` and ``b = dO.barv`` (written out for pass 2), then the loop over key
@@ -8,18 +10,26 @@
    causal border, unmasked interior, window border), accumulating dk/dv for the whole group in
    float32. Tiles are computed transposed (``[Bk, Bq]``) so no tile transpose is needed.
 
+``FUSED = True`` (opt-in, docs/design.md §5.5): a row-statistics kernel, then the dk/dv pass
+alone, which also adds each tile's ``GL K`` and ``GU K`` into float32 dq/dr buffers with
+atomics: 8 matmuls per visible pair instead of 11 (the dq pass recomputes ``S``, ``T`` and
+``dO V^T``). The atomics' order varies from run to run, so dq/dr are not bitwise reproducible.
+
 ``lse2`` (base-2 log-sum-exp) is ``+inf`` on rows that see no key and on padded rows, so their
 weights are exactly 0 without a mask.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as pltriton
 
 from pallas_kernels.gpu import common, schedule
 from pallas_kernels.gpu.tile_math_base2 import LOG2E, bwd_tile2
@@ -27,6 +37,22 @@ from parallax_jax.attention import tile_math
 from parallax_jax.attention.block_sizes import Tile
 from parallax_jax.attention.masking import MaskSpec
 from parallax_jax.attention.residuals import Residuals
+
+# The backward's form: False, the two deterministic passes; True, the fused pass with atomic
+# dq/dr (read when JAX traces the backward; see the module docstring).
+FUSED = False
+
+
+@contextlib.contextmanager
+def use_fused(fused: bool):
+  """Sets ``FUSED`` for the block, then restores it (read when ``parallax_attention`` is
+  called: the block need only enclose the forward call)."""
+  global FUSED
+  saved, FUSED = FUSED, bool(fused)
+  try:
+    yield
+  finally:
+    FUSED = saved
 
 
 def _dq_kernel(
@@ -113,8 +139,21 @@ def _dq_kernel(
   dr_ref[...] = dr.astype(dr_ref.dtype)
 
 
+def _row_stats_kernel(do_ref, o_ref, barv_ref, t_ref, b_ref):
+  """``T = dO.o`` and ``b = dO.barv`` of one query block (the fused backward's prologue)."""
+  t_ref[...], b_ref[...] = tile_math.bwd_row_stats(do_ref[...], o_ref[...], barv_ref[...])
+
+
 def _dkv_kernel(
-  *refs, mask: MaskSpec, scale: float, bq: int, bk: int, group: int, has_seg: bool, prec
+  *refs,
+  mask: MaskSpec,
+  scale: float,
+  bq: int,
+  bk: int,
+  group: int,
+  has_seg: bool,
+  prec,
+  fused: bool = False,
 ):
   if has_seg:
     (
@@ -129,12 +168,15 @@ def _dkv_kernel(
       v_ref,
       segq_ref,
       segk_ref,
-      dk_ref,
-      dv_ref,
+      *refs,
     ) = refs
   else:
-    (q_ref, r_ref, do_ref, lse_ref, bart_ref, t_ref, b_ref, k_ref, v_ref, dk_ref, dv_ref) = refs
+    (q_ref, r_ref, do_ref, lse_ref, bart_ref, t_ref, b_ref, k_ref, v_ref, *refs) = refs
     segq_ref = segk_ref = None
+  if fused:  # the zeroed float32 dq/dr inputs are aliased to the last two outputs
+    _, _, dk_ref, dv_ref, dq_ref, dr_ref = refs
+  else:
+    dk_ref, dv_ref = refs
   kb = pl.program_id(0)
   key0 = kb * bk
   k = k_ref[...]
@@ -165,9 +207,14 @@ def _dkv_kernel(
       vis_idx = mask.visible(rows, cols)
       visible = vis_idx if visible is None else visible & vis_idx
     gl, gu, pw = bwd_tile2(s2, t, visible, lse2, bart, a, t_row, b_row)
+    gl_s, gu = (gl * scale).astype(dtype), gu.astype(dtype)
     dv = dv + common.dot(pw.astype(dtype), do, prec)
-    dk = dk + common.dot((gl * scale).astype(dtype), q, prec)
-    dk = dk + common.dot(gu.astype(dtype), r, prec)
+    dk = dk + common.dot(gl_s, q, prec)
+    dk = dk + common.dot(gu, r, prec)
+    if fused:  # this key block's share of dq, dr: [Bq, D] = tile^T K
+      rows = (pl.ds(start, bq), jnp.asarray(g, jnp.int32), slice(None))  # g: int when G = 1
+      pltriton.atomic_add(dq_ref, rows, common.dot_tn(gl_s, k, prec))
+      pltriton.atomic_add(dr_ref, rows, common.dot_tn(gu, k, prec))
     return dk, dv
 
   ranges = mask.query_blocks(key0, bq, bk, jnp)
@@ -198,32 +245,97 @@ def parallax_bwd(
   cfg_dq: Tile,
   cfg_dkv: Tile,
   interpret: bool = False,
+  fused: bool | None = None,
 ):
-  """``(dq, dr, dk, dv)`` in the input dtypes."""
-  batch, q_len, hq, d = q.shape
-  _, kv_len, hkv, _ = k.shape
-  group = hq // hkv
+  """``(dq, dr, dk, dv)`` in the input dtypes; ``fused``: the atomic single pass (None: the
+  module's ``FUSED``)."""
+  q_len, d = q.shape[1], q.shape[3]
+  kv_len = k.shape[1]
   dtype = q.dtype
-  prec = common.precision(dtype)
   # One padding serves both passes (power-of-two blocks: the larger is a multiple of both).
   tq = pl.cdiv(q_len, max(cfg_dq.block_q, cfg_dkv.block_q)) * max(cfg_dq.block_q, cfg_dkv.block_q)
   tk = pl.cdiv(kv_len, max(cfg_dq.block_k, cfg_dkv.block_k)) * max(cfg_dq.block_k, cfg_dkv.block_k)
   dp = common.padded_head_dim(d)
-  qp, rp = common.pad_seq_dim(q, tq, dp), common.pad_seq_dim(r, tq, dp)
-  dop = common.pad_seq_dim(do.astype(dtype), tq, dp)
-  op = common.pad_seq_dim(residuals.o.astype(dtype), tq, dp)
-  barvp = common.pad_seq_dim(residuals.barv.astype(dtype), tq, dp)
-  kp, vp = common.pad_seq_dim(k, tk, dp), common.pad_seq_dim(v, tk, dp)
   lse = residuals.lse.astype(jnp.float32)
   lse2 = jnp.where(jnp.isfinite(lse), lse * LOG2E, jnp.inf)
-  lse2 = common.pad_to(lse2, 2, tq, jnp.inf)
-  bart = common.pad_to(residuals.bart.astype(jnp.float32), 2, tq)
-  has_seg = segment_ids is not None
-  if has_seg:
+  segq = segk = None
+  if segment_ids is not None:
     seg = segment_ids.astype(jnp.int32)
     segq, segk = common.pad_to(seg, 1, tq, -1), common.pad_to(seg, 1, tk, -2)
+  x = _Padded(
+    q=common.pad_seq_dim(q, tq, dp),
+    r=common.pad_seq_dim(r, tq, dp),
+    do=common.pad_seq_dim(do.astype(dtype), tq, dp),
+    o=common.pad_seq_dim(residuals.o.astype(dtype), tq, dp),
+    barv=common.pad_seq_dim(residuals.barv.astype(dtype), tq, dp),
+    k=common.pad_seq_dim(k, tk, dp),
+    v=common.pad_seq_dim(v, tk, dp),
+    lse2=common.pad_to(lse2, 2, tq, jnp.inf),
+    bart=common.pad_to(residuals.bart.astype(jnp.float32), 2, tq),
+    segq=segq,
+    segk=segk,
+  )
+  kw = dict(scale=scale, mask=mask, prec=common.precision(dtype), interpret=interpret)
 
-  # Pass 1: dq, dr (+ T, b).
+  fused = FUSED if fused is None else fused
+  if fused:  # the row statistics alone; dq/dr come from the dk/dv pass
+    t_rows, b_rows = _row_stats_pass(x, cfg_dq, interpret)
+  else:
+    dq, dr, t_rows, b_rows = _dq_pass(x, cfg_dq, **kw)
+  dk, dv, *dqr = _dkv_pass(x, t_rows, b_rows, cfg_dkv, fused=fused, **kw)
+  if fused:
+    dq, dr = (x.astype(dtype) for x in dqr)
+  return (
+    dq[:, :q_len, :, :d],
+    dr[:, :q_len, :, :d].astype(r.dtype),
+    dk[:, :kv_len, :, :d],
+    dv[:, :kv_len, :, :d],
+  )
+
+
+class _Padded(NamedTuple):
+  """The backward's operands, sequence axes padded to the blocks and D to a power of two:
+  ``[B, T, H, D]`` arrays, ``lse2``/``bart`` ``[B, Hq, Tq]`` float32, segment ids or None."""
+
+  q: jax.Array
+  r: jax.Array
+  do: jax.Array
+  o: jax.Array
+  barv: jax.Array
+  k: jax.Array
+  v: jax.Array
+  lse2: jax.Array
+  bart: jax.Array
+  segq: jax.Array | None
+  segk: jax.Array | None
+
+
+def _row_stats_pass(x: _Padded, cfg: Tile, interpret: bool):
+  """``(T, b)`` ``[B, Hq, Tq]`` float32: the fused backward's prologue."""
+  batch, tq, hq, dp = x.q.shape
+  bq = cfg.block_q
+  q_spec = pl.BlockSpec((None, bq, None, dp), lambda i, b, h: (b, i, h, 0))
+  row_spec = pl.BlockSpec((None, None, bq), lambda i, b, h: (b, h, i))
+  return pl.pallas_call(
+    _row_stats_kernel,
+    grid=(tq // bq, batch, hq),
+    in_specs=[q_spec] * 3,
+    out_specs=[row_spec] * 2,
+    out_shape=[jax.ShapeDtypeStruct(x.lse2.shape, jnp.float32)] * 2,
+    compiler_params=common.compiler_params(cfg),
+    interpret=interpret,
+    name="parallax_bwd_row_stats",
+  )(x.do, x.o, x.barv)
+
+
+def _dq_pass(x: _Padded, cfg_dq: Tile, *, scale, mask, prec, interpret):
+  """Pass 1: ``(dq, dr, T, b)``."""
+  qp, rp, dop, op, barvp, kp, vp, lse2, bart, segq, segk = x
+  batch, tq, hq, dp = qp.shape
+  tk, hkv = kp.shape[1], kp.shape[2]
+  group = hq // hkv
+  dtype = qp.dtype
+  has_seg = segq is not None
   bq, bk = cfg_dq.block_q, cfg_dq.block_k
   n_q = tq // bq
 
@@ -258,8 +370,17 @@ def parallax_bwd(
     interpret=interpret,
     name="parallax_bwd_dq",
   )(*args)
+  return dq, dr, t_rows, b_rows
 
-  # Pass 2: dk, dv, the G query heads of each kv head accumulated in the kernel.
+
+def _dkv_pass(x: _Padded, t_rows, b_rows, cfg_dkv: Tile, *, fused, scale, mask, prec, interpret):
+  """Pass 2: ``(dk, dv)``, the G query heads of each kv head accumulated in the kernel; fused,
+  also ``(dq, dr)`` in float32 (atomic adds into zeroed buffers)."""
+  qp, rp, dop, _, _, kp, vp, lse2, bart, segq, segk = x
+  batch, tq, hq, dp = qp.shape
+  tk, hkv = kp.shape[1], kp.shape[2]
+  group = hq // hkv
+  has_seg = segq is not None
   bq, bk = cfg_dkv.block_q, cfg_dkv.block_k
   n_k = tk // bk
   qg_spec = pl.BlockSpec((None, tq, group, dp), lambda j, b, h: (b, 0, h, 0))
@@ -273,21 +394,34 @@ def parallax_bwd(
       pl.BlockSpec((None, bk), lambda j, b, h: (b, j)),
     ]
     args += [segq, segk]
-  dk, dv = pl.pallas_call(
+  out_specs = [k_spec, k_spec]
+  out_shape = [jax.ShapeDtypeStruct(kp.shape, kp.dtype), jax.ShapeDtypeStruct(vp.shape, vp.dtype)]
+  aliases = {}
+  if fused:  # every program adds into its group's rows: the whole [Tq, G, D] block
+    acc = jax.ShapeDtypeStruct(qp.shape, jnp.float32)
+    in_specs += [qg_spec] * 2
+    args += [jnp.zeros(acc.shape, acc.dtype), jnp.zeros(acc.shape, acc.dtype)]
+    out_specs += [qg_spec] * 2
+    out_shape += [acc, acc]
+    aliases = {len(args) - 2: 2, len(args) - 1: 3}
+  return pl.pallas_call(
     functools.partial(
-      _dkv_kernel, mask=mask, scale=scale, bq=bq, bk=bk, group=group, has_seg=has_seg, prec=prec
+      _dkv_kernel,
+      mask=mask,
+      scale=scale,
+      bq=bq,
+      bk=bk,
+      group=group,
+      has_seg=has_seg,
+      prec=prec,
+      fused=fused,
     ),
     grid=(n_k, batch, hkv),
     in_specs=in_specs,
-    out_specs=[k_spec, k_spec],
-    out_shape=[jax.ShapeDtypeStruct(kp.shape, k.dtype), jax.ShapeDtypeStruct(kp.shape, v.dtype)],
+    out_specs=out_specs,
+    out_shape=out_shape,
+    input_output_aliases=aliases,
     compiler_params=common.compiler_params(cfg_dkv),
     interpret=interpret,
     name="parallax_bwd_dkv",
   )(*args)
-  return (
-    dq[:, :q_len, :, :d],
-    dr[:, :q_len, :, :d].astype(r.dtype),
-    dk[:, :kv_len, :, :d],
-    dv[:, :kv_len, :, :d],
-  )

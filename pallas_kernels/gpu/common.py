@@ -50,5 +50,12 @@ def dot_nt(a, b, prec):
   )
 
 
+def dot_tn(a, b, prec):
+  """``a.T @ b`` with float32 accumulation (the transposed operand stays in shared memory)."""
+  return lax.dot_general(
+    a, b, (((0,), (0,)), ((), ())), precision=prec, preferred_element_type=jnp.float32
+  )
+
+
 def compiler_params(cfg: Tile):
   return pltriton.CompilerParams(num_warps=cfg.num_warps, num_stages=cfg.num_stages)

@@ -50,7 +50,11 @@ def _fwd(q, r, k, v, segment_ids, spec: CallSpec):
   )
 
 
-def _bwd(q, r, k, v, segment_ids, residuals, do, spec: CallSpec):
+def _variant() -> str:
+  return "fused" if backward.FUSED else "two_pass"
+
+
+def _bwd(q, r, k, v, segment_ids, residuals, do, spec: CallSpec, variant: str = "two_pass"):
   return backward.parallax_bwd(
     q,
     r,
@@ -64,9 +68,16 @@ def _bwd(q, r, k, v, segment_ids, residuals, do, spec: CallSpec):
     cfg_dq=_tile(spec, "dq"),
     cfg_dkv=_tile(spec, "dkv"),
     interpret=spec.interpret,
+    fused=variant == "fused",
   )
 
 
 IMPLEMENTATION = Implementation(
-  name="pallas_gpu", fwd=_fwd, bwd=_bwd, platforms=("gpu",), check=_check, interpretable=True
+  name="pallas_gpu",
+  fwd=_fwd,
+  bwd=_bwd,
+  platforms=("gpu",),
+  check=_check,
+  interpretable=True,
+  backward_variant=_variant,
 )

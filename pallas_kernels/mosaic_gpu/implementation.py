@@ -31,9 +31,8 @@ BACKWARD = "triton"
 def use_backward(name: str):
   """Sets ``BACKWARD`` for the block, then restores it.
 
-  The backward is read when JAX traces the backward pass (the custom VJP's ``bwd``), which
-  happens after the forward has returned: so the block must enclose every trace of the
-  gradient (``jax.jit(jax.grad(...))``'s first call), not just the forward call.
+  The backward is read when ``parallax_attention`` is called (``_variant``) and fixed in the
+  custom VJP's static arguments, so the block need only enclose the forward call.
   """
   global BACKWARD
   if name not in BACKWARDS:
@@ -83,10 +82,18 @@ def _fwd(q, r, k, v, segment_ids, spec: CallSpec):
   )
 
 
-def _bwd(q, r, k, v, segment_ids, residuals, do, spec: CallSpec):
+def _variant() -> tuple[str, bool]:
+  """``(BACKWARD, the Triton backward's FUSED)`` at the call."""
+  from pallas_kernels.gpu import backward
+
+  return _backward(), backward.FUSED
+
+
+def _bwd(q, r, k, v, segment_ids, residuals, do, spec: CallSpec, variant=None):
+  backward_name, fused = variant or _variant()
   do = jnp.asarray(do, q.dtype)
   bs = spec.block_sizes
-  if _backward() == "mosaic":
+  if backward_name == "mosaic":
     return mosaic_backward.parallax_bwd(
       q,
       r,
@@ -118,6 +125,7 @@ def _bwd(q, r, k, v, segment_ids, residuals, do, spec: CallSpec):
     cfg_dq=block_sizes.clip(bs.dq, q_len, kv_len),
     cfg_dkv=block_sizes.clip(bs.dkv, q_len, kv_len),
     interpret=spec.interpret,
+    fused=fused,
   )
 
 
@@ -128,4 +136,5 @@ IMPLEMENTATION = Implementation(
   platforms=("gpu",),
   check=_check,
   interpretable=True,
+  backward_variant=_variant,
 )

@@ -70,24 +70,28 @@ def parallax_attention(
   impl = implementations.select(implementation, spec)
   if impl.bwd is None:
     return impl.fwd(q, r, k, v, segment_ids, spec)
-  return _attention(impl.name, spec, q, r, k, v, segment_ids)
+  # The backward's variant is fixed now, at the call, and is part of the custom VJP's static
+  # arguments: the backward traced later (after the forward returns) cannot see another one.
+  variant = impl.backward_variant() if impl.backward_variant is not None else None
+  return _attention(impl.name, spec, variant, q, r, k, v, segment_ids)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _attention(name: str, spec: CallSpec, q, r, k, v, segment_ids):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def _attention(name: str, spec: CallSpec, variant, q, r, k, v, segment_ids):
   o, _ = implementations.get(name).fwd(q, r, k, v, segment_ids, spec)
   return o
 
 
-def _attention_fwd(name, spec, q, r, k, v, segment_ids):
+def _attention_fwd(name, spec, variant, q, r, k, v, segment_ids):
   o, residuals = implementations.get(name).fwd(q, r, k, v, segment_ids, spec)
   o, residuals = jax.tree.map(lambda a: checkpoint_name(a, CHECKPOINT_NAME), (o, residuals))
   return o, (q, r, k, v, segment_ids, residuals)
 
 
-def _attention_bwd(name, spec, saved, do):
+def _attention_bwd(name, spec, variant, saved, do):
   q, r, k, v, segment_ids, residuals = saved
-  dq, dr, dk, dv = implementations.get(name).bwd(q, r, k, v, segment_ids, residuals, do, spec)
+  kw = {} if variant is None else {"variant": variant}
+  dq, dr, dk, dv = implementations.get(name).bwd(q, r, k, v, segment_ids, residuals, do, spec, **kw)
   return dq, dr, dk, dv, None
 
 

@@ -32,6 +32,9 @@ class Implementation:
     platforms: backends it compiles for natively; with ``spec.interpret`` it runs anywhere.
     check: raises NotImplementedError (saying why) for a call it cannot serve.
     interpretable: its kernels run anywhere in Pallas interpret mode (``spec.interpret``).
+    backward_variant: for paths with module-level backward switches, ``() -> hashable`` read
+      when the op is called; ``api`` makes it a static argument of the custom VJP (so a cached
+      trace never serves another variant) and passes it to ``bwd`` as ``variant=``.
 
   The decode op (``parallax_jax.decode``) uses the same class: ``fwd(q, r, k_cache, v_cache,
   lengths, spec) -> o`` and no ``bwd``.
@@ -43,6 +46,7 @@ class Implementation:
   platforms: tuple[str, ...]
   check: Callable[[CallSpec], None] = lambda spec: None
   interpretable: bool = False
+  backward_variant: Callable[[], object] | None = None
 
   def ensure_supported(self, spec: CallSpec, platform: str) -> None:
     if platform not in self.platforms and not (self.interpretable and spec.interpret):
