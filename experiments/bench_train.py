@@ -113,6 +113,12 @@ def main(argv=None):
     default=None,
     help="the backward of implementation pallas_mosaic_gpu (default: the module's BACKWARD)",
   )
+  p.add_argument(
+    "--fused-backward",
+    action="store_true",
+    help="the Triton backward as one pass with atomic dq/dr (pallas_kernels.gpu.backward.FUSED; "
+    "not bitwise reproducible)",
+  )
   p.add_argument("--out-dir", default=None)
   args, overrides = p.parse_known_args(argv)
   args.stem = None
@@ -120,6 +126,10 @@ def main(argv=None):
     from pallas_kernels.mosaic_gpu import implementation
 
     implementation.BACKWARD = args.mosaic_backward
+  if args.fused_backward:
+    from pallas_kernels.gpu import backward
+
+    backward.FUSED = True
   cfg = load_config(args.config, overrides)
   base = ModelConfig.from_dict(cfg.model.to_dict())
   if args.layers:
