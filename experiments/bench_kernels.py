@@ -55,33 +55,49 @@ def make_inputs(batch, length, heads, d, dtype, seed=0):
   return tuple(x.astype(dtype) for x in (q, r * 0.1, k, v, g))
 
 
-def parallax_fn(impl, causal, interpret, window=None):
+def parallax_fn(impl, causal, interpret, window=None, deterministic=True):
   """The op as one path."""
 
   def f(q, r, k, v):
     return parallax_attention(
-      q, r, k, v, causal=causal, window_size=window, implementation=impl, interpret=interpret
+      q,
+      r,
+      k,
+      v,
+      causal=causal,
+      window_size=window,
+      implementation=impl,
+      interpret=interpret,
+      deterministic=deterministic,
     )
 
   return f
 
 
-@contextlib.contextmanager
+def path_fns(causal, interpret, window=None):
+  """Path name -> the function it times (``path_context`` holds its backward switch)."""
+  return {
+    "pallas_mosaic_gpu": parallax_fn("pallas_mosaic_gpu", causal, interpret, window),
+    # the Mosaic forward with the Mosaic backward (path_context)
+    "pallas_mosaic_gpu_bwd": parallax_fn("pallas_mosaic_gpu", causal, interpret, window),
+    # "*_fused": deterministic=False, the fused (atomic dq/dr) Triton backward
+    "pallas_mosaic_gpu_fused": parallax_fn("pallas_mosaic_gpu", causal, interpret, window, False),
+    "pallas_gpu": parallax_fn("pallas_gpu", causal, interpret, window),
+    "pallas_gpu_fused": parallax_fn("pallas_gpu", causal, interpret, window, False),
+    "xla": parallax_fn("xla", causal, interpret, window),
+    "softmax_cudnn": softmax_fn(causal, interpret, window),
+  }
+
+
 def path_context(name):
-  """The backward switches a path pins for its whole cell: "*_fused" the atomic single-pass
-  Triton backward (``pallas_kernels.gpu.backward.FUSED``); the Mosaic GPU paths
+  """What a path holds for its cell: the Mosaic GPU paths pin
   ``pallas_kernels.mosaic_gpu.implementation.BACKWARD`` ("pallas_mosaic_gpu_bwd": the Mosaic
-  backward, the others the Triton one)."""
-  from pallas_kernels.gpu import backward
+  backward, the others the Triton one); it is read when the op is called."""
+  if not name.startswith("pallas_mosaic_gpu"):
+    return contextlib.nullcontext()
+  from pallas_kernels.mosaic_gpu import implementation
 
-  with contextlib.ExitStack() as stack:
-    stack.enter_context(backward.use_fused(name.endswith("_fused")))
-    if name.startswith("pallas_mosaic_gpu"):
-      from pallas_kernels.mosaic_gpu import implementation
-
-      mosaic = "mosaic" if name.endswith("_bwd") else "triton"
-      stack.enter_context(implementation.use_backward(mosaic))
-    yield
+  return implementation.use_backward("mosaic" if name.endswith("_bwd") else "triton")
 
 
 def softmax_fn(causal, interpret, window=None):
@@ -221,17 +237,7 @@ def main(argv=None):
   }
   print(json.dumps(meta, indent=1), flush=True)
   w = args.window
-  paths = {
-    "pallas_mosaic_gpu": parallax_fn("pallas_mosaic_gpu", causal, args.interpret, w),
-    # the Mosaic forward with the Mosaic backward (path_context)
-    "pallas_mosaic_gpu_bwd": parallax_fn("pallas_mosaic_gpu", causal, args.interpret, w),
-    # the Mosaic forward with the fused (atomic dq/dr) Triton backward (path_context)
-    "pallas_mosaic_gpu_fused": parallax_fn("pallas_mosaic_gpu", causal, args.interpret, w),
-    "pallas_gpu": parallax_fn("pallas_gpu", causal, args.interpret, w),
-    "pallas_gpu_fused": parallax_fn("pallas_gpu", causal, args.interpret, w),
-    "xla": parallax_fn("xla", causal, args.interpret, w),
-    "softmax_cudnn": softmax_fn(causal, args.interpret, w),
-  }
+  paths = path_fns(causal, args.interpret, w)
   paths = {n: f for n, f in paths.items() if n in args.paths.split(",")}
   rows = []
   os.makedirs(args.out_dir, exist_ok=True)

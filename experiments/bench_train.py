@@ -116,8 +116,8 @@ def main(argv=None):
   p.add_argument(
     "--fused-backward",
     action="store_true",
-    help="the Triton backward as one pass with atomic dq/dr (pallas_kernels.gpu.backward.FUSED; "
-    "not bitwise reproducible)",
+    help="model.attention_deterministic=False: the Triton backward as one pass with atomic "
+    "dq/dr (not bitwise reproducible)",
   )
   p.add_argument("--out-dir", default=None)
   args, overrides = p.parse_known_args(argv)
@@ -126,14 +126,12 @@ def main(argv=None):
     from pallas_kernels.mosaic_gpu import implementation
 
     implementation.BACKWARD = args.mosaic_backward
-  if args.fused_backward:
-    from pallas_kernels.gpu import backward
-
-    backward.FUSED = True
   cfg = load_config(args.config, overrides)
   base = ModelConfig.from_dict(cfg.model.to_dict())
   if args.layers:
     base = dataclasses.replace(base, num_layers=args.layers)
+  if args.fused_backward:
+    base = dataclasses.replace(base, attention_deterministic=False)
   opt = OptimizerConfig.from_dict(cfg.optimizer.to_dict())
   rows = []
   remats = args.remat.split(",") if args.remat else [base.remat]

@@ -69,9 +69,16 @@ def all_params():
   return [p for impl in IMPLEMENTATIONS for p in cases_for(impl)]
 
 
-def run_op(impl: Impl, case: Case, seed: int = 0, block_sizes=None):
+def run_op(impl: Impl, case: Case, seed: int = 0, block_sizes=None, deterministic=True):
   """The op's output and (dq, dr, dk, dv) under ``jax.vjp`` with the case's cotangent."""
-  return _run_op(impl.name, case, interpret=impl.interpret, block_sizes=block_sizes, seed=seed)
+  return _run_op(
+    impl.name,
+    case,
+    interpret=impl.interpret,
+    block_sizes=block_sizes,
+    seed=seed,
+    deterministic=deterministic,
+  )
 
 
 def require_gpu():

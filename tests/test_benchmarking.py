@@ -158,14 +158,9 @@ def test_bench_kernels_paths_trace_the_backward_they_name():
 
   x = jnp.ones((1, 128, 2, 64), jnp.bfloat16)
   kernels = {}
-  for name, impl in (
-    ("pallas_gpu", "pallas_gpu"),
-    ("pallas_gpu_fused", "pallas_gpu"),
-    ("pallas_mosaic_gpu", "pallas_mosaic_gpu"),
-    ("pallas_mosaic_gpu_fused", "pallas_mosaic_gpu"),
-    ("pallas_mosaic_gpu_bwd", "pallas_mosaic_gpu"),
-  ):
-    fn = bench_kernels.parallax_fn(impl, True, True)
+  for name, fn in bench_kernels.path_fns(True, True).items():
+    if not name.startswith("pallas"):
+      continue
     with bench_kernels.path_context(name):
       jaxpr = jax.make_jaxpr(lambda *a, fn=fn: jax.vjp(fn, *a)[1](a[0]))(x, x, x, x)
     kernels[name] = set(re.findall(r"parallax_bwd_\w+", str(jaxpr)))
@@ -178,27 +173,32 @@ def test_bench_kernels_paths_trace_the_backward_they_name():
   assert kernels["pallas_mosaic_gpu_bwd"] == {"parallax_bwd_dq_mgpu", "parallax_bwd_dkv_mgpu"}
 
 
-def test_backward_switches_are_read_at_the_call():
-  """The backward switches are fixed when the op is called (static arguments of the custom
-  VJP): a backward traced after the switch is restored still runs the variant of the call,
-  and the same call under the other setting is not served from the first one's trace."""
+def test_mosaic_backward_switch_is_read_at_the_call():
+  """``BACKWARD`` is fixed when the op is called (a static argument of the custom VJP): a
+  backward traced after the switch is restored still runs the call's backward, and the same
+  call under the other setting is not served from the first one's trace."""
   import re
 
-  from pallas_kernels.gpu import backward
+  from pallas_kernels.mosaic_gpu import implementation
   from parallax_jax import parallax_attention
 
-  x = jnp.ones((1, 32, 2, 16), jnp.float32)
+  x = jnp.ones((1, 128, 2, 64), jnp.bfloat16)
 
-  def kernels(fused: bool):
+  def kernels(name: str):
     def f(*a):
-      with backward.use_fused(fused):
+      with implementation.use_backward(name):
         o, pullback = jax.vjp(
-          lambda *b: parallax_attention(*b, implementation="pallas_gpu", interpret=True), *a
+          lambda *b: parallax_attention(*b, implementation="pallas_mosaic_gpu", interpret=True),
+          *a,
         )
       return pullback(o)  # traced outside the block
 
     return set(re.findall(r"parallax_bwd_\w+", str(jax.make_jaxpr(f)(x, x, x, x))))
 
-  assert kernels(True) == {"parallax_bwd_row_stats", "parallax_bwd_dkv"}
-  assert kernels(False) == {"parallax_bwd_dq", "parallax_bwd_dkv"}
-  assert kernels(True) == {"parallax_bwd_row_stats", "parallax_bwd_dkv"}
+  mosaic, triton = (
+    {"parallax_bwd_dq_mgpu", "parallax_bwd_dkv_mgpu"},
+    {"parallax_bwd_dq", "parallax_bwd_dkv"},
+  )
+  assert kernels("mosaic") == mosaic
+  assert kernels("triton") == triton
+  assert kernels("mosaic") == mosaic

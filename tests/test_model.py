@@ -116,6 +116,7 @@ def test_every_param_has_logical_axes_of_its_rank():
     ("head_dim", 15, "head_dim"),
     ("d_model", 0, "d_model"),
     ("remat", "some", "remat"),
+    ("attention_deterministic", "false", "attention_deterministic"),
   ],
 )
 def test_bad_model_config_names_the_field(field, value, match):
@@ -299,3 +300,22 @@ def test_softmax_falls_back_to_xla_where_cudnn_refuses(monkeypatch, caplog):
       window_size=None,
       implementation="cudnn",
     )
+
+
+@pytest.mark.parametrize("deterministic", [True, False])
+def test_attention_deterministic_reaches_the_op(monkeypatch, deterministic):
+  """``model.attention_deterministic`` is what the layer asks ``parallax_attention`` for."""
+  from parallax_jax.model import attention as attention_module
+
+  seen = []
+  real = attention_module.parallax_attention
+
+  def spy(*args, **kwargs):
+    seen.append(kwargs.get("deterministic"))
+    return real(*args, **kwargs)
+
+  monkeypatch.setattr(attention_module, "parallax_attention", spy)
+  cfg = dataclasses.replace(CFG, attention_deterministic=deterministic)
+  tokens = jnp.zeros((1, 8), jnp.int32)
+  jax.eval_shape(functools.partial(_logits_traced, cfg), _params(CFG), tokens)
+  assert seen and set(seen) == {deterministic}

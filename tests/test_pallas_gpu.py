@@ -14,6 +14,7 @@ and runs the whole shared grid against the oracle with the shared tolerances.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 
 import jax
@@ -29,7 +30,7 @@ from attention_cases import (
   run_op,
 )
 
-from pallas_kernels.gpu import IMPLEMENTATION, backward
+from pallas_kernels.gpu import IMPLEMENTATION
 from parallax_jax import BlockSizes, MaskSpec, Tile, parallax_attention
 from parallax_jax.attention import implementations
 from parallax_jax.attention.validation import validate
@@ -141,21 +142,42 @@ def test_compiled_kernels_match_oracle(case, blocks):
 
 
 @pytest.mark.parametrize("case,blocks", block_config_params(BLOCK_CONFIGS))
-def test_fused_backward_matches_oracle(monkeypatch, case, blocks):
-  """The fused backward (dk/dv pass with atomic dq/dr, ``backward.FUSED``) on the shared
-  cases, against the same oracle and tolerances as the two-pass backward."""
-  monkeypatch.setattr(backward, "FUSED", True)
-  o, grads = run_op(Impl("pallas_gpu", interpret=True), case, block_sizes=blocks)
+def test_fused_backward_matches_oracle(case, blocks):
+  """``deterministic=False``: the fused backward (the dk/dv pass adding dq/dr with atomics) on
+  the shared cases, against the same oracle and tolerances as the two-pass backward."""
+  impl = Impl("pallas_gpu", interpret=True)
+  o, grads = run_op(impl, case, block_sizes=blocks, deterministic=False)
   check_case(o, grads, case)
 
 
 @pytest.mark.parametrize("case,blocks", gpu_params({"default": None, **BLOCK_CONFIGS}))
-def test_compiled_fused_backward_matches_oracle(monkeypatch, case, blocks):
+def test_compiled_fused_backward_matches_oracle(case, blocks):
   """GPU mode: the fused backward compiled (its atomics on real hardware) on every case."""
   require_gpu()
-  monkeypatch.setattr(backward, "FUSED", True)
-  o, grads = run_op(Impl("pallas_gpu", interpret=False), case, block_sizes=blocks)
+  impl = Impl("pallas_gpu", interpret=False)
+  o, grads = run_op(impl, case, block_sizes=blocks, deterministic=False)
   check_case(o, grads, case)
+
+
+def test_deterministic_picks_the_backward():
+  """``deterministic`` (default True) picks the two passes; False the fused kernels; a
+  non-bool is a TypeError naming it."""
+  import re
+
+  x = _q(t=32, d=16)
+
+  def kernels(**kw):
+    def f(*a):
+      fn = functools.partial(parallax_attention, implementation="pallas_gpu", interpret=True, **kw)
+      o, pullback = jax.vjp(fn, *a)
+      return pullback(o)
+
+    return set(re.findall(r"parallax_bwd_\w+", str(jax.make_jaxpr(f)(x, x, x, x))))
+
+  assert kernels() == kernels(deterministic=True) == {"parallax_bwd_dq", "parallax_bwd_dkv"}
+  assert kernels(deterministic=False) == {"parallax_bwd_row_stats", "parallax_bwd_dkv"}
+  with pytest.raises(TypeError, match="deterministic must be a bool"):
+    parallax_attention(x, x, x, x, deterministic="no")
 
 
 def test_residuals_interchangeable_with_xla():

@@ -1,6 +1,6 @@
 """Backward Pallas Triton kernels (docs/design.md §5).
 
-The default (``FUSED = False``): two launches, no atomics, deterministic.
+The default: two launches, no atomics, deterministic.
 
 1. dq/dr pass, one program per (query block, batch, query head): the prologue computes the row
    statistics ``T = dO.o`` and ``b = dO.barv`` (written out for pass 2), then the loop over key
@@ -10,7 +10,8 @@ The default (``FUSED = False``): two launches, no atomics, deterministic.
    causal border, unmasked interior, window border), accumulating dk/dv for the whole group in
    float32. Tiles are computed transposed (``[Bk, Bq]``) so no tile transpose is needed.
 
-``FUSED = True`` (opt-in, docs/design.md §5.5): a row-statistics kernel, then the dk/dv pass
+``fused=True`` (the op's ``deterministic=False``, docs/design.md §5.5): a row-statistics
+kernel, then the dk/dv pass
 alone, which also adds each tile's ``GL K`` and ``GU K`` into float32 dq/dr buffers with
 atomics: 8 matmuls per visible pair instead of 11 (the dq pass recomputes ``S``, ``T`` and
 ``dO V^T``). The atomics' order varies from run to run, so dq/dr are not bitwise reproducible.
@@ -21,7 +22,6 @@ weights are exactly 0 without a mask.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 from typing import NamedTuple
 
@@ -37,22 +37,6 @@ from parallax_jax.attention import tile_math
 from parallax_jax.attention.block_sizes import Tile
 from parallax_jax.attention.masking import MaskSpec
 from parallax_jax.attention.residuals import Residuals
-
-# The backward's form: False, the two deterministic passes; True, the fused pass with atomic
-# dq/dr (read when JAX traces the backward; see the module docstring).
-FUSED = False
-
-
-@contextlib.contextmanager
-def use_fused(fused: bool):
-  """Sets ``FUSED`` for the block, then restores it (read when ``parallax_attention`` is
-  called: the block need only enclose the forward call)."""
-  global FUSED
-  saved, FUSED = FUSED, bool(fused)
-  try:
-    yield
-  finally:
-    FUSED = saved
 
 
 def _dq_kernel(
@@ -245,10 +229,9 @@ def parallax_bwd(
   cfg_dq: Tile,
   cfg_dkv: Tile,
   interpret: bool = False,
-  fused: bool | None = None,
+  fused: bool = False,
 ):
-  """``(dq, dr, dk, dv)`` in the input dtypes; ``fused``: the atomic single pass (None: the
-  module's ``FUSED``)."""
+  """``(dq, dr, dk, dv)`` in the input dtypes; ``fused``: the atomic single pass."""
   q_len, d = q.shape[1], q.shape[3]
   kv_len = k.shape[1]
   dtype = q.dtype
@@ -277,7 +260,6 @@ def parallax_bwd(
   )
   kw = dict(scale=scale, mask=mask, prec=common.precision(dtype), interpret=interpret)
 
-  fused = FUSED if fused is None else fused
   if fused:  # the row statistics alone; dq/dr come from the dk/dv pass
     t_rows, b_rows = _row_stats_pass(x, cfg_dq, interpret)
   else:

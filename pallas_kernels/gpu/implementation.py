@@ -50,11 +50,7 @@ def _fwd(q, r, k, v, segment_ids, spec: CallSpec):
   )
 
 
-def _variant() -> str:
-  return "fused" if backward.FUSED else "two_pass"
-
-
-def _bwd(q, r, k, v, segment_ids, residuals, do, spec: CallSpec, variant: str = "two_pass"):
+def _bwd(q, r, k, v, segment_ids, residuals, do, spec: CallSpec):
   return backward.parallax_bwd(
     q,
     r,
@@ -68,7 +64,7 @@ def _bwd(q, r, k, v, segment_ids, residuals, do, spec: CallSpec, variant: str = 
     cfg_dq=_tile(spec, "dq"),
     cfg_dkv=_tile(spec, "dkv"),
     interpret=spec.interpret,
-    fused=variant == "fused",
+    fused=not spec.deterministic,  # the atomic single pass (docs/design.md §5.5)
   )
 
 
@@ -79,5 +75,4 @@ IMPLEMENTATION = Implementation(
   platforms=("gpu",),
   check=_check,
   interpretable=True,
-  backward_variant=_variant,
 )

@@ -82,15 +82,8 @@ def _fwd(q, r, k, v, segment_ids, spec: CallSpec):
   )
 
 
-def _variant() -> tuple[str, bool]:
-  """``(BACKWARD, the Triton backward's FUSED)`` at the call."""
-  from pallas_kernels.gpu import backward
-
-  return _backward(), backward.FUSED
-
-
-def _bwd(q, r, k, v, segment_ids, residuals, do, spec: CallSpec, variant=None):
-  backward_name, fused = variant or _variant()
+def _bwd(q, r, k, v, segment_ids, residuals, do, spec: CallSpec, variant: str | None = None):
+  backward_name = variant or _backward()  # BACKWARD at the op's call (backward_variant)
   do = jnp.asarray(do, q.dtype)
   bs = spec.block_sizes
   if backward_name == "mosaic":
@@ -125,7 +118,7 @@ def _bwd(q, r, k, v, segment_ids, residuals, do, spec: CallSpec, variant=None):
     cfg_dq=block_sizes.clip(bs.dq, q_len, kv_len),
     cfg_dkv=block_sizes.clip(bs.dkv, q_len, kv_len),
     interpret=spec.interpret,
-    fused=fused,
+    fused=not spec.deterministic,  # the atomic single pass (docs/design.md §5.5)
   )
 
 
@@ -136,5 +129,5 @@ IMPLEMENTATION = Implementation(
   platforms=("gpu",),
   check=_check,
   interpretable=True,
-  backward_variant=_variant,
+  backward_variant=_backward,
 )

@@ -29,6 +29,7 @@ def parallax_attention(
   implementation: str | None = None,
   interpret: bool = False,
   block_sizes: object | None = None,
+  deterministic: bool = True,
 ) -> Float[Array, "B Tq Hq D"]:
   """Parallax attention: ``o_i = sum_j p_ij (1 + tbar_i - t_ij) v_j``.
 
@@ -51,6 +52,10 @@ def parallax_attention(
     interpret: run Pallas kernels in interpret mode (pure-JAX paths ignore it).
     block_sizes: ``BlockSizes`` (the tiles of the forward, dq/dr and dk/dv passes) that the
       chosen path can run; None: the path's (tuned) defaults.
+    deterministic: True (default): gradients are bitwise reproducible on every path. False
+      lets a path take a faster backward that is not: on GPU ("pallas_gpu", and the Triton
+      backward of "pallas_mosaic_gpu") one dk/dv pass that adds dq/dr with float32 atomics
+      (docs/design.md §5.5). Paths without such a backward ignore it.
 
   Returns:
     ``[B, Tq, Hq, D]`` in q's dtype. Rows that see no key are 0.
@@ -66,6 +71,7 @@ def parallax_attention(
     segment_ids=segment_ids,
     interpret=interpret,
     block_sizes=block_sizes,
+    deterministic=deterministic,
   )
   impl = implementations.select(implementation, spec)
   if impl.bwd is None:

@@ -29,6 +29,7 @@ class CallSpec:
   has_segment_ids: bool
   interpret: bool
   block_sizes: object | None = None
+  deterministic: bool = True  # False: a path may run a faster, non-reproducible backward
 
   @property
   def group(self) -> int:
@@ -88,7 +89,7 @@ def window(window_size) -> int | None:
 
 
 def validate(
-  q, r, k, v, *, scale, causal, window_size, segment_ids, interpret, block_sizes
+  q, r, k, v, *, scale, causal, window_size, segment_ids, interpret, block_sizes, deterministic=True
 ) -> CallSpec:
   """Checks the arguments of ``parallax_attention`` and returns the static ``CallSpec``."""
   shapes = {n: array_shape(n, x) for n, x in (("q", q), ("r", r), ("k", k), ("v", v))}
@@ -142,6 +143,8 @@ def validate(
       raise ValueError(f"segment_ids must have shape [B, T] = {(batch, q_len)}, got {seg_shape}.")
   if not isinstance(interpret, bool):
     raise TypeError(f"interpret must be a bool, got {interpret!r}.")
+  if not isinstance(deterministic, bool | np.bool_):
+    raise TypeError(f"deterministic must be a bool, got {deterministic!r}.")
 
   return CallSpec(
     scale=scale,
@@ -154,4 +157,5 @@ def validate(
     has_segment_ids=segment_ids is not None,
     interpret=interpret,
     block_sizes=block_sizes,
+    deterministic=bool(deterministic),
   )

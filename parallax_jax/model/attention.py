@@ -171,6 +171,7 @@ class Attention(nnx.Module):
         causal=True,
         window_size=cfg.window_size,
         implementation=cfg.attention_impl,
+        deterministic=cfg.attention_deterministic,
       )
     elif start == 0:  # Tq == Tk: the training path itself
       o = softmax_attention(
@@ -270,6 +271,7 @@ class Attention(nnx.Module):
       window_size=cfg.window_size,
       segment_ids=segment_ids,
       implementation=cfg.attention_impl,
+      deterministic=cfg.attention_deterministic,
     )
 
   def _ring(self, q, r, k, v, segment_ids, rules):

@@ -70,6 +70,9 @@ class ModelConfig:
   # the [B, T, V] logits (model/cross_entropy.py); 0: dense logits.
   logits_chunk: int = 0
   attention_impl: str | None = None  # parallax_attention's implementation=; None: best
+  # parallax_attention's deterministic=: False allows the faster GPU backward whose dq/dr are
+  # added with float32 atomics (not bitwise reproducible, docs/design.md §5.5).
+  attention_deterministic: bool = True
   # Decode attention (Transformer.decode_step): parallax_decode's path for attention="parallax"
   # ("xla", "pallas_gpu", "pallas_tpu"), jax.nn.dot_product_attention's for "softmax" ("xla",
   # "cudnn"); None: attention_impl when it names such a path, else the best path.
@@ -123,6 +126,11 @@ class ModelConfig:
       isinstance(self.logits_chunk, int) and self.logits_chunk >= 0,
       "logits_chunk",
       f"must be an int >= 0 (0: dense logits), got {self.logits_chunk!r}",
+    )
+    need(
+      isinstance(self.attention_deterministic, bool),
+      "attention_deterministic",
+      f"must be True or False, got {self.attention_deterministic!r}",
     )
     need(
       self.decode_impl in (None, "xla", "pallas_gpu", "pallas_tpu", "cudnn"),

@@ -195,6 +195,7 @@ def run_op(
   interpret: bool = False,
   block_sizes: object | None = None,
   seed: int = 0,
+  deterministic: bool = True,
 ):
   """The op's output and ``(dq, dr, dk, dv)`` under ``jax.vjp`` with the case's cotangent."""
   import jax
@@ -219,6 +220,7 @@ def run_op(
       implementation=implementation,
       interpret=interpret,
       block_sizes=block_sizes,
+      deterministic=deterministic,
     )
 
   o, vjp = jax.vjp(jax.jit(f), q, r, k, v)
