@@ -267,3 +267,25 @@ def test_default_prefers_mosaic_on_hopper(monkeypatch, caplog, cc, dtype, d, exp
   if expected != "pallas_mosaic_gpu":
     with pytest.raises(NotImplementedError, match="pallas_mosaic_gpu"):
       implementations.select("pallas_mosaic_gpu", spec)  # an explicit request raises
+
+
+@pytest.mark.parametrize("hkv", [1, 2])
+@pytest.mark.parametrize("deterministic", [True, False])
+def test_backward_lowers_for_cuda(monkeypatch, hkv, deterministic):
+  """Both backwards lower to Triton for a CUDA target on any host (lowering only, nothing
+  compiles), GQA and G = 1, segment ids: catches lowering errors before GPU time. The fused
+  one carries its two atomic adds."""
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  q = jnp.ones((1, 256, 2, 64), jnp.bfloat16)
+  kv = jnp.ones((1, 256, hkv, 64), jnp.bfloat16)
+  seg = jnp.zeros((1, 256), jnp.int32)
+
+  def loss(q, r, k, v):
+    o = parallax_attention(
+      q, r, k, v, segment_ids=seg, implementation="pallas_gpu", deterministic=deterministic
+    )
+    return o.astype(jnp.float32).sum()
+
+  grad = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3)))
+  text = grad.trace(q, q, kv, kv).lower(lowering_platforms=("cuda",)).as_text()
+  assert text.count("atomic") == (0 if deterministic else 2)
