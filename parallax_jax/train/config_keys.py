@@ -42,6 +42,10 @@ KEYS: dict[str, tuple[str, str]] = {
   "model.remat": (SAFE, "rematerialisation per block: 'none', 'full', 'dots', 'dots_attention'"),
   "model.logits_chunk": (SAFE, "cross-entropy in chunks of this many positions; 0: dense logits"),
   "model.attention_impl": (SAFE, "attention kernel ('xla', 'pallas', ...); None: best available"),
+  "model.attention_deterministic": (
+    SAFE,
+    "False: the faster GPU backward with atomic dq/dr (gradients not bitwise reproducible)",
+  ),
   "model.decode_impl": (SAFE, "decode attention path (generate); None: attention_impl or best"),
   "model.decode_num_splits": (SAFE, "split-KV count of the decode kernels; None: heuristic"),
   "model.lla_ridge": (FIXED, "attention='lla': ridge lambda of the local linear solve (> 0)"),
