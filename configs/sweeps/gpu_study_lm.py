@@ -12,11 +12,12 @@ Step count, for ~8 minutes of one device call per run (estimate, to check on the
 FLOPs per token at seq 2048 (`ModelConfig.flops_per_token`) are 0.884 G Parallax and 0.728 G
 softmax. bench_train_lm_0p6b_2026-12-02 measured 373 (Parallax) and 413 (softmax) TFLOP/s of
 model FLOPs on an H200 at 0.6B; at that rate this model would run 422k and 567k tokens/s.
-Narrower matmuls reach a lower MFU: taking 70% of it, ~300k and ~400k tokens/s. 600 steps
-(79M tokens, about three quarters of a pass over the corpus) then take ~260 s Parallax, ~200 s
-softmax, plus ~2 minutes for start-up (corpus index, tokenizer training, compilation) and the
-evals. (Planned at 800 steps; lowered to 600 before the first run so that a run, its attention
-statistics and the copy-back fit one 600 s device call with margin.)
+Narrower matmuls reach a lower MFU. Session 8's first try of run 1 at 600 steps did not
+finish inside a 430 s limit (its logs stayed on the device), so the rate is below ~250k
+tokens/s; taking half of lm_0p6b's rate, ~200k tokens/s Parallax. 400 steps (52M tokens, about
+half a pass over the corpus) then take ~260 s Parallax, plus ~1.5 minutes for start-up
+(corpus index, tokenizer training (12 s on 2 CPU cores), compilation) and the evals. Check
+tokens_per_s on the first finished run before changing this; keep it equal for every run.
 
 Arms (variants; `<optimizer>+<model>[_lr<scale>]_s<seed>`):
 - main pair: parallax and softmax, under Muon (W_R in the Muon group: every matrix is) and
@@ -41,7 +42,7 @@ from parallax_jax.model import ModelConfig
 from parallax_jax.train.config import apply_overrides, load_config
 
 BASE = "configs/lm_0p6b.py"
-STEPS, SEQ_LEN, BATCH = 600, 2048, 64
+STEPS, SEQ_LEN, BATCH = 400, 2048, 64
 MODEL = {
   "model.vocab_size": 32000,  # = the BPE's 32000 ids, a multiple of 128
   "model.d_model": 768,
@@ -99,7 +100,7 @@ OVERRIDES = {
   "train.seq_len": SEQ_LEN,
   "train.batch_size": BATCH,
   "train.log_every": 20,
-  "train.eval_every": 150,
+  "train.eval_every": 100,
   "train.eval_batches": 16,  # 2.1M held-out tokens: about the whole held-out split
   "optimizer.schedule": "cosine",
   "optimizer.warmup_steps": STEPS // 10,
