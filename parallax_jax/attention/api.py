@@ -53,9 +53,10 @@ def parallax_attention(
     block_sizes: ``BlockSizes`` (the tiles of the forward, dq/dr and dk/dv passes) that the
       chosen path can run; None: the path's (tuned) defaults.
     deterministic: True (default): gradients are bitwise reproducible on every path. False
-      lets a path take a faster backward that is not: on GPU ("pallas_gpu", and the Triton
-      backward of "pallas_mosaic_gpu") one dk/dv pass that adds dq/dr with float32 atomics
-      (docs/design.md §5.5). Paths without such a backward ignore it.
+      lets a path take a backward that is not: on GPU ("pallas_gpu", and the Triton backward
+      of "pallas_mosaic_gpu") one dk/dv pass that adds dq/dr with float32 atomics (fewer
+      matmuls, but 1.6-1.9x slower than the default on the H200; docs/design.md §5.5).
+      Paths without such a backward ignore it.
 
   Returns:
     ``[B, Tq, Hq, D]`` in q's dtype. Rows that see no key are 0.

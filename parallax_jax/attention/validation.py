@@ -29,7 +29,7 @@ class CallSpec:
   has_segment_ids: bool
   interpret: bool
   block_sizes: object | None = None
-  deterministic: bool = True  # False: a path may run a faster, non-reproducible backward
+  deterministic: bool = True  # False: a path may run a non-reproducible (atomic) backward
 
   @property
   def group(self) -> int:

@@ -70,8 +70,8 @@ class ModelConfig:
   # the [B, T, V] logits (model/cross_entropy.py); 0: dense logits.
   logits_chunk: int = 0
   attention_impl: str | None = None  # parallax_attention's implementation=; None: best
-  # parallax_attention's deterministic=: False allows the faster GPU backward whose dq/dr are
-  # added with float32 atomics (not bitwise reproducible, docs/design.md §5.5).
+  # parallax_attention's deterministic=: False allows the fused GPU backward whose dq/dr are
+  # added with float32 atomics (not bitwise reproducible; slower on the H200, design §5.5).
   attention_deterministic: bool = True
   # Decode attention (Transformer.decode_step): parallax_decode's path for attention="parallax"
   # ("xla", "pallas_gpu", "pallas_tpu"), jax.nn.dot_product_attention's for "softmax" ("xla",

@@ -44,7 +44,7 @@ KEYS: dict[str, tuple[str, str]] = {
   "model.attention_impl": (SAFE, "attention kernel ('xla', 'pallas', ...); None: best available"),
   "model.attention_deterministic": (
     SAFE,
-    "False: the faster GPU backward with atomic dq/dr (gradients not bitwise reproducible)",
+    "False: the fused GPU backward with atomic dq/dr (not bitwise reproducible; slower on H200)",
   ),
   "model.decode_impl": (SAFE, "decode attention path (generate); None: attention_impl or best"),
   "model.decode_num_splits": (SAFE, "split-KV count of the decode kernels; None: heuristic"),
