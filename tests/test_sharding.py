@@ -15,7 +15,6 @@ from parallax_jax.errors import UserError
 from parallax_jax.train.checkpoint import Checkpointer, abstract_like
 from parallax_jax.train.config import CheckpointConfig, apply_overrides, load_config, resolve
 from parallax_jax.train.program import Program
-from parallax_jax.train.step import loss_fn
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = [
@@ -45,20 +44,7 @@ def _exp(strategy, attention="parallax", devices=8):
 
 
 def _loss_and_grads(program, params, batch):
-  prepare = sharding.sequence_layout(program.rules, program.exp.model.uses_r)
-
-  def f(params, batch):
-    if prepare is not None:
-      batch = prepare(batch)
-    return jax.value_and_grad(lambda p: loss_fn(p, program.graphdef, batch)[0])(params)
-
-  fn = jax.jit(
-    f,
-    in_shardings=(program.state_sharding.params, program.batch_sharding),
-    out_shardings=(sharding.replicated(program.mesh), program.state_sharding.params),
-  )
-  with sharding.use_rules(program.rules):
-    return fn(params, program.device_batch(batch))
+  return program.loss_and_grads(params, program.device_batch(batch))
 
 
 @pytest.fixture(scope="module")
