@@ -9,19 +9,13 @@ from pathlib import Path
 
 import jax
 import pytest
+from train_configs import SHARDABLE
 
 from experiments import multi_gpu_check
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = [
-  "model.d_model=64",
-  "model.num_layers=2",
-  "model.mlp_dim=128",
-  "model.head_dim=16",
-  "model.num_heads=4",
-  "model.num_kv_heads=2",
-  "train.batch_size=8",
-  "train.progress_bar=false",
+  *SHARDABLE,
   "optimizer.warmup_steps=0",  # so that the saved steps move the params
   "optimizer.learning_rate=0.01",
 ]

@@ -7,6 +7,7 @@ import jax
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
+from train_configs import SHARDABLE
 
 from parallax_jax import sharding
 from parallax_jax.benchmarking.compare_sharding import compare_sharding, mesh_preset
@@ -17,17 +18,7 @@ from parallax_jax.train.config import CheckpointConfig, apply_overrides, load_co
 from parallax_jax.train.program import Program
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = [
-  "model.d_model=64",
-  "model.num_layers=2",
-  "model.mlp_dim=128",
-  "model.head_dim=16",
-  "model.num_heads=4",
-  "model.num_kv_heads=2",
-  "train.batch_size=8",
-  "train.seq_len=64",
-  "train.progress_bar=false",
-]
+SMALL = SHARDABLE
 
 
 def _cfg(*extra):

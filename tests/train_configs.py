@@ -22,3 +22,16 @@ SMALL_MODEL = [
 ]
 # A short warmup and a high learning rate, so the loss visibly falls within a few steps.
 FAST_LR = ["--config.optimizer.warmup_steps=5", "--config.optimizer.learning_rate=1e-2"]
+# Two layers of 4 query / 2 KV heads on 8 rows: every mesh of 8 devices splits it (sharding
+# tests); plain ``key=value`` overrides (``load_config``'s form).
+SHARDABLE = [
+  "model.d_model=64",
+  "model.num_layers=2",
+  "model.mlp_dim=128",
+  "model.head_dim=16",
+  "model.num_heads=4",
+  "model.num_kv_heads=2",
+  "train.batch_size=8",
+  "train.seq_len=64",
+  "train.progress_bar=false",
+]
