@@ -105,3 +105,54 @@ def test_no_readable_checkpoint_is_one_error_naming_the_directory(tmp_path, run3
   assert "\n" not in message
   assert _files(workdir / "checkpoints") == before  # nothing moved
   assert not (workdir / "checkpoints_corrupt").exists()
+
+
+def _old_format_checkpoint(directory: Path, extra: dict):
+  """A step-7 checkpoint as pre-2026-12-02 code wrote it: ``state`` with extra fields."""
+  import jax
+  import jax.numpy as jnp
+  import orbax.checkpoint as ocp
+
+  from parallax_jax.train.step import TrainState
+
+  state = TrainState(
+    step=jnp.int32(7),
+    params={"w": jnp.arange(12.0).reshape(3, 4)},
+    opt_state={"mu": jnp.full((3, 4), 0.5), "count": jnp.int32(7)},
+  )
+  manager = ocp.CheckpointManager(directory, item_names=("state", "data"))
+  saved = {**state._asdict(), **extra}
+  manager.save(7, args=ocp.args.Composite(state=ocp.args.StandardSave(saved)), force=True)
+  manager.wait_until_finished()
+  manager.close()
+  return state, jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
+
+
+def test_checkpoint_with_retired_rng_restores_exactly(tmp_path):
+  import jax
+  import numpy as np
+
+  from parallax_jax.train.checkpoint import Checkpointer
+  from parallax_jax.train.config import CheckpointConfig
+
+  rng = np.asarray(jax.random.PRNGKey(3))  # the old TrainState.rng: raw uint32[2]
+  state, abstract = _old_format_checkpoint(tmp_path / "ck", {"rng": rng})
+  ckpt = Checkpointer(tmp_path / "ck", CheckpointConfig(async_save=False), read_only=True)
+  step, restored, data = ckpt.restore_latest(abstract)
+  ckpt.close()
+  assert step == 7 and data is None and set(restored._asdict()) == {"step", "params", "opt_state"}
+  for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(restored), strict=True):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_checkpoint_with_an_unknown_extra_field_is_not_read_partially(tmp_path):
+  import numpy as np
+
+  from parallax_jax.train.checkpoint import Checkpointer
+  from parallax_jax.train.config import CheckpointConfig
+
+  _, abstract = _old_format_checkpoint(tmp_path / "ck", {"ema": np.zeros((3, 4), np.float32)})
+  ckpt = Checkpointer(tmp_path / "ck", CheckpointConfig(async_save=False), read_only=True)
+  with pytest.raises(CheckpointError, match="no readable checkpoint"):
+    ckpt.restore_latest(abstract)  # a field that may matter is never dropped quietly
+  ckpt.close()

@@ -2,8 +2,13 @@
 
 Saves are atomic (Orbax writes to a temporary directory and renames it when complete, so a
 run killed mid-save leaves the previous checkpoint as the latest) and optionally async.
-Each checkpoint holds ``state`` (step, params, optimizer state, rng) and ``data`` (the Grain
+Each checkpoint holds ``state`` (step, params, optimizer state) and ``data`` (the Grain
 iterator state as JSON, taken after exactly ``step`` batches were drawn).
+
+Checkpoints written before 2026-12-02 also hold ``state.rng``, a raw key split every step that
+no layer ever read; ``restore`` leaves such retired fields (``RETIRED_STATE_FIELDS``) on disk,
+so those runs resume exactly. Any other field the current ``TrainState`` lacks still fails the
+restore: nothing is dropped that could have mattered.
 
 ``restore_latest`` tries the newest step first; an unreadable one (truncated files, missing
 metadata) is logged with the reason and, once an older step has restored, moved aside to
@@ -29,6 +34,11 @@ from parallax_jax.train.config import CheckpointConfig
 from parallax_jax.train.step import TrainState
 
 log = logging.getLogger("parallax_jax")
+
+# Fields older checkpoints hold that TrainState no longer has, and why dropping them is exact.
+RETIRED_STATE_FIELDS = {
+  "rng": "a raw PRNG key split every step that no layer read (TrainState lost it 2026-12-02)",
+}
 
 
 class _ReadOnlyNotice(logging.Filter):
@@ -71,7 +81,18 @@ class Checkpointer:
     """``(state, data_state)`` of ``step`` (default: latest), restored with the shardings
     of ``abstract_state`` (a TrainState of ``jax.ShapeDtypeStruct``)."""
     step = self.latest_step() if step is None else step
-    args = {"state": ocp.args.StandardRestore(abstract_state._asdict())}
+    target = abstract_state._asdict()
+    retired = (self._saved_state_fields(step) or set()) - set(target)
+    if retired and retired <= set(RETIRED_STATE_FIELDS):
+      log.info("checkpoint step %d: leaving retired fields %s on disk", step, sorted(retired))
+      state = ocp.args.PyTreeRestore(  # partial: the retired fields are not read
+        item=target,
+        restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+        partial_restore=True,
+      )
+    else:  # exact match required: any other extra or missing field fails here
+      state = ocp.args.StandardRestore(target)
+    args = {"state": state}
     if "data" in self._items(step):
       args["data"] = ocp.args.JsonRestore()
     restored = self.manager.restore(step, args=ocp.args.Composite(**args))
@@ -157,6 +178,17 @@ class Checkpointer:
     """Have all processes reached the step at which to save for a preemption (multi-process,
     JAX's preemption service; see ``preemption.py``)?"""
     return self.manager.reached_preemption(step)
+
+  def _saved_state_fields(self, step: int) -> set[str] | None:
+    """The top-level fields of the saved ``state`` item; None where its metadata is unreadable
+    (the restore then reports the damage)."""
+    try:
+      with ocp.PyTreeCheckpointer() as reader:
+        meta = reader.metadata(self.directory / str(step) / "state")
+      tree = getattr(meta, "item_metadata", meta)  # StepMetadata (newer Orbax) or the tree
+      return set(getattr(tree, "tree", tree).keys())
+    except Exception:  # noqa: BLE001 - damaged or foreign metadata: StandardRestore says why
+      return None
 
   def _items(self, step: int) -> set[str]:
     return {p.name for p in (self.directory / str(step)).iterdir() if p.is_dir()}
