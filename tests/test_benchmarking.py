@@ -13,7 +13,7 @@ from flax import nnx
 from parallax_jax.attention.masking import MaskSpec
 from parallax_jax.benchmarking.kernel_times import kernel_times, summarize
 from parallax_jax.benchmarking.synthetic_batch import synthetic_batch
-from parallax_jax.benchmarking.timing import time_call
+from parallax_jax.benchmarking.timing import time_call, time_pipelined
 from parallax_jax.flops import (
   attention_model_flops,
   kernel_executed_flops,
@@ -101,6 +101,23 @@ def test_time_call_warms_up_then_times_each_call():
   assert min(timing.samples_s) >= 0.01
   with pytest.raises(ValueError, match="iters"):
     time_call(fn, (jnp.ones(3),), iters=0)
+
+
+def test_time_pipelined_is_seconds_per_call_of_back_to_back_calls():
+  calls = []
+
+  def fn(x):
+    calls.append(time.perf_counter())
+    time.sleep(0.005)
+    return x + 1
+
+  timing = time_pipelined(fn, (jnp.ones(3),), iters=4, repeats=3, warmup=2)
+  assert len(calls) == 2 + 4 * 3 and len(timing.samples_s) == 3
+  assert timing.median_s == pytest.approx(float(np.median(timing.samples_s)))
+  # per call, not per repeat of 4 calls (that would be >= 0.02)
+  assert 0.005 <= min(timing.samples_s) and max(timing.samples_s) < 0.015
+  with pytest.raises(ValueError, match="repeats"):
+    time_pipelined(fn, (jnp.ones(3),), iters=2, repeats=0)
 
 
 def test_kernel_times_reads_device_planes_only():
