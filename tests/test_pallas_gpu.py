@@ -300,3 +300,33 @@ def test_backward_lowers_for_cuda(monkeypatch, hkv, deterministic):
   # acq_rel (Pallas' default, semantic=None here) made the fused backward 5-10x slower
   assert bool(semantics) != deterministic  # two per inlined copy of the loop body
   assert all("relaxed" in s.lower() for s in semantics), semantics
+
+
+def test_relaxed_atomics_fall_back_when_jax_changed(monkeypatch, caplog):
+  """On a jax whose private Pallas API no longer fits, the fused backward still lowers, with
+  Pallas' own (acq_rel) atomics, and says so once."""
+  from pallas_kernels.gpu import relaxed_atomics
+
+  monkeypatch.setattr(relaxed_atomics, "_UNAVAILABLE", "ImportError: planted")
+  monkeypatch.setattr(relaxed_atomics, "_warned", False)
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  semantics = []
+  emit = triton_lowering._atomic_rmw
+
+  def spy(*args, semantic=None, **kwargs):
+    semantics.append(semantic)
+    return emit(*args, **({} if semantic is None else {"semantic": semantic}), **kwargs)
+
+  monkeypatch.setattr(triton_lowering, "_atomic_rmw", spy)
+  q = jnp.ones((1, 128, 2, 64), jnp.bfloat16)
+
+  def loss(q):
+    o = parallax_attention(q, q, q, q, implementation="pallas_gpu", deterministic=False)
+    return o.astype(jnp.float32).sum()
+
+  with caplog.at_level(logging.WARNING, logger="parallax_jax"):
+    jax.jit(jax.grad(loss)).trace(q).lower(lowering_platforms=("cuda",))
+  assert semantics and all(s is None for s in semantics)  # jax's default order
+  assert [r.message for r in caplog.records].count(
+    "relaxed atomics unavailable (ImportError: planted): using acq_rel atomic_add"
+  ) == 1
