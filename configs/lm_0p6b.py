@@ -23,6 +23,7 @@ def get_config():
   cfg.train.update(
     steps=100_000, batch_size=64, seq_len=4096, log_every=20, eval_every=2000, eval_batches=8
   )
+  cfg.train.compilation_cache_dir = "~/.cache/parallax_jax/xla"  # restarts skip the compile
   cfg.optimizer.update(
     name="muon",
     learning_rate=0.02,

@@ -36,6 +36,9 @@ class TrainConfig:
   eval_every: int = 200  # 0: never
   eval_batches: int = 4
   progress_bar: bool = True
+  # JAX's persistent compilation cache (train/compile_cache.py): a restarted run loads its
+  # compiled step instead of compiling again; "": JAX's own setting (off by default).
+  compilation_cache_dir: str = ""
 
   def __post_init__(self):
     for f in ("steps", "batch_size", "seq_len", "log_every"):

@@ -79,6 +79,10 @@ KEYS: dict[str, tuple[str, str]] = {
   "train.eval_every": (SAFE, "steps between evals (and at the end); 0: never"),
   "train.eval_batches": (SAFE, "held-out batches per eval"),
   "train.progress_bar": (SAFE, "tqdm progress bar on process 0"),
+  "train.compilation_cache_dir": (
+    SAFE,
+    "persistent compilation cache (a restart loads the compiled step); '': off",
+  ),
   # optimizer: parallax_jax.train.optimizer.OptimizerConfig
   "optimizer.name": (FIXED, "'adamw', or 'muon' (AdamW for embeddings, head and norms)"),
   "optimizer.learning_rate": (SAFE, "peak LR (Muon's group under 'muon')"),

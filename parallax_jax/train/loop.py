@@ -14,6 +14,7 @@ import ml_collections
 from parallax_jax.errors import UserFileNotFoundError
 from parallax_jax.train import data_io, run_record
 from parallax_jax.train.checkpoint import Checkpointer, abstract_like, load_params
+from parallax_jax.train.compile_cache import use_compilation_cache
 from parallax_jax.train.config import CheckpointConfig, resolve
 from parallax_jax.train.metrics import MetricsWriter, mfu_fields
 from parallax_jax.train.plots import plot_runs
@@ -51,6 +52,7 @@ class Trainer:
     changed = run_record.check(self.workdir, exp.raw.to_dict(), reading=read_only)
     if read_only:
       run_record.require_checkpoints(self.workdir)
+    use_compilation_cache(exp.train.compilation_cache_dir)  # before anything compiles
     self.program = Program(exp)
     self.data = data_io.TrainData(exp, self.workdir, read_only=read_only)
     if not read_only:  # the workdir is created only now: config and data are valid
