@@ -87,14 +87,20 @@ def test_model_flops_per_token_from_the_parameter_tree(changes):
   assert cfg.flops_per_token(seq_len) == pytest.approx(6 * weights + attn, rel=1e-12)
 
 
-def test_time_call_warms_up_then_times_each_call():
+def _sleeper(seconds: float):
+  """A call that takes ``seconds`` and records when it was made."""
   calls = []
 
   def fn(x):
     calls.append(time.perf_counter())
-    time.sleep(0.01)
+    time.sleep(seconds)
     return x + 1
 
+  return fn, calls
+
+
+def test_time_call_warms_up_then_times_each_call():
+  fn, calls = _sleeper(0.01)
   timing = time_call(fn, (jnp.ones(3),), iters=4, warmup=2)
   assert len(calls) == 6 and len(timing.samples_s) == 4
   assert timing.median_s == pytest.approx(float(np.median(timing.samples_s)))
@@ -104,13 +110,7 @@ def test_time_call_warms_up_then_times_each_call():
 
 
 def test_time_pipelined_is_seconds_per_call_of_back_to_back_calls():
-  calls = []
-
-  def fn(x):
-    calls.append(time.perf_counter())
-    time.sleep(0.005)
-    return x + 1
-
+  fn, calls = _sleeper(0.005)
   timing = time_pipelined(fn, (jnp.ones(3),), iters=4, repeats=3, warmup=2)
   assert len(calls) == 2 + 4 * 3 and len(timing.samples_s) == 3
   assert timing.median_s == pytest.approx(float(np.median(timing.samples_s)))
