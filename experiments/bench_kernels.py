@@ -114,17 +114,23 @@ def softmax_fn(causal, interpret, window=None):
   return f
 
 
-def bench_cell(fn, inputs, iters, profile=False):
-  """Median wall seconds of the forward and of forward+backward; with ``profile``, also the
-  device microseconds of each kernel they launch (``benchmarking.kernel_times``)."""
-  q, r, k, v, g = inputs
-  fwd = jax.jit(fn)
+def fwd_bwd_fn(fn):
+  """Jitted ``(q, r, k, v, g) -> (o, (dq, dr, dk, dv))``: the forward and its VJP of ``g``."""
 
   @jax.jit
   def fwd_bwd(q, r, k, v, g):
     o, vjp = jax.vjp(fn, q, r, k, v)
     return o, vjp(g)
 
+  return fwd_bwd
+
+
+def bench_cell(fn, inputs, iters, profile=False):
+  """Median wall seconds of the forward and of forward+backward; with ``profile``, also the
+  device microseconds of each kernel they launch (``benchmarking.kernel_times``)."""
+  q, r, k, v, g = inputs
+  fwd = jax.jit(fn)
+  fwd_bwd = fwd_bwd_fn(fn)
   out = {
     "fwd_s": time_call(fwd, (q, r, k, v), iters=iters).median_s,
     "fwd_bwd_s": time_call(fwd_bwd, (q, r, k, v, g), iters=iters).median_s,

@@ -47,17 +47,11 @@ def workload(path: str, batch: int, length: int, heads: int, head_dim: int, dtyp
   """One jitted fwd+bwd of ``path``, compiled, then called twice (the second is warm)."""
   import jax
 
-  fn = bench_kernels.path_fns(causal=True, interpret=False)[path]
-  q, r, k, v, g = bench_kernels.make_inputs(batch, length, heads, head_dim, dtype)
+  fwd_bwd = bench_kernels.fwd_bwd_fn(bench_kernels.path_fns(causal=True, interpret=False)[path])
+  inputs = bench_kernels.make_inputs(batch, length, heads, head_dim, dtype)
   with bench_kernels.path_context(path):
-
-    @jax.jit
-    def fwd_bwd(q, r, k, v, g):
-      o, vjp = jax.vjp(fn, q, r, k, v)
-      return o, vjp(g)
-
     for _ in range(2):
-      jax.block_until_ready(fwd_bwd(q, r, k, v, g))
+      jax.block_until_ready(fwd_bwd(*inputs))
 
 
 def ncu_command(ncu: str, report: str, path: str, workload_args: list[str], metrics: bool):

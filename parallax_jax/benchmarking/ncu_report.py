@@ -84,6 +84,10 @@ def _find(metrics: dict, name: str):
   return None
 
 
+def _scaled(x, factor: float):
+  return x * factor if isinstance(x, float) else None
+
+
 def summarize(record: dict) -> dict:
   """The limits of one launch, in base units (ns, bytes, percent)."""
   m = record["metrics"]
@@ -104,7 +108,7 @@ def summarize(record: dict) -> dict:
   ]
   return {
     "kernel": record["kernel"],
-    "duration_us": (_find(m, "Duration") or 0) / 1e3,
+    "duration_us": _scaled(_find(m, "Duration"), 1e-3),  # ns -> us
     "registers_per_thread": _find(m, "Registers Per Thread"),
     "shared_memory_per_block_kib": sum(smem) / 1024 if smem else None,
     "block": record["block"],

@@ -20,8 +20,8 @@ from parallax_jax.train.optimizer import make_optimizer
 from parallax_jax.train.step import (
   TrainState,
   init_state,
-  loss_fn,
   make_eval_step,
+  make_loss_and_grads,
   make_train_step,
   model_graphdef,
 )
@@ -63,17 +63,10 @@ class Program:
       in_shardings=(self.state_sharding.params, self.batch_sharding),
       out_shardings=repl,
     )
-    graphdef = self.graphdef
-
-    def loss_and_grads(params, batch):
-      if prepare is not None:
-        batch = prepare(batch)
-      return jax.value_and_grad(lambda p: loss_fn(p, graphdef, batch)[0])(params)
-
     self._loss_and_grads = jax.jit(
-      loss_and_grads,
+      make_loss_and_grads(self.graphdef, prepare),
       in_shardings=(self.state_sharding.params, self.batch_sharding),
-      out_shardings=(repl, self.state_sharding.params),
+      out_shardings=((repl, repl), self.state_sharding.params),
     )
 
   def _traced(self, fn, *args):
@@ -95,7 +88,8 @@ class Program:
   def loss_and_grads(self, params, batch: dict):
     """``(loss, grads)`` of ``params`` on a device batch, no update: what the strategies and
     meshes are compared by (tests, ``experiments/multi_gpu_check.py``)."""
-    return self._traced(self._loss_and_grads, params, batch)
+    (loss, _), grads = self._traced(self._loss_and_grads, params, batch)
+    return loss, grads
 
   def device_batch(self, local_batch: dict) -> dict:
     return sharding.global_batch(local_batch, self.batch_sharding)

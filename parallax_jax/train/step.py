@@ -107,17 +107,26 @@ def loss_fn(params, graphdef, batch):
   return total / jnp.maximum(tokens, 1.0), tokens
 
 
-def make_train_step(graphdef, tx, schedules, prepare_batch=None):
-  """Builds ``train_step(state, batch) -> (state, metrics)``.
+def make_loss_and_grads(graphdef, prepare_batch=None):
+  """Builds ``loss_and_grads(params, batch) -> ((loss, tokens), grads)``: the train step's
+  forward and backward without the update. ``prepare_batch`` (e.g. the zigzag reordering of
+  context parallelism) runs first."""
 
-  ``prepare_batch`` (e.g. the zigzag reordering of context parallelism) runs first, inside
-  the step.
-  """
-
-  def train_step(state: TrainState, batch: dict):
+  def loss_and_grads(params, batch: dict):
     if prepare_batch is not None:
       batch = prepare_batch(batch)
-    (loss, tokens), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, graphdef, batch)
+    return jax.value_and_grad(loss_fn, has_aux=True)(params, graphdef, batch)
+
+  return loss_and_grads
+
+
+def make_train_step(graphdef, tx, schedules, prepare_batch=None):
+  """Builds ``train_step(state, batch) -> (state, metrics)`` (``make_loss_and_grads``, then
+  the optimizer update)."""
+  loss_and_grads = make_loss_and_grads(graphdef, prepare_batch)
+
+  def train_step(state: TrainState, batch: dict):
+    (loss, tokens), grads = loss_and_grads(state.params, batch)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {
