@@ -40,7 +40,10 @@ SECTIONS = (
   "WarpStateStats",
   "SchedulerStats",
 )
-KERNELS = {"softmax_cudnn": "regex:sdpa|flash"}  # others: our kernels' names hold "parallax"
+OURS = (
+  "regex:parallax|mosaic_gpu"  # our kernels' names start "parallax" (Mosaic adds "_mosaic_gpu")
+)
+KERNELS = {"softmax_cudnn": "regex:sdpa|flash"}
 
 
 def workload(path: str, batch: int, length: int, heads: int, head_dim: int, dtype: str) -> None:
@@ -57,7 +60,7 @@ def workload(path: str, batch: int, length: int, heads: int, head_dim: int, dtyp
 def ncu_command(ncu: str, report: str, path: str, workload_args: list[str], metrics: bool):
   cmd = [ncu, "--clock-control", "none", "--target-processes", "all", "-f", "-o", report]
   # two calls of at most 5 kernels each; the cap also bounds any autotuning launches' replays
-  cmd += ["--kernel-name", KERNELS.get(path, "regex:parallax"), "--launch-count", "12"]
+  cmd += ["--kernel-name", KERNELS.get(path, OURS), "--launch-count", "12"]
   for s in SECTIONS:
     cmd += ["--section", s]
   if metrics:
@@ -88,7 +91,12 @@ def profile_cell(ncu: str, path: str, shape, args) -> dict:
       text=True,
       check=True,
     ).stdout
-  records = ncu_report.parse_details_csv(text)
+  try:
+    records = ncu_report.parse_details_csv(text)
+  except Exception as e:  # noqa: BLE001 - keep ncu's text, so the profile is not lost
+    return {"error": f"parsing ncu's csv: {type(e).__name__}: {e}"[:2000], "csv": text}
+  if not records:
+    return {"error": f"ncu profiled no kernel matching {KERNELS.get(path, OURS)!r}"}
   last = {r["kernel"]: r for r in records}  # launch order: the warm call's come last
   return {
     "raw_metrics": metrics,
@@ -137,7 +145,7 @@ def main(argv=None):
       except Exception as e:  # noqa: BLE001 - recorded, the run goes on
         cell["error"] = f"{type(e).__name__}: {e}"[:2000]
       cells.append(cell)
-      print(json.dumps({k: v for k, v in cell.items() if k != "records"}), flush=True)
+      print(json.dumps({k: v for k, v in cell.items() if k not in ("records", "csv")}), flush=True)
       with open(stem + ".json", "w") as f:
         json.dump({**meta, "cells": cells}, f, indent=1)
       with open(stem + ".md", "w") as f:
