@@ -42,6 +42,10 @@ def _csv():
       _row(i, kernel, "Occupancy", "Block Limit Shared Mem", "block", "3"),
       _row(i, kernel, "Occupancy", "Block Limit Warps", "block", "8"),
       _row(i, kernel, "Occupancy", "Achieved Occupancy", "%", "11.9"),
+      _row(
+        i, kernel, "Memory Workload Analysis", "Local Memory Spilling Requests", "", "3,614,272"
+      ),
+      _row(i, kernel, "Memory Workload Analysis", "L2 Hit Rate", "%", "60.25"),
       _row(i, kernel, "Compute Workload Analysis", "Issue Slots Busy", "%", "40.1"),
       _row(i, kernel, "Command line profiler metrics", stall.format("barrier"), "", "0.5"),
       _row(i, kernel, "Command line profiler metrics", stall.format("long_scoreboard"), "", "2.25"),
@@ -65,6 +69,8 @@ def test_parse_and_summarize_known_values():
   assert s["shared_memory_per_block_kib"] == pytest.approx(64.0)
   assert s["blocks_per_sm_limited_by"] == "Registers"  # the smallest block limit
   assert s["tensor_pipe_pct"] == pytest.approx(61.0)  # the larger of gmma / hmma
+  assert s["local_spill_requests"] == 3614272 and s["l2_hit_pct"] == pytest.approx(60.25)
+  assert "| 60.2 | 3.61 |" in ncu_report.to_markdown([s])
   assert list(s["top_stalls"]) == ["long_scoreboard", "wait", "barrier"]
   assert ncu_report.summarize(records[1])["duration_us"] == pytest.approx(2.0)
   table = ncu_report.to_markdown([ncu_report.summarize(r) for r in records])
@@ -84,6 +90,7 @@ def test_missing_metrics_read_as_absent():
   assert s["duration_us"] == 5.0 and s["registers_per_thread"] is None
   assert s["blocks_per_sm_limited_by"] is None and s["top_stalls"] == {}
   assert "| k | 5.0 | - |" in ncu_report.to_markdown([s])
+  assert s["local_spill_requests"] is None and "| - | - | - | - |" in ncu_report.to_markdown([s])
 
 
 def test_workload_runs_and_command_profiles_it():

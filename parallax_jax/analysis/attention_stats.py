@@ -53,11 +53,14 @@ class AttentionStats:
 
 def capture_scored(graphdef, params, batch) -> list[dict]:
   """Runs the model on ``batch`` and returns, per layer, the scored ``{"q", "k"[, "r"]}``
-  (after QK-norm and RoPE: exactly what the attention op receives)."""
-  return _capture(nnx.merge(graphdef, params), batch)
+  (after QK-norm and RoPE: exactly what the attention op receives). Jitted: run eagerly, a
+  12-layer model dispatched op by op took over 100 s for 16 batches on an H200."""
+  return _capture_jit(graphdef, params, batch)
 
 
-def _capture(model, batch) -> list[dict]:
+@functools.partial(jax.jit, static_argnums=(0,))
+def _capture_jit(graphdef, params, batch) -> list[dict]:
+  model = nnx.merge(graphdef, params)
   for block in model.blocks:
     block.attn.capture = True
   _, sown = nnx.capture(model, nnx.Intermediate)(
@@ -111,8 +114,7 @@ def _layer_stats(q, r, k, segment_ids, min_row, window_size):
 def attention_stats(graphdef, params, batches, *, min_row: int = 16) -> AttentionStats:
   """Statistics (module docstring) of a causal model over ``batches`` (dicts with ``inputs``,
   ``positions``, ``segment_ids``); the mean over batches of each per-batch average."""
-  model = nnx.merge(graphdef, params)
-  cfg = model.cfg
+  cfg = nnx.merge(graphdef, params).cfg
   if cfg.attention not in ("parallax", "softmax"):
     raise ValueError(f"attention_stats covers parallax and softmax models, not {cfg.attention!r}")
   totals = None
@@ -121,7 +123,7 @@ def attention_stats(graphdef, params, batches, *, min_row: int = 16) -> Attentio
     if batch.get("segment_ids") is None:
       batch = {**batch, "segment_ids": jnp.zeros(batch["inputs"].shape[:2], jnp.int32)}
     layers = []
-    for scored in _capture(model, batch):
+    for scored in capture_scored(graphdef, params, batch):
       layers.append(
         _layer_stats(
           scored["q"], scored.get("r"), scored["k"], batch["segment_ids"], min_row, cfg.window_size

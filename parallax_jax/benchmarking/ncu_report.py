@@ -5,7 +5,8 @@ A record keeps every metric ncu printed (``"Section / Metric Name"`` -> number, 
 is not a number) beside the launch's kernel name, block and grid size, so nothing is lost; the
 summary picks the fields that say where a kernel's time goes: registers and shared memory per
 block, which of them bounds the resident blocks, achieved occupancy, issue-slot and tensor-pipe
-use, DRAM throughput and the warp stall reasons that dominate (docs/design.md §5.5).
+use, DRAM throughput, register spills to local memory, the L2 hit rate and the warp stall
+reasons that dominate (docs/design.md §5.5).
 """
 
 from __future__ import annotations
@@ -120,6 +121,8 @@ def summarize(record: dict) -> dict:
     "tensor_pipe_pct": max(tensor) if tensor else None,
     "sm_throughput_pct": _find(m, "Compute (SM) Throughput"),
     "dram_throughput_pct": _find(m, "DRAM Throughput"),
+    "local_spill_requests": _find(m, "Local Memory Spilling Requests"),
+    "l2_hit_pct": _find(m, "L2 Hit Rate"),
     "warp_cycles_per_issue": _find(m, "Warp Cycles Per Issued Instruction"),
     "top_stalls": dict(sorted(stalls.items(), key=lambda kv: -kv[1])[:3]),
   }
@@ -133,8 +136,9 @@ def to_markdown(summaries: list[dict]) -> str:
   """One table row per launch."""
   head = (
     "| kernel | us | regs/thread | smem/block KiB | blocks/SM bound by | achieved occ % | "
-    "issue busy % | tensor pipe % | DRAM % | cycles/issue | top stalls (warps per issue) |\n"
-    "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---|\n"
+    "issue busy % | tensor pipe % | DRAM % | L2 hit % | spill requests (M) | cycles/issue | "
+    "top stalls (warps per issue) |\n"
+    "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---|\n"
   )
   rows = []
   for s in summaries:
@@ -144,6 +148,7 @@ def to_markdown(summaries: list[dict]) -> str:
       f" | {_fmt(s['shared_memory_per_block_kib'])} | {_fmt(s['blocks_per_sm_limited_by'])}"
       f" | {_fmt(s['achieved_occupancy_pct'])} | {_fmt(s['issue_slots_busy_pct'])}"
       f" | {_fmt(s['tensor_pipe_pct'])} | {_fmt(s['dram_throughput_pct'])}"
+      f" | {_fmt(s['l2_hit_pct'])} | {_fmt(_scaled(s['local_spill_requests'], 1e-6), '.2f')}"
       f" | {_fmt(s['warp_cycles_per_issue'])} | {stalls} |"
     )
   return head + "\n".join(rows) + "\n"
