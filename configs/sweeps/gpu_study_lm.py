@@ -12,12 +12,10 @@ Step count, for ~8 minutes of one device call per run (estimate, to check on the
 FLOPs per token at seq 2048 (`ModelConfig.flops_per_token`) are 0.884 G Parallax and 0.728 G
 softmax. bench_train_lm_0p6b_2026-12-02 measured 373 (Parallax) and 413 (softmax) TFLOP/s of
 model FLOPs on an H200 at 0.6B; at that rate this model would run 422k and 567k tokens/s.
-Narrower matmuls reach a lower MFU. Session 8's first try of run 1 at 600 steps did not
-finish inside a 430 s limit (its logs stayed on the device), so the rate is below ~250k
-tokens/s; taking half of lm_0p6b's rate, ~200k tokens/s Parallax. 400 steps (52M tokens, about
-half a pass over the corpus) then take ~260 s Parallax, plus ~1.5 minutes for start-up
-(corpus index, tokenizer training (12 s on 2 CPU cores), compilation) and the evals. Check
-tokens_per_s on the first finished run before changing this; keep it equal for every run.
+Narrower matmuls reach a lower MFU. Measured (session 9, 400 steps = 52M tokens, about half a
+pass over the corpus): median 294k tokens/s Parallax and 345k softmax (MFU about 25%); a run
+takes 290-400 s of one device call, start-up (corpus index, tokenizer training, compilation)
+and the four evals included. STEPS stays 400 for every run.
 
 Arms (variants; `<optimizer>+<model>[_lr<scale>]_s<seed>`):
 - main pair: parallax and softmax, under Muon (W_R in the Muon group: every matrix is) and
@@ -71,17 +69,19 @@ OPTIMIZERS = {  # base learning rates; the scans multiply the first one
 LR_SCALES = (0.5, 2.0)
 SEEDS = (0, 1)
 PRIORITY = (  # device sessions run these in order: each step answers a question on its own
+  # done (session 9): Parallax trails softmax by 0.16 nats; half the LR changes nothing
   "muon+parallax_s0",
   "muon+softmax_s0",
   "muon+parallax_lr0.5_s0",
+  # next: does Parallax want a larger LR, or is the correction's init noise the cost?
   "muon+parallax_lr2_s0",
+  "muon+parallax_r0_s0",
   "muon+softmax_lr0.5_s0",
   "muon+softmax_lr2_s0",
   "muon+parallax_s1",
   "muon+softmax_s1",
   "muon+softmax_compute_s0",
   "muon+softmax_params_s0",
-  "muon+parallax_r0_s0",
   "adamw+parallax_s0",
   "adamw+softmax_s0",
   "adamw+parallax_lr0.5_s0",

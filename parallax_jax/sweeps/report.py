@@ -130,7 +130,8 @@ def _safe(name: str) -> str:
 
 
 def write_plots(sweep: Sweep, workdir: Path, rows: list[dict]) -> list[Path]:
-  """loss_curves.png and metric_vs_<axis>.png (axis dots become underscores)."""
+  """loss_curves.png (train loss, and the metric at each eval, per point) and
+  metric_vs_<axis>.png (axis dots become underscores)."""
   import matplotlib
 
   matplotlib.use("Agg")
@@ -138,24 +139,27 @@ def write_plots(sweep: Sweep, workdir: Path, rows: list[dict]) -> list[Path]:
 
   workdir = Path(workdir)
   out = []
-  fig, ax = plt.subplots(figsize=(7, 4.5))
+  metric = metric_name(sweep, rows)
+  # Left: train loss at every logged step; right: the sweep's metric at every eval.
+  fig, (ax, ax_eval) = plt.subplots(1, 2, figsize=(12, 4.5))
   for p in sweep.points:
-    recs = [
-      r
-      for r in read_metrics(workdir / "points" / p.name, missing_ok=True)
-      if r.get("loss") is not None
-    ]
-    if recs:
-      ax.plot([r["step"] for r in recs], [r["loss"] for r in recs], label=p.name)
+    recs = read_metrics(workdir / "points" / p.name, missing_ok=True)
+    for axis_, key, style in ((ax, "loss", {}), (ax_eval, metric, {"marker": "o"})):
+      pts = [(r["step"], r[key]) for r in recs if r.get(key) is not None]
+      if pts:
+        axis_.plot(*zip(*pts, strict=True), label=p.name, **style)
   ax.set(xlabel="step", ylabel="train loss", title="Training loss per sweep point")
-  if ax.lines:
-    ax.legend(fontsize="small")
+  ax_eval.set(xlabel="step", ylabel=metric, title=f"{metric} at each eval")
+  if metric == "eval_perplexity":
+    ax_eval.set_yscale("log")
+  for a in (ax, ax_eval):
+    if a.lines:
+      a.legend(fontsize="small")
   fig.tight_layout()
   fig.savefig(workdir / "loss_curves.png", dpi=120)
   plt.close(fig)
   out.append(workdir / "loss_curves.png")
 
-  metric = metric_name(sweep, rows)
   for axis in sweep.axes:
     others = [a for a in sweep.axes if a != axis]
     values = sweep.axes[axis]
