@@ -31,6 +31,7 @@ from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from pallas_kernels.mosaic_gpu import backward, backward_common, backward_dkv, backward_dq
 from pallas_kernels.mosaic_gpu import common as mosaic_common
+from pallas_kernels.mosaic_gpu.common import CTA_ORDERS
 from parallax_jax.attention import xla
 from parallax_jax.attention.block_sizes import BlockSizes, Tile
 from parallax_jax.attention.masking import MaskSpec
@@ -169,6 +170,18 @@ INTERPRET_CASES = [  # (case, tiles name, slow)
 )
 def test_interpret_matches_oracle(case, tiles):
   _check_grads(_run(case, TILES[tiles], interpret=True), case)
+
+
+@pytest.mark.parametrize(
+  "order",  # the earlier order only in the slow suite: the kernels use the first
+  [pytest.param(o, marks=[pytest.mark.slow] if o != CTA_ORDERS[0] else []) for o in CTA_ORDERS],
+)
+def test_interpret_cta_orders(order):
+  """Both CTA orders compute the same gradients. Batch, heads and sequence blocks all differ
+  (3, 4, 2), so a grid axis named for the wrong one would leave blocks uncomputed."""
+  case = Case(3, 256, None, 4, 2, 64, **_BF16)
+  kernel = functools.partial(backward.parallax_bwd, cta_order=order)
+  _check_grads(_run(case, TILES["default"], interpret=True, kernel=kernel), case)
 
 
 @pytest.mark.slow

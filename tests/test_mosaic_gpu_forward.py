@@ -193,6 +193,10 @@ INTERPRET_CASES = [
   (Case(1, 150, 60, 2, 1, 64, dtype="bfloat16"), {"schedule_barrier": False}),
   (Case(1, 37, 100, 2, 2, 64, dtype="bfloat16", causal=False), {}),
   (Case(1, 128, None, 2, 2, 64, dtype="bfloat16", window=1), {"num_stages": 3}),
+  # Batch, heads and query blocks all differ (3, 4, 2): a grid axis named for the wrong one
+  # would leave blocks uncomputed. Both CTA orders.
+  (Case(3, 256, None, 4, 2, 64, dtype="bfloat16"), {}),
+  (Case(3, 256, None, 4, 2, 64, dtype="bfloat16"), {"cta_order": "seq_outer"}),
 ]
 
 
@@ -202,7 +206,18 @@ def fast_interpreter():
     yield
 
 
-@pytest.mark.parametrize("case,kw", [pytest.param(c, kw, id=c.id) for c, kw in INTERPRET_CASES])
+@pytest.mark.parametrize(
+  "case,kw",
+  [
+    pytest.param(
+      c,
+      kw,
+      id=c.id + "".join(f"-{v}" for v in kw.values()),
+      marks=[pytest.mark.slow] if kw.get("cta_order") == "seq_outer" else [],  # the earlier order
+    )
+    for c, kw in INTERPRET_CASES
+  ],
+)
 def test_interpret_matches_oracle(case, kw, fast_interpreter):
   o, res = _run(case, interpret=True, **kw)
   _check_forward(case, o, res)

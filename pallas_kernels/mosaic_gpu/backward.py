@@ -137,6 +137,7 @@ def parallax_bwd(
   cfg_dq: Tile | None = None,
   cfg_dkv: Tile | None = None,
   interpret: bool = False,
+  cta_order: str = "heads_outer",
 ):
   """``(dq, dr, dk, dv)`` in the input dtypes.
 
@@ -148,6 +149,7 @@ def parallax_bwd(
     scale, mask: the call's score scale and ``MaskSpec``.
     cfg_dq, cfg_dkv: the passes' tiles (``check_tiles``); None: ``default_tiles``.
     interpret: run in the Mosaic GPU interpreter (CPU tests).
+    cta_order: the order both kernels issue their CTAs in (``common.cta_grid``).
   """
   q_len, d = q.shape[1], q.shape[3]
   kv_len = k.shape[1]
@@ -171,7 +173,7 @@ def parallax_bwd(
     multiple_q=max(cfg_dq.block_q, cfg_dkv.block_q),
     multiple_k=max(cfg_dq.block_k, cfg_dkv.block_k),
   )
-  common = dict(scale=scale, mask=mask, interpret=interpret)
+  common = dict(scale=scale, mask=mask, interpret=interpret, cta_order=cta_order)
   dq, dr = backward_dq.dq_dr(
     *args,
     block_q=cfg_dq.block_q,

@@ -21,6 +21,7 @@ from jax.experimental.pallas import mosaic_gpu as plgpu
 # The kernels' SMEM tiles and interpreter switch are the forward's (one place, common.py).
 from pallas_kernels.mosaic_gpu.common import (  # noqa: F401  (used as bc.smem, ...)
   ROWS_PER_WG,
+  cta_grid,
   interpret_params,
   smem,
   tma_transforms,

@@ -154,7 +154,24 @@ def smem_bytes(head_dim: int, block_q: int, block_k: int, stages: int, has_seg: 
   return fixed + stages * per_stage
 
 
-def dk_dv(q, r, do, stats, k, v, segq, segk, *, scale, mask, block_q, block_k, stages, interpret):
+def dk_dv(
+  q,
+  r,
+  do,
+  stats,
+  k,
+  v,
+  segq,
+  segk,
+  *,
+  scale,
+  mask,
+  block_q,
+  block_k,
+  stages,
+  interpret,
+  cta_order="heads_outer",
+):
   """``(dk, dv)`` of padded inputs (``backward.parallax_bwd`` prepares them), the query heads
   of each GQA group summed in the kernel.
 
@@ -165,6 +182,7 @@ def dk_dv(q, r, do, stats, k, v, segq, segk, *, scale, mask, block_q, block_k, s
     segq, segk: ``[B, Tq]`` / ``[B, Tk]`` int32 or None.
     block_q: query rows per streamed tile; block_k: keys per CTA (64 per consumer warpgroup).
     stages: ring slots of the streamed tiles.
+    cta_order: the order CTAs are issued in (``common.cta_grid``).
   """
   batch, tq, hq, d = q.shape
   tk, hkv = k.shape[1], k.shape[2]
@@ -183,6 +201,7 @@ def dk_dv(q, r, do, stats, k, v, segq, segk, *, scale, mask, block_q, block_k, s
     ops=bc.BwdOps(interpret),
   )
   kernel.__name__ = "parallax_bwd_dkv_mgpu"  # the kernel's name in profiles (a partial has none)
+  grid, grid_names = bc.cta_grid(tk // block_k, hkv, batch, "k", cta_order)
   return plgpu.kernel(
     kernel,
     out_type=[jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
@@ -191,8 +210,8 @@ def dk_dv(q, r, do, stats, k, v, segq, segk, *, scale, mask, block_q, block_k, s
       bc.smem((wgs, ROWS, d), v.dtype),  # V rows, then dv
       plgpu.Barrier(num_arrivals=2, num_barriers=wgs),  # K, V loaded
     ],
-    grid=(tk // block_k, hkv, batch),
-    grid_names=("k", "heads", "batch"),
+    grid=grid,
+    grid_names=grid_names,
     num_threads=wgs + 1,
     thread_name="wg",
     compiler_params=bc.compiler_params(),

@@ -150,7 +150,24 @@ def smem_bytes(head_dim: int, block_q: int, block_k: int, stages: int, has_seg: 
   return fixed + stages * per_stage
 
 
-def dq_dr(q, r, do, stats, k, v, segq, segk, *, scale, mask, block_q, block_k, stages, interpret):
+def dq_dr(
+  q,
+  r,
+  do,
+  stats,
+  k,
+  v,
+  segq,
+  segk,
+  *,
+  scale,
+  mask,
+  block_q,
+  block_k,
+  stages,
+  interpret,
+  cta_order="heads_outer",
+):
   """``(dq, dr)`` of padded inputs (``backward.parallax_bwd`` prepares them).
 
   Args:
@@ -161,6 +178,7 @@ def dq_dr(q, r, do, stats, k, v, segq, segk, *, scale, mask, block_q, block_k, s
     segq, segk: ``[B, Tq]`` / ``[B, Tk]`` int32 or None.
     block_q: query rows per CTA (64 per consumer warpgroup); block_k: keys per tile.
     stages: K/V ring slots.
+    cta_order: the order CTAs are issued in (``common.cta_grid``).
   """
   batch, tq, hq, d = q.shape
   hkv = k.shape[2]
@@ -182,6 +200,7 @@ def dq_dr(q, r, do, stats, k, v, segq, segk, *, scale, mask, block_q, block_k, s
   )
   kernel.__name__ = "parallax_bwd_dq_mgpu"  # the kernel's name in profiles (a partial has none)
   out = jax.ShapeDtypeStruct(q.shape, q.dtype)
+  grid, grid_names = bc.cta_grid(n_qb, hq, batch, "q", cta_order)
   return plgpu.kernel(
     kernel,
     out_type=[out, out],
@@ -191,8 +210,8 @@ def dq_dr(q, r, do, stats, k, v, segq, segk, *, scale, mask, block_q, block_k, s
       bc.smem((wgs, ROWS, d), q.dtype),  # dO rows
       plgpu.Barrier(num_arrivals=3, num_barriers=wgs),  # Q, R, dO loaded
     ],
-    grid=(n_qb, hq, batch),
-    grid_names=("q", "heads", "batch"),
+    grid=grid,
+    grid_names=grid_names,
     num_threads=wgs + 1,
     thread_name="wg",
     compiler_params=bc.compiler_params(),

@@ -37,6 +37,9 @@ ROWS_PER_WG = 64  # wgmma's M: the query rows one consumer warpgroup owns
 COMPUTE_WGS = 2  # consumer warpgroups per CTA (a third one is the TMA producer)
 NAME = "pallas_mosaic_gpu"
 
+# The order the CTAs of a kernel are issued in (``cta_grid``).
+CTA_ORDERS = ("heads_outer", "seq_outer")
+
 _WGMMA = plgpu.Layout.WGMMA
 _ROW = plgpu.Layout.WGMMA.reduce(1)  # one value per accumulator row
 _COL = plgpu.Layout.WGMMA.reduce(0)  # one value per accumulator column
@@ -111,6 +114,26 @@ def default_fwd_tile(head_dim: int) -> Tile:
   """The forward's default tile (see ``forward`` for why block_k = 64)."""
   del head_dim  # 64 for both head dims: two score tiles + two accumulators per warpgroup
   return Tile(ROWS_PER_WG, 64, None, 2)
+
+
+def cta_grid(seq_blocks: int, heads: int, batch: int, seq_name: str, order: str = "heads_outer"):
+  """``(grid, grid_names)`` of a kernel with one CTA per (sequence block, head, batch).
+
+  The Mosaic GPU lowering launches the grid reversed: its last axis becomes CUDA's x, the
+  fastest-issued. "heads_outer", ``(heads, seq, batch)``, issues batch fastest, then the
+  sequence blocks, then heads: the CTAs resident at one time (one per SM) then belong to one
+  or two heads, and the K/V (or Q/R/dO) they all stream stays in L2. jax's own
+  ``attention_mgpu`` orders its grid the same way. "seq_outer", ``(seq, heads, batch)``, was the
+  earlier order: resident CTAs spanned every head, whose streams overflow the 50 MB L2. ncu
+  measured a 60% L2 hit rate for the forward at (B 2, L 8K, H 16) against 97% for the Triton
+  kernel, whose grid runs the sequence blocks fastest (docs/design.md §5.5). It is kept to
+  compare the two in one run (``experiments/bench_cta_order.py``).
+  """
+  if order == "heads_outer":
+    return (heads, seq_blocks, batch), ("heads", seq_name, "batch")
+  if order == "seq_outer":
+    return (seq_blocks, heads, batch), (seq_name, "heads", "batch")
+  raise ValueError(f"cta_order must be one of {CTA_ORDERS}, got {order!r}")
 
 
 def pad_to(x, axis: int, multiple: int, value=0):

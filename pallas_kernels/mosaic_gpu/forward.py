@@ -263,6 +263,7 @@ def parallax_fwd(
   num_stages: int = 2,
   interpret: bool = False,
   schedule_barrier: bool = True,
+  cta_order: str = "heads_outer",
 ):
   """``(o, Residuals)`` of validated inputs (``parallax_jax.attention.residuals``).
 
@@ -275,6 +276,7 @@ def parallax_fwd(
     block_k: keys per tile (64 or 128); num_stages: K/V ring slots (>= 1).
     interpret: run in the Mosaic GPU interpreter (CPU tests).
     schedule_barrier: alternate the two consumers' tensor-core phases (FA3).
+    cta_order: the order CTAs are issued in (``common.cta_grid``).
   """
   batch, q_len, hq, d = q.shape
   _, kv_len, hkv, _ = k.shape
@@ -327,12 +329,13 @@ def parallax_fwd(
     ops=common.Ops(interpret),
   )
   kernel.__name__ = "parallax_fwd_mgpu"  # the kernel's name in profiles (a partial has none)
+  grid, grid_names = common.cta_grid(n_qb, hq, batch, "q", cta_order)
   o, barv, lse, bart = plgpu.kernel(
     kernel,
     out_type=out_type,
     scratch_types=scratch,
-    grid=(n_qb, hq, batch),
-    grid_names=("q", "heads", "batch"),
+    grid=grid,
+    grid_names=grid_names,
     num_threads=_WGS + 1,
     thread_name="wg",
     compiler_params=plgpu.CompilerParams(approx_math=True),
