@@ -3,7 +3,7 @@
 ``pallas_kernels.mosaic_gpu.common.cta_grid`` runs heads outermost ("heads_outer"), so the CTAs
 resident at one time share one head's streamed K/V and it stays in L2; the earlier order
 ("seq_outer") spread them over every head (ncu: 60% L2 hit rate in the forward, docs/design.md
-§5.5). For each (B, L) and each kernel (forward, dq/dr pass, dk/dv pass) at its default tile,
+§5.6). For each (B, L) and each kernel (forward, dq/dr pass, dk/dv pass) at its default tile,
 this times both orders: the kernel's device time from a profiler trace (GPU) and the median
 wall time per call.
 

@@ -5,7 +5,7 @@ For each path (names of ``bench_kernels.path_fns``) and (B, L), runs this file's
 memory, warp-state and scheduler sections plus the raw stall and tensor-pipe metrics of
 ``parallax_jax.benchmarking.ncu_report``, and writes per kernel: time, registers per thread,
 shared memory per block, what bounds the blocks per SM, achieved occupancy, issue-slot and
-tensor-pipe use, DRAM throughput and the top warp stall reasons (docs/design.md §5.5). ncu
+tensor-pipe use, DRAM throughput and the top warp stall reasons (docs/design.md §5.6). ncu
 replays every kernel many times, so times here are ncu's, for ranking only; speed figures come
 from ``bench_kernels.py``. Needs ncu with hardware counters (``--clock-control none``: the
 clocks are left alone). Every cell is isolated: an error is recorded and the run goes on.

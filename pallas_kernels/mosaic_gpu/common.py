@@ -126,7 +126,7 @@ def cta_grid(seq_blocks: int, heads: int, batch: int, seq_name: str, order: str 
   ``attention_mgpu`` orders its grid the same way. "seq_outer", ``(seq, heads, batch)``, was the
   earlier order: resident CTAs spanned every head, whose streams overflow the 50 MB L2. ncu
   measured a 60% L2 hit rate for the forward at (B 2, L 8K, H 16) against 97% for the Triton
-  kernel, whose grid runs the sequence blocks fastest (docs/design.md §5.5). It is kept to
+  kernel, whose grid runs the sequence blocks fastest (docs/design.md §5.6). It is kept to
   compare the two in one run (``experiments/bench_cta_order.py``).
   """
   if order == "heads_outer":

@@ -6,7 +6,7 @@ is not a number) beside the launch's kernel name, block and grid size, so nothin
 summary picks the fields that say where a kernel's time goes: registers and shared memory per
 block, which of them bounds the resident blocks, achieved occupancy, issue-slot and tensor-pipe
 use, DRAM throughput, register spills to local memory, the L2 hit rate and the warp stall
-reasons that dominate (docs/design.md §5.5).
+reasons that dominate (docs/design.md §5.6).
 """
 
 from __future__ import annotations
