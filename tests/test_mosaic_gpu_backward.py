@@ -4,7 +4,7 @@
 * interpret mode (CPU): dq, dr, dk, dv against the float64 oracle's gradients with the shared
   tolerances, on residuals of the "xla" forward (the contract is path-independent), over
   causal / non-causal, window, segment ids, GQA, Tq != Tk, padded lengths, one and two consumer
-  warpgroups, 64- and 128-wide streamed tiles. The interpreter cannot run register layouts, a
+  warpgroups, 32-, 64- and 128-wide streamed tiles. The interpreter cannot run register layouts, a
   transposed or a register wgmma operand: ``BwdOps`` swaps exactly those for plain products,
   so the wgmma path itself is covered by the next two items;
 * lowering (CPU): both kernels lower to Mosaic GPU for CUDA (no GPU needed) under Lane and
@@ -47,6 +47,7 @@ TILES = {  # (dq, dkv)
   "wide": (Tile(128, 128, None, 2), Tile(64, 128, None, 3)),  # fits D = 128
   "wide64": (Tile(128, 128, None, 2), Tile(128, 128, None, 2)),  # D = 64 only
   "deep": (Tile(64, 64, None, 4), Tile(64, 64, None, 3)),
+  "narrow": (Tile(128, 32, None, 3), Tile(32, 128, None, 3)),  # 32-wide streamed tiles
 }
 
 
@@ -93,7 +94,10 @@ def test_check_accepts_defaults():
     (dict(dtype="float32"), "float32.*pallas_gpu"),
     (dict(d=96), "head_dim 64 or 128"),
     (dict(block_sizes=_blocks(Tile(32, 64), Tile(64, 64))), r"dq\.block_q must be 64 or 128"),
-    (dict(block_sizes=_blocks(Tile(64, 256), Tile(64, 64))), r"dq\.block_k .*64 or 128"),
+    (
+      dict(block_sizes=_blocks(Tile(64, 256), Tile(64, 64))),
+      r"dq\.block_k .*one of \(32, 64, 128\)",
+    ),
     (dict(block_sizes=_blocks(Tile(64, 64), Tile(64, 64, 4))), r"dkv\.num_warps must be None"),
     (dict(block_sizes=_blocks(Tile(64, 64), Tile(64, 64, None, 5))), r"dkv\.num_stages"),
     (
@@ -157,6 +161,7 @@ INTERPRET_CASES = [  # (case, tiles name, slow)
   (Case(1, 64, 192, 2, 1, 64, **_BF16), "one_wg", True),
   (Case(1, 256, None, 2, 1, 128, window=100, **_BF16), "wide", True),
   (Case(1, 200, None, 4, 1, 128, segments=(70, 130), window=33, **_BF16), "deep", True),
+  (Case(1, 256, None, 2, 1, 128, window=100, **_BF16), "narrow", False),
   (Case(1, 256, None, 2, 2, 64, window=200, dtype="float16", inputs="rms"), "wide64", True),
 ]
 
@@ -234,7 +239,9 @@ def _lower(d, seg, tiles, semantics, window=200, group=2):
 def _lowering_params():
   out = []
   for d, seg in ((64, True), (128, False), (128, True)):
-    for cta, stream, stages in itertools.product((64, 128), (64, 128), backward.STAGES):
+    for cta, stream, stages in itertools.product(
+      backward.CTA_BLOCKS, backward.STREAM_BLOCKS, backward.STAGES
+    ):
       tiles = (Tile(cta, stream, None, stages), Tile(stream, cta, None, stages))
       try:
         backward.check_tiles(*tiles, d, seg)
@@ -317,9 +324,11 @@ SWEEP_SHAPES = [  # (B, L, H, D, window): the issue's benchmark shapes, D = 64, 
   (4, 4096, 16, 128, 1024),
 ]
 SWEEP_DQ = [Tile(128, 64, None, 2), Tile(128, 64, None, 3), Tile(64, 64, None, 2)]
-SWEEP_DQ += [Tile(128, 128, None, 2), Tile(64, 128, None, 2)]
+SWEEP_DQ += [Tile(128, 128, None, 2), Tile(64, 128, None, 2), Tile(128, 32, None, 2)]
+SWEEP_DQ += [Tile(128, 32, None, 3)]
 SWEEP_DKV = [Tile(64, 128, None, 2), Tile(64, 128, None, 3), Tile(64, 64, None, 2)]
-SWEEP_DKV += [Tile(128, 128, None, 2), Tile(128, 64, None, 2)]
+SWEEP_DKV += [Tile(128, 128, None, 2), Tile(128, 64, None, 2), Tile(32, 128, None, 2)]
+SWEEP_DKV += [Tile(32, 128, None, 3)]
 
 
 def _median_ms(fn, *args, iters=10):

@@ -21,10 +21,11 @@ multiples); padded rows and keys are invisible under ``MaskSpec`` and sliced off
 
 Tiles (``BlockSizes.dq`` / ``.dkv``, ``Tile(block_q, block_k, num_warps=None, num_stages)``):
 the dq pass's ``block_q`` and the dk/dv pass's ``block_k`` are a CTA's rows, 64 per consumer
-warpgroup (64: one consumer, 128: two); the other block is the streamed tile (64 or 128);
+warpgroup (64: one consumer, 128: two); the other block is the streamed tile (32, 64 or 128;
+32 halves a consumer's score-tile registers, with a 64-byte swizzle, docs/design.md §5.6);
 ``num_stages`` is the ring depth (2 to 4). ``default_tiles`` gives two consumers and 64-wide
-streamed tiles (tokamax's measured sm90 backward heuristic, and what keeps the two float32
-accumulators plus the three score tiles of a consumer inside its 232 registers at D = 128).
+streamed tiles (tokamax's measured sm90 backward heuristic; at D = 128 a consumer's two float32
+accumulators and three score tiles still overflow its 232 registers, ncu measures the spills).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from parallax_jax.attention.block_sizes import Tile
 from parallax_jax.attention.masking import MaskSpec
 from parallax_jax.attention.residuals import Residuals
 
-STREAM_BLOCKS = (64, 128)
+STREAM_BLOCKS = (32, 64, 128)
 CTA_BLOCKS = (64, 128)  # 64 rows per consumer warpgroup: one or two consumers
 STAGES = (2, 3, 4)
 DEFAULT_STAGES = 2
@@ -68,7 +69,8 @@ def check_tiles(dq: Tile, dkv: Tile, head_dim: int, has_segment_ids: bool) -> No
       )
     if getattr(tile, stream) not in STREAM_BLOCKS:
       raise NotImplementedError(
-        f"{where}.{stream} (the streamed tile) must be 64 or 128, got {getattr(tile, stream)}."
+        f"{where}.{stream} (the streamed tile) must be one of {STREAM_BLOCKS}, got "
+        f"{getattr(tile, stream)}."
       )
     if tile.num_warps is not None:
       raise NotImplementedError(

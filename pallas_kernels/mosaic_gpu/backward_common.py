@@ -39,6 +39,15 @@ COL = plgpu.Layout.WGMMA.reduce(0)  # one value per accumulator column
 _LOAD_NEEDS_IDX = inspect.signature(plgpu.load).parameters["idx"].default is inspect._empty
 
 
+def swizzle_for(stream_rows: int) -> int:
+  """The SMEM swizzle (bytes) of every wgmma tile of a kernel whose streamed tiles have
+  ``stream_rows`` rows. Those rows are the K of the accumulating wgmmas (``dq += GL K``,
+  ``dk += GL^T Q``), which Mosaic takes only in multiples of the swizzle width, and both SMEM
+  operands of a wgmma must share one swizzle: 32-row streams put the whole kernel on the
+  64-byte swizzle, larger ones on 128 bytes."""
+  return 64 if stream_rows == 32 else 128
+
+
 def compiler_params():
   """The kernels' compiler params (one place: tests lower with other lowering semantics)."""
   return plgpu.CompilerParams(approx_math=True)

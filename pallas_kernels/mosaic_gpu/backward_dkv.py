@@ -123,7 +123,7 @@ def _kernel(
   def q_map(i, g):
     return (lo + i, hk * group + g, 0)
 
-  transforms = bc.tma_transforms(dtype)
+  transforms = bc.tma_transforms(dtype, bc.swizzle_for(bq))
   in_specs = [
     plgpu.BlockSpec((bq, None, d), q_map, transforms=transforms),  # Q
     plgpu.BlockSpec((bq, None, d), q_map, transforms=transforms),  # R
@@ -202,12 +202,13 @@ def dk_dv(
   )
   kernel.__name__ = "parallax_bwd_dkv_mgpu"  # the kernel's name in profiles (a partial has none)
   grid, grid_names = bc.cta_grid(tk // block_k, hkv, batch, "k", cta_order)
+  swizzle = bc.swizzle_for(block_q)  # one swizzle for every wgmma tile of the kernel
   return plgpu.kernel(
     kernel,
     out_type=[jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
     scratch_types=[
-      bc.smem((wgs, ROWS, d), k.dtype),  # K rows, then dk
-      bc.smem((wgs, ROWS, d), v.dtype),  # V rows, then dv
+      bc.smem((wgs, ROWS, d), k.dtype, swizzle),  # K rows, then dk
+      bc.smem((wgs, ROWS, d), v.dtype, swizzle),  # V rows, then dv
       plgpu.Barrier(num_arrivals=2, num_barriers=wgs),  # K, V loaded
     ],
     grid=grid,

@@ -122,7 +122,7 @@ def _kernel(
     gl, gu, _ = bwd_tile2(s2, t, None, lse2, bart, a, delta_o, b_row)
     return ops.matmuls_acc((dq, dr), ((0, gl.astype(dtype), k_t), (1, gu.astype(dtype), k_t)))
 
-  transforms = bc.tma_transforms(dtype)
+  transforms = bc.tma_transforms(dtype, bc.swizzle_for(bk))
   in_specs = [
     plgpu.BlockSpec((bk, d), lambda i: (lo + i, 0), transforms=transforms),  # K
     plgpu.BlockSpec((bk, d), lambda i: (lo + i, 0), transforms=transforms),  # V
@@ -201,13 +201,14 @@ def dq_dr(
   kernel.__name__ = "parallax_bwd_dq_mgpu"  # the kernel's name in profiles (a partial has none)
   out = jax.ShapeDtypeStruct(q.shape, q.dtype)
   grid, grid_names = bc.cta_grid(n_qb, hq, batch, "q", cta_order)
+  swizzle = bc.swizzle_for(block_k)  # one swizzle for every wgmma tile of the kernel
   return plgpu.kernel(
     kernel,
     out_type=[out, out],
     scratch_types=[
-      bc.smem((wgs, ROWS, d), q.dtype),  # Q rows, then dq
-      bc.smem((wgs, ROWS, d), q.dtype),  # R rows, then dr
-      bc.smem((wgs, ROWS, d), q.dtype),  # dO rows
+      bc.smem((wgs, ROWS, d), q.dtype, swizzle),  # Q rows, then dq
+      bc.smem((wgs, ROWS, d), q.dtype, swizzle),  # R rows, then dr
+      bc.smem((wgs, ROWS, d), q.dtype, swizzle),  # dO rows
       plgpu.Barrier(num_arrivals=3, num_barriers=wgs),  # Q, R, dO loaded
     ],
     grid=grid,

@@ -146,18 +146,19 @@ def pad_to(x, axis: int, multiple: int, value=0):
   return jnp.pad(x, widths, constant_values=value)
 
 
-def tma_transforms(dtype):
-  """Tiling + 128-byte swizzle of a wgmma operand tile (head dims are multiples of 64)."""
-  swizzle = 128  # bytes: 64 half-precision elements
+def tma_transforms(dtype, swizzle: int = 128):
+  """Tiling + swizzle of a wgmma operand tile: 128 bytes (64 half-precision elements; head
+  dims are multiples of 64) by default. Mosaic's wgmma takes K only in multiples of the swizzle
+  width, so a kernel with 32-row K tiles uses 64 (``backward_common.swizzle_for``)."""
   return (
     plgpu.TilingTransform((8, swizzle // jnp.dtype(dtype).itemsize)),
     plgpu.SwizzleTransform(swizzle),
   )
 
 
-def smem(shape, dtype):
+def smem(shape, dtype, swizzle: int = 128):
   """A swizzled SMEM tile of a wgmma operand (the layout TMA writes and wgmma reads)."""
-  return plgpu.SMEM(shape, dtype, transforms=tma_transforms(dtype))
+  return plgpu.SMEM(shape, dtype, transforms=tma_transforms(dtype, swizzle))
 
 
 @contextlib.contextmanager
