@@ -1,0 +1,49 @@
+"""``experiments/check_model_grads.py`` on CPU: the packed batch, the gradient comparison on
+known trees, and a run on the tiny config (the reference path against itself is exact)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from experiments import check_model_grads as cmg
+from parallax_jax.model import ModelConfig
+
+
+def test_packed_batch_restarts_positions_per_document():
+  cfg = ModelConfig(
+    vocab_size=50, d_model=16, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=8, mlp_dim=16
+  )
+  b = cmg.packed_batch(cfg, 3, 256, mean_doc=20, seed=1)
+  seg, pos = b["segment_ids"], b["positions"]
+  assert seg.shape == pos.shape == b["inputs"].shape == b["targets"].shape == (3, 256)
+  assert np.all(seg[:, 0] == 1) and np.all(np.diff(seg, axis=1) >= 0)
+  assert np.all(np.diff(seg, axis=1) <= 1) and seg.max(axis=1).min() > 3  # several documents
+  starts = np.concatenate([np.ones((3, 1), bool), np.diff(seg, axis=1) == 1], axis=1)
+  assert np.all(pos[starts] == 0)
+  assert np.all(pos[:, 1:][~starts[:, 1:]] == pos[:, :-1][~starts[:, 1:]] + 1)
+  np.testing.assert_array_equal(b["inputs"][:, 1:], b["targets"][:, :-1])
+
+
+def test_compare_on_known_gradients():
+  ref = {"a": np.array([3.0, 4.0]), "b": np.array([[1.0, 0.0]])}
+  twice = {"a": 2 * ref["a"], "b": ref["b"]}  # |diff| = 5, |ref| = sqrt(26)
+  out = cmg.compare(twice, ref)
+  assert out["grad_rel_error"] == pytest.approx(5 / np.sqrt(26))
+  assert out["worst_param"] == "['a']" and out["worst_param_rel_error"] == pytest.approx(1.0)
+  flipped = cmg.compare({k: -v for k, v in ref.items()}, ref)
+  assert flipped["grad_rel_error"] == pytest.approx(2.0) and flipped[
+    "grad_cosine"
+  ] == pytest.approx(-1.0)
+
+
+def test_tiny_config_reference_against_itself_is_exact(tmp_path):
+  argv = ["--config", "configs/tiny.py", "--batch", "1", "--seq-len", "64", "--mean-doc", "20"]
+  argv += ["--impls", "xla", "--dtypes", "float32,bfloat16", "--out-dir", str(tmp_path)]
+  result = cmg.main(argv)
+  same, half = result["rows"]
+  assert same["loss_diff"] == 0.0 and same["grad_rel_error"] == 0.0
+  assert same["grad_cosine"] == pytest.approx(1.0)
+  assert 0.0 < half["grad_rel_error"] < 0.1 and half["grad_cosine"] > 0.99  # bf16 rounding only
+  assert result["documents_per_row"] > 1
+  assert len(list(tmp_path.glob("check_model_grads_*.md"))) == 1
