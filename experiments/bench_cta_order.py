@@ -29,6 +29,7 @@ from experiments import bench_kernels  # noqa: E402
 from pallas_kernels.mosaic_gpu import backward, backward_dkv, backward_dq, common, forward  # noqa: E402
 from parallax_jax.attention import xla  # noqa: E402
 from parallax_jax.attention.masking import MaskSpec  # noqa: E402
+from parallax_jax.benchmarking import result_files  # noqa: E402
 from parallax_jax.benchmarking.kernel_times import kernel_times  # noqa: E402
 from parallax_jax.benchmarking.timing import time_call  # noqa: E402
 
@@ -122,8 +123,7 @@ def main(argv=None):
     "config": {k: getattr(args, k) for k in ("heads", "head_dim", "dtype", "iters", "interpret")},
     "rows": [],
   }
-  os.makedirs(args.out_dir, exist_ok=True)
-  stem = os.path.join(args.out_dir, f"bench_cta_order_{now.strftime('%Y-%m-%d_%H%M%S')}")
+  stem = result_files.new_stem(args.out_dir, f"bench_cta_order_{now.strftime('%Y-%m-%d_%H%M%S')}")
   for batch, length in shapes:
     calls = kernel_calls(batch, length, args.heads, args.head_dim, args.dtype, args.interpret)
     for kernel, (build, call_args) in calls.items():
@@ -135,10 +135,7 @@ def main(argv=None):
           row["error"] = f"{type(e).__name__}: {e}"[:1000]
         result["rows"].append(row)
         print(json.dumps({k: v for k, v in row.items() if k != "kernels_us"}), flush=True)
-        with open(stem + ".json", "w") as f:
-          json.dump(result, f, indent=1)
-  with open(stem + ".md", "w") as f:
-    f.write(to_markdown(result))
+        result_files.write(stem, result, to_markdown(result))
   print(f"wrote {stem}.json and {stem}.md")
   return result
 

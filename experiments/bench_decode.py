@@ -41,6 +41,7 @@ import jax.numpy as jnp
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from experiments.bench_kernels import versions  # noqa: E402
+from parallax_jax.benchmarking import result_files  # noqa: E402
 from parallax_jax.benchmarking.kernel_times import kernel_times  # noqa: E402
 from parallax_jax.benchmarking.timing import time_call  # noqa: E402
 from parallax_jax.decode import DecodeTuning, parallax_decode  # noqa: E402
@@ -186,21 +187,13 @@ def kernel_launch(inputs, tuning, interpret, merge=None):
 def output_stem(out_dir: str, date: str, device: str) -> str:
   """``<out_dir>/decode_kernels_<date>_<device>``, with a suffix if that file exists."""
   tag = re.sub(r"[^a-z0-9]+", "", device.lower().replace("nvidia", "")) or "device"
-  base = os.path.join(out_dir, f"decode_kernels_{date}_{tag}")
-  stem, i = base, 1
-  while os.path.exists(stem + ".json") or os.path.exists(stem + ".md"):
-    i += 1
-    stem = f"{base}_{i}"
-  return stem
+  return str(result_files.new_stem(out_dir, f"decode_kernels_{date}_{tag}"))
 
 
 def write_result(meta: dict, rows: list[dict], stem: str):
   """Writes ``<stem>.json`` and ``<stem>.md`` (the run's own files, rewritten as rows arrive)."""
   result = {**meta, "rows": rows}
-  with open(stem + ".json", "w") as f:
-    json.dump(result, f, indent=1)
-  with open(stem + ".md", "w") as f:
-    f.write(to_markdown(result))
+  result_files.write(stem, result, to_markdown(result))
   return result, stem
 
 

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from parallax_jax.benchmarking import result_files
 from parallax_jax.benchmarking.run_info import run_info
 from parallax_jax.inference.generate import generate
 from parallax_jax.model import ModelConfig, Transformer
@@ -177,21 +178,11 @@ def _ratios(rows):
   return out
 
 
-def _stem(out: Path, name: str) -> Path:
-  stem = out / name
-  i = 1
-  while stem.with_suffix(".json").exists() or stem.with_suffix(".md").exists():
-    i += 1
-    stem = out / f"{name}_{i}"
-  return stem
-
-
 def _new_stem(args) -> Path:
-  out = Path(args.out_dir)
-  out.mkdir(parents=True, exist_ok=True)
   layers = f"_{args.layers}layers" if args.layers else ""
   config = "smoke" if args.smoke else Path(args.config).stem
-  return _stem(out, f"bench_generate_{config}{layers}_{datetime.date.today().isoformat()}")
+  name = f"bench_generate_{config}{layers}_{datetime.date.today().isoformat()}"
+  return result_files.new_stem(args.out_dir, name)
 
 
 def _report(args, argv, base: ModelConfig, rows, stem: Path | None, final=False) -> dict:
@@ -204,7 +195,6 @@ def _report(args, argv, base: ModelConfig, rows, stem: Path | None, final=False)
   }
   if stem is None:
     return record
-  stem.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
   m = base
   lines = [
     f"# {record['what']}",
@@ -240,7 +230,7 @@ def _report(args, argv, base: ModelConfig, rows, stem: Path | None, final=False)
       lines.append(
         f"| {q['batch']} | {q['prompt_len']} | {q['prefill']:.2f}x | {q['decode']:.2f}x |"
       )
-  stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+  result_files.write(stem, record, "\n".join(lines))
   if final:
     print(f"wrote {stem}.json and .md")
   return record

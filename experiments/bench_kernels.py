@@ -33,6 +33,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from parallax_jax import MaskSpec, parallax_attention, parallax_reference  # noqa: E402
+from parallax_jax.benchmarking import result_files  # noqa: E402
 from parallax_jax.benchmarking.kernel_times import kernel_times  # noqa: E402
 from parallax_jax.benchmarking.timing import time_call, time_pipelined  # noqa: E402
 from parallax_jax.flops import (  # noqa: E402
@@ -249,15 +250,11 @@ def main(argv=None):
   paths = path_fns(causal, args.interpret, w)
   paths = {n: f for n, f in paths.items() if n in args.paths.split(",")}
   rows = []
-  os.makedirs(args.out_dir, exist_ok=True)
-  stem = os.path.join(args.out_dir, f"bench_kernels_{now.strftime('%Y-%m-%d_%H%M%S')}")
+  stem = result_files.new_stem(args.out_dir, f"bench_kernels_{now.strftime('%Y-%m-%d_%H%M%S')}")
 
   def write():  # after every row: a run cut short keeps what it measured
     result = {**meta, "rows": rows}
-    with open(stem + ".json", "w") as f:
-      json.dump(result, f, indent=1)
-    with open(stem + ".md", "w") as f:
-      f.write(to_markdown(result))
+    result_files.write(stem, result, to_markdown(result))
     return result
 
   for batch, length in shapes:

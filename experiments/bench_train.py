@@ -24,6 +24,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
+from parallax_jax.benchmarking import result_files
 from parallax_jax.benchmarking.run_info import run_info
 from parallax_jax.benchmarking.synthetic_batch import synthetic_batch
 from parallax_jax.benchmarking.timing import time_call
@@ -180,17 +181,10 @@ def _report(args, argv, base: ModelConfig, rows: list[dict]) -> dict:
   print(json.dumps({"over_softmax_tokens_per_s": ratios}), flush=True)
   if not args.out_dir:
     return record
-  out = Path(args.out_dir)
-  out.mkdir(parents=True, exist_ok=True)
   if args.stem is None:  # the run's own files, chosen once: never an earlier run's
     layers = f"_{args.layers}layers" if args.layers else ""
     name = f"bench_train_{Path(args.config).stem}{layers}_{datetime.date.today().isoformat()}"
-    args.stem, i = name, 1
-    while (out / f"{args.stem}.json").exists() or (out / f"{args.stem}.md").exists():
-      i += 1
-      args.stem = f"{name}_{i}"
-  stem = args.stem
-  (out / f"{stem}.json").write_text(json.dumps(record, indent=2) + "\n")
+    args.stem = result_files.new_stem(args.out_dir, name)
   m = base
   lines = [
     f"# {record['what']}",
@@ -221,7 +215,7 @@ def _report(args, argv, base: ModelConfig, rows: list[dict]) -> dict:
     )
   for label, value in ratios.items():
     lines += ["", f"{label} / softmax tokens/s: {value:.3f}"]
-  (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
+  result_files.write(args.stem, record, "\n".join(lines))
   return record
 
 

@@ -29,6 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
+from parallax_jax.benchmarking import result_files  # noqa: E402
 from parallax_jax.model import ModelConfig  # noqa: E402
 from parallax_jax.train.config import apply_overrides, load_config  # noqa: E402
 from parallax_jax.train.step import init_params, make_loss_and_grads, model_graphdef  # noqa: E402
@@ -164,12 +165,8 @@ def main(argv=None):
         row["error"] = f"{type(e).__name__}: {e}"[:1000]
       result["rows"].append(row)
       print(json.dumps(row), flush=True)
-  os.makedirs(args.out_dir, exist_ok=True)
-  stem = os.path.join(args.out_dir, f"check_model_grads_{now.strftime('%Y-%m-%d_%H%M%S')}")
-  with open(stem + ".json", "w") as f:
-    json.dump(result, f, indent=1)
-  with open(stem + ".md", "w") as f:
-    f.write(to_markdown(result))
+  stem = result_files.new_stem(args.out_dir, f"check_model_grads_{now.strftime('%Y-%m-%d_%H%M%S')}")
+  result_files.write(stem, result, to_markdown(result))
   print(f"wrote {stem}.json and {stem}.md")
   return result
 

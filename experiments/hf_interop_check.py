@@ -60,6 +60,7 @@ import numpy as np  # noqa: E402
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from parallax_jax.benchmarking import result_files  # noqa: E402
 from parallax_jax.benchmarking.run_info import run_info  # noqa: E402
 
 LM_CONFIG = REPO / "configs" / "lm_0p6b.py"
@@ -128,17 +129,11 @@ def _version(module: str) -> str | None:
 def output_stem(out_dir: str | Path, date: str, device: str) -> Path:
   """``<out_dir>/hf_interop_<date>_<device>``, with ``_2``, ``_3``, ... if that file exists."""
   tag = re.sub(r"[^a-z0-9]+", "", device.lower().replace("nvidia", "")) or "device"
-  base = Path(out_dir) / f"hf_interop_{date}_{tag}"
-  stem, i = base, 1
-  while stem.with_suffix(".json").exists() or stem.with_suffix(".md").exists():
-    i += 1
-    stem = Path(f"{base}_{i}")
-  return stem
+  return result_files.new_stem(out_dir, f"hf_interop_{date}_{tag}")
 
 
 def write_result(result: dict, stem: Path) -> None:
-  stem.with_suffix(".json").write_text(json.dumps(result, indent=1, default=str) + "\n")
-  stem.with_suffix(".md").write_text(to_markdown(result))
+  result_files.write(stem, result, to_markdown(result))
 
 
 def last_line(e: BaseException) -> str:

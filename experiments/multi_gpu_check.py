@@ -38,6 +38,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from experiments.bench_kernels import versions  # noqa: E402
+from parallax_jax.benchmarking import result_files  # noqa: E402
 from parallax_jax.benchmarking.synthetic_batch import synthetic_batch  # noqa: E402
 from parallax_jax.train.checkpoint import Checkpointer, abstract_like  # noqa: E402
 from parallax_jax.train.config import (  # noqa: E402
@@ -221,18 +222,11 @@ def main(argv=None):
     "command": " ".join(["python3"] + sys.argv),
     "parts": {},
   }
-  os.makedirs(args.out_dir, exist_ok=True)
-  stem = os.path.join(args.out_dir, f"multi_gpu_check_{now.strftime('%Y-%m-%d_%H%M%S')}")
+  stem = result_files.new_stem(args.out_dir, f"multi_gpu_check_{now.strftime('%Y-%m-%d_%H%M%S')}")
 
-  def write():
-    with open(stem + ".json", "w") as f:
-      json.dump(result, f, indent=1)
-    with open(stem + ".md", "w") as f:
-      f.write(to_markdown(result))
-
-  def record(part, value):
+  def record(part, value):  # after every part: a run cut short keeps what it measured
     result["parts"][part] = value
-    write()
+    result_files.write(stem, result, to_markdown(result))
 
   lengths = [int(x) for x in args.lengths.split(",")]
   runs = {

@@ -29,7 +29,7 @@ import tempfile
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from experiments import bench_kernels  # noqa: E402
-from parallax_jax.benchmarking import ncu_report  # noqa: E402
+from parallax_jax.benchmarking import ncu_report, result_files  # noqa: E402
 
 SECTIONS = (
   "LaunchStats",
@@ -134,8 +134,7 @@ def main(argv=None):
     "config": {"heads": args.heads, "head_dim": args.head_dim, "dtype": args.dtype},
     "ncu": subprocess.run([args.ncu, "--version"], capture_output=True, text=True).stdout.strip(),
   }
-  os.makedirs(args.out_dir, exist_ok=True)
-  stem = os.path.join(args.out_dir, f"profile_kernels_{now.strftime('%Y-%m-%d_%H%M%S')}")
+  stem = result_files.new_stem(args.out_dir, f"profile_kernels_{now.strftime('%Y-%m-%d_%H%M%S')}")
   cells = []
   for shape in shapes:
     for path in paths:
@@ -146,10 +145,7 @@ def main(argv=None):
         cell["error"] = f"{type(e).__name__}: {e}"[:2000]
       cells.append(cell)
       print(json.dumps({k: v for k, v in cell.items() if k not in ("records", "csv")}), flush=True)
-      with open(stem + ".json", "w") as f:
-        json.dump({**meta, "cells": cells}, f, indent=1)
-      with open(stem + ".md", "w") as f:
-        f.write(to_markdown(meta, cells))
+      result_files.write(stem, {**meta, "cells": cells}, to_markdown(meta, cells))
   print(f"wrote {stem}.json and {stem}.md")
 
 

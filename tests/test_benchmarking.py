@@ -11,6 +11,7 @@ import pytest
 from flax import nnx
 
 from parallax_jax.attention.masking import MaskSpec
+from parallax_jax.benchmarking import result_files
 from parallax_jax.benchmarking.kernel_times import kernel_times, summarize
 from parallax_jax.benchmarking.synthetic_batch import synthetic_batch
 from parallax_jax.benchmarking.timing import time_call, time_pipelined
@@ -163,7 +164,7 @@ def test_bench_generate_smoke_writes_both_kinds(tmp_path):
   assert all(r["decode_tokens"] == 2 * 7 for r in record["rows"])  # 2 rows, 7 decode steps
   assert len(record["parallax_over_softmax"]) == 1
   (written,) = tmp_path.glob("*.json")
-  assert bench_generate._stem(tmp_path, written.stem).name == written.stem + "_2"
+  assert result_files.new_stem(tmp_path, written.stem).name == written.stem + "_2"
 
 
 def test_bench_kernels_paths_trace_the_backward_they_name():

@@ -1,0 +1,28 @@
+"""``benchmarking.result_files``: a run's own ``.json`` + ``.md``, never an earlier run's."""
+
+from __future__ import annotations
+
+import json
+
+from parallax_jax.benchmarking import result_files
+
+
+def test_new_stem_never_reuses_existing_files(tmp_path):
+  out = tmp_path / "results"
+  first = result_files.new_stem(out, "bench_lr0.5_2026-12-03")
+  assert out.is_dir() and first == out / "bench_lr0.5_2026-12-03"
+  result_files.write(first, {"a": 1}, "# one")
+  second = result_files.new_stem(out, "bench_lr0.5_2026-12-03")
+  assert second.name == "bench_lr0.5_2026-12-03_2"
+  (out / "bench_lr0.5_2026-12-03_2.md").write_text("only the table")  # either file counts
+  assert result_files.new_stem(out, "bench_lr0.5_2026-12-03").name.endswith("_3")
+  assert json.loads((out / "bench_lr0.5_2026-12-03.json").read_text()) == {"a": 1}
+
+
+def test_write_keeps_dotted_names_and_rewrites_its_own_files(tmp_path):
+  stem = tmp_path / "check_lr0.5"
+  result_files.write(stem, {"rows": [1]}, "# t")
+  result_files.write(stem, {"rows": [1, 2], "path": tmp_path}, "# t\n")  # as rows arrive
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["check_lr0.5.json", "check_lr0.5.md"]
+  assert json.loads((tmp_path / "check_lr0.5.json").read_text())["rows"] == [1, 2]
+  assert (tmp_path / "check_lr0.5.md").read_text() == "# t\n"
