@@ -3,7 +3,7 @@
 Model: configs/lm_0p6b.py narrowed to 12 layers, d_model 768, 6 query / 3 KV heads of 128
 (the head size the GPU kernels are tuned for), SwiGLU MLP 2048, tied embeddings, vocab 32000:
 102M parameters softmax, 110M Parallax (W_R: 768 x 768 per layer). Data: source
-"python_corpus" (the H200 image's installed .py/.md/.rst/.txt, ~380 MiB; 2% of the files held
+"python_corpus" (the H200 image's installed .py/.md/.rst/.txt, 319 MiB; 2% of the files held
 out by a hash of their path) through a 32k byte-level BPE trained at the start of each run on
 64 MiB of the training split (deterministic: every run trains the same one).
 Rows of 2048 tokens, batch 64 (131,072 tokens per step), cosine schedule, 10% warmup.

@@ -21,7 +21,7 @@ class DataConfig:
     source: "builtin" (the running interpreter's standard-library `.py` sources, see
       `BuiltinCorpus`), "python_corpus" (every `.py`/`.md`/`.rst`/`.txt` file of the
       interpreter's stdlib and site-packages, deduplicated by content, held-out files chosen
-      by a hash of their path; ~380 MiB on the H200 image; see `PythonCorpus`), or a file, a
+      by a hash of their path; 319 MiB on the H200 image; see `PythonCorpus`), or a file, a
       directory (searched recursively) or a glob.
     format: "auto" (from file extensions), "text", "jsonl", "arrayrecord" or "npy".
     jsonl_field: the string field holding the document in JSONL lines and JSON ArrayRecord
