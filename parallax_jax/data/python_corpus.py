@@ -3,8 +3,8 @@
 `DataConfig(source="python_corpus")`: every `.py`, `.md`, `.rst` and `.txt` file under the
 interpreter's stdlib and site-packages roots (`sysconfig.get_paths()`: "stdlib", "purelib",
 "platlib"; a root nested in another is walked once, as itself). No download: on the H200
-image this is 319 MiB in 22.7k files after deduplication, large enough that a ~100M-token study does not
-repeat it (docs/design.md §15).
+image this is 319 MiB in 22.7k files after deduplication, large enough that a ~100M-token
+study does not repeat it (docs/design.md §15).
 
 Conventions:
 - A file is named by a stable relative path "<root label>/<path under the root>" with '/'
