@@ -1,7 +1,10 @@
+import faulthandler
 import os
 import re
 import shlex
 import sys
+
+import pytest
 
 
 def _gpu_mode() -> bool:
@@ -36,3 +39,21 @@ if _MODE == "cpu":
 
 # Test helpers (attention_cases) are imported as top-level modules.
 sys.path.insert(0, os.path.dirname(__file__))
+
+
+# A test that runs longer than this ends its process instead of hanging the suite: an
+# interpreted Mosaic GPU kernel whose grid or barrier indices are wrong waits forever inside
+# XLA's C++ (seen with a mislabelled grid axis), where no Python signal handler can run.
+# faulthandler's watchdog thread prints every thread's stack and exits; pytest-xdist reports the
+# worker's crash as that test's failure and starts a new worker. 0 turns it off.
+_TEST_TIMEOUT_S = int(os.environ.get("PARALLAX_TEST_TIMEOUT_S", "900"))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item):
+  if _TEST_TIMEOUT_S:
+    faulthandler.dump_traceback_later(_TEST_TIMEOUT_S, exit=True)
+  try:
+    yield
+  finally:
+    faulthandler.cancel_dump_traceback_later()
