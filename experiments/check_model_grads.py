@@ -64,13 +64,14 @@ def packed_batch(cfg: ModelConfig, batch: int, seq_len: int, mean_doc: int, seed
 def model_config(args) -> tuple[ModelConfig, int]:
   """The model config and training sequence length of ``--config`` or ``--sweep/--point``,
   with ``--override``s applied."""
-  if args.sweep:
-    from parallax_jax.sweeps.config import load_sweep
+  if args.sweep:  # the point by its name or variant, as `sweep --points` selects it
+    from parallax_jax.sweeps.config import load_sweep, select_points
 
-    points = {p.name: p for p in load_sweep(args.sweep).points}
-    if args.point not in points:
-      raise SystemExit(f"--point: {args.point!r} is not a point of {args.sweep}: {sorted(points)}")
-    cfg = points[args.point].config
+    points = select_points(load_sweep(args.sweep), args.point).points
+    if len(points) != 1:
+      names = ", ".join(p.name for p in points)
+      raise SystemExit(f"--point: {args.point!r} must select one point of the sweep, got {names}")
+    cfg = points[0].config
   else:
     cfg = load_config(args.config)
   cfg = apply_overrides(cfg, args.override)
@@ -88,21 +89,16 @@ def compare(grads, ref) -> dict:
   flat = jax.tree_util.tree_flatten_with_path(grads)[0]
   flat_ref = jax.tree.leaves(ref)
   per_param = {}
-  dot = norm = norm_ref = diff = 0.0
+  sums = np.zeros(4)  # |g - r|^2, |r|^2, g.r, |g|^2 over every parameter
   for (path, g), r in zip(flat, flat_ref, strict=True):
-    d = float(np.sum((g - r) ** 2))
-    nr = float(np.sum(r * r))
+    d, nr = float(np.sum((g - r) ** 2)), float(np.sum(r * r))
+    sums += (d, nr, float(np.sum(g * r)), float(np.sum(g * g)))
     per_param[jax.tree_util.keystr(path)] = np.sqrt(d / nr) if nr > 0 else float(np.sqrt(d))
-    dot, norm, norm_ref, diff = (
-      dot + float(np.sum(g * r)),
-      norm + float(np.sum(g * g)),
-      norm_ref + nr,
-      diff + d,
-    )
+  diff, norm_ref, dot, norm = sums
   worst = max(per_param, key=per_param.get)
   return {
     "grad_rel_error": float(np.sqrt(diff / norm_ref)),
-    "grad_cosine": dot / float(np.sqrt(norm * norm_ref)),
+    "grad_cosine": float(dot / np.sqrt(norm * norm_ref)),
     "worst_param": worst,
     "worst_param_rel_error": float(per_param[worst]),
   }

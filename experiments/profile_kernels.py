@@ -40,10 +40,13 @@ SECTIONS = (
   "WarpStateStats",
   "SchedulerStats",
 )
-OURS = (
-  "regex:parallax|mosaic_gpu"  # our kernels' names start "parallax" (Mosaic adds "_mosaic_gpu")
-)
+# ncu --kernel-name filter per path: our kernels' names start "parallax" (Mosaic adds
+# "_mosaic_gpu"); cuDNN's hold "sdpa" or "flash".
 KERNELS = {"softmax_cudnn": "regex:sdpa|flash"}
+
+
+def kernel_filter(path: str) -> str:
+  return KERNELS.get(path, "regex:parallax|mosaic_gpu")
 
 
 def workload(path: str, batch: int, length: int, heads: int, head_dim: int, dtype: str) -> None:
@@ -60,7 +63,7 @@ def workload(path: str, batch: int, length: int, heads: int, head_dim: int, dtyp
 def ncu_command(ncu: str, report: str, path: str, workload_args: list[str], metrics: bool):
   cmd = [ncu, "--clock-control", "none", "--target-processes", "all", "-f", "-o", report]
   # two calls of at most 5 kernels each; the cap also bounds any autotuning launches' replays
-  cmd += ["--kernel-name", KERNELS.get(path, OURS), "--launch-count", "12"]
+  cmd += ["--kernel-name", kernel_filter(path), "--launch-count", "12"]
   for s in SECTIONS:
     cmd += ["--section", s]
   if metrics:
@@ -96,7 +99,7 @@ def profile_cell(ncu: str, path: str, shape, args) -> dict:
   except Exception as e:  # noqa: BLE001 - keep ncu's text, so the profile is not lost
     return {"error": f"parsing ncu's csv: {type(e).__name__}: {e}"[:2000], "csv": text}
   if not records:
-    return {"error": f"ncu profiled no kernel matching {KERNELS.get(path, OURS)!r}"}
+    return {"error": f"ncu profiled no kernel matching {kernel_filter(path)!r}"}
   last = {r["kernel"]: r for r in records}  # launch order: the warm call's come last
   return {
     "raw_metrics": metrics,

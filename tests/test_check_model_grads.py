@@ -3,6 +3,8 @@ known trees, and a run on the tiny config (the reference path against itself is 
 
 from __future__ import annotations
 
+import argparse
+
 import numpy as np
 import pytest
 
@@ -47,3 +49,16 @@ def test_tiny_config_reference_against_itself_is_exact(tmp_path):
   assert 0.0 < half["grad_rel_error"] < 0.1 and half["grad_cosine"] > 0.99  # bf16 rounding only
   assert result["documents_per_row"] > 1
   assert len(list(tmp_path.glob("check_model_grads_*.md"))) == 1
+
+
+def test_sweep_point_is_chosen_by_its_variant_name():
+  """``--point`` takes the variant name, as ``sweep --points`` does (the point's own name is
+  ``variant=...``)."""
+
+  def args(point):
+    return argparse.Namespace(sweep="configs/sweeps/gpu_study_lm.py", point=point, override=[])
+
+  cfg, seq_len = cmg.model_config(args("muon+softmax_s0"))
+  assert cfg.attention == "softmax" and cfg.num_layers == 12 and seq_len == 2048
+  with pytest.raises(SystemExit, match="must select one point"):
+    cmg.model_config(args("muon+*_s0"))
