@@ -307,7 +307,7 @@ def test_resume_and_eval_read_the_run_tokenizer(tmp_path, tree, monkeypatch):
 # ------------------------------------------------------------------------- the study configs
 
 
-@pytest.mark.parametrize("name, count", [("gpu_study_lm", 21), ("gpu_study_mqar", 20)])
+@pytest.mark.parametrize("name, count", [("gpu_study_lm", 24), ("gpu_study_mqar", 20)])
 def test_gpu_study_configs_plan_and_validate(name, count, capsys, monkeypatch):
   import jax
 
@@ -346,7 +346,9 @@ def test_gpu_study_configs_plan_and_validate(name, count, capsys, monkeypatch):
     assert abs(params.model.num_params() / main.model.num_params() - 1) < 1e-3
     flops = compute.train.steps * compute.model.flops_per_token(2048)
     assert abs(flops / (main.train.steps * main.model.flops_per_token(2048)) - 1) < 2e-3
-    assert exps["muon+parallax_r0_s0"].model.r_init == "zeros"
+    r0 = exps["adamw+parallax_r0_s1"]
+    assert exps["muon+parallax_r0_s0"].model.r_init == "zeros" == r0.model.r_init
+    assert r0.optimizer.name == "adamw" and r0.train.seed == 1
   else:
     assert {e.data.mqar_num_pairs for e in exps.values()} == {4, 16, 32, 64}
     assert all(e.model.d_model == 256 and e.train.steps >= 10_000 for e in exps.values())

@@ -21,7 +21,7 @@ Arms (variants; `<optimizer>+<model>[_lr<scale>]_s<seed>`):
 - main pair: parallax and softmax, under Muon (W_R in the Muon group: every matrix is) and
   under AdamW, seeds 0 and 1;
 - learning-rate scans, per optimizer and kind separately, seed 0: the base LR x0.5 and x2;
-- parallax_r0 (Muon, seed 0): W_R = 0 at init, exactly softmax at step 0;
+- parallax_r0: W_R = 0 at init, exactly softmax at step 0, per optimizer, seeds 0 and 1;
 - softmax_params: MLP widened to Parallax's parameter count; softmax_compute: more steps, to
   Parallax's training FLOPs (attention included); both per optimizer, seed 0.
 `PRIORITY` orders them for the device sessions (experiments/results/studies_gpu/results.md).
@@ -73,15 +73,18 @@ PRIORITY = (  # device sessions run these in order: each step answers a question
   "muon+parallax_s0",
   "muon+softmax_s0",
   "muon+parallax_lr0.5_s0",
-  # next: does Parallax want a larger LR, or is the correction's init noise the cost?
+  # done (session 10): twice the LR gains 1.1 ppl (61.5); W_R = 0 at init gains 5.9 (56.7)
   "muon+parallax_lr2_s0",
   "muon+parallax_r0_s0",
+  # next: is the r0 gain, and the remaining gap to softmax, larger than the seed spread?
+  "muon+parallax_r0_s1",
+  "muon+softmax_s1",
   "muon+softmax_lr0.5_s0",
   "muon+softmax_lr2_s0",
   "muon+parallax_s1",
-  "muon+softmax_s1",
   "muon+softmax_compute_s0",
   "muon+softmax_params_s0",
+  "adamw+parallax_r0_s0",
   "adamw+parallax_s0",
   "adamw+softmax_s0",
   "adamw+parallax_lr0.5_s0",
@@ -92,6 +95,7 @@ PRIORITY = (  # device sessions run these in order: each step answers a question
   "adamw+softmax_s1",
   "adamw+softmax_compute_s0",
   "adamw+softmax_params_s0",
+  "adamw+parallax_r0_s1",
 )
 OVERRIDES = {
   **MODEL,
@@ -151,7 +155,8 @@ def variants() -> dict[str, dict]:
       "train.steps": compute_steps,
       "optimizer.warmup_steps": compute_steps // 10,
     }
-  out["muon+parallax_r0_s0"] = {**OPTIMIZERS["muon"], "model.r_init": "zeros", "train.seed": 0}
+    for seed in SEEDS:  # W_R = 0 at init: it won the Muon runs of session 10 (56.7 vs 62.5)
+      out[f"{opt}+parallax_r0_s{seed}"] = {**opt_overrides, "model.r_init": "zeros", "train.seed": seed}
   return out
 
 
