@@ -48,6 +48,7 @@ TILES = {  # (dq, dkv)
   "wide64": (Tile(128, 128, None, 2), Tile(128, 128, None, 2)),  # D = 64 only
   "deep": (Tile(64, 64, None, 4), Tile(64, 64, None, 3)),
   "narrow": (Tile(128, 32, None, 3), Tile(32, 128, None, 3)),  # 32-wide streamed tiles
+  "stream64": (Tile(128, 64, None, 2), Tile(64, 128, None, 2)),  # the default until session 10
 }
 
 
@@ -162,6 +163,7 @@ INTERPRET_CASES = [  # (case, tiles name, slow)
   (Case(1, 256, None, 2, 1, 128, window=100, **_BF16), "wide", True),
   (Case(1, 200, None, 4, 1, 128, segments=(70, 130), window=33, **_BF16), "deep", True),
   (Case(1, 256, None, 2, 1, 128, window=100, **_BF16), "narrow", False),
+  (Case(1, 256, None, 2, 1, 128, window=100, **_BF16), "stream64", True),
   (Case(1, 256, None, 2, 2, 64, window=200, dtype="float16", inputs="rms"), "wide64", True),
 ]
 

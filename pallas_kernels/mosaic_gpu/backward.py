@@ -23,9 +23,11 @@ Tiles (``BlockSizes.dq`` / ``.dkv``, ``Tile(block_q, block_k, num_warps=None, nu
 the dq pass's ``block_q`` and the dk/dv pass's ``block_k`` are a CTA's rows, 64 per consumer
 warpgroup (64: one consumer, 128: two); the other block is the streamed tile (32, 64 or 128;
 32 halves a consumer's score-tile registers, with a 64-byte swizzle, docs/design.md §5.6);
-``num_stages`` is the ring depth (2 to 4). ``default_tiles`` gives two consumers and 64-wide
-streamed tiles (tokamax's measured sm90 backward heuristic; at D = 128 a consumer's two float32
-accumulators and three score tiles still overflow its 232 registers, ncu measures the spills).
+``num_stages`` is the ring depth (2 to 4). ``default_tiles`` gives two consumers, 32-wide
+streamed tiles and two ring slots: the H200 tile sweep (session 10, bf16, D 128, causal) timed
+them fastest for both kernels at (4, 4K) and (2, 8K), 1.2-1.3x the 64-wide tiles (tokamax's sm90
+heuristic, which still spill at D = 128: two float32 accumulators and three 64-wide score tiles
+overflow a consumer's 232 registers), docs/design.md §5.6.
 """
 
 from __future__ import annotations
@@ -49,9 +51,9 @@ SMEM_BYTES = 227 * 1024 - 1024
 
 
 def default_tiles(head_dim: int) -> tuple[Tile, Tile]:
-  """``(dq, dkv)`` tiles: two consumer warpgroups, 64-wide streamed tiles, two ring slots."""
-  del head_dim  # the same for 64 and 128 until the H200 sweep says otherwise
-  return Tile(128, 64, None, DEFAULT_STAGES), Tile(64, 128, None, DEFAULT_STAGES)
+  """``(dq, dkv)`` tiles: two consumer warpgroups, 32-wide streamed tiles, two ring slots."""
+  del head_dim  # measured at D = 128; D = 64 (half the accumulators) not yet swept
+  return Tile(128, 32, None, DEFAULT_STAGES), Tile(32, 128, None, DEFAULT_STAGES)
 
 
 def check_tiles(dq: Tile, dkv: Tile, head_dim: int, has_segment_ids: bool) -> None:
