@@ -3,7 +3,7 @@
 Interpret mode (CPU tests, jax 0.10.x's private GPU interpreter) simulates SMEM, TMA copies,
 barriers, warpgroups and wgmma on SMEM operands, but it cannot run register layouts
 (``layout_cast``, ``broadcasted_iota(layout=)``, ``plgpu.load(layout=)``), a transposed wgmma
-operand (``transpose_ref``) or a register (non-SMEM) wgmma operand. ``BwdOps`` hides exactly
+operand (``ref.transpose``) or a register (non-SMEM) wgmma operand. ``BwdOps`` hides exactly
 those behind one flag: the GPU path issues the real instructions, the interpreted path the same
 products on plain arrays. The pipeline, barriers, masks and tile math are shared.
 """
@@ -88,7 +88,7 @@ class BwdOps:
 
     def issue(*accs):
       for acc, (a, b) in zip(accs, pairs, strict=True):
-        plgpu.wgmma(acc, a, plgpu.transpose_ref(b, (1, 0)))
+        plgpu.wgmma(acc, a, b.transpose((1, 0)))  # = transpose_ref (deprecated in 0.11)
       return tuple(acc[...] for acc in accs)
 
     return pl.run_scoped(issue, *[plgpu.ACC(shape, jnp.float32) for _ in pairs])

@@ -230,7 +230,7 @@ class Ops:
       )
       while_running()
       return out
-    b_t = plgpu.transpose_ref(b_smem, (1, 0))
+    b_t = b_smem.transpose((1, 0))  # plgpu.transpose_ref: deprecated in jax 0.11
 
     def issue(*acc_refs):
       for acc, a in zip(acc_refs, a_smems, strict=True):
