@@ -156,7 +156,11 @@ def variants() -> dict[str, dict]:
       "optimizer.warmup_steps": compute_steps // 10,
     }
     for seed in SEEDS:  # W_R = 0 at init: it won the Muon runs of session 10 (56.7 vs 62.5)
-      out[f"{opt}+parallax_r0_s{seed}"] = {**opt_overrides, "model.r_init": "zeros", "train.seed": seed}
+      out[f"{opt}+parallax_r0_s{seed}"] = {
+        **opt_overrides,
+        "model.r_init": "zeros",
+        "train.seed": seed,
+      }
   return out
 
 
