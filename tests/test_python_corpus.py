@@ -307,7 +307,7 @@ def test_resume_and_eval_read_the_run_tokenizer(tmp_path, tree, monkeypatch):
 # ------------------------------------------------------------------------- the study configs
 
 
-@pytest.mark.parametrize("name, count", [("gpu_study_lm", 24), ("gpu_study_mqar", 20)])
+@pytest.mark.parametrize("name, count", [("gpu_study_lm", 27), ("gpu_study_mqar", 20)])
 def test_gpu_study_configs_plan_and_validate(name, count, capsys, monkeypatch):
   import jax
 
