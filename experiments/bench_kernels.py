@@ -79,8 +79,9 @@ def path_fns(causal, interpret, window=None):
   """Path name -> the function it times (``path_context`` holds its backward switch)."""
   return {
     "pallas_mosaic_gpu": parallax_fn("pallas_mosaic_gpu", causal, interpret, window),
-    # the Mosaic forward with the Mosaic backward (path_context)
+    # the Mosaic forward with the Mosaic / the Triton backward, whatever the call (path_context)
     "pallas_mosaic_gpu_bwd": parallax_fn("pallas_mosaic_gpu", causal, interpret, window),
+    "pallas_mosaic_gpu_triton_bwd": parallax_fn("pallas_mosaic_gpu", causal, interpret, window),
     # "*_fused": deterministic=False, the fused (atomic dq/dr) Triton backward
     "pallas_mosaic_gpu_fused": parallax_fn("pallas_mosaic_gpu", causal, interpret, window, False),
     "pallas_gpu": parallax_fn("pallas_gpu", causal, interpret, window),
@@ -91,14 +92,15 @@ def path_fns(causal, interpret, window=None):
 
 
 def path_context(name):
-  """What a path holds for its cell: the Mosaic GPU paths pin
-  ``pallas_kernels.mosaic_gpu.implementation.BACKWARD`` ("pallas_mosaic_gpu_bwd": the Mosaic
-  backward, the others the Triton one); it is read when the op is called."""
-  if not name.startswith("pallas_mosaic_gpu"):
+  """What a path holds for its cell: "pallas_mosaic_gpu_bwd" / "_triton_bwd" pin
+  ``pallas_kernels.mosaic_gpu.implementation.BACKWARD`` to the Mosaic / the Triton backward
+  (read when the op is called); the other paths run the module's default ("auto": the measured
+  rule, docs/design.md §6.2)."""
+  if not (name.startswith("pallas_mosaic_gpu") and name.endswith("_bwd")):
     return contextlib.nullcontext()
   from pallas_kernels.mosaic_gpu import implementation
 
-  return implementation.use_backward("mosaic" if name.endswith("_bwd") else "triton")
+  return implementation.use_backward("triton" if name.endswith("_triton_bwd") else "mosaic")
 
 
 def softmax_fn(causal, interpret, window=None):
@@ -204,9 +206,10 @@ def main(argv=None):
     "--paths",
     default="pallas_gpu,xla,softmax_cudnn",
     help="comma list of paths to time: pallas_gpu, pallas_gpu_fused (the atomic single-pass "
-    "backward), pallas_mosaic_gpu (Mosaic forward, Triton backward), pallas_mosaic_gpu_fused "
-    "(Mosaic forward, fused Triton backward), pallas_mosaic_gpu_bwd (Mosaic forward and "
-    "backward), xla, softmax_cudnn",
+    "backward), pallas_mosaic_gpu (Mosaic forward, the backward its BACKWARD='auto' rule "
+    "picks), pallas_mosaic_gpu_bwd / pallas_mosaic_gpu_triton_bwd (Mosaic forward, the Mosaic "
+    "/ the Triton backward), pallas_mosaic_gpu_fused (Mosaic forward, fused Triton backward), "
+    "xla, softmax_cudnn",
   )
   p.add_argument("--non-causal", action="store_true")
   p.add_argument("--window", type=int, default=None, help="sliding window (keys per query)")

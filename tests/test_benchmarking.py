@@ -186,7 +186,9 @@ def test_bench_kernels_paths_trace_the_backward_they_name():
     {"parallax_bwd_dq", "parallax_bwd_dkv"},
     {"parallax_bwd_row_stats", "parallax_bwd_dkv"},
   )
+  # at this length "pallas_mosaic_gpu" (BACKWARD="auto") runs the Triton backward
   assert kernels["pallas_gpu"] == kernels["pallas_mosaic_gpu"] == two_pass
+  assert kernels["pallas_mosaic_gpu_triton_bwd"] == two_pass
   assert kernels["pallas_gpu_fused"] == kernels["pallas_mosaic_gpu_fused"] == fused
   assert kernels["pallas_mosaic_gpu_bwd"] == {"parallax_bwd_dq_mgpu", "parallax_bwd_dkv_mgpu"}
 

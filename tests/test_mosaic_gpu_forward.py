@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 
 import jax
 import jax.numpy as jnp
@@ -253,6 +254,52 @@ def test_interpret_gradients_through_wired_backward(fast_interpreter, monkeypatc
   for name, got, want in zip(("dq", "dr", "dk", "dv"), grads, grads_ref, strict=True):
     assert got.dtype == q.dtype
     assert_close(name, got, want, case.dtype, natural_scale(case))
+
+
+def _rule_spec(length=4096, head_dim=128, window=None, deterministic=True, block_sizes=None):
+  x = jax.ShapeDtypeStruct((2, length, 4, head_dim), jnp.bfloat16)
+  return validate(
+    x,
+    x,
+    x,
+    x,
+    scale=head_dim**-0.5,
+    causal=True,
+    window_size=window,
+    segment_ids=None,
+    interpret=False,
+    block_sizes=block_sizes,
+    deterministic=deterministic,
+  )
+
+
+@pytest.mark.parametrize(
+  "kw, want",
+  [
+    (dict(), "mosaic"),
+    (dict(length=16384), "mosaic"),
+    (dict(length=2048), "triton"),
+    (dict(head_dim=64), "triton"),
+    (dict(window=1024), "triton"),
+    (dict(deterministic=False), "triton"),
+    (dict(block_sizes=BlockSizes(Tile(64, 64), Tile(64, 64), Tile(64, 64))), "triton"),
+  ],
+)
+def test_auto_backward_picks_the_measured_rule(monkeypatch, caplog, kw, want):
+  """``BACKWARD="auto"`` runs the Mosaic backward only inside its measured scope (D 128,
+  length >= 4096, no window, deterministic, no explicit tiles), logs the choice once, and a
+  pinned ``BACKWARD`` overrides it."""
+  monkeypatch.setattr(implementation, "BACKWARD", "auto")
+  monkeypatch.setattr(implementation, "_logged", set())
+  spec = _rule_spec(**kw)
+  with caplog.at_level(logging.INFO, logger="parallax_jax"):
+    assert implementation.backward_for(spec) == want
+    assert implementation.backward_for(spec) == want
+  lines = [r.getMessage() for r in caplog.records if "BACKWARD='auto'" in r.getMessage()]
+  assert len(lines) == 1 and f"runs the {want} backward" in lines[0]
+  for pinned in ("triton", "mosaic"):
+    with implementation.use_backward(pinned):
+      assert implementation.backward_for(spec) == pinned
 
 
 def test_backward_switch_rejects_unknown(monkeypatch):

@@ -32,6 +32,7 @@ overflow a consumer's 232 registers), docs/design.md §5.6.
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 
 from pallas_kernels.gpu.tile_math_base2 import LOG2E
@@ -106,7 +107,13 @@ def prepare(q, r, k, v, segment_ids, residuals: Residuals, do, *, multiple_q: in
   padded rows, segment ids int32 padded with -1 (rows) / -2 (keys), or None."""
   dtype = q.dtype
   do = do.astype(dtype)
-  delta_o, b_row = tile_math.bwd_row_stats(do, residuals.o.astype(dtype), residuals.barv)
+  # The barrier keeps the reductions (over D, the minor axis) out of the stack's fusion below.
+  # Without it XLA on the H200 spent ~280 us on a concatenate fusion of this 4 x [B, Hq, Tq]
+  # float32 result at B * Tq = 16K, H = 16 (bench_kernels_2026-12-03_122018), the cost of
+  # re-reading dO, o and barv with strided loads, against ~40 us for one reduction pass.
+  delta_o, b_row = jax.lax.optimization_barrier(
+    tile_math.bwd_row_stats(do, residuals.o.astype(dtype), residuals.barv)
+  )
   lse = residuals.lse.astype(jnp.float32)
   lse2 = jnp.where(jnp.isfinite(lse), lse * LOG2E, jnp.inf)
   stats = jnp.stack(

@@ -1,20 +1,24 @@
 """The "pallas_mosaic_gpu" implementation: wiring of the Mosaic GPU kernels into the registry.
 
-The forward is ``forward.parallax_fwd``. The backward is chosen by ``BACKWARD``:
+The forward is ``forward.parallax_fwd``. The backward is chosen per call by ``BACKWARD``:
 
-* ``"triton"`` (the default until the Mosaic backward has passed the GPU grid on the H200,
-  docs/design.md §6.2): ``pallas_kernels.gpu.backward.parallax_bwd``, which consumes this
-  forward's residuals unchanged (the residual contract of ``parallax_jax.attention.residuals``
-  is shared). It runs with the "pallas_gpu" tuned dq/dkv tiles unless the call gives
-  ``BlockSizes``, whose ``dq``/``dkv`` tiles it then takes (Triton rules).
+* ``"auto"`` (the default): ``backward_for(spec)``, the rule measured on the H200
+  (docs/design.md §6.2): the Mosaic backward where it was measured faster, the Triton one
+  elsewhere. The choice is logged once per (backward, reason).
+* ``"triton"``: ``pallas_kernels.gpu.backward.parallax_bwd``, which consumes this forward's
+  residuals unchanged (the residual contract of ``parallax_jax.attention.residuals`` is
+  shared). It runs with the "pallas_gpu" tuned dq/dkv tiles unless the call gives
+  ``BlockSizes``, whose ``dq``/``dkv`` tiles it then takes (Triton rules); with
+  ``deterministic=False`` it is the fused (atomic dq/dr) single pass.
 * ``"mosaic"``: ``backward.parallax_bwd``, the warp-specialised Mosaic GPU dq/dr and dk/dv
-  kernels (interpret-tested on CPU; ``BlockSizes.dq``/``dkv`` then follow ``backward.check``).
+  kernels (``BlockSizes.dq``/``dkv`` then follow ``backward.check``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 
 import jax.numpy as jnp
 
@@ -23,16 +27,24 @@ from pallas_kernels.mosaic_gpu import common, forward
 from parallax_jax.attention.implementations import Implementation
 from parallax_jax.attention.validation import CallSpec
 
-BACKWARDS = ("triton", "mosaic")
-BACKWARD = "triton"
+log = logging.getLogger("parallax_jax")
+
+BACKWARDS = ("auto", "triton", "mosaic")
+BACKWARD = "auto"
+# The "auto" rule's scope, as measured (experiments/results/bench_kernels_2026-12-03_122018,
+# H = 16, D = 128, causal, bf16, pipelined fwd+bwd): the Mosaic backward took 5.0 / 4.8 / 8.0%
+# less time at (B, L) = (4, 4K) / (2, 8K) / (1, 16K) and 0.6% more at (8, 2K).
+MOSAIC_BACKWARD_MIN_LEN = 4096
+MOSAIC_BACKWARD_HEAD_DIMS = (128,)
+_logged: set[tuple[str, str]] = set()
 
 
 @contextlib.contextmanager
 def use_backward(name: str):
   """Sets ``BACKWARD`` for the block, then restores it.
 
-  The backward is read when ``parallax_attention`` is called (``_variant``) and fixed in the
-  custom VJP's static arguments, so the block need only enclose the forward call.
+  The backward is read when ``parallax_attention`` is called (``backward_for``) and fixed in
+  the custom VJP's static arguments, so the block need only enclose the forward call.
   """
   global BACKWARD
   if name not in BACKWARDS:
@@ -53,9 +65,38 @@ def _backward() -> str:
   return BACKWARD
 
 
+def _auto_rule(spec: CallSpec) -> tuple[str, str]:
+  """``(backward, why)`` of ``BACKWARD="auto"``: the Mosaic backward only where measured."""
+  if spec.block_sizes is not None:  # the call's dq/dkv tiles follow the Triton rules
+    return "triton", "the call gives BlockSizes (Triton dq/dkv tiles)"
+  if not spec.deterministic:
+    return "triton", "deterministic=False (the fused atomic backward is Triton's)"
+  if spec.head_dim not in MOSAIC_BACKWARD_HEAD_DIMS:
+    return "triton", f"head_dim {spec.head_dim} (the Mosaic backward is measured at 128)"
+  if spec.mask.window_size is not None:
+    return "triton", "a sliding window (the Mosaic backward is measured without one)"
+  length = max(spec.mask.q_len, spec.mask.kv_len)
+  if length < MOSAIC_BACKWARD_MIN_LEN:
+    return "triton", f"length {length} < {MOSAIC_BACKWARD_MIN_LEN} (measured: no gain)"
+  return "mosaic", f"head_dim {spec.head_dim}, length {length} >= {MOSAIC_BACKWARD_MIN_LEN}"
+
+
+def backward_for(spec: CallSpec) -> str:
+  """The backward (``"triton"`` or ``"mosaic"``) this call runs: ``BACKWARD``, or with
+  ``"auto"`` the measured rule (docs/design.md §6.2), logged once per choice and reason."""
+  name = _backward()
+  if name != "auto":
+    return name
+  name, why = _auto_rule(spec)
+  if (name, why) not in _logged:
+    _logged.add((name, why))
+    log.info("pallas_mosaic_gpu: BACKWARD='auto' runs the %s backward (%s).", name, why)
+  return name
+
+
 def _check(spec: CallSpec) -> None:
   common.check(spec)
-  if _backward() == "mosaic":
+  if backward_for(spec) == "mosaic":
     mosaic_backward.check(spec)
   elif spec.block_sizes is not None:  # the Triton backward's tiles (Triton rules)
     from pallas_kernels.gpu import block_sizes
@@ -83,7 +124,7 @@ def _fwd(q, r, k, v, segment_ids, spec: CallSpec):
 
 
 def _bwd(q, r, k, v, segment_ids, residuals, do, spec: CallSpec, variant: str | None = None):
-  backward_name = variant or _backward()  # BACKWARD at the op's call (backward_variant)
+  backward_name = variant or backward_for(spec)  # fixed at the op's call (backward_variant)
   do = jnp.asarray(do, q.dtype)
   bs = spec.block_sizes
   if backward_name == "mosaic":
@@ -129,5 +170,5 @@ IMPLEMENTATION = Implementation(
   platforms=("gpu",),
   check=_check,
   interpretable=True,
-  backward_variant=_backward,
+  backward_variant=backward_for,
 )

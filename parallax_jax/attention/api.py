@@ -79,7 +79,7 @@ def parallax_attention(
     return impl.fwd(q, r, k, v, segment_ids, spec)
   # The backward's variant is fixed now, at the call, and is part of the custom VJP's static
   # arguments: the backward traced later (after the forward returns) cannot see another one.
-  variant = impl.backward_variant() if impl.backward_variant is not None else None
+  variant = impl.backward_variant(spec) if impl.backward_variant is not None else None
   return _attention(impl.name, spec, variant, q, r, k, v, segment_ids)
 
 

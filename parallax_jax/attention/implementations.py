@@ -32,7 +32,7 @@ class Implementation:
     platforms: backends it compiles for natively; with ``spec.interpret`` it runs anywhere.
     check: raises NotImplementedError (saying why) for a call it cannot serve.
     interpretable: its kernels run anywhere in Pallas interpret mode (``spec.interpret``).
-    backward_variant: for paths with module-level backward switches, ``() -> hashable`` read
+    backward_variant: for paths that choose among backwards, ``(spec) -> hashable`` read
       when the op is called; ``api`` makes it a static argument of the custom VJP (so a cached
       trace never serves another variant) and passes it to ``bwd`` as ``variant=``.
 
@@ -46,7 +46,7 @@ class Implementation:
   platforms: tuple[str, ...]
   check: Callable[[CallSpec], None] = lambda spec: None
   interpretable: bool = False
-  backward_variant: Callable[[], object] | None = None
+  backward_variant: Callable[[CallSpec], object] | None = None
 
   def ensure_supported(self, spec: CallSpec, platform: str) -> None:
     if platform not in self.platforms and not (self.interpretable and spec.interpret):
