@@ -82,6 +82,10 @@ def path_fns(causal, interpret, window=None):
     # the Mosaic forward with the Mosaic / the Triton backward, whatever the call (path_context)
     "pallas_mosaic_gpu_bwd": parallax_fn("pallas_mosaic_gpu", causal, interpret, window),
     "pallas_mosaic_gpu_triton_bwd": parallax_fn("pallas_mosaic_gpu", causal, interpret, window),
+    # the fused Mosaic backward (dq/dr by TMA reductions in the dk/dv kernel; deterministic=False)
+    "pallas_mosaic_gpu_fused_bwd": parallax_fn(
+      "pallas_mosaic_gpu", causal, interpret, window, False
+    ),
     # "*_fused": deterministic=False, the fused (atomic dq/dr) Triton backward
     "pallas_mosaic_gpu_fused": parallax_fn("pallas_mosaic_gpu", causal, interpret, window, False),
     "pallas_gpu": parallax_fn("pallas_gpu", causal, interpret, window),
@@ -92,7 +96,7 @@ def path_fns(causal, interpret, window=None):
 
 
 def path_context(name):
-  """What a path holds for its cell: "pallas_mosaic_gpu_bwd" / "_triton_bwd" pin
+  """What a path holds for its cell: "pallas_mosaic_gpu_bwd" (and "_fused_bwd") / "_triton_bwd" pin
   ``pallas_kernels.mosaic_gpu.implementation.BACKWARD`` to the Mosaic / the Triton backward
   (read when the op is called); the other paths run the module's default ("auto": the measured
   rule, docs/design.md §6.2)."""
@@ -209,6 +213,7 @@ def main(argv=None):
     "backward), pallas_mosaic_gpu (Mosaic forward, the backward its BACKWARD='auto' rule "
     "picks), pallas_mosaic_gpu_bwd / pallas_mosaic_gpu_triton_bwd (Mosaic forward, the Mosaic "
     "/ the Triton backward), pallas_mosaic_gpu_fused (Mosaic forward, fused Triton backward), "
+    "pallas_mosaic_gpu_fused_bwd (Mosaic forward, fused Mosaic backward), "
     "xla, softmax_cudnn",
   )
   p.add_argument("--non-causal", action="store_true")

@@ -191,6 +191,7 @@ def test_bench_kernels_paths_trace_the_backward_they_name():
   assert kernels["pallas_mosaic_gpu_triton_bwd"] == two_pass
   assert kernels["pallas_gpu_fused"] == kernels["pallas_mosaic_gpu_fused"] == fused
   assert kernels["pallas_mosaic_gpu_bwd"] == {"parallax_bwd_dq_mgpu", "parallax_bwd_dkv_mgpu"}
+  assert kernels["pallas_mosaic_gpu_fused_bwd"] == {"parallax_bwd_dkv_fused_mgpu"}
 
 
 def test_mosaic_backward_switch_is_read_at_the_call():

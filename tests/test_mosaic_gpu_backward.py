@@ -116,6 +116,16 @@ def test_check_rejects(spec_kw, match):
     backward.check(_spec(**spec_kw))
 
 
+def test_check_counts_the_fused_kernels_shared_memory():
+  """``deterministic=False`` (the fused kernel, +GL/GU and a float32 staging tile per consumer)
+  refuses a dk/dv tile the two-pass kernel takes."""
+  wide = _blocks(Tile(64, 64), Tile(64, 128, None, 3))
+  backward.check(_spec(d=128, block_sizes=wide))
+  fused = dataclasses.replace(_spec(d=128, block_sizes=wide), deterministic=False)
+  with pytest.raises(NotImplementedError, match=r"dkv=.* needs \d+ bytes of shared memory"):
+    backward.check(fused)
+
+
 # ---------------------------------------------------------------------------------------------
 # Interpret mode against the float64 oracle.
 
@@ -198,6 +208,61 @@ def test_interpret_shared_grid(case):
   _check_grads(_run(case, None, interpret=True), case)
 
 
+FUSED_CASES = [  # (case, tiles name, slow): the fused backward (dq/dr added in the dk/dv kernel)
+  (Case(1, 128, None, 2, 1, 64, **_BF16), "default", False),
+  (Case(1, 256, None, 4, 2, 128, window=100, inputs="rms", **_BF16), "default", False),
+  (Case(1, 128, None, 2, 1, 64, dtype="float16", segments=(30, 60, 38)), "one_wg", False),
+  (Case(2, 200, None, 4, 1, 128, segments=(70, 130), window=33, **_BF16), "narrow", True),
+  (Case(1, 64, 192, 2, 1, 64, **_BF16), "one_wg", True),
+  (Case(1, 100, None, 2, 2, 64, causal=False, **_BF16), "deep", True),
+]  # (the wide tiles do not fit the fused kernel's shared memory: check_tiles refuses them)
+
+
+@pytest.mark.parametrize(
+  "case,tiles",
+  [
+    pytest.param(c, t, id=f"{t}-{c.id}", marks=[pytest.mark.slow] if slow else [])
+    for c, t, slow in FUSED_CASES
+  ],
+)
+def test_interpret_fused_matches_oracle(case, tiles):
+  """``fused=True``: the dk/dv kernel also yields every (key block, warpgroup, query tile)'s
+  ``c GL`` and ``GU`` tiles, contracted with K in XLA in interpret mode (the interpreter has no
+  TMA reductions); the four gradients against the float64 oracle. GQA, windows, segment ids,
+  Tq != Tk and two consumers are all in the grid: a tile added to the wrong rows, head or key
+  block fails it."""
+  kernel = functools.partial(backward.parallax_bwd, fused=True)
+  _check_grads(_run(case, TILES[tiles], interpret=True, kernel=kernel), case)
+
+
+def test_fused_is_wired_to_deterministic_false(monkeypatch):
+  """``BACKWARD="mosaic"`` with ``deterministic=False`` runs the fused kernel; ``"auto"`` never
+  picks it (unmeasured on a GPU), and ``deterministic=True`` keeps the two passes."""
+  import re
+
+  from pallas_kernels.mosaic_gpu import implementation
+  from parallax_jax import parallax_attention
+
+  x = jnp.ones((1, 128, 2, 64), jnp.bfloat16)
+
+  def kernels(backward_name, deterministic):
+    def f(*a):
+      with implementation.use_backward(backward_name):
+        o, pullback = jax.vjp(
+          lambda *b: parallax_attention(
+            *b, implementation="pallas_mosaic_gpu", interpret=True, deterministic=deterministic
+          ),
+          *a,
+        )
+      return pullback(o)
+
+    return set(re.findall(r"parallax_bwd_\w+", str(jax.make_jaxpr(f)(x, x, x, x))))
+
+  assert kernels("mosaic", False) == {"parallax_bwd_dkv_fused_mgpu"}
+  assert kernels("mosaic", True) == {"parallax_bwd_dq_mgpu", "parallax_bwd_dkv_mgpu"}
+  assert "parallax_bwd_dkv_fused_mgpu" not in kernels("auto", False)
+
+
 def test_rows_without_keys_get_zero_gradients():
   """Tq > Tk, causal: the first Tq - Tk rows see no key: dq = dr = 0 exactly, all finite."""
   case = Case(1, 128, 64, 2, 2, 64, **_BF16)
@@ -212,7 +277,7 @@ def test_rows_without_keys_get_zero_gradients():
 # Lowering for CUDA on CPU (Mosaic GPU's own checks: layouts, wgmma shapes, shared memory).
 
 
-def _lower(d, seg, tiles, semantics, window=200, group=2):
+def _lower(d, seg, tiles, semantics, window=200, group=2, fused=False):
   plgpu_params = plgpu.CompilerParams(
     approx_math=True, lowering_semantics=getattr(plgpu.LoweringSemantics, semantics)
   )
@@ -228,6 +293,7 @@ def _lower(d, seg, tiles, semantics, window=200, group=2):
     mask=MaskSpec(t, t, True, window),
     cfg_dq=tiles[0],
     cfg_dkv=tiles[1],
+    fused=fused,
   )
   original = backward_common.compiler_params
   backward_common.compiler_params = lambda: plgpu_params
@@ -235,7 +301,9 @@ def _lower(d, seg, tiles, semantics, window=200, group=2):
     text = jax.jit(fn).trace(q, q, k, k, segs, res, q).lower(lowering_platforms=("cuda",))
   finally:
     backward_common.compiler_params = original
-  assert text.as_text().count("mosaic_gpu") >= 2
+  text = text.as_text()
+  assert text.count("mosaic_gpu") >= 2
+  return text
 
 
 def _lowering_params():
@@ -264,6 +332,15 @@ def test_lowers_for_cuda(d, seg, tiles, semantics):
   _lower(d, seg, tiles, semantics)
 
 
+@pytest.mark.parametrize("d", backward.HEAD_DIMS)
+def test_fused_lowers_for_cuda(d):
+  """The fused kernel (default tiles, GQA, window, segment ids) lowers for CUDA: one Mosaic
+  kernel, whose dq/dr accumulators are aliased in and out and added to by TMA reductions."""
+  text = _lower(d, True, backward.default_tiles(d), "Lane", fused=True)
+  assert text.count("custom_call @mosaic_gpu") == 1  # the two-pass backward lowers two
+  assert "output_operand_alias" in text and "cp.reduce.async.bulk" in text
+
+
 # ---------------------------------------------------------------------------------------------
 # GPU mode.
 
@@ -286,6 +363,16 @@ def test_compiled_matches_oracle(case, tiles):
     except NotImplementedError as e:
       pytest.skip(f"tile set {tiles!r} does not fit this case: {e}")
   _check_grads(_run(case, TILES[tiles], interpret=False), case)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.id) for c in GPU_CASES])
+def test_compiled_fused_matches_oracle(case):
+  """GPU mode: the fused kernel (TMA reductions of ``K^T (c GL^T)``, ``K^T GU^T``) against the
+  oracle on the whole shared grid."""
+  require_gpu()
+  kernel = functools.partial(backward.parallax_bwd, fused=True)
+  _check_grads(_run(case, None, interpret=False, kernel=kernel), case)
 
 
 def _triton_bwd(case: Case):

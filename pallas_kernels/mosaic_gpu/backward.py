@@ -32,6 +32,8 @@ overflow a consumer's 232 registers), docs/design.md §5.6.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -57,12 +59,16 @@ def default_tiles(head_dim: int) -> tuple[Tile, Tile]:
   return Tile(128, 32, None, DEFAULT_STAGES), Tile(32, 128, None, DEFAULT_STAGES)
 
 
-def check_tiles(dq: Tile, dkv: Tile, head_dim: int, has_segment_ids: bool) -> None:
+def check_tiles(
+  dq: Tile, dkv: Tile, head_dim: int, has_segment_ids: bool, fused: bool = False
+) -> None:
   """Raises NotImplementedError unless ``dq`` and ``dkv`` are tiles these kernels can run at
-  this head dim (block rules and the 227 KiB of shared memory of one CTA)."""
+  this head dim (block rules and the 227 KiB of shared memory of one CTA; ``fused``: the dk/dv
+  kernel also stages the dq/dr tiles, and ``dq`` is unused)."""
+  dkv_bytes = functools.partial(backward_dkv.smem_bytes, fused=fused)
   for name, tile, cta, stream, smem_bytes in (
     ("dq", dq, "block_q", "block_k", backward_dq.smem_bytes),
-    ("dkv", dkv, "block_k", "block_q", backward_dkv.smem_bytes),
+    ("dkv", dkv, "block_k", "block_q", dkv_bytes),
   ):
     where = f"implementation={NAME!r} BlockSizes(...).{name}"
     if getattr(tile, cta) not in CTA_BLOCKS:
@@ -97,7 +103,7 @@ def check(spec) -> None:
   check_scope(spec)
   if spec.block_sizes is not None:
     bs = spec.block_sizes
-    check_tiles(bs.dq, bs.dkv, spec.head_dim, spec.has_segment_ids)
+    check_tiles(bs.dq, bs.dkv, spec.head_dim, spec.has_segment_ids, not spec.deterministic)
 
 
 def prepare(q, r, k, v, segment_ids, residuals: Residuals, do, *, multiple_q: int, multiple_k: int):
@@ -149,6 +155,7 @@ def parallax_bwd(
   cfg_dkv: Tile | None = None,
   interpret: bool = False,
   cta_order: str = "heads_outer",
+  fused: bool = False,
 ):
   """``(dq, dr, dk, dv)`` in the input dtypes.
 
@@ -161,6 +168,8 @@ def parallax_bwd(
     cfg_dq, cfg_dkv: the passes' tiles (``check_tiles``); None: ``default_tiles``.
     interpret: run in the Mosaic GPU interpreter (CPU tests).
     cta_order: the order both kernels issue their CTAs in (``common.cta_grid``).
+    fused: one dk/dv kernel that also adds dq/dr by TMA reductions (docs/design.md §5.5):
+      8 matmuls per visible pair instead of 11, the sums' order varying between runs.
   """
   q_len, d = q.shape[1], q.shape[3]
   kv_len = k.shape[1]
@@ -171,7 +180,7 @@ def parallax_bwd(
     )
   default_dq, default_dkv = default_tiles(d)
   cfg_dq, cfg_dkv = cfg_dq or default_dq, cfg_dkv or default_dkv
-  check_tiles(cfg_dq, cfg_dkv, d, segment_ids is not None)
+  check_tiles(cfg_dq, cfg_dkv, d, segment_ids is not None, fused)
   # Blocks are 64 or 128: the larger one is a multiple of both.
   args = prepare(
     q,
@@ -185,6 +194,13 @@ def parallax_bwd(
     multiple_k=max(cfg_dq.block_k, cfg_dkv.block_k),
   )
   common = dict(scale=scale, mask=mask, interpret=interpret, cta_order=cta_order)
+  dkv = dict(
+    block_q=cfg_dkv.block_q, block_k=cfg_dkv.block_k, stages=cfg_dkv.num_stages or DEFAULT_STAGES
+  )
+  if fused:
+    dk, dv, dq, dr = backward_dkv.dk_dv(*args, fused=True, **dkv, **common)
+    dq, dr = dq.astype(q.dtype), dr.astype(r.dtype)
+    return dq[:, :q_len], dr[:, :q_len], dk[:, :kv_len], dv[:, :kv_len]
   dq, dr = backward_dq.dq_dr(
     *args,
     block_q=cfg_dq.block_q,
@@ -192,11 +208,5 @@ def parallax_bwd(
     stages=cfg_dq.num_stages or DEFAULT_STAGES,
     **common,
   )
-  dk, dv = backward_dkv.dk_dv(
-    *args,
-    block_q=cfg_dkv.block_q,
-    block_k=cfg_dkv.block_k,
-    stages=cfg_dkv.num_stages or DEFAULT_STAGES,
-    **common,
-  )
+  dk, dv = backward_dkv.dk_dv(*args, **dkv, **common)
   return dq[:, :q_len], dr[:, :q_len].astype(r.dtype), dk[:, :kv_len], dv[:, :kv_len]

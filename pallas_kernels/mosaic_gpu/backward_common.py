@@ -109,6 +109,17 @@ class BwdOps:
 
     return pl.run_state(issue)(tuple(plgpu.ACC.init(a) for a in accs))
 
+  def matmul_tn(self, a, b, shape):
+    """``a.T @ b`` of SMEM tiles (``a`` [K, M], ``b`` [K, N]), a float32 ``shape`` = [M, N]
+    result: the fused backward's ``dq^T = K^T (c GL^T)`` (``a`` read transposed by wgmma).
+    GPU only: the interpreted fused kernel hands its G tiles to XLA instead."""
+
+    def issue(acc):
+      plgpu.wgmma(acc, a.transpose((1, 0)), b)
+      return acc[...]
+
+    return pl.run_scoped(issue, plgpu.ACC(shape, jnp.float32))
+
 
 def union_range(ranges):
   """``(lo, n)``: the blocks ``[lo, lo + n)`` covering the non-empty ``(lo, _, _, hi)`` ranges

@@ -44,13 +44,19 @@ def _kernel(
   group: int,
   has_seg: bool,
   ops: bc.BwdOps,
+  fused: bool,
 ):
   if has_seg:
     q_ref, r_ref, do_ref, stats_ref, k_ref, v_ref, segq_ref, segk_ref, *refs = refs
   else:
     q_ref, r_ref, do_ref, stats_ref, k_ref, v_ref, *refs = refs
     segq_ref = segk_ref = None
-  dk_ref, dv_ref, k_smem, v_smem, tiles_loaded = refs
+  if fused and not ops.interpret:  # float32 dq^T, dr^T: aliased refs the caller zeroed
+    dqt_ref, drt_ref, *refs = refs
+  dk_ref, dv_ref, *refs = refs
+  if fused and ops.interpret:  # per-(key block, warpgroup) G tiles the caller contracts with K
+    dqt_ref, drt_ref, *refs = refs
+  k_smem, v_smem, tiles_loaded, *fused_smem = refs
 
   b = lax.axis_index("batch")
   hk = lax.axis_index("heads")
@@ -79,6 +85,11 @@ def _kernel(
       tiles=(k_t, v_t),
       seg_k=ops.load(segk_ref.at[b, keys_sl], bc.ROW) if has_seg else None,
     )
+    if fused and ops.interpret:  # zero this warpgroup's partials (the GPU reduces into zeros)
+      heads = pl.ds(hk * group, group)
+      for ref in (dqt_ref, drt_ref):
+        slab = ref.at[lax.axis_index("k"), wg, b, heads]  # [group, 64 keys, Tq]
+        slab[...] = jnp.zeros(slab.shape, jnp.float32)
     plgpu.barrier_wait(barrier)
     zeros = ops.layout(jnp.zeros((ROWS, d), jnp.float32))
     dk, dv = pipeline((zeros, zeros))
@@ -113,12 +124,32 @@ def _kernel(
       s2 = jnp.where(same_segment(cols(ops.load(segq[0], bc.COL)), seg_k), s2, bc.NEG_INF)
     lse2, bart, delta_o, b_row = (cols(ops.load(stats_t.at[j], bc.COL)) for j in range(4))
     gl, gu, pw = bwd_tile2(s2, t, None, lse2, bart, a, delta_o, b_row)
-    terms = (
-      (0, (gl * scale).astype(dtype), q_t),
-      (0, gu.astype(dtype), r_t),
-      (1, pw.astype(dtype), do_t),
-    )
-    return ops.matmuls_acc((dk, dv), terms)
+    gl, gu = (gl * scale).astype(dtype), gu.astype(dtype)
+    dk, dv = ops.matmuls_acc((dk, dv), ((0, gl, q_t), (0, gu, r_t), (1, pw.astype(dtype), do_t)))
+    if fused:
+      add_dq_dr((gl, gu), hk * group + idx[1], pl.ds(qb * bq, bq))
+    return dk, dv
+
+  def add_dq_dr(gs, hq, rows):
+    """Fused backward: ``dq^T += K^T (c GL^T)``, ``dr^T += K^T GU^T`` for this tile's query
+    rows, added to the float32 accumulators in GMEM by TMA reductions of whole tiles."""
+    wg = lax.axis_index("wg")
+    if ops.interpret:  # the G tiles themselves; the caller contracts them with K (the same
+      # sums; a matmul with a transposed SMEM operand and TMA reductions are GPU-only)
+      for g, dst in zip(gs, (dqt_ref, drt_ref), strict=True):
+        dst.at[lax.axis_index("k"), wg, b, hq, :, rows][...] = g.astype(jnp.float32)
+      return
+    g_smem, acc_smem = fused_smem
+    k_t, g_t = wg_state["tiles"][0], g_smem.at[wg]
+    for j, g in enumerate(gs):  # wgmma's B operand must sit in SMEM
+      g_t.at[j][...] = g
+    plgpu.commit_smem()
+    for j, dst in enumerate((dqt_ref, drt_ref)):
+      part = ops.matmul_tn(k_t, g_t.at[j], (d, bq))  # [D, bq] float32
+      plgpu.wait_smem_to_gmem(0, wait_read_only=True)  # the last reduction has read acc_smem
+      acc_smem.at[wg][...] = part
+      plgpu.commit_smem()
+      plgpu.copy_smem_to_gmem(acc_smem.at[wg], dst.at[b, hq, :, rows], reduction_op="add")
 
   def q_map(i, g):
     return (lo + i, hk * group + g, 0)
@@ -146,10 +177,16 @@ def _kernel(
   )(*gmem)
 
 
-def smem_bytes(head_dim: int, block_q: int, block_k: int, stages: int, has_seg: bool) -> int:
+def smem_bytes(
+  head_dim: int, block_q: int, block_k: int, stages: int, has_seg: bool, fused: bool = False
+) -> int:
   """Shared memory of one CTA (half-precision tiles): K, V per consumer + the ring of Q, R, dO
-  and the four float32 row statistics (+ the query segment ids)."""
-  fixed = 2 * (block_k // ROWS) * ROWS * head_dim * 2
+  and the four float32 row statistics (+ the query segment ids); fused: + per consumer the
+  GL, GU tiles and one float32 ``[D, block_q]`` staging tile of the dq/dr reductions."""
+  wgs = block_k // ROWS
+  fixed = 2 * wgs * ROWS * head_dim * 2
+  if fused:
+    fixed += wgs * (2 * ROWS * block_q * 2 + head_dim * block_q * 4)
   per_stage = 3 * block_q * head_dim * 2 + 4 * block_q * 4 + (4 * block_q if has_seg else 0)
   return fixed + stages * per_stage
 
@@ -171,9 +208,10 @@ def dk_dv(
   stages,
   interpret,
   cta_order="heads_outer",
+  fused=False,
 ):
   """``(dk, dv)`` of padded inputs (``backward.parallax_bwd`` prepares them), the query heads
-  of each GQA group summed in the kernel.
+  of each GQA group summed in the kernel; fused: ``(dk, dv, dq, dr)``.
 
   Args:
     q, r, do: ``[B, Tq, Hq, D]`` input dtype, Tq a multiple of ``block_q``.
@@ -183,6 +221,9 @@ def dk_dv(
     block_q: query rows per streamed tile; block_k: keys per CTA (64 per consumer warpgroup).
     stages: ring slots of the streamed tiles.
     cta_order: the order CTAs are issued in (``common.cta_grid``).
+    fused: also compute ``dq`` (scaled) and ``dr``, ``[B, Tq, Hq, D]`` float32, by TMA
+      reductions into zeroed float32 buffers (docs/design.md §5.5): no dq/dr pass, but the
+      sums' order varies between runs.
   """
   batch, tq, hq, d = q.shape
   tk, hkv = k.shape[1], k.shape[2]
@@ -199,22 +240,64 @@ def dk_dv(
     group=hq // hkv,
     has_seg=has_seg,
     ops=bc.BwdOps(interpret),
+    fused=fused,
   )
-  kernel.__name__ = "parallax_bwd_dkv_mgpu"  # the kernel's name in profiles (a partial has none)
+  kernel.__name__ = "parallax_bwd_dkv_fused_mgpu" if fused else "parallax_bwd_dkv_mgpu"
   grid, grid_names = bc.cta_grid(tk // block_k, hkv, batch, "k", cta_order)
   swizzle = bc.swizzle_for(block_q)  # one swizzle for every wgmma tile of the kernel
-  return plgpu.kernel(
-    kernel,
-    out_type=[jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
-    scratch_types=[
-      bc.smem((wgs, ROWS, d), k.dtype, swizzle),  # K rows, then dk
-      bc.smem((wgs, ROWS, d), v.dtype, swizzle),  # V rows, then dv
-      plgpu.Barrier(num_arrivals=2, num_barriers=wgs),  # K, V loaded
-    ],
-    grid=grid,
-    grid_names=grid_names,
-    num_threads=wgs + 1,
-    thread_name="wg",
-    compiler_params=bc.compiler_params(),
-    interpret=bc.interpret_params(interpret),
-  )(*args)
+  out_type = [jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)]
+  scratch = [
+    bc.smem((wgs, ROWS, d), k.dtype, swizzle),  # K rows, then dk
+    bc.smem((wgs, ROWS, d), v.dtype, swizzle),  # V rows, then dv
+    plgpu.Barrier(num_arrivals=2, num_barriers=wgs),  # K, V loaded
+  ]
+  mesh = dict(grid=grid, grid_names=grid_names, num_threads=wgs + 1, thread_name="wg")
+  if not fused:
+    return plgpu.kernel(
+      kernel,
+      out_type=out_type,
+      scratch_types=scratch,
+      compiler_params=bc.compiler_params(),
+      interpret=bc.interpret_params(interpret),
+      **mesh,
+    )(*args)
+  if interpret:
+    # jax's GPU interpreter has no TMA reductions: the kernel writes its G tiles, contracted
+    # with K here. (Its threads also deadlocked on 2 cores when the two GPU-only SMEM scratch
+    # buffers below were allocated too: docs/design.md §5.6.)
+    nk = tk // block_k
+    parts = jax.ShapeDtypeStruct((nk, wgs, batch, hq, ROWS, tq), jnp.float32)
+    dk, dv, dqt, drt = plgpu.kernel(
+      kernel,
+      out_type=[*out_type, parts, parts],
+      scratch_types=scratch,
+      compiler_params=bc.compiler_params(),
+      interpret=bc.interpret_params(True),
+      **mesh,
+    )(*args)
+    k_rows = jnp.repeat(k.reshape(batch, nk, wgs, ROWS, hkv, d), hq // hkv, axis=4)
+    k_rows = k_rows.astype(jnp.float32)
+    dqt, drt = (jnp.einsum("bnwrhd,nwbhrt->bhdt", k_rows, g) for g in (dqt, drt))
+  else:
+    scratch += [
+      bc.smem((wgs, 2, ROWS, block_q), q.dtype, swizzle),  # c GL^T, GU^T: wgmma B operands
+      plgpu.SMEM((wgs, d, block_q), jnp.float32),  # a dq^T / dr^T tile on its way to GMEM
+    ]
+    # The accumulators are jax refs passed to ``pl.kernel``, which aliases them in and out
+    # (``plgpu.kernel`` rejects refs on jax 0.10); the scratch is allocated as it does.
+    # Transposed, [B, Hq, D, Tq]: a tile's [D, block_q] is one TMA box.
+    dqt, drt = (jax.new_ref(jnp.zeros((batch, hq, d, tq), jnp.float32)) for _ in range(2))
+
+    def body(*refs):
+      pl.run_scoped(functools.partial(kernel, *refs), *scratch, collective_axes="wg")
+
+    dk, dv = pl.kernel(
+      body,
+      out_type=out_type,
+      mesh=plgpu.Mesh(**mesh),
+      compiler_params=bc.compiler_params(),
+      name=kernel.__name__,
+    )(*args, dqt, drt)
+    dqt, drt = dqt[...], drt[...]
+  dq, dr = (jnp.transpose(x, (0, 3, 1, 2)) for x in (dqt, drt))
+  return dk, dv, dq, dr

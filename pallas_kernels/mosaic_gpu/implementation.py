@@ -11,7 +11,9 @@ The forward is ``forward.parallax_fwd``. The backward is chosen per call by ``BA
   ``BlockSizes``, whose ``dq``/``dkv`` tiles it then takes (Triton rules); with
   ``deterministic=False`` it is the fused (atomic dq/dr) single pass.
 * ``"mosaic"``: ``backward.parallax_bwd``, the warp-specialised Mosaic GPU dq/dr and dk/dv
-  kernels (``BlockSizes.dq``/``dkv`` then follow ``backward.check``).
+  kernels (``BlockSizes.dq``/``dkv`` then follow ``backward.check``); with
+  ``deterministic=False`` the fused one: the dk/dv kernel alone, adding dq/dr by TMA
+  reductions (not yet measured on a GPU, so ``"auto"`` never picks it).
 """
 
 from __future__ import annotations
@@ -141,6 +143,7 @@ def _bwd(q, r, k, v, segment_ids, residuals, do, spec: CallSpec, variant: str | 
       cfg_dq=bs.dq if bs is not None else None,
       cfg_dkv=bs.dkv if bs is not None else None,
       interpret=spec.interpret,
+      fused=not spec.deterministic,  # dq/dr by TMA reductions in the dk/dv kernel (§5.5)
     )
   from pallas_kernels.gpu import backward, block_sizes
 
