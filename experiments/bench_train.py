@@ -117,8 +117,9 @@ def main(argv=None):
   p.add_argument(
     "--fused-backward",
     action="store_true",
-    help="model.attention_deterministic=False: the Triton backward as one pass with atomic "
-    "dq/dr (not bitwise reproducible)",
+    help="model.attention_deterministic=False: the fused backward (the Triton one adds dq/dr "
+    "with atomics; with --mosaic-backward mosaic, the Mosaic one with TMA reductions); not "
+    "bitwise reproducible",
   )
   p.add_argument("--out-dir", default=None)
   args, overrides = p.parse_known_args(argv)
