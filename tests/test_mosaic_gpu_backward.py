@@ -202,10 +202,13 @@ def test_interpret_cta_orders(order):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("fused", [False, True], ids=["two_pass", "fused"])
 @pytest.mark.parametrize("case", [pytest.param(c, id=c.id) for c in GPU_CASES])
-def test_interpret_shared_grid(case):
-  """The whole shared grid (as GPU mode runs it: bf16/fp16, D 64/128) with the default tiles."""
-  _check_grads(_run(case, None, interpret=True), case)
+def test_interpret_shared_grid(case, fused):
+  """The whole shared grid (as GPU mode runs it: bf16/fp16, D 64/128) with the default tiles,
+  for the two-pass and the fused backward."""
+  kernel = functools.partial(backward.parallax_bwd, fused=fused)
+  _check_grads(_run(case, None, interpret=True, kernel=kernel), case)
 
 
 FUSED_CASES = [  # (case, tiles name, slow): the fused backward (dq/dr added in the dk/dv kernel)
