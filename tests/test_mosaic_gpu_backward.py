@@ -335,11 +335,13 @@ def test_lowers_for_cuda(d, seg, tiles, semantics):
   _lower(d, seg, tiles, semantics)
 
 
+@pytest.mark.parametrize("tiles", ["default", "one_wg"])
 @pytest.mark.parametrize("d", backward.HEAD_DIMS)
-def test_fused_lowers_for_cuda(d):
-  """The fused kernel (default tiles, GQA, window, segment ids) lowers for CUDA: one Mosaic
-  kernel, whose dq/dr accumulators are aliased in and out and added to by TMA reductions."""
-  text = _lower(d, True, backward.default_tiles(d), "Lane", fused=True)
+def test_fused_lowers_for_cuda(d, tiles):
+  """The fused kernel (two consumers sharing the dq/dr work, or one doing both; GQA, window,
+  segment ids) lowers for CUDA: one Mosaic kernel, whose dq/dr accumulators are aliased in and
+  out and added to by TMA reductions."""
+  text = _lower(d, True, TILES[tiles] or backward.default_tiles(d), "Lane", fused=True)
   assert text.count("custom_call @mosaic_gpu") == 1  # the two-pass backward lowers two
   assert "output_operand_alias" in text and "cp.reduce.async.bulk" in text
 

@@ -109,13 +109,15 @@ class BwdOps:
 
     return pl.run_state(issue)(tuple(plgpu.ACC.init(a) for a in accs))
 
-  def matmul_tn(self, a, b, shape):
-    """``a.T @ b`` of SMEM tiles (``a`` [K, M], ``b`` [K, N]), a float32 ``shape`` = [M, N]
-    result: the fused backward's ``dq^T = K^T (c GL^T)`` (``a`` read transposed by wgmma).
-    GPU only: the interpreted fused kernel hands its G tiles to XLA instead."""
+  def matmul_tn(self, pairs, shape):
+    """``sum(a.T @ b for a, b in pairs)`` of SMEM tiles (``a`` [K, M], ``b`` [K, N]), a float32
+    ``shape`` = [M, N] result: the fused backward's ``dq^T = K^T (c GL^T)`` over the CTA's key
+    tiles (``a`` read transposed by wgmma). GPU only: the interpreted fused kernel hands its G
+    tiles to XLA instead."""
 
     def issue(acc):
-      plgpu.wgmma(acc, a.transpose((1, 0)), b)
+      for a, b in pairs:
+        plgpu.wgmma(acc, a.transpose((1, 0)), b)
       return acc[...]
 
     return pl.run_scoped(issue, plgpu.ACC(shape, jnp.float32))

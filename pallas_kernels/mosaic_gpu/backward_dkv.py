@@ -93,6 +93,9 @@ def _kernel(
     plgpu.barrier_wait(barrier)
     zeros = ops.layout(jnp.zeros((ROWS, d), jnp.float32))
     dk, dv = pipeline((zeros, zeros))
+    if fused and not ops.interpret and wgs > 1:  # the other consumer's last dq/dr wgmma has
+      plgpu.barrier_arrive(fused_smem[2])  # read this one's K tile: only then overwrite it
+      plgpu.barrier_wait(fused_smem[2])
     # Every wgmma reading K and V has been waited for: stage dk and dv in their SMEM tiles.
     k_t[...] = dk.astype(dtype)
     v_t[...] = dv.astype(dtype)
@@ -127,29 +130,45 @@ def _kernel(
     gl, gu = (gl * scale).astype(dtype), gu.astype(dtype)
     dk, dv = ops.matmuls_acc((dk, dv), ((0, gl, q_t), (0, gu, r_t), (1, pw.astype(dtype), do_t)))
     if fused:
-      add_dq_dr((gl, gu), hk * group + idx[1], pl.ds(qb * bq, bq))
+      add_dq_dr((gl, gu), hk * group + idx[1], pl.ds(qb * bq, bq), idx[0] * group + idx[1])
     return dk, dv
 
-  def add_dq_dr(gs, hq, rows):
+  def add_dq_dr(gs, hq, rows, step):
     """Fused backward: ``dq^T += K^T (c GL^T)``, ``dr^T += K^T GU^T`` for this tile's query
-    rows, added to the float32 accumulators in GMEM by TMA reductions of whole tiles."""
+    rows, added to the float32 accumulators in GMEM by TMA reductions of whole tiles.
+
+    The consumers share the work: each stages its G tiles in SMEM (two slots, alternating by
+    step), and after a consumer barrier consumer ``w`` forms tensor ``w`` (dq, or dr) over all
+    the CTA's keys (its own and the other consumer's K tiles), one reduction of one
+    ``[D, block_q]`` float32 tile per consumer and step: half the reduction traffic of each
+    consumer adding its own keys' part of both tensors (docs/design.md §5.6).
+    """
     wg = lax.axis_index("wg")
     if ops.interpret:  # the G tiles themselves; the caller contracts them with K (the same
       # sums; a matmul with a transposed SMEM operand and TMA reductions are GPU-only)
       for g, dst in zip(gs, (dqt_ref, drt_ref), strict=True):
         dst.at[lax.axis_index("k"), wg, b, hq, :, rows][...] = g.astype(jnp.float32)
       return
-    g_smem, acc_smem = fused_smem
-    k_t, g_t = wg_state["tiles"][0], g_smem.at[wg]
+    g_smem, acc_smem, g_ready = fused_smem
+    g_slot = g_smem.at[step % 2]  # [wgs, 2, 64 keys, block_q]
     for j, g in enumerate(gs):  # wgmma's B operand must sit in SMEM
-      g_t.at[j][...] = g
+      g_slot.at[wg, j][...] = g
     plgpu.commit_smem()
-    for j, dst in enumerate((dqt_ref, drt_ref)):
-      part = ops.matmul_tn(k_t, g_t.at[j], (d, bq))  # [D, bq] float32
-      plgpu.wait_smem_to_gmem(0, wait_read_only=True)  # the last reduction has read acc_smem
-      acc_smem.at[wg][...] = part
-      plgpu.commit_smem()
-      plgpu.copy_smem_to_gmem(acc_smem.at[wg], dst.at[b, hq, :, rows], reduction_op="add")
+    if wgs > 1:  # every consumer's G tiles are in SMEM. (A slot is rewritten two steps on,
+      plgpu.barrier_arrive(g_ready)  # after the other consumer has passed the next barrier,
+      plgpu.barrier_wait(g_ready)  # so after its wgmma of this step has read the slot.)
+    for w in range(wgs):
+
+      @pl.when(wg == w)
+      def _(w=w):
+        for j in range(w, 2, wgs):  # tensor j: 0 = dq, 1 = dr
+          pairs = [(k_smem.at[w2], g_slot.at[w2, j]) for w2 in range(wgs)]
+          part = ops.matmul_tn(pairs, (d, bq))  # [D, bq] float32
+          plgpu.wait_smem_to_gmem(0, wait_read_only=True)  # the last reduction read acc_smem
+          acc_smem.at[w][...] = part
+          plgpu.commit_smem()
+          dst = (dqt_ref, drt_ref)[j]
+          plgpu.copy_smem_to_gmem(acc_smem.at[w], dst.at[b, hq, :, rows], reduction_op="add")
 
   def q_map(i, g):
     return (lo + i, hk * group + g, 0)
@@ -182,11 +201,12 @@ def smem_bytes(
 ) -> int:
   """Shared memory of one CTA (half-precision tiles): K, V per consumer + the ring of Q, R, dO
   and the four float32 row statistics (+ the query segment ids); fused: + per consumer the
-  GL, GU tiles and one float32 ``[D, block_q]`` staging tile of the dq/dr reductions."""
+  GL, GU tiles (two slots) and one float32 ``[D, block_q]`` staging tile of the dq/dr
+  reductions."""
   wgs = block_k // ROWS
   fixed = 2 * wgs * ROWS * head_dim * 2
   if fused:
-    fixed += wgs * (2 * ROWS * block_q * 2 + head_dim * block_q * 4)
+    fixed += wgs * (2 * 2 * ROWS * block_q * 2 + head_dim * block_q * 4)
   per_stage = 3 * block_q * head_dim * 2 + 4 * block_q * 4 + (4 * block_q if has_seg else 0)
   return fixed + stages * per_stage
 
@@ -280,8 +300,9 @@ def dk_dv(
     dqt, drt = (jnp.einsum("bnwrhd,nwbhrt->bhdt", k_rows, g) for g in (dqt, drt))
   else:
     scratch += [
-      bc.smem((wgs, 2, ROWS, block_q), q.dtype, swizzle),  # c GL^T, GU^T: wgmma B operands
+      bc.smem((2, wgs, 2, ROWS, block_q), q.dtype, swizzle),  # c GL^T, GU^T per step parity
       plgpu.SMEM((wgs, d, block_q), jnp.float32),  # a dq^T / dr^T tile on its way to GMEM
+      plgpu.Barrier(num_arrivals=wgs),  # the consumers' G tiles are staged
     ]
     # The accumulators are jax refs passed to ``pl.kernel``, which aliases them in and out
     # (``plgpu.kernel`` rejects refs on jax 0.10); the scratch is allocated as it does.
