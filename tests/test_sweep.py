@@ -256,3 +256,35 @@ def test_pivot_results_averages_the_other_axes(tmp_path):
   assert "| b | 5.0 | - |" in by_seed
   with pytest.raises(ValueError, match="no column 'eval_mse'"):
     pivot(path, "variant", "status", "eval_mse")
+
+
+def test_seed_pairs_compare_within_group_and_seed(tmp_path):
+  """Each arm minus its own group's base arm at the same seed (never another group's, never
+  another seed's); unfinished points and names without a seed are left out."""
+  from parallax_jax.sweeps.pairs import paired_tables
+
+  path = tmp_path / "results.csv"
+  rows = [
+    ("muon+softmax_s0", "finished", "4.0"),
+    ("muon+softmax_s1", "finished", "5.0"),
+    ("muon+parallax_s0", "finished", "4.5"),
+    ("muon+parallax_s1", "finished", "4.75"),
+    ("adamw+softmax_s0", "finished", "10.0"),
+    ("adamw+parallax_s0", "finished", "9.0"),
+    ("adamw+parallax_s1", "finished", "7.0"),  # no adamw softmax at seed 1: no pair
+    ("muon+parallax_lr2_s0", "pending", ""),
+    ("smoke", "finished", "1.0"),  # not <group>+<arm>_s<seed>
+  ]
+  with path.open("w", newline="") as f:
+    w = csv.writer(f)
+    w.writerow(["variant", "status", "eval_loss"])
+    w.writerows(rows)
+  values, diffs = paired_tables(path, "eval_loss", "softmax", "{:.2f}").split("minus")
+  assert "| muon+softmax | 4.00 | 5.00 | 4.50 ± 0.50 (n=2) |" in values
+  assert "| adamw+parallax | 9.00 | 7.00 | 8.00 ± 1.00 (n=2) |" in values
+  assert "lr2" not in values and "smoke" not in values
+  # muon: 4.5 - 4.0 = 0.5 and 4.75 - 5.0 = -0.25; adamw: seed 0 only, 9 - 10 = -1
+  assert "| muon+parallax | 0.50 | -0.25 | 0.12 ± 0.38 (n=2) |" in diffs
+  assert "| adamw+parallax | -1.00 | - | -1.00 |" in diffs
+  with pytest.raises(ValueError, match="no column 'eval_mse'"):
+    paired_tables(path, "eval_mse")

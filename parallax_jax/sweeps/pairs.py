@@ -1,0 +1,76 @@
+"""Seed-paired comparisons of a sweep's arms, from its ``results.csv``.
+
+For sweeps whose variants are named ``<group>+<arm>_s<seed>`` (e.g. ``muon+parallax_r0_s1``,
+``configs/sweeps/gpu_study_lm.py``): runs of one seed share their data order and
+initialisation, so an arm is compared with the base arm of the same group *at the same seed*
+(a paired difference), which removes the part of the seed spread that moves every arm alike.
+Unfinished points are left out; a difference needs both runs of its pair.
+
+CLI: ``python -m experiments.seed_pairs W/results.csv --value eval_loss --base softmax``.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from pathlib import Path
+
+VARIANT = re.compile(r"^(?:(?P<group>.+)\+)?(?P<arm>.+)_s(?P<seed>\d+)$")
+
+
+def _runs(csv_path: str | Path, value: str) -> dict[tuple[str, str, int], float]:
+  """``(group, arm, seed) -> value`` of the finished points with a parseable variant name."""
+  with open(csv_path, newline="") as f:
+    records = list(csv.DictReader(f))
+  if records and value not in records[0]:
+    raise ValueError(f"{csv_path} has no column {value!r}; columns: {list(records[0])}")
+  out = {}
+  for r in records:
+    m = VARIANT.match(r.get("variant", ""))
+    if r.get("status") != "finished" or m is None or r[value] == "":
+      continue
+    out[(m["group"] or "", m["arm"], int(m["seed"]))] = float(r[value])
+  if not out:
+    raise ValueError(f"{csv_path}: no finished point named <group>+<arm>_s<seed>")
+  return out
+
+
+def _spread(xs: list[float], fmt: str) -> str:
+  if len(xs) == 1:
+    return fmt.format(xs[0])
+  mean = sum(xs) / len(xs)
+  return f"{fmt.format(mean)} ± {fmt.format((max(xs) - min(xs)) / 2)} (n={len(xs)})"
+
+
+def paired_tables(
+  csv_path: str | Path, value: str = "eval_loss", base: str = "softmax", fmt: str = "{:.3f}"
+) -> str:
+  """Two markdown tables: ``value`` per arm and seed (with the mean ± half the range), and
+  each arm minus its group's ``base`` arm at the same seed (with the mean ± half the range)."""
+  runs = _runs(csv_path, value)
+  seeds = sorted({s for _, _, s in runs})
+  arms = sorted({(g, a) for g, a, _ in runs})
+  head = "| arm | " + " | ".join(f"seed {s}" for s in seeds) + " | mean |"
+  rule = "|---|" + "---:|" * (len(seeds) + 1)
+  lines = [f"{value} per seed:", "", head, rule]
+  for g, a in arms:
+    xs = [runs.get((g, a, s)) for s in seeds]
+    cells = ["-" if x is None else fmt.format(x) for x in xs]
+    got = [x for x in xs if x is not None]
+    name = f"{g}+{a}" if g else a
+    lines.append(f"| {name} | " + " | ".join(cells) + f" | {_spread(got, fmt)} |")
+  lines += ["", f"{value} minus the same group's {base!r} at the same seed:", "", head, rule]
+  for g, a in arms:
+    if a == base:
+      continue
+    diffs = [
+      runs[(g, a, s)] - runs[(g, base, s)] if (g, a, s) in runs and (g, base, s) in runs else None
+      for s in seeds
+    ]
+    got = [x for x in diffs if x is not None]
+    if not got:
+      continue
+    cells = ["-" if x is None else fmt.format(x) for x in diffs]
+    name = f"{g}+{a}" if g else a
+    lines.append(f"| {name} | " + " | ".join(cells) + f" | {_spread(got, fmt)} |")
+  return "\n".join(lines) + "\n"
