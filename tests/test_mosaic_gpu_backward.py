@@ -454,11 +454,13 @@ def test_tile_sweep(shape, capsys):
   for name, tiles, kernel in (
     ("dq", SWEEP_DQ, backward_dq.dq_dr),
     ("dkv", SWEEP_DKV, backward_dkv.dk_dv),
+    ("fused dkv+dq", SWEEP_DKV, functools.partial(backward_dkv.dk_dv, fused=True)),
   ):
     for tile in tiles:
       dq_tile, dkv_tile = backward.default_tiles(d)
+      pair = (tile, dkv_tile) if name == "dq" else (dq_tile, tile)
       try:
-        backward.check_tiles(*((tile, dkv_tile) if name == "dq" else (dq_tile, tile)), d, False)
+        backward.check_tiles(*pair, d, False, name.startswith("fused"))
       except NotImplementedError:
         continue
       fn = jax.jit(
@@ -483,5 +485,8 @@ def test_tile_sweep(shape, capsys):
   lines.append(
     f"{shape} mosaic bwd (default tiles): {_median_ms(ours, q, r, k, v, None, res, g):.3f} ms"
   )
+  fused = jax.jit(functools.partial(backward.parallax_bwd, scale=scale, mask=mask, fused=True))
+  fused_ms = _median_ms(fused, q, r, k, v, None, res, g)
+  lines.append(f"{shape} fused mosaic bwd (default tiles): {fused_ms:.3f} ms")
   with capsys.disabled():
     print("\n" + "\n".join(lines))
