@@ -283,7 +283,7 @@ def dk_dv(
     )(*args)
   if interpret:
     # jax's GPU interpreter has no TMA reductions: the kernel writes its G tiles, contracted
-    # with K here. (Its threads also deadlocked on 2 cores when the two GPU-only SMEM scratch
+    # with K here. (Its threads also deadlocked on 2 cores when the GPU-only SMEM scratch
     # buffers below were allocated too: docs/design.md §5.6.)
     nk = tk // block_k
     parts = jax.ShapeDtypeStruct((nk, wgs, batch, hq, ROWS, tq), jnp.float32)

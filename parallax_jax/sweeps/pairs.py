@@ -15,6 +15,8 @@ import csv
 import re
 from pathlib import Path
 
+from parallax_jax.sweeps.pivot import mean_spread
+
 VARIANT = re.compile(r"^(?:(?P<group>.+)\+)?(?P<arm>.+)_s(?P<seed>\d+)$")
 
 
@@ -35,13 +37,6 @@ def _runs(csv_path: str | Path, value: str) -> dict[tuple[str, str, int], float]
   return out
 
 
-def _spread(xs: list[float], fmt: str) -> str:
-  if len(xs) == 1:
-    return fmt.format(xs[0])
-  mean = sum(xs) / len(xs)
-  return f"{fmt.format(mean)} ± {fmt.format((max(xs) - min(xs)) / 2)} (n={len(xs)})"
-
-
 def paired_tables(
   csv_path: str | Path, value: str = "eval_loss", base: str = "softmax", fmt: str = "{:.3f}"
 ) -> str:
@@ -52,25 +47,21 @@ def paired_tables(
   arms = sorted({(g, a) for g, a, _ in runs})
   head = "| arm | " + " | ".join(f"seed {s}" for s in seeds) + " | mean |"
   rule = "|---|" + "---:|" * (len(seeds) + 1)
-  lines = [f"{value} per seed:", "", head, rule]
-  for g, a in arms:
-    xs = [runs.get((g, a, s)) for s in seeds]
+
+  def row(group, arm, xs):
     cells = ["-" if x is None else fmt.format(x) for x in xs]
     got = [x for x in xs if x is not None]
-    name = f"{g}+{a}" if g else a
-    lines.append(f"| {name} | " + " | ".join(cells) + f" | {_spread(got, fmt)} |")
+    name = f"{group}+{arm}" if group else arm
+    return f"| {name} | " + " | ".join(cells) + f" | {mean_spread(got, fmt)} |"
+
+  lines = [f"{value} per seed:", "", head, rule]
+  lines += [row(g, a, [runs.get((g, a, s)) for s in seeds]) for g, a in arms]
   lines += ["", f"{value} minus the same group's {base!r} at the same seed:", "", head, rule]
   for g, a in arms:
-    if a == base:
-      continue
     diffs = [
       runs[(g, a, s)] - runs[(g, base, s)] if (g, a, s) in runs and (g, base, s) in runs else None
       for s in seeds
     ]
-    got = [x for x in diffs if x is not None]
-    if not got:
-      continue
-    cells = ["-" if x is None else fmt.format(x) for x in diffs]
-    name = f"{g}+{a}" if g else a
-    lines.append(f"| {name} | " + " | ".join(cells) + f" | {_spread(got, fmt)} |")
+    if a != base and any(x is not None for x in diffs):
+      lines.append(row(g, a, diffs))
   return "\n".join(lines) + "\n"

@@ -13,6 +13,17 @@ import statistics
 from pathlib import Path
 
 
+def mean_spread(xs: list[float], fmt: str = "{:.3f}") -> str:
+  """A table cell of repeated measurements: ``-`` (none), the value (one), or ``mean ± half
+  the range (n=...)``."""
+  if not xs:
+    return "-"
+  if len(xs) == 1:
+    return fmt.format(xs[0])
+  half = (max(xs) - min(xs)) / 2
+  return f"{fmt.format(statistics.mean(xs))} ± {fmt.format(half)} (n={len(xs)})"
+
+
 def pivot(csv_path: str | Path, rows: str, cols: str, value: str, fmt: str = "{:.3f}") -> str:
   with open(csv_path, newline="") as f:
     records = [r for r in csv.DictReader(f) if r.get("status") == "finished"]
@@ -32,18 +43,12 @@ def pivot(csv_path: str | Path, rows: str, cols: str, value: str, fmt: str = "{:
       col_keys.append(r[cols])
     cells.setdefault((r[rows], r[cols]), []).append(float(r[value]))
 
-  def cell(xs):
-    if not xs:
-      return "-"
-    if len(xs) == 1:
-      return fmt.format(xs[0])
-    half = (max(xs) - min(xs)) / 2
-    return f"{fmt.format(statistics.mean(xs))} ± {fmt.format(half)} (n={len(xs)})"
-
   lines = [
     f"| {rows} \\ {cols} | " + " | ".join(col_keys) + " |",
     "|---|" + "---:|" * len(col_keys),
   ]
   for rk in row_keys:
-    lines.append(f"| {rk} | " + " | ".join(cell(cells.get((rk, ck), [])) for ck in col_keys) + " |")
+    lines.append(
+      f"| {rk} | " + " | ".join(mean_spread(cells.get((rk, ck), []), fmt) for ck in col_keys) + " |"
+    )
   return "\n".join(lines)
