@@ -278,7 +278,9 @@ def _rule_spec(length=4096, head_dim=128, window=None, deterministic=True, block
   [
     (dict(), "mosaic"),
     (dict(length=16384), "mosaic"),
-    (dict(length=2048), "triton"),
+    (dict(length=2048), "mosaic"),
+    (dict(length=2047), "triton"),
+    (dict(length=1024), "triton"),
     (dict(head_dim=64), "triton"),
     (dict(window=1024), "triton"),
     (dict(deterministic=False), "triton"),
@@ -287,7 +289,7 @@ def _rule_spec(length=4096, head_dim=128, window=None, deterministic=True, block
 )
 def test_auto_backward_picks_the_measured_rule(monkeypatch, caplog, kw, want):
   """``BACKWARD="auto"`` runs the Mosaic backward only inside its measured scope (D 128,
-  length >= 4096, no window, deterministic, no explicit tiles), logs the choice once, and a
+  length >= 2048, no window, deterministic, no explicit tiles), logs the choice once, and a
   pinned ``BACKWARD`` overrides it."""
   monkeypatch.setattr(implementation, "BACKWARD", "auto")
   monkeypatch.setattr(implementation, "_logged", set())

@@ -33,10 +33,12 @@ log = logging.getLogger("parallax_jax")
 
 BACKWARDS = ("auto", "triton", "mosaic")
 BACKWARD = "auto"
-# The "auto" rule's scope, as measured (experiments/results/bench_kernels_2026-12-03_122018,
-# H = 16, D = 128, causal, bf16, pipelined fwd+bwd): the Mosaic backward took 5.0 / 4.8 / 8.0%
-# less time at (B, L) = (4, 4K) / (2, 8K) / (1, 16K) and 0.6% more at (8, 2K).
-MOSAIC_BACKWARD_MIN_LEN = 4096
+# The "auto" rule's scope, as measured (experiments/results/bench_kernels_2026-12-03_144822,
+# H = 16, D = 128, causal, bf16, pipelined fwd+bwd, with the row statistics' concatenation
+# fusion gone, docs/design.md §5.6): the Mosaic backward took 9.2 / 8.1 / 8.3 / 8.0% less time
+# than the Triton one at (B, L) = (4, 4K) / (2, 8K) / (8, 2K) / (1, 16K). Shorter lengths are
+# not measured.
+MOSAIC_BACKWARD_MIN_LEN = 2048
 MOSAIC_BACKWARD_HEAD_DIMS = (128,)
 _logged: set[tuple[str, str]] = set()
 
@@ -79,7 +81,7 @@ def _auto_rule(spec: CallSpec) -> tuple[str, str]:
     return "triton", "a sliding window (the Mosaic backward is measured without one)"
   length = max(spec.mask.q_len, spec.mask.kv_len)
   if length < MOSAIC_BACKWARD_MIN_LEN:
-    return "triton", f"length {length} < {MOSAIC_BACKWARD_MIN_LEN} (measured: no gain)"
+    return "triton", f"length {length} < {MOSAIC_BACKWARD_MIN_LEN} (not measured there)"
   return "mosaic", f"head_dim {spec.head_dim}, length {length} >= {MOSAIC_BACKWARD_MIN_LEN}"
 
 
