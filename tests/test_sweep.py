@@ -288,3 +288,98 @@ def test_seed_pairs_compare_within_group_and_seed(tmp_path):
   assert "| adamw+parallax | -1.00 | - | -1.00 |" in diffs
   with pytest.raises(ValueError, match="no column 'eval_mse'"):
     paired_tables(path, "eval_mse")
+
+
+# 4 groups x 3 seeds: more curves than matplotlib's 10-colour default cycle.
+MANY = [
+  f"{o}+{k}_s{s}" for o in ("adamw", "muon") for k in ("parallax", "softmax") for s in (0, 1, 2)
+]
+
+
+def _many_variants_sweep(tmp_path):
+  """A sweep of the 12 ``MANY`` variants, each with a metrics.jsonl: train loss every 10 steps,
+  eval perplexity every 20."""
+  sweep = build_sweep(
+    {
+      "base": TINY,
+      "variants": {n: {"train.seed": int(n[-1])} for n in MANY},
+      "metric": "eval_perplexity",
+    }
+  )
+  for i, p in enumerate(sweep.points):
+    directory = tmp_path / "points" / p.name
+    directory.mkdir(parents=True)
+    records = [
+      {
+        "step": t,
+        "loss": 5 - t / 100 + i / 50,
+        **({"eval_perplexity": 90 - t / 5 + i} if t % 20 == 0 else {}),
+      }
+      for t in range(10, 110, 10)
+    ]
+    (directory / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+  return sweep
+
+
+def assert_curves_distinct(fig, names):
+  """Each axis of the loss-curve figure: one line per name, no two with the same (colour, line
+  style); a name's seeds (``_s<n>``) share a colour."""
+  from matplotlib.colors import to_hex
+
+  axes = [a for a in fig.axes if a.lines]
+  assert len(axes) == 2
+  for ax in axes:
+    lines = {line.get_label().removeprefix("variant="): line for line in ax.lines}
+    assert sorted(lines) == sorted(names)
+    styles = {n: (to_hex(line.get_color()), line.get_linestyle()) for n, line in lines.items()}
+    assert len(set(styles.values())) == len(names), styles
+    for n in names:
+      assert styles[n][0] == styles[n[:-1] + "0"][0], n
+
+
+def assert_labels_readable(fig, names):
+  """Each name is a tick label, drawn inside the figure and overlapping no other."""
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+  canvas = FigureCanvasAgg(fig)
+  canvas.draw()
+  renderer = canvas.get_renderer()
+  ticks = [
+    t
+    for ax in fig.axes
+    for t in ax.get_xticklabels() + ax.get_yticklabels()
+    if t.get_text() in names and t.get_visible()
+  ]
+  assert sorted(t.get_text() for t in ticks) == sorted(names)
+  boxes = [t.get_window_extent(renderer) for t in ticks]
+  frame = fig.bbox
+  for i, b in enumerate(boxes):
+    assert frame.x0 <= b.x0 and b.x1 <= frame.x1 and frame.y0 <= b.y0 and b.y1 <= frame.y1
+    overlapping = [ticks[j].get_text() for j in range(i) if b.overlaps(boxes[j])]
+    assert not overlapping, (ticks[i].get_text(), overlapping)
+
+
+def test_plots_of_many_variants_stay_readable(tmp_path):
+  """12 variants: every curve has its own (colour, line style), seeds of a variant share the
+  colour; the metric plot's variant names neither overlap nor leave the figure."""
+  from parallax_jax.sweeps.report import loss_curves_figure, metric_figure, write_tables
+
+  sweep = _many_variants_sweep(tmp_path)
+  rows = write_tables(sweep, tmp_path)
+  assert_curves_distinct(loss_curves_figure(sweep, tmp_path, "eval_perplexity"), MANY)
+  assert_labels_readable(metric_figure(sweep, rows, "eval_perplexity", "variant"), MANY)
+
+
+def test_curve_styles_are_distinct_for_any_names():
+  from parallax_jax.sweeps.report import curve_styles, split_seed
+
+  assert split_seed("variant=muon+parallax_r0_s2") == ("variant=muon+parallax_r0", "s2")
+  assert split_seed("attention=softmax,seed=1") == ("attention=softmax", "seed=1")
+  assert split_seed("lr=0.1") == ("lr=0.1", "")
+  for names in (
+    [f"lr={i}" for i in range(15)],  # no seeds: 15 colours
+    [f"v{i}_s{s}" for i in range(25) for s in (0, 1)],  # more groups than tab20 has colours
+    [f"v_s{s}" for s in range(6)],  # more seeds than line styles
+  ):
+    styles = curve_styles(names)
+    assert len(set(styles.values())) == len(names), names

@@ -129,65 +129,173 @@ def _safe(name: str) -> str:
   return re.sub(r"[^A-Za-z0-9_-]", "_", name)
 
 
-def write_plots(sweep: Sweep, workdir: Path, rows: list[dict]) -> list[Path]:
-  """loss_curves.png (train loss, and the metric at each eval, per point) and
-  metric_vs_<axis>.png (axis dots become underscores)."""
+_LINESTYLES = ("-", "--", ":", "-.")
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
+
+
+def _linestyle(k: int):
+  """The k-th line style: the four named ones, then ever longer dashes."""
+  return _LINESTYLES[k] if k < len(_LINESTYLES) else (0, (k, 2))
+
+
+def split_seed(name: str) -> tuple[str, str]:
+  """(the point name without its seed, the seed): an axis ending in ``seed``
+  (``seed=1``) or a value ending in ``_s<digits>`` (``variant=muon+parallax_s1``);
+  (name, "") when neither is there."""
+  kept, seeds = [], []
+  for part in name.split(","):
+    key, sep, _ = part.partition("=")
+    match = re.fullmatch(r"(.+)_s(\d+)", part)
+    if sep and key.rsplit(".", 1)[-1].endswith("seed"):
+      seeds.append(part)
+    elif match:
+      kept.append(match[1])
+      seeds.append(f"s{match[2]}")
+    else:
+      kept.append(part)
+  return ",".join(kept), ",".join(seeds)
+
+
+def curve_styles(names: list[str]) -> dict[str, tuple[tuple, int]]:
+  """{name: (colour, k)}, no two names alike; k picks a line style (``_linestyle``) or a
+  marker. Names that differ only in their seed (``split_seed``) share a colour and each seed
+  has its own k, with tab10's colours up to 10 such groups and tab20's up to 20. Otherwise
+  (more groups, more seeds than line styles): tab20's colours in turn, k the round."""
   import matplotlib
 
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  names = list(dict.fromkeys(names))
+  parts = [split_seed(n) for n in names]
+  groups = list(dict.fromkeys(g for g, _ in parts))
+  seeds = sorted({s for _, s in parts}, key=lambda s: (len(s), s))
+  if len(groups) <= 20 and len(seeds) <= len(_LINESTYLES) and len(set(parts)) == len(parts):
+    colors = matplotlib.colormaps["tab10" if len(groups) <= 10 else "tab20"].colors
+    return {
+      n: (colors[groups.index(g)], seeds.index(s)) for n, (g, s) in zip(names, parts, strict=True)
+    }
+  colors = matplotlib.colormaps["tab20"].colors
+  return {n: (colors[i % len(colors)], i // len(colors)) for i, n in enumerate(names)}
 
-  workdir = Path(workdir)
-  out = []
-  metric = metric_name(sweep, rows)
-  # Left: train loss at every logged step; right: the sweep's metric at every eval.
-  fig, (ax, ax_eval) = plt.subplots(1, 2, figsize=(12, 4.5))
+
+def _legend(fig, handles: list, title: str | None = None) -> None:
+  """One legend for the figure, right of its axes, smaller and in columns when long."""
+  fig.legend(
+    handles=handles,
+    loc="outside right upper",
+    title=title,
+    fontsize="small" if len(handles) <= 12 else "x-small",
+    ncols=math.ceil(len(handles) / 30),
+  )
+
+
+def loss_curves_figure(sweep: Sweep, workdir: Path, metric: str):
+  """Train loss at every logged step (left) and ``metric`` at every eval (right), a curve per
+  point; the points' seeds (``split_seed``) by line style, the rest by colour."""
+  from matplotlib.figure import Figure
+
+  curves = {}  # point name -> {"loss": [(step, value)], metric: [...]}, points with any
   for p in sweep.points:
-    recs = read_metrics(workdir / "points" / p.name, missing_ok=True)
-    for axis_, key, style in ((ax, "loss", {}), (ax_eval, metric, {"marker": "o"})):
-      pts = [(r["step"], r[key]) for r in recs if r.get(key) is not None]
-      if pts:
-        axis_.plot(*zip(*pts, strict=True), label=p.name, **style)
+    recs = read_metrics(Path(workdir) / "points" / p.name, missing_ok=True)
+    pts = {k: [(r["step"], r[k]) for r in recs if r.get(k) is not None] for k in ("loss", metric)}
+    if any(pts.values()):
+      curves[p.name] = pts
+  styles = curve_styles(list(curves))  # the points drawn only: as few colours as can be
+  # One axis: its name once, as the legend's title, not in every label.
+  (axis, *more) = list(sweep.axes) or [""]
+  prefix = f"{axis.rsplit('.', 1)[-1]}=" if axis and not more else ""
+  fig = Figure(figsize=(14, 5), layout="constrained")
+  ax, ax_eval = fig.subplots(1, 2)
+  handles = {}
+  for name, pts in curves.items():
+    color, k = styles[name]
+    label = name.removeprefix(prefix)
+    for axis_, key, marker in ((ax, "loss", None), (ax_eval, metric, "o")):
+      if pts[key]:
+        (line,) = axis_.plot(
+          *zip(*pts[key], strict=True),
+          label=label,
+          color=color,
+          linestyle=_linestyle(k),
+          marker=marker,
+        )
+        handles.setdefault(label, line)
   ax.set(xlabel="step", ylabel="train loss", title="Training loss per sweep point")
   ax_eval.set(xlabel="step", ylabel=metric, title=f"{metric} at each eval")
   if metric == "eval_perplexity":
     ax_eval.set_yscale("log")
-  for a in (ax, ax_eval):
-    if a.lines:
-      a.legend(fontsize="small")
-  fig.tight_layout()
-  fig.savefig(workdir / "loss_curves.png", dpi=120)
-  plt.close(fig)
-  out.append(workdir / "loss_curves.png")
+  if handles:  # in groups: a colour's seeds together
+    groups = list(dict.fromkeys(split_seed(n)[0] for n in curves))
+    order = sorted(curves, key=lambda n: (groups.index(split_seed(n)[0]), styles[n][1]))
+    _legend(fig, [handles[n.removeprefix(prefix)] for n in order], prefix.rstrip("=") or None)
+  return fig
 
-  for axis in sweep.axes:
-    others = [a for a in sweep.axes if a != axis]
-    values = sweep.axes[axis]
-    numeric = all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
-    position = {repr(v): (v if numeric else i) for i, v in enumerate(values)}
-    groups: dict[str, list[tuple]] = {}
-    for r in rows:
-      if r.get(metric) is None:
-        continue
+
+def metric_figure(sweep: Sweep, rows: list[dict], metric: str, axis: str):
+  """``metric`` against one axis, a series per combination of the other axes' values.
+  A numeric axis is the x axis (log when it spans 10x); the values of any other (names: a
+  variant) go down the y axis, those without a result left out, so that long names stay
+  readable."""
+  from matplotlib.figure import Figure
+
+  others = [a for a in sweep.axes if a != axis]
+  values = sweep.axes[axis]
+  numeric = all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
+  groups: dict[str, list[tuple]] = {}
+  for r in rows:
+    if r.get(metric) is not None:
       label = ", ".join(f"{o.rsplit('.', 1)[-1]}={r[o]}" for o in others) or metric
-      groups.setdefault(label, []).append((position[repr(r[axis])], r[metric]))
-    fig, ax = plt.subplots(figsize=(6, 4))
+      groups.setdefault(label, []).append((r[axis], r[metric]))
+  styles = curve_styles(list(groups))
+  if numeric:
+    fig = Figure(figsize=(7 + 3 * (len(groups) > 1), 4.5), layout="constrained")
+    ax = fig.subplots()
     for label, pts in groups.items():
       pts.sort()
-      ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o", label=label)
-    if not numeric:
-      ax.set_xticks(range(len(values)), [str(v) for v in values])
-    elif min(values) > 0 and max(values) / min(values) >= 10:
+      color, k = styles[label]
+      ax.plot(*zip(*pts, strict=True), marker="o", label=label, color=color, ls=_linestyle(k))
+    if min(values) > 0 and max(values) / min(values) >= 10:
       ax.set_xscale("log")
-    ax.set(xlabel=axis, ylabel=metric, title=f"{metric} vs {axis}")
-    if len(groups) > 1:
-      ax.legend(fontsize="small")
-    fig.tight_layout()
-    path = workdir / f"metric_vs_{_safe(axis)}.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    out.append(path)
-  return out
+    ax.set(xlabel=axis, ylabel=metric)
+  else:
+    measured = {repr(x) for pts in groups.values() for x, _ in pts}
+    shown = [v for v in values if repr(v) in measured] or list(values)
+    position = {repr(v): i for i, v in enumerate(shown)}
+    fig = Figure(
+      figsize=(7 + 3 * (len(groups) > 1), max(3, 1.5 + 0.3 * len(shown))), layout="constrained"
+    )
+    ax = fig.subplots()
+    step = min(0.15, 0.6 / max(len(groups), 1))  # the series side by side at each name
+    for i, (label, pts) in enumerate(groups.items()):
+      color, k = styles[label]
+      offset = (i - (len(groups) - 1) / 2) * step
+      ax.plot(
+        [y for _, y in pts],
+        [position[repr(x)] + offset for x, _ in pts],
+        linestyle="none",
+        marker=_MARKERS[k % len(_MARKERS)],
+        color=color,
+        label=label,
+      )
+    ax.set_yticks(range(len(shown)), [str(v) for v in shown])
+    ax.set_ylim(len(shown) - 0.5, -0.5)  # the sweep's first value on top
+    ax.grid(axis="both", alpha=0.3)
+    ax.set(xlabel=metric, ylabel=axis)
+  ax.set_title(f"{metric} vs {axis}")
+  if len(groups) > 1:
+    _legend(fig, ax.get_lines())
+  return fig
+
+
+def write_plots(sweep: Sweep, workdir: Path, rows: list[dict]) -> list[Path]:
+  """loss_curves.png (``loss_curves_figure``) and metric_vs_<axis>.png (``metric_figure``;
+  axis dots become underscores)."""
+  workdir = Path(workdir)
+  metric = metric_name(sweep, rows)
+  figures = {"loss_curves.png": loss_curves_figure(sweep, workdir, metric)}
+  for axis in sweep.axes:
+    figures[f"metric_vs_{_safe(axis)}.png"] = metric_figure(sweep, rows, metric, axis)
+  for name, fig in figures.items():
+    fig.savefig(workdir / name, dpi=120)
+  return [workdir / name for name in figures]
 
 
 def write_all(sweep: Sweep, workdir: Path) -> list[dict]:
