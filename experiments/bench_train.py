@@ -31,6 +31,7 @@ from parallax_jax.benchmarking.synthetic_batch import synthetic_batch
 from parallax_jax.benchmarking.timing import time_call
 from parallax_jax.flops import MFU_HEADER, MODEL_TFLOPS_HEADER
 from parallax_jax.model import ModelConfig
+from parallax_jax.train.compile_cache import use_compilation_cache
 from parallax_jax.train.config import load_config
 from parallax_jax.train.metrics import compiled_memory_bytes, mfu
 from parallax_jax.train.optimizer import OptimizerConfig, make_optimizer
@@ -141,8 +142,7 @@ def main(argv=None):
     "of an unchanged step (lowering still runs)",
   )
   args, overrides = p.parse_known_args(argv)
-  if args.compilation_cache:
-    jax.config.update("jax_compilation_cache_dir", args.compilation_cache)
+  use_compilation_cache(args.compilation_cache)
   args.stem = None
   if args.mosaic_backward:
     from pallas_kernels.mosaic_gpu import implementation

@@ -83,22 +83,36 @@ def parallax_attention(
   return _attention(impl.name, spec, variant, q, r, k, v, segment_ids)
 
 
+# The implementation's forward and backward each run under their own jit. Calls with the same
+# (name, spec, variant) and shapes, e.g. the layers of a model, then trace to one jaxpr, which
+# JAX lowers once: one function per kernel in the module, called from every layer, instead of a
+# copy of the kernel (lowered again in Python each time) per layer.
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _impl_fwd(name: str, spec: CallSpec, q, r, k, v, segment_ids):
+  return implementations.get(name).fwd(q, r, k, v, segment_ids, spec)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _impl_bwd(name: str, spec: CallSpec, variant, q, r, k, v, segment_ids, residuals, do):
+  kw = {} if variant is None else {"variant": variant}
+  return implementations.get(name).bwd(q, r, k, v, segment_ids, residuals, do, spec, **kw)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
 def _attention(name: str, spec: CallSpec, variant, q, r, k, v, segment_ids):
-  o, _ = implementations.get(name).fwd(q, r, k, v, segment_ids, spec)
+  o, _ = _impl_fwd(name, spec, q, r, k, v, segment_ids)
   return o
 
 
 def _attention_fwd(name, spec, variant, q, r, k, v, segment_ids):
-  o, residuals = implementations.get(name).fwd(q, r, k, v, segment_ids, spec)
+  o, residuals = _impl_fwd(name, spec, q, r, k, v, segment_ids)
   o, residuals = jax.tree.map(lambda a: checkpoint_name(a, CHECKPOINT_NAME), (o, residuals))
   return o, (q, r, k, v, segment_ids, residuals)
 
 
 def _attention_bwd(name, spec, variant, saved, do):
   q, r, k, v, segment_ids, residuals = saved
-  kw = {} if variant is None else {"variant": variant}
-  dq, dr, dk, dv = implementations.get(name).bwd(q, r, k, v, segment_ids, residuals, do, spec, **kw)
+  dq, dr, dk, dv = _impl_bwd(name, spec, variant, q, r, k, v, segment_ids, residuals, do)
   return dq, dr, dk, dv, None
 
 
