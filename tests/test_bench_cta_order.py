@@ -5,10 +5,15 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from experiments import bench_cta_order
 from pallas_kernels.mosaic_gpu import common
 
 
+# slow (27 s on 2 cores): the default CTA order's gradients are in the default suite
+# (test_mosaic_gpu_backward.py::test_interpret_cta_orders); this checks the script's table
+@pytest.mark.slow
 def test_runs_every_kernel_in_both_orders(tmp_path):
   argv = ["--interpret", "--shapes", "1x128", "--heads", "2", "--head-dim", "64", "--iters", "1"]
   with common.interpret_compile_cache():

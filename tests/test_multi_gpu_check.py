@@ -21,6 +21,9 @@ SMALL = [
 ]
 
 
+# slow (75 s on 2 cores): the ring against one device and the restore onto another mesh are
+# in the default suite (tests/sharded/test_context_parallel.py, tests/test_sharding.py)
+@pytest.mark.slow
 def test_all_parts_on_fake_devices(tmp_path):
   assert jax.device_count() == 8
   sets = [a for s in SMALL for a in ("--set", s)]
