@@ -27,32 +27,26 @@ import jax.numpy as jnp
 
 from parallax_jax.benchmarking import result_files
 from parallax_jax.benchmarking.run_info import run_info
-from parallax_jax.benchmarking.synthetic_batch import synthetic_batch
 from parallax_jax.benchmarking.timing import time_call
+from parallax_jax.benchmarking.train_step import benchmark_train_step
 from parallax_jax.flops import MFU_HEADER, MODEL_TFLOPS_HEADER
 from parallax_jax.model import ModelConfig
 from parallax_jax.train.compile_cache import use_compilation_cache
 from parallax_jax.train.config import load_config
 from parallax_jax.train.metrics import compiled_memory_bytes, mfu
-from parallax_jax.train.optimizer import OptimizerConfig, make_optimizer
-from parallax_jax.train.step import init_state, make_train_step, model_graphdef
+from parallax_jax.train.optimizer import OptimizerConfig
 
 
 def bench_one(
   model: ModelConfig, opt: OptimizerConfig, batch_size: int, seq_len: int, steps: int, warmup: int
 ) -> dict:
-  tx, schedules = make_optimizer(opt, 1000)
-  graphdef, _ = model_graphdef(model)
-  init = jax.jit(lambda seed: init_state(model, tx, seed))
-  # Unpacked rows (no segment ids): both kinds run their plain causal kernels.
-  batch = jax.device_put(synthetic_batch(model, batch_size, seq_len, packed=False))
+  jitted, init, state_shapes, batch = benchmark_train_step(model, opt, batch_size, seq_len)
+  batch = jax.device_put(batch)
   # Lowering (Python: tracing, Pallas -> Mosaic/Triton) and XLA's compile are timed apart, and
   # each phase is announced, so a run cut by a time limit still says where its time went.
   _progress(f"{model.attention}: lowering (batch {batch_size})")
   t0 = time.perf_counter()
-  lowered = jax.jit(make_train_step(graphdef, tx, schedules), donate_argnums=(0,)).lower(
-    jax.eval_shape(init, jnp.int32(0)), batch
-  )
+  lowered = jitted.lower(state_shapes, batch)
   lower_s = time.perf_counter() - t0
   _progress(f"{model.attention}: lowered in {lower_s:.1f} s; XLA compile")
   step = lowered.compile()

@@ -20,16 +20,12 @@ import re
 import subprocess
 import time
 
-import jax
-import jax.numpy as jnp
-
 from parallax_jax.benchmarking import result_files
 from parallax_jax.benchmarking.run_info import run_info
-from parallax_jax.benchmarking.synthetic_batch import synthetic_batch
+from parallax_jax.benchmarking.train_step import benchmark_train_step
 from parallax_jax.model import ModelConfig
 from parallax_jax.train.config import load_config
-from parallax_jax.train.optimizer import OptimizerConfig, make_optimizer
-from parallax_jax.train.step import init_state, make_train_step, model_graphdef
+from parallax_jax.train.optimizer import OptimizerConfig
 
 # custom-call targets of the attention kernels, by kernel family
 KERNEL_TARGETS = {
@@ -49,14 +45,9 @@ def _lower_anywhere() -> None:
 
 
 def measure(model: ModelConfig, opt: OptimizerConfig, batch: int, seq_len: int, platform: str):
-  tx, schedules = make_optimizer(opt, 1000)
-  graphdef, _ = model_graphdef(model)
-  init = jax.jit(lambda seed: init_state(model, tx, seed))
-  data = synthetic_batch(model, batch, seq_len, packed=False)
+  step, _, state_shapes, data = benchmark_train_step(model, opt, batch, seq_len)
   t0 = time.perf_counter()
-  traced = jax.jit(make_train_step(graphdef, tx, schedules), donate_argnums=(0,)).trace(
-    jax.eval_shape(init, jnp.int32(0)), data
-  )
+  traced = step.trace(state_shapes, data)
   t1 = time.perf_counter()
   text = traced.lower(lowering_platforms=(platform,)).as_text()
   t2 = time.perf_counter()

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from parallax_jax.data.regression import REGRESSION_TASKS
 from parallax_jax.sweeps.config import Point, Sweep
+from parallax_jax.sweeps.pairs import VARIANT
 from parallax_jax.train.metrics import read_metrics
 
 METRIC_COLUMNS = (
@@ -145,12 +146,12 @@ def split_seed(name: str) -> tuple[str, str]:
   kept, seeds = [], []
   for part in name.split(","):
     key, sep, _ = part.partition("=")
-    match = re.fullmatch(r"(.+)_s(\d+)", part)
+    match = VARIANT.fullmatch(part)  # the seed suffix of pairs.py's variant names
     if sep and key.rsplit(".", 1)[-1].endswith("seed"):
       seeds.append(part)
     elif match:
-      kept.append(match[1])
-      seeds.append(f"s{match[2]}")
+      kept.append(part[: match.start("seed") - 2])
+      seeds.append(f"s{match['seed']}")
     else:
       kept.append(part)
   return ",".join(kept), ",".join(seeds)
