@@ -281,16 +281,21 @@ def _rule_spec(length=4096, head_dim=128, window=None, deterministic=True, block
     (dict(length=2048), "mosaic"),
     (dict(length=2047), "triton"),
     (dict(length=1024), "triton"),
-    (dict(head_dim=64), "triton"),
-    (dict(window=1024), "triton"),
+    (dict(head_dim=64), "mosaic"),
+    (dict(head_dim=64, length=4095), "triton"),
+    (dict(window=1024), "mosaic"),
+    (dict(window=4096), "mosaic"),
+    (dict(window=1023), "triton"),
+    (dict(window=1024, length=4095), "triton"),
+    (dict(window=1024, head_dim=64), "triton"),
     (dict(deterministic=False), "triton"),
     (dict(block_sizes=BlockSizes(Tile(64, 64), Tile(64, 64), Tile(64, 64))), "triton"),
   ],
 )
 def test_auto_backward_picks_the_measured_rule(monkeypatch, caplog, kw, want):
-  """``BACKWARD="auto"`` runs the Mosaic backward only inside its measured scope (D 128,
-  length >= 2048, no window, deterministic, no explicit tiles), logs the choice once, and a
-  pinned ``BACKWARD`` overrides it."""
+  """``BACKWARD="auto"`` runs the Mosaic backward only inside its measured scope (D 128 from
+  length 2048, D 64 from 4096, windows of at least 1024 at D 128 from 4096; deterministic, no
+  explicit tiles), logs the choice once, and a pinned ``BACKWARD`` overrides it."""
   monkeypatch.setattr(implementation, "BACKWARD", "auto")
   monkeypatch.setattr(implementation, "_logged", set())
   spec = _rule_spec(**kw)

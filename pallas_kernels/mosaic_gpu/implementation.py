@@ -33,13 +33,16 @@ log = logging.getLogger("parallax_jax")
 
 BACKWARDS = ("auto", "triton", "mosaic")
 BACKWARD = "auto"
-# The "auto" rule's scope, as measured (experiments/results/bench_kernels_2026-12-03_144822,
-# H = 16, D = 128, causal, bf16, pipelined fwd+bwd, with the row statistics' concatenation
-# fusion gone, docs/design.md §5.6): the Mosaic backward took 9.2 / 8.1 / 8.3 / 8.0% less time
-# than the Triton one at (B, L) = (4, 4K) / (2, 8K) / (8, 2K) / (1, 16K). Shorter lengths are
-# not measured.
-MOSAIC_BACKWARD_MIN_LEN = 2048
-MOSAIC_BACKWARD_HEAD_DIMS = (128,)
+# The "auto" rule's scope: where the Mosaic backward was measured faster than the Triton one
+# (H200, H = 16, bf16, causal, pipelined fwd+bwd, docs/design.md §5.6). Key: (head_dim,
+# windowed); value: the shortest length measured. D = 128, no window
+# (bench_kernels_2026-12-03_144822): 9.2 / 8.1 / 8.3 / 8.0% less time at (B, L) = (4, 4K) /
+# (2, 8K) / (8, 2K) / (1, 16K). D = 64, no window (bench_kernels_2026-12-03_181304_d64): 7.4 /
+# 8.9% less at (4, 4K) / (2, 8K). D = 128, window 1024 (bench_kernels_2026-12-03_181341_window1024):
+# 0.8 / 0.6% less at (4, 4K) / (2, 8K), a tie; windows narrower than the one measured, windows at
+# D = 64 and shorter lengths stay on Triton (not measured).
+MOSAIC_BACKWARD_MIN_LEN = {(128, False): 2048, (64, False): 4096, (128, True): 4096}
+MOSAIC_BACKWARD_MIN_WINDOW = 1024
 _logged: set[tuple[str, str]] = set()
 
 
@@ -75,14 +78,17 @@ def _auto_rule(spec: CallSpec) -> tuple[str, str]:
     return "triton", "the call gives BlockSizes (Triton dq/dkv tiles)"
   if not spec.deterministic:
     return "triton", "deterministic=False (the fused atomic backward is Triton's)"
-  if spec.head_dim not in MOSAIC_BACKWARD_HEAD_DIMS:
-    return "triton", f"head_dim {spec.head_dim} (the Mosaic backward is measured at 128)"
-  if spec.mask.window_size is not None:
-    return "triton", "a sliding window (the Mosaic backward is measured without one)"
+  windowed = spec.mask.window_size is not None
+  min_len = MOSAIC_BACKWARD_MIN_LEN.get((spec.head_dim, windowed))
+  where = f"head_dim {spec.head_dim}" + (f", window {spec.mask.window_size}" if windowed else "")
+  if min_len is None:
+    return "triton", f"{where} (the Mosaic backward is not measured there)"
+  if windowed and spec.mask.window_size < MOSAIC_BACKWARD_MIN_WINDOW:
+    return "triton", f"{where} < {MOSAIC_BACKWARD_MIN_WINDOW} (not measured there)"
   length = max(spec.mask.q_len, spec.mask.kv_len)
-  if length < MOSAIC_BACKWARD_MIN_LEN:
-    return "triton", f"length {length} < {MOSAIC_BACKWARD_MIN_LEN} (not measured there)"
-  return "mosaic", f"head_dim {spec.head_dim}, length {length} >= {MOSAIC_BACKWARD_MIN_LEN}"
+  if length < min_len:
+    return "triton", f"{where}, length {length} < {min_len} (not measured there)"
+  return "mosaic", f"{where}, length {length} >= {min_len}"
 
 
 def backward_for(spec: CallSpec) -> str:
