@@ -90,10 +90,11 @@ PRIORITY = (  # device sessions run these in order: each step answers a question
   # +0.022 ± 0.046 nats, inside the seed spread
   "muon+softmax_s2",
   "muon+parallax_r0_s2",
-  # next: like_q's third seed (is its difference larger than the seed spread?), then the
-  # matched controls
+  # done (session 13): like_q 59.27, like_q - softmax over three seeds +0.083 ± 0.083 nats
+  # (not beyond the seed spread); compute-matched softmax (486 steps) 36.33
   "muon+parallax_s2",
   "muon+softmax_compute_s0",
+  # next: the parameter-matched control, then the rest
   "muon+softmax_params_s0",
   "muon+softmax_lr0.5_s0",
   "adamw+parallax_r0_s0",
