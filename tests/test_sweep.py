@@ -383,3 +383,15 @@ def test_curve_styles_are_distinct_for_any_names():
   ):
     styles = curve_styles(names)
     assert len(set(styles.values())) == len(names), names
+
+
+def test_report_names_the_base_relative_to_the_working_directory(tmp_path, monkeypatch):
+  """A committed results.md must not carry the writer's absolute paths: the base config is
+  shown relative to the working directory when it lies under it, else as given."""
+  from parallax_jax.sweeps import report
+
+  (tmp_path / "configs").mkdir()
+  monkeypatch.chdir(tmp_path)
+  assert str(report._shown_path(tmp_path / "configs" / "a.py")) == "configs/a.py"
+  outside = Path("/elsewhere/b.py")
+  assert report._shown_path(outside) == outside

@@ -94,6 +94,15 @@ def _fmt(value) -> str:
   return str(value)
 
 
+def _shown_path(path: Path) -> Path:
+  """``path`` relative to the working directory when it lies under it (a committed report must
+  not name the machine it was written on), else as given."""
+  try:
+    return Path(path).resolve().relative_to(Path.cwd().resolve())
+  except ValueError:
+    return Path(path)
+
+
 def write_tables(sweep: Sweep, workdir: Path) -> list[dict]:
   workdir = Path(workdir)
   rows = [point_row(sweep, p, workdir) for p in sweep.points]
@@ -106,7 +115,7 @@ def write_tables(sweep: Sweep, workdir: Path) -> list[dict]:
   lines = [
     "# Sweep results",
     "",
-    f"- base: `{sweep.base_path}`",
+    f"- base: `{_shown_path(sweep.base_path)}`",
     f"- mode: {sweep.mode}"
     + (f" (seed {sweep.seed}, count {sweep.count})" if sweep.mode == "random" else ""),
     f"- axes: {', '.join(f'`{k}` {v}' for k, v in sweep.axes.items()) or 'none'}",
