@@ -26,6 +26,9 @@ import jax
 import jax.numpy as jnp
 
 from parallax_jax.benchmarking import result_files
+from parallax_jax.benchmarking.kernel_categories import NAMES as KERNEL_CATEGORIES
+from parallax_jax.benchmarking.kernel_categories import by_category
+from parallax_jax.benchmarking.kernel_times import kernel_times
 from parallax_jax.benchmarking.run_info import run_info
 from parallax_jax.benchmarking.timing import time_call
 from parallax_jax.benchmarking.train_step import benchmark_train_step
@@ -36,10 +39,21 @@ from parallax_jax.train.config import load_config
 from parallax_jax.train.metrics import compiled_memory_bytes, mfu
 from parallax_jax.train.optimizer import OptimizerConfig
 
+TOP_KERNELS = 15  # kernels listed per row, largest device time first
+
 
 def bench_one(
-  model: ModelConfig, opt: OptimizerConfig, batch_size: int, seq_len: int, steps: int, warmup: int
+  model: ModelConfig,
+  opt: OptimizerConfig,
+  batch_size: int,
+  seq_len: int,
+  steps: int,
+  warmup: int,
+  kernel_repeats: int = 0,
 ) -> dict:
+  """One row: the step's median time, tokens/s, MFU, compile and init times, memory; with
+  ``kernel_repeats`` > 0 also the device time per step by kernel category (a profiler trace
+  of that many more steps)."""
   jitted, init, state_shapes, batch = benchmark_train_step(model, opt, batch_size, seq_len)
   batch = jax.device_put(batch)
   # Lowering (Python: tracing, Pallas -> Mosaic/Triton) and XLA's compile are timed apart, and
@@ -55,7 +69,16 @@ def bench_one(
   need, have = compiled_memory_bytes(step), _device_bytes()
   if need and have and need > 0.97 * have:
     raise MemoryError(f"needs {need / 2**30:.1f} GiB of {have / 2**30:.1f} GiB (compiled)")
-  carry = {"state": init(jnp.int32(0))}
+  # The state's init is a jitted program of its own (every parameter's random init): on the
+  # H200 its compile took about as long as the rest of a row after the step's compile
+  # (session 13: ~2 min per row between "compiled" and the next row), so it is announced too.
+  _progress(f"{model.attention}: initialising the state")
+  t1 = time.perf_counter()
+  carry = {"state": jax.block_until_ready(init(jnp.int32(0)))}
+  init_s = time.perf_counter() - t1
+  _progress(
+    f"{model.attention}: state ready in {init_s:.1f} s; timing {1 + warmup} warm-up + {steps} steps"
+  )
 
   def train_step():  # threads the (donated) state from one timed call to the next
     carry["state"], carry["metrics"] = step(carry["state"], batch)
@@ -63,6 +86,15 @@ def bench_one(
 
   dt = time_call(train_step, iters=steps, warmup=1 + warmup).median_s
   loss = float(carry["metrics"]["loss"])
+  kernels = {}
+  if kernel_repeats:
+    _progress(f"{model.attention}: {kernel_repeats} steps under the profiler")
+    times = kernel_times(train_step, repeats=kernel_repeats)  # us per step, by kernel name
+    if times:  # {} where the trace has no device plane (CPU)
+      kernels = {
+        "kernel_ms_by_category": {k: us / 1e3 for k, us in by_category(times).items()},
+        "top_kernels_us": dict(list(times.items())[:TOP_KERNELS]),
+      }
   tokens = batch_size * seq_len
   flops = model.flops_per_token(seq_len) * tokens
   return {
@@ -74,8 +106,10 @@ def bench_one(
     "loss": loss,
     "compile_s": compile_s,  # lowering + XLA compile
     "lower_s": lower_s,
+    "init_s": init_s,  # the state's init: its compile and run
     "compiled_bytes": need,
     "peak_bytes": _peak_bytes(),
+    **kernels,
   }
 
 
@@ -127,6 +161,14 @@ def main(argv=None):
     "with atomics; with --mosaic-backward mosaic, the Mosaic one with TMA reductions); not "
     "bitwise reproducible",
   )
+  p.add_argument(
+    "--kernel-times",
+    type=int,
+    default=0,
+    metavar="STEPS",
+    help="also run STEPS steps under the profiler: device time per step by kernel category "
+    "(attention, matmul, other XLA fusions, ...) and the largest kernels (GPU; CPU has none)",
+  )
   p.add_argument("--out-dir", default=None)
   p.add_argument(
     "--compilation-cache",
@@ -159,7 +201,9 @@ def main(argv=None):
       if impl:
         model = dataclasses.replace(model, attention_impl=impl)
       try:
-        row = bench_one(model, opt, b, args.seq_len, args.steps, args.warmup)
+        row = bench_one(
+          model, opt, b, args.seq_len, args.steps, args.warmup, kernel_repeats=args.kernel_times
+        )
       except Exception as e:  # does not fit (or fails): record it, try the next setting
         rows.append({"attention": label, "remat": remat, "batch_size": b, "error": repr(e)[:500]})
         print(f"{label} remat={remat} B={b}: failed: {repr(e)[:200]}", flush=True)
@@ -212,7 +256,7 @@ def _report(args, argv, base: ModelConfig, rows: list[dict]) -> dict:
     "temporaries, donated outputs counted once)",
     "",
     f"| attention | remat | batch | step (s) | tokens/s | {MODEL_TFLOPS_HEADER} | {MFU_HEADER} "
-    "| memory (GiB) | lower + XLA compile (s) |",
+    "| memory (GiB) | lower + XLA compile + state init (s) |",
     "|---|---|---:|---:|---:|---:|---:|---:|---:|",
   ]
   for r in rows:
@@ -226,14 +270,42 @@ def _report(args, argv, base: ModelConfig, rows: list[dict]) -> dict:
     mfu_text = f"{100 * r['mfu']:.1f}%" if r.get("mfu") else "-"
     lower_s = r.get("lower_s")
     comp = f"{lower_s:.0f} + {r['compile_s'] - lower_s:.0f}" if lower_s is not None else "-"
+    comp += f" + {r['init_s']:.0f}" if r.get("init_s") is not None else ""
     lines.append(
       f"| {r['attention']} | {r['remat']} | {r['batch_size']} | {r['step_time_s']:.3f} | "
       f"{r['tokens_per_s']:.0f} | {r['tflops_per_s']:.0f} | {mfu_text} | {mem} | {comp} |"
     )
   for label, value in ratios.items():
     lines += ["", f"{label} / softmax tokens/s: {value:.3f}"]
+  lines += _kernel_lines([r for r in rows if r.get("kernel_ms_by_category")])
   result_files.write(args.stem, record, "\n".join(lines))
   return record
+
+
+def _kernel_lines(rows: list[dict]) -> list[str]:
+  """The markdown of ``--kernel-times``: device ms per step by category, then each row's
+  largest kernels."""
+  if not rows:
+    return []
+  lines = [
+    "",
+    "Device time per step by kernel category, ms (a profiler trace; kernels on every stream "
+    "summed, so overlapping streams can add up to more than the step):",
+    "",
+    "| attention | " + " | ".join(KERNEL_CATEGORIES) + " | sum | step |",
+    "|---|" + "---:|" * (len(KERNEL_CATEGORIES) + 2),
+  ]
+  for r in rows:
+    cats = r["kernel_ms_by_category"]
+    cells = [f"{cats[c]:.1f}" for c in KERNEL_CATEGORIES]
+    lines.append(
+      f"| {r['attention']} | {' | '.join(cells)} | {sum(cats.values()):.1f} | "
+      f"{1e3 * r['step_time_s']:.1f} |"
+    )
+  for r in rows:
+    lines += ["", f"Largest kernels, {r['attention']} (us per step):", ""]
+    lines += [f"- `{name[:90]}`: {us:.0f}" for name, us in r["top_kernels_us"].items()]
+  return lines
 
 
 if __name__ == "__main__":
