@@ -2,12 +2,14 @@
 
 import csv
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
 
 import ml_collections
 import pytest
+from scipy import stats
 
 from parallax_jax.sweeps.config import build_sweep, cli_value, load_sweep, point_name
 from parallax_jax.sweeps.runner import (
@@ -284,8 +286,13 @@ def test_seed_pairs_compare_within_group_and_seed(tmp_path):
   assert "| adamw+parallax | 9.00 | 7.00 | 8.00 ± 1.00 (n=2) |" in values
   assert "lr2" not in values and "smoke" not in values
   # muon: 4.5 - 4.0 = 0.5 and 4.75 - 5.0 = -0.25; adamw: seed 0 only, 9 - 10 = -1
-  assert "| muon+parallax | 0.50 | -0.25 | 0.12 ± 0.38 (n=2) |" in diffs
-  assert "| adamw+parallax | -1.00 | - | -1.00 |" in diffs
+  # with the paired t-test of the two pairs, against scipy's ttest_rel on the raw values (and
+  # with one degree of freedom the closed form p = 1 - 2 atan(|t|) / pi)
+  ref = stats.ttest_rel([4.5, 4.75], [4.0, 5.0])
+  assert ref.pvalue == pytest.approx(1 - 2 * math.atan(abs(ref.statistic)) / math.pi)
+  want = f"t = {ref.statistic:.2f}, p = {ref.pvalue:.2f}"
+  assert f"| muon+parallax | 0.50 | -0.25 | 0.12 ± 0.38 (n=2) | {want} |" in diffs
+  assert "| adamw+parallax | -1.00 | - | -1.00 | - |" in diffs  # one pair: no test
   with pytest.raises(ValueError, match="no column 'eval_mse'"):
     paired_tables(path, "eval_mse")
 

@@ -4,7 +4,10 @@ For sweeps whose variants are named ``<group>+<arm>_s<seed>`` (e.g. ``muon+paral
 ``configs/sweeps/gpu_study_lm.py``): runs of one seed share their data order and
 initialisation, so an arm is compared with the base arm of the same group *at the same seed*
 (a paired difference), which removes the part of the seed spread that moves every arm alike.
-Unfinished points are left out; a difference needs both runs of its pair.
+Unfinished points are left out; a difference needs both runs of its pair. With two or more
+pairs the difference table also gives the paired t statistic and its two-sided p value
+(Student's t with n - 1 degrees of freedom: a paired t-test of "no difference"; with three
+seeds it can only flag a difference much larger than the pairs' scatter).
 
 CLI: ``python -m experiments.seed_pairs W/results.csv --value eval_loss --base softmax``.
 """
@@ -12,8 +15,12 @@ CLI: ``python -m experiments.seed_pairs W/results.csv --value eval_loss --base s
 from __future__ import annotations
 
 import csv
+import math
 import re
+import statistics
 from pathlib import Path
+
+from scipy import stats
 
 from parallax_jax.sweeps.pivot import mean_spread
 
@@ -56,12 +63,26 @@ def paired_tables(
 
   lines = [f"{value} per seed:", "", head, rule]
   lines += [row(g, a, [runs.get((g, a, s)) for s in seeds]) for g, a in arms]
-  lines += ["", f"{value} minus the same group's {base!r} at the same seed:", "", head, rule]
+  lines += ["", f"{value} minus the same group's {base!r} at the same seed:", ""]
+  lines += [head + " paired t, p |", rule + "---:|"]
   for g, a in arms:
     diffs = [
       runs[(g, a, s)] - runs[(g, base, s)] if (g, a, s) in runs and (g, base, s) in runs else None
       for s in seeds
     ]
     if a != base and any(x is not None for x in diffs):
-      lines.append(row(g, a, diffs))
+      lines.append(row(g, a, diffs) + f" {paired_t([x for x in diffs if x is not None])} |")
   return "\n".join(lines) + "\n"
+
+
+def paired_t(diffs: list[float]) -> str:
+  """``t = ..., p = ...`` of a paired t-test on the differences (``-`` with fewer than two, or
+  when they are all equal)."""
+  if len(diffs) < 2:
+    return "-"
+  sd = statistics.stdev(diffs)
+  if sd == 0:
+    return "-"
+  t = statistics.mean(diffs) / (sd / math.sqrt(len(diffs)))
+  p = 2 * stats.t.sf(abs(t), len(diffs) - 1)
+  return f"t = {t:.2f}, p = {p:.2f}"
