@@ -50,10 +50,12 @@ def bench_one(
   steps: int,
   warmup: int,
   kernel_repeats: int = 0,
+  init_on: str = "host",
 ) -> dict:
   """One row: the step's median time, tokens/s, MFU, compile and init times, memory; with
   ``kernel_repeats`` > 0 also the device time per step by kernel category (a profiler trace
-  of that many more steps)."""
+  of that many more steps). ``init_on``: where the state's random init runs ("host": the CPU
+  backend, then copied to the device; "device")."""
   jitted, init, state_shapes, batch = benchmark_train_step(model, opt, batch_size, seq_len)
   batch = jax.device_put(batch)
   # Lowering (Python: tracing, Pallas -> Mosaic/Triton) and XLA's compile are timed apart, and
@@ -69,12 +71,19 @@ def bench_one(
   need, have = compiled_memory_bytes(step), _device_bytes()
   if need and have and need > 0.97 * have:
     raise MemoryError(f"needs {need / 2**30:.1f} GiB of {have / 2**30:.1f} GiB (compiled)")
-  # The state's init is a jitted program of its own (every parameter's random init): on the
-  # H200 its compile took about as long as the rest of a row after the step's compile
-  # (session 13: ~2 min per row between "compiled" and the next row), so it is announced too.
-  _progress(f"{model.attention}: initialising the state")
+  # The state's init is a jitted program of its own (every parameter's random init). On the
+  # H200 each row spent ~2 min between the step's compile and its timing (session 13), by
+  # elimination this program's compile: hundreds of RNG fusions. ``init_on="host"`` compiles
+  # and runs it on the host's CPU backend and copies the state over; the step is the same.
+  _progress(f"{model.attention}: initialising the state on the {init_on}")
   t1 = time.perf_counter()
-  carry = {"state": jax.block_until_ready(init(jnp.int32(0)))}
+  if init_on == "host":
+    with jax.default_device(jax.devices("cpu")[0]):
+      state = init(jnp.int32(0))
+    state = jax.device_put(state, jax.devices()[0])
+  else:
+    state = init(jnp.int32(0))
+  carry = {"state": jax.block_until_ready(state)}
   init_s = time.perf_counter() - t1
   _progress(
     f"{model.attention}: state ready in {init_s:.1f} s; timing {1 + warmup} warm-up + {steps} steps"
@@ -106,7 +115,8 @@ def bench_one(
     "loss": loss,
     "compile_s": compile_s,  # lowering + XLA compile
     "lower_s": lower_s,
-    "init_s": init_s,  # the state's init: its compile and run
+    "init_s": init_s,  # the state's init: its compile and run (and copy)
+    "init_on": init_on,
     "compiled_bytes": need,
     "peak_bytes": _peak_bytes(),
     **kernels,
@@ -169,6 +179,13 @@ def main(argv=None):
     help="also run STEPS steps under the profiler: device time per step by kernel category "
     "(attention, matmul, other XLA fusions, ...) and the largest kernels (GPU; CPU has none)",
   )
+  p.add_argument(
+    "--init-on",
+    choices=("host", "device"),
+    default="host",
+    help="where the state's random init is compiled and run (host: the CPU backend, then "
+    "copied; its GPU compile took ~2 min per row on the H200); the timed step is the same",
+  )
   p.add_argument("--out-dir", default=None)
   p.add_argument(
     "--compilation-cache",
@@ -202,7 +219,14 @@ def main(argv=None):
         model = dataclasses.replace(model, attention_impl=impl)
       try:
         row = bench_one(
-          model, opt, b, args.seq_len, args.steps, args.warmup, kernel_repeats=args.kernel_times
+          model,
+          opt,
+          b,
+          args.seq_len,
+          args.steps,
+          args.warmup,
+          kernel_repeats=args.kernel_times,
+          init_on=args.init_on,
         )
       except Exception as e:  # does not fit (or fails): record it, try the next setting
         rows.append({"attention": label, "remat": remat, "batch_size": b, "error": repr(e)[:500]})
