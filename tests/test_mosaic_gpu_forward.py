@@ -256,13 +256,16 @@ def test_interpret_gradients_through_wired_backward(fast_interpreter, monkeypatc
     assert_close(name, got, want, case.dtype, natural_scale(case))
 
 
-def _rule_spec(length=4096, head_dim=128, window=None, deterministic=True, block_sizes=None):
+def _rule_spec(
+  length=4096, head_dim=128, window=None, deterministic=True, block_sizes=None, kv_length=None
+):
   x = jax.ShapeDtypeStruct((2, length, 4, head_dim), jnp.bfloat16)
+  kv = jax.ShapeDtypeStruct((2, kv_length or length, 4, head_dim), jnp.bfloat16)
   return validate(
     x,
     x,
-    x,
-    x,
+    kv,
+    kv,
     scale=head_dim**-0.5,
     causal=True,
     window_size=window,
@@ -288,6 +291,10 @@ def _rule_spec(length=4096, head_dim=128, window=None, deterministic=True, block
     (dict(window=1023), "triton"),
     (dict(window=1024, length=4095), "triton"),
     (dict(window=1024, head_dim=64), "triton"),
+    (dict(window=8192, length=2048), "mosaic"),  # a window over every key masks nothing
+    (dict(window=4096, head_dim=64), "mosaic"),  # the same at D 64
+    (dict(length=1024, kv_length=4096), "mosaic"),  # the longer of Tq, Tk decides
+    (dict(length=1024, kv_length=2047), "triton"),
     (dict(deterministic=False), "triton"),
     (dict(block_sizes=BlockSizes(Tile(64, 64), Tile(64, 64), Tile(64, 64))), "triton"),
   ],

@@ -394,11 +394,23 @@ def test_curve_styles_are_distinct_for_any_names():
 
 def test_report_names_the_base_relative_to_the_working_directory(tmp_path, monkeypatch):
   """A committed results.md must not carry the writer's absolute paths: the base config is
-  shown relative to the working directory when it lies under it, else as given."""
+  shown relative to the repository, or else the working directory, when it lies under one, and
+  as given otherwise."""
   from parallax_jax.sweeps import report
+  from parallax_jax.sweeps.config import REPO_ROOT
 
   (tmp_path / "configs").mkdir()
   monkeypatch.chdir(tmp_path)
   assert str(report._shown_path(tmp_path / "configs" / "a.py")) == "configs/a.py"
+  assert str(report._shown_path(REPO_ROOT / "configs" / "tiny.py")) == "configs/tiny.py"
   outside = Path("/elsewhere/b.py")
   assert report._shown_path(outside) == outside
+
+
+def test_paired_t_treats_rounding_level_spread_as_none():
+  """Differences equal up to float rounding have no spread to test: no t, not a huge one."""
+  from parallax_jax.sweeps.pairs import paired_t
+
+  assert paired_t([0.1 + 0.2, 0.3, 0.3]) == "-"
+  assert paired_t([0.5]) == "-"
+  assert paired_t([0.5, 0.25]).startswith("t = ")

@@ -33,7 +33,8 @@ log = logging.getLogger("parallax_jax")
 
 BACKWARDS = ("auto", "triton", "mosaic")
 BACKWARD = "auto"
-# The "auto" rule's scope: where the Mosaic backward was measured faster than the Triton one
+# The "auto" rule's scope: where the Mosaic backward was measured faster than the Triton one, or
+# equal
 # (H200, H = 16, bf16, causal, pipelined fwd+bwd, docs/design.md §5.6). Key: (head_dim,
 # windowed); value: the shortest length measured. D = 128, no window
 # (bench_kernels_2026-12-03_144822): 9.2 / 8.1 / 8.3 / 8.0% less time at (B, L) = (4, 4K) /
@@ -78,7 +79,8 @@ def _auto_rule(spec: CallSpec) -> tuple[str, str]:
     return "triton", "the call gives BlockSizes (Triton dq/dkv tiles)"
   if not spec.deterministic:
     return "triton", "deterministic=False (the fused atomic backward is Triton's)"
-  windowed = spec.mask.window_size is not None
+  # A window as long as the keys masks nothing: the call runs as unwindowed.
+  windowed = spec.mask.window_size is not None and spec.mask.window_size < spec.mask.kv_len
   min_len = MOSAIC_BACKWARD_MIN_LEN.get((spec.head_dim, windowed))
   where = f"head_dim {spec.head_dim}" + (f", window {spec.mask.window_size}" if windowed else "")
   if min_len is None:

@@ -20,8 +20,6 @@ import re
 import statistics
 from pathlib import Path
 
-from scipy import stats
-
 from parallax_jax.sweeps.pivot import mean_spread
 
 VARIANT = re.compile(r"^(?:(?P<group>.+)\+)?(?P<arm>.+)_s(?P<seed>\d+)$")
@@ -80,9 +78,11 @@ def paired_t(diffs: list[float]) -> str:
   when they are all equal)."""
   if len(diffs) < 2:
     return "-"
-  sd = statistics.stdev(diffs)
-  if sd == 0:
+  from scipy import stats  # jax's own dependency; only this test needs it
+
+  mean, sd = statistics.mean(diffs), statistics.stdev(diffs)
+  if sd <= 1e-12 * max(abs(mean), max(map(abs, diffs))):  # equal up to rounding: no spread
     return "-"
-  t = statistics.mean(diffs) / (sd / math.sqrt(len(diffs)))
+  t = mean / (sd / math.sqrt(len(diffs)))
   p = 2 * stats.t.sf(abs(t), len(diffs) - 1)
   return f"t = {t:.2f}, p = {p:.2f}"

@@ -17,7 +17,7 @@ import statistics
 from pathlib import Path
 
 from parallax_jax.data.regression import REGRESSION_TASKS
-from parallax_jax.sweeps.config import Point, Sweep
+from parallax_jax.sweeps.config import REPO_ROOT, Point, Sweep
 from parallax_jax.sweeps.pairs import VARIANT
 from parallax_jax.train.metrics import read_metrics
 
@@ -95,12 +95,14 @@ def _fmt(value) -> str:
 
 
 def _shown_path(path: Path) -> Path:
-  """``path`` relative to the working directory when it lies under it (a committed report must
-  not name the machine it was written on), else as given."""
-  try:
-    return Path(path).resolve().relative_to(Path.cwd().resolve())
-  except ValueError:
-    return Path(path)
+  """``path`` relative to the repository or else the working directory when it lies under one
+  (a committed report must not name the machine it was written on), else as given."""
+  for root in (REPO_ROOT, Path.cwd()):
+    try:
+      return Path(path).resolve().relative_to(root.resolve())
+    except ValueError:
+      continue
+  return Path(path)
 
 
 def write_tables(sweep: Sweep, workdir: Path) -> list[dict]:
