@@ -34,8 +34,7 @@ log = logging.getLogger("parallax_jax")
 BACKWARDS = ("auto", "triton", "mosaic")
 BACKWARD = "auto"
 # The "auto" rule's scope: where the Mosaic backward was measured faster than the Triton one, or
-# equal
-# (H200, H = 16, bf16, causal, pipelined fwd+bwd, docs/design.md §5.6). Key: (head_dim,
+# equal (H200, H = 16, bf16, causal, pipelined fwd+bwd, docs/design.md §5.6). Key: (head_dim,
 # windowed); value: the shortest length measured. D = 128, no window
 # (bench_kernels_2026-12-03_144822): 9.2 / 8.1 / 8.3 / 8.0% less time at (B, L) = (4, 4K) /
 # (2, 8K) / (8, 2K) / (1, 16K). D = 64, no window (bench_kernels_2026-12-03_181304_d64): 7.4 /

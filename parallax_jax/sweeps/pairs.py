@@ -15,7 +15,6 @@ CLI: ``python -m experiments.seed_pairs W/results.csv --value eval_loss --base s
 from __future__ import annotations
 
 import csv
-import math
 import re
 import statistics
 from pathlib import Path
@@ -83,6 +82,5 @@ def paired_t(diffs: list[float]) -> str:
   mean, sd = statistics.mean(diffs), statistics.stdev(diffs)
   if sd <= 1e-12 * max(abs(mean), max(map(abs, diffs))):  # equal up to rounding: no spread
     return "-"
-  t = mean / (sd / math.sqrt(len(diffs)))
-  p = 2 * stats.t.sf(abs(t), len(diffs) - 1)
+  t, p = stats.ttest_1samp(diffs, 0.0)
   return f"t = {t:.2f}, p = {p:.2f}"

@@ -161,7 +161,7 @@ def split_seed(name: str) -> tuple[str, str]:
     if sep and key.rsplit(".", 1)[-1].endswith("seed"):
       seeds.append(part)
     elif match:
-      kept.append(part[: match.start("seed") - 2])
+      kept.append(part[: match.end("arm")])
       seeds.append(f"s{match['seed']}")
     else:
       kept.append(part)
