@@ -94,9 +94,11 @@ PRIORITY = (  # device sessions run these in order: each step answers a question
   # (not beyond the seed spread); compute-matched softmax (486 steps) 36.33
   "muon+parallax_s2",
   "muon+softmax_compute_s0",
-  # next: the parameter-matched control, then the rest
+  # done (session 14): parameter-matched softmax (MLP 2304) 56.12, no better than softmax;
+  # softmax at half its LR 47.75, 0.111 nats below x1 (one seed; softmax's seed span 0.088)
   "muon+softmax_params_s0",
   "muon+softmax_lr0.5_s0",
+  # next: the AdamW arms, then the MQAR groups (configs/sweeps/gpu_study_mqar.py)
   "adamw+parallax_r0_s0",
   "adamw+parallax_s0",
   "adamw+softmax_s0",
