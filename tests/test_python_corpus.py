@@ -307,7 +307,7 @@ def test_resume_and_eval_read_the_run_tokenizer(tmp_path, tree, monkeypatch):
 # ------------------------------------------------------------------------- the study configs
 
 
-@pytest.mark.parametrize("name, count", [("gpu_study_lm", 27), ("gpu_study_mqar", 20)])
+@pytest.mark.parametrize("name, count", [("gpu_study_lm", 29), ("gpu_study_mqar", 20)])
 def test_gpu_study_configs_plan_and_validate(name, count, capsys, monkeypatch):
   import jax
 
@@ -349,6 +349,11 @@ def test_gpu_study_configs_plan_and_validate(name, count, capsys, monkeypatch):
     r0 = exps["adamw+parallax_r0_s1"]
     assert exps["muon+parallax_r0_s0"].model.r_init == "zeros" == r0.model.r_init
     assert r0.optimizer.name == "adamw" and r0.train.seed == 1
+    low, seed1 = exps["muon+softmax_lr0.25_s0"], exps["muon+softmax_lr0.5_s1"]  # the follow-up
+    assert low.model.attention == "softmax" == seed1.model.attention
+    assert (low.optimizer.learning_rate, low.train.seed) == (0.005, 0)
+    assert (seed1.optimizer.learning_rate, seed1.train.seed) == (0.01, 1)
+    assert low.optimizer.adam_learning_rate == main.optimizer.adam_learning_rate
   else:
     assert {e.data.mqar_num_pairs for e in exps.values()} == {4, 16, 32, 64}
     assert all(e.model.d_model == 256 and e.train.steps >= 10_000 for e in exps.values())

@@ -25,6 +25,8 @@ Arms (variants; `<optimizer>+<model>[_lr<scale>]_s<seed>`):
 - Muon's main trio (softmax, parallax, parallax_r0) also at seed 2 (the seed spread);
 - softmax_params: MLP widened to Parallax's parameter count; softmax_compute: more steps, to
   Parallax's training FLOPs (attention included); both per optimizer, seed 0.
+- softmax's Muon follow-up (session 14): x0.25 at seed 0 and x0.5 at seed 1, since x0.5 won
+  the first scan at its edge.
 `PRIORITY` orders them for the device sessions (experiments/results/studies_gpu/results.md).
 
 One device call runs one point (or a few): `parallax-jax sweep --points` takes their variant
@@ -72,6 +74,9 @@ SEEDS = (0, 1)
 # Muon's main trio gets a third seed: the two seeds of session 11 moved softmax's held-out
 # perplexity by 9% (53.3, 58.3), more than any attention effect measured so far.
 MUON_EXTRA_SEEDS = (2,)
+# Softmax's Muon scan was won by its low edge (x0.5, session 14): the scan goes one step further
+# and the winning rate gets its seed-1 run, so the pair is compared at each kind's best rate.
+MUON_SOFTMAX_FOLLOW_UP = {"muon+softmax_lr0.25_s0": (0.25, 0), "muon+softmax_lr0.5_s1": (0.5, 1)}
 PRIORITY = (  # device sessions run these in order: each step answers a question on its own
   # done (session 9): Parallax trails softmax by 0.16 nats; half the LR changes nothing
   "muon+parallax_s0",
@@ -98,7 +103,10 @@ PRIORITY = (  # device sessions run these in order: each step answers a question
   # softmax at half its LR 47.75, 0.111 nats below x1 (one seed; softmax's seed span 0.088)
   "muon+softmax_params_s0",
   "muon+softmax_lr0.5_s0",
-  # next: the AdamW arms, then the MQAR groups (configs/sweeps/gpu_study_mqar.py)
+  # next: softmax's Muon LR follow-up, the AdamW arms, then the MQAR groups
+  # (configs/sweeps/gpu_study_mqar.py)
+  "muon+softmax_lr0.25_s0",
+  "muon+softmax_lr0.5_s1",
   "adamw+parallax_r0_s0",
   "adamw+parallax_s0",
   "adamw+softmax_s0",
@@ -181,6 +189,14 @@ def variants() -> dict[str, dict]:
     out[f"muon+softmax_s{seed}"] = {**muon, "model.attention": "softmax", "train.seed": seed}
     out[f"muon+parallax_s{seed}"] = {**muon, "train.seed": seed}
     out[f"muon+parallax_r0_s{seed}"] = {**muon, "model.r_init": "zeros", "train.seed": seed}
+  muon = OPTIMIZERS["muon"]
+  for name, (scale, seed) in MUON_SOFTMAX_FOLLOW_UP.items():
+    out[name] = {
+      **muon,
+      "model.attention": "softmax",
+      "optimizer.learning_rate": muon["optimizer.learning_rate"] * scale,
+      "train.seed": seed,
+    }
   return out
 
 
