@@ -98,6 +98,12 @@ def _plot(results: dict, path: Path) -> None:
   plt.close(fig)
 
 
+def output_paths(stem: str) -> dict[str, Path]:
+  """``{".json": ..., ".md": ..., ".png": ...}`` of the ``--out`` stem: the suffixes are
+  appended, so a stem with a dot (``attention_lr0.5_s0``) keeps its whole name."""
+  return {ext: Path(f"{stem}{ext}") for ext in (".json", ".md", ".png")}
+
+
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--run", action="append", required=True, help="name=workdir (repeatable)")
@@ -129,9 +135,9 @@ def main(argv=None):
     "min_row": args.min_row,
     "results": results,
   }
-  out = Path(args.out)
-  out.parent.mkdir(parents=True, exist_ok=True)
-  out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
+  out = output_paths(args.out)
+  out[".json"].parent.mkdir(parents=True, exist_ok=True)
+  out[".json"].write_text(json.dumps(record, indent=2) + "\n")
   names = list(results)
   lines = [
     f"# {record['what']}",
@@ -146,8 +152,8 @@ def main(argv=None):
   for key, label, fmt in ROWS:
     lines.append(f"| {label} | " + " | ".join(fmt.format(results[n][key]) for n in names) + " |")
   lines.append("| step | " + " | ".join(str(results[n]["step"]) for n in names) + " |")
-  out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-  _plot(results, out.with_suffix(".png"))
+  out[".md"].write_text("\n".join(lines) + "\n")
+  _plot(results, out[".png"])
   print("\n".join(lines))
   return record
 
