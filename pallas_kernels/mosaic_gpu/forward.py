@@ -29,6 +29,17 @@ and the PV operand is ``w (t - c_new)``: exact in exact arithmetic, and the roun
 the size of the spread of ``t`` about its running mean, not of ``t`` itself. At the end
 ``c = bart``, so ``o = barv - accb / d1``.
 
+Two switches trim the per-tile vector work, which leaves the tensor cores idle part of the time
+(docs/design.md §5.6), both exact in exact arithmetic and off by default until measured
+(``experiments/bench_fwd_math.py``): ``fma_scores`` keeps the row max in raw score units, so a
+score's exponent ``exp2(c2 s - c2 m)`` is one FFMA instead of a multiply whose product the max
+also reads plus a subtraction, and forms ``w (t - c)`` as ``w t - w c``, one FFMA on the product
+the row sum ``d2`` needs anyway; ``centre="first"`` fixes ``c`` at the mean over the first tile
+a row sees (``acc1`` and ``accb`` are still zero then), which drops the per-tile correction of
+``accb`` (a multiply-add over the whole accumulator) and leaves ``o = barv - accb / d1 +
+(bart - c) barv`` at the end; the rounded operand then spreads about that first mean rather
+than the running one (docs/design.md §3.5 has the measured cost).
+
 Block sizes and registers: a consumer holds two ``64 x D`` float32 accumulators (64 registers
 per thread each at D = 128) plus the ``64 x block_k`` float32 tiles S and T (32 registers each at
 block_k = 64) and the half-precision W and W2c (16 each), close to the 232-register budget of a
@@ -62,6 +73,7 @@ LOG2E = math.log2(math.e)
 LN2 = math.log(2.0)
 NEG_INF = float("-inf")
 _WGS = common.COMPUTE_WGS
+CENTRES = ("running", "first")
 
 
 def _bcast_rows(x, shape):
@@ -79,6 +91,8 @@ def _kernel(
   group: int,
   has_seg: bool,
   sched: bool,
+  fma_scores: bool,
+  centre: str,
   ops: common.Ops,
 ):
   if has_seg:
@@ -101,6 +115,10 @@ def _kernel(
   dtype = q_ref.dtype
   d = q_ref.shape[-1]
   c2 = scale * LOG2E
+  # The running max m is kept in the units of s2 = c2 s (base-2 exponent) or, with fma_scores,
+  # of the raw scores s: then exp2(c2 s - c2 m) is one FFMA per score instead of a multiply
+  # (whose product the max also reads) and a subtraction.
+  m_unit = c2 if fma_scores else 1.0
 
   def slot_of(kb):
     return lax.rem(kb - cta_lo, jnp.int32(stages))
@@ -144,7 +162,7 @@ def _kernel(
       plgpu.barrier_wait(k_bar.at[slot])
       s, t = ops.matmuls_nt((q_tile, r_tile), k_smem.at[slot], (bq, bk), schedule_barrier)
       plgpu.barrier_arrive(k_free.at[slot])
-      s2 = s * c2
+      s2 = s if fma_scores else s * c2
       visible = None
       if has_seg:
         seg_k = ops.load_cols(segk_ref.at[b, pl.ds(kb * bk, bk)])
@@ -162,18 +180,33 @@ def _kernel(
       # Safe max: a row that has seen nothing keeps m = -inf and gets w = 0, never NaN. An
       # unmasked tile always has a finite row max.
       m_use = m_new if visible is None else jnp.where(m_new == NEG_INF, 0.0, m_new)
-      alpha = jnp.exp2(m - m_use)
-      w = jnp.exp2(s2 - _bcast_rows(m_use, s2.shape))
+      if fma_scores:
+        alpha = jnp.exp2((m - m_use) * c2)
+        w = jnp.exp2(s2 * c2 - _bcast_rows(m_use * c2, s2.shape))
+      else:
+        alpha = jnp.exp2(m - m_use)
+        w = jnp.exp2(s2 - _bcast_rows(m_use, s2.shape))
+      wt = w * t
+      d1_old = d1
       d1 = alpha * d1 + jnp.sum(w, axis=1)
-      d2 = alpha * d2 + jnp.sum(w * t, axis=1)
+      d2 = alpha * d2 + jnp.sum(wt, axis=1)
       if visible is None:
-        cen_new = d2 / d1
+        mean = d2 / d1
       else:
         seen = d1 > 0
-        cen_new = jnp.where(seen, d2 / jnp.where(seen, d1, 1.0), 0.0)
-      w2c = w * (t - _bcast_rows(cen_new, t.shape))
-      acc1 = acc1 * _bcast_rows(alpha, acc1.shape)
-      accb = accb * _bcast_rows(alpha, accb.shape) - _bcast_rows(cen_new - cen, acc1.shape) * acc1
+        mean = jnp.where(seen, d2 / jnp.where(seen, d1, 1.0), 0.0)
+      # centre "first": the centre is set by the first tile a row sees and then kept, so the
+      # accumulators need no per-tile correction (acc1 and accb are still zero when it is set).
+      cen_new = mean if centre == "running" else jnp.where(d1_old > 0, cen, mean)
+      cen_b = _bcast_rows(cen_new, t.shape)
+      # wt - w c is one FFMA on the product the row sum already needed.
+      w2c = wt - w * cen_b if fma_scores else w * (t - cen_b)
+      alpha_b = _bcast_rows(alpha, acc1.shape)
+      acc1 = acc1 * alpha_b
+      if centre == "running":
+        accb = accb * alpha_b - _bcast_rows(cen_new - cen, acc1.shape) * acc1
+      else:
+        accb = accb * alpha_b
       w_lo, w2c_lo = w.astype(dtype), w2c.astype(dtype)
       if sched:
         plgpu.barrier_arrive(sched_bar)  # done with the exp/reduction work
@@ -199,13 +232,19 @@ def _kernel(
     if sched:
       pl.when(wg == 0)(schedule_barrier)
 
-    m, d1, _, bart, acc1, accb = carry
+    m, d1, d2, cen, acc1, accb = carry
     seen = d1 > 0
     inv = jnp.where(seen, 1.0 / jnp.where(seen, d1, 1.0), 0.0)
     inv_b = _bcast_rows(inv, acc1.shape)
     barv = acc1 * inv_b
-    o = barv - accb * inv_b  # acc2 / d1 - bart barv = accb / d1 since the centre is bart
-    lse = jnp.where(seen, m * LN2 + jnp.log(jnp.where(seen, d1, 1.0)), NEG_INF)
+    # o = (1 + bart) barv - acc2 / d1 with acc2 = accb + cen acc1.
+    if centre == "running":  # the centre is bart
+      bart = cen
+      o = barv - accb * inv_b
+    else:
+      bart = d2 * inv
+      o = barv - accb * inv_b + _bcast_rows(bart - cen, barv.shape) * barv
+    lse = jnp.where(seen, m * (m_unit * LN2) + jnp.log(jnp.where(seen, d1, 1.0)), NEG_INF)
     # Q and R are no longer read (every wgmma on them has been waited for): stage o and barv.
     q_tile[...] = o.astype(dtype)
     r_tile[...] = barv.astype(dtype)
@@ -264,6 +303,8 @@ def parallax_fwd(
   interpret: bool = False,
   schedule_barrier: bool = True,
   cta_order: str = "heads_outer",
+  fma_scores: bool = False,
+  centre: str = "running",
 ):
   """``(o, Residuals)`` of validated inputs (``parallax_jax.attention.residuals``).
 
@@ -277,7 +318,14 @@ def parallax_fwd(
     interpret: run in the Mosaic GPU interpreter (CPU tests).
     schedule_barrier: alternate the two consumers' tensor-core phases (FA3).
     cta_order: the order CTAs are issued in (``common.cta_grid``).
+    fma_scores: keep the row max in raw score units so each score's exponent is one FFMA, and
+      form ``w (t - c)`` as ``w t - w c`` (one FFMA on ``w t``); exact in exact arithmetic.
+    centre: ``"running"`` (the running mean of ``t``, corrected into ``accb`` every tile) or
+      ``"first"`` (the mean over the first tile a row sees, kept: no per-tile correction; the
+      rounded ``W2c`` operand then spreads about that mean, docs/design.md §3.2).
   """
+  if centre not in CENTRES:
+    raise ValueError(f"centre must be one of {CENTRES}, got {centre!r}")
   batch, q_len, hq, d = q.shape
   _, kv_len, hkv, _ = k.shape
   if block_q != common.ROWS_PER_WG or block_k not in (64, 128):
@@ -326,6 +374,8 @@ def parallax_fwd(
     group=hq // hkv,
     has_seg=segment_ids is not None,
     sched=schedule_barrier,
+    fma_scores=fma_scores,
+    centre=centre,
     ops=common.Ops(interpret),
   )
   kernel.__name__ = "parallax_fwd_mgpu"  # the kernel's name in profiles (a partial has none)

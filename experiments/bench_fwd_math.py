@@ -1,0 +1,133 @@
+"""The Mosaic GPU forward's tile math, its variants side by side in one run.
+
+``pallas_kernels.mosaic_gpu.forward.parallax_fwd`` has two switches on its per-tile vector work,
+which docs/design.md §5.6 finds the forward short of room for (tensor pipe 56% busy against
+cuDNN's 73%): ``fma_scores`` (the row max in raw score units, so each score's exponent is one
+FFMA, and ``w (t - c)`` as one FFMA on ``w t``) and ``centre="first"`` (the ``W2`` centre fixed by
+the first tile a row sees: no per-tile ``accb`` correction over the accumulator). For each
+(B, L) this times every variant of ``VARIANTS``: the forward kernel's device time from a profiler
+trace (GPU) and the median wall time per call. Accuracy is the GPU grid's
+(``pytest -m gpu tests/test_mosaic_gpu_forward.py -k compiled_matches``, configs ``fma``,
+``fma_first``).
+
+  python3 experiments/bench_fwd_math.py --shapes 4x4096,2x8192,8x2048,1x16384 --out-dir $OUT
+  python experiments/bench_fwd_math.py --interpret --shapes 1x128 --heads 2 --head-dim 64
+Writes ``<out-dir>/bench_fwd_math_<date>.json`` and ``.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import functools
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+
+from experiments import bench_kernels  # noqa: E402
+from experiments.bench_cta_order import measure  # noqa: E402
+from pallas_kernels.mosaic_gpu import common, forward  # noqa: E402
+from parallax_jax.attention.masking import MaskSpec  # noqa: E402
+from parallax_jax.benchmarking import result_files  # noqa: E402
+
+VARIANTS = {  # name -> parallax_fwd keywords; the first is the baseline of the table's ratios
+  "v1": {},
+  "fma": {"fma_scores": True},
+  "fma_first": {"fma_scores": True, "centre": "first"},
+}
+
+
+def forward_call(head_dim, length, window, interpret, variant):
+  """The jitted forward at the default tile, causal, with ``VARIANTS[variant]``."""
+  tile = common.default_fwd_tile(head_dim)
+  return jax.jit(
+    functools.partial(
+      forward.parallax_fwd,
+      segment_ids=None,
+      scale=head_dim**-0.5,
+      mask=MaskSpec(length, length, True, window),
+      block_q=tile.block_q,
+      block_k=tile.block_k,
+      num_stages=tile.num_stages,
+      interpret=interpret,
+      **VARIANTS[variant],
+    )
+  )
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--shapes", default=bench_kernels.DEFAULT_SHAPES, help="comma list of BxL")
+  p.add_argument("--heads", type=int, default=16)
+  p.add_argument("--head-dim", type=int, default=128)
+  p.add_argument("--window", type=int, default=None)
+  p.add_argument("--dtype", default="bfloat16")
+  p.add_argument("--iters", type=int, default=20)
+  p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma list of {list(VARIANTS)}")
+  p.add_argument("--interpret", action="store_true", help="Mosaic GPU interpreter (CPU smoke)")
+  p.add_argument("--out-dir", default=os.path.join(os.path.dirname(__file__), "results"))
+  args = p.parse_args(argv)
+  try:
+    shapes = [tuple(int(x) for x in s.lower().split("x")) for s in args.shapes.split(",")]
+  except ValueError:
+    p.error(f"--shapes: expected a comma list of BxL such as 2x8192, got {args.shapes!r}")
+  variants = args.variants.split(",")
+  if unknown := [v for v in variants if v not in VARIANTS]:
+    p.error(f"--variants: unknown {unknown}; choose from {list(VARIANTS)}")
+  now = datetime.datetime.now()
+  keys = ("heads", "head_dim", "window", "dtype", "iters", "interpret")
+  result = {
+    "date": now.isoformat(timespec="seconds"),
+    "device": jax.devices()[0].device_kind,
+    "versions": bench_kernels.versions(),
+    "command": " ".join(["python3"] + sys.argv),
+    "config": {k: getattr(args, k) for k in keys},
+    "variants": {v: VARIANTS[v] for v in variants},
+    "rows": [],
+  }
+  stem = result_files.new_stem(args.out_dir, f"bench_fwd_math_{now.strftime('%Y-%m-%d_%H%M%S')}")
+  for batch, length in shapes:
+    q, r, k, v, _ = bench_kernels.make_inputs(batch, length, args.heads, args.head_dim, args.dtype)
+    for variant in variants:
+      row = {"B": batch, "L": length, "variant": variant}
+      try:
+        fn = forward_call(args.head_dim, length, args.window, args.interpret, variant)
+        row.update(measure(fn, (q, r, k, v), args.iters, args.interpret))
+      except Exception as e:  # noqa: BLE001 - recorded, the run goes on
+        row["error"] = f"{type(e).__name__}: {e}"[:1000]
+      result["rows"].append(row)
+      print(json.dumps({k: v for k, v in row.items() if k != "kernels_us"}), flush=True)
+      result_files.write(stem, result, to_markdown(result))
+  print(f"wrote {stem}.json and {stem}.md")
+  return result
+
+
+def to_markdown(result: dict) -> str:
+  out = [f"# bench_fwd_math {result['date']}", ""]
+  out += [f"- {k}: {result[k]}" for k in ("device", "versions", "command", "config", "variants")]
+  names = list(result["variants"])
+  base = names[0]
+  out += ["", "Forward kernel device time, us (ratio: variant / " + base + "):", ""]
+  out.append(
+    "| B | L | " + " | ".join(names) + " | " + " | ".join(f"{n} / {base}" for n in names[1:]) + " |"
+  )
+  out.append("|---|---|" + "---:|" * (2 * len(names) - 1))
+  cells = {}
+  for row in result["rows"]:
+    cells.setdefault((row["B"], row["L"]), {})[row["variant"]] = row.get("device_us")
+  for (b, length), us in cells.items():
+    shown = [us.get(n) for n in names]
+    ratios = [
+      f"{x / shown[0]:.3f}" if x is not None and shown[0] is not None else "-" for x in shown[1:]
+    ]
+    cols = ["-" if x is None else f"{x:.1f}" for x in shown] + ratios
+    out.append(f"| {b} | {length} | " + " | ".join(cols) + " |")
+  return "\n".join(out) + "\n"
+
+
+if __name__ == "__main__":
+  main()
