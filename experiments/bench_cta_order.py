@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import functools
-import json
 import os
 import sys
 
@@ -112,32 +111,24 @@ def main(argv=None):
   p.add_argument("--interpret", action="store_true", help="Mosaic GPU interpreter (CPU smoke)")
   p.add_argument("--out-dir", default=os.path.join(os.path.dirname(__file__), "results"))
   args = p.parse_args(argv)
-  try:
-    shapes = [tuple(int(x) for x in s.lower().split("x")) for s in args.shapes.split(",")]
-  except ValueError:
-    p.error(f"--shapes: expected a comma list of BxL such as 2x8192, got {args.shapes!r}")
+  shapes = bench_kernels.parse_shapes(p, args.shapes)
   now = datetime.datetime.now()
-  result = {
-    "date": now.isoformat(timespec="seconds"),
-    "device": jax.devices()[0].device_kind,
-    "versions": bench_kernels.versions(),
-    "command": " ".join(["python3"] + sys.argv),
-    "config": {k: getattr(args, k) for k in ("heads", "head_dim", "dtype", "iters", "interpret")},
-    "rows": [],
-  }
+  keys = ("heads", "head_dim", "dtype", "iters", "interpret")
+  result = bench_kernels.run_header(args, keys)
   stem = result_files.new_stem(args.out_dir, f"bench_cta_order_{now.strftime('%Y-%m-%d_%H%M%S')}")
   for batch, length in shapes:
     calls = kernel_calls(batch, length, args.heads, args.head_dim, args.dtype, args.interpret)
     for kernel, (build, call_args) in calls.items():
       for order in common.CTA_ORDERS:
-        row = {"B": batch, "L": length, "kernel": kernel, "cta_order": order}
-        try:
-          row.update(measure(build(order), call_args, args.iters, args.interpret))
-        except Exception as e:  # noqa: BLE001 - recorded, the run goes on
-          row["error"] = f"{type(e).__name__}: {e}"[:1000]
-        result["rows"].append(row)
-        print(json.dumps({k: v for k, v in row.items() if k != "kernels_us"}), flush=True)
-        result_files.write(stem, result, to_markdown(result))
+        row = result_files.measure_row(
+          {"B": batch, "L": length, "kernel": kernel, "cta_order": order},
+          measure,
+          build(order),
+          call_args,
+          args.iters,
+          args.interpret,
+        )
+        result_files.add_row(stem, result, row, to_markdown, hide=("kernels_us",))
   print(f"wrote {stem}.json and {stem}.md")
   return result
 

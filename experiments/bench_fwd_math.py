@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import functools
-import json
 import os
 import sys
 
@@ -71,37 +70,27 @@ def main(argv=None):
   p.add_argument("--interpret", action="store_true", help="Mosaic GPU interpreter (CPU smoke)")
   p.add_argument("--out-dir", default=os.path.join(os.path.dirname(__file__), "results"))
   args = p.parse_args(argv)
-  try:
-    shapes = [tuple(int(x) for x in s.lower().split("x")) for s in args.shapes.split(",")]
-  except ValueError:
-    p.error(f"--shapes: expected a comma list of BxL such as 2x8192, got {args.shapes!r}")
+  shapes = bench_kernels.parse_shapes(p, args.shapes)
   variants = args.variants.split(",")
   if unknown := [v for v in variants if v not in VARIANTS]:
     p.error(f"--variants: unknown {unknown}; choose from {list(VARIANTS)}")
   now = datetime.datetime.now()
   keys = ("heads", "head_dim", "window", "dtype", "iters", "interpret")
-  result = {
-    "date": now.isoformat(timespec="seconds"),
-    "device": jax.devices()[0].device_kind,
-    "versions": bench_kernels.versions(),
-    "command": " ".join(["python3"] + sys.argv),
-    "config": {k: getattr(args, k) for k in keys},
-    "variants": {v: VARIANTS[v] for v in variants},
-    "rows": [],
-  }
+  result = bench_kernels.run_header(args, keys, variants={v: VARIANTS[v] for v in variants})
   stem = result_files.new_stem(args.out_dir, f"bench_fwd_math_{now.strftime('%Y-%m-%d_%H%M%S')}")
   for batch, length in shapes:
     q, r, k, v, _ = bench_kernels.make_inputs(batch, length, args.heads, args.head_dim, args.dtype)
     for variant in variants:
-      row = {"B": batch, "L": length, "variant": variant}
-      try:
-        fn = forward_call(args.head_dim, length, args.window, args.interpret, variant)
-        row.update(measure(fn, (q, r, k, v), args.iters, args.interpret))
-      except Exception as e:  # noqa: BLE001 - recorded, the run goes on
-        row["error"] = f"{type(e).__name__}: {e}"[:1000]
-      result["rows"].append(row)
-      print(json.dumps({k: v for k, v in row.items() if k != "kernels_us"}), flush=True)
-      result_files.write(stem, result, to_markdown(result))
+      fn = forward_call(args.head_dim, length, args.window, args.interpret, variant)
+      row = result_files.measure_row(
+        {"B": batch, "L": length, "variant": variant},
+        measure,
+        fn,
+        (q, r, k, v),
+        args.iters,
+        args.interpret,
+      )
+      result_files.add_row(stem, result, row, to_markdown, hide=("kernels_us",))
   print(f"wrote {stem}.json and {stem}.md")
   return result
 

@@ -189,6 +189,32 @@ def versions():
   return v
 
 
+def parse_shapes(parser: argparse.ArgumentParser, text: str) -> list[tuple[int, int]]:
+  """``"4x4096,2x8192"`` -> ``[(4, 4096), (2, 8192)]``; anything else is one line from
+  ``parser`` naming ``--shapes``."""
+  try:
+    shapes = [tuple(int(x) for x in s.lower().split("x")) for s in text.split(",")]
+  except ValueError:
+    shapes = []
+  if not shapes or any(len(s) != 2 or min(s) < 1 for s in shapes):
+    parser.error(f"--shapes: expected a comma list of BxL such as 2x8192, got {text!r}")
+  return shapes
+
+
+def run_header(args, keys, **extra) -> dict:
+  """The fields every kernel bench's result starts with: date, device, versions, the command
+  and ``args``' values of ``keys``."""
+  return {
+    "date": datetime.datetime.now().isoformat(timespec="seconds"),
+    "device": jax.devices()[0].device_kind,
+    "versions": versions(),
+    "command": " ".join(["python3"] + sys.argv),
+    "config": {k: getattr(args, k) for k in keys},
+    **extra,
+    "rows": [],
+  }
+
+
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--shapes", default=DEFAULT_SHAPES, help="comma list of BxL")
@@ -233,7 +259,7 @@ def main(argv=None):
       args.heads, args.head_dim = 2, 64
   causal = not args.non_causal
   dtype = jnp.dtype(args.dtype)
-  shapes = [tuple(int(x) for x in s.lower().split("x")) for s in args.shapes.split(",")]
+  shapes = parse_shapes(p, args.shapes)
   h, d = args.heads, args.head_dim
   now = datetime.datetime.now()
   devices = jax.devices()

@@ -111,9 +111,9 @@ def main(argv=None):
     row["first_over_running"] = row["rms_first"] / row["rms_running"]
     result["rows"].append(row)
     print(json.dumps(row), flush=True)
-  stem = result_files.new_stem(args.out_dir, f"centre_rounding_{now.strftime('%Y-%m-%d')}")
-  result_files.write(stem, result, to_markdown(result))
-  print(f"wrote {stem}.json and {stem}.md")
+  result_files.save(
+    args.out_dir, f"centre_rounding_{now.strftime('%Y-%m-%d')}", result, to_markdown(result)
+  )
   return result
 
 

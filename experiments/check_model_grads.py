@@ -104,6 +104,12 @@ def compare(grads, ref) -> dict:
   }
 
 
+def measure(cfg: ModelConfig, params, batch, ref_loss: float, ref_grads) -> dict:
+  """One row's values: the loss, its difference from the reference and the gradients' errors."""
+  loss, grads = loss_and_grads(cfg, params, batch)
+  return dict(loss=loss, loss_diff=loss - ref_loss, **compare(grads, ref_grads))
+
+
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   src = p.add_mutually_exclusive_group(required=True)
@@ -153,17 +159,13 @@ def main(argv=None):
       cfg = dataclasses.replace(
         base, attention_impl=None if impl == "default" else impl, compute_dtype=dtype
       )
-      row = {"impl": impl, "compute_dtype": dtype}
-      try:
-        loss, grads = loss_and_grads(cfg, params, batch)
-        row.update(loss=loss, loss_diff=loss - ref_loss, **compare(grads, ref_grads))
-      except Exception as e:  # noqa: BLE001 - recorded, the run goes on
-        row["error"] = f"{type(e).__name__}: {e}"[:1000]
+      row = result_files.measure_row(
+        {"impl": impl, "compute_dtype": dtype}, measure, cfg, params, batch, ref_loss, ref_grads
+      )
       result["rows"].append(row)
       print(json.dumps(row), flush=True)
-  stem = result_files.new_stem(args.out_dir, f"check_model_grads_{now.strftime('%Y-%m-%d_%H%M%S')}")
-  result_files.write(stem, result, to_markdown(result))
-  print(f"wrote {stem}.json and {stem}.md")
+  name = f"check_model_grads_{now.strftime('%Y-%m-%d_%H%M%S')}"
+  result_files.save(args.out_dir, name, result, to_markdown(result))
   return result
 
 

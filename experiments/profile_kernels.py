@@ -119,7 +119,7 @@ def main(argv=None):
   p.add_argument("--out-dir", default=os.path.join(os.path.dirname(__file__), "results"))
   p.add_argument("--workload", action="store_true", help="(internal) the profiled program")
   args = p.parse_args(argv)
-  shapes = [tuple(int(x) for x in s.lower().split("x")) for s in args.shapes.split(",")]
+  shapes = bench_kernels.parse_shapes(p, args.shapes)
   paths = args.paths.split(",")
   unknown = sorted(set(paths) - set(bench_kernels.path_fns(True, False)))
   if unknown:
@@ -141,11 +141,15 @@ def main(argv=None):
   cells = []
   for shape in shapes:
     for path in paths:
-      cell = {"B": shape[0], "L": shape[1], "path": path}
-      try:
-        cell.update(profile_cell(args.ncu, path, shape, args))
-      except Exception as e:  # noqa: BLE001 - recorded, the run goes on
-        cell["error"] = f"{type(e).__name__}: {e}"[:2000]
+      cell = result_files.measure_row(
+        {"B": shape[0], "L": shape[1], "path": path},
+        profile_cell,
+        args.ncu,
+        path,
+        shape,
+        args,
+        max_chars=2000,
+      )
       cells.append(cell)
       print(json.dumps({k: v for k, v in cell.items() if k not in ("records", "csv")}), flush=True)
       result_files.write(stem, {**meta, "cells": cells}, to_markdown(meta, cells))

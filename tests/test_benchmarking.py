@@ -223,3 +223,25 @@ def test_mosaic_backward_switch_is_read_at_the_call():
   assert kernels("mosaic") == mosaic
   assert kernels("triton") == triton
   assert kernels("mosaic") == mosaic
+
+
+@pytest.mark.parametrize("text", ["2x8192,4", "2x", "axb", "0x128", ""])
+def test_bad_shapes_are_one_line_naming_the_flag(text, capsys):
+  import argparse
+
+  from experiments import bench_kernels
+
+  with pytest.raises(SystemExit):
+    bench_kernels.parse_shapes(argparse.ArgumentParser(), text)
+  assert "--shapes: expected a comma list of BxL" in capsys.readouterr().err
+
+
+def test_good_shapes_parse():
+  import argparse
+
+  from experiments import bench_kernels
+
+  assert bench_kernels.parse_shapes(argparse.ArgumentParser(), "4x4096,2X8192") == [
+    (4, 4096),
+    (2, 8192),
+  ]
