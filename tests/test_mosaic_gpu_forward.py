@@ -59,6 +59,13 @@ def _blocks(fwd: Tile) -> BlockSizes:
   return BlockSizes(fwd, triton, triton)
 
 
+def test_unknown_centre_is_refused():
+  case = Case(1, 128, None, 2, 2, 64, dtype="bfloat16")
+  q, r, k, v, _, _ = _inputs(case)
+  with pytest.raises(ValueError, match="centre must be one of .*'running'.*got 'mean'"):
+    forward.parallax_fwd(q, r, k, v, None, scale=0.1, mask=_mask(case), centre="mean")
+
+
 def test_check_scope():
   IMPLEMENTATION.check(_spec())
   IMPLEMENTATION.check(_spec("float16", 128, _blocks(Tile(64, 128, None, 3))))

@@ -322,7 +322,7 @@ def parallax_fwd(
       form ``w (t - c)`` as ``w t - w c`` (one FFMA on ``w t``); exact in exact arithmetic.
     centre: ``"running"`` (the running mean of ``t``, corrected into ``accb`` every tile) or
       ``"first"`` (the mean over the first tile a row sees, kept: no per-tile correction; the
-      rounded ``W2c`` operand then spreads about that mean, docs/design.md §3.2).
+      rounded ``W2c`` operand then spreads about that mean, docs/design.md §3.5).
   """
   if centre not in CENTRES:
     raise ValueError(f"centre must be one of {CENTRES}, got {centre!r}")
