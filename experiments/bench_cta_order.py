@@ -101,6 +101,13 @@ def measure(fn, args, iters: int, interpret: bool) -> dict:
   }
 
 
+def add_timed_row(stem, result: dict, row: dict, fn, call_args, args, markdown_of) -> None:
+  """``row`` with ``measure(fn, call_args)`` at ``args.iters`` / ``args.interpret`` (a failure
+  is recorded as the row's error), added to ``result`` and its files."""
+  row = result_files.measure_row(row, measure, fn, call_args, args.iters, args.interpret)
+  result_files.add_row(stem, result, row, markdown_of, hide=("kernels_us",))
+
+
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--shapes", default=bench_kernels.DEFAULT_SHAPES, help="comma list of BxL")
@@ -114,21 +121,14 @@ def main(argv=None):
   shapes = bench_kernels.parse_shapes(p, args.shapes)
   now = datetime.datetime.now()
   keys = ("heads", "head_dim", "dtype", "iters", "interpret")
-  result = bench_kernels.run_header(args, keys)
+  result = bench_kernels.run_header(args, keys, now)
   stem = result_files.new_stem(args.out_dir, f"bench_cta_order_{now.strftime('%Y-%m-%d_%H%M%S')}")
   for batch, length in shapes:
     calls = kernel_calls(batch, length, args.heads, args.head_dim, args.dtype, args.interpret)
     for kernel, (build, call_args) in calls.items():
       for order in common.CTA_ORDERS:
-        row = result_files.measure_row(
-          {"B": batch, "L": length, "kernel": kernel, "cta_order": order},
-          measure,
-          build(order),
-          call_args,
-          args.iters,
-          args.interpret,
-        )
-        result_files.add_row(stem, result, row, to_markdown, hide=("kernels_us",))
+        row = {"B": batch, "L": length, "kernel": kernel, "cta_order": order}
+        add_timed_row(stem, result, row, build(order), call_args, args, to_markdown)
   print(f"wrote {stem}.json and {stem}.md")
   return result
 

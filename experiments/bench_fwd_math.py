@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 
 from experiments import bench_kernels  # noqa: E402
-from experiments.bench_cta_order import measure  # noqa: E402
+from experiments.bench_cta_order import add_timed_row  # noqa: E402
 from pallas_kernels.mosaic_gpu import common, forward  # noqa: E402
 from parallax_jax.attention.masking import MaskSpec  # noqa: E402
 from parallax_jax.benchmarking import result_files  # noqa: E402
@@ -76,21 +76,14 @@ def main(argv=None):
     p.error(f"--variants: unknown {unknown}; choose from {list(VARIANTS)}")
   now = datetime.datetime.now()
   keys = ("heads", "head_dim", "window", "dtype", "iters", "interpret")
-  result = bench_kernels.run_header(args, keys, variants={v: VARIANTS[v] for v in variants})
+  result = bench_kernels.run_header(args, keys, now, variants={v: VARIANTS[v] for v in variants})
   stem = result_files.new_stem(args.out_dir, f"bench_fwd_math_{now.strftime('%Y-%m-%d_%H%M%S')}")
   for batch, length in shapes:
     q, r, k, v, _ = bench_kernels.make_inputs(batch, length, args.heads, args.head_dim, args.dtype)
     for variant in variants:
       fn = forward_call(args.head_dim, length, args.window, args.interpret, variant)
-      row = result_files.measure_row(
-        {"B": batch, "L": length, "variant": variant},
-        measure,
-        fn,
-        (q, r, k, v),
-        args.iters,
-        args.interpret,
-      )
-      result_files.add_row(stem, result, row, to_markdown, hide=("kernels_us",))
+      row = {"B": batch, "L": length, "variant": variant}
+      add_timed_row(stem, result, row, fn, (q, r, k, v), args, to_markdown)
   print(f"wrote {stem}.json and {stem}.md")
   return result
 

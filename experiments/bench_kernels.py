@@ -201,11 +201,11 @@ def parse_shapes(parser: argparse.ArgumentParser, text: str) -> list[tuple[int, 
   return shapes
 
 
-def run_header(args, keys, **extra) -> dict:
-  """The fields every kernel bench's result starts with: date, device, versions, the command
-  and ``args``' values of ``keys``."""
+def run_header(args, keys, now: datetime.datetime, **extra) -> dict:
+  """The fields every kernel bench's result starts with: date (``now``, the time its stem is
+  named for), device, versions, the command and ``args``' values of ``keys``."""
   return {
-    "date": datetime.datetime.now().isoformat(timespec="seconds"),
+    "date": now.isoformat(timespec="seconds"),
     "device": jax.devices()[0].device_kind,
     "versions": versions(),
     "command": " ".join(["python3"] + sys.argv),
