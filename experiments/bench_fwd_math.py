@@ -7,8 +7,8 @@ FFMA, and ``w (t - c)`` as one FFMA on ``w t``) and ``centre="first"`` (the ``W2
 the first tile a row sees: no per-tile ``accb`` correction over the accumulator). For each
 (B, L) this times every variant of ``VARIANTS``: the forward kernel's device time from a profiler
 trace (GPU) and the median wall time per call. Accuracy is the GPU grid's
-(``pytest -m gpu tests/test_mosaic_gpu_forward.py -k compiled_matches``, configs ``fma``,
-``fma_first``).
+(``pytest -m gpu tests/test_mosaic_gpu_forward.py -k compiled_matches``, configs ``default``
+(= ``fma_first``), ``v1``, ``fma_running``).
 
   python3 experiments/bench_fwd_math.py --shapes 4x4096,2x8192,8x2048,1x16384 --out-dir $OUT
   python experiments/bench_fwd_math.py --interpret --shapes 1x128 --heads 2 --head-dim 64
@@ -34,9 +34,9 @@ from parallax_jax.attention.masking import MaskSpec  # noqa: E402
 from parallax_jax.benchmarking import result_files  # noqa: E402
 
 VARIANTS = {  # name -> parallax_fwd keywords; the first is the baseline of the table's ratios
-  "v1": {},
-  "fma": {"fma_scores": True},
-  "fma_first": {"fma_scores": True, "centre": "first"},
+  "v1": {"fma_scores": False, "centre": "running"},
+  "fma": {"fma_scores": True, "centre": "running"},
+  "fma_first": {"fma_scores": True, "centre": "first"},  # the default since 2026-12-04
 }
 
 

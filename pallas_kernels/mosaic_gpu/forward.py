@@ -20,25 +20,29 @@ observe every barrier phase). Segment ids are
 tested on every tile (``MaskSpec``: never scheduled). Rows that see no key end with
 ``o = barv = 0``, ``bart = 0``, ``lse = -inf`` (the residual contract).
 
-Re-centred W2 with a running centre. The Triton kernel rounds ``w (t - c_tile)`` and adds
-``c_tile (W V)`` back in float32 (docs/design.md §3.2), which needs ``W V`` of each tile on its
-own. A wgmma accumulates in place, so this kernel keeps ``accb = acc2 - c acc1`` instead, with
-``c = d2 / d1`` the running weighted mean of ``t`` (the current ``bart``). When a tile moves
-``c`` from ``c_old`` to ``c_new``, ``accb <- alpha accb - (c_new - c_old) alpha acc1`` in float32
-and the PV operand is ``w (t - c_new)``: exact in exact arithmetic, and the rounded operand is of
-the size of the spread of ``t`` about its running mean, not of ``t`` itself. At the end
-``c = bart``, so ``o = barv - accb / d1``.
+Re-centred W2 (here with ``centre="running"``; the default is below). The Triton kernel rounds
+``w (t - c_tile)`` and adds ``c_tile (W V)`` back in float32 (docs/design.md §3.2), which needs
+``W V`` of each tile on its own. A wgmma accumulates in place, so this kernel keeps
+``accb = acc2 - c acc1`` instead, with ``c = d2 / d1`` the running weighted mean of ``t`` (the
+current ``bart``). When a tile moves ``c`` from ``c_old`` to ``c_new``,
+``accb <- alpha accb - (c_new - c_old) alpha acc1`` in float32 and the PV operand is
+``w (t - c_new)``: exact in exact arithmetic, and the rounded operand is of the size of the
+spread of ``t`` about its running mean, not of ``t`` itself. At the end ``c = bart``,
+so ``o = barv - accb / d1``.
 
 Two switches trim the per-tile vector work, which leaves the tensor cores idle part of the time
-(docs/design.md §5.6), both exact in exact arithmetic and off by default until measured
-(``experiments/bench_fwd_math.py``): ``fma_scores`` keeps the row max in raw score units, so a
-score's exponent ``exp2(c2 s - c2 m)`` is one FFMA instead of a multiply whose product the max
-also reads plus a subtraction, and forms ``w (t - c)`` as ``w t - w c``, one FFMA on the product
-the row sum ``d2`` needs anyway; ``centre="first"`` fixes ``c`` at the mean over the first tile
-a row sees (``acc1`` and ``accb`` are still zero then), which drops the per-tile correction of
-``accb`` (a multiply-add over the whole accumulator) and leaves ``o = barv - accb / d1 +
-(bart - c) barv`` at the end; the rounded operand then spreads about that first mean rather
-than the running one (docs/design.md §3.5 has the measured cost).
+(docs/design.md §5.6). Both are exact in exact arithmetic and both are on by default: measured on
+the H200 (``experiments/bench_fwd_math.py``), together they take 8-9% off the forward at
+D = 128 and 6% at D = 64; ``fma_scores=False, centre="running"`` is the earlier tile math.
+``fma_scores`` keeps the row max in raw score units, so a score's exponent
+``exp2(c2 s - c2 m)`` is one FFMA instead of a multiply whose product the max also reads plus a
+subtraction, and forms ``w (t - c)`` as ``w t - w c``, one FFMA on the product the row sum
+``d2`` needs anyway. ``centre="first"`` fixes ``c`` at the mean over the first tile a row sees
+(``acc1`` and ``accb`` are still zero then), which drops the per-tile correction of ``accb`` (a
+multiply-add over the whole accumulator) and leaves ``o = barv - accb / d1 + (bart - c) barv``
+at the end; the rounded operand then spreads about that first mean rather than the running one
+(docs/design.md §3.5 has the measured cost in bf16: 1-2% more RMS error than the running
+centre on ordinary inputs, 15-32% when ``t`` drifts steadily along the keys).
 
 Block sizes and registers: a consumer holds two ``64 x D`` float32 accumulators (64 registers
 per thread each at D = 128) plus the ``64 x block_k`` float32 tiles S and T (32 registers each at
@@ -303,8 +307,8 @@ def parallax_fwd(
   interpret: bool = False,
   schedule_barrier: bool = True,
   cta_order: str = "heads_outer",
-  fma_scores: bool = False,
-  centre: str = "running",
+  fma_scores: bool = True,
+  centre: str = "first",
 ):
   """``(o, Residuals)`` of validated inputs (``parallax_jax.attention.residuals``).
 
