@@ -307,7 +307,7 @@ def test_resume_and_eval_read_the_run_tokenizer(tmp_path, tree, monkeypatch):
 # ------------------------------------------------------------------------- the study configs
 
 
-@pytest.mark.parametrize("name, count", [("gpu_study_lm", 29), ("gpu_study_mqar", 20)])
+@pytest.mark.parametrize("name, count", [("gpu_study_lm", 30), ("gpu_study_mqar", 20)])
 def test_gpu_study_configs_plan_and_validate(name, count, capsys, monkeypatch):
   import jax
 
@@ -354,6 +354,28 @@ def test_gpu_study_configs_plan_and_validate(name, count, capsys, monkeypatch):
     assert (low.optimizer.learning_rate, low.train.seed) == (0.005, 0)
     assert (seed1.optimizer.learning_rate, seed1.train.seed) == (0.01, 1)
     assert low.optimizer.adam_learning_rate == main.optimizer.adam_learning_rate
+    # AdamW's base moved from 2e-3 to 1e-3 (session 15): the 2e-3 runs are the x2 points.
+    adamw, x2, r0_x2 = (exps[f"adamw+parallax{k}_s0"] for k in ("", "_lr2", "_r0_lr2"))
+    assert adamw.optimizer.learning_rate == 1e-3
+    assert x2.optimizer.learning_rate == 2e-3 == r0_x2.optimizer.learning_rate
+    assert (r0_x2.model.r_init, r0_x2.optimizer.name, r0_x2.train.seed) == ("zeros", "adamw", 0)
   else:
     assert {e.data.mqar_num_pairs for e in exps.values()} == {4, 16, 32, 64}
     assert all(e.model.d_model == 256 and e.train.steps >= 10_000 for e in exps.values())
+
+
+def test_committed_study_points_are_the_sweeps_points():
+  """Every committed GPU-study point is a point of the sweep config as it stands, trained with
+  exactly its config (the fingerprint the sweep runner compares): an edit of the config that
+  changes a finished point's config, or a renamed point, fails here instead of orphaning a
+  result or making the next device session retrain it."""
+  from parallax_jax.sweeps.config import load_sweep
+
+  sweep = load_sweep(str(ROOT / "configs" / "sweeps" / "gpu_study_lm.py"))
+  fingerprints = {p.name: p.fingerprint() for p in sweep.points}
+  points = ROOT / "experiments" / "results" / "studies_gpu" / "gpu_study_lm" / "points"
+  statuses = {d.name: json.loads((d / "status.json").read_text()) for d in points.iterdir()}
+  assert len(statuses) >= 19
+  for name, status in statuses.items():
+    assert status["name"] == name and status["status"] == "finished", name
+    assert status["fingerprint"] == fingerprints.get(name), name

@@ -377,6 +377,21 @@ def test_plots_of_many_variants_stay_readable(tmp_path):
   assert_labels_readable(metric_figure(sweep, rows, "eval_perplexity", "variant"), MANY)
 
 
+def test_metric_axis_is_log_when_the_values_span_10x(tmp_path):
+  """One diverged point (ppl 600 among ~50) puts the metric's axis on a log scale; values within
+  10x keep it linear."""
+  from parallax_jax.sweeps.report import metric_figure, write_tables
+
+  sweep = _many_variants_sweep(tmp_path)
+  rows = write_tables(sweep, tmp_path)
+  close = [{**r, "eval_perplexity": 50.0 + i} for i, r in enumerate(rows)]
+  (ax,) = metric_figure(sweep, close, "eval_perplexity", "variant").axes
+  assert ax.get_xscale() == "linear"
+  spread = [{**r, "eval_perplexity": 600.0} if i == 0 else r for i, r in enumerate(close)]
+  (ax,) = metric_figure(sweep, spread, "eval_perplexity", "variant").axes
+  assert ax.get_xscale() == "log"
+
+
 def test_curve_styles_are_distinct_for_any_names():
   from parallax_jax.sweeps.report import curve_styles, split_seed
 

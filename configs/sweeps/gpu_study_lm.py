@@ -27,6 +27,9 @@ Arms (variants; `<optimizer>+<model>[_lr<scale>]_s<seed>`):
   Parallax's training FLOPs (attention included); both per optimizer, seed 0.
 - softmax's Muon follow-up (session 14): x0.25 at seed 0 and x0.5 at seed 1, since x0.5 won
   the first scan at its edge.
+- AdamW's base LR is 1e-3 (session 15; it was 2e-3, at which both Parallax runs stalled near
+  the unigram loss); the two 2e-3 runs are the scan's x2 points, and parallax_r0 keeps its x2
+  run too (`adamw+parallax_r0_lr2_s0`).
 `PRIORITY` orders them for the device sessions (experiments/results/studies_gpu/results.md).
 
 One device call runs one point (or a few): `parallax-jax sweep --points` takes their variant
@@ -62,7 +65,10 @@ DATA = {
   "data.read_threads": 12,  # BPE encoding: ~0.4M tokens/s per thread on a slow core
 }
 OPTIMIZERS = {  # base learning rates; the scans multiply the first one
-  "adamw": {"optimizer.name": "adamw", "optimizer.learning_rate": 2e-3},
+  # AdamW ran at 2e-3 first (session 15): Parallax and Parallax with W_R = 0 both stalled near
+  # the unigram loss (held-out ppl 655 and 540, grad-norm spike 18 at the end of the warmup), so
+  # the base moved to 1e-3 and those two runs are the x2 points of its scan.
+  "adamw": {"optimizer.name": "adamw", "optimizer.learning_rate": 1e-3},
   "muon": {
     "optimizer.name": "muon",
     "optimizer.learning_rate": 0.02,
@@ -77,6 +83,8 @@ MUON_EXTRA_SEEDS = (2,)
 # Softmax's Muon scan was won by its low edge (x0.5, session 14): the scan goes one step further
 # and the winning rate gets its seed-1 run, so the pair is compared at each kind's best rate.
 MUON_SOFTMAX_FOLLOW_UP = {"muon+softmax_lr0.25_s0": (0.25, 0), "muon+softmax_lr0.5_s1": (0.5, 1)}
+# W_R = 0 under AdamW at x2 (2e-3): it ran when that was AdamW's base rate (above).
+ADAMW_R0_AT_2X = "adamw+parallax_r0_lr2_s0"
 PRIORITY = (  # device sessions run these in order: each step answers a question on its own
   # done (session 9): Parallax trails softmax by 0.16 nats; half the LR changes nothing
   "muon+parallax_s0",
@@ -103,17 +111,20 @@ PRIORITY = (  # device sessions run these in order: each step answers a question
   # softmax at half its LR 47.75, 0.111 nats below x1 (one seed; softmax's seed span 0.088)
   "muon+softmax_params_s0",
   "muon+softmax_lr0.5_s0",
-  # next: softmax's Muon LR follow-up, the AdamW arms, then the MQAR groups
-  # (configs/sweeps/gpu_study_mqar.py)
+  # done (session 15): softmax's Muon x0.25 57.92 (worse than x0.5 and x1), x0.5 at seed 1
+  # 55.41 (-0.050 nats against x1); AdamW at 2e-3 stalled (W_R = 0 540, Parallax 655)
   "muon+softmax_lr0.25_s0",
   "muon+softmax_lr0.5_s1",
-  "adamw+parallax_r0_s0",
-  "adamw+parallax_s0",
-  "adamw+softmax_s0",
-  "adamw+parallax_lr0.5_s0",
+  "adamw+parallax_r0_lr2_s0",
   "adamw+parallax_lr2_s0",
-  "adamw+softmax_lr0.5_s0",
+  # next: AdamW at its new base 1e-3 (softmax first: does softmax train where Parallax stalled?),
+  # the rest of its scan, then the MQAR groups (configs/sweeps/gpu_study_mqar.py)
+  "adamw+softmax_s0",
+  "adamw+parallax_s0",
   "adamw+softmax_lr2_s0",
+  "adamw+parallax_r0_s0",
+  "adamw+parallax_lr0.5_s0",
+  "adamw+softmax_lr0.5_s0",
   "adamw+parallax_s1",
   "adamw+softmax_s1",
   "adamw+softmax_compute_s0",
@@ -197,6 +208,13 @@ def variants() -> dict[str, dict]:
       "optimizer.learning_rate": muon["optimizer.learning_rate"] * scale,
       "train.seed": seed,
     }
+  adamw = OPTIMIZERS["adamw"]
+  out[ADAMW_R0_AT_2X] = {
+    **adamw,
+    "model.r_init": "zeros",
+    "optimizer.learning_rate": 2 * adamw["optimizer.learning_rate"],
+    "train.seed": 0,
+  }
   return out
 
 

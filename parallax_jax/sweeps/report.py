@@ -245,7 +245,8 @@ def metric_figure(sweep: Sweep, rows: list[dict], metric: str, axis: str):
   """``metric`` against one axis, a series per combination of the other axes' values.
   A numeric axis is the x axis (log when it spans 10x); the values of any other (names: a
   variant) go down the y axis, those without a result left out, so that long names stay
-  readable."""
+  readable. The metric's axis is log when its values span 10x, so that one diverged point does
+  not flatten the rest into a line."""
   from matplotlib.figure import Figure
 
   others = [a for a in sweep.axes if a != axis]
@@ -291,6 +292,20 @@ def metric_figure(sweep: Sweep, rows: list[dict], metric: str, axis: str):
     ax.set_ylim(len(shown) - 0.5, -0.5)  # the sweep's first value on top
     ax.grid(axis="both", alpha=0.3)
     ax.set(xlabel=metric, ylabel=axis)
+  measured_values = [y for pts in groups.values() for _, y in pts]
+  if (
+    measured_values
+    and min(measured_values) > 0
+    and max(measured_values) >= 10 * min(measured_values)
+  ):
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    (ax.set_yscale if numeric else ax.set_xscale)("log")
+    metric_axis = ax.yaxis if numeric else ax.xaxis
+    # Plain numbers at 1, 2, 5 x 10^k: the default labels every minor tick in a short range.
+    metric_axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    metric_axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    metric_axis.set_minor_formatter(NullFormatter())
   ax.set_title(f"{metric} vs {axis}")
   if len(groups) > 1:
     _legend(fig, ax.get_lines())
