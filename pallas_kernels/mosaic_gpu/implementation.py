@@ -13,7 +13,8 @@ The forward is ``forward.parallax_fwd``. The backward is chosen per call by ``BA
 * ``"mosaic"``: ``backward.parallax_bwd``, the warp-specialised Mosaic GPU dq/dr and dk/dv
   kernels (``BlockSizes.dq``/``dkv`` then follow ``backward.check``); with
   ``deterministic=False`` the fused one: the dk/dv kernel alone, adding dq/dr by TMA
-  reductions (not yet measured on a GPU, so ``"auto"`` never picks it).
+  reductions (measured 2-6% slower than the two passes, bench_kernels_2026-12-03_144822, so
+  ``"auto"`` never picks it).
 """
 
 from __future__ import annotations
