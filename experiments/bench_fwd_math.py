@@ -40,10 +40,10 @@ VARIANTS = {  # name -> parallax_fwd keywords; the first is the baseline of the 
 }
 
 
-def forward_call(head_dim, length, window, interpret, variant):
-  """The jitted forward at the default tile, causal, with ``VARIANTS[variant]``."""
+def forward_call(head_dim, length, window, interpret, variant, inputs):
+  """``(jitted forward at the default tile, causal, with VARIANTS[variant], its arguments)``."""
   tile = common.default_fwd_tile(head_dim)
-  return jax.jit(
+  fn = jax.jit(
     functools.partial(
       forward.parallax_fwd,
       segment_ids=None,
@@ -56,44 +56,59 @@ def forward_call(head_dim, length, window, interpret, variant):
       **VARIANTS[variant],
     )
   )
+  q, r, k, v, _ = inputs
+  return fn, (q, r, k, v)
 
 
 def main(argv=None):
-  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  return run_variants(
+    argv, name="bench_fwd_math", doc=__doc__, variants=VARIANTS, build_call=forward_call
+  )
+
+
+def run_variants(argv, *, name: str, doc: str, variants: dict, build_call):
+  """A tile-math bench: for each (B, L) of ``--shapes`` and each variant of ``variants`` (name ->
+  keywords), ``build_call(head_dim, length, window, interpret, variant, inputs)`` gives a jitted
+  call and its arguments, timed by device time (the Parallax kernels' sum, from a profiler
+  trace) and median wall time. Writes ``<out-dir>/<name>_<date>.{json,md}``."""
+  p = argparse.ArgumentParser(description=doc.split("\n")[0])
   p.add_argument("--shapes", default=bench_kernels.DEFAULT_SHAPES, help="comma list of BxL")
   p.add_argument("--heads", type=int, default=16)
   p.add_argument("--head-dim", type=int, default=128)
   p.add_argument("--window", type=int, default=None)
   p.add_argument("--dtype", default="bfloat16")
   p.add_argument("--iters", type=int, default=20)
-  p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma list of {list(VARIANTS)}")
+  p.add_argument("--variants", default=",".join(variants), help=f"comma list of {list(variants)}")
   p.add_argument("--interpret", action="store_true", help="Mosaic GPU interpreter (CPU smoke)")
   p.add_argument("--out-dir", default=os.path.join(os.path.dirname(__file__), "results"))
   args = p.parse_args(argv)
   shapes = bench_kernels.parse_shapes(p, args.shapes)
-  variants = args.variants.split(",")
-  if unknown := [v for v in variants if v not in VARIANTS]:
-    p.error(f"--variants: unknown {unknown}; choose from {list(VARIANTS)}")
+  chosen = args.variants.split(",")
+  if unknown := [v for v in chosen if v not in variants]:
+    p.error(f"--variants: unknown {unknown}; choose from {list(variants)}")
   now = datetime.datetime.now()
   keys = ("heads", "head_dim", "window", "dtype", "iters", "interpret")
-  result = bench_kernels.run_header(args, keys, now, variants={v: VARIANTS[v] for v in variants})
-  stem = result_files.new_stem(args.out_dir, f"bench_fwd_math_{now.strftime('%Y-%m-%d_%H%M%S')}")
+  result = bench_kernels.run_header(args, keys, now, variants={v: variants[v] for v in chosen})
+  result["what"] = name
+  stem = result_files.new_stem(args.out_dir, f"{name}_{now.strftime('%Y-%m-%d_%H%M%S')}")
   for batch, length in shapes:
-    q, r, k, v, _ = bench_kernels.make_inputs(batch, length, args.heads, args.head_dim, args.dtype)
-    for variant in variants:
-      fn = forward_call(args.head_dim, length, args.window, args.interpret, variant)
+    inputs = bench_kernels.make_inputs(batch, length, args.heads, args.head_dim, args.dtype)
+    for variant in chosen:
+      fn, call_args = build_call(
+        args.head_dim, length, args.window, args.interpret, variant, inputs
+      )
       row = {"B": batch, "L": length, "variant": variant}
-      add_timed_row(stem, result, row, fn, (q, r, k, v), args, to_markdown)
+      add_timed_row(stem, result, row, fn, call_args, args, to_markdown)
   print(f"wrote {stem}.json and {stem}.md")
   return result
 
 
 def to_markdown(result: dict) -> str:
-  out = [f"# bench_fwd_math {result['date']}", ""]
+  out = [f"# {result.get('what', 'bench_fwd_math')} {result['date']}", ""]
   out += [f"- {k}: {result[k]}" for k in ("device", "versions", "command", "config", "variants")]
   names = list(result["variants"])
   base = names[0]
-  out += ["", "Forward kernel device time, us (ratio: variant / " + base + "):", ""]
+  out += ["", "Parallax kernels' device time per call, us (ratio: variant / " + base + "):", ""]
   out.append(
     "| B | L | " + " | ".join(names) + " | " + " | ".join(f"{n} / {base}" for n in names[1:]) + " |"
   )

@@ -201,6 +201,32 @@ def test_interpret_cta_orders(order):
   _check_grads(_run(case, TILES["default"], interpret=True, kernel=kernel), case)
 
 
+ROW_PACKING_CASES = [  # a window inside a block, segments, Tq > Tk (rows that see nothing)
+  Case(1, 256, None, 4, 2, 64, window=100, **_BF16),
+  Case(2, 128, None, 2, 1, 128, dtype="float16", segments=(50, 78)),
+  Case(1, 150, 60, 2, 1, 64, **_BF16),
+]
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["two_pass", "fused"])
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.id) for c in ROW_PACKING_CASES])
+def test_row_constants_packed_in_xla_change_no_bit(case, fused):
+  """``1 + bart`` and ``dO.barv - dO.o`` formed once per row in ``prepare`` (the default) give
+  the same bits as the kernels forming them per element (``pack_row_constants=False``): the
+  same float32 operations, only moved. Correctness against the oracle is the other tests'."""
+  packed, earlier = (
+    _run(
+      case,
+      None,
+      interpret=True,
+      kernel=functools.partial(backward.parallax_bwd, fused=fused, pack_row_constants=pack),
+    )
+    for pack in (True, False)
+  )
+  for name, a, b in zip(("dq", "dr", "dk", "dv"), packed, earlier, strict=True):
+    np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32), name)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("fused", [False, True], ids=["two_pass", "fused"])
 @pytest.mark.parametrize("case", [pytest.param(c, id=c.id) for c in GPU_CASES])
@@ -280,7 +306,7 @@ def test_rows_without_keys_get_zero_gradients():
 # Lowering for CUDA on CPU (Mosaic GPU's own checks: layouts, wgmma shapes, shared memory).
 
 
-def _lower(d, seg, tiles, semantics, window=200, group=2, fused=False):
+def _lower(d, seg, tiles, semantics, window=200, group=2, fused=False, **kw):
   plgpu_params = plgpu.CompilerParams(
     approx_math=True, lowering_semantics=getattr(plgpu.LoweringSemantics, semantics)
   )
@@ -297,6 +323,7 @@ def _lower(d, seg, tiles, semantics, window=200, group=2, fused=False):
     cfg_dq=tiles[0],
     cfg_dkv=tiles[1],
     fused=fused,
+    **kw,
   )
   original = backward_common.compiler_params
   backward_common.compiler_params = lambda: plgpu_params
@@ -333,6 +360,14 @@ def test_lowers_for_cuda(d, seg, tiles, semantics):
   """Every tile ``check_tiles`` accepts lowers (Pallas -> Mosaic GPU, CUDA target) with GQA, a
   window and segment ids; ptxas (registers) runs only on the GPU."""
   _lower(d, seg, tiles, semantics)
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["two_pass", "fused"])
+def test_earlier_row_packing_lowers_for_cuda(fused):
+  """``pack_row_constants=False`` (the kernels before session 15, kept for
+  ``experiments/bench_bwd_math.py``) still lowers."""
+  tiles = backward.default_tiles(128)
+  _lower(128, True, tiles, "Lane", fused=fused, pack_row_constants=False)
 
 
 @pytest.mark.parametrize("tiles", ["default", "one_wg"])

@@ -56,11 +56,19 @@ def bwd_tile2(s2, t, visible, lse2, bart, a, delta_o, b):
   ``pw = p (1 + tbar - t)``; ``gu = -p delta``. Row statistics broadcast along the last axis
   (``[..., Bq]`` against ``[..., Bq, Bk]``); pass them pre-expanded for transposed tiles.
   """
+  return bwd_tile2_rows(s2, t, visible, lse2, 1.0 + bart, a, b, b - delta_o)
+
+
+def bwd_tile2_rows(s2, t, visible, lse2, one_plus_bart, a, b, b_minus_delta_o):
+  """``bwd_tile2`` given the two row constants it combines, ``1 + tbar`` and ``b - dO.o``: the
+  same float32 operations in the same order, for kernels whose row statistics arrive already
+  broadcast to the tile, where each combination would otherwise cost an operation per element
+  (the Mosaic GPU backward packs them in XLA)."""
   p = jnp.exp2(s2 - lse2)
   if visible is not None:
     p = jnp.where(visible, p, 0.0)
   delta = a - b
-  pw = p * (1.0 + bart - t)
-  gl = pw * delta + p * (b - delta_o)
+  pw = p * (one_plus_bart - t)
+  gl = pw * delta + p * b_minus_delta_o
   gu = -p * delta
   return gl, gu, pw

@@ -10,10 +10,12 @@ kernels, no atomics.
 Both keep their two float32 accumulators in registers (wgmma), stream the other operand through
 a TMA ring (``plgpu.emit_pipeline_warp_specialized``: one producer warpgroup, ``wgs`` consumer
 warpgroups of 64 rows each) and share the tile algebra of the Triton kernels
-(``tile_math_base2.bwd_tile2``). The row statistics ``dO.o`` and ``dO.barv``
-(``tile_math.bwd_row_stats``) are computed once here, in XLA, and packed with ``lse2 = lse
-log2(e)`` (``+inf`` on empty and padded rows, so their weights are exactly 0) and ``bart`` into
-one ``[B, Hq, 4, T]`` float32 array: one TMA per streamed step.
+(``tile_math_base2.bwd_tile2_rows``). The row statistics ``dO.o`` and ``dO.barv``
+(``tile_math.bwd_row_stats``) are computed once here, in XLA, and packed with ``bart`` and
+``lse2 = lse log2(e)`` (``+inf`` on empty and padded rows, so their weights are exactly 0) into
+one ``[B, Hq, 4, T]`` float32 array, as the four rows the tile math reads
+(``backward_common.STATS``: ``lse2``, ``1 + bart``, ``dO.barv - dO.o``, ``dO.barv``): one TMA
+per streamed step.
 
 Scope (``check``): bfloat16/float16, head_dim 64 or 128, any GQA ratio, causal, window and
 segment-id masks. Sequence lengths are zero-padded to the blocks (no copy when they are
@@ -107,11 +109,25 @@ def check(spec) -> None:
     check_tiles(bs.dq, bs.dkv, spec.head_dim, spec.has_segment_ids, not spec.deterministic)
 
 
-def prepare(q, r, k, v, segment_ids, residuals: Residuals, do, *, multiple_q: int, multiple_k: int):
+def prepare(
+  q,
+  r,
+  k,
+  v,
+  segment_ids,
+  residuals: Residuals,
+  do,
+  *,
+  multiple_q: int,
+  multiple_k: int,
+  pack_row_constants: bool = True,
+):
   """The kernels' operands ``(q, r, do, stats, k, v, segq, segk)``: sequence axes zero-padded to
   ``multiple_q`` / ``multiple_k``, ``do`` and ``r`` in q's dtype, ``stats [B, Hq, 4, Tq]``
-  float32 = (``lse2``, ``bart``, ``dO.o``, ``dO.barv``) with ``lse2 = +inf`` on empty and
-  padded rows, segment ids int32 padded with -1 (rows) / -2 (keys), or None."""
+  float32 = ``backward_common.STATS`` (``lse2``, ``1 + bart``, ``dO.barv - dO.o``, ``dO.barv``) with
+  ``lse2 = +inf`` on empty and padded rows, segment ids int32 padded with -1 (rows) / -2
+  (keys), or None. ``pack_row_constants=False``: (``lse2``, ``bart``, ``dO.o``, ``dO.barv``),
+  the earlier packing, whose combinations the kernels then form per element."""
   dtype = q.dtype
   do = do.astype(dtype)
   # The barrier keeps the reductions (over D, the minor axis) out of the stack's fusion below.
@@ -123,13 +139,15 @@ def prepare(q, r, k, v, segment_ids, residuals: Residuals, do, *, multiple_q: in
   )
   lse = residuals.lse.astype(jnp.float32)
   lse2 = jnp.where(jnp.isfinite(lse), lse * LOG2E, jnp.inf)
+  # The tile math's two row combinations (tile_math_base2.bwd_tile2_rows) are formed here, once
+  # per row: in the kernels the statistics are broadcast to the tile first, where each would
+  # cost an operation per element of every tile.
+  bart = residuals.bart.astype(jnp.float32)
+  delta_o, b_row = (jnp.swapaxes(x, 1, 2) for x in (delta_o, b_row))
+  rows = (1.0 + bart, b_row - delta_o) if pack_row_constants else (bart, delta_o)
   stats = jnp.stack(
-    [
-      pad_to(lse2, 2, multiple_q, jnp.inf),
-      pad_to(residuals.bart.astype(jnp.float32), 2, multiple_q),
-      pad_to(jnp.swapaxes(delta_o, 1, 2), 2, multiple_q),
-      pad_to(jnp.swapaxes(b_row, 1, 2), 2, multiple_q),
-    ],
+    [pad_to(lse2, 2, multiple_q, jnp.inf), *(pad_to(x, 2, multiple_q) for x in rows)]
+    + [pad_to(b_row, 2, multiple_q)],
     axis=2,
   )
   qp, rp, dop = (pad_to(x, 1, multiple_q) for x in (q, r.astype(dtype), do))
@@ -157,6 +175,7 @@ def parallax_bwd(
   interpret: bool = False,
   cta_order: str = "heads_outer",
   fused: bool = False,
+  pack_row_constants: bool = True,
 ):
   """``(dq, dr, dk, dv)`` in the input dtypes.
 
@@ -171,6 +190,10 @@ def parallax_bwd(
     cta_order: the order both kernels issue their CTAs in (``common.cta_grid``).
     fused: one dk/dv kernel that also adds dq/dr by TMA reductions (docs/design.md §5.5):
       8 matmuls per visible pair instead of 11, the sums' order varying between runs.
+    pack_row_constants: form the tile math's row combinations ``1 + bart`` and
+      ``dO.barv - dO.o`` once per row in XLA (``prepare``), not per element of every tile in
+      the kernels; the same float32 operations, so the same bits (tested). False: the earlier
+      kernels, kept to time the two side by side (``experiments/bench_bwd_math.py``).
   """
   q_len, d = q.shape[1], q.shape[3]
   kv_len = k.shape[1]
@@ -193,8 +216,15 @@ def parallax_bwd(
     do,
     multiple_q=max(cfg_dq.block_q, cfg_dkv.block_q),
     multiple_k=max(cfg_dq.block_k, cfg_dkv.block_k),
+    pack_row_constants=pack_row_constants,
   )
-  common = dict(scale=scale, mask=mask, interpret=interpret, cta_order=cta_order)
+  common = dict(
+    scale=scale,
+    mask=mask,
+    interpret=interpret,
+    cta_order=cta_order,
+    pack_row_constants=pack_row_constants,
+  )
   dkv = dict(
     block_q=cfg_dkv.block_q, block_k=cfg_dkv.block_k, stages=cfg_dkv.num_stages or DEFAULT_STAGES
   )

@@ -1,4 +1,5 @@
-"""What the two Mosaic GPU backward kernels share: register-level ops, tile masking, ranges.
+"""What the two Mosaic GPU backward kernels share: register-level ops, the tile math's entry
+(``tile_grads``, the row statistics' layout ``STATS``), tile masking, ranges.
 
 Interpret mode (CPU tests, jax 0.10.x's private GPU interpreter) simulates SMEM, TMA copies,
 barriers, warpgroups and wgmma on SMEM operands, but it cannot run register layouts
@@ -18,6 +19,8 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
+from pallas_kernels.gpu.tile_math_base2 import bwd_tile2, bwd_tile2_rows
+
 # The kernels' SMEM tiles and interpreter switch are the forward's (one place, common.py).
 from pallas_kernels.mosaic_gpu.common import (  # noqa: F401  (used as bc.smem, ...)
   ROWS_PER_WG,
@@ -29,6 +32,9 @@ from pallas_kernels.mosaic_gpu.common import (  # noqa: F401  (used as bc.smem, 
 
 ROWS = ROWS_PER_WG  # the rows (dq: queries, dk/dv: keys) one consumer warpgroup owns
 NEG_INF = float("-inf")
+# The rows of the packed float32 row statistics ``stats [B, Hq, 4, T]`` (``backward.prepare``),
+# in order: what ``tile_math_base2.bwd_tile2_rows`` takes besides the tiles.
+STATS = ("lse2", "1 + bart", "dO.barv - dO.o", "dO.barv")
 
 WGMMA = plgpu.Layout.WGMMA
 ROW = plgpu.Layout.WGMMA.reduce(1)  # one value per accumulator row
@@ -121,6 +127,16 @@ class BwdOps:
       return acc[...]
 
     return pl.run_scoped(issue, plgpu.ACC(shape, jnp.float32))
+
+
+def tile_grads(s2, t, a, stats, packed: bool):
+  """``(gl, gu, pw)`` of a tile from the four ``stats`` rows, broadcast to the tile: ``STATS``
+  (``packed``, ``bwd_tile2_rows``) or the earlier (``lse2``, ``bart``, ``dO.o``, ``dO.barv``),
+  combined here per element (``bwd_tile2``)."""
+  lse2, x1, x2, b_row = stats
+  if packed:
+    return bwd_tile2_rows(s2, t, None, lse2, x1, a, b_row, x2)
+  return bwd_tile2(s2, t, None, lse2, x1, a, x2, b_row)
 
 
 def union_range(ranges):

@@ -10,7 +10,7 @@ summed in the accumulators (no per-query-head dk/dv). Tiles are computed transpo
 
 * issues ``S^T = K Q^T``, ``T^T = K R^T`` and ``A^T = V dO^T`` as three wgmmas;
 * masks ``S^T`` (MASKED tiles only, ``MaskSpec.visible``; segment ids on every tile);
-* computes ``GL``, ``GU``, ``PW`` with ``tile_math_base2.bwd_tile2``;
+* computes ``GL``, ``GU``, ``PW`` with ``backward_common.tile_grads``;
 * accumulates ``dk += (c GL^T) Q + GU^T R`` and ``dv += PW^T dO`` (register operands).
 
 The CTA streams the union of its warpgroups' query ranges (``MaskSpec.query_blocks``); each
@@ -27,7 +27,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
-from pallas_kernels.gpu.tile_math_base2 import LOG2E, bwd_tile2
+from pallas_kernels.gpu.tile_math_base2 import LOG2E
 from pallas_kernels.mosaic_gpu import backward_common as bc
 from parallax_jax.attention.masking import MaskSpec, same_segment
 
@@ -45,6 +45,7 @@ def _kernel(
   has_seg: bool,
   ops: bc.BwdOps,
   fused: bool,
+  pack_row_constants: bool,
 ):
   if has_seg:
     q_ref, r_ref, do_ref, stats_ref, k_ref, v_ref, segq_ref, segk_ref, *refs = refs
@@ -125,8 +126,8 @@ def _kernel(
     if has_seg:
       seg_k = lax.broadcast_in_dim(wg_state["seg_k"], tile, [0])
       s2 = jnp.where(same_segment(cols(ops.load(segq[0], bc.COL)), seg_k), s2, bc.NEG_INF)
-    lse2, bart, delta_o, b_row = (cols(ops.load(stats_t.at[j], bc.COL)) for j in range(4))
-    gl, gu, pw = bwd_tile2(s2, t, None, lse2, bart, a, delta_o, b_row)
+    stats = tuple(cols(ops.load(stats_t.at[j], bc.COL)) for j in range(4))
+    gl, gu, pw = bc.tile_grads(s2, t, a, stats, pack_row_constants)
     gl, gu = (gl * scale).astype(dtype), gu.astype(dtype)
     dk, dv = ops.matmuls_acc((dk, dv), ((0, gl, q_t), (0, gu, r_t), (1, pw.astype(dtype), do_t)))
     if fused:
@@ -229,6 +230,7 @@ def dk_dv(
   interpret,
   cta_order="heads_outer",
   fused=False,
+  pack_row_constants=True,
 ):
   """``(dk, dv)`` of padded inputs (``backward.parallax_bwd`` prepares them), the query heads
   of each GQA group summed in the kernel; fused: ``(dk, dv, dq, dr)``.
@@ -241,6 +243,8 @@ def dk_dv(
     block_q: query rows per streamed tile; block_k: keys per CTA (64 per consumer warpgroup).
     stages: ring slots of the streamed tiles.
     cta_order: the order CTAs are issued in (``common.cta_grid``).
+    pack_row_constants: ``stats`` holds ``backward_common.STATS`` (else the earlier rows,
+      ``backward.prepare``).
     fused: also compute ``dq`` (scaled) and ``dr``, ``[B, Tq, Hq, D]`` float32, by TMA
       reductions into zeroed float32 buffers (docs/design.md §5.5): no dq/dr pass, but the
       sums' order varies between runs.
@@ -261,6 +265,7 @@ def dk_dv(
     has_seg=has_seg,
     ops=bc.BwdOps(interpret),
     fused=fused,
+    pack_row_constants=pack_row_constants,
   )
   kernel.__name__ = "parallax_bwd_dkv_fused_mgpu" if fused else "parallax_bwd_dkv_mgpu"
   grid, grid_names = bc.cta_grid(tk // block_k, hkv, batch, "k", cta_order)

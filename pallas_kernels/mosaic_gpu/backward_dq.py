@@ -8,7 +8,7 @@ blocks through a ring of ``stages`` SMEM slots. Per key tile, each consumer:
 
 * issues ``S = Q K^T``, ``T = R K^T`` (same K tile) and ``A = dO V^T`` as three wgmmas;
 * masks ``S`` (MASKED tiles only, ``MaskSpec.visible``; segment ids on every tile);
-* computes ``GL``, ``GU`` with ``tile_math_base2.bwd_tile2`` (the Triton kernel's algebra);
+* computes ``GL``, ``GU`` with ``backward_common.tile_grads`` (the Triton kernel's algebra);
 * accumulates ``dq += GL K``, ``dr += GU K`` (register operands, wgmma).
 
 The CTA streams the union of its warpgroups' key ranges (``MaskSpec.key_blocks``); each
@@ -26,7 +26,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
-from pallas_kernels.gpu.tile_math_base2 import LOG2E, bwd_tile2
+from pallas_kernels.gpu.tile_math_base2 import LOG2E
 from pallas_kernels.mosaic_gpu import backward_common as bc
 from parallax_jax.attention.masking import MaskSpec, same_segment
 
@@ -44,6 +44,7 @@ def _kernel(
   n_qb: int,
   has_seg: bool,
   ops: bc.BwdOps,
+  pack_row_constants: bool,
 ):
   if has_seg:
     q_ref, r_ref, do_ref, stats_ref, k_ref, v_ref, segq_ref, segk_ref, *refs = refs
@@ -82,7 +83,7 @@ def _kernel(
       row0=row0,
       safe=(safe_lo, safe_hi),
       tiles=(q_t, r_t, do_t),
-      # lse2, bart, dO.o, dO.barv of the rows (backward.py packs them as stats[B, Hq, 4, T]).
+      # bc.STATS of the rows (backward.prepare packs them as stats[B, Hq, 4, T]).
       stats=tuple(ops.load(stats_ref.at[b, h, j, rows_sl], bc.ROW) for j in range(4)),
       seg_q=ops.load(segq_ref.at[b, rows_sl], bc.ROW) if has_seg else None,
     )
@@ -118,8 +119,7 @@ def _kernel(
     if has_seg:
       seg_k = lax.broadcast_in_dim(ops.load(segk[0], bc.COL), tile, [1])
       s2 = jnp.where(same_segment(rows(wg_state["seg_q"]), seg_k), s2, bc.NEG_INF)
-    lse2, bart, delta_o, b_row = map(rows, wg_state["stats"])
-    gl, gu, _ = bwd_tile2(s2, t, None, lse2, bart, a, delta_o, b_row)
+    gl, gu, _ = bc.tile_grads(s2, t, a, tuple(map(rows, wg_state["stats"])), pack_row_constants)
     return ops.matmuls_acc((dq, dr), ((0, gl.astype(dtype), k_t), (1, gu.astype(dtype), k_t)))
 
   transforms = bc.tma_transforms(dtype, bc.swizzle_for(bk))
@@ -167,18 +167,21 @@ def dq_dr(
   stages,
   interpret,
   cta_order="heads_outer",
+  pack_row_constants=True,
 ):
   """``(dq, dr)`` of padded inputs (``backward.parallax_bwd`` prepares them).
 
   Args:
     q, r, do: ``[B, Tq, Hq, D]`` input dtype, Tq a multiple of ``block_q``.
-    stats: ``[B, Hq, 4, Tq]`` float32: ``lse2`` (+inf on empty/padded rows), ``bart``,
-      ``dO.o``, ``dO.barv``.
+    stats: ``[B, Hq, 4, Tq]`` float32, the rows ``backward_common.STATS``: ``lse2`` (+inf on
+      empty/padded rows), ``1 + bart``, ``dO.barv - dO.o``, ``dO.barv``; with
+      ``pack_row_constants=False`` the earlier rows (``backward.prepare``).
     k, v: ``[B, Tk, Hkv, D]``, Tk a multiple of ``block_k``.
     segq, segk: ``[B, Tq]`` / ``[B, Tk]`` int32 or None.
     block_q: query rows per CTA (64 per consumer warpgroup); block_k: keys per tile.
     stages: K/V ring slots.
     cta_order: the order CTAs are issued in (``common.cta_grid``).
+    pack_row_constants: ``stats`` holds ``backward_common.STATS`` (else the earlier rows).
   """
   batch, tq, hq, d = q.shape
   hkv = k.shape[2]
@@ -197,6 +200,7 @@ def dq_dr(
     n_qb=n_qb,
     has_seg=has_seg,
     ops=bc.BwdOps(interpret),
+    pack_row_constants=pack_row_constants,
   )
   kernel.__name__ = "parallax_bwd_dq_mgpu"  # the kernel's name in profiles (a partial has none)
   out = jax.ShapeDtypeStruct(q.shape, q.dtype)

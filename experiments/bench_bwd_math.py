@@ -1,0 +1,61 @@
+"""The Mosaic GPU backward's tile math, its variants side by side in one run.
+
+``pallas_kernels.mosaic_gpu.backward.parallax_bwd(pack_row_constants=...)``: the tile math
+combines two row statistics with the tiles, ``1 + bart`` and ``dO.barv - dO.o``. Both kernels
+receive the statistics already broadcast to the tile, so forming the combinations in the kernel
+costs a float32 operation per element of every tile; ``backward.prepare`` now forms them once
+per row in XLA instead (the default; the same operations, so the same bits: tested). The forward
+gained 8-9% from a similar trim of its per-tile vector work (``bench_fwd_math``, docs/design.md
+§5.6). For each (B, L) this times both: the backward's Parallax kernels (dq/dr and dk/dv; the
+XLA ``prepare`` fusions are in each row's ``kernels_us``) and the median wall time per call, on
+residuals of the Mosaic forward and a random cotangent.
+
+  python3 experiments/bench_bwd_math.py --shapes 4x4096,2x8192,8x2048,1x16384 --out-dir $OUT
+  python experiments/bench_bwd_math.py --interpret --shapes 1x128 --heads 2 --head-dim 64
+Writes ``<out-dir>/bench_bwd_math_<date>.json`` and ``.md``.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+
+from experiments.bench_fwd_math import run_variants  # noqa: E402
+from pallas_kernels.mosaic_gpu import backward, forward  # noqa: E402
+from parallax_jax.attention.masking import MaskSpec  # noqa: E402
+
+VARIANTS = {  # name -> parallax_bwd keywords; the first is the baseline of the table's ratios
+  "in_kernel": {"pack_row_constants": False},  # the kernels before 2026-12-04
+  "packed": {"pack_row_constants": True},  # the default
+}
+
+
+def backward_call(head_dim, length, window, interpret, variant, inputs):
+  """``(jitted backward at the default tiles, causal, with VARIANTS[variant], its arguments)``:
+  the two-pass Mosaic backward on residuals of the Mosaic forward (the "xla" forward would
+  materialise [B, H, L, L] scores at long L)."""
+  q, r, k, v, g = inputs
+  mask, scale = MaskSpec(length, length, True, window), head_dim**-0.5
+  fwd = functools.partial(forward.parallax_fwd, scale=scale, mask=mask, interpret=interpret)
+  _, res = jax.jit(fwd)(q, r, k, v, None)
+  fn = jax.jit(
+    functools.partial(
+      backward.parallax_bwd, scale=scale, mask=mask, interpret=interpret, **VARIANTS[variant]
+    )
+  )
+  return fn, (q, r, k, v, None, res, g)
+
+
+def main(argv=None):
+  return run_variants(
+    argv, name="bench_bwd_math", doc=__doc__, variants=VARIANTS, build_call=backward_call
+  )
+
+
+if __name__ == "__main__":
+  main()
