@@ -146,8 +146,7 @@ def prepare(
   delta_o, b_row = (jnp.swapaxes(x, 1, 2) for x in (delta_o, b_row))
   rows = (1.0 + bart, b_row - delta_o) if pack_row_constants else (bart, delta_o)
   stats = jnp.stack(
-    [pad_to(lse2, 2, multiple_q, jnp.inf), *(pad_to(x, 2, multiple_q) for x in rows)]
-    + [pad_to(b_row, 2, multiple_q)],
+    [pad_to(lse2, 2, multiple_q, jnp.inf)] + [pad_to(x, 2, multiple_q) for x in (*rows, b_row)],
     axis=2,
   )
   qp, rp, dop = (pad_to(x, 1, multiple_q) for x in (q, r.astype(dtype), do))
