@@ -35,25 +35,38 @@ VARIANTS = {  # name -> parallax_bwd keywords; the first is the baseline of the 
 }
 
 
-def backward_call(head_dim, length, window, interpret, variant, inputs):
-  """``(jitted backward at the default tiles, causal, with VARIANTS[variant], its arguments)``:
-  the two-pass Mosaic backward on residuals of the Mosaic forward (the "xla" forward would
-  materialise [B, H, L, L] scores at long L)."""
-  q, r, k, v, g = inputs
-  mask, scale = MaskSpec(length, length, True, window), head_dim**-0.5
-  fwd = functools.partial(forward.parallax_fwd, scale=scale, mask=mask, interpret=interpret)
-  _, res = jax.jit(fwd)(q, r, k, v, None)
-  fn = jax.jit(
-    functools.partial(
-      backward.parallax_bwd, scale=scale, mask=mask, interpret=interpret, **VARIANTS[variant]
-    )
+def _call_kwargs(head_dim, length, window, interpret):
+  return dict(
+    scale=head_dim**-0.5, mask=MaskSpec(length, length, True, window), interpret=interpret
   )
+
+
+def with_residuals(inputs, head_dim, length, window, interpret):
+  """``(q, r, k, v, g, residuals)``: residuals of the Mosaic forward, once per shape for every
+  variant (the "xla" forward would materialise [B, H, L, L] scores at long L)."""
+  q, r, k, v, g = inputs
+  fwd = functools.partial(forward.parallax_fwd, **_call_kwargs(head_dim, length, window, interpret))
+  _, res = jax.jit(fwd)(q, r, k, v, None)
+  return q, r, k, v, g, res
+
+
+def backward_call(head_dim, length, window, interpret, variant, inputs):
+  """``(jitted two-pass backward at the default tiles, causal, with VARIANTS[variant], its
+  arguments)`` for ``with_residuals``' inputs (a random cotangent ``g``)."""
+  q, r, k, v, g, res = inputs
+  kw = _call_kwargs(head_dim, length, window, interpret)
+  fn = jax.jit(functools.partial(backward.parallax_bwd, **kw, **VARIANTS[variant]))
   return fn, (q, r, k, v, None, res, g)
 
 
 def main(argv=None):
   return run_variants(
-    argv, name="bench_bwd_math", doc=__doc__, variants=VARIANTS, build_call=backward_call
+    argv,
+    name="bench_bwd_math",
+    doc=__doc__,
+    variants=VARIANTS,
+    build_call=backward_call,
+    shape_inputs=with_residuals,
   )
 
 

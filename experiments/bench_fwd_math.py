@@ -66,11 +66,13 @@ def main(argv=None):
   )
 
 
-def run_variants(argv, *, name: str, doc: str, variants: dict, build_call):
+def run_variants(argv, *, name: str, doc: str, variants: dict, build_call, shape_inputs=None):
   """A tile-math bench: for each (B, L) of ``--shapes`` and each variant of ``variants`` (name ->
   keywords), ``build_call(head_dim, length, window, interpret, variant, inputs)`` gives a jitted
   call and its arguments, timed by device time (the Parallax kernels' sum, from a profiler
-  trace) and median wall time. Writes ``<out-dir>/<name>_<date>.{json,md}``."""
+  trace) and median wall time. ``shape_inputs(inputs, head_dim, length, window, interpret)``,
+  if given, extends a shape's random ``(q, r, k, v, g)`` once for all its variants. Writes
+  ``<out-dir>/<name>_<date>.{json,md}``."""
   p = argparse.ArgumentParser(description=doc.split("\n")[0])
   p.add_argument("--shapes", default=bench_kernels.DEFAULT_SHAPES, help="comma list of BxL")
   p.add_argument("--heads", type=int, default=16)
@@ -93,6 +95,8 @@ def run_variants(argv, *, name: str, doc: str, variants: dict, build_call):
   stem = result_files.new_stem(args.out_dir, f"{name}_{now.strftime('%Y-%m-%d_%H%M%S')}")
   for batch, length in shapes:
     inputs = bench_kernels.make_inputs(batch, length, args.heads, args.head_dim, args.dtype)
+    if shape_inputs is not None:
+      inputs = shape_inputs(inputs, args.head_dim, length, args.window, args.interpret)
     for variant in chosen:
       fn, call_args = build_call(
         args.head_dim, length, args.window, args.interpret, variant, inputs
