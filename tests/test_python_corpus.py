@@ -307,7 +307,7 @@ def test_resume_and_eval_read_the_run_tokenizer(tmp_path, tree, monkeypatch):
 # ------------------------------------------------------------------------- the study configs
 
 
-@pytest.mark.parametrize("name, count", [("gpu_study_lm", 30), ("gpu_study_mqar", 20)])
+@pytest.mark.parametrize("name, count", [("gpu_study_lm", 34), ("gpu_study_mqar", 20)])
 def test_gpu_study_configs_plan_and_validate(name, count, capsys, monkeypatch):
   import jax
 
@@ -359,6 +359,18 @@ def test_gpu_study_configs_plan_and_validate(name, count, capsys, monkeypatch):
     assert adamw.optimizer.learning_rate == 1e-3
     assert x2.optimizer.learning_rate == 2e-3 == r0_x2.optimizer.learning_rate
     assert (r0_x2.model.r_init, r0_x2.optimizer.name, r0_x2.train.seed) == ("zeros", "adamw", 0)
+    # AdamW's scan goes up from 2e-3 (session 16): x4 for each kind, x8 for softmax.
+    up = {n: exps[n] for n in exps if n.startswith("adamw+") and ("_lr4_" in n or "_lr8_" in n)}
+    kinds = {
+      n: (e.model.attention, e.model.r_init, e.optimizer.learning_rate) for n, e in up.items()
+    }
+    assert kinds == {
+      "adamw+softmax_lr4_s0": ("softmax", "like_q", 4e-3),
+      "adamw+parallax_r0_lr4_s0": ("parallax", "zeros", 4e-3),
+      "adamw+parallax_lr4_s0": ("parallax", "like_q", 4e-3),
+      "adamw+softmax_lr8_s0": ("softmax", "like_q", 8e-3),
+    }
+    assert all(e.optimizer.name == "adamw" and e.train.seed == 0 for e in up.values())
   else:
     assert {e.data.mqar_num_pairs for e in exps.values()} == {4, 16, 32, 64}
     assert all(e.model.d_model == 256 and e.train.steps >= 10_000 for e in exps.values())

@@ -29,7 +29,9 @@ Arms (variants; `<optimizer>+<model>[_lr<scale>]_s<seed>`):
   the first scan at its edge.
 - AdamW's base LR is 1e-3 (session 15; it was 2e-3, at which both Parallax runs stalled near
   the unigram loss); the two 2e-3 runs are the scan's x2 points, and parallax_r0 keeps its x2
-  run too (`adamw+parallax_r0_lr2_s0`).
+  run too (`adamw+parallax_r0_lr2_s0`). Session 16 found every kind slower still at 1e-3 (the
+  rate is too low, not too high), so the AdamW scan goes up: x4 for the three kinds and x8 for
+  softmax (`ADAMW_UP_SCAN`).
 `PRIORITY` orders them for the device sessions (experiments/results/studies_gpu/results.md).
 
 One device call runs one point (or a few): `parallax-jax sweep --points` takes their variant
@@ -85,6 +87,14 @@ MUON_EXTRA_SEEDS = (2,)
 MUON_SOFTMAX_FOLLOW_UP = {"muon+softmax_lr0.25_s0": (0.25, 0), "muon+softmax_lr0.5_s1": (0.5, 1)}
 # W_R = 0 under AdamW at x2 (2e-3): it ran when that was AdamW's base rate (above).
 ADAMW_R0_AT_2X = "adamw+parallax_r0_lr2_s0"
+# AdamW at 1e-3 (session 16) was behind its 2e-3 runs for all three kinds (held-out perplexity
+# softmax 774 against 513, like_q 1038 against 655, W_R = 0 795 against 540): the scan goes up.
+ADAMW_UP_SCAN = {  # name: (model overrides, LR scale)
+  "adamw+softmax_lr4_s0": ({"model.attention": "softmax"}, 4.0),
+  "adamw+parallax_r0_lr4_s0": ({"model.r_init": "zeros"}, 4.0),
+  "adamw+parallax_lr4_s0": ({}, 4.0),
+  "adamw+softmax_lr8_s0": ({"model.attention": "softmax"}, 8.0),
+}
 PRIORITY = (  # device sessions run these in order: each step answers a question on its own
   # done (session 9): Parallax trails softmax by 0.16 nats; half the LR changes nothing
   "muon+parallax_s0",
@@ -117,12 +127,16 @@ PRIORITY = (  # device sessions run these in order: each step answers a question
   "muon+softmax_lr0.5_s1",
   "adamw+parallax_r0_lr2_s0",
   "adamw+parallax_lr2_s0",
-  # next: AdamW at its new base 1e-3 (softmax first: does softmax train where Parallax stalled?),
-  # the rest of its scan, then the MQAR groups (configs/sweeps/gpu_study_mqar.py)
+  # done (session 16): AdamW at 1e-3 is behind 2e-3 for every kind (softmax 774 against 513):
+  # the rate was too low, not too high; like_q's gradient norm spikes at the warmup's end (93)
   "adamw+softmax_s0",
   "adamw+parallax_s0",
   "adamw+softmax_lr2_s0",
   "adamw+parallax_r0_s0",
+  # next: AdamW's scan upwards (softmax first), then its seed-1 pair at each kind's best rate
+  # (add those variants once the scan has its best), then the MQAR groups
+  # (configs/sweeps/gpu_study_mqar.py); the AdamW runs at the base rate and below come last
+  *ADAMW_UP_SCAN,
   "adamw+parallax_lr0.5_s0",
   "adamw+softmax_lr0.5_s0",
   "adamw+parallax_s1",
@@ -215,6 +229,13 @@ def variants() -> dict[str, dict]:
     "optimizer.learning_rate": 2 * adamw["optimizer.learning_rate"],
     "train.seed": 0,
   }
+  for name, (model_overrides, scale) in ADAMW_UP_SCAN.items():
+    out[name] = {
+      **adamw,
+      **model_overrides,
+      "optimizer.learning_rate": scale * adamw["optimizer.learning_rate"],
+      "train.seed": 0,
+    }
   return out
 
 
