@@ -62,6 +62,28 @@ def test_tied_import_matches_the_float64_qwen3(tied):
   assert_close_rel(imported_logits(soft), qwen3_logits(tensors, config, TOKENS))
 
 
+def test_tied_head_scale_one_is_the_hf_head(tied):
+  """``tied_head_scale="one"`` holds HF's tensors as they are (no sqrt(d) in the final norm)
+  and computes the float64 Qwen3's logits; at the default the same table moves sqrt(d)."""
+  from parallax_jax.interop.hf_config import model_config_from_hf
+
+  config, tensors, _, _ = tied
+  base = dataclasses.replace(
+    model_config_from_hf(config, attention="softmax"), compute_dtype="float32"
+  )
+  for scale, norm_factor in (("one", 1.0), ("rsqrt_d", np.sqrt(base.d_model))):
+    cfg = dataclasses.replace(base, tied_head_scale=scale)
+    params: dict = {}
+    for m in hf_names.tensor_table(cfg):
+      hf_names.set_path(params, m.path, jnp.asarray(m.to_nnx(np.asarray(tensors[m.hf_name]))))
+    np.testing.assert_allclose(
+      params["final_norm"]["scale"], norm_factor * tensors["model.norm.weight"], rtol=1e-6
+    )
+    graphdef, _ = model_graphdef(cfg)
+    logits = np.asarray(nnx.merge(graphdef, params)(jnp.asarray(TOKENS)))
+    assert_close_rel(logits, qwen3_logits(tensors, config, TOKENS))
+
+
 def test_parallax_with_zero_r_equals_the_softmax_import(tied):
   config, tensors, soft, par = tied
   logits = imported_logits(par)

@@ -117,11 +117,17 @@ def test_every_param_has_logical_axes_of_its_rank():
     ("d_model", 0, "d_model"),
     ("remat", "some", "remat"),
     ("attention_deterministic", "false", "attention_deterministic"),
+    ("tied_head_scale", "half", "tied_head_scale"),
   ],
 )
 def test_bad_model_config_names_the_field(field, value, match):
   with pytest.raises(ValueError, match=match):
     dataclasses.replace(CFG, **{field: value})
+
+
+def test_tied_head_scale_one_on_an_untied_head_is_an_error():
+  with pytest.raises(ValueError, match="tied_head_scale.*tied head only"):
+    dataclasses.replace(CFG, tie_embeddings=False, tied_head_scale="one")
 
 
 def _loss_and_grads(cfg, params, tokens):

@@ -7,6 +7,7 @@ text that must round-trip, a tokenizer file that must not be rewritten.
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import importlib.util
 import json
@@ -307,7 +308,7 @@ def test_resume_and_eval_read_the_run_tokenizer(tmp_path, tree, monkeypatch):
 # ------------------------------------------------------------------------- the study configs
 
 
-@pytest.mark.parametrize("name, count", [("gpu_study_lm", 34), ("gpu_study_mqar", 20)])
+@pytest.mark.parametrize("name, count", [("gpu_study_lm", 36), ("gpu_study_mqar", 20)])
 def test_gpu_study_configs_plan_and_validate(name, count, capsys, monkeypatch):
   import jax
 
@@ -371,6 +372,14 @@ def test_gpu_study_configs_plan_and_validate(name, count, capsys, monkeypatch):
       "adamw+softmax_lr8_s0": ("softmax", "like_q", 8e-3),
     }
     assert all(e.optimizer.name == "adamw" and e.train.seed == 0 for e in up.values())
+    # The head-scale pair (session 16): softmax with the unscaled tied head, each optimizer's
+    # base; every other point keeps the scaled head it ran with.
+    for opt in ("adamw", "muon"):
+      head1, base = exps[f"{opt}+softmax_head1_s0"], exps[f"{opt}+softmax_s0"]
+      assert head1.model.tied_head_scale == "one" and base.model.tied_head_scale == "rsqrt_d"
+      assert dataclasses.replace(head1.model, tied_head_scale="rsqrt_d") == base.model
+      assert head1.optimizer == base.optimizer and head1.train == base.train
+    assert sum(e.model.tied_head_scale == "one" for e in exps.values()) == 2
   else:
     assert {e.data.mqar_num_pairs for e in exps.values()} == {4, 16, 32, 64}
     assert all(e.model.d_model == 256 and e.train.steps >= 10_000 for e in exps.values())

@@ -160,3 +160,21 @@ def test_safe_keys_keep_the_checkpoint_tree_and_fixed_ones_do_not(base):
   ]:
     assert refused_on_resume(key, current[key], value), key
     assert _abstract_state(*base, f"--config.{key}={value}") != reference, key
+
+
+def test_a_run_recorded_before_an_added_key_ran_with_its_earlier_value(tmp_path):
+  """A run whose record lacks ``model.tied_head_scale`` (recorded before the key existed) ran
+  with the scaled head: resuming or reading it with the other value is refused, not taken for
+  a new key."""
+  from parallax_jax.train import run_record
+  from parallax_jax.train.defaults import base_config
+
+  old = base_config().to_dict()
+  del old["model"]["tied_head_scale"]
+  (tmp_path / "config.json").write_text(json.dumps({"config": old}, default=str))
+  assert run_record.current_config(tmp_path)["model"]["tied_head_scale"] == "rsqrt_d"
+  same = base_config()
+  assert run_record.check(tmp_path, same.to_dict()) == {}
+  same.model.tied_head_scale = "one"
+  with pytest.raises(run_record.ConfigMismatchError, match="model.tied_head_scale 'rsqrt_d'"):
+    run_record.check(tmp_path, same.to_dict())

@@ -60,6 +60,24 @@ def test_grid_expands_every_combination_with_stable_names():
   assert sweep.points[0].fingerprint() != sweep.points[1].fingerprint()
 
 
+def test_a_key_added_later_at_its_earlier_value_keeps_the_fingerprint():
+  """A point recorded before ``model.tied_head_scale`` existed (its config lacks the key) and
+  the same point now (the key at "rsqrt_d", what the code did before) share a fingerprint; any
+  other value is another config."""
+  import hashlib
+  import json
+
+  (point,) = build_sweep({"base": TINY, "axes": {"train.steps": [3]}}).points
+  before = point.config.to_dict()
+  del before["model"]["tied_head_scale"]
+  recorded = hashlib.sha256(json.dumps(before, sort_keys=True, default=str).encode())
+  assert point.fingerprint() == recorded.hexdigest()[:16]
+  (one,) = build_sweep(
+    {"base": TINY, "axes": {"train.steps": [3]}, "overrides": {"model.tied_head_scale": "one"}}
+  ).points
+  assert one.fingerprint() != point.fingerprint()
+
+
 def test_nested_axes_and_configdict_spec():
   spec = ml_collections.ConfigDict()
   spec.base = "configs/tiny.py"  # relative to the repository root

@@ -32,6 +32,9 @@ Arms (variants; `<optimizer>+<model>[_lr<scale>]_s<seed>`):
   run too (`adamw+parallax_r0_lr2_s0`). Session 16 found every kind slower still at 1e-3 (the
   rate is too low, not too high), so the AdamW scan goes up: x4 for the three kinds and x8 for
   softmax (`ADAMW_UP_SCAN`).
+- softmax_head1: softmax with Qwen3's unscaled tied head (`model.tied_head_scale="one"`; every
+  other arm is pinned to the scaled one it ran with), per optimizer at its base rate, seed 0
+  (`HEAD_ONE`, session 16).
 `PRIORITY` orders them for the device sessions (experiments/results/studies_gpu/results.md).
 
 One device call runs one point (or a few): `parallax-jax sweep --points` takes their variant
@@ -59,6 +62,8 @@ MODEL = {
   "model.mlp_dim": 2048,
   "model.remat": "none",  # ~60 GiB of activations at batch 64 (0.6B: 92 GiB at 65k tokens)
   "model.logits_chunk": 512,
+  # Pinned: the arms so far ran with the scaled tied head (the default); HEAD_ONE tests the other.
+  "model.tied_head_scale": "rsqrt_d",
 }
 DATA = {
   "data.source": "python_corpus",
@@ -95,6 +100,10 @@ ADAMW_UP_SCAN = {  # name: (model overrides, LR scale)
   "adamw+parallax_lr4_s0": ({}, 4.0),
   "adamw+softmax_lr8_s0": ({"model.attention": "softmax"}, 8.0),
 }
+# The tied head's logit scale (session 16): on CPU (configs/sweeps/head_scale_cpu.py) Qwen3's
+# unscaled tied head beat the scaled one by 1.09 nats under AdamW at 1e-3, 0.41 at 4e-3 and 0.46
+# under Muon (two seeds each). Does it at this size? Softmax at each optimizer's base rate.
+HEAD_ONE = ("adamw+softmax_head1_s0", "muon+softmax_head1_s0")
 PRIORITY = (  # device sessions run these in order: each step answers a question on its own
   # done (session 9): Parallax trails softmax by 0.16 nats; half the LR changes nothing
   "muon+parallax_s0",
@@ -133,10 +142,14 @@ PRIORITY = (  # device sessions run these in order: each step answers a question
   "adamw+parallax_s0",
   "adamw+softmax_lr2_s0",
   "adamw+parallax_r0_s0",
-  # next: AdamW's scan upwards (softmax first), then its seed-1 pair at each kind's best rate
-  # (add those variants once the scan has its best), then the MQAR groups
-  # (configs/sweeps/gpu_study_mqar.py); the AdamW runs at the base rate and below come last
-  *ADAMW_UP_SCAN,
+  # next: is AdamW's plateau the head's or the rate's (the unscaled head at 1e-3, softmax at
+  # 4e-3), does the head matter under Muon, then the rest of AdamW's scan upwards, its seed-1
+  # pair at each kind's best rate (add those variants once the scan has its best), then the
+  # MQAR groups (configs/sweeps/gpu_study_mqar.py); AdamW at the base rate and below comes last
+  HEAD_ONE[0],
+  "adamw+softmax_lr4_s0",
+  HEAD_ONE[1],
+  *[name for name in ADAMW_UP_SCAN if name != "adamw+softmax_lr4_s0"],
   "adamw+parallax_lr0.5_s0",
   "adamw+softmax_lr0.5_s0",
   "adamw+parallax_s1",
@@ -229,6 +242,14 @@ def variants() -> dict[str, dict]:
     "optimizer.learning_rate": 2 * adamw["optimizer.learning_rate"],
     "train.seed": 0,
   }
+  for name in HEAD_ONE:
+    opt = name.split("+")[0]
+    out[name] = {
+      **OPTIMIZERS[opt],
+      "model.attention": "softmax",
+      "model.tied_head_scale": "one",
+      "train.seed": 0,
+    }
   for name, (model_overrides, scale) in ADAMW_UP_SCAN.items():
     out[name] = {
       **adamw,

@@ -20,9 +20,10 @@ Layouts (HF ``nn.Linear.weight`` is ``[out, in]``; NNX ``LinearGeneral`` kernels
   ``lm_head.weight`` [V, d] (untied only)               <-> ``head`` [d, V]
 
 The tied head: HF computes ``logits = norm(x) @ E^T``; ``Transformer.lm_head`` scales the tied
-head by ``d**-0.5``. ``final_norm`` feeds only the head, so its scale carries the factor:
-``final_norm/scale = sqrt(d) * model.norm.weight`` on import (divided back on export); the
-function is the same.
+head by ``d**-0.5`` (``model.tied_head_scale="rsqrt_d"``, the default). ``final_norm`` feeds only
+the head, so its scale carries the factor: ``final_norm/scale = sqrt(d) * model.norm.weight`` on
+import (divided back on export); the function is the same. With ``tied_head_scale="one"`` the
+head is HF's and the norm maps unchanged.
 
 Names follow Qwen3 (``QWEN3_NAMES``); another naming (e.g. fla's ``parallax`` model type) is a
 different ``names`` dict with the same keys.
@@ -134,8 +135,10 @@ def tensor_table(cfg: ModelConfig, names: dict[str, str] = QWEN3_NAMES) -> list[
     add("gate", (*mlp, "gate", "kernel"), (f, d), (d, f), (_transpose, _transpose), i)
     add("up", (*mlp, "up", "kernel"), (f, d), (d, f), (_transpose, _transpose), i)
     add("down", (*mlp, "down", "kernel"), (d, f), (f, d), (_transpose, _transpose), i)
-  # Tied: the head's d**-0.5 moves into the final norm's scale (module docstring).
-  norm_conv = _scaled(math.sqrt(d)) if cfg.tie_embeddings else same
+  # Tied: the head's d**-0.5 moves into the final norm's scale (module docstring); a tied head
+  # with tied_head_scale="one" is HF's own.
+  scaled_head = cfg.tie_embeddings and cfg.tied_head_scale == "rsqrt_d"
+  norm_conv = _scaled(math.sqrt(d)) if scaled_head else same
   add("final_norm", ("final_norm", "scale"), (d,), (d,), norm_conv)
   if not cfg.tie_embeddings:
     add("head", ("head",), (v, d), (d, v), (_transpose, _transpose))

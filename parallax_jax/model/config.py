@@ -10,6 +10,9 @@ from parallax_jax.flops import model_flops_per_token
 
 ATTENTION_KINDS = ("parallax", "softmax", "lla")
 R_INITS = ("like_q", "zeros")
+# The tied LM head's logit scale: x . E^T / sqrt(d) ("rsqrt_d") or x . E^T ("one", as Qwen3 and
+# GPT-2 tie it); design §8.4.
+TIED_HEAD_SCALES = ("rsqrt_d", "one")
 DTYPES = ("float32", "bfloat16", "float16")
 # Activation rematerialisation per block (see ``transformer.remat_policy``): what the backward
 # pass keeps from the forward and what it recomputes.
@@ -46,6 +49,11 @@ class ModelConfig:
   predicting ``output_dim`` numbers per position (trained with MSE). Both 0: token ids in,
   logits out. The regression tasks ("linreg", "drift_linreg") use ``input_dim = d + 1``,
   ``output_dim = 1``.
+
+  ``tied_head_scale`` (tied embeddings only): the LM head's logits are ``x . E^T / sqrt(d)``
+  ("rsqrt_d", the default) or ``x . E^T`` ("one"). With embeddings at ``init_std`` the first
+  bounds every logit by ``sqrt(d) init_std`` at init (0.55 at d = 768), so an optimizer that
+  moves each element by at most its rate (AdamW) needs many steps to grow usable logits.
   """
 
   vocab_size: int = 512
@@ -59,6 +67,7 @@ class ModelConfig:
   r_init: str = "like_q"
   qk_norm: bool = True
   tie_embeddings: bool = True
+  tied_head_scale: str = "rsqrt_d"  # one of TIED_HEAD_SCALES
   rope_theta: float = 1_000_000.0
   norm_eps: float = 1e-6
   window_size: int | None = None
@@ -113,6 +122,17 @@ class ModelConfig:
       f"must be one of {ATTENTION_KINDS}, got {self.attention!r}",
     )
     need(self.r_init in R_INITS, "r_init", f"must be one of {R_INITS}, got {self.r_init!r}")
+    need(
+      self.tied_head_scale in TIED_HEAD_SCALES,
+      "tied_head_scale",
+      f"must be one of {TIED_HEAD_SCALES}, got {self.tied_head_scale!r}",
+    )
+    need(
+      self.tie_embeddings or self.tied_head_scale == "rsqrt_d",
+      "tied_head_scale",
+      f"{self.tied_head_scale!r} applies to a tied head only; with tie_embeddings=False the "
+      "head is its own matrix and is not scaled (leave tied_head_scale at 'rsqrt_d')",
+    )
     need(
       isinstance(self.remat, str) and self.remat in REMAT,
       "remat",

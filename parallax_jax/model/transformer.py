@@ -162,9 +162,10 @@ class Transformer(nnx.Module):
     cfg = self.cfg
     dt = jnp.dtype(cfg.compute_dtype)
     if cfg.tie_embeddings:
-      # Tied head, scaled by 1/sqrt(d): the final stream correlates with its own input
-      # token's embedding, and unscaled that token's logit would start at init_std * d.
-      return self.embed[...].astype(dt), cfg.d_model**-0.5
+      # "rsqrt_d": the final stream correlates with its own input token's embedding, and
+      # unscaled that token's logit could start near init_std * d. "one": Qwen3's tied head.
+      scale = cfg.d_model**-0.5 if cfg.tied_head_scale == "rsqrt_d" else 1.0
+      return self.embed[...].astype(dt), scale
     return self.head[...].astype(dt).T, 1.0
 
   # Inference ----------------------------------------------------------------------------------

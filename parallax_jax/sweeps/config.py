@@ -42,6 +42,7 @@ import ml_collections
 import numpy as np
 
 from parallax_jax.errors import UserError
+from parallax_jax.train import config_keys
 from parallax_jax.train.config import apply_overrides, load_config
 
 MODES = ("grid", "random")
@@ -65,8 +66,11 @@ class Point:
     return int(self.config.train.steps)
 
   def fingerprint(self) -> str:
-    """sha256 of the resolved config: a rerun must train exactly this config."""
-    text = json.dumps(self.config.to_dict(), sort_keys=True, default=str)
+    """sha256 of the resolved config: a rerun must train exactly this config. Keys added to
+    the code later, at the value that reproduces the earlier code, are left out
+    (``config_keys.ADDED_KEYS``): a point finished before them keeps its fingerprint."""
+    config = config_keys.without_added_defaults(self.config.to_dict())
+    text = json.dumps(config, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

@@ -18,6 +18,8 @@ Resume rule, per key:
 
 from __future__ import annotations
 
+import json
+
 FIXED, TOGGLE, SAFE = "fixed", "toggle", "safe"
 
 KEYS: dict[str, tuple[str, str]] = {
@@ -33,6 +35,10 @@ KEYS: dict[str, tuple[str, str]] = {
   "model.r_init": (FIXED, "r_proj init: 'like_q', or 'zeros' (starts as a softmax model)"),
   "model.qk_norm": (FIXED, "RMSNorm on q, k (and r) per head"),
   "model.tie_embeddings": (FIXED, "LM head shares the token embedding matrix"),
+  "model.tied_head_scale": (
+    FIXED,
+    "tied head's logits x.E^T / sqrt(d) ('rsqrt_d') or x.E^T ('one')",
+  ),
   "model.rope_theta": (FIXED, "RoPE base frequency"),
   "model.norm_eps": (FIXED, "RMSNorm epsilon"),
   "model.window_size": (FIXED, "sliding attention window in tokens; None: full causal"),
@@ -118,6 +124,42 @@ KEYS: dict[str, tuple[str, str]] = {
   "distributed.num_processes": (SAFE, "processes in the job; None: from the environment"),
   "distributed.process_id": (SAFE, "this process's index; None: from the environment"),
 }
+
+
+# Keys added to the code after runs were recorded, with the value that reproduces what the code
+# did before them. A config holding one at that value is the same config as one without it: a
+# recorded run that lacks the key ran with that value (``run_record`` reads it so, whatever the
+# key's default is now), and a sweep point's fingerprint leaves these out at that value
+# (``without_added_defaults``), so finished points stay finished.
+ADDED_KEYS: dict[str, object] = {
+  "model.tied_head_scale": "rsqrt_d",  # session 16; the tied head was always scaled before
+}
+
+
+def with_added_defaults(config: dict) -> dict:
+  """``config`` (nested, plain) with every missing ``ADDED_KEYS`` key at its earlier value."""
+  out = json.loads(json.dumps(config, default=str))
+  for key, value in ADDED_KEYS.items():
+    *path, last = key.split(".")
+    section = out
+    for part in path:
+      section = section.get(part) if isinstance(section, dict) else None
+    if isinstance(section, dict):
+      section.setdefault(last, value)
+  return out
+
+
+def without_added_defaults(config: dict) -> dict:
+  """``config`` (nested, plain) without the ``ADDED_KEYS`` that hold their earlier value."""
+  out = json.loads(json.dumps(config, default=str))
+  for key, value in ADDED_KEYS.items():
+    *path, last = key.split(".")
+    section = out
+    for part in path:
+      section = section.get(part) if isinstance(section, dict) else None
+    if isinstance(section, dict) and last in section and section[last] == value:
+      del section[last]
+  return out
 
 
 def entry(key: str) -> tuple[str, str] | None:

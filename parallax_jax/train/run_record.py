@@ -54,11 +54,14 @@ def read_history(workdir: str | Path) -> list[dict]:
 
 
 def current_config(workdir: str | Path) -> dict:
-  """The config of the run's latest start (plain dict)."""
+  """The config of the run's latest start (plain dict); a key added to the code since it was
+  recorded holds the value the code then used (``config_keys.ADDED_KEYS``)."""
   history = read_history(workdir)
   if history:
-    return history[-1]["config"]
-  return json.loads((Path(workdir) / CONFIG).read_text())["config"]
+    config = history[-1]["config"]
+  else:
+    config = json.loads((Path(workdir) / CONFIG).read_text())["config"]
+  return config_keys.with_added_defaults(config)
 
 
 def load_run_config(workdir: str | Path) -> ml_collections.ConfigDict:
