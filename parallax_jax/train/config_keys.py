@@ -136,29 +136,34 @@ ADDED_KEYS: dict[str, object] = {
 }
 
 
-def with_added_defaults(config: dict) -> dict:
-  """``config`` (nested, plain) with every missing ``ADDED_KEYS`` key at its earlier value."""
-  out = json.loads(json.dumps(config, default=str))
+def _added_key_sections(config: dict):
+  """``(section, name, earlier value)`` of each ``ADDED_KEYS`` key whose section ``config``
+  (nested, plain) holds."""
   for key, value in ADDED_KEYS.items():
-    *path, last = key.split(".")
-    section = out
+    *path, name = key.split(".")
+    section = config
     for part in path:
       section = section.get(part) if isinstance(section, dict) else None
     if isinstance(section, dict):
-      section.setdefault(last, value)
+      yield section, name, value
+
+
+def with_added_defaults(config: dict) -> dict:
+  """A copy of ``config`` (nested, plain) with every missing ``ADDED_KEYS`` key at its earlier
+  value: how a run recorded before the key existed ran."""
+  out = json.loads(json.dumps(config, default=str))
+  for section, name, value in _added_key_sections(out):
+    section.setdefault(name, value)
   return out
 
 
 def without_added_defaults(config: dict) -> dict:
-  """``config`` (nested, plain) without the ``ADDED_KEYS`` that hold their earlier value."""
+  """A copy of ``config`` (nested, plain) without the ``ADDED_KEYS`` keys that hold their
+  earlier value: the config as the code before them wrote it."""
   out = json.loads(json.dumps(config, default=str))
-  for key, value in ADDED_KEYS.items():
-    *path, last = key.split(".")
-    section = out
-    for part in path:
-      section = section.get(part) if isinstance(section, dict) else None
-    if isinstance(section, dict) and last in section and section[last] == value:
-      del section[last]
+  for section, name, value in _added_key_sections(out):
+    if name in section and section[name] == value:
+      del section[name]
   return out
 
 
