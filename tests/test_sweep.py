@@ -447,3 +447,24 @@ def test_paired_t_treats_rounding_level_spread_as_none():
   assert paired_t([0.1 + 0.2, 0.3, 0.3]) == "-"
   assert paired_t([0.5]) == "-"
   assert paired_t([0.5, 0.25]).startswith("t = ")
+
+
+def test_head_scale_study_pairs_differ_only_in_the_head_and_match_the_committed_runs():
+  """configs/sweeps/head_scale_cpu.py: each "one" point is its "rsqrt_d" twin with the other
+  head and nothing else, and every committed point (experiments/results/studies/
+  head_scale_cpu) was trained with exactly its point's config."""
+  sweep = load_sweep(ROOT / "configs" / "sweeps" / "head_scale_cpu.py")
+  points = {p.name.removeprefix("variant="): p for p in sweep.points}
+  assert len(points) == 20
+  for name, point in points.items():
+    if "+one_" in name:
+      twin = points[name.replace("+one_", "+rsqrt_d_")].config.to_dict()
+      mine = point.config.to_dict()
+      assert mine["model"].pop("tied_head_scale") == "one"
+      assert twin["model"].pop("tied_head_scale") == "rsqrt_d"
+      assert mine == twin, name
+  committed = ROOT / "experiments" / "results" / "studies" / "head_scale_cpu" / "points"
+  statuses = {d.name: json.loads((d / "status.json").read_text()) for d in committed.iterdir()}
+  assert {f"variant={n}" for n in points} == set(statuses)
+  for name, point in points.items():
+    assert statuses[f"variant={name}"]["fingerprint"] == point.fingerprint(), name

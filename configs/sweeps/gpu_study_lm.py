@@ -102,7 +102,8 @@ ADAMW_UP_SCAN = {  # name: (model overrides, LR scale)
 }
 # The tied head's logit scale (session 16): on CPU (configs/sweeps/head_scale_cpu.py) Qwen3's
 # unscaled tied head beat the scaled one by 1.09 nats under AdamW at 1e-3, 0.41 at 4e-3 and 0.46
-# under Muon (two seeds each). Does it at this size? Softmax at each optimizer's base rate.
+# under Muon with bytes, 1.15 / 0.71 (AdamW / Muon) with an 8k BPE (two seeds each). Does it at
+# this size? Softmax at each optimizer's base rate.
 HEAD_ONE = ("adamw+softmax_head1_s0", "muon+softmax_head1_s0")
 PRIORITY = (  # device sessions run these in order: each step answers a question on its own
   # done (session 9): Parallax trails softmax by 0.16 nats; half the LR changes nothing

@@ -7,7 +7,8 @@ its rate per step; ``"one"`` is Qwen3's tied head (design §8.4). configs/tiny.p
 d_model 256 (4 heads of 64, MLP 768; byte tokenizer), 300 steps of 8 x 128 tokens, held-out loss
 on 8 batches every 50 steps. Arms, per optimizer and seed (0, 1): the two scales, under AdamW
 at 1e-3 and 4e-3 and under Muon (0.02; embeddings and norms by AdamW at 3e-3, as in the GPU
-study). About 40 s per point on a 2-core CPU, 12 points.
+study); and AdamW at 1e-3 and Muon again with a 8192-entry BPE instead of bytes. About 40 s per
+point on a 2-core CPU (byte tokens), 20 points.
 
   parallax-jax sweep --config configs/sweeps/head_scale_cpu.py --workdir runs/head_scale_cpu
   python -m experiments.seed_pairs runs/head_scale_cpu/results.csv --base rsqrt_d
@@ -22,6 +23,13 @@ OPTIMIZERS = {
     "optimizer.learning_rate": 0.02,
     "optimizer.adam_learning_rate": 3e-3,
   },
+}
+# The same with a 8192-entry byte-level BPE (trained at each run's start on 8 MiB of the
+# training split; deterministic): a vocabulary that needs a wider logit range than bytes.
+BPE = {"data.tokenizer": "train:bpe:8192:8", "model.vocab_size": 8192}
+OPTIMIZERS |= {
+  "adamw_lr1e-3_bpe8k": {**OPTIMIZERS["adamw_lr1e-3"], **BPE},
+  "muon_bpe8k": {**OPTIMIZERS["muon"], **BPE},
 }
 SCALES = ("rsqrt_d", "one")
 
