@@ -65,7 +65,6 @@ def test_a_key_added_later_at_its_earlier_value_keeps_the_fingerprint():
   the same point now (the key at "rsqrt_d", what the code did before) share a fingerprint; any
   other value is another config."""
   import hashlib
-  import json
 
   (point,) = build_sweep({"base": TINY, "axes": {"train.steps": [3]}}).points
   before = point.config.to_dict()

@@ -79,7 +79,8 @@ def load_run_config(workdir: str | Path) -> ml_collections.ConfigDict:
 
 def changes(old: dict, new: dict) -> dict[str, tuple]:
   """``{key: (old, new)}`` over flattened keys; keys the old config lacks (added to the code
-  since) are left out: their default is what the run used."""
+  since) are left out: their default is what the run used. (A key whose default may change is
+  in ``config_keys.ADDED_KEYS``; ``current_config`` fills in the value the run used.)"""
   old, new = config_keys.flatten(_plain(old)), config_keys.flatten(_plain(new))
   return {k: (old[k], new[k]) for k in new if k in old and old[k] != new[k]}
 
