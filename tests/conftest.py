@@ -36,6 +36,13 @@ if _MODE == "cpu":
     "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0"
     " --xla_llvm_disable_expensive_passes=true",
   )
+else:
+  # GPU mode under pytest-xdist: each worker is a process with its own JAX client, and JAX's
+  # default preallocation (75% of the GPU per process) can leave the next worker too little
+  # to create its CUDA context (seen with -n 4 on the H200: "CUDA_ERROR_OUT_OF_MEMORY", and
+  # that worker's tests failed or skipped on the CPU). The grid's tensors are small: allocate
+  # on demand.
+  os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 # Test helpers (attention_cases) are imported as top-level modules.
 sys.path.insert(0, os.path.dirname(__file__))

@@ -56,6 +56,17 @@ def _csv():
       _row(i, kernel, "Command line profiler metrics", ncu_report.TENSOR_METRICS[0], "%", "61.0"),
       _row(i, kernel, "Command line profiler metrics", ncu_report.TENSOR_METRICS[1], "%", "0"),
     ]
+  # SMEM traffic of the first kernel only: 3.2M load wavefronts, 0.8M of them conflicts; 2M
+  # store wavefronts, 1.5M of them conflicts; 4M sectors reduced in L2
+  (ld_wave, ld_conf), (st_wave, st_conf) = ncu_report.SMEM_METRICS.values()
+  for name, value in (
+    (ld_wave, "3,200,000"),
+    (ld_conf, "800,000"),
+    (st_wave, "2,000,000"),
+    (st_conf, "1,500,000"),
+    (ncu_report.L2_REDUCTION_METRIC, "4,000,000"),
+  ):
+    rows.append(_row(0, "parallax_fwd", "Command line profiler metrics", name, "", value))
   return "\n".join(rows) + "\n"
 
 
@@ -72,6 +83,12 @@ def test_parse_and_summarize_known_values():
   assert s["local_spill_requests"] == 3614272 and s["l2_hit_pct"] == pytest.approx(60.25)
   assert "| 60.2 | 3.61 |" in ncu_report.to_markdown([s])
   assert list(s["top_stalls"]) == ["long_scoreboard", "wait", "barrier"]
+  assert s["smem_conflict_pct"] == {"ld": pytest.approx(25.0), "st": pytest.approx(75.0)}
+  assert s["l2_reduction_sectors"] == 4e6
+  assert "| 3.20 / 2.00 | 25.0 / 75.0 | 4.00 |" in ncu_report.to_markdown([s])
+  no_smem = ncu_report.summarize(records[1])
+  assert no_smem["smem_conflict_pct"] == {"ld": None, "st": None}
+  assert "| - / - | - / - | - |" in ncu_report.to_markdown([no_smem])
   assert ncu_report.summarize(records[1])["duration_us"] == pytest.approx(2.0)
   table = ncu_report.to_markdown([ncu_report.summarize(r) for r in records])
   assert table.count("\n| parallax_") == 2 and "long_scoreboard 2.25" in table
@@ -103,6 +120,7 @@ def test_workload_runs_and_command_profiles_it():
   assert not re.search(pattern, "loop_convert_fusion") and not re.search(pattern, "gemm_fusion")
   assert cmd[cmd.index("--clock-control") + 1] == "none"
   assert "--workload" in cmd and ncu_report.STALL_METRICS[0] in cmd[cmd.index("--metrics") + 1]
+  assert ncu_report.L2_REDUCTION_METRIC in cmd[cmd.index("--metrics") + 1]
   no_raw = profile_kernels.ncu_command("ncu", "/tmp/r", "softmax_cudnn", [], False)
   assert "--metrics" not in no_raw and "regex:sdpa|flash" in no_raw
 

@@ -5,8 +5,9 @@ A record keeps every metric ncu printed (``"Section / Metric Name"`` -> number, 
 is not a number) beside the launch's kernel name, block and grid size, so nothing is lost; the
 summary picks the fields that say where a kernel's time goes: registers and shared memory per
 block, which of them bounds the resident blocks, achieved occupancy, issue-slot and tensor-pipe
-use, DRAM throughput, register spills to local memory, the L2 hit rate and the warp stall
-reasons that dominate (docs/design.md §5.6).
+use, DRAM throughput, register spills to local memory, the L2 hit rate, shared-memory traffic
+and its bank conflicts, the sectors L2 reduced and the warp stall reasons that dominate
+(docs/design.md §5.6).
 """
 
 from __future__ import annotations
@@ -40,7 +41,23 @@ TENSOR_METRICS = (
   "sm__pipe_tensor_op_gmma_cycles_active.avg.pct_of_peak_sustained_active",
   "sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active",
 )
-RAW_METRICS = STALL_METRICS + TENSOR_METRICS
+# Shared memory through the LSU pipe (register <-> SMEM loads and stores; wgmma's and TMA's
+# SMEM reads are not in it): wavefronts and the excess wavefronts that bank conflicts cause,
+# per direction; and the sectors L2 reduced (TMA reductions, atomics).
+SMEM_METRICS = {
+  op: (
+    f"l1tex__data_pipe_lsu_wavefronts_mem_shared_op_{op}.sum",
+    f"l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_{op}.sum",
+  )
+  for op in ("ld", "st")
+}
+L2_REDUCTION_METRIC = "lts__t_sectors_op_red.sum"
+RAW_METRICS = (
+  STALL_METRICS
+  + TENSOR_METRICS
+  + tuple(m for pair in SMEM_METRICS.values() for m in pair)
+  + (L2_REDUCTION_METRIC,)
+)
 
 
 def _number(text: str) -> float | str:
@@ -89,6 +106,14 @@ def _scaled(x, factor: float):
   return x * factor if isinstance(x, float) else None
 
 
+def _conflict_pct(metrics: dict, op: str):
+  """Share of the shared-memory wavefronts of ``op`` ("ld"/"st") that bank conflicts added."""
+  wavefronts, conflicts = (_find(metrics, name) for name in SMEM_METRICS[op])
+  if not (isinstance(wavefronts, float) and isinstance(conflicts, float)) or wavefronts <= 0:
+    return None
+  return 100.0 * conflicts / wavefronts
+
+
 def summarize(record: dict) -> dict:
   """The limits of one launch, in base units (ns, bytes, percent)."""
   m = record["metrics"]
@@ -124,6 +149,9 @@ def summarize(record: dict) -> dict:
     "local_spill_requests": _find(m, "Local Memory Spilling Requests"),
     "l2_hit_pct": _find(m, "L2 Hit Rate"),
     "warp_cycles_per_issue": _find(m, "Warp Cycles Per Issued Instruction"),
+    "smem_wavefronts": {op: _find(m, SMEM_METRICS[op][0]) for op in SMEM_METRICS},
+    "smem_conflict_pct": {op: _conflict_pct(m, op) for op in SMEM_METRICS},
+    "l2_reduction_sectors": _find(m, L2_REDUCTION_METRIC),
     "top_stalls": dict(sorted(stalls.items(), key=lambda kv: -kv[1])[:3]),
   }
 
@@ -132,13 +160,20 @@ def _fmt(x, spec=".1f") -> str:
   return "-" if x is None else (format(x, spec) if isinstance(x, float) else str(x))
 
 
+def _pair(summary: dict, key: str, factor: float, spec: str) -> str:
+  """``"ld / st"`` of a per-direction field (summaries written before it existed: "-")."""
+  both = summary.get(key) or {}
+  return " / ".join(_fmt(_scaled(both.get(op), factor), spec) for op in ("ld", "st"))
+
+
 def to_markdown(summaries: list[dict]) -> str:
   """One table row per launch."""
   head = (
     "| kernel | us | regs/thread | smem/block KiB | blocks/SM bound by | achieved occ % | "
     "issue busy % | tensor pipe % | DRAM % | L2 hit % | spill requests (M) | cycles/issue | "
+    "SMEM ld / st wavefronts (M) | SMEM ld / st conflict % | L2 reduced sectors (M) | "
     "top stalls (warps per issue) |\n"
-    "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---|\n"
+    "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n"
   )
   rows = []
   for s in summaries:
@@ -149,6 +184,8 @@ def to_markdown(summaries: list[dict]) -> str:
       f" | {_fmt(s['achieved_occupancy_pct'])} | {_fmt(s['issue_slots_busy_pct'])}"
       f" | {_fmt(s['tensor_pipe_pct'])} | {_fmt(s['dram_throughput_pct'])}"
       f" | {_fmt(s['l2_hit_pct'])} | {_fmt(_scaled(s['local_spill_requests'], 1e-6), '.2f')}"
-      f" | {_fmt(s['warp_cycles_per_issue'])} | {stalls} |"
+      f" | {_fmt(s['warp_cycles_per_issue'])}"
+      f" | {_pair(s, 'smem_wavefronts', 1e-6, '.2f')} | {_pair(s, 'smem_conflict_pct', 1, '.1f')}"
+      f" | {_fmt(_scaled(s.get('l2_reduction_sectors'), 1e-6), '.2f')} | {stalls} |"
     )
   return head + "\n".join(rows) + "\n"
