@@ -32,9 +32,10 @@ Arms (variants; `<optimizer>+<model>[_lr<scale>]_s<seed>`):
   run too (`adamw+parallax_r0_lr2_s0`). Session 16 found every kind slower still at 1e-3 (the
   rate is too low, not too high), so the AdamW scan goes up: x4 for the three kinds and x8 for
   softmax (`ADAMW_UP_SCAN`).
-- softmax_head1: softmax with Qwen3's unscaled tied head (`model.tied_head_scale="one"`; every
-  other arm is pinned to the scaled one it ran with), per optimizer at its base rate, seed 0
-  (`HEAD_ONE`, session 16).
+- `*_head1`: Qwen3's unscaled tied head (`model.tied_head_scale="one"`; every other arm is
+  pinned to the scaled one it ran with), at each optimizer's base rate: softmax per optimizer
+  (session 16), then, once it had won by far (session 17), Parallax (like_q and W_R = 0) per
+  optimizer and the Muon pair's seed 1 (`HEAD_ONE`).
 `PRIORITY` orders them for the device sessions (experiments/results/studies_gpu/results.md).
 
 One device call runs one point (or a few): `parallax-jax sweep --points` takes their variant
@@ -62,7 +63,7 @@ MODEL = {
   "model.mlp_dim": 2048,
   "model.remat": "none",  # ~60 GiB of activations at batch 64 (0.6B: 92 GiB at 65k tokens)
   "model.logits_chunk": 512,
-  # Pinned: the arms so far ran with the scaled tied head (the default); HEAD_ONE tests the other.
+  # Pinned: the first arms ran with the scaled tied head; HEAD_ONE's arms use the unscaled one.
   "model.tied_head_scale": "rsqrt_d",
 }
 DATA = {
@@ -103,8 +104,21 @@ ADAMW_UP_SCAN = {  # name: (model overrides, LR scale)
 # The tied head's logit scale (session 16): on CPU (configs/sweeps/head_scale_cpu.py) Qwen3's
 # unscaled tied head beat the scaled one by 1.09 nats under AdamW at 1e-3, 0.41 at 4e-3 and 0.46
 # under Muon with bytes, 1.15 / 0.71 (AdamW / Muon) with an 8k BPE (two seeds each). Does it at
-# this size? Softmax at each optimizer's base rate.
-HEAD_ONE = ("adamw+softmax_head1_s0", "muon+softmax_head1_s0")
+# this size? Softmax at each optimizer's base rate. Session 17: it took softmax from 773.8 to
+# 38.0 (AdamW 1e-3) and from 53.34 to 8.99 (Muon), so every arm so far carried a head that held
+# it back: the main arms are rerun with it, at each optimizer's base rate (name: optimizer,
+# model overrides, seed).
+SOFTMAX, R0 = {"model.attention": "softmax"}, {"model.r_init": "zeros"}
+HEAD_ONE = {
+  "adamw+softmax_head1_s0": ("adamw", SOFTMAX, 0),
+  "muon+softmax_head1_s0": ("muon", SOFTMAX, 0),
+  "muon+parallax_head1_s0": ("muon", {}, 0),
+  "muon+parallax_r0_head1_s0": ("muon", R0, 0),
+  "muon+softmax_head1_s1": ("muon", SOFTMAX, 1),
+  "muon+parallax_head1_s1": ("muon", {}, 1),
+  "adamw+parallax_head1_s0": ("adamw", {}, 0),
+  "adamw+parallax_r0_head1_s0": ("adamw", R0, 0),
+}
 PRIORITY = (  # device sessions run these in order: each step answers a question on its own
   # done (session 9): Parallax trails softmax by 0.16 nats; half the LR changes nothing
   "muon+parallax_s0",
@@ -143,13 +157,21 @@ PRIORITY = (  # device sessions run these in order: each step answers a question
   "adamw+parallax_s0",
   "adamw+softmax_lr2_s0",
   "adamw+parallax_r0_s0",
-  # next: is AdamW's plateau the head's or the rate's (the unscaled head at 1e-3, softmax at
-  # 4e-3), does the head matter under Muon, then the rest of AdamW's scan upwards, its seed-1
-  # pair at each kind's best rate (add those variants once the scan has its best), then the
-  # MQAR groups (configs/sweeps/gpu_study_mqar.py); AdamW at the base rate and below comes last
-  HEAD_ONE[0],
+  # done (session 17): the unscaled head, softmax: AdamW 1e-3 38.0 (scaled 773.8), Muon 8.99
+  # (scaled 53.34); softmax at AdamW 4e-3 with the scaled head 454.7 (2e-3: 513.3); Parallax
+  # like_q with the unscaled head under Muon 7.73, 0.151 nats below softmax's 8.99 (one seed)
+  "adamw+softmax_head1_s0",
   "adamw+softmax_lr4_s0",
-  HEAD_ONE[1],
+  "muon+softmax_head1_s0",
+  "muon+parallax_head1_s0",
+  # next: the unscaled head's arms (W_R = 0, the Muon pair's seed 1, AdamW's Parallax arms), then
+  # the MQAR groups (configs/sweeps/gpu_study_mqar.py), then the scaled head's AdamW scan and
+  # controls: they study a head that holds every arm back, so they come last
+  "muon+parallax_r0_head1_s0",
+  "muon+softmax_head1_s1",
+  "muon+parallax_head1_s1",
+  "adamw+parallax_head1_s0",
+  "adamw+parallax_r0_head1_s0",
   *[name for name in ADAMW_UP_SCAN if name != "adamw+softmax_lr4_s0"],
   "adamw+parallax_lr0.5_s0",
   "adamw+softmax_lr0.5_s0",
@@ -243,13 +265,12 @@ def variants() -> dict[str, dict]:
     "optimizer.learning_rate": 2 * adamw["optimizer.learning_rate"],
     "train.seed": 0,
   }
-  for name in HEAD_ONE:
-    opt = name.split("+")[0]
+  for name, (opt, model_overrides, seed) in HEAD_ONE.items():
     out[name] = {
       **OPTIMIZERS[opt],
-      "model.attention": "softmax",
+      **model_overrides,
       "model.tied_head_scale": "one",
-      "train.seed": 0,
+      "train.seed": seed,
     }
   for name, (model_overrides, scale) in ADAMW_UP_SCAN.items():
     out[name] = {
