@@ -125,9 +125,11 @@ def test_bad_model_config_names_the_field(field, value, match):
     dataclasses.replace(CFG, **{field: value})
 
 
-def test_tied_head_scale_one_on_an_untied_head_is_an_error():
-  with pytest.raises(ValueError, match="tied_head_scale.*tied head only"):
-    dataclasses.replace(CFG, tie_embeddings=False, tied_head_scale="one")
+def test_scaled_head_on_an_untied_head_is_an_error():
+  assert CFG.tied_head_scale == "one"  # the default: Qwen3's unscaled head
+  with pytest.raises(ValueError, match="tied_head_scale.*tied head only.*leave .* at 'one'"):
+    dataclasses.replace(CFG, tie_embeddings=False, tied_head_scale="rsqrt_d")
+  assert dataclasses.replace(CFG, tie_embeddings=False).tied_head_scale == "one"
 
 
 def _loss_and_grads(cfg, params, tokens):

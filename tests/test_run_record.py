@@ -164,8 +164,9 @@ def test_safe_keys_keep_the_checkpoint_tree_and_fixed_ones_do_not(base):
 
 def test_a_run_recorded_before_an_added_key_ran_with_its_earlier_value(tmp_path):
   """A run whose record lacks ``model.tied_head_scale`` (recorded before the key existed) ran
-  with the scaled head: resuming or reading it with the other value is refused, not taken for
-  a new key."""
+  with the scaled head if its head was tied: resuming it with today's default (the unscaled
+  head) is refused, naming the override that restores its value, not taken for a new key. An
+  untied head was never scaled: its earlier value is today's."""
   from parallax_jax.train import run_record
   from parallax_jax.train.defaults import base_config
 
@@ -173,8 +174,17 @@ def test_a_run_recorded_before_an_added_key_ran_with_its_earlier_value(tmp_path)
   del old["model"]["tied_head_scale"]
   (tmp_path / "config.json").write_text(json.dumps({"config": old}, default=str))
   assert run_record.current_config(tmp_path)["model"]["tied_head_scale"] == "rsqrt_d"
-  same = base_config()
-  assert run_record.check(tmp_path, same.to_dict()) == {}
-  same.model.tied_head_scale = "one"
-  with pytest.raises(run_record.ConfigMismatchError, match="model.tied_head_scale 'rsqrt_d'"):
-    run_record.check(tmp_path, same.to_dict())
+  new = base_config()
+  assert new.model.tied_head_scale == "one"
+  with pytest.raises(
+    run_record.ConfigMismatchError,
+    match="model.tied_head_scale 'rsqrt_d' -> 'one'.*--config.model.tied_head_scale=rsqrt_d",
+  ):
+    run_record.check(tmp_path, new.to_dict())
+  new.model.tied_head_scale = "rsqrt_d"  # the override the message names
+  assert run_record.check(tmp_path, new.to_dict()) == {}
+  untied = tmp_path / "untied"
+  untied.mkdir()
+  old["model"]["tie_embeddings"] = False
+  (untied / "config.json").write_text(json.dumps({"config": old}, default=str))
+  assert run_record.current_config(untied)["model"]["tied_head_scale"] == "one"

@@ -62,19 +62,25 @@ def test_grid_expands_every_combination_with_stable_names():
 
 def test_a_key_added_later_at_its_earlier_value_keeps_the_fingerprint():
   """A point recorded before ``model.tied_head_scale`` existed (its config lacks the key) and
-  the same point now (the key at "rsqrt_d", what the code did before) share a fingerprint; any
-  other value is another config."""
+  the same point now with the key at "rsqrt_d" (what the code did before) share a fingerprint;
+  today's default ("one") is another config. An untied head was never scaled: its point keeps
+  its fingerprint at today's default."""
   import hashlib
 
-  (point,) = build_sweep({"base": TINY, "axes": {"train.steps": [3]}}).points
-  before = point.config.to_dict()
-  del before["model"]["tied_head_scale"]
-  recorded = hashlib.sha256(json.dumps(before, sort_keys=True, default=str).encode())
-  assert point.fingerprint() == recorded.hexdigest()[:16]
-  (one,) = build_sweep(
-    {"base": TINY, "axes": {"train.steps": [3]}, "overrides": {"model.tied_head_scale": "one"}}
-  ).points
-  assert one.fingerprint() != point.fingerprint()
+  def recorded(point):  # the fingerprint of the point's config without the key
+    before = point.config.to_dict()
+    del before["model"]["tied_head_scale"]
+    return hashlib.sha256(json.dumps(before, sort_keys=True, default=str).encode()).hexdigest()
+
+  spec = {"base": TINY, "axes": {"train.steps": [3]}}
+  (scaled,) = build_sweep({**spec, "overrides": {"model.tied_head_scale": "rsqrt_d"}}).points
+  assert scaled.fingerprint() == recorded(scaled)[:16]
+  (default,) = build_sweep(spec).points
+  assert default.config.model.tied_head_scale == "one"
+  assert default.fingerprint() != scaled.fingerprint()
+  assert default.fingerprint() != recorded(default)[:16]
+  (untied,) = build_sweep({**spec, "overrides": {"model.tie_embeddings": False}}).points
+  assert untied.fingerprint() == recorded(untied)[:16]
 
 
 def test_nested_axes_and_configdict_spec():

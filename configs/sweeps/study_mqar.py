@@ -29,6 +29,8 @@ def get_config():
       {"variant": f"pairs{n}", "model.attention": "lla"} for n in PAIRS if n not in LLA_PAIRS
     ],
     "overrides": {
+      # the head its committed results ran with (the default until session 17; design §8.4)
+      "model.tied_head_scale": "rsqrt_d",
       "data.mqar_vocab_size": 129,
       "model.vocab_size": 129,
       "train.steps": 800,

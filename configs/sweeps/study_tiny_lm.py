@@ -64,6 +64,8 @@ def get_config():
     },
     "axes": {"train.seed": SEEDS},  # initialisation and data order
     "overrides": {
+      # the head its committed results ran with (the default until session 17; design §8.4)
+      "model.tied_head_scale": "rsqrt_d",
       "train.steps": STEPS,
       "train.seq_len": SEQ_LEN,
       "train.batch_size": BATCH,

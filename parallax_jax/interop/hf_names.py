@@ -19,11 +19,11 @@ Layouts (HF ``nn.Linear.weight`` is ``[out, in]``; NNX ``LinearGeneral`` kernels
   ``model.norm.weight`` [d]                             <-> ``final_norm/scale`` [d]
   ``lm_head.weight`` [V, d] (untied only)               <-> ``head`` [d, V]
 
-The tied head: HF computes ``logits = norm(x) @ E^T``; ``Transformer.lm_head`` scales the tied
-head by ``d**-0.5`` (``model.tied_head_scale="rsqrt_d"``, the default). ``final_norm`` feeds only
-the head, so its scale carries the factor: ``final_norm/scale = sqrt(d) * model.norm.weight`` on
-import (divided back on export); the function is the same. With ``tied_head_scale="one"`` the
-head is HF's and the norm maps unchanged.
+The tied head: HF computes ``logits = norm(x) @ E^T``, as ``Transformer.lm_head`` does with
+``model.tied_head_scale="one"`` (the default): the norm maps unchanged. With ``"rsqrt_d"`` the
+tied head is scaled by ``d**-0.5``; ``final_norm`` feeds only the head, so its scale carries the
+factor: ``final_norm/scale = sqrt(d) * model.norm.weight`` on import (divided back on export);
+the function is the same.
 
 Names follow Qwen3 (``QWEN3_NAMES``); another naming (e.g. fla's ``parallax`` model type) is a
 different ``names`` dict with the same keys.

@@ -54,7 +54,7 @@ FUNCTION_FIELDS = (
   "r_init",
   "qk_norm",
   "tie_embeddings",
-  "tied_head_scale",  # the import converts the final norm for the default (hf_names)
+  "tied_head_scale",  # the import converts the final norm for "rsqrt_d" (hf_names)
   "rope_theta",
   "norm_eps",
   "window_size",

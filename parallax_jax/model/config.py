@@ -50,10 +50,11 @@ class ModelConfig:
   logits out. The regression tasks ("linreg", "drift_linreg") use ``input_dim = d + 1``,
   ``output_dim = 1``.
 
-  ``tied_head_scale`` (tied embeddings only): the LM head's logits are ``x . E^T / sqrt(d)``
-  ("rsqrt_d", the default) or ``x . E^T`` ("one"). With embeddings at ``init_std`` the first
-  bounds every logit by ``sqrt(d) init_std`` at init (0.55 at d = 768), so an optimizer that
-  moves each element by at most its rate (AdamW) needs many steps to grow usable logits.
+  ``tied_head_scale`` (tied embeddings only): the LM head's logits are ``x . E^T`` ("one", the
+  default, Qwen3's) or ``x . E^T / sqrt(d)`` ("rsqrt_d", the default until session 17). With
+  embeddings at ``init_std`` the second bounds every logit by ``sqrt(d) init_std`` at init
+  (0.55 at d = 768), and held every model of the GPU study back by 1.8-3.0 nats of held-out
+  loss (docs/design.md §8.4).
   """
 
   vocab_size: int = 512
@@ -67,7 +68,7 @@ class ModelConfig:
   r_init: str = "like_q"
   qk_norm: bool = True
   tie_embeddings: bool = True
-  tied_head_scale: str = "rsqrt_d"  # one of TIED_HEAD_SCALES
+  tied_head_scale: str = "one"  # one of TIED_HEAD_SCALES
   rope_theta: float = 1_000_000.0
   norm_eps: float = 1e-6
   window_size: int | None = None
@@ -128,10 +129,10 @@ class ModelConfig:
       f"must be one of {TIED_HEAD_SCALES}, got {self.tied_head_scale!r}",
     )
     need(
-      self.tie_embeddings or self.tied_head_scale == "rsqrt_d",
+      self.tie_embeddings or self.tied_head_scale == "one",
       "tied_head_scale",
       f"{self.tied_head_scale!r} applies to a tied head only; with tie_embeddings=False the "
-      "head is its own matrix and is not scaled (leave tied_head_scale at 'rsqrt_d')",
+      "head is its own matrix and is not scaled (leave tied_head_scale at 'one')",
     )
     need(
       isinstance(self.remat, str) and self.remat in REMAT,

@@ -19,6 +19,7 @@ Resume rule, per key:
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 FIXED, TOGGLE, SAFE = "fixed", "toggle", "safe"
 
@@ -126,26 +127,33 @@ KEYS: dict[str, tuple[str, str]] = {
 }
 
 
-# Keys added to the code after runs were recorded, with the value that reproduces what the code
-# did before them. A config holding one at that value is the same config as one without it: a
-# recorded run that lacks the key ran with that value (``run_record`` reads it so, whatever the
-# key's default is now), and a sweep point's fingerprint leaves these out at that value
-# (``without_added_defaults``), so finished points stay finished.
-ADDED_KEYS: dict[str, object] = {
-  "model.tied_head_scale": "rsqrt_d",  # session 16; the tied head was always scaled before
+def _earlier_tied_head_scale(model: dict) -> str:
+  # session 16 added the key, session 17 changed its default to "one": before the key a tied
+  # head was always scaled, an untied one never (the value "one" says so)
+  return "rsqrt_d" if model.get("tie_embeddings", True) else "one"
+
+
+# Keys added to the code after runs were recorded, each with a function of its section (a plain
+# dict) giving the value that reproduces what the code did before the key. A config holding
+# that value is the same config as one without the key: a recorded run that lacks the key ran
+# with that value (``run_record`` reads it so, whatever the key's default is now), and a sweep
+# point's fingerprint leaves the key out at that value (``without_added_defaults``), so
+# finished points stay finished.
+ADDED_KEYS: dict[str, Callable[[dict], object]] = {
+  "model.tied_head_scale": _earlier_tied_head_scale,
 }
 
 
 def _added_key_sections(config: dict):
   """``(section, name, earlier value)`` of each ``ADDED_KEYS`` key whose section ``config``
   (nested, plain) holds."""
-  for key, value in ADDED_KEYS.items():
+  for key, earlier in ADDED_KEYS.items():
     *path, name = key.split(".")
     section = config
     for part in path:
       section = section.get(part) if isinstance(section, dict) else None
     if isinstance(section, dict):
-      yield section, name, value
+      yield section, name, earlier(section)
 
 
 def with_added_defaults(config: dict) -> dict:

@@ -103,9 +103,11 @@ def check(workdir: str | Path, new: dict, *, reading: bool = False) -> dict[str,
     if reading:
       fix = "drop these overrides (the run's own config is used without --config)"
     else:
+      # (a default changed since the run started shows up here too: the overrides restore it)
+      restore = " ".join(f"--config.{k}={old}" for k, (old, _) in refused.items())
       fix = (
-        "resume it without these changes, or pass a new --workdir to start a new run with "
-        "this config"
+        f"resume it without these changes ({restore} restores the run's values), or pass a "
+        "new --workdir to start a new run with this config"
       )
     raise ConfigMismatchError(
       f"--workdir {str(workdir)!r} holds a run that cannot take these config changes (they "
