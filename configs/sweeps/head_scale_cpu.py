@@ -3,11 +3,12 @@
 The GPU study's AdamW runs stalled near the unigram loss (experiments/results/studies_gpu/
 results.md). With ``model.tied_head_scale="rsqrt_d"`` (the default until session 17) every
 logit is at most ``g sqrt(d) rms(e_v)``, 0.32 at init here, and AdamW moves each element of e_v
-and g by at most its rate per step; ``"one"`` is Qwen3's tied head (design §8.4). configs/tiny.py widened to
-d_model 256 (4 heads of 64, MLP 768; byte tokenizer), 300 steps of 8 x 128 tokens, held-out loss
-on 8 batches every 50 steps. Arms, per optimizer and seed (0, 1): the two scales, under AdamW
-at 1e-3 and 4e-3 and under Muon (0.02; embeddings and norms by AdamW at 3e-3, as in the GPU
-study); and AdamW at 1e-3 and Muon again with a 8192-entry BPE instead of bytes. About 40 s per
+and g by at most its rate per step; ``"one"`` is Qwen3's tied head (design §8.4).
+configs/tiny.py widened to d_model 256 (4 heads of 64, MLP 768; byte tokenizer), 300 steps of
+8 x 128 tokens, held-out loss on 8 batches every 50 steps. Arms, per optimizer and seed (0, 1):
+the two scales, under AdamW at 1e-3 and 4e-3 and under Muon (0.02; embeddings and norms by
+AdamW at 3e-3, as in the GPU study); and AdamW at 1e-3 and Muon again with a 8192-entry BPE
+instead of bytes. About 40 s per
 point on a 2-core CPU (byte tokens), 20 points.
 
   parallax-jax sweep --config configs/sweeps/head_scale_cpu.py --workdir runs/head_scale_cpu
