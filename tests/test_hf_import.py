@@ -64,7 +64,7 @@ def test_tied_import_matches_the_float64_qwen3(tied):
 
 def test_tied_head_scale_one_is_the_hf_head(tied):
   """``tied_head_scale="one"`` holds HF's tensors as they are (no sqrt(d) in the final norm)
-  and computes the float64 Qwen3's logits; at the default the same table moves sqrt(d)."""
+  and computes the float64 Qwen3's logits; with "rsqrt_d" the same table moves sqrt(d)."""
   from parallax_jax.interop.hf_config import model_config_from_hf
 
   config, tensors, _, _ = tied
@@ -230,3 +230,7 @@ def test_cli_imports_and_errors_in_one_line(tmp_path, capsys):
   assert code == 2 and "already holds a run" in one_line_error(err)
   code, _, err = run_cli(capsys, *args[:-1], str(tmp_path / "w2"), "--config.model.d_model=64")
   assert code == 2 and "model.d_model" in one_line_error(err)
+  # the head's scale is the checkpoint's function too (Qwen3's head is unscaled)
+  bad_head = "--config.model.tied_head_scale=rsqrt_d"
+  code, _, err = run_cli(capsys, *args[:-1], str(tmp_path / "w3"), bad_head)
+  assert code == 2 and "model.tied_head_scale are fixed by the checkpoint" in one_line_error(err)
