@@ -95,11 +95,12 @@ MUON_SOFTMAX_FOLLOW_UP = {"muon+softmax_lr0.25_s0": (0.25, 0), "muon+softmax_lr0
 ADAMW_R0_AT_2X = "adamw+parallax_r0_lr2_s0"
 # AdamW at 1e-3 (session 16) was behind its 2e-3 runs for all three kinds (held-out perplexity
 # softmax 774 against 513, like_q 1038 against 655, W_R = 0 795 against 540): the scan goes up.
+SOFTMAX, R0 = {"model.attention": "softmax"}, {"model.r_init": "zeros"}  # model overrides
 ADAMW_UP_SCAN = {  # name: (model overrides, LR scale)
-  "adamw+softmax_lr4_s0": ({"model.attention": "softmax"}, 4.0),
-  "adamw+parallax_r0_lr4_s0": ({"model.r_init": "zeros"}, 4.0),
+  "adamw+softmax_lr4_s0": (SOFTMAX, 4.0),
+  "adamw+parallax_r0_lr4_s0": (R0, 4.0),
   "adamw+parallax_lr4_s0": ({}, 4.0),
-  "adamw+softmax_lr8_s0": ({"model.attention": "softmax"}, 8.0),
+  "adamw+softmax_lr8_s0": (SOFTMAX, 8.0),
 }
 # The tied head's logit scale (session 16): on CPU (configs/sweeps/head_scale_cpu.py) Qwen3's
 # unscaled tied head beat the scaled one by 1.09 nats under AdamW at 1e-3, 0.41 at 4e-3 and 0.46
@@ -108,7 +109,6 @@ ADAMW_UP_SCAN = {  # name: (model overrides, LR scale)
 # 38.0 (AdamW 1e-3) and from 53.34 to 8.99 (Muon), so every arm so far carried a head that held
 # it back: the main arms are rerun with it, at each optimizer's base rate (name: optimizer,
 # model overrides, seed).
-SOFTMAX, R0 = {"model.attention": "softmax"}, {"model.r_init": "zeros"}
 HEAD_ONE = {
   "adamw+softmax_head1_s0": ("adamw", SOFTMAX, 0),
   "muon+softmax_head1_s0": ("muon", SOFTMAX, 0),
@@ -159,7 +159,7 @@ PRIORITY = (  # device sessions run these in order: each step answers a question
   "adamw+parallax_r0_s0",
   # done (session 17): the unscaled head, softmax: AdamW 1e-3 38.0 (scaled 773.8), Muon 8.99
   # (scaled 53.34); softmax at AdamW 4e-3 with the scaled head 454.7 (2e-3: 513.3); Parallax
-  # like_q with the unscaled head under Muon 7.73, 0.151 nats below softmax's 8.99 (one seed)
+  # like_q with the unscaled head under Muon 7.73, 0.152 nats below softmax's 8.99 (one seed)
   "adamw+softmax_head1_s0",
   "adamw+softmax_lr4_s0",
   "muon+softmax_head1_s0",
@@ -220,7 +220,7 @@ def variants() -> dict[str, dict]:
   out = {}
   for opt, opt_overrides in OPTIMIZERS.items():
     lr = opt_overrides["optimizer.learning_rate"]
-    kinds = {"parallax": {}, "softmax": {"model.attention": "softmax"}}
+    kinds = {"parallax": {}, "softmax": SOFTMAX}
     for seed in SEEDS:
       for kind, kind_overrides in kinds.items():
         out[f"{opt}+{kind}_s{seed}"] = {**opt_overrides, **kind_overrides, "train.seed": seed}
