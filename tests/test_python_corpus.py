@@ -308,7 +308,7 @@ def test_resume_and_eval_read_the_run_tokenizer(tmp_path, tree, monkeypatch):
 # ------------------------------------------------------------------------- the study configs
 
 
-@pytest.mark.parametrize("name, count", [("gpu_study_lm", 42), ("gpu_study_mqar", 20)])
+@pytest.mark.parametrize("name, count", [("gpu_study_lm", 55), ("gpu_study_mqar", 20)])
 def test_gpu_study_configs_plan_and_validate(name, count, capsys, monkeypatch):
   import jax
 
@@ -372,11 +372,11 @@ def test_gpu_study_configs_plan_and_validate(name, count, capsys, monkeypatch):
       "adamw+softmax_lr8_s0": ("softmax", "like_q", 8e-3),
     }
     assert all(e.optimizer.name == "adamw" and e.train.seed == 0 for e in up.values())
-    # The unscaled tied head (sessions 16-17): each `<arm>_head1_s<seed>` point is the
+    # The unscaled tied head (sessions 16-18): each `<arm>_head1_s<seed>` point is the
     # `<arm>_s<seed>` point with the head alone changed; every other point keeps the scaled
     # head it ran with.
     head1 = {n for n, e in exps.items() if e.model.tied_head_scale == "one"}
-    assert head1 == {n for n in exps if "_head1_" in n} and len(head1) == 8
+    assert head1 == {n for n in exps if "_head1_" in n} and len(head1) == 21
     for name in head1:
       base = exps[name.replace("_head1", "")]
       assert base.model.tied_head_scale == "rsqrt_d"

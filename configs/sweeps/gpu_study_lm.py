@@ -33,9 +33,11 @@ Arms (variants; `<optimizer>+<model>[_lr<scale>]_s<seed>`):
   rate is too low, not too high), so the AdamW scan goes up: x4 for the three kinds and x8 for
   softmax (`ADAMW_UP_SCAN`).
 - `*_head1`: Qwen3's unscaled tied head (`model.tied_head_scale="one"`; every other arm is
-  pinned to the scaled one it ran with), at each optimizer's base rate: softmax per optimizer
-  (session 16), then, once it had won by far (session 17), Parallax (like_q and W_R = 0) per
-  optimizer and the Muon pair's seed 1 (`HEAD_ONE`).
+  pinned to the scaled one it ran with), each the `HEAD_ONE` point it names with the head alone
+  changed: softmax at each optimizer's base rate (session 16), then, once it had won by far
+  (session 17), Parallax (like_q and W_R = 0) per optimizer and the Muon pair's seed 1; after
+  Parallax led at both seeds under Muon (session 18), Muon's matched controls, third seed and
+  LR scans, and AdamW's LR scan.
 `PRIORITY` orders them for the device sessions (experiments/results/studies_gpu/results.md).
 
 One device call runs one point (or a few): `parallax-jax sweep --points` takes their variant
@@ -107,18 +109,44 @@ ADAMW_UP_SCAN = {  # name: (model overrides, LR scale)
 # under Muon with bytes, 1.15 / 0.71 (AdamW / Muon) with an 8k BPE (two seeds each). Does it at
 # this size? Softmax at each optimizer's base rate. Session 17: it took softmax from 773.8 to
 # 38.0 (AdamW 1e-3) and from 53.34 to 8.99 (Muon), so every arm so far carried a head that held
-# it back: the main arms are rerun with it, at each optimizer's base rate (name: optimizer,
-# model overrides, seed).
-HEAD_ONE = {
-  "adamw+softmax_head1_s0": ("adamw", SOFTMAX, 0),
-  "muon+softmax_head1_s0": ("muon", SOFTMAX, 0),
-  "muon+parallax_head1_s0": ("muon", {}, 0),
-  "muon+parallax_r0_head1_s0": ("muon", R0, 0),
-  "muon+softmax_head1_s1": ("muon", SOFTMAX, 1),
-  "muon+parallax_head1_s1": ("muon", {}, 1),
-  "adamw+parallax_head1_s0": ("adamw", {}, 0),
-  "adamw+parallax_r0_head1_s0": ("adamw", R0, 0),
-}
+# it back: the main arms are rerun with it. Session 18: Parallax led at both seeds under Muon
+# (-0.152, -0.185 nats) and like_q trailed under AdamW (+0.872, a gradient-norm spike of 2308
+# at the warmup's end), so Muon's controls, third seed and scans follow, then AdamW's scan.
+# Each name is an `<arm>_s<seed>` point above, rerun as `<arm>_head1_s<seed>` with the head
+# alone changed (`head_one`).
+HEAD_ONE = (
+  # sessions 16-17: each optimizer's main arms at its base rate, and the Muon pair's seed 1
+  "adamw+softmax_s0",
+  "muon+softmax_s0",
+  "muon+parallax_s0",
+  "muon+parallax_r0_s0",
+  "muon+softmax_s1",
+  "muon+parallax_s1",
+  "adamw+parallax_s0",
+  "adamw+parallax_r0_s0",
+  # session 18: Muon's matched controls, third seed and LR scans; AdamW's LR scan
+  "muon+softmax_compute_s0",
+  "muon+softmax_lr0.5_s0",
+  "muon+softmax_s2",
+  "muon+parallax_s2",
+  "muon+parallax_r0_s1",
+  "muon+softmax_params_s0",
+  "muon+parallax_lr2_s0",
+  "muon+softmax_lr2_s0",
+  "muon+parallax_lr0.5_s0",
+  "adamw+softmax_lr2_s0",
+  "adamw+parallax_lr0.5_s0",
+  "adamw+parallax_lr2_s0",
+  "adamw+parallax_r0_lr2_s0",
+)
+
+
+def head_one(name: str) -> str:
+  """`<arm>_s<seed>` -> `<arm>_head1_s<seed>`: the name of the point's unscaled-head rerun."""
+  arm, seed = name.rsplit("_s", 1)
+  return f"{arm}_head1_s{seed}"
+
+
 PRIORITY = (  # device sessions run these in order: each step answers a question on its own
   # done (session 9): Parallax trails softmax by 0.16 nats; half the LR changes nothing
   "muon+parallax_s0",
@@ -164,14 +192,20 @@ PRIORITY = (  # device sessions run these in order: each step answers a question
   "adamw+softmax_lr4_s0",
   "muon+softmax_head1_s0",
   "muon+parallax_head1_s0",
-  # next: the unscaled head's arms (W_R = 0, the Muon pair's seed 1, AdamW's Parallax arms), then
-  # the MQAR groups (configs/sweeps/gpu_study_mqar.py), then the scaled head's AdamW scan and
-  # controls: they study a head that holds every arm back, so they come last
+  # done (session 18): the unscaled head: W_R = 0 under Muon 7.63; the Muon pair at seed 1,
+  # softmax 9.53, like_q 7.91 (like_q - softmax -0.152 and -0.185 nats at seeds 0 and 1);
+  # AdamW like_q 90.87 (+0.872 against softmax's 37.98), W_R = 0 35.12 (-0.078)
   "muon+parallax_r0_head1_s0",
   "muon+softmax_head1_s1",
   "muon+parallax_head1_s1",
   "adamw+parallax_head1_s0",
   "adamw+parallax_r0_head1_s0",
+  # next: the unscaled head's Muon controls (compute-matched first: with the scaled head it
+  # beat every arm by 0.38-0.54 nats), softmax at its best scaled-head rate, the third seed;
+  # then the Muon and AdamW scans; then the MQAR groups (configs/sweeps/gpu_study_mqar.py);
+  # then the scaled head's AdamW scan and controls: they study a head that holds every arm
+  # back, so they come last
+  *[head_one(name) for name in HEAD_ONE[8:]],
   *[name for name in ADAMW_UP_SCAN if name != "adamw+softmax_lr4_s0"],
   "adamw+parallax_lr0.5_s0",
   "adamw+softmax_lr0.5_s0",
@@ -265,13 +299,6 @@ def variants() -> dict[str, dict]:
     "optimizer.learning_rate": 2 * adamw["optimizer.learning_rate"],
     "train.seed": 0,
   }
-  for name, (opt, model_overrides, seed) in HEAD_ONE.items():
-    out[name] = {
-      **OPTIMIZERS[opt],
-      **model_overrides,
-      "model.tied_head_scale": "one",
-      "train.seed": seed,
-    }
   for name, (model_overrides, scale) in ADAMW_UP_SCAN.items():
     out[name] = {
       **adamw,
@@ -279,6 +306,8 @@ def variants() -> dict[str, dict]:
       "optimizer.learning_rate": scale * adamw["optimizer.learning_rate"],
       "train.seed": 0,
     }
+  for name in HEAD_ONE:  # after every point they rerun
+    out[head_one(name)] = {**out[name], "model.tied_head_scale": "one"}
   return out
 
 
