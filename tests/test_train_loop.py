@@ -209,3 +209,44 @@ def test_read_metrics_skips_an_unfinished_last_line(tmp_path):
   assert read_metrics(tmp_path / "none", missing_ok=True) == []
   with pytest.raises(FileNotFoundError):
     read_metrics(tmp_path / "none")
+
+
+def test_wall_time_is_accounted_by_phase(tmp_path, caplog):
+  """The summary splits the run's wall time into `timings.PHASES` (no second counted twice):
+  every phase that ran is timed, the phases and the rest add up to the total, and the first
+  step, which compiles, takes longer than a later one."""
+  from parallax_jax.train.timings import PHASES
+
+  t0 = time.perf_counter()
+  with caplog.at_level("INFO", logger="parallax_jax"):
+    summary = train(
+      _cfg(
+        "--config.train.steps=6",
+        "--config.train.eval_every=3",
+        "--config.checkpoint.every_steps=3",
+      ),
+      tmp_path,
+    )
+  wall = time.perf_counter() - t0
+  times = {k[len("time_") : -len("_s")]: v for k, v in summary.items() if k.startswith("time_")}
+  assert set(times) == {*PHASES, "other", "total"}
+  assert all(times[p] > 0 for p in PHASES), times  # every phase ran in this run
+  assert times["other"] >= -0.01 and times["total"] <= wall
+  assert abs(sum(times[p] for p in PHASES) + times["other"] - times["total"]) < 0.01
+  assert times["first_step"] > times["steps"] / 5  # five later steps, none compiling
+  assert any(r.getMessage().startswith("wall time ") for r in caplog.records)
+
+
+def test_phase_timer_refuses_nested_and_unknown_phases():
+  from parallax_jax.train.timings import PhaseTimer
+
+  timer = PhaseTimer()
+  with pytest.raises(RuntimeError, match="do not nest"):
+    with timer.phase("steps"), timer.phase("input"):
+      pass
+  with pytest.raises(ValueError, match="phase='compile'"):
+    with timer.phase("compile"):
+      pass
+  with timer.phase("eval"):  # usable again after a refusal
+    time.sleep(0.01)
+  assert timer.summary()["time_eval_s"] >= 0.01

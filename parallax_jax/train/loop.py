@@ -21,6 +21,7 @@ from parallax_jax.train.plots import plot_runs
 from parallax_jax.train.preemption import Preempted, StopSignal
 from parallax_jax.train.program import Program
 from parallax_jax.train.step import TrainState, eval_metrics
+from parallax_jax.train.timings import PhaseTimer
 
 log = logging.getLogger("parallax_jax")
 
@@ -46,6 +47,11 @@ class Trainer:
     self, cfg: ml_collections.ConfigDict, workdir: str | Path, *, read_only: bool = False
   ):
     """``read_only``: read a run (eval, analysis) and write nothing to its workdir."""
+    self.timer = PhaseTimer()  # where the run's wall time goes (``timings.PHASES``)
+    with self.timer.phase("setup"):
+      self._setup(cfg, workdir, read_only)
+
+  def _setup(self, cfg: ml_collections.ConfigDict, workdir: str | Path, read_only: bool):
     self.exp = exp = resolve(cfg, jax.device_count())
     self.workdir, self.read_only = Path(workdir), read_only
     # Checked before anything is written: a config the run cannot take changes nothing.
@@ -97,9 +103,10 @@ class Trainer:
   def run(self) -> dict:
     """Trains to ``train.steps``; raises ``Preempted`` after saving a checkpoint on SIGTERM /
     SIGINT (``preemption.py``)."""
-    exp = self.exp
+    exp, timer = self.exp, self.timer
     tcfg = exp.train
-    state = self.initial_state()
+    with timer.phase("init"):
+      state = self.initial_state()
     start = int(state.step)
     metrics_out = MetricsWriter(self.workdir, resume_step=start)
     bar = _progress(tcfg.steps, start, tcfg.progress_bar)
@@ -111,10 +118,12 @@ class Trainer:
     with StopSignal(self.checkpointer.reached_preemption) as stop:
       try:
         for step in range(start, tcfg.steps):
-          batch = self.program.device_batch(self.data.next_train())
-          state, m = self.program.train_step(state, batch)
+          with timer.phase("input"):
+            batch = self.program.device_batch(self.data.next_train())
+          with timer.phase("first_step" if step == start else "steps"):
+            state, m = self.program.train_step(state, batch)
+            loss = float(m["loss"])  # one host read per step: catch a non-finite loss at once
           done = step + 1
-          loss = float(m["loss"])  # one host read per step: catch a non-finite loss at once
           if not math.isfinite(loss):
             latest = self.checkpointer.latest_step()
             raise NonFiniteLossError(
@@ -136,7 +145,8 @@ class Trainer:
             compiled = True
             last_log_time, last_log_step = now, done
             if tcfg.eval_every and (done % tcfg.eval_every == 0 or done == tcfg.steps):
-              scalars.update(self.evaluate(state.params))
+              with timer.phase("eval"):
+                scalars.update(self.evaluate(state.params))
               last_log_time = time.perf_counter()  # eval time is not step time
             metrics_out.write(done, scalars)
             summary.update({k: v for k, v in scalars.items() if v is not None})
@@ -147,20 +157,26 @@ class Trainer:
               log.info("step %d/%d: loss=%.4f%s", done, tcfg.steps, loss, rate)
           saved = done % exp.checkpoint.every_steps == 0 or done == tcfg.steps
           if saved:
-            self.checkpointer.save(done, state, self.data.state())
-          if done < tcfg.steps and stop.should_stop(done):  # every process, every step
-            if not saved:
+            with timer.phase("checkpoint"):
               self.checkpointer.save(done, state, self.data.state())
-            self.checkpointer.wait()  # complete on disk before we exit
+          if done < tcfg.steps and stop.should_stop(done):  # every process, every step
+            with timer.phase("checkpoint"):
+              if not saved:
+                self.checkpointer.save(done, state, self.data.state())
+              self.checkpointer.wait()  # complete on disk before we exit
             raise Preempted(stop.signame, done)
       finally:
-        self.checkpointer.close()
+        with timer.phase("checkpoint"):  # an async save in flight completes here
+          self.checkpointer.close()
         metrics_out.close()
         if bar is not None:
           bar.close()
     summary["final_step"] = int(state.step)
     if jax.process_index() == 0:
-      summary["plot"] = str(plot_runs({self.workdir.name: self.workdir}, self.plot_path))
+      with timer.phase("plot"):
+        summary["plot"] = str(plot_runs({self.workdir.name: self.workdir}, self.plot_path))
+    summary.update(timer.summary())
+    log.info("%s", timer.line())
     return summary
 
   @property
