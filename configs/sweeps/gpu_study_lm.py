@@ -201,10 +201,10 @@ PRIORITY = (  # device sessions run these in order: each step answers a question
   "adamw+parallax_head1_s0",
   "adamw+parallax_r0_head1_s0",
   # next: the unscaled head's Muon controls (compute-matched first: with the scaled head it
-  # beat every arm by 0.38-0.54 nats), softmax at its best scaled-head rate, the third seed;
-  # then the Muon and AdamW scans; then the MQAR groups (configs/sweeps/gpu_study_mqar.py);
-  # then the scaled head's AdamW scan and controls: they study a head that holds every arm
-  # back, so they come last
+  # beat every arm by 0.38-0.54 nats), softmax at its best scaled-head rate, the third seed
+  # (the first four); then the MQAR groups (configs/sweeps/gpu_study_mqar.py); then W_R = 0's
+  # seed 1, the parameter-matched softmax and the Muon and AdamW scans; then the scaled head's
+  # AdamW scan and controls: they study a head that holds every arm back, so they come last
   *[head_one(name) for name in HEAD_ONE[8:]],
   *[name for name in ADAMW_UP_SCAN if name != "adamw+softmax_lr4_s0"],
   "adamw+parallax_lr0.5_s0",
