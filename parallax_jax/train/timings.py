@@ -1,7 +1,7 @@
 """Where a run's wall time goes: setup, compilation, steps, input, evals, checkpoints.
 
-A device call that runs a 400-step study run spends 40% of its time outside the steps; this
-says where. Phases are wall-clock seconds on the host, counted once each (they do not nest),
+A 400-step GPU-study run spends 35-50% of its device call outside its steps; this says
+where. Phases are wall-clock seconds on the host, counted once each (they do not nest),
 so they add up to the run's time but for the loop's own bookkeeping (``other``).
 """
 
