@@ -1,13 +1,15 @@
 """CLI: a sweep's arms compared seed by seed (``parallax_jax.sweeps.pairs``).
 
 python -m experiments.seed_pairs runs/gpu_study_lm/results.csv --value eval_loss --base softmax
+  --curves: also the paired difference at every eval, from the points beside the csv
 """
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-from parallax_jax.sweeps.pairs import paired_tables
+from parallax_jax.sweeps.pairs import paired_curves, paired_tables
 
 
 def main(argv=None):
@@ -16,8 +18,14 @@ def main(argv=None):
   p.add_argument("--value", default="eval_loss")
   p.add_argument("--base", default="softmax", help="the arm each arm is compared with")
   p.add_argument("--fmt", default="{:.3f}")
+  p.add_argument(
+    "--curves", action="store_true", help="also each pair's difference at every logged step"
+  )
   args = p.parse_args(argv)
   print(paired_tables(args.csv, args.value, args.base, args.fmt), end="")
+  if args.curves:
+    print()
+    print(paired_curves(Path(args.csv).parent / "points", args.value, args.base), end="")
 
 
 if __name__ == "__main__":

@@ -321,6 +321,35 @@ def test_seed_pairs_compare_within_group_and_seed(tmp_path):
     paired_tables(path, "eval_mse")
 
 
+def test_seed_pairs_curves_pair_each_step_within_group_and_seed(tmp_path):
+  """At every step both runs of a pair logged the value: the arm minus its group's base at the
+  same seed; steps without the base's value, unfinished points and unpaired groups are left
+  out, and training records without the value are skipped."""
+  from parallax_jax.sweeps.pairs import paired_curves
+
+  def point(variant, status, evals):
+    d = tmp_path / "points" / f"variant={variant}"
+    d.mkdir(parents=True)
+    (d / "status.json").write_text(json.dumps({"values": {"variant": variant}, "status": status}))
+    records = [{"step": 50, "loss": 9.0}] + [{"step": s, "eval_loss": v} for s, v in evals]
+    (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+  point("muon+softmax_s0", "finished", [(100, 4.0), (200, 3.0)])
+  point("muon+softmax_s1", "finished", [(100, 5.0), (200, 3.5)])
+  point("muon+parallax_s0", "finished", [(100, 3.5), (200, 2.0), (300, 1.0)])  # 300: no base
+  point("muon+parallax_s1", "finished", [(100, 4.0), (200, 3.0)])
+  point("adamw+parallax_s0", "finished", [(100, 9.0)])  # no adamw softmax: no pair
+  point("muon+parallax_lr2_s0", "failed", [(100, 1.0)])
+  (tmp_path / "points" / "no_status").mkdir()
+  table = paired_curves(tmp_path / "points", "eval_loss", "softmax", "{:.2f}")
+  # step 100: 3.5 - 4.0 and 4.0 - 5.0; step 200: 2.0 - 3.0 and 3.0 - 3.5
+  assert "| arm | step 100 | step 200 |" in table
+  assert "| muon+parallax | -0.75 ± 0.25 (n=2) | -0.75 ± 0.25 (n=2) |" in table
+  assert "adamw" not in table and "lr2" not in table and "step 300" not in table
+  with pytest.raises(ValueError, match="logs 'eval_mse'"):
+    paired_curves(tmp_path / "points", "eval_mse")
+
+
 # 4 groups x 3 seeds: more curves than matplotlib's 10-colour default cycle.
 MANY = [
   f"{o}+{k}_s{s}" for o in ("adamw", "muon") for k in ("parallax", "softmax") for s in (0, 1, 2)

@@ -9,17 +9,23 @@ pairs the difference table also gives the paired t statistic and its two-sided p
 (Student's t with n - 1 degrees of freedom: a paired t-test of "no difference"; with three
 seeds it can only flag a difference much larger than the pairs' scatter).
 
-CLI: ``python -m experiments.seed_pairs W/results.csv --value eval_loss --base softmax``.
+``paired_curves`` makes the same comparison at every step both runs of a pair logged the value
+(the evals), from the points' own ``metrics.jsonl``: where a difference opens and closes.
+
+CLI: ``python -m experiments.seed_pairs W/results.csv --value eval_loss --base softmax
+[--curves]``.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import re
 import statistics
 from pathlib import Path
 
 from parallax_jax.sweeps.pivot import mean_spread
+from parallax_jax.train.metrics import read_metrics
 
 VARIANT = re.compile(r"^(?:(?P<group>.+)\+)?(?P<arm>.+)_s(?P<seed>\d+)$")
 
@@ -69,6 +75,61 @@ def paired_tables(
     ]
     if a != base and any(x is not None for x in diffs):
       lines.append(row(g, a, diffs) + f" {paired_t([x for x in diffs if x is not None])} |")
+  return "\n".join(lines) + "\n"
+
+
+def _curves(points_dir: str | Path, value: str) -> dict[tuple[str, str, int], dict[int, float]]:
+  """``(group, arm, seed) -> {step: value}`` of the finished points under ``points_dir`` (a
+  sweep workdir's ``points/``) whose variant is named ``<group>+<arm>_s<seed>``."""
+  out = {}
+  for d in sorted(Path(points_dir).iterdir()):
+    status_path = d / "status.json"
+    if not status_path.exists():
+      continue
+    status = json.loads(status_path.read_text())
+    m = VARIANT.match(str(status.get("values", {}).get("variant", "")))
+    if status.get("status") != "finished" or m is None:
+      continue
+    steps = {r["step"]: float(r[value]) for r in read_metrics(d) if r.get(value) is not None}
+    if steps:
+      out[(m["group"] or "", m["arm"], int(m["seed"]))] = steps
+  if not out:
+    raise ValueError(f"{points_dir}: no finished point named <group>+<arm>_s<seed> logs {value!r}")
+  return out
+
+
+def paired_curves(
+  points_dir: str | Path, value: str = "eval_loss", base: str = "softmax", fmt: str = "{:.3f}"
+) -> str:
+  """A markdown table: each arm minus its group's ``base`` arm at the same seed, at every step
+  at which both runs of a pair logged ``value``; a cell is the mean ± half the range over the
+  seeds that have the pair."""
+  curves = _curves(points_dir, value)
+  rows = []
+  for g, a in sorted({(g, a) for g, a, _ in curves}):
+    if a == base:
+      continue
+    by_step: dict[int, list[float]] = {}
+    for (g2, a2, seed), steps in sorted(curves.items()):
+      other = curves.get((g, base, seed))
+      if (g2, a2) != (g, a) or other is None:
+        continue
+      for step in sorted(steps.keys() & other.keys()):
+        by_step.setdefault(step, []).append(steps[step] - other[step])
+    if by_step:
+      rows.append((f"{g}+{a}" if g else a, by_step))
+  if not rows:
+    return f"no arm has a {base!r} pair with {value!r} at a common step\n"
+  steps = sorted({s for _, by_step in rows for s in by_step})
+  lines = [
+    f"{value} minus the same group's {base!r} at the same seed, at each step:",
+    "",
+    "| arm | " + " | ".join(f"step {s}" for s in steps) + " |",
+    "|---|" + "---:|" * len(steps),
+  ]
+  for name, by_step in rows:
+    cells = [mean_spread(by_step.get(s, []), fmt) for s in steps]
+    lines.append(f"| {name} | " + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n"
 
 
