@@ -30,6 +30,14 @@ from parallax_jax.train.metrics import read_metrics
 VARIANT = re.compile(r"^(?:(?P<group>.+)\+)?(?P<arm>.+)_s(?P<seed>\d+)$")
 
 
+def _finished_key(variant: str, status: str | None) -> tuple[str, str, int] | None:
+  """``(group, arm, seed)`` of a finished point named ``<group>+<arm>_s<seed>``; else None."""
+  m = VARIANT.match(variant)
+  if status != "finished" or m is None:
+    return None
+  return m["group"] or "", m["arm"], int(m["seed"])
+
+
 def _runs(csv_path: str | Path, value: str) -> dict[tuple[str, str, int], float]:
   """``(group, arm, seed) -> value`` of the finished points with a parseable variant name."""
   with open(csv_path, newline="") as f:
@@ -38,10 +46,9 @@ def _runs(csv_path: str | Path, value: str) -> dict[tuple[str, str, int], float]
     raise ValueError(f"{csv_path} has no column {value!r}; columns: {list(records[0])}")
   out = {}
   for r in records:
-    m = VARIANT.match(r.get("variant", ""))
-    if r.get("status") != "finished" or m is None or r[value] == "":
-      continue
-    out[(m["group"] or "", m["arm"], int(m["seed"]))] = float(r[value])
+    key = _finished_key(r.get("variant", ""), r.get("status"))
+    if key is not None and r[value] != "":
+      out[key] = float(r[value])
   if not out:
     raise ValueError(f"{csv_path}: no finished point named <group>+<arm>_s<seed>")
   return out
@@ -87,12 +94,12 @@ def _curves(points_dir: str | Path, value: str) -> dict[tuple[str, str, int], di
     if not status_path.exists():
       continue
     status = json.loads(status_path.read_text())
-    m = VARIANT.match(str(status.get("values", {}).get("variant", "")))
-    if status.get("status") != "finished" or m is None:
+    key = _finished_key(str(status.get("values", {}).get("variant", "")), status.get("status"))
+    if key is None:
       continue
     steps = {r["step"]: float(r[value]) for r in read_metrics(d) if r.get(value) is not None}
     if steps:
-      out[(m["group"] or "", m["arm"], int(m["seed"]))] = steps
+      out[key] = steps
   if not out:
     raise ValueError(f"{points_dir}: no finished point named <group>+<arm>_s<seed> logs {value!r}")
   return out
