@@ -112,19 +112,16 @@ def paired_curves(
   at which both runs of a pair logged ``value``; a cell is the mean ± half the range over the
   seeds that have the pair."""
   curves = _curves(points_dir, value)
-  rows = []
-  for g, a in sorted({(g, a) for g, a, _ in curves}):
-    if a == base:
+  diffs: dict[str, dict[int, list[float]]] = {}  # arm -> step -> one difference per seed
+  for (g, a, seed), steps in sorted(curves.items()):
+    other = curves.get((g, base, seed))
+    if a == base or other is None:
       continue
-    by_step: dict[int, list[float]] = {}
-    for (g2, a2, seed), steps in sorted(curves.items()):
-      other = curves.get((g, base, seed))
-      if (g2, a2) != (g, a) or other is None:
-        continue
-      for step in sorted(steps.keys() & other.keys()):
-        by_step.setdefault(step, []).append(steps[step] - other[step])
-    if by_step:
-      rows.append((f"{g}+{a}" if g else a, by_step))
+    for step in sorted(steps.keys() & other.keys()):
+      diffs.setdefault(f"{g}+{a}" if g else a, {}).setdefault(step, []).append(
+        steps[step] - other[step]
+      )
+  rows = sorted(diffs.items())
   if not rows:
     return f"no arm has a {base!r} pair with {value!r} at a common step\n"
   steps = sorted({s for _, by_step in rows for s in by_step})
