@@ -8,7 +8,9 @@ per row in XLA instead (the default; the same operations, so the same bits: test
 gained 8-9% from a similar trim of its per-tile vector work (``bench_fwd_math``, docs/design.md
 §5.6). For each (B, L) this times both: the backward's Parallax kernels (dq/dr and dk/dv; the
 XLA ``prepare`` fusions are in each row's ``kernels_us``) and the median wall time per call, on
-residuals of the Mosaic forward and a random cotangent.
+residuals of the Mosaic forward and a random cotangent. The other variants time the register
+split between producer and consumers and the fused backward's shapes
+(``experiments/kernel_registers.py`` gives their registers and spills).
 
   python3 experiments/bench_bwd_math.py --shapes 4x4096,2x8192,8x2048,1x16384 --out-dir $OUT
   python experiments/bench_bwd_math.py --interpret --shapes 1x128 --heads 2 --head-dim 64
@@ -32,6 +34,14 @@ from parallax_jax.attention.masking import MaskSpec  # noqa: E402
 VARIANTS = {  # name -> parallax_bwd keywords; the first is the baseline of the table's ratios
   "in_kernel": {"pack_row_constants": False},  # the kernels before 2026-12-04
   "packed": {"pack_row_constants": True},  # the default
+  # The register split: the TMA producers at 24 registers, the consumers at 240 (not 232).
+  "packed_producer24": {"producer_registers": 24},
+  # The fused backward (one dk/dv kernel adding dq/dr by TMA reductions; docs/design.md §5.5),
+  # with its [D, block_q] dq/dr parts whole or in two row chunks, at either register split.
+  "fused": {"fused": True},
+  "fused_producer24": {"fused": True, "producer_registers": 24},
+  "fused_chunks2": {"fused": True, "fused_chunks": 2},
+  "fused_producer24_chunks2": {"fused": True, "producer_registers": 24, "fused_chunks": 2},
 }
 
 

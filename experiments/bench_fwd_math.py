@@ -4,7 +4,8 @@
 which docs/design.md §5.6 finds the forward short of room for (tensor pipe 56% busy against
 cuDNN's 73%): ``fma_scores`` (the row max in raw score units, so each score's exponent is one
 FFMA, and ``w (t - c)`` as one FFMA on ``w t``) and ``centre="first"`` (the ``W2`` centre fixed by
-the first tile a row sees: no per-tile ``accb`` correction over the accumulator). For each
+the first tile a row sees: no per-tile ``accb`` correction over the accumulator); and the split of
+the SM's registers between the producer and the consumers (``producer_registers``). For each
 (B, L) this times every variant of ``VARIANTS``: the forward kernel's device time from a profiler
 trace (GPU) and the median wall time per call. Accuracy is the GPU grid's
 (``pytest -m gpu tests/test_mosaic_gpu_forward.py -k compiled_matches``, configs ``default``
@@ -37,6 +38,8 @@ VARIANTS = {  # name -> parallax_fwd keywords; the first is the baseline of the 
   "v1": {"fma_scores": False, "centre": "running"},
   "fma": {"fma_scores": True, "centre": "running"},
   "fma_first": {"fma_scores": True, "centre": "first"},  # the default since 2026-12-04
+  # The same math with the TMA producer at 24 registers, the consumers at 240 (not 232).
+  "fma_first_producer24": {"fma_scores": True, "centre": "first", "producer_registers": 24},
 }
 
 

@@ -26,7 +26,12 @@ def test_runs_every_variant(tmp_path, bench, name):
     result = bench.main(argv + ["--out-dir", str(tmp_path)])
   rows = result["rows"]
   assert [r["variant"] for r in rows] == list(bench.VARIANTS)
-  assert all("error" not in r and r["wall_ms"] > 0 for r in rows), rows
+  # The fused kernel's two row chunks are wgmma's M: D = 128 only, so at D = 64 they are one
+  # recorded error each and the run goes on.
+  chunked = [r for r in rows if "chunks2" in r["variant"]]
+  assert all("fused_chunks must be 1 or 2" in r["error"] for r in chunked), chunked
+  rest = [r for r in rows if r not in chunked]
+  assert all("error" not in r and r["wall_ms"] > 0 for r in rest), rest
   (written,) = tmp_path.glob(f"{name}_*.json")
   assert json.loads(written.read_text())["rows"] == json.loads(json.dumps(rows))
   (md,) = tmp_path.glob(f"{name}_*.md")
@@ -47,5 +52,6 @@ def test_table_ratio_is_variant_over_the_first():
     {"B": 2, "L": 8192, "variant": "fma_first", "device_us": None},
   ]
   meta = {"date": "d", "device": "x", "versions": {}, "command": "c", "config": {}}
-  md = bench_fwd_math.to_markdown({**meta, "variants": bench_fwd_math.VARIANTS, "rows": rows})
+  variants = {k: bench_fwd_math.VARIANTS[k] for k in ("v1", "fma", "fma_first")}
+  md = bench_fwd_math.to_markdown({**meta, "variants": variants, "rows": rows})
   assert "| 2 | 8192 | 2000.0 | 1800.0 | - | 0.900 | - |" in md

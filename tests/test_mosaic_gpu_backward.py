@@ -381,6 +381,29 @@ def test_fused_lowers_for_cuda(d, tiles):
   assert "output_operand_alias" in text and "cp.reduce.async.bulk" in text
 
 
+@pytest.mark.parametrize("fused", [False, True], ids=["two_pass", "fused_chunks2"])
+def test_register_variants_lower_for_cuda(fused):
+  """The producer at 24 registers (consumers at 240) lowers for both backwards, and the fused
+  kernel with its dq/dr parts formed in two row chunks (GQA, window, segment ids)."""
+  kw = dict(fused_chunks=2) if fused else {}
+  text = _lower(
+    128, True, backward.default_tiles(128), "Lane", fused=fused, producer_registers=24, **kw
+  )
+  assert text.count("custom_call @mosaic_gpu") == (1 if fused else 2)
+
+
+def test_register_variants_are_checked():
+  """A producer register count setmaxnreg cannot take, or row chunks below wgmma's M of 64,
+  raise before anything is traced."""
+  assert mosaic_common.consumer_registers(40) == 232
+  assert mosaic_common.consumer_registers(24) == 240
+  assert mosaic_common.consumer_registers(40, consumers=1) == 256  # capped
+  with pytest.raises(ValueError, match="producer_registers must be one of"):
+    _lower(128, False, backward.default_tiles(128), "Lane", producer_registers=20)
+  with pytest.raises(NotImplementedError, match="fused_chunks must be 1 or 2"):
+    _lower(64, False, backward.default_tiles(64), "Lane", fused=True, fused_chunks=2)
+
+
 # ---------------------------------------------------------------------------------------------
 # GPU mode.
 
@@ -412,6 +435,26 @@ def test_compiled_fused_matches_oracle(case):
   oracle on the whole shared grid."""
   require_gpu()
   kernel = functools.partial(backward.parallax_bwd, fused=True)
+  _check_grads(_run(case, None, interpret=False, kernel=kernel), case)
+
+
+REGISTER_VARIANTS = {  # parallax_bwd keywords (experiments/bench_bwd_math.py times them)
+  "producer24": dict(producer_registers=24),
+  "fused_producer24_chunks2": dict(fused=True, producer_registers=24, fused_chunks=2),
+}
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("variant", list(REGISTER_VARIANTS))
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.id) for c in GPU_CORE_CASES])
+def test_compiled_register_variants_match_oracle(case, variant):
+  """GPU mode: the register-split variants against the oracle (the fused kernel's row chunks
+  at D = 128 only: they are wgmma's M)."""
+  require_gpu()
+  kw = dict(REGISTER_VARIANTS[variant])
+  if case.d != 128:
+    kw.pop("fused_chunks", None)
+  kernel = functools.partial(backward.parallax_bwd, **kw)
   _check_grads(_run(case, None, interpret=False, kernel=kernel), case)
 
 

@@ -41,7 +41,15 @@ import jax.numpy as jnp
 
 from pallas_kernels.gpu.tile_math_base2 import LOG2E
 from pallas_kernels.mosaic_gpu import backward_dkv, backward_dq
-from pallas_kernels.mosaic_gpu.common import DTYPES, HEAD_DIMS, NAME, check_scope, pad_to
+from pallas_kernels.mosaic_gpu.common import (
+  DEFAULT_PRODUCER_REGISTERS,
+  DTYPES,
+  HEAD_DIMS,
+  NAME,
+  check_producer_registers,
+  check_scope,
+  pad_to,
+)
 from parallax_jax.attention import tile_math
 from parallax_jax.attention.block_sizes import Tile
 from parallax_jax.attention.masking import MaskSpec
@@ -175,6 +183,8 @@ def parallax_bwd(
   cta_order: str = "heads_outer",
   fused: bool = False,
   pack_row_constants: bool = True,
+  producer_registers: int = DEFAULT_PRODUCER_REGISTERS,
+  fused_chunks: int = 1,
 ):
   """``(dq, dr, dk, dv)`` in the input dtypes.
 
@@ -193,9 +203,14 @@ def parallax_bwd(
       ``dO.barv - dO.o`` once per row in XLA (``prepare``), not per element of every tile in
       the kernels; the same float32 operations, so the same bits (tested). False: the earlier
       kernels, kept to time the two side by side (``experiments/bench_bwd_math.py``).
+    producer_registers: registers per thread of both kernels' TMA producer warpgroups
+      (``common.PRODUCER_REGISTERS``); their consumers share the rest.
+    fused_chunks: the fused kernel forms its ``[D, block_q]`` dq/dr parts in this many row
+      chunks (``backward_dkv.dk_dv``).
   """
   q_len, d = q.shape[1], q.shape[3]
   kv_len = k.shape[1]
+  check_producer_registers(producer_registers)
   if str(q.dtype) not in DTYPES or d not in HEAD_DIMS:
     raise NotImplementedError(
       f"implementation={NAME!r} takes bfloat16/float16 with head_dim 64 or 128, got "
@@ -223,12 +238,15 @@ def parallax_bwd(
     interpret=interpret,
     cta_order=cta_order,
     pack_row_constants=pack_row_constants,
+    producer_registers=producer_registers,
   )
   dkv = dict(
     block_q=cfg_dkv.block_q, block_k=cfg_dkv.block_k, stages=cfg_dkv.num_stages or DEFAULT_STAGES
   )
   if fused:
-    dk, dv, dq, dr = backward_dkv.dk_dv(*args, fused=True, **dkv, **common)
+    dk, dv, dq, dr = backward_dkv.dk_dv(
+      *args, fused=True, fused_chunks=fused_chunks, **dkv, **common
+    )
     dq, dr = dq.astype(q.dtype), dr.astype(r.dtype)
     return dq[:, :q_len], dr[:, :q_len], dk[:, :kv_len], dv[:, :kv_len]
   dq, dr = backward_dq.dq_dr(

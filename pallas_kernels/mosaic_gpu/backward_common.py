@@ -23,6 +23,7 @@ from pallas_kernels.gpu.tile_math_base2 import bwd_tile2, bwd_tile2_rows
 
 # The kernels' SMEM tiles and interpreter switch are the forward's (one place, common.py).
 from pallas_kernels.mosaic_gpu.common import (  # noqa: F401  (used as bc.smem, ...)
+  DEFAULT_PRODUCER_REGISTERS,
   ROWS_PER_WG,
   cta_grid,
   interpret_params,

@@ -44,7 +44,9 @@ def _kernel(
   group: int,
   has_seg: bool,
   ops: bc.BwdOps,
+  producer_registers: int,
   fused: bool,
+  fused_chunks: int,
   pack_row_constants: bool,
 ):
   if has_seg:
@@ -158,15 +160,19 @@ def _kernel(
     if wgs > 1:  # every consumer's G tiles are in SMEM. (A slot is rewritten two steps on,
       plgpu.barrier_arrive(g_ready)  # after the other consumer has passed the next barrier,
       plgpu.barrier_wait(g_ready)  # so after its wgmma of this step has read the slot.)
+    rows_per = d // fused_chunks
     for w in range(wgs):
 
       @pl.when(wg == w)
       def _(w=w):
         for j in range(w, 2, wgs):  # tensor j: 0 = dq, 1 = dr
-          pairs = [(k_smem.at[w2], g_slot.at[w2, j]) for w2 in range(wgs)]
-          part = ops.matmul_tn(pairs, (d, bq))  # [D, bq] float32
-          plgpu.wait_smem_to_gmem(0, wait_read_only=True)  # the last reduction read acc_smem
-          acc_smem.at[w][...] = part
+          for c in range(fused_chunks):  # [D, bq] float32 in row chunks: fewer live registers
+            chunk = pl.ds(c * rows_per, rows_per)
+            pairs = [(k_smem.at[w2, :, chunk], g_slot.at[w2, j]) for w2 in range(wgs)]
+            part = ops.matmul_tn(pairs, (rows_per, bq))
+            if c == 0:  # the last reduction has read acc_smem (overlaps the first wgmma)
+              plgpu.wait_smem_to_gmem(0, wait_read_only=True)
+            acc_smem.at[w, chunk][...] = part
           plgpu.commit_smem()
           dst = (dqt_ref, drt_ref)[j]
           plgpu.copy_smem_to_gmem(acc_smem.at[w], dst.at[b, hq, :, rows], reduction_op="add")
@@ -188,7 +194,7 @@ def _kernel(
   plgpu.emit_pipeline_warp_specialized(
     body,
     grid=(n_qb, group),
-    memory_registers=40,
+    memory_registers=producer_registers,
     in_specs=in_specs,
     max_concurrent_steps=stages,
     wg_axis="wg",
@@ -229,7 +235,9 @@ def dk_dv(
   stages,
   interpret,
   cta_order="heads_outer",
+  producer_registers=bc.DEFAULT_PRODUCER_REGISTERS,
   fused=False,
+  fused_chunks=1,
   pack_row_constants=True,
 ):
   """``(dk, dv)`` of padded inputs (``backward.parallax_bwd`` prepares them), the query heads
@@ -243,12 +251,22 @@ def dk_dv(
     block_q: query rows per streamed tile; block_k: keys per CTA (64 per consumer warpgroup).
     stages: ring slots of the streamed tiles.
     cta_order: the order CTAs are issued in (``common.cta_grid``).
+    producer_registers: registers per thread of the TMA producer warpgroup; the consumers
+      share the rest (``common.consumer_registers``).
     pack_row_constants: ``stats`` holds ``backward_common.STATS`` (else the earlier rows,
       ``backward.prepare``).
     fused: also compute ``dq`` (scaled) and ``dr``, ``[B, Tq, Hq, D]`` float32, by TMA
       reductions into zeroed float32 buffers (docs/design.md §5.5): no dq/dr pass, but the
       sums' order varies between runs.
+    fused_chunks: form each ``[D, block_q]`` float32 part of ``dq^T`` / ``dr^T`` in this many
+      row chunks, one after the other (1, or 2 at D = 128: half the part's registers,
+      docs/design.md §5.6).
   """
+  if fused_chunks not in (1, 2) or k.shape[-1] % (bc.ROWS * fused_chunks):
+    raise NotImplementedError(
+      f"fused_chunks must be 1 or 2 with head_dim / fused_chunks a multiple of {bc.ROWS} (the "
+      f"chunks are wgmma's M), got {fused_chunks!r} at head_dim {k.shape[-1]}."
+    )
   batch, tq, hq, d = q.shape
   tk, hkv = k.shape[1], k.shape[2]
   wgs = block_k // ROWS
@@ -264,7 +282,9 @@ def dk_dv(
     group=hq // hkv,
     has_seg=has_seg,
     ops=bc.BwdOps(interpret),
+    producer_registers=producer_registers,
     fused=fused,
+    fused_chunks=fused_chunks,
     pack_row_constants=pack_row_constants,
   )
   kernel.__name__ = "parallax_bwd_dkv_fused_mgpu" if fused else "parallax_bwd_dkv_mgpu"

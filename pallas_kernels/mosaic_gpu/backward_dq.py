@@ -44,6 +44,7 @@ def _kernel(
   n_qb: int,
   has_seg: bool,
   ops: bc.BwdOps,
+  producer_registers: int,
   pack_row_constants: bool,
 ):
   if has_seg:
@@ -134,7 +135,7 @@ def _kernel(
   plgpu.emit_pipeline_warp_specialized(
     body,
     grid=(n_steps,),
-    memory_registers=40,
+    memory_registers=producer_registers,
     in_specs=in_specs,
     max_concurrent_steps=stages,
     wg_axis="wg",
@@ -167,6 +168,7 @@ def dq_dr(
   stages,
   interpret,
   cta_order="heads_outer",
+  producer_registers=bc.DEFAULT_PRODUCER_REGISTERS,
   pack_row_constants=True,
 ):
   """``(dq, dr)`` of padded inputs (``backward.parallax_bwd`` prepares them).
@@ -181,6 +183,8 @@ def dq_dr(
     block_q: query rows per CTA (64 per consumer warpgroup); block_k: keys per tile.
     stages: K/V ring slots.
     cta_order: the order CTAs are issued in (``common.cta_grid``).
+    producer_registers: registers per thread of the TMA producer warpgroup; the consumers
+      share the rest (``common.consumer_registers``).
     pack_row_constants: ``stats`` holds ``backward_common.STATS`` (else the earlier rows).
   """
   batch, tq, hq, d = q.shape
@@ -200,6 +204,7 @@ def dq_dr(
     n_qb=n_qb,
     has_seg=has_seg,
     ops=bc.BwdOps(interpret),
+    producer_registers=producer_registers,
     pack_row_constants=pack_row_constants,
   )
   kernel.__name__ = "parallax_bwd_dq_mgpu"  # the kernel's name in profiles (a partial has none)

@@ -37,6 +37,12 @@ ROWS_PER_WG = 64  # wgmma's M: the query rows one consumer warpgroup owns
 COMPUTE_WGS = 2  # consumer warpgroups per CTA (a third one is the TMA producer)
 NAME = "pallas_mosaic_gpu"
 
+# Registers per thread of the TMA producer warpgroup (``setmaxnreg`` takes multiples of 8 from 24);
+# the consumers share the rest of the SM's 64K (``consumer_registers``). 40 is jax's
+# ``attention_mgpu`` choice; FlashAttention-3 gives its producer 24 (docs/design.md §5.6).
+PRODUCER_REGISTERS = (24, 32, 40)
+DEFAULT_PRODUCER_REGISTERS = 40
+
 # The order the CTAs of a kernel are issued in (``cta_grid``).
 CTA_ORDERS = ("heads_outer", "seq_outer")
 
@@ -114,6 +120,20 @@ def default_fwd_tile(head_dim: int) -> Tile:
   """The forward's default tile (see ``forward`` for why block_k = 64)."""
   del head_dim  # 64 for both head dims: two score tiles + two accumulators per warpgroup
   return Tile(ROWS_PER_WG, 64, None, 2)
+
+
+def consumer_registers(producer: int, consumers: int = COMPUTE_WGS) -> int:
+  """Registers per thread of each consumer warpgroup when the producer keeps ``producer``:
+  an even share of the rest of the SM's 512 per-lane registers (64K over one warpgroup's 128
+  threads), rounded down to a multiple of 8 and capped at 256, the rule of jax's
+  ``emit_pipeline_warp_specialized`` (232 at 40, 240 at 24 with two consumers)."""
+  check_producer_registers(producer)
+  return int(min(256, (512 - producer) // consumers) // 8 * 8)
+
+
+def check_producer_registers(producer: int) -> None:
+  if producer not in PRODUCER_REGISTERS:
+    raise ValueError(f"producer_registers must be one of {PRODUCER_REGISTERS}, got {producer!r}")
 
 
 def cta_grid(seq_blocks: int, heads: int, batch: int, seq_name: str, order: str = "heads_outer"):

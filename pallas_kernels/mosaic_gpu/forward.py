@@ -3,14 +3,15 @@
 Structure after jax's FlashAttention-3 kernel (``attention_mgpu``): one CTA per (query block of
 ``2 x 64`` rows, query head, batch), three warpgroups:
 
-* the producer (warpgroup 2, 40 registers) TMA-loads K and V tiles of the CTA's key-block range
-  into a ring of ``num_stages`` SMEM slots (a "loaded" barrier per slot and tensor, a "free"
-  barrier per slot that both consumers arrive on);
-* two consumers (warpgroups 0 and 1, 232 registers) each own 64 query rows, with their Q and R
-  rows in SMEM. Per K tile: two wgmmas on the same SMEM tile, ``S = Q K^T`` and ``T = R K^T``;
-  the base-2 tile math of docs/design.md §3.4 in registers; two PV wgmmas with register
-  operands, ``acc1 += W V`` and ``accb += W2c V``. A schedule barrier alternates the two
-  consumers between tensor-core work and exp/reduction work, as in FA3.
+* the producer (warpgroup 2, ``producer_registers`` = 40 registers) TMA-loads K and V tiles of
+  the CTA's key-block range into a ring of ``num_stages`` SMEM slots (a "loaded" barrier per
+  slot and tensor, a "free" barrier per slot that both consumers arrive on);
+* two consumers (warpgroups 0 and 1, 232 registers: the rest of the SM's) each own 64 query
+  rows, with their Q and R rows in SMEM. Per K tile: two wgmmas on the same SMEM tile,
+  ``S = Q K^T`` and ``T = R K^T``; the base-2 tile math of docs/design.md §3.4 in registers;
+  two PV wgmmas with register operands, ``acc1 += W V`` and ``accb += W2c V``. A schedule
+  barrier alternates the two consumers between tensor-core work and exp/reduction work, as in
+  FA3.
 
 Masks: the producer streams the CTA's blocks ``[lo, hi)`` of ``MaskSpec.key_blocks`` (128 rows);
 each consumer takes its own 64-row ranges from the same rule, runs its FULL tiles without an
@@ -97,6 +98,7 @@ def _kernel(
   sched: bool,
   fma_scores: bool,
   centre: str,
+  producer_registers: int,
   ops: common.Ops,
 ):
   if has_seg:
@@ -134,7 +136,7 @@ def _kernel(
 
   @pl.when(wg < _WGS)
   def _consumer():
-    plgpu.set_max_registers(232, action="increase")
+    plgpu.set_max_registers(common.consumer_registers(producer_registers), action="increase")
     q_tile, r_tile = q_smem.at[wg], r_smem.at[wg]
     rw = row0 + wg * bq
     rows_sl = pl.ds(rw, bq)
@@ -263,7 +265,7 @@ def _kernel(
 
   @pl.when(wg == _WGS)
   def _producer():
-    plgpu.set_max_registers(40, action="decrease")
+    plgpu.set_max_registers(producer_registers, action="decrease")
     kv_h = lax.div(h, jnp.int32(group))
     n_steps = cta_hi - cta_lo
 
@@ -309,6 +311,7 @@ def parallax_fwd(
   cta_order: str = "heads_outer",
   fma_scores: bool = True,
   centre: str = "first",
+  producer_registers: int = common.DEFAULT_PRODUCER_REGISTERS,
 ):
   """``(o, Residuals)`` of validated inputs (``parallax_jax.attention.residuals``).
 
@@ -329,9 +332,12 @@ def parallax_fwd(
       per-tile correction; the rounded ``W2c`` operand then spreads about that mean,
       docs/design.md §3.5) or ``"running"`` (the running mean of ``t``, corrected into
       ``accb`` every tile: the tighter rounding, about 8% slower at D = 128).
+    producer_registers: registers per thread the TMA producer keeps (``common``
+      ``PRODUCER_REGISTERS``); the two consumers share the rest (232 each at 40, 240 at 24).
   """
   if centre not in CENTRES:
     raise ValueError(f"centre must be one of {CENTRES}, got {centre!r}")
+  common.check_producer_registers(producer_registers)
   batch, q_len, hq, d = q.shape
   _, kv_len, hkv, _ = k.shape
   if block_q != common.ROWS_PER_WG or block_k not in (64, 128):
@@ -382,6 +388,7 @@ def parallax_fwd(
     sched=schedule_barrier,
     fma_scores=fma_scores,
     centre=centre,
+    producer_registers=producer_registers,
     ops=common.Ops(interpret),
   )
   kernel.__name__ = "parallax_fwd_mgpu"  # the kernel's name in profiles (a partial has none)
