@@ -32,15 +32,17 @@ from pallas_kernels.mosaic_gpu import backward, forward  # noqa: E402
 from parallax_jax.attention.masking import MaskSpec  # noqa: E402
 
 VARIANTS = {  # name -> parallax_bwd keywords; the first is the baseline of the table's ratios
-  "in_kernel": {"pack_row_constants": False},  # the kernels before 2026-12-04
-  "packed": {"pack_row_constants": True},  # the default
-  # The register split: the TMA producers at 24 registers, the consumers at 240 (not 232).
-  "packed_producer24": {"producer_registers": 24},
+  # The row packing, at the register split it was measured with (producer 40).
+  "in_kernel": {"pack_row_constants": False, "producer_registers": 40},  # before 2026-12-04
+  "packed": {"pack_row_constants": True, "producer_registers": 40},
+  # The register split: the TMA producers at 24 registers, the consumers at 240 (not 232); the
+  # default since 2026-12-04 (session 19).
+  "packed_producer24": {"pack_row_constants": True, "producer_registers": 24},
   # The fused backward (one dk/dv kernel adding dq/dr by TMA reductions; docs/design.md §5.5),
   # with its [D, block_q] dq/dr parts whole or in two row chunks, at either register split.
-  "fused": {"fused": True},
-  "fused_producer24": {"fused": True, "producer_registers": 24},
-  "fused_chunks2": {"fused": True, "fused_chunks": 2},
+  "fused": {"fused": True, "producer_registers": 40, "fused_chunks": 1},
+  "fused_producer24": {"fused": True, "producer_registers": 24, "fused_chunks": 1},
+  "fused_chunks2": {"fused": True, "producer_registers": 40, "fused_chunks": 2},
   "fused_producer24_chunks2": {"fused": True, "producer_registers": 24, "fused_chunks": 2},
 }
 

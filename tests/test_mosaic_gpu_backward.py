@@ -381,14 +381,14 @@ def test_fused_lowers_for_cuda(d, tiles):
   assert "output_operand_alias" in text and "cp.reduce.async.bulk" in text
 
 
-@pytest.mark.parametrize("fused", [False, True], ids=["two_pass", "fused_chunks2"])
+@pytest.mark.parametrize("fused", [False, True], ids=["two_pass", "fused_chunks1"])
 def test_register_variants_lower_for_cuda(fused):
-  """The producer at 24 registers (consumers at 240) lowers for both backwards, and the fused
-  kernel with its dq/dr parts formed in two row chunks (GQA, window, segment ids)."""
-  kw = dict(fused_chunks=2) if fused else {}
-  text = _lower(
-    128, True, backward.default_tiles(128), "Lane", fused=fused, producer_registers=24, **kw
-  )
+  """The split before the default's (producer 40, consumers 232) lowers for both backwards, and
+  the fused kernel with its dq/dr parts formed whole (GQA, window, segment ids). The defaults
+  (producer 24; two row chunks at D = 128) lower in the tests above."""
+  kw = dict(fused_chunks=1) if fused else {}
+  tiles = backward.default_tiles(128)
+  text = _lower(128, True, tiles, "Lane", fused=fused, producer_registers=40, **kw)
   assert text.count("custom_call @mosaic_gpu") == (1 if fused else 2)
 
 
@@ -398,6 +398,7 @@ def test_register_variants_are_checked():
   assert mosaic_common.consumer_registers(40) == 232
   assert mosaic_common.consumer_registers(24) == 240
   assert mosaic_common.consumer_registers(40, consumers=1) == 256  # capped
+  assert backward_dkv.default_fused_chunks(128) == 2 and backward_dkv.default_fused_chunks(64) == 1
   with pytest.raises(ValueError, match="producer_registers must be one of"):
     _lower(128, False, backward.default_tiles(128), "Lane", producer_registers=20)
   with pytest.raises(NotImplementedError, match="fused_chunks must be 1 or 2"):
@@ -438,9 +439,9 @@ def test_compiled_fused_matches_oracle(case):
   _check_grads(_run(case, None, interpret=False, kernel=kernel), case)
 
 
-REGISTER_VARIANTS = {  # parallax_bwd keywords (experiments/bench_bwd_math.py times them)
-  "producer24": dict(producer_registers=24),
-  "fused_producer24_chunks2": dict(fused=True, producer_registers=24, fused_chunks=2),
+REGISTER_VARIANTS = {  # the non-default register splits (experiments/bench_bwd_math.py)
+  "producer40": dict(producer_registers=40),
+  "fused_producer40_chunks1": dict(fused=True, producer_registers=40, fused_chunks=1),
 }
 
 
@@ -448,12 +449,10 @@ REGISTER_VARIANTS = {  # parallax_bwd keywords (experiments/bench_bwd_math.py ti
 @pytest.mark.parametrize("variant", list(REGISTER_VARIANTS))
 @pytest.mark.parametrize("case", [pytest.param(c, id=c.id) for c in GPU_CORE_CASES])
 def test_compiled_register_variants_match_oracle(case, variant):
-  """GPU mode: the register-split variants against the oracle (the fused kernel's row chunks
-  at D = 128 only: they are wgmma's M)."""
+  """GPU mode: the non-default register splits against the oracle (the defaults run in the
+  grids above)."""
   require_gpu()
-  kw = dict(REGISTER_VARIANTS[variant])
-  if case.d != 128:
-    kw.pop("fused_chunks", None)
+  kw = REGISTER_VARIANTS[variant]
   kernel = functools.partial(backward.parallax_bwd, **kw)
   _check_grads(_run(case, None, interpret=False, kernel=kernel), case)
 

@@ -28,8 +28,8 @@ warpgroup (64: one consumer, 128: two); the other block is the streamed tile (32
 ``num_stages`` is the ring depth (2 to 4). ``default_tiles`` gives two consumers, 32-wide
 streamed tiles and two ring slots: the H200 tile sweep (session 10, bf16, D 128, causal) timed
 them fastest for both kernels at (4, 4K) and (2, 8K), 1.2-1.3x the 64-wide tiles (tokamax's sm90
-heuristic, which still spill at D = 128: two float32 accumulators and three 64-wide score tiles
-overflow a consumer's 232 registers), docs/design.md §5.6.
+heuristic, which spilled at D = 128 with 232 registers per consumer: two float32 accumulators
+and three 64-wide score tiles), docs/design.md §5.6.
 """
 
 from __future__ import annotations
@@ -184,7 +184,7 @@ def parallax_bwd(
   fused: bool = False,
   pack_row_constants: bool = True,
   producer_registers: int = DEFAULT_PRODUCER_REGISTERS,
-  fused_chunks: int = 1,
+  fused_chunks: int | None = None,
 ):
   """``(dq, dr, dk, dv)`` in the input dtypes.
 
@@ -206,7 +206,7 @@ def parallax_bwd(
     producer_registers: registers per thread of both kernels' TMA producer warpgroups
       (``common.PRODUCER_REGISTERS``); their consumers share the rest.
     fused_chunks: the fused kernel forms its ``[D, block_q]`` dq/dr parts in this many row
-      chunks (``backward_dkv.dk_dv``).
+      chunks (``backward_dkv.dk_dv``); None: ``backward_dkv.default_fused_chunks``.
   """
   q_len, d = q.shape[1], q.shape[3]
   kv_len = k.shape[1]

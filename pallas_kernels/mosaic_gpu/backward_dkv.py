@@ -203,6 +203,14 @@ def _kernel(
   )(*gmem)
 
 
+def default_fused_chunks(head_dim: int) -> int:
+  """Row chunks of the fused kernel's dq/dr parts: 2 where they can be (D = 128; each chunk is
+  a wgmma's M, a multiple of 64). With the producer at 24 registers they took the fused kernel's
+  ptxas spill stores from 20 to 4 bytes per thread and its time down 0-1.7% at the four bench
+  shapes, D = 128, on the H200 (docs/design.md §5.6)."""
+  return 2 if head_dim % (2 * ROWS) == 0 else 1
+
+
 def smem_bytes(
   head_dim: int, block_q: int, block_k: int, stages: int, has_seg: bool, fused: bool = False
 ) -> int:
@@ -237,7 +245,7 @@ def dk_dv(
   cta_order="heads_outer",
   producer_registers=bc.DEFAULT_PRODUCER_REGISTERS,
   fused=False,
-  fused_chunks=1,
+  fused_chunks=None,
   pack_row_constants=True,
 ):
   """``(dk, dv)`` of padded inputs (``backward.parallax_bwd`` prepares them), the query heads
@@ -260,8 +268,10 @@ def dk_dv(
       sums' order varies between runs.
     fused_chunks: form each ``[D, block_q]`` float32 part of ``dq^T`` / ``dr^T`` in this many
       row chunks, one after the other (1, or 2 at D = 128: half the part's registers,
-      docs/design.md §5.6).
+      docs/design.md §5.6); None: ``default_fused_chunks``.
   """
+  if fused_chunks is None:
+    fused_chunks = default_fused_chunks(k.shape[-1])
   if fused_chunks not in (1, 2) or k.shape[-1] % (bc.ROWS * fused_chunks):
     raise NotImplementedError(
       f"fused_chunks must be 1 or 2 with head_dim / fused_chunks a multiple of {bc.ROWS} (the "

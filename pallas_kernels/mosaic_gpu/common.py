@@ -38,10 +38,13 @@ COMPUTE_WGS = 2  # consumer warpgroups per CTA (a third one is the TMA producer)
 NAME = "pallas_mosaic_gpu"
 
 # Registers per thread of the TMA producer warpgroup (``setmaxnreg`` takes multiples of 8 from 24);
-# the consumers share the rest of the SM's 64K (``consumer_registers``). 40 is jax's
-# ``attention_mgpu`` choice; FlashAttention-3 gives its producer 24 (docs/design.md §5.6).
+# the consumers share the rest of the SM's 64K (``consumer_registers``). 24, as FlashAttention-3
+# gives its producer, leaves each of two consumers 240 instead of the 232 of jax's
+# ``attention_mgpu`` choice, 40: measured on the H200 (``experiments/bench_bwd_math.py``,
+# ``kernel_registers.py``), the dq/dr kernel runs 2.5-3.4% faster, the forward and dk/dv the
+# same within noise, and the forward's and fused kernel's spills shrink (docs/design.md §5.6).
 PRODUCER_REGISTERS = (24, 32, 40)
-DEFAULT_PRODUCER_REGISTERS = 40
+DEFAULT_PRODUCER_REGISTERS = 24
 
 # The order the CTAs of a kernel are issued in (``cta_grid``).
 CTA_ORDERS = ("heads_outer", "seq_outer")

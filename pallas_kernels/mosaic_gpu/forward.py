@@ -3,10 +3,10 @@
 Structure after jax's FlashAttention-3 kernel (``attention_mgpu``): one CTA per (query block of
 ``2 x 64`` rows, query head, batch), three warpgroups:
 
-* the producer (warpgroup 2, ``producer_registers`` = 40 registers) TMA-loads K and V tiles of
+* the producer (warpgroup 2, ``producer_registers`` = 24 registers) TMA-loads K and V tiles of
   the CTA's key-block range into a ring of ``num_stages`` SMEM slots (a "loaded" barrier per
   slot and tensor, a "free" barrier per slot that both consumers arrive on);
-* two consumers (warpgroups 0 and 1, 232 registers: the rest of the SM's) each own 64 query
+* two consumers (warpgroups 0 and 1, 240 registers: the rest of the SM's) each own 64 query
   rows, with their Q and R rows in SMEM. Per K tile: two wgmmas on the same SMEM tile,
   ``S = Q K^T`` and ``T = R K^T``; the base-2 tile math of docs/design.md §3.4 in registers;
   two PV wgmmas with register operands, ``acc1 += W V`` and ``accb += W2c V``. A schedule
@@ -47,7 +47,7 @@ centre on ordinary inputs, 15-32% when ``t`` drifts steadily along the keys).
 
 Block sizes and registers: a consumer holds two ``64 x D`` float32 accumulators (64 registers
 per thread each at D = 128) plus the ``64 x block_k`` float32 tiles S and T (32 registers each at
-block_k = 64) and the half-precision W and W2c (16 each), close to the 232-register budget of a
+block_k = 64) and the half-precision W and W2c (16 each), close to the 240-register budget of a
 consumer warpgroup.
 block_k = 64 is therefore the default (block_k = 128 would double the score tiles and spill at
 D = 128; at D = 64 it may fit: measure). ``num_stages`` K/V slots cost ``2 * block_k * D * 2``
@@ -333,7 +333,8 @@ def parallax_fwd(
       docs/design.md §3.5) or ``"running"`` (the running mean of ``t``, corrected into
       ``accb`` every tile: the tighter rounding, about 8% slower at D = 128).
     producer_registers: registers per thread the TMA producer keeps (``common``
-      ``PRODUCER_REGISTERS``); the two consumers share the rest (232 each at 40, 240 at 24).
+      ``PRODUCER_REGISTERS``); the two consumers share the rest (240 each at 24, the default;
+      232 at 40, the split before 2026-12-04).
   """
   if centre not in CENTRES:
     raise ValueError(f"centre must be one of {CENTRES}, got {centre!r}")
