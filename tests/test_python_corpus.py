@@ -308,7 +308,7 @@ def test_resume_and_eval_read_the_run_tokenizer(tmp_path, tree, monkeypatch):
 # ------------------------------------------------------------------------- the study configs
 
 
-@pytest.mark.parametrize("name, count", [("gpu_study_lm", 55), ("gpu_study_mqar", 20)])
+@pytest.mark.parametrize("name, count", [("gpu_study_lm", 56), ("gpu_study_mqar", 20)])
 def test_gpu_study_configs_plan_and_validate(name, count, capsys, monkeypatch):
   import jax
 
@@ -372,12 +372,20 @@ def test_gpu_study_configs_plan_and_validate(name, count, capsys, monkeypatch):
       "adamw+softmax_lr8_s0": ("softmax", "like_q", 8e-3),
     }
     assert all(e.optimizer.name == "adamw" and e.train.seed == 0 for e in up.values())
-    # The unscaled tied head (sessions 16-18): each `<arm>_head1_s<seed>` point is the
-    # `<arm>_s<seed>` point with the head alone changed; every other point keeps the scaled
-    # head it ran with.
+    # The unscaled tied head (sessions 16-19): each `<arm>_head1_s<seed>` point is the
+    # `<arm>_s<seed>` point with the head alone changed, or (`HEAD_ONE_SEEDS`) another seed of
+    # such a point; every other point keeps the scaled head it ran with.
     head1 = {n for n, e in exps.items() if e.model.tied_head_scale == "one"}
-    assert head1 == {n for n in exps if "_head1_" in n} and len(head1) == 21
-    for name in head1:
+    assert head1 == {n for n in exps if "_head1_" in n} and len(head1) == 22
+    for name, source in config.HEAD_ONE_SEEDS.items():
+      seed = int(name.rsplit("_s", 1)[1])
+      assert seed != exps[source].train.seed and exps[name].train.seed == seed
+      assert (
+        dataclasses.replace(exps[name].train, seed=exps[source].train.seed) == exps[source].train
+      )
+      assert exps[name].model == exps[source].model
+      assert exps[name].optimizer == exps[source].optimizer
+    for name in head1 - set(config.HEAD_ONE_SEEDS):
       base = exps[name.replace("_head1", "")]
       assert base.model.tied_head_scale == "rsqrt_d"
       assert dataclasses.replace(exps[name].model, tied_head_scale="rsqrt_d") == base.model

@@ -141,6 +141,13 @@ HEAD_ONE = (
 )
 
 
+# Session 19: with the unscaled head, the compute-matched softmax (486 steps) ended below both
+# Parallax arms at seed 0 (1.989 nats against 2.045 like_q and 2.033 W_R = 0), where per step
+# Parallax led at all three seeds. Its seed 1 is the next run: name -> the point it reruns at
+# the seed its name ends with (no scaled-head twin: that head is not rerun).
+HEAD_ONE_SEEDS = {"muon+softmax_compute_head1_s1": "muon+softmax_compute_head1_s0"}
+
+
 def head_one(name: str) -> str:
   """`<arm>_s<seed>` -> `<arm>_head1_s<seed>`: the name of the point's unscaled-head rerun."""
   arm, seed = name.rsplit("_s", 1)
@@ -200,12 +207,17 @@ PRIORITY = (  # device sessions run these in order: each step answers a question
   "muon+parallax_head1_s1",
   "adamw+parallax_head1_s0",
   "adamw+parallax_r0_head1_s0",
-  # next: the unscaled head's Muon controls (compute-matched first: with the scaled head it
-  # beat every arm by 0.38-0.54 nats), softmax at its best scaled-head rate, the third seed
-  # (the first four); then the MQAR groups (configs/sweeps/gpu_study_mqar.py); then W_R = 0's
-  # seed 1, the parameter-matched softmax and the Muon and AdamW scans; then the scaled head's
-  # AdamW scan and controls: they study a head that holds every arm back, so they come last
-  *[head_one(name) for name in HEAD_ONE[8:]],
+  # done (session 19): the compute-matched softmax beats both Parallax arms at seed 0 (1.989
+  # against 2.045 / 2.033); softmax at half the rate is worse with this head (+0.088); the
+  # third seed keeps Parallax ahead per step (-0.073; mean -0.137 over three seeds); W_R = 0's
+  # seed 1 leads too (-0.210)
+  *[head_one(name) for name in HEAD_ONE[8:13]],
+  # next: the compute-matched softmax at seed 1 (does equal FLOPs reverse the lead again?);
+  # then the MQAR groups (configs/sweeps/gpu_study_mqar.py); then the parameter-matched softmax
+  # and the Muon and AdamW scans; then the scaled head's AdamW scan and controls: they study a
+  # head that holds every arm back, so they come last
+  *HEAD_ONE_SEEDS,
+  *[head_one(name) for name in HEAD_ONE[13:]],
   *[name for name in ADAMW_UP_SCAN if name != "adamw+softmax_lr4_s0"],
   "adamw+parallax_lr0.5_s0",
   "adamw+softmax_lr0.5_s0",
@@ -308,6 +320,8 @@ def variants() -> dict[str, dict]:
     }
   for name in HEAD_ONE:  # after every point they rerun
     out[head_one(name)] = {**out[name], "model.tied_head_scale": "one"}
+  for name, source in HEAD_ONE_SEEDS.items():
+    out[name] = {**out[source], "train.seed": int(name.rsplit("_s", 1)[1])}
   return out
 
 
