@@ -44,6 +44,15 @@ VARIANTS = {  # name -> parallax_bwd keywords; the first is the baseline of the 
   "fused_producer24": {"fused": True, "producer_registers": 24, "fused_chunks": 1},
   "fused_chunks2": {"fused": True, "producer_registers": 40, "fused_chunks": 2},
   "fused_producer24_chunks2": {"fused": True, "producer_registers": 24, "fused_chunks": 2},
+  # The dk/dv kernel streaming Q and R as one stacked tile: [S^T | T^T] as one wgmma of
+  # N = 2 block_q (opt-in until timed; its XLA stacking copy is in the all-kernels table).
+  "packed_producer24_stack_qr": {"producer_registers": 24, "stack_qr": True},
+  "fused_producer24_chunks2_stack_qr": {
+    "fused": True,
+    "producer_registers": 24,
+    "fused_chunks": 2,
+    "stack_qr": True,
+  },
 }
 
 

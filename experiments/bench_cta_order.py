@@ -96,6 +96,7 @@ def measure(fn, args, iters: int, interpret: bool) -> dict:
   ours = {name: us for name, us in device.items() if "parallax" in name}
   return {
     "device_us": sum(ours.values()) if ours else None,
+    "device_all_us": sum(device.values()) if device else None,  # XLA fusions and copies too
     "kernels_us": device,
     "wall_ms": 1e3 * time_call(fn, args, iters=iters, warmup=0 if interpret else 3).median_s,
   }

@@ -118,13 +118,23 @@ def to_markdown(result: dict) -> str:
   names = list(result["variants"])
   base = names[0]
   out += ["", "Parallax kernels' device time per call, us (ratio: variant / " + base + "):", ""]
-  out.append(
-    "| B | L | " + " | ".join(names) + " | " + " | ".join(f"{n} / {base}" for n in names[1:]) + " |"
-  )
-  out.append("|---|---|" + "---:|" * (2 * len(names) - 1))
-  cells = {}
-  for row in result["rows"]:
-    cells.setdefault((row["B"], row["L"]), {})[row["variant"]] = row.get("device_us")
+  header = "| B | L | " + " | ".join(names) + " | "
+  header += " | ".join(f"{n} / {base}" for n in names[1:]) + " |"
+  rule = "|---|---|" + "---:|" * (2 * len(names) - 1)
+  out += [header, rule]
+  out += _ratio_table(result["rows"], names, "device_us")
+  out += ["", "All kernels' device time per call, us (XLA fusions and copies included):", ""]
+  out.append(header)
+  out.append(rule)
+  out += _ratio_table(result["rows"], names, "device_all_us")
+  return "\n".join(out) + "\n"
+
+
+def _ratio_table(rows: list[dict], names: list[str], key: str) -> list[str]:
+  """One line per (B, L): each variant's ``key`` and its ratio to the first variant's."""
+  cells, out = {}, []
+  for row in rows:
+    cells.setdefault((row["B"], row["L"]), {})[row["variant"]] = row.get(key)
   for (b, length), us in cells.items():
     shown = [us.get(n) for n in names]
     ratios = [
@@ -132,7 +142,7 @@ def to_markdown(result: dict) -> str:
     ]
     cols = ["-" if x is None else f"{x:.1f}" for x in shown] + ratios
     out.append(f"| {b} | {length} | " + " | ".join(cols) + " |")
-  return "\n".join(out) + "\n"
+  return out
 
 
 if __name__ == "__main__":

@@ -201,6 +201,38 @@ def test_interpret_cta_orders(order):
   _check_grads(_run(case, TILES["default"], interpret=True, kernel=kernel), case)
 
 
+STACKED_QR_CASES = [  # (case, tiles, fused): GQA and a window; segments at D 128; Tq > Tk
+  (Case(1, 256, None, 4, 2, 64, window=100, **_BF16), "default", False),
+  (Case(2, 128, None, 2, 1, 128, dtype="float16", segments=(50, 78)), "default", False),
+  (Case(1, 150, 60, 2, 1, 64, **_BF16), "one_wg", False),
+  (Case(1, 256, None, 4, 2, 64, window=100, **_BF16), "default", True),
+]
+
+
+@pytest.mark.parametrize(
+  "case,tiles,fused",
+  [pytest.param(c, t, f, id=f"{t}-{'fused-' if f else ''}{c.id}") for c, t, f in STACKED_QR_CASES],
+)
+def test_interpret_stacked_qr_matches_oracle(case, tiles, fused):
+  """``stack_qr=True``: the dk/dv kernel streams each query block's Q and R rows as one tile
+  and forms ``[S^T | T^T]`` with one matmul, then splits it; the four gradients against the
+  float64 oracle (a swapped or shifted half would give R's scores to Q)."""
+  kernel = functools.partial(backward.parallax_bwd, stack_qr=True, fused=fused)
+  _check_grads(_run(case, TILES[tiles], interpret=True, kernel=kernel), case)
+
+
+def test_stack_row_blocks_layout():
+  """Each block of ``rows`` rows of q, then the same block of r, in one array."""
+  q = jnp.arange(2 * 8 * 1 * 2, dtype=jnp.float32).reshape(2, 8, 1, 2)
+  r = -q - 1
+  got = np.asarray(backward_common.stack_row_blocks(q, r, 4))
+  want = np.concatenate(
+    [np.asarray(q[:, :4]), np.asarray(r[:, :4]), np.asarray(q[:, 4:]), np.asarray(r[:, 4:])],
+    axis=1,
+  )
+  np.testing.assert_array_equal(got, want)
+
+
 ROW_PACKING_CASES = [  # a window inside a block, segments, Tq > Tk (rows that see nothing)
   Case(1, 256, None, 4, 2, 64, window=100, **_BF16),
   Case(2, 128, None, 2, 1, 128, dtype="float16", segments=(50, 78)),
@@ -392,6 +424,14 @@ def test_register_variants_lower_for_cuda(fused):
   assert text.count("custom_call @mosaic_gpu") == (1 if fused else 2)
 
 
+@pytest.mark.parametrize("fused", [False, True], ids=["two_pass", "fused"])
+@pytest.mark.parametrize("d", backward.HEAD_DIMS)
+def test_stacked_qr_lowers_for_cuda(d, fused):
+  """``stack_qr=True`` (one N = 2 block_q wgmma for ``S^T`` and ``T^T``, the result split in
+  registers, R's and Q's SMEM tiles as row slices of the stacked one) lowers for CUDA."""
+  _lower(d, True, backward.default_tiles(d), "Lane", fused=fused, stack_qr=True)
+
+
 def test_register_variants_are_checked():
   """A producer register count setmaxnreg cannot take, or row chunks below wgmma's M of 64,
   raise before anything is traced."""
@@ -442,6 +482,8 @@ def test_compiled_fused_matches_oracle(case):
 REGISTER_VARIANTS = {  # the non-default register splits (experiments/bench_bwd_math.py)
   "producer40": dict(producer_registers=40),
   "fused_producer40_chunks1": dict(fused=True, producer_registers=40, fused_chunks=1),
+  "stack_qr": dict(stack_qr=True),  # opt-in until timed on the H200
+  "fused_stack_qr": dict(fused=True, stack_qr=True),
 }
 
 
@@ -449,8 +491,8 @@ REGISTER_VARIANTS = {  # the non-default register splits (experiments/bench_bwd_
 @pytest.mark.parametrize("variant", list(REGISTER_VARIANTS))
 @pytest.mark.parametrize("case", [pytest.param(c, id=c.id) for c in GPU_CORE_CASES])
 def test_compiled_register_variants_match_oracle(case, variant):
-  """GPU mode: the non-default register splits against the oracle (the defaults run in the
-  grids above)."""
+  """GPU mode: the non-default variants (register split, stacked Q/R tiles) against the oracle
+  (the defaults run in the grids above)."""
   require_gpu()
   kw = REGISTER_VARIANTS[variant]
   kernel = functools.partial(backward.parallax_bwd, **kw)

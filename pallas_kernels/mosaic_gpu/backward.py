@@ -185,6 +185,7 @@ def parallax_bwd(
   pack_row_constants: bool = True,
   producer_registers: int = DEFAULT_PRODUCER_REGISTERS,
   fused_chunks: int | None = None,
+  stack_qr: bool = False,
 ):
   """``(dq, dr, dk, dv)`` in the input dtypes.
 
@@ -207,6 +208,7 @@ def parallax_bwd(
       (``common.PRODUCER_REGISTERS``); their consumers share the rest.
     fused_chunks: the fused kernel forms its ``[D, block_q]`` dq/dr parts in this many row
       chunks (``backward_dkv.dk_dv``); None: ``backward_dkv.default_fused_chunks``.
+    stack_qr: the dk/dv kernel streams Q and R as one stacked tile (``backward_dkv.dk_dv``).
   """
   q_len, d = q.shape[1], q.shape[3]
   kv_len = k.shape[1]
@@ -241,7 +243,10 @@ def parallax_bwd(
     producer_registers=producer_registers,
   )
   dkv = dict(
-    block_q=cfg_dkv.block_q, block_k=cfg_dkv.block_k, stages=cfg_dkv.num_stages or DEFAULT_STAGES
+    block_q=cfg_dkv.block_q,
+    block_k=cfg_dkv.block_k,
+    stages=cfg_dkv.num_stages or DEFAULT_STAGES,
+    stack_qr=stack_qr,
   )
   if fused:
     dk, dv, dq, dr = backward_dkv.dk_dv(

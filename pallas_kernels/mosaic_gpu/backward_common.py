@@ -85,8 +85,9 @@ class BwdOps:
     return plgpu.load(ref, layout=layout, optimized=False)
 
   def matmuls_nt(self, pairs, shape):
-    """``[a @ b.T for a, b in pairs]`` of SMEM tiles, float32 ``shape`` results: all wgmmas are
-    in flight before the first result is read."""
+    """``[a @ b.T for a, b in pairs]`` of SMEM tiles, float32 results of ``shape`` (one for all,
+    or a tuple of one per pair): all wgmmas are in flight before the first result is read."""
+    shapes = shape if isinstance(shape[0], tuple) else (shape,) * len(pairs)
     if self.interpret:
       dims = (((1,), (1,)), ((), ()))
       return tuple(
@@ -98,7 +99,7 @@ class BwdOps:
         plgpu.wgmma(acc, a, b.transpose((1, 0)))  # = transpose_ref (deprecated in 0.11)
       return tuple(acc[...] for acc in accs)
 
-    return pl.run_scoped(issue, *[plgpu.ACC(shape, jnp.float32) for _ in pairs])
+    return pl.run_scoped(issue, *[plgpu.ACC(s, jnp.float32) for s in shapes])
 
   def matmuls_acc(self, accs, terms):
     """``accs[i] += x @ b`` for each ``(i, x, b)`` of ``terms``: ``x`` in registers (input
@@ -138,6 +139,15 @@ def tile_grads(s2, t, a, stats, packed: bool):
   if packed:
     return bwd_tile2_rows(s2, t, None, lse2, x1, a, b_row, x2)
   return bwd_tile2(s2, t, None, lse2, x1, a, x2, b_row)
+
+
+def stack_row_blocks(q, r, rows: int):
+  """``[B, 2 T, H, D]``: for each block of ``rows`` rows, its ``q`` rows then its ``r`` rows, so
+  that one TMA box of ``2 rows`` holds a query block's Q and R tiles stacked (the dk/dv kernel's
+  ``stack_qr``). ``q``, ``r``: ``[B, T, H, D]``, T a multiple of ``rows``."""
+  b, t, h, d = q.shape
+  blocks = [x.reshape(b, t // rows, rows, h, d) for x in (q, r)]
+  return jnp.stack(blocks, axis=2).reshape(b, 2 * t, h, d)
 
 
 def union_range(ranges):

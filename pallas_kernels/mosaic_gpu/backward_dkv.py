@@ -48,11 +48,17 @@ def _kernel(
   fused: bool,
   fused_chunks: int,
   pack_row_constants: bool,
+  stack_qr: bool,
 ):
-  if has_seg:
-    q_ref, r_ref, do_ref, stats_ref, k_ref, v_ref, segq_ref, segk_ref, *refs = refs
+  if stack_qr:  # one [B, 2 Tq, Hq, D] array: each query block's Q rows, then its R rows
+    qr_ref, *refs = refs
+    q_ref = r_ref = None
   else:
-    q_ref, r_ref, do_ref, stats_ref, k_ref, v_ref, *refs = refs
+    q_ref, r_ref, *refs = refs
+  do_ref, stats_ref, k_ref, v_ref, *refs = refs
+  if has_seg:
+    segq_ref, segk_ref, *refs = refs
+  else:
     segq_ref = segk_ref = None
   if fused and not ops.interpret:  # float32 dq^T, dr^T: aliased refs the caller zeroed
     dqt_ref, drt_ref, *refs = refs
@@ -108,11 +114,20 @@ def _kernel(
     plgpu.commit_smem_to_gmem_group()
     plgpu.wait_smem_to_gmem(0)
 
-  def body(idx, q_t, r_t, do_t, stats_t, *rest):
+  def body(idx, *tiles):
+    if stack_qr:
+      qr_t, do_t, stats_t, *rest = tiles
+      q_t, r_t = qr_t.at[pl.ds(0, bq)], qr_t.at[pl.ds(bq, bq)]
+    else:
+      q_t, r_t, do_t, stats_t, *rest = tiles
     *segq, (dk, dv) = rest
     qb = lo + idx[0]
     k_t, v_t = wg_state["tiles"]
-    s, t, a = ops.matmuls_nt(((k_t, q_t), (k_t, r_t), (v_t, do_t)), tile)  # [keys, queries]
+    if stack_qr:  # [S^T | T^T] = K [Q; R]^T: one wgmma of N = 2 block_q on one SMEM tile
+      st, a = ops.matmuls_nt(((k_t, qr_t), (v_t, do_t)), ((ROWS, 2 * bq), tile))
+      s, t = st[:, :bq], st[:, bq:]
+    else:
+      s, t, a = ops.matmuls_nt(((k_t, q_t), (k_t, r_t), (v_t, do_t)), tile)  # [keys, queries]
     s2 = s * c2
     safe_lo, safe_hi = wg_state["safe"]
     key0 = wg_state["key0"]
@@ -181,13 +196,17 @@ def _kernel(
     return (lo + i, hk * group + g, 0)
 
   transforms = bc.tma_transforms(dtype, bc.swizzle_for(bq))
-  in_specs = [
-    plgpu.BlockSpec((bq, None, d), q_map, transforms=transforms),  # Q
-    plgpu.BlockSpec((bq, None, d), q_map, transforms=transforms),  # R
+  if stack_qr:
+    in_specs = [plgpu.BlockSpec((2 * bq, None, d), q_map, transforms=transforms)]  # Q; R
+    gmem = [qr_ref.at[b]]
+  else:
+    in_specs = [plgpu.BlockSpec((bq, None, d), q_map, transforms=transforms) for _ in "qr"]
+    gmem = [q_ref.at[b], r_ref.at[b]]
+  in_specs += [
     plgpu.BlockSpec((bq, None, d), q_map, transforms=transforms),  # dO
     plgpu.BlockSpec((None, 4, bq), lambda i, g: (hk * group + g, 0, lo + i)),  # row stats
   ]
-  gmem = [q_ref.at[b], r_ref.at[b], do_ref.at[b], stats_ref.at[b]]
+  gmem += [do_ref.at[b], stats_ref.at[b]]
   if has_seg:
     in_specs.append(plgpu.BlockSpec((bq,), lambda i, g: (lo + i,)))
     gmem.append(segq_ref.at[b])
@@ -247,6 +266,7 @@ def dk_dv(
   fused=False,
   fused_chunks=None,
   pack_row_constants=True,
+  stack_qr=False,
 ):
   """``(dk, dv)`` of padded inputs (``backward.parallax_bwd`` prepares them), the query heads
   of each GQA group summed in the kernel; fused: ``(dk, dv, dq, dr)``.
@@ -269,6 +289,10 @@ def dk_dv(
     fused_chunks: form each ``[D, block_q]`` float32 part of ``dq^T`` / ``dr^T`` in this many
       row chunks, one after the other (1, or 2 at D = 128: half the part's registers,
       docs/design.md §5.6); None: ``default_fused_chunks``.
+    stack_qr: stream each query block's Q and R tiles as one ``[2 block_q, D]`` SMEM tile
+      (``backward_common.stack_row_blocks``, an XLA copy of Q and R), so that ``S^T`` and
+      ``T^T`` are one wgmma of N = ``2 block_q`` instead of two of N = ``block_q``: the K tile
+      is read from shared memory once for both (docs/design.md §5.6).
   """
   if fused_chunks is None:
     fused_chunks = default_fused_chunks(k.shape[-1])
@@ -281,7 +305,8 @@ def dk_dv(
   tk, hkv = k.shape[1], k.shape[2]
   wgs = block_k // ROWS
   has_seg = segq is not None
-  args = [q, r, do, stats, k, v] + ([segq, segk] if has_seg else [])
+  qr = [bc.stack_row_blocks(q, r, block_q)] if stack_qr else [q, r]
+  args = [*qr, do, stats, k, v] + ([segq, segk] if has_seg else [])
   kernel = functools.partial(
     _kernel,
     mask=mask,
@@ -296,6 +321,7 @@ def dk_dv(
     fused=fused,
     fused_chunks=fused_chunks,
     pack_row_constants=pack_row_constants,
+    stack_qr=stack_qr,
   )
   kernel.__name__ = "parallax_bwd_dkv_fused_mgpu" if fused else "parallax_bwd_dkv_mgpu"
   grid, grid_names = bc.cta_grid(tk // block_k, hkv, batch, "k", cta_order)
