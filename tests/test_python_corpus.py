@@ -308,7 +308,7 @@ def test_resume_and_eval_read_the_run_tokenizer(tmp_path, tree, monkeypatch):
 # ------------------------------------------------------------------------- the study configs
 
 
-@pytest.mark.parametrize("name, count", [("gpu_study_lm", 56), ("gpu_study_mqar", 20)])
+@pytest.mark.parametrize("name, count", [("gpu_study_lm", 56), ("gpu_study_mqar", 24)])
 def test_gpu_study_configs_plan_and_validate(name, count, capsys, monkeypatch):
   import jax
 
@@ -395,18 +395,19 @@ def test_gpu_study_configs_plan_and_validate(name, count, capsys, monkeypatch):
     assert all(e.model.d_model == 256 and e.train.steps >= 10_000 for e in exps.values())
 
 
-def test_committed_study_points_are_the_sweeps_points():
+@pytest.mark.parametrize("study, at_least", [("gpu_study_lm", 38), ("gpu_study_mqar", 8)])
+def test_committed_study_points_are_the_sweeps_points(study, at_least):
   """Every committed GPU-study point is a point of the sweep config as it stands, trained with
   exactly its config (the fingerprint the sweep runner compares): an edit of the config that
   changes a finished point's config, or a renamed point, fails here instead of orphaning a
   result or making the next device session retrain it."""
   from parallax_jax.sweeps.config import load_sweep
 
-  sweep = load_sweep(str(ROOT / "configs" / "sweeps" / "gpu_study_lm.py"))
+  sweep = load_sweep(str(ROOT / "configs" / "sweeps" / f"{study}.py"))
   fingerprints = {p.name: p.fingerprint() for p in sweep.points}
-  points = ROOT / "experiments" / "results" / "studies_gpu" / "gpu_study_lm" / "points"
+  points = ROOT / "experiments" / "results" / "studies_gpu" / study / "points"
   statuses = {d.name: json.loads((d / "status.json").read_text()) for d in points.iterdir()}
-  assert len(statuses) >= 19
+  assert len(statuses) >= at_least
   for name, status in statuses.items():
     assert status["name"] == name and status["status"] == "finished", name
     assert status["fingerprint"] == fingerprints.get(name), name
