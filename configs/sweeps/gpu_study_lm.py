@@ -212,11 +212,12 @@ PRIORITY = (  # device sessions run these in order: each step answers a question
   # third seed keeps Parallax ahead per step (-0.073; mean -0.137 over three seeds); W_R = 0's
   # seed 1 leads too (-0.210)
   *[head_one(name) for name in HEAD_ONE[8:13]],
-  # next: the compute-matched softmax at seed 1 (does equal FLOPs reverse the lead again?);
-  # then the MQAR groups (configs/sweeps/gpu_study_mqar.py); then the parameter-matched softmax
-  # and the Muon and AdamW scans; then the scaled head's AdamW scan and controls: they study a
-  # head that holds every arm back, so they come last
+  # done (session 20): the compute-matched softmax at seed 1 is ahead of both Parallax arms
+  # again (1.997 against 2.069 / 2.045)
   *HEAD_ONE_SEEDS,
+  # next: the MQAR groups left (configs/sweeps/gpu_study_mqar.py); then the parameter-matched
+  # softmax and the Muon and AdamW scans; then the scaled head's AdamW scan and controls: they
+  # study a head that holds every arm back, so they come last
   *[head_one(name) for name in HEAD_ONE[13:]],
   *[name for name in ADAMW_UP_SCAN if name != "adamw+softmax_lr4_s0"],
   "adamw+parallax_lr0.5_s0",
