@@ -221,18 +221,6 @@ def test_interpret_stacked_qr_matches_oracle(case, tiles, fused):
   _check_grads(_run(case, TILES[tiles], interpret=True, kernel=kernel), case)
 
 
-def test_stack_row_blocks_layout():
-  """Each block of ``rows`` rows of q, then the same block of r, in one array."""
-  q = jnp.arange(2 * 8 * 1 * 2, dtype=jnp.float32).reshape(2, 8, 1, 2)
-  r = -q - 1
-  got = np.asarray(backward_common.stack_row_blocks(q, r, 4))
-  want = np.concatenate(
-    [np.asarray(q[:, :4]), np.asarray(r[:, :4]), np.asarray(q[:, 4:]), np.asarray(r[:, 4:])],
-    axis=1,
-  )
-  np.testing.assert_array_equal(got, want)
-
-
 ROW_PACKING_CASES = [  # a window inside a block, segments, Tq > Tk (rows that see nothing)
   Case(1, 256, None, 4, 2, 64, window=100, **_BF16),
   Case(2, 128, None, 2, 1, 128, dtype="float16", segments=(50, 78)),

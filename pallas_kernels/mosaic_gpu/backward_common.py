@@ -141,15 +141,6 @@ def tile_grads(s2, t, a, stats, packed: bool):
   return bwd_tile2(s2, t, None, lse2, x1, a, x2, b_row)
 
 
-def stack_row_blocks(q, r, rows: int):
-  """``[B, 2 T, H, D]``: for each block of ``rows`` rows, its ``q`` rows then its ``r`` rows, so
-  that one TMA box of ``2 rows`` holds a query block's Q and R tiles stacked (the dk/dv kernel's
-  ``stack_qr``). ``q``, ``r``: ``[B, T, H, D]``, T a multiple of ``rows``."""
-  b, t, h, d = q.shape
-  blocks = [x.reshape(b, t // rows, rows, h, d) for x in (q, r)]
-  return jnp.stack(blocks, axis=2).reshape(b, 2 * t, h, d)
-
-
 def union_range(ranges):
   """``(lo, n)``: the blocks ``[lo, lo + n)`` covering the non-empty ``(lo, _, _, hi)`` ranges
   of a CTA's warpgroups (``MaskSpec.key_blocks`` / ``query_blocks``, traced ints). Empty ranges

@@ -50,11 +50,7 @@ def _kernel(
   pack_row_constants: bool,
   stack_qr: bool,
 ):
-  if stack_qr:  # one [B, 2 Tq, Hq, D] array: each query block's Q rows, then its R rows
-    qr_ref, *refs = refs
-    q_ref = r_ref = None
-  else:
-    q_ref, r_ref, *refs = refs
+  q_ref, r_ref, *refs = refs
   do_ref, stats_ref, k_ref, v_ref, *refs = refs
   if has_seg:
     segq_ref, segk_ref, *refs = refs
@@ -78,6 +74,7 @@ def _kernel(
   c2 = scale * LOG2E
   tile = (ROWS, bq)
   wg_state = {}  # per-warpgroup values the compute context hands to the pipeline body
+  qr_ring = []  # stack_qr: the [slots, 2 bq, D] SMEM ring whose halves are Q's and R's slots
 
   def compute(pipeline):
     wg = lax.axis_index("wg")
@@ -115,15 +112,14 @@ def _kernel(
     plgpu.wait_smem_to_gmem(0)
 
   def body(idx, *tiles):
-    if stack_qr:
-      qr_t, do_t, stats_t, *rest = tiles
-      q_t, r_t = qr_t.at[pl.ds(0, bq)], qr_t.at[pl.ds(bq, bq)]
-    else:
-      q_t, r_t, do_t, stats_t, *rest = tiles
+    q_t, r_t, do_t, stats_t, *rest = tiles
     *segq, (dk, dv) = rest
     qb = lo + idx[0]
     k_t, v_t = wg_state["tiles"]
     if stack_qr:  # [S^T | T^T] = K [Q; R]^T: one wgmma of N = 2 block_q on one SMEM tile
+      # (q_t, r_t are this step's slot's halves; the pipeline's slot is step mod slots)
+      (ring,) = qr_ring
+      qr_t = ring.at[lax.rem(idx[0] * group + idx[1], ring.shape[0])]
       st, a = ops.matmuls_nt(((k_t, qr_t), (v_t, do_t)), ((ROWS, 2 * bq), tile))
       s, t = st[:, :bq], st[:, bq:]
     else:
@@ -196,21 +192,16 @@ def _kernel(
     return (lo + i, hk * group + g, 0)
 
   transforms = bc.tma_transforms(dtype, bc.swizzle_for(bq))
-  if stack_qr:
-    in_specs = [plgpu.BlockSpec((2 * bq, None, d), q_map, transforms=transforms)]  # Q; R
-    gmem = [qr_ref.at[b]]
-  else:
-    in_specs = [plgpu.BlockSpec((bq, None, d), q_map, transforms=transforms) for _ in "qr"]
-    gmem = [q_ref.at[b], r_ref.at[b]]
-  in_specs += [
+  in_specs = [
+    *(plgpu.BlockSpec((bq, None, d), q_map, transforms=transforms) for _ in "qr"),
     plgpu.BlockSpec((bq, None, d), q_map, transforms=transforms),  # dO
     plgpu.BlockSpec((None, 4, bq), lambda i, g: (hk * group + g, 0, lo + i)),  # row stats
   ]
-  gmem += [do_ref.at[b], stats_ref.at[b]]
+  gmem = [q_ref.at[b], r_ref.at[b], do_ref.at[b], stats_ref.at[b]]
   if has_seg:
     in_specs.append(plgpu.BlockSpec((bq,), lambda i, g: (lo + i,)))
     gmem.append(segq_ref.at[b])
-  plgpu.emit_pipeline_warp_specialized(
+  pipeline = plgpu.emit_pipeline_warp_specialized(
     body,
     grid=(n_qb, group),
     memory_registers=producer_registers,
@@ -219,7 +210,24 @@ def _kernel(
     wg_axis="wg",
     num_compute_wgs=wgs,
     compute_context=compute,
-  )(*gmem)
+  )
+  if not stack_qr:
+    pipeline(*gmem)
+    return
+  # stack_qr: Q's and R's ring slots are the two halves of one [2 bq, D] tile per slot, so
+  # the producer's two TMA copies of a step (on the step's one barrier, as ever) land stacked:
+  # no copy of Q and R in HBM. The pipeline takes its SMEM as ``allocations``.
+  allocs = pipeline.get_allocations(*gmem)
+  q_alloc, _, *other_allocs = allocs.pop("flat_in_smem_refs")
+  slots = q_alloc.shape[0]
+  ring_alloc = plgpu.SMEM((slots, 2 * bq, d), dtype, transforms=transforms)
+
+  def scoped(ring, other_smem, **barriers):
+    qr_ring.append(ring)
+    halves = [ring.at[:, pl.ds(0, bq)], ring.at[:, pl.ds(bq, bq)]]
+    pipeline(*gmem, allocations=dict(barriers, flat_in_smem_refs=[*halves, *other_smem]))
+
+  pl.run_scoped(scoped, ring_alloc, other_allocs, **allocs, collective_axes="wg")
 
 
 def default_fused_chunks(head_dim: int) -> int:
@@ -289,11 +297,11 @@ def dk_dv(
     fused_chunks: form each ``[D, block_q]`` float32 part of ``dq^T`` / ``dr^T`` in this many
       row chunks, one after the other (1, or 2 at D = 128: half the part's registers,
       docs/design.md §5.6); None: ``default_fused_chunks``.
-    stack_qr: stream each query block's Q and R tiles as one ``[2 block_q, D]`` SMEM tile
-      (``backward_common.stack_row_blocks``, an XLA copy of Q and R), so that ``S^T`` and
-      ``T^T`` are one wgmma of N = ``2 block_q`` instead of two of N = ``block_q``: the K tile
-      is read from shared memory once for both. Opt-in: on the H200 the kernels take ~5% less
-      time, but the copy costs about as much (docs/design.md §5.6).
+    stack_qr: land each query block's Q and R tiles as the two halves of one ``[2 block_q, D]``
+      SMEM ring slot (two TMA copies), so that ``S^T`` and ``T^T`` are one wgmma of N =
+      ``2 block_q`` instead of two of N = ``block_q``: the K tile is read from shared memory
+      once for both. Opt-in until timed: the H200 measured the dk/dv kernel ~10% faster with
+      it when an XLA copy stacked Q and R in HBM, which cost as much (docs/design.md §5.6).
   """
   if fused_chunks is None:
     fused_chunks = default_fused_chunks(k.shape[-1])
@@ -306,8 +314,7 @@ def dk_dv(
   tk, hkv = k.shape[1], k.shape[2]
   wgs = block_k // ROWS
   has_seg = segq is not None
-  qr = [bc.stack_row_blocks(q, r, block_q)] if stack_qr else [q, r]
-  args = [*qr, do, stats, k, v] + ([segq, segk] if has_seg else [])
+  args = [q, r, do, stats, k, v] + ([segq, segk] if has_seg else [])
   kernel = functools.partial(
     _kernel,
     mask=mask,
