@@ -181,7 +181,7 @@ def main(argv=None):
   p.add_argument("--layers", type=int, default=None, help="override num_layers (quick runs)")
   p.add_argument(
     "--mosaic-backward",
-    choices=("auto", "triton", "mosaic"),
+    choices=("auto", "triton", "mosaic", "mosaic_stack_qr"),
     default=None,
     help="the backward of implementation pallas_mosaic_gpu (default: the module's BACKWARD)",
   )

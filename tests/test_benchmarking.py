@@ -192,6 +192,8 @@ def test_bench_kernels_paths_trace_the_backward_they_name():
   assert kernels["pallas_gpu_fused"] == kernels["pallas_mosaic_gpu_fused"] == fused
   assert kernels["pallas_mosaic_gpu_bwd"] == {"parallax_bwd_dq_mgpu", "parallax_bwd_dkv_mgpu"}
   assert kernels["pallas_mosaic_gpu_fused_bwd"] == {"parallax_bwd_dkv_fused_mgpu"}
+  stacked = {"parallax_bwd_dq_mgpu", "parallax_bwd_dkv_stacked_mgpu"}
+  assert kernels["pallas_mosaic_gpu_stack_qr_bwd"] == stacked
 
 
 def test_mosaic_backward_switch_is_read_at_the_call():

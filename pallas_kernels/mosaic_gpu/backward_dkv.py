@@ -331,7 +331,8 @@ def dk_dv(
     pack_row_constants=pack_row_constants,
     stack_qr=stack_qr,
   )
-  kernel.__name__ = "parallax_bwd_dkv_fused_mgpu" if fused else "parallax_bwd_dkv_mgpu"
+  # e.g. "parallax_bwd_dkv_fused_stacked_mgpu": the variant is named in profiles and jaxprs
+  kernel.__name__ = f"parallax_bwd_dkv{'_fused' * fused}{'_stacked' * stack_qr}_mgpu"
   grid, grid_names = bc.cta_grid(tk // block_k, hkv, batch, "k", cta_order)
   swizzle = bc.swizzle_for(block_q)  # one swizzle for every wgmma tile of the kernel
   out_type = [jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)]

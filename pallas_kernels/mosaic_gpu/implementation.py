@@ -15,6 +15,10 @@ The forward is ``forward.parallax_fwd``. The backward is chosen per call by ``BA
   ``deterministic=False`` the fused one: the dk/dv kernel alone, adding dq/dr by TMA
   reductions (measured 2-6% slower than the two passes, bench_kernels_2026-12-03_144822, so
   ``"auto"`` never picks it).
+* ``"mosaic_stack_qr"``: ``"mosaic"`` with the dk/dv kernel's stacked Q/R tile
+  (``backward_dkv.dk_dv(stack_qr=True)``, docs/design.md §5.6), opt-in until timed: a
+  variant to measure beside ``"mosaic"`` (``experiments/bench_kernels.py``,
+  ``experiments/bench_train.py``), never picked by ``"auto"``.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from parallax_jax.attention.validation import CallSpec
 
 log = logging.getLogger("parallax_jax")
 
-BACKWARDS = ("auto", "triton", "mosaic")
+BACKWARDS = ("auto", "triton", "mosaic", "mosaic_stack_qr")
 BACKWARD = "auto"
 # The "auto" rule's scope: where the Mosaic backward was measured faster than the Triton one, or
 # equal (H200, H = 16, bf16, causal, pipelined fwd+bwd, docs/design.md §5.6). Key: (head_dim,
@@ -108,7 +112,7 @@ def backward_for(spec: CallSpec) -> str:
 
 def _check(spec: CallSpec) -> None:
   common.check(spec)
-  if backward_for(spec) == "mosaic":
+  if backward_for(spec).startswith("mosaic"):
     mosaic_backward.check(spec)
   elif spec.block_sizes is not None:  # the Triton backward's tiles (Triton rules)
     from pallas_kernels.gpu import block_sizes
@@ -139,7 +143,7 @@ def _bwd(q, r, k, v, segment_ids, residuals, do, spec: CallSpec, variant: str | 
   backward_name = variant or backward_for(spec)  # fixed at the op's call (backward_variant)
   do = jnp.asarray(do, q.dtype)
   bs = spec.block_sizes
-  if backward_name == "mosaic":
+  if backward_name.startswith("mosaic"):
     return mosaic_backward.parallax_bwd(
       q,
       r,
@@ -154,6 +158,7 @@ def _bwd(q, r, k, v, segment_ids, residuals, do, spec: CallSpec, variant: str | 
       cfg_dkv=bs.dkv if bs is not None else None,
       interpret=spec.interpret,
       fused=not spec.deterministic,  # dq/dr by TMA reductions in the dk/dv kernel (§5.5)
+      stack_qr=backward_name == "mosaic_stack_qr",
     )
   from pallas_kernels.gpu import backward, block_sizes
 
