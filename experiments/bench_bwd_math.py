@@ -45,7 +45,8 @@ VARIANTS = {  # name -> parallax_bwd keywords; the first is the baseline of the 
   "fused_chunks2": {"fused": True, "producer_registers": 40, "fused_chunks": 2},
   "fused_producer24_chunks2": {"fused": True, "producer_registers": 24, "fused_chunks": 2},
   # The dk/dv kernel streaming Q and R as one stacked tile: [S^T | T^T] as one wgmma of
-  # N = 2 block_q (opt-in until timed; its XLA stacking copy is in the all-kernels table).
+  # N = 2 block_q (opt-in until timed; session 19's form stacked them by an XLA copy, timed in
+  # bench_bwd_math_2026-12-04_161319; since session 20, two TMA copies into one SMEM slot).
   "packed_producer24_stack_qr": {"producer_registers": 24, "stack_qr": True},
   "fused_producer24_chunks2_stack_qr": {
     "fused": True,
@@ -53,6 +54,9 @@ VARIANTS = {  # name -> parallax_bwd keywords; the first is the baseline of the 
     "fused_chunks": 2,
     "stack_qr": True,
   },
+  # The dk/dv kernel holding V in registers as the A operand of V dO^T (opt-in until timed).
+  "packed_producer24_v_regs": {"producer_registers": 24, "v_regs": True},
+  "packed_producer24_stack_qr_v_regs": {"producer_registers": 24, "stack_qr": True, "v_regs": True},
 }
 
 

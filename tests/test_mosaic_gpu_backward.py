@@ -221,6 +221,17 @@ def test_interpret_stacked_qr_matches_oracle(case, tiles, fused):
   _check_grads(_run(case, TILES[tiles], interpret=True, kernel=kernel), case)
 
 
+@pytest.mark.parametrize("stack_qr", [False, True], ids=["", "stack_qr"])
+@pytest.mark.parametrize("fused", [False, True], ids=["two_pass", "fused"])
+def test_interpret_v_regs_matches_oracle(fused, stack_qr):
+  """``v_regs=True``: V read into registers once per consumer, the A operand of ``V dO^T``
+  (the interpreter multiplies plain arrays: this checks the kernel's plumbing; the register
+  wgmma runs in the GPU variant test)."""
+  case = STACKED_QR_CASES[0][0]  # GQA and a window
+  kernel = functools.partial(backward.parallax_bwd, v_regs=True, stack_qr=stack_qr, fused=fused)
+  _check_grads(_run(case, TILES["default"], interpret=True, kernel=kernel), case)
+
+
 ROW_PACKING_CASES = [  # a window inside a block, segments, Tq > Tk (rows that see nothing)
   Case(1, 256, None, 4, 2, 64, window=100, **_BF16),
   Case(2, 128, None, 2, 1, 128, dtype="float16", segments=(50, 78)),
@@ -420,6 +431,15 @@ def test_stacked_qr_lowers_for_cuda(d, fused):
   _lower(d, True, backward.default_tiles(d), "Lane", fused=fused, stack_qr=True)
 
 
+@pytest.mark.parametrize("fused", [False, True], ids=["two_pass", "fused"])
+@pytest.mark.parametrize("d", backward.HEAD_DIMS)
+def test_v_regs_lowers_for_cuda(d, fused):
+  """``v_regs=True`` (V loaded from its swizzled SMEM tile into the WGMMA register layout, the
+  A operand of ``V dO^T``) lowers for CUDA, with and without the stacked Q/R tile."""
+  tiles = backward.default_tiles(d)
+  _lower(d, True, tiles, "Lane", fused=fused, v_regs=True, stack_qr=d == 128)
+
+
 def test_register_variants_are_checked():
   """A producer register count setmaxnreg cannot take, or row chunks below wgmma's M of 64,
   raise before anything is traced."""
@@ -472,6 +492,8 @@ REGISTER_VARIANTS = {  # the non-default register splits (experiments/bench_bwd_
   "fused_producer40_chunks1": dict(fused=True, producer_registers=40, fused_chunks=1),
   "stack_qr": dict(stack_qr=True),  # opt-in until timed on the H200
   "fused_stack_qr": dict(fused=True, stack_qr=True),
+  "v_regs": dict(v_regs=True),  # opt-in until timed on the H200
+  "stack_qr_v_regs": dict(stack_qr=True, v_regs=True),
 }
 
 

@@ -186,6 +186,7 @@ def parallax_bwd(
   producer_registers: int = DEFAULT_PRODUCER_REGISTERS,
   fused_chunks: int | None = None,
   stack_qr: bool = False,
+  v_regs: bool = False,
 ):
   """``(dq, dr, dk, dv)`` in the input dtypes.
 
@@ -209,6 +210,7 @@ def parallax_bwd(
     fused_chunks: the fused kernel forms its ``[D, block_q]`` dq/dr parts in this many row
       chunks (``backward_dkv.dk_dv``); None: ``backward_dkv.default_fused_chunks``.
     stack_qr: the dk/dv kernel streams Q and R as one stacked tile (``backward_dkv.dk_dv``).
+    v_regs: the dk/dv kernel holds V in registers for ``V dO^T`` (``backward_dkv.dk_dv``).
   """
   q_len, d = q.shape[1], q.shape[3]
   kv_len = k.shape[1]
@@ -247,6 +249,7 @@ def parallax_bwd(
     block_k=cfg_dkv.block_k,
     stages=cfg_dkv.num_stages or DEFAULT_STAGES,
     stack_qr=stack_qr,
+    v_regs=v_regs,
   )
   if fused:
     dk, dv, dq, dr = backward_dkv.dk_dv(
