@@ -57,6 +57,8 @@ VARIANTS = {  # name -> parallax_bwd keywords; the first is the baseline of the 
   # The dk/dv kernel holding V in registers as the A operand of V dO^T (opt-in until timed).
   "packed_producer24_v_regs": {"producer_registers": 24, "v_regs": True},
   "packed_producer24_stack_qr_v_regs": {"producer_registers": 24, "stack_qr": True, "v_regs": True},
+  # ... and the dq/dr kernel holding dO in registers as the A operand of dO V^T.
+  "packed_producer24_do_regs": {"producer_registers": 24, "do_regs": True},
 }
 
 

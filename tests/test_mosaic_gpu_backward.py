@@ -221,6 +221,33 @@ def test_interpret_stacked_qr_matches_oracle(case, tiles, fused):
   _check_grads(_run(case, TILES[tiles], interpret=True, kernel=kernel), case)
 
 
+def test_interpret_do_regs_matches_oracle():
+  """``do_regs=True``: dO read into registers once per dq/dr consumer, the A operand of
+  ``dO V^T`` (plumbing only in the interpreter, as for ``v_regs``); with ``v_regs`` too."""
+  case = STACKED_QR_CASES[0][0]
+  kernel = functools.partial(backward.parallax_bwd, do_regs=True, v_regs=True)
+  _check_grads(_run(case, TILES["default"], interpret=True, kernel=kernel), case)
+
+
+def test_do_regs_with_fused_raises():
+  """The fused backward has no dq/dr kernel, so ``do_regs`` there would be ignored: it raises."""
+  x = jnp.zeros((1, 128, 2, 64), jnp.bfloat16)
+  with pytest.raises(NotImplementedError, match="do_regs=True applies to the dq/dr kernel"):
+    backward.parallax_bwd(
+      x,
+      x,
+      x,
+      x,
+      None,
+      None,
+      x,
+      scale=0.1,
+      mask=MaskSpec(128, 128, True),
+      fused=True,
+      do_regs=True,
+    )
+
+
 @pytest.mark.parametrize("stack_qr", [False, True], ids=["", "stack_qr"])
 @pytest.mark.parametrize("fused", [False, True], ids=["two_pass", "fused"])
 def test_interpret_v_regs_matches_oracle(fused, stack_qr):
@@ -440,6 +467,13 @@ def test_v_regs_lowers_for_cuda(d, fused):
   _lower(d, True, tiles, "Lane", fused=fused, v_regs=True, stack_qr=d == 128)
 
 
+@pytest.mark.parametrize("d", backward.HEAD_DIMS)
+def test_do_regs_lowers_for_cuda(d):
+  """``do_regs=True`` (dO from its swizzled SMEM tile into the WGMMA register layout, the A
+  operand of the dq/dr kernel's ``dO V^T``) lowers for CUDA."""
+  _lower(d, True, backward.default_tiles(d), "Lane", do_regs=True)
+
+
 def test_register_variants_are_checked():
   """A producer register count setmaxnreg cannot take, or row chunks below wgmma's M of 64,
   raise before anything is traced."""
@@ -494,6 +528,7 @@ REGISTER_VARIANTS = {  # the non-default register splits (experiments/bench_bwd_
   "fused_stack_qr": dict(fused=True, stack_qr=True),
   "v_regs": dict(v_regs=True),  # opt-in until timed on the H200
   "stack_qr_v_regs": dict(stack_qr=True, v_regs=True),
+  "do_regs": dict(do_regs=True),  # opt-in until timed on the H200
 }
 
 

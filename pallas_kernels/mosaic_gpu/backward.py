@@ -187,6 +187,7 @@ def parallax_bwd(
   fused_chunks: int | None = None,
   stack_qr: bool = False,
   v_regs: bool = False,
+  do_regs: bool = False,
 ):
   """``(dq, dr, dk, dv)`` in the input dtypes.
 
@@ -211,10 +212,17 @@ def parallax_bwd(
       chunks (``backward_dkv.dk_dv``); None: ``backward_dkv.default_fused_chunks``.
     stack_qr: the dk/dv kernel streams Q and R as one stacked tile (``backward_dkv.dk_dv``).
     v_regs: the dk/dv kernel holds V in registers for ``V dO^T`` (``backward_dkv.dk_dv``).
+    do_regs: the dq/dr kernel holds dO in registers for ``dO V^T`` (``backward_dq.dq_dr``);
+      two-pass only.
   """
   q_len, d = q.shape[1], q.shape[3]
   kv_len = k.shape[1]
   check_producer_registers(producer_registers)
+  if fused and do_regs:
+    raise NotImplementedError(
+      "do_regs=True applies to the dq/dr kernel, which the fused backward (fused=True) does not "
+      "run: pass one of them."
+    )
   if str(q.dtype) not in DTYPES or d not in HEAD_DIMS:
     raise NotImplementedError(
       f"implementation={NAME!r} takes bfloat16/float16 with head_dim 64 or 128, got "
@@ -262,6 +270,7 @@ def parallax_bwd(
     block_q=cfg_dq.block_q,
     block_k=cfg_dq.block_k,
     stages=cfg_dq.num_stages or DEFAULT_STAGES,
+    do_regs=do_regs,
     **common,
   )
   dk, dv = backward_dkv.dk_dv(*args, **dkv, **common)
