@@ -195,6 +195,8 @@ def _sweep(args) -> int:
   from parallax_jax.sweeps.config import load_sweep, select_points
   from parallax_jax.sweeps.runner import run_sweep
 
+  if args.collect:
+    return _sweep_collect(args)
   sweep = select_points(load_sweep(args.config, args.workdir), args.points)
   if args.dry_run:
     for p in sweep.points:
@@ -204,6 +206,30 @@ def _sweep(args) -> int:
   print(f"wrote {args.workdir}/results.md:")
   print(open(f"{args.workdir}/results.md").read())
   return 0 if all(r["status"] == "finished" for r in rows) else 1
+
+
+def _sweep_collect(args) -> int:
+  """``sweep --collect``: finished points from other workdirs into this one, then its report."""
+  import json
+  from pathlib import Path
+
+  from parallax_jax.sweeps import report
+  from parallax_jax.sweeps.collect import collect_points
+  from parallax_jax.sweeps.config import describe, load_sweep, select_points
+
+  sweep = load_sweep(args.config, args.workdir)
+  only = [p.name for p in select_points(sweep, args.points).points] if args.points else None
+  collected, refused = collect_points(sweep, args.workdir, args.collect, only=only)
+  workdir = Path(args.workdir)
+  (workdir / "sweep.json").write_text(json.dumps(describe(sweep), indent=2, default=str) + "\n")
+  rows = report.write_all(sweep, workdir)
+  finished = sum(r["status"] == "finished" for r in rows)
+  print(
+    f"collected {len(collected)} point(s); {args.workdir} holds {finished} finished of {len(rows)}"
+  )
+  for line in refused:
+    print(f"not collected: {line}")
+  return 1 if refused else 0
 
 
 def _convert(args) -> int:
@@ -419,6 +445,16 @@ def _add_sweep(sub, common):
     "(e.g. 'muon+parallax_s0' or 'L2_pairs64_*'); default: every point",
   )
   sw.add_argument("--dry-run", action="store_true", help="list the points and exit")
+  sw.add_argument(
+    "--collect",
+    nargs="+",
+    metavar="SRC",
+    default=None,
+    help="train nothing: copy the finished points of this sweep found in the SRC workdirs "
+    "(e.g. a device run's returned files; their status, config and metrics) into --workdir, "
+    "refusing points trained with another config or that --workdir holds otherwise, then "
+    "rebuild --workdir's tables and plots",
+  )
   sw.set_defaults(fn=_sweep)
 
 

@@ -1,0 +1,90 @@
+"""``parallax-jax sweep --collect``: finished points from other workdirs into one results folder
+(``parallax_jax.sweeps.collect``), checked against the sweep, never overwriting."""
+
+import csv
+import json
+from pathlib import Path
+
+from parallax_jax import cli
+from parallax_jax.sweeps.collect import RECORD_FILES
+from parallax_jax.sweeps.config import load_sweep
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = str(ROOT / "configs" / "sweeps" / "smoke.py")
+
+
+def _point(source: Path, name: str, fingerprint: str, final_step: int, loss: float = 2.0):
+  d = source / "points" / name
+  d.mkdir(parents=True)
+  status = {"name": name, "status": "finished", "final_step": final_step}
+  (d / "status.json").write_text(json.dumps({**status, "fingerprint": fingerprint}))
+  (d / "config.json").write_text(json.dumps({"name": name}))
+  rows = [{"step": s, "loss": loss + 1 / s, "eval_loss": loss + 2 / s} for s in (30, 60)]
+  (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+  (d / "train.log").write_text("not collected\n")
+  return d
+
+
+def _tree(path: Path) -> dict[str, bytes]:
+  return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def _collect(workdir, *sources, points=None):
+  argv = ["sweep", "--config", SMOKE, "--workdir", str(workdir), "--collect", *map(str, sources)]
+  return cli.main(argv + (["--points", points] if points else []))
+
+
+def _statuses(workdir: Path) -> dict[str, str]:
+  with (workdir / "results.csv").open() as f:
+    return {r["name"]: r["status"] for r in csv.DictReader(f)}
+
+
+def test_collect_copies_finished_points_and_refuses_the_rest(tmp_path, capsys):
+  first, second = load_sweep(SMOKE).points
+  src, out = tmp_path / "returned", tmp_path / "results"
+  _point(src, first.name, first.fingerprint(), first.steps)
+  _point(src, second.name, "another config", second.steps)
+  _point(src, "attention=lla", "x", 60)
+  before = _tree(src)
+
+  assert _collect(out, src) == 1  # two refused
+  printed = capsys.readouterr().out
+  assert f"{second.name}: trained with a different config" in printed
+  assert "attention=lla: not a point of this sweep" in printed
+  assert _tree(src) == before  # reading a run never writes to it
+  assert sorted(p.name for p in (out / "points").iterdir()) == [first.name]
+  assert sorted(p.name for p in (out / "points" / first.name).iterdir()) == sorted(RECORD_FILES)
+  assert _statuses(out) == {first.name: "finished", second.name: "pending"}
+  assert (out / "loss_curves.png").exists() and json.loads((out / "sweep.json").read_text())
+
+  # Again: the point already held with the same files is skipped, not refused.
+  assert _collect(out, src) == 1
+  printed = capsys.readouterr().out
+  assert f"{first.name}: already here, skipped" in printed
+  assert f"{first.name}: trained" not in printed and f"/{first.name}: " not in printed
+
+  # A different run of a point the folder holds is refused, and the folder's copy kept.
+  other = _point(tmp_path / "rerun", first.name, first.fingerprint(), first.steps, loss=1.0)
+  held = _tree(out / "points")
+  assert _collect(out, other.parents[1]) == 1
+  assert "already holds another run; delete it to replace it" in capsys.readouterr().out
+  assert _tree(out / "points") == held
+
+
+def test_collect_takes_only_the_selected_points_and_refuses_unfinished_ones(tmp_path, capsys):
+  first, second = load_sweep(SMOKE).points
+  src, out = tmp_path / "returned", tmp_path / "results"
+  _point(src, first.name, first.fingerprint(), first.steps - 1)  # cut short
+  _point(src, second.name, second.fingerprint(), second.steps)
+  assert _collect(out, src, points=second.name) == 0
+  assert f"{first.name}: not among --points, skipped" in capsys.readouterr().out
+  assert sorted(p.name for p in (out / "points").iterdir()) == [second.name]
+  assert _collect(out, src) == 1
+  assert f"{first.name}: not finished (status 'finished', step 59)" in capsys.readouterr().out
+  assert _statuses(out) == {first.name: "pending", second.name: "finished"}
+
+
+def test_collect_from_a_folder_without_points_is_a_one_line_error(tmp_path, capsys):
+  assert _collect(tmp_path / "results", tmp_path) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and "no points/ folder there" in err[0]
