@@ -393,6 +393,14 @@ def test_gpu_study_configs_plan_and_validate(name, count, capsys, monkeypatch):
   else:
     assert {e.data.mqar_num_pairs for e in exps.values()} == {4, 16, 32, 64}
     assert all(e.model.d_model == 256 and e.train.steps >= 10_000 for e in exps.values())
+    seed_one = [n for n in exps if n.endswith("_s1")]
+    assert len(seed_one) == 4 * len(config.SEED_ONE)
+    for name in seed_one:  # the seed-0 point's run at seed 1, nothing else changed
+      base = exps[name.removesuffix("_s1")]
+      assert base.train.seed == 0 and exps[name].train.seed == 1
+      assert dataclasses.replace(exps[name].train, seed=0) == base.train
+      assert (exps[name].model, exps[name].data) == (base.model, base.data)
+      assert exps[name].optimizer == base.optimizer
 
 
 @pytest.mark.parametrize("study, at_least", [("gpu_study_lm", 38), ("gpu_study_mqar", 8)])
