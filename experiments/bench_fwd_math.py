@@ -118,21 +118,19 @@ def to_markdown(result: dict) -> str:
   names = list(result["variants"])
   base = names[0]
   out += ["", "Parallax kernels' device time per call, us (ratio: variant / " + base + "):", ""]
-  header = "| B | L | " + " | ".join(names) + " | "
-  header += " | ".join(f"{n} / {base}" for n in names[1:]) + " |"
-  rule = "|---|---|" + "---:|" * (2 * len(names) - 1)
-  out += [header, rule]
   out += _ratio_table(result["rows"], names, "device_us")
   out += ["", "All kernels' device time per call, us (XLA fusions and copies included):", ""]
-  out.append(header)
-  out.append(rule)
   out += _ratio_table(result["rows"], names, "device_all_us")
   return "\n".join(out) + "\n"
 
 
 def _ratio_table(rows: list[dict], names: list[str], key: str) -> list[str]:
-  """One line per (B, L): each variant's ``key`` and its ratio to the first variant's."""
-  cells, out = {}, []
+  """A markdown table, one line per (B, L): each variant's ``key`` and its ratio to the first
+  variant's."""
+  base = names[0]
+  header = "| B | L | " + " | ".join(names) + " | "
+  header += " | ".join(f"{n} / {base}" for n in names[1:]) + " |"
+  cells, out = {}, [header, "|---|---|" + "---:|" * (2 * len(names) - 1)]
   for row in rows:
     cells.setdefault((row["B"], row["L"]), {})[row["variant"]] = row.get(key)
   for (b, length), us in cells.items():

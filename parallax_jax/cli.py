@@ -210,18 +210,18 @@ def _sweep(args) -> int:
 
 def _sweep_collect(args) -> int:
   """``sweep --collect``: finished points from other workdirs into this one, then its report."""
-  import json
   from pathlib import Path
 
   from parallax_jax.sweeps import report
   from parallax_jax.sweeps.collect import collect_points
-  from parallax_jax.sweeps.config import describe, load_sweep, select_points
+  from parallax_jax.sweeps.config import load_sweep, select_points
+  from parallax_jax.sweeps.runner import write_description
 
   sweep = load_sweep(args.config, args.workdir)
   only = [p.name for p in select_points(sweep, args.points).points] if args.points else None
   collected, refused = collect_points(sweep, args.workdir, args.collect, only=only)
   workdir = Path(args.workdir)
-  (workdir / "sweep.json").write_text(json.dumps(describe(sweep), indent=2, default=str) + "\n")
+  write_description(sweep, workdir)
   rows = report.write_all(sweep, workdir)
   finished = sum(r["status"] == "finished" for r in rows)
   print(

@@ -450,12 +450,21 @@ def test_register_variants_lower_for_cuda(fused):
   assert text.count("custom_call @mosaic_gpu") == (1 if fused else 2)
 
 
+@functools.cache
+def _default_tiles_lowering(d: int, fused: bool, **kw) -> str:
+  """The lowered text at ``default_tiles(d)`` (segment ids, GQA, a window): a variant's
+  lowering must differ from the same call's without the variant (else its flag never reached
+  the kernel)."""
+  return _lower(d, True, backward.default_tiles(d), "Lane", fused=fused, **kw)
+
+
 @pytest.mark.parametrize("fused", [False, True], ids=["two_pass", "fused"])
 @pytest.mark.parametrize("d", backward.HEAD_DIMS)
 def test_stacked_qr_lowers_for_cuda(d, fused):
   """``stack_qr=True`` (one N = 2 block_q wgmma for ``S^T`` and ``T^T``, the result split in
   registers, R's and Q's SMEM tiles as row slices of the stacked one) lowers for CUDA."""
-  _lower(d, True, backward.default_tiles(d), "Lane", fused=fused, stack_qr=True)
+  text = _lower(d, True, backward.default_tiles(d), "Lane", fused=fused, stack_qr=True)
+  assert text != _default_tiles_lowering(d, fused)
 
 
 @pytest.mark.parametrize("fused", [False, True], ids=["two_pass", "fused"])
@@ -464,14 +473,16 @@ def test_v_regs_lowers_for_cuda(d, fused):
   """``v_regs=True`` (V loaded from its swizzled SMEM tile into the WGMMA register layout, the
   A operand of ``V dO^T``) lowers for CUDA, with and without the stacked Q/R tile."""
   tiles = backward.default_tiles(d)
-  _lower(d, True, tiles, "Lane", fused=fused, v_regs=True, stack_qr=d == 128)
+  text = _lower(d, True, tiles, "Lane", fused=fused, v_regs=True, stack_qr=d == 128)
+  assert text != _default_tiles_lowering(d, fused, stack_qr=d == 128)
 
 
 @pytest.mark.parametrize("d", backward.HEAD_DIMS)
 def test_do_regs_lowers_for_cuda(d):
   """``do_regs=True`` (dO from its swizzled SMEM tile into the WGMMA register layout, the A
   operand of the dq/dr kernel's ``dO V^T``) lowers for CUDA."""
-  _lower(d, True, backward.default_tiles(d), "Lane", do_regs=True)
+  text = _lower(d, True, backward.default_tiles(d), "Lane", do_regs=True)
+  assert text != _default_tiles_lowering(d, False)
 
 
 def test_register_variants_are_checked():

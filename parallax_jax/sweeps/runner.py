@@ -54,6 +54,13 @@ def _write_status(workdir: Path, point: Point, status: dict) -> None:
   tmp.replace(path)
 
 
+def write_description(sweep: Sweep, workdir: Path) -> None:
+  """``W/sweep.json``: the sweep as run (``config.describe``), beside its points."""
+  (Path(workdir) / "sweep.json").write_text(
+    json.dumps(describe(sweep), indent=2, default=str) + "\n"
+  )
+
+
 def is_finished(status: dict | None, point: Point) -> bool:
   return (
     status is not None
@@ -201,7 +208,7 @@ def run_sweep(
   workdir = Path(workdir).resolve()
   (workdir / "points").mkdir(parents=True, exist_ok=True)
   write_inline_base(sweep)
-  (workdir / "sweep.json").write_text(json.dumps(describe(sweep), indent=2, default=str) + "\n")
+  write_description(sweep, workdir)
   todo = []
   for point in sweep.points:
     old = read_status(workdir, point)
@@ -236,4 +243,4 @@ def run_sweep(
   return sweep_report.write_all(sweep, workdir)
 
 
-__all__ = ["is_finished", "point_dir", "read_status", "run_point", "run_sweep"]
+__all__ = ["is_finished", "point_dir", "read_status", "run_point", "run_sweep", "write_description"]
