@@ -32,21 +32,33 @@ from pallas_kernels.mosaic_gpu import backward, forward  # noqa: E402
 from parallax_jax.attention.masking import MaskSpec  # noqa: E402
 
 VARIANTS = {  # name -> parallax_bwd keywords; the first is the baseline of the table's ratios
-  # The row packing, at the register split it was measured with (producer 40).
-  "in_kernel": {"pack_row_constants": False, "producer_registers": 40},  # before 2026-12-04
-  "packed": {"pack_row_constants": True, "producer_registers": 40},
+  # The row packing, at the register split it was measured with (producer 40). Every variant
+  # named before session 21 pins stack_qr=False: that was its dk/dv kernel when timed.
+  "in_kernel": {"pack_row_constants": False, "producer_registers": 40, "stack_qr": False},
+  "packed": {"pack_row_constants": True, "producer_registers": 40, "stack_qr": False},
   # The register split: the TMA producers at 24 registers, the consumers at 240 (not 232); the
   # default since 2026-12-04 (session 19).
-  "packed_producer24": {"pack_row_constants": True, "producer_registers": 24},
+  "packed_producer24": {"pack_row_constants": True, "producer_registers": 24, "stack_qr": False},
   # The fused backward (one dk/dv kernel adding dq/dr by TMA reductions; docs/design.md §5.5),
   # with its [D, block_q] dq/dr parts whole or in two row chunks, at either register split.
-  "fused": {"fused": True, "producer_registers": 40, "fused_chunks": 1},
-  "fused_producer24": {"fused": True, "producer_registers": 24, "fused_chunks": 1},
-  "fused_chunks2": {"fused": True, "producer_registers": 40, "fused_chunks": 2},
-  "fused_producer24_chunks2": {"fused": True, "producer_registers": 24, "fused_chunks": 2},
+  "fused": {"fused": True, "producer_registers": 40, "fused_chunks": 1, "stack_qr": False},
+  "fused_producer24": {
+    "fused": True,
+    "producer_registers": 24,
+    "fused_chunks": 1,
+    "stack_qr": False,
+  },
+  "fused_chunks2": {"fused": True, "producer_registers": 40, "fused_chunks": 2, "stack_qr": False},
+  "fused_producer24_chunks2": {
+    "fused": True,
+    "producer_registers": 24,
+    "fused_chunks": 2,
+    "stack_qr": False,
+  },
   # The dk/dv kernel streaming Q and R as one stacked tile: [S^T | T^T] as one wgmma of
-  # N = 2 block_q (opt-in until timed; session 19's form stacked them by an XLA copy, timed in
-  # bench_bwd_math_2026-12-04_161319; since session 20, two TMA copies into one SMEM slot).
+  # N = 2 block_q. Session 19's form stacked them by an XLA copy (bench_bwd_math_2026-12-04_161319);
+  # since session 20, two TMA copies into one SMEM slot, timed in _181432 and the default at
+  # D = 128 since session 21 (backward_dkv.default_stack_qr).
   "packed_producer24_stack_qr": {"producer_registers": 24, "stack_qr": True},
   "fused_producer24_chunks2_stack_qr": {
     "fused": True,
@@ -54,11 +66,6 @@ VARIANTS = {  # name -> parallax_bwd keywords; the first is the baseline of the 
     "fused_chunks": 2,
     "stack_qr": True,
   },
-  # The dk/dv kernel holding V in registers as the A operand of V dO^T (opt-in until timed).
-  "packed_producer24_v_regs": {"producer_registers": 24, "v_regs": True},
-  "packed_producer24_stack_qr_v_regs": {"producer_registers": 24, "stack_qr": True, "v_regs": True},
-  # ... and the dq/dr kernel holding dO in registers as the A operand of dO V^T.
-  "packed_producer24_do_regs": {"producer_registers": 24, "do_regs": True},
 }
 
 

@@ -81,8 +81,8 @@ def path_fns(causal, interpret, window=None):
     "pallas_mosaic_gpu": parallax_fn("pallas_mosaic_gpu", causal, interpret, window),
     # the Mosaic forward with the Mosaic / the Triton backward, whatever the call (path_context)
     "pallas_mosaic_gpu_bwd": parallax_fn("pallas_mosaic_gpu", causal, interpret, window),
-    # ... the Mosaic backward with the dk/dv kernel's stacked Q/R tile (opt-in until timed)
-    "pallas_mosaic_gpu_stack_qr_bwd": parallax_fn("pallas_mosaic_gpu", causal, interpret, window),
+    # ... the Mosaic backward with the dk/dv kernel's separate Q and R tiles (before session 21)
+    "pallas_mosaic_gpu_unstacked_bwd": parallax_fn("pallas_mosaic_gpu", causal, interpret, window),
     "pallas_mosaic_gpu_triton_bwd": parallax_fn("pallas_mosaic_gpu", causal, interpret, window),
     # the fused Mosaic backward (dq/dr by TMA reductions in the dk/dv kernel; deterministic=False)
     "pallas_mosaic_gpu_fused_bwd": parallax_fn(
@@ -99,8 +99,8 @@ def path_fns(causal, interpret, window=None):
 
 def path_context(name):
   """What a path holds for its cell: "pallas_mosaic_gpu_bwd" (and "_fused_bwd") /
-  "_stack_qr_bwd" / "_triton_bwd" pin ``pallas_kernels.mosaic_gpu.implementation.BACKWARD`` to
-  the Mosaic backward / its stacked Q/R variant / the Triton backward (read when the op is
+  "_unstacked_bwd" / "_triton_bwd" pin ``pallas_kernels.mosaic_gpu.implementation.BACKWARD``
+  to the Mosaic backward / its unstacked Q/R variant / the Triton backward (read when the op is
   called); the other paths run the module's default ("auto": the measured rule, docs/design.md
   §6.2)."""
   if not (name.startswith("pallas_mosaic_gpu") and name.endswith("_bwd")):
@@ -109,8 +109,8 @@ def path_context(name):
 
   if name.endswith("_triton_bwd"):
     return implementation.use_backward("triton")
-  stacked = name.endswith("_stack_qr_bwd")
-  return implementation.use_backward("mosaic_stack_qr" if stacked else "mosaic")
+  unstacked = name.endswith("_unstacked_bwd")
+  return implementation.use_backward("mosaic_unstacked" if unstacked else "mosaic")
 
 
 def softmax_fn(causal, interpret, window=None):
@@ -244,8 +244,9 @@ def main(argv=None):
     help="comma list of paths to time: pallas_gpu, pallas_gpu_fused (the atomic single-pass "
     "backward), pallas_mosaic_gpu (Mosaic forward, the backward its BACKWARD='auto' rule "
     "picks), pallas_mosaic_gpu_bwd / pallas_mosaic_gpu_triton_bwd (Mosaic forward, the Mosaic "
-    "/ the Triton backward), pallas_mosaic_gpu_stack_qr_bwd (the Mosaic backward with the dk/dv "
-    "kernel's stacked Q/R tile), pallas_mosaic_gpu_fused (Mosaic forward, fused Triton backward), "
+    "/ the Triton backward), pallas_mosaic_gpu_unstacked_bwd (the Mosaic backward with the "
+    "dk/dv kernel's separate Q and R tiles, the default before session 21), "
+    "pallas_mosaic_gpu_fused (Mosaic forward, fused Triton backward), "
     "pallas_mosaic_gpu_fused_bwd (Mosaic forward, fused Mosaic backward), "
     "xla, softmax_cudnn",
   )

@@ -26,6 +26,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
+from pallas_kernels.mosaic_gpu import implementation as mosaic_implementation
 from parallax_jax.benchmarking import result_files
 from parallax_jax.benchmarking.kernel_categories import NAMES as KERNEL_CATEGORIES
 from parallax_jax.benchmarking.kernel_categories import by_category
@@ -181,7 +182,7 @@ def main(argv=None):
   p.add_argument("--layers", type=int, default=None, help="override num_layers (quick runs)")
   p.add_argument(
     "--mosaic-backward",
-    choices=("auto", "triton", "mosaic", "mosaic_stack_qr"),
+    choices=mosaic_implementation.BACKWARDS,
     default=None,
     help="the backward of implementation pallas_mosaic_gpu (default: the module's BACKWARD)",
   )
@@ -220,9 +221,7 @@ def main(argv=None):
   use_compilation_cache(args.compilation_cache)
   args.stem = None
   if args.mosaic_backward:
-    from pallas_kernels.mosaic_gpu import implementation
-
-    implementation.BACKWARD = args.mosaic_backward
+    mosaic_implementation.BACKWARD = args.mosaic_backward
   cfg = load_config(args.config, overrides)
   base = ModelConfig.from_dict(cfg.model.to_dict())
   if args.layers:

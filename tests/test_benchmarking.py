@@ -174,7 +174,7 @@ def test_bench_kernels_paths_trace_the_backward_they_name():
 
   from experiments import bench_kernels
 
-  x = jnp.ones((1, 128, 2, 64), jnp.bfloat16)
+  x = jnp.ones((1, 128, 2, 128), jnp.bfloat16)  # D = 128: the Mosaic dk/dv tile is stacked
   kernels = {}
   for name, fn in bench_kernels.path_fns(True, True).items():
     if not name.startswith("pallas"):
@@ -190,10 +190,11 @@ def test_bench_kernels_paths_trace_the_backward_they_name():
   assert kernels["pallas_gpu"] == kernels["pallas_mosaic_gpu"] == two_pass
   assert kernels["pallas_mosaic_gpu_triton_bwd"] == two_pass
   assert kernels["pallas_gpu_fused"] == kernels["pallas_mosaic_gpu_fused"] == fused
-  assert kernels["pallas_mosaic_gpu_bwd"] == {"parallax_bwd_dq_mgpu", "parallax_bwd_dkv_mgpu"}
-  assert kernels["pallas_mosaic_gpu_fused_bwd"] == {"parallax_bwd_dkv_fused_mgpu"}
   stacked = {"parallax_bwd_dq_mgpu", "parallax_bwd_dkv_stacked_mgpu"}
-  assert kernels["pallas_mosaic_gpu_stack_qr_bwd"] == stacked
+  assert kernels["pallas_mosaic_gpu_bwd"] == stacked
+  assert kernels["pallas_mosaic_gpu_fused_bwd"] == {"parallax_bwd_dkv_fused_stacked_mgpu"}
+  unstacked = {"parallax_bwd_dq_mgpu", "parallax_bwd_dkv_mgpu"}
+  assert kernels["pallas_mosaic_gpu_unstacked_bwd"] == unstacked
 
 
 def test_mosaic_backward_switch_is_read_at_the_call():

@@ -201,7 +201,7 @@ def test_interpret_cta_orders(order):
   _check_grads(_run(case, TILES["default"], interpret=True, kernel=kernel), case)
 
 
-STACKED_QR_CASES = [  # (case, tiles, fused): GQA and a window; segments at D 128; Tq > Tk
+QR_TILES_CASES = [  # (case, tiles, fused): GQA and a window; segments at D 128; Tq > Tk
   (Case(1, 256, None, 4, 2, 64, window=100, **_BF16), "default", False),
   (Case(2, 128, None, 2, 1, 128, dtype="float16", segments=(50, 78)), "default", False),
   (Case(1, 150, 60, 2, 1, 64, **_BF16), "one_wg", False),
@@ -211,52 +211,16 @@ STACKED_QR_CASES = [  # (case, tiles, fused): GQA and a window; segments at D 12
 
 @pytest.mark.parametrize(
   "case,tiles,fused",
-  [pytest.param(c, t, f, id=f"{t}-{'fused-' if f else ''}{c.id}") for c, t, f in STACKED_QR_CASES],
+  [pytest.param(c, t, f, id=f"{t}-{'fused-' if f else ''}{c.id}") for c, t, f in QR_TILES_CASES],
 )
-def test_interpret_stacked_qr_matches_oracle(case, tiles, fused):
-  """``stack_qr=True``: the dk/dv kernel streams each query block's Q and R rows as one tile
-  and forms ``[S^T | T^T]`` with one matmul, then splits it; the four gradients against the
+def test_interpret_other_qr_tiles_match_oracle(case, tiles, fused):
+  """The dk/dv kernel's Q/R tiling that is not the head dim's default (the grids run that one):
+  stacked at D = 64, where one matmul forms ``[S^T | T^T]`` from each query block's Q and R
+  rows as one tile, then splits it; separate at D = 128. The four gradients against the
   float64 oracle (a swapped or shifted half would give R's scores to Q)."""
-  kernel = functools.partial(backward.parallax_bwd, stack_qr=True, fused=fused)
+  stack_qr = not backward_dkv.default_stack_qr(case.d)
+  kernel = functools.partial(backward.parallax_bwd, stack_qr=stack_qr, fused=fused)
   _check_grads(_run(case, TILES[tiles], interpret=True, kernel=kernel), case)
-
-
-def test_interpret_do_regs_matches_oracle():
-  """``do_regs=True``: dO read into registers once per dq/dr consumer, the A operand of
-  ``dO V^T`` (plumbing only in the interpreter, as for ``v_regs``); with ``v_regs`` too."""
-  case = STACKED_QR_CASES[0][0]
-  kernel = functools.partial(backward.parallax_bwd, do_regs=True, v_regs=True)
-  _check_grads(_run(case, TILES["default"], interpret=True, kernel=kernel), case)
-
-
-def test_do_regs_with_fused_raises():
-  """The fused backward has no dq/dr kernel, so ``do_regs`` there would be ignored: it raises."""
-  x = jnp.zeros((1, 128, 2, 64), jnp.bfloat16)
-  with pytest.raises(NotImplementedError, match="do_regs=True applies to the dq/dr kernel"):
-    backward.parallax_bwd(
-      x,
-      x,
-      x,
-      x,
-      None,
-      None,
-      x,
-      scale=0.1,
-      mask=MaskSpec(128, 128, True),
-      fused=True,
-      do_regs=True,
-    )
-
-
-@pytest.mark.parametrize("stack_qr", [False, True], ids=["", "stack_qr"])
-@pytest.mark.parametrize("fused", [False, True], ids=["two_pass", "fused"])
-def test_interpret_v_regs_matches_oracle(fused, stack_qr):
-  """``v_regs=True``: V read into registers once per consumer, the A operand of ``V dO^T``
-  (the interpreter multiplies plain arrays: this checks the kernel's plumbing; the register
-  wgmma runs in the GPU variant test)."""
-  case = STACKED_QR_CASES[0][0]  # GQA and a window
-  kernel = functools.partial(backward.parallax_bwd, v_regs=True, stack_qr=stack_qr, fused=fused)
-  _check_grads(_run(case, TILES["default"], interpret=True, kernel=kernel), case)
 
 
 ROW_PACKING_CASES = [  # a window inside a block, segments, Tq > Tk (rows that see nothing)
@@ -460,29 +424,13 @@ def _default_tiles_lowering(d: int, fused: bool, **kw) -> str:
 
 @pytest.mark.parametrize("fused", [False, True], ids=["two_pass", "fused"])
 @pytest.mark.parametrize("d", backward.HEAD_DIMS)
-def test_stacked_qr_lowers_for_cuda(d, fused):
-  """``stack_qr=True`` (one N = 2 block_q wgmma for ``S^T`` and ``T^T``, the result split in
-  registers, R's and Q's SMEM tiles as row slices of the stacked one) lowers for CUDA."""
-  text = _lower(d, True, backward.default_tiles(d), "Lane", fused=fused, stack_qr=True)
+def test_other_qr_tiles_lower_for_cuda(d, fused):
+  """The Q/R tiling that is not the head dim's default lowers for CUDA: stacked at D = 64 (one
+  N = 2 block_q wgmma for ``S^T`` and ``T^T``, the result split in registers, R's and Q's SMEM
+  tiles as row slices of the stacked one), separate at D = 128."""
+  stack_qr = not backward_dkv.default_stack_qr(d)
+  text = _lower(d, True, backward.default_tiles(d), "Lane", fused=fused, stack_qr=stack_qr)
   assert text != _default_tiles_lowering(d, fused)
-
-
-@pytest.mark.parametrize("fused", [False, True], ids=["two_pass", "fused"])
-@pytest.mark.parametrize("d", backward.HEAD_DIMS)
-def test_v_regs_lowers_for_cuda(d, fused):
-  """``v_regs=True`` (V loaded from its swizzled SMEM tile into the WGMMA register layout, the
-  A operand of ``V dO^T``) lowers for CUDA, with and without the stacked Q/R tile."""
-  tiles = backward.default_tiles(d)
-  text = _lower(d, True, tiles, "Lane", fused=fused, v_regs=True, stack_qr=d == 128)
-  assert text != _default_tiles_lowering(d, fused, stack_qr=d == 128)
-
-
-@pytest.mark.parametrize("d", backward.HEAD_DIMS)
-def test_do_regs_lowers_for_cuda(d):
-  """``do_regs=True`` (dO from its swizzled SMEM tile into the WGMMA register layout, the A
-  operand of the dq/dr kernel's ``dO V^T``) lowers for CUDA."""
-  text = _lower(d, True, backward.default_tiles(d), "Lane", do_regs=True)
-  assert text != _default_tiles_lowering(d, False)
 
 
 def test_register_variants_are_checked():
@@ -532,14 +480,14 @@ def test_compiled_fused_matches_oracle(case):
   _check_grads(_run(case, None, interpret=False, kernel=kernel), case)
 
 
-REGISTER_VARIANTS = {  # the non-default register splits (experiments/bench_bwd_math.py)
+REGISTER_VARIANTS = {  # the non-default kernel variants (experiments/bench_bwd_math.py)
   "producer40": dict(producer_registers=40),
   "fused_producer40_chunks1": dict(fused=True, producer_registers=40, fused_chunks=1),
-  "stack_qr": dict(stack_qr=True),  # opt-in until timed on the H200
-  "fused_stack_qr": dict(fused=True, stack_qr=True),
-  "v_regs": dict(v_regs=True),  # opt-in until timed on the H200
-  "stack_qr_v_regs": dict(stack_qr=True, v_regs=True),
-  "do_regs": dict(do_regs=True),  # opt-in until timed on the H200
+  # the Q/R tiling each head dim does not default to (backward_dkv.default_stack_qr)
+  "stacked": dict(stack_qr=True),
+  "fused_stacked": dict(fused=True, stack_qr=True),
+  "unstacked": dict(stack_qr=False),
+  "fused_unstacked": dict(fused=True, stack_qr=False),
 }
 
 
@@ -547,10 +495,12 @@ REGISTER_VARIANTS = {  # the non-default register splits (experiments/bench_bwd_
 @pytest.mark.parametrize("variant", list(REGISTER_VARIANTS))
 @pytest.mark.parametrize("case", [pytest.param(c, id=c.id) for c in GPU_CORE_CASES])
 def test_compiled_register_variants_match_oracle(case, variant):
-  """GPU mode: the non-default variants (register split, stacked Q/R tiles) against the oracle
-  (the defaults run in the grids above)."""
+  """GPU mode: the non-default variants (register split, the other Q/R tiling) against the
+  oracle (the defaults run in the grids above)."""
   require_gpu()
   kw = REGISTER_VARIANTS[variant]
+  if kw.get("stack_qr", None) == backward_dkv.default_stack_qr(case.d):
+    pytest.skip(f"stack_qr={kw['stack_qr']} is the default at D = {case.d}: run in the grids")
   kernel = functools.partial(backward.parallax_bwd, **kw)
   _check_grads(_run(case, None, interpret=False, kernel=kernel), case)
 

@@ -185,9 +185,7 @@ def parallax_bwd(
   pack_row_constants: bool = True,
   producer_registers: int = DEFAULT_PRODUCER_REGISTERS,
   fused_chunks: int | None = None,
-  stack_qr: bool = False,
-  v_regs: bool = False,
-  do_regs: bool = False,
+  stack_qr: bool | None = None,
 ):
   """``(dq, dr, dk, dv)`` in the input dtypes.
 
@@ -210,19 +208,12 @@ def parallax_bwd(
       (``common.PRODUCER_REGISTERS``); their consumers share the rest.
     fused_chunks: the fused kernel forms its ``[D, block_q]`` dq/dr parts in this many row
       chunks (``backward_dkv.dk_dv``); None: ``backward_dkv.default_fused_chunks``.
-    stack_qr: the dk/dv kernel streams Q and R as one stacked tile (``backward_dkv.dk_dv``).
-    v_regs: the dk/dv kernel holds V in registers for ``V dO^T`` (``backward_dkv.dk_dv``).
-    do_regs: the dq/dr kernel holds dO in registers for ``dO V^T`` (``backward_dq.dq_dr``);
-      two-pass only.
+    stack_qr: the dk/dv kernel streams Q and R as one stacked tile (``backward_dkv.dk_dv``);
+      None: ``backward_dkv.default_stack_qr`` (at D = 128, measured faster).
   """
   q_len, d = q.shape[1], q.shape[3]
   kv_len = k.shape[1]
   check_producer_registers(producer_registers)
-  if fused and do_regs:
-    raise NotImplementedError(
-      "do_regs=True applies to the dq/dr kernel, which the fused backward (fused=True) does not "
-      "run: pass one of them."
-    )
   if str(q.dtype) not in DTYPES or d not in HEAD_DIMS:
     raise NotImplementedError(
       f"implementation={NAME!r} takes bfloat16/float16 with head_dim 64 or 128, got "
@@ -257,7 +248,6 @@ def parallax_bwd(
     block_k=cfg_dkv.block_k,
     stages=cfg_dkv.num_stages or DEFAULT_STAGES,
     stack_qr=stack_qr,
-    v_regs=v_regs,
   )
   if fused:
     dk, dv, dq, dr = backward_dkv.dk_dv(
@@ -270,7 +260,6 @@ def parallax_bwd(
     block_q=cfg_dq.block_q,
     block_k=cfg_dq.block_k,
     stages=cfg_dq.num_stages or DEFAULT_STAGES,
-    do_regs=do_regs,
     **common,
   )
   dk, dv = backward_dkv.dk_dv(*args, **dkv, **common)

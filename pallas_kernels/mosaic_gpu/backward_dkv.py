@@ -49,7 +49,6 @@ def _kernel(
   fused_chunks: int,
   pack_row_constants: bool,
   stack_qr: bool,
-  v_regs: bool,
 ):
   q_ref, r_ref, *refs = refs
   do_ref, stats_ref, k_ref, v_ref, *refs = refs
@@ -98,8 +97,6 @@ def _kernel(
         slab = ref.at[lax.axis_index("k"), wg, b, heads]  # [group, 64 keys, Tq]
         slab[...] = jnp.zeros(slab.shape, jnp.float32)
     plgpu.barrier_wait(barrier)
-    # v_regs: V as the register A operand of A^T = V dO^T (read from SMEM once, not per step)
-    wg_state["v_a"] = ops.layout(v_t[...]) if v_regs else v_t
     zeros = ops.layout(jnp.zeros((ROWS, d), jnp.float32))
     dk, dv = pipeline((zeros, zeros))
     if fused and not ops.interpret and wgs > 1:  # the other consumer's last dq/dr wgmma has
@@ -123,11 +120,10 @@ def _kernel(
       # (q_t, r_t are this step's slot's halves; the pipeline's slot is step mod slots)
       (ring,) = qr_ring
       qr_t = ring.at[lax.rem(idx[0] * group + idx[1], ring.shape[0])]
-      st, a = ops.matmuls_nt(((k_t, qr_t), (wg_state["v_a"], do_t)), ((ROWS, 2 * bq), tile))
+      st, a = ops.matmuls_nt(((k_t, qr_t), (v_t, do_t)), ((ROWS, 2 * bq), tile))
       s, t = st[:, :bq], st[:, bq:]
     else:
-      pairs = ((k_t, q_t), (k_t, r_t), (wg_state["v_a"], do_t))
-      s, t, a = ops.matmuls_nt(pairs, tile)  # [keys, queries]
+      s, t, a = ops.matmuls_nt(((k_t, q_t), (k_t, r_t), (v_t, do_t)), tile)  # [keys, queries]
     s2 = s * c2
     safe_lo, safe_hi = wg_state["safe"]
     key0 = wg_state["key0"]
@@ -242,6 +238,15 @@ def default_fused_chunks(head_dim: int) -> int:
   return 2 if head_dim % (2 * ROWS) == 0 else 1
 
 
+def default_stack_qr(head_dim: int) -> bool:
+  """Whether the dk/dv kernel stacks Q and R by default: at D = 128, where the H200 timed it
+  (bf16, H = 16, causal, bench_bwd_math_2026-12-04_181432): dk/dv 5.6-13.1% faster, the whole
+  two-pass backward 4.3-5.7%, with no XLA copy and the same registers; the fused kernel's
+  stacked form 3-4% faster than its unstacked one across runs (docs/design.md §5.6). D = 64 is
+  not timed, so it keeps the unstacked tiles."""
+  return head_dim == 128
+
+
 def smem_bytes(
   head_dim: int, block_q: int, block_k: int, stages: int, has_seg: bool, fused: bool = False
 ) -> int:
@@ -278,8 +283,7 @@ def dk_dv(
   fused=False,
   fused_chunks=None,
   pack_row_constants=True,
-  stack_qr=False,
-  v_regs=False,
+  stack_qr=None,
 ):
   """``(dk, dv)`` of padded inputs (``backward.parallax_bwd`` prepares them), the query heads
   of each GQA group summed in the kernel; fused: ``(dk, dv, dq, dr)``.
@@ -305,14 +309,12 @@ def dk_dv(
     stack_qr: land each query block's Q and R tiles as the two halves of one ``[2 block_q, D]``
       SMEM ring slot (two TMA copies), so that ``S^T`` and ``T^T`` are one wgmma of N =
       ``2 block_q`` instead of two of N = ``block_q``: the K tile is read from shared memory
-      once for both. Opt-in until timed: the H200 measured the dk/dv kernel ~10% faster with
-      it when an XLA copy stacked Q and R in HBM, which cost as much (docs/design.md §5.6).
-    v_regs: hold each consumer's V tile in registers (32 per thread at D = 128) as the A
-      operand of ``A^T = V dO^T``, so that wgmma reads only the ``dO`` tile from shared memory
-      (docs/design.md §5.6). Opt-in until timed.
+      once for both. None: ``default_stack_qr``.
   """
   if fused_chunks is None:
     fused_chunks = default_fused_chunks(k.shape[-1])
+  if stack_qr is None:
+    stack_qr = default_stack_qr(k.shape[-1])
   if fused_chunks not in (1, 2) or k.shape[-1] % (bc.ROWS * fused_chunks):
     raise NotImplementedError(
       f"fused_chunks must be 1 or 2 with head_dim / fused_chunks a multiple of {bc.ROWS} (the "
@@ -338,7 +340,6 @@ def dk_dv(
     fused_chunks=fused_chunks,
     pack_row_constants=pack_row_constants,
     stack_qr=stack_qr,
-    v_regs=v_regs,
   )
   # e.g. "parallax_bwd_dkv_fused_stacked_mgpu": the variant is named in profiles and jaxprs
   kernel.__name__ = f"parallax_bwd_dkv{'_fused' * fused}{'_stacked' * stack_qr}_mgpu"

@@ -46,7 +46,6 @@ def _kernel(
   ops: bc.BwdOps,
   producer_registers: int,
   pack_row_constants: bool,
-  do_regs: bool,
 ):
   if has_seg:
     q_ref, r_ref, do_ref, stats_ref, k_ref, v_ref, segq_ref, segk_ref, *refs = refs
@@ -90,8 +89,6 @@ def _kernel(
       seg_q=ops.load(segq_ref.at[b, rows_sl], bc.ROW) if has_seg else None,
     )
     plgpu.barrier_wait(barrier)
-    # do_regs: dO as the register A operand of A = dO V^T (read from SMEM once, not per step)
-    wg_state["do_a"] = ops.layout(do_t[...]) if do_regs else do_t
     zeros = ops.layout(jnp.zeros((ROWS, d), jnp.float32))
     dq, dr = pipeline((zeros, zeros))
     # Every wgmma reading Q and R has been waited for: stage dq and dr in their SMEM tiles.
@@ -106,8 +103,8 @@ def _kernel(
   def body(idx, k_t, v_t, *rest):
     *segk, (dq, dr) = rest
     kb = lo + idx[0]
-    q_t, r_t, _ = wg_state["tiles"]
-    s, t, a = ops.matmuls_nt(((q_t, k_t), (r_t, k_t), (wg_state["do_a"], v_t)), tile)
+    q_t, r_t, do_t = wg_state["tiles"]
+    s, t, a = ops.matmuls_nt(((q_t, k_t), (r_t, k_t), (do_t, v_t)), tile)
     s2 = s * c2
     safe_lo, safe_hi = wg_state["safe"]
     row0 = wg_state["row0"]
@@ -173,7 +170,6 @@ def dq_dr(
   cta_order="heads_outer",
   producer_registers=bc.DEFAULT_PRODUCER_REGISTERS,
   pack_row_constants=True,
-  do_regs=False,
 ):
   """``(dq, dr)`` of padded inputs (``backward.parallax_bwd`` prepares them).
 
@@ -190,9 +186,6 @@ def dq_dr(
     producer_registers: registers per thread of the TMA producer warpgroup; the consumers
       share the rest (``common.consumer_registers``).
     pack_row_constants: ``stats`` holds ``backward_common.STATS`` (else the earlier rows).
-    do_regs: hold each consumer's dO tile in registers (32 per thread at D = 128) as the A
-      operand of ``dO V^T``, so that wgmma reads only the V tile from shared memory
-      (docs/design.md §5.6). Opt-in until timed.
   """
   batch, tq, hq, d = q.shape
   hkv = k.shape[2]
@@ -213,7 +206,6 @@ def dq_dr(
     ops=bc.BwdOps(interpret),
     producer_registers=producer_registers,
     pack_row_constants=pack_row_constants,
-    do_regs=do_regs,
   )
   kernel.__name__ = "parallax_bwd_dq_mgpu"  # the kernel's name in profiles (a partial has none)
   out = jax.ShapeDtypeStruct(q.shape, q.dtype)

@@ -15,10 +15,11 @@ The forward is ``forward.parallax_fwd``. The backward is chosen per call by ``BA
   ``deterministic=False`` the fused one: the dk/dv kernel alone, adding dq/dr by TMA
   reductions (measured 2-6% slower than the two passes, bench_kernels_2026-12-03_144822, so
   ``"auto"`` never picks it).
-* ``"mosaic_stack_qr"``: ``"mosaic"`` with the dk/dv kernel's stacked Q/R tile
-  (``backward_dkv.dk_dv(stack_qr=True)``, docs/design.md §5.6), opt-in until timed: a
-  variant to measure beside ``"mosaic"`` (``experiments/bench_kernels.py``,
-  ``experiments/bench_train.py``), never picked by ``"auto"``.
+  At D = 128 its dk/dv kernel streams Q and R as one stacked tile
+  (``backward_dkv.default_stack_qr``, measured 4-6% off the backward, docs/design.md §5.6).
+* ``"mosaic_unstacked"``: ``"mosaic"`` with the dk/dv kernel's separate Q and R tiles (the
+  default before session 21), kept to time beside it (``experiments/bench_kernels.py``,
+  ``experiments/bench_train.py``); never picked by ``"auto"``.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from parallax_jax.attention.validation import CallSpec
 
 log = logging.getLogger("parallax_jax")
 
-BACKWARDS = ("auto", "triton", "mosaic", "mosaic_stack_qr")
+BACKWARDS = ("auto", "triton", "mosaic", "mosaic_unstacked")
 BACKWARD = "auto"
 # The "auto" rule's scope: where the Mosaic backward was measured faster than the Triton one, or
 # equal (H200, H = 16, bf16, causal, pipelined fwd+bwd, docs/design.md §5.6). Key: (head_dim,
@@ -46,6 +47,8 @@ BACKWARD = "auto"
 # 8.9% less at (4, 4K) / (2, 8K). D = 128, window 1024 (bench_kernels_2026-12-03_181341_window1024):
 # 0.8 / 0.6% less at (4, 4K) / (2, 8K), a tie; windows narrower than the one measured, windows at
 # D = 64 and shorter lengths stay on Triton (not measured).
+# Measured with the unstacked dk/dv tile; the stacked one (D = 128, session 21) takes 4-6% more
+# off the Mosaic backward where timed (no window), widening its lead.
 MOSAIC_BACKWARD_MIN_LEN = {(128, False): 2048, (64, False): 4096, (128, True): 4096}
 MOSAIC_BACKWARD_MIN_WINDOW = 1024
 _logged: set[tuple[str, str]] = set()
@@ -158,7 +161,7 @@ def _bwd(q, r, k, v, segment_ids, residuals, do, spec: CallSpec, variant: str | 
       cfg_dkv=bs.dkv if bs is not None else None,
       interpret=spec.interpret,
       fused=not spec.deterministic,  # dq/dr by TMA reductions in the dk/dv kernel (§5.5)
-      stack_qr=backward_name == "mosaic_stack_qr",
+      stack_qr=False if backward_name == "mosaic_unstacked" else None,  # None: by head_dim
     )
   from pallas_kernels.gpu import backward, block_sizes
 
