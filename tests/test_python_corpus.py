@@ -308,7 +308,7 @@ def test_resume_and_eval_read_the_run_tokenizer(tmp_path, tree, monkeypatch):
 # ------------------------------------------------------------------------- the study configs
 
 
-@pytest.mark.parametrize("name, count", [("gpu_study_lm", 56), ("gpu_study_mqar", 24)])
+@pytest.mark.parametrize("name, count", [("gpu_study_lm", 56), ("gpu_study_mqar", 28)])
 def test_gpu_study_configs_plan_and_validate(name, count, capsys, monkeypatch):
   import jax
 
@@ -403,7 +403,7 @@ def test_gpu_study_configs_plan_and_validate(name, count, capsys, monkeypatch):
       assert exps[name].optimizer == base.optimizer
 
 
-@pytest.mark.parametrize("study, at_least", [("gpu_study_lm", 38), ("gpu_study_mqar", 8)])
+@pytest.mark.parametrize("study, at_least", [("gpu_study_lm", 39), ("gpu_study_mqar", 20)])
 def test_committed_study_points_are_the_sweeps_points(study, at_least):
   """Every committed GPU-study point is a point of the sweep config as it stands, trained with
   exactly its config (the fingerprint the sweep runner compares): an edit of the config that

@@ -215,10 +215,13 @@ PRIORITY = (  # device sessions run these in order: each step answers a question
   # done (session 20): the compute-matched softmax at seed 1 is ahead of both Parallax arms
   # again (1.997 against 2.069 / 2.045)
   *HEAD_ONE_SEEDS,
-  # next: the MQAR groups left (configs/sweeps/gpu_study_mqar.py); then the parameter-matched
-  # softmax and the Muon and AdamW scans; then the scaled head's AdamW scan and controls: they
-  # study a head that holds every arm back, so they come last
-  *[head_one(name) for name in HEAD_ONE[13:]],
+  # done (session 21): the parameter-matched softmax (MLP 2304) is level with softmax (2.188,
+  # -0.009 nats) and 0.143 / 0.155 behind like_q / W_R = 0 at seed 0
+  head_one(HEAD_ONE[13]),
+  # next: MQAR's 4-layer group (configs/sweeps/gpu_study_mqar.py); then the Muon and AdamW
+  # scans; then the scaled head's AdamW scan and controls: they study a head that holds every
+  # arm back, so they come last
+  *[head_one(name) for name in HEAD_ONE[14:]],
   *[name for name in ADAMW_UP_SCAN if name != "adamw+softmax_lr4_s0"],
   "adamw+parallax_lr0.5_s0",
   "adamw+softmax_lr0.5_s0",

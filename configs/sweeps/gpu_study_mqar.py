@@ -8,9 +8,9 @@ accuracy 1/512). Training: 10,000 AdamW steps of 128 rows, cosine, 500 warmup st
 kind at two learning rates (1e-3, 3e-3) so that neither loses by its learning rate. Metric:
 answer accuracy on 8 fixed held-out batches (`eval_accuracy`).
 
-Device time (measured in session 20): the models are tiny (3.2M parameters), so a step is
-launch-bound. Four points at once (`--parallel 4`) take 343-389 s each, a device call of one
-group 376-397 s.
+Device time (measured in sessions 20-21): the models are tiny (3.2M parameters), so a step is
+launch-bound. Four points at once (`--parallel 4`) take 216-398 s each (fewer pairs, shorter
+rows), a device call of one group 238-406 s.
 
 Seeds: every point runs at seed 0; the groups in ``SEED_ONE`` also at seed 1 (``..._s1``):
 recall is learnt in a sudden jump whose step varies, so one seed per point cannot tell a kind
@@ -28,7 +28,9 @@ PAIRS = (4, 16, 32, 64)
 DEEP_PAIRS = (64,)  # 4 layers where 2 may not suffice
 LEARNING_RATES = (1e-3, 3e-3)
 KINDS = ("softmax", "parallax")
-SEED_ONE = ("L2_pairs64",)  # (added in session 20: only Parallax at 1e-3 learnt it, at step ~7500)
+# L2_pairs64 added in session 20 (only Parallax at 1e-3 learnt it, at step ~7500; not at seed 1);
+# L2_pairs32 in session 21 (Parallax learnt it at both rates, softmax at neither)
+SEED_ONE = ("L2_pairs64", "L2_pairs32")
 PRIORITY = (  # device calls run these groups (fnmatch patterns of four points) in order
   # done (session 20): 64 pairs: softmax stays on the plateau at both rates (accuracy 0.08),
   # Parallax learns it at 1e-3 (0.9997), not at 3e-3; 16 pairs: softmax learns it at 1e-3 (by
@@ -36,11 +38,15 @@ PRIORITY = (  # device calls run these groups (fnmatch patterns of four points) 
   "L2_pairs64_*_lr0.001",
   "L2_pairs64_*_lr0.003",
   "L2_pairs16_*",
-  # next: 64 pairs at seed 1, then 32 pairs (the boundary), 4 layers, 4 pairs
+  # done (session 21): 64 pairs at seed 1: no run learnt it, Parallax at 1e-3 included (0.082);
+  # 32 pairs: Parallax at both rates (by step 4000 / 2000), softmax at neither (0.131); 4 pairs:
+  # softmax at 1e-3 (0.9995), not at 3e-3 (0.516), Parallax at both
   "L2_pairs64_*_s1",
   "L2_pairs32_*",
-  "L4_*",
   "L2_pairs4_*",
+  # next: 4 layers at 64 pairs, then 32 pairs at seed 1
+  "L4_*",
+  "L2_pairs32_*_s1",
 )
 
 
