@@ -240,8 +240,9 @@ def default_fused_chunks(head_dim: int) -> int:
 
 def default_stack_qr(head_dim: int) -> bool:
   """Whether the dk/dv kernel stacks Q and R by default: at D = 128, where the H200 timed it
-  (bf16, H = 16, causal, bench_bwd_math_2026-12-04_181432): dk/dv 5.6-13.1% faster, the whole
-  two-pass backward 4.3-5.7%, with no XLA copy and the same registers; the fused kernel's
+  (bf16, H = 16, causal, four shapes): the dk/dv kernel 5.6-13.1% faster
+  (bench_kernels_2026-12-04_181607), the two-pass backward's kernels 4.3-5.7%
+  (bench_bwd_math_2026-12-04_181432), with no XLA copy and the same registers; the fused kernel's
   stacked form 3-4% faster than its unstacked one across runs (docs/design.md §5.6). D = 64 is
   not timed, so it keeps the unstacked tiles."""
   return head_dim == 128
