@@ -213,8 +213,8 @@ def test_read_metrics_skips_an_unfinished_last_line(tmp_path):
 
 def test_wall_time_is_accounted_by_phase(tmp_path, caplog):
   """The summary splits the run's wall time into `timings.PHASES` (no second counted twice):
-  every phase that ran is timed, the phases and the rest add up to the total, and the first
-  step, which compiles, takes longer than a later one."""
+  every phase that ran is timed, the time outside every phase is a small share of the total,
+  and the first step, which compiles, takes longer than a later one."""
   from parallax_jax.train.timings import PHASES
 
   t0 = time.perf_counter()
@@ -232,7 +232,8 @@ def test_wall_time_is_accounted_by_phase(tmp_path, caplog):
   assert set(times) == {*PHASES, "other", "total"}
   assert all(times[p] > 0 for p in PHASES), times  # every phase ran in this run
   assert times["other"] >= -0.01 and times["total"] <= wall
-  assert abs(sum(times[p] for p in PHASES) + times["other"] - times["total"]) < 0.01
+  # the phases account for the run: time outside them (4% here on 2 cores) stays a small share
+  assert times["other"] < 0.25 * times["total"], times
   assert times["first_step"] > times["steps"] / 5  # five later steps, none compiling
   assert any(r.getMessage().startswith("wall time ") for r in caplog.records)
 
