@@ -144,3 +144,44 @@ def test_trainer_on_mqar_logs_eval_accuracy(tmp_path):
   assert record["eval_loss"] == pytest.approx(np.mean(nll), rel=1e-5)
   config = json.loads((tmp_path / "config.json").read_text())
   assert config["data"]["source"]["task"] == "mqar"
+
+
+@pytest.mark.parametrize("pairs,queries,vocab", [(8, 5, 17), (6, 6, 33), (3, 1, 7)])
+def test_guess_accuracy_matches_the_generators_rows(pairs, queries, vocab):
+  """``mqar_guess_accuracy`` against the real rows: for each generated row, the chance that a
+  uniform guess among the values of the keys not asked yet is the answer, averaged over the
+  row's queries and over 3000 rows (small value sets, so repeated values count)."""
+  from parallax_jax.data.synthetic import mqar_guess_accuracy
+
+  cfg = DataConfig(
+    source="mqar", mqar_vocab_size=vocab, mqar_num_pairs=pairs, mqar_num_queries=queries
+  )
+  seq_len = 2 * (pairs + queries)
+  make = MQARRow(cfg, seq_len, 0, "train")
+  per_row = []
+  for n in range(3000):
+    x = make(n)["inputs"]
+    keys, values = x[0 : 2 * pairs : 2], x[1 : 2 * pairs : 2]
+    asked = x[2 * pairs : seq_len : 2]
+    hits = []
+    for j, key in enumerate(asked):
+      left = values[~np.isin(keys, asked[:j])]  # the values of the keys not asked before j
+      hits.append(np.mean(left == values[keys == key][0]))
+    per_row.append(np.mean(hits))
+  mean, sem = np.mean(per_row), np.std(per_row) / np.sqrt(len(per_row))
+  assert (
+    abs(mqar_guess_accuracy(pairs, queries, len(mqar_vocab(vocab)[1])) - mean) < 4 * sem + 1e-12
+  )
+
+
+def test_guess_accuracy_closed_forms_and_checks():
+  """Every key asked, values all distinct (V -> infinity): H_n / n; one query: (1 + (n-1)/V)/n;
+  bad counts raise naming them."""
+  from parallax_jax.data.synthetic import mqar_guess_accuracy
+
+  harmonic = sum(1 / k for k in range(1, 65))
+  assert mqar_guess_accuracy(64, 64, 10**12) == pytest.approx(harmonic / 64)
+  assert mqar_guess_accuracy(5, 1, 4) == pytest.approx((1 + 4 / 4) / 5)
+  assert mqar_guess_accuracy(4, 4, 512) == pytest.approx(0.5218, abs=1e-4)
+  with pytest.raises(ValueError, match="num_queries=5"):
+    mqar_guess_accuracy(4, 5, 512)

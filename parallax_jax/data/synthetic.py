@@ -40,6 +40,23 @@ def mqar_vocab(vocab_size: int) -> tuple[range, range]:
   return range(1, 1 + half), range(1 + half, vocab_size)
 
 
+def mqar_guess_accuracy(num_pairs: int, num_queries: int, num_values: int) -> float:
+  """Expected answer accuracy of a model that knows MQAR's rules but cannot match keys: at each
+  query it guesses uniformly among the values of the keys not asked yet (each key is asked at
+  most once, so an answered key's value is ruled out). With ``m`` keys left, the true value is
+  one of them and each other one equals it with probability ``1 / num_values`` (values are drawn
+  with replacement), so a guess is right with probability ``(1 + (m - 1) / num_values) / m``;
+  averaged over the queries (``m = num_pairs, ..., num_pairs - num_queries + 1``). With every key
+  asked and distinct values this is ``H_n / n``. Recall plateaus sit here (docs/design.md §15.1)."""
+  if not 0 < num_queries <= num_pairs or num_values < 1:
+    raise ValueError(
+      f"need 0 < num_queries <= num_pairs and num_values >= 1, got num_pairs={num_pairs}, "
+      f"num_queries={num_queries}, num_values={num_values}"
+    )
+  left = range(num_pairs - num_queries + 1, num_pairs + 1)
+  return sum((1 + (m - 1) / num_values) / m for m in left) / num_queries
+
+
 def split_seed(cfg: DataConfig, seed: int, split: str) -> tuple[int, int]:
   return (_EVAL_SEED, 0) if split == "eval" else (seed, cfg.shuffle_seed)
 

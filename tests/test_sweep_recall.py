@@ -1,0 +1,57 @@
+"""MQAR recall per sweep point (``parallax_jax.sweeps.recall``), on hand-made points."""
+
+import json
+
+import pytest
+
+from experiments import mqar_summary
+from parallax_jax.sweeps.recall import read_points, recall_table
+
+
+def _point(root, name, *, kind, lr, seed, pairs, accuracies, status="finished", source="mqar"):
+  d = root / f"variant={name}"
+  d.mkdir(parents=True)
+  (d / "status.json").write_text(json.dumps({"name": name, "status": status}))
+  config = {
+    "data": {"source": source, "mqar_num_pairs": pairs, "mqar_num_queries": pairs},
+    "model": {"num_layers": 2, "attention": kind},
+    "optimizer": {"learning_rate": lr},
+    "train": {"seed": seed},
+  }
+  config["data"]["mqar_vocab_size"] = 1025
+  (d / "config.json").write_text(json.dumps({"config": config}))
+  lines = [{"step": 10 * i, "train_loss": 1.0} for i in range(1, 4)]  # records without evals
+  lines += [{"step": 1000 * (i + 1), "eval_accuracy": a} for i, a in enumerate(accuracies)]
+  (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+
+
+def test_recall_table_reads_points_configs_and_curves(tmp_path, capsys):
+  """A cell is the final accuracy with the first eval step at or above the threshold; a point
+  that never got there has no step; a setting a row lacks is "-"; unfinished and non-MQAR
+  points are left out; the last column is the guessing level of the row's task."""
+  _point(tmp_path, "a", kind="parallax", lr=1e-3, seed=0, pairs=4, accuracies=[0.5, 0.96, 0.99])
+  _point(tmp_path, "b", kind="softmax", lr=1e-3, seed=0, pairs=4, accuracies=[0.5, 0.52, 0.51])
+  _point(tmp_path, "c", kind="softmax", lr=1e-3, seed=1, pairs=4, accuracies=[0.2, 0.4, 0.94])
+  _point(tmp_path, "d", kind="softmax", lr=3e-3, seed=0, pairs=4, accuracies=[1.0], status="failed")
+  _point(tmp_path, "e", kind="softmax", lr=1e-3, seed=0, pairs=8, accuracies=[1.0], source="lm")
+  points = read_points(tmp_path)
+  assert sorted((p.kind, p.seed, p.learnt_at) for p in points) == [
+    ("parallax", 0, 2000),
+    ("softmax", 0, None),
+    ("softmax", 1, None),
+  ]
+  table = recall_table(points)
+  rows = [line for line in table.splitlines() if line.startswith("| 2 |")]
+  assert rows == [
+    "| 2 | 4 | 0 | 0.9900 (2000) | 0.5100 | 0.522 |",
+    "| 2 | 4 | 1 | - | 0.9400 | 0.522 |",
+  ]
+  assert "parallax 0.001 | softmax 0.001 | guessing level" in table
+  mqar_summary.main([str(tmp_path), "--threshold", "0.9"])  # a lower threshold: c learnt it
+  assert "| 2 | 4 | 1 | - | 0.9400 (3000) | 0.522 |" in capsys.readouterr().out
+
+
+def test_recall_table_needs_a_finished_mqar_point(tmp_path):
+  _point(tmp_path, "x", kind="softmax", lr=1e-3, seed=0, pairs=4, accuracies=[1.0], source="lm")
+  with pytest.raises(ValueError, match="no finished MQAR point"):
+    read_points(tmp_path)
