@@ -265,6 +265,10 @@ def main(argv=None):
     args.iters = min(args.iters, 3 if args.interpret else 10)
     if args.interpret:
       args.heads, args.head_dim = 2, 64
+  known = list(path_fns(True, True))  # the names alone: nothing is traced here
+  unknown = [n for n in args.paths.split(",") if n not in known]
+  if unknown:
+    p.error(f"--paths: unknown {unknown}; choose from {known}")
   causal = not args.non_causal
   dtype = jnp.dtype(args.dtype)
   shapes = parse_shapes(p, args.shapes)

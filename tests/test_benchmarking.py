@@ -239,6 +239,20 @@ def test_bad_shapes_are_one_line_naming_the_flag(text, capsys):
   assert "--shapes: expected a comma list of BxL" in capsys.readouterr().err
 
 
+def test_unknown_path_is_one_line_naming_the_flag(tmp_path, capsys):
+  """A path name bench_kernels does not know (e.g. one renamed since) stops the run before
+  anything is timed or written, naming the flag and the known paths."""
+  from experiments import bench_kernels
+
+  with pytest.raises(SystemExit):
+    bench_kernels.main(
+      ["--paths", "xla,pallas_mosaic_gpu_stack_qr_bwd", "--out-dir", str(tmp_path)]
+    )
+  err = capsys.readouterr().err
+  assert "--paths: unknown ['pallas_mosaic_gpu_stack_qr_bwd']" in err
+  assert "pallas_mosaic_gpu_unstacked_bwd" in err and not list(tmp_path.iterdir())
+
+
 def test_good_shapes_parse():
   import argparse
 
