@@ -113,6 +113,16 @@ def path_context(name):
   return implementation.use_backward("mosaic_unstacked" if unstacked else "mosaic")
 
 
+def check_paths(p: argparse.ArgumentParser, text: str) -> list[str]:
+  """``--paths``'s names, or ``p.error`` naming those ``path_fns`` does not know."""
+  names = text.split(",")
+  known = list(path_fns(True, True))  # the names alone: nothing is traced here
+  unknown = [n for n in names if n not in known]
+  if unknown:
+    p.error(f"--paths: unknown {unknown}; choose from {known}")
+  return names
+
+
 def softmax_fn(causal, interpret, window=None):
   impl = "xla" if interpret else "cudnn"
 
@@ -265,10 +275,7 @@ def main(argv=None):
     args.iters = min(args.iters, 3 if args.interpret else 10)
     if args.interpret:
       args.heads, args.head_dim = 2, 64
-  known = list(path_fns(True, True))  # the names alone: nothing is traced here
-  unknown = [n for n in args.paths.split(",") if n not in known]
-  if unknown:
-    p.error(f"--paths: unknown {unknown}; choose from {known}")
+  check_paths(p, args.paths)
   causal = not args.non_causal
   dtype = jnp.dtype(args.dtype)
   shapes = parse_shapes(p, args.shapes)

@@ -120,12 +120,7 @@ def main(argv=None):
   p.add_argument("--workload", action="store_true", help="(internal) the profiled program")
   args = p.parse_args(argv)
   shapes = bench_kernels.parse_shapes(p, args.shapes)
-  paths = args.paths.split(",")
-  unknown = sorted(set(paths) - set(bench_kernels.path_fns(True, False)))
-  if unknown:
-    p.error(
-      f"--paths: unknown {unknown}; choose from {sorted(bench_kernels.path_fns(True, False))}"
-    )
+  paths = bench_kernels.check_paths(p, args.paths)
   if args.workload:
     return workload(paths[0], *shapes[0], args.heads, args.head_dim, args.dtype)
 
