@@ -308,7 +308,7 @@ def test_resume_and_eval_read_the_run_tokenizer(tmp_path, tree, monkeypatch):
 # ------------------------------------------------------------------------- the study configs
 
 
-@pytest.mark.parametrize("name, count", [("gpu_study_lm", 56), ("gpu_study_mqar", 28)])
+@pytest.mark.parametrize("name, count", [("gpu_study_lm", 56), ("gpu_study_mqar", 32)])
 def test_gpu_study_configs_plan_and_validate(name, count, capsys, monkeypatch):
   import jax
 
@@ -401,6 +401,17 @@ def test_gpu_study_configs_plan_and_validate(name, count, capsys, monkeypatch):
       assert dataclasses.replace(exps[name].train, seed=0) == base.train
       assert (exps[name].model, exps[name].data) == (base.model, base.data)
       assert exps[name].optimizer == base.optimizer
+    low = [n for n in exps if n.endswith(f"_lr{config.LOW_RATE:g}")]
+    assert len(low) == 2 * len(config.LOW_RATE_GROUPS)
+    for name in low:  # the 1e-3 point a step lower, nothing else changed
+      base = exps[name.replace(f"_lr{config.LOW_RATE:g}", "_lr0.001")]
+      assert exps[name].optimizer.learning_rate == 3e-4 and base.optimizer.learning_rate == 1e-3
+      assert dataclasses.replace(exps[name].optimizer, learning_rate=1e-3) == base.optimizer
+      assert (exps[name].model, exps[name].data, exps[name].train) == (
+        base.model,
+        base.data,
+        base.train,
+      )
 
 
 @pytest.mark.parametrize("study, at_least", [("gpu_study_lm", 39), ("gpu_study_mqar", 20)])
