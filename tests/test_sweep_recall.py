@@ -12,13 +12,13 @@ def _point(root, name, *, kind, lr, seed, pairs, accuracies, status="finished", 
   d = root / f"variant={name}"
   d.mkdir(parents=True)
   (d / "status.json").write_text(json.dumps({"name": name, "status": status}))
+  data = {"source": source, "mqar_num_pairs": pairs, "mqar_num_queries": pairs}
   config = {
-    "data": {"source": source, "mqar_num_pairs": pairs, "mqar_num_queries": pairs},
+    "data": {**data, "mqar_vocab_size": 1025},
     "model": {"num_layers": 2, "attention": kind},
     "optimizer": {"learning_rate": lr},
     "train": {"seed": seed},
   }
-  config["data"]["mqar_vocab_size"] = 1025
   (d / "config.json").write_text(json.dumps({"config": config}))
   lines = [{"step": 10 * i, "train_loss": 1.0} for i in range(1, 4)]  # records without evals
   lines += [{"step": 1000 * (i + 1), "eval_accuracy": a} for i, a in enumerate(accuracies)]

@@ -192,9 +192,11 @@ def _kernel(
     return (lo + i, hk * group + g, 0)
 
   transforms = bc.tma_transforms(dtype, bc.swizzle_for(bq))
+  row_spec = plgpu.BlockSpec((bq, None, d), q_map, transforms=transforms)  # a query block's rows
   in_specs = [
-    *(plgpu.BlockSpec((bq, None, d), q_map, transforms=transforms) for _ in "qr"),
-    plgpu.BlockSpec((bq, None, d), q_map, transforms=transforms),  # dO
+    row_spec,  # Q
+    row_spec,  # R
+    row_spec,  # dO
     plgpu.BlockSpec((None, 4, bq), lambda i, g: (hk * group + g, 0, lo + i)),  # row stats
   ]
   gmem = [q_ref.at[b], r_ref.at[b], do_ref.at[b], stats_ref.at[b]]

@@ -35,8 +35,14 @@ class RecallPoint:
   learnt_at: int | None  # first eval step with accuracy >= the threshold; None: never
 
   @property
-  def guess(self) -> float:
-    return mqar_guess_accuracy(self.pairs, self.queries, self.values)
+  def task(self) -> tuple[int, int, int, int, int]:
+    """The table's row: ``(layers, pairs, queries, values, seed)``."""
+    return (self.layers, self.pairs, self.queries, self.values, self.seed)
+
+  @property
+  def setting(self) -> tuple[str, float]:
+    """The table's column: ``(kind, learning_rate)``."""
+    return (self.kind, self.learning_rate)
 
 
 def read_point(point_dir: str | Path, threshold: float) -> RecallPoint | None:
@@ -80,11 +86,9 @@ def recall_table(points: list[RecallPoint], threshold: float = 0.95) -> str:
   """A markdown table: a row per (layers, pairs, seed), a column per (kind, learning rate); a
   cell is the final accuracy, with the step it first reached ``threshold`` in brackets when it
   did; the last column is the guessing level."""
-  cols = sorted({(p.kind, p.learning_rate) for p in points})
-  rows = sorted({(p.layers, p.pairs, p.queries, p.values, p.seed) for p in points})
-  cell = {
-    (p.layers, p.pairs, p.queries, p.values, p.seed, p.kind, p.learning_rate): p for p in points
-  }
+  cols = sorted({p.setting for p in points})
+  rows = sorted({p.task for p in points})
+  cell = {(p.task, p.setting): p for p in points}
   head = " | ".join(f"{kind} {lr:g}" for kind, lr in cols)
   lines = [
     f"Final held-out accuracy (in brackets: the first eval step at or above {threshold:g}):",
@@ -92,10 +96,11 @@ def recall_table(points: list[RecallPoint], threshold: float = 0.95) -> str:
     f"| layers | pairs | seed | {head} | guessing level |",
     "|---:|---:|---:|" + "---:|" * len(cols) + "---:|",
   ]
-  for layers, pairs, queries, values, seed in rows:
+  for task in rows:
+    layers, pairs, queries, values, seed = task
     cells = []
-    for kind, lr in cols:
-      p = cell.get((layers, pairs, queries, values, seed, kind, lr))
+    for setting in cols:
+      p = cell.get((task, setting))
       if p is None:
         cells.append("-")
       else:
