@@ -214,10 +214,10 @@ QR_TILES_CASES = [  # (case, tiles, fused): GQA and a window; segments at D 128;
   [pytest.param(c, t, f, id=f"{t}-{'fused-' if f else ''}{c.id}") for c, t, f in QR_TILES_CASES],
 )
 def test_interpret_other_qr_tiles_match_oracle(case, tiles, fused):
-  """The dk/dv kernel's Q/R tiling that is not the head dim's default (the grids run that one):
-  stacked at D = 64, where one matmul forms ``[S^T | T^T]`` from each query block's Q and R
-  rows as one tile, then splits it; separate at D = 128. The four gradients against the
-  float64 oracle (a swapped or shifted half would give R's scores to Q)."""
+  """The dk/dv kernel's Q/R tiling that is not the head dim's default (the grids run that one,
+  ``backward_dkv.default_stack_qr``): separate Q and R tiles, two matmuls for ``S^T`` and
+  ``T^T``, where the default forms ``[S^T | T^T]`` from one stacked tile and splits it. The
+  four gradients against the float64 oracle."""
   stack_qr = not backward_dkv.default_stack_qr(case.d)
   kernel = functools.partial(backward.parallax_bwd, stack_qr=stack_qr, fused=fused)
   _check_grads(_run(case, TILES[tiles], interpret=True, kernel=kernel), case)
@@ -309,9 +309,10 @@ def test_fused_is_wired_to_deterministic_false(monkeypatch):
 
     return set(re.findall(r"parallax_bwd_\w+", str(jax.make_jaxpr(f)(x, x, x, x))))
 
-  assert kernels("mosaic", False) == {"parallax_bwd_dkv_fused_mgpu"}
-  assert kernels("mosaic", True) == {"parallax_bwd_dq_mgpu", "parallax_bwd_dkv_mgpu"}
-  assert "parallax_bwd_dkv_fused_mgpu" not in kernels("auto", False)
+  # (the dk/dv kernels' names carry "_stacked": the default Q/R tiling)
+  assert kernels("mosaic", False) == {"parallax_bwd_dkv_fused_stacked_mgpu"}
+  assert kernels("mosaic", True) == {"parallax_bwd_dq_mgpu", "parallax_bwd_dkv_stacked_mgpu"}
+  assert not any("fused" in name for name in kernels("auto", False))
 
 
 def test_rows_without_keys_get_zero_gradients():
@@ -425,9 +426,9 @@ def _default_tiles_lowering(d: int, fused: bool, **kw) -> str:
 @pytest.mark.parametrize("fused", [False, True], ids=["two_pass", "fused"])
 @pytest.mark.parametrize("d", backward.HEAD_DIMS)
 def test_other_qr_tiles_lower_for_cuda(d, fused):
-  """The Q/R tiling that is not the head dim's default lowers for CUDA: stacked at D = 64 (one
-  N = 2 block_q wgmma for ``S^T`` and ``T^T``, the result split in registers, R's and Q's SMEM
-  tiles as row slices of the stacked one), separate at D = 128."""
+  """The Q/R tiling that is not the head dim's default lowers for CUDA (separate Q and R tiles;
+  the default stacks them: one N = 2 block_q wgmma for ``S^T`` and ``T^T``, split in registers,
+  Q's and R's SMEM tiles as row slices of the stacked one)."""
   stack_qr = not backward_dkv.default_stack_qr(d)
   text = _lower(d, True, backward.default_tiles(d), "Lane", fused=fused, stack_qr=stack_qr)
   assert text != _default_tiles_lowering(d, fused)
@@ -483,9 +484,7 @@ def test_compiled_fused_matches_oracle(case):
 REGISTER_VARIANTS = {  # the non-default kernel variants (experiments/bench_bwd_math.py)
   "producer40": dict(producer_registers=40),
   "fused_producer40_chunks1": dict(fused=True, producer_registers=40, fused_chunks=1),
-  # the Q/R tiling each head dim does not default to (backward_dkv.default_stack_qr)
-  "stacked": dict(stack_qr=True),
-  "fused_stacked": dict(fused=True, stack_qr=True),
+  # the Q/R tiling the head dims do not default to (backward_dkv.default_stack_qr: stacked)
   "unstacked": dict(stack_qr=False),
   "fused_unstacked": dict(fused=True, stack_qr=False),
 }

@@ -209,7 +209,7 @@ def parallax_bwd(
     fused_chunks: the fused kernel forms its ``[D, block_q]`` dq/dr parts in this many row
       chunks (``backward_dkv.dk_dv``); None: ``backward_dkv.default_fused_chunks``.
     stack_qr: the dk/dv kernel streams Q and R as one stacked tile (``backward_dkv.dk_dv``);
-      None: ``backward_dkv.default_stack_qr`` (at D = 128, measured faster).
+      None: ``backward_dkv.default_stack_qr`` (stacked, measured faster at D = 64 and 128).
   """
   q_len, d = q.shape[1], q.shape[3]
   kv_len = k.shape[1]

@@ -29,6 +29,7 @@ from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from pallas_kernels.gpu.tile_math_base2 import LOG2E
 from pallas_kernels.mosaic_gpu import backward_common as bc
+from pallas_kernels.mosaic_gpu.common import HEAD_DIMS
 from parallax_jax.attention.masking import MaskSpec, same_segment
 
 ROWS = bc.ROWS
@@ -241,13 +242,14 @@ def default_fused_chunks(head_dim: int) -> int:
 
 
 def default_stack_qr(head_dim: int) -> bool:
-  """Whether the dk/dv kernel stacks Q and R by default: at D = 128, where the H200 timed it
-  (bf16, H = 16, causal, four shapes): the dk/dv kernel 5.6-13.1% faster
-  (bench_kernels_2026-12-04_181607), the two-pass backward's kernels 4.3-5.7%
-  (bench_bwd_math_2026-12-04_181432), with no XLA copy and the same registers; the fused kernel's
-  stacked form 3-4% faster than its unstacked one across runs (docs/design.md §5.6). D = 64 is
-  not timed, so it keeps the unstacked tiles."""
-  return head_dim == 128
+  """Whether the dk/dv kernel stacks Q and R by default: at both head dims the kernels take
+  (``common.HEAD_DIMS``), each timed faster on the H200 (bf16, H = 16, causal). D = 128: the
+  dk/dv kernel 5.6-13.1% faster (bench_kernels_2026-12-04_181607), the two-pass backward's
+  kernels 4.3-5.7% (bench_bwd_math_2026-12-04_181432), with no XLA copy and the same registers;
+  the fused kernel's stacked form 3-4% faster than its unstacked one across runs. D = 64: the
+  two-pass backward's kernels 2.1 / 2.6% at (4, 4K) / (2, 8K) (bench_bwd_math_2026-12-04_202247).
+  docs/design.md §5.6."""
+  return head_dim in HEAD_DIMS
 
 
 def smem_bytes(

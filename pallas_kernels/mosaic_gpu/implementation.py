@@ -15,8 +15,8 @@ The forward is ``forward.parallax_fwd``. The backward is chosen per call by ``BA
   ``deterministic=False`` the fused one: the dk/dv kernel alone, adding dq/dr by TMA
   reductions (measured 2-6% slower than the two passes, bench_kernels_2026-12-03_144822, so
   ``"auto"`` never picks it).
-  At D = 128 its dk/dv kernel streams Q and R as one stacked tile
-  (``backward_dkv.default_stack_qr``, measured 4-6% off the backward, docs/design.md §5.6).
+  Its dk/dv kernel streams Q and R as one stacked tile (``backward_dkv.default_stack_qr``,
+  measured 4-6% off the backward at D = 128, 2-3% at D = 64, docs/design.md §5.6).
 * ``"mosaic_unstacked"``: ``"mosaic"`` with the dk/dv kernel's separate Q and R tiles (the
   default before session 21), kept to time beside it (``experiments/bench_kernels.py``,
   ``experiments/bench_train.py``); never picked by ``"auto"``.
