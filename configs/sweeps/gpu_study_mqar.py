@@ -50,10 +50,13 @@ PRIORITY = (  # device calls run these groups (fnmatch patterns of four points) 
   "L2_pairs64_*_s1",
   "L2_pairs32_*",
   "L2_pairs4_*",
-  # next: both kinds at 3e-4 (32 and 64 pairs), 4 layers at 64 pairs, 32 pairs at seed 1
+  # done (session 22): at 3e-4 no run learnt it (32 pairs: softmax 0.140, Parallax 0.132; 64
+  # pairs: 0.084 / 0.082); 32 pairs at seed 1: Parallax at 1e-3 (by step 5000), not at 3e-3,
+  # softmax at neither
   "L2_*_lr0.0003",
-  "L4_*",
   "L2_pairs32_*_s1",
+  # next: 4 layers at 64 pairs
+  "L4_*",
 )
 
 
