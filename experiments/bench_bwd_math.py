@@ -19,6 +19,7 @@ Writes ``<out-dir>/bench_bwd_math_<date>.json`` and ``.md``.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import sys
@@ -60,6 +61,11 @@ VARIANTS = {  # name -> parallax_bwd keywords; the first is the baseline of the 
   # since session 20, two TMA copies into one SMEM slot, timed in _181432 and the default at
   # D = 128 since session 21 (backward_dkv.default_stack_qr).
   "packed_producer24_stack_qr": {"producer_registers": 24, "stack_qr": True},
+  # The ring depth of both kernels at the stacked default (session 22; "stages", read by
+  # backward_call): session 10's tile sweep chose 2 slots for kernels that have since changed
+  # (producer 24, the packed row constants, the stacked Q/R tile).
+  "packed_producer24_stack_qr_s3": {"producer_registers": 24, "stack_qr": True, "stages": 3},
+  "packed_producer24_stack_qr_s4": {"producer_registers": 24, "stack_qr": True, "stages": 4},
   "fused_producer24_chunks2_stack_qr": {
     "fused": True,
     "producer_registers": 24,
@@ -88,8 +94,12 @@ def backward_call(head_dim, length, window, interpret, variant, inputs):
   """``(jitted two-pass backward at the default tiles, causal, with VARIANTS[variant], its
   arguments)`` for ``with_residuals``' inputs (a random cotangent ``g``)."""
   q, r, k, v, g, res = inputs
-  kw = _call_kwargs(head_dim, length, window, interpret)
-  fn = jax.jit(functools.partial(backward.parallax_bwd, **kw, **VARIANTS[variant]))
+  kw = {**_call_kwargs(head_dim, length, window, interpret), **VARIANTS[variant]}
+  if stages := kw.pop("stages", None):  # both kernels' default tiles with this ring depth
+    kw["cfg_dq"], kw["cfg_dkv"] = (
+      dataclasses.replace(t, num_stages=stages) for t in backward.default_tiles(head_dim)
+    )
+  fn = jax.jit(functools.partial(backward.parallax_bwd, **kw))
   return fn, (q, r, k, v, None, res, g)
 
 

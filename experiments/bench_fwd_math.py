@@ -42,12 +42,29 @@ VARIANTS = {  # name -> parallax_fwd keywords; the first is the baseline of the 
   # The same math with the TMA producer at 24 registers, the consumers at 240 (not 232): the
   # default since 2026-12-04 (session 19).
   "fma_first_producer24": {"fma_scores": True, "centre": "first", "producer_registers": 24},
+  # The K/V ring's depth (session 22): the default tile's 2 slots were never timed against 3 or
+  # 4 (both fit in shared memory at D = 128: 164 / 196 KiB). The two consumers free each slot
+  # half a tile apart, so with 2 slots the refill of tile j + 2 starts only about half a tile
+  # before the first consumer needs it.
+  "fma_first_producer24_s3": {
+    "fma_scores": True,
+    "centre": "first",
+    "producer_registers": 24,
+    "num_stages": 3,
+  },
+  "fma_first_producer24_s4": {
+    "fma_scores": True,
+    "centre": "first",
+    "producer_registers": 24,
+    "num_stages": 4,
+  },
 }
 
 
 def forward_call(head_dim, length, window, interpret, variant, inputs):
   """``(jitted forward at the default tile, causal, with VARIANTS[variant], its arguments)``."""
   tile = common.default_fwd_tile(head_dim)
+  kw = {"num_stages": tile.num_stages, **VARIANTS[variant]}  # a variant may set the ring depth
   fn = jax.jit(
     functools.partial(
       forward.parallax_fwd,
@@ -56,9 +73,8 @@ def forward_call(head_dim, length, window, interpret, variant, inputs):
       mask=MaskSpec(length, length, True, window),
       block_q=tile.block_q,
       block_k=tile.block_k,
-      num_stages=tile.num_stages,
       interpret=interpret,
-      **VARIANTS[variant],
+      **kw,
     )
   )
   q, r, k, v, _ = inputs

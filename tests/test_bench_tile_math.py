@@ -5,6 +5,7 @@ test_mosaic_gpu_backward.py), and the table's ratios are read the right way roun
 
 from __future__ import annotations
 
+import functools
 import json
 
 import pytest
@@ -57,3 +58,51 @@ def test_table_ratio_is_variant_over_the_first():
   parallax, everything = md.split("All kernels' device time")
   assert "| 2 | 8192 | 2000.0 | 1800.0 | - | 0.900 | - |" in parallax
   assert "| 2 | 8192 | 2100.0 | 2200.0 | - | 1.048 | - |" in everything
+
+
+@pytest.mark.parametrize(
+  "bench,build,variant,base",
+  [
+    pytest.param(
+      bench_fwd_math,
+      bench_fwd_math.forward_call,
+      "fma_first_producer24_s3",
+      "fma_first_producer24",
+      id="fwd",
+    ),
+    pytest.param(
+      bench_bwd_math,
+      bench_bwd_math.backward_call,
+      "packed_producer24_stack_qr_s3",
+      "packed_producer24_stack_qr",
+      id="bwd",
+    ),
+  ],
+)
+def test_ring_depth_variants_reach_the_kernel(bench, build, variant, base):
+  """A ring-depth variant traces its kernels with 3 ring slots (3 barriers per ring) where its
+  base traces 2, at a length whose key range does not clip the ring, and is otherwise the base
+  variant."""
+  import jax
+
+  from experiments import bench_kernels
+  from pallas_kernels.mosaic_gpu import forward
+  from parallax_jax.attention.masking import MaskSpec
+
+  length, d = 512, 64
+  inputs = bench_kernels.make_inputs(1, length, 2, d, "bfloat16")
+  if bench is bench_bwd_math:  # abstract residuals: tracing needs only their shapes
+    mask = MaskSpec(length, length, True, None)
+    fwd = functools.partial(forward.parallax_fwd, scale=d**-0.5, mask=mask, interpret=True)
+    inputs = (*inputs, jax.eval_shape(lambda *a: fwd(*a, None)[1], *inputs[:4]))
+
+  def without_depth(name):
+    return {k: v for k, v in bench.VARIANTS[name].items() if k not in ("num_stages", "stages")}
+
+  assert without_depth(variant) == without_depth(base)
+
+  def traced(name):
+    fn, args = build(d, length, None, True, name, inputs)
+    return str(jax.make_jaxpr(fn)(*args))
+
+  assert "barrier[3]" in traced(variant) and "barrier[3]" not in traced(base)
