@@ -58,6 +58,14 @@ VARIANTS = {  # name -> parallax_fwd keywords; the first is the baseline of the 
     "producer_registers": 24,
     "num_stages": 4,
   },
+  # Without the schedule barrier that alternates the two consumers' tensor-core phases (FA3's
+  # ping-pong, on since the kernel was written and never timed without it).
+  "fma_first_producer24_nosched": {
+    "fma_scores": True,
+    "centre": "first",
+    "producer_registers": 24,
+    "schedule_barrier": False,
+  },
 }
 
 
