@@ -43,9 +43,8 @@ VARIANTS = {  # name -> parallax_fwd keywords; the first is the baseline of the 
   # default since 2026-12-04 (session 19).
   "fma_first_producer24": {"fma_scores": True, "centre": "first", "producer_registers": 24},
   # The K/V ring's depth (session 22): the default tile's 2 slots were never timed against 3 or
-  # 4 (both fit in shared memory at D = 128: 164 / 196 KiB). The two consumers free each slot
-  # half a tile apart, so with 2 slots the refill of tile j + 2 starts only about half a tile
-  # before the first consumer needs it.
+  # 4 (both fit in shared memory at D = 128: 164 / 196 KiB); a slot more gives the TMA producer
+  # a tile's more lead over the consumers, who free each slot only when both are done with it.
   "fma_first_producer24_s3": {
     "fma_scores": True,
     "centre": "first",
