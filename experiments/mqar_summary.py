@@ -2,23 +2,31 @@
 
 python -m experiments.mqar_summary experiments/results/studies_gpu/gpu_study_mqar/points
   --threshold: the accuracy that counts as recall learnt (default 0.95)
+  --plot PATH: also write the final accuracy against the pair count (a PNG)
+Prints the per-point table, then the runs that learnt recall per kind and pair count.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from parallax_jax.sweeps.recall import read_points, recall_table
+from parallax_jax.sweeps.recall import learnt_table, read_points, recall_figure, recall_table
 
 
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("points", help="a sweep workdir's points/ folder")
   p.add_argument("--threshold", type=float, default=0.95)
+  p.add_argument("--plot", default=None, help="write the recall figure to this PNG")
   args = p.parse_args(argv)
   if not 0 < args.threshold <= 1:
     p.error(f"--threshold must be in (0, 1], got {args.threshold}")
-  print(recall_table(read_points(args.points, args.threshold), args.threshold), end="")
+  points = read_points(args.points, args.threshold)
+  print(recall_table(points, args.threshold))
+  print(learnt_table(points), end="")
+  if args.plot:
+    recall_figure(points).savefig(args.plot, dpi=120)
+    print(f"wrote {args.plot}")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from experiments import mqar_summary
-from parallax_jax.sweeps.recall import read_points, recall_table
+from parallax_jax.sweeps.recall import learnt_table, read_points, recall_figure, recall_table
 
 
 def _point(root, name, *, kind, lr, seed, pairs, accuracies, status="finished", source="mqar"):
@@ -55,3 +55,26 @@ def test_recall_table_needs_a_finished_mqar_point(tmp_path):
   _point(tmp_path, "x", kind="softmax", lr=1e-3, seed=0, pairs=4, accuracies=[1.0], source="lm")
   with pytest.raises(ValueError, match="no finished MQAR point"):
     read_points(tmp_path)
+
+
+def test_learnt_table_counts_runs_per_kind_and_pair_count(tmp_path, capsys):
+  """A cell counts the kind's runs at that pair count that reached the threshold, over every
+  rate and seed; a kind without runs there is "-". ``--plot`` writes the figure: a panel per
+  layer count, a legend entry per (kind, rate)."""
+  _point(tmp_path, "a", kind="parallax", lr=1e-3, seed=0, pairs=4, accuracies=[0.5, 0.96])
+  _point(tmp_path, "b", kind="parallax", lr=3e-3, seed=0, pairs=4, accuracies=[0.97, 0.6])
+  _point(tmp_path, "c", kind="softmax", lr=1e-3, seed=0, pairs=4, accuracies=[0.5, 0.52])
+  _point(tmp_path, "d", kind="softmax", lr=1e-3, seed=1, pairs=4, accuracies=[0.2, 0.99])
+  _point(tmp_path, "e", kind="softmax", lr=1e-3, seed=0, pairs=16, accuracies=[0.2, 0.21])
+  points = read_points(tmp_path)
+  rows = [line for line in learnt_table(points).splitlines() if line.startswith("| 2 |")]
+  # b reached the threshold at its first eval and fell back: it learnt recall once
+  assert rows == ["| 2 | 4 | 2 of 2 | 1 of 2 |", "| 2 | 16 | - | 0 of 1 |"]
+  fig = recall_figure(points)
+  assert len(fig.axes) == 1
+  labels = [t.get_text() for t in fig.legends[0].get_texts()]
+  assert labels == ["parallax 0.001", "parallax 0.003", "softmax 0.001"]
+  png = tmp_path / "recall.png"
+  mqar_summary.main([str(tmp_path), "--plot", str(png)])
+  out = capsys.readouterr().out
+  assert "| 2 | 4 | 2 of 2 | 1 of 2 |" in out and png.stat().st_size > 0

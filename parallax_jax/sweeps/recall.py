@@ -110,4 +110,84 @@ def recall_table(points: list[RecallPoint], threshold: float = 0.95) -> str:
   return "\n".join(lines) + "\n"
 
 
-__all__ = ["RecallPoint", "read_point", "read_points", "recall_table"]
+def learnt_table(points: list[RecallPoint]) -> str:
+  """A markdown table: a row per (layers, pairs), a column per kind; a cell counts the runs
+  that learnt recall (reached the threshold ``read_points`` was given) among the kind's runs
+  there, over every learning rate and seed."""
+  kinds = sorted({p.kind for p in points})
+  rows = sorted({(p.layers, p.pairs) for p in points})
+  lines = [
+    "Runs that learnt recall, of the runs (every learning rate and seed):",
+    "",
+    "| layers | pairs | " + " | ".join(kinds) + " |",
+    "|---:|---:|" + "---:|" * len(kinds),
+  ]
+  for layers, pairs in rows:
+    cells = []
+    for kind in kinds:
+      runs = [p for p in points if (p.layers, p.pairs, p.kind) == (layers, pairs, kind)]
+      learnt = sum(p.learnt_at is not None for p in runs)
+      cells.append(f"{learnt} of {len(runs)}" if runs else "-")
+    lines.append(f"| {layers} | {pairs} | " + " | ".join(cells) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def recall_figure(points: list[RecallPoint]):
+  """A matplotlib ``Figure``: final accuracy against the pair count (log axis), one panel per
+  layer count; a colour per kind, a marker per learning rate, each run one point (runs of one
+  setting side by side), and each pair count's guessing level as a short grey bar."""
+  import matplotlib
+  from matplotlib.figure import Figure
+
+  layer_counts = sorted({p.layers for p in points})
+  kinds = sorted({p.kind for p in points})
+  rates = sorted({p.learning_rate for p in points})
+  colors = dict(zip(kinds, matplotlib.colormaps["tab10"].colors, strict=False))
+  markers = dict(zip(rates, "os^Dvp", strict=False))
+  fig = Figure(figsize=(4.5 * len(layer_counts) + 2, 4.2), layout="constrained")
+  axes = fig.subplots(1, len(layer_counts), squeeze=False)[0]
+  settings = [(k, lr) for k in kinds for lr in rates]
+  for ax, layers in zip(axes, layer_counts, strict=True):
+    mine = [p for p in points if p.layers == layers]
+    for pairs in sorted({p.pairs for p in mine}):
+      p = next(p for p in mine if p.pairs == pairs)
+      guess = mqar_guess_accuracy(p.pairs, p.queries, p.values)
+      ax.plot([pairs / 1.25, pairs * 1.25], [guess, guess], color="0.6", lw=2)
+    for i, (kind, lr) in enumerate(settings):
+      runs = sorted((p for p in mine if p.setting == (kind, lr)), key=lambda p: (p.pairs, p.seed))
+      if not runs:
+        continue
+      # a setting's runs side by side around their pair count (log axis: multiplicative)
+      shift = 1.06 ** (i - (len(settings) - 1) / 2)
+      xs = [p.pairs * shift * 1.02**p.seed for p in runs]
+      ax.plot(
+        xs,
+        [p.final for p in runs],
+        linestyle="none",
+        marker=markers.get(lr, "x"),
+        color=colors[kind],
+        label=f"{kind} {lr:g}",
+      )
+    ax.set_xscale("log")
+    pair_counts = sorted({p.pairs for p in mine})
+    ax.set_xticks(pair_counts, [str(n) for n in pair_counts])
+    ax.minorticks_off()
+    ax.set(xlabel="key-value pairs", ylabel="final held-out accuracy", ylim=(0, 1.05))
+    ax.set_title(f"{layers} layers (grey: guessing level)")
+    ax.grid(alpha=0.3)
+  legend = {}  # one entry per setting, from whichever panel has it
+  for ax in axes:
+    for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+      legend.setdefault(label, handle)
+  fig.legend(list(legend.values()), list(legend), loc="outside right center", fontsize="small")
+  return fig
+
+
+__all__ = [
+  "RecallPoint",
+  "learnt_table",
+  "read_point",
+  "read_points",
+  "recall_figure",
+  "recall_table",
+]
