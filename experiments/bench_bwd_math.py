@@ -58,8 +58,8 @@ VARIANTS = {  # name -> parallax_bwd keywords; the first is the baseline of the 
   },
   # The dk/dv kernel streaming Q and R as one stacked tile: [S^T | T^T] as one wgmma of
   # N = 2 block_q. Session 19's form stacked them by an XLA copy (bench_bwd_math_2026-12-04_161319);
-  # since session 20, two TMA copies into one SMEM slot, timed in _181432 and the default at
-  # D = 128 since session 21 (backward_dkv.default_stack_qr).
+  # since session 20, two TMA copies into one SMEM slot, timed in _181432; the default at
+  # D = 128 since session 21 and at D = 64 since session 22 (backward_dkv.default_stack_qr).
   "packed_producer24_stack_qr": {"producer_registers": 24, "stack_qr": True},
   # The ring depth of both kernels at the stacked default (session 22; "stages", read by
   # backward_call): session 10's tile sweep chose 2 slots for kernels that have since changed

@@ -8,10 +8,12 @@ from __future__ import annotations
 import functools
 import json
 
+import jax
 import pytest
 
-from experiments import bench_bwd_math, bench_fwd_math
-from pallas_kernels.mosaic_gpu import common
+from experiments import bench_bwd_math, bench_fwd_math, bench_kernels
+from pallas_kernels.mosaic_gpu import common, forward
+from parallax_jax.attention.masking import MaskSpec
 
 BENCHES = [
   pytest.param(bench_fwd_math, "bench_fwd_math", id="fwd"),
@@ -83,12 +85,6 @@ def test_ring_depth_variants_reach_the_kernel(bench, build, variant, base):
   """A ring-depth variant traces its kernels with 3 ring slots (3 barriers per ring) where its
   base traces 2, at a length whose key range does not clip the ring, and is otherwise the base
   variant."""
-  import jax
-
-  from experiments import bench_kernels
-  from pallas_kernels.mosaic_gpu import forward
-  from parallax_jax.attention.masking import MaskSpec
-
   length, d = 512, 64
   inputs = bench_kernels.make_inputs(1, length, 2, d, "bfloat16")
   if bench is bench_bwd_math:  # abstract residuals: tracing needs only their shapes

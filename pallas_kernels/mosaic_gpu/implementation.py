@@ -47,8 +47,9 @@ BACKWARD = "auto"
 # 8.9% less at (4, 4K) / (2, 8K). D = 128, window 1024 (bench_kernels_2026-12-03_181341_window1024):
 # 0.8 / 0.6% less at (4, 4K) / (2, 8K), a tie; windows narrower than the one measured, windows at
 # D = 64 and shorter lengths stay on Triton (not measured).
-# Measured with the unstacked dk/dv tile; the stacked one (D = 128, session 21) takes 4-6% more
-# off the Mosaic backward where timed (no window), widening its lead.
+# Measured with the unstacked dk/dv tile; the stacked one (the default since sessions 21-22)
+# takes 4-6% (D = 128) and 2-3% (D = 64) more off the Mosaic backward where timed (no window),
+# widening its lead.
 MOSAIC_BACKWARD_MIN_LEN = {(128, False): 2048, (64, False): 4096, (128, True): 4096}
 MOSAIC_BACKWARD_MIN_WINDOW = 1024
 _logged: set[tuple[str, str]] = set()

@@ -150,8 +150,8 @@ def recall_figure(points: list[RecallPoint]):
   for ax, layers in zip(axes, layer_counts, strict=True):
     mine = [p for p in points if p.layers == layers]
     for pairs in sorted({p.pairs for p in mine}):
-      p = next(p for p in mine if p.pairs == pairs)
-      guess = mqar_guess_accuracy(p.pairs, p.queries, p.values)
+      first = next(p for p in mine if p.pairs == pairs)  # the task is the same for all
+      guess = mqar_guess_accuracy(first.pairs, first.queries, first.values)
       ax.plot([pairs / 1.25, pairs * 1.25], [guess, guess], color="0.6", lw=2)
     for i, (kind, lr) in enumerate(settings):
       runs = sorted((p for p in mine if p.setting == (kind, lr)), key=lambda p: (p.pairs, p.seed))
