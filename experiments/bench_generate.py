@@ -143,12 +143,12 @@ def main(argv=None) -> dict:
   models = {}
   for kind in kinds:
     t0 = time.perf_counter()
-    models[kind] = build_model(dataclasses.replace(base, attention=kind))
+    models[kind] = build_model(base.with_attention(kind))
     print(f"built the {kind} model in {time.perf_counter() - t0:.1f} s", flush=True)
   for b in map(int, args.batches.split(",")):
     for n in map(int, args.prompt_lens.split(",")):
       for kind in kinds:
-        mcfg = dataclasses.replace(base, attention=kind)
+        mcfg = base.with_attention(kind)
         try:
           row = bench_one(models[kind], mcfg, b, n, args)
         except Exception as e:  # recorded; the run goes on

@@ -235,7 +235,7 @@ def main(argv=None):
   for label in args.attention.split(","):
     kind, _, impl = label.partition("@")
     for remat, b in tries:
-      model = dataclasses.replace(base, attention=kind, remat=remat)
+      model = dataclasses.replace(base.with_attention(kind), remat=remat)
       if impl:
         model = dataclasses.replace(model, attention_impl=impl)
       try:

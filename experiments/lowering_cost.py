@@ -87,7 +87,7 @@ def main(argv=None):
     _lower_anywhere()
   cfg = load_config(args.config, overrides)
   base = ModelConfig.from_dict(cfg.model.to_dict())
-  base = dataclasses.replace(base, attention=args.attention)
+  base = base.with_attention(args.attention)
   if args.implementation:
     base = dataclasses.replace(base, attention_impl=args.implementation)
   opt = OptimizerConfig.from_dict(cfg.optimizer.to_dict())

@@ -29,14 +29,29 @@ def _demo(args) -> int:
   import numpy as np
 
   from parallax_jax import parallax_attention
+  from parallax_jax.model.config import attention_paths, path_platforms
 
   b, t, hq, hkv, d = args.batch, args.length, args.heads, args.kv_heads, args.head_dim
+  sizes = {"batch": b, "length": t, "heads": hq, "kv-heads": hkv, "head-dim": d}
+  for flag, value in sizes.items():
+    if value < 1:
+      raise UserError(f"--{flag} must be >= 1, got {value}")
+  if hq % hkv:
+    raise UserError(f"--heads {hq} must be a multiple of --kv-heads {hkv} (GQA groups)")
+  impl, backend = args.implementation, jax.default_backend()
+  if impl is not None:
+    if impl not in (paths := attention_paths("parallax")):
+      raise UserError(f"--implementation must be one of {', '.join(paths)}, got {impl!r}")
+    if backend not in (where := path_platforms("parallax", impl)):
+      raise UserError(
+        f"--implementation {impl} runs on {', '.join(where) or 'no backend here'}, not on "
+        f"this machine's {backend!r}; omit it for the best available path"
+      )
   keys = jax.random.split(jax.random.key(args.seed), 4)
   q = jax.random.normal(keys[0], (b, t, hq, d))
   r = jax.random.normal(keys[1], (b, t, hq, d))
   k = jax.random.normal(keys[2], (b, t, hkv, d))
   v = jax.random.normal(keys[3], (b, t, hkv, d))
-  impl = args.implementation
 
   softmax = jax.nn.dot_product_attention(q, k, v, is_causal=True)
   at_zero = parallax_attention(q, jnp.zeros_like(r), k, v, implementation=impl)
@@ -131,13 +146,18 @@ def _train(args) -> int:
   return 0
 
 
-def _print_validated(args):
-  """Loads, prints every key and validates the config (data opened): ``(cfg, exp, data)``."""
+def _print_validated(args, *, compiles: bool = False):
+  """Loads and validates the config (data opened; ``compiles``: its attention paths run on this
+  backend), then prints every key: ``(cfg, exp, data)``. A refused config prints one line."""
+  import jax
+
   from parallax_jax.train import dry_run
 
   cfg = _load_and_initialize(args.config, args.overrides)
-  print("\n".join(dry_run.config_lines(cfg)))
   exp, data = dry_run.validate(cfg)
+  if compiles:
+    exp.model.check_paths(jax.default_backend())
+  print("\n".join(dry_run.config_lines(cfg)))
   print(f"data: {data.describe()}")
   return cfg, exp, data
 
@@ -145,7 +165,7 @@ def _print_validated(args):
 def _dry_run(args) -> int:
   from parallax_jax.train import dry_run
 
-  cfg, exp, data = _print_validated(args)
+  cfg, exp, data = _print_validated(args, compiles=not args.no_compile)
   if args.workdir is not None:
     print(dry_run.workdir_line(args.workdir, cfg))
   print("\n".join(dry_run.dry_run_lines(exp, data, compile=not args.no_compile)))
@@ -195,12 +215,20 @@ def _sweep(args) -> int:
   from parallax_jax.sweeps.config import load_sweep, select_points
   from parallax_jax.sweeps.runner import run_sweep
 
+  if args.parallel < 1:  # checked before the sweep loads: a typo costs nothing
+    raise UserError(f"--parallel must be >= 1, got {args.parallel}")
   if args.collect:
     return _sweep_collect(args)
   sweep = select_points(load_sweep(args.config, args.workdir), args.points)
   if args.dry_run:
+    invalid = 0
     for p in sweep.points:
       print(f"{p.name}: {' '.join(p.overrides) or '(base)'}")
+      if (problem := p.problem()) is not None:
+        invalid += 1
+        print(f"  invalid: {problem}")
+    if invalid:
+      raise UserError(f"{invalid} of {len(sweep.points)} sweep points are invalid (above)")
     return 0
   rows = run_sweep(sweep, args.workdir, parallel=args.parallel)
   print(f"wrote {args.workdir}/results.md:")
@@ -248,7 +276,12 @@ def _convert(args) -> int:
 
 def _compare(args) -> int:
   from parallax_jax.benchmarking.compare_sharding import compare_sharding
+  from parallax_jax.sharding import STRATEGIES
 
+  strategies = args.strategies.split(",")
+  unknown = [s for s in strategies if s not in STRATEGIES]
+  if unknown:  # checked before the config loads and anything compiles: a typo costs nothing
+    raise UserError(f"--strategies: unknown {unknown}; known: {', '.join(STRATEGIES)}")
   counts = None
   if args.devices:  # checked before the config loads: a typo costs nothing
     try:
@@ -258,7 +291,7 @@ def _compare(args) -> int:
   cfg = _load_and_initialize(args.config, args.overrides)
   rows = compare_sharding(
     cfg,
-    args.strategies.split(","),
+    strategies,
     args.workdir,
     steps=args.steps,
     synthetic=args.synthetic,
@@ -278,8 +311,13 @@ def _generate(args) -> int:
   if args.chunk_tokens < 1:
     raise UserError(f"--chunk-tokens must be >= 1, got {args.chunk_tokens}")
   sampling = SamplingConfig(args.temperature, args.top_k, args.top_p)
+  if sampling.greedy and (args.top_k is not None or args.top_p is not None):
+    raise UserError(
+      "--top-k/--top-p filter what is sampled, and --temperature 0 (the default) is greedy: "
+      "they would change nothing; pass --temperature > 0 (e.g. 0.8) to sample"
+    )
   texts = read_prompts(args.prompt, args.prompts_file)
-  run = load_run(args.workdir, args.step)
+  run = load_run(args.workdir, args.step, args.overrides)
   result = generate_text(
     run,
     texts,
@@ -305,6 +343,7 @@ def _import_hf(args) -> int:
     r_init=args.r_init,
     base=base,
     overrides=args.overrides,
+    byte_tokenizer=args.byte_tokenizer,
   )
   w = result.workdir
   print(f"imported {args.src} into {w}: {result.model.attention} model, step 0")
@@ -393,7 +432,9 @@ def _add_generate(sub, common):
     help="continue prompts with a run's latest checkpoint (KV cache; writes nothing there)",
     description="Loads the run's config, tokenizer and checkpoint params (read-only) and "
     "continues each prompt. One prompt streams as it decodes; several print when done. Then "
-    "one line on stderr: prefill and decode tokens/s (compilation excluded).",
+    "one line on stderr: prefill and decode tokens/s (compilation excluded). Safe --config.* "
+    "overrides apply to this read only, e.g. --config.model.attention_impl=None to let a run "
+    "trained with an explicit GPU kernel generate on another backend.",
   )
   ge.add_argument("--workdir", required=True, help="run directory (parallax-jax train)")
   ge.add_argument("--prompt", action="append", default=[], help="prompt text (repeat for a batch)")
@@ -409,7 +450,7 @@ def _add_generate(sub, common):
   ge.add_argument(
     "--chunk-tokens", type=int, default=16, help="decode steps per jitted call (default 16)"
   )
-  ge.set_defaults(fn=_generate)
+  ge.set_defaults(fn=_generate, takes_overrides=True)
 
 
 def _add_plot(sub, common):
@@ -499,6 +540,12 @@ def _add_import_hf(sub, common):
     help="parallax: zeros (default; W_R = 0, exactly the softmax function) or like_q (copies "
     "q_proj and q_norm)",
   )
+  ih.add_argument(
+    "--byte-tokenizer",
+    action="store_true",
+    help="the directory has no tokenizer.json and its ids are UTF-8 bytes (export-hf of a "
+    "byte-tokenizer run, e.g. configs/tiny.py's, writes none)",
+  )
   ih.add_argument("--config", default=None, help="config file for the non-model sections")
   ih.set_defaults(fn=_import_hf, takes_overrides=True)
 
@@ -564,7 +611,11 @@ def _add_demo(sub, common):
   demo.add_argument("--kv-heads", type=int, default=2)
   demo.add_argument("--head-dim", type=int, default=64)
   demo.add_argument("--seed", type=int, default=0)
-  demo.add_argument("--implementation", default=None)
+  demo.add_argument(
+    "--implementation",
+    default=None,
+    help="parallax_attention's implementation= (default: the best available, logged)",
+  )
   demo.set_defaults(fn=_demo)
 
 

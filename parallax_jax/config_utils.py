@@ -1,10 +1,43 @@
-"""Building frozen config dataclasses from config sections: the one ``from_dict`` helper."""
+"""Config files and sections: importing a file's ``get_config()``, and the one ``from_dict``
+helper that builds frozen config dataclasses from sections."""
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
+
+from parallax_jax.errors import UserError, UserFileNotFoundError
+
+
+def import_get_config(path: str | Path, kind: str = "config"):
+  """``get_config()`` of the Python file at ``path``; ``kind`` names the file in messages.
+
+  A missing file, one that fails to import (a syntax error, a failing import) or one without
+  ``get_config`` is the user's to fix: each raises ``UserError`` in one line.
+  """
+  path = Path(path)
+  if not path.is_file():
+    raise UserFileNotFoundError(f"{kind} file {str(path)!r} does not exist")
+  spec = importlib.util.spec_from_file_location(f"_parallax_{kind}_{path.stem}", path)
+  module = importlib.util.module_from_spec(spec)
+  try:
+    spec.loader.exec_module(module)
+  except Exception as e:  # the file's own error, shown as one line with its location
+    where = f" (line {e.lineno})" if isinstance(e, SyntaxError) and e.lineno else ""
+    raise UserError(
+      f"{kind} file {str(path)!r} failed to import{where}: {type(e).__name__}: {e}"
+    ) from e
+  if not hasattr(module, "get_config"):
+    raise UserError(f"{kind} file {str(path)!r} has no get_config()")
+  try:
+    return module.get_config()
+  except Exception as e:
+    raise UserError(
+      f"{kind} file {str(path)!r}: get_config() raised {type(e).__name__}: {e}"
+    ) from e
 
 
 def from_section(cls, section: str, d: Mapping[str, Any] | Any):

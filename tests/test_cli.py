@@ -22,6 +22,14 @@ TINY = str(ROOT / "configs" / "tiny.py")
     ("--config.model.num_kv_heads=3", "model.num_heads"),
     ("--config.data.source=/nonexistent/corpus.txt", "'/nonexistent/corpus.txt': no such file"),
     ("--config.data.tokenizer=/nonexistent/tok.json", "tokenizer: .* not found"),
+    ("--config.data.source=builtn", "no such file .* named source: builtin, python_corpus"),
+    ("--config.model.attention_impl=nonsense", "attention='parallax' takes None .* 'nonsense'"),
+    ("--config.model.attention_impl=cudnn", "attention='parallax' takes None .* 'cudnn'"),
+    pytest.param(
+      "--config.model.attention_impl=pallas_mosaic_gpu",
+      "attention_impl='pallas_mosaic_gpu' runs on gpu, not on this machine's 'cpu' backend",
+      marks=pytest.mark.skipif(jax.default_backend() != "cpu", reason="names the CPU backend"),
+    ),
   ],
 )
 def test_user_errors_are_one_line_and_leave_no_workdir(tmp_path, capsys, override, match):
@@ -40,6 +48,46 @@ def test_empty_corpus_and_missing_config_file(tmp_path, capsys):
   code, _, err = run_cli(capsys, "train", "--config", str(tmp_path / "nope.py"), "--workdir", "x")
   assert code == 2 and "does not exist" in one_line_error(err)
   assert not workdir.exists() and not Path("x").exists()
+
+
+@pytest.mark.parametrize(
+  "overrides,match",
+  [
+    (["attention=softmax", "attention_impl=pallas_gpu"], "attention='softmax' takes None"),
+    (["attention=lla", "attention_impl=xla"], "attention='lla' takes None only, got 'xla'"),
+    (["attention=softmax", "decode_impl=pallas_gpu"], "model.decode_impl: attention='softmax'"),
+  ],
+)
+def test_paths_are_checked_against_the_attention_kind(tmp_path, capsys, overrides, match):
+  workdir = tmp_path / "w"
+  flags = [f"--config.model.{o}" for o in overrides]
+  code, _, err = run_cli(capsys, "train", "--config", TINY, "--workdir", str(workdir), *flags)
+  assert code == 2 and re.search(match, one_line_error(err))
+  assert not workdir.exists()
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="names the CPU backend")
+def test_dry_run_refuses_a_path_it_cannot_compile_but_config_accepts_it(capsys):
+  """``config`` checks the config for any machine; the dry run compiles here."""
+  gpu = "--config.model.attention_impl=pallas_gpu"
+  code, out, err = run_cli(capsys, "train", "--dry-run", "--config", TINY, gpu)
+  assert code == 2 and "runs on gpu" in one_line_error(err) and out == ""
+  code, out, _ = run_cli(capsys, "train", "--dry-run", "--no-compile", "--config", TINY, gpu)
+  assert code == 0 and "valid" in out
+  code, out, _ = run_cli(capsys, "config", "--config", TINY, gpu)
+  assert code == 0
+
+
+def test_a_config_file_that_fails_to_import_is_one_line(tmp_path, capsys):
+  for text, match in [
+    ("def get_config(:\n", r"failed to import \(line 1\): SyntaxError"),
+    ("import no_such_module_here\n", "failed to import: ModuleNotFoundError"),
+    ("def get_config():\n  return 1 / 0\n", r"get_config\(\) raised ZeroDivisionError"),
+  ]:
+    path = tmp_path / "bad.py"
+    path.write_text(text)
+    code, out, err = run_cli(capsys, "config", "--config", str(path))
+    assert code == 2 and out == "" and re.search(match, one_line_error(err)), err
 
 
 def test_debug_shows_the_traceback_and_bugs_keep_theirs(tmp_path, capsys, monkeypatch):
@@ -82,8 +130,10 @@ def test_config_prints_every_key_with_its_meaning(capsys):
   assert rows["train.steps"].split()[1:3] == ["7", "safe"]
   assert rows["model.d_model"].split()[1:3] == ["128", "fixed"]
   assert f"valid for {jax.device_count()} device(s)" in out
-  code, _, err = run_cli(capsys, "config", "--config", TINY, "--config.train.steps", "x")
+  code, out, err = run_cli(capsys, "config", "--config", TINY, "--config.train.steps", "x")
   assert code == 2 and "expected an int" in one_line_error(err)
+  code, out, err = run_cli(capsys, "config", "--config", TINY, "--config.train.steps", "0")
+  assert code == 2 and "train.steps" in one_line_error(err) and out == ""  # no table first
 
 
 def test_train_dry_run_reports_and_writes_nothing(tmp_path, capsys):
@@ -143,3 +193,35 @@ def test_one_document_is_trained_on_whatever_the_eval_fraction():
   for fraction in (0.0, 0.01, 0.5, 0.99):
     train, held_out = split_documents(1, fraction)
     assert train.tolist() == [0] and held_out.tolist() == [], fraction
+
+
+@pytest.mark.parametrize(
+  "argv,match",
+  [
+    (["--heads", "3", "--kv-heads", "2"], "--heads 3 must be a multiple of --kv-heads 2"),
+    (["--length", "0"], "--length must be >= 1, got 0"),
+    (["--implementation", "nonsense"], "--implementation must be one of reference, xla"),
+    pytest.param(
+      ["--implementation", "pallas_gpu"],
+      "--implementation pallas_gpu runs on gpu, not on this machine's 'cpu'",
+      marks=pytest.mark.skipif(jax.default_backend() != "cpu", reason="names the CPU backend"),
+    ),
+  ],
+)
+def test_demo_mistakes_are_one_line(capsys, argv, match):
+  code, out, err = run_cli(capsys, "demo", *argv)
+  assert code == 2 and out == "" and re.search(match, one_line_error(err))
+
+
+def test_demo_runs_the_op(capsys):
+  argv = ["demo", "--batch", "1", "--length", "16", "--implementation", "xla"]
+  code, out, _ = run_cli(capsys, *argv)
+  assert code == 0 and out.rstrip().endswith("OK") and "max rel err" in out
+
+
+def test_compare_sharding_refuses_an_unknown_strategy_before_running(tmp_path, capsys):
+  workdir = tmp_path / "cmp"
+  argv = ["compare-sharding", "--config", TINY, "--workdir", str(workdir)]
+  code, _, err = run_cli(capsys, *argv, "--strategies", "dp,zero3")
+  assert code == 2 and "--strategies: unknown ['zero3']; known: dp, fsdp" in one_line_error(err)
+  assert not workdir.exists()

@@ -507,6 +507,12 @@ def _copy_with_config(run2, tmp_path, **changes):
     (lambda run, tmp: run, ["--max-new-tokens", "0"], "--max-new-tokens must be >= 1"),
     (lambda run, tmp: run, ["--temperature", "-0.5"], r"temperature=-0.5 \(--temperature\)"),
     (lambda run, tmp: run, ["--top-p", "1.5"], r"top_p=1.5 \(--top-p\)"),
+    (lambda run, tmp: run, ["--top-k", "5"], r"--top-k/--top-p .* --temperature 0 .* greedy"),
+    (
+      lambda run, tmp: run,
+      ["--config.model.d_model=96"],
+      r"cannot take these config changes .*model.d_model .* drop these overrides",
+    ),
   ],
   ids=[
     "not-a-run",
@@ -519,6 +525,8 @@ def _copy_with_config(run2, tmp_path, **changes):
     "max-new-tokens",
     "temperature",
     "top-p",
+    "top-k-greedy",
+    "fixed-override",
   ],
 )
 def test_cli_user_errors(run2, tmp_path, capsys, make_workdir, extra, match):
@@ -539,3 +547,23 @@ def test_cli_prompt_errors(run2, capsys, tmp_path):
   missing = str(tmp_path / "none.txt")
   code, _, err = run_cli(capsys, "generate", "--workdir", str(run2), "--prompts-file", missing)
   assert code == 2 and "--prompts-file" in one_line_error(err)
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="names the CPU backend")
+def test_an_explicit_path_this_backend_cannot_run_is_refused_then_overridden(
+  run2, tmp_path, capsys
+):
+  """A run recorded with a GPU kernel (as one trained on the H200 is) is refused on CPU in one
+  line naming the override, before anything is read; with the override it generates."""
+  workdir = _copy_with_config(run2, tmp_path, model__attention_impl="pallas_mosaic_gpu")
+  before = _tree(workdir)
+  argv = ["generate", "--workdir", str(workdir), "--prompt", "x", "--max-new-tokens", "2"]
+  code, _, err = run_cli(capsys, *argv)
+  assert code == 2 and re.search(
+    r"model.attention_impl='pallas_mosaic_gpu' runs on gpu, not on this machine's 'cpu' "
+    r"backend; pass --config.model.attention_impl=None",
+    one_line_error(err),
+  )
+  code, out, err = run_cli(capsys, *argv, "--config.model.attention_impl=None")
+  assert code == 0 and out.strip(), err
+  assert _tree(workdir) == before

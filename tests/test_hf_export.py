@@ -320,11 +320,28 @@ def test_fla_qk_norm_eps_is_refused_unless_allowed(runs, tmp_path):
   assert json.loads((tmp_path / "b" / "config.json").read_text())["norm_eps"] == 1e-6
 
 
-def test_byte_tokenizer_run_writes_no_tokenizer_file(runs, tmp_path):
-  w = _edited_run(runs("softmax")[0], tmp_path / "w", data={"tokenizer": "byte"})
+def test_byte_tokenizer_run_writes_no_tokenizer_file_and_imports_back(runs, tmp_path):
+  w, original = runs("softmax")
+  w = _edited_run(w, tmp_path / "w", data={"tokenizer": "byte"})
   result = export_hf(w, tmp_path / "out")
   assert {p.name for p in (tmp_path / "out").iterdir()} == {"config.json", "model.safetensors"}
   assert any("byte tokenizer" in n for n in result.notes)
+  # Back in: refused without the flag (naming it), then a byte-tokenizer run with the tensors.
+  with pytest.raises(UserError, match="has no tokenizer.json .* pass --byte-tokenizer"):
+    import_hf(tmp_path / "out", tmp_path / "back", attention="softmax")
+  assert not (tmp_path / "back").exists()
+  import_hf(tmp_path / "out", tmp_path / "back", attention="softmax", byte_tokenizer=True)
+  record = json.loads((tmp_path / "back" / "config.json").read_text())
+  assert record["config"]["data"]["tokenizer"] == "byte"
+  assert not (tmp_path / "back" / "tokenizer.json").exists()
+  export_hf(tmp_path / "back", tmp_path / "again")
+  again = load_file(tmp_path / "again" / "model.safetensors")
+  assert sorted(again) == sorted(original)
+  for key, value in original.items():
+    np.testing.assert_array_equal(again[key], value, err_msg=key)
+  src = runs("softmax")[0].parent / "src"  # has its own tokenizer.json: the flag is refused
+  with pytest.raises(UserError, match="--byte-tokenizer: .* has its own tokenizer.json"):
+    import_hf(src, tmp_path / "other", attention="softmax", byte_tokenizer=True)
 
 
 def test_cli(runs, tmp_path, capsys):

@@ -125,6 +125,45 @@ def test_bad_model_config_names_the_field(field, value, match):
     dataclasses.replace(CFG, **{field: value})
 
 
+def test_paths_are_per_attention_kind_and_switching_kinds_drops_the_others():
+  from parallax_jax.attention.implementations import ATTENTION
+  from parallax_jax.decode import DECODE
+  from parallax_jax.model.config import attention_paths
+
+  # The registries' own names (an independent list would drift from them), by kind.
+  assert attention_paths("parallax") == ATTENTION.names()
+  assert attention_paths("parallax", decode=True) == DECODE.names()
+  assert attention_paths("softmax") == attention_paths("softmax", decode=True) == ("xla", "cudnn")
+  assert attention_paths("lla") == ()
+  m = dataclasses.replace(CFG, attention_impl="pallas_mosaic_gpu", decode_impl="pallas_gpu")
+  soft = m.with_attention("softmax")
+  assert (soft.attention, soft.attention_impl, soft.decode_impl) == ("softmax", None, None)
+  soft = dataclasses.replace(soft, attention_impl="xla", decode_impl="cudnn")
+  back = soft.with_attention("parallax")
+  assert (back.attention_impl, back.decode_impl) == ("xla", None)  # xla is a path of both
+  assert dataclasses.replace(back, attention_impl=None) == CFG
+  with pytest.raises(ValueError, match="attention='lla' takes None only, got 'xla'"):
+    dataclasses.replace(CFG, attention="lla", attention_impl="xla")
+
+
+def test_check_paths_refuses_an_explicit_path_the_backend_cannot_run():
+  from parallax_jax.errors import UserError
+
+  CFG.check_paths("cpu", decode=True)  # None everywhere: always served
+  soft = dataclasses.replace(CFG, attention="softmax", attention_impl="cudnn")
+  soft.check_paths("gpu")
+  with pytest.raises(UserError, match="'cudnn' runs on gpu, not on this machine's 'cpu'"):
+    soft.check_paths("cpu")
+  m = dataclasses.replace(CFG, attention_impl="xla", decode_impl="pallas_tpu")
+  m.check_paths("gpu")  # decode paths only when asked (generation)
+  with pytest.raises(UserError, match=r"model.decode_impl='pallas_tpu' runs on tpu.*=None"):
+    m.check_paths("gpu", decode=True)
+  for name in ("pallas_gpu", "pallas_mosaic_gpu"):
+    dataclasses.replace(CFG, attention_impl=name).check_paths("gpu")
+    with pytest.raises(UserError, match=f"'{name}' runs on gpu, not on .* 'tpu'"):
+      dataclasses.replace(CFG, attention_impl=name).check_paths("tpu")
+
+
 def test_scaled_head_on_an_untied_head_is_an_error():
   assert CFG.tied_head_scale == "one"  # the default: Qwen3's unscaled head
   with pytest.raises(ValueError, match="tied_head_scale.*tied head only.*leave .* at 'one'"):

@@ -3,6 +3,7 @@
 import csv
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -161,6 +162,35 @@ def test_bad_sweep_configs_raise_clear_errors():
     build_sweep({"base": TINY, "axes": {"train.seed": 3}})
   with pytest.raises(FileNotFoundError, match="sweep.base"):
     build_sweep({"base": "configs/nope.py"})
+
+
+def test_sweep_cli_mistakes_are_one_line_and_dry_run_flags_invalid_points(tmp_path, capsys):
+  from cli_runner import one_line_error, run_cli
+
+  def sweep_file(spec: dict) -> str:
+    path = tmp_path / f"s{len(list(tmp_path.glob('s*.py')))}.py"
+    path.write_text(f"def get_config():\n  return {spec!r}\n")
+    return str(path)
+
+  cases = [
+    (sweep_file({"base": TINY, "mode": "grdi"}), "sweep.mode must be one of"),
+    (sweep_file({"base": TINY, "axes": {"model.atention": ["x"]}}), "model.atention"),
+    (sweep_file({"base": "configs/nope.py"}), "sweep.base='configs/nope.py'"),
+    (sweep_file({"base": TINY, "axes": {"train.seed": []}}), "non-empty list"),
+    (str(tmp_path / "missing.py"), "sweep config file .* does not exist"),
+  ]
+  for path, match in cases:
+    code, _, err = run_cli(capsys, "sweep", "--config", path, "--workdir", str(tmp_path / "w"))
+    assert code == 2 and re.search(match, one_line_error(err)), (path, err)
+  good = sweep_file({"base": TINY, "axes": {"model.num_heads": [2, 3]}})
+  code, _, err = run_cli(capsys, "sweep", "--config", good, "--workdir", "w", "--parallel", "0")
+  assert code == 2 and "--parallel must be >= 1" in one_line_error(err)
+  code, out, err = run_cli(capsys, "sweep", "--config", good, "--workdir", "w", "--dry-run")
+  assert code == 2 and "1 of 2 sweep points are invalid" in one_line_error(err)
+  lines = out.splitlines()
+  assert lines[0].startswith("num_heads=2: ") and lines[1].startswith("num_heads=3: ")
+  assert lines[2].startswith("  invalid: ") and "num_kv_heads=2" in lines[2] and len(lines) == 3
+  assert not (tmp_path / "w").exists() and not Path("w").exists()
 
 
 def test_values_round_trip_through_cli_overrides():

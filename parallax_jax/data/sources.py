@@ -24,6 +24,7 @@ import numpy as np
 
 from parallax_jax.data.config import DataConfig
 from parallax_jax.data.python_corpus import PythonCorpus
+from parallax_jax.data.regression import TASKS
 from parallax_jax.errors import UserError, UserFileNotFoundError, UserPermissionError
 
 Document = str | np.ndarray
@@ -340,7 +341,11 @@ def resolve_paths(source: str, fmt: str = "auto") -> tuple[list[str], str]:
   elif os.path.isfile(source):
     paths = [source]
   else:
-    raise UserFileNotFoundError(f"DataConfig.source={source!r}: no such file or directory")
+    named = ", ".join(("builtin", "python_corpus", *TASKS))
+    raise UserFileNotFoundError(
+      f"DataConfig.source={source!r}: no such file or directory (data.source is a path, a "
+      f"glob, or a named source: {named})"
+    )
   paths = sorted(paths)
   if not paths:
     raise UserFileNotFoundError(

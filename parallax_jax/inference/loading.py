@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import jax
@@ -21,7 +22,7 @@ from parallax_jax.errors import UserError, UserFileNotFoundError
 from parallax_jax.model import ModelConfig
 from parallax_jax.train import run_record
 from parallax_jax.train.checkpoint import Checkpointer
-from parallax_jax.train.config import resolve
+from parallax_jax.train.config import apply_overrides, resolve
 from parallax_jax.train.step import model_graphdef
 
 log = logging.getLogger("parallax_jax")
@@ -42,15 +43,21 @@ class LoadedRun:
   add_eos: bool  # data.add_eos: training documents start after EOS (prompts are prefixed)
 
 
-def load_run(workdir: str | Path, step: int | None = None) -> LoadedRun:
+def load_run(
+  workdir: str | Path, step: int | None = None, overrides: Sequence[str] = ()
+) -> LoadedRun:
   """Loads ``workdir``'s model, params (checkpoint ``step``, default: the newest readable one)
-  and tokenizer. Raises a ``UserError`` naming the fix for a directory that holds no run or no
-  checkpoint, a missing step, and a run that cannot generate text (regression heads, synthetic
-  tasks, attention without a decode path)."""
+  and tokenizer; ``overrides`` (``"model.decode_impl=xla"``) change the run's config for this
+  read only, and only its safe keys (``config_keys``). Raises a ``UserError`` naming the fix
+  for a directory that holds no run or no checkpoint, a missing step, a run that cannot
+  generate text (regression heads, synthetic tasks, attention without a decode path), and an
+  explicit attention or decode path this backend cannot run."""
   from parallax_jax.data.regression import TASKS
 
   workdir = Path(workdir)
-  exp = resolve(run_record.load_run_config(workdir))
+  cfg = apply_overrides(run_record.load_run_config(workdir), overrides)
+  run_record.check(workdir, cfg.to_dict(), reading=True)
+  exp = resolve(cfg)
   model, data = exp.model, exp.data
   where = f"--workdir {str(workdir)!r}"
   if model.input_dim or model.output_dim:
@@ -68,6 +75,7 @@ def load_run(workdir: str | Path, step: int | None = None) -> LoadedRun:
       f"{where} holds a model.attention={model.attention!r} model; generate decodes "
       f"{' and '.join(DECODING_ATTENTION)} models only (no KV-cache decode for it)"
     )
+  model.check_paths(jax.default_backend(), decode=True)
   tokenizer = make_tokenizer(data.tokenizer, workdir)  # a 'train:bpe:...' one is in workdir
   if tokenizer.vocab_size > model.vocab_size:
     raise UserError(

@@ -185,7 +185,7 @@ def _qwen3_target(model: ModelConfig, where: str) -> ModelConfig:
       f"{where}: model.window_size={model.window_size} has no Qwen3 equivalent (Qwen3's "
       "sliding window covers a layer range only); export it with --format fla-parallax"
     )
-  return dataclasses.replace(model, attention="softmax")
+  return model.with_attention("softmax")
 
 
 def _fla_target(model: ModelConfig, where: str, allow_eps: bool, notes: list) -> ModelConfig:
@@ -211,7 +211,7 @@ def _fla_target(model: ModelConfig, where: str, allow_eps: bool, notes: list) ->
       f"q/r/k norms: fla uses eps {FLA_QK_NORM_EPS:g}, the run model.norm_eps="
       f"{model.norm_eps:g} (--allow-qk-norm-eps-change)"
     )
-  return dataclasses.replace(model, attention="parallax")
+  return model.with_attention("parallax")
 
 
 def _tokenizer(data, workdir: Path, notes: list) -> tuple[Path | None, int | None]:

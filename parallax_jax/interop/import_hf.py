@@ -168,7 +168,7 @@ def read_params(
   reader: SafetensorsReader, model: ModelConfig, shardings: dict, *, r_init: str
 ) -> dict:
   """The params pure dict of ``model`` from ``reader``, tensor by tensor onto ``shardings``."""
-  softmax = dataclasses.replace(model, attention="softmax")
+  softmax = model.with_attention("softmax")
   dtype = np.dtype(jnp.dtype(model.param_dtype))
   params: dict = {}
   for m in hf_names.tensor_table(softmax):
@@ -199,8 +199,13 @@ def import_hf(
   r_init: str = "zeros",
   base: ml_collections.ConfigDict | None = None,
   overrides=(),
+  byte_tokenizer: bool = False,
 ) -> ImportResult:
-  """Imports the Qwen3 checkpoint in ``src`` into a new run in ``workdir`` (module docstring)."""
+  """Imports the Qwen3 checkpoint in ``src`` into a new run in ``workdir`` (module docstring).
+
+  ``byte_tokenizer``: ``src`` has no tokenizer file and its ids are UTF-8 bytes (the byte
+  tokenizer's; ``export-hf`` of a byte-tokenizer run writes none): the run uses ``"byte"``.
+  """
   from parallax_jax.data.tokenizers import make_tokenizer
   from parallax_jax.train.checkpoint import Checkpointer, save_params
   from parallax_jax.train.config import resolve
@@ -210,9 +215,16 @@ def import_hf(
   src, workdir = Path(src), Path(workdir).absolute()
   if not src.is_dir():
     raise UserFileNotFoundError(f"--from {str(src)!r} is not a directory")
-  for name in ("config.json", TOKENIZER):
-    if not (src / name).is_file():
-      raise UserFileNotFoundError(f"--from {str(src)!r} has no {name}")
+  if not (src / "config.json").is_file():
+    raise UserFileNotFoundError(f"--from {str(src)!r} has no config.json")
+  has_tokenizer = (src / TOKENIZER).is_file()
+  if not has_tokenizer and not byte_tokenizer:
+    raise UserFileNotFoundError(
+      f"--from {str(src)!r} has no {TOKENIZER} (an export of a byte-tokenizer run has none: "
+      "pass --byte-tokenizer to import it with UTF-8 byte ids)"
+    )
+  if has_tokenizer and byte_tokenizer:
+    raise UserError(f"--byte-tokenizer: --from {str(src)!r} has its own {TOKENIZER}; drop the flag")
   if attention not in ("parallax", "softmax"):
     raise UserError(f"--attention must be 'parallax' or 'softmax', got {attention!r}")
   if r_init not in ("zeros", "like_q"):
@@ -224,10 +236,10 @@ def import_hf(
     raise UserError(f"{src / 'config.json'} is not JSON: {e}") from e
   model = hf_config.model_config_from_hf(hf, attention=attention, r_init=r_init)
   tokenizer_path = workdir / TOKENIZER
-  cfg = run_config(model, str(tokenizer_path), base, overrides)
+  cfg = run_config(model, "byte" if byte_tokenizer else str(tokenizer_path), base, overrides)
   exp = resolve(cfg, jax.device_count())
   model = exp.model  # with any allowed overrides (compute_dtype, remat, ...)
-  tokenizer = make_tokenizer(str(src / TOKENIZER))
+  tokenizer = make_tokenizer("byte" if byte_tokenizer else str(src / TOKENIZER))
   if tokenizer.vocab_size > model.vocab_size:
     raise UserError(
       f"{src / TOKENIZER} has {tokenizer.vocab_size} ids but config.json vocab_size="
@@ -235,11 +247,12 @@ def import_hf(
     )
   with SafetensorsReader(src) as reader:
     # The source is a softmax Qwen3: checked against the model without r.
-    softmax = dataclasses.replace(model, attention="softmax")
+    softmax = model.with_attention("softmax")
     _check_tensors(reader, hf_names.tensor_table(softmax), model.tie_embeddings)
     # Everything is valid: write.
     workdir.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(src / TOKENIZER, tokenizer_path)
+    if not byte_tokenizer:
+      shutil.copyfile(src / TOKENIZER, tokenizer_path)
     program = Program(exp)
     params = read_params(reader, model, program.state_sharding.params, r_init=r_init)
   state = TrainState(

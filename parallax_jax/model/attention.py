@@ -21,11 +21,10 @@ from parallax_jax.attention.lla import lla_attention
 from parallax_jax.attention.masking import MaskSpec, kv_lengths_mask, same_segment
 from parallax_jax.decode import DECODE, DecodeTuning, parallax_decode
 from parallax_jax.model import kv_cache
-from parallax_jax.model.config import ModelConfig
+from parallax_jax.model.config import SOFTMAX_IMPLS, ModelConfig
 from parallax_jax.model.layers import RMSNorm, projection, rope
 
 log = logging.getLogger("parallax_jax")
-SOFTMAX_IMPLS = ("xla", "cudnn")  # jax.nn.dot_product_attention's implementation names
 _LOGGED_FALLBACKS: set[str] = set()
 
 

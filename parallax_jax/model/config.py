@@ -6,6 +6,7 @@ import dataclasses
 from collections.abc import Mapping
 
 from parallax_jax.config_utils import from_section
+from parallax_jax.errors import UserError
 from parallax_jax.flops import model_flops_per_token
 
 ATTENTION_KINDS = ("parallax", "softmax", "lla")
@@ -17,6 +18,42 @@ DTYPES = ("float32", "bfloat16", "float16")
 # Activation rematerialisation per block (see ``transformer.remat_policy``): what the backward
 # pass keeps from the forward and what it recomputes.
 REMAT = ("none", "full", "dots", "dots_attention")
+# jax.nn.dot_product_attention's implementation names (a softmax model's paths).
+SOFTMAX_IMPLS = ("xla", "cudnn")
+_SOFTMAX_PLATFORMS = {"xla": ("cpu", "gpu", "tpu"), "cudnn": ("gpu",)}
+
+
+def _registry(decode: bool):
+  # Imported when used: the op's registries pull in jax; the config module stays light.
+  if decode:
+    from parallax_jax.decode.api import DECODE
+
+    return DECODE
+  from parallax_jax.attention.implementations import ATTENTION
+
+  return ATTENTION
+
+
+def attention_paths(kind: str, *, decode: bool = False) -> tuple[str, ...]:
+  """The names ``attention_impl`` (``decode=True``: ``decode_impl``) may take for an attention
+  kind, besides None (the best available path): the Parallax op's (or decode op's) registry
+  for "parallax", ``jax.nn.dot_product_attention``'s for "softmax", none for "lla" (one dense
+  path, no decode)."""
+  if kind == "parallax":
+    return _registry(decode).names()
+  if kind == "softmax":
+    return SOFTMAX_IMPLS
+  return ()
+
+
+def path_platforms(kind: str, name: str, *, decode: bool = False) -> tuple[str, ...]:
+  """The backends an explicit path runs on natively (``attention_paths`` names only)."""
+  if kind == "softmax":
+    return _SOFTMAX_PLATFORMS[name]
+  try:
+    return _registry(decode).get(name).platforms
+  except NotImplementedError:  # its kernel family does not import here
+    return ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,11 +190,15 @@ class ModelConfig:
       "attention_deterministic",
       f"must be True or False, got {self.attention_deterministic!r}",
     )
-    need(
-      self.decode_impl in (None, "xla", "pallas_gpu", "pallas_tpu", "cudnn"),
-      "decode_impl",
-      f"must be None, 'xla', 'pallas_gpu', 'pallas_tpu' or 'cudnn', got {self.decode_impl!r}",
-    )
+    if self.attention in ATTENTION_KINDS:  # (an unknown kind was refused above)
+      for key, decode in (("attention_impl", False), ("decode_impl", True)):
+        value, paths = getattr(self, key), attention_paths(self.attention, decode=decode)
+        takes = f"None (the best available path) or one of {paths}" if paths else "None only"
+        need(
+          value is None or value in paths,
+          key,
+          f"attention={self.attention!r} takes {takes}, got {value!r}",
+        )
     need(
       self.decode_num_splits is None
       or (isinstance(self.decode_num_splits, int) and self.decode_num_splits >= 1),
@@ -187,6 +228,33 @@ class ModelConfig:
   @classmethod
   def from_dict(cls, d: Mapping) -> ModelConfig:
     return from_section(cls, "model", d)
+
+  def check_paths(self, platform: str, *, decode: bool = False) -> None:
+    """Refuses, before anything is built or written, an explicit ``attention_impl`` (and with
+    ``decode``, for generation, ``decode_impl``) that does not run on ``platform`` (e.g.
+    ``jax.default_backend()``): an explicit request is served or refused, never swapped."""
+    keys = [("attention_impl", False)] + ([("decode_impl", True)] if decode else [])
+    for key, is_decode in keys:
+      name = getattr(self, key)
+      if name is None:
+        continue
+      platforms = path_platforms(self.attention, name, decode=is_decode)
+      if platform not in platforms:
+        runs = f"runs on {', '.join(platforms)}" if platforms else "is unavailable here"
+        raise UserError(
+          f"model.{key}={name!r} {runs}, not on this machine's {platform!r} backend; pass "
+          f"--config.model.{key}=None for the best available path"
+        )
+
+  def with_attention(self, kind: str) -> ModelConfig:
+    """This config with ``attention=kind``. A path the new kind does not have
+    (``attention_impl``, ``decode_impl``: the names are per kind) becomes None, the best
+    available: it was asked of the other kind's op."""
+    paths = {
+      key: value if value in attention_paths(kind, decode=key == "decode_impl") else None
+      for key, value in (("attention_impl", self.attention_impl), ("decode_impl", self.decode_impl))
+    }
+    return dataclasses.replace(self, attention=kind, **paths)
 
   @property
   def uses_r(self) -> bool:

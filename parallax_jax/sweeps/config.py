@@ -41,9 +41,10 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from parallax_jax.errors import UserError
+from parallax_jax.config_utils import import_get_config
+from parallax_jax.errors import UserError, UserFileNotFoundError
 from parallax_jax.train import config_keys
-from parallax_jax.train.config import apply_overrides, load_config
+from parallax_jax.train.config import apply_overrides, load_config, resolve
 
 MODES = ("grid", "random")
 KEYS = ("base", "axes", "variants", "exclude", "mode", "seed", "count", "overrides", "metric")
@@ -73,6 +74,16 @@ class Point:
     text = json.dumps(config, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
+  def problem(self) -> str | None:
+    """Why the train CLI would refuse this point's config (the checks that need no devices
+    or data: sections, ranges, heads vs widths), or None. ``sweep --dry-run`` shows it; a real
+    sweep still runs the point and records its failure, as for any failing point."""
+    try:
+      resolve(self.config)
+    except ValueError as e:  # UserError and the sections' own range checks
+      return str(e)
+    return None
+
 
 @dataclasses.dataclass(frozen=True)
 class Sweep:
@@ -99,7 +110,7 @@ def cli_value(value) -> str:
     return repr(value)
   if isinstance(value, list | tuple):
     return repr(tuple(value))
-  raise TypeError(f"sweep values must be str, int, float, bool, None or tuples; got {value!r}")
+  raise UserError(f"sweep values must be str, int, float, bool, None or tuples; got {value!r}")
 
 
 def _flatten(d: Mapping, prefix: str = "") -> dict[str, Any]:
@@ -117,7 +128,7 @@ def _to_plain(d) -> dict:
   if isinstance(d, ml_collections.ConfigDict | ml_collections.FrozenConfigDict):
     return d.to_dict()
   if not isinstance(d, Mapping):
-    raise TypeError(f"expected a mapping, got {type(d).__name__}")
+    raise UserError(f"sweep config: expected a mapping (a dict or ConfigDict), got {d!r}")
   return dict(d)
 
 
@@ -149,9 +160,9 @@ def _combinations(axes: dict[str, list], mode: str, seed: int, count: int | None
     return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*lists)]
   total = math.prod(len(v) for v in lists)
   if not isinstance(count, int) or isinstance(count, bool) or count < 1:
-    raise ValueError(f"sweep.count must be an int >= 1 for mode='random', got {count!r}")
+    raise UserError(f"sweep.count must be an int >= 1 for mode='random', got {count!r}")
   if count > total:
-    raise ValueError(f"sweep.count={count} exceeds the {total} distinct combinations of axes")
+    raise UserError(f"sweep.count={count} exceeds the {total} distinct combinations of axes")
   rng = np.random.default_rng(seed)
   out = []
   for flat in rng.choice(total, size=count, replace=False):
@@ -170,13 +181,13 @@ def _resolve_base(base) -> tuple[Path | None, ml_collections.ConfigDict]:
       candidates = [Path.cwd() / path, REPO_ROOT / path]
       path = next((p for p in candidates if p.is_file()), candidates[0])
     if not path.is_file():
-      raise FileNotFoundError(f"sweep.base={str(base)!r}: no such config file")
+      raise UserFileNotFoundError(f"sweep.base={str(base)!r}: no such config file")
     return path.resolve(), load_config(path)
   if isinstance(base, ml_collections.ConfigDict):
     return None, base
   if isinstance(base, Mapping):
     return None, ml_collections.ConfigDict(dict(base))
-  raise TypeError(f"sweep.base must be a config file path or a ConfigDict, got {type(base)}")
+  raise UserError(f"sweep.base must be a config file path or a ConfigDict, got {type(base)}")
 
 
 def build_sweep(spec, *, base_path_for_inline: Path | None = None) -> Sweep:
@@ -188,20 +199,20 @@ def build_sweep(spec, *, base_path_for_inline: Path | None = None) -> Sweep:
   spec = _to_plain(spec)
   unknown = sorted(set(spec) - set(KEYS))
   if unknown:
-    raise ValueError(f"unknown sweep config keys {unknown}; known: {list(KEYS)}")
+    raise UserError(f"unknown sweep config keys {unknown}; known: {list(KEYS)}")
   if "base" not in spec:
-    raise ValueError("sweep config needs `base` (a config file path or a ConfigDict)")
+    raise UserError("sweep config needs `base` (a config file path or a ConfigDict)")
   base_path, base = _resolve_base(spec["base"])
   if base_path is None:
     base_path = base_path_for_inline or Path("base_config.py")
   axes = _flatten(spec.get("axes") or {})
   for key, values in axes.items():
     if not isinstance(values, list | tuple) or not values:
-      raise ValueError(f"sweep.axes[{key!r}] must be a non-empty list of values, got {values!r}")
+      raise UserError(f"sweep.axes[{key!r}] must be a non-empty list of values, got {values!r}")
   axes = {k: list(v) for k, v in axes.items()}
   mode = spec.get("mode", "grid")
   if mode not in MODES:
-    raise ValueError(f"sweep.mode must be one of {MODES}, got {mode!r}")
+    raise UserError(f"sweep.mode must be one of {MODES}, got {mode!r}")
   seed = spec.get("seed", 0)
   count = spec.get("count")
   fixed = _flatten(spec.get("overrides") or {})
@@ -210,17 +221,17 @@ def build_sweep(spec, *, base_path_for_inline: Path | None = None) -> Sweep:
   }
   if variants:
     if VARIANT in axes:
-      raise ValueError(f"sweep.axes may not have a {VARIANT!r} axis when sweep.variants is set")
+      raise UserError(f"sweep.axes may not have a {VARIANT!r} axis when sweep.variants is set")
     axes = {VARIANT: list(variants), **axes}
   combos = _combinations(axes, mode, seed, count) if axes else [{}]
   exclude = [_flatten(_to_plain(e)) for e in spec.get("exclude") or []]
   if exclude and mode != "grid":
     # Dropping points after a random draw would silently run fewer than `count`.
-    raise ValueError("sweep.exclude works with mode='grid' only")
+    raise UserError("sweep.exclude works with mode='grid' only")
   for entry in exclude:
     for key, value in entry.items():
       if key not in axes or value not in axes[key]:
-        raise ValueError(f"sweep.exclude entry {entry}: {key}={value!r} is not an axis value")
+        raise UserError(f"sweep.exclude entry {entry}: {key}={value!r} is not an axis value")
   combos = [c for c in combos if not any(all(c[k] == v for k, v in e.items()) for e in exclude)]
   points, names = [], set()
   for values in combos:
@@ -230,7 +241,7 @@ def build_sweep(spec, *, base_path_for_inline: Path | None = None) -> Sweep:
     try:
       config = apply_overrides(ml_collections.ConfigDict(base.to_dict()), overrides)
     except ValueError as e:
-      raise ValueError(f"sweep point {values}: {e}") from e
+      raise UserError(f"sweep point {values}: {e}") from e
     name = point_name(values)
     if name in names:
       name = f"{name}~{hashlib.sha256(repr(values).encode()).hexdigest()[:8]}"
@@ -251,18 +262,9 @@ def build_sweep(spec, *, base_path_for_inline: Path | None = None) -> Sweep:
 
 def load_sweep(path: str | Path, workdir: str | Path | None = None) -> Sweep:
   """Imports ``get_config()`` from a sweep file; an inline base is written under ``workdir``."""
-  path = Path(path)
-  if not path.is_file():
-    raise FileNotFoundError(f"sweep config file {str(path)!r} does not exist")
-  import importlib.util
-
-  module_spec = importlib.util.spec_from_file_location(f"_parallax_sweep_{path.stem}", path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  if not hasattr(module, "get_config"):
-    raise ValueError(f"sweep config file {str(path)!r} has no get_config()")
+  spec = import_get_config(path, "sweep config")
   inline = None if workdir is None else Path(workdir).resolve() / "base_config.py"
-  return build_sweep(module.get_config(), base_path_for_inline=inline)
+  return build_sweep(spec, base_path_for_inline=inline)
 
 
 _INLINE_TEMPLATE = '''"""Inline base config of a sweep (written by `parallax-jax sweep`)."""

@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import ast
 import dataclasses
-import importlib.util
 import math
 from collections.abc import Sequence
 from pathlib import Path
 
 import ml_collections
 
-from parallax_jax.config_utils import from_section
+from parallax_jax.config_utils import from_section, import_get_config
 from parallax_jax.distributed import DistributedConfig
-from parallax_jax.errors import UserError, UserFileNotFoundError
+from parallax_jax.errors import UserError
 from parallax_jax.model.config import ModelConfig
 from parallax_jax.sharding import ShardingConfig
 from parallax_jax.train.optimizer import OptimizerConfig
@@ -251,12 +250,4 @@ def apply_overrides(cfg: ml_collections.ConfigDict, overrides: Sequence[str]):
 
 def load_config(path: str | Path, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
   """Imports ``get_config()`` from a config file and applies overrides."""
-  path = Path(path)
-  if not path.is_file():
-    raise UserFileNotFoundError(f"config file {str(path)!r} does not exist")
-  spec = importlib.util.spec_from_file_location(f"_parallax_config_{path.stem}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  if not hasattr(module, "get_config"):
-    raise UserError(f"config file {str(path)!r} has no get_config()")
-  return apply_overrides(module.get_config(), overrides)
+  return apply_overrides(import_get_config(path), overrides)

@@ -48,7 +48,11 @@ KEYS: dict[str, tuple[str, str]] = {
   "model.compute_dtype": (FIXED, "dtype of activations and matmuls"),
   "model.remat": (SAFE, "rematerialisation per block: 'none', 'full', 'dots', 'dots_attention'"),
   "model.logits_chunk": (SAFE, "cross-entropy in chunks of this many positions; 0: dense logits"),
-  "model.attention_impl": (SAFE, "attention kernel ('xla', 'pallas', ...); None: best available"),
+  "model.attention_impl": (
+    SAFE,
+    "attention path (parallax: 'xla', 'pallas_gpu', 'pallas_mosaic_gpu', 'pallas_tpu', "
+    "'reference'; softmax: 'xla', 'cudnn'); None: best available",
+  ),
   "model.attention_deterministic": (
     SAFE,
     "False: the fused GPU backward with atomic dq/dr (not bitwise reproducible; slower on H200)",

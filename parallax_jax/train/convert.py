@@ -55,7 +55,7 @@ def convert_softmax_to_parallax(
     raise UserFileNotFoundError(f"no checkpoint in {workdir / 'checkpoints'}")
   state, _ = ckpt.restore(abstract, step)
   ckpt.close()
-  parallax = dataclasses.replace(model, attention="parallax", r_init="zeros")
+  parallax = dataclasses.replace(model.with_attention("parallax"), r_init="zeros")
   params = add_zero_r(state.params, parallax)
   out = Path(out).absolute()
   save_params(out, params)

@@ -53,6 +53,7 @@ class Trainer:
 
   def _setup(self, cfg: ml_collections.ConfigDict, workdir: str | Path, read_only: bool):
     self.exp = exp = resolve(cfg, jax.device_count())
+    exp.model.check_paths(jax.default_backend())  # an explicit path this backend cannot run
     self.workdir, self.read_only = Path(workdir), read_only
     # Checked before anything is written: a config the run cannot take changes nothing.
     changed = run_record.check(self.workdir, exp.raw.to_dict(), reading=read_only)

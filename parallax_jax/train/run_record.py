@@ -171,5 +171,6 @@ def require_checkpoints(workdir: str | Path) -> None:
     raise UserFileNotFoundError(f"--workdir {str(workdir)!r} does not exist")
   if not (workdir / "checkpoints").is_dir():
     raise UserFileNotFoundError(
-      f"--workdir {str(workdir)!r} holds no checkpoints (no {workdir / 'checkpoints'})"
+      f"--workdir {str(workdir)!r} holds no checkpoints (no {workdir / 'checkpoints'}): train "
+      f"the run first (`parallax-jax train --workdir {workdir}` with its config)"
     )
