@@ -174,8 +174,8 @@ def add_row(part: dict, name: str, dtype: str, fn) -> None:
 # This side ------------------------------------------------------------------------------------
 def load_imported(workdir: Path, step: int | None = None):
   """``(ModelConfig, params)`` of an imported run (params on one device)."""
-  from parallax_jax.inference.loading import restore_run_params
   from parallax_jax.train import run_record
+  from parallax_jax.train.checkpoint import restore_run_params
   from parallax_jax.train.config import resolve
 
   exp = resolve(run_record.load_run_config(workdir))

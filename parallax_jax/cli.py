@@ -213,7 +213,8 @@ def _plot(args) -> int:
 
 def _sweep(args) -> int:
   from parallax_jax.sweeps.config import load_sweep, select_points
-  from parallax_jax.sweeps.runner import run_sweep
+  from parallax_jax.sweeps.runner import SweepStopped, run_sweep
+  from parallax_jax.train.preemption import EXIT_PREEMPTED
 
   if args.parallel < 1:  # checked before the sweep loads: a typo costs nothing
     raise UserError(f"--parallel must be >= 1, got {args.parallel}")
@@ -230,7 +231,11 @@ def _sweep(args) -> int:
     if invalid:
       raise UserError(f"{invalid} of {len(sweep.points)} sweep points are invalid (above)")
     return 0
-  rows = run_sweep(sweep, args.workdir, parallel=args.parallel)
+  try:
+    rows = run_sweep(sweep, args.workdir, parallel=args.parallel)
+  except SweepStopped as e:
+    print(f"parallax-jax: {e} (report: {args.workdir}/results.md)", file=sys.stderr)
+    return EXIT_PREEMPTED
   print(f"wrote {args.workdir}/results.md:")
   print(open(f"{args.workdir}/results.md").read())
   return 0 if all(r["status"] == "finished" for r in rows) else 1

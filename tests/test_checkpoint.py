@@ -52,9 +52,44 @@ def _delete_metadata(step_dir: Path) -> None:
   (step_dir / "state" / "_METADATA").unlink()
 
 
-@pytest.mark.parametrize("damage", [_truncate_data, _delete_metadata])
+def _overwrite_in_place(step_dir: Path) -> None:
+  """Inverts one byte a quarter into the largest array data file, keeping its size: a byte of
+  array data (the store keeps it uncompressed) that a bad block or a partial overwrite changes,
+  which Orbax itself restores without error as a different number."""
+  largest = max(
+    (step_dir / "state" / "ocdbt.process_0" / "d").iterdir(), key=lambda p: p.stat().st_size
+  )
+  data = bytearray(largest.read_bytes())
+  data[len(data) // 4] ^= 0xFF
+  largest.write_bytes(bytes(data))
+
+
+def _wrong_params_checksum(step_dir: Path) -> None:
+  """Changes the saved checksum of one params array (a damaged record refuses the step too)."""
+  import json
+
+  path = step_dir / "checksums" / "metadata"
+  record = json.loads(path.read_text())
+  key = next(k for k in sorted(record["leaves"]) if k.startswith("['params']"))
+  record["leaves"][key] = (record["leaves"][key] + 1) % 2**32
+  path.write_text(json.dumps(record))
+
+
+def _drop_data_state(step_dir: Path) -> None:
+  shutil.rmtree(step_dir / "data")
+
+
+@pytest.mark.parametrize(
+  "damage, reason",
+  [
+    (_truncate_data, ""),
+    (_delete_metadata, ""),
+    (_overwrite_in_place, "differ from the checksums saved with them"),
+    (_drop_data_state, "would restart the data stream"),
+  ],
+)
 def test_unreadable_latest_is_moved_aside_and_the_previous_step_resumes(
-  tmp_path, run30, damage, caplog
+  tmp_path, run30, damage, reason, caplog
 ):
   workdir = tmp_path / "run"
   shutil.copytree(run30, workdir)
@@ -66,7 +101,8 @@ def test_unreadable_latest_is_moved_aside_and_the_previous_step_resumes(
     state = trainer.initial_state()
   trainer.checkpointer.close()
   assert int(state.step) == 20
-  assert f"checkpoint step 30 in {workdir / 'checkpoints'} is unreadable" in caplog.text
+  assert f"checkpoint step 30 in {workdir / 'checkpoints'} is unreadable: " in caplog.text
+  assert reason in caplog.text
   assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["10", "20"]
   (aside,) = (workdir / "checkpoints_corrupt").iterdir()
   assert aside.name.startswith("30.") and _files(aside) == damaged  # moved, byte for byte
@@ -79,12 +115,16 @@ def test_unreadable_latest_is_moved_aside_and_the_previous_step_resumes(
   assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["10", "20", "30"]
 
 
-def test_reading_a_run_falls_back_without_moving_anything(tmp_path, run30):
+@pytest.mark.parametrize("damage", [_delete_metadata, _wrong_params_checksum])
+def test_reading_a_run_falls_back_without_moving_anything(tmp_path, run30, damage):
+  from parallax_jax.inference.loading import load_run
+
   workdir = tmp_path / "run"
   shutil.copytree(run30, workdir)
-  _delete_metadata(workdir / "checkpoints" / "30")
+  damage(workdir / "checkpoints" / "30")
   before = _files(workdir)
-  assert evaluate(workdir)["step"] == 20
+  assert evaluate(workdir)["step"] == 20  # the whole state
+  assert load_run(workdir).step == 20  # the params alone (generate, export-hf)
   assert _files(workdir) == before
 
 
@@ -107,8 +147,12 @@ def test_no_readable_checkpoint_is_one_error_naming_the_directory(tmp_path, run3
   assert not (workdir / "checkpoints_corrupt").exists()
 
 
+OLD_DATA_STATE = {"next_index": 7}
+
+
 def _old_format_checkpoint(directory: Path, extra: dict):
-  """A step-7 checkpoint as pre-2026-12-02 code wrote it: ``state`` with extra fields."""
+  """A step-7 checkpoint as pre-2026-12-02 code wrote it: ``state`` with extra fields, the
+  data state, no checksums."""
   import jax
   import jax.numpy as jnp
   import orbax.checkpoint as ocp
@@ -122,7 +166,8 @@ def _old_format_checkpoint(directory: Path, extra: dict):
   )
   manager = ocp.CheckpointManager(directory, item_names=("state", "data"))
   saved = {**state._asdict(), **extra}
-  manager.save(7, args=ocp.args.Composite(state=ocp.args.StandardSave(saved)), force=True)
+  items = {"state": ocp.args.StandardSave(saved), "data": ocp.args.JsonSave(OLD_DATA_STATE)}
+  manager.save(7, args=ocp.args.Composite(**items), force=True)
   manager.wait_until_finished()
   manager.close()
   return state, jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
@@ -140,7 +185,8 @@ def test_checkpoint_with_retired_rng_restores_exactly(tmp_path):
   ckpt = Checkpointer(tmp_path / "ck", CheckpointConfig(async_save=False), read_only=True)
   step, restored, data = ckpt.restore_latest(abstract)
   ckpt.close()
-  assert step == 7 and data is None and set(restored._asdict()) == {"step", "params", "opt_state"}
+  assert step == 7 and data == OLD_DATA_STATE
+  assert set(restored._asdict()) == {"step", "params", "opt_state"}
   for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(restored), strict=True):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
@@ -156,3 +202,23 @@ def test_checkpoint_with_an_unknown_extra_field_is_not_read_partially(tmp_path):
   with pytest.raises(CheckpointError, match="no readable checkpoint"):
     ckpt.restore_latest(abstract)  # a field that may matter is never dropped quietly
   ckpt.close()
+
+
+def test_a_finished_run_with_a_damaged_final_checkpoint_trains_it_again(tmp_path, run30):
+  """The rerun of a finished run checks its final params; damaged ones are not "finished": the
+  run resumes from step 20 (the history says so), as it first went, to step 30."""
+  import json
+
+  workdir = tmp_path / "run"
+  shutil.copytree(run30, workdir)
+  assert train(_cfg(30), workdir)["already_finished"]  # intact: nothing to do
+  _wrong_params_checksum(workdir / "checkpoints" / "30")
+  summary = train(_cfg(30), workdir)
+  assert not summary.get("already_finished") and summary["start_step"] == 20
+  assert summary["final_step"] == 30
+  first = {r["step"]: r["loss"] for r in read_metrics(run30)}
+  assert {r["step"]: r["loss"] for r in read_metrics(workdir)} == first
+  history = (workdir / "config_history.jsonl").read_text().splitlines()
+  assert json.loads(history[-1])["resumed_from_step"] == 20
+  (aside,) = (workdir / "checkpoints_corrupt").iterdir()
+  assert aside.name.startswith("30.")

@@ -164,3 +164,42 @@ def test_processes_agree_on_the_stop_step():
   assert [p.returncode for p in procs] == [0, 0], outs
   stops = [out.split()[-1] for out in outs]
   assert outs[0].startswith("stopped at") and stops[0] == stops[1], outs
+
+
+def test_a_signalled_sweep_stops_its_point_once_and_a_rerun_resumes_it_exactly(
+  tmp_path, uninterrupted
+):
+  """SIGTERM to the sweep process alone (as a scheduler sends it): the running point gets it
+  once through the sweep (its own session), saves and stops ("preempted"); no new point starts;
+  the sweep exits 75 and leaves no process behind. The rerun resumes the point exactly."""
+  import fcntl
+
+  overrides = dict(arg.removeprefix("--config.").split("=", 1) for arg in SMALL)
+  spec = {"base": "configs/tiny.py", "overrides": overrides, "axes": {"train.seed": [0, 1]}}
+  sweep_file = tmp_path / "sweep.py"
+  sweep_file.write_text(f"def get_config():\n  return {spec!r}\n")
+  cmd = [sys.executable, "-m", "parallax_jax.cli", "sweep", "--config", str(sweep_file)]
+  cmd += ["--workdir", str(tmp_path / "w")]
+  first, second = tmp_path / "w" / "points" / "seed=0", tmp_path / "w" / "points" / "seed=1"
+  sweep = subprocess.Popen(
+    cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV
+  )
+  _wait_for_step(first, 5, sweep)
+  sweep.send_signal(signal.SIGTERM)
+  out = sweep.communicate(timeout=300)[0]
+  assert sweep.returncode == EXIT_PREEMPTED, out[-3000:]
+  assert "sweep stopped by SIGTERM: points saved and stopped: seed=0;" in out, out[-3000:]
+  status = json.loads((first / "status.json").read_text())
+  stopped = max(_losses(first))
+  assert status["status"] == "preempted" and status["returncode"] == EXIT_PREEMPTED
+  assert status["final_step"] == stopped and 5 <= stopped < 20
+  assert sorted(int(p.name) for p in (first / "checkpoints").iterdir()) == [stopped]
+  assert not second.exists()  # nothing new started
+  with open(first / ".lock", "a+") as lock:  # no process still trains the point
+    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+  rerun = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=ENV, timeout=900)
+  assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+  assert f"at step {stopped}" in (first / "train.log").read_text()
+  assert _losses(first) == uninterrupted  # seed 0: the same run as the plain train
+  assert json.loads((second / "status.json").read_text())["status"] == "finished"

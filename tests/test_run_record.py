@@ -85,6 +85,25 @@ def test_readers_never_write_and_changed_configs_are_refused_or_recorded(tmp_pat
   assert code == 0 and json.loads(out.splitlines()[-1])["step"] == 6
 
 
+def test_a_second_process_training_the_same_workdir_is_refused(tmp_path, capsys):
+  """Another process's lock (a separate open file: flock is per open file) refuses the start in
+  one line naming the holder, before anything is written; once released, training goes on."""
+  import fcntl
+
+  w = tmp_path / "run"
+  train = ["train", "--config", TINY, "--workdir", str(w), *SMALL]
+  assert _main(capsys, *train, "--config.train.steps=2")[0] == 0
+  before = _snapshot(w)
+  with open(w / ".lock", "a+") as other:
+    fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the trainer released it when done
+    code, _, err = _main(capsys, *train, "--config.train.steps=4")
+    assert code == 2 and "is being trained by pid " in _error(err)
+    assert "wait for it to finish or stop it" in _error(err)
+    assert _snapshot(w) == before
+  code, out, _ = _main(capsys, *train, "--config.train.steps=4")
+  assert code == 0 and "final_step=4" in out
+
+
 def test_eval_of_a_missing_or_empty_workdir_is_one_line_and_creates_nothing(tmp_path, capsys):
   missing = tmp_path / "missing"
   for argv in (["--workdir", str(missing)], ["--workdir", str(missing), "--config", TINY]):

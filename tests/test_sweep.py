@@ -221,6 +221,8 @@ def test_finished_status_and_slot_environments():
   assert "CUDA_VISIBLE_DEVICES" not in slot_environments(1, {})[0]
   log = "Traceback (most recent call last):\n  ...\nValueError: model.num_heads: bad\n"
   assert error_summary(log, 1) == "exit 1: ValueError: model.num_heads: bad"
+  assert error_summary("INFO step 3\n", -9) == "killed by SIGKILL; last output: INFO step 3"
+  assert not is_finished({**ok, "status": "preempted"}, point)
 
 
 def test_failing_point_is_recorded_and_rerun_resumes(tmp_path):

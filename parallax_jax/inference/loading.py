@@ -18,10 +18,10 @@ import jax
 from flax import nnx
 
 from parallax_jax.data.tokenizers import Tokenizer, make_tokenizer
-from parallax_jax.errors import UserError, UserFileNotFoundError
+from parallax_jax.errors import UserError
 from parallax_jax.model import ModelConfig
 from parallax_jax.train import run_record
-from parallax_jax.train.checkpoint import Checkpointer
+from parallax_jax.train.checkpoint import restore_run_params
 from parallax_jax.train.config import apply_overrides, resolve
 from parallax_jax.train.step import model_graphdef
 
@@ -88,33 +88,3 @@ def load_run(
   graphdef, _ = model_graphdef(model)
   step, params = restore_run_params(workdir, exp, step)
   return LoadedRun(workdir, step, model, graphdef, params, tokenizer, data.add_eos)
-
-
-def restore_run_params(workdir: Path, exp, step: int | None) -> tuple[int, dict]:
-  """``(step, params)`` of the run in ``workdir`` (its resolved ``Experiment``): the params pure
-  dict on one device, from ``step`` or the newest readable checkpoint; nothing moved on disk."""
-  _, abstract = model_graphdef(exp.model)
-  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  abstract = jax.tree.map(
-    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), nnx.to_pure_dict(abstract)
-  )
-  return restore_params(Path(workdir) / "checkpoints", exp.checkpoint, abstract, step)
-
-
-def restore_params(directory: Path, cfg, abstract: dict, step: int | None):
-  """``(step, params)``: the given step, else the newest one that restores (nothing moved)."""
-  ckpt = Checkpointer(directory, cfg, read_only=True)
-  try:
-    steps = sorted(ckpt.manager.all_steps(), reverse=True)
-    if not steps:
-      raise UserFileNotFoundError(
-        f"no checkpoint in {directory}: train the run first (`parallax-jax train`)"
-      )
-    if step is not None and step not in steps:
-      raise UserError(
-        f"--step {step}: {directory} holds no checkpoint of that step; it holds steps "
-        f"{sorted(steps)} (omit --step for the latest)"
-      )
-    return ckpt.restore_params(abstract, step)
-  finally:
-    ckpt.close()

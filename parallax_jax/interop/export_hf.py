@@ -237,7 +237,7 @@ def _tokenizer_name(path: Path) -> str:
 
 def _restore(workdir: Path, exp, step: int | None) -> tuple[int, dict]:
   """``(step, params)``: the run's params pure dict on one device (nothing moved on disk)."""
-  from parallax_jax.inference.loading import restore_run_params
+  from parallax_jax.train.checkpoint import restore_run_params
 
   return restore_run_params(workdir, exp, step)
 

@@ -272,5 +272,5 @@ def import_hf(
     "devices": jax.device_count(),
     "hf_import": {"source": str(src.absolute()), "config": hf, "r_init": r_init},
   }
-  run_record.record_start(workdir, cfg.to_dict(), extra, {})
+  run_record.record_start(workdir, cfg.to_dict(), extra)
   return ImportResult(workdir, model, params_path, config_path)

@@ -125,7 +125,8 @@ def write_tables(sweep: Sweep, workdir: Path) -> list[dict]:
     f"- metric: `{metric}`"
     + (" (higher is better)" if metric in HIGHER_IS_BETTER else " (lower is better)"),
     f"- points: {len(rows)}, finished {sum(r['status'] == 'finished' for r in rows)}, "
-    f"failed {sum(r['status'] == 'failed' for r in rows)}",
+    f"failed {sum(r['status'] == 'failed' for r in rows)}, "
+    f"preempted {sum(r['status'] == 'preempted' for r in rows)}",
     "",
     "| " + " | ".join(columns) + " |",
     "|" + "---|" * len(columns),

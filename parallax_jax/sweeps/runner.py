@@ -6,11 +6,20 @@ Points run in subprocesses (a crash in one cannot take down the sweep), one afte
 time the point uses every device, like a plain ``train``. On CPU ``parallel`` processes share
 the cores.
 
-``W/points/<name>/status.json`` records each point (status "finished", "failed" or
-"running", steps, final step, error, command, timings, the config fingerprint); its
-``train.log`` holds the subprocess output. A rerun skips finished points (final step ==
-train.steps and the same config) and reruns the others, which resume from their own
-checkpoints; failed points are retried.
+``W/points/<name>/status.json`` records each point (status "finished", "failed",
+"preempted" or "running", steps, final step, error, command, timings, the config
+fingerprint); its ``train.log`` holds the subprocess output. A rerun skips finished points
+(final step == train.steps and the same config) and reruns the others, which resume from their
+own checkpoints; failed points are retried.
+
+Stopping: each point runs in its own session, so a signal meant for the sweep (SIGTERM from a
+scheduler or ``timeout``, Ctrl-C, to the sweep alone or to its process group) reaches the
+points once, through the sweep: it passes SIGTERM / SIGINT on to every running point (each
+saves a checkpoint and exits 75, "preempted"), starts no new point, writes the report and
+raises ``SweepStopped``; a second signal is passed on too (the points then exit at once,
+unsaved, as ``train`` does). Rerunning the same command resumes them. A point left running by
+a sweep killed outright (SIGKILL) keeps its workdir's lock (``train.workdir_lock``), so a
+rerun records that point as failed instead of training it twice at once.
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ import os
 import queue
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -31,6 +41,7 @@ from pathlib import Path
 from parallax_jax.sweeps import report as sweep_report
 from parallax_jax.sweeps.config import Point, Sweep, describe, write_inline_base
 from parallax_jax.train.metrics import read_metrics
+from parallax_jax.train.preemption import EXIT_PREEMPTED
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 _ERROR_LINE = re.compile(
@@ -76,10 +87,16 @@ def last_step(directory: Path) -> int | None:
 
 
 def error_summary(log_text: str, returncode: int) -> str:
-  """The exception line of a failed run's output (else its last line), with the exit code."""
+  """The exception line of a failed run's output (else its last line), with the exit code (a
+  negative one, a signal's, by the signal's name)."""
   lines = [line.strip() for line in log_text.splitlines() if line.strip()]
   hits = [line for line in lines if _ERROR_LINE.match(line)]
   line = hits[-1] if hits else (lines[-1] if lines else "no output")
+  if returncode < 0:
+    try:
+      return f"killed by {signal.Signals(-returncode).name}; last output: {line[:500]}"
+    except ValueError:  # not a known signal number
+      pass
   return f"exit {returncode}: {line[:500]}"
 
 
@@ -139,7 +156,38 @@ def slot_environments(parallel: int, base_env: dict | None = None) -> list[dict]
   return envs
 
 
-def run_point(sweep: Sweep, point: Point, workdir: Path, env: dict) -> dict:
+class SweepStopped(Exception):
+  """A signal stopped the sweep; its running points were asked to save and stop."""
+
+  def __init__(self, signame: str, preempted: list[str]):
+    self.signame, self.preempted = signame, preempted
+    saved = ", ".join(preempted) if preempted else "none was running"
+    super().__init__(
+      f"sweep stopped by {signame}: points saved and stopped: {saved}; rerun the same command "
+      "to resume them"
+    )
+
+
+class _Children:
+  """The running points' processes, and the signal that stops the sweep (``run_sweep``)."""
+
+  def __init__(self):
+    self.lock = threading.Lock()
+    self.procs: set[subprocess.Popen] = set()
+    self.signame: str | None = None
+
+  def handle(self, signum, frame) -> None:
+    """Signal handler (main thread): remember the first signal, pass each one on."""
+    with self.lock:
+      if self.signame is None:
+        self.signame = signal.Signals(signum).name
+      for proc in self.procs:
+        proc.send_signal(signum)
+
+
+def run_point(
+  sweep: Sweep, point: Point, workdir: Path, env: dict, children: _Children | None = None
+) -> dict:
   """Trains one point to completion (resuming its checkpoints); returns its status."""
   directory = point_dir(workdir, point)
   directory.mkdir(parents=True, exist_ok=True)
@@ -161,18 +209,34 @@ def run_point(sweep: Sweep, point: Point, workdir: Path, env: dict) -> dict:
   with log_path.open("a") as log:
     log.write(f"\n$ {' '.join(cmd)}\n")
     log.flush()
-    rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+    # Its own session: a signal to the sweep's process group reaches it only through the
+    # sweep (``_Children.handle``), once.
+    proc = subprocess.Popen(
+      cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+    )
+    if children is not None:
+      with children.lock:
+        children.procs.add(proc)
+        if children.signame is not None:  # stopped while this point was starting
+          proc.send_signal(signal.Signals[children.signame])
+    rc = proc.wait()
+    if children is not None:
+      with children.lock:
+        children.procs.discard(proc)
   final = last_step(directory)
   done = rc == 0 and final is not None and final >= point.steps
+  preempted = rc == EXIT_PREEMPTED
   status.update(
-    status="finished" if done else "failed",
+    status="finished" if done else ("preempted" if preempted else "failed"),
     returncode=rc,
     final_step=final,
     wall_s=round(time.perf_counter() - t0, 2),
     ended=time.strftime("%Y-%m-%dT%H:%M:%S"),
     error=None,
   )
-  if not done:
+  if preempted:
+    status["error"] = f"stopped by a signal at step {final}, checkpoint saved; a rerun resumes"
+  elif not done:
     text = log_path.read_text(errors="replace")
     status["error"] = (
       error_summary(text[-20000:], rc)
@@ -223,24 +287,48 @@ def run_sweep(
   for e in slot_environments(min(parallel, max(len(todo), 1)), env):
     slots.put(e)
   lock = threading.Lock()
+  children = _Children()
+  preempted: list[str] = []
 
-  def job(point: Point) -> dict:
+  def job(point: Point) -> dict | None:
     slot_env = slots.get()
     try:
+      if children.signame is not None:  # stopping: start nothing new
+        return None
       with lock:
         log(f"[sweep] {point.name}: training ({' '.join(point.overrides) or 'base'})")
-      status = run_point(sweep, point, workdir, slot_env)
+      status = run_point(sweep, point, workdir, slot_env, children)
     finally:
       slots.put(slot_env)
     with lock:
-      msg = status["error"] if status["status"] == "failed" else f"{status['wall_s']:.0f}s"
+      msg = f"{status['wall_s']:.0f}s" if status["status"] == "finished" else status["error"]
       log(f"[sweep] {point.name}: {status['status']} ({msg})")
+      if status["status"] == "preempted":
+        preempted.append(point.name)
       sweep_report.write_tables(sweep, workdir)
     return status
 
-  with ThreadPoolExecutor(max_workers=parallel) as pool:
-    list(pool.map(job, todo))
-  return sweep_report.write_all(sweep, workdir)
+  stops = (signal.SIGTERM, signal.SIGINT)
+  main = threading.current_thread() is threading.main_thread()  # handlers: main thread only
+  previous = {sig: signal.signal(sig, children.handle) for sig in stops} if main else {}
+  try:
+    with ThreadPoolExecutor(max_workers=parallel) as pool:
+      list(pool.map(job, todo))
+  finally:
+    for sig, handler in previous.items():
+      signal.signal(sig, handler)
+  rows = sweep_report.write_all(sweep, workdir)
+  if children.signame is not None:
+    raise SweepStopped(children.signame, preempted)
+  return rows
 
 
-__all__ = ["is_finished", "point_dir", "read_status", "run_point", "run_sweep", "write_description"]
+__all__ = [
+  "SweepStopped",
+  "is_finished",
+  "point_dir",
+  "read_status",
+  "run_point",
+  "run_sweep",
+  "write_description",
+]

@@ -2,8 +2,12 @@
 
 Saves are atomic (Orbax writes to a temporary directory and renames it when complete, so a
 run killed mid-save leaves the previous checkpoint as the latest) and optionally async.
-Each checkpoint holds ``state`` (step, params, optimizer state) and ``data`` (the Grain
-iterator state as JSON, taken after exactly ``step`` batches were drawn).
+Each checkpoint holds ``state`` (step, params, optimizer state), ``data`` (the Grain
+iterator state as JSON, taken after exactly ``step`` batches were drawn) and ``checksums``
+(``checksums.py``: one per array, so bytes changed on disk after the save are caught on
+restore). To resume training, a step other than 0 without its ``data`` is unreadable: it
+would restart the data stream (``import-hf``'s step 0 has none; readers need none).
+Checkpoints written before 2026-12-04 have no ``checksums`` and restore unchecked.
 
 Checkpoints written before 2026-12-02 also hold ``state.rng``, a raw key split every step that
 no layer ever read; ``restore`` leaves such retired fields (``RETIRED_STATE_FIELDS``) on disk,
@@ -11,9 +15,9 @@ so those runs resume exactly. Any other field the current ``TrainState`` lacks s
 restore: nothing is dropped that could have mattered.
 
 ``restore_latest`` tries the newest step first; an unreadable one (truncated files, missing
-metadata) is logged with the reason and, once an older step has restored, moved aside to
-``<workdir>/checkpoints_corrupt/`` (never deleted) so that new saves and keep-last-K do not
-meet it again.
+metadata, a checksum that differs, no data state) is logged with the reason and, once an older
+step has restored, moved aside to ``<workdir>/checkpoints_corrupt/`` (never deleted) so that
+new saves and keep-last-K do not meet it again.
 """
 
 from __future__ import annotations
@@ -28,10 +32,12 @@ from pathlib import Path
 
 import jax
 import orbax.checkpoint as ocp
+from flax import nnx
 
-from parallax_jax.errors import UserError
+from parallax_jax.errors import UserError, UserFileNotFoundError
+from parallax_jax.train import checksums
 from parallax_jax.train.config import CheckpointConfig
-from parallax_jax.train.step import TrainState
+from parallax_jax.train.step import TrainState, model_graphdef
 
 log = logging.getLogger("parallax_jax")
 
@@ -65,14 +71,20 @@ class Checkpointer:
       read_only=read_only,
     )
     self.manager = ocp.CheckpointManager(
-      self.directory, options=options, item_names=("state", "data")
+      self.directory, options=options, item_names=("state", "data", "checksums")
     )
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
   def save(self, step: int, state: TrainState, data_state: dict | None) -> None:
-    items = {"state": ocp.args.StandardSave(state._asdict())}
+    """Saves ``step`` (async if configured). ``data_state`` None: a state-only checkpoint
+    (``import-hf``'s step 0, experiments); training resumes only from step 0 of those."""
+    tree = state._asdict()
+    items = {
+      "state": ocp.args.StandardSave(tree),
+      "checksums": ocp.args.JsonSave(checksums.record(tree)),
+    }
     if data_state is not None:
       items["data"] = ocp.args.JsonSave(data_state)
     self.manager.save(step, args=ocp.args.Composite(**items), force=True)
@@ -92,10 +104,16 @@ class Checkpointer:
       )
     else:  # exact match required: any other extra or missing field fails here
       state = ocp.args.StandardRestore(target)
-    args = {"state": state}
-    if "data" in self._items(step):
-      args["data"] = ocp.args.JsonRestore()
+    items = self._items(step)
+    if "data" not in items and step != 0 and not self.read_only:  # a reader needs no stream
+      raise MissingDataState(
+        f"no data/ (the data iterator's state): resuming from step {step} would restart "
+        "the data stream"
+      )
+    args = {"state": state, **self._json_items(items, "data", "checksums")}
     restored = self.manager.restore(step, args=ocp.args.Composite(**args))
+    if "checksums" in args:
+      checksums.verify(restored["state"], restored["checksums"], partial=bool(retired))
     return TrainState(**restored["state"]), restored.get("data") if "data" in args else None
 
   def restore_latest(self, abstract_state: TrainState):
@@ -134,7 +152,11 @@ class Checkpointer:
         restore_args=ocp.checkpoint_utils.construct_restore_args(item),
         partial_restore=True,
       )
-      return self.manager.restore(s, args=ocp.args.Composite(state=restore))["state"]["params"]
+      args = {"state": restore, **self._json_items(self._items(s), "checksums")}
+      restored = self.manager.restore(s, args=ocp.args.Composite(**args))
+      if "checksums" in args:
+        checksums.verify(restored["state"], restored["checksums"], partial=True)
+      return restored["state"]["params"]
 
     # A given step's failure is the error itself; only a fallback needs the log line.
     found, failures = self._first_readable(steps, read, log_failures=step is None)
@@ -193,6 +215,11 @@ class Checkpointer:
   def _items(self, step: int) -> set[str]:
     return {p.name for p in (self.directory / str(step)).iterdir() if p.is_dir()}
 
+  @staticmethod
+  def _json_items(items: set[str], *names: str) -> dict:
+    """Restore args of the JSON items among ``names`` that the step holds."""
+    return {name: ocp.args.JsonRestore() for name in names if name in items}
+
   def wait(self) -> None:
     self.manager.wait_until_finished()
 
@@ -221,6 +248,10 @@ def _abandoned_reads_quiet():
     sys.unraisablehook = previous
 
 
+class MissingDataState(ValueError):
+  """A checkpoint after step 0 without the data iterator's state (its step is unreadable)."""
+
+
 class CheckpointError(UserError):
   """No checkpoint of a run could be read (the CLI prints it as one line)."""
 
@@ -233,6 +264,36 @@ def _one_line(e: Exception, limit: int = 300) -> str:
   first = next((line.strip() for line in str(e).splitlines() if line.strip()), "")
   text = f"{type(e).__name__}: {first}"
   return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def restore_run_params(workdir: Path, exp, step: int | None) -> tuple[int, dict]:
+  """``(step, params)`` of the run in ``workdir`` (its resolved ``Experiment``): the params pure
+  dict on one device, from ``step`` or the newest readable checkpoint; nothing moved on disk."""
+  _, abstract = model_graphdef(exp.model)
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  abstract = jax.tree.map(
+    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), nnx.to_pure_dict(abstract)
+  )
+  return restore_params(Path(workdir) / "checkpoints", exp.checkpoint, abstract, step)
+
+
+def restore_params(directory: Path, cfg, abstract: dict, step: int | None):
+  """``(step, params)``: the given step, else the newest one that restores (nothing moved)."""
+  ckpt = Checkpointer(directory, cfg, read_only=True)
+  try:
+    steps = sorted(ckpt.manager.all_steps(), reverse=True)
+    if not steps:
+      raise UserFileNotFoundError(
+        f"no checkpoint in {directory}: train the run first (`parallax-jax train`)"
+      )
+    if step is not None and step not in steps:
+      raise UserError(
+        f"--step {step}: {directory} holds no checkpoint of that step; it holds steps "
+        f"{sorted(steps)} (omit --step for the latest)"
+      )
+    return ckpt.restore_params(abstract, step)
+  finally:
+    ckpt.close()
 
 
 def save_params(path: str | Path, params: dict) -> None:

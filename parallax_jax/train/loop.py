@@ -12,8 +12,14 @@ import jax
 import ml_collections
 
 from parallax_jax.errors import UserFileNotFoundError
-from parallax_jax.train import data_io, run_record
-from parallax_jax.train.checkpoint import Checkpointer, abstract_like, load_params
+from parallax_jax.train import data_io, run_record, workdir_lock
+from parallax_jax.train.checkpoint import (
+  Checkpointer,
+  CheckpointError,
+  abstract_like,
+  load_params,
+  restore_run_params,
+)
 from parallax_jax.train.compile_cache import use_compilation_cache
 from parallax_jax.train.config import CheckpointConfig, resolve
 from parallax_jax.train.metrics import MetricsWriter, mfu_fields
@@ -54,7 +60,7 @@ class Trainer:
   def _setup(self, cfg: ml_collections.ConfigDict, workdir: str | Path, read_only: bool):
     self.exp = exp = resolve(cfg, jax.device_count())
     exp.model.check_paths(jax.default_backend())  # an explicit path this backend cannot run
-    self.workdir, self.read_only = Path(workdir), read_only
+    self.workdir, self.read_only, self._locked = Path(workdir), read_only, False
     # Checked before anything is written: a config the run cannot take changes nothing.
     changed = run_record.check(self.workdir, exp.raw.to_dict(), reading=read_only)
     if read_only:
@@ -62,16 +68,28 @@ class Trainer:
     use_compilation_cache(exp.train.compilation_cache_dir)  # before anything compiles
     self.program = Program(exp)
     self.data = data_io.TrainData(exp, self.workdir, read_only=read_only)
+    self._resume_record = None
     if not read_only:  # the workdir is created only now: config and data are valid
       extra = {
         "data": self.data.describe(),
         "num_params": exp.model.num_params(),
         "devices": jax.device_count(),
       }
-      run_record.record_start(self.workdir, exp.raw.to_dict(), extra, changed)
+      if run_record.holds_run(self.workdir):  # recorded once the step it resumes from is known
+        self._lock()
+        self._resume_record = (exp.raw.to_dict(), extra, changed)
+      else:
+        run_record.record_start(self.workdir, exp.raw.to_dict(), extra)
+        self._lock()
     self.checkpointer = Checkpointer(
       self.workdir / "checkpoints", exp.checkpoint, read_only=read_only
     )
+
+  def _lock(self) -> None:
+    """One training process per workdir (``workdir_lock``); process 0 holds it for the job."""
+    self._locked = jax.process_index() == 0
+    if self._locked:
+      workdir_lock.acquire(self.workdir)
 
   def initial_state(self) -> TrainState:
     """Latest checkpoint of the workdir, else ``checkpoint.init_from`` params, else fresh."""
@@ -109,6 +127,8 @@ class Trainer:
     with timer.phase("init"):
       state = self.initial_state()
     start = int(state.step)
+    if self._resume_record is not None:
+      run_record.record_resume(self.workdir, *self._resume_record, resumed_from_step=start)
     metrics_out = MetricsWriter(self.workdir, resume_step=start)
     bar = _progress(tcfg.steps, start, tcfg.progress_bar)
     log_lines = tcfg.progress_bar and bar is None and jax.process_index() == 0
@@ -127,9 +147,10 @@ class Trainer:
           done = step + 1
           if not math.isfinite(loss):
             latest = self.checkpointer.latest_step()
+            saved = "none was saved yet" if latest is None else f"the newest is step {latest}"
             raise NonFiniteLossError(
-              f"non-finite loss ({loss}) at step {done}; stopping. The last good checkpoint is "
-              f"step {latest} in {self.checkpointer.directory}."
+              f"non-finite loss ({loss}) at step {done}; stopping. Checkpoints are in "
+              f"{self.checkpointer.directory}: {saved} (this run started from step {start})."
             )
           if bar is not None:
             bar.update(1)
@@ -172,6 +193,8 @@ class Trainer:
         metrics_out.close()
         if bar is not None:
           bar.close()
+        if self._locked:
+          workdir_lock.release(self.workdir)
     summary["final_step"] = int(state.step)
     if jax.process_index() == 0:
       with timer.phase("plot"):
@@ -187,14 +210,21 @@ class Trainer:
 
 
 def train(cfg: ml_collections.ConfigDict, workdir: str | Path) -> dict:
-  """Trains (or resumes) the run in ``workdir``; a run already at ``train.steps`` returns
-  ``already_finished`` without building, reading or writing anything."""
+  """Trains (or resumes) the run in ``workdir``. A run already at ``train.steps`` whose final
+  params read back intact (checksums included) returns ``already_finished`` without building
+  or writing anything; if they do not, the run resumes from its newest readable step (the
+  damaged one moved aside) and trains to ``train.steps`` again."""
   run_record.check(workdir, cfg.to_dict())  # a config the run cannot take: refused first
   checkpoints = Checkpointer(Path(workdir) / "checkpoints", CheckpointConfig(), read_only=True)
   latest = checkpoints.latest_step()
   checkpoints.close()
   if latest is not None and latest >= cfg.train.steps:
-    return {"start_step": latest, "final_step": latest, "already_finished": True}
+    try:
+      restore_run_params(workdir, resolve(cfg), latest)
+    except CheckpointError as e:
+      log.error("the finished run's final checkpoint is damaged (%s); training again", e)
+    else:
+      return {"start_step": latest, "final_step": latest, "already_finished": True}
   return Trainer(cfg, workdir).run()
 
 

@@ -122,26 +122,35 @@ def latest_step(workdir: Path) -> int | None:
   return max(steps, default=None)
 
 
-def record_start(workdir: str | Path, config: dict, extra: dict, diff: dict) -> None:
-  """Creates the workdir and config.json for a new run, else appends a history entry.
-
-  ``diff``: what ``check`` returned. Only process 0 writes.
-  """
+def record_start(workdir: str | Path, config: dict, extra: dict) -> None:
+  """Creates the workdir and its config.json (atomically) for a new run. Only process 0
+  writes."""
   import jax
 
   if jax.process_index() != 0:
     return
   workdir = Path(workdir)
-  if not holds_run(workdir):
-    workdir.mkdir(parents=True, exist_ok=True)
-    record = _plain({"config": config, **extra})
-    tmp = workdir / f".{CONFIG}.tmp"
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(tmp, workdir / CONFIG)  # atomic: never a half-written record
+  workdir.mkdir(parents=True, exist_ok=True)
+  record = _plain({"config": config, **extra})
+  tmp = workdir / f".{CONFIG}.tmp"
+  tmp.write_text(json.dumps(record, indent=2) + "\n")
+  os.replace(tmp, workdir / CONFIG)  # atomic: never a half-written record
+
+
+def record_resume(
+  workdir: str | Path, config: dict, extra: dict, diff: dict, *, resumed_from_step: int
+) -> None:
+  """Appends a history entry for a resumed start: the step it restored (after any damaged
+  newer step was passed over), the config changes ``check`` returned (``diff``), the devices.
+  Only process 0 writes."""
+  import jax
+
+  if jax.process_index() != 0:
     return
+  workdir = Path(workdir)
   entry = {
     "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-    "resumed_from_step": latest_step(workdir),
+    "resumed_from_step": resumed_from_step,
     "changes": {k: list(v) for k, v in diff.items()},
   }
   stored_data = json.loads((workdir / CONFIG).read_text()).get("data")
