@@ -458,6 +458,7 @@ def test_load_run_picks_steps_and_falls_back_read_only(run2, tmp_path, caplog):
   assert loaded.step == 1
   np.testing.assert_array_equal(loaded.params["embed"], p1.params["embed"])
   assert "checkpoint step 2" in caplog.text and "is unreadable" in caplog.text
+  assert "reading the params of step 1, the newest readable checkpoint" in caplog.text
   assert _tree(workdir) == before
 
 

@@ -172,7 +172,7 @@ class _Children:
   """The running points' processes, and the signal that stops the sweep (``run_sweep``)."""
 
   def __init__(self):
-    self.lock = threading.Lock()
+    self.lock = threading.RLock()  # the handler may run again inside itself (a second signal)
     self.procs: set[subprocess.Popen] = set()
     self.signame: str | None = None
 

@@ -165,6 +165,8 @@ class Checkpointer:
         f"no readable checkpoint in {self.directory} ({_listed(failures) or 'no steps'}); "
         "nothing was changed"
       )
+    if failures:
+      log.warning("reading the params of step %d, the newest readable checkpoint", found[0])
     return found
 
   def _first_readable(self, steps, read, *, log_failures: bool = True):
