@@ -116,6 +116,10 @@ def main(argv=None):
   p.add_argument("--out", required=True, help="output stem: writes .json, .md and .png")
   p.add_argument("--min-row", type=int, default=16, help="skip each document's first rows")
   args = p.parse_args(argv)
+  out = output_paths(args.out)
+  taken = [str(path) for path in out.values() if path.exists()]
+  if taken:  # checked before any run is read: a result file is never overwritten
+    raise SystemExit(f"--out {args.out}: {', '.join(taken)} exist(s); pass a new stem")
   runs = {}
   for flag, specs in (("--run", args.run), ("--init", args.init)):
     for spec in specs:
@@ -135,7 +139,6 @@ def main(argv=None):
     "min_row": args.min_row,
     "results": results,
   }
-  out = output_paths(args.out)
   out[".json"].parent.mkdir(parents=True, exist_ok=True)
   out[".json"].write_text(json.dumps(record, indent=2) + "\n")
   names = list(results)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import platform
 
 import jax
@@ -26,6 +27,8 @@ def main(argv=None):
   parser.add_argument("--implementations", default="xla,reference")
   parser.add_argument("--out", default=None, help="write a JSON record here")
   args = parser.parse_args(argv)
+  if args.out and os.path.exists(args.out):  # a result file is never overwritten
+    raise SystemExit(f"--out {args.out} exists; pass a new path")
   rows = []
   for impl in args.implementations.split(","):
     for length in map(int, args.lengths.split(",")):

@@ -12,3 +12,19 @@ def test_output_stem_with_a_dot_keeps_its_whole_name():
   assert paths == {
     ext: Path(f"out/attention_muon_softmax_lr0.5_s0{ext}") for ext in (".json", ".md", ".png")
   }
+
+
+def test_an_existing_output_is_refused_before_anything_runs(tmp_path):
+  import pytest
+
+  from experiments.attention_analysis import main
+  from experiments.memory_scaling import main as memory_main
+
+  (tmp_path / "a.md").write_text("earlier result\n")
+  with pytest.raises(SystemExit, match=r"a.md exist\(s\); pass a new stem"):
+    main(["--run", f"x={tmp_path / 'no_such_run'}", "--out", str(tmp_path / "a")])
+  assert (tmp_path / "a.md").read_text() == "earlier result\n"
+  (tmp_path / "m.json").write_text("{}")
+  with pytest.raises(SystemExit, match="exists; pass a new path"):
+    memory_main(["--out", str(tmp_path / "m.json")])
+  assert (tmp_path / "m.json").read_text() == "{}"
