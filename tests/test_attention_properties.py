@@ -175,6 +175,26 @@ def test_rows_without_keys_are_zero_not_nan(impl):
 
 
 @pytest.mark.parametrize("impl", IMPL_PARAMS)
+def test_rows_without_keys_keep_the_residual_contract(impl):
+  """The forward's residuals on rows that see no key: ``lse = -inf``, ``bart = 0``, ``o = barv
+  = 0`` (docs/design.md §4), whatever the backward makes of them."""
+  from parallax_jax.attention import implementations
+  from parallax_jax.attention.validation import validate
+
+  path = implementations.get(impl.name)
+  if path.bwd is None:
+    pytest.skip("differentiated by JAX: no residuals")
+  q, r, k, v = _qrkv(tq=30, tk=20)  # end-aligned causal: rows 0-9 see nothing
+  flags = dict(causal=True, window_size=None, segment_ids=None, block_sizes=None)
+  spec = validate(q, r, k, v, scale=None, interpret=impl.interpret, **flags)
+  _, res = jax.jit(lambda *x: path.fwd(*x, None, spec))(q, r, k, v)
+  lse, bart = np.asarray(res.lse), np.asarray(res.bart)  # [B, H, T]
+  assert np.all(np.isneginf(lse[..., :10])) and np.all(np.isfinite(lse[..., 10:]))
+  assert np.all(bart[..., :10] == 0)
+  assert not np.any(np.asarray(res.o)[:, :10]) and not np.any(np.asarray(res.barv)[:, :10])
+
+
+@pytest.mark.parametrize("impl", IMPL_PARAMS)
 def test_batch_rows_are_independent(impl):
   """Permuting the batch (with per-row segment ids) permutes outputs and gradients, and one
   row alone gives that row of the batched call: no row reads another row's data or mask."""

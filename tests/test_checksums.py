@@ -62,6 +62,22 @@ def test_any_changed_element_or_swap_is_caught(name):
     checksums.verify({"x": jnp.asarray(swapped.reshape(x.shape))}, saved)
 
 
+def test_64_bit_leaves_count_both_words():
+  """Under x64 an 8-byte element is two words (little-endian: low, high): the formula over them,
+  and a flip of its top bit (in the high word) is caught."""
+  import jax
+
+  with jax.enable_x64(True):
+    x = np.random.default_rng(2).standard_normal((3, 5))  # float64
+    words = x.view(np.uint32)  # [3, 10]: each element's low and high word
+    assert checksums.checksums({"x": jnp.asarray(x)}) == {"['x']": _oracle(words)}
+    saved = checksums.record({"x": jnp.asarray(x)})
+    flipped = x.copy()
+    flipped.view(np.uint64)[1, 2] ^= np.uint64(1 << 63)  # the sign bit: the high word only
+    with pytest.raises(checksums.ChecksumMismatch):
+      checksums.verify({"x": jnp.asarray(flipped)}, saved)
+
+
 def test_leaves_missing_on_either_side_and_partial_reads():
   tree = {"params": {"w": jnp.ones((2, 3))}, "opt_state": {"mu": jnp.zeros((2, 3))}}
   saved = checksums.record(tree)

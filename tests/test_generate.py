@@ -107,6 +107,15 @@ def test_samples_stay_in_the_top_k_and_the_nucleus():
   assert 1 < np.count_nonzero(p) < 64  # the case filters something and keeps several
 
 
+def test_the_nucleus_is_the_smallest_set_that_reaches_top_p_exactly():
+  """Four equal tokens (0.25 each, exact in float32): top_p 0.5 is reached by two of them, so
+  exactly two are kept (a third would be one more than the smallest set)."""
+  got = _draws(np.zeros(4), SamplingConfig(temperature=1.0, top_p=0.5), 4096)
+  assert len(set(got.tolist())) == 2
+  got = _draws(np.zeros(4), SamplingConfig(temperature=1.0, top_p=0.5 + 1e-6), 4096)
+  assert len(set(got.tolist())) == 3
+
+
 @pytest.mark.parametrize(
   "temperature, top_k, top_p",
   [(1.0, None, None), (0.7, None, None), (1.0, 3, None), (1.0, None, 0.6), (2.0, 3, 0.8)],

@@ -144,6 +144,18 @@ def test_traced_forms_match_numpy():
   assert static.with_offset(16).max_key_blocks(8, 4) >= count_s.max()
 
 
+def test_max_key_blocks_bounds_every_offset():
+  """The static bound holds for any query offset, block-aligned or not (kernels size their
+  rings and loops by it): checked against the schedule itself."""
+  from parallax_jax.attention.masking import ChunkMask
+
+  for window, (bq, bk) in itertools.product((2, 3, 5, 9), ((8, 4), (4, 4), (8, 8))):
+    for offset in range(-8, 40):
+      mask = ChunkMask(16, 48, True, window, offset)
+      _, count, _ = mask.block_schedule(bq, bk)
+      assert count.max() <= mask.max_key_blocks(bq, bk), (window, bq, bk, offset)
+
+
 @pytest.mark.parametrize("window", [None, 1, 5, 12, 13, 40])
 @pytest.mark.parametrize("chunk", [4, 12])
 def test_chunk_pairs_of_one_sequence(window, chunk):

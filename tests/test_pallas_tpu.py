@@ -209,6 +209,19 @@ def test_empty_rows_are_zero_with_finite_grads():
   assert all(bool(jnp.all(jnp.isfinite(x))) for x in (dk, dv))
 
 
+def test_segments_across_blocks_match_the_reference():
+  """Documents spanning several 128-row blocks, so a tile's key block differs from its query
+  block: each kernel must read the key block's segment ids (the shared grid's segment cases
+  fit in one block)."""
+  case = Case(tq=300, hq=2, hkv=1, d=64)
+  q, r, k, v, g, _ = _inputs(case)
+  seg = jnp.asarray(np.repeat([0, 1, 2], [100, 120, 80])[None], jnp.int32)
+  got = _kernel_outputs(case, q, r, k, v, g, seg)
+  want = _reference_outputs(case, q, r, k, v, g, seg)
+  for name, x, ref in zip(("o", "dq", "dr", "dk", "dv"), got, want, strict=True):
+    assert _rel_err(x, ref) < F32_TOL, name
+
+
 def test_r_zero_is_softmax_attention():
   case = Case(tq=130, d=64, causal=True)
   q, _, k, v, _, _ = _inputs(case)

@@ -69,6 +69,24 @@ def test_mfu_divides_by_the_peak_it_reports():
   assert fields == {"mfu": 1.0, "peak_flops_per_device": 989e12}
 
 
+def test_the_loop_divides_mfu_by_every_device(tmp_path, monkeypatch):
+  """With a peak known for this device kind, each logged MFU is the model FLOPs of its
+  tokens/s over the peak of all ``jax.device_count()`` devices (8 fake ones in the tests)."""
+  from parallax_jax.train import metrics
+  from parallax_jax.train.config import resolve
+
+  kind = jax.devices()[0].device_kind
+  monkeypatch.setitem(metrics.PEAK_FLOPS, kind, 1e12)
+  cfg = _cfg("--config.train.steps=4", "--config.train.log_every=1", "--config.train.eval_every=0")
+  train(cfg, tmp_path)
+  flops_per_token = resolve(cfg).model.flops_per_token(cfg.train.seq_len)
+  timed = [m for m in read_metrics(tmp_path) if "tokens_per_s" in m]
+  assert len(timed) == 3 and jax.device_count() > 1
+  for m in timed:
+    want = flops_per_token * m["tokens_per_s"] / (1e12 * jax.device_count())
+    assert m["mfu"] == pytest.approx(want, rel=1e-9) and m["peak_flops_per_device"] == 1e12
+
+
 def test_log_file_gets_plain_lines_and_a_finished_run_is_left_alone(tmp_path):
   steps = ["--config.train.steps=4", "--config.train.progress_bar=true"]
   proc = _run_cli(tmp_path, "--config.train.log_every=2", *steps)
