@@ -185,9 +185,7 @@ class _Children:
         proc.send_signal(signum)
 
 
-def run_point(
-  sweep: Sweep, point: Point, workdir: Path, env: dict, children: _Children | None = None
-) -> dict:
+def run_point(sweep: Sweep, point: Point, workdir: Path, env: dict, children: _Children) -> dict:
   """Trains one point to completion (resuming its checkpoints); returns its status."""
   directory = point_dir(workdir, point)
   directory.mkdir(parents=True, exist_ok=True)
@@ -214,15 +212,13 @@ def run_point(
     proc = subprocess.Popen(
       cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
     )
-    if children is not None:
-      with children.lock:
-        children.procs.add(proc)
-        if children.signame is not None:  # stopped while this point was starting
-          proc.send_signal(signal.Signals[children.signame])
+    with children.lock:
+      children.procs.add(proc)
+      if children.signame is not None:  # stopped while this point was starting
+        proc.send_signal(signal.Signals[children.signame])
     rc = proc.wait()
-    if children is not None:
-      with children.lock:
-        children.procs.discard(proc)
+    with children.lock:
+      children.procs.discard(proc)
   final = last_step(directory)
   done = rc == 0 and final is not None and final >= point.steps
   preempted = rc == EXIT_PREEMPTED
