@@ -55,12 +55,16 @@ def bench_one(
   warmup: int,
   kernel_repeats: int = 0,
   init_on: str = "host",
+  microbatches: int = 1,
 ) -> dict:
   """One row: the step's median time, tokens/s, MFU, compile and init times, memory; with
   ``kernel_repeats`` > 0 also the device time per step by kernel category (a profiler trace
   of that many more steps). ``init_on``: where the state's random init runs ("host": the CPU
-  backend, then copied to the device; "device")."""
-  jitted, init, state_shapes, batch = benchmark_train_step(model, opt, batch_size, seq_len)
+  backend, then copied to the device; "device"). ``microbatches``: gradient accumulation, the
+  batch taken in that many pieces (``train.microbatches``)."""
+  jitted, init, state_shapes, batch = benchmark_train_step(
+    model, opt, batch_size, seq_len, microbatches
+  )
   batch = jax.device_put(batch)
   # Lowering (Python: tracing, Pallas -> Mosaic/Triton) and XLA's compile are timed apart, and
   # each phase is announced, so a run cut by a time limit still says where its time went.
@@ -121,6 +125,7 @@ def bench_one(
   flops = model.flops_per_token(seq_len) * tokens
   return {
     "batch_size": batch_size,
+    "microbatches": microbatches,
     "step_time_s": dt,
     "tokens_per_s": tokens / dt,
     "tflops_per_s": flops / dt / 1e12,  # model FLOPs
@@ -181,6 +186,12 @@ def main(argv=None):
   p.add_argument("--warmup", type=int, default=2)
   p.add_argument("--layers", type=int, default=None, help="override num_layers (quick runs)")
   p.add_argument(
+    "--microbatches",
+    type=int,
+    default=1,
+    help="gradient accumulation: each batch taken in this many pieces (train.microbatches)",
+  )
+  p.add_argument(
     "--mosaic-backward",
     choices=mosaic_implementation.BACKWARDS,
     default=None,
@@ -218,6 +229,11 @@ def main(argv=None):
     "of an unchanged step (lowering still runs)",
   )
   args, overrides = p.parse_known_args(argv)
+  uneven = [
+    b for b in args.batches.split(",") if args.microbatches < 1 or int(b) % args.microbatches
+  ]
+  if uneven:
+    p.error(f"--microbatches {args.microbatches} must be >= 1 and divide every batch in --batches")
   use_compilation_cache(args.compilation_cache)
   args.stem = None
   if args.mosaic_backward:
@@ -248,6 +264,7 @@ def main(argv=None):
           args.warmup,
           kernel_repeats=args.kernel_times,
           init_on=args.init_on,
+          microbatches=args.microbatches,
         )
       except Exception as e:  # does not fit (or fails): record it, try the next setting
         rows.append({"attention": label, "remat": remat, "batch_size": b, "error": repr(e)[:500]})
@@ -316,8 +333,10 @@ def _report(args, argv, base: ModelConfig, rows: list[dict]) -> dict:
     lower_s = r.get("lower_s")
     comp = f"{lower_s:.0f} + {r['compile_s'] - lower_s:.0f}" if lower_s is not None else "-"
     comp += f" + {r['init_s']:.0f}" if r.get("init_s") is not None else ""
+    pieces = r.get("microbatches", 1)
+    batch = f"{r['batch_size']}" + (f" in {pieces}" if pieces > 1 else "")
     lines.append(
-      f"| {r['attention']} | {r['remat']} | {r['batch_size']} | {r['step_time_s']:.3f} | "
+      f"| {r['attention']} | {r['remat']} | {batch} | {r['step_time_s']:.3f} | "
       f"{r['tokens_per_s']:.0f} | {r['tflops_per_s']:.0f} | {mfu_text} | {mem} | {comp} |"
     )
   for label, value in ratios.items():

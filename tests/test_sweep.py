@@ -71,6 +71,8 @@ def test_a_key_added_later_at_its_earlier_value_keeps_the_fingerprint():
   def recorded(point):  # the fingerprint of the point's config without the key
     before = point.config.to_dict()
     del before["model"]["tied_head_scale"]
+    for key in ("microbatches", "profile_steps", "profile_skip_steps"):  # added later still
+      del before["train"][key]
     digest = hashlib.sha256(json.dumps(before, sort_keys=True, default=str).encode())
     return digest.hexdigest()[:16]
 
@@ -83,6 +85,12 @@ def test_a_key_added_later_at_its_earlier_value_keeps_the_fingerprint():
   assert default.fingerprint() != recorded(default)
   (untied,) = build_sweep({**spec, "overrides": {"model.tie_embeddings": False}}).points
   assert untied.fingerprint() == recorded(untied)
+  # Session 24's train keys: at their earlier values (one piece, no trace) the point is the one
+  # recorded without them; another value is another point.
+  (pieces,) = build_sweep(
+    {**spec, "overrides": {"model.tie_embeddings": False, "train.microbatches": 2}}
+  ).points
+  assert pieces.fingerprint() != untied.fingerprint()
 
 
 def test_nested_axes_and_configdict_spec():

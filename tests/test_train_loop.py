@@ -271,3 +271,46 @@ def test_phase_timer_refuses_nested_and_unknown_phases():
   with timer.phase("eval"):  # usable again after a refusal
     time.sleep(0.01)
   assert timer.summary()["time_eval_s"] >= 0.01
+
+
+def test_microbatched_run_trains_like_the_whole_batch(tmp_path):
+  """``train.microbatches`` reaches the loop's step (losses equal the whole batch's to float32
+  summation order), and a run may change it when it resumes (a layout, not the function)."""
+  whole, pieces = tmp_path / "whole", tmp_path / "pieces"
+  rows = "--config.train.batch_size=32"  # 4 pieces of 8 rows, one per device of the 8
+  train(_cfg(rows, "--config.train.steps=2"), whole)  # both stop at 2 (train.steps shapes
+  train(_cfg(rows, "--config.train.steps=3"), whole)  # the LR schedule) and resume to 3
+  train(_cfg(rows, "--config.train.steps=2", "--config.train.microbatches=4"), pieces)
+  train(_cfg(rows, "--config.train.steps=3", "--config.train.microbatches=2"), pieces)
+  a, b = _losses(whole), _losses(pieces)
+  assert sorted(a) == sorted(b) == [1, 2, 3]
+  for step in a:
+    assert abs(a[step] - b[step]) <= 1e-5 * abs(a[step]), (step, a[step], b[step])
+
+
+def _traced_steps(workdir):
+  """Per trace folder (one per start that traced), the step numbers its step annotations hold."""
+  import glob
+  import gzip
+
+  out = []
+  for path in sorted(glob.glob(str(workdir / "tensorboard/plugins/profile/*/*.trace.json.gz"))):
+    events = json.load(gzip.open(path))["traceEvents"]
+    out.append(sorted(int(e["args"]["step_num"]) for e in events if e.get("name") == "train"))
+  return out
+
+
+def test_profiler_traces_the_asked_steps_of_each_start(tmp_path):
+  """A trace of ``profile_steps`` steps after ``profile_skip_steps`` of each start, numbered as
+  metrics.jsonl numbers steps; a start that ends inside its window keeps what it traced; no
+  trace unless asked."""
+  plain = tmp_path / "plain"
+  train(_cfg("--config.train.steps=2"), plain)
+  assert not (plain / "tensorboard" / "plugins").exists()
+  prof = ["--config.train.profile_steps=2", "--config.train.profile_skip_steps=1"]
+  train(_cfg("--config.train.steps=4", *prof), tmp_path)
+  assert _traced_steps(tmp_path) == [[2, 3]]
+  time.sleep(1.1)  # the profiler names its folder by the second
+  train(_cfg("--config.train.steps=6", *prof), tmp_path)  # resumes at 4: traces 6, then ends
+  assert _traced_steps(tmp_path) == [[2, 3], [6]]
+  assert sorted(_losses(tmp_path)) == list(range(1, 7))

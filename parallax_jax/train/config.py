@@ -31,6 +31,9 @@ class TrainConfig:
   seed: int = 0
   batch_size: int = 8  # global batch (rows of seq_len tokens)
   seq_len: int = 256
+  # Gradient accumulation (train/microbatch.py): the batch is taken in this many pieces of
+  # batch_size / microbatches rows, one at a time, for the same step with less memory.
+  microbatches: int = 1
   log_every: int = 10
   eval_every: int = 200  # 0: never
   eval_batches: int = 4
@@ -38,13 +41,25 @@ class TrainConfig:
   # JAX's persistent compilation cache (train/compile_cache.py): a restarted run loads its
   # compiled step instead of compiling again; "": JAX's own setting (off by default).
   compilation_cache_dir: str = ""
+  # A profiler trace (train/profiling.py) of profile_steps steps, after the first
+  # profile_skip_steps steps of each start (the first compiles); 0: no trace.
+  profile_steps: int = 0
+  profile_skip_steps: int = 2
 
   def __post_init__(self):
-    for f in ("steps", "batch_size", "seq_len", "log_every"):
+    for f in ("steps", "batch_size", "seq_len", "log_every", "microbatches"):
       if not isinstance(getattr(self, f), int) or getattr(self, f) < 1:
         raise UserError(f"train.{f} must be a positive int, got {getattr(self, f)!r}")
     if self.eval_every < 0 or self.eval_batches < 0:
       raise UserError("train.eval_every and train.eval_batches must be >= 0")
+    for f in ("profile_steps", "profile_skip_steps"):
+      if not isinstance(getattr(self, f), int) or getattr(self, f) < 0:
+        raise UserError(f"train.{f} must be an int >= 0, got {getattr(self, f)!r}")
+    if self.batch_size % self.microbatches:
+      raise UserError(
+        f"train.batch_size={self.batch_size} does not split into train.microbatches="
+        f"{self.microbatches} equal pieces; use a divisor of the batch size"
+      )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,6 +161,13 @@ def resolve(cfg: ml_collections.ConfigDict, num_devices: int | None = None) -> E
       raise UserError(
         f"train.batch_size={exp.train.batch_size} must be divisible by "
         f"mesh.data * mesh.fsdp = {batch_shards}"
+      )
+    rows = exp.train.batch_size // exp.train.microbatches
+    if rows % batch_shards:  # each piece's rows stay on their devices (microbatch.py)
+      raise UserError(
+        f"a microbatch of train.batch_size / train.microbatches = {rows} rows does not split "
+        f"over mesh.data * mesh.fsdp = {batch_shards} devices; use fewer microbatches or a "
+        "larger batch"
       )
     _check_strategy(exp, sizes)
   return exp

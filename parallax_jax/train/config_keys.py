@@ -86,6 +86,10 @@ KEYS: dict[str, tuple[str, str]] = {
   "train.seed": (FIXED, "init and data-order seed"),
   "train.batch_size": (FIXED, "global batch in rows of seq_len tokens"),
   "train.seq_len": (FIXED, "tokens per row"),
+  "train.microbatches": (
+    SAFE,
+    "gradient accumulation: the batch taken in this many pieces (same step, less memory)",
+  ),
   "train.log_every": (SAFE, "steps between metrics.jsonl records"),
   "train.eval_every": (SAFE, "steps between evals (and at the end); 0: never"),
   "train.eval_batches": (SAFE, "held-out batches per eval"),
@@ -94,6 +98,11 @@ KEYS: dict[str, tuple[str, str]] = {
     SAFE,
     "persistent compilation cache (a restart loads the compiled step); '': off",
   ),
+  "train.profile_steps": (
+    SAFE,
+    "steps traced by the JAX profiler into tensorboard/plugins/profile; 0: none",
+  ),
+  "train.profile_skip_steps": (SAFE, "steps of each start before the trace (the first compiles)"),
   # optimizer: parallax_jax.train.optimizer.OptimizerConfig
   "optimizer.name": (FIXED, "'adamw', or 'muon' (AdamW for embeddings, head and norms)"),
   "optimizer.learning_rate": (SAFE, "peak LR (Muon's group under 'muon')"),
@@ -145,6 +154,10 @@ def _earlier_tied_head_scale(model: dict) -> str:
 # finished points stay finished.
 ADDED_KEYS: dict[str, Callable[[dict], object]] = {
   "model.tied_head_scale": _earlier_tied_head_scale,
+  # session 24: gradient accumulation and profiler traces (before them: one piece, no trace)
+  "train.microbatches": lambda train: 1,
+  "train.profile_steps": lambda train: 0,
+  "train.profile_skip_steps": lambda train: 2,
 }
 
 

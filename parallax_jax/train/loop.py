@@ -25,6 +25,7 @@ from parallax_jax.train.config import CheckpointConfig, resolve
 from parallax_jax.train.metrics import MetricsWriter, mfu_fields
 from parallax_jax.train.plots import plot_runs
 from parallax_jax.train.preemption import Preempted, StopSignal
+from parallax_jax.train.profiling import StepProfiler
 from parallax_jax.train.program import Program
 from parallax_jax.train.step import TrainState, eval_metrics
 from parallax_jax.train.timings import PhaseTimer
@@ -136,12 +137,15 @@ class Trainer:
     tokens_per_step = tcfg.batch_size * tcfg.seq_len
     last_log_time, last_log_step, compiled = time.perf_counter(), start, False
     summary = {"start_step": start}
+    profiler = StepProfiler(
+      metrics_out.tensorboard_dir, start, skip=tcfg.profile_skip_steps, steps=tcfg.profile_steps
+    )
     with StopSignal(self.checkpointer.reached_preemption) as stop:
       try:
         for step in range(start, tcfg.steps):
           with timer.phase("input"):
             batch = self.program.device_batch(self.data.next_train())
-          with timer.phase("first_step" if step == start else "steps"):
+          with timer.phase("first_step" if step == start else "steps"), profiler.step(step):
             state, m = self.program.train_step(state, batch)
             loss = float(m["loss"])  # one host read per step: catch a non-finite loss at once
           done = step + 1
@@ -188,6 +192,7 @@ class Trainer:
               self.checkpointer.wait()  # complete on disk before we exit
             raise Preempted(stop.signame, done)
       finally:
+        profiler.stop()  # a run that ends inside the traced steps keeps their trace
         with timer.phase("checkpoint"):  # an async save in flight completes here
           self.checkpointer.close()
         metrics_out.close()

@@ -62,12 +62,13 @@ class MetricsWriter:
 
   def __init__(self, workdir: str | Path, *, resume_step: int = 0, tensorboard: bool = True):
     self.path = Path(workdir) / "metrics.jsonl"
+    self.tensorboard_dir = Path(workdir) / "tensorboard"  # TensorBoard's logdir (and traces')
     self._truncate_after(resume_step)
     self._tb = None
     if tensorboard and jax.process_index() == 0:
       from tensorboardX import SummaryWriter
 
-      self._tb = SummaryWriter(str(Path(workdir) / "tensorboard"))
+      self._tb = SummaryWriter(str(self.tensorboard_dir))
 
   def _truncate_after(self, step: int) -> None:
     """A resumed run redoes the steps after its checkpoint: drop their old records."""

@@ -52,19 +52,20 @@ class Program:
       lambda seed: init_state(model, self.tx, seed), out_shardings=self.state_sharding
     )
     self._opt_init = jax.jit(self.tx.init, out_shardings=self.state_sharding.opt_state)
+    pieces = (exp.train.microbatches, self.batch_sharding)  # gradient accumulation
     self._train_step = jax.jit(
-      make_train_step(self.graphdef, self.tx, self.schedules, prepare),
+      make_train_step(self.graphdef, self.tx, self.schedules, prepare, *pieces),
       in_shardings=(self.state_sharding, self.batch_sharding),
       out_shardings=(self.state_sharding, repl),
       donate_argnums=(0,),
     )
     self._eval_step = jax.jit(
-      make_eval_step(self.graphdef, prepare),
+      make_eval_step(self.graphdef, prepare, *pieces),
       in_shardings=(self.state_sharding.params, self.batch_sharding),
       out_shardings=repl,
     )
     self._loss_and_grads = jax.jit(
-      make_loss_and_grads(self.graphdef, prepare),
+      make_loss_and_grads(self.graphdef, prepare, *pieces),
       in_shardings=(self.state_sharding.params, self.batch_sharding),
       out_shardings=((repl, repl), self.state_sharding.params),
     )

@@ -18,6 +18,7 @@ from flax import nnx
 
 from parallax_jax.model import ModelConfig, Transformer
 from parallax_jax.model.cross_entropy import chunked_cross_entropy
+from parallax_jax.train.microbatch import sum_over_microbatches
 
 
 class TrainState(NamedTuple):
@@ -83,10 +84,11 @@ def check_batch(batch: dict) -> None:
   chex.assert_equal_shape_prefix([mask, batch["inputs"], batch["targets"]], 2)
 
 
-def loss_fn(params, graphdef, batch):
-  """Mean loss over ``loss_mask`` positions (and their count): NLL, or squared error when the
-  model has a regression head (``model.output_dim > 0``). ``model.logits_chunk > 0`` fuses
-  the LM head into a chunked cross-entropy instead of materialising the logits."""
+def loss_sum_fn(params, graphdef, batch):
+  """``(total, tokens)``: the loss summed over ``loss_mask`` positions, and their count. The
+  loss is the NLL, or the squared error when the model has a regression head
+  (``model.output_dim > 0``). ``model.logits_chunk > 0`` fuses the LM head into a chunked
+  cross-entropy instead of materialising the logits."""
   model = nnx.merge(graphdef, params)
   check_batch(batch)
   weights = batch["loss_mask"].astype(jnp.float32)
@@ -104,26 +106,58 @@ def loss_fn(params, graphdef, batch):
     logits = model(batch["inputs"], batch["positions"], batch["segment_ids"])
     nll = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
     total = jnp.sum(nll * weights)
+  return total, tokens
+
+
+def loss_fn(params, graphdef, batch):
+  """Mean loss over ``loss_mask`` positions, and their count (``loss_sum_fn``)."""
+  total, tokens = loss_sum_fn(params, graphdef, batch)
   return total / jnp.maximum(tokens, 1.0), tokens
 
 
-def make_loss_and_grads(graphdef, prepare_batch=None):
+def make_loss_and_grads(graphdef, prepare_batch=None, microbatches=1, batch_sharding=None):
   """Builds ``loss_and_grads(params, batch) -> ((loss, tokens), grads)``: the train step's
   forward and backward without the update. ``prepare_batch`` (e.g. the zigzag reordering of
-  context parallelism) runs first."""
+  context parallelism) runs first, on each microbatch.
 
-  def loss_and_grads(params, batch: dict):
-    if prepare_batch is not None:
-      batch = prepare_batch(batch)
-    return jax.value_and_grad(loss_fn, has_aux=True)(params, graphdef, batch)
+  ``microbatches > 1`` (``train.microbatches``): gradient accumulation over that many pieces of
+  the batch (``microbatch.py``); the result is the whole batch's mean loss and its gradient.
+  ``batch_sharding``: the batch's sharding, kept on each piece.
+  """
 
-  return loss_and_grads
+  def prepared(batch):
+    return batch if prepare_batch is None else prepare_batch(batch)
+
+  if microbatches == 1:
+
+    def loss_and_grads(params, batch: dict):
+      return jax.value_and_grad(loss_fn, has_aux=True)(params, graphdef, prepared(batch))
+
+    return loss_and_grads
+
+  def summed(params, piece):
+    (total, tokens), grads = jax.value_and_grad(loss_sum_fn, has_aux=True)(
+      params, graphdef, prepared(piece)
+    )
+    return total, tokens, grads
+
+  def accumulated(params, batch: dict):
+    total, tokens, grads = sum_over_microbatches(
+      lambda piece: summed(params, piece), batch, microbatches, batch_sharding
+    )
+    count = jnp.maximum(tokens, 1.0)
+    grads = jax.tree.map(lambda g, p: (g / count).astype(p.dtype), grads, params)
+    return (total / count, tokens), grads
+
+  return accumulated
 
 
-def make_train_step(graphdef, tx, schedules, prepare_batch=None):
+def make_train_step(
+  graphdef, tx, schedules, prepare_batch=None, microbatches=1, batch_sharding=None
+):
   """Builds ``train_step(state, batch) -> (state, metrics)`` (``make_loss_and_grads``, then
   the optimizer update)."""
-  loss_and_grads = make_loss_and_grads(graphdef, prepare_batch)
+  loss_and_grads = make_loss_and_grads(graphdef, prepare_batch, microbatches, batch_sharding)
 
   def train_step(state: TrainState, batch: dict):
     (loss, tokens), grads = loss_and_grads(state.params, batch)
@@ -142,8 +176,9 @@ def make_train_step(graphdef, tx, schedules, prepare_batch=None):
   return train_step
 
 
-def make_eval_step(graphdef, prepare_batch=None):
-  """``eval_step(params, batch) -> sums over loss_mask positions`` (see `eval_metrics`).
+def make_eval_step(graphdef, prepare_batch=None, microbatches=1, batch_sharding=None):
+  """``eval_step(params, batch) -> sums over loss_mask positions`` (see `eval_metrics`);
+  ``microbatches > 1`` adds them up over that many pieces of the batch, as the train step does.
 
   LM head: ``{"nll_sum", "correct", "tokens"}`` (exact perplexity, and argmax accuracy, e.g.
   MQAR answers). Regression head: ``{"sq_err_sum", "sq_err_sum_baseline_zero", "tokens"}``
@@ -151,7 +186,7 @@ def make_eval_step(graphdef, prepare_batch=None):
   e.g. the least-squares and Bayes predictions of the regression tasks).
   """
 
-  def eval_step(params, batch):
+  def sums(params, batch):
     if prepare_batch is not None:
       batch = prepare_batch(batch)
     model = nnx.merge(graphdef, params)
@@ -168,6 +203,14 @@ def make_eval_step(graphdef, prepare_batch=None):
     nll = optax.softmax_cross_entropy_with_integer_labels(out, targets)
     hit = (jnp.argmax(out, axis=-1) == targets).astype(jnp.float32)
     return {"nll_sum": jnp.sum(nll * w), "correct": jnp.sum(hit * w), "tokens": jnp.sum(w)}
+
+  if microbatches == 1:
+    return sums
+
+  def eval_step(params, batch):
+    return sum_over_microbatches(
+      lambda piece: sums(params, piece), batch, microbatches, batch_sharding
+    )
 
   return eval_step
 
