@@ -110,7 +110,7 @@ def test_debug_shows_the_traceback_and_bugs_keep_theirs(tmp_path, capsys, monkey
 
 
 def test_space_form_overrides():
-  overrides, rest = cli._split_overrides(
+  overrides, rest = cli.split_overrides(
     ["train", "--config.train.steps", "5", "--config.mesh.data", "-1", "--config.x=1", "--debug"]
   )
   assert overrides == ["--config.train.steps=5", "--config.mesh.data=-1", "--config.x=1"]

@@ -1,0 +1,38 @@
+"""What the subcommands share: the ``--config.*`` overrides' help and parsing, and loading a
+config file with ``jax.distributed`` started."""
+
+from __future__ import annotations
+
+CONFIG_HELP = """\
+config keys: --config.SECTION.KEY=VALUE (or --config.SECTION.KEY VALUE) overrides a key of the
+config file, typed like its current value (None, true/false, numbers, Python literals).
+  parallax-jax config --config C [overrides]     every key: value, resume rule, meaning; validates
+  parallax-jax train --dry-run --config C ...    + parameters, FLOPs/token, mesh, memory/device
+The table of keys is parallax_jax/train/config_keys.py.
+"""
+
+
+def split_overrides(argv):
+  """``--config.a.b=value`` / ``--config.a.b value`` arguments (for the config loader), and the
+  rest. A space-form value is the next argument unless that starts with ``--``."""
+  overrides, rest, i = [], [], 0
+  while i < len(argv):
+    arg = argv[i]
+    if arg.startswith("--config."):
+      if "=" not in arg and i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+        arg, i = f"{arg}={argv[i + 1]}", i + 1
+      overrides.append(arg)
+    else:
+      rest.append(arg)
+    i += 1
+  return overrides, rest
+
+
+def load_and_initialize(path, overrides):
+  """Loads the config, then starts jax.distributed (before any backend is touched)."""
+  from parallax_jax import distributed
+  from parallax_jax.train.config import load_config
+
+  cfg = load_config(path, overrides)
+  distributed.initialize(distributed.DistributedConfig.from_dict(cfg.distributed.to_dict()))
+  return cfg

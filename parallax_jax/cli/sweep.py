@@ -1,0 +1,95 @@
+"""``sweep``: train every point of a sweep config, or ``--collect`` finished points into it."""
+
+from __future__ import annotations
+
+import sys
+
+from parallax_jax.errors import UserError
+
+
+def _sweep(args) -> int:
+  from parallax_jax.sweeps.config import load_sweep, select_points
+  from parallax_jax.sweeps.runner import SweepStopped, run_sweep
+  from parallax_jax.train.preemption import EXIT_PREEMPTED
+
+  if args.parallel < 1:  # checked before the sweep loads: a typo costs nothing
+    raise UserError(f"--parallel must be >= 1, got {args.parallel}")
+  if args.collect:
+    return _sweep_collect(args)
+  sweep = select_points(load_sweep(args.config, args.workdir), args.points)
+  if args.dry_run:
+    invalid = 0
+    for p in sweep.points:
+      print(f"{p.name}: {' '.join(p.overrides) or '(base)'}")
+      if (problem := p.problem()) is not None:
+        invalid += 1
+        print(f"  invalid: {problem}")
+    if invalid:
+      raise UserError(f"{invalid} of {len(sweep.points)} sweep points are invalid (above)")
+    return 0
+  try:
+    rows = run_sweep(sweep, args.workdir, parallel=args.parallel)
+  except SweepStopped as e:
+    print(f"parallax-jax: {e} (report: {args.workdir}/results.md)", file=sys.stderr)
+    return EXIT_PREEMPTED
+  print(f"wrote {args.workdir}/results.md:")
+  print(open(f"{args.workdir}/results.md").read())
+  return 0 if all(r["status"] == "finished" for r in rows) else 1
+
+
+def _sweep_collect(args) -> int:
+  """``sweep --collect``: finished points from other workdirs into this one, then its report."""
+  from pathlib import Path
+
+  from parallax_jax.sweeps import report
+  from parallax_jax.sweeps.collect import collect_points
+  from parallax_jax.sweeps.config import load_sweep, select_points
+  from parallax_jax.sweeps.runner import write_description
+
+  sweep = load_sweep(args.config, args.workdir)
+  only = [p.name for p in select_points(sweep, args.points).points] if args.points else None
+  collected, refused = collect_points(sweep, args.workdir, args.collect, only=only)
+  workdir = Path(args.workdir)
+  write_description(sweep, workdir)
+  rows = report.write_all(sweep, workdir)
+  finished = sum(r["status"] == "finished" for r in rows)
+  print(
+    f"collected {len(collected)} point(s); {args.workdir} holds {finished} finished of {len(rows)}"
+  )
+  for line in refused:
+    print(f"not collected: {line}")
+  return 1 if refused else 0
+
+
+def add_sweep(sub, common):
+  sw = sub.add_parser(
+    "sweep",
+    parents=[common],
+    help="train every point of a sweep config (resumable); results table and plots",
+    description="Each point trains in W/points/<name>/ via `parallax-jax train` in a "
+    "subprocess; a rerun skips finished points and retries failed ones. Writes "
+    "W/results.csv, W/results.md, W/loss_curves.png and W/metric_vs_<axis>.png.",
+  )
+  sw.add_argument("--config", required=True, help="sweep file (configs/sweeps/<name>.py)")
+  sw.add_argument("--workdir", required=True)
+  sw.add_argument(
+    "--parallel", type=int, default=1, help="points at once (one accelerator each if several)"
+  )
+  sw.add_argument(
+    "--points",
+    default=None,
+    help="comma list of fnmatch patterns: run only the points whose name or variant matches "
+    "(e.g. 'muon+parallax_s0' or 'L2_pairs64_*'); default: every point",
+  )
+  sw.add_argument("--dry-run", action="store_true", help="list the points and exit")
+  sw.add_argument(
+    "--collect",
+    nargs="+",
+    metavar="SRC",
+    default=None,
+    help="train nothing: copy the finished points of this sweep found in the SRC workdirs "
+    "(e.g. a device run's returned files; their status, config and metrics) into --workdir, "
+    "refusing points trained with another config or that --workdir holds otherwise, then "
+    "rebuild --workdir's tables and plots",
+  )
+  sw.set_defaults(fn=_sweep)
