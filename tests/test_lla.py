@@ -138,3 +138,26 @@ def test_model_with_lla_trains(tmp_path):
   losses = [m["loss"] for m in read_metrics(tmp_path)]
   assert summary["final_step"] == 6 and all(np.isfinite(losses))
   assert losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize("remat", ["full", "dots_attention"])
+def test_rematerialised_lla_model_trains_on_one_cpu_device(tmp_path, remat):
+  """XLA:CPU deadlocks on LAPACK's solve inside a rematerialised block on one device (the
+  first step never returned, with any remat policy); the model takes the pure-XLA solve
+  there. Run in a child process with one CPU device (this one has 8) and a time limit, since
+  a deadlock cannot be caught in-process."""
+  import os
+  import subprocess
+  import sys
+
+  from train_configs import ROOT, SMALL_MODEL
+
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+  cmd = [sys.executable, "-m", "parallax_jax.cli", "train", "--config", "configs/tiny.py"]
+  cmd += ["--workdir", str(tmp_path), *SMALL_MODEL, "--config.model.attention=lla"]
+  cmd += [f"--config.model.remat={remat}", "--config.train.steps=2"]
+  cmd += ["--config.train.batch_size=16"]  # (8 rows of 64 tokens did not hang)
+  # On timeout the child is killed (SIGKILL: a SIGTERM would wait for the hung step to save).
+  done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert "final_step=2" in done.stdout

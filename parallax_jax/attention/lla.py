@@ -63,7 +63,8 @@ def lla_attention(
     segment_ids: ``[B, T]`` (``Tq == Tk``): attend only within a segment.
     solver: the per-query ``[D, D]`` solve: "lapack" (``jnp.linalg.solve``), "gauss_jordan"
       (pure XLA, unrolled over D), or "auto": "lapack" except with several CPU devices, where
-      XLA deadlocks on LAPACK calls inside multi-device train steps.
+      XLA deadlocks on LAPACK calls inside multi-device train steps (and, on one device,
+      inside rematerialised blocks: the model passes "gauss_jordan" there).
 
   Returns:
     ``[B, Tq, Hq, Dv]`` in q's dtype. A row that sees no key returns 0.

@@ -249,8 +249,17 @@ class Attention(nnx.Module):
     """The op on local (unpartitioned) arrays: Parallax, LLA, or softmax when ``r is None``."""
     cfg = self.cfg
     if cfg.attention == "lla":
+      # XLA:CPU (jax 0.10) deadlocks on LAPACK's solve inside a rematerialised block even on
+      # one device (every remat policy hung the first step): the pure-XLA solve there.
+      remat_cpu = cfg.remat != "none" and jax.default_backend() == "cpu"
       return lla_attention(
-        q, k, v, ridge=cfg.lla_ridge, window_size=cfg.window_size, segment_ids=segment_ids
+        q,
+        k,
+        v,
+        ridge=cfg.lla_ridge,
+        window_size=cfg.window_size,
+        segment_ids=segment_ids,
+        solver="gauss_jordan" if remat_cpu else "auto",
       )
     if r is None:
       return softmax_attention(
