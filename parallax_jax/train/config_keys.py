@@ -93,7 +93,10 @@ KEYS: dict[str, tuple[str, str]] = {
   "train.log_every": (SAFE, "steps between metrics.jsonl records"),
   "train.eval_every": (SAFE, "steps between evals (and at the end); 0: never"),
   "train.eval_batches": (SAFE, "held-out batches per eval"),
-  "train.progress_bar": (SAFE, "tqdm progress bar on process 0"),
+  "train.progress_bar": (
+    SAFE,
+    "progress on process 0: a tqdm bar on a terminal, else a line per log_every; false: neither",
+  ),
   "train.compilation_cache_dir": (
     SAFE,
     "persistent compilation cache (a restart loads the compiled step); '': off",
