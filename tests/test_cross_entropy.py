@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from parallax_jax.model.cross_entropy import chunked_cross_entropy
+from parallax_jax.model.cross_entropy import chunked_cross_entropy, chunked_eval_sums
 
 
 def _oracle(x, w, targets, weights, scale):
@@ -71,3 +71,52 @@ def test_bad_chunk_names_the_argument():
   x, w, targets, weights = _inputs(1, 4, 4, 5)
   with pytest.raises(ValueError, match="chunk"):
     chunked_cross_entropy(x, w, targets, weights, scale=1.0, chunk=0)
+
+
+@pytest.mark.parametrize("t,chunk", [(16, 4), (13, 4), (7, 16)])
+def test_eval_sums_match_the_oracle(t, chunk):
+  """The eval step's chunked sums: the weighted NLL (the train loss) and the weighted count of
+  positions whose argmax is the target, padded chunks included."""
+  x, w, targets, weights = _inputs(2, t, 8, 11, seed=1)
+  scale = 0.7
+  nll, correct = chunked_eval_sums(x, w, targets, weights, scale=scale, chunk=chunk)
+  targets, weights = np.asarray(targets), np.asarray(weights)
+  want_nll = _oracle(x, w, targets, weights, scale)[0]
+  logits = scale * np.einsum("btd,vd->btv", np.asarray(x, np.float64), np.asarray(w, np.float64))
+  want_correct = np.sum((logits.argmax(-1) == targets) * weights)
+  np.testing.assert_allclose(nll, want_nll, rtol=1e-5)
+  assert float(correct) == want_correct and 0 < want_correct < weights.sum()
+
+
+def _eval_program(*extra):
+  from train_configs import SHARDABLE, TINY
+
+  from parallax_jax.train.config import load_config, resolve
+  from parallax_jax.train.program import Program
+
+  cfg = load_config(TINY, [*SHARDABLE, "model.vocab_size=16384", *extra])
+  exp = resolve(cfg, 1)
+  return exp, Program(exp, devices=jax.devices()[:1])
+
+
+def test_eval_step_with_logits_chunk_holds_no_logits():
+  """With ``model.logits_chunk`` the eval step's sums are the dense head's (the same logits, in
+  the bfloat16 compute dtype: equal up to summation order) without the ``[B, T, V]`` logits."""
+  from parallax_jax.benchmarking.synthetic_batch import synthetic_batch
+
+  # bfloat16 logits of a spread (init_std 0.3) head: float32 ones would move the sum by ~2e-5.
+  model = ("model.compute_dtype=bfloat16", "model.init_std=0.3")
+  exp, dense = _eval_program(*model)
+  _, chunked = _eval_program(*model, "model.logits_chunk=16")
+  params = dense.init(0).params
+  batch = synthetic_batch(exp.model, exp.train.batch_size, exp.train.seq_len, seed=2)
+  want, got = dense.eval_step(params, batch), chunked.eval_step(params, batch)
+  np.testing.assert_allclose(got["nll_sum"], want["nll_sum"], rtol=2e-6)
+  assert float(got["correct"]) == float(want["correct"]) and got["tokens"] == want["tokens"]
+
+  def temp_bytes(program):
+    lowered = program._eval_step.lower(program.abstract_state.params, batch)
+    return lowered.compile().memory_analysis().temp_size_in_bytes
+
+  logits_bytes = exp.train.batch_size * exp.train.seq_len * exp.model.vocab_size * 4
+  assert temp_bytes(chunked) < temp_bytes(dense) - logits_bytes / 2

@@ -35,6 +35,39 @@ def chunked_cross_entropy(
   return _fused(x_BTD, w_VD, targets_BT, weights_BT.astype(jnp.float32), scale, chunk)
 
 
+def chunked_eval_sums(
+  x_BTD: Float[Array, "B T D"],
+  w_VD: Float[Array, "V D"],
+  targets_BT: Int[Array, "B T"],
+  weights_BT: Float[Array, "B T"],
+  *,
+  scale: float,
+  chunk: int,
+) -> tuple[Float[Array, ""], Float[Array, ""]]:
+  """``(sum(weights * nll), sum(weights * [argmax == target]))``, chunk by chunk: the eval
+  step's sums without the ``[B, T, V]`` logits. No gradient.
+
+  The logits are the dense head's (``Transformer._logits``: the matmul's output in the compute
+  dtype, then float32), not ``chunked_cross_entropy``'s float32 ones, so a run's eval numbers
+  do not depend on ``logits_chunk`` (and match those of runs evaluated before it was chunked).
+  """
+  if chunk < 1:
+    raise ValueError(f"chunk must be >= 1, got {chunk}")
+
+  def body(_, xs):
+    x_c, t_c, wt_c = xs
+    logits = (jnp.einsum("bcd,vd->bcv", x_c, w_VD) * scale).astype(jnp.float32)
+    lse = jax.nn.logsumexp(logits, axis=-1)
+    picked = jnp.take_along_axis(logits, t_c[..., None], axis=-1)[..., 0]
+    hit = (jnp.argmax(logits, axis=-1) == t_c).astype(jnp.float32)
+    return None, (jnp.sum((lse - picked) * wt_c), jnp.sum(hit * wt_c))
+
+  weights = weights_BT.astype(jnp.float32)
+  xs = (_chunks(x_BTD, chunk), _chunks(targets_BT, chunk), _chunks(weights, chunk))
+  _, (nll, hits) = jax.lax.scan(body, None, xs)
+  return jnp.sum(nll), jnp.sum(hits)
+
+
 def _chunks(a, chunk):
   """``[B, T, ...] -> [T / chunk, B, chunk, ...]`` (zero-padded), the scan axis first."""
   b, t = a.shape[:2]

@@ -17,7 +17,7 @@ import optax
 from flax import nnx
 
 from parallax_jax.model import ModelConfig, Transformer
-from parallax_jax.model.cross_entropy import chunked_cross_entropy
+from parallax_jax.model.cross_entropy import chunked_cross_entropy, chunked_eval_sums
 from parallax_jax.train.microbatch import sum_over_microbatches
 
 
@@ -181,9 +181,11 @@ def make_eval_step(graphdef, prepare_batch=None, microbatches=1, batch_sharding=
   ``microbatches > 1`` adds them up over that many pieces of the batch, as the train step does.
 
   LM head: ``{"nll_sum", "correct", "tokens"}`` (exact perplexity, and argmax accuracy, e.g.
-  MQAR answers). Regression head: ``{"sq_err_sum", "sq_err_sum_baseline_zero", "tokens"}``
-  plus ``sq_err_sum_<key>`` for every ``baseline_*`` prediction in the batch (``[B, T]``,
-  e.g. the least-squares and Bayes predictions of the regression tasks).
+  MQAR answers); with ``model.logits_chunk`` chunk by chunk (the same numbers), so the
+  ``[B, T, V]`` logits are never held. Regression head: ``{"sq_err_sum",
+  "sq_err_sum_baseline_zero", "tokens"}`` plus ``sq_err_sum_<key>`` for every ``baseline_*``
+  prediction in the batch (``[B, T]``, e.g. the least-squares and Bayes predictions of the
+  regression tasks).
   """
 
   def sums(params, batch):
@@ -191,9 +193,16 @@ def make_eval_step(graphdef, prepare_batch=None, microbatches=1, batch_sharding=
       batch = prepare_batch(batch)
     model = nnx.merge(graphdef, params)
     check_batch(batch)
-    out = model(batch["inputs"], batch["positions"], batch["segment_ids"])
     w = batch["loss_mask"].astype(jnp.float32)
     targets = batch["targets"]
+    if model.cfg.logits_chunk and not model.cfg.output_dim:  # the dense head's sums, chunked
+      x = model.hidden(batch["inputs"], batch["positions"], batch["segment_ids"])
+      head, scale = model.lm_head()
+      nll, correct = chunked_eval_sums(
+        x, head, targets, w, scale=scale, chunk=model.cfg.logits_chunk
+      )
+      return {"nll_sum": nll, "correct": correct, "tokens": jnp.sum(w)}
+    out = model(batch["inputs"], batch["positions"], batch["segment_ids"])
     if model.cfg.output_dim:
       sums = {"sq_err_sum": squared_error(out, targets)}
       sums["sq_err_sum_baseline_zero"] = squared_error(jnp.zeros_like(out), targets)
