@@ -4,6 +4,7 @@ At a 152k vocabulary the float32 logits of one 8 x 4096 batch take 20 GB, and au
 them and their gradient. ``chunked_cross_entropy`` computes, chunk by chunk along T, the logits,
 the NLL, and already the gradients of the hidden states and of the head (``softmax - onehot``
 is known in the forward), so the memory is ``O(B * chunk * V)`` and no matmul is recomputed.
+``chunked_eval_sums`` is the eval step's counterpart (no gradient). docs/design.md §17.
 """
 
 from __future__ import annotations

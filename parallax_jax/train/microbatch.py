@@ -11,7 +11,7 @@ batch at once.
 Rows are dealt round-robin: piece ``i`` holds rows ``i, i + n, i + 2n, ...``. That is a reshape
 ``[B] -> [B/n, n]``, which keeps every row on the device that holds it when the rows are
 sharded over ``D`` devices in contiguous blocks and ``B/n`` is a multiple of ``D`` (checked in
-``train.config.resolve``): no piece moves data between devices.
+``train.config.resolve``): no piece moves data between devices. docs/design.md §17.
 """
 
 from __future__ import annotations

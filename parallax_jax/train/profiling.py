@@ -4,7 +4,8 @@ Each start of a run that asks for one traces ``profile_steps`` steps after its f
 ``profile_skip_steps`` (the first step compiles; a trace of compilation says little about the
 step). The trace goes to ``<workdir>/tensorboard/plugins/profile/<date_time>/``, beside the
 scalars, so ``tensorboard --logdir <workdir>/tensorboard`` (with the profile plugin, or
-``xprof``) opens both; every start writes its own timestamped folder, none is overwritten.
+``xprof``) opens both; every start writes its own folder, named by the second it started
+tracing, so none is overwritten (a start takes longer than that to compile).
 Every step, traced or not, runs inside a ``StepTraceAnnotation("train", step_num=n)`` (a
 no-op without a trace; ``n`` numbers steps as ``metrics.jsonl`` does, the steps taken once it
 is done), so the profile viewer splits the trace by step. Process 0 traces its own
