@@ -120,3 +120,23 @@ def test_eval_step_with_logits_chunk_holds_no_logits():
 
   logits_bytes = exp.train.batch_size * exp.train.seq_len * exp.model.vocab_size * 4
   assert temp_bytes(chunked) < temp_bytes(dense) - logits_bytes / 2
+
+
+@pytest.mark.parametrize("t,chunk,shards", [(16, 4, 1), (16, 3, 4), (12, 8, 2), (13, 4, 1)])
+def test_chunk_layout_round_trips_and_spreads_each_step_over_the_shards(t, chunk, shards):
+  """``_chunks`` (per block of ``T / S`` positions, zero-padded) and ``_unchunks`` invert each
+  other, and scan step ``i`` holds chunk ``i`` of every block."""
+  from parallax_jax.model.cross_entropy import _chunks, _unchunks
+
+  a = jnp.arange(2 * t * 3).reshape(2, t, 3) + 1  # no zeros: padding shows as 0
+  c = _chunks(a, chunk, shards)
+  local = t // shards
+  assert c.shape == (-(-local // chunk), 2 * shards, chunk, 3)
+  np.testing.assert_array_equal(_unchunks(c, 2, t, shards), a)
+  for i in range(c.shape[0]):
+    for bs in range(2 * shards):
+      b, s = divmod(bs, shards)
+      want = np.asarray(a[b, s * local :][:local][i * chunk : (i + 1) * chunk])
+      got = np.asarray(c[i, bs])
+      np.testing.assert_array_equal(got[: len(want)], want)
+      assert not got[len(want) :].any()

@@ -158,3 +158,23 @@ def test_bench_train_times_the_accumulated_step(tmp_path):
   assert "| parallax | none | 4 in 2 |" in md.read_text()
   with pytest.raises(SystemExit):
     bench_train.main([*common, "--microbatches", "3"])
+
+
+def test_chunked_lm_head_under_context_parallelism(capfd):
+  """The chunked LM head (train and eval) under cp: the one-device numbers, and each scanned
+  chunk spread over the sequence shards (a chunk of T taken whole would live on one shard, and
+  XLA replicates the stacked chunks: its "Involuntary full rematerialization" warning)."""
+  head = ("model.logits_chunk=16",)
+  one = Program(_exp(*head), devices=jax.devices()[:1])
+  params = jax.device_get(one.init(0).params)
+  batch = _uneven_batch(one.exp)
+  loss_1, grads_1 = jax.device_get(one.loss_and_grads(params, one.device_batch(batch)))
+  sums_1 = jax.device_get(one.eval_step(params, one.device_batch(batch)))
+  capfd.readouterr()
+  cp = Program(_exp(*head, devices=8, strategy="cp"))
+  loss, grads = jax.device_get(cp.loss_and_grads(params, cp.device_batch(batch)))
+  sums = jax.device_get(cp.eval_step(params, cp.device_batch(batch)))
+  assert "Involuntary full rematerialization" not in capfd.readouterr().err
+  _assert_same_step(loss, grads, loss_1, grads_1)
+  for k in sums:
+    assert abs(float(sums[k]) - float(sums_1[k])) <= 1e-5 * abs(float(sums_1[k])), k

@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
+from parallax_jax import sharding
+
 
 def chunked_cross_entropy(
   x_BTD: Float[Array, "B T D"],
@@ -64,17 +66,42 @@ def chunked_eval_sums(
     return None, (jnp.sum((lse - picked) * wt_c), jnp.sum(hit * wt_c))
 
   weights = weights_BT.astype(jnp.float32)
-  xs = (_chunks(x_BTD, chunk), _chunks(targets_BT, chunk), _chunks(weights, chunk))
+  shards = _length_shards(x_BTD.shape[1])
+  xs = tuple(_chunks(a, chunk, shards) for a in (x_BTD, targets_BT, weights))
   _, (nll, hits) = jax.lax.scan(body, None, xs)
   return jnp.sum(nll), jnp.sum(hits)
 
 
-def _chunks(a, chunk):
-  """``[B, T, ...] -> [T / chunk, B, chunk, ...]`` (zero-padded), the scan axis first."""
+def _length_shards(t: int) -> int:
+  """How many blocks T is sharded in (context parallelism: the traced rules' "length" axes)."""
+  rules = sharding.current_rules()
+  shards = rules.size("length") if rules is not None and rules.axes("length") else 1
+  return shards if t % shards == 0 else 1
+
+
+def _chunks(a, chunk, shards):
+  """``[B, T, ...] -> [n, B * S, chunk, ...]``, the scan axis first: each of the ``S`` blocks of
+  ``T / S`` positions in ``n`` chunks (zero-padded per block), and scan step ``i`` takes chunk
+  ``i`` of every block. Under context parallelism (``S`` sequence shards) every step's work is
+  then spread over the shards; chunks of T taken whole would each live on one shard, and XLA
+  would replicate the stacked chunks ("Involuntary full rematerialization"). ``S = 1`` is
+  plain chunking along T."""
   b, t = a.shape[:2]
-  pad = -t % chunk
-  a = jnp.pad(a, [(0, 0), (0, pad)] + [(0, 0)] * (a.ndim - 2))
-  return jnp.swapaxes(a.reshape(b, (t + pad) // chunk, chunk, *a.shape[2:]), 0, 1)
+  local = t // shards
+  pad = -local % chunk
+  a = a.reshape(b, shards, local, *a.shape[2:])
+  a = jnp.pad(a, [(0, 0), (0, 0), (0, pad)] + [(0, 0)] * (a.ndim - 3))
+  n = (local + pad) // chunk
+  a = jnp.moveaxis(a.reshape(b, shards, n, chunk, *a.shape[3:]), 2, 0)  # [n, B, S, chunk, ...]
+  return a.reshape(n, b * shards, chunk, *a.shape[4:])
+
+
+def _unchunks(a, b, t, shards):
+  """The inverse of ``_chunks``: ``[n, B * S, chunk, ...] -> [B, T, ...]`` (padding dropped)."""
+  n, _, chunk = a.shape[:3]
+  a = jnp.moveaxis(a.reshape(n, b, shards, chunk, *a.shape[3:]), 0, 2)  # [B, S, n, chunk, ...]
+  a = a.reshape(b, shards, n * chunk, *a.shape[4:])[:, :, : t // shards]
+  return a.reshape(b, t, *a.shape[3:])
 
 
 def _scan(x, w, targets, weights, scale, chunk, with_grads):
@@ -95,14 +122,14 @@ def _scan(x, w, targets, weights, scale, chunk, with_grads):
     dw = dw + jnp.einsum("bcv,bcd->vd", g, x_c, preferred_element_type=jnp.float32)
     return dw, (loss, dx_c.astype(x.dtype))
 
-  xs = (_chunks(x, chunk), _chunks(targets, chunk), _chunks(weights, chunk))
+  b, t = x.shape[:2]
+  shards = _length_shards(t)
+  xs = tuple(_chunks(a, chunk, shards) for a in (x, targets, weights))
   dw0 = jnp.zeros(w.shape, jnp.float32) if with_grads else None
   dw, (losses, dx) = jax.lax.scan(body, dw0, xs)
   if not with_grads:
     return jnp.sum(losses)
-  b, t = x.shape[:2]
-  dx = jnp.swapaxes(dx, 0, 1).reshape(b, -1, x.shape[-1])[:, :t]
-  return jnp.sum(losses), (dx, dw.astype(w.dtype))
+  return jnp.sum(losses), (_unchunks(dx, b, t, shards), dw.astype(w.dtype))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
