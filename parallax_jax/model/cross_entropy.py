@@ -33,8 +33,7 @@ def chunked_cross_entropy(
   ``chunk`` positions of T per step (T is padded up to a multiple, with weight 0).
   Differentiable in ``x`` and ``w`` (``targets`` and ``weights`` get no gradient).
   """
-  if chunk < 1:
-    raise ValueError(f"chunk must be >= 1, got {chunk}")
+  _check_chunk(chunk)
   return _fused(x_BTD, w_VD, targets_BT, weights_BT.astype(jnp.float32), scale, chunk)
 
 
@@ -54,8 +53,7 @@ def chunked_eval_sums(
   dtype, then float32), not ``chunked_cross_entropy``'s float32 ones, so a run's eval numbers
   do not depend on ``logits_chunk`` (and match those of runs evaluated before it was chunked).
   """
-  if chunk < 1:
-    raise ValueError(f"chunk must be >= 1, got {chunk}")
+  _check_chunk(chunk)
 
   def body(_, xs):
     x_c, t_c, wt_c = xs
@@ -65,11 +63,20 @@ def chunked_eval_sums(
     hit = (jnp.argmax(logits, axis=-1) == t_c).astype(jnp.float32)
     return None, (jnp.sum((lse - picked) * wt_c), jnp.sum(hit * wt_c))
 
-  weights = weights_BT.astype(jnp.float32)
-  shards = _length_shards(x_BTD.shape[1])
-  xs = tuple(_chunks(a, chunk, shards) for a in (x_BTD, targets_BT, weights))
+  xs, _ = _chunked_inputs(x_BTD, targets_BT, weights_BT.astype(jnp.float32), chunk)
   _, (nll, hits) = jax.lax.scan(body, None, xs)
   return jnp.sum(nll), jnp.sum(hits)
+
+
+def _check_chunk(chunk: int) -> None:
+  if chunk < 1:
+    raise ValueError(f"chunk must be >= 1, got {chunk}")
+
+
+def _chunked_inputs(x, targets, weights, chunk):
+  """``((x, targets, weights) in chunks, S)``: the scanned inputs of both chunked heads."""
+  shards = _length_shards(x.shape[1])
+  return tuple(_chunks(a, chunk, shards) for a in (x, targets, weights)), shards
 
 
 def _length_shards(t: int) -> int:
@@ -123,8 +130,7 @@ def _scan(x, w, targets, weights, scale, chunk, with_grads):
     return dw, (loss, dx_c.astype(x.dtype))
 
   b, t = x.shape[:2]
-  shards = _length_shards(t)
-  xs = tuple(_chunks(a, chunk, shards) for a in (x, targets, weights))
+  xs, shards = _chunked_inputs(x, targets, weights, chunk)
   dw0 = jnp.zeros(w.shape, jnp.float32) if with_grads else None
   dw, (losses, dx) = jax.lax.scan(body, dw0, xs)
   if not with_grads:
