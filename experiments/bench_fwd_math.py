@@ -40,11 +40,18 @@ VARIANTS = {  # name -> parallax_fwd keywords; the first is the baseline of the 
   "fma": {"fma_scores": True, "centre": "running", "producer_registers": 40},
   "fma_first": {"fma_scores": True, "centre": "first", "producer_registers": 40},
   # The same math with the TMA producer at 24 registers, the consumers at 240 (not 232): the
-  # default since 2026-12-04 (session 19).
+  # default since 2026-12-04 (session 19), at the default tile's ring depth (4 since session 25).
   "fma_first_producer24": {"fma_scores": True, "centre": "first", "producer_registers": 24},
-  # The K/V ring's depth (session 22): the default tile's 2 slots were never timed against 3 or
-  # 4 (both fit in shared memory at D = 128: 164 / 196 KiB); a slot more gives the TMA producer
-  # a tile's more lead over the consumers, who free each slot only when both are done with it.
+  # The K/V ring's depth (session 22): a slot more gives the TMA producer a tile's more lead over
+  # the consumers, who free each slot only when both are done with it (2 slots take 128 KiB of
+  # shared memory at D = 128, 3 160 KiB, 4 192 KiB). 4 is the default since session 25; 2 was
+  # before.
+  "fma_first_producer24_s2": {
+    "fma_scores": True,
+    "centre": "first",
+    "producer_registers": 24,
+    "num_stages": 2,
+  },
   "fma_first_producer24_s3": {
     "fma_scores": True,
     "centre": "first",

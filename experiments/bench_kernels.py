@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime
 import json
 import os
@@ -32,7 +33,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from parallax_jax import MaskSpec, parallax_attention, parallax_reference  # noqa: E402
+from parallax_jax import BlockSizes, MaskSpec, parallax_attention, parallax_reference  # noqa: E402
 from parallax_jax.benchmarking import result_files  # noqa: E402
 from parallax_jax.benchmarking.kernel_times import kernel_times  # noqa: E402
 from parallax_jax.benchmarking.timing import time_call, time_pipelined  # noqa: E402
@@ -88,6 +89,9 @@ def path_fns(causal, interpret, window=None):
     "pallas_mosaic_gpu_fused_bwd": parallax_fn(
       "pallas_mosaic_gpu", causal, interpret, window, False
     ),
+    # the Mosaic forward with a 2-deep K/V ring (the default before session 25: 4 since), the
+    # default Mosaic backward
+    "pallas_mosaic_gpu_fwd_s2": fwd_stages_fn(2, causal, interpret, window),
     # "*_fused": deterministic=False, the fused (atomic dq/dr) Triton backward
     "pallas_mosaic_gpu_fused": parallax_fn("pallas_mosaic_gpu", causal, interpret, window, False),
     "pallas_gpu": parallax_fn("pallas_gpu", causal, interpret, window),
@@ -97,15 +101,43 @@ def path_fns(causal, interpret, window=None):
   }
 
 
+def fwd_stages_fn(stages, causal, interpret, window=None):
+  """The op at the default Mosaic tiles but for the forward's K/V ring depth ``stages``
+  (explicit ``BlockSizes``; ``path_context`` pins the Mosaic backward, which the ``"auto"``
+  rule would not pick for a call that gives tiles)."""
+  from pallas_kernels.mosaic_gpu import backward, common
+
+  def f(q, r, k, v):
+    d = q.shape[-1]
+    dq, dkv = backward.default_tiles(d)
+    fwd = dataclasses.replace(common.default_fwd_tile(d), num_stages=stages)
+    return parallax_attention(
+      q,
+      r,
+      k,
+      v,
+      causal=causal,
+      window_size=window,
+      implementation="pallas_mosaic_gpu",
+      interpret=interpret,
+      block_sizes=BlockSizes(fwd, dq, dkv),
+    )
+
+  return f
+
+
 def path_context(name):
   """What a path holds for its cell: "pallas_mosaic_gpu_bwd" (and "_fused_bwd") /
   "_unstacked_bwd" / "_triton_bwd" pin ``pallas_kernels.mosaic_gpu.implementation.BACKWARD``
   to the Mosaic backward / its unstacked Q/R variant / the Triton backward (read when the op is
   called); the other paths run the module's default ("auto": the measured rule, docs/design.md
   §6.2)."""
+  from pallas_kernels.mosaic_gpu import implementation
+
+  if name.startswith("pallas_mosaic_gpu_fwd_s"):
+    return implementation.use_backward("mosaic")
   if not (name.startswith("pallas_mosaic_gpu") and name.endswith("_bwd")):
     return contextlib.nullcontext()
-  from pallas_kernels.mosaic_gpu import implementation
 
   if name.endswith("_triton_bwd"):
     return implementation.use_backward("triton")
@@ -258,6 +290,8 @@ def main(argv=None):
     "dk/dv kernel's separate Q and R tiles, the default before session 21), "
     "pallas_mosaic_gpu_fused (Mosaic forward, fused Triton backward), "
     "pallas_mosaic_gpu_fused_bwd (Mosaic forward, fused Mosaic backward), "
+    "pallas_mosaic_gpu_fwd_s2 (the Mosaic forward's K/V ring 2 deep, the default before "
+    "session 25, instead of 4), "
     "xla, softmax_cudnn",
   )
   p.add_argument("--non-causal", action="store_true")

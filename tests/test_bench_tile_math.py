@@ -63,28 +63,38 @@ def test_table_ratio_is_variant_over_the_first():
 
 
 @pytest.mark.parametrize(
-  "bench,build,variant,base",
+  "bench,build,variant,base,slots",
   [
     pytest.param(
       bench_fwd_math,
       bench_fwd_math.forward_call,
       "fma_first_producer24_s3",
+      "fma_first_producer24_s2",
+      3,
+      id="fwd-s3",
+    ),
+    pytest.param(  # the default tile's ring: 4 slots since session 25
+      bench_fwd_math,
+      bench_fwd_math.forward_call,
       "fma_first_producer24",
-      id="fwd",
+      "fma_first_producer24_s2",
+      4,
+      id="fwd-default",
     ),
     pytest.param(
       bench_bwd_math,
       bench_bwd_math.backward_call,
       "packed_producer24_stack_qr_s3",
       "packed_producer24_stack_qr",
-      id="bwd",
+      3,
+      id="bwd-s3",
     ),
   ],
 )
-def test_ring_depth_variants_reach_the_kernel(bench, build, variant, base):
-  """A ring-depth variant traces its kernels with 3 ring slots (3 barriers per ring) where its
-  base traces 2, at a length whose key range does not clip the ring, and is otherwise the base
-  variant."""
+def test_ring_depth_variants_reach_the_kernel(bench, build, variant, base, slots):
+  """A ring-depth variant traces its kernels with ``slots`` ring slots (that many barriers per
+  ring) where its base does not, at a length whose key range does not clip the ring, and is
+  otherwise the base variant."""
   length, d = 512, 64
   inputs = bench_kernels.make_inputs(1, length, 2, d, "bfloat16")
   if bench is bench_bwd_math:  # abstract residuals: tracing needs only their shapes
@@ -101,4 +111,5 @@ def test_ring_depth_variants_reach_the_kernel(bench, build, variant, base):
     fn, args = build(d, length, None, True, name, inputs)
     return str(jax.make_jaxpr(fn)(*args))
 
-  assert "barrier[3]" in traced(variant) and "barrier[3]" not in traced(base)
+  marker = f"barrier[{slots}]"
+  assert marker in traced(variant) and marker not in traced(base)

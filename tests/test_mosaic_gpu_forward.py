@@ -68,7 +68,11 @@ def test_unknown_centre_is_refused():
 
 def test_check_scope():
   IMPLEMENTATION.check(_spec())
-  IMPLEMENTATION.check(_spec("float16", 128, _blocks(Tile(64, 128, None, 3))))
+  IMPLEMENTATION.check(_spec("float16", 128, _blocks(Tile(64, 128, None, 2))))  # 193 KiB
+  IMPLEMENTATION.check(_spec("float16", 64, _blocks(Tile(64, 128, None, 4))))  # 161 KiB
+  # 257 KiB of Q/R rows and K/V ring: more than one CTA's 227 KiB of shared memory.
+  with pytest.raises(NotImplementedError, match=r"\.fwd=Tile.*263168 bytes.*fewer stages"):
+    IMPLEMENTATION.check(_spec("float16", 128, _blocks(Tile(64, 128, None, 3))))
   with pytest.raises(NotImplementedError, match="bfloat16 or float16.*float32"):
     IMPLEMENTATION.check(_spec("float32"))
   with pytest.raises(NotImplementedError, match="head_dim 64 or 128, got 96"):
@@ -364,6 +368,7 @@ GPU_CONFIGS = {
   "v1": V1,
   "fma_running": FMA_RUNNING,
   "bk128_s3": {"block_k": 128, "num_stages": 3},
+  "s2": {"num_stages": 2},  # the 2-deep K/V ring, the default before 2026-12-05
   "nosched_s4": {"schedule_barrier": False, "num_stages": 4},
   "producer40": {"producer_registers": 40},  # consumers at 232 registers (default: 240)
 }

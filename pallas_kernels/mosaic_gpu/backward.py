@@ -46,6 +46,7 @@ from pallas_kernels.mosaic_gpu.common import (
   DTYPES,
   HEAD_DIMS,
   NAME,
+  SMEM_BYTES,
   check_producer_registers,
   check_scope,
   pad_to,
@@ -59,8 +60,6 @@ STREAM_BLOCKS = (32, 64, 128)
 CTA_BLOCKS = (64, 128)  # 64 rows per consumer warpgroup: one or two consumers
 STAGES = (2, 3, 4)
 DEFAULT_STAGES = 2
-# Dynamic shared memory one CTA may use on sm90 (227 KiB), less 1 KiB for the barriers.
-SMEM_BYTES = 227 * 1024 - 1024
 
 
 def default_tiles(head_dim: int) -> tuple[Tile, Tile]:

@@ -46,6 +46,16 @@ NAME = "pallas_mosaic_gpu"
 PRODUCER_REGISTERS = (24, 32, 40)
 DEFAULT_PRODUCER_REGISTERS = 24
 
+# Dynamic shared memory one CTA may use on sm90 (227 KiB), less 1 KiB for the barriers.
+SMEM_BYTES = 227 * 1024 - 1024
+
+# The forward's K/V ring depth: 4 slots since 2026-12-05 (session 25; 2 before). Measured on the
+# H200 at D = 128 (experiments/results/bench_fwd_math_2026-12-05_0302* and
+# bench_kernels_2026-12-05_0302*), the forward kernel runs 0.7-3.5% faster at (B, L) = (4, 4K),
+# (2, 8K), (8, 2K) and 0.3% slower at (1, 16K), the same in all four runs; fwd+bwd kernel time
+# is lower at every shape (docs/design.md §5.6).
+DEFAULT_FWD_STAGES = 4
+
 # The order the CTAs of a kernel are issued in (``cta_grid``).
 CTA_ORDERS = ("heads_outer", "seq_outer")
 
@@ -63,8 +73,16 @@ def interpret_params(interpret: bool):
   return InterpretGPUParams()
 
 
-def check_tile(tile: Tile, pass_name: str) -> None:
-  """Raises NotImplementedError unless ``tile`` is a forward tile these kernels can run."""
+def fwd_smem_bytes(head_dim: int, block_k: int, stages: int) -> int:
+  """Shared memory of one forward CTA (2-byte inputs): both consumers' Q and R rows, the K and V
+  rings, and the float32 lse and bart rows."""
+  rows = COMPUTE_WGS * ROWS_PER_WG
+  return 2 * rows * head_dim * 2 + 2 * stages * block_k * head_dim * 2 + 2 * rows * 4
+
+
+def check_tile(tile: Tile, pass_name: str, head_dim: int) -> None:
+  """Raises NotImplementedError unless ``tile`` is a forward tile these kernels can run at
+  ``head_dim`` (block rules and the shared memory of one CTA)."""
   where = f"implementation={NAME!r} BlockSizes(...).{pass_name}"
   if tile.block_q != ROWS_PER_WG:
     raise NotImplementedError(
@@ -82,13 +100,19 @@ def check_tile(tile: Tile, pass_name: str) -> None:
     raise NotImplementedError(
       f"{where}.num_stages (K/V ring depth) must be in [2, 4] or None, got {tile.num_stages}."
     )
+  need = fwd_smem_bytes(head_dim, tile.block_k, tile.num_stages or DEFAULT_FWD_STAGES)
+  if need > SMEM_BYTES:
+    raise NotImplementedError(
+      f"{where}={tile} needs {need} bytes of shared memory at head_dim {head_dim}, more than "
+      f"the {SMEM_BYTES} a CTA may use: use fewer stages or block_k = 64."
+    )
 
 
 def check(spec) -> None:
   """Raises NotImplementedError (saying why and what to use) for forward calls out of scope."""
   check_scope(spec)
   if spec.block_sizes is not None:
-    check_tile(spec.block_sizes.fwd, "fwd")
+    check_tile(spec.block_sizes.fwd, "fwd", spec.head_dim)
 
 
 def check_device(spec) -> None:
@@ -122,7 +146,7 @@ def check_scope(spec) -> None:
 def default_fwd_tile(head_dim: int) -> Tile:
   """The forward's default tile (see ``forward`` for why block_k = 64)."""
   del head_dim  # 64 for both head dims: two score tiles + two accumulators per warpgroup
-  return Tile(ROWS_PER_WG, 64, None, 2)
+  return Tile(ROWS_PER_WG, 64, None, DEFAULT_FWD_STAGES)
 
 
 def consumer_registers(producer: int, consumers: int = COMPUTE_WGS) -> int:
