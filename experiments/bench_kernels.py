@@ -89,9 +89,10 @@ def path_fns(causal, interpret, window=None):
     "pallas_mosaic_gpu_fused_bwd": parallax_fn(
       "pallas_mosaic_gpu", causal, interpret, window, False
     ),
-    # the Mosaic forward with a 2-deep K/V ring (the default before session 25: 4 since), the
-    # default Mosaic backward
+    # the Mosaic forward with a 2- / 4-deep K/V ring (common.FWD_STAGES: 4 at D = 128 since
+    # session 25, 2 before and at D = 64), the default Mosaic backward
     "pallas_mosaic_gpu_fwd_s2": fwd_stages_fn(2, causal, interpret, window),
+    "pallas_mosaic_gpu_fwd_s4": fwd_stages_fn(4, causal, interpret, window),
     # "*_fused": deterministic=False, the fused (atomic dq/dr) Triton backward
     "pallas_mosaic_gpu_fused": parallax_fn("pallas_mosaic_gpu", causal, interpret, window, False),
     "pallas_gpu": parallax_fn("pallas_gpu", causal, interpret, window),
@@ -290,8 +291,8 @@ def main(argv=None):
     "dk/dv kernel's separate Q and R tiles, the default before session 21), "
     "pallas_mosaic_gpu_fused (Mosaic forward, fused Triton backward), "
     "pallas_mosaic_gpu_fused_bwd (Mosaic forward, fused Mosaic backward), "
-    "pallas_mosaic_gpu_fwd_s2 (the Mosaic forward's K/V ring 2 deep, the default before "
-    "session 25, instead of 4), "
+    "pallas_mosaic_gpu_fwd_s2 / _fwd_s4 (the Mosaic forward's K/V ring 2 / 4 deep, whatever "
+    "the head dim's default), "
     "xla, softmax_cudnn",
   )
   p.add_argument("--non-causal", action="store_true")

@@ -73,7 +73,7 @@ def test_table_ratio_is_variant_over_the_first():
       3,
       id="fwd-s3",
     ),
-    pytest.param(  # the default tile's ring: 4 slots since session 25
+    pytest.param(  # the default tile's ring at D = 128: 4 slots since session 25
       bench_fwd_math,
       bench_fwd_math.forward_call,
       "fma_first_producer24",
@@ -95,7 +95,7 @@ def test_ring_depth_variants_reach_the_kernel(bench, build, variant, base, slots
   """A ring-depth variant traces its kernels with ``slots`` ring slots (that many barriers per
   ring) where its base does not, at a length whose key range does not clip the ring, and is
   otherwise the base variant."""
-  length, d = 512, 64
+  length, d = 512, 128
   inputs = bench_kernels.make_inputs(1, length, 2, d, "bfloat16")
   if bench is bench_bwd_math:  # abstract residuals: tracing needs only their shapes
     mask = MaskSpec(length, length, True, None)

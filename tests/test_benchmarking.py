@@ -195,23 +195,28 @@ def test_bench_kernels_paths_trace_the_backward_they_name():
   assert kernels["pallas_mosaic_gpu_fused_bwd"] == {"parallax_bwd_dkv_fused_stacked_mgpu"}
   unstacked = {"parallax_bwd_dq_mgpu", "parallax_bwd_dkv_mgpu"}
   assert kernels["pallas_mosaic_gpu_unstacked_bwd"] == unstacked
-  assert kernels["pallas_mosaic_gpu_fwd_s2"] == stacked  # tiles given: the backward is pinned
+  assert kernels["pallas_mosaic_gpu_fwd_s2"] == kernels["pallas_mosaic_gpu_fwd_s4"] == stacked
 
 
-def test_bench_kernels_ring_depth_path_reaches_the_forward():
-  """``pallas_mosaic_gpu_fwd_s2`` traces the Mosaic forward with a 2-slot K/V ring where the
-  default path traces 4 (at a length whose key range does not clip the ring)."""
+@pytest.mark.parametrize("d,default_slots", [(128, 4), (64, 2)])
+def test_bench_kernels_ring_depth_paths_reach_the_forward(d, default_slots):
+  """``pallas_mosaic_gpu_fwd_s2`` / ``_s4`` trace the Mosaic forward with a 2- / 4-slot K/V ring
+  at either head dim, the default path with its head dim's depth (at a length whose key range
+  does not clip the ring)."""
   from experiments import bench_kernels
 
-  x = jnp.ones((1, 512, 2, 64), jnp.bfloat16)
+  x = jnp.ones((1, 512, 2, d), jnp.bfloat16)
   paths = bench_kernels.path_fns(True, True)
 
   def traced(name):
     with bench_kernels.path_context(name):
       return str(jax.make_jaxpr(paths[name])(x, x, x, x))
 
-  assert "barrier[4]" in traced("pallas_mosaic_gpu")
-  assert "barrier[4]" not in traced("pallas_mosaic_gpu_fwd_s2")
+  four = {
+    n: "barrier[4]" in traced(n) for n in ("pallas_mosaic_gpu_fwd_s2", "pallas_mosaic_gpu_fwd_s4")
+  }
+  assert four == {"pallas_mosaic_gpu_fwd_s2": False, "pallas_mosaic_gpu_fwd_s4": True}
+  assert ("barrier[4]" in traced("pallas_mosaic_gpu")) == (default_slots == 4)
 
 
 def test_mosaic_backward_switch_is_read_at_the_call():

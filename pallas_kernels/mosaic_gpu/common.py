@@ -49,12 +49,12 @@ DEFAULT_PRODUCER_REGISTERS = 24
 # Dynamic shared memory one CTA may use on sm90 (227 KiB), less 1 KiB for the barriers.
 SMEM_BYTES = 227 * 1024 - 1024
 
-# The forward's K/V ring depth: 4 slots since 2026-12-05 (session 25; 2 before). Measured on the
-# H200 at D = 128 (experiments/results/bench_fwd_math_2026-12-05_0302* and
+# The forward's K/V ring depth by head dim: 4 slots at D = 128 since 2026-12-05 (session 25; 2
+# before). Measured on the H200 (experiments/results/bench_fwd_math_2026-12-05_0302* and
 # bench_kernels_2026-12-05_0302*), the forward kernel runs 0.7-3.5% faster at (B, L) = (4, 4K),
-# (2, 8K), (8, 2K) and 0.3% slower at (1, 16K), the same in all four runs; fwd+bwd kernel time
-# is lower at every shape (docs/design.md §5.6).
-DEFAULT_FWD_STAGES = 4
+# (2, 8K), (8, 2K) and 0.3-0.7% slower at (1, 16K), the same in all four runs; fwd+bwd kernel
+# time is lower at every shape (docs/design.md §5.6). D = 64 keeps 2 until measured there.
+FWD_STAGES = {64: 2, 128: 4}
 
 # The order the CTAs of a kernel are issued in (``cta_grid``).
 CTA_ORDERS = ("heads_outer", "seq_outer")
@@ -100,7 +100,8 @@ def check_tile(tile: Tile, pass_name: str, head_dim: int) -> None:
     raise NotImplementedError(
       f"{where}.num_stages (K/V ring depth) must be in [2, 4] or None, got {tile.num_stages}."
     )
-  need = fwd_smem_bytes(head_dim, tile.block_k, tile.num_stages or DEFAULT_FWD_STAGES)
+  stages = tile.num_stages or default_fwd_tile(head_dim).num_stages
+  need = fwd_smem_bytes(head_dim, tile.block_k, stages)
   if need > SMEM_BYTES:
     raise NotImplementedError(
       f"{where}={tile} needs {need} bytes of shared memory at head_dim {head_dim}, more than "
@@ -144,9 +145,10 @@ def check_scope(spec) -> None:
 
 
 def default_fwd_tile(head_dim: int) -> Tile:
-  """The forward's default tile (see ``forward`` for why block_k = 64)."""
-  del head_dim  # 64 for both head dims: two score tiles + two accumulators per warpgroup
-  return Tile(ROWS_PER_WG, 64, None, DEFAULT_FWD_STAGES)
+  """The forward's default tile (see ``forward`` for why block_k = 64; ring depth
+  ``FWD_STAGES``)."""
+  # block_k 64 for both head dims: two score tiles + two accumulators per warpgroup
+  return Tile(ROWS_PER_WG, 64, None, FWD_STAGES.get(head_dim, 2))
 
 
 def consumer_registers(producer: int, consumers: int = COMPUTE_WGS) -> int:

@@ -52,7 +52,7 @@ consumer warpgroup.
 block_k = 64 is therefore the default (block_k = 128 would double the score tiles and spill at
 D = 128; at D = 64 it may fit: measure). ``num_stages`` K/V slots cost ``2 * block_k * D * 2``
 bytes each, Q and R ``2 * 2 * 64 * D * 2`` bytes (``common.fwd_smem_bytes``): four slots, the
-default, take 192 KiB of the 227 at D = 128.
+default at D = 128, take 192 KiB of the 227.
 
 Sequence lengths are zero-padded to the blocks (a no-op when they are multiples).
 
@@ -306,7 +306,7 @@ def parallax_fwd(
   mask: MaskSpec,
   block_q: int = common.ROWS_PER_WG,
   block_k: int = 64,
-  num_stages: int = common.DEFAULT_FWD_STAGES,
+  num_stages: int | None = None,
   interpret: bool = False,
   schedule_barrier: bool = True,
   cta_order: str = "heads_outer",
@@ -322,7 +322,8 @@ def parallax_fwd(
     segment_ids: ``[B, T]`` int or None.
     scale: score scale; mask: the call's ``MaskSpec``.
     block_q: query rows per consumer warpgroup (64, the wgmma M); a CTA runs two.
-    block_k: keys per tile (64 or 128); num_stages: K/V ring slots (>= 1; default 4).
+    block_k: keys per tile (64 or 128); num_stages: K/V ring slots (>= 1; None: the default
+      tile's, ``common.FWD_STAGES``).
     interpret: run in the Mosaic GPU interpreter (CPU tests).
     schedule_barrier: alternate the two consumers' tensor-core phases (FA3).
     cta_order: the order CTAs are issued in (``common.cta_grid``).
@@ -350,6 +351,7 @@ def parallax_fwd(
   tq = qp.shape[1]
   n_qb = tq // cta_rows
   # Slots beyond the most key blocks a CTA ever visits would only cost shared memory.
+  num_stages = num_stages or common.default_fwd_tile(d).num_stages
   stages = max(1, min(num_stages, mask.max_key_blocks(cta_rows, block_k)))
   args = [qp, rp, kp, vp]
   if segment_ids is not None:

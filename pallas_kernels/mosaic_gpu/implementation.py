@@ -138,7 +138,7 @@ def _fwd(q, r, k, v, segment_ids, spec: CallSpec):
     mask=spec.mask,
     block_q=tile.block_q,
     block_k=tile.block_k,
-    num_stages=tile.num_stages or common.DEFAULT_FWD_STAGES,
+    num_stages=tile.num_stages or common.default_fwd_tile(spec.head_dim).num_stages,
     interpret=spec.interpret,
   )
 
