@@ -131,8 +131,8 @@ def path_context(name):
   """What a path holds for its cell: "pallas_mosaic_gpu_bwd" (and "_fused_bwd") /
   "_unstacked_bwd" / "_triton_bwd" pin ``pallas_kernels.mosaic_gpu.implementation.BACKWARD``
   to the Mosaic backward / its unstacked Q/R variant / the Triton backward (read when the op is
-  called); the other paths run the module's default ("auto": the measured rule, docs/design.md
-  §6.2)."""
+  called), as do "pallas_mosaic_gpu_fwd_s*" (the Mosaic one); the other paths run the module's
+  default ("auto": the measured rule, docs/design.md §6.2)."""
   from pallas_kernels.mosaic_gpu import implementation
 
   if name.startswith("pallas_mosaic_gpu_fwd_s"):

@@ -50,8 +50,8 @@ DEFAULT_PRODUCER_REGISTERS = 24
 SMEM_BYTES = 227 * 1024 - 1024
 
 # The forward's K/V ring depth by head dim: 4 slots at D = 128 since 2026-12-05 (session 25; 2
-# before). Measured on the H200 (experiments/results/bench_fwd_math_2026-12-05_0302* and
-# bench_kernels_2026-12-05_0302*), the forward kernel runs 0.7-3.5% faster at (B, L) = (4, 4K),
+# before). Measured on the H200 (experiments/results/bench_fwd_math_2026-12-05_030211, _030447
+# and bench_kernels_2026-12-05_030244), the forward kernel runs 0.7-3.5% faster at (B, L) = (4, 4K),
 # (2, 8K), (8, 2K) and 0.3-0.7% slower at (1, 16K), the same in all four runs; fwd+bwd kernel
 # time is lower at every shape (docs/design.md §5.6). D = 64 keeps 2 until measured there.
 FWD_STAGES = {64: 2, 128: 4}
