@@ -13,6 +13,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import optax
 from jaxtyping import Array, Float, Int
 
 from parallax_jax import sharding
@@ -57,15 +58,27 @@ def chunked_eval_sums(
 
   def body(_, xs):
     x_c, t_c, wt_c = xs
-    logits = (jnp.einsum("bcd,vd->bcv", x_c, w_VD) * scale).astype(jnp.float32)
-    lse = jax.nn.logsumexp(logits, axis=-1)
-    picked = jnp.take_along_axis(logits, t_c[..., None], axis=-1)[..., 0]
-    hit = (jnp.argmax(logits, axis=-1) == t_c).astype(jnp.float32)
-    return None, (jnp.sum((lse - picked) * wt_c), jnp.sum(hit * wt_c))
+    return None, eval_sums(head_logits(x_c, w_VD, scale), t_c, wt_c)
 
   xs, _ = _chunked_inputs(x_BTD, targets_BT, weights_BT.astype(jnp.float32), chunk)
   _, (nll, hits) = jax.lax.scan(body, None, xs)
   return jnp.sum(nll), jnp.sum(hits)
+
+
+def head_logits(x: Float[Array, "... D"], w_VD: Float[Array, "V D"], scale: float):
+  """The dense LM head, ``[..., D] -> [..., V]``: the matmul in the compute dtype, then float32
+  (``Transformer``'s logits, and the chunked eval's)."""
+  return (jnp.einsum("...d,vd->...v", x, w_VD) * scale).astype(jnp.float32)
+
+
+def eval_sums(
+  logits_BTV: Float[Array, "B T V"], targets_BT: Int[Array, "B T"], weights_BT: Float[Array, "B T"]
+) -> tuple[Float[Array, ""], Float[Array, ""]]:
+  """``(sum(weights * nll), sum(weights * [argmax == target]))`` of float32 logits (the eval
+  step's LM sums, dense or one chunk at a time)."""
+  nll = optax.softmax_cross_entropy_with_integer_labels(logits_BTV, targets_BT)
+  hit = (jnp.argmax(logits_BTV, axis=-1) == targets_BT).astype(jnp.float32)
+  return jnp.sum(nll * weights_BT), jnp.sum(hit * weights_BT)
 
 
 def _check_chunk(chunk: int) -> None:

@@ -20,6 +20,7 @@ from parallax_jax.attention.api import CHECKPOINT_NAME
 from parallax_jax.model import kv_cache
 from parallax_jax.model.attention import Attention
 from parallax_jax.model.config import ModelConfig
+from parallax_jax.model.cross_entropy import head_logits
 from parallax_jax.model.kv_cache import KVCache
 from parallax_jax.model.layers import RMSNorm, SwiGLU, param, projection
 
@@ -321,5 +322,4 @@ class Transformer(nnx.Module):
 
   def _logits(self, x: Float[Array, "... D"]) -> Float[Array, "... V"]:
     """The LM head on final-normed vectors ``[..., D]``, float32."""
-    w_VD, scale = self.lm_head()
-    return (jnp.einsum("...d,vd->...v", x, w_VD) * scale).astype(jnp.float32)
+    return head_logits(x, *self.lm_head())

@@ -17,7 +17,7 @@ import optax
 from flax import nnx
 
 from parallax_jax.model import ModelConfig, Transformer
-from parallax_jax.model.cross_entropy import chunked_cross_entropy, chunked_eval_sums
+from parallax_jax.model.cross_entropy import chunked_cross_entropy, chunked_eval_sums, eval_sums
 from parallax_jax.train.microbatch import sum_over_microbatches
 
 
@@ -209,9 +209,8 @@ def make_eval_step(graphdef, prepare_batch=None, microbatches=1, batch_sharding=
       for key in sorted(k for k in batch if k.startswith("baseline_")):
         sums[f"sq_err_sum_{key}"] = squared_error(batch[key].reshape(out.shape), targets)
       return {"tokens": jnp.sum(w), **{k: jnp.sum(v * w) for k, v in sums.items()}}
-    nll = optax.softmax_cross_entropy_with_integer_labels(out, targets)
-    hit = (jnp.argmax(out, axis=-1) == targets).astype(jnp.float32)
-    return {"nll_sum": jnp.sum(nll * w), "correct": jnp.sum(hit * w), "tokens": jnp.sum(w)}
+    nll, correct = eval_sums(out, targets, w)
+    return {"nll_sum": nll, "correct": correct, "tokens": jnp.sum(w)}
 
   if microbatches == 1:
     return sums
