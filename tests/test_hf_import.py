@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import stat
 
 import jax
 import jax.numpy as jnp
@@ -175,6 +177,21 @@ def test_write_safetensors_shards_and_reads_back(tmp_path):
     assert reader.names() == sorted(tensors)
     for name, value in tensors.items():
       np.testing.assert_array_equal(reader.get(name), value)
+
+
+@pytest.mark.parametrize("max_shard_bytes", [300, 2**20], ids=["sharded", "single"])
+def test_written_safetensors_get_the_umask_mode(tmp_path, max_shard_bytes):
+  """Readable by whoever may read an ordinary file here (safetensors itself writes 0o600)."""
+  old = os.umask(0o022)
+  try:
+    files = write_safetensors(
+      tmp_path,
+      [(f"t{i}", np.zeros((4, 8), np.float32)) for i in range(5)],
+      max_shard_bytes=max_shard_bytes,
+    )
+  finally:
+    os.umask(old)
+  assert {oct(stat.S_IMODE(f.stat().st_mode)) for f in files} == {oct(0o644)}
 
 
 # Errors --------------------------------------------------------------------------------------

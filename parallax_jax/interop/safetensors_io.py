@@ -113,6 +113,7 @@ def write_safetensors(
     if pending:
       path = directory / f".shard-{len(shards):05d}.tmp"
       save_file(pending, str(path), metadata={"format": "pt"})
+      _umask_mode(path)
       shards.append((path, list(pending)))
       pending, size = {}, 0
 
@@ -132,6 +133,7 @@ def write_safetensors(
       os.replace(shards[0][0], out)
     else:
       save_file({}, str(out), metadata={"format": "pt"})
+      _umask_mode(out)
     return [out]
   n = len(shards)
   weight_map, written = {}, []
@@ -143,3 +145,11 @@ def write_safetensors(
   index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
   (directory / INDEX).write_text(json.dumps(index, indent=2) + "\n")
   return written
+
+
+def _umask_mode(path: Path) -> None:
+  """Gives ``path`` the mode an ordinary file gets (0o666 less the umask): ``save_file`` creates
+  its files 0o600, which a shared model directory's other readers cannot open."""
+  umask = os.umask(0)
+  os.umask(umask)  # reading the umask means setting it; restored at once
+  os.chmod(path, 0o666 & ~umask)
