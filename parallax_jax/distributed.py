@@ -10,7 +10,8 @@ Must run before anything touches a JAX backend (the CLI calls it first). ``initi
 On TPU pod slices, SLURM and Open MPI, ``jax.distributed.initialize()`` discovers the
 coordinator, process count and id itself; elsewhere give ``coordinator_address``,
 ``num_processes`` and ``process_id`` (config or ``JAX_COORDINATOR_ADDRESS``,
-``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID``).
+``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID``; jax itself reads only the first, so the other two
+are read here, the config taking precedence).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import os
 from collections.abc import Mapping
 
 from parallax_jax.config_utils import from_section
+from parallax_jax.errors import UserError
 
 log = logging.getLogger("parallax_jax")
 
@@ -59,6 +61,26 @@ def multi_process_environment() -> bool:
   return _int_env("SLURM_NTASKS") > 1 or _int_env("OMPI_COMM_WORLD_SIZE") > 1
 
 
+_ENV = {"num_processes": "JAX_NUM_PROCESSES", "process_id": "JAX_PROCESS_ID"}
+
+
+def _config_or_env(value: int | None, key: str, least: int) -> int | None:
+  """``distributed.<key>`` if set, else its environment variable (an int >= ``least``)."""
+  if value is not None:
+    where, raw = f"distributed.{key}", value
+  elif _ENV[key] in os.environ:
+    where, raw = _ENV[key], os.environ[_ENV[key]]
+  else:
+    return None
+  try:
+    number = int(raw)
+  except (TypeError, ValueError):
+    number = None
+  if number is None or number < least or isinstance(raw, bool):
+    raise UserError(f"{where} must be an int >= {least}, got {raw!r}")
+  return number
+
+
 def initialize(cfg: DistributedConfig) -> bool:
   """Initialises the distributed runtime if asked for; returns whether it did."""
   import jax
@@ -72,12 +94,24 @@ def initialize(cfg: DistributedConfig) -> bool:
     k: v
     for k, v in (
       ("coordinator_address", cfg.coordinator_address),
-      ("num_processes", cfg.num_processes),
-      ("process_id", cfg.process_id),
+      ("num_processes", _config_or_env(cfg.num_processes, "num_processes", 1)),
+      ("process_id", _config_or_env(cfg.process_id, "process_id", 0)),
     )
     if v is not None
   }
-  jax.distributed.initialize(**kwargs)
+  if "process_id" in kwargs and "num_processes" in kwargs:
+    if kwargs["process_id"] >= kwargs["num_processes"]:
+      raise UserError(
+        f"process id {kwargs['process_id']} is not below the process count "
+        f"{kwargs['num_processes']} (distributed.process_id / JAX_PROCESS_ID counts from 0)"
+      )
+  try:
+    jax.distributed.initialize(**kwargs)
+  except ValueError as e:  # what jax could not discover, e.g. the process count off a cluster
+    raise UserError(
+      f"jax.distributed.initialize: {e} Outside TPU slices, SLURM and Open MPI give "
+      "JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID (or --config.distributed.*)"
+    ) from e
   log.info(
     "jax.distributed: process %d of %d, %d local / %d global devices",
     jax.process_index(),

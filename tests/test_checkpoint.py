@@ -182,7 +182,7 @@ def test_checkpoint_with_retired_rng_restores_exactly(tmp_path):
 
   rng = np.asarray(jax.random.PRNGKey(3))  # the old TrainState.rng: raw uint32[2]
   state, abstract = _old_format_checkpoint(tmp_path / "ck", {"rng": rng})
-  ckpt = Checkpointer(tmp_path / "ck", CheckpointConfig(async_save=False), read_only=True)
+  ckpt = Checkpointer(tmp_path / "ck", CheckpointConfig(async_save=False))  # to resume
   step, restored, data = ckpt.restore_latest(abstract)
   ckpt.close()
   assert step == 7 and data == OLD_DATA_STATE

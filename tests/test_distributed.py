@@ -5,8 +5,16 @@ import pytest
 
 from parallax_jax import distributed
 from parallax_jax.distributed import DistributedConfig
+from parallax_jax.errors import UserError
 
-ENV = ("JAX_COORDINATOR_ADDRESS", "TPU_WORKER_HOSTNAMES", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE")
+ENV = (
+  "JAX_COORDINATOR_ADDRESS",
+  "JAX_NUM_PROCESSES",
+  "JAX_PROCESS_ID",
+  "TPU_WORKER_HOSTNAMES",
+  "SLURM_NTASKS",
+  "OMPI_COMM_WORLD_SIZE",
+)
 
 
 @pytest.fixture
@@ -49,3 +57,44 @@ def test_never_and_bad_mode(calls, monkeypatch):
   assert not distributed.initialize(DistributedConfig(initialize="never")) and calls == []
   with pytest.raises(ValueError, match="distributed.initialize"):
     DistributedConfig(initialize="sometimes")
+
+
+def test_process_count_and_id_from_the_environment(calls, monkeypatch):
+  """jax reads JAX_COORDINATOR_ADDRESS itself but not these two (the README's GPU-host recipe)."""
+  monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "h0:1234")
+  monkeypatch.setenv("JAX_NUM_PROCESSES", "2")
+  monkeypatch.setenv("JAX_PROCESS_ID", "1")
+  assert distributed.initialize(DistributedConfig())
+  assert calls == [{"num_processes": 2, "process_id": 1}]
+  assert distributed.initialize(DistributedConfig(num_processes=4, process_id=3))  # config wins
+  assert calls[1] == {"num_processes": 4, "process_id": 3}
+
+
+@pytest.mark.parametrize(
+  "env,match",
+  [
+    ({"JAX_NUM_PROCESSES": "two"}, "JAX_NUM_PROCESSES must be an int >= 1, got 'two'"),
+    ({"JAX_NUM_PROCESSES": "0"}, "JAX_NUM_PROCESSES must be an int >= 1"),
+    ({"JAX_PROCESS_ID": "-1"}, "JAX_PROCESS_ID must be an int >= 0"),
+    ({"JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "2"}, "process id 2 is not below"),
+  ],
+)
+def test_bad_process_numbers_are_one_line(calls, monkeypatch, env, match):
+  monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "h0:1234")
+  for name, value in env.items():
+    monkeypatch.setenv(name, value)
+  with pytest.raises(UserError, match=match):
+    distributed.initialize(DistributedConfig())
+  assert calls == []
+
+
+def test_what_jax_cannot_discover_names_the_variables(monkeypatch):
+  for name in ENV:
+    monkeypatch.delenv(name, raising=False)
+
+  def undiscoverable(**kw):
+    raise ValueError("Number of processes must be defined.")
+
+  monkeypatch.setattr(jax.distributed, "initialize", undiscoverable)
+  with pytest.raises(UserError, match="JAX_NUM_PROCESSES and JAX_PROCESS_ID"):
+    distributed.initialize(DistributedConfig(coordinator_address="h0:1234"))

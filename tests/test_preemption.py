@@ -8,9 +8,9 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
+from run_watch import wait_for_step
 from train_configs import FAST_LR, ROOT, SMALL_MODEL
 
 from parallax_jax.train.metrics import read_metrics
@@ -41,17 +41,6 @@ def _losses(workdir):
   return {m["step"]: m["loss"] for m in read_metrics(workdir)}
 
 
-def _wait_for_step(workdir, step, proc):
-  path = Path(workdir) / "metrics.jsonl"
-  deadline = time.time() + 300
-  while time.time() < deadline and proc.poll() is None:
-    lines = path.read_text().splitlines() if path.exists() else []
-    if any(line.endswith("}") and json.loads(line)["step"] >= step for line in lines):
-      return
-    time.sleep(0.02)
-  raise AssertionError(f"step {step} never logged:\n{proc.communicate()[0][-3000:]}")
-
-
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("full")
@@ -67,7 +56,7 @@ def uninterrupted(tmp_path_factory):
 )
 def test_signal_saves_the_step_it_stopped_at_and_resume_is_exact(tmp_path, signum, uninterrupted):
   run = _train(tmp_path / "run")
-  _wait_for_step(tmp_path / "run", 5, run)  # before the first checkpoint (step 20)
+  wait_for_step(tmp_path / "run", 5, run)  # before the first checkpoint (step 20)
   run.send_signal(signum)
   out = run.communicate(timeout=300)[0]
   assert run.returncode == EXIT_PREEMPTED, out[-3000:]
@@ -184,7 +173,7 @@ def test_a_signalled_sweep_stops_its_point_once_and_a_rerun_resumes_it_exactly(
   sweep = subprocess.Popen(
     cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV
   )
-  _wait_for_step(first, 5, sweep)
+  wait_for_step(first, 5, sweep)
   sweep.send_signal(signal.SIGTERM)
   out = sweep.communicate(timeout=300)[0]
   assert sweep.returncode == EXIT_PREEMPTED, out[-3000:]

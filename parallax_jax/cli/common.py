@@ -30,9 +30,16 @@ def split_overrides(argv):
 
 def load_and_initialize(path, overrides):
   """Loads the config, then starts jax.distributed (before any backend is touched)."""
-  from parallax_jax import distributed
   from parallax_jax.train.config import load_config
 
   cfg = load_config(path, overrides)
-  distributed.initialize(distributed.DistributedConfig.from_dict(cfg.distributed.to_dict()))
+  initialize(cfg)
   return cfg
+
+
+def initialize(cfg):
+  """Starts jax.distributed as ``cfg.distributed`` and the environment say (before any backend
+  is touched): every process of a multi-process job runs the same command."""
+  from parallax_jax import distributed
+
+  distributed.initialize(distributed.DistributedConfig.from_dict(cfg.distributed.to_dict()))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from parallax_jax.cli.common import CONFIG_HELP, load_and_initialize
+from parallax_jax.cli.common import CONFIG_HELP, initialize, load_and_initialize
 from parallax_jax.errors import UserError
 
 
@@ -103,6 +103,7 @@ def _eval(args) -> int:
     cfg = load_config(args.config, args.overrides)
   else:  # the run's own config, with any overrides (e.g. --config.train.eval_batches=8)
     cfg = apply_overrides(load_run_config(args.workdir), args.overrides)
+  initialize(cfg)  # a run trained by several processes is evaluated by as many, or by one
   print(json.dumps(evaluate(args.workdir, cfg)))
   return 0
 

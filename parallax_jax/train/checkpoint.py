@@ -3,7 +3,8 @@
 Saves are atomic (Orbax writes to a temporary directory and renames it when complete, so a
 run killed mid-save leaves the previous checkpoint as the latest) and optionally async.
 Each checkpoint holds ``state`` (step, params, optimizer state), ``data`` (the Grain
-iterator state as JSON, taken after exactly ``step`` batches were drawn) and ``checksums``
+iterator state as JSON, taken after exactly ``step`` batches were drawn; every process's, by
+``data_states.py``) and ``checksums``
 (``checksums.py``: one per array, so bytes changed on disk after the save are caught on
 restore). To resume training, a step other than 0 without its ``data`` is unreadable: it
 would restart the data stream (``import-hf``'s step 0 has none; readers need none).
@@ -35,7 +36,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from parallax_jax.errors import UserError, UserFileNotFoundError
-from parallax_jax.train import checksums
+from parallax_jax.train import checksums, data_states
 from parallax_jax.train.config import CheckpointConfig
 from parallax_jax.train.step import TrainState, model_graphdef
 
@@ -85,8 +86,8 @@ class Checkpointer:
       "state": ocp.args.StandardSave(tree),
       "checksums": ocp.args.JsonSave(checksums.record(tree)),
     }
-    if data_state is not None:
-      items["data"] = ocp.args.JsonSave(data_state)
+    if data_state is not None:  # every process's (data_states.py): Orbax writes on one
+      items["data"] = ocp.args.JsonSave(data_states.gather(data_state))
     self.manager.save(step, args=ocp.args.Composite(**items), force=True)
 
   def restore(self, abstract_state: TrainState, step: int | None = None):
@@ -110,11 +111,14 @@ class Checkpointer:
         f"no data/ (the data iterator's state): resuming from step {step} would restart "
         "the data stream"
       )
-    args = {"state": state, **self._json_items(items, "data", "checksums")}
+    # A reader (eval, export) takes no data state, so it reads under any process count.
+    json_items = ("checksums",) if self.read_only else ("data", "checksums")
+    args = {"state": state, **self._json_items(items, *json_items)}
     restored = self.manager.restore(step, args=ocp.args.Composite(**args))
     if "checksums" in args:
       checksums.verify(restored["state"], restored["checksums"], partial=bool(retired))
-    return TrainState(**restored["state"]), restored.get("data") if "data" in args else None
+    data = data_states.own(restored["data"]) if "data" in args else None
+    return TrainState(**restored["state"]), data
 
   def restore_latest(self, abstract_state: TrainState):
     """``(step, state, data_state)`` of the newest readable step, or None with no steps.

@@ -122,25 +122,30 @@ class TrainData:
     return tokenizers.HFTokenizer(str(path))
 
   def _dataset(self, split):
+    """The train split: this process's share of the documents, ``local_batch`` rows a batch.
+    The eval split: all of it, the global batch, the same on every process (``eval_batches``
+    slices this process's rows), so held-out numbers do not depend on the process count."""
+    index, count = (jax.process_index(), jax.process_count()) if split == "train" else (0, 1)
+    rows = self.local_batch if split == "train" else self.exp.train.batch_size
     if self.task:
       return synthetic.make_task_dataset(
         self.exp.data,
         seq_len=self.exp.train.seq_len,
-        batch_size=self.local_batch,
+        batch_size=rows,
         split=split,
         seed=self.exp.train.seed,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
+        process_index=index,
+        process_count=count,
       )
     return make_dataset(
       self.exp.data,
       tokenizer=self.tokenizer,
       seq_len=self.exp.train.seq_len,
-      batch_size=self.local_batch,
+      batch_size=rows,
       split=split,
       seed=self.exp.train.seed,
-      process_index=jax.process_index(),
-      process_count=jax.process_count(),
+      process_index=index,
+      process_count=count,
       source=self.source,
     )
 
@@ -168,17 +173,20 @@ class TrainData:
       self._it.set_state(state)
 
   def eval_batches(self):
-    """The first ``train.eval_batches`` held-out batches, the same every time.
+    """This process's rows of the first ``train.eval_batches`` held-out global batches, the same
+    every time and whatever the process count.
 
-    Always exactly ``train.eval_batches`` batches: a process whose share of held-out documents
-    runs out yields all-padding batches (``loss_mask`` 0), so every process runs the same
-    number of (collective) eval steps.
+    Always exactly ``train.eval_batches`` batches: once the held-out documents run out, the rest
+    are all padding (``loss_mask`` 0), so every eval runs the same number of (collective) steps.
     """
+    rows = slice(
+      jax.process_index() * self.local_batch, (jax.process_index() + 1) * self.local_batch
+    )
     it = iter(self._dataset("eval"))
     last = None
     for _ in range(self.exp.train.eval_batches):
       try:
-        last = next(it)
+        last = {k: v[rows] for k, v in next(it).items()}
       except StopIteration:
         if last is None:
           return

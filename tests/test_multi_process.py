@@ -1,0 +1,132 @@
+"""Training as two ``jax.distributed`` processes of 4 CPU devices each (the multi-host case of a
+TPU pod or GPU hosts, here over gloo on one machine), started the way the README says
+(``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID``): a preempted run
+resumes exactly, its held-out numbers are the same evaluated by one process, and resuming under
+another process count is refused in one line."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+import pytest
+from run_watch import wait_for_step
+from train_configs import FAST_LR, ROOT, SMALL_MODEL
+
+from parallax_jax.train.metrics import read_metrics
+from parallax_jax.train.preemption import EXIT_PREEMPTED
+
+ARGS = [
+  *SMALL_MODEL,
+  *FAST_LR,
+  "--config.train.steps=24",
+  "--config.train.eval_every=12",  # (SMALL_MODEL's 0 overridden: the later key wins)
+  "--config.train.eval_batches=2",
+  "--config.checkpoint.every_steps=100",  # only the preemption's and the final save
+  "--config.mesh.data=2",
+  "--config.mesh.fsdp=4",  # batch rows over both processes' devices, params over 4
+]
+DEVICES = 8  # in all: 2 processes x 4, or 1 x 8
+
+
+def _env(processes: int, index: int, address: str) -> dict:
+  flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f]
+  flags.append(f"--xla_force_host_platform_device_count={DEVICES // processes}")
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": " ".join(flags)}
+  for name in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
+    env.pop(name, None)
+  if processes > 1:
+    env.update(
+      JAX_COORDINATOR_ADDRESS=address, JAX_NUM_PROCESSES=str(processes), JAX_PROCESS_ID=str(index)
+    )
+  return env
+
+
+def _start(command: str, workdir, processes: int, *extra: str) -> list[subprocess.Popen]:
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    address = f"localhost:{s.getsockname()[1]}"
+  cmd = [sys.executable, "-m", "parallax_jax.cli", command, "--workdir", str(workdir), *extra]
+  return [
+    subprocess.Popen(
+      cmd,
+      cwd=ROOT,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+      env=_env(processes, i, address),
+    )
+    for i in range(processes)
+  ]
+
+
+def _train(workdir, processes: int = 2) -> list[subprocess.Popen]:
+  return _start("train", workdir, processes, "--config", "configs/tiny.py", *ARGS)
+
+
+def _finish(procs, timeout_s: float = 600) -> tuple[list[int], list[str]]:
+  try:
+    outs = [p.communicate(timeout=timeout_s)[0] for p in procs]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  return [p.returncode for p in procs], outs
+
+
+def _curve(workdir) -> dict:
+  """Every logged number by step (train loss, held-out loss), as process 0 wrote them."""
+  return {
+    (m["step"], key): m[key]
+    for m in read_metrics(workdir)
+    for key in ("loss", "eval_loss")
+    if key in m
+  }
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("two_processes")
+  codes, outs = _finish(_train(workdir))
+  assert codes == [0, 0], outs[0][-3000:] + outs[1][-3000:]
+  return workdir, _curve(workdir)
+
+
+def test_a_preempted_two_process_run_resumes_exactly_and_only_as_two(tmp_path, uninterrupted):
+  """Each process holds its own data-iterator state (its share of the documents); the
+  checkpoint keeps every process's, so the resumed run is the uninterrupted one, step for step.
+  One process cannot continue that stream: refused before anything is written."""
+  workdir = tmp_path / "run"
+  procs = _train(workdir)
+  wait_for_step(workdir, 5, procs)  # before the final save
+  for p in procs:
+    p.send_signal(signal.SIGTERM)
+  codes, outs = _finish(procs)
+  assert codes == [EXIT_PREEMPTED] * 2, outs[0][-3000:] + outs[1][-3000:]
+  saved = sorted(p.name for p in (workdir / "checkpoints").iterdir())
+  assert len(saved) == 1 and 5 <= int(saved[0]) < 24
+
+  codes, outs = _finish(_train(workdir, processes=1))
+  errors = [line for line in outs[0].splitlines() if line.startswith("parallax-jax: error:")]
+  assert codes == [2] and len(errors) == 1 and "Traceback" not in outs[0], outs[0][-3000:]
+  assert "saved by 2 process(es) and this run has 1" in errors[0]
+  assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == saved  # nothing moved
+
+  codes, outs = _finish(_train(workdir))
+  assert codes == [0, 0], outs[0][-3000:] + outs[1][-3000:]
+  assert f"resumed from {workdir / 'checkpoints'} at step {saved[0]}" in outs[0]
+  assert _curve(workdir) == uninterrupted[1]
+
+
+def test_held_out_numbers_do_not_depend_on_the_process_count(uninterrupted):
+  """The run's own eval at its last step (two processes) against ``parallax-jax eval`` of the
+  same checkpoint by one process of 8 devices: the same held-out rows, so the same loss up to
+  float32 summation order."""
+  workdir, curve = uninterrupted
+  codes, outs = _finish(_start("eval", workdir, 1))
+  assert codes == [0], outs[0][-3000:]
+  result = json.loads(outs[0].strip().splitlines()[-1])
+  assert result["step"] == 24
+  assert result["eval_loss"] == pytest.approx(curve[(24, "eval_loss")], rel=1e-6)
