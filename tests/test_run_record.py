@@ -104,6 +104,49 @@ def test_a_second_process_training_the_same_workdir_is_refused(tmp_path, capsys)
   assert code == 0 and "final_step=4" in out
 
 
+def test_a_file_system_without_flock_trains_unlocked_saying_so(
+  tmp_path, capsys, monkeypatch, caplog
+):
+  """Some FUSE mounts of object stores refuse flock: the run trains, and says it is unlocked."""
+  import errno
+  import fcntl
+  import logging
+
+  def unsupported(f, op):
+    raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+
+  monkeypatch.setattr(fcntl, "flock", unsupported)
+  w = tmp_path / "run"
+  with caplog.at_level(logging.WARNING, logger="parallax_jax"):
+    argv = ["train", "--config", TINY, "--workdir", str(w), *SMALL, "--config.train.steps=2"]
+    code, out, _ = _main(capsys, *argv)
+  assert code == 0 and "final_step=" in out
+  assert "does not support flock" in caplog.text and "without the one-trainer lock" in caplog.text
+
+
+@pytest.mark.parametrize(
+  "argv",
+  [
+    ["train", "--config", TINY],
+    ["eval"],
+    ["sweep", "--config", "configs/sweeps/smoke.py"],
+    ["export-hf", "--workdir", "runs/x", "--out"],
+  ],
+  ids=["train", "eval", "sweep", "export-out"],
+)
+def test_a_url_workdir_is_refused_before_anything_is_written(tmp_path, capsys, monkeypatch, argv):
+  """``gs://bucket/run`` used to become a local directory ``gs:/bucket/run`` (then a traceback
+  from the TensorBoard writer); every --workdir / --out is a path of this machine."""
+  monkeypatch.chdir(tmp_path)
+  if argv[-1] != "--out":
+    argv = [*argv, "--workdir"]
+  with pytest.raises(SystemExit) as exit_:
+    cli.main([*argv, "gs://bucket/run"])
+  err = capsys.readouterr().err
+  assert exit_.value.code == 2 and "'gs://bucket/run' is a URL" in err and "Traceback" not in err
+  assert list(tmp_path.iterdir()) == []
+
+
 def test_eval_of_a_missing_or_empty_workdir_is_one_line_and_creates_nothing(tmp_path, capsys):
   missing = tmp_path / "missing"
   for argv in (["--workdir", str(missing)], ["--workdir", str(missing), "--config", TINY]):

@@ -12,6 +12,21 @@ The table of keys is parallax_jax/train/config_keys.py.
 """
 
 
+def local_path(text: str) -> str:
+  """argparse ``type`` of every ``--workdir`` / ``--out``: a path of this machine's file system.
+  Runs, their locks, logs and plots are written with ordinary file calls, so a URL
+  (``gs://bucket/run``) would become a local directory named ``gs:`` instead."""
+  import argparse
+  import re
+
+  if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", text):
+    raise argparse.ArgumentTypeError(
+      f"{text!r} is a URL; give a path of this machine's file system (for several hosts, one "
+      "every host mounts, e.g. NFS / Filestore, or a bucket through gcsfuse)"
+    )
+  return text
+
+
 def split_overrides(argv):
   """``--config.a.b=value`` / ``--config.a.b value`` arguments (for the config loader), and the
   rest. A space-form value is the next argument unless that starts with ``--``."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+from parallax_jax.cli.common import local_path
 from parallax_jax.errors import UserError
 
 
@@ -49,7 +50,9 @@ def add_generate(sub, common):
     "overrides apply to this read only, e.g. --config.model.attention_impl=None to let a run "
     "trained with an explicit GPU kernel generate on another backend.",
   )
-  ge.add_argument("--workdir", required=True, help="run directory (parallax-jax train)")
+  ge.add_argument(
+    "--workdir", type=local_path, required=True, help="run directory (parallax-jax train)"
+  )
   ge.add_argument("--prompt", action="append", default=[], help="prompt text (repeat for a batch)")
   ge.add_argument("--prompts-file", default=None, help="one prompt per non-empty line")
   ge.add_argument("--max-new-tokens", type=int, default=200, help="per prompt (default 200)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from parallax_jax.cli.common import CONFIG_HELP
+from parallax_jax.cli.common import CONFIG_HELP, local_path
 
 
 def _import_hf(args) -> int:
@@ -66,7 +66,7 @@ def add_import_hf(sub, common):
     formatter_class=argparse.RawDescriptionHelpFormatter,
   )
   ih.add_argument("--from", dest="src", required=True, help="Hugging Face model directory")
-  ih.add_argument("--workdir", required=True, help="new (or empty) run directory")
+  ih.add_argument("--workdir", type=local_path, required=True, help="new (or empty) run directory")
   ih.add_argument(
     "--attention",
     choices=("parallax", "softmax"),
@@ -101,8 +101,10 @@ def add_export_hf(sub, common):
     "only when W_R = 0 exactly). fla-parallax: fla's ParallaxForCausalLM (needs num_heads * "
     "head_dim = d_model; its q/r/k norms use eps 1e-5).",
   )
-  eh.add_argument("--workdir", required=True, help="run directory (train or import-hf)")
-  eh.add_argument("--out", required=True, help="new or empty directory to write")
+  eh.add_argument(
+    "--workdir", type=local_path, required=True, help="run directory (train or import-hf)"
+  )
+  eh.add_argument("--out", type=local_path, required=True, help="new or empty directory to write")
   eh.add_argument(
     "--format", choices=("qwen3", "fla-parallax"), default="qwen3", help="default: qwen3"
   )

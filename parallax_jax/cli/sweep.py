@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+from parallax_jax.cli.common import local_path
 from parallax_jax.errors import UserError
 
 
@@ -71,7 +72,7 @@ def add_sweep(sub, common):
     "W/results.csv, W/results.md, W/loss_curves.png and W/metric_vs_<axis>.png.",
   )
   sw.add_argument("--config", required=True, help="sweep file (configs/sweeps/<name>.py)")
-  sw.add_argument("--workdir", required=True)
+  sw.add_argument("--workdir", type=local_path, required=True)
   sw.add_argument(
     "--parallel", type=int, default=1, help="points at once (one accelerator each if several)"
   )

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from parallax_jax.cli.common import CONFIG_HELP, initialize, load_and_initialize
+from parallax_jax.cli.common import CONFIG_HELP, initialize, load_and_initialize, local_path
 from parallax_jax.errors import UserError
 
 
@@ -148,7 +148,9 @@ def add_train(sub, common):
     formatter_class=argparse.RawDescriptionHelpFormatter,
   )
   tr.add_argument("--config", required=True, help="config file with get_config()")
-  tr.add_argument("--workdir", help="run directory: checkpoints, metrics, config record")
+  tr.add_argument(
+    "--workdir", type=local_path, help="run directory: checkpoints, metrics, config record"
+  )
   tr.add_argument(
     "--dry-run",
     action="store_true",
@@ -181,7 +183,7 @@ def add_eval(sub, common):
     parents=[common],
     help="held-out loss/perplexity of a workdir's latest checkpoint (writes nothing there)",
   )
-  ev.add_argument("--workdir", required=True)
+  ev.add_argument("--workdir", type=local_path, required=True)
   ev.add_argument("--config", default=None, help="default: the run's own config")
   ev.set_defaults(fn=_eval, takes_overrides=True)
 
@@ -193,8 +195,12 @@ def add_plot(sub, common):
     help="loss / eval curves of one or more runs, overlaid, as a PNG",
     description="Reads each workdir's metrics.jsonl and writes nothing into the runs.",
   )
-  pl.add_argument("--workdir", required=True, nargs="+", help="one or more run workdirs")
-  pl.add_argument("--out", default="plot.png", help="PNG to write (default: ./plot.png)")
+  pl.add_argument(
+    "--workdir", type=local_path, required=True, nargs="+", help="one or more run workdirs"
+  )
+  pl.add_argument(
+    "--out", type=local_path, default="plot.png", help="PNG to write (default: ./plot.png)"
+  )
   pl.set_defaults(fn=_plot)
 
 
@@ -204,7 +210,9 @@ def add_convert(sub, common):
     parents=[common],
     help="softmax checkpoint -> Parallax params (r_proj zero-initialised)",
   )
-  cv.add_argument("--workdir", required=True, help="workdir of a softmax run")
-  cv.add_argument("--out", required=True, help="where to write the params checkpoint")
+  cv.add_argument("--workdir", type=local_path, required=True, help="workdir of a softmax run")
+  cv.add_argument(
+    "--out", type=local_path, required=True, help="where to write the params checkpoint"
+  )
   cv.add_argument("--step", type=int, default=None, help="default: latest")
   cv.set_defaults(fn=_convert)

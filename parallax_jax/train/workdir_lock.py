@@ -6,19 +6,26 @@ checkpoints under keep-last-K. The second is refused in one line instead. The lo
 kernel's: it ends with the process however that ends (no stale lock to clean up), and the file
 holds the holder's pid and host for the message. Readers (eval, generate, export) take no lock
 and write nothing. Within one process the lock is re-entrant (a test may build a ``Trainer``
-and then train the same workdir); only process 0 of a multi-process job takes it.
+and then train the same workdir); only process 0 of a multi-process job takes it. On a file
+system without ``flock`` (some FUSE mounts of object stores) the run goes on unlocked, saying so.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import fcntl
+import logging
 import os
 import socket
 from pathlib import Path
 
 from parallax_jax.errors import UserError
 
+log = logging.getLogger("parallax_jax")
+
 LOCK = ".lock"
+_UNSUPPORTED = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
 _held: dict[str, list] = {}  # real path of the workdir -> [open lock file, count]
 
 
@@ -40,6 +47,15 @@ def acquire(workdir: str | Path) -> None:
       f"--workdir {str(workdir)!r} is being trained by {holder} (it holds {LOCK} there); "
       "wait for it to finish or stop it, or pass another --workdir"
     ) from None
+  except OSError as e:
+    if e.errno not in _UNSUPPORTED:
+      raise
+    log.warning(
+      "--workdir %s: its file system does not support flock (%s); training without the "
+      "one-trainer lock: do not start a second trainer of this run",
+      workdir,
+      os.strerror(e.errno),
+    )
   f.seek(0)
   f.truncate()
   f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
@@ -55,6 +71,7 @@ def release(workdir: str | Path) -> None:
     return
   entry[1] -= 1
   if entry[1] == 0:
-    fcntl.flock(entry[0], fcntl.LOCK_UN)
+    with contextlib.suppress(OSError):  # closing the file unlocks it anyway
+      fcntl.flock(entry[0], fcntl.LOCK_UN)
     entry[0].close()
     del _held[key]
