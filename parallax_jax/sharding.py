@@ -175,6 +175,52 @@ def global_batch(local_batch: dict, sharding: NamedSharding) -> dict:
   }
 
 
+def check_rows_per_process(sharding: NamedSharding, rows: int, length: int) -> None:
+  """Each process reads its own ``rows / process_count`` rows (``train.data_io``), so the batch
+  sharding must give every process one whole block of them: its devices together hold rows
+  ``[p * rows / P, (p + 1) * rows / P)`` at every position. A mesh that splits the sequence or
+  the heads across processes instead would have ``make_array_from_process_local_data`` glue
+  two processes' rows along the sequence (measured: it trained, silently, on rows of twice the
+  length). Raises a ``UserError`` naming the mesh; one process always passes."""
+  from parallax_jax.errors import UserError
+
+  count = jax.process_count()
+  if count == 1:
+    return
+  held: dict[int, dict[tuple[int, int], list[tuple[int, int]]]] = {}  # process -> rows -> cols
+  for device, (row_sl, col_sl) in sharding.devices_indices_map((rows, length)).items():
+    tiles = held.setdefault(device.process_index, {})
+    tiles.setdefault(row_sl.indices(rows)[:2], []).append(col_sl.indices(length)[:2])
+  starts = set()
+  for tiles in held.values():
+    block = _covered(list(tiles))
+    whole = all(_covered(cols) == (0, length) for cols in tiles.values())
+    if rows % count or not whole or block is None or block[1] - block[0] != rows // count:
+      starts = None
+      break
+    starts.add(block[0])
+  if starts is None or sorted(starts) != list(range(0, rows, rows // count)):
+    sizes = {a: int(n) for a, n in sharding.mesh.shape.items() if n > 1}
+    raise UserError(
+      f"mesh {sizes} over {count} processes: each process reads its own rows of the batch "
+      f"({rows} rows), so the batch's mesh axes ({sharding.spec[0] or 'none'}) must give each "
+      f"process a block of its own: make mesh.data x mesh.fsdp a multiple of {count} and "
+      f"train.batch_size a multiple of that (e.g. --config.mesh.data={count}); sequence and "
+      "tensor axes then stay within a process"
+    )
+
+
+def _covered(spans: list[tuple[int, int]]) -> tuple[int, int] | None:
+  """The one interval ``[start, stop)`` that half-open ``spans`` cover together; None if gaps."""
+  spans = sorted(spans)
+  start, stop = spans[0]
+  for a, b in spans[1:]:
+    if a > stop:
+      return None
+    stop = max(stop, b)
+  return start, stop
+
+
 def param_shardings(variables, rules: Rules) -> dict:
   """Pure dict (``nnx.to_pure_dict`` layout) of NamedShardings for the model's parameters.
 

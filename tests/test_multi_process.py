@@ -4,6 +4,7 @@ TPU pod or GPU hosts, here over gloo on one machine), started the way the README
 resumes exactly, its held-out numbers are the same evaluated by one process, and resuming under
 another process count is refused in one line."""
 
+import csv
 import json
 import os
 import signal
@@ -62,8 +63,8 @@ def _start(command: str, workdir, processes: int, *extra: str) -> list[subproces
   ]
 
 
-def _train(workdir, processes: int = 2) -> list[subprocess.Popen]:
-  return _start("train", workdir, processes, "--config", "configs/tiny.py", *ARGS)
+def _train(workdir, processes: int = 2, *extra: str) -> list[subprocess.Popen]:
+  return _start("train", workdir, processes, "--config", "configs/tiny.py", *ARGS, *extra)
 
 
 def _finish(procs, timeout_s: float = 600) -> tuple[list[int], list[str]]:
@@ -130,3 +131,33 @@ def test_held_out_numbers_do_not_depend_on_the_process_count(uninterrupted):
   result = json.loads(outs[0].strip().splitlines()[-1])
   assert result["step"] == 24
   assert result["eval_loss"] == pytest.approx(curve[(24, "eval_loss")], rel=1e-6)
+
+
+def test_a_mesh_that_does_not_split_the_rows_over_the_processes_is_refused(tmp_path):
+  """The ring over all 8 devices keeps every row on both processes, which read different rows:
+  refused before anything is written (it trained on rows glued along the sequence)."""
+  workdir = tmp_path / "run"
+  mesh = ["--config.sharding.strategy=cp", "--config.mesh.data=1", "--config.mesh.fsdp=1"]
+  mesh.append("--config.mesh.sequence=8")
+  codes, outs = _finish(_train(workdir, 2, *mesh))
+  for out in outs:
+    errors = [line for line in out.splitlines() if line.startswith("parallax-jax: error:")]
+    assert len(errors) == 1 and "over 2 processes: each process reads its own rows" in errors[0]
+  assert codes == [2, 2] and not workdir.exists()
+
+
+def test_compare_sharding_over_two_processes(tmp_path):
+  """Every strategy's mesh keeps its tensor and sequence axes within a process, lowers the
+  global batch and sees the same first-step loss; process 0 alone writes the table."""
+  strategies = "dp,fsdp_tp,cp"
+  args = ["--config", "configs/tiny.py", "--strategies", strategies, "--steps", "1", *SMALL_MODEL]
+  codes, outs = _finish(_start("compare-sharding", tmp_path / "cmp", 2, *args))
+  assert codes == [0, 0], outs[0][-3000:] + outs[1][-3000:]
+  with open(tmp_path / "cmp" / "sharding.csv") as f:
+    rows = list(csv.DictReader(f))
+  assert [r["strategy"] for r in rows] == strategies.split(",") and not any(
+    r["error"] for r in rows
+  )
+  assert {r["mesh"] for r in rows} == {"data=8", "fsdp=4 tensor=2", "data=2 sequence=4"}
+  losses = [float(r["first_step_loss"]) for r in rows]
+  assert losses == pytest.approx([losses[0]] * 3, rel=1e-5)

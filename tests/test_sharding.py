@@ -1,6 +1,7 @@
 """Sharding strategies on 8 fake CPU devices: exactness, shardings, restore, comparison."""
 
 import copy
+import dataclasses
 from pathlib import Path
 
 import jax
@@ -182,3 +183,51 @@ def test_compare_sharding_over_device_counts(tmp_path):
   assert (tmp_path / "scaling.png").stat().st_size > 10_000
   with pytest.raises(UserError, match="--devices: counts \\[16\\]"):
     compare_sharding(copy.deepcopy(cfg), ["dp"], tmp_path, device_counts=[16])
+
+
+# Several processes: each reads its own rows -------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class _Device:
+  id: int
+  process_index: int
+
+
+class _OverTwoProcesses:
+  """A real sharding's tiles with its 8 devices dealt to two processes as jax orders them
+  (process-major: devices 0-3 on process 0)."""
+
+  def __init__(self, real):
+    self.mesh, self.spec, self._real = real.mesh, real.spec, real
+
+  def devices_indices_map(self, shape):
+    return {
+      _Device(d.id, d.id // 4): index for d, index in self._real.devices_indices_map(shape).items()
+    }
+
+
+@pytest.mark.parametrize(
+  "mesh,ok",
+  [
+    ({"data": 2, "fsdp": 4}, True),
+    ({"data": 8}, True),
+    ({"data": 2, "sequence": 4}, True),  # the ring within a process
+    ({"data": 4, "tensor": 2}, True),
+    ({"sequence": 8}, False),  # the rows whole on both processes: would be glued along T
+    ({"fsdp": 4, "tensor": 2}, True),
+    ({"data": 2, "tensor": 2, "sequence": 2}, True),
+    ({"tensor": 2, "sequence": 4}, False),  # the batch's rows unsplit
+  ],
+)
+def test_each_process_must_hold_its_own_block_of_rows(monkeypatch, mesh, ok):
+  cfg = _cfg(*(f"mesh.{k}={v}" for k, v in {"data": 1, **mesh}.items()))
+  cfg = apply_overrides(
+    cfg, ["sharding.strategy=cp" if "sequence" in mesh else "sharding.strategy=fsdp_tp"]
+  )
+  program = Program(resolve(cfg, 8))  # one process here: always passes
+  monkeypatch.setattr(jax, "process_count", lambda: 2)
+  fake = _OverTwoProcesses(program.batch_sharding)
+  if ok:
+    sharding.check_rows_per_process(fake, 8, 64)
+  else:
+    with pytest.raises(UserError, match="over 2 processes: each process reads its own rows"):
+      sharding.check_rows_per_process(fake, 8, 64)

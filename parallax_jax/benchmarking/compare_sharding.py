@@ -78,11 +78,13 @@ def collective_bytes(hlo_text: str) -> int:
   return total
 
 
-def mesh_preset(strategy: str, n: int, model, seq_len: int) -> dict[str, int]:
-  """Mesh sizes for a strategy on ``n`` devices (the widest split the shapes allow)."""
+def mesh_preset(strategy: str, n: int, model, seq_len: int, processes: int = 1) -> dict[str, int]:
+  """Mesh sizes for a strategy on ``n`` devices (the widest split the shapes allow). The tensor
+  and sequence axes stay within one of ``processes`` processes (each reads its own rows)."""
+  per_process = max(n // processes, 1)
 
   def largest(fits):
-    return max(d for d in range(1, n + 1) if n % d == 0 and fits(d))
+    return max(d for d in range(1, per_process + 1) if per_process % d == 0 and fits(d))
 
   tensor = largest(
     lambda t: model.num_kv_heads % t == 0 and model.num_heads % t == 0 and model.mlp_dim % t == 0
@@ -109,7 +111,7 @@ def run_strategy(cfg, strategy: str, steps: int, synthetic: bool, devices=None) 
   devices = list(devices if devices is not None else jax.devices())
   n = len(devices)
   probe = resolve(cfg)
-  sizes = mesh_preset(strategy, n, probe.model, probe.train.seq_len)
+  sizes = mesh_preset(strategy, n, probe.model, probe.train.seq_len, jax.process_count())
   cfg = apply_overrides(
     copy.deepcopy(cfg),
     [f"sharding.strategy={strategy}"] + [f"mesh.{k}={v}" for k, v in sizes.items()],
@@ -118,9 +120,10 @@ def run_strategy(cfg, strategy: str, steps: int, synthetic: bool, devices=None) 
   mesh = " ".join(f"{k}={v}" for k, v in sizes.items() if v > 1)
   row = {"strategy": strategy, "devices": n, "mesh": mesh}
   program = Program(exp, devices)
-  if synthetic:
-    b, t = exp.train.batch_size, exp.train.seq_len
-    batches = [synthetic_batch(exp.model, b, t, seed=i) for i in range(steps + 1)]
+  if synthetic:  # this process's rows, as TrainData gives them
+    b, t = exp.train.batch_size // jax.process_count(), exp.train.seq_len
+    seed = 1000 * jax.process_index()
+    batches = [synthetic_batch(exp.model, b, t, seed=seed + i) for i in range(steps + 1)]
   else:
     from parallax_jax.train.data_io import TrainData
 
@@ -259,6 +262,8 @@ def compare_sharding(
         row = {"strategy": strategy, "devices": n, "error": f"{type(e).__name__}: {e}"}
       rows.append(row)
       print(format_table([row]).splitlines()[-1], flush=True)
+  if jax.process_index() != 0:  # every process measured the same steps; one writes them
+    return rows
   with (workdir / "sharding.csv").open("w", newline="") as f:
     writer = csv.DictWriter(f, fieldnames=COLUMNS)
     writer.writeheader()

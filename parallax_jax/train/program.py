@@ -47,6 +47,7 @@ class Program:
       ),
     )
     self.batch_sharding = sharding.batch_sharding(self.rules, model.axes.batch)
+    sharding.check_rows_per_process(self.batch_sharding, exp.train.batch_size, exp.train.seq_len)
     prepare = sharding.sequence_layout(self.rules, model.uses_r)
     self._init = jax.jit(
       lambda seed: init_state(model, self.tx, seed), out_shardings=self.state_sharding
@@ -95,15 +96,19 @@ class Program:
   def device_batch(self, local_batch: dict) -> dict:
     return sharding.global_batch(local_batch, self.batch_sharding)
 
-  def lower_train_step(self, batch: dict):
-    """``jax.stages.Lowered`` of the train step for ``batch`` (shapes only)."""
+  def lower_train_step(self, local_batch: dict):
+    """``jax.stages.Lowered`` of the train step for the global batch of which ``local_batch``
+    is this process's rows (as ``device_batch`` takes them; shapes only)."""
     abstract = jax.tree.map(
       lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
       self.abstract_state,
       self.state_sharding,
     )
+    rows = jax.process_count()  # each process holds its own block of rows (check_rows_per_process)
     batch = {
-      k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=self.batch_sharding)
-      for k, v in batch.items()
+      k: jax.ShapeDtypeStruct(
+        (v.shape[0] * rows, *v.shape[1:]), v.dtype, sharding=self.batch_sharding
+      )
+      for k, v in local_batch.items()
     }
     return self._traced(self._train_step.lower, abstract, batch)
