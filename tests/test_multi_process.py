@@ -45,7 +45,7 @@ def _env(processes: int, index: int, address: str) -> dict:
   return env
 
 
-def _start(command: str, workdir, processes: int, *extra: str) -> list[subprocess.Popen]:
+def _start(command: str, workdir, processes: int, *extra: str, cwds=None) -> list[subprocess.Popen]:
   with socket.socket() as s:
     s.bind(("localhost", 0))
     address = f"localhost:{s.getsockname()[1]}"
@@ -53,7 +53,7 @@ def _start(command: str, workdir, processes: int, *extra: str) -> list[subproces
   return [
     subprocess.Popen(
       cmd,
-      cwd=ROOT,
+      cwd=ROOT if cwds is None else cwds[i],
       stdout=subprocess.PIPE,
       stderr=subprocess.STDOUT,
       text=True,
@@ -161,3 +161,22 @@ def test_compare_sharding_over_two_processes(tmp_path):
   assert {r["mesh"] for r in rows} == {"data=8", "fsdp=4 tensor=2", "data=2 sequence=4"}
   losses = [float(r["first_step_loss"]) for r in rows]
   assert losses == pytest.approx([losses[0]] * 3, rel=1e-5)
+
+
+def test_hosts_that_read_different_data_are_refused(tmp_path):
+  """The same relative ``data.source`` names different files on the two "hosts" (their working
+  directories): same paragraph count, other bytes. Each process would take its share of its
+  own documents; refused on both before anything is written."""
+  cwds = [tmp_path / "host0", tmp_path / "host1"]
+  for i, cwd in enumerate(cwds):
+    cwd.mkdir()
+    paragraphs = [f"document {k} " + "words " * (20 + i) for k in range(40)]
+    (cwd / "corpus.txt").write_text("\n\n".join(paragraphs))
+  data = ["--config.data.source=corpus.txt", "--config.data.text_split=paragraph"]
+  workdir = tmp_path / "run"
+  args = ["--config", str(ROOT / "configs" / "tiny.py"), *ARGS, *data]
+  codes, outs = _finish(_start("train", workdir, 2, *args, cwds=cwds))
+  for out in outs:
+    errors = [line for line in out.splitlines() if line.startswith("parallax-jax: error:")]
+    assert len(errors) == 1 and "processes [1] read other data than process 0" in errors[0], out
+  assert codes == [2, 2] and not workdir.exists()

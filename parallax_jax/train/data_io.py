@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -65,6 +68,28 @@ class TrainData:
     if exp.train.eval_every and exp.train.eval_batches:
       self._dataset("eval")  # no held-out document: fail now rather than at the first eval
     self._it = iter(self._train)
+    self._check_same_on_every_process()
+
+  def _check_same_on_every_process(self) -> None:
+    """Each process takes its share of the documents it sees, so a host whose files (or Python
+    installation, for the built-in corpora) differ would train on another split without a word.
+    Compares a hash of ``describe()`` (the tokenizer's training time aside) across processes."""
+    if jax.process_count() == 1:
+      return
+    from jax.experimental import multihost_utils
+
+    what = {k: v for k, v in self.describe().items() if k != "tokenizer_training"}
+    paths = getattr(self.source, "paths", None) or []  # file sources: their sizes too
+    what["file_bytes"] = [os.path.getsize(p) if os.path.isfile(p) else None for p in paths]
+    digest = hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).digest()
+    digests = np.asarray(multihost_utils.process_allgather(np.frombuffer(digest, np.uint8)))
+    others = [i for i, d in enumerate(digests) if bytes(d) != bytes(digests[0])]
+    if others:
+      raise UserError(
+        f"processes {others} read other data than process 0 (each host's data.* files, or its "
+        f"Python installation for a built-in corpus, must be the same); process "
+        f"{jax.process_index()} reads {what}"
+      )
 
   def _init_text(self, cfg):
     exp = self.exp
