@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 
+import jax
 import pytest
 from run_watch import wait_for_step
 from train_configs import FAST_LR, ROOT, SMALL_MODEL
@@ -28,6 +29,9 @@ ARGS = [
   "--config.checkpoint.every_steps=100",  # only the preemption's and the final save
   "--config.mesh.data=2",
   "--config.mesh.fsdp=4",  # batch rows over both processes' devices, params over 4
+  # A BPE trained at the start (on 1 MiB): process 0 saves it in the run, the other keeps it in
+  # a private file; both must be the same tokenizer.
+  "--config.data.tokenizer=train:bpe:384:1",
 ]
 DEVICES = 8  # in all: 2 processes x 4, or 1 x 8
 
@@ -180,3 +184,23 @@ def test_hosts_that_read_different_data_are_refused(tmp_path):
     errors = [line for line in out.splitlines() if line.startswith("parallax-jax: error:")]
     assert len(errors) == 1 and "processes [1] read other data than process 0" in errors[0], out
   assert codes == [2, 2] and not workdir.exists()
+
+
+def test_every_process_describes_the_same_trained_tokenizer(tmp_path, monkeypatch):
+  """Process 0 trains the BPE and saves it in the run; another process that starts first trains
+  its own into a private file. What the processes compare must be the same for both (the
+  tokenizer's bytes, not its path). In one process, as process 0 and then as process 1."""
+  from parallax_jax.train import data_io
+  from parallax_jax.train.config import load_config, resolve
+
+  cfg = load_config(ROOT / "configs" / "tiny.py", [a.removeprefix("--config.") for a in ARGS])
+  exp = resolve(cfg, 8)
+  compared = {0: [], 1: []}
+  monkeypatch.setattr(jax, "process_count", lambda: 2)
+  for index in (1, 0):  # process 1 first: it finds no saved tokenizer and trains its own
+    monkeypatch.setattr(jax, "process_index", lambda i=index: i)
+    monkeypatch.setattr(
+      data_io, "_same_on_every_process", lambda kind, what, i=index: compared[i].append(what)
+    )
+    data_io.TrainData(exp, tmp_path / "run")
+  assert "tokenizer" in compared[0][-1] and compared[0] == compared[1]

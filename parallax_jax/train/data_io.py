@@ -53,6 +53,7 @@ class TrainData:
     cfg = exp.data
     self.task = cfg.source in synthetic.TASKS  # generated on the fly: no tokenizer, no files
     self.tokenizer = self.source = None
+    self._source_checked = False
     if self.task:
       synthetic.check_task(cfg, exp.train.seq_len, exp.model)
     else:
@@ -73,23 +74,24 @@ class TrainData:
   def _check_same_on_every_process(self) -> None:
     """Each process takes its share of the documents it sees, so a host whose files (or Python
     installation, for the built-in corpora) differ would train on another split without a word.
-    Compares a hash of ``describe()`` (the tokenizer's training time aside) across processes."""
-    if jax.process_count() == 1:
+    Compares a hash of the source's description (with its files' sizes) and of the tokenizer
+    across processes; the source first, before a tokenizer is trained and saved on it."""
+    if self.task:
+      _same_on_every_process("data", {"source": self.describe()["source"]})
       return
-    from jax.experimental import multihost_utils
-
-    what = {k: v for k, v in self.describe().items() if k != "tokenizer_training"}
-    paths = getattr(self.source, "paths", None) or []  # file sources: their sizes too
-    what["file_bytes"] = [os.path.getsize(p) if os.path.isfile(p) else None for p in paths]
-    digest = hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).digest()
-    digests = np.asarray(multihost_utils.process_allgather(np.frombuffer(digest, np.uint8)))
-    others = [i for i, d in enumerate(digests) if bytes(d) != bytes(digests[0])]
-    if others:
-      raise UserError(
-        f"processes {others} read other data than process 0 (each host's data.* files, or its "
-        f"Python installation for a built-in corpus, must be the same); process "
-        f"{jax.process_index()} reads {what}"
+    if not self._source_checked:
+      paths = getattr(self.source, "paths", None) or []  # file sources: their sizes too
+      sizes = [os.path.getsize(p) if os.path.isfile(p) else None for p in paths]
+      _same_on_every_process("data", {"source": self.source.describe(), "file_bytes": sizes})
+      self._source_checked = True
+    if self.tokenizer is not None:
+      path = getattr(self.tokenizer, "path", None)  # a trained one sits in a private file on
+      tokenizer = (  # the other processes: its bytes count, not where it lies
+        repr(self.tokenizer)
+        if path is None
+        else hashlib.sha256(Path(path).read_bytes()).hexdigest()
       )
+      _same_on_every_process("tokenizer", {"tokenizer": tokenizer})
 
   def _init_text(self, cfg):
     exp = self.exp
@@ -106,6 +108,7 @@ class TrainData:
         f"{tokenizers.round_up(spec.vocab_size)}"
       )
     self.source = make_source(cfg, None)  # text: needs no tokenizer
+    self._check_same_on_every_process()  # the corpus, before a tokenizer is trained on it
     saved = self.workdir is not None and tokenizers.trained_tokenizer_path(self.workdir).is_file()
     if saved or self.read_only:  # never retrained: resume, eval and generate read the file
       self.tokenizer = tokenizers.load_trained(cfg.tokenizer, self.workdir)
@@ -217,3 +220,20 @@ class TrainData:
           return
         last = {k: np.zeros_like(v) for k, v in last.items()}
       yield last
+
+
+def _same_on_every_process(kind: str, what: dict) -> None:
+  """Raises a ``UserError`` unless ``what`` (JSON-able) hashes alike on every process."""
+  if jax.process_count() == 1:
+    return
+  from jax.experimental import multihost_utils
+
+  digest = hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).digest()
+  digests = np.asarray(multihost_utils.process_allgather(np.frombuffer(digest, np.uint8)))
+  others = [i for i, d in enumerate(digests) if bytes(d) != bytes(digests[0])]
+  if others:
+    raise UserError(
+      f"processes {others} read other {kind} than process 0 (each host's data.* files, or its "
+      f"Python installation for a built-in corpus, must be the same); process "
+      f"{jax.process_index()} reads {what}"
+    )
