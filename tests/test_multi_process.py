@@ -204,3 +204,22 @@ def test_every_process_describes_the_same_trained_tokenizer(tmp_path, monkeypatc
     )
     data_io.TrainData(exp, tmp_path / "run")
   assert "tokenizer" in compared[0][-1] and compared[0] == compared[1]
+
+
+@pytest.mark.slow  # the survivor waits ~90 s for JAX's coordination service to call it off
+def test_a_process_killed_outright_takes_the_job_down_and_the_rerun_resumes_exactly(
+  tmp_path, uninterrupted
+):
+  """kill -9 of one process (a lost host): no checkpoint of that moment, the other process
+  aborts once the coordination service misses its peer, and the rerun resumes from the newest
+  complete checkpoint to the uninterrupted run's numbers."""
+  workdir = tmp_path / "run"
+  procs = _train(workdir, 2, "--config.checkpoint.every_steps=5")
+  wait_for_step(workdir, 7, procs)
+  procs[1].kill()
+  codes, outs = _finish(procs, timeout_s=300)
+  assert codes[0] != 0 and codes[1] == -signal.SIGKILL, outs[0][-3000:]
+  codes, outs = _finish(_train(workdir, 2, "--config.checkpoint.every_steps=5"))
+  assert codes == [0, 0], outs[0][-3000:] + outs[1][-3000:]
+  assert "resumed from" in outs[0]
+  assert _curve(workdir) == uninterrupted[1]
