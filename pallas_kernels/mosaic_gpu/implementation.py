@@ -138,7 +138,7 @@ def _fwd(q, r, k, v, segment_ids, spec: CallSpec):
     mask=spec.mask,
     block_q=tile.block_q,
     block_k=tile.block_k,
-    num_stages=tile.num_stages or common.default_fwd_tile(spec.head_dim).num_stages,
+    num_stages=tile.num_stages,  # None: parallax_fwd takes the head dim's default
     interpret=spec.interpret,
   )
 

@@ -53,7 +53,6 @@ class TrainData:
     cfg = exp.data
     self.task = cfg.source in synthetic.TASKS  # generated on the fly: no tokenizer, no files
     self.tokenizer = self.source = None
-    self._source_checked = False
     if self.task:
       synthetic.check_task(cfg, exp.train.seq_len, exp.model)
     else:
@@ -69,29 +68,32 @@ class TrainData:
     if exp.train.eval_every and exp.train.eval_batches:
       self._dataset("eval")  # no held-out document: fail now rather than at the first eval
     self._it = iter(self._train)
-    self._check_same_on_every_process()
+    if self.task:  # generated: its description is the whole of its data
+      _same_on_every_process("data", {"source": self.describe()["source"]})
+    else:
+      self._check_tokenizer_on_every_process()
 
-  def _check_same_on_every_process(self) -> None:
+  def _check_source_on_every_process(self) -> None:
     """Each process takes its share of the documents it sees, so a host whose files (or Python
     installation, for the built-in corpora) differ would train on another split without a word.
-    Compares a hash of the source's description (with its files' sizes) and of the tokenizer
-    across processes; the source first, before a tokenizer is trained and saved on it."""
-    if self.task:
-      _same_on_every_process("data", {"source": self.describe()["source"]})
+    Compares a hash of the source's description (with its files' sizes) across processes, as
+    soon as the source exists: before a tokenizer is trained and saved on it."""
+    if jax.process_count() == 1:  # nothing to compare: no file statted at start-up
       return
-    if not self._source_checked:
-      paths = getattr(self.source, "paths", None) or []  # file sources: their sizes too
-      sizes = [os.path.getsize(p) if os.path.isfile(p) else None for p in paths]
-      _same_on_every_process("data", {"source": self.source.describe(), "file_bytes": sizes})
-      self._source_checked = True
-    if self.tokenizer is not None:
-      path = getattr(self.tokenizer, "path", None)  # a trained one sits in a private file on
-      tokenizer = (  # the other processes: its bytes count, not where it lies
-        repr(self.tokenizer)
-        if path is None
-        else hashlib.sha256(Path(path).read_bytes()).hexdigest()
-      )
-      _same_on_every_process("tokenizer", {"tokenizer": tokenizer})
+    paths = getattr(self.source, "paths", None) or []  # file sources: their sizes too
+    sizes = [os.path.getsize(p) if os.path.isfile(p) else None for p in paths]
+    _same_on_every_process("data", {"source": self.source.describe(), "file_bytes": sizes})
+
+  def _check_tokenizer_on_every_process(self) -> None:
+    """The tokenizer by its bytes where it has a file: a trained one sits in a private file on
+    the processes other than 0, so where it lies differs."""
+    if jax.process_count() == 1:  # nothing to compare: the file is not read
+      return
+    path = getattr(self.tokenizer, "path", None)
+    tokenizer = (
+      repr(self.tokenizer) if path is None else hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    )
+    _same_on_every_process("tokenizer", {"tokenizer": tokenizer})
 
   def _init_text(self, cfg):
     exp = self.exp
@@ -100,6 +102,7 @@ class TrainData:
       self.tokenizer = make_tokenizer(cfg.tokenizer)
       self._check_vocab()
       self.source = make_source(cfg, self.tokenizer)
+      self._check_source_on_every_process()
       return
     if spec.vocab_size > exp.model.vocab_size:  # checked before minutes of training
       raise UserError(
@@ -108,7 +111,7 @@ class TrainData:
         f"{tokenizers.round_up(spec.vocab_size)}"
       )
     self.source = make_source(cfg, None)  # text: needs no tokenizer
-    self._check_same_on_every_process()  # the corpus, before a tokenizer is trained on it
+    self._check_source_on_every_process()  # before a tokenizer is trained on it
     saved = self.workdir is not None and tokenizers.trained_tokenizer_path(self.workdir).is_file()
     if saved or self.read_only:  # never retrained: resume, eval and generate read the file
       self.tokenizer = tokenizers.load_trained(cfg.tokenizer, self.workdir)

@@ -104,10 +104,10 @@ class Program:
       self.abstract_state,
       self.state_sharding,
     )
-    rows = jax.process_count()  # each process holds its own block of rows (check_rows_per_process)
+    processes = jax.process_count()  # each holds its own block of rows (check_rows_per_process)
     batch = {
       k: jax.ShapeDtypeStruct(
-        (v.shape[0] * rows, *v.shape[1:]), v.dtype, sharding=self.batch_sharding
+        (v.shape[0] * processes, *v.shape[1:]), v.dtype, sharding=self.batch_sharding
       )
       for k, v in local_batch.items()
     }
