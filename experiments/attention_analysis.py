@@ -41,23 +41,23 @@ def analyse(workdir: Path, min_row: int, at_init: bool = False) -> dict:
   """Stats of the latest checkpoint in ``workdir``, or (``at_init``) of its config's fresh
   initialisation (same seed): what training changed."""
   trainer = Trainer(load_run_config(workdir), workdir, read_only=True)
-  if at_init:
-    state = trainer.program.init(trainer.exp.train.seed)
-  elif trainer.checkpointer.latest_step() is None:
-    raise FileNotFoundError(f"no checkpoint in {workdir / 'checkpoints'}")
-  else:
-    state = trainer.initial_state()
-  trainer.checkpointer.close()
+  try:
+    if at_init:
+      step, params = 0, trainer.program.init(trainer.exp.train.seed).params
+    else:  # the params alone: the optimizer state stays on disk
+      step, params = trainer.read_params()
+  finally:
+    trainer.checkpointer.close()
   batches = [
     {k: None if v is None else jnp.asarray(v) for k, v in b.items()}
     for b in trainer.data.eval_batches()
   ]
   stats = attention_stats(
-    trainer.program.graphdef, jax.device_get(state.params), batches, min_row=min_row
+    trainer.program.graphdef, jax.device_get(params), batches, min_row=min_row
   )
   return {
     "workdir": str(workdir),
-    "step": int(state.step),
+    "step": step,
     "attention": trainer.exp.model.attention,
     "optimizer": trainer.exp.optimizer.name,
     **stats.summary(),

@@ -53,7 +53,8 @@ def test_readers_never_write_and_changed_configs_are_refused_or_recorded(tmp_pat
 
   # eval: the run's config, a safe override, then a config the run cannot take.
   code, out, _ = _main(capsys, "eval", "--workdir", str(w))
-  assert code == 0 and json.loads(out.splitlines()[-1])["step"] == 4
+  at_4 = json.loads(out.splitlines()[-1])
+  assert code == 0 and at_4["step"] == 4
   assert _main(capsys, "eval", "--workdir", str(w), "--config.train.eval_batches=2")[0] == 0
   code, _, err = _main(capsys, "eval", "--workdir", str(w), "--config", TINY)
   assert code == 2 and "model.d_model 64 -> 128" in _error(err)
@@ -82,7 +83,16 @@ def test_readers_never_write_and_changed_configs_are_refused_or_recorded(tmp_pat
   assert len(history) == 1 and history[0]["resumed_from_step"] == 4
   assert history[0]["changes"] == {"train.log_every": [10, 2], "train.steps": [4, 6]}
   code, out, _ = _main(capsys, "eval", "--workdir", str(w))  # the run's current config
-  assert code == 0 and json.loads(out.splitlines()[-1])["step"] == 6
+  at_6 = json.loads(out.splitlines()[-1])
+  assert code == 0 and at_6["step"] == 6 and at_6["eval_loss"] != at_4["eval_loss"]
+
+  # An older step on request (the numbers it gave as the latest), or one line if not held.
+  before = _snapshot(w)
+  code, out, _ = _main(capsys, "eval", "--workdir", str(w), "--step", "4")
+  assert code == 0 and json.loads(out.splitlines()[-1]) == at_4
+  code, _, err = _main(capsys, "eval", "--workdir", str(w), "--step", "5")
+  assert code == 2 and "--step 5:" in _error(err) and "[4, 6]" in _error(err)
+  assert _snapshot(w) == before
 
 
 def test_a_second_process_training_the_same_workdir_is_refused(tmp_path, capsys):

@@ -104,7 +104,7 @@ def _eval(args) -> int:
   else:  # the run's own config, with any overrides (e.g. --config.train.eval_batches=8)
     cfg = apply_overrides(load_run_config(args.workdir), args.overrides)
   initialize(cfg)  # a run trained by several processes is evaluated by as many, or by one
-  print(json.dumps(evaluate(args.workdir, cfg)))
+  print(json.dumps(evaluate(args.workdir, cfg, args.step)))
   return 0
 
 
@@ -185,6 +185,7 @@ def add_eval(sub, common):
   )
   ev.add_argument("--workdir", type=local_path, required=True)
   ev.add_argument("--config", default=None, help="default: the run's own config")
+  ev.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
   ev.set_defaults(fn=_eval, takes_overrides=True)
 
 

@@ -146,8 +146,18 @@ class Checkpointer:
     """``(step, params)`` of ``step`` (default: the newest readable one) as a partial restore:
     the optimizer and data states stay on disk. ``abstract_params`` is the params pure dict of
     ``jax.ShapeDtypeStruct`` (with the target shardings). Moves nothing: an unreadable newer
-    step is logged and skipped."""
-    steps = [step] if step is not None else sorted(self.manager.all_steps(), reverse=True)
+    step is logged and skipped. No steps, or no ``step`` among them: a ``UserError``."""
+    held = sorted(self.manager.all_steps(), reverse=True)
+    if not held:
+      raise UserFileNotFoundError(
+        f"no checkpoint in {self.directory}: train the run first (`parallax-jax train`)"
+      )
+    if step is not None and step not in held:
+      raise UserError(
+        f"--step {step}: {self.directory} holds no checkpoint of that step; it holds steps "
+        f"{sorted(held)} (omit --step for the latest)"
+      )
+    steps = [step] if step is not None else held
     item = {"params": abstract_params}
 
     def read(s):
@@ -287,16 +297,6 @@ def restore_params(directory: Path, cfg, abstract: dict, step: int | None):
   """``(step, params)``: the given step, else the newest one that restores (nothing moved)."""
   ckpt = Checkpointer(directory, cfg, read_only=True)
   try:
-    steps = sorted(ckpt.manager.all_steps(), reverse=True)
-    if not steps:
-      raise UserFileNotFoundError(
-        f"no checkpoint in {directory}: train the run first (`parallax-jax train`)"
-      )
-    if step is not None and step not in steps:
-      raise UserError(
-        f"--step {step}: {directory} holds no checkpoint of that step; it holds steps "
-        f"{sorted(steps)} (omit --step for the latest)"
-      )
     return ckpt.restore_params(abstract, step)
   finally:
     ckpt.close()

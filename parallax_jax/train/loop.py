@@ -11,7 +11,6 @@ from pathlib import Path
 import jax
 import ml_collections
 
-from parallax_jax.errors import UserFileNotFoundError
 from parallax_jax.train import data_io, run_record, workdir_lock
 from parallax_jax.train.checkpoint import (
   Checkpointer,
@@ -110,6 +109,13 @@ class Trainer:
       )
       log.info("initialised params from %s", self.exp.checkpoint.init_from)
     return state
+
+  def read_params(self, step: int | None = None) -> tuple[int, dict]:
+    """``(step, params)`` of ``step`` (default: the newest readable checkpoint) with the
+    program's shardings; the optimizer and data states stay on disk, nothing is moved (the
+    readers: eval, the attention analysis)."""
+    abstract = abstract_like(self.program.abstract_state, self.program.state_sharding)
+    return self.checkpointer.restore_params(abstract.params, step)
 
   def evaluate(self, params) -> dict:
     """Held-out metrics (`step.eval_metrics`): perplexity and accuracy, or MSE and baselines."""
@@ -233,20 +239,20 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | Path) -> dict:
   return Trainer(cfg, workdir).run()
 
 
-def evaluate(workdir: str | Path, cfg: ml_collections.ConfigDict | None = None) -> dict:
-  """Held-out metrics (loss/perplexity, or MSE) of the latest checkpoint in ``workdir``."""
+def evaluate(
+  workdir: str | Path, cfg: ml_collections.ConfigDict | None = None, step: int | None = None
+) -> dict:
+  """Held-out metrics (loss/perplexity, or MSE) of checkpoint ``step`` in ``workdir`` (default:
+  the newest readable one), and ``"step"``. Reads the params only; writes nothing."""
   workdir = Path(workdir)
   if cfg is None:
     cfg = run_record.load_run_config(workdir)
   trainer = Trainer(cfg, workdir, read_only=True)
-  if trainer.checkpointer.latest_step() is None:
+  try:
+    step, params = trainer.read_params(step)
+  finally:
     trainer.checkpointer.close()
-    raise UserFileNotFoundError(f"no checkpoint in {workdir / 'checkpoints'} to evaluate")
-  state = trainer.initial_state()
-  out = trainer.evaluate(state.params)
-  out["step"] = int(state.step)
-  trainer.checkpointer.close()
-  return out
+  return {**trainer.evaluate(params), "step": step}
 
 
 __all__ = ["NonFiniteLossError", "Preempted", "Trainer", "evaluate", "train"]
