@@ -44,6 +44,10 @@ else:
   # on demand.
   os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
+# Importing the package adds the XLA:CPU flags it needs (docs/design.md §11.3); first, so no
+# test module starts a JAX backend without them.
+import parallax_jax  # noqa: E402, F401
+
 # Test helpers (attention_cases) are imported as top-level modules.
 sys.path.insert(0, os.path.dirname(__file__))
 
