@@ -61,6 +61,16 @@ def test_loss_falls_and_outputs_are_written(tmp_path):
   assert (tmp_path / "plots" / "curves.png").read_bytes().startswith(b"\x89PNG")  # end of run
 
 
+def test_evals_come_every_eval_every_steps_whatever_log_every(tmp_path):
+  """An eval step is recorded even when it is not a log step (it once waited for one)."""
+  cfg = _cfg("--config.train.steps=10", "--config.train.log_every=4", "--config.train.eval_every=3")
+  train(cfg, tmp_path)
+  records = read_metrics(tmp_path)
+  assert [m["step"] for m in records if "eval_loss" in m] == [3, 6, 9, 10]
+  assert [m["step"] for m in records] == [3, 4, 6, 8, 9, 10]
+  assert all("loss" in m for m in records)
+
+
 def test_mfu_divides_by_the_peak_it_reports():
   class H200:
     device_kind = "NVIDIA H200"

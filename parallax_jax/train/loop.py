@@ -165,7 +165,9 @@ class Trainer:
           if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4f}")
-          if done % tcfg.log_every == 0 or done == tcfg.steps:
+          last = done == tcfg.steps
+          evals = bool(tcfg.eval_every) and (done % tcfg.eval_every == 0 or last)
+          if done % tcfg.log_every == 0 or last or evals:  # an eval step is recorded too
             now = time.perf_counter()
             scalars = {k: float(v) for k, v in jax.device_get(m).items()}
             if not exp.model.output_dim:  # a regression loss is an MSE, not an NLL
@@ -176,7 +178,7 @@ class Trainer:
               scalars.update(mfu_fields(flops_per_token * tokens_per_step, dt, jax.device_count()))
             compiled = True
             last_log_time, last_log_step = now, done
-            if tcfg.eval_every and (done % tcfg.eval_every == 0 or done == tcfg.steps):
+            if evals:
               with timer.phase("eval"):
                 scalars.update(self.evaluate(state.params))
               last_log_time = time.perf_counter()  # eval time is not step time
