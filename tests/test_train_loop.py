@@ -182,7 +182,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
   assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["4"]
 
 
-def test_convert_softmax_checkpoint_then_train_parallax(tmp_path):
+def test_convert_softmax_checkpoint_then_train_parallax(tmp_path, capsys):
   train(
     _cfg(
       "--config.model.attention=softmax",
@@ -224,6 +224,25 @@ def test_convert_softmax_checkpoint_then_train_parallax(tmp_path):
   assert not np.any(np.asarray(r))
   par_loss = trainer.evaluate(state.params)
   assert abs(par_loss["eval_loss"] - soft_loss["eval_loss"]) < 1e-5
+
+  # A wrong init_from is one line before the workdir is written (it used to leave a run whose
+  # recorded init_from then refused the corrected path).
+  from parallax_jax import cli
+
+  for init_from, extra, says in [
+    (tmp_path / "none", [], "does not exist"),
+    (tmp_path / "soft", [], "is not a params-only checkpoint"),  # a run's workdir
+    (tmp_path / "plx", ["--config.model.attention=softmax"], "not in the model: blocks/0/attn/r_"),
+    (tmp_path / "plx", ["--config.model.mlp_dim=96"], "other shapes: blocks/0/mlp/"),
+  ]:
+    w = tmp_path / "refused"
+    code = cli.main(
+      ["train", "--config", str(ROOT / "configs" / "tiny.py"), "--workdir", str(w), *SMALL]
+      + [f"--config.checkpoint.init_from={init_from}", *extra]
+    )
+    err = capsys.readouterr().err
+    lines = [x for x in err.splitlines() if x.startswith("parallax-jax: error: checkpoint.init_")]
+    assert code == 2 and len(lines) == 1 and says in lines[0] and not w.exists(), err
 
 
 def test_read_metrics_skips_an_unfinished_last_line(tmp_path):

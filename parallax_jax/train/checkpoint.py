@@ -308,12 +308,52 @@ def save_params(path: str | Path, params: dict) -> None:
     ckptr.save(Path(path).absolute(), params)
 
 
-def load_params(path: str | Path, abstract_params: dict) -> dict:
-  path = Path(path).absolute()
+def check_init_from(path: str | Path, abstract_params: dict) -> None:
+  """Refuses, naming ``checkpoint.init_from``, a path that is not a params-only checkpoint
+  holding exactly the arrays of ``abstract_params`` with their shapes (reads its metadata
+  only: checked before a run's workdir is written)."""
+  path, key = Path(path).absolute(), "checkpoint.init_from"
   if not path.exists():
-    raise FileNotFoundError(f"checkpoint.init_from={str(path)!r} does not exist")
+    raise UserFileNotFoundError(f"{key}={str(path)!r} does not exist")
+  try:
+    with ocp.StandardCheckpointer() as ckptr:
+      saved = ckptr.metadata(path).item_metadata.tree
+  except Exception as e:  # a run's workdir, a checkpoint step, any other directory
+    raise UserError(
+      f"{key}={str(path)!r} is not a params-only checkpoint ({_one_line(e, 150)}): give the "
+      "directory written by `convert-softmax --out`, `import-hf` (<workdir>/params) or "
+      "`checkpoint.save_params`"
+    ) from None
+  want, got = _shapes(abstract_params), _shapes(saved)
+  if want != got:
+    both = sorted(want.keys() & got.keys())
+    wrong = [f"{k} {got[k]} (model: {want[k]})" for k in both if want[k] != got[k]]
+    parts = [
+      ("missing", sorted(want.keys() - got.keys())),
+      ("not in the model", sorted(got.keys() - want.keys())),
+      ("other shapes", wrong),
+    ]
+    listed = "; ".join(f"{name}: {', '.join(ks[:4])}" for name, ks in parts if ks)
+    raise UserError(
+      f"{key}={str(path)!r} does not hold this model's params ({listed}): give params of the "
+      "same model config"
+    )
+
+
+def _shapes(tree) -> dict[str, tuple[int, ...]]:
+  """``{"blocks/0/attn/q_proj/kernel": shape}``: list indices and the saved metadata's string
+  keys for them ("0") name the same array."""
+
+  def name(path) -> str:
+    return "/".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path)
+
+  return {name(p): tuple(leaf.shape) for p, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def load_params(path: str | Path, abstract_params: dict) -> dict:
+  check_init_from(path, abstract_params)
   with ocp.StandardCheckpointer() as ckptr:
-    return ckptr.restore(path, abstract_params)
+    return ckptr.restore(Path(path).absolute(), abstract_params)
 
 
 def abstract_like(tree, shardings=None):

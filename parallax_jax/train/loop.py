@@ -16,6 +16,7 @@ from parallax_jax.train.checkpoint import (
   Checkpointer,
   CheckpointError,
   abstract_like,
+  check_init_from,
   load_params,
   restore_run_params,
 )
@@ -79,6 +80,8 @@ class Trainer:
         self._lock()
         self._resume_record = (exp.raw.to_dict(), extra, changed)
       else:
+        if exp.checkpoint.init_from:  # a wrong path must not leave a run that refuses the fix
+          check_init_from(exp.checkpoint.init_from, self.program.abstract_state.params)
         run_record.record_start(self.workdir, exp.raw.to_dict(), extra)
         self._lock()
     self.checkpointer = Checkpointer(
