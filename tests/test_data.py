@@ -226,10 +226,12 @@ def test_every_format_loads(tmp_path):
 
 
 def test_source_errors_name_path(tmp_path):
+  """Each raised by ``make_source`` itself (no document read by the caller): before a run's
+  workdir is written."""
+
   def err(source, exc=ValueError, match=None, **kw):
     with pytest.raises(exc, match=match or re.escape(os.path.basename(str(source)))):
-      src = make_source(DataConfig(source=str(source), **kw), BYTE)
-      [src[i] for i in range(len(src))]
+      make_source(DataConfig(source=str(source), **kw), BYTE)
 
   err(tmp_path / "missing.jsonl", FileNotFoundError)
   err(tmp_path / "*.nothing", FileNotFoundError)

@@ -402,4 +402,8 @@ def make_source(cfg: DataConfig, tokenizer) -> DocumentSource:
       f"DataConfig.source={cfg.source!r}: no documents in {shown} "
       f"(format {fmt!r}: files are empty or whitespace-only)"
     )
+  # The first and last documents are read now, so a wrong field or a file that is not what its
+  # format says fails here, before a run's workdir is written, not at the first batch.
+  for index in sorted({0, len(src) - 1}):
+    src[index]
   return src
