@@ -251,3 +251,7 @@ def test_cli_imports_and_errors_in_one_line(tmp_path, capsys):
   bad_head = "--config.model.tied_head_scale=rsqrt_d"
   code, _, err = run_cli(capsys, *args[:-1], str(tmp_path / "w3"), bad_head)
   assert code == 2 and "model.tied_head_scale are fixed by the checkpoint" in one_line_error(err)
+  # the run's data is read by eval, train and generate: a missing file is refused, no run left
+  missing = f"--config.data.source={tmp_path / 'none.txt'}"
+  code, _, err = run_cli(capsys, *args[:-1], str(tmp_path / "w4"), missing)
+  assert code == 2 and "none.txt" in one_line_error(err) and not (tmp_path / "w4").exists()
