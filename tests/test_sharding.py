@@ -67,6 +67,14 @@ def test_strategy_matches_single_device(strategy, attention, single):
     assert np.max(np.abs(g - g1)) <= 1e-5 * scale, jax.tree_util.keystr(path)
 
 
+@pytest.mark.parametrize("strategy", sharding.STRATEGIES)
+@pytest.mark.parametrize("attention", ["parallax", "softmax"])
+def test_softmax_under_cp_says_it_is_not_ring_attention(strategy, attention, caplog):
+  Program(_exp(strategy, attention))
+  said = "ring attention serves Parallax only" in caplog.text
+  assert said == (strategy == "cp" and attention == "softmax"), caplog.text
+
+
 @pytest.mark.parametrize(
   "strategy,expect",
   [

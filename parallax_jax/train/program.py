@@ -11,6 +11,8 @@ constraints).
 
 from __future__ import annotations
 
+import logging
+
 import jax
 import jax.numpy as jnp
 
@@ -25,6 +27,8 @@ from parallax_jax.train.step import (
   make_train_step,
   model_graphdef,
 )
+
+log = logging.getLogger("parallax_jax")
 
 
 class Program:
@@ -49,6 +53,14 @@ class Program:
     self.batch_sharding = sharding.batch_sharding(self.rules, model.axes.batch)
     sharding.check_rows_per_process(self.batch_sharding, exp.train.batch_size, exp.train.seq_len)
     prepare = sharding.sequence_layout(self.rules, model.uses_r)
+    if not model.uses_r and self.rules.axes(model.axes.length) is not None:
+      log.warning(  # said, not silent: a cp comparison of softmax is not ring attention
+        "model.attention=%s with the sequence sharded (%s): its attention gathers each "
+        "row's whole sequence on every device; ring attention serves Parallax only "
+        "(docs/design.md §9.1)",
+        model.attention,
+        exp.sharding.strategy,
+      )
     self._init = jax.jit(
       lambda seed: init_state(model, self.tx, seed), out_shardings=self.state_sharding
     )
