@@ -171,6 +171,32 @@ def test_eval_of_a_missing_or_empty_workdir_is_one_line_and_creates_nothing(tmp_
   assert list(empty.iterdir()) == []
 
 
+def test_runs_and_sweeps_keep_out_of_each_others_workdirs(tmp_path, capsys):
+  """A run trained (or read) in a sweep's directory, or a sweep in a run's, is refused before
+  anything is written."""
+  w = tmp_path / "run"
+  assert (
+    _main(capsys, "train", "--config", TINY, "--workdir", str(w), *SMALL, "--config.train.steps=2")[
+      0
+    ]
+    == 0
+  )
+  s = tmp_path / "sweep"
+  s.mkdir()
+  (s / "sweep.json").write_text("{}")
+  before = _snapshot(tmp_path)
+  smoke = str(ROOT / "configs" / "sweeps" / "smoke.py")
+  for argv, says in [
+    (["train", "--config", TINY, "--workdir", str(s), *SMALL], "holds a sweep"),
+    (["eval", "--workdir", str(s)], "holds a sweep"),
+    (["sweep", "--config", smoke, "--workdir", str(w)], "holds a run"),
+    (["sweep", "--config", smoke, "--workdir", str(w), "--dry-run"], "holds a run"),
+  ]:
+    code, _, err = _main(capsys, *argv)
+    assert code == 2 and says in _error(err), argv
+  assert _snapshot(tmp_path) == before
+
+
 def test_key_table_covers_the_config():
   from parallax_jax.train.config_keys import KEYS, flatten
   from parallax_jax.train.defaults import base_config

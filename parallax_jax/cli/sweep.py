@@ -12,9 +12,11 @@ def _sweep(args) -> int:
   from parallax_jax.sweeps.config import load_sweep, select_points
   from parallax_jax.sweeps.runner import SweepStopped, run_sweep
   from parallax_jax.train.preemption import EXIT_PREEMPTED
+  from parallax_jax.train.run_record import check_holds_no_other_kind
 
   if args.parallel < 1:  # checked before the sweep loads: a typo costs nothing
     raise UserError(f"--parallel must be >= 1, got {args.parallel}")
+  check_holds_no_other_kind(args.workdir, "sweep")
   if args.collect:
     return _sweep_collect(args)
   sweep = select_points(load_sweep(args.config, args.workdir), args.points)

@@ -42,6 +42,7 @@ from parallax_jax.sweeps import report as sweep_report
 from parallax_jax.sweeps.config import Point, Sweep, describe, write_inline_base
 from parallax_jax.train.metrics import read_metrics
 from parallax_jax.train.preemption import EXIT_PREEMPTED
+from parallax_jax.train.run_record import SWEEP
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 _ERROR_LINE = re.compile(
@@ -67,9 +68,7 @@ def _write_status(workdir: Path, point: Point, status: dict) -> None:
 
 def write_description(sweep: Sweep, workdir: Path) -> None:
   """``W/sweep.json``: the sweep as run (``config.describe``), beside its points."""
-  (Path(workdir) / "sweep.json").write_text(
-    json.dumps(describe(sweep), indent=2, default=str) + "\n"
-  )
+  (Path(workdir) / SWEEP).write_text(json.dumps(describe(sweep), indent=2, default=str) + "\n")
 
 
 def is_finished(status: dict | None, point: Point) -> bool:

@@ -41,8 +41,26 @@ def _plain(value):
   return json.loads(json.dumps(value, default=str))
 
 
+SWEEP = "sweep.json"  # what `parallax-jax sweep` writes at the top of its workdir
+
+
 def holds_run(workdir: str | Path) -> bool:
   return (Path(workdir) / CONFIG).is_file()
+
+
+def check_holds_no_other_kind(workdir: str | Path, kind: str) -> None:
+  """Refuses a ``kind`` ("run" or "sweep") in a workdir that holds the other kind: a run
+  trained into a sweep's directory (or a sweep into a run's) mixes their files."""
+  w = Path(workdir)
+  if kind == "run" and (w / SWEEP).is_file():
+    raise UserError(
+      f"--workdir {str(w)!r} holds a sweep ({SWEEP}), not a run: its runs are "
+      f"{w / 'points'}/<name>; give one of those, or a new --workdir"
+    )
+  if kind == "sweep" and holds_run(w):
+    raise UserError(
+      f"--workdir {str(w)!r} holds a run ({CONFIG}), not a sweep: give a new --workdir"
+    )
 
 
 def read_history(workdir: str | Path) -> list[dict]:
@@ -69,6 +87,7 @@ def load_run_config(workdir: str | Path) -> ml_collections.ConfigDict:
   workdir = Path(workdir)
   if not workdir.is_dir():
     raise UserFileNotFoundError(f"--workdir {str(workdir)!r} does not exist")
+  check_holds_no_other_kind(workdir, "run")
   if not holds_run(workdir):
     raise UserFileNotFoundError(
       f"--workdir {str(workdir)!r} holds no run (no {CONFIG}); train one there with "
@@ -94,6 +113,7 @@ def check(workdir: str | Path, new: dict, *, reading: bool = False) -> dict[str,
   workdir = Path(workdir)
   if workdir.exists() and not workdir.is_dir():
     raise UserError(f"--workdir {str(workdir)!r} is a file, not a directory")
+  check_holds_no_other_kind(workdir, "run")
   if not holds_run(workdir):
     return {}
   diff = changes(current_config(workdir), new)
