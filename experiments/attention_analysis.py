@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from parallax_jax.analysis import attention_stats
+from parallax_jax.errors import UserError
 from parallax_jax.train.loop import Trainer
 from parallax_jax.train.run_record import load_run_config
 
@@ -127,7 +128,18 @@ def main(argv=None):
       if not sep or not workdir:
         raise SystemExit(f"{flag} must be name=workdir, got {spec!r}")
       runs[name] = (Path(workdir), flag == "--init")
-  results = {name: analyse(w, args.min_row, init) for name, (w, init) in runs.items()}
+  # A run that is not there, or holds no readable checkpoint: one line, before the output.
+  for name, (w, init) in runs.items():
+    try:
+      load_run_config(w)  # every run checked before the first (slow) analysis
+    except UserError as e:
+      p.error(f"{'--init' if init else '--run'} {name}={w}: {e}")
+  results = {}
+  for name, (w, init) in runs.items():
+    try:
+      results[name] = analyse(w, args.min_row, init)
+    except UserError as e:
+      p.error(f"{'--init' if init else '--run'} {name}={w}: {e}")
   record = {
     "what": "effective attention weights of trained models (held-out batches)",
     "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),

@@ -28,3 +28,23 @@ def test_an_existing_output_is_refused_before_anything_runs(tmp_path):
   with pytest.raises(SystemExit, match="exists; pass a new path"):
     memory_main(["--out", str(tmp_path / "m.json")])
   assert (tmp_path / "m.json").read_text() == "{}"
+
+
+def test_a_missing_run_is_a_one_line_error_before_any_output(tmp_path, capsys):
+  import pytest
+
+  from experiments.attention_analysis import main
+
+  missing = tmp_path / "no_such_run"
+  with pytest.raises(SystemExit) as exit_:
+    main(["--run", f"x={missing}", "--out", str(tmp_path / "a")])
+  err = capsys.readouterr().err
+  assert exit_.value.code == 2 and "Traceback" not in err
+  assert (
+    err.strip()
+    .splitlines()[-1]
+    .endswith(  # argparse's: "<prog>: error: ..."
+      f": error: --run x={missing}: --workdir {str(missing)!r} does not exist"
+    )
+  )
+  assert list(tmp_path.iterdir()) == []

@@ -153,6 +153,31 @@ def test_train_dry_run_reports_and_writes_nothing(tmp_path, capsys):
   assert f"workdir: {workdir} holds no run" in out
 
 
+def test_no_compile_without_dry_run_is_refused_before_training(tmp_path, capsys):
+  """``--no-compile`` only shapes the dry run: alone, it trained (and compiled) as if absent."""
+  workdir = tmp_path / "w"
+  argv = ["train", "--no-compile", "--config", TINY, "--workdir", str(workdir)]
+  code, out, err = run_cli(capsys, *argv, "--config.train.steps=1")
+  line = one_line_error(err)
+  assert code == 2 and out == "" and "--no-compile applies only with --dry-run" in line
+  assert not workdir.exists()
+
+
+def test_config_with_a_trained_tokenizer_leaves_no_file(tmp_path, capsys, monkeypatch):
+  """``config`` (and a dry run without --workdir) trains the BPE into a private temporary
+  file, since worker processes reload it from there: it goes with the tokenizer."""
+  import gc
+  import tempfile
+
+  monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+  code, out, _ = run_cli(
+    capsys, "config", "--config", TINY, "--config.data.tokenizer=train:bpe:300"
+  )
+  assert code == 0 and "nothing compiled or written" in out and "parallax_tokenizer_" in out
+  gc.collect()
+  assert list(tmp_path.iterdir()) == []
+
+
 def test_train_help_points_to_config_and_dry_run(capsys):
   code, out, _ = run_cli(capsys, "train", "--help")
   assert code == 0
@@ -219,9 +244,21 @@ def test_demo_runs_the_op(capsys):
   assert code == 0 and out.rstrip().endswith("OK") and "max rel err" in out
 
 
-def test_compare_sharding_refuses_an_unknown_strategy_before_running(tmp_path, capsys):
+@pytest.mark.parametrize(
+  "argv,match",
+  [
+    (["--strategies", "dp,zero3"], r"--strategies: unknown \['zero3'\]; known: dp, fsdp"),
+    # 0 timed steps printed made-up timings; -1 failed with an IndexError, leaving the workdir.
+    (["--steps", "0"], r"--steps must be >= 1 \(timed steps after the first\), got 0"),
+    (["--steps", "-1"], "--steps must be >= 1 .*got -1"),
+    (["--devices", "0"], "--devices: every count must be >= 1, got '0'"),
+    (["--devices", ""], "--devices must be a comma list of integers, got ''"),
+  ],
+  ids=["strategy", "steps-0", "steps-negative", "devices-0", "devices-empty"],
+)
+def test_compare_sharding_refuses_a_wrong_flag_before_running(tmp_path, capsys, argv, match):
   workdir = tmp_path / "cmp"
-  argv = ["compare-sharding", "--config", TINY, "--workdir", str(workdir)]
-  code, _, err = run_cli(capsys, *argv, "--strategies", "dp,zero3")
-  assert code == 2 and "--strategies: unknown ['zero3']; known: dp, fsdp" in one_line_error(err)
+  base = ["compare-sharding", "--config", TINY, "--workdir", str(workdir), "--strategies", "dp"]
+  code, out, err = run_cli(capsys, *base, *argv)  # the last --strategies counts
+  assert code == 2 and out == "" and re.search(match, one_line_error(err))
   assert not workdir.exists()

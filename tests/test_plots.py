@@ -2,9 +2,13 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+from cli_runner import one_line_error, run_cli
 
 from parallax_jax.cli import main
 from parallax_jax.train.plots import curves_figure, run_labels
@@ -65,3 +69,30 @@ def test_plot_of_a_directory_without_metrics_is_a_one_line_error(tmp_path):
     f"parallax-jax: error: --workdir {tmp_path} has no metrics.jsonl: not a training run"
   )
   assert sorted(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+  "out,match",
+  [
+    # matplotlib raised "Format 'txt' is not supported" (a traceback).
+    ("curves.txt", r"'\S*curves.txt': extension .txt is not an image format; .*png, .*svg"),
+    # It wrote curvesX.png, and the command printed "wrote curvesX".
+    ("curvesX", r"'\S*curvesX': no extension; .*give one of .*png.* \(e.g. '\S*curvesX.png'\)"),
+    ("adir", r"'\S*adir' is a directory; give a file, e.g. '\S*adir/plot.png'"),
+  ],
+  ids=["unsupported", "no-extension", "directory"],
+)
+def test_plot_refuses_an_out_it_would_not_write_as_named(tmp_path, capsys, out, match):
+  a = _run(tmp_path / "a", 4.0)
+  (tmp_path / "adir").mkdir()
+  before = sorted(tmp_path.rglob("*"))
+  code, printed, err = run_cli(capsys, "plot", "--workdir", str(a), "--out", str(tmp_path / out))
+  assert code == 2 and printed == "" and re.search(match, one_line_error(err))
+  assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_plot_prints_the_file_it_wrote(tmp_path, capsys):
+  a = _run(tmp_path / "a", 4.0)
+  code, printed, _ = run_cli(capsys, "plot", "--workdir", str(a), "--out", str(tmp_path / "c.SVG"))
+  assert code == 0 and printed.strip() == f"wrote {tmp_path / 'c.SVG'}"
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "c.SVG"]

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
+from cli_runner import run_cli
 
 from parallax_jax import cli
 
@@ -155,6 +156,92 @@ def test_a_url_workdir_is_refused_before_anything_is_written(tmp_path, capsys, m
   err = capsys.readouterr().err
   assert exit_.value.code == 2 and "'gs://bucket/run' is a URL" in err and "Traceback" not in err
   assert list(tmp_path.iterdir()) == []
+
+
+SMOKE = str(ROOT / "configs" / "sweeps" / "smoke.py")
+# Every command's directory argument (the last flag), and plot's file --out.
+_DIR_ARGS = {
+  "train": ["train", "--config", TINY, *SMALL, "--config.train.steps=2", "--workdir"],
+  "dry-run": ["train", "--dry-run", "--no-compile", "--config", TINY, "--workdir"],
+  "eval": ["eval", "--workdir"],
+  "generate": ["generate", "--prompt", "x", "--workdir"],
+  "sweep": ["sweep", "--config", SMOKE, "--workdir"],
+  "compare": ["compare-sharding", "--config", TINY, "--strategies", "dp", "--workdir"],
+  "import-hf": ["import-hf", "--from", "hf/x", "--workdir"],
+  "export-out": ["export-hf", "--workdir", "runs/x", "--out"],
+  "convert-out": ["convert-softmax", "--workdir", "runs/x", "--out"],
+  "plot-workdir": ["plot", "--workdir"],
+}
+_BAD_PATHS = {  # what the path is, and the refusal it gets
+  "empty": ("", "'' is an empty path; name one"),
+  "under-a-file": ("afile/sub", "'afile/sub' lies under 'afile', which is a file, not a dir"),
+  "a-file": ("afile", "'afile' is a file, not a directory"),
+}
+
+
+@pytest.mark.parametrize(
+  "argv,path,match",
+  [
+    *[
+      pytest.param(argv, path, match, id=f"{name}-{kind}")
+      for name, argv in _DIR_ARGS.items()
+      for kind, (path, match) in _BAD_PATHS.items()
+    ],
+    # A file --out may be an existing file (it is replaced), not under one.
+    pytest.param(
+      ["plot", "--workdir", "runs/x", "--out"], "", "'' is an empty path", id="plot-out-empty"
+    ),
+    pytest.param(
+      ["plot", "--workdir", "runs/x", "--out"],
+      "afile/p.png",
+      "'afile/p.png' lies under 'afile', which is a file",
+      id="plot-out-under-a-file",
+    ),
+  ],
+)
+def test_an_empty_path_or_one_under_a_file_is_refused_before_anything_is_written(
+  tmp_path, capsys, monkeypatch, argv, path, match
+):
+  """``--workdir ""`` trained into the current directory; a path under a file ended in
+  NotADirectoryError / FileExistsError tracebacks (or a dry run saying it would train there)."""
+  monkeypatch.chdir(tmp_path)
+  (tmp_path / "afile").write_text("a file\n")
+  code, out, err = run_cli(capsys, *argv, path)
+  assert code == 2 and out == "" and match in err and "Traceback" not in err, err
+  assert [p.name for p in tmp_path.iterdir()] == ["afile"]
+  assert (tmp_path / "afile").read_text() == "a file\n"
+
+
+def test_a_finished_run_dry_run_predicts_nothing_and_convert_softmax_refusals(tmp_path, capsys):
+  """The dry run said a finished run would resume (and record config changes) where training
+  does nothing; convert-softmax ended in Orbax / FileNotFoundError tracebacks."""
+  w = tmp_path / "run"
+  train = ["train", "--config", TINY, "--workdir", str(w), *SMALL, "--config.train.steps=2"]
+  train += ["--config.model.attention=softmax"]
+  assert _main(capsys, *train)[0] == 0
+  before = _snapshot(w)
+  code, out, _ = _main(capsys, *train, "--config.train.log_every=1")
+  assert code == 0 and "already finished at step 2" in out and "nothing to do" in out
+  dry = [*train, "--dry-run", "--no-compile", "--config.train.log_every=1"]
+  code, out, _ = _main(capsys, *dry)
+  line = next(x for x in out.splitlines() if x.startswith("workdir: "))
+  assert code == 0 and line == (
+    f"workdir: {w} holds a run finished at step 2 (train.steps 2): training would do nothing "
+    "and record nothing; raise --config.train.steps to train further"
+  )
+  code, out, _ = _main(capsys, *dry, "--config.train.steps=3")
+  assert code == 0 and "training would resume it" in out and "train.steps 2 -> 3" in out
+  assert _snapshot(w) == before
+
+  convert = ["convert-softmax", "--workdir", str(w), "--out"]
+  code, _, err = _main(capsys, *convert, str(tmp_path / "p"), "--step", "3")
+  assert code == 2 and "--step 3:" in _error(err) and "holds steps [2]" in _error(err)
+  (tmp_path / "taken").mkdir()
+  code, _, err = _main(capsys, *convert, str(tmp_path / "taken"))
+  assert code == 2 and f"--out {str(tmp_path / 'taken')!r} already exists" in _error(err)
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "taken"]
+  assert list((tmp_path / "taken").iterdir()) == []
+  assert _snapshot(w) == before
 
 
 def test_eval_of_a_missing_or_empty_workdir_is_one_line_and_creates_nothing(tmp_path, capsys):

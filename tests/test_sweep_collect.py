@@ -88,3 +88,23 @@ def test_collect_from_a_folder_without_points_is_a_one_line_error(tmp_path, caps
   assert _collect(tmp_path / "results", tmp_path) == 2
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and "no points/ folder there" in err[0]
+
+
+def test_collect_into_a_new_workdir_creates_it_and_a_refused_one_writes_nothing(tmp_path, capsys):
+  """Collecting nothing into a new workdir ended in FileNotFoundError (sweep.json written
+  before the workdir existed); a source without points/ after a good one was refused after the
+  good one's points were copied."""
+  first, second = load_sweep(SMOKE).points
+  src, out = tmp_path / "returned", tmp_path / "results"
+  _point(src, first.name, "another config", first.steps)
+  assert _collect(out, src) == 1
+  assert "trained with a different config" in capsys.readouterr().out
+  assert _statuses(out) == {first.name: "pending", second.name: "pending"}
+  assert json.loads((out / "sweep.json").read_text())
+
+  good, new = tmp_path / "good", tmp_path / "new"
+  _point(good, second.name, second.fingerprint(), second.steps)
+  assert _collect(new, good, tmp_path / "nothing_here") == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and "nothing_here: no points/ folder there" in err[0]
+  assert not new.exists()

@@ -241,6 +241,8 @@ def compare_sharding(
 ):
   """Every strategy (on the first ``n`` devices for each of ``device_counts``; default: all
   devices); writes the CSV and the charts, returns the rows (a failed run: its error)."""
+  if steps < 1:  # no timed step: the timings would be made up
+    raise UserError(f"--steps must be >= 1 (timed steps after the first), got {steps}")
   available = jax.device_count()
   counts = list(device_counts or [available])
   bad = [n for n in counts if not 1 <= n <= available]

@@ -15,15 +15,40 @@ The table of keys is parallax_jax/train/config_keys.py.
 def local_path(text: str) -> str:
   """argparse ``type`` of every ``--workdir`` / ``--out``: a path of this machine's file system.
   Runs, their locks, logs and plots are written with ordinary file calls, so a URL
-  (``gs://bucket/run``) would become a local directory named ``gs:`` instead."""
+  (``gs://bucket/run``) would become a local directory named ``gs:`` instead. An empty path
+  (the current directory, silently) and one under an existing file (no directory can be made
+  there) are refused too. A directory argument takes ``local_dir``."""
   import argparse
   import re
+  from pathlib import Path
 
   if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", text):
     raise argparse.ArgumentTypeError(
       f"{text!r} is a URL; give a path of this machine's file system (for several hosts, one "
       "every host mounts, e.g. NFS / Filestore, or a bucket through gcsfuse)"
     )
+  if not text.strip():
+    raise argparse.ArgumentTypeError(
+      f"{text!r} is an empty path; name one (e.g. runs/NAME; '.' for the current directory)"
+    )
+  for parent in Path(text).parents:
+    if parent.exists() and not parent.is_dir():
+      raise argparse.ArgumentTypeError(
+        f"{text!r} lies under {str(parent)!r}, which is a file, not a directory; give a path "
+        "outside it"
+      )
+  return text
+
+
+def local_dir(text: str) -> str:
+  """argparse ``type`` of a directory argument (``--workdir``, a directory ``--out``):
+  ``local_path``, and not an existing file."""
+  import argparse
+  import os
+
+  text = local_path(text)
+  if os.path.exists(text) and not os.path.isdir(text):
+    raise argparse.ArgumentTypeError(f"{text!r} is a file, not a directory; give a directory")
   return text
 
 

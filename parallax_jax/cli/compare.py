@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from parallax_jax.cli.common import load_and_initialize, local_path
+from parallax_jax.cli.common import load_and_initialize, local_dir
 from parallax_jax.errors import UserError
 
 
@@ -14,12 +14,16 @@ def _compare(args) -> int:
   unknown = [s for s in strategies if s not in STRATEGIES]
   if unknown:  # checked before the config loads and anything compiles: a typo costs nothing
     raise UserError(f"--strategies: unknown {unknown}; known: {', '.join(STRATEGIES)}")
+  if args.steps < 1:  # 0 would time no step at all (and print made-up timings)
+    raise UserError(f"--steps must be >= 1 (timed steps after the first), got {args.steps}")
   counts = None
-  if args.devices:  # checked before the config loads: a typo costs nothing
+  if args.devices is not None:  # checked before the config loads: a typo costs nothing
     try:
       counts = [int(n) for n in args.devices.split(",")]
     except ValueError:
       raise UserError(f"--devices must be a comma list of integers, got {args.devices!r}") from None
+    if any(n < 1 for n in counts):
+      raise UserError(f"--devices: every count must be >= 1, got {args.devices!r}")
   cfg = load_and_initialize(args.config, args.overrides)
   rows = compare_sharding(
     cfg,
@@ -39,7 +43,7 @@ def add_compare(sub, common):
     help="run the same steps under each sharding strategy; CSV + chart",
   )
   cs.add_argument("--config", required=True)
-  cs.add_argument("--workdir", type=local_path, required=True)
+  cs.add_argument("--workdir", type=local_dir, required=True)
   cs.add_argument("--strategies", default="dp,fsdp,tp,fsdp_tp,cp")
   cs.add_argument("--steps", type=int, default=3, help="timed steps after the first")
   cs.add_argument("--synthetic", action="store_true", help="random tokens instead of data")

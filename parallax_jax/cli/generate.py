@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from parallax_jax.cli.common import local_path
+from parallax_jax.cli.common import local_dir
 from parallax_jax.errors import UserError
 
 
@@ -51,7 +51,7 @@ def add_generate(sub, common):
     "trained with an explicit GPU kernel generate on another backend.",
   )
   ge.add_argument(
-    "--workdir", type=local_path, required=True, help="run directory (parallax-jax train)"
+    "--workdir", type=local_dir, required=True, help="run directory (parallax-jax train)"
   )
   ge.add_argument("--prompt", action="append", default=[], help="prompt text (repeat for a batch)")
   ge.add_argument("--prompts-file", default=None, help="one prompt per non-empty line")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from parallax_jax.cli.common import CONFIG_HELP, local_path
+from parallax_jax.cli.common import CONFIG_HELP, local_dir
 
 
 def _import_hf(args) -> int:
@@ -66,7 +66,7 @@ def add_import_hf(sub, common):
     formatter_class=argparse.RawDescriptionHelpFormatter,
   )
   ih.add_argument("--from", dest="src", required=True, help="Hugging Face model directory")
-  ih.add_argument("--workdir", type=local_path, required=True, help="new (or empty) run directory")
+  ih.add_argument("--workdir", type=local_dir, required=True, help="new (or empty) run directory")
   ih.add_argument(
     "--attention",
     choices=("parallax", "softmax"),
@@ -102,9 +102,9 @@ def add_export_hf(sub, common):
     "head_dim = d_model; its q/r/k norms use eps 1e-5).",
   )
   eh.add_argument(
-    "--workdir", type=local_path, required=True, help="run directory (train or import-hf)"
+    "--workdir", type=local_dir, required=True, help="run directory (train or import-hf)"
   )
-  eh.add_argument("--out", type=local_path, required=True, help="new or empty directory to write")
+  eh.add_argument("--out", type=local_dir, required=True, help="new or empty directory to write")
   eh.add_argument(
     "--format", choices=("qwen3", "fla-parallax"), default="qwen3", help="default: qwen3"
   )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from parallax_jax.cli.common import local_path
+from parallax_jax.cli.common import local_dir
 from parallax_jax.errors import UserError
 
 
@@ -53,6 +53,7 @@ def _sweep_collect(args) -> int:
   only = [p.name for p in select_points(sweep, args.points).points] if args.points else None
   collected, refused = collect_points(sweep, args.workdir, args.collect, only=only)
   workdir = Path(args.workdir)
+  workdir.mkdir(parents=True, exist_ok=True)  # a new one: the sources were checked above
   write_description(sweep, workdir)
   rows = report.write_all(sweep, workdir)
   finished = sum(r["status"] == "finished" for r in rows)
@@ -74,7 +75,7 @@ def add_sweep(sub, common):
     "W/results.csv, W/results.md, W/loss_curves.png and W/metric_vs_<axis>.png.",
   )
   sw.add_argument("--config", required=True, help="sweep file (configs/sweeps/<name>.py)")
-  sw.add_argument("--workdir", type=local_path, required=True)
+  sw.add_argument("--workdir", type=local_dir, required=True)
   sw.add_argument(
     "--parallel", type=int, default=1, help="points at once (one accelerator each if several)"
   )

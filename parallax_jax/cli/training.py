@@ -6,7 +6,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from parallax_jax.cli.common import CONFIG_HELP, initialize, load_and_initialize, local_path
+from parallax_jax.cli.common import (
+  CONFIG_HELP,
+  initialize,
+  load_and_initialize,
+  local_dir,
+  local_path,
+)
 from parallax_jax.errors import UserError
 
 
@@ -14,6 +20,8 @@ def _train(args) -> int:
   from parallax_jax.train.loop import NonFiniteLossError, train
   from parallax_jax.train.preemption import EXIT_PREEMPTED, Preempted
 
+  if args.no_compile and not args.dry_run:  # it would train, compiling, as if not given
+    raise UserError("train: --no-compile applies only with --dry-run; add --dry-run or drop it")
   if args.dry_run:
     return _dry_run(args)
   if args.workdir is None:
@@ -112,8 +120,9 @@ def _plot(args) -> int:
   from pathlib import Path
 
   from parallax_jax.errors import UserFileNotFoundError
-  from parallax_jax.train.plots import plot_runs, run_labels
+  from parallax_jax.train.plots import check_image_path, plot_runs, run_labels
 
+  check_image_path(args.out)  # before any run is read: the file written is the one named
   workdirs = [Path(w) for w in args.workdir]
   for w in workdirs:
     if not (w / "metrics.jsonl").is_file():
@@ -123,11 +132,8 @@ def _plot(args) -> int:
 
 
 def _convert(args) -> int:
-  from parallax_jax.train import run_record
   from parallax_jax.train.convert import convert_softmax_to_parallax
 
-  run_record.load_run_config(args.workdir)  # one-line errors for a workdir that holds no run
-  run_record.require_checkpoints(args.workdir)
   out = convert_softmax_to_parallax(args.workdir, args.out, step=args.step)
   print(
     f"wrote {out}; train from it with --config.model.attention=parallax "
@@ -149,7 +155,7 @@ def add_train(sub, common):
   )
   tr.add_argument("--config", required=True, help="config file with get_config()")
   tr.add_argument(
-    "--workdir", type=local_path, help="run directory: checkpoints, metrics, config record"
+    "--workdir", type=local_dir, help="run directory: checkpoints, metrics, config record"
   )
   tr.add_argument(
     "--dry-run",
@@ -183,7 +189,7 @@ def add_eval(sub, common):
     parents=[common],
     help="held-out loss/perplexity of a workdir's latest checkpoint (writes nothing there)",
   )
-  ev.add_argument("--workdir", type=local_path, required=True)
+  ev.add_argument("--workdir", type=local_dir, required=True)
   ev.add_argument("--config", default=None, help="default: the run's own config")
   ev.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
   ev.set_defaults(fn=_eval, takes_overrides=True)
@@ -197,10 +203,13 @@ def add_plot(sub, common):
     description="Reads each workdir's metrics.jsonl and writes nothing into the runs.",
   )
   pl.add_argument(
-    "--workdir", type=local_path, required=True, nargs="+", help="one or more run workdirs"
+    "--workdir", type=local_dir, required=True, nargs="+", help="one or more run workdirs"
   )
   pl.add_argument(
-    "--out", type=local_path, default="plot.png", help="PNG to write (default: ./plot.png)"
+    "--out",
+    type=local_path,
+    default="plot.png",
+    help="image file to write, its format from its extension (default: ./plot.png)",
   )
   pl.set_defaults(fn=_plot)
 
@@ -211,9 +220,12 @@ def add_convert(sub, common):
     parents=[common],
     help="softmax checkpoint -> Parallax params (r_proj zero-initialised)",
   )
-  cv.add_argument("--workdir", type=local_path, required=True, help="workdir of a softmax run")
+  cv.add_argument("--workdir", type=local_dir, required=True, help="workdir of a softmax run")
   cv.add_argument(
-    "--out", type=local_path, required=True, help="where to write the params checkpoint"
+    "--out",
+    type=local_dir,
+    required=True,
+    help="new path for the params checkpoint (must not exist)",
   )
   cv.add_argument("--step", type=int, default=None, help="default: latest")
   cv.set_defaults(fn=_convert)

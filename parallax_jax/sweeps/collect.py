@@ -60,12 +60,14 @@ def collect_points(
   known = {p.name: p for p in sweep.points}
   only = None if only is None else set(only)
   collected, refused = [], []
-  for source in map(Path, sources):
+  sources = [Path(s) for s in sources]
+  for source in sources:  # every source before anything is copied: a refusal writes nothing
     if not (source / "points").is_dir():
       raise UserError(
         f"--collect {source}: no points/ folder there; pass a sweep workdir (the folder "
         "that holds points/<name>/)"
       )
+  for source in sources:
     for src in sorted(d for d in (source / "points").iterdir() if d.is_dir()):
       if only is not None and src.name in known and src.name not in only:
         log(f"[collect] {src.name}: not among --points, skipped")

@@ -8,19 +8,13 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 from pathlib import Path
 
-import jax
 import jax.numpy as jnp
-import ml_collections
 
-from parallax_jax.errors import UserError, UserFileNotFoundError
+from parallax_jax.errors import UserError
 from parallax_jax.model import ModelConfig
-from parallax_jax.train.checkpoint import Checkpointer, abstract_like, save_params
-from parallax_jax.train.config import CheckpointConfig
-from parallax_jax.train.optimizer import OptimizerConfig, make_optimizer
-from parallax_jax.train.step import init_state
+from parallax_jax.train.checkpoint import restore_run_params, save_params
 
 
 def add_zero_r(params: dict, cfg: ModelConfig) -> dict:
@@ -39,24 +33,30 @@ def add_zero_r(params: dict, cfg: ModelConfig) -> dict:
 def convert_softmax_to_parallax(
   workdir: str | Path, out: str | Path, step: int | None = None
 ) -> Path:
-  workdir = Path(workdir)
-  record = json.loads((workdir / "config.json").read_text())
-  cfg = ml_collections.ConfigDict(record["config"])
-  model = ModelConfig.from_dict(cfg.model.to_dict())
-  if model.attention != "softmax":
-    raise UserError(
-      f"--workdir {str(workdir)!r} holds a {model.attention!r} model; convert-softmax needs a "
-      "run trained with model.attention='softmax'"
-    )
-  tx, _ = make_optimizer(OptimizerConfig.from_dict(cfg.optimizer.to_dict()), cfg.train.steps)
-  abstract = abstract_like(jax.eval_shape(lambda: init_state(model, tx, 0)))
-  ckpt = Checkpointer(workdir / "checkpoints", CheckpointConfig(async_save=False))
-  if ckpt.latest_step() is None:
-    raise UserFileNotFoundError(f"no checkpoint in {workdir / 'checkpoints'}")
-  state, _ = ckpt.restore(abstract, step)
-  ckpt.close()
-  parallax = dataclasses.replace(model.with_attention("parallax"), r_init="zeros")
-  params = add_zero_r(state.params, parallax)
+  """Writes the Parallax params of ``workdir``'s softmax checkpoint ``step`` (default: the
+  newest readable) as a params-only checkpoint at ``out``, a path that does not exist yet.
+  Reads the params alone (the run is not changed); a ``UserError`` names a wrong argument."""
+  from parallax_jax.train import run_record
+  from parallax_jax.train.config import resolve
+
+  if step is not None and (isinstance(step, bool) or not isinstance(step, int) or step < 0):
+    raise UserError(f"--step must be an int >= 0 (a saved checkpoint's step), got {step!r}")
   out = Path(out).absolute()
-  save_params(out, params)
+  if out.exists():  # checked before the checkpoint is read: Orbax would refuse it at the end
+    raise UserError(
+      f"--out {str(out)!r} already exists; convert-softmax writes a new checkpoint directory: "
+      "give a path that does not exist"
+    )
+  workdir = Path(workdir)
+  cfg = run_record.load_run_config(workdir)  # one-line errors for a workdir that holds no run
+  exp = resolve(cfg)
+  if exp.model.attention != "softmax":
+    raise UserError(
+      f"--workdir {str(workdir)!r} holds a {exp.model.attention!r} model; convert-softmax needs "
+      "a run trained with model.attention='softmax'"
+    )
+  run_record.require_checkpoints(workdir)
+  _, params = restore_run_params(workdir, exp, step)  # a step not held: the steps held, listed
+  parallax = dataclasses.replace(exp.model.with_attention("parallax"), r_init="zeros")
+  save_params(out, add_zero_r(params, parallax))
   return out

@@ -6,8 +6,10 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import tempfile
 import time
+import weakref
 from pathlib import Path
 
 import jax
@@ -148,9 +150,17 @@ class TrainData:
       return tokenizers.load_trained(spec_text, self.workdir)
     # A dry run (no workdir) or another host (training is deterministic: the same tokenizer):
     # a private file, since `HFTokenizer` reloads from its path in worker processes.
-    path = Path(tempfile.mkdtemp(prefix="parallax_tokenizer_")) / tokenizers.TRAINED_FILE
-    tok.save(str(path))
-    return tokenizers.HFTokenizer(str(path))
+    # It is removed with the tokenizer (or at exit): `config` and a dry run leave nothing.
+    directory = tempfile.mkdtemp(prefix="parallax_tokenizer_")
+    path = Path(directory) / tokenizers.TRAINED_FILE
+    try:
+      tok.save(str(path))
+      loaded = tokenizers.HFTokenizer(str(path))
+    except BaseException:
+      shutil.rmtree(directory, ignore_errors=True)
+      raise
+    weakref.finalize(loaded, _remove_private_dir, directory, os.getpid())
+    return loaded
 
   def _dataset(self, split):
     """The train split: this process's share of the documents, ``local_batch`` rows a batch.
@@ -223,6 +233,13 @@ class TrainData:
           return
         last = {k: np.zeros_like(v) for k, v in last.items()}
       yield last
+
+
+def _remove_private_dir(directory: str, owner_pid: int) -> None:
+  """Removes a trained tokenizer's private directory, in the process that made it only (a
+  forked worker inherits the finalizer, and the file is still read by its parent)."""
+  if os.getpid() == owner_pid:
+    shutil.rmtree(directory, ignore_errors=True)
 
 
 def _same_on_every_process(kind: str, what: dict) -> None:

@@ -87,6 +87,14 @@ def workdir_line(workdir: str | Path, cfg: ml_collections.ConfigDict) -> str:
   diff = run_record.check(workdir, cfg.to_dict())
   if not run_record.holds_run(workdir):
     return f"workdir: {workdir} holds no run: training would start one there"
+  from parallax_jax.train.loop import finished_step
+
+  if (done := finished_step(cfg, workdir)) is not None:  # what `train` checks first
+    return (
+      f"workdir: {workdir} holds a run finished at step {done} (train.steps "
+      f"{cfg.train.steps}): training would do nothing and record nothing; raise "
+      "--config.train.steps to train further"
+    )
   step = run_record.latest_step(workdir)
   changed = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in diff.items()) or "none"
   return (

@@ -231,17 +231,27 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | Path) -> dict:
   or writing anything; if they do not, the run resumes from its newest readable step (the
   damaged one moved aside) and trains to ``train.steps`` again."""
   run_record.check(workdir, cfg.to_dict())  # a config the run cannot take: refused first
+  latest = finished_step(cfg, workdir)
+  if latest is not None:
+    return {"start_step": latest, "final_step": latest, "already_finished": True}
+  return Trainer(cfg, workdir).run()
+
+
+def finished_step(cfg: ml_collections.ConfigDict, workdir: str | Path) -> int | None:
+  """The step of ``workdir``'s run if it is finished for ``cfg``: its newest checkpoint at
+  ``train.steps`` or beyond, with params that read back intact (checksums included); else None
+  (``train`` trains). Reads only; ``train --dry-run`` predicts with it."""
   checkpoints = Checkpointer(Path(workdir) / "checkpoints", CheckpointConfig(), read_only=True)
   latest = checkpoints.latest_step()
   checkpoints.close()
-  if latest is not None and latest >= cfg.train.steps:
-    try:
-      restore_run_params(workdir, resolve(cfg), latest)
-    except CheckpointError as e:
-      log.error("the finished run's final checkpoint is damaged (%s); training again", e)
-    else:
-      return {"start_step": latest, "final_step": latest, "already_finished": True}
-  return Trainer(cfg, workdir).run()
+  if latest is None or latest < cfg.train.steps:
+    return None
+  try:
+    restore_run_params(workdir, resolve(cfg), latest)
+  except CheckpointError as e:
+    log.error("the finished run's final checkpoint is damaged (%s); training again", e)
+    return None
+  return latest
 
 
 def evaluate(

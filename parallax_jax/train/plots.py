@@ -56,6 +56,30 @@ def curves_figure(runs: Mapping[str, str | Path]):
   return fig
 
 
+def check_image_path(out: str | Path, flag: str = "--out") -> Path:
+  """``out`` as a path matplotlib writes as named: a ``UserError`` for a directory or an
+  extension it has no format for (none: it would write ``out.png`` instead of ``out``)."""
+  from matplotlib.backend_bases import FigureCanvasBase
+
+  from parallax_jax.errors import UserError
+
+  out = Path(out)
+  if out.is_dir():
+    raise UserError(
+      f"{flag} {str(out)!r} is a directory; give a file, e.g. {str(out / 'plot.png')!r}"
+    )
+  formats = sorted(FigureCanvasBase.get_supported_filetypes())
+  ext = out.suffix[1:].lower()
+  if ext not in formats:
+    what = f"extension .{ext} is not an image format" if ext else "no extension"
+    example = f"{out.parent / out.stem}.png" if ext else f"{out}.png"
+    raise UserError(
+      f"{flag} {str(out)!r}: {what}; the format comes from the extension: give one of "
+      f"{', '.join(formats)} (e.g. {example!r})"
+    )
+  return out
+
+
 def plot_runs(runs: Mapping[str, str | Path], out: str | Path) -> Path:
   """``curves_figure(runs)`` saved as a PNG at ``out``."""
   import matplotlib.pyplot as plt
