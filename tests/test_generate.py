@@ -518,6 +518,7 @@ def _copy_with_config(run2, tmp_path, **changes):
     (lambda run, tmp: run, ["--temperature", "-0.5"], r"temperature=-0.5 \(--temperature\)"),
     (lambda run, tmp: run, ["--top-p", "1.5"], r"top_p=1.5 \(--top-p\)"),
     (lambda run, tmp: run, ["--top-k", "5"], r"--top-k/--top-p .* --temperature 0 .* greedy"),
+    (lambda run, tmp: run, ["--seed", "3"], r"--seed picks .* --temperature 0 .* greedy"),
     (
       lambda run, tmp: run,
       ["--config.model.d_model=96"],
@@ -536,6 +537,7 @@ def _copy_with_config(run2, tmp_path, **changes):
     "temperature",
     "top-p",
     "top-k-greedy",
+    "seed-greedy",
     "fixed-override",
   ],
 )

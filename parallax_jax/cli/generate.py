@@ -24,6 +24,11 @@ def _generate(args) -> int:
       "--top-k/--top-p filter what is sampled, and --temperature 0 (the default) is greedy: "
       "they would change nothing; pass --temperature > 0 (e.g. 0.8) to sample"
     )
+  if sampling.greedy and args.seed is not None:
+    raise UserError(
+      "--seed picks the samples, and --temperature 0 (the default) is greedy: it would change "
+      "nothing; pass --temperature > 0 (e.g. 0.8) to sample, or drop --seed"
+    )
   texts = read_prompts(args.prompt, args.prompts_file)
   run = load_run(args.workdir, args.step, args.overrides)
   result = generate_text(
@@ -31,7 +36,7 @@ def _generate(args) -> int:
     texts,
     max_new_tokens=args.max_new_tokens,
     sampling=sampling,
-    seed=args.seed,
+    seed=0 if args.seed is None else args.seed,
     chunk_tokens=args.chunk_tokens,
     out=sys.stdout,
   )
@@ -61,7 +66,9 @@ def add_generate(sub, common):
   ge.add_argument(
     "--top-p", type=float, default=None, help="nucleus: smallest set with probability >= p"
   )
-  ge.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+  ge.add_argument(
+    "--seed", type=int, default=None, help="sampling seed (default 0; with --temperature > 0)"
+  )
   ge.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
   ge.add_argument(
     "--chunk-tokens", type=int, default=16, help="decode steps per jitted call (default 16)"
