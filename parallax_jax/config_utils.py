@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,10 @@ def import_get_config(path: str | Path, kind: str = "config"):
   if not path.is_file():
     raise UserFileNotFoundError(f"{kind} file {str(path)!r} does not exist")
   spec = importlib.util.spec_from_file_location(f"_parallax_{kind}_{path.stem}", path)
+  if spec is None or spec.loader is None:  # not a Python file (README.md, a JSON file, ...)
+    raise UserError(
+      f"{kind} file {str(path)!r} is not a Python file; give a .py file with get_config()"
+    )
   module = importlib.util.module_from_spec(spec)
   try:
     spec.loader.exec_module(module)
@@ -38,6 +43,53 @@ def import_get_config(path: str | Path, kind: str = "config"):
     raise UserError(
       f"{kind} file {str(path)!r}: get_config() raised {type(e).__name__}: {e}"
     ) from e
+
+
+def require_number(
+  key: str,
+  value,
+  *,
+  at_least: float | None = None,
+  above: float | None = None,
+  below: float | None = None,
+  at_most: float | None = None,
+  integer: bool = False,
+  none: str | None = None,
+) -> None:
+  """Raises ``UserError`` naming ``key`` unless ``value`` is a finite number (``integer``: an
+  int; a bool is neither) within the bounds given; ``none``: None is allowed too, and means
+  this (shown in the message)."""
+  if value is None and none is not None:
+    return
+  if integer:
+    ok, kind = isinstance(value, int) and not isinstance(value, bool), "an int"
+  else:
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    ok, kind = number and math.isfinite(value), "a finite number"
+  lo = "" if at_least is None and above is None else ("[" if above is None else "(")
+  hi = "" if at_most is None and below is None else ("]" if below is None else ")")
+  low = at_least if above is None else above
+  high = at_most if below is None else below
+  if ok:
+    ok = (
+      (at_least is None or value >= at_least)
+      and (above is None or value > above)
+      and (below is None or value < below)
+      and (at_most is None or value <= at_most)
+    )
+  if ok:
+    return
+  if lo and hi:
+    what = f"{kind} in {lo}{low:g}, {high:g}{hi}"
+  elif lo:
+    what = f"{kind} {'>=' if lo == '[' else '>'} {low:g}"
+  elif hi:
+    what = f"{kind} {'<=' if hi == ']' else '<'} {high:g}"
+  else:
+    what = kind
+  if none is not None:
+    what += f" or None ({none})"
+  raise UserError(f"{key} must be {what}, got {value!r}")
 
 
 def from_section(cls, section: str, d: Mapping[str, Any] | Any):

@@ -11,7 +11,10 @@ On TPU pod slices, SLURM and Open MPI, ``jax.distributed.initialize()`` discover
 coordinator, process count and id itself; elsewhere give ``coordinator_address``,
 ``num_processes`` and ``process_id`` (config or ``JAX_COORDINATOR_ADDRESS``,
 ``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID``; jax itself reads only the first, so the other two
-are read here, the config taking precedence).
+are read here, the config taking precedence). A config that itself asks for several processes
+(``num_processes`` > 1 or ``process_id`` > 0) where nothing starts ``jax.distributed`` (mode
+``"never"``, or ``"auto"`` with no coordinator and no multi-process environment) is refused,
+not trained as one process.
 """
 
 from __future__ import annotations
@@ -21,12 +24,13 @@ import logging
 import os
 from collections.abc import Mapping
 
-from parallax_jax.config_utils import from_section
+from parallax_jax.config_utils import from_section, require_number
 from parallax_jax.errors import UserError
 
 log = logging.getLogger("parallax_jax")
 
 MODES = ("auto", "always", "never")
+_ENV = {"num_processes": "JAX_NUM_PROCESSES", "process_id": "JAX_PROCESS_ID"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,8 +41,33 @@ class DistributedConfig:
   process_id: int | None = None
 
   def __post_init__(self):
-    if self.initialize not in MODES:
-      raise ValueError(f"distributed.initialize must be one of {MODES}, got {self.initialize!r}")
+    if not isinstance(self.initialize, str) or self.initialize not in MODES:
+      raise UserError(f"distributed.initialize must be one of {MODES}, got {self.initialize!r}")
+    address = self.coordinator_address
+    if address is not None and (not isinstance(address, str) or not address.strip()):
+      raise UserError(
+        f"distributed.coordinator_address must be 'host:port' or None (from the environment), "
+        f"got {address!r}"
+      )
+    for key, least in (("num_processes", 1), ("process_id", 0)):
+      require_number(
+        f"distributed.{key}",
+        getattr(self, key),
+        at_least=least,
+        integer=True,
+        none=f"from {_ENV[key]} or the cluster",
+      )
+    if self.num_processes is not None and self.process_id is not None:
+      if self.process_id >= self.num_processes:
+        raise UserError(
+          f"distributed.process_id={self.process_id} is not below distributed.num_processes="
+          f"{self.num_processes} (process ids count from 0)"
+        )
+
+  def asks_for_processes(self) -> bool:
+    """Does this config itself say the job has more than one process (a count above 1, or a
+    process id above 0)?"""
+    return (self.num_processes or 1) > 1 or (self.process_id or 0) > 0
 
   @classmethod
   def from_dict(cls, d: Mapping) -> DistributedConfig:
@@ -59,9 +88,6 @@ def multi_process_environment() -> bool:
   if "," in os.environ.get("TPU_WORKER_HOSTNAMES", ""):
     return True
   return _int_env("SLURM_NTASKS") > 1 or _int_env("OMPI_COMM_WORLD_SIZE") > 1
-
-
-_ENV = {"num_processes": "JAX_NUM_PROCESSES", "process_id": "JAX_PROCESS_ID"}
 
 
 def _config_or_env(value: int | None, key: str, least: int) -> int | None:
@@ -89,6 +115,26 @@ def initialize(cfg: DistributedConfig) -> bool:
     cfg.initialize == "auto" and (cfg.coordinator_address or multi_process_environment())
   )
   if not wanted:
+    if cfg.asks_for_processes():
+      # Training alone would silently be another job than the one asked for.
+      asked = ", ".join(
+        f"distributed.{k}={getattr(cfg, k)}"
+        for k in ("num_processes", "process_id")
+        if getattr(cfg, k) is not None
+      )
+      why = (
+        "distributed.initialize='never'"
+        if cfg.initialize == "never"
+        else "no coordinator: neither distributed.coordinator_address nor "
+        "JAX_COORDINATOR_ADDRESS is set, and this is no SLURM, Open MPI or TPU-slice job"
+      )
+      raise UserError(
+        f"{asked} asks for several processes, but nothing starts jax.distributed ({why}), so "
+        "this would train as one process alone; give the coordinator "
+        "(--config.distributed.coordinator_address=HOST:PORT or JAX_COORDINATOR_ADDRESS, with "
+        "distributed.initialize 'auto' or 'always'), or set distributed.num_processes and "
+        "distributed.process_id to None for one process"
+      )
     return False
   kwargs = {
     k: v

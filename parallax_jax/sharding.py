@@ -89,12 +89,30 @@ class ShardingConfig:
   )
 
   def __post_init__(self):
-    if self.strategy not in self.rules:
+    if not isinstance(self.rules, Mapping):
+      raise ValueError(
+        "sharding.rules must be a mapping {strategy: {logical axis: mesh axes}}, got "
+        f"{self.rules!r}"
+      )
+    if not isinstance(self.strategy, str) or self.strategy not in self.rules:
       raise ValueError(
         f"sharding.strategy={self.strategy!r} has no rules; known: {sorted(self.rules)}"
       )
     for name, table in self.rules.items():
+      if not isinstance(table, Mapping):
+        raise ValueError(
+          f"sharding.rules.{name} must be a mapping {{logical axis: mesh axes}}, got {table!r}"
+        )
       for logical, axes in table.items():
+        if not (
+          axes is None
+          or isinstance(axes, str)
+          or (isinstance(axes, list | tuple) and all(isinstance(a, str) for a in axes))
+        ):
+          raise ValueError(
+            f"sharding.rules.{name}.{logical} must be a mesh axis name or a list of them "
+            f"(of {MESH_AXES}), got {axes!r}"
+          )
         bad = [a for a in _as_tuple(axes) if a not in MESH_AXES]
         if bad:
           raise ValueError(
@@ -107,7 +125,15 @@ class ShardingConfig:
       d = d.to_dict()
     d = dict(d)
     if isinstance(d.get("rules"), Mapping):  # axis lists (JSON, ConfigDict) -> tuples
-      rules = {k: {lk: _as_tuple(v) for lk, v in t.items()} for k, t in d["rules"].items()}
+      rules = {
+        k: {
+          lk: _as_tuple(v) if v is None or isinstance(v, str | list | tuple) else v
+          for lk, v in t.items()
+        }
+        if isinstance(t, Mapping)
+        else t  # refused, named, by __post_init__
+        for k, t in d["rules"].items()
+      }
       d["rules"] = rules or DEFAULT_RULES
     return from_section(cls, "sharding", d)
 

@@ -25,6 +25,15 @@ TINY = str(ROOT / "configs" / "tiny.py")
     ("--config.data.source=builtn", "no such file .* named source: builtin, python_corpus"),
     ("--config.model.attention_impl=nonsense", "attention='parallax' takes None .* 'nonsense'"),
     ("--config.model.attention_impl=cudnn", "attention='parallax' takes None .* 'cudnn'"),
+    # values that used to pass validation and then crash, diverge or do nothing in training
+    ("--config.optimizer.adam_learning_rate=abc", "optimizer.adam_learning_rate must be"),
+    ("--config.model.rope_theta=0", "model.rope_theta must be a finite number > 0"),
+    ("--config.model.window_size=64.5", "model.window_size must be an int >= 1 or None"),
+    ("--config.train.eval_batches=0", "set train.eval_every=0 to turn evals off"),
+    ("--config.train.eval_every=None", "train.eval_every must be an int >= 0, got None"),
+    ("--config.distributed.initialize=maybe", "distributed.initialize must be one of"),
+    ("--config.sharding.rules.dp=foo", "config.sharding.rules.dp: it is a section"),
+    (f"--config.train.compilation_cache_dir={TINY}", "compilation_cache_dir=.* existing file"),
     pytest.param(
       "--config.model.attention_impl=pallas_mosaic_gpu",
       "attention_impl='pallas_mosaic_gpu' runs on gpu, not on this machine's 'cpu' backend",
@@ -83,11 +92,58 @@ def test_a_config_file_that_fails_to_import_is_one_line(tmp_path, capsys):
     ("def get_config(:\n", r"failed to import \(line 1\): SyntaxError"),
     ("import no_such_module_here\n", "failed to import: ModuleNotFoundError"),
     ("def get_config():\n  return 1 / 0\n", r"get_config\(\) raised ZeroDivisionError"),
+    ("def get_config():\n  return {'model': {}}\n", "must return an .*ConfigDict.*got dict"),
+    ("def get_config():\n  return None\n", "must return an .*ConfigDict.*got NoneType"),
   ]:
     path = tmp_path / "bad.py"
     path.write_text(text)
     code, out, err = run_cli(capsys, "config", "--config", str(path))
     assert code == 2 and out == "" and re.search(match, one_line_error(err)), err
+  code, out, err = run_cli(capsys, "config", "--config", str(ROOT / "README.md"))
+  assert code == 2 and out == "" and "is not a Python file" in one_line_error(err)
+
+
+def test_a_config_without_a_section_takes_its_defaults(tmp_path, capsys):
+  """As ``resolve`` does, ``distributed`` included (read first, to start jax.distributed)."""
+  path = tmp_path / "partial.py"
+  path.write_text(
+    "from parallax_jax.train.defaults import base_config\n\n\ndef get_config():\n"
+    "  cfg = base_config()\n  del cfg['distributed']\n  return cfg\n"
+  )
+  code, out, err = run_cli(capsys, "config", "--config", str(path))
+  assert code == 0 and "valid for" in out, err
+
+
+def test_several_processes_asked_for_but_none_started_is_one_line(tmp_path, capsys, monkeypatch):
+  """Not a silent single-process run (``distributed.initialize='auto'`` without a coordinator)."""
+  for name in ("JAX_COORDINATOR_ADDRESS", "TPU_WORKER_HOSTNAMES", "SLURM_NTASKS"):
+    monkeypatch.delenv(name, raising=False)
+  monkeypatch.delenv("OMPI_COMM_WORLD_SIZE", raising=False)
+  workdir = tmp_path / "w"
+  for override in ("--config.distributed.num_processes=2", "--config.distributed.process_id=5"):
+    code, _, err = run_cli(capsys, "train", "--config", TINY, "--workdir", str(workdir), override)
+    assert code == 2 and "asks for several processes" in one_line_error(err)
+    assert "distributed.coordinator_address" in err and not workdir.exists()
+
+
+def test_eval_refuses_no_eval_batches(tmp_path, capsys):
+  """Instead of printing only ``{"step": N}``."""
+  workdir = str(tmp_path / "w")
+  code, out, err = run_cli(
+    capsys, "eval", "--config", TINY, "--workdir", workdir, "--config.train.eval_batches=0"
+  )
+  assert code == 2 and out == "" and "train.eval_batches" in one_line_error(err)
+  code, out, err = run_cli(
+    capsys,
+    "eval",
+    "--config",
+    TINY,
+    "--workdir",
+    workdir,
+    "--config.train.eval_every=0",
+    "--config.train.eval_batches=0",
+  )
+  assert code == 2 and out == "" and "eval_batches=N with N >= 1" in one_line_error(err)
 
 
 def test_debug_shows_the_traceback_and_bugs_keep_theirs(tmp_path, capsys, monkeypatch):

@@ -36,3 +36,13 @@ def test_the_next_process_loads_every_compiled_step(tmp_path):
   assert first, "nothing was written to the cache"
   # a miss would compile and write a new entry; every compile of the second process hits
   assert _train(tmp_path / "b", cache) == first
+
+
+def test_a_directory_that_cannot_be_made_is_one_line(tmp_path):
+  import pytest
+
+  from parallax_jax.errors import UserError
+
+  (tmp_path / "file").write_text("x")
+  with pytest.raises(UserError, match="compilation_cache_dir=.*cannot create the directory"):
+    use_compilation_cache(str(tmp_path / "file" / "cache"))

@@ -98,3 +98,40 @@ def test_what_jax_cannot_discover_names_the_variables(monkeypatch):
   monkeypatch.setattr(jax.distributed, "initialize", undiscoverable)
   with pytest.raises(UserError, match="JAX_NUM_PROCESSES and JAX_PROCESS_ID"):
     distributed.initialize(DistributedConfig(coordinator_address="h0:1234"))
+
+
+@pytest.mark.parametrize(
+  "kwargs,match",
+  [
+    ({"num_processes": "abc"}, "distributed.num_processes must be an int >= 1 or None"),
+    ({"num_processes": 0}, "distributed.num_processes must be an int >= 1"),
+    ({"num_processes": True}, "distributed.num_processes must be an int"),
+    ({"process_id": 1.5}, "distributed.process_id must be an int >= 0 or None"),
+    ({"num_processes": 2, "process_id": 2}, "distributed.process_id=2 is not below"),
+    ({"coordinator_address": 1234}, "distributed.coordinator_address must be 'host:port'"),
+    ({"initialize": "maybe"}, "distributed.initialize must be one of"),
+  ],
+)
+def test_bad_distributed_values_are_refused_in_the_config(kwargs, match):
+  with pytest.raises(UserError, match=match):
+    DistributedConfig(**kwargs)
+
+
+@pytest.mark.parametrize(
+  "kwargs",
+  [
+    {"num_processes": 2},
+    {"num_processes": 2, "process_id": 1},
+    {"process_id": 5},
+    {"num_processes": 4, "initialize": "never"},
+  ],
+)
+def test_several_processes_that_nothing_starts_are_refused_not_run_alone(calls, kwargs):
+  with pytest.raises(UserError, match="asks for several processes.*coordinator_address"):
+    distributed.initialize(DistributedConfig(**kwargs))
+  assert calls == []
+
+
+def test_one_process_asked_for_explicitly_stays_single_process(calls):
+  assert not distributed.initialize(DistributedConfig(num_processes=1, process_id=0))
+  assert calls == []

@@ -118,6 +118,18 @@ def test_every_param_has_logical_axes_of_its_rank():
     ("remat", "some", "remat"),
     ("attention_deterministic", "false", "attention_deterministic"),
     ("tied_head_scale", "half", "tied_head_scale"),
+    ("window_size", 64.5, "model.window_size must be an int >= 1 or None"),
+    ("window_size", True, "model.window_size must be an int >= 1 or None"),  # bool: no int
+    ("d_model", True, "d_model"),
+    ("rope_theta", 0.0, "model.rope_theta must be a finite number > 0"),
+    ("rope_theta", float("inf"), "model.rope_theta"),
+    ("norm_eps", 0.0, "model.norm_eps must be a finite number > 0"),
+    ("init_std", -0.02, "model.init_std must be a finite number > 0"),
+    ("init_std", float("nan"), "model.init_std"),
+    ("lla_ridge", "1", "model.lla_ridge"),
+    ("qk_norm", "false", "qk_norm"),
+    ("logits_chunk", True, "logits_chunk"),
+    ("decode_num_splits", True, "decode_num_splits"),
   ],
 )
 def test_bad_model_config_names_the_field(field, value, match):

@@ -70,6 +70,13 @@ def test_schedules(schedule):
       assert float(lr(t)) == pytest.approx(want, rel=1e-5), t
 
 
+@pytest.mark.parametrize("schedule", ["cosine", "wsd", "constant"])
+def test_no_warmup_starts_at_the_peak(schedule):
+  """warmup_steps=0: the peak from step 0 (optax's warmup_constant_schedule gave 0 forever)."""
+  lr = make_schedule(1.0, OptimizerConfig(schedule=schedule, warmup_steps=0), 100)
+  assert float(lr(0)) == pytest.approx(1.0) and float(lr(1)) > 0.9
+
+
 @pytest.mark.parametrize("name", ["adamw", "muon"])
 def test_optimizer_step_reduces_a_quadratic(name):
   tx, schedules = make_optimizer(
@@ -99,3 +106,40 @@ def test_optimizer_step_reduces_a_quadratic(name):
     for t in (0, 10, 25, 50):
       want = peak * (0.1 + 0.45 * (1 + np.cos(np.pi * t / 50)))
       assert float(schedules[key](t)) == pytest.approx(want, rel=1e-5), (key, t)
+
+
+def test_muon_adam_learning_rate_none_is_learning_rate_and_a_given_one_is_used():
+  cfg = OptimizerConfig(name="muon", learning_rate=0.02, warmup_steps=2, schedule="constant")
+  _, schedules = make_optimizer(cfg, 10)
+  assert float(schedules["adam_lr"](5)) == pytest.approx(0.02)
+  _, schedules = make_optimizer(OptimizerConfig(**{**cfg.__dict__, "adam_learning_rate": 3e-3}), 10)
+  assert float(schedules["adam_lr"](5)) == pytest.approx(3e-3)
+
+
+@pytest.mark.parametrize(
+  "field,value",
+  [
+    ("adam_learning_rate", 0.0),  # was replaced by learning_rate silently
+    ("adam_learning_rate", -1.0),
+    ("adam_learning_rate", "abc"),
+    ("learning_rate", float("nan")),
+    ("learning_rate", float("inf")),
+    ("b1", 1.0),
+    ("b2", -0.1),
+    ("muon_beta", 1.0),
+    ("eps", 0.0),
+    ("min_lr_ratio", 1.5),
+    ("decay_fraction", float("nan")),
+    ("weight_decay", -0.1),
+    ("muon_ns_steps", 0),
+    ("muon_ns_steps", 2.5),
+    ("warmup_steps", None),
+    ("clip_norm", float("inf")),
+    ("decay_embeddings", "no"),
+  ],
+)
+def test_bad_optimizer_values_name_the_key(field, value):
+  from parallax_jax.errors import UserError
+
+  with pytest.raises(UserError, match=f"optimizer.{field} must be"):
+    OptimizerConfig(name="muon", **{field: value})

@@ -170,6 +170,23 @@ def test_bad_sweep_configs_raise_clear_errors():
     build_sweep({"base": TINY, "axes": {"train.seed": 3}})
   with pytest.raises(FileNotFoundError, match="sweep.base"):
     build_sweep({"base": "configs/nope.py"})
+  with pytest.raises(ValueError, match="sweep.metric='eval_los' is not a column.*eval_loss"):
+    build_sweep({"base": TINY, "metric": "eval_los"})
+  with pytest.raises(ValueError, match="eval_mse_baseline_ols.* regression tasks"):
+    build_sweep({"base": TINY, "metric": "eval_mse_baseline_ols"})
+
+
+def test_every_known_metric_is_a_results_column(tmp_path):
+  from parallax_jax.sweeps.config import BASELINE_COLUMNS, METRIC_COLUMNS
+  from parallax_jax.sweeps.report import point_row
+
+  for metric in METRIC_COLUMNS:
+    assert build_sweep({"base": TINY, "metric": metric}).metric == metric
+  sweep = build_sweep(
+    {"base": TINY, "overrides": {"data.source": "linreg"}, "metric": "eval_mse_baseline_ols"}
+  )
+  row = point_row(sweep, sweep.points[0], tmp_path)
+  assert set(METRIC_COLUMNS + BASELINE_COLUMNS) <= set(row)
 
 
 def test_sweep_cli_mistakes_are_one_line_and_dry_run_flags_invalid_points(tmp_path, capsys):
@@ -185,6 +202,7 @@ def test_sweep_cli_mistakes_are_one_line_and_dry_run_flags_invalid_points(tmp_pa
     (sweep_file({"base": TINY, "axes": {"model.atention": ["x"]}}), "model.atention"),
     (sweep_file({"base": "configs/nope.py"}), "sweep.base='configs/nope.py'"),
     (sweep_file({"base": TINY, "axes": {"train.seed": []}}), "non-empty list"),
+    (sweep_file({"base": TINY, "metric": "eval_los"}), "sweep.metric='eval_los'"),
     (str(tmp_path / "missing.py"), "sweep config file .* does not exist"),
   ]
   for path, match in cases:

@@ -66,6 +66,37 @@ def test_overrides_are_typed():
     ("--config.train.batch_size=0", "train.batch_size"),
     ("--config.model.window_size=100000", "window_size"),
     ("--config.data.format=parquet", "format"),
+    # numbers out of range, not finite or of the wrong type: refused, naming the key
+    ("--config.optimizer.adam_learning_rate=0", r"optimizer.adam_learning_rate must be .* > 0"),
+    ("--config.optimizer.adam_learning_rate=-1", "optimizer.adam_learning_rate"),
+    ("--config.optimizer.adam_learning_rate=abc", "adam_learning_rate .* got 'abc'"),
+    ("--config.optimizer.learning_rate=nan", "optimizer.learning_rate must be a finite number"),
+    ("--config.optimizer.learning_rate=inf", "optimizer.learning_rate must be a finite number"),
+    ("--config.optimizer.b1=1", r"optimizer.b1 must be .* in \[0, 1\)"),
+    ("--config.optimizer.b2=-0.5", r"optimizer.b2 must be .* in \[0, 1\)"),
+    ("--config.optimizer.muon_beta=1.5", "optimizer.muon_beta"),
+    ("--config.optimizer.eps=0", "optimizer.eps must be a finite number > 0"),
+    ("--config.optimizer.min_lr_ratio=1.5", r"optimizer.min_lr_ratio must be .* in \[0, 1\]"),
+    ("--config.optimizer.weight_decay=-0.1", "optimizer.weight_decay must be .* >= 0"),
+    ("--config.optimizer.muon_ns_steps=0", "optimizer.muon_ns_steps must be an int >= 1"),
+    ("--config.optimizer.warmup_steps=None", "optimizer.warmup_steps must be an int >= 0"),
+    ("--config.optimizer.clip_norm=nan", "optimizer.clip_norm"),
+    ("--config.model.init_std=0", "model.init_std must be a finite number > 0"),
+    ("--config.model.norm_eps=0", "model.norm_eps must be a finite number > 0"),
+    ("--config.model.rope_theta=0", "model.rope_theta must be a finite number > 0"),
+    ("--config.model.rope_theta=nan", "model.rope_theta"),
+    ("--config.model.lla_ridge=inf", "model.lla_ridge"),
+    ("--config.model.window_size=64.5", "model.window_size must be an int >= 1 or None"),
+    ("--config.model.window_size=True", "model.window_size must be an int >= 1 or None"),
+    ("--config.train.eval_batches=0", "set train.eval_every=0 to turn evals off"),
+    ("--config.train.eval_every=None", "train.eval_every must be an int >= 0, got None"),
+    ("--config.checkpoint.keep=None", "checkpoint.keep must be an int >= 1, got None"),
+    ("--config.mesh.data=None", "mesh.data must be an int >= 1 or -1"),
+    (f"--config.train.compilation_cache_dir={ROOT / 'README.md'}", "is an existing file"),
+    ("--config.sharding.rules.dp=foo", "config.sharding.rules.dp: it is a section"),
+    ("--config.distributed.initialize=maybe", "distributed.initialize must be one of"),
+    ("--config.distributed.num_processes=abc", "distributed.num_processes must be an int >= 1"),
+    ("--config.distributed.process_id=-1", "distributed.process_id must be an int >= 0"),
   ],
 )
 def test_bad_configs_fail_before_compiling(override, match):
@@ -102,3 +133,27 @@ def test_apply_overrides_rejects_malformed():
   cfg = load_config(ROOT / "configs" / "tiny.py")
   with pytest.raises(ValueError, match="must look like"):
     apply_overrides(cfg, ["--config.train.steps"])
+
+
+@pytest.mark.parametrize(
+  "rules,match",
+  [
+    ("foo", "sharding.rules must be a mapping"),
+    ({"dp": "foo"}, "sharding.rules.dp must be a mapping"),
+    ({"dp": {"batch": 3}}, "sharding.rules.dp.batch must be a mesh axis name or a list"),
+  ],
+)
+def test_a_wrong_type_in_the_sharding_rules_names_the_key(rules, match):
+  from parallax_jax.sharding import ShardingConfig
+
+  with pytest.raises(ValueError, match=match):
+    ShardingConfig.from_dict({"strategy": "dp", "rules": rules})
+
+
+def test_a_none_where_a_number_belongs_names_the_key():
+  """Not Python's "'<' not supported between 'NoneType' and 'int'" under config.train."""
+  cfg = load_config(ROOT / "configs" / "tiny.py")
+  with cfg.train.ignore_type():
+    cfg.train.eval_batches = None
+  with pytest.raises(ValueError, match=r"^train.eval_batches must be an int >= 0, got None$"):
+    resolve(cfg)

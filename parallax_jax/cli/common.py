@@ -81,5 +81,6 @@ def initialize(cfg):
   """Starts jax.distributed as ``cfg.distributed`` and the environment say (before any backend
   is touched): every process of a multi-process job runs the same command."""
   from parallax_jax import distributed
+  from parallax_jax.train.config import distributed_config
 
-  distributed.initialize(distributed.DistributedConfig.from_dict(cfg.distributed.to_dict()))
+  distributed.initialize(distributed_config(cfg))

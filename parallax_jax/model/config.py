@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 
-from parallax_jax.config_utils import from_section
+from parallax_jax.config_utils import from_section, require_number
 from parallax_jax.errors import UserError
 from parallax_jax.flops import model_flops_per_token
 
@@ -144,10 +144,11 @@ class ModelConfig:
       "head_dim",
       "mlp_dim",
     ):
+      value = getattr(self, f)
       need(
-        isinstance(getattr(self, f), int) and getattr(self, f) >= 1,
+        isinstance(value, int) and not isinstance(value, bool) and value >= 1,
         f,
-        f"must be a positive int, got {getattr(self, f)!r}",
+        f"must be a positive int, got {value!r}",
       )
     need(
       self.num_heads % self.num_kv_heads == 0,
@@ -179,9 +180,19 @@ class ModelConfig:
     need(self.param_dtype in DTYPES, "param_dtype", f"must be one of {DTYPES}")
     need(self.compute_dtype in DTYPES, "compute_dtype", f"must be one of {DTYPES}")
     need(self.head_dim % 2 == 0, "head_dim", "must be even (RoPE rotates pairs)")
-    need(self.window_size is None or self.window_size >= 1, "window_size", "must be >= 1 or None")
+    require_number(
+      "model.window_size", self.window_size, at_least=1, integer=True, none="full causal attention"
+    )
+    for f in ("rope_theta", "norm_eps", "init_std", "lla_ridge"):
+      require_number(f"model.{f}", getattr(self, f), above=0)
+    for f in ("qk_norm", "tie_embeddings"):
+      need(
+        isinstance(getattr(self, f), bool), f, f"must be True or False, got {getattr(self, f)!r}"
+      )
     need(
-      isinstance(self.logits_chunk, int) and self.logits_chunk >= 0,
+      isinstance(self.logits_chunk, int)
+      and not isinstance(self.logits_chunk, bool)
+      and self.logits_chunk >= 0,
       "logits_chunk",
       f"must be an int >= 0 (0: dense logits), got {self.logits_chunk!r}",
     )
@@ -201,11 +212,14 @@ class ModelConfig:
         )
     need(
       self.decode_num_splits is None
-      or (isinstance(self.decode_num_splits, int) and self.decode_num_splits >= 1),
+      or (
+        isinstance(self.decode_num_splits, int)
+        and not isinstance(self.decode_num_splits, bool)
+        and self.decode_num_splits >= 1
+      ),
       "decode_num_splits",
       f"must be a positive int or None, got {self.decode_num_splits!r}",
     )
-    need(self.lla_ridge > 0, "lla_ridge", f"must be > 0, got {self.lla_ridge!r}")
     for f in ("input_dim", "output_dim"):
       value = getattr(self, f)
       need(

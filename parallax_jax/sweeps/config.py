@@ -42,11 +42,23 @@ import ml_collections
 import numpy as np
 
 from parallax_jax.config_utils import import_get_config
+from parallax_jax.data.regression import REGRESSION_TASKS
 from parallax_jax.errors import UserError, UserFileNotFoundError
 from parallax_jax.train import config_keys
 from parallax_jax.train.config import apply_overrides, load_config, resolve
 
 MODES = ("grid", "random")
+# The columns of a sweep's results (``report.point_row``) that ``metric`` may name: every
+# point's, and the reference predictors' eval MSE of the regression tasks (their sweeps only).
+METRIC_COLUMNS = (
+  "train_loss",
+  "eval_loss",
+  "eval_perplexity",
+  "eval_accuracy",
+  "eval_mse",
+  "tokens_per_s",
+)
+BASELINE_COLUMNS = ("eval_mse_baseline_zero", "eval_mse_baseline_ols", "eval_mse_baseline_bayes")
 KEYS = ("base", "axes", "variants", "exclude", "mode", "seed", "count", "overrides", "metric")
 VARIANT = "variant"  # the axis that ``variants`` adds
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -247,6 +259,8 @@ def build_sweep(spec, *, base_path_for_inline: Path | None = None) -> Sweep:
       name = f"{name}~{hashlib.sha256(repr(values).encode()).hexdigest()[:8]}"
     names.add(name)
     points.append(Point(name, values, overrides, config))
+  metric = spec.get("metric")
+  _check_metric(metric, {str(p.config.data.source) for p in points})
   return Sweep(
     base_path=base_path,
     base=base,
@@ -255,8 +269,27 @@ def build_sweep(spec, *, base_path_for_inline: Path | None = None) -> Sweep:
     seed=seed,
     count=count,
     overrides=fixed,
-    metric=spec.get("metric"),
+    metric=metric,
     points=tuple(points),
+  )
+
+
+def _check_metric(metric, sources: set[str]) -> None:
+  """Refuses a ``metric`` that names no column of the sweep's results (a typo would rank
+  nothing and plot empty axes)."""
+  if metric is None:
+    return
+  regression = bool(sources & set(REGRESSION_TASKS))
+  known = METRIC_COLUMNS + (BASELINE_COLUMNS if regression else ())
+  if metric in known:
+    return
+  if metric in BASELINE_COLUMNS:
+    raise UserError(
+      f"sweep.metric={metric!r} exists for the regression tasks {REGRESSION_TASKS} only (no "
+      f"point's data.source is one); known: {', '.join(known)}"
+    )
+  raise UserError(
+    f"sweep.metric={metric!r} is not a column of the results; known: {', '.join(known)}"
   )
 
 

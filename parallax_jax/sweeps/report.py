@@ -17,20 +17,10 @@ import statistics
 from pathlib import Path
 
 from parallax_jax.data.regression import REGRESSION_TASKS
-from parallax_jax.sweeps.config import REPO_ROOT, Point, Sweep
+from parallax_jax.sweeps.config import BASELINE_COLUMNS, REPO_ROOT, Point, Sweep
 from parallax_jax.sweeps.pairs import VARIANT
 from parallax_jax.train.metrics import read_metrics
 
-METRIC_COLUMNS = (
-  "train_loss",
-  "eval_loss",
-  "eval_perplexity",
-  "eval_accuracy",
-  "eval_mse",
-  "tokens_per_s",
-)
-# Columns added when a point runs a regression task: the reference predictors' eval MSE.
-BASELINE_COLUMNS = ("eval_mse_baseline_zero", "eval_mse_baseline_ols", "eval_mse_baseline_bayes")
 # Larger is better for these; smaller for the rest.
 HIGHER_IS_BETTER = ("eval_accuracy", "tokens_per_s")
 

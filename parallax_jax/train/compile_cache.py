@@ -13,6 +13,8 @@ import os
 
 import jax
 
+from parallax_jax.errors import UserError
+
 log = logging.getLogger("parallax_jax")
 
 
@@ -25,7 +27,13 @@ def use_compilation_cache(directory: str | None) -> str | None:
   if jax.config.jax_compilation_cache_dir != path:
     from jax.experimental.compilation_cache import compilation_cache
 
-    os.makedirs(path, exist_ok=True)
+    try:
+      os.makedirs(path, exist_ok=True)
+    except OSError as e:  # a file in the way, no permission (a file itself: refused by config)
+      raise UserError(
+        f"train.compilation_cache_dir={directory!r}: cannot create the directory ({e}); give "
+        "a directory this process can write, or '' for JAX's own setting"
+      ) from e
     jax.config.update("jax_compilation_cache_dir", path)
     compilation_cache.reset_cache()  # JAX opens its cache once per process: reopen it here
     log.info("persistent compilation cache: %s", path)

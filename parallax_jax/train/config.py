@@ -12,12 +12,13 @@ from __future__ import annotations
 import ast
 import dataclasses
 import math
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import ml_collections
 
-from parallax_jax.config_utils import from_section, import_get_config
+from parallax_jax.config_utils import from_section, import_get_config, require_number
 from parallax_jax.distributed import DistributedConfig
 from parallax_jax.errors import UserError
 from parallax_jax.model.config import ModelConfig
@@ -48,13 +49,31 @@ class TrainConfig:
 
   def __post_init__(self):
     for f in ("steps", "batch_size", "seq_len", "log_every", "microbatches"):
-      if not isinstance(getattr(self, f), int) or getattr(self, f) < 1:
-        raise UserError(f"train.{f} must be a positive int, got {getattr(self, f)!r}")
-    if self.eval_every < 0 or self.eval_batches < 0:
-      raise UserError("train.eval_every and train.eval_batches must be >= 0")
-    for f in ("profile_steps", "profile_skip_steps"):
-      if not isinstance(getattr(self, f), int) or getattr(self, f) < 0:
-        raise UserError(f"train.{f} must be an int >= 0, got {getattr(self, f)!r}")
+      require_number(f"train.{f}", getattr(self, f), at_least=1, integer=True)
+    require_number("train.seed", self.seed, integer=True)
+    for f in ("eval_every", "eval_batches", "profile_steps", "profile_skip_steps"):
+      require_number(f"train.{f}", getattr(self, f), at_least=0, integer=True)
+    if self.eval_every > 0 and self.eval_batches == 0:
+      raise UserError(
+        f"train.eval_batches=0 with train.eval_every={self.eval_every}: every eval would read "
+        "no batch; set train.eval_every=0 to turn evals off, or train.eval_batches >= 1"
+      )
+    if not isinstance(self.progress_bar, bool):
+      raise UserError(f"train.progress_bar must be True or False, got {self.progress_bar!r}")
+    cache = self.compilation_cache_dir
+    if not isinstance(cache, str):
+      raise UserError(
+        f"train.compilation_cache_dir must be a directory path or '' (off), got {cache!r}"
+      )
+    if (
+      cache
+      and os.path.exists(os.path.expanduser(cache))
+      and not os.path.isdir(os.path.expanduser(cache))
+    ):
+      raise UserError(
+        f"train.compilation_cache_dir={cache!r} is an existing file, not a directory; give a "
+        "directory (created if missing) or '' for JAX's own setting"
+      )
     if self.batch_size % self.microbatches:
       raise UserError(
         f"train.batch_size={self.batch_size} does not split into train.microbatches="
@@ -70,10 +89,14 @@ class CheckpointConfig:
   init_from: str | None = None  # params-only checkpoint (e.g. from convert-softmax)
 
   def __post_init__(self):
-    if self.every_steps < 1:
-      raise UserError(f"checkpoint.every_steps must be >= 1, got {self.every_steps}")
-    if self.keep < 1:
-      raise UserError(f"checkpoint.keep must be >= 1, got {self.keep}")
+    for f in ("every_steps", "keep"):
+      require_number(f"checkpoint.{f}", getattr(self, f), at_least=1, integer=True)
+    if not isinstance(self.async_save, bool):
+      raise UserError(f"checkpoint.async_save must be True or False, got {self.async_save!r}")
+    if self.init_from is not None and not isinstance(self.init_from, str):
+      raise UserError(
+        f"checkpoint.init_from must be a checkpoint path or None, got {self.init_from!r}"
+      )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,6 +107,11 @@ class MeshConfig:
   fsdp: int = 1
   tensor: int = 1
   sequence: int = 1
+
+  def __post_init__(self):
+    for k, v in dataclasses.asdict(self).items():
+      if isinstance(v, bool) or not isinstance(v, int) or (v != -1 and v < 1):
+        raise UserError(f"mesh.{k} must be an int >= 1 or -1 (the remaining devices), got {v!r}")
 
   def shape(self, num_devices: int) -> dict[str, int]:
     sizes = dataclasses.asdict(self)
@@ -265,6 +293,11 @@ def apply_overrides(cfg: ml_collections.ConfigDict, overrides: Sequence[str]):
       parsed = _parse(value, node[leaf])
     except ValueError as e:
       raise UserError(f"bad value for config.{key}: {e}") from e
+    if isinstance(node[leaf], ml_collections.ConfigDict) and not isinstance(parsed, Mapping):
+      raise UserError(
+        f"bad value for config.{key}: it is a section (keys {sorted(node[leaf].keys())}), not a "
+        f"value; set its keys (--config.{key}.KEY=VALUE) or give a dict, got {value!r}"
+      )
     with node.ignore_type():
       node[leaf] = parsed
   return cfg
@@ -272,4 +305,16 @@ def apply_overrides(cfg: ml_collections.ConfigDict, overrides: Sequence[str]):
 
 def load_config(path: str | Path, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
   """Imports ``get_config()`` from a config file and applies overrides."""
-  return apply_overrides(import_get_config(path), overrides)
+  cfg = import_get_config(path)
+  if not isinstance(cfg, ml_collections.ConfigDict):
+    raise UserError(
+      f"config file {str(path)!r}: get_config() must return an ml_collections.ConfigDict "
+      f"(start from parallax_jax.train.defaults.base_config()), got {type(cfg).__name__}"
+    )
+  return apply_overrides(cfg, overrides)
+
+
+def distributed_config(cfg: ml_collections.ConfigDict) -> DistributedConfig:
+  """The validated ``distributed`` section alone (default when the config has none, as in
+  ``resolve``): read before anything else, to start ``jax.distributed``."""
+  return _section("distributed", DistributedConfig.from_dict, cfg.to_dict().get("distributed", {}))

@@ -11,6 +11,7 @@ from pathlib import Path
 import jax
 import ml_collections
 
+from parallax_jax.errors import UserError
 from parallax_jax.train import data_io, run_record, workdir_lock
 from parallax_jax.train.checkpoint import (
   Checkpointer,
@@ -230,6 +231,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | Path) -> dict:
   params read back intact (checksums included) returns ``already_finished`` without building
   or writing anything; if they do not, the run resumes from its newest readable step (the
   damaged one moved aside) and trains to ``train.steps`` again."""
+  resolve(cfg)  # an invalid config: refused before anything is read or written
   run_record.check(workdir, cfg.to_dict())  # a config the run cannot take: refused first
   latest = finished_step(cfg, workdir)
   if latest is not None:
@@ -262,6 +264,11 @@ def evaluate(
   workdir = Path(workdir)
   if cfg is None:
     cfg = run_record.load_run_config(workdir)
+  if resolve(cfg).train.eval_batches < 1:  # (train.eval_batches=0 with evals off is valid)
+    raise UserError(
+      "train.eval_batches=0: an eval reads no batch and would report nothing; give "
+      "--config.train.eval_batches=N with N >= 1"
+    )
   trainer = Trainer(cfg, workdir, read_only=True)
   try:
     step, params = trainer.read_params(step)

@@ -16,7 +16,8 @@ import jax
 import optax
 from optax.contrib import MuonDimensionNumbers
 
-from parallax_jax.config_utils import from_section
+from parallax_jax.config_utils import from_section, require_number
+from parallax_jax.errors import UserError
 
 OPTIMIZERS = ("adamw", "muon")
 SCHEDULES = ("cosine", "wsd", "constant")
@@ -42,17 +43,26 @@ class OptimizerConfig:
 
   def __post_init__(self):
     if self.name not in OPTIMIZERS:
-      raise ValueError(f"optimizer.name must be one of {OPTIMIZERS}, got {self.name!r}")
+      raise UserError(f"optimizer.name must be one of {OPTIMIZERS}, got {self.name!r}")
     if self.schedule not in SCHEDULES:
-      raise ValueError(f"optimizer.schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-    if self.learning_rate <= 0:
-      raise ValueError(f"optimizer.learning_rate must be > 0, got {self.learning_rate}")
-    if self.warmup_steps < 0:
-      raise ValueError(f"optimizer.warmup_steps must be >= 0, got {self.warmup_steps}")
-    if not 0 <= self.decay_fraction <= 1:
-      raise ValueError(f"optimizer.decay_fraction must be in [0, 1], got {self.decay_fraction}")
-    if self.clip_norm is not None and self.clip_norm < 0:
-      raise ValueError(f"optimizer.clip_norm must be >= 0 or None, got {self.clip_norm}")
+      raise UserError(f"optimizer.schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+    require_number("optimizer.learning_rate", self.learning_rate, above=0)
+    require_number(
+      "optimizer.adam_learning_rate", self.adam_learning_rate, above=0, none="learning_rate"
+    )
+    require_number("optimizer.warmup_steps", self.warmup_steps, at_least=0, integer=True)
+    for f in ("decay_fraction", "min_lr_ratio"):
+      require_number(f"optimizer.{f}", getattr(self, f), at_least=0, at_most=1)
+    require_number("optimizer.weight_decay", self.weight_decay, at_least=0)
+    if not isinstance(self.decay_embeddings, bool):
+      raise UserError(
+        f"optimizer.decay_embeddings must be True or False, got {self.decay_embeddings!r}"
+      )
+    for f in ("b1", "b2", "muon_beta"):
+      require_number(f"optimizer.{f}", getattr(self, f), at_least=0, below=1)
+    require_number("optimizer.eps", self.eps, above=0)
+    require_number("optimizer.clip_norm", self.clip_norm, at_least=0, none="no clipping")
+    require_number("optimizer.muon_ns_steps", self.muon_ns_steps, at_least=1, integer=True)
 
   @classmethod
   def from_dict(cls, d: Mapping) -> OptimizerConfig:
@@ -65,8 +75,9 @@ def make_schedule(peak: float, cfg: OptimizerConfig, total_steps: int) -> optax.
   end = peak * cfg.min_lr_ratio
   if cfg.schedule == "cosine":
     return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, max(total_steps, warmup + 1), end)
-  if cfg.schedule == "constant":
-    return optax.warmup_constant_schedule(0.0, peak, warmup)
+  if cfg.schedule == "constant":  # (optax's warmup_constant_schedule stays at 0 for warmup 0)
+    warmup_lr = optax.linear_schedule(0.0, peak, warmup)
+    return optax.join_schedules([warmup_lr, optax.constant_schedule(peak)], boundaries=[warmup])
   decay = int(round(cfg.decay_fraction * total_steps))
   stable = max(total_steps - warmup - decay, 0)
   return optax.join_schedules(
@@ -126,7 +137,11 @@ def make_optimizer(cfg: OptimizerConfig, total_steps: int):
       lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay, mask=decay_mask(cfg)
     )
   else:
-    adam_lr = make_schedule(cfg.adam_learning_rate or cfg.learning_rate, cfg, total_steps)
+    adam_lr = make_schedule(
+      cfg.learning_rate if cfg.adam_learning_rate is None else cfg.adam_learning_rate,
+      cfg,
+      total_steps,
+    )
     schedules["adam_lr"] = adam_lr
     core = optax.contrib.muon(
       lr,
