@@ -135,7 +135,7 @@ def test_accumulation_holds_less_memory():
 def test_microbatch_config_mistakes_are_one_line():
   with pytest.raises(UserError, match=r"train.batch_size=16 does not split into .*=3"):
     _exp("train.microbatches=3")
-  with pytest.raises(UserError, match="train.microbatches must be a positive int"):
+  with pytest.raises(UserError, match="train.microbatches must be an int >= 1, got 0"):
     _exp("train.microbatches=0")
   # 16 rows in 4 pieces of 4 rows cannot spread over 8 data-parallel devices.
   with pytest.raises(UserError, match=r"4 rows does not split over mesh.data \* mesh.fsdp = 8"):
