@@ -143,3 +143,12 @@ def test_bad_optimizer_values_name_the_key(field, value):
 
   with pytest.raises(UserError, match=f"optimizer.{field} must be"):
     OptimizerConfig(name="muon", **{field: value})
+
+
+@pytest.mark.parametrize("name", ["adamw", "muon"])
+def test_an_adam_learning_rate_adamw_ignores_is_said(name, caplog):
+  """Muon's AdamW-group LR means nothing to 'adamw' (e.g. lm_0p6b switched to adamw): a warning,
+  not silence; under Muon it is used, nothing said."""
+  make_optimizer(OptimizerConfig(name=name, learning_rate=0.02, adam_learning_rate=3e-3), 10)
+  said = "optimizer.adam_learning_rate=0.003 is Muon's" in caplog.text
+  assert said == (name == "adamw"), caplog.text

@@ -10,6 +10,7 @@ Weight decay applies to matrices (embeddings only if ``decay_embeddings``), neve
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Mapping
 
 import jax
@@ -18,6 +19,8 @@ from optax.contrib import MuonDimensionNumbers
 
 from parallax_jax.config_utils import from_section, require_number
 from parallax_jax.errors import UserError
+
+log = logging.getLogger("parallax_jax")
 
 OPTIMIZERS = ("adamw", "muon")
 SCHEDULES = ("cosine", "wsd", "constant")
@@ -133,6 +136,13 @@ def make_optimizer(cfg: OptimizerConfig, total_steps: int):
   lr = make_schedule(cfg.learning_rate, cfg, total_steps)
   schedules = {"lr": lr}
   if cfg.name == "adamw":
+    if cfg.adam_learning_rate is not None:  # e.g. a Muon config switched to adamw: said
+      log.warning(
+        "optimizer.adam_learning_rate=%g is Muon's (the LR of its AdamW group); "
+        "optimizer.name='adamw' trains every parameter at optimizer.learning_rate=%g",
+        cfg.adam_learning_rate,
+        cfg.learning_rate,
+      )
     core = optax.adamw(
       lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay, mask=decay_mask(cfg)
     )
