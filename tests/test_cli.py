@@ -144,6 +144,11 @@ def test_eval_refuses_no_eval_batches(tmp_path, capsys):
     "--config.train.eval_batches=0",
   )
   assert code == 2 and out == "" and "eval_batches=N with N >= 1" in one_line_error(err)
+  # A run that held out nothing: not "raise data.eval_fraction", a key the run cannot change.
+  code, out, err = run_cli(
+    capsys, "eval", "--config", TINY, "--workdir", workdir, "--config.data.eval_fraction=0.0"
+  )
+  assert code == 2 and out == "" and "no held-out split to evaluate" in one_line_error(err)
 
 
 def test_debug_shows_the_traceback_and_bugs_keep_theirs(tmp_path, capsys, monkeypatch):

@@ -11,6 +11,7 @@ from pathlib import Path
 import jax
 import ml_collections
 
+from parallax_jax.data import synthetic
 from parallax_jax.errors import UserError
 from parallax_jax.train import data_io, run_record, workdir_lock
 from parallax_jax.train.checkpoint import (
@@ -264,10 +265,16 @@ def evaluate(
   workdir = Path(workdir)
   if cfg is None:
     cfg = run_record.load_run_config(workdir)
-  if resolve(cfg).train.eval_batches < 1:  # (train.eval_batches=0 with evals off is valid)
+  exp = resolve(cfg)
+  if exp.train.eval_batches < 1:  # (train.eval_batches=0 with evals off is valid)
     raise UserError(
       "train.eval_batches=0: an eval reads no batch and would report nothing; give "
       "--config.train.eval_batches=N with N >= 1"
+    )
+  if exp.data.eval_fraction == 0 and exp.data.source not in synthetic.TASKS:
+    raise UserError(  # (the data split's advice, raise data.eval_fraction, is a fixed key here)
+      f"--workdir {str(workdir)!r}: the run holds out no documents (data.eval_fraction=0, fixed "
+      "for a run: the split decides what it trained on), so it has no held-out split to evaluate"
     )
   trainer = Trainer(cfg, workdir, read_only=True)
   try:
