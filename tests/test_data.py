@@ -104,6 +104,12 @@ def test_hf_tokenizer_round_trip(tmp_path):
   assert hf.eos_id not in hf.encode(TEXT)
   assert hf.padded_vocab_size % 128 == 0 and hf.padded_vocab_size >= hf.vocab_size
   assert pickle.loads(pickle.dumps(hf)).encode(TEXT) == hf.encode(TEXT)  # grain workers
+  # The separator's text quoted inside a document is text (only the pipeline marks document
+  # boundaries), and still decodes to itself; a prompt may type it to mean the token.
+  quoted = 'SEP = "<|endoftext|>"  # a document separator'
+  assert hf.eos_id not in hf.encode(quoted) and hf.decode(hf.encode(quoted)) == quoted
+  assert hf.encode_prompt("x<|endoftext|>") == hf.encode_prompt("x") + [hf.eos_id]
+  assert pickle.loads(pickle.dumps(hf)).encode(quoted) == hf.encode(quoted)
 
 
 def test_sentencepiece_round_trip(tmp_path):

@@ -44,6 +44,11 @@ def round_up(n: int, multiple: int = VOCAB_MULTIPLE) -> int:
 class _Base:
   vocab_size: int
 
+  def encode_prompt(self, text: str) -> list[int]:
+    """A prompt's ids: as ``encode``, except that a tokenizer with special tokens reads them
+    in the text (a chat template's markers, an EOS typed into a prompt)."""
+    return self.encode(text)
+
   @property
   def padded_vocab_size(self) -> int:
     """`vocab_size` rounded up to a multiple of 128: the size of the embedding table."""
@@ -83,7 +88,9 @@ class HFTokenizer(_Base):
 
   EOS is the first of <|endoftext|>, </s>, <eos>, ... found in the vocabulary; if none is,
   EOS gets the extra id `base_vocab_size` (vocab_size = base + 1). Encoding adds no special
-  tokens (the pipeline adds EOS itself).
+  tokens (the pipeline adds EOS itself), and a special token's text inside a document (e.g.
+  the string "<|endoftext|>" quoted in source code) is encoded as text, not as its id: only
+  the pipeline marks document boundaries. ``encode_prompt`` reads special tokens in the text.
   """
 
   def __init__(self, path: str):
@@ -96,6 +103,8 @@ class HFTokenizer(_Base):
       self._tok = tokenizers.Tokenizer.from_file(path)
     except Exception as e:  # the Rust side raises plain Exception
       raise UserError(f"tokenizer: cannot load {path!r} as a tokenizers JSON: {e}") from e
+    self._tok.encode_special_tokens = True  # data: "<|endoftext|>" in a document is text
+    self._prompt_tok = None  # the same file reading special tokens, loaded by encode_prompt
     self.path = path
     self.base_vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
     eos = [self._tok.token_to_id(t) for t in _HF_EOS_CANDIDATES]
@@ -109,6 +118,13 @@ class HFTokenizer(_Base):
     # encode_batch releases the GIL (encode does not), so the pipeline's reader threads
     # tokenize in parallel: ~1.8x on 2 cores; the ids are the same.
     return self._tok.encode_batch([text], add_special_tokens=False)[0].ids
+
+  def encode_prompt(self, text: str) -> list[int]:
+    if self._prompt_tok is None:
+      import tokenizers
+
+      self._prompt_tok = tokenizers.Tokenizer.from_file(self.path)
+    return self._prompt_tok.encode(text, add_special_tokens=False).ids
 
   def decode(self, ids: list[int]) -> str:
     ids = [int(i) for i in ids if int(i) < self.base_vocab_size]

@@ -34,7 +34,7 @@ def encode_prompts(run: LoadedRun, texts: list[str]) -> list[list[int]]:
   documents start after an EOS, so a prompt reads as a document's start)."""
   out = []
   for i, text in enumerate(texts):
-    ids = run.tokenizer.encode(text)
+    ids = run.tokenizer.encode_prompt(text)  # a chat marker in a prompt is its token
     if not ids:
       raise UserError(
         f"prompt {i + 1} ({text!r}) encodes to no tokens with {run.tokenizer!r}; give a "
