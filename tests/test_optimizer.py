@@ -70,6 +70,18 @@ def test_schedules(schedule):
       assert float(lr(t)) == pytest.approx(want, rel=1e-5), t
 
 
+@pytest.mark.parametrize("schedule", ["cosine", "wsd"])
+@pytest.mark.parametrize("warmup", [10, 90, 99])
+def test_the_decay_reaches_the_end_lr_at_the_last_step(schedule, warmup):
+  """Whatever the warmup leaves of the 100 steps, the LR ends at min_lr_ratio x peak at step 100
+  (wsd's 20% decay once ran past the end when warmup + decay > steps, stopping mid-way)."""
+  cfg = OptimizerConfig(
+    schedule=schedule, warmup_steps=warmup, min_lr_ratio=0.1, decay_fraction=0.2
+  )
+  lr = make_schedule(1.0, cfg, 100)
+  assert float(lr(warmup)) == pytest.approx(1.0) and float(lr(100)) == pytest.approx(0.1)
+
+
 @pytest.mark.parametrize("schedule", ["cosine", "wsd", "constant"])
 def test_no_warmup_starts_at_the_peak(schedule):
   """warmup_steps=0: the peak from step 0 (optax's warmup_constant_schedule gave 0 forever)."""

@@ -81,7 +81,9 @@ def make_schedule(peak: float, cfg: OptimizerConfig, total_steps: int) -> optax.
   if cfg.schedule == "constant":  # (optax's warmup_constant_schedule stays at 0 for warmup 0)
     warmup_lr = optax.linear_schedule(0.0, peak, warmup)
     return optax.join_schedules([warmup_lr, optax.constant_schedule(peak)], boundaries=[warmup])
-  decay = int(round(cfg.decay_fraction * total_steps))
+  # The decay ends at train.steps even when warmup + decay would overrun it (it used to be
+  # cut mid-way: 90 warmup steps of 100 with 20% decay ended at LR 0.6 x peak, not the end LR).
+  decay = min(int(round(cfg.decay_fraction * total_steps)), max(total_steps - warmup, 0))
   stable = max(total_steps - warmup - decay, 0)
   return optax.join_schedules(
     [
