@@ -164,3 +164,38 @@ def test_an_adam_learning_rate_adamw_ignores_is_said(name, caplog):
   make_optimizer(OptimizerConfig(name=name, learning_rate=0.02, adam_learning_rate=3e-3), 10)
   said = "optimizer.adam_learning_rate=0.003 is Muon's" in caplog.text
   assert said == (name == "adamw"), caplog.text
+
+
+@pytest.mark.parametrize(
+  "muon_adam_decay, decay_embeddings", [("matrices", False), ("matrices", True), ("all", False)]
+)
+def test_what_muons_adamw_group_decays(muon_adam_decay, decay_embeddings):
+  """With a zero gradient an update is the decay alone: -lr * wd * p on exactly the leaves the
+  mode decays. 'matrices' (the default) decays as 'adamw' does (norms never, embeddings and head
+  with decay_embeddings); 'all' is optax's muon (every AdamW-group leaf, as runs before
+  2026-12-05 trained). The Muon matrices decay at the Muon LR either way."""
+  lr, adam_lr, wd = 0.02, 0.003, 0.1
+  cfg = OptimizerConfig(
+    name="muon",
+    learning_rate=lr,
+    adam_learning_rate=adam_lr,
+    schedule="constant",
+    warmup_steps=0,
+    weight_decay=wd,
+    decay_embeddings=decay_embeddings,
+    clip_norm=None,
+    muon_adam_decay=muon_adam_decay,
+  )
+  tx, _ = make_optimizer(cfg, 10)
+  params = jax.tree.map(lambda x: x.astype(jnp.float32) + 1.0, PARAMS)  # no zero leaf
+  updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
+  for name, u in _flat(updates).items():
+    p = _flat(params)[name]
+    embedding = name.startswith("['embed']") or name.startswith("['head']")
+    if "kernel" in name and not embedding:
+      want = -lr * wd * p  # Muon's group
+    elif muon_adam_decay == "all" or (embedding and decay_embeddings):
+      want = -adam_lr * wd * p
+    else:
+      want = np.zeros_like(p)  # norm scales; embeddings without decay_embeddings
+    np.testing.assert_allclose(np.asarray(u), want, rtol=1e-5, atol=1e-9, err_msg=name)

@@ -73,6 +73,7 @@ def test_a_key_added_later_at_its_earlier_value_keeps_the_fingerprint():
     del before["model"]["tied_head_scale"]
     for key in ("microbatches", "profile_steps", "profile_skip_steps"):  # added later still
       del before["train"][key]
+    del before["optimizer"]["muon_adam_decay"]  # added later still (2026-12-05)
     digest = hashlib.sha256(json.dumps(before, sort_keys=True, default=str).encode())
     return digest.hexdigest()[:16]
 
@@ -85,6 +86,14 @@ def test_a_key_added_later_at_its_earlier_value_keeps_the_fingerprint():
   assert default.fingerprint() != recorded(default)
   (untied,) = build_sweep({**spec, "overrides": {"model.tie_embeddings": False}}).points
   assert untied.fingerprint() == recorded(untied)
+  # A Muon point recorded before optimizer.muon_adam_decay trained as "all" (optax's own decay).
+  muon = {"model.tie_embeddings": False, "optimizer.name": "muon"}
+  (muon_all,) = build_sweep(
+    {**spec, "overrides": {**muon, "optimizer.muon_adam_decay": "all"}}
+  ).points
+  assert muon_all.fingerprint() == recorded(muon_all)
+  (muon_now,) = build_sweep({**spec, "overrides": muon}).points
+  assert muon_now.fingerprint() != recorded(muon_now)
   # Session 24's train keys: at their earlier values (one piece, no trace) the point is the one
   # recorded without them; another value is another point.
   (pieces,) = build_sweep(

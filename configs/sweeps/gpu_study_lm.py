@@ -83,6 +83,9 @@ OPTIMIZERS = {  # base learning rates; the scans multiply the first one
     "optimizer.name": "muon",
     "optimizer.learning_rate": 0.02,
     "optimizer.adam_learning_rate": 3e-3,  # embeddings and norms, not scanned
+    # Its AdamW group decayed norms and embeddings too (optax's muon) when this study began;
+    # kept so every run of it trains alike (the default before 2026-12-05)
+    "optimizer.muon_adam_decay": "all",
   },
 }
 LR_SCALES = (0.5, 2.0)

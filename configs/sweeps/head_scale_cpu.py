@@ -23,6 +23,9 @@ OPTIMIZERS = {
     "optimizer.name": "muon",
     "optimizer.learning_rate": 0.02,
     "optimizer.adam_learning_rate": 3e-3,
+    # Its AdamW group decayed norms and embeddings too (optax's muon) when this study ran; kept
+    # so every run of it trains alike (the default before 2026-12-05)
+    "optimizer.muon_adam_decay": "all",
   },
 }
 # The same with a 8192-entry byte-level BPE (trained at each run's start on 8 MiB of the

@@ -122,6 +122,11 @@ KEYS: dict[str, tuple[str, str]] = {
   "optimizer.clip_norm": (TOGGLE, "clip the global gradient norm to this; None: no clipping"),
   "optimizer.muon_beta": (SAFE, "Muon momentum"),
   "optimizer.muon_ns_steps": (SAFE, "Muon Newton-Schulz iterations"),
+  "optimizer.muon_adam_decay": (
+    FIXED,
+    "'muon': its AdamW group decays 'matrices' (as 'adamw'; norms never) or 'all' (optax's own, "
+    "norms too: runs before 2026-12-05)",
+  ),
   # checkpoint: parallax_jax.train.config.CheckpointConfig
   "checkpoint.every_steps": (SAFE, "steps between checkpoints (and at the end)"),
   "checkpoint.keep": (SAFE, "checkpoints kept (the newest)"),
@@ -161,6 +166,10 @@ ADDED_KEYS: dict[str, Callable[[dict], object]] = {
   "train.microbatches": lambda train: 1,
   "train.profile_steps": lambda train: 0,
   "train.profile_skip_steps": lambda train: 2,
+  # 2026-12-05: Muon's AdamW group decayed every parameter it held, norms included
+  "optimizer.muon_adam_decay": lambda optimizer: (
+    "all" if optimizer.get("name") == "muon" else "matrices"  # (adamw never read it)
+  ),
 }
 
 

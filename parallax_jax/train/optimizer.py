@@ -5,6 +5,10 @@ Parameter groups are decided by path (``parallax_jax.model`` names):
   ``o_proj`` ([H, Dh, D]: reduce over H*Dh) and the MLP matrices; W_R (``r_proj``) included.
 - AdamW: embeddings, the untied LM head, norm scales.
 Weight decay applies to matrices (embeddings only if ``decay_embeddings``), never to norms.
+Under "muon" the AdamW group is ``optax.contrib.muon``'s own, with Nesterov momentum; optax
+decays every parameter of it (norms and embeddings too), so its decay is applied here instead,
+with the same mask as "adamw" (``muon_adam_decay="matrices"``). ``muon_adam_decay="all"``
+keeps optax's: the runs recorded before 2026-12-05 trained so, and resume so.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import logging
 from collections.abc import Mapping
 
 import jax
+import jax.numpy as jnp
 import optax
 from optax.contrib import MuonDimensionNumbers
 
@@ -24,6 +29,7 @@ log = logging.getLogger("parallax_jax")
 
 OPTIMIZERS = ("adamw", "muon")
 SCHEDULES = ("cosine", "wsd", "constant")
+MUON_ADAM_DECAY = ("matrices", "all")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +49,8 @@ class OptimizerConfig:
   clip_norm: float | None = 1.0
   muon_beta: float = 0.95
   muon_ns_steps: int = 5
+  # "muon": what its AdamW group decays: "matrices" (as "adamw"), or "all" (optax's own)
+  muon_adam_decay: str = "matrices"
 
   def __post_init__(self):
     if self.name not in OPTIMIZERS:
@@ -66,6 +74,10 @@ class OptimizerConfig:
     require_number("optimizer.eps", self.eps, above=0)
     require_number("optimizer.clip_norm", self.clip_norm, at_least=0, none="no clipping")
     require_number("optimizer.muon_ns_steps", self.muon_ns_steps, at_least=1, integer=True)
+    if self.muon_adam_decay not in MUON_ADAM_DECAY:
+      raise UserError(
+        f"optimizer.muon_adam_decay must be one of {MUON_ADAM_DECAY}, got {self.muon_adam_decay!r}"
+      )
 
   @classmethod
   def from_dict(cls, d: Mapping) -> OptimizerConfig:
@@ -133,6 +145,45 @@ def decay_mask(cfg: OptimizerConfig):
   return mask
 
 
+def adam_group_decay_mask(cfg: OptimizerConfig):
+  """Under "muon": the leaves of its AdamW group that ``decay_mask`` decays."""
+
+  def mask(params):
+    groups = muon_dimension_numbers(params)
+    decayed = decay_mask(cfg)(params)
+    return jax.tree.map(
+      lambda group, d: group is None and d,
+      groups,
+      decayed,
+      is_leaf=lambda x: x is None or isinstance(x, MuonDimensionNumbers),
+    )
+
+  return mask
+
+
+def decay_at_lr(
+  weight_decay: float, lr: optax.Schedule, mask
+) -> optax.GradientTransformationExtraArgs:
+  """Decoupled weight decay ``-lr(t) * weight_decay * param`` added to finished updates on the
+  ``mask``ed leaves: AdamW's decay, for a group whose transform (optax's muon) decays none."""
+
+  def init(params):
+    del params
+    return optax.ScaleByScheduleState(count=jnp.zeros([], jnp.int32))
+
+  def update(updates, state, params=None):
+    step_lr = lr(state.count)
+    updates = jax.tree.map(
+      lambda u, p, m: u - (step_lr * weight_decay * p).astype(u.dtype) if m else u,
+      updates,
+      params,
+      mask(params),
+    )
+    return updates, optax.ScaleByScheduleState(count=optax.safe_increment(state.count))
+
+  return optax.GradientTransformationExtraArgs(init, update)
+
+
 def make_optimizer(cfg: OptimizerConfig, total_steps: int):
   """``(tx, schedules)``: the optax transformation and ``{"lr": ..., ["adam_lr": ...]}``."""
   lr = make_schedule(cfg.learning_rate, cfg, total_steps)
@@ -164,9 +215,11 @@ def make_optimizer(cfg: OptimizerConfig, total_steps: int):
       weight_decay_mask=decay_mask(cfg),
       adam_b1=cfg.b1,
       adam_b2=cfg.b2,
-      adam_weight_decay=cfg.weight_decay,
+      adam_weight_decay=cfg.weight_decay if cfg.muon_adam_decay == "all" else 0.0,
       adam_learning_rate=adam_lr,
       muon_weight_dimension_numbers=muon_dimension_numbers,
     )
+    if cfg.muon_adam_decay == "matrices":  # (with weight_decay 0 too: one state tree)
+      core = optax.chain(core, decay_at_lr(cfg.weight_decay, adam_lr, adam_group_decay_mask(cfg)))
   parts = [optax.clip_by_global_norm(cfg.clip_norm)] if cfg.clip_norm else []
   return optax.chain(*parts, core), schedules
