@@ -111,7 +111,10 @@ KEYS: dict[str, tuple[str, str]] = {
   "optimizer.learning_rate": (SAFE, "peak LR (Muon's group under 'muon')"),
   "optimizer.adam_learning_rate": (SAFE, "'muon': peak LR of its AdamW group; None: learning_rate"),
   "optimizer.schedule": (SAFE, "'cosine', 'wsd' (warmup-stable-decay) or 'constant', after warmup"),
-  "optimizer.warmup_steps": (SAFE, "steps of linear LR warmup from 0"),
+  "optimizer.warmup_steps": (
+    SAFE,
+    "steps of linear LR warmup from 0 (at most train.steps - 1: a shorter run warms up faster)",
+  ),
   "optimizer.decay_fraction": (SAFE, "schedule='wsd': share of steps spent decaying"),
   "optimizer.min_lr_ratio": (SAFE, "final LR as a fraction of the peak"),
   "optimizer.weight_decay": (SAFE, "decoupled weight decay of matrices"),
