@@ -52,16 +52,25 @@ def _delete_metadata(step_dir: Path) -> None:
   (step_dir / "state" / "_METADATA").unlink()
 
 
-def _overwrite_in_place(step_dir: Path) -> None:
-  """Inverts one byte a quarter into the largest array data file, keeping its size: a byte of
-  array data (the store keeps it uncompressed) that a bad block or a partial overwrite changes,
-  which Orbax itself restores without error as a different number."""
-  largest = max(
-    (step_dir / "state" / "ocdbt.process_0" / "d").iterdir(), key=lambda p: p.stat().st_size
-  )
-  data = bytearray(largest.read_bytes())
-  data[len(data) // 4] ^= 0xFF
-  largest.write_bytes(bytes(data))
+def _change_stored_value(step_dir: Path) -> None:
+  """Changes one stored number of ``params.embed`` through the store itself, leaving a valid
+  store that Orbax restores without error as a different number: what a partial overwrite or a
+  bad block under a chunk may leave. (Flipping a raw byte is not that: the chunks are
+  zstd-compressed, so a flipped byte may as well make the chunk undecodable, which is the
+  ``_truncate_data`` case.)"""
+  import tensorstore as ts
+
+  array = ts.open(
+    {
+      "driver": "zarr",
+      "kvstore": {
+        "driver": "ocdbt",
+        "base": f"file://{step_dir / 'state'}",
+        "path": "params.embed/",
+      },
+    }
+  ).result()
+  array[0, 0].write(array[0, 0].read().result() + 1.0).result()
 
 
 def _wrong_params_checksum(step_dir: Path) -> None:
@@ -84,7 +93,7 @@ def _drop_data_state(step_dir: Path) -> None:
   [
     (_truncate_data, ""),
     (_delete_metadata, ""),
-    (_overwrite_in_place, "differ from the checksums saved with them"),
+    (_change_stored_value, "differ from the checksums saved with them"),
     (_drop_data_state, "would restart the data stream"),
   ],
 )
