@@ -221,10 +221,12 @@ PRIORITY = (  # device sessions run these in order: each step answers a question
   # done (session 21): the parameter-matched softmax (MLP 2304) is level with softmax (2.188,
   # -0.009 nats) and 0.143 / 0.155 behind like_q / W_R = 0 at seed 0
   head_one(HEAD_ONE[13]),
-  # next: MQAR's 4-layer group (configs/sweeps/gpu_study_mqar.py); then the Muon and AdamW
-  # scans; then the scaled head's AdamW scan and controls: they study a head that holds every
-  # arm back, so they come last
-  *[head_one(name) for name in HEAD_ONE[14:]],
+  # done (session 28, on an H100): MQAR's 4-layer group (gpu_study_mqar.py); like_q at twice
+  # its Muon rate 2.020 (-0.024 nats against x1), still 0.031 above the compute-matched softmax
+  head_one(HEAD_ONE[14]),
+  # next: the rest of the Muon and AdamW scans; then the scaled head's AdamW scan and
+  # controls: they study a head that holds every arm back, so they come last
+  *[head_one(name) for name in HEAD_ONE[15:]],
   *[name for name in ADAMW_UP_SCAN if name != "adamw+softmax_lr4_s0"],
   "adamw+parallax_lr0.5_s0",
   "adamw+softmax_lr0.5_s0",
