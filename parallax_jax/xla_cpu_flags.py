@@ -21,7 +21,8 @@ log = logging.getLogger("parallax_jax")
 
 YNN_FLAG = "xla_cpu_experimental_ynn_fusion_type"
 # The versions where the miscompile was measured and the flag parses (an unknown flag in
-# XLA_FLAGS is fatal, so the list is explicit, not "every version from").
+# XLA_FLAGS is fatal, so the list is explicit, not "every version from"). 0.11.2 computes the
+# pattern right without it (design §11.3).
 AFFECTED_JAXLIB = frozenset({"0.10.2"})
 
 
