@@ -37,6 +37,7 @@ from parallax_jax import BlockSizes, MaskSpec, parallax_attention, parallax_refe
 from parallax_jax.benchmarking import result_files  # noqa: E402
 from parallax_jax.benchmarking.kernel_times import kernel_times  # noqa: E402
 from parallax_jax.benchmarking.timing import time_call, time_pipelined  # noqa: E402
+from parallax_jax.environment import PACKAGES, package_versions  # noqa: E402
 from parallax_jax.flops import (  # noqa: E402
   KERNEL_TFLOPS_HEADER,
   kernel_executed_flops,
@@ -221,21 +222,10 @@ def accuracy(fn, inputs, causal, window=None):
   return out
 
 
-def versions():
-  v = {"jax": jax.__version__, "python": platform.python_version()}
-  try:
-    import jaxlib
-
-    v["jaxlib"] = jaxlib.__version__
-  except Exception:  # noqa: BLE001
-    pass
-  try:
-    import triton
-
-    v["triton"] = triton.__version__
-  except Exception:  # noqa: BLE001
-    v["triton"] = None
-  return v
+def versions() -> dict:
+  """Python's and the installed libraries' versions (``parallax_jax.environment``), triton
+  included, for a benchmark's record."""
+  return {"python": platform.python_version(), **package_versions(PACKAGES + ("triton",))}
 
 
 def parse_shapes(parser: argparse.ArgumentParser, text: str) -> list[tuple[int, int]]:

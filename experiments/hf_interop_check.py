@@ -62,6 +62,7 @@ sys.path.insert(0, str(REPO))
 
 from parallax_jax.benchmarking import result_files  # noqa: E402
 from parallax_jax.benchmarking.run_info import run_info  # noqa: E402
+from parallax_jax.environment import PACKAGES, package_versions  # noqa: E402
 
 LM_CONFIG = REPO / "configs" / "lm_0p6b.py"
 # Expected max-norm relative errors (the brief of issue 14): a row above its bound is flagged.
@@ -112,18 +113,8 @@ def fla_shape(args) -> dict:
 
 # Records --------------------------------------------------------------------------------------
 def versions() -> dict:
-  out = {"python": platform.python_version()}
-  names = ("jax", "jaxlib", "flax", "numpy", "orbax.checkpoint", "safetensors", "tokenizers")
-  for name in (*names, "torch", "transformers", "triton", "einops"):
-    out[name] = _version(name)
-  return out
-
-
-def _version(module: str) -> str | None:
-  try:
-    return getattr(__import__(module, fromlist=["_"]), "__version__", "?")
-  except Exception:  # noqa: BLE001  absent or broken: recorded as None
-    return None
+  extra = ("safetensors", "torch", "transformers", "triton", "einops")
+  return {"python": platform.python_version(), **package_versions(PACKAGES + extra)}
 
 
 def output_stem(out_dir: str | Path, date: str, device: str) -> Path:

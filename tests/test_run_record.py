@@ -45,11 +45,33 @@ def _error(err: str) -> str:
   return lines[0]
 
 
+def _check_environment(record: dict) -> None:
+  """A start's record of what it ran on, against JAX's and git's own answers."""
+  import subprocess
+
+  import jax
+  import jaxlib
+
+  assert record["devices"] == {
+    "platform": jax.default_backend(),
+    "kind": jax.devices()[0].device_kind,
+    "count": jax.device_count(),
+    "local_count": jax.local_device_count(),
+    "processes": jax.process_count(),
+  }
+  assert record["versions"]["jax"] == jax.__version__
+  assert record["versions"]["jaxlib"] == jaxlib.__version__
+  if (ROOT / ".git").exists():  # a checkout (CI's is one): the commit the code is at
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True)
+    assert record["code"]["commit"] == head.stdout.decode().strip()
+
+
 def test_readers_never_write_and_changed_configs_are_refused_or_recorded(tmp_path, capsys):
   w = tmp_path / "run"
   train = ["train", "--config", TINY, "--workdir", str(w), *SMALL]
   assert _main(capsys, *train, "--config.train.steps=4")[0] == 0
   config_bytes = (w / "config.json").read_bytes()
+  _check_environment(json.loads(config_bytes)["environment"])
   before = _snapshot(w)
 
   # eval: the run's config, a safe override, then a config the run cannot take.
@@ -83,6 +105,7 @@ def test_readers_never_write_and_changed_configs_are_refused_or_recorded(tmp_pat
   history = [json.loads(x) for x in (w / "config_history.jsonl").read_text().splitlines()]
   assert len(history) == 1 and history[0]["resumed_from_step"] == 4
   assert history[0]["changes"] == {"train.log_every": [10, 2], "train.steps": [4, 6]}
+  _check_environment(history[0]["environment"])
   code, out, _ = _main(capsys, "eval", "--workdir", str(w))  # the run's current config
   at_6 = json.loads(out.splitlines()[-1])
   assert code == 0 and at_6["step"] == 6 and at_6["eval_loss"] != at_4["eval_loss"]

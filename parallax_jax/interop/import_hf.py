@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from parallax_jax import environment
 from parallax_jax.errors import UserError, UserFileNotFoundError
 from parallax_jax.interop import hf_config, hf_names
 from parallax_jax.interop.safetensors_io import SafetensorsReader
@@ -273,6 +274,7 @@ def import_hf(
   extra = {
     "num_params": model.num_params(),
     "devices": jax.device_count(),
+    "environment": environment.describe(),
     "hf_import": {"source": str(src.absolute()), "config": hf, "r_init": r_init},
   }
   run_record.record_start(workdir, cfg.to_dict(), extra)

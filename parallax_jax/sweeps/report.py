@@ -3,8 +3,8 @@
 One row per point: its axis values, status, final step, final train loss, eval loss,
 perplexity and accuracy (argmax accuracy on loss_mask positions: the answer accuracy of a
 synthetic task), eval MSE (regression tasks; their sweeps also get the baselines' MSE), median
-tokens/s, wall time and error. Rows come from each point's ``status.json`` and
-``metrics.jsonl``.
+tokens/s, the hardware it ran on (every start's, when a resume moved it), wall time and error.
+Rows come from each point's ``status.json``, ``metrics.jsonl`` and run record.
 """
 
 from __future__ import annotations
@@ -16,9 +16,11 @@ import re
 import statistics
 from pathlib import Path
 
+from parallax_jax import environment
 from parallax_jax.data.regression import REGRESSION_TASKS
 from parallax_jax.sweeps.config import BASELINE_COLUMNS, REPO_ROOT, Point, Sweep
 from parallax_jax.sweeps.pairs import VARIANT
+from parallax_jax.train import run_record
 from parallax_jax.train.metrics import read_metrics
 
 # Larger is better for these; smaller for the rest.
@@ -48,11 +50,20 @@ def point_row(sweep: Sweep, point: Point, workdir: Path) -> dict:
     eval_accuracy=_last(records, "eval_accuracy"),
     eval_mse=_last(records, "eval_mse"),
     tokens_per_s=statistics.median(speeds) if speeds else None,
+    hardware=_hardware(directory),
   )
   if _sources(sweep) & set(REGRESSION_TASKS):
     row.update({k: _last(records, k) for k in BASELINE_COLUMNS})
   row.update(wall_s=status.get("wall_s"), error=status.get("error"))
   return row
+
+
+def _hardware(directory: Path) -> str | None:
+  """Each start's hardware, in order, without repeats ("1x NVIDIA H200"); None where no start
+  recorded it."""
+  seen = [environment.hardware(e) for e in run_record.environments(directory)]
+  shown = list(dict.fromkeys(h for h in seen if h))
+  return "; ".join(shown) or None
 
 
 def _sources(sweep: Sweep) -> set[str]:

@@ -11,6 +11,7 @@ from pathlib import Path
 import jax
 import ml_collections
 
+from parallax_jax import environment
 from parallax_jax.data import synthetic
 from parallax_jax.errors import UserError
 from parallax_jax.train import data_io, run_record, workdir_lock
@@ -77,6 +78,7 @@ class Trainer:
         "data": self.data.describe(),
         "num_params": exp.model.num_params(),
         "devices": jax.device_count(),
+        "environment": environment.describe(),
       }
       if run_record.holds_run(self.workdir):  # recorded once the step it resumes from is known
         self._lock()

@@ -71,6 +71,17 @@ def read_history(workdir: str | Path) -> list[dict]:
   return [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
 
 
+def environments(workdir: str | Path) -> list[dict | None]:
+  """What each start of the run ran on (``parallax_jax.environment.describe``): the first
+  start's, then each resume's; None for a start recorded before environments were (2026-12-05).
+  Empty where the workdir holds no run."""
+  path = Path(workdir) / CONFIG
+  if not path.is_file():
+    return []
+  first = json.loads(path.read_text()).get("environment")
+  return [first, *(entry.get("environment") for entry in read_history(workdir))]
+
+
 def current_config(workdir: str | Path) -> dict:
   """The config of the run's latest start (plain dict); a key added to the code since it was
   recorded holds the value the code then used (``config_keys.ADDED_KEYS``)."""
@@ -161,7 +172,8 @@ def record_resume(
   workdir: str | Path, config: dict, extra: dict, diff: dict, *, resumed_from_step: int
 ) -> None:
   """Appends a history entry for a resumed start: the step it restored (after any damaged
-  newer step was passed over), the config changes ``check`` returned (``diff``), the devices.
+  newer step was passed over), the config changes ``check`` returned (``diff``), the devices
+  and the environment (``parallax_jax.environment.describe``).
   Only process 0 writes."""
   import jax
 
@@ -182,6 +194,7 @@ def record_resume(
     )
     entry["data"] = extra["data"]
   entry["devices"] = extra.get("devices")
+  entry["environment"] = extra.get("environment")
   entry["config"] = config
   if diff:
     log.info(
