@@ -570,3 +570,16 @@ def test_head_scale_study_pairs_differ_only_in_the_head_and_match_the_committed_
   assert {f"variant={n}" for n in points} == set(statuses)
   for name, point in points.items():
     assert statuses[f"variant={name}"]["fingerprint"] == point.fingerprint(), name
+
+
+def test_a_changed_inline_base_is_what_the_train_cli_loads(tmp_path):
+  """A rerun whose inline base changed writes the new one: each point's train subprocess loads
+  ``base_path``, and its status records the fingerprint of the new base's config."""
+  from parallax_jax.sweeps.config import write_inline_base
+
+  first, second = load_config(TINY), load_config(TINY)
+  second.model.d_model = 96
+  for base in (first, second):
+    sweep = build_sweep({"base": base}, base_path_for_inline=tmp_path / "base_config.py")
+    write_inline_base(sweep)
+    assert load_config(sweep.base_path).model.d_model == base.model.d_model

@@ -108,6 +108,7 @@ class Sweep:
   overrides: dict[str, Any]
   metric: str | None
   points: tuple[Point, ...]
+  inline_base: bool = False  # ``base`` was given inline: ``write_inline_base`` writes it
 
 
 def cli_value(value) -> str:
@@ -215,7 +216,8 @@ def build_sweep(spec, *, base_path_for_inline: Path | None = None) -> Sweep:
   if "base" not in spec:
     raise UserError("sweep config needs `base` (a config file path or a ConfigDict)")
   base_path, base = _resolve_base(spec["base"])
-  if base_path is None:
+  inline_base = base_path is None
+  if inline_base:
     base_path = base_path_for_inline or Path("base_config.py")
   axes = _flatten(spec.get("axes") or {})
   for key, values in axes.items():
@@ -271,6 +273,7 @@ def build_sweep(spec, *, base_path_for_inline: Path | None = None) -> Sweep:
     overrides=fixed,
     metric=metric,
     points=tuple(points),
+    inline_base=inline_base,
   )
 
 
@@ -315,8 +318,9 @@ def get_config():
 
 
 def write_inline_base(sweep: Sweep) -> None:
-  """Writes an inline base config where the train CLI will load it (no-op for file bases)."""
-  if sweep.base_path.is_file():
+  """Writes an inline base config where the train CLI will load it (no-op for file bases); a
+  rerun rewrites it, so that a changed inline base is the one its points train."""
+  if not sweep.inline_base:
     return
   sweep.base_path.parent.mkdir(parents=True, exist_ok=True)
   (sweep.base_path.parent / "base_config.json").write_text(
