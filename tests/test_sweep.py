@@ -583,3 +583,10 @@ def test_a_changed_inline_base_is_what_the_train_cli_loads(tmp_path):
     sweep = build_sweep({"base": base}, base_path_for_inline=tmp_path / "base_config.py")
     write_inline_base(sweep)
     assert load_config(sweep.base_path).model.d_model == base.model.d_model
+
+
+def test_an_axis_value_given_twice_is_refused():
+  """A repeated value would train one config twice, the third copy into the second's folder."""
+  for values in ([0, 1, 1, 1], [1, "1"]):
+    with pytest.raises(ValueError, match=r"sweep.axes\['train.seed'\] has 1 more than once"):
+      build_sweep({"base": TINY, "axes": {"train.seed": values}})

@@ -223,6 +223,12 @@ def build_sweep(spec, *, base_path_for_inline: Path | None = None) -> Sweep:
   for key, values in axes.items():
     if not isinstance(values, list | tuple) or not values:
       raise UserError(f"sweep.axes[{key!r}] must be a non-empty list of values, got {values!r}")
+    texts = [cli_value(v) for v in values]  # the override each value becomes: one config each
+    twice = next((v for v, t in zip(values, texts, strict=True) if texts.count(t) > 1), None)
+    if twice is not None:
+      raise UserError(
+        f"sweep.axes[{key!r}] has {twice!r} more than once ({list(values)!r}); list each value once"
+      )
   axes = {k: list(v) for k, v in axes.items()}
   mode = spec.get("mode", "grid")
   if mode not in MODES:
