@@ -590,3 +590,20 @@ def test_an_axis_value_given_twice_is_refused():
   for values in ([0, 1, 1, 1], [1, "1"]):
     with pytest.raises(ValueError, match=r"sweep.axes\['train.seed'\] has 1 more than once"):
       build_sweep({"base": TINY, "axes": {"train.seed": values}})
+
+
+def test_sweep_keys_of_the_wrong_type_are_one_line_errors(tmp_path, capsys):
+  from cli_runner import one_line_error, run_cli
+
+  cases = [
+    ({"mode": "random", "seed": "x", "count": 1, "axes": {"train.seed": [0, 1]}}, "sweep.seed"),
+    ({"mode": "random", "seed": 1.5, "count": 1, "axes": {"train.seed": [0, 1]}}, "sweep.seed"),
+    ({"axes": "train.seed"}, "sweep.axes"),
+    ({"overrides": ["train.seed=1"]}, "sweep.overrides"),
+  ]
+  for i, (spec, match) in enumerate(cases):
+    path = tmp_path / f"s{i}.py"
+    path.write_text(f"def get_config():\n  return { ({'base': TINY, **spec})!r}\n")
+    code, _, err = run_cli(capsys, "sweep", "--config", str(path), "--workdir", str(tmp_path / "w"))
+    assert code == 2 and match in one_line_error(err), (spec, err)
+  assert not (tmp_path / "w").exists()

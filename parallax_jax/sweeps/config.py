@@ -137,11 +137,11 @@ def _flatten(d: Mapping, prefix: str = "") -> dict[str, Any]:
   return out
 
 
-def _to_plain(d) -> dict:
+def _to_plain(d, what: str = "sweep config") -> dict:
   if isinstance(d, ml_collections.ConfigDict | ml_collections.FrozenConfigDict):
     return d.to_dict()
   if not isinstance(d, Mapping):
-    raise UserError(f"sweep config: expected a mapping (a dict or ConfigDict), got {d!r}")
+    raise UserError(f"{what}: expected a mapping (a dict or ConfigDict), got {d!r}")
   return dict(d)
 
 
@@ -176,6 +176,8 @@ def _combinations(axes: dict[str, list], mode: str, seed: int, count: int | None
     raise UserError(f"sweep.count must be an int >= 1 for mode='random', got {count!r}")
   if count > total:
     raise UserError(f"sweep.count={count} exceeds the {total} distinct combinations of axes")
+  if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+    raise UserError(f"sweep.seed must be an int >= 0 for mode='random', got {seed!r}")
   rng = np.random.default_rng(seed)
   out = []
   for flat in rng.choice(total, size=count, replace=False):
@@ -219,7 +221,7 @@ def build_sweep(spec, *, base_path_for_inline: Path | None = None) -> Sweep:
   inline_base = base_path is None
   if inline_base:
     base_path = base_path_for_inline or Path("base_config.py")
-  axes = _flatten(spec.get("axes") or {})
+  axes = _flatten(_to_plain(spec.get("axes") or {}, "sweep.axes"))
   for key, values in axes.items():
     if not isinstance(values, list | tuple) or not values:
       raise UserError(f"sweep.axes[{key!r}] must be a non-empty list of values, got {values!r}")
@@ -235,7 +237,7 @@ def build_sweep(spec, *, base_path_for_inline: Path | None = None) -> Sweep:
     raise UserError(f"sweep.mode must be one of {MODES}, got {mode!r}")
   seed = spec.get("seed", 0)
   count = spec.get("count")
-  fixed = _flatten(spec.get("overrides") or {})
+  fixed = _flatten(_to_plain(spec.get("overrides") or {}, "sweep.overrides"))
   variants = {
     name: _flatten(_to_plain(v)) for name, v in _to_plain(spec.get("variants") or {}).items()
   }
