@@ -108,3 +108,16 @@ def test_collect_into_a_new_workdir_creates_it_and_a_refused_one_writes_nothing(
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and "nothing_here: no points/ folder there" in err[0]
   assert not new.exists()
+
+
+def test_collect_with_dry_run_is_refused_and_writes_nothing(tmp_path, capsys):
+  from cli_runner import one_line_error
+
+  first, _ = load_sweep(SMOKE).points
+  src, out = tmp_path / "returned", tmp_path / "results"
+  _point(src, first.name, first.fingerprint(), first.steps)
+  before = _tree(src)
+  argv = ["sweep", "--config", SMOKE, "--workdir", str(out), "--collect", str(src), "--dry-run"]
+  assert cli.main(argv) == 2
+  assert "--dry-run" in one_line_error(capsys.readouterr().err)
+  assert not out.exists() and _tree(src) == before

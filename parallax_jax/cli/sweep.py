@@ -16,6 +16,8 @@ def _sweep(args) -> int:
 
   if args.parallel < 1:  # checked before the sweep loads: a typo costs nothing
     raise UserError(f"--parallel must be >= 1, got {args.parallel}")
+  if args.collect and args.dry_run:  # collecting writes: a dry run must not
+    raise UserError("--dry-run does not apply to --collect (which copies points); drop one")
   check_holds_no_other_kind(args.workdir, "sweep")
   if args.collect:
     return _sweep_collect(args)
