@@ -607,3 +607,30 @@ def test_sweep_keys_of_the_wrong_type_are_one_line_errors(tmp_path, capsys):
     code, _, err = run_cli(capsys, "sweep", "--config", str(path), "--workdir", str(tmp_path / "w"))
     assert code == 2 and match in one_line_error(err), (spec, err)
   assert not (tmp_path / "w").exists()
+
+
+def test_seed_pairs_refuse_two_points_of_one_arm_and_seed(tmp_path):
+  """A variant sweep with one more axis (here a learning rate) has two finished points per
+  variant: a pair would silently keep the last row's value, so it is refused."""
+  from parallax_jax.sweeps.pairs import paired_curves, paired_tables
+
+  path = tmp_path / "results.csv"
+  rows = [
+    ("muon+softmax_s0", "0.001", "finished", "4.0"),
+    ("muon+softmax_s0", "0.003", "finished", "6.0"),
+    ("muon+parallax_s0", "0.001", "finished", "3.0"),
+    ("muon+parallax_s0", "0.003", "finished", "7.0"),
+  ]
+  with path.open("w", newline="") as f:
+    w = csv.writer(f)
+    w.writerow(["variant", "optimizer.learning_rate", "status", "eval_loss"])
+    w.writerows(rows)
+  with pytest.raises(ValueError, match="muon\\+softmax_s0.* more than once"):
+    paired_tables(path, "eval_loss", "softmax")
+  for variant, lr, status, value in rows:
+    d = tmp_path / "points" / f"variant={variant},learning_rate={lr}"
+    d.mkdir(parents=True)
+    (d / "status.json").write_text(json.dumps({"values": {"variant": variant}, "status": status}))
+    (d / "metrics.jsonl").write_text(json.dumps({"step": 10, "eval_loss": float(value)}) + "\n")
+  with pytest.raises(ValueError, match="muon\\+parallax_s0.* more than once"):
+    paired_curves(tmp_path / "points", "eval_loss", "softmax")

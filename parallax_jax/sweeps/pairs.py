@@ -44,14 +44,26 @@ def _runs(csv_path: str | Path, value: str) -> dict[tuple[str, str, int], float]
     records = list(csv.DictReader(f))
   if records and value not in records[0]:
     raise ValueError(f"{csv_path} has no column {value!r}; columns: {list(records[0])}")
-  out = {}
+  out, seen = {}, set()
   for r in records:
     key = _finished_key(r.get("variant", ""), r.get("status"))
-    if key is not None and r[value] != "":
+    if key is None:
+      continue
+    if key in seen:
+      raise ValueError(_twice(csv_path, r["variant"]))
+    seen.add(key)
+    if r[value] != "":
       out[key] = float(r[value])
   if not out:
     raise ValueError(f"{csv_path}: no finished point named <group>+<arm>_s<seed>")
   return out
+
+
+def _twice(where, variant: str) -> str:
+  return (
+    f"{where}: variant {variant!r} is finished more than once (the sweep has another axis); "
+    "a pair needs one point per arm and seed"
+  )
 
 
 def paired_tables(
@@ -88,7 +100,7 @@ def paired_tables(
 def _curves(points_dir: str | Path, value: str) -> dict[tuple[str, str, int], dict[int, float]]:
   """``(group, arm, seed) -> {step: value}`` of the finished points under ``points_dir`` (a
   sweep workdir's ``points/``) whose variant is named ``<group>+<arm>_s<seed>``."""
-  out = {}
+  out, seen = {}, set()
   for d in sorted(Path(points_dir).iterdir()):
     status_path = d / "status.json"
     if not status_path.exists():
@@ -97,6 +109,9 @@ def _curves(points_dir: str | Path, value: str) -> dict[tuple[str, str, int], di
     key = _finished_key(str(status.get("values", {}).get("variant", "")), status.get("status"))
     if key is None:
       continue
+    if key in seen:
+      raise ValueError(_twice(points_dir, status["values"]["variant"]))
+    seen.add(key)
     steps = {r["step"]: float(r[value]) for r in read_metrics(d) if r.get(value) is not None}
     if steps:
       out[key] = steps
