@@ -78,3 +78,12 @@ def test_learnt_table_counts_runs_per_kind_and_pair_count(tmp_path, capsys):
   mqar_summary.main([str(tmp_path), "--plot", str(png)])
   out = capsys.readouterr().out
   assert "| 2 | 4 | 2 of 2 | 1 of 2 |" in out and png.stat().st_size > 0
+
+
+def test_recall_table_refuses_two_runs_in_one_cell(tmp_path):
+  """Two runs of one task and setting that differ elsewhere (e.g. a width axis) would share a
+  cell, which showed one of them without a word."""
+  _point(tmp_path, "a", kind="softmax", lr=1e-3, seed=0, pairs=4, accuracies=[0.3])
+  _point(tmp_path, "b", kind="softmax", lr=1e-3, seed=0, pairs=4, accuracies=[0.99])
+  with pytest.raises(ValueError, match="2 runs of layers 2, pairs 4, seed 0 at softmax 0.001"):
+    recall_table(read_points(tmp_path))

@@ -89,6 +89,14 @@ def recall_table(points: list[RecallPoint], threshold: float = 0.95) -> str:
   cols = sorted({p.setting for p in points})
   rows = sorted({p.task for p in points})
   cell = {(p.task, p.setting): p for p in points}
+  keys = [(p.task, p.setting) for p in points]
+  twice = next((k for k in keys if keys.count(k) > 1), None)
+  if twice is not None:  # runs that differ in a key the table does not show: one cell
+    (layers, pairs, _, _, seed), (kind, lr) = twice
+    raise ValueError(
+      f"{keys.count(twice)} runs of layers {layers}, pairs {pairs}, seed {seed} at {kind} "
+      f"{lr:g}: they differ in a key this table does not show; summarise them apart"
+    )
   head = " | ".join(f"{kind} {lr:g}" for kind, lr in cols)
   lines = [
     f"Final held-out accuracy (in brackets: the first eval step at or above {threshold:g}):",
