@@ -634,3 +634,22 @@ def test_seed_pairs_refuse_two_points_of_one_arm_and_seed(tmp_path):
     (d / "metrics.jsonl").write_text(json.dumps({"step": 10, "eval_loss": float(value)}) + "\n")
   with pytest.raises(ValueError, match="muon\\+parallax_s0.* more than once"):
     paired_curves(tmp_path / "points", "eval_loss", "softmax")
+
+
+def test_a_non_finite_last_eval_is_not_reported_as_an_earlier_one(tmp_path):
+  """metrics.jsonl holds a non-finite value as null: the table's eval loss is the last eval's
+  (none), not the one before it."""
+  from parallax_jax.sweeps.report import point_row
+
+  sweep = build_sweep({"base": TINY, "overrides": {"train.steps": 4}})
+  (point,) = sweep.points
+  d = tmp_path / "points" / point.name
+  d.mkdir(parents=True)
+  records = [
+    {"step": 2, "loss": 3.0, "eval_loss": 3.5, "eval_perplexity": 33.1, "eval_accuracy": 0.2},
+    {"step": 4, "loss": 2.5, "eval_loss": None, "eval_perplexity": None, "eval_accuracy": 0.1},
+  ]
+  (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+  row = point_row(sweep, point, tmp_path)
+  assert row["final_step"] == 4 and row["train_loss"] == 2.5 and row["eval_accuracy"] == 0.1
+  assert row["eval_loss"] is None and row["eval_perplexity"] is None

@@ -28,8 +28,10 @@ HIGHER_IS_BETTER = ("eval_accuracy", "tokens_per_s")
 
 
 def _last(records: list[dict], key: str):
+  """``key``'s value in the last record that logged it: None where that value was not finite
+  (``MetricsWriter`` writes it as null), never an earlier record's value."""
   for r in reversed(records):
-    if r.get(key) is not None:
+    if key in r:
       return r[key]
   return None
 
