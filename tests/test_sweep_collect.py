@@ -121,3 +121,32 @@ def test_collect_with_dry_run_is_refused_and_writes_nothing(tmp_path, capsys):
   assert cli.main(argv) == 2
   assert "--dry-run" in one_line_error(capsys.readouterr().err)
   assert not out.exists() and _tree(src) == before
+
+
+def test_points_run_into_a_shared_workdir_keep_the_others_in_its_table(
+  tmp_path, capsys, monkeypatch
+):
+  """``--points`` trains only the selected points, but the workdir's table and sweep.json are
+  the whole sweep's: a point finished by an earlier call stays in results.csv."""
+  import sys
+
+  from parallax_jax.sweeps import runner
+
+  first, second = load_sweep(SMOKE).points
+  out = tmp_path / "study"
+  _point(out, first.name, first.fingerprint(), first.steps)
+  fake = tmp_path / "fake_train.py"  # a finished run's metrics, at once
+  fake.write_text(
+    "import json, sys\n"
+    "rows = [{'step': s, 'loss': 2.0} for s in (30, 60)]\n"
+    "text = ''.join(json.dumps(r) + '\\n' for r in rows)\n"
+    "open(sys.argv[1] + '/metrics.jsonl', 'w').write(text)\n"
+  )
+  monkeypatch.setattr(
+    runner, "train_command", lambda sweep, point, d: [sys.executable, str(fake), str(d)]
+  )
+  argv = ["sweep", "--config", SMOKE, "--workdir", str(out), "--points", second.name]
+  assert cli.main(argv) == 0
+  assert _statuses(out) == {first.name: "finished", second.name: "finished"}
+  assert json.loads((out / "sweep.json").read_text())["points"] == [first.name, second.name]
+  assert (out / "points" / first.name / "train.log").read_text() == "not collected\n"

@@ -21,25 +21,28 @@ def _sweep(args) -> int:
   check_holds_no_other_kind(args.workdir, "sweep")
   if args.collect:
     return _sweep_collect(args)
-  sweep = select_points(load_sweep(args.config, args.workdir), args.points)
+  sweep = load_sweep(args.config, args.workdir)
+  # --points: only these train; the workdir's tables stay the whole sweep's (a shared workdir)
+  chosen = select_points(sweep, args.points).points
   if args.dry_run:
     invalid = 0
-    for p in sweep.points:
+    for p in chosen:
       print(f"{p.name}: {' '.join(p.overrides) or '(base)'}")
       if (problem := p.problem()) is not None:
         invalid += 1
         print(f"  invalid: {problem}")
     if invalid:
-      raise UserError(f"{invalid} of {len(sweep.points)} sweep points are invalid (above)")
+      raise UserError(f"{invalid} of {len(chosen)} sweep points are invalid (above)")
     return 0
+  only = {p.name for p in chosen}
   try:
-    rows = run_sweep(sweep, args.workdir, parallel=args.parallel)
+    rows = run_sweep(sweep, args.workdir, parallel=args.parallel, only=only)
   except SweepStopped as e:
     print(f"parallax-jax: {e} (report: {args.workdir}/results.md)", file=sys.stderr)
     return EXIT_PREEMPTED
   print(f"wrote {args.workdir}/results.md:")
   print(open(f"{args.workdir}/results.md").read())
-  return 0 if all(r["status"] == "finished" for r in rows) else 1
+  return 0 if all(r["status"] == "finished" for r in rows if r["name"] in only) else 1
 
 
 def _sweep_collect(args) -> int:

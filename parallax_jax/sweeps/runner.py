@@ -34,7 +34,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -260,16 +260,21 @@ def run_sweep(
   parallel: int = 1,
   log: Callable[[str], None] = print,
   env: dict | None = None,
+  only: Iterable[str] | None = None,
 ) -> list[dict]:
-  """Runs every unfinished point, then writes results.csv/.md and the plots; returns rows."""
+  """Runs every unfinished point (``only``: of these names, ``--points``), then writes
+  results.csv/.md and the plots of every point; returns rows."""
   if not isinstance(parallel, int) or parallel < 1:
     raise ValueError(f"parallel must be an int >= 1, got {parallel!r}")
   workdir = Path(workdir).resolve()
   (workdir / "points").mkdir(parents=True, exist_ok=True)
   write_inline_base(sweep)
   write_description(sweep, workdir)
+  only = None if only is None else set(only)
   todo = []
   for point in sweep.points:
+    if only is not None and point.name not in only:
+      continue
     old = read_status(workdir, point)
     if is_finished(old, point):
       log(f"[sweep] {point.name}: finished earlier, skipped")
