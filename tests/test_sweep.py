@@ -653,3 +653,10 @@ def test_a_non_finite_last_eval_is_not_reported_as_an_earlier_one(tmp_path):
   row = point_row(sweep, point, tmp_path)
   assert row["final_step"] == 4 and row["train_loss"] == 2.5 and row["eval_accuracy"] == 0.1
   assert row["eval_loss"] is None and row["eval_perplexity"] is None
+
+
+def test_an_exclude_that_drops_every_point_is_refused():
+  """A sweep of no points would run nothing and report an empty table with exit 0."""
+  spec = {"base": TINY, "axes": {"train.seed": [0, 1]}}
+  with pytest.raises(ValueError, match="sweep.exclude drops every point"):
+    build_sweep({**spec, "exclude": [{"train.seed": 0}, {"train.seed": 1}]})

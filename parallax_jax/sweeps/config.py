@@ -255,6 +255,8 @@ def build_sweep(spec, *, base_path_for_inline: Path | None = None) -> Sweep:
       if key not in axes or value not in axes[key]:
         raise UserError(f"sweep.exclude entry {entry}: {key}={value!r} is not an axis value")
   combos = [c for c in combos if not any(all(c[k] == v for k, v in e.items()) for e in exclude)]
+  if not combos:
+    raise UserError(f"sweep.exclude drops every point of the grid ({exclude}); keep at least one")
   points, names = [], set()
   for values in combos:
     chosen = variants.get(values.get(VARIANT), {})
