@@ -150,3 +150,15 @@ def test_points_run_into_a_shared_workdir_keep_the_others_in_its_table(
   assert _statuses(out) == {first.name: "finished", second.name: "finished"}
   assert json.loads((out / "sweep.json").read_text())["points"] == [first.name, second.name]
   assert (out / "points" / first.name / "train.log").read_text() == "not collected\n"
+
+
+def test_an_empty_points_list_is_refused_not_read_as_every_point(tmp_path, capsys):
+  """``--points "$P"`` with P unset would have trained (or collected) every point."""
+  from cli_runner import run_cli
+
+  for points in ("", " , "):
+    for extra in (["--dry-run"], ["--collect", str(tmp_path)]):
+      argv = ["sweep", "--config", SMOKE, "--workdir", str(tmp_path / "w"), "--points", points]
+      code, _, err = run_cli(capsys, *argv, *extra)
+      assert code == 2 and "--points" in err and "Traceback" not in err, err
+  assert not (tmp_path / "w").exists()

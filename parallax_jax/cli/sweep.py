@@ -70,6 +70,18 @@ def _sweep_collect(args) -> int:
   return 1 if refused else 0
 
 
+def _patterns(text: str) -> str:
+  """argparse ``type`` of ``--points``: at least one pattern (an empty value, e.g. an unset
+  shell variable, is not read as "every point")."""
+  import argparse
+
+  if not any(p.strip() for p in text.split(",")):
+    raise argparse.ArgumentTypeError(
+      f"{text!r} names no point; give fnmatch patterns, or leave --points out for every point"
+    )
+  return text
+
+
 def add_sweep(sub, common):
   sw = sub.add_parser(
     "sweep",
@@ -86,6 +98,7 @@ def add_sweep(sub, common):
   )
   sw.add_argument(
     "--points",
+    type=_patterns,
     default=None,
     help="comma list of fnmatch patterns: run only the points whose name or variant matches "
     "(e.g. 'muon+parallax_s0' or 'L2_pairs64_*'); default: every point",
