@@ -162,3 +162,33 @@ def test_an_empty_points_list_is_refused_not_read_as_every_point(tmp_path, capsy
       code, _, err = run_cli(capsys, *argv, *extra)
       assert code == 2 and "--points" in err and "Traceback" not in err, err
   assert not (tmp_path / "w").exists()
+
+
+def test_an_interrupted_collect_leaves_no_point_behind(tmp_path, capsys, monkeypatch):
+  """A collect cut while copying a point's files leaves nothing under points/ (the readers, e.g.
+  the MQAR recall table, take every folder there for a point), and the next collect takes it."""
+  import shutil
+
+  first, _ = load_sweep(SMOKE).points
+  src, out = tmp_path / "returned", tmp_path / "results"
+  _point(src, first.name, first.fingerprint(), first.steps)
+  real_copy, calls = shutil.copy2, []
+
+  def cut_copy(a, b):
+    calls.append(a)
+    if len(calls) == 2:
+      raise KeyboardInterrupt
+    return real_copy(a, b)
+
+  monkeypatch.setattr(shutil, "copy2", cut_copy)
+  try:
+    _collect(out, src)
+  except KeyboardInterrupt:
+    pass
+  monkeypatch.setattr(shutil, "copy2", real_copy)
+  assert len(calls) == 2
+  assert sorted(p.name for p in (out / "points").glob("*")) == []
+
+  assert _collect(out, src) == 0
+  assert sorted(p.name for p in (out / "points").iterdir()) == [first.name]
+  assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []

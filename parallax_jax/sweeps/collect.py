@@ -14,6 +14,7 @@ and plots are rebuilt from every point W holds).
 
 from __future__ import annotations
 
+import contextlib
 import filecmp
 import shutil
 from collections.abc import Callable, Iterable
@@ -24,6 +25,7 @@ from parallax_jax.sweeps.config import Sweep
 from parallax_jax.sweeps.runner import is_finished, point_dir, read_status
 
 RECORD_FILES = ("status.json", "config.json", "metrics.jsonl")
+STAGING = ".collecting"  # under the results folder, beside points/: where a point is assembled
 
 
 def _why_not(source: Path, known: dict, name: str) -> str | None:
@@ -87,14 +89,19 @@ def collect_points(
         else:
           log(f"[collect] {src.name}: already here, skipped")
         continue
-      tmp = dest.with_name(dest.name + ".collecting")  # whole or not at all
+      # Whole or not at all, assembled outside points/: an interrupted collect leaves nothing
+      # there for the readers (report, recall, pairs) to take for a point.
+      tmp = workdir / STAGING / dest.name
       shutil.rmtree(tmp, ignore_errors=True)
       tmp.mkdir(parents=True)
       for f in RECORD_FILES:
         shutil.copy2(src / f, tmp / f)
+      dest.parent.mkdir(parents=True, exist_ok=True)
       tmp.replace(dest)
       collected.append(src.name)
       log(f"[collect] {src.name}: collected from {source}")
+  with contextlib.suppress(OSError):  # gone once empty; a cut collect's leftovers stay
+    (workdir / STAGING).rmdir()
   return collected, refused
 
 
