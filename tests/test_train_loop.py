@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -258,6 +259,25 @@ def test_read_metrics_skips_an_unfinished_last_line(tmp_path):
   assert read_metrics(tmp_path / "none", missing_ok=True) == []
   with pytest.raises(FileNotFoundError):
     read_metrics(tmp_path / "none")
+
+
+def test_a_kill_during_the_resume_rewrite_of_metrics_keeps_the_old_records(tmp_path, monkeypatch):
+  path = tmp_path / "metrics.jsonl"
+  old = "".join(f'{{"step": {s}, "loss": {1.0 / s}}}\n' for s in range(1, 200))
+  path.write_text(old)
+  write_text = Path.write_text
+
+  def killed(self, data, *args, **kwargs):  # the process dies halfway through the write
+    write_text(self, data[: len(data) // 2], *args, **kwargs)
+    raise KeyboardInterrupt
+
+  monkeypatch.setattr(Path, "write_text", killed)
+  with pytest.raises(KeyboardInterrupt):
+    MetricsWriter(tmp_path, resume_step=150, tensorboard=False)
+  monkeypatch.undo()
+  assert path.read_text() == old  # a rerun truncates them again
+  MetricsWriter(tmp_path, resume_step=150, tensorboard=False).close()
+  assert [r["step"] for r in read_metrics(tmp_path)] == list(range(1, 151))
 
 
 def test_wall_time_is_accounted_by_phase(tmp_path, caplog):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import jax
@@ -71,11 +72,14 @@ class MetricsWriter:
       self._tb = SummaryWriter(str(self.tensorboard_dir))
 
   def _truncate_after(self, step: int) -> None:
-    """A resumed run redoes the steps after its checkpoint: drop their old records."""
-    if not self.path.exists():
+    """A resumed run redoes the steps after its checkpoint: drop their old records. The file is
+    replaced atomically (process 0, which writes it): a kill mid-rewrite keeps the old one."""
+    if jax.process_index() != 0 or not self.path.exists():
       return
     kept = [r for r in read_metrics(self.path.parent) if r.get("step", 0) <= step]
-    self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    tmp = self.path.with_name(f".{self.path.name}.tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    os.replace(tmp, self.path)
 
   def write(self, step: int, scalars: dict) -> None:
     if jax.process_index() != 0:
