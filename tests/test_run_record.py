@@ -396,3 +396,24 @@ def test_a_run_recorded_before_an_added_key_ran_with_its_earlier_value(tmp_path)
   old["model"]["tie_embeddings"] = False
   (untied / "config.json").write_text(json.dumps({"config": old}, default=str))
   assert run_record.current_config(untied)["model"]["tied_head_scale"] == "one"
+
+
+@pytest.mark.parametrize("cut", [0.5, "}"], ids=["halfway", "after_a_brace"])
+def test_a_start_killed_mid_append_leaves_a_history_later_starts_can_read(tmp_path, cut):
+  """A start killed while appending its history entry leaves a cut line (which may end in an
+  inner "}"); it is skipped, and the next start's entry goes on a line of its own."""
+  from parallax_jax.train import run_record
+  from parallax_jax.train.defaults import base_config
+
+  config = base_config().to_dict()
+  run_record.record_start(tmp_path, config, {"devices": 1})
+  run_record.record_resume(tmp_path, config, {"devices": 1}, {}, resumed_from_step=2)
+  path = tmp_path / run_record.HISTORY
+  line = path.read_text()
+  end = len(line) // 2 if cut == 0.5 else line.index("}") + 1
+  path.write_text(line + line[:end])  # a third start, killed mid-append
+  assert [e["resumed_from_step"] for e in run_record.read_history(tmp_path)] == [2]
+  config["train"]["steps"] = 7
+  run_record.record_resume(tmp_path, config, {"devices": 1}, {}, resumed_from_step=4)
+  assert [e["resumed_from_step"] for e in run_record.read_history(tmp_path)] == [2, 4]
+  assert run_record.current_config(tmp_path)["train"]["steps"] == 7

@@ -67,8 +67,14 @@ def read_history(workdir: str | Path) -> list[dict]:
   path = Path(workdir) / HISTORY
   if not path.exists():
     return []
-  # A start killed mid-append leaves a cut last line: skip it.
-  return [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
+  # A start killed mid-append leaves a cut line (it may end in an inner "}"): skip it.
+  entries = []
+  for line in path.read_text().splitlines():
+    try:
+      entries.append(json.loads(line))
+    except json.JSONDecodeError:
+      continue
+  return entries
 
 
 def environments(workdir: str | Path) -> list[dict | None]:
@@ -202,8 +208,11 @@ def record_resume(
       workdir / HISTORY,
       ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in diff.items()),
     )
-  with open(workdir / HISTORY, "a") as f:
-    f.write(json.dumps(_plain(entry)) + "\n")
+  path = workdir / HISTORY
+  # after a start killed mid-append (a cut last line), this entry starts a line of its own
+  cut = path.is_file() and path.stat().st_size > 0 and not path.read_bytes().endswith(b"\n")
+  with open(path, "a") as f:
+    f.write("\n" * cut + json.dumps(_plain(entry)) + "\n")
 
 
 def require_checkpoints(workdir: str | Path) -> None:
