@@ -231,3 +231,36 @@ def test_a_finished_run_with_a_damaged_final_checkpoint_trains_it_again(tmp_path
   assert json.loads(history[-1])["resumed_from_step"] == 20
   (aside,) = (workdir / "checkpoints_corrupt").iterdir()
   assert aside.name.startswith("30.")
+
+
+def test_a_newer_step_saved_by_another_process_count_is_refused_not_moved_aside(tmp_path, run30):
+  """The newest step's data state was saved by two processes (what a two-process run writes),
+  the older ones by one: resuming with one process is the user's mistake, refused in one line
+  naming both counts, and nothing is moved (it used to be passed over as unreadable, moved to
+  checkpoints_corrupt/, and the run went on from step 20)."""
+  import json
+
+  from parallax_jax.errors import UserError
+  from parallax_jax.train.data_states import BY_PROCESS
+
+  workdir = tmp_path / "run"
+  shutil.copytree(run30, workdir)
+  (item,) = [
+    p
+    for p in (workdir / "checkpoints" / "30" / "data").iterdir()
+    if p.is_file() and p.name != "commit_success.txt"
+  ]
+  state = json.loads(item.read_text())
+  item.write_text(json.dumps({BY_PROCESS: [state, state]}))
+  before = _files(workdir / "checkpoints")
+
+  trainer = Trainer(_cfg(30), workdir)
+  with pytest.raises(
+    UserError,
+    match=r"checkpoint step 30 in .*: its data state was saved by 2 process\(es\) and this "
+    r"run has 1",
+  ):
+    trainer.initial_state()
+  trainer.checkpointer.close()
+  assert _files(workdir / "checkpoints") == before
+  assert not (workdir / "checkpoints_corrupt").exists()

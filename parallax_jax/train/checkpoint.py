@@ -117,7 +117,12 @@ class Checkpointer:
     restored = self.manager.restore(step, args=ocp.args.Composite(**args))
     if "checksums" in args:
       checksums.verify(restored["state"], restored["checksums"], partial=bool(retired))
-    data = data_states.own(restored["data"]) if "data" in args else None
+    try:
+      data = data_states.own(restored["data"]) if "data" in args else None
+    except data_states.ProcessCountChanged as e:
+      raise data_states.ProcessCountChanged(
+        f"checkpoint step {step} in {self.directory}: {e}"
+      ) from None
     return TrainState(**restored["state"]), data
 
   def restore_latest(self, abstract_state: TrainState):
@@ -191,6 +196,8 @@ class Checkpointer:
       try:
         with _abandoned_reads_quiet():
           return (step, read(step)), failures
+      except data_states.ProcessCountChanged:  # a readable step of another job shape
+        raise
       except Exception as e:  # Orbax/TensorStore raise many kinds for damaged files
         reason = _one_line(e)
         if log_failures:

@@ -19,11 +19,15 @@ import json
 import jax
 import numpy as np
 
+from parallax_jax.errors import UserError
+
 BY_PROCESS = "data_state_by_process"
 
 
-class ProcessCountChanged(ValueError):
-  """The data state was saved by another number of processes than resume it."""
+class ProcessCountChanged(UserError):
+  """The data state was saved by another number of processes than resume it: the user's
+  mistake (the job's process count), not damage, so restore raises it instead of passing the
+  step over."""
 
 
 def gather(state: dict) -> dict:
