@@ -264,3 +264,21 @@ def test_a_newer_step_saved_by_another_process_count_is_refused_not_moved_aside(
   trainer.checkpointer.close()
   assert _files(workdir / "checkpoints") == before
   assert not (workdir / "checkpoints_corrupt").exists()
+
+
+def test_a_run_that_cannot_restore_gives_its_workdir_back(tmp_path, run30):
+  """``train`` refused at the restore (no readable step) leaves the workdir unlocked: the fix
+  can be run at once, from this process (a notebook) or another one."""
+  import fcntl
+
+  from parallax_jax.train import workdir_lock
+
+  workdir = tmp_path / "run"
+  shutil.copytree(run30, workdir)
+  for step in (10, 20, 30):
+    _delete_metadata(workdir / "checkpoints" / str(step))
+  with pytest.raises(CheckpointError):
+    train(_cfg(40), workdir)
+  with open(workdir / ".lock", "a") as f:  # another open file: conflicts with any flock held
+    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  assert str(workdir.resolve()) not in workdir_lock._held

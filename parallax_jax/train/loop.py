@@ -98,6 +98,14 @@ class Trainer:
     if self._locked:
       workdir_lock.acquire(self.workdir)
 
+  def close(self) -> None:
+    """Completes an async save in flight, closes the checkpointer and gives back the workdir
+    lock (training's end, or a start refused after the lock was taken)."""
+    self.checkpointer.close()
+    if self._locked:
+      workdir_lock.release(self.workdir)
+      self._locked = False
+
   def initial_state(self) -> TrainState:
     """Latest checkpoint of the workdir, else ``checkpoint.init_from`` params, else fresh."""
     abstract = abstract_like(self.program.abstract_state, self.program.state_sharding)
@@ -138,12 +146,16 @@ class Trainer:
     SIGINT (``preemption.py``)."""
     exp, timer = self.exp, self.timer
     tcfg = exp.train
-    with timer.phase("init"):
-      state = self.initial_state()
-    start = int(state.step)
-    if self._resume_record is not None:
-      run_record.record_resume(self.workdir, *self._resume_record, resumed_from_step=start)
-    metrics_out = MetricsWriter(self.workdir, resume_step=start)
+    try:
+      with timer.phase("init"):
+        state = self.initial_state()
+      start = int(state.step)
+      if self._resume_record is not None:
+        run_record.record_resume(self.workdir, *self._resume_record, resumed_from_step=start)
+      metrics_out = MetricsWriter(self.workdir, resume_step=start)
+    except BaseException:  # refused at the restore: the workdir is free for the fix
+      self.close()
+      raise
     bar = _progress(tcfg.steps, start, tcfg.progress_bar)
     log_lines = tcfg.progress_bar and bar is None and jax.process_index() == 0
     flops_per_token = exp.model.flops_per_token(tcfg.seq_len)
@@ -209,12 +221,10 @@ class Trainer:
       finally:
         profiler.stop()  # a run that ends inside the traced steps keeps their trace
         with timer.phase("checkpoint"):  # an async save in flight completes here
-          self.checkpointer.close()
+          self.close()
         metrics_out.close()
         if bar is not None:
           bar.close()
-        if self._locked:
-          workdir_lock.release(self.workdir)
     summary["final_step"] = int(state.step)
     if jax.process_index() == 0:
       with timer.phase("plot"):
