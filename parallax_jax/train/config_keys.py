@@ -88,7 +88,8 @@ KEYS: dict[str, tuple[str, str]] = {
   "train.seq_len": (FIXED, "tokens per row"),
   "train.microbatches": (
     SAFE,
-    "gradient accumulation: the batch taken in this many pieces (same step, less memory)",
+    "gradient accumulation: the batch taken in this many pieces (the same step up to float32 "
+    "rounding: its sums add in another order; less memory)",
   ),
   "train.log_every": (SAFE, "steps between metrics.jsonl records"),
   "train.eval_every": (SAFE, "steps between evals (and at the end); 0: never"),
