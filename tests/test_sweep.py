@@ -328,6 +328,14 @@ def test_smoke_sweep_end_to_end(tmp_path):
   assert (tmp_path / "metric_vs_model_attention.png").exists()
 
 
+def _write_csv(path, header: list[str], rows: list[tuple]) -> None:
+  """A sweep's results.csv with these columns and rows (for the table readers)."""
+  with path.open("w", newline="") as f:
+    w = csv.writer(f)
+    w.writerow(header)
+    w.writerows(rows)
+
+
 def test_pivot_results_averages_the_other_axes(tmp_path):
   from parallax_jax.sweeps.pivot import pivot
 
@@ -338,10 +346,7 @@ def test_pivot_results_averages_the_other_axes(tmp_path):
     ("b", "0", "finished", "5.0"),
     ("b", "1", "failed", ""),
   ]
-  with path.open("w", newline="") as f:
-    w = csv.writer(f)
-    w.writerow(["variant", "train.seed", "status", "eval_loss"])
-    w.writerows(rows)
+  _write_csv(path, ["variant", "train.seed", "status", "eval_loss"], rows)
   table = pivot(path, "variant", "status", "eval_loss", "{:.1f}")
   assert "| a | 2.0 ± 1.0 (n=2) |" in table  # mean ± half range over the seeds
   assert "| b | 5.0 |" in table  # the failed point is left out
@@ -621,10 +626,7 @@ def test_seed_pairs_refuse_two_points_of_one_arm_and_seed(tmp_path):
     ("muon+parallax_s0", "0.001", "finished", "3.0"),
     ("muon+parallax_s0", "0.003", "finished", "7.0"),
   ]
-  with path.open("w", newline="") as f:
-    w = csv.writer(f)
-    w.writerow(["variant", "optimizer.learning_rate", "status", "eval_loss"])
-    w.writerows(rows)
+  _write_csv(path, ["variant", "optimizer.learning_rate", "status", "eval_loss"], rows)
   with pytest.raises(ValueError, match="muon\\+softmax_s0.* more than once"):
     paired_tables(path, "eval_loss", "softmax")
   for variant, lr, status, value in rows:
