@@ -282,3 +282,19 @@ def test_a_run_that_cannot_restore_gives_its_workdir_back(tmp_path, run30):
   with open(workdir / ".lock", "a") as f:  # another open file: conflicts with any flock held
     fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
   assert str(workdir.resolve()) not in workdir_lock._held
+
+
+def test_a_damaged_metrics_file_refuses_the_resume_in_one_line_and_records_nothing(tmp_path, run30):
+  """A line in the middle of metrics.jsonl that is not JSON (edited by hand, a bad block): the
+  resume stops on it naming the line, before its history entry is written."""
+  from parallax_jax.errors import UserError
+
+  workdir = tmp_path / "run"
+  shutil.copytree(run30, workdir)
+  metrics = workdir / "metrics.jsonl"
+  lines = metrics.read_text().splitlines(keepends=True)
+  metrics.write_text("".join([lines[0], "not json\n", *lines[1:]]))
+  before = _files(workdir)
+  with pytest.raises(UserError, match="metrics.jsonl: line 2 is not JSON"):
+    train(_cfg(40), workdir)
+  assert _files(workdir) == before

@@ -16,6 +16,7 @@ from parallax_jax.sweeps.config import build_sweep, cli_value, load_sweep, point
 from parallax_jax.sweeps.runner import (
   error_summary,
   is_finished,
+  last_step,
   run_sweep,
   slot_environments,
 )
@@ -662,3 +663,23 @@ def test_an_exclude_that_drops_every_point_is_refused():
   spec = {"base": TINY, "axes": {"train.seed": [0, 1]}}
   with pytest.raises(ValueError, match="sweep.exclude drops every point"):
     build_sweep({**spec, "exclude": [{"train.seed": 0}, {"train.seed": 1}]})
+
+
+def test_a_point_with_damaged_metrics_is_a_row_with_its_error_and_the_table_is_written(tmp_path):
+  """A metrics.jsonl damaged mid-file (not a cut last line) makes that point's row say so; the
+  other points' rows and the table are still written (the report comes after hours of points)."""
+  from parallax_jax.sweeps.report import write_all
+
+  sweep = build_sweep({"base": TINY, "axes": {"train.seed": [0, 1]}})
+  good, bad = sweep.points
+  for point, text in ((good, '{"step": 2, "loss": 3.0}\n'), (bad, '{"step": 2}\nnot json\n{}\n')):
+    d = tmp_path / "points" / point.name
+    d.mkdir(parents=True)
+    (d / "metrics.jsonl").write_text(text)
+  rows = {r["name"]: r for r in write_all(sweep, tmp_path)}
+  assert rows[good.name]["train_loss"] == 3.0 and rows[good.name]["error"] is None
+  assert rows[bad.name]["final_step"] is None
+  assert "metrics.jsonl: line 2 is not JSON" in rows[bad.name]["error"]
+  assert "line 2 is not JSON" in (tmp_path / "results.md").read_text()
+  assert (tmp_path / "loss_curves.png").is_file()
+  assert last_step(tmp_path / "points" / bad.name) is None  # the run's log says why

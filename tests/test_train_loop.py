@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from train_configs import FAST_LR, ROOT, SMALL_MODEL
 
+from parallax_jax.errors import UserError
 from parallax_jax.train.config import load_config
 from parallax_jax.train.loop import NonFiniteLossError, Trainer, evaluate, train
 from parallax_jax.train.metrics import MetricsWriter, mfu_fields, read_metrics
@@ -254,7 +255,7 @@ def test_read_metrics_skips_an_unfinished_last_line(tmp_path):
   MetricsWriter(tmp_path, resume_step=1, tensorboard=False).close()
   assert path.read_text() == '{"step": 1, "loss": 2.0}\n'
   path.write_text('{"step": 1}\nnot json\n{"step": 3}\n')
-  with pytest.raises(ValueError, match="line 2 is not JSON"):
+  with pytest.raises(UserError, match="line 2 is not JSON.*delete that line"):  # one CLI line
     read_metrics(tmp_path)
   assert read_metrics(tmp_path / "none", missing_ok=True) == []
   with pytest.raises(FileNotFoundError):

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from parallax_jax import environment
 from parallax_jax.data.regression import REGRESSION_TASKS
+from parallax_jax.errors import UserError
 from parallax_jax.sweeps.config import BASELINE_COLUMNS, REPO_ROOT, Point, Sweep
 from parallax_jax.sweeps.pairs import VARIANT
 from parallax_jax.train import run_record
@@ -36,11 +37,20 @@ def _last(records: list[dict], key: str):
   return None
 
 
+def _records(directory: Path) -> tuple[list[dict], str | None]:
+  """``(metrics records, None)``, or ``([], why)`` for a damaged metrics.jsonl: one damaged
+  point must not cost the whole sweep its table and plots."""
+  try:
+    return read_metrics(directory, missing_ok=True), None
+  except UserError as e:
+    return [], str(e)
+
+
 def point_row(sweep: Sweep, point: Point, workdir: Path) -> dict:
   directory = Path(workdir) / "points" / point.name
   status_path = directory / "status.json"
   status = json.loads(status_path.read_text()) if status_path.exists() else {}
-  records = read_metrics(directory, missing_ok=True)
+  records, damaged = _records(directory)
   speeds = [r["tokens_per_s"] for r in records if r.get("tokens_per_s")]
   row = {"name": point.name, **{k: point.values.get(k) for k in sweep.axes}}
   row.update(
@@ -56,7 +66,7 @@ def point_row(sweep: Sweep, point: Point, workdir: Path) -> dict:
   )
   if _sources(sweep) & set(REGRESSION_TASKS):
     row.update({k: _last(records, k) for k in BASELINE_COLUMNS})
-  row.update(wall_s=status.get("wall_s"), error=status.get("error"))
+  row.update(wall_s=status.get("wall_s"), error=damaged or status.get("error"))
   return row
 
 
@@ -210,7 +220,7 @@ def loss_curves_figure(sweep: Sweep, workdir: Path, metric: str):
 
   curves = {}  # point name -> {"loss": [(step, value)], metric: [...]}, points with any
   for p in sweep.points:
-    recs = read_metrics(Path(workdir) / "points" / p.name, missing_ok=True)
+    recs, _ = _records(Path(workdir) / "points" / p.name)  # a damaged one: its row says so
     pts = {k: [(r["step"], r[k]) for r in recs if r.get(k) is not None] for k in ("loss", metric)}
     if any(pts.values()):
       curves[p.name] = pts

@@ -38,6 +38,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from parallax_jax.errors import UserError
 from parallax_jax.sweeps import report as sweep_report
 from parallax_jax.sweeps.config import Point, Sweep, describe, write_inline_base
 from parallax_jax.train.metrics import read_metrics
@@ -81,7 +82,12 @@ def is_finished(status: dict | None, point: Point) -> bool:
 
 
 def last_step(directory: Path) -> int | None:
-  steps = [r.get("step", 0) for r in read_metrics(directory, missing_ok=True)]
+  """The last logged step, None for none or a damaged metrics.jsonl (the point's run then
+  failed on it and its log's error says so)."""
+  try:
+    steps = [r.get("step", 0) for r in read_metrics(directory, missing_ok=True)]
+  except UserError:
+    return None
   return max(steps, default=None)
 
 

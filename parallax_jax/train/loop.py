@@ -150,9 +150,10 @@ class Trainer:
       with timer.phase("init"):
         state = self.initial_state()
       start = int(state.step)
+      # Before the history entry: a damaged metrics.jsonl refuses the start unrecorded.
+      metrics_out = MetricsWriter(self.workdir, resume_step=start)
       if self._resume_record is not None:
         run_record.record_resume(self.workdir, *self._resume_record, resumed_from_step=start)
-      metrics_out = MetricsWriter(self.workdir, resume_step=start)
     except BaseException:  # refused at the restore: the workdir is free for the fix
       self.close()
       raise

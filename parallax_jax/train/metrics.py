@@ -13,6 +13,8 @@ from pathlib import Path
 
 import jax
 
+from parallax_jax.errors import UserError
+
 # Dense bf16 peak FLOP/s per device (vendor figures), by device_kind substring.
 PEAK_FLOPS = {
   "H200": 989e12,
@@ -120,7 +122,7 @@ def compiled_memory_bytes(compiled) -> int | None:
 def read_metrics(workdir: str | Path, *, missing_ok: bool = False) -> list[dict]:
   """The records of ``<workdir>/metrics.jsonl`` in order (``[]`` for no file if
   ``missing_ok``). A last line cut short (a run killed mid-write, or one still writing) is
-  left out; a bad line anywhere else raises."""
+  left out; a bad line anywhere else is a ``UserError`` naming it."""
   path = Path(workdir) / "metrics.jsonl"
   if missing_ok and not path.exists():
     return []
@@ -135,5 +137,8 @@ def read_metrics(workdir: str | Path, *, missing_ok: bool = False) -> list[dict]
     except json.JSONDecodeError:
       if i == len(lines) - 1:  # no newline after it: an unfinished write
         break
-      raise ValueError(f"{path}: line {i + 1} is not JSON: {line[:200]!r}") from None
+      raise UserError(
+        f"{path}: line {i + 1} is not JSON: {line[:200]!r} (the file was changed by hand or "
+        "damaged); delete that line to go on"
+      ) from None
   return records
