@@ -298,3 +298,21 @@ def test_a_damaged_metrics_file_refuses_the_resume_in_one_line_and_records_nothi
   with pytest.raises(UserError, match="metrics.jsonl: line 2 is not JSON"):
     train(_cfg(40), workdir)
   assert _files(workdir) == before
+
+
+def test_an_unfinished_save_is_cleared_by_the_next_start_and_left_by_readers(tmp_path, run30):
+  """A save killed before Orbax's final rename leaves ``<step>.orbax-checkpoint-tmp*`` (a copy of
+  step 30's files stands in for it): no step; eval leaves it, the next training start removes
+  it (disk, not data) and resumes from step 30."""
+  workdir = tmp_path / "run"
+  shutil.copytree(run30, workdir)
+  tmp = workdir / "checkpoints" / "40.orbax-checkpoint-tmp-1733400000"
+  shutil.copytree(workdir / "checkpoints" / "30", tmp)
+  (tmp / "commit_success.txt").unlink()
+  evaluate(workdir)
+  assert tmp.is_dir()
+  trainer = Trainer(_cfg(40), workdir)
+  state = trainer.initial_state()
+  trainer.close()
+  assert int(state.step) == 30 and not tmp.exists()
+  assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["10", "20", "30"]

@@ -70,6 +70,9 @@ class Checkpointer:
       enable_async_checkpointing=cfg.async_save,
       create=not read_only,
       read_only=read_only,
+      # A save killed before its rename leaves <step>.orbax-checkpoint-tmp*: never a step, and
+      # the next training start deletes it (a reader never does: a run may be saving now).
+      cleanup_tmp_directories=not read_only,
     )
     self.manager = ocp.CheckpointManager(
       self.directory, options=options, item_names=("state", "data", "checksums")
