@@ -364,3 +364,40 @@ def test_profiler_traces_the_asked_steps_of_each_start(tmp_path):
   train(_cfg("--config.train.steps=6", *prof), tmp_path)  # resumes at 4: traces 6, then ends
   assert _traced_steps(tmp_path) == [[2, 3], [6]]
   assert sorted(_losses(tmp_path)) == list(range(1, 7))
+
+
+def _tensorboard_events(logdir: Path) -> list:
+  """Every event of the TFRecord event files under ``logdir``, file by file in write order (a
+  reader of the record format: length, crc, payload, crc)."""
+  import struct
+
+  from tensorboardX.proto import event_pb2
+
+  events = []
+  for path in sorted(logdir.glob("events.out.tfevents.*"), key=lambda p: p.stat().st_mtime_ns):
+    data, at = path.read_bytes(), 0
+    while at + 12 <= len(data):
+      (length,) = struct.unpack("<Q", data[at : at + 8])
+      event = event_pb2.Event()
+      event.ParseFromString(data[at + 12 : at + 12 + length])
+      events.append(event)
+      at += 12 + length + 4
+  return events
+
+
+def test_a_resume_tells_tensorboard_to_drop_the_steps_it_redoes(tmp_path):
+  """A run resumed from step 2 logs steps 3.. again: its event file starts with TensorBoard's
+  purge marker (a START session log at step 3), so the first attempt's steps >= 3 are hidden
+  rather than drawn twice."""
+  first = MetricsWriter(tmp_path)
+  for step in (1, 2, 3, 4):
+    first.write(step, {"loss": 1.0 / step})
+  first.close()
+  time.sleep(1.1)  # a later file (its name holds the time in seconds)
+  again = MetricsWriter(tmp_path, resume_step=2)
+  again.write(3, {"loss": 0.5})
+  again.close()
+  events = _tensorboard_events(tmp_path / "tensorboard")
+  starts = [e.step for e in events if e.HasField("session_log") and e.session_log.status == 1]
+  assert [e.step for e in events if e.summary.value] == [1, 2, 3, 4, 3]  # the reader reads
+  assert starts == [3]

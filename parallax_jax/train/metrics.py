@@ -71,7 +71,10 @@ class MetricsWriter:
     if tensorboard and jax.process_index() == 0:
       from tensorboardX import SummaryWriter
 
-      self._tb = SummaryWriter(str(self.tensorboard_dir))
+      # A resume redoes the steps after resume_step: TensorBoard hides the earlier files'
+      # events from purge_step on instead of drawing those steps twice.
+      purge = resume_step + 1 if resume_step else None
+      self._tb = SummaryWriter(str(self.tensorboard_dir), purge_step=purge)
 
   def _truncate_after(self, step: int) -> None:
     """A resumed run redoes the steps after its checkpoint: drop their old records. The file is
