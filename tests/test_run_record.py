@@ -116,6 +116,8 @@ def test_readers_never_write_and_changed_configs_are_refused_or_recorded(tmp_pat
   assert code == 0 and json.loads(out.splitlines()[-1]) == at_4
   code, _, err = _main(capsys, "eval", "--workdir", str(w), "--step", "5")
   assert code == 2 and "--step 5:" in _error(err) and "[4, 6]" in _error(err)
+  code, _, err = _main(capsys, "eval", "--workdir", str(w), "--step", "-1")
+  assert code == 2 and "--step must be an int >= 0" in _error(err)  # as export-hf says it
   assert _snapshot(w) == before
 
 

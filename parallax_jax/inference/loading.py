@@ -21,7 +21,7 @@ from parallax_jax.data.tokenizers import Tokenizer, make_tokenizer
 from parallax_jax.errors import UserError
 from parallax_jax.model import ModelConfig
 from parallax_jax.train import run_record
-from parallax_jax.train.checkpoint import restore_run_params
+from parallax_jax.train.checkpoint import check_step, restore_run_params
 from parallax_jax.train.config import apply_overrides, resolve
 from parallax_jax.train.step import model_graphdef
 
@@ -82,8 +82,7 @@ def load_run(
       f"{where}: the tokenizer {data.tokenizer!r} has {tokenizer.vocab_size} ids but "
       f"model.vocab_size={model.vocab_size}; the run's data config does not match its model"
     )
-  if step is not None and (isinstance(step, bool) or not isinstance(step, int) or step < 0):
-    raise UserError(f"--step must be an int >= 0 (a saved checkpoint's step), got {step!r}")
+  check_step(step)
   run_record.require_checkpoints(workdir)
   graphdef, _ = model_graphdef(model)
   step, params = restore_run_params(workdir, exp, step)

@@ -113,14 +113,14 @@ def export_hf(
   new or empty directory ``out`` in format ``fmt`` (``FORMATS``), tensors in ``dtype``
   (``DTYPES``). Raises a ``UserError`` naming the field for a model the format cannot hold."""
   from parallax_jax.train import run_record
+  from parallax_jax.train.checkpoint import check_step
   from parallax_jax.train.config import resolve
 
   if fmt not in FORMATS:
     raise UserError(f"--format must be one of {FORMATS}, got {fmt!r}")
   if dtype not in DTYPES:
     raise UserError(f"--dtype must be one of {DTYPES}, got {dtype!r}")
-  if step is not None and (isinstance(step, bool) or not isinstance(step, int) or step < 0):
-    raise UserError(f"--step must be an int >= 0 (a saved checkpoint's step), got {step!r}")
+  check_step(step)
   out = Path(out)
   _check_out(out)
   workdir = Path(workdir)

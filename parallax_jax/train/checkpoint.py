@@ -274,6 +274,13 @@ def _abandoned_reads_quiet():
     sys.unraisablehook = previous
 
 
+def check_step(step) -> None:
+  """A ``UserError`` unless ``step`` (a reader's ``--step``) is None (the latest) or an int >= 0,
+  checked before anything is read or written."""
+  if step is not None and (isinstance(step, bool) or not isinstance(step, int) or step < 0):
+    raise UserError(f"--step must be an int >= 0 (a saved checkpoint's step), got {step!r}")
+
+
 class MissingDataState(ValueError):
   """A checkpoint after step 0 without the data iterator's state (its step is unreadable)."""
 

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 
 from parallax_jax.errors import UserError
 from parallax_jax.model import ModelConfig
-from parallax_jax.train.checkpoint import restore_run_params, save_params
+from parallax_jax.train.checkpoint import check_step, restore_run_params, save_params
 
 
 def add_zero_r(params: dict, cfg: ModelConfig) -> dict:
@@ -39,8 +39,7 @@ def convert_softmax_to_parallax(
   from parallax_jax.train import run_record
   from parallax_jax.train.config import resolve
 
-  if step is not None and (isinstance(step, bool) or not isinstance(step, int) or step < 0):
-    raise UserError(f"--step must be an int >= 0 (a saved checkpoint's step), got {step!r}")
+  check_step(step)
   out = Path(out).absolute()
   if out.exists():  # checked before the checkpoint is read: Orbax would refuse it at the end
     raise UserError(

@@ -20,6 +20,7 @@ from parallax_jax.train.checkpoint import (
   CheckpointError,
   abstract_like,
   check_init_from,
+  check_step,
   load_params,
   restore_run_params,
 )
@@ -276,6 +277,7 @@ def evaluate(
   """Held-out metrics (loss/perplexity, or MSE) of checkpoint ``step`` in ``workdir`` (default:
   the newest readable one), and ``"step"``. Reads the params only; writes nothing."""
   workdir = Path(workdir)
+  check_step(step)
   if cfg is None:
     cfg = run_record.load_run_config(workdir)
   exp = resolve(cfg)
