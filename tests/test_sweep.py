@@ -163,6 +163,13 @@ def test_random_mode_draws_distinct_points_reproducibly():
   names = [p.name for p in build_sweep(spec).points]
   assert len(set(names)) == 4 and names == [p.name for p in build_sweep(spec).points]
   assert names != [p.name for p in build_sweep({**spec, "seed": 4}).points]
+  # A larger count keeps the smaller one's points (first, in order): raising count adds runs
+  # and the finished ones are reused, instead of drawing a new set.
+  for seed in range(5):
+    drawn = {
+      c: [p.name for p in build_sweep({**spec, "seed": seed, "count": c}).points] for c in (2, 4, 9)
+    }
+    assert drawn[9][:4] == drawn[4] and drawn[4][:2] == drawn[2] and len(set(drawn[9])) == 9
   with pytest.raises(ValueError, match="count=10 exceeds the 9"):
     build_sweep({**spec, "count": 10})
   with pytest.raises(ValueError, match="sweep.count"):

@@ -11,7 +11,8 @@ dict) with
     exclude    optional [{axis key: value}]: grid combinations matching every item of one entry
                are dropped (e.g. an expensive reference at the largest sizes)
     mode       "grid" (every combination, in axis order) or "random" (``count`` distinct
-               combinations drawn with ``seed``)
+               combinations drawn with ``seed``; a larger count keeps a smaller one's points,
+               so raising it adds runs)
     overrides  optional {dotted key: value} applied to every point
     variants   optional {name: {dotted key: value}}: named bundles of overrides that form one
                more axis, "variant" (first), for comparisons no grid of single keys expresses
@@ -179,8 +180,11 @@ def _combinations(axes: dict[str, list], mode: str, seed: int, count: int | None
   if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
     raise UserError(f"sweep.seed must be an int >= 0 for mode='random', got {seed!r}")
   rng = np.random.default_rng(seed)
+  drawn: dict[int, None] = {}  # in draw order
+  while len(drawn) < count:  # one at a time: a larger count keeps a smaller one's points
+    drawn.setdefault(int(rng.integers(total)), None)
   out = []
-  for flat in rng.choice(total, size=count, replace=False):
+  for flat in drawn:
     combo, rest = {}, int(flat)
     for key, values in zip(reversed(keys), reversed(lists), strict=True):  # mixed radix
       rest, i = divmod(rest, len(values))
