@@ -402,8 +402,8 @@ def attention(fn: Callable, q, r, k, v, segment_ids, *, axes, ring: Callable | N
   if rules.axes(axes.length) is not None and ring is not None:
     return ring(q, r, k, v, segment_ids, rules)
   b, hq, hkv = rules.axes(axes.batch), rules.axes(axes.q_heads), rules.axes(axes.kv_heads)
-  if hkv is not None and k.shape[2] % rules.size(axes.kv_heads):
-    hq = hkv = None  # kv heads do not split evenly: keep heads whole
+  if hq != hkv or (hkv is not None and k.shape[2] % rules.size(axes.kv_heads)):
+    hq = hkv = None  # q and kv heads split unlike each other, or unevenly: keep heads whole
   return shard_over_batch_and_heads(
     fn, q, r, k, v, segment_ids, mesh=rules.mesh, batch_axes=b, q_head_axes=hq, kv_head_axes=hkv
   )

@@ -78,3 +78,31 @@ def test_heads_kept_whole(devices):
     _fn(seen), q, None, k, v, mesh=mesh, batch_axes="a", q_head_axes=None, kv_head_axes=None
   )
   assert seen[0][0] == (1, T, HQ, D) and seen[0][2] == (1, T, HKV, D)
+
+
+@pytest.mark.parametrize(
+  "table",
+  [
+    {"batch": ("data",), "q_heads": ("tensor",)},  # kv heads left whole by the rules
+    {"batch": ("data",), "kv_heads": ("tensor",)},  # q heads left whole by the rules
+  ],
+)
+def test_heads_split_only_when_q_and_kv_heads_split_alike(devices, table):
+  # Rules come from the config: a table that splits only one of the head axes must not pair
+  # the wrong query heads with a kv head (GQA groups stay whole, or the heads do).
+  from parallax_jax import sharding
+  from parallax_jax.model.config import LogicalAxes
+
+  mesh = Mesh(np.asarray(devices).reshape(4, 1, 2, 1), sharding.MESH_AXES)
+  rules = sharding.Rules(mesh=mesh, table=table, strategy="tp")
+  keys = jax.random.split(jax.random.key(1), 3)
+  q = jax.random.normal(keys[0], (B, T, HQ, D))
+  k, v = (jax.random.normal(kk, (B, T, HKV, D)) for kk in keys[1:])
+  want = _fn([])(q, None, k, v, None)
+
+  def call(q, k, v):
+    with sharding.use_rules(rules):
+      return sharding.attention(_fn([]), q, None, k, v, None, axes=LogicalAxes())
+
+  got = jax.jit(call)(q, k, v)
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-6, atol=1e-6)
