@@ -129,6 +129,18 @@ def test_mesh_sizes_against_device_count():
     resolve(cfg, num_devices=1)
 
 
+def test_ring_attention_needs_the_sequence_on_one_mesh_axis():
+  # Ring attention runs over one mesh axis: rules that put the length over two are refused
+  # in one line naming the key, not with an unpacking error at trace time.
+  rules = "sharding.rules.cp={'batch': ('data', 'fsdp'), 'length': ('sequence', 'tensor')}"
+  mesh = ["mesh.data=1", "mesh.tensor=2", "mesh.sequence=2", "sharding.strategy=cp"]
+  cfg = load_config(ROOT / "configs" / "tiny.py", [rules, *mesh])
+  with pytest.raises(ValueError, match=r"sharding.rules.cp.length .* one mesh axis"):
+    resolve(cfg, num_devices=4)
+  cfg = load_config(ROOT / "configs" / "tiny.py", [rules, *mesh, "model.attention=softmax"])
+  resolve(cfg, num_devices=4)  # no ring: the partitioner splits the sequence
+
+
 def test_apply_overrides_rejects_malformed():
   cfg = load_config(ROOT / "configs" / "tiny.py")
   with pytest.raises(ValueError, match="must look like"):

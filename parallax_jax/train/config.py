@@ -228,6 +228,12 @@ def _check_strategy(exp: Experiment, sizes: dict[str, int]) -> None:
         f"but {field}={dim} is not divisible by {n}; change the mesh (--config.mesh.*)"
       )
   n_seq = math.prod(sizes[a] for a in table.get("length", ()))
+  split = [a for a in table.get("length", ()) if sizes[a] > 1]
+  if m.uses_r and len(split) > 1:
+    raise UserError(
+      f"sharding.rules.{exp.sharding.strategy}.length splits the sequence over mesh axes "
+      f"{tuple(split)}, but ring attention runs over one mesh axis; map length to one of them"
+    )
   if n_seq > 1 and exp.train.seq_len % (2 * n_seq):
     raise UserError(
       f"context parallelism over {n_seq} devices needs train.seq_len divisible by "
