@@ -141,6 +141,15 @@ def test_ring_attention_needs_the_sequence_on_one_mesh_axis():
   resolve(cfg, num_devices=4)  # no ring: the partitioner splits the sequence
 
 
+def test_batch_divisibility_follows_the_strategys_batch_rule():
+  # The rules (config) say which mesh axes split the batch, so the check reads them: here 6
+  # rows over data x sequence = 8 devices, which failed later with an IndivisibleError.
+  over = ["sharding.rules.dp.batch=('data', 'sequence')", "mesh.data=2", "mesh.sequence=4"]
+  cfg = load_config(ROOT / "configs" / "tiny.py", [*over, "train.batch_size=6"])
+  with pytest.raises(ValueError, match=r"train.batch_size=6 .* mesh.data \* mesh.sequence = 8"):
+    resolve(cfg, num_devices=8)
+
+
 def test_apply_overrides_rejects_malformed():
   cfg = load_config(ROOT / "configs" / "tiny.py")
   with pytest.raises(ValueError, match="must look like"):

@@ -184,18 +184,18 @@ def resolve(cfg: ml_collections.ConfigDict, num_devices: int | None = None) -> E
     )
   if num_devices is not None:
     sizes = exp.mesh.shape(num_devices)
-    batch_shards = sizes["data"] * sizes["fsdp"]
+    batch_axes = exp.sharding.table.get(exp.model.axes.batch, ())  # the strategy's rule
+    batch_shards = math.prod(sizes[a] for a in batch_axes)
+    named = " * ".join(f"mesh.{a}" for a in batch_axes) or "no mesh axis"
     if exp.train.batch_size % batch_shards:
       raise UserError(
-        f"train.batch_size={exp.train.batch_size} must be divisible by "
-        f"mesh.data * mesh.fsdp = {batch_shards}"
+        f"train.batch_size={exp.train.batch_size} must be divisible by {named} = {batch_shards}"
       )
     rows = exp.train.batch_size // exp.train.microbatches
     if rows % batch_shards:  # each piece's rows stay on their devices (microbatch.py)
       raise UserError(
         f"a microbatch of train.batch_size / train.microbatches = {rows} rows does not split "
-        f"over mesh.data * mesh.fsdp = {batch_shards} devices; use fewer microbatches or a "
-        "larger batch"
+        f"over {named} = {batch_shards} devices; use fewer microbatches or a larger batch"
       )
     _check_strategy(exp, sizes)
   return exp
