@@ -305,3 +305,31 @@ def test_kernels_lower_to_mosaic(dtype):
     + bwd.lower(lowering_platforms=("tpu",)).as_text()
   )
   assert text.count("tpu_custom_call") == 3
+
+
+def test_gqa_float32_with_x64_enabled():
+  """With x64 on, float32 GQA inputs run (the kv-head index map divided an int32 program id
+  by an int64 constant: TypeError) and match a float64 autodiff of the formula."""
+
+  def dense(q, r, k, v):  # float64, causal, G = 2
+    k, v = jnp.repeat(k, 2, axis=2), jnp.repeat(v, 2, axis=2)
+    s = jnp.einsum("bihd,bjhd->bhij", q, k) / np.sqrt(q.shape[-1])
+    s = jnp.where(np.tril(np.ones((9, 9), bool)), s, -jnp.inf)
+    p = jax.nn.softmax(s, axis=-1)
+    t = jnp.einsum("bihd,bjhd->bhij", r, k)
+    a = p * (1 + (p * t).sum(-1, keepdims=True) - t)
+    return jnp.einsum("bhij,bjhd->bihd", a, v)
+
+  rng = np.random.default_rng(0)
+  x = [rng.normal(size=(1, 9, h, 8)).astype(np.float32) for h in (2, 2, 1, 1)]
+  x[1] /= np.sqrt(8)
+  do = rng.normal(size=(1, 9, 2, 8)).astype(np.float32)
+  with jax.enable_x64(True):
+    op = lambda *a: parallax_attention(*a, implementation="pallas_tpu", interpret=True)
+    o, vjp = jax.vjp(op, *map(jnp.asarray, x))
+    ref, ref_vjp = jax.vjp(dense, *(jnp.asarray(a, jnp.float64) for a in x))
+    got_all = (o, *vjp(jnp.asarray(do)))
+    want_all = (ref, *ref_vjp(jnp.asarray(do, jnp.float64)))
+    for got, want in zip(got_all, want_all, strict=True):
+      got, want = np.asarray(got, np.float64), np.asarray(want)
+      assert np.abs(got - want).max() / np.abs(want).max() < F32_TOL

@@ -54,7 +54,7 @@ def inner_block(first_ref, count_ref, outer, step):
 def kv_head(q_head, group: int):
   """GQA: the kv head of query head ``q_head`` (``lax.div``: non-negative, no floor-div sign
   fix-up in the scalar index map)."""
-  return q_head if group == 1 else lax.div(q_head, group)
+  return q_head if group == 1 else lax.div(q_head, jnp.asarray(group, q_head.dtype))
 
 
 def tile_visible(mask: MaskSpec, q_block, k_block, bq: int, bk: int, q_seg=None, k_seg=None):
