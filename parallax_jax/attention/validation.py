@@ -64,7 +64,11 @@ def static_scale(scale, head_dim: int) -> float:
   """``scale`` as a finite Python float (None: ``1 / sqrt(D)``)."""
   if scale is None:
     return 1.0 / math.sqrt(head_dim)
-  if isinstance(scale, jax.core.Tracer) or not isinstance(scale, numbers.Real | np.ndarray):
+  if (
+    isinstance(scale, jax.core.Tracer)
+    or not isinstance(scale, numbers.Real | np.ndarray)
+    or np.ndim(scale) != 0
+  ):
     raise TypeError(
       f"scale must be a static Python float (or None for 1/sqrt(D)), got {type(scale).__name__}."
     )
