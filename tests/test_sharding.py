@@ -239,3 +239,29 @@ def test_each_process_must_hold_its_own_block_of_rows(monkeypatch, mesh, ok):
   else:
     with pytest.raises(UserError, match="over 2 processes: each process reads its own rows"):
       sharding.check_rows_per_process(fake, 8, 64)
+
+
+@pytest.mark.parametrize(
+  "strategy, extra, named",
+  [
+    ("tp", ["model.num_heads=3", "model.num_kv_heads=3"], "num_kv_heads=3.*would be dp$"),
+    ("fsdp_tp", ["model.num_heads=3", "model.num_kv_heads=3"], "num_kv_heads=3.*would be fsdp$"),
+    ("cp", [], "train.seq_len=66.*would be dp$"),
+  ],
+)
+def test_a_strategy_whose_split_fits_no_device_count_is_refused_not_run_as_dp(
+  strategy, extra, named
+):
+  """tp over 8 devices of a model with 3 heads would run with tensor=1 (every device dp): the
+  comparison would print a "tp" row that is not tp. Refused, naming what does not split; on one
+  device every strategy is the same run, and stays allowed."""
+  model = resolve(_cfg(*extra)).model
+  seq_len = 66 if strategy == "cp" else 64  # 66 = 2 x 33: no even split over 2+ devices
+  with pytest.raises(UserError, match=f"{strategy} on 8 devices.*{named}"):
+    mesh_preset(strategy, 8, model, seq_len)
+  assert mesh_preset(strategy, 1, model, seq_len) == {
+    "data": 1,
+    "fsdp": 1,
+    "tensor": 1,
+    "sequence": 1,
+  }

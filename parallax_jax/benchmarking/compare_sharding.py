@@ -103,6 +103,18 @@ def mesh_preset(strategy: str, n: int, model, seq_len: int, processes: int = 1) 
     sizes.update(sequence=seq, data=n // seq)
   else:
     raise ValueError(f"unknown strategy {strategy!r}; known: {STRATEGIES}")
+  # A strategy whose own axis got no split would run as dp / fsdp under its name.
+  if n > 1 and strategy in ("tp", "fsdp_tp") and tensor == 1:
+    raise UserError(
+      f"{strategy} on {n} devices: no tensor split of 2+ of a process's {per_process} devices "
+      f"divides num_heads={model.num_heads}, num_kv_heads={model.num_kv_heads} and "
+      f"mlp_dim={model.mlp_dim}; the row would be {'fsdp' if strategy == 'fsdp_tp' else 'dp'}"
+    )
+  if n > 1 and strategy == "cp" and sizes["sequence"] == 1:
+    raise UserError(
+      f"cp on {n} devices: train.seq_len={seq_len} has no split over 2+ of a process's "
+      f"{per_process} devices into an even number of chunks each (zigzag); the row would be dp"
+    )
   return sizes
 
 
