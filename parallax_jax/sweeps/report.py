@@ -37,7 +37,7 @@ def _last(records: list[dict], key: str):
   return None
 
 
-def _records(directory: Path) -> tuple[list[dict], str | None]:
+def point_records(directory: Path) -> tuple[list[dict], str | None]:
   """``(metrics records, None)``, or ``([], why)`` for a damaged metrics.jsonl: one damaged
   point must not cost the whole sweep its table and plots."""
   try:
@@ -50,7 +50,7 @@ def point_row(sweep: Sweep, point: Point, workdir: Path) -> dict:
   directory = Path(workdir) / "points" / point.name
   status_path = directory / "status.json"
   status = json.loads(status_path.read_text()) if status_path.exists() else {}
-  records, damaged = _records(directory)
+  records, damaged = point_records(directory)
   speeds = [r["tokens_per_s"] for r in records if r.get("tokens_per_s")]
   row = {"name": point.name, **{k: point.values.get(k) for k in sweep.axes}}
   row.update(
@@ -220,7 +220,7 @@ def loss_curves_figure(sweep: Sweep, workdir: Path, metric: str):
 
   curves = {}  # point name -> {"loss": [(step, value)], metric: [...]}, points with any
   for p in sweep.points:
-    recs, _ = _records(Path(workdir) / "points" / p.name)  # a damaged one: its row says so
+    recs, _ = point_records(Path(workdir) / "points" / p.name)  # a damaged one: its row says so
     pts = {k: [(r["step"], r[k]) for r in recs if r.get(k) is not None] for k in ("loss", metric)}
     if any(pts.values()):
       curves[p.name] = pts

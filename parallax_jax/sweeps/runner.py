@@ -38,10 +38,9 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from parallax_jax.errors import UserError
+from parallax_jax.files import write_text_atomic
 from parallax_jax.sweeps import report as sweep_report
 from parallax_jax.sweeps.config import Point, Sweep, describe, write_inline_base
-from parallax_jax.train.metrics import read_metrics
 from parallax_jax.train.preemption import EXIT_PREEMPTED
 from parallax_jax.train.run_record import SWEEP
 
@@ -62,9 +61,7 @@ def read_status(workdir: Path, point: Point) -> dict | None:
 
 def _write_status(workdir: Path, point: Point, status: dict) -> None:
   path = point_dir(workdir, point) / "status.json"
-  tmp = path.with_suffix(".tmp")
-  tmp.write_text(json.dumps(status, indent=2, default=str) + "\n")
-  tmp.replace(path)
+  write_text_atomic(path, json.dumps(status, indent=2, default=str) + "\n")
 
 
 def write_description(sweep: Sweep, workdir: Path) -> None:
@@ -84,11 +81,8 @@ def is_finished(status: dict | None, point: Point) -> bool:
 def last_step(directory: Path) -> int | None:
   """The last logged step, None for none or a damaged metrics.jsonl (the point's run then
   failed on it and its log's error says so)."""
-  try:
-    steps = [r.get("step", 0) for r in read_metrics(directory, missing_ok=True)]
-  except UserError:
-    return None
-  return max(steps, default=None)
+  records, _ = sweep_report.point_records(directory)
+  return max((r.get("step", 0) for r in records), default=None)
 
 
 def error_summary(log_text: str, returncode: int) -> str:

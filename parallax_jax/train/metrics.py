@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import jax
 
 from parallax_jax.errors import UserError
+from parallax_jax.files import write_text_atomic
 
 # Dense bf16 peak FLOP/s per device (vendor figures), by device_kind substring.
 PEAK_FLOPS = {
@@ -82,9 +82,7 @@ class MetricsWriter:
     if jax.process_index() != 0 or not self.path.exists():
       return
     kept = [r for r in read_metrics(self.path.parent) if r.get("step", 0) <= step]
-    tmp = self.path.with_name(f".{self.path.name}.tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-    os.replace(tmp, self.path)
+    write_text_atomic(self.path, "".join(json.dumps(r) + "\n" for r in kept))
 
   def write(self, step: int, scalars: dict) -> None:
     if jax.process_index() != 0:

@@ -24,6 +24,7 @@ from pathlib import Path
 import ml_collections
 
 from parallax_jax.errors import UserError, UserFileNotFoundError
+from parallax_jax.files import write_text_atomic
 from parallax_jax.train import config_keys
 
 log = logging.getLogger("parallax_jax")
@@ -169,9 +170,7 @@ def record_start(workdir: str | Path, config: dict, extra: dict) -> None:
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   record = _plain({"config": config, **extra})
-  tmp = workdir / f".{CONFIG}.tmp"
-  tmp.write_text(json.dumps(record, indent=2) + "\n")
-  os.replace(tmp, workdir / CONFIG)  # atomic: never a half-written record
+  write_text_atomic(workdir / CONFIG, json.dumps(record, indent=2) + "\n")
 
 
 def record_resume(
@@ -208,11 +207,12 @@ def record_resume(
       workdir / HISTORY,
       ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in diff.items()),
     )
-  path = workdir / HISTORY
-  # after a start killed mid-append (a cut last line), this entry starts a line of its own
-  cut = path.is_file() and path.stat().st_size > 0 and not path.read_bytes().endswith(b"\n")
-  with open(path, "a") as f:
-    f.write("\n" * cut + json.dumps(_plain(entry)) + "\n")
+  # After a start killed mid-append (a cut last line), this entry starts a line of its own.
+  with open(workdir / HISTORY, "a+b") as f:
+    size = f.seek(0, os.SEEK_END)
+    f.seek(max(size - 1, 0))
+    cut = size > 0 and f.read(1) != b"\n"  # ("a" mode: the write goes to the end regardless)
+    f.write(("\n" * cut + json.dumps(_plain(entry)) + "\n").encode())
 
 
 def require_checkpoints(workdir: str | Path) -> None:
