@@ -99,6 +99,30 @@ def test_the_loop_divides_mfu_by_every_device(tmp_path, monkeypatch):
     assert m["mfu"] == pytest.approx(want, rel=1e-9) and m["peak_flops_per_device"] == 1e12
 
 
+def test_step_time_leaves_out_the_checkpoint_saves(tmp_path, monkeypatch):
+  """A save that blocks for 1 s after every step is the checkpoint phase's time, not step time:
+  tokens/s measures the steps (it once counted each save into the next interval)."""
+  from parallax_jax.train.checkpoint import Checkpointer
+
+  save = Checkpointer.save
+
+  def slow_save(self, *args, **kwargs):
+    time.sleep(1.0)
+    return save(self, *args, **kwargs)
+
+  monkeypatch.setattr(Checkpointer, "save", slow_save)
+  cfg = _cfg(
+    "--config.train.steps=4",
+    "--config.train.log_every=1",
+    "--config.train.eval_every=0",
+    "--config.checkpoint.every_steps=1",
+  )
+  summary = train(cfg, tmp_path)
+  timed = [m["step_time_s"] for m in read_metrics(tmp_path) if "step_time_s" in m]
+  assert len(timed) == 3 and max(timed) < 0.5, timed
+  assert summary["time_checkpoint_s"] >= 4.0
+
+
 def test_log_file_gets_plain_lines_and_a_finished_run_is_left_alone(tmp_path):
   steps = ["--config.train.steps=4", "--config.train.progress_bar=true"]
   proc = _run_cli(tmp_path, "--config.train.log_every=2", *steps)

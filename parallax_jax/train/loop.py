@@ -212,8 +212,12 @@ class Trainer:
               log.info("step %d/%d: loss=%.4f%s", done, tcfg.steps, loss, rate)
           saved = done % exp.checkpoint.every_steps == 0 or done == tcfg.steps
           if saved:
+            saving = time.perf_counter()
             with timer.phase("checkpoint"):
               self.checkpointer.save(done, state, self.data.state())
+            # A save's blocking part is not step time (as eval's is not): the next interval's
+            # tokens/s and MFU measure the steps alone; time_checkpoint_s keeps the save's cost.
+            last_log_time += time.perf_counter() - saving
           if done < tcfg.steps and stop.should_stop(done):  # every process, every step
             with timer.phase("checkpoint"):
               if not saved:
