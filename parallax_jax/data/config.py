@@ -11,6 +11,10 @@ from parallax_jax.errors import UserError
 
 FORMATS = ("auto", "text", "jsonl", "arrayrecord", "npy")
 TEXT_SPLITS = ("file", "paragraph", "line")
+REGRESSION_TASKS = ("linreg", "drift_linreg")
+# The synthetic task sources (generated on the fly: no tokenizer, no files, no document split).
+# Here, with the config, so loaders and exporters ask `DataConfig.is_task` without grain.
+TASKS = ("mqar", *REGRESSION_TASKS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +74,16 @@ class DataConfig:
 
   def __post_init__(self):
     self.validate()
+
+  @property
+  def is_task(self) -> bool:
+    """A synthetic task (`TASKS`): generated on the fly, no tokenizer, no files to split."""
+    return self.source in TASKS
+
+  @property
+  def is_regression(self) -> bool:
+    """An in-context regression task (`REGRESSION_TASKS`): vectors in, an MSE loss."""
+    return self.source in REGRESSION_TASKS
 
   def validate(self) -> None:
     """Raises `ValueError` naming the first bad field and its allowed values."""

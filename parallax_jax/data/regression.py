@@ -35,10 +35,6 @@ import numpy as np
 from parallax_jax.data.config import DataConfig
 from parallax_jax.errors import UserError
 
-REGRESSION_TASKS = ("linreg", "drift_linreg")
-# Every synthetic task ``data.source`` (generated on the fly, no tokenizer): here rather than in
-# ``synthetic`` so the run loaders and exporters can ask without importing grain.
-TASKS = ("mqar", *REGRESSION_TASKS)
 # Added to K's diagonal: keeps the noise-free (rank <= d) covariance positive definite. Acts as
 # a ridge of ~1e-9 on w, far below any MSE the model reaches.
 _JITTER = 1e-9

@@ -22,9 +22,8 @@ from typing import Protocol
 
 import numpy as np
 
-from parallax_jax.data.config import DataConfig
+from parallax_jax.data.config import TASKS, DataConfig
 from parallax_jax.data.python_corpus import PythonCorpus
-from parallax_jax.data.regression import TASKS
 from parallax_jax.errors import UserError, UserFileNotFoundError, UserPermissionError
 
 Document = str | np.ndarray

@@ -19,14 +19,8 @@ from __future__ import annotations
 import grain
 import numpy as np
 
-from parallax_jax.data.config import DataConfig
-from parallax_jax.data.regression import (
-  REGRESSION_TASKS,
-  TASKS,
-  RegressionRow,
-  check_regression,
-  describe_regression,
-)
+from parallax_jax.data.config import TASKS, DataConfig
+from parallax_jax.data.regression import RegressionRow, check_regression, describe_regression
 from parallax_jax.errors import UserError
 
 _SPLIT_SALT = {"train": 0x7A11, "eval": 0xE7A1}
@@ -96,9 +90,9 @@ class MQARRow:
 def check_task(cfg: DataConfig, seq_len: int, model=None) -> None:
   """Raises ``ValueError`` naming the field when the task does not fit the run (and ``model``,
   a ``ModelConfig``, when given)."""
-  if cfg.source not in TASKS:
+  if not cfg.is_task:
     raise UserError(f"data.source={cfg.source!r} is not a synthetic task {TASKS}")
-  if cfg.source in REGRESSION_TASKS:
+  if cfg.is_regression:
     check_regression(cfg, seq_len, model)
     return
   need = 2 * (cfg.mqar_num_pairs + cfg.mqar_num_queries)
@@ -141,7 +135,7 @@ def make_task_dataset(
     raise ValueError(f"split={split!r}: must be 'train' or 'eval'")
   check_task(cfg, seq_len)
   rows = grain.MapDataset.range(process_index, _ROWS, process_count)
-  if cfg.source in REGRESSION_TASKS:
+  if cfg.is_regression:
     entropy = (*split_seed(cfg, seed, split), _SPLIT_SALT[split])
     row = RegressionRow(cfg, seq_len, entropy, with_baselines=split == "eval")
   else:
@@ -151,7 +145,7 @@ def make_task_dataset(
 
 
 def describe_task(cfg: DataConfig, seq_len: int | None = None) -> dict:
-  if cfg.source in REGRESSION_TASKS:
+  if cfg.is_regression:
     return describe_regression(cfg, seq_len)
   keys, values = mqar_vocab(cfg.mqar_vocab_size)
   return {

@@ -52,7 +52,6 @@ def load_run(
   for a directory that holds no run or no checkpoint, a missing step, a run that cannot
   generate text (regression heads, synthetic tasks, attention without a decode path), and an
   explicit attention or decode path this backend cannot run."""
-  from parallax_jax.data.regression import TASKS
 
   workdir = Path(workdir)
   cfg = apply_overrides(run_record.load_run_config(workdir), overrides)
@@ -65,7 +64,7 @@ def load_run(
       f"{where} holds a regression model (data.source={data.source!r}, model.input_dim="
       f"{model.input_dim}, model.output_dim={model.output_dim}); generate needs a language model"
     )
-  if data.source in TASKS:
+  if data.is_task:
     raise UserError(
       f"{where} was trained on the synthetic task data.source={data.source!r}, which has no "
       "tokenizer; generate needs a run trained on text"

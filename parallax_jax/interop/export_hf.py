@@ -216,10 +216,9 @@ def _fla_target(model: ModelConfig, where: str, allow_eps: bool, notes: list) ->
 
 def _tokenizer(data, workdir: Path, notes: list) -> tuple[Path | None, int | None]:
   """``(file to copy or None, eos id or None)`` of the run's data config."""
-  from parallax_jax.data.regression import TASKS
   from parallax_jax.data.tokenizers import make_tokenizer
 
-  if data.source in TASKS:
+  if data.is_task:
     notes.append(f"data.source={data.source!r} is a synthetic task: no tokenizer written")
     return None, None
   tok = make_tokenizer(data.tokenizer, workdir)

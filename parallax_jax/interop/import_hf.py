@@ -207,7 +207,7 @@ def import_hf(
   ``byte_tokenizer``: ``src`` has no tokenizer file and its ids are UTF-8 bytes (the byte
   tokenizer's; ``export-hf`` of a byte-tokenizer run writes none): the run uses ``"byte"``.
   """
-  from parallax_jax.data import make_source, synthetic
+  from parallax_jax.data import make_source
   from parallax_jax.data.tokenizers import make_tokenizer
   from parallax_jax.train.checkpoint import Checkpointer, save_params
   from parallax_jax.train.config import resolve
@@ -247,7 +247,7 @@ def import_hf(
       f"{src / TOKENIZER} has {tokenizer.vocab_size} ids but config.json vocab_size="
       f"{model.vocab_size}: the tokenizer does not belong to this model"
     )
-  if exp.data.source not in synthetic.TASKS:  # eval, train and generate read it: checked now
+  if not exp.data.is_task:  # eval, train and generate read it: checked now
     make_source(exp.data, tokenizer)
   with SafetensorsReader(src) as reader:
     # The source is a softmax Qwen3: checked against the model without r.

@@ -43,7 +43,7 @@ import ml_collections
 import numpy as np
 
 from parallax_jax.config_utils import import_get_config
-from parallax_jax.data.regression import REGRESSION_TASKS
+from parallax_jax.data.config import REGRESSION_TASKS
 from parallax_jax.errors import UserError, UserFileNotFoundError
 from parallax_jax.train import config_keys
 from parallax_jax.train.config import apply_overrides, load_config, resolve

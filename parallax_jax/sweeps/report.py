@@ -17,7 +17,7 @@ import statistics
 from pathlib import Path
 
 from parallax_jax import environment
-from parallax_jax.data.regression import REGRESSION_TASKS
+from parallax_jax.data.config import REGRESSION_TASKS, TASKS
 from parallax_jax.errors import UserError
 from parallax_jax.sweeps.config import BASELINE_COLUMNS, REPO_ROOT, Point, Sweep
 from parallax_jax.sweeps.pairs import VARIANT
@@ -87,7 +87,6 @@ def metric_name(sweep: Sweep, rows: list[dict]) -> str:
   perplexity, whichever applies and is present, else train loss."""
   if sweep.metric:
     return sweep.metric
-  from parallax_jax.data.synthetic import TASKS  # imports grain: only when needed
 
   sources = _sources(sweep)
   if sources & set(REGRESSION_TASKS):

@@ -53,7 +53,7 @@ class TrainData:
     self.exp, self.workdir, self.read_only = exp, workdir, read_only
     self.tokenizer_training = None  # what a tokenizer trained here was trained on
     cfg = exp.data
-    self.task = cfg.source in synthetic.TASKS  # generated on the fly: no tokenizer, no files
+    self.task = cfg.is_task  # generated on the fly: no tokenizer, no files
     self.tokenizer = self.source = None
     if self.task:
       synthetic.check_task(cfg, exp.train.seq_len, exp.model)

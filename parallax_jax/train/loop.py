@@ -12,7 +12,6 @@ import jax
 import ml_collections
 
 from parallax_jax import environment
-from parallax_jax.data import synthetic
 from parallax_jax.errors import UserError
 from parallax_jax.train import data_io, run_record, workdir_lock
 from parallax_jax.train.checkpoint import (
@@ -290,7 +289,7 @@ def evaluate(
       "train.eval_batches=0: an eval reads no batch and would report nothing; give "
       "--config.train.eval_batches=N with N >= 1"
     )
-  if exp.data.eval_fraction == 0 and exp.data.source not in synthetic.TASKS:
+  if exp.data.eval_fraction == 0 and not exp.data.is_task:
     raise UserError(  # (the data split's advice, raise data.eval_fraction, is a fixed key here)
       f"--workdir {str(workdir)!r}: the run holds out no documents (data.eval_fraction=0, fixed "
       "for a run: the split decides what it trained on), so it has no held-out split to evaluate"
