@@ -132,6 +132,7 @@ _N = jnp.array([3, 8], jnp.int32)
     (dict(lengths=jnp.array([-1, 2], jnp.int32)), ValueError, "lengths must be >= 0"),
     (dict(window_size=0), ValueError, "window_size must be >= 1"),
     (dict(scale="0.1"), TypeError, "scale must be a static Python float"),
+    (dict(scale=True), TypeError, "scale must be a static Python float"),
     (dict(implementation="nope"), ValueError, "implementation must be None or one of"),
     (dict(tuning=DecodeTuning(num_splits=4)), NotImplementedError, "no launch tuning"),
     (dict(implementation="pallas_gpu"), NotImplementedError, "runs on gpu"),

@@ -68,6 +68,7 @@ def static_scale(scale, head_dim: int) -> float:
     isinstance(scale, jax.core.Tracer)
     or not isinstance(scale, numbers.Real | np.ndarray)
     or np.ndim(scale) != 0
+    or np.asarray(scale).dtype == bool  # True is a Real, but no one means a scale of 1.0 by it
   ):
     raise TypeError(
       f"scale must be a static Python float (or None for 1/sqrt(D)), got {type(scale).__name__}."
