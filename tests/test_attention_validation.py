@@ -29,6 +29,11 @@ K = _x((1, 8, 2, 16))
     (dict(k=_x((1, 8, 3, 16)), v=_x((1, 8, 3, 16))), ValueError, r"multiple of the number of kv"),
     (dict(k=_x((1, 8, 2, 8)), v=_x((1, 8, 2, 8))), ValueError, r"head dim"),
     (dict(q=_x((1, 8, 0, 16)), r=_x((1, 8, 0, 16))), ValueError, r"empty inputs"),
+    (
+      dict(q=_x((0, 8, 4, 16)), r=_x((0, 8, 4, 16)), k=_x((0, 8, 2, 16)), v=_x((0, 8, 2, 16))),
+      ValueError,
+      r"empty inputs",
+    ),
     (dict(k=_x((2, 8, 2, 16)), v=_x((2, 8, 2, 16))), ValueError, r"batch size"),
     (dict(r=_x((1, 8, 4, 16), jnp.bfloat16)), TypeError, r"share one dtype"),
     (dict(q=_x((1, 8, 4, 16), jnp.int32)), TypeError, r"q has dtype int32"),

@@ -117,7 +117,7 @@ def validate(
     raise ValueError(f"k and v must have q's batch size {batch}, got {shapes['k'][0]}.")
   if dk != d:
     raise ValueError(f"k and v must have q's head dim D={d}, got {dk}.")
-  if q_len < 1 or kv_len < 1 or d < 1 or hq < 1 or hkv < 1:
+  if min(batch, q_len, kv_len, hq, hkv, d) < 1:  # as decode: an empty batch is a mistake too
     raise ValueError(f"empty inputs: q shape {shapes['q']}, k shape {shapes['k']}.")
   if hq % hkv:
     raise ValueError(
