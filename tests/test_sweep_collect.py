@@ -192,3 +192,25 @@ def test_an_interrupted_collect_leaves_no_point_behind(tmp_path, capsys, monkeyp
   assert _collect(out, src) == 0
   assert sorted(p.name for p in (out / "points").iterdir()) == [first.name]
   assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []
+
+
+def test_points_take_a_full_two_axis_name_and_several_patterns(capsys):
+  """A point's name joins its axes with commas (``variant=a,seed=0``): given whole to --points it
+  is one pattern (it was split at the comma into two, the second matching no point); several
+  patterns come as several arguments, and a comma list of variant names still works."""
+  from cli_runner import run_cli
+
+  study = str(ROOT / "configs" / "sweeps" / "study_tiny_lm.py")
+  argv = ["sweep", "--config", study, "--workdir", "unused", "--dry-run", "--points"]
+
+  def chosen(*patterns):
+    code, out, err = run_cli(capsys, *argv, *patterns)
+    assert code == 0, err
+    return [line.split(":")[0] for line in out.strip().splitlines()]
+
+  assert chosen("variant=adamw+softmax,seed=1") == ["variant=adamw+softmax,seed=1"]
+  two = ["variant=adamw+parallax,seed=0", "variant=adamw+softmax,seed=1"]
+  assert chosen(*two) == two
+  assert chosen("adamw+parallax,adamw+softmax") == [
+    f"variant=adamw+{v},seed={s}" for v in ("parallax", "softmax") for s in (0, 1)
+  ]

@@ -75,7 +75,9 @@ def _patterns(text: str) -> str:
   shell variable, is not read as "every point")."""
   import argparse
 
-  if not any(p.strip() for p in text.split(",")):
+  from parallax_jax.sweeps.config import point_patterns
+
+  if not point_patterns(text):
     raise argparse.ArgumentTypeError(
       f"{text!r} names no point; give fnmatch patterns, or leave --points out for every point"
     )
@@ -99,9 +101,11 @@ def add_sweep(sub, common):
   sw.add_argument(
     "--points",
     type=_patterns,
+    nargs="+",
     default=None,
-    help="comma list of fnmatch patterns: run only the points whose name or variant matches "
-    "(e.g. 'muon+parallax_s0' or 'L2_pairs64_*'); default: every point",
+    help="fnmatch patterns: run only the points whose name or variant matches (e.g. "
+    "'muon+parallax_s0' or 'L2_pairs64_*'); a comma list of variants ('a,b') works too, but "
+    "a point's full name ('variant=a,seed=0', commas inside) is one pattern; default: every point",
   )
   sw.add_argument("--dry-run", action="store_true", help="list the points and exit")
   sw.add_argument(

@@ -367,12 +367,25 @@ __all__: Sequence[str] = [
 ]
 
 
-def select_points(sweep: Sweep, patterns: str | None) -> Sweep:
+def point_patterns(patterns: str | Sequence[str] | None) -> list[str]:
+  """``--points``' fnmatch patterns: each argument that holds ``=`` is one pattern (a point's
+  name joins its axes with commas, ``variant=a,seed=0``); any other is a comma list of them
+  (variant names, ``a,b``)."""
+  if isinstance(patterns, str):
+    patterns = [patterns]
+  out = []
+  for arg in patterns or ():
+    parts = [arg] if "=" in arg else arg.split(",")
+    out.extend(p.strip() for p in parts if p.strip())
+  return out
+
+
+def select_points(sweep: Sweep, patterns: str | Sequence[str] | None) -> Sweep:
   """The sweep restricted to the points whose name (``variant=...,seed=...``) or variant name
-  matches one of the comma-separated fnmatch ``patterns`` (``--points``): one device call can
+  matches one of ``patterns`` (``--points``, read by `point_patterns`): one device call can
   run a few points of a larger study into its own workdir. None or empty: every point. A
   pattern that matches nothing is a UserError naming the points."""
-  names = [p.strip() for p in (patterns or "").split(",") if p.strip()]
+  names = point_patterns(patterns)
   if not names:
     return sweep
 
