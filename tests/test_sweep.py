@@ -600,7 +600,7 @@ def test_a_changed_inline_base_is_what_the_train_cli_loads(tmp_path):
 
 def test_an_axis_value_given_twice_is_refused():
   """A repeated value would train one config twice, the third copy into the second's folder."""
-  for values in ([0, 1, 1, 1], [1, "1"]):
+  for values in ([0, 1, 1, 1], [1, "1"], [1, 1.0]):  # 1 and 1.0: one config
     with pytest.raises(ValueError, match=r"sweep.axes\['train.seed'\] has 1 more than once"):
       build_sweep({"base": TINY, "axes": {"train.seed": values}})
 

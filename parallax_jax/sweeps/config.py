@@ -127,6 +127,13 @@ def cli_value(value) -> str:
   raise UserError(f"sweep values must be str, int, float, bool, None or tuples; got {value!r}")
 
 
+def _same(a, b) -> bool:
+  """Whether two axis values make one config: the same override text, or equal numbers (``1`` and
+  ``1.0`` set one float; a bool is not the number 1)."""
+  numbers = all(isinstance(x, int | float) and not isinstance(x, bool) for x in (a, b))
+  return a == b if numbers else cli_value(a) == cli_value(b)
+
+
 def _flatten(d: Mapping, prefix: str = "") -> dict[str, Any]:
   out = {}
   for k, v in d.items():
@@ -229,8 +236,9 @@ def build_sweep(spec, *, base_path_for_inline: Path | None = None) -> Sweep:
   for key, values in axes.items():
     if not isinstance(values, list | tuple) or not values:
       raise UserError(f"sweep.axes[{key!r}] must be a non-empty list of values, got {values!r}")
-    texts = [cli_value(v) for v in values]  # the override each value becomes: one config each
-    twice = next((v for v, t in zip(values, texts, strict=True) if texts.count(t) > 1), None)
+    twice = next(
+      (v for i, v in enumerate(values) if any(_same(v, w) for w in values[i + 1 :])), None
+    )
     if twice is not None:
       raise UserError(
         f"sweep.axes[{key!r}] has {twice!r} more than once ({list(values)!r}); list each value once"
