@@ -308,7 +308,7 @@ def test_resume_and_eval_read_the_run_tokenizer(tmp_path, tree, monkeypatch):
 # ------------------------------------------------------------------------- the study configs
 
 
-@pytest.mark.parametrize("name, count", [("gpu_study_lm", 56), ("gpu_study_mqar", 32)])
+@pytest.mark.parametrize("name, count", [("gpu_study_lm", 59), ("gpu_study_mqar", 32)])
 def test_gpu_study_configs_plan_and_validate(name, count, capsys, monkeypatch):
   import jax
 
@@ -376,7 +376,7 @@ def test_gpu_study_configs_plan_and_validate(name, count, capsys, monkeypatch):
     # `<arm>_s<seed>` point with the head alone changed, or (`HEAD_ONE_SEEDS`) another seed of
     # such a point; every other point keeps the scaled head it ran with.
     head1 = {n for n, e in exps.items() if e.model.tied_head_scale == "one"}
-    assert head1 == {n for n in exps if "_head1_" in n} and len(head1) == 22
+    assert head1 == {n for n in exps if "_head1_" in n} and len(head1) == 25
     for name, source in config.HEAD_ONE_SEEDS.items():
       seed = int(name.rsplit("_s", 1)[1])
       assert seed != exps[source].train.seed and exps[name].train.seed == seed
@@ -385,7 +385,19 @@ def test_gpu_study_configs_plan_and_validate(name, count, capsys, monkeypatch):
       )
       assert exps[name].model == exps[source].model
       assert exps[name].optimizer == exps[source].optimizer
-    for name in head1 - set(config.HEAD_ONE_SEEDS):
+    # `HEAD_ONE_EDGES` (session 29): a head1 point at another rate, nothing else changed.
+    for name, (source, factor) in config.HEAD_ONE_EDGES.items():
+      lr = exps[source].optimizer.learning_rate * factor
+      assert exps[name].optimizer == dataclasses.replace(exps[source].optimizer, learning_rate=lr)
+      assert exps[name].model == exps[source].model and exps[name].train == exps[source].train
+    assert {
+      n: e.optimizer.learning_rate for n, e in exps.items() if n in config.HEAD_ONE_EDGES
+    } == {
+      "muon+parallax_lr4_head1_s0": 0.08,
+      "adamw+softmax_lr0.5_head1_s0": 5e-4,
+      "adamw+parallax_lr0.25_head1_s0": 2.5e-4,
+    }
+    for name in head1 - set(config.HEAD_ONE_SEEDS) - set(config.HEAD_ONE_EDGES):
       base = exps[name.replace("_head1", "")]
       assert base.model.tied_head_scale == "rsqrt_d"
       assert dataclasses.replace(exps[name].model, tied_head_scale="rsqrt_d") == base.model
@@ -414,7 +426,7 @@ def test_gpu_study_configs_plan_and_validate(name, count, capsys, monkeypatch):
       )
 
 
-@pytest.mark.parametrize("study, at_least", [("gpu_study_lm", 40), ("gpu_study_mqar", 32)])
+@pytest.mark.parametrize("study, at_least", [("gpu_study_lm", 44), ("gpu_study_mqar", 32)])
 def test_committed_study_points_are_the_sweeps_points(study, at_least):
   """Every committed GPU-study point is a point of the sweep config as it stands, trained with
   exactly its config (the fingerprint the sweep runner compares): an edit of the config that

@@ -37,11 +37,13 @@ Arms (variants; `<optimizer>+<model>[_lr<scale>]_s<seed>`):
   changed: softmax at each optimizer's base rate (session 16), then, once it had won by far
   (session 17), Parallax (like_q and W_R = 0) per optimizer and the Muon pair's seed 1; after
   Parallax led at both seeds under Muon (session 18), Muon's matched controls, third seed and
-  LR scans, and AdamW's LR scan.
+  LR scans, and AdamW's LR scan; then (session 29) one more step for each scan won at its edge
+  (`HEAD_ONE_EDGES`: like_q at Muon x4 and AdamW x0.25, softmax at AdamW x0.5).
 `PRIORITY` orders them for the device sessions (experiments/results/studies_gpu/results.md).
 
 One device call runs one point (or a few): `parallax-jax sweep --points` takes their variant
-names or fnmatch patterns, comma-separated (e.g. "muon+*_s1"); without it, every point.
+names or fnmatch patterns, as arguments or a comma list (e.g. "muon+*_s1"); without it, every
+point.
 
   parallax-jax sweep --config configs/sweeps/gpu_study_lm.py --points muon+parallax_s0 \\
       --workdir runs/gpu_study_lm
@@ -151,6 +153,17 @@ HEAD_ONE = (
 HEAD_ONE_SEEDS = {"muon+softmax_compute_head1_s1": "muon+softmax_compute_head1_s0"}
 
 
+# Session 29: three scans were won at their edge with the unscaled head: like_q under Muon (x2
+# 2.020 < x1 2.045 < x0.5 2.094 nats), like_q under AdamW (x0.5 3.686 against x1's 4.509, a
+# gradient-norm spike) and softmax under AdamW (x1 3.637 < x2 3.802). Each goes one step further
+# so that neither kind loses by its rate: name -> (the head1 point it rescales, LR factor).
+HEAD_ONE_EDGES = {
+  "muon+parallax_lr4_head1_s0": ("muon+parallax_head1_s0", 4.0),
+  "adamw+softmax_lr0.5_head1_s0": ("adamw+softmax_head1_s0", 0.5),
+  "adamw+parallax_lr0.25_head1_s0": ("adamw+parallax_head1_s0", 0.25),
+}
+
+
 def head_one(name: str) -> str:
   """`<arm>_s<seed>` -> `<arm>_head1_s<seed>`: the name of the point's unscaled-head rerun."""
   arm, seed = name.rsplit("_s", 1)
@@ -224,9 +237,17 @@ PRIORITY = (  # device sessions run these in order: each step answers a question
   # done (session 28, on an H100): MQAR's 4-layer group (gpu_study_mqar.py); like_q at twice
   # its Muon rate 2.020 (-0.024 nats against x1), still 0.031 above the compute-matched softmax
   head_one(HEAD_ONE[14]),
-  # next: the rest of the Muon and AdamW scans; then the scaled head's AdamW scan and
-  # controls: they study a head that holds every arm back, so they come last
-  *[head_one(name) for name in HEAD_ONE[15:]],
+  # done (session 29, H100): softmax at twice its Muon rate 2.195 (x1 2.196: flat, so the
+  # compute-matched gap is not softmax's rate); like_q at half its Muon rate 2.094 (x1 2.045,
+  # x2 2.020); AdamW softmax x2 3.802 (x1 3.637); AdamW like_q x0.5 3.686 (x1 4.509)
+  *[head_one(name) for name in HEAD_ONE[15:19]],
+  # next: the three scans won at their edge go one step further (HEAD_ONE_EDGES); then W_R = 0
+  # and like_q at twice AdamW's rate (like_q's x1 already spiked: least informative)
+  *HEAD_ONE_EDGES,
+  head_one("adamw+parallax_r0_lr2_s0"),
+  head_one("adamw+parallax_lr2_s0"),
+  # then the scaled head's AdamW scan and controls: they study a head that holds every arm
+  # back, so they come last
   *[name for name in ADAMW_UP_SCAN if name != "adamw+softmax_lr4_s0"],
   "adamw+parallax_lr0.5_s0",
   "adamw+softmax_lr0.5_s0",
@@ -331,6 +352,9 @@ def variants() -> dict[str, dict]:
     out[head_one(name)] = {**out[name], "model.tied_head_scale": "one"}
   for name, source in HEAD_ONE_SEEDS.items():
     out[name] = {**out[source], "train.seed": int(name.rsplit("_s", 1)[1])}
+  for name, (source, factor) in HEAD_ONE_EDGES.items():
+    lr = out[source]["optimizer.learning_rate"]
+    out[name] = {**out[source], "optimizer.learning_rate": lr * factor}
   return out
 
 
