@@ -157,6 +157,18 @@ def test_bad_optimizer_values_name_the_key(field, value):
     OptimizerConfig(name="muon", **{field: value})
 
 
+@pytest.mark.parametrize("warmup", [5, 9, 10, 50])
+def test_a_warmup_longer_than_the_run_is_shortened_and_said(warmup, caplog):
+  """A 10-step run of a config with a longer warmup still reaches its peak (at step 9) and the
+  log says the warmup it runs; a warmup that fits is run as given, nothing said."""
+  tx, schedules = make_optimizer(OptimizerConfig(warmup_steps=warmup, learning_rate=1.0), 10)
+  runs = min(warmup, 9)
+  assert float(schedules["lr"](runs)) == pytest.approx(1.0)
+  assert float(schedules["lr"](runs - 1)) < 1.0
+  said = f"optimizer.warmup_steps={warmup} does not end before train.steps=10" in caplog.text
+  assert said == (warmup >= 10) and (f"runs {runs} steps instead" in caplog.text) == said
+
+
 @pytest.mark.parametrize("name", ["adamw", "muon"])
 def test_an_adam_learning_rate_adamw_ignores_is_said(name, caplog):
   """Muon's AdamW-group LR means nothing to 'adamw' (e.g. lm_0p6b switched to adamw): a warning,

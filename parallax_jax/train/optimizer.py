@@ -84,9 +84,16 @@ class OptimizerConfig:
     return from_section(cls, "optimizer", d)
 
 
+def warmup_steps(cfg: OptimizerConfig, total_steps: int) -> int:
+  """The warmup the schedules run: ``optimizer.warmup_steps``, shortened to ``train.steps - 1``
+  when it would not end before training does (a short run of a long config still reaches its
+  peak; `make_optimizer` says so)."""
+  return min(cfg.warmup_steps, max(total_steps - 1, 0))
+
+
 def make_schedule(peak: float, cfg: OptimizerConfig, total_steps: int) -> optax.Schedule:
   """Warmup then cosine decay, warmup-stable-decay (linear decay), or constant."""
-  warmup = min(cfg.warmup_steps, max(total_steps - 1, 0))
+  warmup = warmup_steps(cfg, total_steps)
   end = peak * cfg.min_lr_ratio
   if cfg.schedule == "cosine":
     return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, max(total_steps, warmup + 1), end)
@@ -186,6 +193,14 @@ def decay_at_lr(
 
 def make_optimizer(cfg: OptimizerConfig, total_steps: int):
   """``(tx, schedules)``: the optax transformation and ``{"lr": ..., ["adam_lr": ...]}``."""
+  if warmup_steps(cfg, total_steps) != cfg.warmup_steps:  # said, not silent
+    log.warning(
+      "optimizer.warmup_steps=%d does not end before train.steps=%d: the warmup runs %d "
+      "steps instead; set --config.optimizer.warmup_steps below train.steps to choose it",
+      cfg.warmup_steps,
+      total_steps,
+      warmup_steps(cfg, total_steps),
+    )
   lr = make_schedule(cfg.learning_rate, cfg, total_steps)
   schedules = {"lr": lr}
   if cfg.name == "adamw":
