@@ -184,6 +184,13 @@ def make_rules(mesh: Mesh, cfg: ShardingConfig) -> Rules:
   return Rules(mesh=mesh, table=cfg.table, strategy=cfg.strategy)
 
 
+def idle_axes(mesh: Mesh, table: Mapping[str, tuple[str, ...]]) -> dict[str, int]:
+  """``{axis: size}`` of the mesh axes larger than 1 that no rule of ``table`` (a strategy's
+  logical axis -> mesh axes) names: every device along them holds and computes the same."""
+  used = {a for axes in table.values() for a in axes}
+  return {a: n for a, n in mesh.shape.items() if n > 1 and a not in used}
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 

@@ -75,6 +75,18 @@ def test_softmax_under_cp_says_it_is_not_ring_attention(strategy, attention, cap
   assert said == (strategy == "cp" and attention == "softmax"), caplog.text
 
 
+@pytest.mark.parametrize("strategy", sharding.STRATEGIES)
+def test_a_mesh_axis_no_rule_uses_is_said(strategy, caplog):
+  """Each strategy's own preset mesh uses every axis it sizes (nothing said); dp on a mesh with
+  tensor=2 repeats the same work on both halves: the log names the axis."""
+  Program(_exp(strategy))
+  assert "are in no rule" not in caplog.text, caplog.text
+  if strategy == "dp":
+    cfg = _cfg("sharding.strategy=dp", "mesh.data=4", "mesh.tensor=2")
+    Program(resolve(cfg, 8))
+    assert "mesh axes tensor=2 are in no rule of sharding.strategy='dp'" in caplog.text
+
+
 @pytest.mark.parametrize(
   "strategy,expect",
   [

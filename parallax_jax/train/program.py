@@ -36,6 +36,14 @@ class Program:
     self.exp = exp
     self.mesh = sharding.make_mesh(exp.mesh, devices)
     self.rules = sharding.make_rules(self.mesh, exp.sharding)
+    idle = sharding.idle_axes(self.mesh, exp.sharding.table)
+    if idle:  # said, not silent: right numbers, but those devices repeat each other's work
+      log.warning(
+        "mesh axes %s are in no rule of sharding.strategy=%r: the devices along them all do "
+        "the same work; set them to 1 (--config.mesh.<axis>=1) or pick a strategy that uses them",
+        ", ".join(f"{a}={n}" for a, n in idle.items()),
+        exp.sharding.strategy,
+      )
     self.tx, self.schedules = make_optimizer(exp.optimizer, exp.train.steps)
     self.graphdef, variables = model_graphdef(exp.model)
     model = exp.model
