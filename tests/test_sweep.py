@@ -251,6 +251,19 @@ def test_values_round_trip_through_cli_overrides():
   assert point_name({"a.b": "x/y z", "c.b": 1}) == "a.b=x-y-z,c.b=1"
 
 
+def test_more_parallel_points_than_tpu_chips_is_refused(monkeypatch):
+  """Two processes cannot share a TPU chip: the points beyond the chip count failed one by one
+  (recorded as failures); now the sweep refuses the count before any point starts."""
+  from parallax_jax.errors import UserError
+  from parallax_jax.sweeps import runner
+
+  monkeypatch.setattr(runner, "_accelerators", lambda env: ("tpu", ["0", "1"]))
+  chips = [e["TPU_VISIBLE_CHIPS"] for e in slot_environments(2, {})]
+  assert chips == ["0", "1"]
+  with pytest.raises(UserError, match=r"--parallel 3: this host has 2 TPU chip\(s\)"):
+    slot_environments(3, {})
+
+
 def test_finished_status_and_slot_environments():
   (point,) = build_sweep({"base": TINY, "overrides": {"train.steps": 5}}).points
   ok = {"status": "finished", "final_step": 5, "fingerprint": point.fingerprint()}

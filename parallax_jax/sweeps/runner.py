@@ -3,8 +3,9 @@
 Points run in subprocesses (a crash in one cannot take down the sweep), one after another or
 ``parallel`` at a time. With several accelerators each concurrent point gets its own device
 (``CUDA_VISIBLE_DEVICES``, or the ``TPU_VISIBLE_CHIPS`` family on TPU); with one point at a
-time the point uses every device, like a plain ``train``. On CPU ``parallel`` processes share
-the cores.
+time the point uses every device, like a plain ``train``. Points beyond the GPU count share
+GPUs (no memory preallocation); a TPU chip serves one process, so ``parallel`` above the chip
+count is refused. On CPU ``parallel`` processes share the cores.
 
 ``W/points/<name>/status.json`` records each point (status "finished", "failed",
 "preempted" or "running", steps, final step, error, command, timings, the config
@@ -38,6 +39,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from parallax_jax.errors import UserError
 from parallax_jax.files import write_text_atomic
 from parallax_jax.sweeps import report as sweep_report
 from parallax_jax.sweeps.config import Point, Sweep, describe, write_inline_base
@@ -135,6 +137,11 @@ def slot_environments(parallel: int, base_env: dict | None = None) -> list[dict]
   if parallel == 1:
     return [env]
   kind, ids = _accelerators(env)
+  if kind == "tpu" and parallel > len(ids):  # a second process on a chip fails to start
+    raise UserError(
+      f"--parallel {parallel}: this host has {len(ids)} TPU chip(s) and each concurrent point "
+      f"needs one of its own (a chip serves one process); use --parallel {len(ids)} or less"
+    )
   envs = []
   for i in range(parallel):
     e = dict(env)
