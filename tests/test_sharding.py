@@ -75,6 +75,26 @@ def test_softmax_under_cp_says_it_is_not_ring_attention(strategy, attention, cap
   assert said == (strategy == "cp" and attention == "softmax"), caplog.text
 
 
+@pytest.mark.parametrize("attention", ["parallax", "softmax"])
+def test_cp_sequence_length_needs_2n_chunks_for_the_ring_and_n_for_softmax(attention):
+  """seq_len 36 over 4 sequence shards: the ring's zigzag needs 8 chunks (refused, one line);
+  softmax has no ring and shards it in 4 (it was refused too), with single-device numbers."""
+  extra = ["train.seq_len=36", f"model.attention={attention}"]
+  cfg = _cfg(*extra, "sharding.strategy=cp", "mesh.data=2", "mesh.sequence=4")
+  if attention == "parallax":
+    with pytest.raises(UserError, match=r"divisible by 8 \(zigzag load balancing"):
+      resolve(cfg, 8)
+    return
+  exp = resolve(cfg, 8)
+  one = resolve(_cfg(*extra), 1)
+  single = Program(one, devices=jax.devices()[:1])
+  params = jax.device_get(single.init(0).params)
+  batch = synthetic_batch(one.model, one.train.batch_size, 36, seed=3)
+  loss_1 = float(_loss_and_grads(single, params, batch)[0])
+  loss = float(_loss_and_grads(Program(exp), params, batch)[0])
+  assert abs(loss - loss_1) < 1e-6 * abs(loss_1)
+
+
 @pytest.mark.parametrize("strategy", sharding.STRATEGIES)
 def test_a_mesh_axis_no_rule_uses_is_said(strategy, caplog):
   """Each strategy's own preset mesh uses every axis it sizes (nothing said); dp on a mesh with

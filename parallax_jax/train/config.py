@@ -234,10 +234,14 @@ def _check_strategy(exp: Experiment, sizes: dict[str, int]) -> None:
       f"sharding.rules.{exp.sharding.strategy}.length splits the sequence over mesh axes "
       f"{tuple(split)}, but ring attention runs over one mesh axis; map length to one of them"
     )
-  if n_seq > 1 and exp.train.seq_len % (2 * n_seq):
+  # The ring's zigzag layout cuts the sequence into 2n chunks; softmax (no ring, no zigzag:
+  # sharding.sequence_layout) needs n equal shards only.
+  need = 2 * n_seq if m.uses_r else n_seq
+  if n_seq > 1 and exp.train.seq_len % need:
+    why = "zigzag load balancing of ring attention" if m.uses_r else "equal sequence shards"
     raise UserError(
       f"context parallelism over {n_seq} devices needs train.seq_len divisible by "
-      f"{2 * n_seq} (zigzag load balancing), got {exp.train.seq_len}"
+      f"{need} ({why}), got {exp.train.seq_len}"
     )
 
 
