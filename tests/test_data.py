@@ -459,6 +459,34 @@ def test_checkpoint_resume_gives_same_batches(id_docs):
   _assert_batches_equal([next(fresh) for _ in range(40)], expected)
 
 
+def test_resume_from_a_saved_state_where_a_row_ended_a_document(tmp_path):
+  """The trainer's data state goes through JSON (Orbax's `JsonSave`), which turns grain's
+  "no remainder" slice (-1, -1) into a list; restored through `TrainData.restore`, the stream
+  continues exactly, also after a row that ended exactly at a document's end."""
+  from parallax_jax.train.config import load_config, resolve
+  from parallax_jax.train.data_io import TrainData
+
+  rng = np.random.default_rng(0)  # short lines: many rows end exactly at a document's end
+  (tmp_path / "lines.txt").write_text("".join("w" * rng.integers(1, 12) + "\n" for _ in range(300)))
+  root = os.path.join(os.path.dirname(__file__), "..")
+  overrides = [f"--config.data.{k}" for k in (f"source={tmp_path}", "text_split=line")]
+  overrides += ["--config.data.read_threads=1", "--config.data.eval_fraction=0.0"]
+  overrides += ["--config.train.eval_every=0", "--config.train.batch_size=2"]
+  overrides += ["--config.train.seq_len=32"]
+  exp = resolve(load_config(os.path.join(root, "configs", "tiny.py"), overrides), 1)
+  data = TrainData(exp)
+  states, batches = [], []
+  for _ in range(40):
+    states.append(json.loads(json.dumps(data.state())))
+    batches.append(data.next_train())
+  ended = [k for k, s in enumerate(states) if "[-1, -1]" in json.dumps(s)]
+  assert len(ended) >= 3, ended
+  for k in ended[:3]:
+    resumed = TrainData(exp)
+    resumed.restore(states[k])
+    _assert_batches_equal([resumed.next_train() for _ in range(4)], batches[k : k + 4])
+
+
 def test_checkpoint_with_grain_helper(id_docs):
   cfg, _ = id_docs  # small: the helper restores at every step, O(steps^2)
   ds = make_dataset(cfg, tokenizer=BYTE, seq_len=16, batch_size=2, split="eval", seed=0)

@@ -57,6 +57,24 @@ def document_split(source: DocumentSource, eval_fraction: float) -> tuple[np.nda
   return split_documents(len(source), eval_fraction)
 
 
+def state_from_json(state):
+  """An iterator state read back from JSON (a checkpoint's `data` item) -> as `get_state()` gave
+  it, for `set_state`. JSON has no tuples: grain's `ConcatThenSplitIterDataset` marks "no
+  remainder" (the last row ended exactly at a document's end) by the slice (-1, -1) and compares
+  it with `!=`, so the [-1, -1] that JSON gives back reads as a remainder: the restored iterator
+  would drop a document and every later row would differ."""
+  if isinstance(state, dict):
+    return {
+      k: {f: tuple(s) for f, s in v.items()}
+      if k == "remainder_slices" and isinstance(v, dict)
+      else state_from_json(v)
+      for k, v in state.items()
+    }
+  if isinstance(state, list):
+    return [state_from_json(v) for v in state]
+  return state
+
+
 class _ReadAndTokenize:
   """Document index -> {"inputs", "targets"}: int32 [n] each, targets[t] = next token."""
 

@@ -16,7 +16,7 @@ import jax
 import numpy as np
 
 from parallax_jax.data import make_dataset, make_source, make_tokenizer, synthetic, tokenizers
-from parallax_jax.data.pipeline import document_split
+from parallax_jax.data.pipeline import document_split, state_from_json
 from parallax_jax.errors import UserError
 
 log = logging.getLogger("parallax_jax")
@@ -210,8 +210,9 @@ class TrainData:
     return self._it.get_state()
 
   def restore(self, state: dict | None) -> None:
+    """Continues from ``state()``, as saved (a JSON round trip: `pipeline.state_from_json`)."""
     if state is not None:
-      self._it.set_state(state)
+      self._it.set_state(state_from_json(state))
 
   def eval_batches(self):
     """This process's rows of the first ``train.eval_batches`` held-out global batches, the same
