@@ -356,6 +356,22 @@ def test_builtin_batches_decode():
         assert any(text in doc for doc in docs), (row, sid, text[:80])
 
 
+@pytest.mark.parametrize("add_eos", [True, False])
+def test_empty_documents_are_dropped(tmp_path, add_eos):
+  """A JSONL line whose text is "" is no document (as an empty text file or .npy document):
+  with add_eos it must not become a one-token segment training EOS after EOS."""
+  docs = ["abc", "", "de", "", "", "fg", ""]
+  (tmp_path / "d.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+  cfg = DataConfig(source=str(tmp_path / "d.jsonl"), eval_fraction=0.0, add_eos=add_eos)
+  ds = make_dataset(
+    cfg, tokenizer=BYTE, seq_len=1, batch_size=1, split="train", seed=0, num_epochs=1
+  )
+  rows = [(int(b["inputs"][0, 0]), int(b["targets"][0, 0])) for b in _batches(ds)]
+  # One epoch: each non-empty document's targets once (its EOS too with add_eos), no more.
+  assert len(rows) == sum(len(d) + (1 if add_eos else -1) for d in docs if d)
+  assert (BYTE.eos_id, BYTE.eos_id) not in rows
+
+
 def test_eval_pass_covers_eval_documents_exactly(id_docs):
   cfg, docs = id_docs
   train_idx, eval_idx = split_documents(NUM_DOCS, cfg.eval_fraction)

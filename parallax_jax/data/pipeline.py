@@ -76,7 +76,8 @@ def state_from_json(state):
 
 
 class _ReadAndTokenize:
-  """Document index -> {"inputs", "targets"}: int32 [n] each, targets[t] = next token."""
+  """Document index -> {"inputs", "targets"}: int32 [n] each, targets[t] = next token. A document
+  of no tokens gives n = 0 (dropped), not a lone EOS-to-EOS pair."""
 
   def __init__(self, source: DocumentSource, tokenizer, add_eos: bool):
     self.source, self.tokenizer, self.add_eos = source, tokenizer, add_eos
@@ -84,7 +85,7 @@ class _ReadAndTokenize:
   def __call__(self, index) -> dict[str, np.ndarray]:
     doc = self.source[int(index)]
     tokens = np.asarray(self.tokenizer.encode(doc) if isinstance(doc, str) else doc, np.int32)
-    if self.add_eos:
+    if self.add_eos and tokens.size:
       eos = np.full((1,), self.tokenizer.eos_id, np.int32)
       return {"inputs": np.concatenate([eos, tokens]), "targets": np.concatenate([tokens, eos])}
     return {"inputs": tokens[:-1], "targets": tokens[1:]}
