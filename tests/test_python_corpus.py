@@ -178,6 +178,17 @@ def test_bad_train_specs_name_the_form(spec, error):
   assert tokenizers.parse_train_spec("train:bpe:300:2").sample_bytes == 2 * 2**20
 
 
+def test_a_trained_tokenizer_on_npy_token_ids_is_refused_in_one_line(tmp_path):
+  """format="auto" finds the .npy files only when the source is read: refused there, as
+  format="npy" is by the config (not an AttributeError on the tokenizer not trained yet)."""
+  np.save(tmp_path / "ids.npy", np.array([1, 2, 0, 3], np.int32))
+  cfg = DataConfig(source=str(tmp_path / "ids.npy"), tokenizer="train:bpe:300")
+  with pytest.raises(UserError, match=r"tokenizer='train:bpe:300': needs text .*ids\.npy"):
+    make_source(cfg, None)
+  with pytest.raises(UserError, match="needs text documents"):
+    DataConfig(source=str(tmp_path / "ids.npy"), tokenizer="train:bpe:300", format="npy")
+
+
 def test_trained_bpe_round_trips_any_text(tmp_path):
   texts = ["def add(a, b):\n    return a + b\n" * 20, "# héllo\nprint('hello world')\n" * 20]
   tok = tokenizers.train_bpe(texts, 300)

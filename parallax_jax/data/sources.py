@@ -24,6 +24,7 @@ import numpy as np
 
 from parallax_jax.data.config import TASKS, DataConfig
 from parallax_jax.data.python_corpus import PythonCorpus
+from parallax_jax.data.tokenizers import TRAIN_PREFIX
 from parallax_jax.errors import UserError, UserFileNotFoundError, UserPermissionError
 
 Document = str | np.ndarray
@@ -387,6 +388,11 @@ def make_source(cfg: DataConfig, tokenizer) -> DocumentSource:
       raise UserError(f"DataConfig.format={cfg.format!r}: python_corpus is text; use format='auto'")
     return PythonCorpus(eval_fraction=cfg.eval_fraction)
   paths, fmt = resolve_paths(cfg.source, cfg.format)
+  if fmt == "npy" and cfg.tokenizer.startswith(TRAIN_PREFIX):  # format="auto" found .npy
+    raise UserError(
+      f"DataConfig.tokenizer={cfg.tokenizer!r}: needs text documents to train on; "
+      f"DataConfig.source={cfg.source!r} holds .npy token ids (use their tokenizer's file)"
+    )
   if fmt == "text":
     src = TextSource(paths, cfg.text_split)
   elif fmt == "jsonl":
