@@ -249,6 +249,8 @@ def test_source_errors_name_path(tmp_path):
   err(tmp_path / "bad.jsonl")
   (tmp_path / "nofield.jsonl").write_text('{"body": "x"}\n')
   err(tmp_path / "nofield.jsonl", match="nofield.jsonl.*'text'")
+  (tmp_path / "null.jsonl").write_text('{"text": null}\n')  # the field is there, not a string
+  err(tmp_path / "null.jsonl", match="null.jsonl.* 'text' = NoneType, not a string")
   (tmp_path / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
   err(tmp_path / "latin1.txt", match="latin1.txt.*UTF-8")
   (tmp_path / "junk.array_record").write_bytes(b"junk" * 10)

@@ -207,6 +207,11 @@ class JsonlSource(_Spans):
 
 
 def _field(record, field: str, where: str) -> str:
+  if isinstance(record, dict) and field in record and not isinstance(record[field], str):
+    raise UserError(
+      f"data: {where} has {field!r} = {type(record[field]).__name__}, not a string; every "
+      f"record's DataConfig.jsonl_field={field!r} must hold the document's text"
+    )
   if not isinstance(record, dict) or not isinstance(record.get(field), str):
     keys = sorted(record) if isinstance(record, dict) else type(record).__name__
     raise UserError(
