@@ -231,6 +231,16 @@ def test_every_format_loads(tmp_path):
   assert len(load(tmp_path, format="jsonl")) == 3
 
 
+def test_a_lone_surrogate_in_json_text_becomes_a_replacement_character(tmp_path):
+  """JSON may escape half a surrogate pair (an emoji cut by UTF-16 truncation); it must not stop
+  the tokenizer mid-run (UnicodeEncodeError) but read as U+FFFD."""
+  (tmp_path / "d.jsonl").write_text('{"text": "cut \\ud83d here"}\n{"text": "ok \\ud83d\\ude00"}\n')
+  cfg = DataConfig(source=str(tmp_path / "d.jsonl"), eval_fraction=0.0)
+  assert list(make_source(cfg, BYTE)) == ["cut \ufffd here", "ok \U0001f600"]
+  ds = make_dataset(cfg, tokenizer=BYTE, seq_len=4, batch_size=1, split="train", seed=0)
+  assert len(_batches(ds, 12)) == 12
+
+
 def test_source_errors_name_path(tmp_path):
   """Each raised by ``make_source`` itself (no document read by the caller): before a run's
   workdir is written."""

@@ -206,6 +206,12 @@ class JsonlSource(_Spans):
     return {"kind": "jsonl", "field": self.field, "paths": self.paths, "num_documents": len(self)}
 
 
+# JSON's "\ud83d" escapes decode to lone surrogates (an emoji cut in half by UTF-16 truncation,
+# common in scraped text), which no tokenizer encodes: they become U+FFFD, as invalid bytes do in
+# the built-in corpora.
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def _field(record, field: str, where: str) -> str:
   if isinstance(record, dict) and field in record and not isinstance(record[field], str):
     raise UserError(
@@ -217,7 +223,7 @@ def _field(record, field: str, where: str) -> str:
     raise UserError(
       f"data: {where} has no string field {field!r} (found {keys}); set DataConfig.jsonl_field"
     )
-  return record[field]
+  return _LONE_SURROGATE.sub("\ufffd", record[field])
 
 
 class ArrayRecordSource:
