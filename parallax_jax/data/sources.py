@@ -155,6 +155,7 @@ class TextSource(_Spans):
     file_ids, starts, ends = [], [], []
     for fid, path in enumerate(self.paths):
       data = _read_all(path)
+      _decode(data, repr(path))  # read whole anyway: a bad file fails now, not mid-run
       if text_split == "file":
         spans = [(0, len(data))]
       else:
