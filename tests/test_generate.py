@@ -73,8 +73,11 @@ RNG_LOGITS = np.random.default_rng(0).normal(size=64) * 2.0
     SamplingConfig(temperature=1.0, top_p=1e-6),
     SamplingConfig(temperature=1e-3),
     SamplingConfig(temperature=5.0, top_k=1, top_p=0.5),
+    # logits / temperature overflow float32: the largest must still win, not the first inf
+    SamplingConfig(temperature=1e-38),
+    SamplingConfig(temperature=1e-40, top_k=10, top_p=0.9),
   ],
-  ids=["top_k=1", "top_p=tiny", "temperature->0", "top_k=1+top_p"],
+  ids=["top_k=1", "top_p=tiny", "temperature->0", "top_k=1+top_p", "tiny-t", "tiny-t+filters"],
 )
 def test_degenerate_settings_are_greedy(cfg):
   logits = jnp.asarray(np.random.default_rng(1).normal(size=(8, 64)) * 2, jnp.float32)
