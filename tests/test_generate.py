@@ -339,6 +339,9 @@ def test_compiled_once_per_shape(models):
     ({"chunk_tokens": 0}, "chunk_tokens must be an int >= 1"),
     ({"eos_id": 128}, "eos_id=128"),
     ({"vocab_size": 129}, "vocab_size=129"),
+    # jax.random.key keeps 32 bits: 2**32 would draw seed 0's samples, -1 seed 2**32 - 1's
+    ({"seed": 2**32}, r"seed=4294967296 \(--seed\) must be an int in 0 .. 4294967295"),
+    ({"seed": -1}, r"seed=-1 \(--seed\)"),
   ],
 )
 def test_generate_argument_errors(models, kwargs, match):
@@ -524,6 +527,11 @@ def _copy_with_config(run2, tmp_path, **changes):
     (lambda run, tmp: run, ["--seed", "3"], r"--seed picks .* --temperature 0 .* greedy"),
     (
       lambda run, tmp: run,
+      ["--temperature", "1", "--seed", str(2**64)],  # past int64: jax.random.key raised
+      r"seed=18446744073709551616 \(--seed\) must be an int in 0 .. 4294967295",
+    ),
+    (
+      lambda run, tmp: run,
       ["--config.model.d_model=96"],
       r"cannot take these config changes .*model.d_model .* drop these overrides",
     ),
@@ -541,6 +549,7 @@ def _copy_with_config(run2, tmp_path, **changes):
     "top-p",
     "top-k-greedy",
     "seed-greedy",
+    "seed-range",
     "fixed-override",
   ],
 )

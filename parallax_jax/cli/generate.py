@@ -9,6 +9,7 @@ from parallax_jax.errors import UserError
 
 
 def _generate(args) -> int:
+  from parallax_jax.inference.generate import check_seed
   from parallax_jax.inference.loading import load_run
   from parallax_jax.inference.sampling import SamplingConfig
   from parallax_jax.inference.text import generate_text, read_prompts
@@ -29,6 +30,8 @@ def _generate(args) -> int:
       "--seed picks the samples, and --temperature 0 (the default) is greedy: it would change "
       "nothing; pass --temperature > 0 (e.g. 0.8) to sample, or drop --seed"
     )
+  if args.seed is not None:
+    check_seed(args.seed)
   texts = read_prompts(args.prompt, args.prompts_file)
   run = load_run(args.workdir, args.step, args.overrides)
   result = generate_text(

@@ -165,6 +165,19 @@ def _check_prompts(prompts, vocab: int) -> list[list[int]]:
   return out
 
 
+SEED_MAX = 2**32 - 1  # jax.random.key(seed) keeps 32 bits: seed + 2**32 would repeat seed
+
+
+def check_seed(seed) -> None:
+  """Raises a ``UserError`` unless ``seed`` is an int in ``0 .. SEED_MAX``: a larger or
+  negative one would draw another seed's samples (past int64, ``jax.random.key`` raises)."""
+  if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= SEED_MAX:
+    raise UserError(
+      f"seed={seed!r} (--seed) must be an int in 0 .. {SEED_MAX}: the PRNG key keeps 32 bits, "
+      "so another seed would repeat one of those"
+    )
+
+
 def _positive_int(name: str, value) -> None:
   if isinstance(value, bool) or not isinstance(value, int) or value < 1:
     raise UserError(f"{name} must be an int >= 1, got {value!r}")
@@ -191,7 +204,7 @@ def generate(
     max_new_tokens: tokens to generate per prompt at most (>= 1).
     sampling: ``SamplingConfig``; None: greedy.
     eos_id: a row stops after producing it; None: every row runs to ``max_new_tokens``.
-    seed: the PRNG seed (with ``sampling.temperature > 0``).
+    seed: the PRNG seed (with ``sampling.temperature > 0``), in ``0 .. SEED_MAX``.
     vocab_size: the tokenizer's vocabulary; larger ids (table padding) are never sampled.
     chunk_tokens: decode steps per jitted call (between host reads); the output does not
       depend on it.
@@ -206,6 +219,7 @@ def generate(
   table = nnx.merge(graphdef, params).cfg.vocab_size  # rows of the (padded) embedding table
   _positive_int("max_new_tokens", max_new_tokens)
   _positive_int("chunk_tokens", chunk_tokens)
+  check_seed(seed)
   sampling = SamplingConfig() if sampling is None else sampling
   if not isinstance(sampling, SamplingConfig):
     raise TypeError(f"sampling must be a SamplingConfig, got {type(sampling).__name__}")
