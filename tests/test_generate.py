@@ -145,7 +145,13 @@ def test_a_seed_fixes_the_sample():
 
 
 @pytest.mark.parametrize(
-  "cfg", [SamplingConfig(), SamplingConfig(1.0), SamplingConfig(1.0, top_k=200, top_p=0.99)]
+  "cfg",
+  [
+    SamplingConfig(),
+    SamplingConfig(1.0),
+    SamplingConfig(1.0, top_k=200, top_p=0.99),
+    SamplingConfig(1e38),  # 1 / temperature is subnormal: the padding's -inf times 0 was NaN
+  ],
 )
 def test_padded_ids_are_never_sampled(cfg):
   """Ids >= vocab_size (the table's padding) are never chosen, even with the largest logits."""

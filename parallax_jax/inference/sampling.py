@@ -15,6 +15,8 @@ from jaxtyping import Array, Float, Int
 
 from parallax_jax.errors import UserError
 
+_F32_TINY, _F32_MAX = float(jnp.finfo(jnp.float32).tiny), float(jnp.finfo(jnp.float32).max)
+
 
 @dataclasses.dataclass(frozen=True)
 class SamplingConfig:
@@ -75,11 +77,12 @@ def sample(
     logits_BV = jnp.where(jnp.arange(v) < vocab_size, logits_BV, -jnp.inf)
   if cfg.greedy:
     return jnp.argmax(logits_BV, axis=-1).astype(jnp.int32)
-  # The largest logit shifted to 0 and kept there: a tiny temperature sends the others to -inf,
-  # never several to +inf (categorical would draw the lowest id among them, not the argmax),
-  # and one below float32's normal range (flushed to 0 by XLA) makes no 0 / 0 = NaN.
-  shifted_BV = logits_BV - jnp.max(logits_BV, axis=-1, keepdims=True)
-  logits_BV = jnp.where(shifted_BV == 0, 0.0, shifted_BV / cfg.temperature)
+  # The largest logit shifted to 0, then times 1 / temperature kept in float32's normal range
+  # (XLA flushes subnormals to 0): a tiny temperature sends the others to -inf, never several
+  # to +inf (categorical drew the lowest id among them), and neither extreme makes 0 * inf or
+  # -inf * 0 = NaN (which categorical drew first: an id >= vocab_size).
+  inv_t = min(max(1 / cfg.temperature, _F32_TINY), _F32_MAX)
+  logits_BV = (logits_BV - jnp.max(logits_BV, axis=-1, keepdims=True)) * inv_t
   top_p = None if cfg.top_p is None or cfg.top_p >= 1 else cfg.top_p
   if cfg.top_k is None and top_p is None:
     return jax.random.categorical(key, logits_BV, axis=-1).astype(jnp.int32)
