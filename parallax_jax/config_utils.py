@@ -45,6 +45,10 @@ def import_get_config(path: str | Path, kind: str = "config"):
     ) from e
 
 
+# jax.random.key(seed) keeps 32 bits: a seed outside 0 .. SEED_MAX would repeat one inside.
+SEED_MAX = 2**32 - 1
+
+
 def require_number(
   key: str,
   value,
@@ -79,12 +83,13 @@ def require_number(
     )
   if ok:
     return
+  fmt = "" if integer else "g"  # an int's bounds in full (4294967295, not 4.29497e+09)
   if lo and hi:
-    what = f"{kind} in {lo}{low:g}, {high:g}{hi}"
+    what = f"{kind} in {lo}{low:{fmt}}, {high:{fmt}}{hi}"
   elif lo:
-    what = f"{kind} {'>=' if lo == '[' else '>'} {low:g}"
+    what = f"{kind} {'>=' if lo == '[' else '>'} {low:{fmt}}"
   elif hi:
-    what = f"{kind} {'<=' if hi == ']' else '<'} {high:g}"
+    what = f"{kind} {'<=' if hi == ']' else '<'} {high:{fmt}}"
   else:
     what = kind
   if none is not None:

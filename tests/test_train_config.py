@@ -97,6 +97,9 @@ def test_overrides_are_typed():
     ("--config.distributed.initialize=maybe", "distributed.initialize must be one of"),
     ("--config.distributed.num_processes=abc", "distributed.num_processes must be an int >= 1"),
     ("--config.distributed.process_id=-1", "distributed.process_id must be an int >= 0"),
+    # jax.random.key keeps 32 bits: 2**32 was seed 0's init (with another data order)
+    ("--config.train.seed=4294967296", r"train.seed must be an int in \[0, 4294967295\]"),
+    ("--config.train.seed=-1", r"train.seed must be an int in \[0, 4294967295\]"),
   ],
 )
 def test_bad_configs_fail_before_compiling(override, match):

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from parallax_jax.config_utils import SEED_MAX
 from parallax_jax.errors import UserError
 from parallax_jax.inference.sampling import SamplingConfig, sample
 
@@ -163,9 +164,6 @@ def _check_prompts(prompts, vocab: int) -> list[list[int]]:
       raise UserError(f"prompts[{i}] has ids outside 0 .. {vocab - 1} (the model's vocabulary)")
     out.append([int(t) for t in ids])
   return out
-
-
-SEED_MAX = 2**32 - 1  # jax.random.key(seed) keeps 32 bits: seed + 2**32 would repeat seed
 
 
 def check_seed(seed) -> None:

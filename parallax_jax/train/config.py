@@ -18,7 +18,7 @@ from pathlib import Path
 
 import ml_collections
 
-from parallax_jax.config_utils import from_section, import_get_config, require_number
+from parallax_jax.config_utils import SEED_MAX, from_section, import_get_config, require_number
 from parallax_jax.distributed import DistributedConfig
 from parallax_jax.errors import UserError
 from parallax_jax.model.config import ModelConfig
@@ -50,7 +50,7 @@ class TrainConfig:
   def __post_init__(self):
     for f in ("steps", "batch_size", "seq_len", "log_every", "microbatches"):
       require_number(f"train.{f}", getattr(self, f), at_least=1, integer=True)
-    require_number("train.seed", self.seed, integer=True)
+    require_number("train.seed", self.seed, integer=True, at_least=0, at_most=SEED_MAX)
     for f in ("eval_every", "eval_batches", "profile_steps", "profile_skip_steps"):
       require_number(f"train.{f}", getattr(self, f), at_least=0, integer=True)
     if self.eval_every > 0 and self.eval_batches == 0:

@@ -83,7 +83,7 @@ KEYS: dict[str, tuple[str, str]] = {
   "data.regression_drift": (FIXED, "source='drift_linreg': std of each weight increment"),
   # train: parallax_jax.train.config.TrainConfig
   "train.steps": (SAFE, "total optimizer steps (the LR schedule spans them)"),
-  "train.seed": (FIXED, "init and data-order seed"),
+  "train.seed": (FIXED, "init and data-order seed, 0 .. 2**32 - 1 (the PRNG key keeps 32 bits)"),
   "train.batch_size": (FIXED, "global batch in rows of seq_len tokens"),
   "train.seq_len": (FIXED, "tokens per row"),
   "train.microbatches": (
