@@ -344,6 +344,8 @@ def test_compiled_once_per_shape(models):
     ({"max_new_tokens": 0}, "max_new_tokens must be an int >= 1"),
     ({"chunk_tokens": 0}, "chunk_tokens must be an int >= 1"),
     ({"eos_id": 128}, "eos_id=128"),
+    # an id of the table's padding is never sampled: no row would ever stop
+    ({"eos_id": 100, "vocab_size": 100}, r"eos_id=100 lies outside .* 0 .. 99 \(vocab_size\)"),
     ({"vocab_size": 129}, "vocab_size=129"),
     # jax.random.key keeps 32 bits: 2**32 would draw seed 0's samples, -1 seed 2**32 - 1's
     ({"seed": 2**32}, r"seed=4294967296 \(--seed\) must be an int in 0 .. 4294967295"),

@@ -224,8 +224,12 @@ def generate(
   if vocab_size is not None and not 1 <= vocab_size <= table:
     raise UserError(f"vocab_size={vocab_size} must lie in 1 .. {table} (model.vocab_size)")
   prompts = _check_prompts(prompts, table)
-  if eos_id is not None and not 0 <= eos_id < table:
-    raise UserError(f"eos_id={eos_id} lies outside the model's vocabulary 0 .. {table - 1}")
+  sampled = table if vocab_size is None else vocab_size  # ids a step can produce
+  if eos_id is not None and not 0 <= eos_id < sampled:  # (else no row would ever stop)
+    raise UserError(
+      f"eos_id={eos_id} lies outside the ids that can be sampled, 0 .. {sampled - 1} "
+      f"({'vocab_size' if vocab_size is not None else 'model.vocab_size'})"
+    )
 
   lengths = [len(p) for p in prompts]
   batch, longest = len(prompts), max(lengths)
