@@ -110,7 +110,7 @@ def from_section(cls, section: str, d: Mapping[str, Any] | Any):
   fields = {f.name: f for f in dataclasses.fields(cls)}
   unknown = sorted(set(d) - set(fields))
   if unknown:
-    raise ValueError(f"unknown {section} config keys {unknown}; known: {sorted(fields)}")
+    raise UserError(f"unknown {section} config keys {unknown}; known: {sorted(fields)}")
   kwargs = dict(d)
   for name, value in kwargs.items():
     default = fields[name].default

@@ -23,6 +23,7 @@ from parallax_jax.data import (
   make_tokenizer,
   split_documents,
 )
+from parallax_jax.errors import UserError
 
 BYTE = ByteTokenizer()
 
@@ -48,7 +49,7 @@ def test_config_defaults_and_from_dict():
   assert (cfg.source, cfg.format, cfg.tokenizer, cfg.add_eos) == ("builtin", "auto", "byte", True)
   assert DataConfig.from_dict({"source": "x.jsonl", "eval_fraction": 0.1}).eval_fraction == 0.1
   assert DataConfig.from_dict(cfg.to_dict()) == cfg
-  with pytest.raises(ValueError, match="unknown data config keys.*'sauce'"):
+  with pytest.raises(UserError, match="unknown data config keys.*'sauce'"):  # one line
     DataConfig.from_dict({"sauce": "x"})
 
 
