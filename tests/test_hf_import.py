@@ -227,6 +227,10 @@ def _reshape(name):
     (dict(config_extra={"attention_bias": True}), "attention_bias"),
     (dict(config_extra={"model_type": "llama"}), "model_type"),
     (dict(edit=_add("lm_head.weight")), "lm_head.weight"),
+    # a value of the wrong type: refused naming the field, never converted or a traceback
+    (dict(config_extra={"rope_theta": None}), "rope_theta=None: must be a number"),
+    (dict(config_extra={"tie_word_embeddings": "false"}), "tie_word_embeddings='false'"),
+    (dict(config_extra={"rope_parameters": 1e4}), "rope_parameters=10000.0: must be an object"),
   ],
 )
 def test_bad_checkpoints_raise_naming_the_culprit(tmp_path, kwargs, match):
@@ -234,6 +238,27 @@ def test_bad_checkpoints_raise_naming_the_culprit(tmp_path, kwargs, match):
   with pytest.raises(UserError, match=match):
     import_hf(src, tmp_path / "w")
   assert not (tmp_path / "w").exists()  # nothing written
+
+
+@pytest.mark.parametrize(
+  "file, text, match",
+  [
+    ("config.json", "[1, 2]", "config.json is not a JSON object"),
+    ("model.safetensors.index.json", '{"weight_map": ["a"]}', "'weight_map' must map each"),
+    ("model.safetensors.index.json", "[1]", "not a safetensors index"),
+    ("config.json", {"hidden_size": None}, "hidden_size=None: must be an integer"),
+    ("config.json", {"head_dim": 16.5}, "head_dim=16.5: must be an integer"),
+  ],
+)
+def test_malformed_files_are_one_line_errors(tmp_path, capsys, file, text, match):
+  src = _bad_dir(tmp_path)
+  if isinstance(text, dict):  # config.json fields (the tensors were drawn from valid ones)
+    text = json.dumps(tiny_qwen3_config(**text))
+  (src / file).write_text(text)
+  args = ["import-hf", "--from", str(src), "--workdir", str(tmp_path / "w")]
+  code, _, err = run_cli(capsys, *args)
+  assert code == 2 and match in one_line_error(err) and file in one_line_error(err)
+  assert not (tmp_path / "w").exists()
 
 
 def test_cli_imports_and_errors_in_one_line(tmp_path, capsys):

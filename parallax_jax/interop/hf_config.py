@@ -3,9 +3,11 @@
 ``model_config_from_hf`` reads the fields that define the function (widths, heads, RoPE theta,
 RMSNorm eps, tied head) and refuses, naming the field, anything that would change the function
 and that the model here cannot compute: sliding-window layers, RoPE scaling, MoE, attention
-biases, an activation other than SiLU, a model type other than ``qwen3``. Bookkeeping fields
-(token ids, ``transformers_version``, ...) are ignored; ``max_position_embeddings`` too (RoPE
-here has no length limit: it is the length the checkpoint was trained for, not a parameter).
+biases, an activation other than SiLU, a model type other than ``qwen3``; a value of the
+wrong type (a null or a string where a number belongs) is refused naming its field. Bookkeeping
+fields (token ids, ``transformers_version``, ...) are ignored; ``max_position_embeddings`` too
+(RoPE here has no length limit: it is the length the checkpoint was trained for, not a
+parameter).
 A field it does not know is logged (not silently dropped) and ignored.
 
 ``hf_config_from_model`` writes the Qwen3 ``config.json`` of a softmax ``ModelConfig``.
@@ -90,17 +92,36 @@ def _rope_theta(hf: Mapping[str, Any]) -> float:
       "only plain RoPE (rope_scaling null) imports",
     )
   params = hf.get("rope_parameters")
-  if params is not None:
-    kind = params.get("rope_type", "default")
-    if kind != "default":
-      raise _refuse(
-        "rope_parameters.rope_type", kind, "only plain RoPE (rope_type 'default') imports"
-      )
-    if "rope_theta" in params:
-      return float(params["rope_theta"])
+  if params is not None and not isinstance(params, Mapping):
+    raise _refuse("rope_parameters", params, "must be an object (rope_type, rope_theta)")
+  params = params or {}
+  kind = params.get("rope_type", "default")
+  if kind != "default":
+    raise _refuse(
+      "rope_parameters.rope_type", kind, "only plain RoPE (rope_type 'default') imports"
+    )
+  if "rope_theta" in params:
+    return _number(params, "rope_theta", float, "rope_parameters.rope_theta")
   if "rope_theta" not in hf:
     raise UserError("Hugging Face config.json lacks rope_theta (needed: the RoPE base)")
-  return float(hf["rope_theta"])
+  return _number(hf, "rope_theta", float)
+
+
+_KINDS = {int: "an integer", float: "a number", bool: "true or false"}
+
+
+def _number(hf: Mapping[str, Any], field: str, kind: type, name: str | None = None):
+  """``hf[field]`` as ``kind`` (int, float or bool), else a ``UserError`` naming the field: a
+  null, a string or a fraction where a number or a bool belongs is refused, never converted."""
+  value = hf[field]
+  if kind is bool:
+    ok = isinstance(value, bool)
+  else:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = ok and (kind is float or float(value).is_integer())
+  if not ok:
+    raise _refuse(name or field, value, f"must be {_KINDS[kind]}")
+  return kind(value)
 
 
 def check_supported(hf: Mapping[str, Any]) -> None:
@@ -160,19 +181,19 @@ def model_config_from_hf(
     log.warning("Hugging Face config.json: ignoring fields this import does not know: %s", unknown)
   try:
     return ModelConfig(
-      vocab_size=int(hf["vocab_size"]),
-      d_model=int(hf["hidden_size"]),
-      num_layers=int(hf["num_hidden_layers"]),
-      num_heads=int(hf["num_attention_heads"]),
-      num_kv_heads=int(hf["num_key_value_heads"]),
-      head_dim=int(hf["head_dim"]),
-      mlp_dim=int(hf["intermediate_size"]),
+      vocab_size=_number(hf, "vocab_size", int),
+      d_model=_number(hf, "hidden_size", int),
+      num_layers=_number(hf, "num_hidden_layers", int),
+      num_heads=_number(hf, "num_attention_heads", int),
+      num_kv_heads=_number(hf, "num_key_value_heads", int),
+      head_dim=_number(hf, "head_dim", int),
+      mlp_dim=_number(hf, "intermediate_size", int),
       attention=attention,
       r_init=r_init,
       qk_norm=True,
-      tie_embeddings=bool(hf["tie_word_embeddings"]),
+      tie_embeddings=_number(hf, "tie_word_embeddings", bool),
       rope_theta=theta,
-      norm_eps=float(hf["rms_norm_eps"]),
+      norm_eps=_number(hf, "rms_norm_eps", float),
       param_dtype=param_dtype,
       compute_dtype=compute_dtype,
     )

@@ -236,6 +236,8 @@ def import_hf(
     hf = json.loads((src / "config.json").read_text())
   except ValueError as e:
     raise UserError(f"{src / 'config.json'} is not JSON: {e}") from e
+  if not isinstance(hf, dict):
+    raise UserError(f"{src / 'config.json'} is not a JSON object (a model config's fields)")
   model = hf_config.model_config_from_hf(hf, attention=attention, r_init=r_init)
   tokenizer_path = workdir / TOKENIZER
   cfg = run_config(model, "byte" if byte_tokenizer else str(tokenizer_path), base, overrides)

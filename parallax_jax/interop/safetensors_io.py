@@ -37,8 +37,12 @@ class SafetensorsReader(contextlib.AbstractContextManager):
     if index.is_file():
       try:
         weight_map = json.loads(index.read_text())["weight_map"]
-      except (ValueError, KeyError) as e:
+      except (ValueError, KeyError, TypeError) as e:
         raise UserError(f"{index}: not a safetensors index (needs a 'weight_map'): {e}") from e
+      if not isinstance(weight_map, dict) or not all(
+        isinstance(f, str) for f in weight_map.values()
+      ):
+        raise UserError(f"{index}: 'weight_map' must map each tensor name to a file name")
       files = sorted(set(weight_map.values()))
     elif single.is_file():
       weight_map, files = None, [SINGLE]
