@@ -227,6 +227,12 @@ def _reshape(name):
     (dict(config_extra={"attention_bias": True}), "attention_bias"),
     (dict(config_extra={"model_type": "llama"}), "model_type"),
     (dict(edit=_add("lm_head.weight")), "lm_head.weight"),
+    # transformers' default RoPE rotates head_dim * partial_rotary_factor channels only
+    (dict(config_extra={"partial_rotary_factor": 0.5}), "partial_rotary_factor=0.5"),
+    (
+      dict(config_extra={"rope_parameters": {"rope_theta": 1e4, "partial_rotary_factor": 0.5}}),
+      "rope_parameters.partial_rotary_factor=0.5",
+    ),
     # a value of the wrong type: refused naming the field, never converted or a traceback
     (dict(config_extra={"rope_theta": None}), "rope_theta=None: must be a number"),
     (dict(config_extra={"tie_word_embeddings": "false"}), "tie_word_embeddings='false'"),

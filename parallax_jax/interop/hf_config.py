@@ -2,8 +2,8 @@
 
 ``model_config_from_hf`` reads the fields that define the function (widths, heads, RoPE theta,
 RMSNorm eps, tied head) and refuses, naming the field, anything that would change the function
-and that the model here cannot compute: sliding-window layers, RoPE scaling, MoE, attention
-biases, an activation other than SiLU, a model type other than ``qwen3``; a value of the
+and that the model here cannot compute: sliding-window layers, RoPE scaling, partial RoPE, MoE,
+attention biases, an activation other than SiLU, a model type other than ``qwen3``; a value of the
 wrong type (a null or a string where a number belongs) is refused naming its field. Bookkeeping
 fields (token ids, ``transformers_version``, ...) are ignored; ``max_position_embeddings`` too
 (RoPE here has no length limit: it is the length the checkpoint was trained for, not a
@@ -100,6 +100,13 @@ def _rope_theta(hf: Mapping[str, Any]) -> float:
     raise _refuse(
       "rope_parameters.rope_type", kind, "only plain RoPE (rope_type 'default') imports"
     )
+  # transformers' default RoPE rotates the first head_dim * partial_rotary_factor channels only.
+  for name, factor in (
+    ("partial_rotary_factor", hf.get("partial_rotary_factor")),
+    ("rope_parameters.partial_rotary_factor", params.get("partial_rotary_factor")),
+  ):
+    if factor not in (None, 1):
+      raise _refuse(name, factor, "partial RoPE is not supported (RoPE here rotates all head_dim)")
   if "rope_theta" in params:
     return _number(params, "rope_theta", float, "rope_parameters.rope_theta")
   if "rope_theta" not in hf:
@@ -175,6 +182,7 @@ def model_config_from_hf(
     "rope_theta",
     "rope_scaling",
     "rope_parameters",
+    "partial_rotary_factor",
   }
   unknown = sorted(set(hf) - known)
   if unknown:
