@@ -257,13 +257,25 @@ def test_bad_checkpoints_raise_naming_the_culprit(tmp_path, kwargs, match):
   ],
 )
 def test_malformed_files_are_one_line_errors(tmp_path, capsys, file, text, match):
-  src = _bad_dir(tmp_path)
+  src = tmp_path / "hf"
+  write_tiny_qwen3(src, shards=2)  # an index of its own (a single file beside it is refused)
   if isinstance(text, dict):  # config.json fields (the tensors were drawn from valid ones)
     text = json.dumps(tiny_qwen3_config(**text))
   (src / file).write_text(text)
   args = ["import-hf", "--from", str(src), "--workdir", str(tmp_path / "w")]
   code, _, err = run_cli(capsys, *args)
   assert code == 2 and match in one_line_error(err) and file in one_line_error(err)
+  assert not (tmp_path / "w").exists()
+
+
+def test_a_single_file_beside_a_sharded_set_is_refused(tmp_path):
+  """save_pretrained leaves a stale model.safetensors when it re-saves sharded (and a stale index
+  when it re-saves unsharded); transformers then loads the single file: not read silently."""
+  config, tensors = write_tiny_qwen3(tmp_path / "hf", shards=2)
+  stale = {k: np.zeros_like(v) for k, v in tensors.items()}
+  write_safetensors(tmp_path / "hf", stale.items())
+  with pytest.raises(UserError, match="holds both model.safetensors and model.safetensors.index"):
+    import_hf(tmp_path / "hf", tmp_path / "w", attention="softmax")
   assert not (tmp_path / "w").exists()
 
 

@@ -1,9 +1,11 @@
 """Safetensors checkpoints in a Hugging Face directory: streamed reads, sharded writes.
 
 Reading: a single ``model.safetensors`` or a sharded set named by
-``model.safetensors.index.json`` (``weight_map``: tensor name -> file). ``SafetensorsReader``
-opens each file with ``safetensors.safe_open(framework="numpy")`` (memory-mapped, lazy): the
-names, shapes and dtypes come from the headers, and ``get(name)`` reads one tensor only.
+``model.safetensors.index.json`` (``weight_map``: tensor name -> file); a directory holding both
+is refused (one is stale: transformers would load the single file, whatever the index says).
+``SafetensorsReader`` opens each file with ``safetensors.safe_open(framework="numpy")``
+(memory-mapped, lazy): the names, shapes and dtypes come from the headers, and ``get(name)``
+reads one tensor only.
 
 Writing: ``write_safetensors`` takes tensors one at a time and fills shards up to
 ``max_shard_bytes``; one shard is ``model.safetensors``, several are
@@ -34,6 +36,11 @@ class SafetensorsReader(contextlib.AbstractContextManager):
 
     self.directory = Path(directory)
     index, single = self.directory / INDEX, self.directory / SINGLE
+    if index.is_file() and single.is_file():  # one is stale (save_pretrained removes neither)
+      raise UserError(
+        f"{self.directory} holds both {SINGLE} and {INDEX} (transformers loads {SINGLE}, "
+        "ignoring the index): remove the stale one"
+      )
     if index.is_file():
       try:
         weight_map = json.loads(index.read_text())["weight_map"]
