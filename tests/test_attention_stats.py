@@ -69,7 +69,7 @@ def _numpy_stats(a, vis, segments, min_row):
         pairs += row.size
         nmass.append(np.sum(np.minimum(row, 0)))
         first.append(a[bb, hh, i, start])
-        uni.append(1 / keys.sum())
+        uni.append(keys[start] / keys.sum())  # 0 where a window hides the first key
         rows += 1
     out["negative"][hh] = neg / pairs
     out["above_one"][hh] = above / pairs
@@ -80,13 +80,14 @@ def _numpy_stats(a, vis, segments, min_row):
 
 
 @pytest.mark.parametrize("min_row", [0, 3])
-def test_layer_stats_match_a_numpy_count(min_row):
+@pytest.mark.parametrize("window", [None, 4])
+def test_layer_stats_match_a_numpy_count(min_row, window):
   q, r, k = _qrk(seed=1)
   r = 4.0 * r  # large t: plenty of negative weights and weights above 1
-  vis = oracle.visible_mask(12, 12, causal=True, window_size=None, segment_ids=SEGMENTS)
+  vis = oracle.visible_mask(12, 12, causal=True, window_size=window, segment_ids=SEGMENTS)
   _, a = oracle.forward(q, r, k, np.zeros(k.shape), scale=8**-0.5, mask=vis)
   want = _numpy_stats(a, vis, SEGMENTS, min_row)
-  got = _layer_stats(q, r, k, jnp.asarray(SEGMENTS), min_row, None)
+  got = _layer_stats(q, r, k, jnp.asarray(SEGMENTS), min_row, window)
   assert want["negative"].min() > 0 and want["above_one"].min() > 0
   for name, value in want.items():
     np.testing.assert_allclose(got[name], value, rtol=1e-5, atol=1e-6, err_msg=name)

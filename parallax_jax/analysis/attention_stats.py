@@ -9,7 +9,8 @@ visible (query, key) pairs of a batch (dense: for small models):
 - ``negative_mass``: mean over rows of ``sum_j min(a_ij, 0)``;
 - ``first_token``: mean over rows of the weight on the first key of the row's document (the
   attention sink), rows past the document's first ``min_row`` tokens only, next to
-  ``first_token_uniform``, what uniform attention would put there.
+  ``first_token_uniform``, what uniform attention would put there (0 where a sliding window
+  hides that key).
 """
 
 from __future__ import annotations
@@ -94,6 +95,7 @@ def _layer_stats(q, r, k, segment_ids, min_row, window_size):
   n_pairs = jnp.maximum(jnp.sum(pairs, axis=(0, 2, 3)), 1)
   n_rows = jnp.maximum(jnp.sum(rows, axis=(0, 2)), 1)
   seen = jnp.sum(visible, axis=-1)  # keys each row sees
+  first_seen = jnp.sum(first[:, None, None, :] & visible, axis=-1)  # 0 outside a window
 
   def per_head_pairs(x):
     return jnp.sum(jnp.where(pairs, x, 0.0), axis=(0, 2, 3)) / n_pairs
@@ -107,7 +109,7 @@ def _layer_stats(q, r, k, segment_ids, min_row, window_size):
     "above_one": per_head_pairs((a > 1 + MARGIN).astype(a.dtype)),
     "negative_mass": per_head_rows(jnp.sum(jnp.minimum(a, 0.0), axis=-1)),
     "first_token": per_head_rows(on_first),
-    "first_token_uniform": per_head_rows(1.0 / jnp.maximum(seen, 1)),
+    "first_token_uniform": per_head_rows(first_seen / jnp.maximum(seen, 1)),
   }
 
 
