@@ -35,7 +35,8 @@ def _qrk(b=2, t=12, h=4, hkv=2, d=8, seed=0):
   return q, r, k
 
 
-SEGMENTS = np.array([[0] * 5 + [1] * 7, [0] * 12])
+# The pipelines' convention: 1, 2, ... per packed document, 0 padding.
+SEGMENTS = np.array([[1] * 5 + [2] * 7, [1] * 12])
 
 
 def test_effective_weights_match_the_oracle():
@@ -104,7 +105,7 @@ def _batch(b=2, t=24):
   return {
     "inputs": tokens,
     "positions": jnp.broadcast_to(jnp.arange(t), (b, t)),
-    "segment_ids": jnp.asarray(np.repeat([[0, 1]], t // 2, axis=1)).repeat(b, 0),
+    "segment_ids": jnp.asarray(np.repeat([[1, 2]], t // 2, axis=1)).repeat(b, 0),
   }
 
 
@@ -144,3 +145,31 @@ def test_stats_over_batches_are_the_mean_of_per_batch_stats():
     want = (getattr(each[0], name) + getattr(each[1], name)) / 2
     np.testing.assert_allclose(getattr(both, name), want, rtol=1e-6)
   assert not np.allclose(each[0].first_token, each[1].first_token)  # the batches differ
+
+
+def test_padding_rows_are_left_out():
+  """Segment 0 is padding (a packed row's tail; the all-zero rows that pad the last eval
+  batch, ``Data.eval_batches``): it is no document, and a batch of it weighs nothing."""
+  graphdef, params = _model(CFG)
+  real = _batch(b=1)
+  padded = {k: jnp.concatenate([v, jnp.zeros_like(v)]) for k, v in real.items()}
+  want = attention_stats(graphdef, params, [real], min_row=2)
+  for batches in ([padded], [real, jax.tree.map(jnp.zeros_like, real)]):
+    got = attention_stats(graphdef, params, batches, min_row=2)
+    for name in ("negative", "negative_mass", "first_token", "first_token_uniform"):
+      np.testing.assert_allclose(getattr(got, name), getattr(want, name), rtol=1e-6, err_msg=name)
+  with pytest.raises(ValueError, match="no row"):
+    attention_stats(graphdef, params, [jax.tree.map(jnp.zeros_like, real)], min_row=2)
+
+
+def test_stats_pool_the_rows_of_every_batch():
+  """A batch with fewer counted rows weighs less: the mean is over rows, not batches."""
+  graphdef, params = _model(CFG)
+  b1 = _batch(b=1)
+  short = {**b1, "segment_ids": b1["segment_ids"].at[:, 20:].set(0)}  # a padded tail
+  both = attention_stats(graphdef, params, [b1, short], min_row=2)
+  each = [attention_stats(graphdef, params, [b], min_row=2) for b in (b1, short)]
+  rows = np.array([10 + 10, 10 + 6], np.float64)  # rows >= 2 into their 12-token documents
+  for name in ("negative_mass", "first_token"):
+    want = (getattr(each[0], name) * rows[0] + getattr(each[1], name) * rows[1]) / rows.sum()
+    np.testing.assert_allclose(getattr(both, name), want, rtol=1e-6, err_msg=name)

@@ -2,7 +2,8 @@
 
 Parallax mixes the values with ``a_ij = p_ij (1 + tbar_i - t_ij)`` (softmax: ``a = p``). Every
 row sums to 1, but Parallax weights can be negative or above 1. Per layer and head, over the
-visible (query, key) pairs of a batch (dense: for small models):
+visible (query, key) pairs of the batches' document rows (dense: for small models; segment id
+0 is padding, as the data pipelines write it, and its rows are left out):
 
 - ``negative``: share of pairs with ``a_ij < 0`` (by more than ``MARGIN``);
 - ``above_one``: share of pairs with ``a_ij > 1`` (by more than ``MARGIN``);
@@ -34,7 +35,8 @@ STATS = ("negative", "above_one", "negative_mass", "first_token", "first_token_u
 
 @dataclasses.dataclass(frozen=True)
 class AttentionStats:
-  """Each field: float64 ``[layers, heads]``, averaged over the batches given."""
+  """Each field: float64 ``[layers, heads]``, averaged over every row (pair) of the batches
+  given."""
 
   negative: np.ndarray
   above_one: np.ndarray
@@ -74,7 +76,7 @@ def _capture_jit(graphdef, params, batch) -> list[dict]:
 def _first_key(segment_ids):
   """``[B, T]`` bool: the key opens its document (row start, or a segment change)."""
   if segment_ids is None:
-    raise ValueError("segment_ids is None: pass an all-zero [B, T] array for unpacked rows")
+    raise ValueError("segment_ids is None: pass an all-ones [B, T] array for unpacked rows")
   prev = jnp.pad(segment_ids[:, :-1], ((0, 0), (1, 0)), constant_values=-1)
   return segment_ids != prev
 
@@ -87,35 +89,47 @@ def _layer_stats(q, r, k, segment_ids, min_row, window_size):
     q, r, k, scale=q.shape[-1] ** -0.5, mask=mask, segment_ids=segment_ids
   )
   first = _first_key(segment_ids)
-  # Position of each token in its document: rows too close to the start are skipped.
+  # Position of each token in its document: rows too close to the start are skipped, and
+  # padding (segment 0: a row's tail, or the all-zero rows that pad the last eval batch).
   start = jax.lax.cummax(jnp.where(first, jnp.arange(t)[None, :], 0), axis=1)
-  rows = (jnp.arange(t)[None, :] - start) >= min_row  # [B, T]
+  rows = ((jnp.arange(t)[None, :] - start) >= min_row) & (segment_ids > 0)  # [B, T]
   rows = jnp.broadcast_to(rows[:, None, :], a.shape[:3])  # [B, H, T]
   pairs = visible & rows[..., None]
-  n_pairs = jnp.maximum(jnp.sum(pairs, axis=(0, 2, 3)), 1)
-  n_rows = jnp.maximum(jnp.sum(rows, axis=(0, 2)), 1)
+  n_pairs = jnp.sum(pairs, axis=(0, 2, 3))
+  n_rows = jnp.sum(rows, axis=(0, 2))
   seen = jnp.sum(visible, axis=-1)  # keys each row sees
+  on_first = jnp.where(first[:, None, None, :], a, 0.0)
   first_seen = jnp.sum(first[:, None, None, :] & visible, axis=-1)  # 0 outside a window
 
   def per_head_pairs(x):
-    return jnp.sum(jnp.where(pairs, x, 0.0), axis=(0, 2, 3)) / n_pairs
+    return jnp.sum(jnp.where(pairs, x, 0.0), axis=(0, 2, 3)) / jnp.maximum(n_pairs, 1)
 
   def per_head_rows(x):
-    return jnp.sum(jnp.where(rows, x, 0.0), axis=(0, 2)) / n_rows
+    return jnp.sum(jnp.where(rows, x, 0.0), axis=(0, 2)) / jnp.maximum(n_rows, 1)
 
-  on_first = jnp.sum(jnp.where(first[:, None, None, :], a, 0.0), axis=-1)
+  # Means per head, and the counts they are over (``attention_stats`` weighs batches by them).
   return {
     "negative": per_head_pairs((a < -MARGIN).astype(a.dtype)),
     "above_one": per_head_pairs((a > 1 + MARGIN).astype(a.dtype)),
     "negative_mass": per_head_rows(jnp.sum(jnp.minimum(a, 0.0), axis=-1)),
-    "first_token": per_head_rows(on_first),
+    "first_token": per_head_rows(jnp.sum(on_first, axis=-1)),
     "first_token_uniform": per_head_rows(first_seen / jnp.maximum(seen, 1)),
+    "pairs": n_pairs,
+    "rows": n_rows,
   }
+
+
+# Which count each statistic is a mean over.
+_PER = {"negative": "pairs", "above_one": "pairs"} | {
+  k: "rows" for k in ("negative_mass", "first_token", "first_token_uniform")
+}
 
 
 def attention_stats(graphdef, params, batches, *, min_row: int = 16) -> AttentionStats:
   """Statistics (module docstring) of a causal model over ``batches`` (dicts with ``inputs``,
-  ``positions``, ``segment_ids``); the mean over batches of each per-batch average."""
+  ``positions``, ``segment_ids``: 1, 2, ... per packed document, 0 padding; None: one document
+  per row). Each statistic is the mean over every counted row (pair) of every batch, so a
+  batch of padding rows weighs nothing."""
   cfg = nnx.merge(graphdef, params).cfg
   if cfg.attention not in ("parallax", "softmax"):
     raise ValueError(f"attention_stats covers parallax and softmax models, not {cfg.attention!r}")
@@ -123,7 +137,7 @@ def attention_stats(graphdef, params, batches, *, min_row: int = 16) -> Attentio
   n = 0
   for batch in batches:
     if batch.get("segment_ids") is None:
-      batch = {**batch, "segment_ids": jnp.zeros(batch["inputs"].shape[:2], jnp.int32)}
+      batch = {**batch, "segment_ids": jnp.ones(batch["inputs"].shape[:2], jnp.int32)}
     layers = []
     for scored in capture_scored(graphdef, params, batch):
       layers.append(
@@ -132,8 +146,12 @@ def attention_stats(graphdef, params, batches, *, min_row: int = 16) -> Attentio
         )
       )
     stacked = {name: np.stack([np.asarray(x[name], np.float64) for x in layers]) for name in STATS}
-    totals = stacked if totals is None else {k: totals[k] + stacked[k] for k in STATS}
+    count = {c: np.stack([np.asarray(x[c], np.float64) for x in layers]) for c in ("pairs", "rows")}
+    sums = {name: stacked[name] * count[_PER[name]] for name in STATS} | count
+    totals = sums if totals is None else {k: totals[k] + sums[k] for k in sums}
     n += 1
   if not n:
     raise ValueError("batches is empty")
-  return AttentionStats(**{k: v / n for k, v in totals.items()})
+  if not totals["rows"].any():
+    raise ValueError(f"no row of the batches is {min_row} or more tokens into a document")
+  return AttentionStats(**{k: totals[k] / totals[_PER[k]] for k in STATS})
