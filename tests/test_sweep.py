@@ -703,3 +703,35 @@ def test_a_point_with_damaged_metrics_is_a_row_with_its_error_and_the_table_is_w
   assert "line 2 is not JSON" in (tmp_path / "results.md").read_text()
   assert (tmp_path / "loss_curves.png").is_file()
   assert last_step(tmp_path / "points" / bad.name) is None  # the run's log says why
+
+
+def test_seed_pairs_and_pivot_leave_out_non_finite_values(tmp_path):
+  """A non-finite cell (a diverged run; ``report`` writes it as empty) is no value: not a
+  crash in the t-test, not a nan whose half range depends on the row order."""
+  from parallax_jax.sweeps.pairs import paired_curves, paired_tables
+  from parallax_jax.sweeps.pivot import pivot
+
+  path = tmp_path / "results.csv"
+  rows = [
+    ("g+base_s0", "0", "finished", "1.0"),
+    ("g+base_s1", "1", "finished", "2.0"),
+    ("g+base_s2", "2", "finished", "3.0"),
+    ("g+arm_s0", "0", "finished", "nan"),
+    ("g+arm_s1", "1", "finished", "2.5"),
+    ("g+arm_s2", "2", "finished", "3.0"),
+  ]
+  _write_csv(path, ["variant", "train.seed", "status", "eval_loss"], rows)
+  values, diffs = paired_tables(path, "eval_loss", "base", "{:.2f}").split("minus")
+  assert "| g+arm | - | 2.50 | 3.00 | 2.75 ± 0.25 (n=2) |" in values
+  # 0.5 and 0.0: t = 0.25 / (0.3536 / sqrt 2) = 1, p = 1 - 2 atan(1) / pi = 0.5
+  assert "| g+arm | - | 0.50 | 0.00 | 0.25 ± 0.25 (n=2) | t = 1.00, p = 0.50 |" in diffs
+  by_seed = pivot(path, "status", "train.seed", "eval_loss", "{:.1f}")
+  assert "| finished | 1.0 | 2.2 ± 0.2 (n=2) | 3.0 ± 0.0 (n=2) |" in by_seed
+
+  for variant, value in (("g+base_s0", 1.0), ("g+arm_s0", float("nan"))):
+    d = tmp_path / "points" / f"variant={variant}"
+    d.mkdir(parents=True)
+    status = {"values": {"variant": variant}, "status": "finished"}
+    (d / "status.json").write_text(json.dumps(status))
+    (d / "metrics.jsonl").write_text(json.dumps({"step": 100, "eval_loss": value}) + "\n")
+  assert "no arm has" in paired_curves(tmp_path / "points", "eval_loss", "base")

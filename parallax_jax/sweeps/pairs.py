@@ -4,10 +4,11 @@ For sweeps whose variants are named ``<group>+<arm>_s<seed>`` (e.g. ``muon+paral
 ``configs/sweeps/gpu_study_lm.py``): runs of one seed share their data order and
 initialisation, so an arm is compared with the base arm of the same group *at the same seed*
 (a paired difference), which removes the part of the seed spread that moves every arm alike.
-Unfinished points are left out; a difference needs both runs of its pair. With two or more
-pairs the difference table also gives the paired t statistic and its two-sided p value
-(Student's t with n - 1 degrees of freedom: a paired t-test of "no difference"; with three
-seeds it can only flag a difference much larger than the pairs' scatter).
+Unfinished points and non-finite values are left out; a difference needs both runs of its
+pair. With two or more pairs the difference table also gives the paired t statistic and its
+two-sided p value (Student's t with n - 1 degrees of freedom: a paired t-test of "no
+difference"; with three seeds it can only flag a difference much larger than the pairs'
+scatter).
 
 ``paired_curves`` makes the same comparison at every step both runs of a pair logged the value
 (the evals), from the points' own ``metrics.jsonl``: where a difference opens and closes.
@@ -24,7 +25,7 @@ import re
 import statistics
 from pathlib import Path
 
-from parallax_jax.sweeps.pivot import mean_spread
+from parallax_jax.sweeps.pivot import finite, mean_spread
 from parallax_jax.train.metrics import read_metrics
 
 VARIANT = re.compile(r"^(?:(?P<group>.+)\+)?(?P<arm>.+)_s(?P<seed>\d+)$")
@@ -52,8 +53,8 @@ def _runs(csv_path: str | Path, value: str) -> dict[tuple[str, str, int], float]
     if key in seen:
       raise ValueError(_twice(csv_path, r["variant"]))
     seen.add(key)
-    if r[value] != "":
-      out[key] = float(r[value])
+    if (x := finite(r[value])) is not None:
+      out[key] = x
   if not out:
     raise ValueError(f"{csv_path}: no finished point named <group>+<arm>_s<seed>")
   return out
@@ -112,7 +113,7 @@ def _curves(points_dir: str | Path, value: str) -> dict[tuple[str, str, int], di
     if key in seen:
       raise ValueError(_twice(points_dir, status["values"]["variant"]))
     seen.add(key)
-    steps = {r["step"]: float(r[value]) for r in read_metrics(d) if r.get(value) is not None}
+    steps = {r["step"]: x for r in read_metrics(d) if (x := finite(r.get(value))) is not None}
     if steps:
       out[key] = steps
   if not out:

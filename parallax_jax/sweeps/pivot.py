@@ -9,8 +9,18 @@ CLI: ``python -m experiments.pivot_results W/results.csv --rows A --cols B --val
 from __future__ import annotations
 
 import csv
+import math
 import statistics
 from pathlib import Path
+
+
+def finite(text) -> float | None:
+  """A results.csv cell as a float; None for an empty or non-finite one (``report`` writes a
+  non-finite metric as empty: a diverged run has no value to average or pair)."""
+  if text is None or text == "":
+    return None
+  x = float(text)
+  return x if math.isfinite(x) else None
 
 
 def mean_spread(xs: list[float], fmt: str = "{:.3f}") -> str:
@@ -35,13 +45,14 @@ def pivot(csv_path: str | Path, rows: str, cols: str, value: str, fmt: str = "{:
   cells: dict[tuple[str, str], list[float]] = {}
   row_keys, col_keys = [], []
   for r in records:
-    if r[value] == "":
+    x = finite(r[value])
+    if x is None:
       continue
     if r[rows] not in row_keys:
       row_keys.append(r[rows])
     if r[cols] not in col_keys:
       col_keys.append(r[cols])
-    cells.setdefault((r[rows], r[cols]), []).append(float(r[value]))
+    cells.setdefault((r[rows], r[cols]), []).append(x)
 
   lines = [
     f"| {rows} \\ {cols} | " + " | ".join(col_keys) + " |",
