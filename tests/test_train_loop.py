@@ -30,14 +30,12 @@ def _losses(workdir):
 
 
 def test_loss_falls_and_outputs_are_written(tmp_path):
-  summary = train(
-    _cfg(
-      "--config.train.steps=40",
-      "--config.train.eval_every=20",
-      "--config.checkpoint.every_steps=20",
-    ),
-    tmp_path,
+  cfg = _cfg(
+    "--config.train.steps=40",
+    "--config.train.eval_every=20",
+    "--config.checkpoint.every_steps=20",
   )
+  summary = train(cfg, tmp_path)
   losses = _losses(tmp_path)
   assert summary["final_step"] == 40 and sorted(losses) == list(range(1, 41))
   assert np.mean([losses[s] for s in range(36, 41)]) < losses[1] - 1.0
@@ -57,6 +55,12 @@ def test_loss_falls_and_outputs_are_written(tmp_path):
   assert any((tmp_path / "tensorboard").iterdir())
   assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["20", "40"]
   assert evaluate(tmp_path)["step"] == 40
+  # eval_tokens: the held-out positions the eval's means are over, counted from its batches
+  from parallax_jax.train.config import resolve
+  from parallax_jax.train.data_io import TrainData
+
+  batches = TrainData(resolve(cfg, jax.device_count())).eval_batches()
+  assert record["eval_tokens"] == int(sum(b["loss_mask"].sum() for b in batches)) > 0
   # MFU is logged with the peak it used; CPU has no known peak, and the record says so.
   assert record["mfu"] is None and record["peak_flops_per_device"] is None
   assert record["mfu_note"] == f"no peak known for {jax.devices()[0].device_kind!r}"

@@ -228,7 +228,9 @@ def eval_metrics(sums: dict[str, float]) -> dict[str, float]:
 
   LM head: ``eval_loss`` (mean NLL), ``eval_perplexity``, ``eval_accuracy``. Regression head:
   ``eval_loss`` = ``eval_mse`` (mean squared error of the model), and ``eval_mse_baseline_*``
-  of the reference predictions (``_zero``: predicting 0, i.e. ``E[y^2]``).
+  of the reference predictions (``_zero``: predicting 0, i.e. ``E[y^2]``). Both:
+  ``eval_tokens``, the positions the means are over (``loss_mask``; fewer than the batches
+  hold once the held-out split runs out and its last batches are padding).
   """
   tokens = sums.get("tokens", 0.0)
   if not tokens:
@@ -239,8 +241,9 @@ def eval_metrics(sums: dict[str, float]) -> dict[str, float]:
       "eval_loss": loss,
       "eval_perplexity": math.exp(min(loss, 50.0)),
       "eval_accuracy": sums["correct"] / tokens,  # argmax accuracy on loss_mask positions
+      "eval_tokens": int(tokens),
     }
-  out = {"eval_loss": sums["sq_err_sum"] / tokens}
+  out = {"eval_loss": sums["sq_err_sum"] / tokens, "eval_tokens": int(tokens)}
   for key, value in sums.items():
     if key.startswith("sq_err_sum"):
       out["eval_mse" + key.removeprefix("sq_err_sum")] = value / tokens
