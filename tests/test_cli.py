@@ -323,3 +323,25 @@ def test_compare_sharding_refuses_a_wrong_flag_before_running(tmp_path, capsys, 
   code, out, err = run_cli(capsys, *base, *argv)  # the last --strategies counts
   assert code == 2 and out == "" and re.search(match, one_line_error(err))
   assert not workdir.exists()
+
+
+@pytest.mark.parametrize("text", ['{"config": ', "[1, 2]\n", '{"environment": {}}\n'])
+def test_a_damaged_run_record_is_one_line_naming_it(tmp_path, capsys, text):
+  """A config.json that is not the record ``train`` writes (cut, or edited by hand) crashed
+  every command that reads the run with a JSONDecodeError / TypeError traceback."""
+  workdir = tmp_path / "w"
+  workdir.mkdir()
+  (workdir / "config.json").write_text(text)
+  before = sorted((p.name, p.stat().st_mtime_ns) for p in workdir.iterdir())
+  for argv in (
+    ["eval"],
+    ["generate", "--prompt", "x"],
+    ["export-hf", "--out", str(tmp_path / "hf")],
+    ["train", "--config", TINY],
+  ):
+    code, out, err = run_cli(capsys, *argv, "--workdir", str(workdir))
+    line = one_line_error(err)
+    assert code == 2 and out == "" and f"{workdir / 'config.json'}' is not" in line, argv
+    assert "restore the file" in line
+  assert sorted((p.name, p.stat().st_mtime_ns) for p in workdir.iterdir()) == before
+  assert not (tmp_path / "hf").exists()

@@ -275,8 +275,9 @@ def _hf_tensors(table, params: dict, dtype: np.dtype) -> Iterator[tuple[str, np.
 
 def _imported_hf_config(workdir: Path) -> dict[str, Any]:
   """The source config.json of a run that ``import-hf`` created (its record keeps it), or {}."""
-  record = json.loads((workdir / "config.json").read_text())
-  return record.get("hf_import", {}).get("config", {})
+  from parallax_jax.train import run_record
+
+  return run_record.read_record(workdir).get("hf_import", {}).get("config", {})
 
 
 def _hf_config(

@@ -64,6 +64,24 @@ def check_holds_no_other_kind(workdir: str | Path, kind: str) -> None:
     )
 
 
+def read_record(workdir: str | Path) -> dict:
+  """``W/config.json`` (of a workdir that ``holds_run``) as ``record_start`` wrote it: a
+  ``UserError`` naming the file where it is not (edited or damaged outside parallax-jax)."""
+  path = Path(workdir) / CONFIG
+  try:
+    record = json.loads(path.read_text())
+  except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+    problem = f"is not JSON ({type(e).__name__}: {e})"
+  else:
+    if isinstance(record, dict) and isinstance(record.get("config"), dict):
+      return record
+    problem = "is not a run record (a JSON object whose 'config' is the run's config)"
+  raise UserError(
+    f"{str(path)!r} {problem}: the run's record is damaged; restore the file (it is written "
+    "once, by the run's first start), or train in a new --workdir"
+  )
+
+
 def read_history(workdir: str | Path) -> list[dict]:
   path = Path(workdir) / HISTORY
   if not path.exists():
@@ -92,11 +110,10 @@ def environments(workdir: str | Path) -> list[dict | None]:
 def current_config(workdir: str | Path) -> dict:
   """The config of the run's latest start (plain dict); a key added to the code since it was
   recorded holds the value the code then used (``config_keys.ADDED_KEYS``)."""
+  config = read_record(workdir)["config"]
   history = read_history(workdir)
   if history:
     config = history[-1]["config"]
-  else:
-    config = json.loads((Path(workdir) / CONFIG).read_text())["config"]
   return config_keys.with_added_defaults(config)
 
 
@@ -190,7 +207,7 @@ def record_resume(
     "resumed_from_step": resumed_from_step,
     "changes": {k: list(v) for k, v in diff.items()},
   }
-  stored_data = json.loads((workdir / CONFIG).read_text()).get("data")
+  stored_data = read_record(workdir).get("data")
   if "data" in extra and stored_data is not None and _plain(extra["data"]) != stored_data:
     log.warning(
       "the data source differs from the one %s records (now %s); the run continues on it",
