@@ -298,3 +298,16 @@ def test_cli_imports_and_errors_in_one_line(tmp_path, capsys):
   missing = f"--config.data.source={tmp_path / 'none.txt'}"
   code, _, err = run_cli(capsys, *args[:-1], str(tmp_path / "w4"), missing)
   assert code == 2 and "none.txt" in one_line_error(err) and not (tmp_path / "w4").exists()
+
+
+def test_cli_refuses_r_init_with_softmax_attention(tmp_path, capsys):
+  """--r-init initialises W_R, which a softmax import has none of: it was ignored (a softmax run
+  was written as if the flag was not given)."""
+  write_tiny_qwen3(tmp_path / "hf")
+  w = tmp_path / "w"
+  args = ["import-hf", "--from", str(tmp_path / "hf"), "--workdir", str(w)]
+  for r_init in ("like_q", "zeros"):
+    code, out, err = run_cli(capsys, *args, "--attention", "softmax", "--r-init", r_init)
+    line = one_line_error(err)
+    assert code == 2 and out == "" and f"--r-init {r_init}" in line and "--attention" in line
+  assert not w.exists()

@@ -5,18 +5,24 @@ from __future__ import annotations
 import argparse
 
 from parallax_jax.cli.common import CONFIG_HELP, local_dir
+from parallax_jax.errors import UserError
 
 
 def _import_hf(args) -> int:
   from parallax_jax.interop.import_hf import import_hf
   from parallax_jax.train.config import load_config
 
+  if args.r_init is not None and args.attention != "parallax":  # it would change nothing
+    raise UserError(
+      f"--r-init {args.r_init} initialises Parallax's W_R, and --attention {args.attention} has "
+      "none; drop --r-init, or pass --attention parallax"
+    )
   base = load_config(args.config) if args.config else None
   result = import_hf(
     args.src,
     args.workdir,
     attention=args.attention,
-    r_init=args.r_init,
+    r_init=args.r_init or "zeros",
     base=base,
     overrides=args.overrides,
     byte_tokenizer=args.byte_tokenizer,
@@ -76,7 +82,7 @@ def add_import_hf(sub, common):
   ih.add_argument(
     "--r-init",
     choices=("zeros", "like_q"),
-    default="zeros",
+    default=None,
     help="parallax: zeros (default; W_R = 0, exactly the softmax function) or like_q (copies "
     "q_proj and q_norm)",
   )
