@@ -356,3 +356,13 @@ def test_cli(runs, tmp_path, capsys):
     capsys, "export-hf", "--workdir", str(w), "--out", str(tmp_path / "p"), "--step", "3"
   )
   assert code == 2 and "--step 3" in one_line_error(err)
+
+
+def test_cli_refuses_the_eps_permission_where_it_changes_nothing(tmp_path, capsys):
+  """--allow-qk-norm-eps-change is about fla's fixed eps: with --format qwen3 it was ignored.
+  Checked before the run is read (here: a directory holding none)."""
+  argv = ["export-hf", "--workdir", str(tmp_path), "--out", str(tmp_path / "o")]
+  code, out, err = run_cli(capsys, *argv, "--allow-qk-norm-eps-change")
+  line = one_line_error(err)
+  assert code == 2 and out == "" and "--allow-qk-norm-eps-change applies to --format fla" in line
+  assert "not to --format qwen3" in line and not (tmp_path / "o").exists()

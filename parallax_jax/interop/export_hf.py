@@ -120,6 +120,11 @@ def export_hf(
     raise UserError(f"--format must be one of {FORMATS}, got {fmt!r}")
   if dtype not in DTYPES:
     raise UserError(f"--dtype must be one of {DTYPES}, got {dtype!r}")
+  if allow_qk_norm_eps_change and fmt != "fla-parallax":  # it would change nothing
+    raise UserError(
+      f"--allow-qk-norm-eps-change applies to --format fla-parallax (fla's fixed q/r/k norm "
+      f"eps), not to --format {fmt}, which keeps the run's eps; drop it"
+    )
   check_step(step)
   out = Path(out)
   _check_out(out)
