@@ -34,6 +34,8 @@ TINY = str(ROOT / "configs" / "tiny.py")
     ("--config.distributed.initialize=maybe", "distributed.initialize must be one of"),
     ("--config.sharding.rules.dp=foo", "config.sharding.rules.dp: it is a section"),
     (f"--config.train.compilation_cache_dir={TINY}", "compilation_cache_dir=.* existing file"),
+    # an empty path (an unset shell variable) trained from scratch, as None does
+    ("--config.checkpoint.init_from=", "init_from must be a checkpoint path or None, got ''"),
     pytest.param(
       "--config.model.attention_impl=pallas_mosaic_gpu",
       "attention_impl='pallas_mosaic_gpu' runs on gpu, not on this machine's 'cpu' backend",

@@ -93,7 +93,10 @@ class CheckpointConfig:
       require_number(f"checkpoint.{f}", getattr(self, f), at_least=1, integer=True)
     if not isinstance(self.async_save, bool):
       raise UserError(f"checkpoint.async_save must be True or False, got {self.async_save!r}")
-    if self.init_from is not None and not isinstance(self.init_from, str):
+    # An empty path (e.g. an unset shell variable) trained from scratch, as None does.
+    if self.init_from is not None and (
+      not isinstance(self.init_from, str) or not self.init_from.strip()
+    ):
       raise UserError(
         f"checkpoint.init_from must be a checkpoint path or None, got {self.init_from!r}"
       )
