@@ -347,3 +347,28 @@ def test_a_damaged_run_record_is_one_line_naming_it(tmp_path, capsys, text):
     assert "restore the file" in line
   assert sorted((p.name, p.stat().st_mtime_ns) for p in workdir.iterdir()) == before
   assert not (tmp_path / "hf").exists()
+
+
+@pytest.mark.parametrize(
+  "argv",
+  [
+    ["eval", "--workdir", "w", "--config"],  # ran the run's own config, as if not given
+    ["import-hf", "--from", "hf", "--workdir", "w", "--config"],  # the defaults, as if not given
+    ["train", "--workdir", "w", "--config"],  # "config file '.' does not exist"
+    ["config", "--config"],
+    ["sweep", "--workdir", "w", "--config"],
+    ["compare-sharding", "--workdir", "w", "--config"],
+    ["sweep", "--config", TINY, "--workdir", "w", "--collect"],  # "--collect .: no points/"
+    ["import-hf", "--workdir", "w", "--from"],  # "--from '.' has no config.json"
+    ["generate", "--workdir", "w", "--prompts-file"],
+  ],
+  ids=lambda argv: f"{argv[0]}{argv[-1]}",
+)
+def test_an_empty_input_path_is_refused_naming_the_argument(tmp_path, capsys, monkeypatch, argv):
+  """An empty path (an unset shell variable) was read as the current directory, or, for an
+  optional --config, as no config at all."""
+  monkeypatch.chdir(tmp_path)
+  code, out, err = run_cli(capsys, *argv, "")
+  assert code == 2 and out == "" and "Traceback" not in err
+  assert f"argument {argv[-1]}: '' is an empty path; name one" in err
+  assert list(tmp_path.iterdir()) == []

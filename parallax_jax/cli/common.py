@@ -13,11 +13,13 @@ The table of keys is parallax_jax/train/config_keys.py.
 
 
 def local_path(text: str) -> str:
-  """argparse ``type`` of every ``--workdir`` / ``--out``: a path of this machine's file system.
+  """argparse ``type`` of every path argument (``--workdir``, ``--out``, ``--config``, ``--from``,
+  ...): a path of this machine's file system.
   Runs, their locks, logs and plots are written with ordinary file calls, so a URL
   (``gs://bucket/run``) would become a local directory named ``gs:`` instead. An empty path
-  (the current directory, silently) and one under an existing file (no directory can be made
-  there) are refused too. A directory argument takes ``local_dir``."""
+  (the current directory, silently; or, for an optional --config, no file) and one under an
+  existing file (no directory can be made there) are refused too. A directory argument takes
+  ``local_dir``."""
   import argparse
   import re
   from pathlib import Path
@@ -29,7 +31,7 @@ def local_path(text: str) -> str:
     )
   if not text.strip():
     raise argparse.ArgumentTypeError(
-      f"{text!r} is an empty path; name one (e.g. runs/NAME; '.' for the current directory)"
+      f"{text!r} is an empty path; name one ('.' for the current directory)"
     )
   for parent in Path(text).parents:
     if parent.exists() and not parent.is_dir():

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from parallax_jax.cli.common import load_and_initialize, local_dir
+from parallax_jax.cli.common import load_and_initialize, local_dir, local_path
 from parallax_jax.errors import UserError
 
 
@@ -38,7 +38,7 @@ def add_compare(sub, common):
     parents=[common],
     help="run the same steps under each sharding strategy; CSV + chart",
   )
-  cs.add_argument("--config", required=True)
+  cs.add_argument("--config", type=local_path, required=True)
   cs.add_argument("--workdir", type=local_dir, required=True)
   cs.add_argument("--strategies", default="dp,fsdp,tp,fsdp_tp,cp")
   cs.add_argument("--steps", type=int, default=3, help="timed steps after the first")

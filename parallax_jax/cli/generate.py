@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from parallax_jax.cli.common import local_dir
+from parallax_jax.cli.common import local_dir, local_path
 from parallax_jax.errors import UserError
 
 
@@ -62,7 +62,9 @@ def add_generate(sub, common):
     "--workdir", type=local_dir, required=True, help="run directory (parallax-jax train)"
   )
   ge.add_argument("--prompt", action="append", default=[], help="prompt text (repeat for a batch)")
-  ge.add_argument("--prompts-file", default=None, help="one prompt per non-empty line")
+  ge.add_argument(
+    "--prompts-file", type=local_path, default=None, help="one prompt per non-empty line"
+  )
   ge.add_argument("--max-new-tokens", type=int, default=200, help="per prompt (default 200)")
   ge.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default); > 0: sample")
   ge.add_argument("--top-k", type=int, default=None, help="sample from the k most likely")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from parallax_jax.cli.common import CONFIG_HELP, local_dir
+from parallax_jax.cli.common import CONFIG_HELP, local_dir, local_path
 from parallax_jax.errors import UserError
 
 
@@ -71,7 +71,9 @@ def add_import_hf(sub, common):
     epilog=CONFIG_HELP,
     formatter_class=argparse.RawDescriptionHelpFormatter,
   )
-  ih.add_argument("--from", dest="src", required=True, help="Hugging Face model directory")
+  ih.add_argument(
+    "--from", dest="src", type=local_dir, required=True, help="Hugging Face model directory"
+  )
   ih.add_argument("--workdir", type=local_dir, required=True, help="new (or empty) run directory")
   ih.add_argument(
     "--attention",
@@ -92,7 +94,9 @@ def add_import_hf(sub, common):
     help="the directory has no tokenizer.json and its ids are UTF-8 bytes (export-hf of a "
     "byte-tokenizer run, e.g. configs/tiny.py's, writes none)",
   )
-  ih.add_argument("--config", default=None, help="config file for the non-model sections")
+  ih.add_argument(
+    "--config", type=local_path, default=None, help="config file for the non-model sections"
+  )
   ih.set_defaults(fn=_import_hf, takes_overrides=True)
 
 

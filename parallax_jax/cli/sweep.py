@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from parallax_jax.cli.common import local_dir
+from parallax_jax.cli.common import local_dir, local_path
 from parallax_jax.errors import UserError
 
 
@@ -93,7 +93,9 @@ def add_sweep(sub, common):
     "subprocess; a rerun skips finished points and retries failed ones. Writes "
     "W/results.csv, W/results.md, W/loss_curves.png and W/metric_vs_<axis>.png.",
   )
-  sw.add_argument("--config", required=True, help="sweep file (configs/sweeps/<name>.py)")
+  sw.add_argument(
+    "--config", type=local_path, required=True, help="sweep file (configs/sweeps/<name>.py)"
+  )
   sw.add_argument("--workdir", type=local_dir, required=True)
   sw.add_argument(
     "--parallel", type=int, default=1, help="points at once (one accelerator each if several)"
@@ -110,6 +112,7 @@ def add_sweep(sub, common):
   sw.add_argument("--dry-run", action="store_true", help="list the points and exit")
   sw.add_argument(
     "--collect",
+    type=local_dir,
     nargs="+",
     metavar="SRC",
     default=None,

@@ -153,7 +153,7 @@ def add_train(sub, common):
     epilog=CONFIG_HELP,
     formatter_class=argparse.RawDescriptionHelpFormatter,
   )
-  tr.add_argument("--config", required=True, help="config file with get_config()")
+  tr.add_argument("--config", type=local_path, required=True, help="config file with get_config()")
   tr.add_argument(
     "--workdir", type=local_dir, help="run directory: checkpoints, metrics, config record"
   )
@@ -179,7 +179,7 @@ def add_config(sub, common):
     epilog=CONFIG_HELP,
     formatter_class=argparse.RawDescriptionHelpFormatter,
   )
-  cf.add_argument("--config", required=True, help="config file with get_config()")
+  cf.add_argument("--config", type=local_path, required=True, help="config file with get_config()")
   cf.set_defaults(fn=_config, takes_overrides=True)
 
 
@@ -190,7 +190,7 @@ def add_eval(sub, common):
     help="held-out loss/perplexity of a workdir's latest checkpoint (writes nothing there)",
   )
   ev.add_argument("--workdir", type=local_dir, required=True)
-  ev.add_argument("--config", default=None, help="default: the run's own config")
+  ev.add_argument("--config", type=local_path, default=None, help="default: the run's own config")
   ev.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
   ev.set_defaults(fn=_eval, takes_overrides=True)
 
