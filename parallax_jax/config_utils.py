@@ -20,6 +20,8 @@ def import_get_config(path: str | Path, kind: str = "config"):
   ``get_config`` is the user's to fix: each raises ``UserError`` in one line.
   """
   path = Path(path)
+  if path.is_dir():
+    raise UserError(f"{kind} file {str(path)!r} is a directory; give a .py file with get_config()")
   if not path.is_file():
     raise UserFileNotFoundError(f"{kind} file {str(path)!r} does not exist")
   spec = importlib.util.spec_from_file_location(f"_parallax_{kind}_{path.stem}", path)

@@ -103,6 +103,9 @@ def test_a_config_file_that_fails_to_import_is_one_line(tmp_path, capsys):
     assert code == 2 and out == "" and re.search(match, one_line_error(err)), err
   code, out, err = run_cli(capsys, "config", "--config", str(ROOT / "README.md"))
   assert code == 2 and out == "" and "is not a Python file" in one_line_error(err)
+  # a directory (e.g. configs/ without the file's name) does exist: not "does not exist"
+  code, out, err = run_cli(capsys, "config", "--config", str(ROOT / "configs"))
+  assert code == 2 and out == "" and "is a directory; give a .py file" in one_line_error(err)
 
 
 def test_a_config_without_a_section_takes_its_defaults(tmp_path, capsys):
