@@ -66,7 +66,8 @@ def test_plot_of_a_directory_without_metrics_is_a_one_line_error(tmp_path):
   )
   assert out.returncode == 2
   assert out.stderr.strip().splitlines()[-1] == (
-    f"parallax-jax: error: --workdir {tmp_path} has no metrics.jsonl: not a training run"
+    f"parallax-jax: error: --workdir '{tmp_path}' has no metrics.jsonl: not a training run "
+    "(or one that has not logged a step yet)"
   )
   assert sorted(tmp_path.iterdir()) == []
 
@@ -93,3 +94,18 @@ def test_plot_refuses_an_out_it_would_not_write_as_named(tmp_path, capsys, out, 
   code, printed, _ = run_cli(capsys, "plot", "--workdir", str(a), "--out", str(tmp_path / "c.SVG"))
   assert code == 0 and printed.strip() == f"wrote {tmp_path / 'c.SVG'}"
   assert sorted(set(tmp_path.rglob("*")) - set(before)) == [tmp_path / "c.SVG"]
+
+
+def test_plot_names_a_missing_workdir_and_a_sweep_s_runs(tmp_path, capsys):
+  """Both said "has no metrics.jsonl: not a training run", with no fix."""
+  from cli_runner import one_line_error, run_cli
+
+  (tmp_path / "sweep.json").write_text("{}")
+  for workdir, match in [
+    (tmp_path / "nope", f"--workdir '{tmp_path / 'nope'}' does not exist"),
+    (tmp_path, f"holds a sweep (sweep.json), not a run: its runs are {tmp_path / 'points'}/<name>"),
+  ]:
+    argv = ["plot", "--workdir", str(workdir), "--out", str(tmp_path / "p.png")]
+    code, out, err = run_cli(capsys, *argv)
+    assert code == 2 and out == "" and match in one_line_error(err)
+  assert [p.name for p in tmp_path.iterdir()] == ["sweep.json"]

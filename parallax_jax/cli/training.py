@@ -121,12 +121,19 @@ def _plot(args) -> int:
 
   from parallax_jax.errors import UserFileNotFoundError
   from parallax_jax.train.plots import check_image_path, plot_runs, run_labels
+  from parallax_jax.train.run_record import check_holds_no_other_kind
 
   check_image_path(args.out)  # before any run is read: the file written is the one named
   workdirs = [Path(w) for w in args.workdir]
   for w in workdirs:
+    if not w.is_dir():
+      raise UserFileNotFoundError(f"--workdir {str(w)!r} does not exist")
+    check_holds_no_other_kind(w, "run")  # a sweep: names its runs, points/<name>
     if not (w / "metrics.jsonl").is_file():
-      raise UserFileNotFoundError(f"--workdir {w} has no metrics.jsonl: not a training run")
+      raise UserFileNotFoundError(
+        f"--workdir {str(w)!r} has no metrics.jsonl: not a training run (or one that has not "
+        "logged a step yet)"
+      )
   print(f"wrote {plot_runs(run_labels(workdirs), args.out)}")
   return 0
 
