@@ -226,10 +226,11 @@ def test_mse_loss_and_eval_metrics_match_numpy():
     "eval_mse_baseline_ols": np.sum(m * (batch["baseline_ols"] - y) ** 2) / m.sum(),
     "eval_mse_baseline_bayes": np.sum(m * (batch["baseline_bayes"] - y) ** 2) / m.sum(),
   }
-  assert set(metrics) == {"eval_loss", *want}
+  assert set(metrics) == {"eval_loss", "eval_tokens", *want}
   for key, value in want.items():
     np.testing.assert_allclose(metrics[key], value, rtol=1e-5, err_msg=key)
   assert metrics["eval_loss"] == metrics["eval_mse"]
+  assert metrics["eval_tokens"] == int(m.sum())  # the positions the means are over
 
 
 @pytest.mark.parametrize(
