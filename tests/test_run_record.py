@@ -372,6 +372,22 @@ def test_safe_keys_keep_the_checkpoint_tree_and_fixed_ones_do_not(base):
     assert _abstract_state(*base, f"--config.{key}={value}") != reference, key
 
 
+def test_a_dry_run_a_workdir_refuses_prints_only_the_refusal(tmp_path, capsys):
+  """``train --dry-run`` on a run that cannot take the change: one line on stderr and nothing on
+  stdout (the whole config table came first)."""
+  from cli_runner import run_cli
+
+  from parallax_jax.train.config import load_config
+
+  (tmp_path / "config.json").write_text(
+    json.dumps({"config": load_config(TINY).to_dict()}, default=str)
+  )
+  argv = ["train", "--dry-run", "--no-compile", "--config", TINY, "--workdir", str(tmp_path)]
+  code, out, err = run_cli(capsys, *argv, "--config.model.d_model=32")
+  assert code == 2 and out == "" and "cannot take these config changes" in err, (out, err)
+  assert "Traceback" not in err
+
+
 def test_a_run_recorded_before_an_added_key_ran_with_its_earlier_value(tmp_path):
   """A run whose record lacks ``model.tied_head_scale`` (recorded before the key existed) ran
   with the scaled head if its head was tied: resuming it with today's default (the unscaled

@@ -64,9 +64,10 @@ def _train(args) -> int:
   return 0
 
 
-def _print_validated(args, *, compiles: bool = False):
+def _print_validated(args, *, compiles: bool = False, workdir=None):
   """Loads and validates the config (data opened; ``compiles``: its attention paths run on this
-  backend), then prints every key: ``(cfg, exp, data)``. A refused config prints one line."""
+  backend; ``workdir``: what ``train`` would do there, a refusal included), then prints every
+  key: ``(cfg, exp, data)``. A refused config prints one line and nothing before it."""
   import jax
 
   from parallax_jax.train import dry_run
@@ -75,17 +76,18 @@ def _print_validated(args, *, compiles: bool = False):
   exp, data = dry_run.validate(cfg)
   if compiles:
     exp.model.check_paths(jax.default_backend())
+  where = None if workdir is None else dry_run.workdir_line(workdir, cfg)
   print("\n".join(dry_run.config_lines(cfg)))
   print(f"data: {data.describe()}")
+  if where is not None:
+    print(where)
   return cfg, exp, data
 
 
 def _dry_run(args) -> int:
   from parallax_jax.train import dry_run
 
-  cfg, exp, data = _print_validated(args, compiles=not args.no_compile)
-  if args.workdir is not None:
-    print(dry_run.workdir_line(args.workdir, cfg))
+  _, exp, data = _print_validated(args, compiles=not args.no_compile, workdir=args.workdir)
   print("\n".join(dry_run.dry_run_lines(exp, data, compile=not args.no_compile)))
   print("valid: nothing was trained or written")
   return 0
