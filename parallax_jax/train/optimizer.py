@@ -193,13 +193,14 @@ def decay_at_lr(
 
 def make_optimizer(cfg: OptimizerConfig, total_steps: int):
   """``(tx, schedules)``: the optax transformation and ``{"lr": ..., ["adam_lr": ...]}``."""
-  if warmup_steps(cfg, total_steps) != cfg.warmup_steps:  # said, not silent
+  warmup = warmup_steps(cfg, total_steps)
+  if warmup != cfg.warmup_steps:  # said, not silent
     log.warning(
       "optimizer.warmup_steps=%d does not end before train.steps=%d: the warmup runs %d "
       "steps instead; set --config.optimizer.warmup_steps below train.steps to choose it",
       cfg.warmup_steps,
       total_steps,
-      warmup_steps(cfg, total_steps),
+      warmup,
     )
   lr = make_schedule(cfg.learning_rate, cfg, total_steps)
   schedules = {"lr": lr}

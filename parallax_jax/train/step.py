@@ -235,15 +235,14 @@ def eval_metrics(sums: dict[str, float]) -> dict[str, float]:
   tokens = sums.get("tokens", 0.0)
   if not tokens:
     return {}
+  out = {"eval_tokens": int(tokens)}
   if "nll_sum" in sums:
     loss = sums["nll_sum"] / tokens
-    return {
-      "eval_loss": loss,
-      "eval_perplexity": math.exp(min(loss, 50.0)),
-      "eval_accuracy": sums["correct"] / tokens,  # argmax accuracy on loss_mask positions
-      "eval_tokens": int(tokens),
-    }
-  out = {"eval_loss": sums["sq_err_sum"] / tokens, "eval_tokens": int(tokens)}
+    out["eval_loss"] = loss
+    out["eval_perplexity"] = math.exp(min(loss, 50.0))
+    out["eval_accuracy"] = sums["correct"] / tokens  # argmax accuracy on loss_mask positions
+    return out
+  out["eval_loss"] = sums["sq_err_sum"] / tokens
   for key, value in sums.items():
     if key.startswith("sq_err_sum"):
       out["eval_mse" + key.removeprefix("sq_err_sum")] = value / tokens
