@@ -450,6 +450,51 @@ def test_committed_study_points_are_the_sweeps_points(study, at_least):
   points = ROOT / "experiments" / "results" / "studies_gpu" / study / "points"
   statuses = {d.name: json.loads((d / "status.json").read_text()) for d in points.iterdir()}
   assert len(statuses) >= at_least
+  pins = {p.name: p.config.data.source_sha256 for p in sweep.points}
   for name, status in statuses.items():
     assert status["name"] == name and status["status"] == "finished", name
     assert status["fingerprint"] == fingerprints.get(name), name
+    # ... and read the corpus the sweep pins (session 30's runs on another one are kept apart)
+    record = json.loads((points / name / "config.json").read_text())
+    assert not pins[name] or record["data"]["source"]["sha256"].startswith(pins[name]), name
+
+
+def test_a_pinned_corpus_is_refused_when_it_changed_before_a_tokenizer_trains(
+  tmp_path, tree, monkeypatch
+):
+  """``data.source_sha256`` pins the corpus by a prefix of the sha256 a run records: the same
+  install passes; a package installed into site-packages afterwards (a new file) is refused
+  in one line naming the key, before the BPE is trained or anything is written."""
+  from parallax_jax.train.data_io import TrainData
+
+  sha = pc.PythonCorpus(tree, 0.2).fingerprint()["sha256"]
+  _, exp = _experiment(tree, monkeypatch)
+  for pin in (sha, sha[:8]):
+    pinned = dataclasses.replace(exp, data=dataclasses.replace(exp.data, source_sha256=pin))
+    TrainData(pinned, tmp_path / f"run_{len(pin)}")
+    assert (tmp_path / f"run_{len(pin)}" / "tokenizer.json").is_file()
+  _write(Path(tree["purelib"]) / "grain" / "__init__.py", "# a wheel installed here\n")
+  monkeypatch.setattr(tokenizers, "train_bpe", lambda *a: pytest.fail("trained"))
+  with pytest.raises(UserError) as e:
+    TrainData(pinned, tmp_path / "changed")
+  assert str(e.value).startswith(f"data.source_sha256='{sha[:8]}' pins the corpus, but this ")
+  assert "python_corpus has fingerprint" in str(e.value) and "pip install --target" in str(e.value)
+  assert "\n" not in str(e.value) and not (tmp_path / "changed").exists()
+  assert len(make_source(dataclasses.replace(exp.data, source_sha256=""), None)) == 46
+
+
+@pytest.mark.parametrize(
+  "changes, error",
+  [
+    ({"source_sha256": "A55C363D"}, "8-64 lowercase hex digits"),
+    ({"source_sha256": "a55c36"}, "8-64 lowercase hex digits"),
+    ({"source_sha256": "a" * 65}, "8-64 lowercase hex digits"),
+    ({"source_sha256": 0xA55C363D}, "8-64 lowercase hex digits"),
+    ({"source": "mqar", "source_sha256": "a55c363d"}, "source='mqar' records none"),
+    ({"source": "data/*.jsonl", "source_sha256": "a55c363d"}, "records none"),
+  ],
+)
+def test_a_corpus_pin_must_be_a_sha256_prefix_of_a_fingerprinted_source(changes, error):
+  with pytest.raises(UserError, match=f"DataConfig.source_sha256=.*{error}"):
+    DataConfig(**{"source": "python_corpus", **changes})
+  assert DataConfig(source="builtin", source_sha256="a55c363d").source_sha256 == "a55c363d"

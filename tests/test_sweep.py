@@ -75,6 +75,7 @@ def test_a_key_added_later_at_its_earlier_value_keeps_the_fingerprint():
     for key in ("microbatches", "profile_steps", "profile_skip_steps"):  # added later still
       del before["train"][key]
     del before["optimizer"]["muon_adam_decay"]  # added later still (2026-12-05)
+    del before["data"]["source_sha256"]  # a check only: never in a fingerprint (session 30)
     digest = hashlib.sha256(json.dumps(before, sort_keys=True, default=str).encode())
     return digest.hexdigest()[:16]
 

@@ -214,3 +214,45 @@ def test_points_take_a_full_two_axis_name_and_several_patterns(capsys):
   assert chosen("adamw+parallax,adamw+softmax") == [
     f"variant=adamw+{v},seed={s}" for v in ("parallax", "softmax") for s in (0, 1)
   ]
+
+
+def test_a_corpus_pin_keeps_finished_points_and_collects_only_runs_of_that_corpus(tmp_path, capsys):
+  """``data.source_sha256`` only checks what a run reads: pinning a sweep whose points have
+  run keeps their fingerprints (they stay finished), and ``--collect`` refuses a point whose
+  ``config.json`` records another corpus (or none) while taking one that read the pinned one."""
+  pin = "a55c363d" + "0" * 56
+  pinned = tmp_path / "pinned.py"
+  pinned.write_text(
+    "import importlib.util\n"
+    f"spec = importlib.util.spec_from_file_location('smoke', {SMOKE!r})\n"
+    "smoke = importlib.util.module_from_spec(spec)\n"
+    "spec.loader.exec_module(smoke)\n\n\n"
+    "def get_config():\n"
+    "  cfg = smoke.get_config()\n"
+    f"  cfg.base = {str(ROOT / 'configs' / 'tiny.py')!r}\n"
+    f"  cfg.overrides['data.source_sha256'] = {pin!r}\n"
+    "  return cfg\n"
+  )
+  plain, held = load_sweep(SMOKE).points, load_sweep(pinned).points
+  assert [p.config.data.source_sha256 for p in held] == [pin, pin]
+  assert [p.fingerprint() for p in held] == [p.fingerprint() for p in plain]
+  assert load_sweep(SMOKE).points[0].config.data.source_sha256 == ""
+
+  src, out = tmp_path / "returned", tmp_path / "results"
+  records = {  # what each run's config.json says it read
+    held[0].name: {"kind": "builtin", "sha256": pin},
+    held[1].name: {"kind": "builtin", "sha256": "7ef9c500" + "0" * 56, "num_files": 22862},
+  }
+  for point in held:
+    d = _point(src, point.name, point.fingerprint(), point.steps)
+    (d / "config.json").write_text(json.dumps({"data": {"source": records[point.name]}}))
+  argv = ["sweep", "--config", str(pinned), "--workdir", str(out), "--collect", str(src)]
+  assert cli.main(argv) == 1
+  printed = capsys.readouterr().out
+  assert f"{held[1].name}: read another corpus: data.source_sha256='{pin}' pins" in printed
+  assert "this builtin has fingerprint 7ef9c5000000" in printed and "(22,862 files)" in printed
+  assert sorted(p.name for p in (out / "points").iterdir()) == [held[0].name]
+  # A record without a fingerprint (a run of another source) is refused too.
+  (src / "points" / held[1].name / "config.json").write_text(json.dumps({"data": {}}))
+  assert cli.main(argv) == 1
+  assert "this source has no fingerprint" in capsys.readouterr().out

@@ -70,11 +70,16 @@ MODEL = {
   # Pinned: the first arms ran with the scaled tied head; HEAD_ONE's arms use the unscaled one.
   "model.tied_head_scale": "rsqrt_d",
 }
+CORPUS_SHA256 = "a55c363dc8765dddf6f6079cda91bd92e4b7681d97cd0b984dc6a6538c134198"
 DATA = {
   "data.source": "python_corpus",
   "data.tokenizer": "train:bpe:32000",
   "data.eval_fraction": 0.02,
   "data.read_threads": 12,  # BPE encoding: ~0.4M tokens/s per thread on a slow core
+  # The H200 image's corpus every run 1-44 read (22,665 files, 334,615,998 bytes). Session 30
+  # installed its wheels into site-packages, which added 201 files: its four runs read another
+  # corpus and trained another tokenizer. Pinned since: such a run stops before training.
+  "data.source_sha256": CORPUS_SHA256,
 }
 OPTIMIZERS = {  # base learning rates; the scans multiply the first one
   # AdamW ran at 2e-3 first (session 15): Parallax and Parallax with W_R = 0 both stalled near
@@ -242,7 +247,8 @@ PRIORITY = (  # device sessions run these in order: each step answers a question
   # x2 2.020); AdamW softmax x2 3.802 (x1 3.637); AdamW like_q x0.5 3.686 (x1 4.509)
   *[head_one(name) for name in HEAD_ONE[15:19]],
   # next: the three scans won at their edge go one step further (HEAD_ONE_EDGES); then W_R = 0
-  # and like_q at twice AdamW's rate (like_q's x1 already spiked: least informative)
+  # and like_q at twice AdamW's rate (like_q's x1 already spiked: least informative). Session
+  # 30 ran the first four on another corpus (kept apart, not collected): they run again
   *HEAD_ONE_EDGES,
   head_one("adamw+parallax_r0_lr2_s0"),
   head_one("adamw+parallax_lr2_s0"),

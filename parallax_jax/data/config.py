@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -15,6 +16,10 @@ REGRESSION_TASKS = ("linreg", "drift_linreg")
 # The synthetic task sources (generated on the fly: no tokenizer, no files, no document split).
 # Here, with the config, so loaders and exporters ask `DataConfig.is_task` without grain.
 TASKS = ("mqar", *REGRESSION_TASKS)
+# The built-in corpora, whose `describe()` records a content fingerprint (`sha256`) that
+# `source_sha256` can pin; file sources record their paths only.
+FINGERPRINTED_SOURCES = ("builtin", "python_corpus")
+_HEX_PREFIX = re.compile("[0-9a-f]{8,64}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +48,12 @@ class DataConfig:
     add_eos: wrap every document as [EOS] doc [EOS] (EOS doubles as BOS, GPT-2 style), so the
       model learns to start and to end documents.
     read_threads: threads reading and tokenizing documents (grain `ReadOptions.num_threads`).
+    source_sha256: the corpus a run must read, pinned by its fingerprint: "" (not checked) or
+      8-64 lowercase hex digits, a prefix of the `data.source.sha256` a run's `config.json`
+      records. Only the corpora that have a fingerprint ("builtin", "python_corpus") can be
+      pinned. A corpus whose fingerprint differs (the Python installation changed: a package
+      installed into site-packages, another image) is refused before a tokenizer is trained
+      or a step is run. A check only: it changes nothing a run computes (docs/design.md §15).
     mqar_vocab_size, mqar_num_pairs, mqar_num_queries: with source="mqar" (synthetic
       multi-query associative recall, `parallax_jax.data.synthetic`; no files, no tokenizer):
       token ids used (keys and values split the ids 1..vocab_size-1 in halves), key-value
@@ -65,6 +76,7 @@ class DataConfig:
   shuffle_seed: int = 0
   add_eos: bool = True
   read_threads: int = 8
+  source_sha256: str = ""
   mqar_vocab_size: int = 64
   mqar_num_pairs: int = 8
   mqar_num_queries: int = 8
@@ -122,6 +134,15 @@ class DataConfig:
       bad("read_threads", "must be an int >= 1")
     if self.read_threads < 1:
       bad("read_threads", "must be >= 1")
+    pin = self.source_sha256
+    if not isinstance(pin, str) or (pin and not _HEX_PREFIX.fullmatch(pin)):
+      bad("source_sha256", "must be '' or 8-64 lowercase hex digits (a corpus's sha256)")
+    if pin and self.source not in FINGERPRINTED_SOURCES:
+      bad(
+        "source_sha256",
+        f"only the corpora with a fingerprint {FINGERPRINTED_SOURCES} can be pinned; "
+        f"source={self.source!r} records none: set data.source_sha256=''",
+      )
     for field in ("mqar_vocab_size", "mqar_num_pairs", "mqar_num_queries"):
       value = getattr(self, field)
       if isinstance(value, bool) or not isinstance(value, int) or value < 1:

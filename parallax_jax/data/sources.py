@@ -384,6 +384,40 @@ def resolve_paths(source: str, fmt: str = "auto") -> tuple[list[str], str]:
   return paths, fmt
 
 
+def pin_mismatch(pin: str, described: dict) -> str | None:
+  """Why a corpus described by ``described`` (a source's ``describe()``, as a run's
+  ``config.json`` records it under ``data.source``) is not the one ``pin``
+  (``DataConfig.source_sha256``, a prefix of its sha256) names, or None; "" pins nothing."""
+  if not pin:
+    return None
+  sha = described.get("sha256")
+  if isinstance(sha, str) and sha.startswith(pin):
+    return None
+  found = "no fingerprint" if not isinstance(sha, str) else f"fingerprint {sha[:16]}..."
+  sizes = ", ".join(
+    f"{described[k]:,} {k.removeprefix('num_')}"
+    for k in ("num_files", "num_bytes")
+    if k in described
+  )
+  return (
+    f"data.source_sha256={pin!r} pins the corpus, but this {described.get('kind', 'source')} "
+    f"has {found}{f' ({sizes})' if sizes else ''}"
+  )
+
+
+def _pinned(source, pin: str):
+  """``source`` if its fingerprint matches ``pin``; else a one-line UserError."""
+  why = pin_mismatch(pin, source.describe())
+  if why is not None:
+    raise UserError(
+      f"{why}: the Python installation differs from the pinned one (a package installed "
+      "into site-packages, another image). Run where the pinned corpus is (install extra "
+      "packages outside the interpreter's roots, e.g. pip install --target DIR), or set "
+      "data.source_sha256='' to read this corpus"
+    )
+  return source
+
+
 def make_source(cfg: DataConfig, tokenizer) -> DocumentSource:
   """Builds the document source `cfg` describes. Raises if it holds no documents.
 
@@ -394,11 +428,11 @@ def make_source(cfg: DataConfig, tokenizer) -> DocumentSource:
       raise UserError(
         f"DataConfig.format={cfg.format!r}: the builtin corpus is text; use format='auto'"
       )
-    return BuiltinCorpus()
+    return _pinned(BuiltinCorpus(), cfg.source_sha256)
   if cfg.source == "python_corpus":
     if cfg.format not in ("auto", "text"):
       raise UserError(f"DataConfig.format={cfg.format!r}: python_corpus is text; use format='auto'")
-    return PythonCorpus(eval_fraction=cfg.eval_fraction)
+    return _pinned(PythonCorpus(eval_fraction=cfg.eval_fraction), cfg.source_sha256)
   paths, fmt = resolve_paths(cfg.source, cfg.format)
   if fmt == "npy" and cfg.tokenizer.startswith(TRAIN_PREFIX):  # format="auto" found .npy
     raise UserError(

@@ -4,7 +4,8 @@ A study that runs one point per device call ends up with many small workdirs (ea
 returned files, each holding ``points/<name>/``). ``collect_points`` copies each point's run
 record (``RECORD_FILES``: enough for the sweep's table and curves, no checkpoints) into the
 results folder, after checking that it is a finished point of *this* sweep, trained with the
-config the sweep gives it now (the fingerprint ``runner.is_finished`` compares). It trains
+config the sweep gives it now (the fingerprint ``runner.is_finished`` compares) and, where the
+sweep pins its corpus (``data.source_sha256``), that it read that corpus. It trains
 nothing, never writes to a source, and never replaces a point the folder already holds with
 different files: such a point is refused with the reason, and the others go on.
 
@@ -16,10 +17,12 @@ from __future__ import annotations
 
 import contextlib
 import filecmp
+import json
 import shutil
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from parallax_jax.data.sources import pin_mismatch
 from parallax_jax.errors import UserError
 from parallax_jax.sweeps.config import Sweep
 from parallax_jax.sweeps.runner import is_finished, point_dir, read_status
@@ -44,7 +47,23 @@ def _why_not(source: Path, known: dict, name: str) -> str | None:
       )
     return f"not finished (status {status.get('status')!r}, step {status.get('final_step')})"
   missing = [f for f in RECORD_FILES if not (source / "points" / name / f).is_file()]
-  return f"missing {', '.join(missing)}" if missing else None
+  if missing:
+    return f"missing {', '.join(missing)}"
+  return _corpus_mismatch(source / "points" / name / "config.json", point)
+
+
+def _corpus_mismatch(config_json: Path, point) -> str | None:
+  """Why the corpus the run read (its ``config.json``'s ``data.source``) is not the one the
+  sweep pins now (``data.source_sha256``; the pin is not in the fingerprint), or None."""
+  pin = point.config.data.get("source_sha256", "")
+  if not pin:
+    return None
+  try:
+    described = json.loads(config_json.read_text()).get("data", {}).get("source", {})
+  except (OSError, ValueError, AttributeError):
+    return "config.json is not a readable run record"
+  why = pin_mismatch(pin, described if isinstance(described, dict) else {})
+  return None if why is None else f"read another corpus: {why}"
 
 
 def collect_points(

@@ -82,8 +82,11 @@ class Point:
   def fingerprint(self) -> str:
     """sha256 of the resolved config: a rerun must train exactly this config. Keys added to
     the code later, at the value that reproduces the earlier code, are left out
-    (``config_keys.ADDED_KEYS``): a point finished before them keeps its fingerprint."""
-    config = config_keys.without_added_defaults(self.config.to_dict())
+    (``config_keys.ADDED_KEYS``): a point finished before them keeps its fingerprint; so are
+    the keys that only check a run's inputs (``config_keys.CHECK_KEYS``)."""
+    config = config_keys.without_check_keys(
+      config_keys.without_added_defaults(self.config.to_dict())
+    )
     text = json.dumps(config, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

@@ -75,6 +75,10 @@ KEYS: dict[str, tuple[str, str]] = {
   "data.shuffle_seed": (FIXED, "mixed with train.seed to order the training documents"),
   "data.add_eos": (FIXED, "wrap every document as [EOS] doc [EOS]"),
   "data.read_threads": (SAFE, "threads reading and tokenizing documents"),
+  "data.source_sha256": (
+    SAFE,
+    "pins the corpus: a prefix of the sha256 a run records in data.source; '': not checked",
+  ),
   "data.mqar_vocab_size": (FIXED, "source='mqar': token ids used by keys and values"),
   "data.mqar_num_pairs": (FIXED, "source='mqar': key-value pairs per row"),
   "data.mqar_num_queries": (FIXED, "source='mqar': queries per row (<= pairs)"),
@@ -175,6 +179,25 @@ ADDED_KEYS: dict[str, Callable[[dict], object]] = {
     "all" if optimizer.get("name") == "muon" else "matrices"  # (adamw never read it)
   ),
 }
+
+
+# Keys that only check a run's inputs and change nothing it computes: a sweep point's
+# fingerprint leaves them out (``without_check_keys``), so pinning the corpus of a sweep whose
+# points have run keeps them finished (``sweep --collect`` checks what each point read).
+CHECK_KEYS = ("data.source_sha256",)
+
+
+def without_check_keys(config: dict) -> dict:
+  """A copy of ``config`` (nested, plain) without the ``CHECK_KEYS``."""
+  out = json.loads(json.dumps(config, default=str))
+  for key in CHECK_KEYS:
+    *path, name = key.split(".")
+    section = out
+    for part in path:
+      section = section.get(part) if isinstance(section, dict) else None
+    if isinstance(section, dict):
+      section.pop(name, None)
+  return out
 
 
 def _added_key_sections(config: dict):
