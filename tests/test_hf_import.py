@@ -5,7 +5,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import stat
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -311,3 +313,21 @@ def test_cli_refuses_r_init_with_softmax_attention(tmp_path, capsys):
     line = one_line_error(err)
     assert code == 2 and out == "" and f"--r-init {r_init}" in line and "--attention" in line
   assert not w.exists()
+
+
+def test_a_moved_import_reads_its_own_tokenizer(tied, tmp_path):
+  """An import's ``data.tokenizer`` is the absolute path of its own ``tokenizer.json``; moved
+  to another folder (that path gone), generate's loader and eval read the copy in the
+  workdir, which encodes as the Hugging Face tokenizer it was copied from."""
+  from tokenizers import Tokenizer
+
+  from parallax_jax.train.loop import evaluate
+
+  hf_dir = Path(tied[2]).parent / "hf"
+  import_hf(hf_dir, tmp_path / "first", attention="softmax", overrides=RUN)
+  shutil.move(tmp_path / "first", tmp_path / "moved")
+  run = load_run(tmp_path / "moved")
+  text = "hello parallax"
+  hf = Tokenizer.from_file(str(hf_dir / "tokenizer.json"))
+  assert run.tokenizer.encode(text) == hf.encode(text, add_special_tokens=False).ids
+  assert np.isfinite(evaluate(tmp_path / "moved")["eval_loss"])

@@ -316,6 +316,44 @@ def test_resume_and_eval_read_the_run_tokenizer(tmp_path, tree, monkeypatch):
   assert history and not any("data" in json.loads(line) for line in history)  # same data
 
 
+def test_a_run_keeps_its_file_tokenizer_when_it_moves_or_the_file_changes(
+  tmp_path, tree, monkeypatch, caplog
+):
+  """A file tokenizer is copied into the workdir at the run's first start and read from there:
+  the run moved to another folder and its original file replaced by another tokenizer, resume,
+  eval and the inference loader still read the bytes the run started with (checked against
+  the original bytes through `tokenizers` itself), and the change is logged."""
+  from tokenizers import Tokenizer
+
+  from parallax_jax.train.loop import evaluate, train
+
+  texts = [f"def f{i}(x):\n  return x * {i}  # number {i}\n" for i in range(60)]
+  original, other = tmp_path / "tok" / "a.json", tmp_path / "b.json"
+  original.parent.mkdir()
+  tokenizers.train_bpe(texts, 300).save(str(original))
+  tokenizers.train_bpe(["something else entirely " * 3] * 30, 280).save(str(other))
+  started_with = original.read_bytes()
+  cfg, _ = _experiment(tree, monkeypatch, tokenizer=str(original))
+  train(cfg, tmp_path / "run")
+  assert (tmp_path / "run" / "tokenizer.json").read_bytes() == started_with
+
+  moved = tmp_path / "moved"
+  shutil.move(tmp_path / "run", moved)
+  shutil.copyfile(other, original)  # the path the config names now holds another tokenizer
+  cfg.train.steps = 3
+  with caplog.at_level("WARNING", logger="parallax_jax"):
+    assert train(cfg, moved)["final_step"] == 3
+  assert "differs from the run's copy" in caplog.text
+  assert "the data source differs" not in caplog.text  # a moved run reads the same data
+  original.unlink()  # and then is gone
+  assert np.isfinite(evaluate(moved)["eval_loss"])
+  text = "def f7(x):\n  return x * 7\n"
+  expected = Tokenizer.from_str(started_with.decode()).encode(text, add_special_tokens=False).ids
+  assert tokenizers.make_tokenizer(str(original), moved).encode(text) == expected
+  assert Tokenizer.from_file(str(other)).encode(text, add_special_tokens=False).ids != expected
+  assert (moved / "tokenizer.json").read_bytes() == started_with
+
+
 # ------------------------------------------------------------------------- the study configs
 
 

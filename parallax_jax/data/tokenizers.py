@@ -1,6 +1,11 @@
 """Tokenizers: UTF-8 bytes, Hugging Face `tokenizers` JSON files, SentencePiece models, and a
 byte-level BPE trained at the run's start ("train:bpe:VOCAB[:MIB]", saved in the workdir).
 
+A run keeps its tokenizer in its workdir: the trained one, or a copy of a file tokenizer taken
+at the run's first start (`keep_run_copy`), which resume, eval, generate and export read from
+then on (`make_tokenizer(spec, workdir)`): moving the run, or moving or editing the original
+file, changes nothing the run reads.
+
 All share the `Tokenizer` protocol. `pad_id` is only the value written into padded positions;
 padding is marked by `segment_ids == 0` and `loss_mask == 0`, so it needs no reserved id.
 """
@@ -8,13 +13,18 @@ padding is marked by `segment_ids == 0` and `loss_mask == 0`, so it needs no res
 from __future__ import annotations
 
 import dataclasses
+import filecmp
 import json
+import logging
 import os
+import shutil
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from parallax_jax.errors import UserError, UserFileNotFoundError, UserPermissionError
+
+log = logging.getLogger("parallax_jax")
 
 VOCAB_MULTIPLE = 128  # embedding/logit tables are padded to this for efficient matmuls
 
@@ -295,19 +305,63 @@ def load_trained(spec: str, workdir: str | Path | None) -> HFTokenizer:
   return HFTokenizer(str(path))
 
 
+# A file tokenizer's copy in the run's workdir, by the file's kind (`keep_run_copy`).
+_RUN_COPIES = {".json": TRAINED_FILE, ".model": "tokenizer.model"}
+
+
+def run_copy_path(spec: str, workdir: str | Path) -> Path | None:
+  """Where the run in `workdir` keeps its copy of the file tokenizer `spec` (a ".json" or
+  ".model" path); None for "byte" and "train:..." specs (nothing to copy)."""
+  if spec.startswith(TRAIN_PREFIX):
+    return None
+  name = _RUN_COPIES.get(Path(spec).suffix)
+  return None if name is None else Path(workdir) / name
+
+
+def keep_run_copy(spec: str, workdir: str | Path) -> None:
+  """At a run's first start: copies the file tokenizer `spec` into `workdir` (atomically), so
+  that the run reads its own copy from then on. A copy already there is kept (a resume, or
+  `import-hf`, whose `data.tokenizer` is that copy)."""
+  dest = run_copy_path(spec, workdir)
+  if dest is None or dest.exists():
+    return
+  _check_file(spec, "tokenizer")
+  dest.parent.mkdir(parents=True, exist_ok=True)
+  tmp = dest.with_name(f".{dest.name}.tmp")
+  shutil.copyfile(spec, tmp)
+  os.replace(tmp, dest)
+
+
+def _run_file(spec: str, workdir: str | Path | None) -> str:
+  """The file to read for the file tokenizer `spec`: the run's copy where it has one (a run
+  from before copies were kept has none: `spec` itself)."""
+  copy = None if workdir is None else run_copy_path(spec, workdir)
+  if copy is None or not copy.is_file():
+    return spec
+  if os.path.isfile(spec) and not filecmp.cmp(spec, copy, shallow=False):
+    log.warning(
+      "data.tokenizer=%r differs from the run's copy %s (it changed after the run started); "
+      "the run reads its copy",
+      spec,
+      copy,
+    )
+  return str(copy)
+
+
 def make_tokenizer(spec: str, workdir: str | Path | None = None) -> Tokenizer:
   """Tokenizer from a spec: "byte" -> `ByteTokenizer`, "*.json" -> `HFTokenizer`,
   "*.model" -> `SentencePieceTokenizer`, "train:bpe:..." -> the `HFTokenizer` the run trained
-  into `workdir/tokenizer.json` (see `load_trained`). A missing file raises
+  into `workdir/tokenizer.json` (see `load_trained`). With a `workdir`, a file tokenizer is
+  read from the run's copy there if it has one (`keep_run_copy`). A missing file raises
   `FileNotFoundError` naming it."""
   if spec == "byte":
     return ByteTokenizer()
   if spec.startswith(TRAIN_PREFIX):
     return load_trained(spec, workdir)
   if spec.endswith(".json"):
-    return HFTokenizer(spec)
+    return HFTokenizer(_run_file(spec, workdir))
   if spec.endswith(".model"):
-    return SentencePieceTokenizer(spec)
+    return SentencePieceTokenizer(_run_file(spec, workdir))
   raise UserError(
     f"tokenizer={spec!r}: expected 'byte', 'train:bpe:VOCAB', a Hugging Face tokenizers "
     "'.json' file or a SentencePiece '.model' file"

@@ -7,7 +7,8 @@ is a ``UserError`` naming it) and the tokenizer. Then it streams the tensors one
 straight onto the mesh with the params' shardings (``train.program.Program``), so the host holds
 one tensor at a time, never the model. It writes into the workdir:
 
-- ``tokenizer.json`` (copied; ``data.tokenizer`` points at it),
+- ``tokenizer.json`` (copied; ``data.tokenizer`` points at it, and the run reads it as its
+  own copy: a moved workdir still finds it, ``tokenizers.keep_run_copy``),
 - ``checkpoints/0``: a full ``TrainState`` (params, fresh optimizer state, step 0), so
   ``train``, ``eval`` and ``generate`` run on the workdir itself,
 - ``params``: the params-only checkpoint (``--config.checkpoint.init_from=W/params``),

@@ -101,7 +101,9 @@ class TrainData:
     exp = self.exp
     spec = tokenizers.parse_train_spec(cfg.tokenizer)
     if spec is None:
-      self.tokenizer = make_tokenizer(cfg.tokenizer)
+      if self.workdir is not None and not self.read_only and jax.process_index() == 0:
+        tokenizers.keep_run_copy(cfg.tokenizer, self.workdir)  # the run reads its own copy
+      self.tokenizer = make_tokenizer(cfg.tokenizer, self.workdir)
       self._check_vocab()
       self.source = make_source(cfg, self.tokenizer)
       self._check_source_on_every_process()
@@ -198,6 +200,9 @@ class TrainData:
       "tokenizer": repr(self.tokenizer),
       "vocab_size": self.tokenizer.vocab_size,
     }
+    path = getattr(self.tokenizer, "path", None)
+    if path is not None:  # what it is, beside where this start read it (a moved run moves it)
+      out["tokenizer_sha256"] = hashlib.sha256(Path(path).read_bytes()).hexdigest()
     if self.tokenizer_training is not None:
       out["tokenizer_training"] = self.tokenizer_training
     return out

@@ -208,7 +208,11 @@ def record_resume(
     "changes": {k: list(v) for k, v in diff.items()},
   }
   stored_data = read_record(workdir).get("data")
-  if "data" in extra and stored_data is not None and _plain(extra["data"]) != stored_data:
+  if (
+    "data" in extra
+    and stored_data is not None
+    and not _same_data(_plain(extra["data"]), stored_data)
+  ):
     log.warning(
       "the data source differs from the one %s records (now %s); the run continues on it",
       workdir / CONFIG,
@@ -230,6 +234,17 @@ def record_resume(
     f.seek(max(size - 1, 0))
     cut = size > 0 and f.read(1) != b"\n"  # ("a" mode: the write goes to the end regardless)
     f.write(("\n" * cut + json.dumps(_plain(entry)) + "\n").encode())
+
+
+def _same_data(now: dict, stored) -> bool:
+  """Whether two data records (``TrainData.describe``) say the same data. A tokenizer file is
+  compared by its bytes where both records hold their sha256: its path is where one start
+  read it, which moves with a moved run."""
+  if not isinstance(stored, dict):
+    return False
+  if now.get("tokenizer_sha256") and stored.get("tokenizer_sha256"):
+    now, stored = ({k: v for k, v in d.items() if k != "tokenizer"} for d in (now, stored))
+  return now == stored
 
 
 def require_checkpoints(workdir: str | Path) -> None:
