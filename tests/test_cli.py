@@ -330,6 +330,27 @@ def test_compare_sharding_refuses_a_wrong_flag_before_running(tmp_path, capsys, 
   assert not workdir.exists()
 
 
+@pytest.mark.parametrize(
+  "present, match",
+  [
+    ("config.json", "holds a training run \\(config.json\\); compare-sharding writes its results"),
+    ("sharding.csv", "already holds sharding.csv from an earlier comparison; pass a new folder"),
+  ],
+)
+def test_compare_sharding_refuses_a_run_or_an_earlier_comparison(tmp_path, capsys, present, match):
+  """compare-sharding wrote sharding.csv/png into whatever --workdir it got: into a training
+  run's folder (which only train writes), or over an earlier comparison's results."""
+  workdir = tmp_path / "cmp"
+  workdir.mkdir()
+  (workdir / present).write_text("kept\n")
+  before = sorted(p.name for p in workdir.iterdir())
+  argv = ["compare-sharding", "--config", TINY, "--workdir", str(workdir), "--strategies", "dp"]
+  code, out, err = run_cli(capsys, *argv)
+  assert code == 2 and re.search(match, one_line_error(err)), err
+  assert sorted(p.name for p in workdir.iterdir()) == before
+  assert (workdir / present).read_text() == "kept\n"
+
+
 @pytest.mark.parametrize("text", ['{"config": ', "[1, 2]\n", '{"environment": {}}\n'])
 def test_a_damaged_run_record_is_one_line_naming_it(tmp_path, capsys, text):
   """A config.json that is not the record ``train`` writes (cut, or edited by hand) crashed

@@ -248,6 +248,24 @@ def format_table(rows: list[dict]) -> str:
   return "\n".join(lines)
 
 
+def check_output_folder(workdir: Path, *, scaling: bool) -> None:
+  """Refuses, before anything compiles, a folder that holds a training run (a run is read,
+  never written into, by the other commands) or an earlier comparison's results (never
+  overwritten)."""
+  if (workdir / "config.json").is_file():
+    raise UserError(
+      f"--workdir {str(workdir)!r} holds a training run (config.json); compare-sharding "
+      "writes its results into a folder of its own: pass a new one"
+    )
+  names = ["sharding.csv", "sharding.png", *(["scaling.png"] if scaling else [])]
+  taken = [n for n in names if (workdir / n).exists()]
+  if taken:
+    raise UserError(
+      f"--workdir {str(workdir)!r} already holds {', '.join(taken)} from an earlier "
+      "comparison; pass a new folder (results are never overwritten)"
+    )
+
+
 def compare_sharding(
   cfg, strategies, workdir, *, steps: int = 3, synthetic: bool = False, device_counts=None
 ):
@@ -264,6 +282,7 @@ def compare_sharding(
       "give counts this host has"
     )
   workdir = Path(workdir)
+  check_output_folder(workdir, scaling=len(counts) > 1)
   workdir.mkdir(parents=True, exist_ok=True)
   rows = []
   print(format_table([]), flush=True)  # the header; each row follows as its run ends

@@ -37,10 +37,23 @@ def add_compare(sub, common):
     "compare-sharding",
     parents=[common],
     help="run the same steps under each sharding strategy; CSV + chart",
+    description="Trains the config's first steps under each sharding strategy (a fresh model, "
+    "nothing saved) and writes step time, tokens/s, MFU and memory per strategy to "
+    "WORKDIR/sharding.csv and sharding.png. Overrides (--config.a.b=value) apply to every "
+    "strategy.",
   )
-  cs.add_argument("--config", type=local_path, required=True)
-  cs.add_argument("--workdir", type=local_dir, required=True)
-  cs.add_argument("--strategies", default="dp,fsdp,tp,fsdp_tp,cp")
+  cs.add_argument("--config", type=local_path, required=True, help="config file with get_config()")
+  cs.add_argument(
+    "--workdir",
+    type=local_dir,
+    required=True,
+    help="a new folder for the results (not a run's workdir; never overwritten)",
+  )
+  cs.add_argument(
+    "--strategies",
+    default="dp,fsdp,tp,fsdp_tp,cp",
+    help="comma list of sharding strategies (default: all five)",
+  )
   cs.add_argument("--steps", type=int, default=3, help="timed steps after the first")
   cs.add_argument("--synthetic", action="store_true", help="random tokens instead of data")
   cs.add_argument(

@@ -58,14 +58,22 @@ def _demo(args) -> int:
 
 def add_demo(sub, common):
   demo = sub.add_parser(
-    "demo", parents=[common], help="run the op; check r = 0 against softmax attention"
+    "demo",
+    parents=[common],
+    help="run the op; check r = 0 against softmax attention",
+    description="Runs parallax_attention (causal) on random inputs of the given shape: with "
+    "r = 0, which must equal softmax attention (jax.nn.dot_product_attention), then with a "
+    "random r (the covariance correction's size and the gradients' norms); prints OK, or "
+    "MISMATCH with exit status 1.",
   )
-  demo.add_argument("--batch", type=int, default=2)
-  demo.add_argument("--length", type=int, default=256)
-  demo.add_argument("--heads", type=int, default=8)
-  demo.add_argument("--kv-heads", type=int, default=2)
-  demo.add_argument("--head-dim", type=int, default=64)
-  demo.add_argument("--seed", type=int, default=0)
+  demo.add_argument("--batch", type=int, default=2, help="batch size (default 2)")
+  demo.add_argument("--length", type=int, default=256, help="sequence length (default 256)")
+  demo.add_argument("--heads", type=int, default=8, help="query heads (default 8)")
+  demo.add_argument(
+    "--kv-heads", type=int, default=2, help="key/value heads, dividing --heads (default 2)"
+  )
+  demo.add_argument("--head-dim", type=int, default=64, help="head width (default 64)")
+  demo.add_argument("--seed", type=int, default=0, help="PRNG seed of the inputs (default 0)")
   demo.add_argument(
     "--implementation",
     default=None,

@@ -197,8 +197,11 @@ def add_eval(sub, common):
     "eval",
     parents=[common],
     help="held-out loss/perplexity of a workdir's latest checkpoint (writes nothing there)",
+    description="Evaluates a run's checkpoint on its held-out split (the run's own config and "
+    "tokenizer; overrides such as --config.train.eval_batches=8 apply) and prints the metrics "
+    "as one JSON line; reads the run, never writes to it.",
   )
-  ev.add_argument("--workdir", type=local_dir, required=True)
+  ev.add_argument("--workdir", type=local_dir, required=True, help="the run's workdir")
   ev.add_argument("--config", type=local_path, default=None, help="default: the run's own config")
   ev.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
   ev.set_defaults(fn=_eval, takes_overrides=True)
