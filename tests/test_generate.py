@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib
 import io
 import json
 import re
@@ -356,6 +357,31 @@ def test_generate_argument_errors(models, kwargs, match):
   args = {"prompts": [[1, 2]], "max_new_tokens": 4, **kwargs}
   with pytest.raises(UserError, match=match):
     generate(models["parallax"], **args)
+
+
+def test_a_cache_larger_than_the_device_is_refused_before_compiling(models, monkeypatch):
+  """The cache holds every decode slot from the start: 10**12 new tokens asked of SMALL_LM
+  (k and v, 2 layers, 2 KV heads of 8 float32 numbers: 256 bytes a position) was an
+  out-of-memory traceback; now one line with the size, before anything compiles."""
+  generate_module = importlib.import_module("parallax_jax.inference.generate")
+  n = 10**12
+  decode_slots = -(-(n - 1) // 16) * 16  # chunks of 16 steps, the last one's extra included
+  max_len = -(-(2 + decode_slots) // 128) * 128  # cache slots come in multiples of 128
+  gib = 2 * 2 * 2 * 8 * 4 * max_len / 2**30
+  misses = generate_module._compiled.cache_info().misses
+  with pytest.raises(UserError) as e:
+    generate(models["parallax"], [[1, 2]], max_new_tokens=n)
+  assert str(e.value).startswith(
+    f"max_new_tokens={n}: the KV cache for 1 prompt(s) of up to {max_len} positions needs "
+    f"{gib:.1f} GiB, more than this device's "
+  ) and str(e.value).endswith("ask for fewer new tokens or fewer prompts at once")
+  assert generate_module._compiled.cache_info().misses == misses
+  # The bound is the device's: a 256-slot cache (64 KiB) refused on a 60 KiB device only.
+  monkeypatch.setattr(generate_module, "device_memory_bytes", lambda: 60 * 2**10)
+  with pytest.raises(UserError, match="needs 0.0 GiB, more than this device's 0.0 GiB"):
+    generate(models["parallax"], [[1, 2]], max_new_tokens=200)
+  monkeypatch.setattr(generate_module, "device_memory_bytes", lambda: 64 * 2**10)
+  assert generate(models["parallax"], [[1, 2]], max_new_tokens=4).tokens
 
 
 def test_lla_has_no_decode(models):

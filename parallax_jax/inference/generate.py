@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import time
 from collections.abc import Callable, Sequence
 
@@ -181,6 +182,33 @@ def _positive_int(name: str, value) -> None:
     raise UserError(f"{name} must be an int >= 1, got {value!r}")
 
 
+def device_memory_bytes() -> int | None:
+  """What one device holds: its allocator's limit (GPU, TPU), else the host's RAM (CPU);
+  None if neither is known."""
+  stats = jax.local_devices()[0].memory_stats() or {}
+  if stats.get("bytes_limit"):
+    return int(stats["bytes_limit"])
+  try:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+  except (ValueError, OSError, AttributeError):
+    return None
+
+
+def _check_cache_fits(model, batch: int, max_len: int, max_new_tokens: int) -> None:
+  """The KV cache holds ``max_len`` positions per row from the start (the decode's shapes are
+  fixed), whenever EOS comes: refuses, in one line, one larger than the device (it was an
+  out-of-memory traceback after the compile)."""
+  shapes = jax.eval_shape(lambda: model.init_cache(batch, max_len))
+  need = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(shapes))
+  have = device_memory_bytes()
+  if have is not None and need > have:
+    raise UserError(
+      f"max_new_tokens={max_new_tokens}: the KV cache for {batch} prompt(s) of up to "
+      f"{max_len} positions needs {need / 2**30:.1f} GiB, more than this device's "
+      f"{have / 2**30:.1f} GiB; ask for fewer new tokens or fewer prompts at once"
+    )
+
+
 def generate(
   model,
   prompts: Sequence[Sequence[int]],
@@ -214,7 +242,8 @@ def generate(
     ``GenerationResult``.
   """
   graphdef, params = _split_model(model)
-  table = nnx.merge(graphdef, params).cfg.vocab_size  # rows of the (padded) embedding table
+  merged = nnx.merge(graphdef, params)
+  table = merged.cfg.vocab_size  # rows of the (padded) embedding table
   _positive_int("max_new_tokens", max_new_tokens)
   _positive_int("chunk_tokens", chunk_tokens)
   check_seed(seed)
@@ -239,6 +268,7 @@ def generate(
   decode_steps = round_up(max_new_tokens - 1, steps)
   max_len = round_up(longest + decode_steps, CACHE_MULTIPLE)
   width = min(round_up(longest, PROMPT_MULTIPLE), max_len)
+  _check_cache_fits(merged, batch, max_len, max_new_tokens)
   tokens_BT = np.zeros((batch, width), np.int32)
   for b, p in enumerate(prompts):
     tokens_BT[b, : len(p)] = p
