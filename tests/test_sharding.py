@@ -225,6 +225,14 @@ def test_compare_sharding_over_device_counts(tmp_path):
     compare_sharding(copy.deepcopy(cfg), ["dp"], tmp_path, device_counts=[16])
 
 
+def test_fsdp_preset_splits_only_as_far_as_d_model_divides():
+  """d_model=36 on 8 devices: fsdp=8 would leave every parameter whole (a "fsdp" row that is
+  dp); the preset takes fsdp=4 (and data=2), which the parameters split over."""
+  model = resolve(_cfg("model.d_model=36")).model
+  assert mesh_preset("fsdp", 8, model, 64) == {"data": 2, "fsdp": 4, "tensor": 1, "sequence": 1}
+  assert mesh_preset("fsdp_tp", 8, model, 64) == {"data": 1, "fsdp": 4, "tensor": 2, "sequence": 1}
+
+
 # Several processes: each reads its own rows -------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class _Device:
@@ -279,6 +287,8 @@ def test_each_process_must_hold_its_own_block_of_rows(monkeypatch, mesh, ok):
     ("tp", ["model.num_heads=3", "model.num_kv_heads=3"], "num_kv_heads=3.*would be dp$"),
     ("fsdp_tp", ["model.num_heads=3", "model.num_kv_heads=3"], "num_kv_heads=3.*would be fsdp$"),
     ("cp", [], "train.seq_len=66.*would be dp$"),
+    ("fsdp", ["model.d_model=33"], "d_model=33; the row would be dp$"),
+    ("fsdp_tp", ["model.d_model=33"], "d_model=33; the row would be tp$"),
   ],
 )
 def test_a_strategy_whose_split_fits_no_device_count_is_refused_not_run_as_dp(

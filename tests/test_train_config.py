@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from parallax_jax.errors import UserError
 from parallax_jax.train.config import MeshConfig, apply_overrides, load_config, resolve
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -151,6 +152,20 @@ def test_batch_divisibility_follows_the_strategys_batch_rule():
   cfg = load_config(ROOT / "configs" / "tiny.py", [*over, "train.batch_size=6"])
   with pytest.raises(ValueError, match=r"train.batch_size=6 .* mesh.data \* mesh.sequence = 8"):
     resolve(cfg, num_devices=8)
+
+
+@pytest.mark.parametrize(
+  "strategy,mesh",
+  [("fsdp", ["mesh.data=1", "mesh.fsdp=8"]), ("fsdp_tp", ["mesh.fsdp=4", "mesh.tensor=2"])],
+)
+def test_fsdp_needs_d_model_divisible_by_its_axis(strategy, mesh):
+  # fsdp shards every parameter along d_model; 34 over 8 (or 4) devices left them all whole
+  # (sharding.param_shardings drops an axis that does not divide), so "fsdp" trained as dp.
+  over = [f"sharding.strategy={strategy}", "mesh.data=1", *mesh, "model.d_model=34"]
+  cfg = load_config(ROOT / "configs" / "tiny.py", over)
+  with pytest.raises(UserError, match=r"splits embed over \d devices, but model.d_model=34"):
+    resolve(cfg, num_devices=8)
+  resolve(apply_overrides(cfg, ["model.d_model=40", "mesh.fsdp=4", "mesh.data=-1"]), 8)
 
 
 def test_apply_overrides_rejects_malformed():

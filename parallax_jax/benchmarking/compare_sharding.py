@@ -89,15 +89,18 @@ def mesh_preset(strategy: str, n: int, model, seq_len: int, processes: int = 1) 
   tensor = largest(
     lambda t: model.num_kv_heads % t == 0 and model.num_heads % t == 0 and model.mlp_dim % t == 0
   )
+  # fsdp shards every parameter along d_model: the widest split of the batch axes it divides.
+  fsdp = lambda rest: max(f for f in range(1, rest + 1) if rest % f == 0 and model.d_model % f == 0)
   sizes = {"data": 1, "fsdp": 1, "tensor": 1, "sequence": 1}
   if strategy == "dp":
     sizes["data"] = n
   elif strategy == "fsdp":
-    sizes["fsdp"] = n
+    sizes.update(fsdp=fsdp(n), data=n // fsdp(n))
   elif strategy == "tp":
     sizes.update(tensor=tensor, data=n // tensor)
   elif strategy == "fsdp_tp":
-    sizes.update(tensor=tensor, fsdp=n // tensor)
+    rest = n // tensor
+    sizes.update(tensor=tensor, fsdp=fsdp(rest), data=rest // fsdp(rest))
   elif strategy == "cp":
     seq = largest(lambda s: seq_len % (2 * s) == 0)
     sizes.update(sequence=seq, data=n // seq)
@@ -109,6 +112,11 @@ def mesh_preset(strategy: str, n: int, model, seq_len: int, processes: int = 1) 
       f"{strategy} on {n} devices: no tensor split of 2+ of a process's {per_process} devices "
       f"divides num_heads={model.num_heads}, num_kv_heads={model.num_kv_heads} and "
       f"mlp_dim={model.mlp_dim}; the row would be {'fsdp' if strategy == 'fsdp_tp' else 'dp'}"
+    )
+  if n // sizes["tensor"] > 1 and strategy in ("fsdp", "fsdp_tp") and sizes["fsdp"] == 1:
+    raise UserError(
+      f"{strategy} on {n} devices: no fsdp split of 2+ devices divides "
+      f"d_model={model.d_model}; the row would be {'tp' if strategy == 'fsdp_tp' else 'dp'}"
     )
   if n > 1 and strategy == "cp" and sizes["sequence"] == 1:
     raise UserError(

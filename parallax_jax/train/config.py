@@ -219,7 +219,10 @@ def _section(name: str, build, values):
 def _check_strategy(exp: Experiment, sizes: dict[str, int]) -> None:
   """Shapes the strategy's rules must divide (clear errors before compiling)."""
   table, m = exp.sharding.table, exp.model
+  # A rule that does not divide its dimension would leave the parameter whole
+  # (``sharding.param_shardings``): fsdp with d_model % fsdp != 0 replicated every parameter.
   for logical, dim, field in (
+    ("embed", m.d_model, "model.d_model"),
     ("q_heads", m.num_heads, "model.num_heads"),
     ("kv_heads", m.num_kv_heads, "model.num_kv_heads"),
     ("mlp", m.mlp_dim, "model.mlp_dim"),
