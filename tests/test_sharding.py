@@ -107,6 +107,27 @@ def test_a_mesh_axis_no_rule_uses_is_said(strategy, caplog):
     assert "mesh axes tensor=2 are in no rule of sharding.strategy='dp'" in caplog.text
 
 
+def test_cp_with_q_heads_split_and_one_kv_head_matches_single_device():
+  """Rules that add q_heads over tensor to cp (kv_heads unsplit; one kv head cannot split over
+  2): the ring kept heads over tensor for kv too and raised "the number of kv heads 1 must be
+  divisible" at trace time. It keeps heads whole instead, with single-device numbers."""
+  mqa = ["model.num_kv_heads=1", "model.window_size=13"]
+  one = resolve(_cfg(*mqa), 1)
+  single = Program(one, devices=jax.devices()[:1])
+  params = jax.device_get(single.init(0).params)
+  batch = synthetic_batch(one.model, 8, 64, seed=3)
+  batch["segment_ids"] = np.repeat(np.repeat([[1, 2]], 32, axis=1), 8, axis=0).astype(np.int32)
+  loss_1, grads_1 = jax.device_get(_loss_and_grads(single, params, batch))
+  rules = "sharding.rules.cp={'batch': ('data',), 'length': ('sequence',), 'q_heads': ('tensor',)}"
+  mesh = ["sharding.strategy=cp", "mesh.data=1", "mesh.tensor=2", "mesh.sequence=4"]
+  loss, grads = jax.device_get(
+    _loss_and_grads(Program(resolve(_cfg(*mqa, rules, *mesh), 8)), params, batch)
+  )
+  assert abs(float(loss) - float(loss_1)) < 1e-6 * abs(float(loss_1))
+  for g, g1 in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_1), strict=True):
+    assert np.max(np.abs(g - g1)) <= 1e-5 * np.max(np.abs(g1))
+
+
 @pytest.mark.parametrize(
   "strategy,expect",
   [

@@ -288,7 +288,11 @@ class Attention(nnx.Module):
 
     ax = self.cfg.axes
     (seq_axis,) = rules.axes(ax.length)
+    # The ring splits q and kv heads alike over one mesh axis: kv heads that do not split
+    # over it evenly (rules that split q heads only) keep heads whole, as sharding.attention does.
     heads = rules.axes(ax.q_heads)
+    if heads and k.shape[2] % rules.mesh.shape[heads[0]]:
+      heads = None
     kwargs = {} if segment_ids is None else {"segment_ids": segment_ids}
     return ring_parallax_attention(
       q,
