@@ -172,6 +172,21 @@ class Rules:
   def size(self, logical: str) -> int:
     return int(np.prod([self.mesh.shape[a] for a in self.axes(logical) or ()]))
 
+  def check_distinct(self, logical_axes, what: str) -> None:
+    """Raises a ``UserError`` when two logical axes of one array map to the same mesh axis (a
+    ``NamedSharding`` may name a mesh axis once: a DuplicateSpecError traceback otherwise)."""
+    from parallax_jax.errors import UserError
+
+    seen: dict[str, str] = {}
+    for name in logical_axes:
+      for a in self.axes(name) or ():
+        if a in seen:
+          raise UserError(
+            f"sharding.rules.{self.strategy} maps {seen[a]} and {name} both to mesh axis {a!r}, "
+            f"but {what} has both as dimensions; map them to different mesh axes"
+          )
+        seen[a] = name
+
 
 def make_mesh(mesh_cfg, devices=None) -> Mesh:
   """A mesh with axes (data, fsdp, tensor, sequence) sized by ``mesh_cfg`` (a MeshConfig)."""
@@ -197,6 +212,7 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 def batch_sharding(rules: Rules, batch_logical: str = "batch") -> NamedSharding:
   """Batch arrays ``[B, T]``: rows over the batch axes, and T over the sequence axes (cp)."""
+  rules.check_distinct((batch_logical, "length"), "every batch array [B, T]")
   return NamedSharding(rules.mesh, P(rules.axes(batch_logical), rules.axes("length")))
 
 
@@ -275,6 +291,7 @@ def param_shardings(variables, rules: Rules) -> dict:
         f"create it as nnx.Param(value, {LOGICAL_AXES}=(one name or None per dimension)) "
         "so the sharding rules can place it."
       )
+    rules.check_distinct(names, f"parameter {'/'.join(map(str, path))}")
     spec = []
     for dim, name in zip(shape, names, strict=True):
       axes = rules.axes(name)

@@ -174,6 +174,39 @@ def test_parameter_and_activation_shardings_follow_the_rules(strategy, expect):
     assert spec[1] == "sequence"
 
 
+@pytest.mark.parametrize(
+  "strategy, rule, mesh, named",
+  [
+    (  # embed and the heads of q_proj both over tensor
+      "tp",
+      "{'batch': ('data',), 'embed': ('tensor',), 'q_heads': ('tensor',)}",
+      ["mesh.data=4", "mesh.tensor=2"],
+      "maps (embed and q_heads|q_heads and embed) both to mesh axis 'tensor', but parameter ",
+    ),
+    (  # the rows and the sequence of the batch both over sequence
+      "cp",
+      "{'batch': ('data', 'sequence'), 'length': ('sequence',)}",
+      ["mesh.data=2", "mesh.sequence=4"],
+      "maps batch and length both to mesh axis 'sequence', but every batch array",
+    ),
+    (  # attention's heads and rows over one axis
+      "dp",
+      "{'batch': ('data',), 'q_heads': ('data',), 'kv_heads': ('data',)}",
+      ["mesh.data=2"],
+      "maps batch and q_heads both to mesh axis 'data', but attention's q, k and v",
+    ),
+  ],
+)
+def test_rules_naming_one_mesh_axis_twice_for_one_array_are_one_line(strategy, rule, mesh, named):
+  """A NamedSharding names a mesh axis once: such rules raised jax's DuplicateSpecError (a
+  traceback, or at trace time the ring's ValueError); now a UserError naming the rules."""
+  over = [f"sharding.rules.{strategy}={rule}", f"sharding.strategy={strategy}", "mesh.data=1"]
+  cfg = _cfg(*over, *mesh)
+  devices = int(np.prod([int(m.split("=")[1]) for m in mesh]))
+  with pytest.raises(UserError, match=f"^sharding.rules.{strategy} {named}"):
+    Program(resolve(cfg, devices), devices=jax.devices()[:devices])
+
+
 def test_restore_onto_a_different_mesh(tmp_path):
   exp8 = _exp("fsdp")
   program8 = Program(exp8)

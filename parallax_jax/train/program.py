@@ -59,6 +59,9 @@ class Program:
       ),
     )
     self.batch_sharding = sharding.batch_sharding(self.rules, model.axes.batch)
+    ax = model.axes  # attention's q and k/v [B, T, H, D] (shard_map or the ring)
+    for heads in (ax.q_heads, ax.kv_heads):
+      self.rules.check_distinct((ax.batch, ax.length, heads), "attention's q, k and v")
     sharding.check_rows_per_process(self.batch_sharding, exp.train.batch_size, exp.train.seq_len)
     prepare = sharding.sequence_layout(self.rules, model.uses_r)
     if not model.uses_r and self.rules.axes(model.axes.length) is not None:
