@@ -357,7 +357,7 @@ def test_a_run_keeps_its_file_tokenizer_when_it_moves_or_the_file_changes(
 # ------------------------------------------------------------------------- the study configs
 
 
-@pytest.mark.parametrize("name, count", [("gpu_study_lm", 59), ("gpu_study_mqar", 32)])
+@pytest.mark.parametrize("name, count", [("gpu_study_lm", 62), ("gpu_study_mqar", 32)])
 def test_gpu_study_configs_plan_and_validate(name, count, capsys, monkeypatch):
   import jax
 
@@ -425,7 +425,7 @@ def test_gpu_study_configs_plan_and_validate(name, count, capsys, monkeypatch):
     # `<arm>_s<seed>` point with the head alone changed, or (`HEAD_ONE_SEEDS`) another seed of
     # such a point; every other point keeps the scaled head it ran with.
     head1 = {n for n, e in exps.items() if e.model.tied_head_scale == "one"}
-    assert head1 == {n for n in exps if "_head1_" in n} and len(head1) == 25
+    assert head1 == {n for n in exps if "_head1_" in n} and len(head1) == 28
     for name, source in config.HEAD_ONE_SEEDS.items():
       seed = int(name.rsplit("_s", 1)[1])
       assert seed != exps[source].train.seed and exps[name].train.seed == seed
@@ -445,7 +445,17 @@ def test_gpu_study_configs_plan_and_validate(name, count, capsys, monkeypatch):
       "muon+parallax_lr4_head1_s0": 0.08,
       "adamw+softmax_lr0.5_head1_s0": 5e-4,
       "adamw+parallax_lr0.25_head1_s0": 2.5e-4,
+      "adamw+parallax_r0_lr0.5_head1_s0": 5e-4,
     }
+    # AdamW's pair at seed 1 (session 30): both kinds at 5e-4, the unscaled head
+    for kind, attention in (("softmax", "softmax"), ("parallax", "parallax")):
+      e = exps[f"adamw+{kind}_lr0.5_head1_s1"]
+      assert (e.model.attention, e.model.r_init, e.model.tied_head_scale) == (
+        attention,
+        "like_q",
+        "one",
+      )
+      assert (e.optimizer.name, e.optimizer.learning_rate, e.train.seed) == ("adamw", 5e-4, 1)
     for name in head1 - set(config.HEAD_ONE_SEEDS) - set(config.HEAD_ONE_EDGES):
       base = exps[name.replace("_head1", "")]
       assert base.model.tied_head_scale == "rsqrt_d"

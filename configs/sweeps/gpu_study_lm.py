@@ -38,7 +38,8 @@ Arms (variants; `<optimizer>+<model>[_lr<scale>]_s<seed>`):
   (session 17), Parallax (like_q and W_R = 0) per optimizer and the Muon pair's seed 1; after
   Parallax led at both seeds under Muon (session 18), Muon's matched controls, third seed and
   LR scans, and AdamW's LR scan; then (session 29) one more step for each scan won at its edge
-  (`HEAD_ONE_EDGES`: like_q at Muon x4 and AdamW x0.25, softmax at AdamW x0.5).
+  (`HEAD_ONE_EDGES`: like_q at Muon x4 and AdamW x0.25, softmax at AdamW x0.5); then (session
+  30) W_R = 0 at AdamW x0.5 and AdamW's seed-1 pair at 5e-4 (`HEAD_ONE_SEEDS`).
 `PRIORITY` orders them for the device sessions (experiments/results/studies_gpu/results.md).
 
 One device call runs one point (or a few): `parallax-jax sweep --points` takes their variant
@@ -155,7 +156,14 @@ HEAD_ONE = (
 # Parallax arms at seed 0 (1.989 nats against 2.045 like_q and 2.033 W_R = 0), where per step
 # Parallax led at all three seeds. Its seed 1 is the next run: name -> the point it reruns at
 # the seed its name ends with (no scaled-head twin: that head is not rerun).
-HEAD_ONE_SEEDS = {"muon+softmax_compute_head1_s1": "muon+softmax_compute_head1_s0"}
+HEAD_ONE_SEEDS = {
+  "muon+softmax_compute_head1_s1": "muon+softmax_compute_head1_s0",
+  # Session 30 (runs on another corpus, indicative): under AdamW softmax is flat between 5e-4
+  # and 1e-3 (3.633, 3.637) and like_q is best at 5e-4 (2.5e-4: 3.870; 1e-3: 4.509), so AdamW's
+  # pair gets its seed 1 at 5e-4 for both kinds
+  "adamw+softmax_lr0.5_head1_s1": "adamw+softmax_lr0.5_head1_s0",
+  "adamw+parallax_lr0.5_head1_s1": "adamw+parallax_lr0.5_head1_s0",
+}
 
 
 # Session 29: three scans were won at their edge with the unscaled head: like_q under Muon (x2
@@ -166,6 +174,9 @@ HEAD_ONE_EDGES = {
   "muon+parallax_lr4_head1_s0": ("muon+parallax_head1_s0", 4.0),
   "adamw+softmax_lr0.5_head1_s0": ("adamw+softmax_head1_s0", 0.5),
   "adamw+parallax_lr0.25_head1_s0": ("adamw+parallax_head1_s0", 0.25),
+  # session 30: W_R = 0's AdamW scan was won at its low edge (1e-3 3.559; 2e-3 4.124, run on
+  # another corpus, indicative): one step lower
+  "adamw+parallax_r0_lr0.5_head1_s0": ("adamw+parallax_r0_head1_s0", 0.5),
 }
 
 
@@ -246,10 +257,17 @@ PRIORITY = (  # device sessions run these in order: each step answers a question
   # compute-matched gap is not softmax's rate); like_q at half its Muon rate 2.094 (x1 2.045,
   # x2 2.020); AdamW softmax x2 3.802 (x1 3.637); AdamW like_q x0.5 3.686 (x1 4.509)
   *[head_one(name) for name in HEAD_ONE[15:19]],
-  # next: the three scans won at their edge go one step further (HEAD_ONE_EDGES); then W_R = 0
-  # and like_q at twice AdamW's rate (like_q's x1 already spiked: least informative). Session
-  # 30 ran the first four on another corpus (kept apart, not collected): they run again
-  *HEAD_ONE_EDGES,
+  # next (session 30 ran the edge steps and W_R = 0's AdamW x2 on another corpus, kept apart
+  # in studies_gpu/corpus_7ef9c500, not collected; they run again): AdamW's edge steps first
+  # (softmax's 5e-4 rerun also measures the corpus effect against session 30's run), then
+  # AdamW's pair at seed 1 at 5e-4, W_R = 0 at 5e-4, like_q's Muon x4, and AdamW's x2 runs for
+  # W_R = 0 and like_q (like_q's x1 already spiked: least informative)
+  "adamw+softmax_lr0.5_head1_s0",
+  "adamw+parallax_lr0.25_head1_s0",
+  "adamw+softmax_lr0.5_head1_s1",
+  "adamw+parallax_lr0.5_head1_s1",
+  "adamw+parallax_r0_lr0.5_head1_s0",
+  "muon+parallax_lr4_head1_s0",
   head_one("adamw+parallax_r0_lr2_s0"),
   head_one("adamw+parallax_lr2_s0"),
   # then the scaled head's AdamW scan and controls: they study a head that holds every arm
@@ -356,11 +374,11 @@ def variants() -> dict[str, dict]:
     }
   for name in HEAD_ONE:  # after every point they rerun
     out[head_one(name)] = {**out[name], "model.tied_head_scale": "one"}
-  for name, source in HEAD_ONE_SEEDS.items():
-    out[name] = {**out[source], "train.seed": int(name.rsplit("_s", 1)[1])}
   for name, (source, factor) in HEAD_ONE_EDGES.items():
     lr = out[source]["optimizer.learning_rate"]
     out[name] = {**out[source], "optimizer.learning_rate": lr * factor}
+  for name, source in HEAD_ONE_SEEDS.items():  # after the edges: a seed of one is one of them
+    out[name] = {**out[source], "train.seed": int(name.rsplit("_s", 1)[1])}
   return out
 
 
