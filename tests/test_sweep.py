@@ -736,3 +736,32 @@ def test_seed_pairs_and_pivot_leave_out_non_finite_values(tmp_path):
     (d / "status.json").write_text(json.dumps(status))
     (d / "metrics.jsonl").write_text(json.dumps({"step": 100, "eval_loss": value}) + "\n")
   assert "no arm has" in paired_curves(tmp_path / "points", "eval_loss", "base")
+
+
+def test_a_changed_config_is_shown_failed_and_leaves_the_points_record(tmp_path, monkeypatch):
+  """A point trained with another config than the sweep gives it now is not rerun, and the
+  table shows it failed with the reason; its ``status.json`` stays as the run wrote it (it was
+  rewritten as failed, so that restoring the config trained the point again: from scratch
+  for a collected point, which holds no checkpoints)."""
+  from parallax_jax.sweeps import runner
+
+  spec = {"base": TINY, "overrides": FAST}
+  sweep = build_sweep(spec)
+  changed = build_sweep({**spec, "overrides": {**FAST, "train.log_every": 3}})
+  (point,) = sweep.points
+  d = tmp_path / "points" / point.name
+  d.mkdir(parents=True)
+  status = {"name": point.name, "status": "finished", "final_step": 3}
+  (d / "status.json").write_text(json.dumps({**status, "fingerprint": point.fingerprint()}))
+  (d / "metrics.jsonl").write_text(json.dumps({"step": 3, "loss": 2.5}) + "\n")
+  record = (d / "status.json").read_bytes()
+  monkeypatch.setattr(runner, "run_point", lambda *a: pytest.fail("trained"))
+
+  messages = []
+  (row,) = run_sweep(changed, tmp_path, log=messages.append)
+  assert row["status"] == "failed" and "trained with a different config" in row["error"]
+  assert any("config changed since it ran; not rerun" in m for m in messages)
+  assert (d / "status.json").read_bytes() == record
+  (row,) = run_sweep(sweep, tmp_path, log=messages.append)  # the config restored
+  assert row["status"] == "finished" and row["error"] is None and row["train_loss"] == 2.5
+  assert messages[-1] == f"[sweep] {point.name}: finished earlier, skipped"

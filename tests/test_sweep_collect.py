@@ -256,3 +256,20 @@ def test_a_corpus_pin_keeps_finished_points_and_collects_only_runs_of_that_corpu
   (src / "points" / held[1].name / "config.json").write_text(json.dumps({"data": {}}))
   assert cli.main(argv) == 1
   assert "this source has no fingerprint" in capsys.readouterr().out
+
+
+def test_a_held_point_of_another_config_is_not_tabled_as_finished(tmp_path, capsys):
+  """The results folder's table is the sweep's as configured now: a point it holds from an
+  earlier config (another fingerprint) is shown failed with the reason, not as a result, and
+  its files are left as they are."""
+  first, second = load_sweep(SMOKE).points
+  src, out = tmp_path / "returned", tmp_path / "results"
+  _point(src, first.name, first.fingerprint(), first.steps)
+  held = _point(out, second.name, "0123456789abcdef", second.steps)
+  before = _tree(held)
+  assert _collect(out, src) == 0
+  assert _statuses(out) == {first.name: "finished", second.name: "failed"}
+  with (out / "results.csv").open() as f:
+    error = {r["name"]: r["error"] for r in csv.DictReader(f)}[second.name]
+  assert "trained with a different config (fingerprint 0123456789abcdef != " in error
+  assert _tree(held) == before

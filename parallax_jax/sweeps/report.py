@@ -46,15 +46,29 @@ def point_records(directory: Path) -> tuple[list[dict], str | None]:
     return [], str(e)
 
 
+def config_changed(status: dict | None, point: Point) -> str | None:
+  """Why the run a point's ``status.json`` records is not this point's (it was trained with
+  another config), or None. Derived where it is read, never written into the point: the
+  record stays as the run left it, so restoring the config finds it finished again."""
+  old = (status or {}).get("fingerprint")
+  if old is None or old == point.fingerprint():
+    return None
+  return (
+    f"points/{point.name} was trained with a different config (fingerprint {old} != "
+    f"{point.fingerprint()}); delete that folder to rerun it"
+  )
+
+
 def point_row(sweep: Sweep, point: Point, workdir: Path) -> dict:
   directory = Path(workdir) / "points" / point.name
   status_path = directory / "status.json"
   status = json.loads(status_path.read_text()) if status_path.exists() else {}
+  changed = config_changed(status, point)  # not a result of this sweep's config
   records, damaged = point_records(directory)
   speeds = [r["tokens_per_s"] for r in records if r.get("tokens_per_s")]
   row = {"name": point.name, **{k: point.values.get(k) for k in sweep.axes}}
   row.update(
-    status=status.get("status", "pending"),
+    status="failed" if changed else status.get("status", "pending"),
     final_step=_last(records, "step"),
     train_loss=_last(records, "loss"),
     eval_loss=_last(records, "eval_loss"),
@@ -66,7 +80,7 @@ def point_row(sweep: Sweep, point: Point, workdir: Path) -> dict:
   )
   if _sources(sweep) & set(REGRESSION_TASKS):
     row.update({k: _last(records, k) for k in BASELINE_COLUMNS})
-  row.update(wall_s=status.get("wall_s"), error=damaged or status.get("error"))
+  row.update(wall_s=status.get("wall_s"), error=damaged or changed or status.get("error"))
   return row
 
 

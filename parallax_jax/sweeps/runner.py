@@ -11,7 +11,8 @@ count is refused. On CPU ``parallel`` processes share the cores.
 "preempted" or "running", steps, final step, error, command, timings, the config
 fingerprint); its ``train.log`` holds the subprocess output. A rerun skips finished points
 (final step == train.steps and the same config) and reruns the others, which resume from their
-own checkpoints; failed points are retried.
+own checkpoints; failed points are retried. A point trained with another config is not rerun
+and its record is left as it is: the table shows it failed, with the reason.
 
 Stopping: each point runs in its own session, so a signal meant for the sweep (SIGTERM from a
 scheduler or ``timeout``, Ctrl-C, to the sweep alone or to its process group) reaches the
@@ -249,17 +250,6 @@ def run_point(sweep: Sweep, point: Point, workdir: Path, env: dict, children: _C
   return status
 
 
-def _stale_config_status(point: Point, old: dict) -> dict:
-  return {
-    **old,
-    "status": "failed",
-    "error": (
-      f"points/{point.name} was trained with a different config (fingerprint "
-      f"{old.get('fingerprint')} != {point.fingerprint()}); delete that folder to rerun it"
-    ),
-  }
-
-
 def run_sweep(
   sweep: Sweep,
   workdir: str | Path,
@@ -285,9 +275,11 @@ def run_sweep(
     old = read_status(workdir, point)
     if is_finished(old, point):
       log(f"[sweep] {point.name}: finished earlier, skipped")
-    elif old is not None and old.get("fingerprint") not in (None, point.fingerprint()):
-      _write_status(workdir, point, _stale_config_status(point, old))
-      log(f"[sweep] {point.name}: config changed since it ran; not rerun (see status.json)")
+    elif (changed := sweep_report.config_changed(old, point)) is not None:
+      # Its record is left as it is (the table shows the point failed, with this reason): a
+      # finished one rewritten as failed would be trained again, from scratch where it holds
+      # no checkpoints (a collected point), once the config is restored.
+      log(f"[sweep] {point.name}: config changed since it ran; not rerun: {changed}")
     else:
       todo.append(point)
   slots: queue.Queue = queue.Queue()
