@@ -435,3 +435,20 @@ def test_a_start_killed_mid_append_leaves_a_history_later_starts_can_read(tmp_pa
   run_record.record_resume(tmp_path, config, {"devices": 1}, {}, resumed_from_step=4)
   assert [e["resumed_from_step"] for e in run_record.read_history(tmp_path)] == [2, 4]
   assert run_record.current_config(tmp_path)["train"]["steps"] == 7
+
+
+def test_a_run_recorded_before_the_corpus_pin_can_be_read_with_one(tmp_path):
+  """``data.source_sha256`` came after runs were recorded: such a run's config takes the pin as
+  an override (``eval``/``generate --workdir W --config.data.source_sha256=...``, the run's
+  own config) instead of refusing it as an unknown key, and the pinned read is a safe change."""
+  from parallax_jax.train import run_record
+  from parallax_jax.train.config import apply_overrides
+  from parallax_jax.train.defaults import base_config
+
+  old = base_config().to_dict()
+  del old["data"]["source_sha256"]
+  (tmp_path / "config.json").write_text(json.dumps({"config": old}, default=str))
+  cfg = apply_overrides(run_record.load_run_config(tmp_path), ["data.source_sha256=a55c363d"])
+  assert cfg.data.source_sha256 == "a55c363d"
+  changed = run_record.check(tmp_path, cfg.to_dict(), reading=True)
+  assert changed == {"data.source_sha256": ("", "a55c363d")}

@@ -178,6 +178,9 @@ ADDED_KEYS: dict[str, Callable[[dict], object]] = {
   "optimizer.muon_adam_decay": lambda optimizer: (
     "all" if optimizer.get("name") == "muon" else "matrices"  # (adamw never read it)
   ),
+  # session 30: the corpus pin (before it: nothing checked). Here so that a run recorded before
+  # it can be read with one (``eval --workdir W --config.data.source_sha256=...``)
+  "data.source_sha256": lambda data: "",
 }
 
 
