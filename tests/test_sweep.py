@@ -627,11 +627,15 @@ def test_sweep_keys_of_the_wrong_type_are_one_line_errors(tmp_path, capsys):
     ({"mode": "random", "seed": 1.5, "count": 1, "axes": {"train.seed": [0, 1]}}, "sweep.seed"),
     ({"axes": "train.seed"}, "sweep.axes"),
     ({"overrides": ["train.seed=1"]}, "sweep.overrides"),
+    # a grid (the default mode) would run all 4 combinations, not the 2 asked for
+    ({"count": 2, "axes": {"train.seed": [0, 1, 2, 3]}}, "sweep.count=2 applies to mode='random'"),
+    ({"mode": "grid", "seed": 3, "axes": {"train.seed": [0, 1]}}, "sweep.seed=3 applies to"),
   ]
   for i, (spec, match) in enumerate(cases):
     path = tmp_path / f"s{i}.py"
     path.write_text(f"def get_config():\n  return { ({'base': TINY, **spec})!r}\n")
-    code, _, err = run_cli(capsys, "sweep", "--config", str(path), "--workdir", str(tmp_path / "w"))
+    argv = ["sweep", "--config", str(path), "--workdir", str(tmp_path / "w"), "--dry-run"]
+    code, _, err = run_cli(capsys, *argv)  # (a dry run: a missed check trains nothing)
     assert code == 2 and match in one_line_error(err), (spec, err)
   assert not (tmp_path / "w").exists()
 

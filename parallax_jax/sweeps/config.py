@@ -252,6 +252,12 @@ def build_sweep(spec, *, base_path_for_inline: Path | None = None) -> Sweep:
     raise UserError(f"sweep.mode must be one of {MODES}, got {mode!r}")
   seed = spec.get("seed", 0)
   count = spec.get("count")
+  for key in ("count", "seed"):  # a grid ignores them: it would run every combination
+    if mode == "grid" and spec.get(key) is not None:
+      raise UserError(
+        f"sweep.{key}={spec[key]!r} applies to mode='random' only (mode='grid' runs every "
+        f"combination); set mode='random' or drop {key}"
+      )
   fixed = _flatten(_to_plain(spec.get("overrides") or {}, "sweep.overrides"))
   variants = {
     name: _flatten(_to_plain(v)) for name, v in _to_plain(spec.get("variants") or {}).items()
