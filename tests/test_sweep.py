@@ -764,7 +764,7 @@ def test_a_changed_config_is_shown_failed_and_leaves_the_points_record(tmp_path,
   messages = []
   (row,) = run_sweep(changed, tmp_path, log=messages.append)
   assert row["status"] == "failed" and "trained with a different config" in row["error"]
-  assert any("config changed since it ran; not rerun" in m for m in messages)
+  assert any("not rerun: points/" in m and "trained with a different config" in m for m in messages)
   assert (d / "status.json").read_bytes() == record
   (row,) = run_sweep(sweep, tmp_path, log=messages.append)  # the config restored
   assert row["status"] == "finished" and row["error"] is None and row["train_loss"] == 2.5

@@ -216,11 +216,11 @@ def test_points_take_a_full_two_axis_name_and_several_patterns(capsys):
   ]
 
 
-def test_a_corpus_pin_keeps_finished_points_and_collects_only_runs_of_that_corpus(tmp_path, capsys):
-  """``data.source_sha256`` only checks what a run reads: pinning a sweep whose points have
-  run keeps their fingerprints (they stay finished), and ``--collect`` refuses a point whose
-  ``config.json`` records another corpus (or none) while taking one that read the pinned one."""
-  pin = "a55c363d" + "0" * 56
+PIN = "a55c363d" + "0" * 56
+
+
+def _pinned_smoke(tmp_path: Path) -> Path:
+  """The smoke sweep with its corpus pinned to ``PIN`` (a sweep file of its own)."""
   pinned = tmp_path / "pinned.py"
   pinned.write_text(
     "import importlib.util\n"
@@ -230,9 +230,42 @@ def test_a_corpus_pin_keeps_finished_points_and_collects_only_runs_of_that_corpu
     "def get_config():\n"
     "  cfg = smoke.get_config()\n"
     f"  cfg.base = {str(ROOT / 'configs' / 'tiny.py')!r}\n"
-    f"  cfg.overrides['data.source_sha256'] = {pin!r}\n"
+    f"  cfg.overrides['data.source_sha256'] = {PIN!r}\n"
     "  return cfg\n"
   )
+  return pinned
+
+
+def test_a_finished_point_on_another_corpus_is_not_skipped_as_finished(tmp_path, capsys):
+  """A point finished in the workdir before the sweep pinned its corpus, on another one: the
+  runner neither skips it as finished nor retrains it over its record; the table shows it
+  failed with the reason (the one the pin's point on the pinned corpus is finished)."""
+  pinned = _pinned_smoke(tmp_path)
+  held = load_sweep(pinned).points
+  out = tmp_path / "results"
+  sha = {held[0].name: PIN, held[1].name: "7ef9c500" + "0" * 56}
+  for point in held:
+    d = _point(out, point.name, point.fingerprint(), point.steps)
+    (d / "config.json").write_text(json.dumps({"data": {"source": {"sha256": sha[point.name]}}}))
+  before = _tree(out / "points")
+  code = cli.main(["sweep", "--config", str(pinned), "--workdir", str(out)])
+  printed = capsys.readouterr().out
+  assert f"{held[0].name}: finished earlier, skipped" in printed
+  assert f"{held[1].name}: not rerun: read another corpus" in printed
+  assert _tree(out / "points") == before  # nothing trained, nothing rewritten
+  assert _statuses(out) == {held[0].name: "finished", held[1].name: "failed"}
+  with (out / "results.csv").open() as f:
+    errors = {r["name"]: r["error"] for r in csv.DictReader(f)}
+  assert errors[held[1].name].startswith("read another corpus: data.source_sha256=")
+  assert code == 1
+
+
+def test_a_corpus_pin_keeps_finished_points_and_collects_only_runs_of_that_corpus(tmp_path, capsys):
+  """``data.source_sha256`` only checks what a run reads: pinning a sweep whose points have
+  run keeps their fingerprints (they stay finished), and ``--collect`` refuses a point whose
+  ``config.json`` records another corpus (or none) while taking one that read the pinned one."""
+  pin = PIN
+  pinned = _pinned_smoke(tmp_path)
   plain, held = load_sweep(SMOKE).points, load_sweep(pinned).points
   assert [p.config.data.source_sha256 for p in held] == [pin, pin]
   assert [p.fingerprint() for p in held] == [p.fingerprint() for p in plain]

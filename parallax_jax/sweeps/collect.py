@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import contextlib
 import filecmp
-import json
 import shutil
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from parallax_jax.data.sources import pin_mismatch
 from parallax_jax.errors import UserError
 from parallax_jax.sweeps.config import Sweep
+from parallax_jax.sweeps.report import corpus_mismatch
 from parallax_jax.sweeps.runner import is_finished, point_dir, read_status
 
 RECORD_FILES = ("status.json", "config.json", "metrics.jsonl")
@@ -49,21 +48,7 @@ def _why_not(source: Path, known: dict, name: str) -> str | None:
   missing = [f for f in RECORD_FILES if not (source / "points" / name / f).is_file()]
   if missing:
     return f"missing {', '.join(missing)}"
-  return _corpus_mismatch(source / "points" / name / "config.json", point)
-
-
-def _corpus_mismatch(config_json: Path, point) -> str | None:
-  """Why the corpus the run read (its ``config.json``'s ``data.source``) is not the one the
-  sweep pins now (``data.source_sha256``; the pin is not in the fingerprint), or None."""
-  pin = point.config.data.get("source_sha256", "")
-  if not pin:
-    return None
-  try:
-    described = json.loads(config_json.read_text()).get("data", {}).get("source", {})
-  except (OSError, ValueError, AttributeError):
-    return "config.json is not a readable run record"
-  why = pin_mismatch(pin, described if isinstance(described, dict) else {})
-  return None if why is None else f"read another corpus: {why}"
+  return corpus_mismatch(source / "points" / name, point)
 
 
 def collect_points(

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from parallax_jax import environment
 from parallax_jax.data.config import REGRESSION_TASKS, TASKS
+from parallax_jax.data.sources import pin_mismatch
 from parallax_jax.errors import UserError
 from parallax_jax.sweeps.config import BASELINE_COLUMNS, REPO_ROOT, Point, Sweep
 from parallax_jax.sweeps.pairs import VARIANT
@@ -59,11 +60,37 @@ def config_changed(status: dict | None, point: Point) -> str | None:
   )
 
 
+def corpus_mismatch(directory: Path, point: Point) -> str | None:
+  """Why the run in ``directory`` (a point's folder) read another corpus than the one the
+  sweep pins now (``data.source_sha256``, not in the fingerprint; its ``config.json`` records
+  what the run read), or None; a sweep that pins none checks nothing."""
+  pin = point.config.data.get("source_sha256", "")
+  if not pin:
+    return None
+  try:
+    described = json.loads((directory / "config.json").read_text()).get("data", {}).get("source")
+  except (OSError, ValueError, AttributeError):
+    return "config.json is not a readable run record: the corpus it read is not known"
+  why = pin_mismatch(pin, described if isinstance(described, dict) else {})
+  return None if why is None else f"read another corpus: {why}"
+
+
+def stale_reason(status: dict | None, point: Point, directory: Path) -> str | None:
+  """Why the run a point's folder holds is not a result of the point as configured now, or
+  None: trained with another config, or finished on a corpus other than the pinned one.
+  Derived where it is read, never written into the point (restoring the config finds it
+  finished again)."""
+  changed = config_changed(status, point)
+  if changed is None and (status or {}).get("status") == "finished":
+    changed = corpus_mismatch(Path(directory), point)
+  return changed
+
+
 def point_row(sweep: Sweep, point: Point, workdir: Path) -> dict:
   directory = Path(workdir) / "points" / point.name
   status_path = directory / "status.json"
   status = json.loads(status_path.read_text()) if status_path.exists() else {}
-  changed = config_changed(status, point)  # not a result of this sweep's config
+  changed = stale_reason(status, point, directory)  # not a result of this sweep's config
   records, damaged = point_records(directory)
   speeds = [r["tokens_per_s"] for r in records if r.get("tokens_per_s")]
   row = {"name": point.name, **{k: point.values.get(k) for k in sweep.axes}}

@@ -273,13 +273,13 @@ def run_sweep(
     if only is not None and point.name not in only:
       continue
     old = read_status(workdir, point)
-    if is_finished(old, point):
-      log(f"[sweep] {point.name}: finished earlier, skipped")
-    elif (changed := sweep_report.config_changed(old, point)) is not None:
+    if (changed := sweep_report.stale_reason(old, point, point_dir(workdir, point))) is not None:
       # Its record is left as it is (the table shows the point failed, with this reason): a
       # finished one rewritten as failed would be trained again, from scratch where it holds
       # no checkpoints (a collected point), once the config is restored.
-      log(f"[sweep] {point.name}: config changed since it ran; not rerun: {changed}")
+      log(f"[sweep] {point.name}: not rerun: {changed}")
+    elif is_finished(old, point):
+      log(f"[sweep] {point.name}: finished earlier, skipped")
     else:
       todo.append(point)
   slots: queue.Queue = queue.Queue()
