@@ -354,6 +354,25 @@ def test_a_run_keeps_its_file_tokenizer_when_it_moves_or_the_file_changes(
   assert (moved / "tokenizer.json").read_bytes() == started_with
 
 
+def test_a_run_recorded_before_the_tokenizer_sha256_resumes_without_a_data_change(
+  tmp_path, tree, monkeypatch
+):
+  """Runs recorded before the tokenizer's sha256 was kept (its ``data`` record lacks the key)
+  resume on the same data: no 'data source differs' entry in the history."""
+  from parallax_jax.train.loop import train
+
+  cfg, _ = _experiment(tree, monkeypatch)
+  workdir = tmp_path / "run"
+  train(cfg, workdir)
+  record = json.loads((workdir / "config.json").read_text())
+  assert len(record["data"].pop("tokenizer_sha256")) == 64
+  (workdir / "config.json").write_text(json.dumps(record))
+  cfg.train.steps = 3
+  assert train(cfg, workdir)["final_step"] == 3
+  history = (workdir / "config_history.jsonl").read_text().splitlines()
+  assert history and not any("data" in json.loads(line) for line in history)
+
+
 # ------------------------------------------------------------------------- the study configs
 
 

@@ -407,7 +407,7 @@ def pin_mismatch(pin: str, described: dict) -> str | None:
 
 def _pinned(source, pin: str):
   """``source`` if its fingerprint matches ``pin``; else a one-line UserError."""
-  why = pin_mismatch(pin, source.describe())
+  why = pin_mismatch(pin, source.describe()) if pin else None  # (describe() hashes the files)
   if why is not None:
     raise UserError(
       f"{why}: the Python installation differs from the pinned one (a package installed "

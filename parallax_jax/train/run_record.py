@@ -239,10 +239,13 @@ def record_resume(
 def _same_data(now: dict, stored) -> bool:
   """Whether two data records (``TrainData.describe``) say the same data. A tokenizer file is
   compared by its bytes where both records hold their sha256: its path is where one start
-  read it, which moves with a moved run."""
+  read it, which moves with a moved run. A record from before the sha256 was kept is
+  compared without it."""
   if not isinstance(stored, dict):
     return False
-  if now.get("tokenizer_sha256") and stored.get("tokenizer_sha256"):
+  if "tokenizer_sha256" not in stored:
+    now = {k: v for k, v in now.items() if k != "tokenizer_sha256"}
+  elif now.get("tokenizer_sha256"):
     now, stored = ({k: v for k, v in d.items() if k != "tokenizer"} for d in (now, stored))
   return now == stored
 
