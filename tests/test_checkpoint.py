@@ -88,6 +88,17 @@ def _drop_data_state(step_dir: Path) -> None:
   shutil.rmtree(step_dir / "data")
 
 
+def _change_data_state(step_dir: Path) -> None:
+  """Moves the saved data position on by one (``next_index``): valid JSON that restores without
+  error and would resume from another place in the data stream."""
+  import json
+
+  path = step_dir / "data" / "metadata"
+  state = json.loads(path.read_text())
+  state["parent_state"]["next_index"] += 1
+  path.write_text(json.dumps(state))
+
+
 @pytest.mark.parametrize(
   "damage, reason",
   [
@@ -95,6 +106,7 @@ def _drop_data_state(step_dir: Path) -> None:
     (_delete_metadata, ""),
     (_change_stored_value, "differ from the checksums saved with them"),
     (_drop_data_state, "would restart the data stream"),
+    (_change_data_state, "the data iterator's state differs from the checksum saved with it"),
   ],
 )
 def test_unreadable_latest_is_moved_aside_and_the_previous_step_resumes(
@@ -241,6 +253,7 @@ def test_a_newer_step_saved_by_another_process_count_is_refused_not_moved_aside(
   import json
 
   from parallax_jax.errors import UserError
+  from parallax_jax.train import checksums
   from parallax_jax.train.data_states import BY_PROCESS
 
   workdir = tmp_path / "run"
@@ -252,6 +265,10 @@ def test_a_newer_step_saved_by_another_process_count_is_refused_not_moved_aside(
   ]
   state = json.loads(item.read_text())
   item.write_text(json.dumps({BY_PROCESS: [state, state]}))
+  record_path = workdir / "checkpoints" / "30" / "checksums" / "metadata"
+  record = json.loads(record_path.read_text())  # the digest such a save records with it
+  record["data"] = checksums.data_digest({BY_PROCESS: [state, state]})
+  record_path.write_text(json.dumps(record))
   before = _files(workdir / "checkpoints")
 
   trainer = Trainer(_cfg(30), workdir)

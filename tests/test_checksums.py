@@ -88,3 +88,21 @@ def test_leaves_missing_on_either_side_and_partial_reads():
     checksums.verify({**tree, "extra": jnp.ones(2)}, saved, partial=True)
   with pytest.raises(checksums.ChecksumMismatch, match="unknown checksum record version"):
     checksums.verify(tree, {**saved, "version": 99})
+
+
+def test_the_data_state_is_checked_as_json_gives_it_back():
+  """The saved state holds tuples (grain's remainder slices) that the JSON item gives back as
+  lists, its keys in any order: the same state. Any changed number is caught; a record written
+  before the data digest (no "data") checks nothing."""
+  import hashlib
+  import json
+
+  state = {"parent_state": {"next_index": 67}, "remainder_slices": {"inputs": (138, 158)}}
+  saved = checksums.record({"w": jnp.ones(2)}, state)
+  canonical = '{"parent_state": {"next_index": 67}, "remainder_slices": {"inputs": [138, 158]}}'
+  assert saved["data"] == hashlib.sha256(canonical.encode()).hexdigest()
+  back = json.loads(json.dumps({"remainder_slices": {"inputs": [138, 158]}, **state}))
+  checksums.verify_data(back, saved)
+  with pytest.raises(checksums.ChecksumMismatch, match="data iterator's state differs"):
+    checksums.verify_data({**back, "parent_state": {"next_index": 68}}, saved)
+  checksums.verify_data({"anything": 1}, checksums.record({"w": jnp.ones(2)}))

@@ -4,11 +4,11 @@ Saves are atomic (Orbax writes to a temporary directory and renames it when comp
 run killed mid-save leaves the previous checkpoint as the latest) and optionally async.
 Each checkpoint holds ``state`` (step, params, optimizer state), ``data`` (the Grain
 iterator state as JSON, taken after exactly ``step`` batches were drawn; every process's, by
-``data_states.py``) and ``checksums``
-(``checksums.py``: one per array, so bytes changed on disk after the save are caught on
-restore). To resume training, a step other than 0 without its ``data`` is unreadable: it
-would restart the data stream (``import-hf``'s step 0 has none; readers need none).
-Checkpoints written before 2026-12-04 have no ``checksums`` and restore unchecked.
+``data_states.py``) and ``checksums`` (``checksums.py``: one per array and one of the data
+state, so bytes changed on disk after the save are caught on restore). To resume training, a
+step other than 0 without its ``data`` is unreadable: it would restart the data stream
+(``import-hf``'s step 0 has none; readers need none). Checkpoints written before 2026-12-04 have
+no ``checksums`` and restore unchecked.
 
 Checkpoints written before 2026-12-02 also hold ``state.rng``, a raw key split every step that
 no layer ever read; ``restore`` leaves such retired fields (``RETIRED_STATE_FIELDS``) on disk,
@@ -85,12 +85,14 @@ class Checkpointer:
     """Saves ``step`` (async if configured). ``data_state`` None: a state-only checkpoint
     (``import-hf``'s step 0, experiments); training resumes only from step 0 of those."""
     tree = state._asdict()
+    # every process's (data_states.py): Orbax writes on one
+    data = None if data_state is None else data_states.gather(data_state)
     items = {
       "state": ocp.args.StandardSave(tree),
-      "checksums": ocp.args.JsonSave(checksums.record(tree)),
+      "checksums": ocp.args.JsonSave(checksums.record(tree, data)),
     }
-    if data_state is not None:  # every process's (data_states.py): Orbax writes on one
-      items["data"] = ocp.args.JsonSave(data_states.gather(data_state))
+    if data is not None:
+      items["data"] = ocp.args.JsonSave(data)
     self.manager.save(step, args=ocp.args.Composite(**items), force=True)
 
   def restore(self, abstract_state: TrainState, step: int | None = None):
@@ -120,6 +122,8 @@ class Checkpointer:
     restored = self.manager.restore(step, args=ocp.args.Composite(**args))
     if "checksums" in args:
       checksums.verify(restored["state"], restored["checksums"], partial=bool(retired))
+      if "data" in args:
+        checksums.verify_data(restored["data"], restored["checksums"])
     try:
       data = data_states.own(restored["data"]) if "data" in args else None
     except data_states.ProcessCountChanged as e:

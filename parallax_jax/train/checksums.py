@@ -12,9 +12,16 @@ The checksum of a leaf is ``sum_i w_i * c_i mod 2^32`` over its elements' bit pa
 ``c_i = (i * 2654435761) | 1``: a change to any one word always changes the sum (an odd weight
 is invertible mod 2^32), and several changes cancel with probability about 2^-32. It reads the
 bits, so NaN payloads and signed zeros count.
+
+The data iterator's state (a JSON item) is no array, but a changed number there resumes from
+another place in the data stream without error just the same: the record also holds a sha256 of
+its canonical JSON (``"data"``; records written before 2026-12-06 lack it and check no data).
 """
 
 from __future__ import annotations
+
+import hashlib
+import json
 
 import jax
 import jax.numpy as jnp
@@ -56,9 +63,29 @@ def checksums(tree) -> dict[str, int]:
   return {jax.tree_util.keystr(path): int(value) for path, value in flat}
 
 
-def record(tree) -> dict:
-  """What a checkpoint stores beside ``tree``."""
-  return {"version": VERSION, "leaves": checksums(tree)}
+def data_digest(data) -> str:
+  """sha256 of the data item ``data`` as JSON gives it back (tuples as lists, sorted keys)."""
+  plain = json.loads(json.dumps(data))
+  return hashlib.sha256(json.dumps(plain, sort_keys=True).encode()).hexdigest()
+
+
+def record(tree, data=None) -> dict:
+  """What a checkpoint stores beside ``tree`` and its data item ``data`` (None: none saved)."""
+  out = {"version": VERSION, "leaves": checksums(tree)}
+  if data is not None:
+    out["data"] = data_digest(data)
+  return out
+
+
+def verify_data(data, stored: dict) -> None:
+  """Raises ``ChecksumMismatch`` unless the data item ``data`` has the digest ``stored``
+  (``record``'s dict) holds; a record without one (older checkpoints) checks nothing."""
+  want = stored.get("data")
+  if want is not None and data_digest(data) != want:
+    raise ChecksumMismatch(
+      "the data iterator's state differs from the checksum saved with it: the files were "
+      "changed after the save"
+    )
 
 
 def verify(tree, stored: dict, *, partial: bool = False) -> None:
