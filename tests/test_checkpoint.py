@@ -84,6 +84,13 @@ def _wrong_params_checksum(step_dir: Path) -> None:
   path.write_text(json.dumps(record))
 
 
+def _drop_checksums_and_change_value(step_dir: Path) -> None:
+  """A changed number with the checksums that would catch it gone: not an older checkpoint
+  (saved without checksums) to restore unchecked."""
+  shutil.rmtree(step_dir / "checksums")
+  _change_stored_value(step_dir)
+
+
 def _drop_data_state(step_dir: Path) -> None:
   shutil.rmtree(step_dir / "data")
 
@@ -105,6 +112,7 @@ def _change_data_state(step_dir: Path) -> None:
     (_truncate_data, ""),
     (_delete_metadata, ""),
     (_change_stored_value, "differ from the checksums saved with them"),
+    (_drop_checksums_and_change_value, "checksums/ is missing, though the step was saved with it"),
     (_drop_data_state, "would restart the data stream"),
     (_change_data_state, "the data iterator's state differs from the checksum saved with it"),
   ],
@@ -136,7 +144,9 @@ def test_unreadable_latest_is_moved_aside_and_the_previous_step_resumes(
   assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["10", "20", "30"]
 
 
-@pytest.mark.parametrize("damage", [_delete_metadata, _wrong_params_checksum])
+@pytest.mark.parametrize(
+  "damage", [_delete_metadata, _wrong_params_checksum, _drop_checksums_and_change_value]
+)
 def test_reading_a_run_falls_back_without_moving_anything(tmp_path, run30, damage):
   from parallax_jax.inference.loading import load_run
 

@@ -8,7 +8,7 @@ iterator state as JSON, taken after exactly ``step`` batches were drawn; every p
 state, so bytes changed on disk after the save are caught on restore). To resume training, a
 step other than 0 without its ``data`` is unreadable: it would restart the data stream
 (``import-hf``'s step 0 has none; readers need none). Checkpoints written before 2026-12-04 have
-no ``checksums`` and restore unchecked.
+no ``checksums`` and restore unchecked; a later one that lost its ``checksums`` is unreadable.
 
 Checkpoints written before 2026-12-02 also hold ``state.rng``, a raw key split every step that
 no layer ever read; ``restore`` leaves such retired fields (``RETIRED_STATE_FIELDS``) on disk,
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import json
 import logging
 import sys
 import time
@@ -54,6 +55,7 @@ class _ReadOnlyNotice(logging.Filter):
 
 
 _READ_ONLY_NOTICE = _ReadOnlyNotice()
+_STEP_METADATA = "_CHECKPOINT_METADATA"  # Orbax's per-step record: its "item_handlers" by name
 
 
 class Checkpointer:
@@ -243,7 +245,22 @@ class Checkpointer:
       return None
 
   def _items(self, step: int) -> set[str]:
-    return {p.name for p in (self.directory / str(step)).iterdir() if p.is_dir()}
+    """The items ``step`` holds. One that lost the ``checksums`` its save wrote (Orbax's step
+    metadata names the items saved) is damaged, not an older step to restore unchecked."""
+    items = {p.name for p in (self.directory / str(step)).iterdir() if p.is_dir()}
+    if "checksums" not in items and "checksums" in self._saved_items(step):
+      raise checksums.ChecksumMismatch(
+        "checksums/ is missing, though the step was saved with it: its arrays cannot be checked"
+      )
+    return items
+
+  def _saved_items(self, step: int) -> set[str]:
+    """The item names Orbax recorded when it saved ``step``; empty where that is unreadable."""
+    try:
+      meta = json.loads((self.directory / str(step) / _STEP_METADATA).read_text())
+      return set(meta.get("item_handlers") or ())
+    except (OSError, ValueError, AttributeError, TypeError):  # no file, not JSON, another shape
+      return set()
 
   @staticmethod
   def _json_items(items: set[str], *names: str) -> dict:
