@@ -15,7 +15,7 @@ bits, so NaN payloads and signed zeros count.
 
 The data iterator's state (a JSON item) is no array, but a changed number there resumes from
 another place in the data stream without error just the same: the record also holds a sha256 of
-its canonical JSON (``"data"``; records written before 2026-12-06 lack it and check no data).
+its canonical JSON (``"data"``; records written before 2026-12-05 lack it and check no data).
 """
 
 from __future__ import annotations
