@@ -240,6 +240,24 @@ def test_convert_softmax_checkpoint_then_train_parallax(tmp_path, capsys):
     text=True,
   )
   assert out.returncode == 0, out.stdout + out.stderr
+  # --out inside the run it reads is refused (under checkpoints/ it became the run's newest
+  # step, which readers then skipped with an error), and nothing is written there.
+  from parallax_jax import cli
+
+  before = sorted(p.relative_to(tmp_path) for p in (tmp_path / "soft").rglob("*"))
+  for inside in ("checkpoints/99", "params"):
+    code = cli.main(
+      [
+        "convert-softmax",
+        "--workdir",
+        str(tmp_path / "soft"),
+        "--out",
+        str(tmp_path / "soft" / inside),
+      ]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and "lies inside the run it reads (--workdir" in err, err
+  assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "soft").rglob("*")) == before
   # Zero W_R: the Parallax model starts as exactly the softmax model.
   trainer = Trainer(
     _cfg(
@@ -257,8 +275,6 @@ def test_convert_softmax_checkpoint_then_train_parallax(tmp_path, capsys):
 
   # A wrong init_from is one line before the workdir is written (it used to leave a run whose
   # recorded init_from then refused the corrected path).
-  from parallax_jax import cli
-
   for init_from, extra, says in [
     (tmp_path / "none", [], "does not exist"),
     (tmp_path / "soft", [], "is not a params-only checkpoint"),  # a run's workdir

@@ -47,6 +47,12 @@ def convert_softmax_to_parallax(
       "give a path that does not exist"
     )
   workdir = Path(workdir)
+  if out.is_relative_to(workdir.absolute().resolve()) or out.is_relative_to(workdir.absolute()):
+    # reading a run never writes to it (under checkpoints/ the run would take it for a step)
+    raise UserError(
+      f"--out {str(out)!r} lies inside the run it reads (--workdir {str(workdir)!r}); write "
+      "the params outside it"
+    )
   cfg = run_record.load_run_config(workdir)  # one-line errors for a workdir that holds no run
   exp = resolve(cfg)
   if exp.model.attention != "softmax":
