@@ -46,3 +46,18 @@ def test_a_directory_that_cannot_be_made_is_one_line(tmp_path):
   (tmp_path / "file").write_text("x")
   with pytest.raises(UserError, match="compilation_cache_dir=.*cannot create the directory"):
     use_compilation_cache(str(tmp_path / "file" / "cache"))
+
+
+def test_a_reader_adds_nothing_to_a_cache_inside_the_run(tmp_path):
+  """A run whose compilation cache lies inside its workdir: eval (a reader, which compiles an
+  eval step the training process may not have cached) writes nothing into the run."""
+  run = tmp_path / "run"
+  _train(run, run / "jaxcache")
+  before = sorted((p.relative_to(run), p.stat().st_size) for p in run.rglob("*") if p.is_file())
+  env = {**os.environ, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+  cmd = [sys.executable, "-m", "parallax_jax.cli", "eval", "--workdir", str(run)]
+  cmd += ["--config.train.eval_batches=3"]  # another eval shape than training's: a new compile
+  done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  assert done.returncode == 0, done.stderr[-2000:]
+  after = sorted((p.relative_to(run), p.stat().st_size) for p in run.rglob("*") if p.is_file())
+  assert after == before

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -49,6 +50,11 @@ def _progress(total: int, initial: int, enabled: bool):
   return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
 
 
+def _inside(path: str, workdir: Path) -> bool:
+  """Whether ``path`` (``~`` expanded) lies in ``workdir``."""
+  return Path(os.path.abspath(os.path.expanduser(path))).is_relative_to(workdir.absolute())
+
+
 class Trainer:
   """One run: its ``Program`` (compiled steps, mesh, shardings: ``trainer.program``), data,
   checkpoints and metrics."""
@@ -69,7 +75,11 @@ class Trainer:
     changed = run_record.check(self.workdir, exp.raw.to_dict(), reading=read_only)
     if read_only:
       run_record.require_checkpoints(self.workdir)
-    use_compilation_cache(exp.train.compilation_cache_dir)  # before anything compiles
+    cache = exp.train.compilation_cache_dir
+    if read_only and cache and _inside(cache, self.workdir):  # a reader writes nothing there
+      log.info("train.compilation_cache_dir %s lies inside the run read: not used", cache)
+      cache = ""
+    use_compilation_cache(cache)  # before anything compiles
     self.program = Program(exp)
     self.data = data_io.TrainData(exp, self.workdir, read_only=read_only)
     self._resume_record = None
