@@ -343,3 +343,13 @@ def test_an_unfinished_save_is_cleared_by_the_next_start_and_left_by_readers(tmp
   trainer.close()
   assert int(state.step) == 30 and not tmp.exists()
   assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["10", "20", "30"]
+
+
+def test_a_resume_logs_no_orbax_metadata_noise(tmp_path, run30, caplog):
+  """Resuming probes the saved state's fields through Orbax's item metadata, which looked for a
+  step-level file one folder down and warned 'Metadata file does not exist' on every resume."""
+  workdir = tmp_path / "run"
+  shutil.copytree(run30, workdir)
+  with caplog.at_level(logging.WARNING):
+    assert train(_cfg(31), workdir)["final_step"] == 31
+  assert "Metadata file does not exist" not in caplog.text

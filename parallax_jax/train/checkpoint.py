@@ -55,6 +55,17 @@ class _ReadOnlyNotice(logging.Filter):
 
 
 _READ_ONLY_NOTICE = _ReadOnlyNotice()
+
+
+class _ItemMetadataProbe(logging.Filter):
+  """The item-level metadata read (``_saved_state_fields``) looks for a step-level file Orbax
+  writes one folder up: its "does not exist" warning on every resume is noise."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("Metadata file does not exist")
+
+
+_ITEM_METADATA_PROBE = _ItemMetadataProbe()
 _STEP_METADATA = "_CHECKPOINT_METADATA"  # Orbax's per-step record: its "item_handlers" by name
 
 
@@ -236,6 +247,8 @@ class Checkpointer:
   def _saved_state_fields(self, step: int) -> set[str] | None:
     """The top-level fields of the saved ``state`` item; None where its metadata is unreadable
     (the restore then reports the damage)."""
+    absl = logging.getLogger("absl")
+    absl.addFilter(_ITEM_METADATA_PROBE)
     try:
       with ocp.PyTreeCheckpointer() as reader:
         meta = reader.metadata(self.directory / str(step) / "state")
@@ -243,6 +256,8 @@ class Checkpointer:
       return set(getattr(tree, "tree", tree).keys())
     except Exception:  # noqa: BLE001 - damaged or foreign metadata: StandardRestore says why
       return None
+    finally:
+      absl.removeFilter(_ITEM_METADATA_PROBE)
 
   def _items(self, step: int) -> set[str]:
     """The items ``step`` holds. One that lost the ``checksums`` its save wrote (Orbax's step
