@@ -52,6 +52,16 @@ def test_decode_gpu_compiled(case: DecodeCase):
   check_decode(run_decode("pallas_gpu", case), case)
 
 
+# A window near or past 2**31 (an idiom for "no window") masks nothing. A row shorter than Tq
+# (queries at negative positions) once wrapped the TPU kernel's int32 key range and saw no key;
+# W >= 2**31 raised OverflowError from inside JAX.
+@pytest.mark.parametrize("window", [2**31 - 1, 2**40], ids=["int32max", "2pow40"])
+@pytest.mark.parametrize("impl", [Impl("xla"), Impl("pallas_tpu", interpret=True)], ids=str)
+def test_huge_window_masks_nothing(impl: Impl, window):
+  case = DecodeCase((2, 40), cache_len=40, q_len=5, hq=2, hkv=1, d=16, window=window)
+  check_decode(run_decode(impl.name, case, interpret=impl.interpret), case)
+
+
 def test_oracle_sees_the_planted_rule():
   """The oracle's mask: a row of length 5 with Tq = 2 and W = 2 sees keys {2, 3} and {3, 4}."""
   from parallax_jax.testing import oracle

@@ -79,8 +79,13 @@ def static_scale(scale, head_dim: int) -> float:
   return scale
 
 
-def window(window_size) -> int | None:
-  """``window_size`` as an int >= 1 or None."""
+def window(window_size, kv_len: int) -> int | None:
+  """``window_size`` as an int in ``[1, kv_len]`` or None.
+
+  No query sits past key ``kv_len - 1``, so a window of ``kv_len`` keys already masks nothing;
+  capping it there keeps the masks' int32 bound ``pos - W + 1`` from wrapping around (a window
+  near 2**31, an idiom for "no window", otherwise hid keys from rows at negative positions).
+  """
   if window_size is None:
     return None
   if isinstance(window_size, bool) or not isinstance(window_size, numbers.Integral):
@@ -90,7 +95,7 @@ def window(window_size) -> int | None:
       f"window_size must be >= 1 (the number of most recent keys kept, "
       f"diagonal included) or None for no window, got {window_size}."
     )
-  return int(window_size)
+  return min(int(window_size), kv_len)
 
 
 def validate(
@@ -130,7 +135,7 @@ def validate(
 
   if not isinstance(causal, bool | np.bool_):
     raise TypeError(f"causal must be a bool, got {causal!r}.")
-  window_size = window(window_size)
+  window_size = window(window_size, kv_len)
   if window_size is not None:
     if not causal:
       raise ValueError(

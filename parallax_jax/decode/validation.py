@@ -123,7 +123,7 @@ def validate_decode(
       )
 
   scale = static_scale(scale, d)
-  window_size = window(window_size)
+  window_size = window(window_size, cache_len)
   if not isinstance(interpret, bool):
     raise TypeError(f"interpret must be a bool, got {interpret!r}.")
   if tuning is None:

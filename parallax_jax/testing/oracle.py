@@ -38,7 +38,7 @@ def decode_mask(lengths, q_len, cache_len, *, window_size):
   out = np.zeros((len(lengths), q_len, cache_len), bool)
   for b, n in enumerate(lengths):
     for i in range(q_len):
-      pos = n - q_len + i
+      pos = int(n) - q_len + i  # Python ints: no int32 wrap-around against a huge window
       for j in range(cache_len):
         if j < n and j <= pos and (window_size is None or j > pos - window_size):
           out[b, i, j] = True
