@@ -211,3 +211,192 @@ def test_what_muons_adamw_group_decays(muon_adam_decay, decay_embeddings):
     else:
       want = np.zeros_like(p)  # norm scales; embeddings without decay_embeddings
     np.testing.assert_allclose(np.asarray(u), want, rtol=1e-5, atol=1e-9, err_msg=name)
+
+
+# Float64 NumPy references written from the published update rules (optax's documented forms):
+# AdamW (decoupled decay, bias correction, eps outside the square root), optax.contrib.muon's
+# AdamW group (the same with Nesterov: NAdam's bias-corrected mix of momentum and gradient),
+# and Muon (EMA momentum with that Nesterov mix, 5 quintic Newton-Schulz steps on the
+# Frobenius-normalised [fan_in, fan_out] matrix, scaled by sqrt(max(1, fan_out / fan_in))).
+NS_COEFFS = (3.4445, -4.7750, 2.0315)
+
+
+def _lr_reference(peak, cfg, total, t):
+  """Linear warmup from 0 (shortened to total - 1), then cosine to min_lr_ratio x peak."""
+  warmup = min(cfg.warmup_steps, total - 1)
+  if t < warmup:
+    return peak * t / warmup
+  end = peak * cfg.min_lr_ratio
+  return end + (peak - end) * 0.5 * (1 + np.cos(np.pi * min(t - warmup, total) / (total - warmup)))
+
+
+def _orthogonalised(m, reduce, out, eps):
+  perm = (*reduce, *out)
+  x = np.transpose(m, perm).reshape(np.prod([m.shape[a] for a in reduce]), -1)
+  rows, cols = x.shape
+  x = x.T if rows > cols else x
+  x = x / (np.linalg.norm(x) + eps)
+  a, b, c = NS_COEFFS
+  for _ in range(5):
+    s = x @ x.T
+    x = a * x + (b * s + c * s @ s) @ x
+  x = x.T if rows > cols else x
+  y = x.reshape([m.shape[i] for i in perm]).transpose(np.argsort(perm))
+  return y * np.sqrt(max(1.0, cols / rows))
+
+
+def _reference_steps(cfg, total, params, grads_seq, groups):
+  """Params after each step; ``groups[name]``: ("muon", reduce, out) or ("adam", decayed)."""
+  p = {k: np.asarray(v, np.float64) for k, v in params.items()}
+  m = {k: np.zeros_like(v) for k, v in p.items()}
+  v = {k: np.zeros_like(x) for k, x in p.items()}
+  adam_peak = cfg.adam_learning_rate or cfg.learning_rate
+  out = []
+  for t, g in enumerate(grads_seq):
+    g = {k: np.asarray(x, np.float64) for k, x in g.items()}
+    norm = np.sqrt(sum(np.sum(x * x) for x in g.values()))
+    if cfg.clip_norm is not None and norm >= cfg.clip_norm:
+      g = {k: x * cfg.clip_norm / norm for k, x in g.items()}
+    n = t + 1
+    for k, group in groups.items():
+      if group[0] == "muon":
+        beta = cfg.muon_beta
+        m[k] = beta * m[k] + (1 - beta) * g[k]
+        mix = beta * m[k] / (1 - beta ** (n + 1)) + (1 - beta) * g[k] / (1 - beta**n)
+        u = _orthogonalised(mix, group[1], group[2], cfg.eps) + cfg.weight_decay * p[k]
+        lr = _lr_reference(cfg.learning_rate, cfg, total, t)
+      else:
+        m[k] = cfg.b1 * m[k] + (1 - cfg.b1) * g[k]
+        v[k] = cfg.b2 * v[k] + (1 - cfg.b2) * g[k] ** 2
+        if cfg.name == "muon":  # optax's adamw(nesterov=True)
+          mix = cfg.b1 * m[k] / (1 - cfg.b1 ** (n + 1)) + (1 - cfg.b1) * g[k] / (1 - cfg.b1**n)
+        else:
+          mix = m[k] / (1 - cfg.b1**n)
+        u = mix / (np.sqrt(v[k] / (1 - cfg.b2**n)) + cfg.eps)
+        u = u + (cfg.weight_decay * p[k] if group[1] else 0.0)
+        lr = _lr_reference(adam_peak if cfg.name == "muon" else cfg.learning_rate, cfg, total, t)
+      p[k] = p[k] - lr * u
+    out.append(dict(p))
+  return out
+
+
+@pytest.mark.parametrize(
+  "name,muon_adam_decay,decay_embeddings",
+  [("adamw", "matrices", False), ("adamw", "matrices", True), ("muon", "matrices", True)]
+  + [("muon", "all", False), ("muon", "matrices", False)],
+)
+def test_steps_match_a_float64_reference(name, muon_adam_decay, decay_embeddings):
+  """Five steps (warmup, cosine, active clipping, weight decay) of the real optimizer on a tree
+  with the model's paths and shapes ([D, H, Dh] q/r projections, [H, Dh, D] o_proj, MLP
+  matrices, norms, embedding and untied head) against the float64 references above."""
+  rng = np.random.default_rng(0)
+  shapes = {
+    "blocks/0/attn/q_proj/kernel": (8, 2, 4),
+    "blocks/0/attn/r_proj/kernel": (8, 2, 4),
+    "blocks/0/attn/o_proj/kernel": (2, 4, 8),
+    "blocks/0/attn/q_norm/scale": (4,),
+    "blocks/0/mlp/up/kernel": (8, 12),
+    "blocks/0/mlp/down/kernel": (12, 8),
+    "embed": (16, 8),
+    "head": (8, 16),
+    "final_norm/scale": (8,),
+  }
+  matrix = {"q_proj": ((0,), (1, 2)), "r_proj": ((0,), (1, 2)), "o_proj": ((0, 1), (2,))}
+  groups = {}
+  for k, shape in shapes.items():
+    embedding, is_matrix = k in ("embed", "head"), len(shape) >= 2
+    if name == "muon" and is_matrix and not embedding:
+      groups[k] = ("muon", *matrix.get(k.split("/")[-2], ((0,), (1,))))
+    else:
+      decayed = is_matrix and (decay_embeddings or not embedding)
+      groups[k] = ("adam", decayed or (name == "muon" and muon_adam_decay == "all"))
+  cfg = OptimizerConfig(
+    name=name,
+    learning_rate=0.05,
+    adam_learning_rate=0.02 if name == "muon" else None,
+    warmup_steps=2,
+    weight_decay=0.3,
+    decay_embeddings=decay_embeddings,
+    b2=0.99,
+    clip_norm=1.0,
+    muon_adam_decay=muon_adam_decay,
+  )
+  total = 8
+
+  def nest(flat):  # "a/b/c" keys -> the nested dict the optimizer's path rules read
+    tree = {}
+    for k, x in flat.items():
+      *parents, leaf = k.split("/")
+      node = tree
+      for part in parents:
+        node = node.setdefault(part, {})
+      node[leaf] = jnp.asarray(x, jnp.float32)
+    return tree
+
+  params = {
+    k: rng.normal(size=s).astype(np.float32) + (k.endswith("scale")) for k, s in shapes.items()
+  }
+  grads_seq = [{k: 0.3 * rng.normal(size=s) for k, s in shapes.items()} for _ in range(5)]
+  assert np.sqrt(sum(np.sum(g**2) for g in grads_seq[0].values())) > 3  # the clip acts
+  tx, _ = make_optimizer(cfg, total)
+  tree, state = nest(params), None
+  state = tx.init(tree)
+
+  @jax.jit
+  def step(tree, state, grads):
+    updates, state = tx.update(grads, state, tree)
+    return optax.apply_updates(tree, updates), state
+
+  want = _reference_steps(cfg, total, params, grads_seq, groups)
+  for t, grads in enumerate(grads_seq):
+    tree, state = step(tree, state, nest(grads))
+    got = {jax.tree_util.keystr(p, simple=True, separator="/"): x for p, x in _leaves(tree)}
+    for k in shapes:
+      moved = max(np.max(np.abs(w[k] - params[k])) for w in want)  # the leaf's largest move
+      err = np.max(np.abs(np.asarray(got[k], np.float64) - want[t][k]))
+      assert err <= 2e-5 * moved, (t, k, err, moved)
+
+
+def _leaves(tree):
+  return jax.tree_util.tree_flatten_with_path(tree)[0]
+
+
+@pytest.mark.parametrize("name", ["adamw", "muon"])
+def test_train_step_metrics(name):
+  """The step logs the LR its update used (lr(0) = 0 at the first step of a warmup; under Muon
+  adam_lr too), the gradient's global norm before clipping and the updated params' norm."""
+  from parallax_jax.benchmarking.synthetic_batch import synthetic_batch
+  from parallax_jax.train.step import (
+    init_state,
+    make_loss_and_grads,
+    make_train_step,
+    model_graphdef,
+  )
+
+  cfg = OptimizerConfig(
+    name=name, learning_rate=0.01, adam_learning_rate=0.004, warmup_steps=2, clip_norm=0.1
+  )
+  total = 6
+  tx, schedules = make_optimizer(cfg, total)
+  graphdef, _ = model_graphdef(CFG)
+  state = init_state(CFG, tx, 0)
+  train_step = jax.jit(make_train_step(graphdef, tx, schedules))
+  loss_and_grads = jax.jit(make_loss_and_grads(graphdef))
+  for t in range(3):
+    batch = synthetic_batch(CFG, 2, 16, seed=t)
+    _, grads = loss_and_grads(state.params, batch)
+    state, metrics = train_step(state, batch)
+    norm = lambda tree: np.sqrt(
+      sum(np.sum(np.asarray(x, np.float64) ** 2) for x in jax.tree.leaves(tree))
+    )
+    assert float(metrics["grad_norm"]) == pytest.approx(norm(grads), rel=1e-5)
+    assert float(metrics["grad_norm"]) > cfg.clip_norm  # logged before the clip
+    assert float(metrics["param_norm"]) == pytest.approx(norm(state.params), rel=1e-5)
+    assert float(metrics["lr"]) == pytest.approx(_lr_reference(0.01, cfg, total, t), abs=1e-9)
+    if name == "muon":
+      assert float(metrics["adam_lr"]) == pytest.approx(
+        _lr_reference(0.004, cfg, total, t), abs=1e-9
+      )
+    else:
+      assert "adam_lr" not in metrics
+  assert int(state.step) == 3
