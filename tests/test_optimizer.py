@@ -178,6 +178,15 @@ def test_an_adam_learning_rate_adamw_ignores_is_said(name, caplog):
   assert said == (name == "adamw"), caplog.text
 
 
+@pytest.mark.parametrize("muon_adam_decay", ["matrices", "all"])
+def test_a_muon_adam_decay_adamw_ignores_is_said(muon_adam_decay, caplog):
+  """muon_adam_decay='all' asks for norms to be decayed; 'adamw' never does: a warning, not
+  silence (the default 'matrices' is what adamw does: nothing said)."""
+  make_optimizer(OptimizerConfig(name="adamw", muon_adam_decay=muon_adam_decay), 10)
+  said = "optimizer.muon_adam_decay='all' is Muon's" in caplog.text
+  assert said == (muon_adam_decay == "all"), caplog.text
+
+
 @pytest.mark.parametrize(
   "muon_adam_decay, decay_embeddings", [("matrices", False), ("matrices", True), ("all", False)]
 )

@@ -212,6 +212,12 @@ def make_optimizer(cfg: OptimizerConfig, total_steps: int):
         cfg.adam_learning_rate,
         cfg.learning_rate,
       )
+    if cfg.muon_adam_decay == "all":  # a Muon key: adamw never decays the norms (said, not silent)
+      log.warning(
+        "optimizer.muon_adam_decay='all' is Muon's (what its AdamW group decays); "
+        "optimizer.name='adamw' decays the matrices only (embeddings and head with "
+        "optimizer.decay_embeddings), never the norms"
+      )
     core = optax.adamw(
       lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay, mask=decay_mask(cfg)
     )
