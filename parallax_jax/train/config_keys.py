@@ -127,7 +127,7 @@ KEYS: dict[str, tuple[str, str]] = {
   "optimizer.b1": (SAFE, "Adam beta1"),
   "optimizer.b2": (SAFE, "Adam beta2"),
   "optimizer.eps": (SAFE, "Adam (and Muon) epsilon"),
-  "optimizer.clip_norm": (TOGGLE, "clip the global gradient norm to this; None: no clipping"),
+  "optimizer.clip_norm": (TOGGLE, "clip the global gradient norm to this; None or 0: no clipping"),
   "optimizer.muon_beta": (SAFE, "Muon momentum"),
   "optimizer.muon_ns_steps": (SAFE, "Muon Newton-Schulz iterations"),
   "optimizer.muon_adam_decay": (

@@ -72,7 +72,8 @@ class OptimizerConfig:
     for f in ("b1", "b2", "muon_beta"):
       require_number(f"optimizer.{f}", getattr(self, f), at_least=0, below=1)
     require_number("optimizer.eps", self.eps, above=0)
-    require_number("optimizer.clip_norm", self.clip_norm, at_least=0, none="no clipping")
+    # 0 is off too (a TOGGLE key: off at None/0), as the clip is applied only if it is truthy
+    require_number("optimizer.clip_norm", self.clip_norm, at_least=0, none="no clipping; 0 too")
     require_number("optimizer.muon_ns_steps", self.muon_ns_steps, at_least=1, integer=True)
     if self.muon_adam_decay not in MUON_ADAM_DECAY:
       raise UserError(
