@@ -94,6 +94,24 @@ def test_reproduces_affine_function_of_keys(solver):
   assert np.max(np.abs(soft[:, rows] - want[:, rows])) > 0.1
 
 
+@pytest.mark.parametrize("solver", ["lapack", "gauss_jordan"])
+@pytest.mark.parametrize("ridge", [1.0, 1e-2, 1e-4, 1e-6])
+def test_row_that_sees_one_key_returns_its_value_in_float32(ridge, solver):
+  """A row with one visible key (a document's first, or any row under window 1) fits b = v_j
+  for every lambda > 0. The old uncentred form divided by 1 - rho.zbar ~ lambda / |z|^2, mostly
+  float32 rounding: 0.17 off at lambda = 1e-4 and NaN at 1e-6 (D = 32, unit-RMS q and k)."""
+  q, k, v = _inputs(6, b=2, t=12, hq=4, hkv=2, d=32, dtype=np.float32)
+  seg = np.array([[0] * 5 + [1] * 4 + [2] * 3, [7] * 12])
+  starts = seg != np.pad(seg[:, :-1], ((0, 0), (1, 0)), constant_values=-1)  # [B, T]
+  want = np.repeat(v, 2, axis=2)  # query head h reads kv head h // 2
+  args = [jnp.asarray(x) for x in (q, k, v)]
+  got = np.asarray(lla_attention(*args, ridge=ridge, segment_ids=jnp.asarray(seg), solver=solver))
+  assert np.isfinite(got).all()
+  np.testing.assert_allclose(got[starts], want[starts], rtol=1e-6, atol=1e-7)
+  got = np.asarray(lla_attention(*args, ridge=ridge, window_size=1, solver=solver))
+  np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+
+
 def test_gradients_finite_and_match_finite_differences():
   q, k, v = _inputs(3, b=1, t=6, hq=2, hkv=1, d=3)
   seg = np.array([[1, 1, 1, 2, 2, 2]])
