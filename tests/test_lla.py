@@ -139,6 +139,14 @@ def test_rejects_bad_arguments():
     lla_attention(q, k[:, :, :2], v[:, :, :2])
   with pytest.raises(ValueError, match="ridge"):
     lla_attention(q, k, v, ridge=-1.0)
+  # NaN slipped past `ridge < 0` (NaN rows); a traced ridge crashed in the comparison.
+  for ridge in (float("nan"), float("inf"), "1", True):
+    with pytest.raises(ValueError, match="ridge must be a finite Python number"):
+      lla_attention(q, k, v, ridge=ridge)
+  with pytest.raises(ValueError, match="ridge must be a finite Python number"):
+    jax.jit(lambda r: lla_attention(q, k, v, ridge=r))(1.0)
+  with pytest.raises(ValueError, match="scale must be finite"):
+    lla_attention(q, k, v, scale=float("nan"))
   with pytest.raises(ValueError, match="solver"):
     lla_attention(q, k, v, solver="qr")
 

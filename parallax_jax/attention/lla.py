@@ -39,12 +39,16 @@ inputs stay float64); the output has q's dtype.
 
 from __future__ import annotations
 
+import math
+import numbers
+
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
 from parallax_jax.attention.masking import MaskSpec
 from parallax_jax.attention.reference import effective_weights
+from parallax_jax.attention.validation import static_scale
 
 
 def lla_attention(
@@ -87,13 +91,15 @@ def lla_attention(
     raise ValueError(f"q heads ({hq}) must be a multiple of k/v heads ({hkv})")
   if solver not in SOLVERS:
     raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
-  if ridge < 0:
-    raise ValueError(f"ridge must be >= 0, got {ridge}")
+  # A Python number: NaN passed a bare `ridge < 0` and gave NaN rows; a traced one crashed in it.
+  real = isinstance(ridge, numbers.Real) and not isinstance(ridge, bool)
+  if not (real and math.isfinite(ridge) and ridge >= 0):
+    raise ValueError(f"ridge must be a finite Python number >= 0, got {ridge!r}")
   if segment_ids is not None and (segment_ids.shape != (b, tq) or tq != tk):
     raise ValueError(f"segment_ids{segment_ids.shape} must be [B, T] = {(b, tq)} with Tq == Tk")
   out_dtype = q.dtype
   dt = jnp.promote_types(q.dtype, jnp.float32)
-  c = d**-0.5 if scale is None else scale
+  c = static_scale(scale, d)  # a finite Python float, as every other attention path takes
   group = hq // hkv
   # [B, H, T, D] layout, kv heads repeated for GQA.
   qh = jnp.swapaxes(q, 1, 2).astype(dt)
