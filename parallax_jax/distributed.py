@@ -14,12 +14,14 @@ coordinator, process count and id itself; elsewhere give ``coordinator_address``
 are read here, the config taking precedence). A config that itself asks for several processes
 (``num_processes`` > 1 or ``process_id`` > 0) where nothing starts ``jax.distributed`` (mode
 ``"never"``, or ``"auto"`` with no coordinator and no multi-process environment) is refused,
-not trained as one process.
+not trained as one process. ``check_same_config`` then refuses a job whose processes were given
+different configs.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 from collections.abc import Mapping
@@ -166,3 +168,43 @@ def initialize(cfg: DistributedConfig) -> bool:
     jax.device_count(),
   )
   return True
+
+
+def _flat(d: Mapping, prefix: str = "") -> dict:
+  out = {}
+  for k, v in d.items():
+    out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, Mapping) else {f"{prefix}{k}": v})
+  return out
+
+
+def check_same_config(config: Mapping) -> None:
+  """Raises a ``UserError`` on every process unless every process was given the same config
+  (the ``distributed`` section aside: its process id differs by design). A host with another
+  seed or learning rate would otherwise train its own params' shards and data under it, and the
+  run record would show process 0's. Collective: call on every process, after ``initialize``."""
+  import jax
+
+  if jax.process_count() == 1:
+    return
+  import numpy as np
+  from jax.experimental import multihost_utils
+
+  mine = {k: v for k, v in _flat(config).items() if not k.startswith("distributed.")}
+  raw = np.frombuffer(json.dumps(mine, sort_keys=True, default=repr).encode(), np.uint8)
+  longest = int(np.max(multihost_utils.process_allgather(np.array([raw.size], np.int64))))
+  padded = np.zeros(longest, np.uint8)  # JSON text holds no NUL byte: the padding strips off
+  padded[: raw.size] = raw
+  rows = np.asarray(multihost_utils.process_allgather(padded)).reshape(-1, longest)
+  configs = [json.loads(bytes(row).rstrip(b"\0")) for row in rows]
+  others = [i for i, c in enumerate(configs) if c != configs[0]]
+  if others:
+    first = configs[others[0]]
+    keys = sorted(k for k in {*configs[0], *first} if configs[0].get(k) != first.get(k))
+    shown = ", ".join(
+      f"{k}={configs[0].get(k, '(absent)')!r} vs {first.get(k, '(absent)')!r}" for k in keys[:5]
+    )
+    raise UserError(
+      f"processes {others} were given another config than process 0 (process 0 vs process "
+      f"{others[0]}: {shown}{', ...' if len(keys) > 5 else ''}); every process of a job must run "
+      "the same command with the same --config.* overrides"
+    )

@@ -49,14 +49,17 @@ def _env(processes: int, index: int, address: str) -> dict:
   return env
 
 
-def _start(command: str, workdir, processes: int, *extra: str, cwds=None) -> list[subprocess.Popen]:
+def _start(
+  command: str, workdir, processes: int, *extra: str, cwds=None, own=None
+) -> list[subprocess.Popen]:
+  """``own``: process index -> arguments of that process alone."""
   with socket.socket() as s:
     s.bind(("localhost", 0))
     address = f"localhost:{s.getsockname()[1]}"
   cmd = [sys.executable, "-m", "parallax_jax.cli", command, "--workdir", str(workdir), *extra]
   return [
     subprocess.Popen(
-      cmd,
+      [*cmd, *(own or {}).get(i, [])],
       cwd=ROOT if cwds is None else cwds[i],
       stdout=subprocess.PIPE,
       stderr=subprocess.STDOUT,
@@ -183,6 +186,22 @@ def test_hosts_that_read_different_data_are_refused(tmp_path):
   for out in outs:
     errors = [line for line in out.splitlines() if line.startswith("parallax-jax: error:")]
     assert len(errors) == 1 and "processes [1] read other data than process 0" in errors[0], out
+  assert codes == [2, 2] and not workdir.exists()
+
+
+def test_a_process_given_another_config_is_refused(tmp_path):
+  """Process 1 alone gets another seed (say, a host's launch script out of date): it would
+  initialise its shards of the params and shuffle its documents under it, while the run record
+  shows process 0's. Refused on both before anything is written."""
+  workdir = tmp_path / "run"
+  args = ["--config", "configs/tiny.py", *ARGS]
+  own = {1: ["--config.train.seed=7"]}
+  codes, outs = _finish(_start("train", workdir, 2, *args, own=own))
+  for out in outs:
+    errors = [line for line in out.splitlines() if line.startswith("parallax-jax: error:")]
+    assert len(errors) == 1 and "Traceback" not in out, out[-3000:]
+    assert "processes [1] were given another config than process 0" in errors[0]
+    assert "train.seed=0 vs 7" in errors[0]
   assert codes == [2, 2] and not workdir.exists()
 
 

@@ -85,4 +85,5 @@ def initialize(cfg):
   from parallax_jax import distributed
   from parallax_jax.train.config import distributed_config
 
-  distributed.initialize(distributed_config(cfg))
+  if distributed.initialize(distributed_config(cfg)):
+    distributed.check_same_config(cfg.to_dict())
