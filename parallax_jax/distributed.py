@@ -14,8 +14,9 @@ coordinator, process count and id itself; elsewhere give ``coordinator_address``
 are read here, the config taking precedence). A config that itself asks for several processes
 (``num_processes`` > 1 or ``process_id`` > 0) where nothing starts ``jax.distributed`` (mode
 ``"never"``, or ``"auto"`` with no coordinator and no multi-process environment) is refused,
-not trained as one process. ``check_same_config`` then refuses a job whose processes were given
-different configs.
+not trained as one process; under ``"auto"`` so are such ``JAX_NUM_PROCESSES`` /
+``JAX_PROCESS_ID`` without a coordinator. ``check_same_config`` then refuses a job whose
+processes were given different configs.
 """
 
 from __future__ import annotations
@@ -66,11 +67,6 @@ class DistributedConfig:
           f"{self.num_processes} (process ids count from 0)"
         )
 
-  def asks_for_processes(self) -> bool:
-    """Does this config itself say the job has more than one process (a count above 1, or a
-    process id above 0)?"""
-    return (self.num_processes or 1) > 1 or (self.process_id or 0) > 0
-
   @classmethod
   def from_dict(cls, d: Mapping) -> DistributedConfig:
     return from_section(cls, "distributed", d)
@@ -117,13 +113,18 @@ def initialize(cfg: DistributedConfig) -> bool:
     cfg.initialize == "auto" and (cfg.coordinator_address or multi_process_environment())
   )
   if not wanted:
-    if cfg.asks_for_processes():
-      # Training alone would silently be another job than the one asked for.
+    least = {"num_processes": 1, "process_id": 0}
+    numbers = {k: getattr(cfg, k) for k in _ENV}
+    if cfg.initialize == "auto":  # the README's variables too: only the coordinator is missing
+      numbers = {k: _config_or_env(v, k, least[k]) for k, v in numbers.items()}
+    asked = ""
+    if (numbers["num_processes"] or 1) > 1 or (numbers["process_id"] or 0) > 0:
       asked = ", ".join(
-        f"distributed.{k}={getattr(cfg, k)}"
-        for k in ("num_processes", "process_id")
-        if getattr(cfg, k) is not None
+        f"{_ENV[k]}={os.environ[_ENV[k]]}" if getattr(cfg, k) is None else f"distributed.{k}={n}"
+        for k, n in numbers.items()
+        if n is not None
       )
+    if asked:  # training alone would silently be another job than the one asked for
       why = (
         "distributed.initialize='never'"
         if cfg.initialize == "never"
@@ -134,8 +135,9 @@ def initialize(cfg: DistributedConfig) -> bool:
         f"{asked} asks for several processes, but nothing starts jax.distributed ({why}), so "
         "this would train as one process alone; give the coordinator "
         "(--config.distributed.coordinator_address=HOST:PORT or JAX_COORDINATOR_ADDRESS, with "
-        "distributed.initialize 'auto' or 'always'), or set distributed.num_processes and "
-        "distributed.process_id to None for one process"
+        "distributed.initialize 'auto' or 'always'), or for one process set "
+        "distributed.num_processes and distributed.process_id to None"
+        + (" and unset JAX_NUM_PROCESSES and JAX_PROCESS_ID" if "JAX_" in asked else "")
       )
     return False
   kwargs = {

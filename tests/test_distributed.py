@@ -132,6 +132,21 @@ def test_several_processes_that_nothing_starts_are_refused_not_run_alone(calls, 
   assert calls == []
 
 
+@pytest.mark.parametrize(
+  "env", [{"JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "1"}, {"JAX_NUM_PROCESSES": "2"}]
+)
+def test_process_variables_without_a_coordinator_are_refused_not_run_alone(calls, monkeypatch, env):
+  """The README's recipe with JAX_COORDINATOR_ADDRESS forgotten (or misspelt): each host would
+  train alone."""
+  for name, value in env.items():
+    monkeypatch.setenv(name, value)
+  with pytest.raises(UserError, match="JAX_NUM_PROCESSES=2.* asks for several processes.*unset"):
+    distributed.initialize(DistributedConfig())
+  assert calls == []
+  assert not distributed.initialize(DistributedConfig(initialize="never"))  # as asked: alone
+  assert not distributed.initialize(DistributedConfig(num_processes=1, process_id=0))  # config wins
+
+
 def test_one_process_asked_for_explicitly_stays_single_process(calls):
   assert not distributed.initialize(DistributedConfig(num_processes=1, process_id=0))
   assert calls == []
