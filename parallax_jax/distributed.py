@@ -25,6 +25,8 @@ import dataclasses
 import json
 import logging
 import os
+import socket
+import time
 from collections.abc import Mapping
 
 from parallax_jax.config_utils import from_section, require_number
@@ -33,6 +35,7 @@ from parallax_jax.errors import UserError
 log = logging.getLogger("parallax_jax")
 
 MODES = ("auto", "always", "never")
+CONNECT_TIMEOUT_S = 300  # jax.distributed.initialize's initialization_timeout
 _ENV = {"num_processes": "JAX_NUM_PROCESSES", "process_id": "JAX_PROCESS_ID"}
 
 
@@ -155,6 +158,12 @@ def initialize(cfg: DistributedConfig) -> bool:
         f"process id {kwargs['process_id']} is not below the process count "
         f"{kwargs['num_processes']} (distributed.process_id / JAX_PROCESS_ID counts from 0)"
       )
+  address = cfg.coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS")
+  if address and kwargs.get("process_id", 0) > 0:
+    _wait_for_coordinator(
+      address,
+      "distributed.coordinator_address" if cfg.coordinator_address else "JAX_COORDINATOR_ADDRESS",
+    )
   try:
     jax.distributed.initialize(**kwargs)
   except ValueError as e:  # what jax could not discover, e.g. the process count off a cluster
@@ -170,6 +179,28 @@ def initialize(cfg: DistributedConfig) -> bool:
     jax.device_count(),
   )
   return True
+
+
+def _wait_for_coordinator(address: str, where: str) -> None:
+  """Waits (up to ``CONNECT_TIMEOUT_S``, jax's own initialization timeout) until the coordinator
+  (process 0) accepts a TCP connection. jax's client aborts the process after that time with a
+  C++ stack trace blaming "another task"; a wrong address is better said in one line."""
+  host, sep, port = address.rpartition(":")
+  if not sep or not host or not port.isdigit():
+    raise UserError(f"{where}={address!r} must be 'host:port' (process 0's host and a free port)")
+  host = host.removeprefix("[").removesuffix("]")  # an IPv6 address: [::1]:8476
+  deadline = time.monotonic() + CONNECT_TIMEOUT_S
+  while True:
+    try:
+      socket.create_connection((host, int(port)), timeout=5).close()
+      return
+    except OSError as e:
+      if time.monotonic() >= deadline:
+        raise UserError(
+          f"{where}={address!r}: no coordinator answered there within {CONNECT_TIMEOUT_S} s "
+          f"({e}); give process 0's host and port, and start process 0 too"
+        ) from e
+    time.sleep(0.5)
 
 
 def _flat(d: Mapping, prefix: str = "") -> dict:

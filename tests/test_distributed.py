@@ -1,5 +1,8 @@
 """When ``jax.distributed.initialize`` is called, and with what."""
 
+import socket
+import time
+
 import jax
 import pytest
 
@@ -23,6 +26,7 @@ def calls(monkeypatch):
     monkeypatch.delenv(name, raising=False)
   seen = []
   monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: seen.append(kw))
+  monkeypatch.setattr(distributed, "_wait_for_coordinator", lambda address, where: None)
   return seen
 
 
@@ -150,3 +154,33 @@ def test_process_variables_without_a_coordinator_are_refused_not_run_alone(calls
 def test_one_process_asked_for_explicitly_stays_single_process(calls):
   assert not distributed.initialize(DistributedConfig(num_processes=1, process_id=0))
   assert calls == []
+
+
+def test_a_coordinator_that_never_answers_is_one_line_in_bounded_time(monkeypatch):
+  """Process 1 with a wrong JAX_COORDINATOR_ADDRESS (or a process 0 that never starts): jax's
+  client waits its 300 s, then aborts with a C++ stack trace blaming "another task"."""
+  for name in ENV:
+    monkeypatch.delenv(name, raising=False)
+  seen = []
+  monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: seen.append(kw))
+  monkeypatch.setattr(distributed, "CONNECT_TIMEOUT_S", 1)
+  with socket.socket() as closed:  # bound, not listening: refused
+    closed.bind(("localhost", 0))
+    address = f"localhost:{closed.getsockname()[1]}"
+    monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", address)
+    t0 = time.monotonic()
+    with pytest.raises(UserError, match=f"JAX_COORDINATOR_ADDRESS='{address}': no coordinator"):
+      distributed.initialize(DistributedConfig(num_processes=2, process_id=1))
+    assert time.monotonic() - t0 < 10 and seen == []
+  with pytest.raises(UserError, match="coordinator_address='h0' must be 'host:port'"):
+    distributed.initialize(
+      DistributedConfig(coordinator_address="h0", num_processes=2, process_id=1)
+    )
+  with socket.socket() as listening:  # process 0's service up: on to jax
+    listening.bind(("localhost", 0))
+    listening.listen()
+    address = f"localhost:{listening.getsockname()[1]}"
+    assert distributed.initialize(
+      DistributedConfig(coordinator_address=address, num_processes=2, process_id=1)
+    )
+  assert seen == [{"coordinator_address": address, "num_processes": 2, "process_id": 1}]
