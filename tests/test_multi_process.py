@@ -205,6 +205,29 @@ def test_a_process_given_another_config_is_refused(tmp_path):
   assert codes == [2, 2] and not workdir.exists()
 
 
+def test_a_data_file_missing_on_one_host_stops_every_process_in_one_line(tmp_path):
+  """Process 1's host lacks the corpus: it stops with its own error, and process 0, at the
+  cross-process data check, stops there too (it waited at that collective for ever, while
+  process 1 waited for it at exit)."""
+  cwds = [tmp_path / "host0", tmp_path / "host1"]
+  for cwd in cwds:
+    cwd.mkdir()
+  (cwds[0] / "corpus.txt").write_text(
+    "\n\n".join(f"document {k} " + "words " * 20 for k in range(40))
+  )
+  data = ["--config.data.source=corpus.txt", "--config.data.text_split=paragraph"]
+  workdir = tmp_path / "run"
+  args = ["--config", str(ROOT / "configs" / "tiny.py"), *ARGS, *data]
+  codes, outs = _finish(_start("train", workdir, 2, *args, cwds=cwds), timeout_s=120)
+  errors = [
+    [line for line in out.splitlines() if line.startswith("parallax-jax: error:")] for out in outs
+  ]
+  assert [len(e) for e in errors] == [1, 1] and "Traceback" not in outs[0] + outs[1], outs
+  assert "processes [1] stopped with an error before the data check" in errors[0][0]
+  assert "'corpus.txt': no such file or directory" in errors[1][0]
+  assert codes == [2, 2] and not workdir.exists()
+
+
 def test_every_process_describes_the_same_trained_tokenizer(tmp_path, monkeypatch):
   """Process 0 trains the BPE and saves it in the run; another process that starts first trains
   its own into a private file. What the processes compare must be the same for both (the

@@ -55,6 +55,21 @@ class TrainData:
     cfg = exp.data
     self.task = cfg.is_task  # generated on the fly: no tokenizer, no files
     self.tokenizer = self.source = None
+    # The cross-process checks still ahead: a process that fails alone (a data file missing on
+    # its host) takes part in the next one, failed, so the others stop there too; otherwise
+    # they would wait at that collective while it waits for them at exit.
+    self._checks_ahead = ["data"] if self.task else ["data", "tokenizer"]
+    try:
+      self._init(exp)
+    except _ProcessesDiffer:  # raised by a check, on every process: all are past it
+      raise
+    except Exception:
+      if self._checks_ahead:
+        _same_on_every_process(self._checks_ahead[0], {}, failed=True)
+      raise
+
+  def _init(self, exp):
+    cfg = exp.data
     if self.task:
       synthetic.check_task(cfg, exp.train.seq_len, exp.model)
     else:
@@ -71,6 +86,7 @@ class TrainData:
       self._dataset("eval")  # no held-out document: fail now rather than at the first eval
     self._it = iter(self._train)
     if self.task:  # generated: its description is the whole of its data
+      self._checks_ahead.remove("data")
       _same_on_every_process("data", {"source": self.describe()["source"]})
     else:
       self._check_tokenizer_on_every_process()
@@ -80,6 +96,7 @@ class TrainData:
     installation, for the built-in corpora) differ would train on another split without a word.
     Compares a hash of the source's description (with its files' sizes) across processes, as
     soon as the source exists: before a tokenizer is trained and saved on it."""
+    self._checks_ahead.remove("data")
     if jax.process_count() == 1:  # nothing to compare: no file statted at start-up
       return
     paths = getattr(self.source, "paths", None) or []  # file sources: their sizes too
@@ -89,6 +106,7 @@ class TrainData:
   def _check_tokenizer_on_every_process(self) -> None:
     """The tokenizer by its bytes where it has a file: a trained one sits in a private file on
     the processes other than 0, so where it lies differs."""
+    self._checks_ahead.remove("tokenizer")
     if jax.process_count() == 1:  # nothing to compare: the file is not read
       return
     path = getattr(self.tokenizer, "path", None)
@@ -248,17 +266,33 @@ def _remove_private_dir(directory: str, owner_pid: int) -> None:
     shutil.rmtree(directory, ignore_errors=True)
 
 
-def _same_on_every_process(kind: str, what: dict) -> None:
-  """Raises a ``UserError`` unless ``what`` (JSON-able) hashes alike on every process."""
+class _ProcessesDiffer(UserError):
+  """A cross-process check's verdict, raised on every process."""
+
+
+def _same_on_every_process(kind: str, what: dict, *, failed: bool = False) -> None:
+  """Raises a ``UserError`` unless ``what`` (JSON-able) hashes alike on every process.
+
+  ``failed``: this process stopped with an error before the check and only takes part (its
+  caller raises that error); the others raise, naming it."""
   if jax.process_count() == 1:
     return
   from jax.experimental import multihost_utils
 
   digest = hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).digest()
-  digests = np.asarray(multihost_utils.process_allgather(np.frombuffer(digest, np.uint8)))
+  mine = np.frombuffer(digest + bytes([failed]), np.uint8)
+  digests = np.asarray(multihost_utils.process_allgather(mine))
+  stopped = [i for i, d in enumerate(digests) if d[-1]]
+  if failed:
+    return
+  if stopped:
+    raise _ProcessesDiffer(
+      f"processes {stopped} stopped with an error before the {kind} check (see their output: "
+      "a data file or tokenizer missing on that host?); nothing was trained"
+    )
   others = [i for i, d in enumerate(digests) if bytes(d) != bytes(digests[0])]
   if others:
-    raise UserError(
+    raise _ProcessesDiffer(
       f"processes {others} read other {kind} than process 0 (each host's data.* files, or its "
       f"Python installation for a built-in corpus, must be the same); process "
       f"{jax.process_index()} reads {what}"
