@@ -344,6 +344,8 @@ def test_compiled_once_per_shape(models):
     ({"prompts": [[1, 128]]}, r"prompts\[0\] has ids outside 0 .. 127"),
     ({"max_new_tokens": 0}, "max_new_tokens must be an int >= 1"),
     ({"chunk_tokens": 0}, "chunk_tokens must be an int >= 1"),
+    ({"prefill_chunk": 0}, "prefill_chunk must be an int >= 1, got 0"),
+    ({"prefill_chunk": 2.5}, "prefill_chunk must be an int >= 1, got 2.5"),
     ({"eos_id": 128}, "eos_id=128"),
     # an id of the table's padding is never sampled: no row would ever stop
     ({"eos_id": 100, "vocab_size": 100}, r"eos_id=100 lies outside .* 0 .. 99 \(vocab_size\)"),

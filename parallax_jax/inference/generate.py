@@ -246,6 +246,8 @@ def generate(
   table = merged.cfg.vocab_size  # rows of the (padded) embedding table
   _positive_int("max_new_tokens", max_new_tokens)
   _positive_int("chunk_tokens", chunk_tokens)
+  if prefill_chunk is not None:  # (Transformer.prefill's ValueError came after the checks)
+    _positive_int("prefill_chunk", prefill_chunk)
   check_seed(seed)
   sampling = SamplingConfig() if sampling is None else sampling
   if not isinstance(sampling, SamplingConfig):
