@@ -203,16 +203,10 @@ def _wait_for_coordinator(address: str, where: str) -> None:
     time.sleep(0.5)
 
 
-def _flat(d: Mapping, prefix: str = "") -> dict:
-  out = {}
-  for k, v in d.items():
-    out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, Mapping) else {f"{prefix}{k}": v})
-  return out
-
-
 def check_same_config(config: Mapping) -> None:
   """Raises a ``UserError`` on every process unless every process was given the same config
-  (the ``distributed`` section aside: its process id differs by design). A host with another
+  (``config`` flattened, ``{"train.seed": 0, ...}``, as ``train.config_keys.flatten`` gives it;
+  the ``distributed`` section aside: its process id differs by design). A host with another
   seed or learning rate would otherwise train its own params' shards and data under it, and the
   run record would show process 0's. Collective: call on every process, after ``initialize``."""
   import jax
@@ -222,7 +216,7 @@ def check_same_config(config: Mapping) -> None:
   import numpy as np
   from jax.experimental import multihost_utils
 
-  mine = {k: v for k, v in _flat(config).items() if not k.startswith("distributed.")}
+  mine = {k: v for k, v in config.items() if not k.startswith("distributed.")}
   raw = np.frombuffer(json.dumps(mine, sort_keys=True, default=repr).encode(), np.uint8)
   longest = int(np.max(multihost_utils.process_allgather(np.array([raw.size], np.int64))))
   padded = np.zeros(longest, np.uint8)  # JSON text holds no NUL byte: the padding strips off

@@ -26,6 +26,7 @@ from parallax_jax.benchmarking.synthetic_batch import synthetic_batch
 from parallax_jax.errors import UserError
 from parallax_jax.flops import MFU_HEADER
 from parallax_jax.sharding import STRATEGIES
+from parallax_jax.train import run_record
 from parallax_jax.train.config import apply_overrides, resolve
 from parallax_jax.train.metrics import compiled_memory_bytes, mfu
 from parallax_jax.train.program import Program
@@ -260,7 +261,7 @@ def check_output_folder(workdir: Path, *, scaling: bool) -> None:
   """Refuses, before anything compiles, a folder that holds a training run (a run is read,
   never written into, by the other commands) or an earlier comparison's results (never
   overwritten)."""
-  if (workdir / "config.json").is_file():
+  if run_record.holds_run(workdir):
     raise UserError(
       f"--workdir {str(workdir)!r} holds a training run (config.json); compare-sharding "
       "writes its results into a folder of its own: pass a new one"

@@ -83,7 +83,8 @@ def initialize(cfg):
   """Starts jax.distributed as ``cfg.distributed`` and the environment say (before any backend
   is touched): every process of a multi-process job runs the same command."""
   from parallax_jax import distributed
+  from parallax_jax.train import config_keys
   from parallax_jax.train.config import distributed_config
 
   if distributed.initialize(distributed_config(cfg)):
-    distributed.check_same_config(cfg.to_dict())
+    distributed.check_same_config(config_keys.flatten(cfg.to_dict()))

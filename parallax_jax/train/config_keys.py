@@ -190,15 +190,21 @@ ADDED_KEYS: dict[str, Callable[[dict], object]] = {
 CHECK_KEYS = ("data.source_sha256",)
 
 
+def _section_of(config: dict, key: str) -> tuple[dict | None, str]:
+  """``(the section of config (nested, plain) that holds key's last part, or None; that part)``."""
+  *path, name = key.split(".")
+  section = config
+  for part in path:
+    section = section.get(part) if isinstance(section, dict) else None
+  return (section if isinstance(section, dict) else None), name
+
+
 def without_check_keys(config: dict) -> dict:
   """A copy of ``config`` (nested, plain) without the ``CHECK_KEYS``."""
   out = json.loads(json.dumps(config, default=str))
   for key in CHECK_KEYS:
-    *path, name = key.split(".")
-    section = out
-    for part in path:
-      section = section.get(part) if isinstance(section, dict) else None
-    if isinstance(section, dict):
+    section, name = _section_of(out, key)
+    if section is not None:
       section.pop(name, None)
   return out
 
@@ -207,11 +213,8 @@ def _added_key_sections(config: dict):
   """``(section, name, earlier value)`` of each ``ADDED_KEYS`` key whose section ``config``
   (nested, plain) holds."""
   for key, earlier in ADDED_KEYS.items():
-    *path, name = key.split(".")
-    section = config
-    for part in path:
-      section = section.get(part) if isinstance(section, dict) else None
-    if isinstance(section, dict):
+    section, name = _section_of(config, key)
+    if section is not None:
       yield section, name, earlier(section)
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import jax.numpy as jnp
 
 from parallax_jax.errors import UserError
+from parallax_jax.files import lies_in
 from parallax_jax.model import ModelConfig
 from parallax_jax.train.checkpoint import check_step, restore_run_params, save_params
 
@@ -47,7 +48,7 @@ def convert_softmax_to_parallax(
       "give a path that does not exist"
     )
   workdir = Path(workdir)
-  if out.is_relative_to(workdir.absolute().resolve()) or out.is_relative_to(workdir.absolute()):
+  if lies_in(out, workdir):
     # reading a run never writes to it (under checkpoints/ the run would take it for a step)
     raise UserError(
       f"--out {str(out)!r} lies inside the run it reads (--workdir {str(workdir)!r}); write "

@@ -109,11 +109,14 @@ class TrainData:
     self._checks_ahead.remove("tokenizer")
     if jax.process_count() == 1:  # nothing to compare: the file is not read
       return
-    path = getattr(self.tokenizer, "path", None)
-    tokenizer = (
-      repr(self.tokenizer) if path is None else hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    _same_on_every_process(
+      "tokenizer", {"tokenizer": self._tokenizer_sha256() or repr(self.tokenizer)}
     )
-    _same_on_every_process("tokenizer", {"tokenizer": tokenizer})
+
+  def _tokenizer_sha256(self) -> str | None:
+    """sha256 of the tokenizer's file; None for one without a file (bytes)."""
+    path = getattr(self.tokenizer, "path", None)
+    return None if path is None else hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
   def _init_text(self, cfg):
     exp = self.exp
@@ -218,9 +221,9 @@ class TrainData:
       "tokenizer": repr(self.tokenizer),
       "vocab_size": self.tokenizer.vocab_size,
     }
-    path = getattr(self.tokenizer, "path", None)
-    if path is not None:  # what it is, beside where this start read it (a moved run moves it)
-      out["tokenizer_sha256"] = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    digest = self._tokenizer_sha256()
+    if digest is not None:  # what it is, beside where this start read it (a moved run moves it)
+      out["tokenizer_sha256"] = digest
     if self.tokenizer_training is not None:
       out["tokenizer_training"] = self.tokenizer_training
     return out

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -14,6 +13,7 @@ import ml_collections
 
 from parallax_jax import environment
 from parallax_jax.errors import UserError
+from parallax_jax.files import lies_in
 from parallax_jax.train import data_io, run_record, workdir_lock
 from parallax_jax.train.checkpoint import (
   Checkpointer,
@@ -50,11 +50,6 @@ def _progress(total: int, initial: int, enabled: bool):
   return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
 
 
-def _inside(path: str, workdir: Path) -> bool:
-  """Whether ``path`` (``~`` expanded) lies in ``workdir``."""
-  return Path(os.path.abspath(os.path.expanduser(path))).is_relative_to(workdir.absolute())
-
-
 class Trainer:
   """One run: its ``Program`` (compiled steps, mesh, shardings: ``trainer.program``), data,
   checkpoints and metrics."""
@@ -76,7 +71,7 @@ class Trainer:
     if read_only:
       run_record.require_checkpoints(self.workdir)
     cache = exp.train.compilation_cache_dir
-    if read_only and cache and _inside(cache, self.workdir):  # a reader writes nothing there
+    if read_only and cache and lies_in(cache, self.workdir):  # a reader writes nothing there
       log.info("train.compilation_cache_dir %s lies inside the run read: not used", cache)
       cache = ""
     use_compilation_cache(cache)  # before anything compiles
