@@ -149,6 +149,10 @@ HEAD_ONE = (
   "adamw+parallax_lr0.5_s0",
   "adamw+parallax_lr2_s0",
   "adamw+parallax_r0_lr2_s0",
+  # session 31: W_R = 0 under AdamW at 5e-4 ends 0.146 nats below softmax's best (3.489 against
+  # 3.635), the largest lead so far; does it survive equal FLOPs? (softmax's AdamW scan is flat
+  # between 5e-4 and 1e-3: 3.635, 3.637, so its base rate serves, as under Muon)
+  "adamw+softmax_compute_s0",
 )
 
 
@@ -163,6 +167,8 @@ HEAD_ONE_SEEDS = {
   # pair gets its seed 1 at 5e-4 for both kinds
   "adamw+softmax_lr0.5_head1_s1": "adamw+softmax_lr0.5_head1_s0",
   "adamw+parallax_lr0.5_head1_s1": "adamw+parallax_lr0.5_head1_s0",
+  # Session 31: W_R = 0 is AdamW's best arm at 5e-4 (3.489, softmax 3.635): its seed 1
+  "adamw+parallax_r0_lr0.5_head1_s1": "adamw+parallax_r0_lr0.5_head1_s0",
 }
 
 
@@ -177,6 +183,10 @@ HEAD_ONE_EDGES = {
   # session 30: W_R = 0's AdamW scan was won at its low edge (1e-3 3.559; 2e-3 4.124, run on
   # another corpus, indicative): one step lower
   "adamw+parallax_r0_lr0.5_head1_s0": ("adamw+parallax_r0_head1_s0", 0.5),
+  # session 31: W_R = 0's scan was won at its low edge again (5e-4 3.489 < 1e-3 3.559 < 2e-3
+  # 3.738), and softmax's by 0.002 nats (5e-4 3.635, 1e-3 3.637): one step lower for both
+  "adamw+parallax_r0_lr0.25_head1_s0": ("adamw+parallax_r0_head1_s0", 0.25),
+  "adamw+softmax_lr0.25_head1_s0": ("adamw+softmax_head1_s0", 0.25),
 }
 
 
@@ -257,11 +267,11 @@ PRIORITY = (  # device sessions run these in order: each step answers a question
   # compute-matched gap is not softmax's rate); like_q at half its Muon rate 2.094 (x1 2.045,
   # x2 2.020); AdamW softmax x2 3.802 (x1 3.637); AdamW like_q x0.5 3.686 (x1 4.509)
   *[head_one(name) for name in HEAD_ONE[15:19]],
-  # next (session 30 ran the edge steps and W_R = 0's AdamW x2 on another corpus, kept apart
-  # in studies_gpu/corpus_7ef9c500, not collected; they run again): AdamW's edge steps first
-  # (softmax's 5e-4 rerun also measures the corpus effect against session 30's run), then
-  # AdamW's pair at seed 1 at 5e-4, W_R = 0 at 5e-4, like_q's Muon x4, and AdamW's x2 runs for
-  # W_R = 0 and like_q (like_q's x1 already spiked: least informative)
+  # done (session 31, H100; session 30 had run 45-48 on another corpus, kept apart in
+  # studies_gpu/corpus_7ef9c500): AdamW softmax 5e-4 3.635 (session 30: 3.633), like_q 2.5e-4
+  # 3.900; the seed-1 pair at 5e-4 softmax 3.694, like_q 3.725 (+0.031; seed 0 +0.051);
+  # W_R = 0 at 5e-4 3.489 (-0.146 against softmax); like_q Muon x4 2.040 (x2 2.020); W_R = 0
+  # AdamW 2e-3 3.738 (session 30's, a gradient-norm spike of 126: 4.124)
   "adamw+softmax_lr0.5_head1_s0",
   "adamw+parallax_lr0.25_head1_s0",
   "adamw+softmax_lr0.5_head1_s1",
@@ -269,6 +279,12 @@ PRIORITY = (  # device sessions run these in order: each step answers a question
   "adamw+parallax_r0_lr0.5_head1_s0",
   "muon+parallax_lr4_head1_s0",
   head_one("adamw+parallax_r0_lr2_s0"),
+  # next: W_R = 0's AdamW lead, seed 1 and equal FLOPs first, then both scans' next low step
+  "adamw+parallax_r0_lr0.5_head1_s1",
+  head_one("adamw+softmax_compute_s0"),
+  "adamw+parallax_r0_lr0.25_head1_s0",
+  "adamw+softmax_lr0.25_head1_s0",
+  # then like_q's AdamW x2 (its x1 already spiked: least informative)
   head_one("adamw+parallax_lr2_s0"),
   # then the scaled head's AdamW scan and controls: they study a head that holds every arm
   # back, so they come last
