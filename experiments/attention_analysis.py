@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from parallax_jax.analysis import attention_stats
+from parallax_jax.analysis.attention_stats import KINDS
 from parallax_jax.errors import UserError
 from parallax_jax.train.loop import Trainer
 from parallax_jax.train.run_record import load_run_config
@@ -128,12 +129,20 @@ def main(argv=None):
       if not sep or not workdir:
         raise SystemExit(f"{flag} must be name=workdir, got {spec!r}")
       runs[name] = (Path(workdir), flag == "--init")
-  # A run that is not there, or holds no readable checkpoint: one line, before the output.
+  if args.min_row < 0:
+    p.error(f"--min-row must be >= 0, got {args.min_row}")
+  # A run that is not there, or of a model the analysis does not cover: one line, before the
+  # output; every run checked before the first (slow) analysis.
   for name, (w, init) in runs.items():
     try:
-      load_run_config(w)  # every run checked before the first (slow) analysis
+      attention = load_run_config(w).model.attention
     except UserError as e:
       p.error(f"{'--init' if init else '--run'} {name}={w}: {e}")
+    if attention not in KINDS:
+      p.error(
+        f"{'--init' if init else '--run'} {name}={w}: model.attention={attention!r}; "
+        "give a parallax or softmax run"
+      )
   results = {}
   for name, (w, init) in runs.items():
     try:

@@ -48,3 +48,41 @@ def test_a_missing_run_is_a_one_line_error_before_any_output(tmp_path, capsys):
     )
   )
   assert list(tmp_path.iterdir()) == []
+
+
+def _fake_run(workdir: Path, **model) -> Path:
+  """A workdir holding only a run record of ``configs/tiny.py`` with ``model`` changed."""
+  import json
+  import runpy
+
+  config = runpy.run_path(str(Path(__file__).parents[1] / "configs" / "tiny.py"))["get_config"]()
+  config.model.update(model)
+  workdir.mkdir()
+  (workdir / "config.json").write_text(json.dumps({"config": config.to_dict()}))
+  return workdir
+
+
+def _one_line_error(capsys, argv) -> str:
+  import pytest
+
+  from experiments.attention_analysis import main
+
+  with pytest.raises(SystemExit) as exit_:
+    main(argv)
+  err = capsys.readouterr().err
+  assert exit_.value.code == 2 and "Traceback" not in err, err
+  return err.strip().splitlines()[-1]
+
+
+def test_a_run_the_analysis_does_not_cover_is_a_one_line_error(tmp_path, capsys):
+  # Refused before any run is read (a trained LLA run got attention_stats' traceback).
+  lla = _fake_run(tmp_path / "lla", attention="lla")
+  line = _one_line_error(capsys, ["--run", f"x={lla}", "--out", str(tmp_path / "a")])
+  assert line.endswith(f"--run x={lla}: model.attention='lla'; give a parallax or softmax run")
+  assert not list(tmp_path.glob("a.*"))
+
+
+def test_a_negative_min_row_is_a_one_line_error(tmp_path, capsys):
+  run = _fake_run(tmp_path / "run")
+  argv = ["--run", f"x={run}", "--out", str(tmp_path / "a"), "--min-row", "-1"]
+  assert _one_line_error(capsys, argv).endswith("--min-row must be >= 0, got -1")

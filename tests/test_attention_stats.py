@@ -173,3 +173,14 @@ def test_stats_pool_the_rows_of_every_batch():
   for name in ("negative_mass", "first_token"):
     want = (getattr(each[0], name) * rows[0] + getattr(each[1], name) * rows[1]) / rows.sum()
     np.testing.assert_allclose(getattr(both, name), want, rtol=1e-6, err_msg=name)
+
+
+def test_bad_arguments_are_user_errors():
+  """The CLI prints a ``UserError`` as one line (experiments/attention_analysis.py)."""
+  from parallax_jax.errors import UserError
+
+  graphdef, params = _model(CFG)
+  with pytest.raises(UserError, match="no row of the batches is 100 or more.*lower min_row"):
+    attention_stats(graphdef, params, [_batch()], min_row=100)
+  with pytest.raises(UserError, match="covers parallax and softmax models, not 'lla'"):
+    attention_stats(*_model(dataclasses.replace(CFG, attention="lla")), [_batch()])

@@ -26,10 +26,13 @@ from flax import nnx
 
 from parallax_jax.attention.masking import MaskSpec
 from parallax_jax.attention.reference import effective_weights
+from parallax_jax.errors import UserError
 
 # A weight counts as negative / above 1 beyond this margin: a row with one visible key has
 # a = 1 exactly, which float32 rounding may put a hair above 1.
 MARGIN = 1e-5
+# The models whose attention has effective weights (LLA's has none).
+KINDS = ("parallax", "softmax")
 STATS = ("negative", "above_one", "negative_mass", "first_token", "first_token_uniform")
 
 
@@ -131,8 +134,8 @@ def attention_stats(graphdef, params, batches, *, min_row: int = 16) -> Attentio
   per row). Each statistic is the mean over every counted row (pair) of every batch, so a
   batch of padding rows weighs nothing."""
   cfg = nnx.merge(graphdef, params).cfg
-  if cfg.attention not in ("parallax", "softmax"):
-    raise ValueError(f"attention_stats covers parallax and softmax models, not {cfg.attention!r}")
+  if cfg.attention not in KINDS:
+    raise UserError(f"attention_stats covers parallax and softmax models, not {cfg.attention!r}")
   totals = None
   n = 0
   for batch in batches:
@@ -153,5 +156,7 @@ def attention_stats(graphdef, params, batches, *, min_row: int = 16) -> Attentio
   if not n:
     raise ValueError("batches is empty")
   if not totals["rows"].any():
-    raise ValueError(f"no row of the batches is {min_row} or more tokens into a document")
+    raise UserError(
+      f"no row of the batches is {min_row} or more tokens into a document: lower min_row"
+    )
   return AttentionStats(**{k: totals[k] / totals[_PER[k]] for k in STATS})
