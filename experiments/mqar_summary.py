@@ -9,7 +9,9 @@ Prints the per-point table, then the runs that learnt recall per kind and pair c
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
+from parallax_jax.errors import UserError
 from parallax_jax.sweeps.recall import learnt_table, read_points, recall_figure, recall_table
 
 
@@ -21,8 +23,13 @@ def main(argv=None):
   args = p.parse_args(argv)
   if not 0 < args.threshold <= 1:
     p.error(f"--threshold must be in (0, 1], got {args.threshold}")
-  points = read_points(args.points, args.threshold)
-  print(recall_table(points, args.threshold))
+  if not Path(args.points).is_dir():
+    p.error(f"points {args.points!r} does not exist; give a sweep workdir's points/ folder")
+  try:  # no MQAR point there, or two runs in one cell: one line
+    points = read_points(args.points, args.threshold)
+    print(recall_table(points, args.threshold))
+  except UserError as e:
+    p.error(str(e))
   print(learnt_table(points), end="")
   if args.plot:
     recall_figure(points).savefig(args.plot, dpi=120)

@@ -7,7 +7,9 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
+from parallax_jax.errors import UserError
 from parallax_jax.sweeps.pivot import pivot
 
 
@@ -19,7 +21,12 @@ def main(argv=None):
   p.add_argument("--value", required=True)
   p.add_argument("--fmt", default="{:.3f}")
   args = p.parse_args(argv)
-  print(pivot(args.csv, args.rows, args.cols, args.value, args.fmt))
+  if not Path(args.csv).is_file():
+    p.error(f"csv {args.csv!r} does not exist; give a sweep's results.csv")
+  try:  # the csv's own faults (a column it lacks, no finished point): one line
+    print(pivot(args.csv, args.rows, args.cols, args.value, args.fmt))
+  except UserError as e:
+    p.error(str(e))
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from parallax_jax.errors import UserError
 from parallax_jax.sweeps.pairs import paired_curves, paired_tables
 
 
@@ -22,10 +23,18 @@ def main(argv=None):
     "--curves", action="store_true", help="also each pair's difference at every logged step"
   )
   args = p.parse_args(argv)
-  print(paired_tables(args.csv, args.value, args.base, args.fmt), end="")
-  if args.curves:
-    print()
-    print(paired_curves(Path(args.csv).parent / "points", args.value, args.base), end="")
+  points = Path(args.csv).parent / "points"
+  if not Path(args.csv).is_file():
+    p.error(f"csv {args.csv!r} does not exist; give a sweep's results.csv")
+  if args.curves and not points.is_dir():
+    p.error(f"--curves: {str(points)!r} does not exist; it reads the points beside the csv")
+  try:  # the csv's own faults (a column it lacks, no finished point): one line
+    print(paired_tables(args.csv, args.value, args.base, args.fmt), end="")
+    if args.curves:
+      print()
+      print(paired_curves(points, args.value, args.base), end="")
+  except UserError as e:
+    p.error(str(e))
 
 
 if __name__ == "__main__":

@@ -769,3 +769,31 @@ def test_a_changed_config_is_shown_failed_and_leaves_the_points_record(tmp_path,
   (row,) = run_sweep(sweep, tmp_path, log=messages.append)  # the config restored
   assert row["status"] == "finished" and row["error"] is None and row["train_loss"] == 2.5
   assert messages[-1] == f"[sweep] {point.name}: finished earlier, skipped"
+
+
+def _cli_error(capsys, main, argv) -> str:
+  """The last stderr line of a CLI refusing ``argv``: argparse's one line, no traceback."""
+  with pytest.raises(SystemExit) as exit_:
+    main(argv)
+  err = capsys.readouterr().err
+  assert exit_.value.code == 2 and "Traceback" not in err, err
+  return err.strip().splitlines()[-1]
+
+
+def test_seed_pairs_and_pivot_clis_refuse_bad_input_in_one_line(tmp_path, capsys):
+  from experiments import pivot_results, seed_pairs
+
+  path = tmp_path / "results.csv"
+  _write_csv(path, ["variant", "status", "eval_loss"], [("softmax_s0", "finished", "4.0")])
+  missing = tmp_path / "none.csv"
+  line = _cli_error(capsys, seed_pairs.main, [str(missing)])
+  assert line.endswith(f"csv {str(missing)!r} does not exist; give a sweep's results.csv")
+  line = _cli_error(capsys, seed_pairs.main, [str(path), "--value", "eval_mse"])
+  assert "has no column 'eval_mse'; columns: ['variant', 'status', 'eval_loss']" in line
+  # --curves reads the points beside the csv
+  line = _cli_error(capsys, seed_pairs.main, [str(path), "--curves"])
+  assert f"--curves: {str(tmp_path / 'points')!r} does not exist" in line
+  pivot = [str(path), "--rows", "variant", "--cols", "status", "--value"]
+  line = _cli_error(capsys, pivot_results.main, [str(missing), *pivot[1:], "eval_loss"])
+  assert line.endswith(f"csv {str(missing)!r} does not exist; give a sweep's results.csv")
+  assert "has no column 'eval_mse'" in _cli_error(capsys, pivot_results.main, [*pivot, "eval_mse"])

@@ -87,3 +87,16 @@ def test_recall_table_refuses_two_runs_in_one_cell(tmp_path):
   _point(tmp_path, "b", kind="softmax", lr=1e-3, seed=0, pairs=4, accuracies=[0.99])
   with pytest.raises(ValueError, match="2 runs of layers 2, pairs 4, seed 0 at softmax 0.001"):
     recall_table(read_points(tmp_path))
+
+
+def test_mqar_summary_refuses_a_missing_or_non_mqar_folder_in_one_line(tmp_path, capsys):
+  none = tmp_path / "none"
+  for folder, says in (
+    (none, f"points {str(none)!r} does not exist; give a sweep workdir's points/ folder"),
+    (tmp_path, f"{tmp_path}: no finished MQAR point with an eval_accuracy"),
+  ):
+    with pytest.raises(SystemExit) as exit_:
+      mqar_summary.main([str(folder)])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1].endswith(says)

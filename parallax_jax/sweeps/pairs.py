@@ -25,6 +25,7 @@ import re
 import statistics
 from pathlib import Path
 
+from parallax_jax.errors import UserError
 from parallax_jax.sweeps.pivot import finite, mean_spread
 from parallax_jax.train.metrics import read_metrics
 
@@ -44,19 +45,19 @@ def _runs(csv_path: str | Path, value: str) -> dict[tuple[str, str, int], float]
   with open(csv_path, newline="") as f:
     records = list(csv.DictReader(f))
   if records and value not in records[0]:
-    raise ValueError(f"{csv_path} has no column {value!r}; columns: {list(records[0])}")
+    raise UserError(f"{csv_path} has no column {value!r}; columns: {list(records[0])}")
   out, seen = {}, set()
   for r in records:
     key = _finished_key(r.get("variant", ""), r.get("status"))
     if key is None:
       continue
     if key in seen:
-      raise ValueError(_twice(csv_path, r["variant"]))
+      raise UserError(_twice(csv_path, r["variant"]))
     seen.add(key)
     if (x := finite(r[value])) is not None:
       out[key] = x
   if not out:
-    raise ValueError(f"{csv_path}: no finished point named <group>+<arm>_s<seed>")
+    raise UserError(f"{csv_path}: no finished point named <group>+<arm>_s<seed>")
   return out
 
 
@@ -111,13 +112,13 @@ def _curves(points_dir: str | Path, value: str) -> dict[tuple[str, str, int], di
     if key is None:
       continue
     if key in seen:
-      raise ValueError(_twice(points_dir, status["values"]["variant"]))
+      raise UserError(_twice(points_dir, status["values"]["variant"]))
     seen.add(key)
     steps = {r["step"]: x for r in read_metrics(d) if (x := finite(r.get(value))) is not None}
     if steps:
       out[key] = steps
   if not out:
-    raise ValueError(f"{points_dir}: no finished point named <group>+<arm>_s<seed> logs {value!r}")
+    raise UserError(f"{points_dir}: no finished point named <group>+<arm>_s<seed> logs {value!r}")
   return out
 
 

@@ -13,6 +13,8 @@ import math
 import statistics
 from pathlib import Path
 
+from parallax_jax.errors import UserError
+
 
 def finite(text) -> float | None:
   """A results.csv cell as a float; None for an empty or non-finite one (``report`` writes a
@@ -38,10 +40,10 @@ def pivot(csv_path: str | Path, rows: str, cols: str, value: str, fmt: str = "{:
   with open(csv_path, newline="") as f:
     records = [r for r in csv.DictReader(f) if r.get("status") == "finished"]
   if not records:
-    raise ValueError(f"{csv_path}: no finished points")
+    raise UserError(f"{csv_path}: no finished points")
   for key in (rows, cols, value):
     if key not in records[0]:
-      raise ValueError(f"{csv_path} has no column {key!r}; columns: {list(records[0])}")
+      raise UserError(f"{csv_path} has no column {key!r}; columns: {list(records[0])}")
   cells: dict[tuple[str, str], list[float]] = {}
   row_keys, col_keys = [], []
   for r in records:

@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 
 from parallax_jax.data.synthetic import mqar_guess_accuracy, mqar_vocab
+from parallax_jax.errors import UserError
 from parallax_jax.train.metrics import read_metrics
 
 
@@ -78,7 +79,7 @@ def read_points(points_dir: str | Path, threshold: float = 0.95) -> list[RecallP
   points = [read_point(d, threshold) for d in sorted(Path(points_dir).iterdir()) if d.is_dir()]
   found = [p for p in points if p is not None]
   if not found:
-    raise ValueError(f"{points_dir}: no finished MQAR point with an eval_accuracy")
+    raise UserError(f"{points_dir}: no finished MQAR point with an eval_accuracy")
   return found
 
 
@@ -93,7 +94,7 @@ def recall_table(points: list[RecallPoint], threshold: float = 0.95) -> str:
   twice = next((k for k in keys if keys.count(k) > 1), None)
   if twice is not None:  # runs that differ in a key the table does not show: one cell
     (layers, pairs, _, _, seed), (kind, lr) = twice
-    raise ValueError(
+    raise UserError(
       f"{keys.count(twice)} runs of layers {layers}, pairs {pairs}, seed {seed} at {kind} "
       f"{lr:g}: they differ in a key this table does not show; summarise them apart"
     )
