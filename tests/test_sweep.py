@@ -797,3 +797,15 @@ def test_seed_pairs_and_pivot_clis_refuse_bad_input_in_one_line(tmp_path, capsys
   line = _cli_error(capsys, pivot_results.main, [str(missing), *pivot[1:], "eval_loss"])
   assert line.endswith(f"csv {str(missing)!r} does not exist; give a sweep's results.csv")
   assert "has no column 'eval_mse'" in _cli_error(capsys, pivot_results.main, [*pivot, "eval_mse"])
+
+
+def test_seed_pairs_refuse_a_base_that_is_no_arm(tmp_path):
+  """A misspelt ``--base`` gave an empty difference table: it read as "no pair finished"."""
+  from parallax_jax.errors import UserError
+  from parallax_jax.sweeps.pairs import paired_tables
+
+  path = tmp_path / "results.csv"
+  rows = [("muon+softmax_s0", "finished", "4.0"), ("muon+parallax_s0", "finished", "3.0")]
+  _write_csv(path, ["variant", "status", "eval_loss"], rows)
+  with pytest.raises(UserError, match=r"--base 'sofmax' is no arm of .*: parallax, softmax"):
+    paired_tables(path, "eval_loss", "sofmax")

@@ -76,6 +76,9 @@ def paired_tables(
   runs = _runs(csv_path, value)
   seeds = sorted({s for _, _, s in runs})
   arms = sorted({(g, a) for g, a, _ in runs})
+  if base not in {a for _, a in arms}:
+    names = ", ".join(sorted({a for _, a in arms}))
+    raise UserError(f"--base {base!r} is no arm of {csv_path}; its arms: {names}")
   head = "| arm | " + " | ".join(f"seed {s}" for s in seeds) + " | mean |"
   rule = "|---|" + "---:|" * (len(seeds) + 1)
 
