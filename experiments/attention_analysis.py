@@ -168,7 +168,8 @@ def main(argv=None):
     "",
     f"- date: {record['date']}; device: {record['device']}; jax {record['jax']}",
     f"- command: `{record['command']}`",
-    f"- rows more than {args.min_row} tokens into their document; means over layers and heads",
+    f"- rows at least {args.min_row} tokens into their document (position >= {args.min_row} "
+    "from 0), every statistic; means over layers and heads",
     "",
     "| | " + " | ".join(names) + " |",
     "|---|" + "---:|" * len(names),

@@ -86,3 +86,17 @@ def test_a_negative_min_row_is_a_one_line_error(tmp_path, capsys):
   run = _fake_run(tmp_path / "run")
   argv = ["--run", f"x={run}", "--out", str(tmp_path / "a"), "--min-row", "-1"]
   assert _one_line_error(capsys, argv).endswith("--min-row must be >= 0, got -1")
+
+
+def test_the_report_says_which_rows_min_row_keeps(tmp_path, monkeypatch, capsys):
+  """``attention_stats`` keeps rows at least ``min_row`` tokens into their document (0-based
+  position >= min_row) for every statistic; the report said "more than min_row"."""
+  from experiments import attention_analysis
+  from parallax_jax.analysis.attention_stats import STATS
+
+  run = _fake_run(tmp_path / "run")
+  fake = {name: 0.5 for name in STATS} | {f"{name}_by_layer": [0.5] for name in STATS}
+  monkeypatch.setattr(attention_analysis, "analyse", lambda w, m, i: {"step": 1, **fake})
+  attention_analysis.main(["--run", f"x={run}", "--out", str(tmp_path / "a"), "--min-row", "4"])
+  md = (tmp_path / "a.md").read_text()
+  assert "- rows at least 4 tokens into their document (position >= 4 from 0), every" in md

@@ -2,16 +2,16 @@
 
 Parallax mixes the values with ``a_ij = p_ij (1 + tbar_i - t_ij)`` (softmax: ``a = p``). Every
 row sums to 1, but Parallax weights can be negative or above 1. Per layer and head, over the
-visible (query, key) pairs of the batches' document rows (dense: for small models; segment id
-0 is padding, as the data pipelines write it, and its rows are left out):
+visible (query, key) pairs of the batches' document rows at least ``min_row`` tokens into their
+document (0-based position >= ``min_row``; every statistic), dense: for small models; segment
+id 0 is padding, as the data pipelines write it, and its rows are left out:
 
 - ``negative``: share of pairs with ``a_ij < 0`` (by more than ``MARGIN``);
 - ``above_one``: share of pairs with ``a_ij > 1`` (by more than ``MARGIN``);
 - ``negative_mass``: mean over rows of ``sum_j min(a_ij, 0)``;
 - ``first_token``: mean over rows of the weight on the first key of the row's document (the
-  attention sink), rows past the document's first ``min_row`` tokens only, next to
-  ``first_token_uniform``, what uniform attention would put there (0 where a sliding window
-  hides that key).
+  attention sink), next to ``first_token_uniform``, what uniform attention would put there (0
+  where a sliding window hides that key).
 """
 
 from __future__ import annotations
