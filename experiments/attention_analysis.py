@@ -128,6 +128,12 @@ def main(argv=None):
       name, sep, workdir = spec.partition("=")
       if not sep or not workdir:
         raise SystemExit(f"{flag} must be name=workdir, got {spec!r}")
+      if name in runs:  # the results are keyed by name: the first run would be lost
+        w, init = runs[name]
+        p.error(
+          f"{flag} {spec}: the name {name!r} is taken by {'--init' if init else '--run'} "
+          f"{name}={w}; give each run its own name"
+        )
       runs[name] = (Path(workdir), flag == "--init")
   if args.min_row < 0:
     p.error(f"--min-row must be >= 0, got {args.min_row}")

@@ -100,3 +100,12 @@ def test_the_report_says_which_rows_min_row_keeps(tmp_path, monkeypatch, capsys)
   attention_analysis.main(["--run", f"x={run}", "--out", str(tmp_path / "a"), "--min-row", "4"])
   md = (tmp_path / "a.md").read_text()
   assert "- rows at least 4 tokens into their document (position >= 4 from 0), every" in md
+
+
+def test_a_name_given_twice_is_a_one_line_error(tmp_path, capsys):
+  """The results are keyed by name: a second ``x=`` silently replaced the first run."""
+  a, b = _fake_run(tmp_path / "a"), _fake_run(tmp_path / "b")
+  argv = ["--run", f"x={a}", "--init", f"x={b}", "--out", str(tmp_path / "o")]
+  assert _one_line_error(capsys, argv).endswith(
+    f"--init x={b}: the name 'x' is taken by --run x={a}; give each run its own name"
+  )
