@@ -143,6 +143,9 @@ def initialize(cfg: DistributedConfig) -> bool:
         + (" and unset JAX_NUM_PROCESSES and JAX_PROCESS_ID" if "JAX_" in asked else "")
       )
     return False
+  from parallax_jax.train.preemption import hand_over_setup
+
+  hand_over_setup()  # JAX's preemption service owns SIGTERM once it starts (preemption.py)
   kwargs = {
     k: v
     for k, v in (

@@ -1,8 +1,11 @@
 """SIGTERM / SIGINT: the step in flight finishes, a checkpoint of it is saved, the run exits 75
-and resumes exactly; a second signal exits at once; several processes stop at one step."""
+and resumes exactly; a second signal exits at once; several processes stop at one step. A signal
+during setup (config, data, init, restore) stops the run before training, exit 75 too."""
 
+import fcntl
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -14,7 +17,12 @@ from run_watch import wait_for_step
 from train_configs import FAST_LR, ROOT, SMALL_MODEL
 
 from parallax_jax.train.metrics import read_metrics
-from parallax_jax.train.preemption import EXIT_PREEMPTED, StopSignal
+from parallax_jax.train.preemption import (
+  EXIT_PREEMPTED,
+  SetupSignal,
+  StopSignal,
+  hand_over_setup,
+)
 
 SMALL = [
   *SMALL_MODEL,
@@ -25,10 +33,10 @@ SMALL = [
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu"}
 
 
-def _train(workdir):
+def _train(workdir, *overrides):
   cmd = [sys.executable, "-m", "parallax_jax.cli", "train", "--config", "configs/tiny.py"]
   return subprocess.Popen(
-    [*cmd, "--workdir", str(workdir), *SMALL],
+    [*cmd, "--workdir", str(workdir), *SMALL, *overrides],
     cwd=ROOT,
     stdout=subprocess.PIPE,
     stderr=subprocess.STDOUT,
@@ -41,13 +49,28 @@ def _losses(workdir):
   return {m["step"]: m["loss"] for m in read_metrics(workdir)}
 
 
+def _lock_is_free(workdir) -> bool:
+  with open(workdir / ".lock", "a+") as lock:
+    try:
+      fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      return False
+  return True
+
+
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
+def full_run(tmp_path_factory):
+  """A finished run of ``SMALL`` (30 steps; checkpoints 20 and 30): read it, or copy it."""
   workdir = tmp_path_factory.mktemp("full")
   full = _train(workdir)
   out = full.communicate(timeout=600)[0]
   assert full.returncode == 0, out[-3000:]
-  return _losses(workdir)
+  return workdir
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(full_run):
+  return _losses(full_run)
 
 
 # SIGINT takes the same handler as SIGTERM: it runs under -m slow (suite time).
@@ -96,6 +119,140 @@ def test_a_second_signal_exits_at_once(signum):
   assert out.stdout == "first handled, stop = True\n", out.stdout + out.stderr
   assert out.returncode == -signum, out.stderr  # died by the signal, as without a handler
   assert f"second {signum.name}; exiting now without a checkpoint" in out.stderr
+
+
+# `train` with a SIGTERM sent to itself when setup reaches `target` (module:attribute), as a
+# scheduler's signal would arrive there.
+SIGNAL_AT = """
+import importlib, os, signal, sys
+module, name = sys.argv[1].split(":")
+owner = importlib.import_module(module)
+*path, name = name.split(".")
+for part in path:
+  owner = getattr(owner, part)
+original = getattr(owner, name)
+def signalled(*args, **kwargs):
+  os.kill(os.getpid(), signal.SIGTERM)
+  return original(*args, **kwargs)
+setattr(owner, name, signalled)
+from parallax_jax.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def _train_signalled_at(target, workdir, *overrides):
+  cmd = [sys.executable, "-c", SIGNAL_AT, target, "train", "--config", "configs/tiny.py"]
+  cmd += ["--workdir", str(workdir), *SMALL, *overrides]
+  return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=ENV, timeout=300)
+
+
+SETUP_LINE = "parallax-jax: preempted (SIGTERM) during setup, before training; nothing to save"
+
+
+@pytest.mark.parametrize(
+  "target",
+  [
+    "parallax_jax.train.config:load_config",  # before anything is written
+    "parallax_jax.train.data_io:TrainData.__init__",  # the corpus (or a tokenizer trained on it)
+    "parallax_jax.train.program:Program.init",  # the model's init
+  ],
+)
+def test_a_signal_during_setup_stops_before_training_with_exit_75(tmp_path, target):
+  run = _train_signalled_at(target, tmp_path / "run")
+  out = run.stdout + run.stderr
+  assert run.returncode == EXIT_PREEMPTED, out[-3000:]
+  assert SETUP_LINE in out and "Traceback" not in out, out[-3000:]
+  assert not (tmp_path / "run" / "metrics.jsonl").exists()
+  if (tmp_path / "run").exists():  # the workdir's record and an empty checkpoint directory
+    assert not any((tmp_path / "run" / "checkpoints").iterdir())
+    assert _lock_is_free(tmp_path / "run")
+
+
+def test_a_signal_during_the_restore_stops_before_training_and_the_rerun_resumes(
+  tmp_path, full_run
+):
+  workdir = tmp_path / "run"
+  shutil.copytree(full_run, workdir)
+  more = "--config.train.steps=32"
+  run = _train_signalled_at(
+    "parallax_jax.train.checkpoint:Checkpointer.restore_latest", workdir, more
+  )
+  out = run.stdout + run.stderr
+  assert run.returncode == EXIT_PREEMPTED, out[-3000:]
+  assert SETUP_LINE in out and "Traceback" not in out, out[-3000:]
+  assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir()) == [20, 30]
+  assert max(_losses(workdir)) == 30 and _lock_is_free(workdir)
+
+  rerun = _train(workdir, more)
+  out = rerun.communicate(timeout=600)[0]
+  assert rerun.returncode == 0, out[-3000:]
+  assert f"resumed from {workdir / 'checkpoints'} at step 30" in out
+  assert max(_losses(workdir)) == 32
+
+
+SETUP_SECOND_SIGNAL = """
+import os, signal, time
+from parallax_jax.train.preemption import Preempted, SetupSignal, check_setup
+with SetupSignal():
+  os.kill(os.getpid(), signal.SIGTERM)
+  time.sleep(0.2)
+  try:
+    check_setup()
+  except Preempted as e:
+    print("first handled:", e.step, flush=True)
+  os.kill(os.getpid(), signal.SIGTERM)
+  time.sleep(5)
+  print("survived the second signal", flush=True)
+"""
+
+
+def test_a_second_signal_during_setup_exits_at_once():
+  out = subprocess.run(
+    [sys.executable, "-c", SETUP_SECOND_SIGNAL],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    env=ENV,
+    timeout=120,
+  )
+  assert out.stdout == "first handled: None\n", out.stdout + out.stderr
+  assert out.returncode == -signal.SIGTERM, out.stderr
+  assert "second SIGTERM; exiting now without a checkpoint" in out.stderr
+
+
+def test_setup_handlers_step_aside_for_jax_distributed():
+  """``hand_over_setup`` (before ``jax.distributed.initialize``) restores the previous handlers,
+  so JAX's preemption service takes SIGTERM as it did without ``SetupSignal``."""
+  before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+  with SetupSignal():
+    assert signal.getsignal(signal.SIGTERM) != before[signal.SIGTERM]
+    hand_over_setup()
+    assert {s: signal.getsignal(s) for s in before} == before
+    hand_over_setup()  # once only: nothing left to hand over
+  assert {s: signal.getsignal(s) for s in before} == before
+
+
+HAND_OVER_AFTER_A_SIGNAL = """
+import os, signal, time
+from parallax_jax.train.preemption import SetupSignal, hand_over_setup
+with SetupSignal():
+  os.kill(os.getpid(), signal.SIGTERM)
+  time.sleep(0.2)
+  hand_over_setup()
+  print("survived", flush=True)
+"""
+
+
+def test_a_signal_before_jax_distributed_starts_kills_as_without_the_handler():
+  out = subprocess.run(
+    [sys.executable, "-c", HAND_OVER_AFTER_A_SIGNAL],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    env=ENV,
+    timeout=120,
+  )
+  assert out.returncode == -signal.SIGTERM and "survived" not in out.stdout, out.stderr
 
 
 def test_handlers_are_restored_after_the_run():
@@ -161,8 +318,6 @@ def test_a_signalled_sweep_stops_its_point_once_and_a_rerun_resumes_it_exactly(
   """SIGTERM to the sweep process alone (as a scheduler sends it): the running point gets it
   once through the sweep (its own session), saves and stops ("preempted"); no new point starts;
   the sweep exits 75 and leaves no process behind. The rerun resumes the point exactly."""
-  import fcntl
-
   overrides = dict(arg.removeprefix("--config.").split("=", 1) for arg in SMALL)
   spec = {"base": "configs/tiny.py", "overrides": overrides, "axes": {"train.seed": [0, 1]}}
   sweep_file = tmp_path / "sweep.py"

@@ -18,7 +18,7 @@ from parallax_jax.errors import UserError
 
 def _train(args) -> int:
   from parallax_jax.train.loop import NonFiniteLossError, train
-  from parallax_jax.train.preemption import EXIT_PREEMPTED, Preempted
+  from parallax_jax.train.preemption import EXIT_PREEMPTED, Preempted, SetupSignal
 
   if args.no_compile and not args.dry_run:  # it would train, compiling, as if not given
     raise UserError("train: --no-compile applies only with --dry-run; add --dry-run or drop it")
@@ -26,9 +26,10 @@ def _train(args) -> int:
     return _dry_run(args)
   if args.workdir is None:
     raise UserError("train: --workdir is required (only --dry-run runs without one)")
-  cfg = load_and_initialize(args.config, args.overrides)
   try:
-    summary = train(cfg, args.workdir)
+    # From the start: a signal during setup stops the run as one in training does (exit 75).
+    with SetupSignal():
+      summary = train(load_and_initialize(args.config, args.overrides), args.workdir)
   except NonFiniteLossError as e:
     print(f"error: {e}", file=sys.stderr)
     return 3

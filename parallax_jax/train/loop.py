@@ -28,7 +28,7 @@ from parallax_jax.train.compile_cache import use_compilation_cache
 from parallax_jax.train.config import CheckpointConfig, resolve
 from parallax_jax.train.metrics import MetricsWriter, mfu_fields
 from parallax_jax.train.plots import plot_runs
-from parallax_jax.train.preemption import Preempted, StopSignal
+from parallax_jax.train.preemption import Preempted, StopSignal, check_setup
 from parallax_jax.train.profiling import StepProfiler
 from parallax_jax.train.program import Program
 from parallax_jax.train.step import TrainState, eval_metrics
@@ -77,6 +77,8 @@ class Trainer:
     use_compilation_cache(cache)  # before anything compiles
     self.program = Program(exp)
     self.data = data_io.TrainData(exp, self.workdir, read_only=read_only)
+    # A signal during the data setup (``cli train``): stop before the run is recorded or locked.
+    check_setup()
     self._resume_record = None
     if not read_only:  # the workdir is created only now: config and data are valid
       extra = {
@@ -173,6 +175,8 @@ class Trainer:
     )
     with StopSignal(self.checkpointer.reached_preemption) as stop:
       try:
+        if stop.stopped_in_setup():  # the state is the restored or initial one: nothing to save
+          raise Preempted(stop.signame, None)
         for step in range(start, tcfg.steps):
           with timer.phase("input"):
             batch = self.program.device_batch(self.data.next_train())
@@ -259,6 +263,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | Path) -> dict:
   latest = finished_step(cfg, workdir)
   if latest is not None:
     return {"start_step": latest, "final_step": latest, "already_finished": True}
+  check_setup()  # a signal so far (``cli train``): stop before the workdir is written
   return Trainer(cfg, workdir).run()
 
 

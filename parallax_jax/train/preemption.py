@@ -12,6 +12,15 @@ saves a checkpoint of that step, waits for it and exits with ``EXIT_PREEMPTED``.
 A second signal (SIGINT, or SIGTERM where our handler owns it) exits at once: the process dies
 by that signal, and the last completed checkpoint is what a rerun resumes from (saves are
 atomic).
+
+Setup (config, data or a tokenizer trained on it, model init, restoring a checkpoint) runs before
+the loop's handlers: ``train`` holds ``SetupSignal`` from its start, so a first signal there stops
+the run at the next safe point (``check_setup``: before the ``Trainer`` is built, after its data
+setup; then before the first step, after the init or restore) with ``Preempted`` and exit 75
+too, nothing to save. A run that starts ``jax.distributed`` gives SIGTERM and SIGINT back first
+(``hand_over_setup``): JAX's preemption service owns SIGTERM from there on, as without this
+handler. A ``train`` signalled in its first second or two (the interpreter importing JAX, before
+``SetupSignal``) still dies by the signal, having written nothing.
 """
 
 from __future__ import annotations
@@ -33,13 +42,82 @@ SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 class Preempted(Exception):
-  """The run stopped on a signal after saving a checkpoint of ``step``."""
+  """The run stopped on a signal after saving a checkpoint of ``step``; ``step=None``: during
+  setup, before any step ran (nothing to save)."""
 
-  def __init__(self, signame: str, step: int):
+  def __init__(self, signame: str, step: int | None):
     self.signame, self.step = signame, step
-    super().__init__(
-      f"preempted ({signame}) at step {step}; checkpoint saved; rerun the same command to resume"
+    if step is None:
+      super().__init__(
+        f"preempted ({signame}) during setup, before training; nothing to save; rerun the same "
+        "command to start (or resume) the run"
+      )
+    else:
+      super().__init__(
+        f"preempted ({signame}) at step {step}; checkpoint saved; rerun the same command to resume"
+      )
+
+
+class SetupSignal:
+  """Context manager over a run's setup (``cli train``): a first SIGTERM / SIGINT is remembered
+  (``check_setup`` raises ``Preempted`` at the next safe point, ``StopSignal`` inherits it), a
+  second exits at once. Restores the previous handlers on exit. Touches no JAX backend: it is
+  entered before ``jax.distributed`` starts."""
+
+  active: SetupSignal | None = None  # the one entered, until its exit or ``hand_over_setup``
+
+  def __init__(self):
+    self.signum: int | None = None
+    self._previous: dict[int, object] = {}
+
+  def __enter__(self) -> SetupSignal:
+    if threading.current_thread() is not threading.main_thread():
+      return self  # signal handlers can only be set from the main thread
+    for signum in SIGNALS:
+      self._previous[signum] = signal.signal(signum, self._first)
+    SetupSignal.active = self
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.restore()
+
+  def restore(self) -> None:
+    if SetupSignal.active is self:
+      SetupSignal.active = None
+    for signum, handler in self._previous.items():
+      signal.signal(signum, handler)
+    self._previous.clear()
+
+  def _first(self, signum, frame) -> None:
+    self.signum = signum
+    for s in self._previous:
+      signal.signal(s, _exit_now)
+    print(
+      f"parallax-jax: {signal.Signals(signum).name} received during setup; stopping before "
+      "training (signal again to exit at once)",
+      file=sys.stderr,
+      flush=True,
     )
+
+
+def check_setup() -> None:
+  """A safe point of setup: raises ``Preempted`` (nothing saved) if a signal arrived."""
+  guard = SetupSignal.active
+  if guard is not None and guard.signum is not None:
+    raise Preempted(signal.Signals(guard.signum).name, None)
+
+
+def hand_over_setup() -> None:
+  """Before ``jax.distributed.initialize``: gives SIGTERM / SIGINT back, so JAX's preemption
+  service installs its own and a multi-process run stops as it did without ``SetupSignal``; one
+  already received is re-raised to die by it, as it would have without the handler."""
+  guard = SetupSignal.active
+  if guard is None:
+    return
+  guard.restore()
+  if guard.signum is not None:
+    signal.signal(guard.signum, signal.SIG_DFL)
+    os.kill(os.getpid(), guard.signum)
 
 
 class StopSignal:
@@ -51,6 +129,9 @@ class StopSignal:
     self._previous: dict[int, object] = {}
     self._multi = jax.process_count() > 1
     self._synced = self._multi and jax.config.jax_enable_preemption_service
+    setup = SetupSignal.active  # a signal received during setup (one process only)
+    if setup is not None and not self._multi:
+      self.signum = setup.signum
 
   @property
   def signame(self) -> str:
@@ -67,8 +148,10 @@ class StopSignal:
       return self
     # With several processes JAX's preemption notifier owns SIGTERM: replacing it would
     # unhook the other processes.
+    # A signal already received (during setup): the next one exits at once.
+    handler = self._first if self.signum is None else _exit_now
     for signum in (signal.SIGINT,) if self._synced else SIGNALS:
-      self._previous[signum] = signal.signal(signum, self._first)
+      self._previous[signum] = signal.signal(signum, handler)
     return self
 
   def __exit__(self, *exc) -> None:
@@ -89,6 +172,10 @@ class StopSignal:
     )
     if self._synced:  # hand it to JAX's preemption service, which syncs all processes
       signal.raise_signal(signal.SIGTERM)
+
+  def stopped_in_setup(self) -> bool:
+    """Did a signal arrive before the first step (one process: nothing to save yet)?"""
+    return not self._synced and self.signum is not None
 
   def should_stop(self, step: int) -> bool:
     """Call once per step on every process, with the same ``step``."""
@@ -112,4 +199,11 @@ def _exit_now(signum, frame) -> None:
   os.kill(os.getpid(), signum)
 
 
-__all__ = ["EXIT_PREEMPTED", "Preempted", "StopSignal"]
+__all__ = [
+  "EXIT_PREEMPTED",
+  "Preempted",
+  "SetupSignal",
+  "StopSignal",
+  "check_setup",
+  "hand_over_setup",
+]
