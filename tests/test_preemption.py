@@ -347,3 +347,42 @@ def test_a_signalled_sweep_stops_its_point_once_and_a_rerun_resumes_it_exactly(
   assert f"at step {stopped}" in (first / "train.log").read_text()
   assert _losses(first) == uninterrupted  # seed 0: the same run as the plain train
   assert json.loads((second / "status.json").read_text())["status"] == "finished"
+
+
+def test_a_sweep_signalled_while_its_point_starts_records_it_preempted_and_the_rerun_trains_it(
+  tmp_path,
+):
+  """SIGTERM to the sweep just after it started a point (its interpreter still importing): the
+  point gets the signal once its setup handler is in place and stops before training, exit 75:
+  "preempted", not "failed" (killed by SIGTERM). The rerun trains it."""
+  overrides = dict(arg.removeprefix("--config.").split("=", 1) for arg in SMALL)
+  overrides["train.steps"] = "3"
+  spec = {"base": "configs/tiny.py", "overrides": overrides, "axes": {"train.seed": [0]}}
+  sweep_file = tmp_path / "sweep.py"
+  sweep_file.write_text(f"def get_config():\n  return {spec!r}\n")
+  cmd = [sys.executable, "-m", "parallax_jax.cli", "sweep", "--config", str(sweep_file)]
+  cmd += ["--workdir", str(tmp_path / "w")]
+  point = tmp_path / "w" / "points" / "seed=0"
+  sweep = subprocess.Popen(
+    cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV
+  )
+  deadline = time.time() + 120
+  while not (point / "status.json").exists() and sweep.poll() is None and time.time() < deadline:
+    time.sleep(0.005)  # written just before the point's process starts
+  # The point's interpreter imports for ~2 s; a moment's wait lets the sweep's main thread settle
+  # into waiting for it (a signal landing just as it starts that wait is handled only once the
+  # wait ends: CPython's lock.acquire race).
+  time.sleep(0.3)
+  sweep.send_signal(signal.SIGTERM)
+  out = sweep.communicate(timeout=300)[0]
+  assert sweep.returncode == EXIT_PREEMPTED, out[-3000:]
+  assert "points saved and stopped: seed=0;" in out, out[-3000:]
+  status = json.loads((point / "status.json").read_text())
+  assert status["status"] == "preempted" and status["returncode"] == EXIT_PREEMPTED, status
+  assert status["final_step"] is None and "before its first step" in status["error"]
+  assert SETUP_LINE in (point / "train.log").read_text()
+
+  rerun = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=ENV, timeout=600)
+  assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+  status = json.loads((point / "status.json").read_text())
+  assert status["status"] == "finished" and status["final_step"] == 3

@@ -19,9 +19,11 @@ scheduler or ``timeout``, Ctrl-C, to the sweep alone or to its process group) re
 points once, through the sweep: it passes SIGTERM / SIGINT on to every running point (each
 saves a checkpoint and exits 75, "preempted"), starts no new point, writes the report and
 raises ``SweepStopped``; a second signal is passed on too (the points then exit at once,
-unsaved, as ``train`` does). Rerunning the same command resumes them. A point left running by
-a sweep killed outright (SIGKILL) keeps its workdir's lock (``train.workdir_lock``), so a
-rerun records that point as failed instead of training it twice at once.
+unsaved, as ``train`` does). A point still in its setup stops before training, exit 75 too
+(started with the signals blocked until its handler is in place). Rerunning the same command
+resumes them. A point left running by a sweep killed outright (SIGKILL) keeps its workdir's
+lock (``train.workdir_lock``), so a rerun records that point as failed instead of training it
+twice at once.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ from parallax_jax.train.preemption import EXIT_PREEMPTED
 from parallax_jax.train.run_record import SWEEP
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
+STOPS = (signal.SIGTERM, signal.SIGINT)
 _ERROR_LINE = re.compile(
   r"^(parallax-jax: error: |error: |[A-Za-z_][\w.]*(Error|Exception|Interrupt)\b)"
 )
@@ -215,10 +218,16 @@ def run_point(sweep: Sweep, point: Point, workdir: Path, env: dict, children: _C
     log.write(f"\n$ {' '.join(cmd)}\n")
     log.flush()
     # Its own session: a signal to the sweep's process group reaches it only through the
-    # sweep (``_Children.handle``), once.
-    proc = subprocess.Popen(
-      cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
-    )
+    # sweep (``_Children.handle``), once. Started with SIGTERM / SIGINT blocked (a child inherits
+    # the mask): one passed on before the point's handler is in place waits for it (``train``'s
+    # ``SetupSignal`` unblocks them) instead of killing the point as "failed".
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOPS)
+    try:
+      proc = subprocess.Popen(
+        cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+      )
+    finally:
+      signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
     with children.lock:
       children.procs.add(proc)
       if children.signame is not None:  # stopped while this point was starting
@@ -238,7 +247,8 @@ def run_point(sweep: Sweep, point: Point, workdir: Path, env: dict, children: _C
     error=None,
   )
   if preempted:
-    status["error"] = f"stopped by a signal at step {final}, checkpoint saved; a rerun resumes"
+    at = "before its first step" if final is None else f"at step {final}, checkpoint saved"
+    status["error"] = f"stopped by a signal {at}; a rerun resumes"
   elif not done:
     text = log_path.read_text(errors="replace")
     status["error"] = (
@@ -307,9 +317,8 @@ def run_sweep(
       sweep_report.write_tables(sweep, workdir)
     return status
 
-  stops = (signal.SIGTERM, signal.SIGINT)
   main = threading.current_thread() is threading.main_thread()  # handlers: main thread only
-  previous = {sig: signal.signal(sig, children.handle) for sig in stops} if main else {}
+  previous = {sig: signal.signal(sig, children.handle) for sig in STOPS} if main else {}
   try:
     with ThreadPoolExecutor(max_workers=parallel) as pool:
       list(pool.map(job, todo))

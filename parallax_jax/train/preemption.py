@@ -19,8 +19,10 @@ the run at the next safe point (``check_setup``: before the ``Trainer`` is built
 setup; then before the first step, after the init or restore) with ``Preempted`` and exit 75
 too, nothing to save. A run that starts ``jax.distributed`` gives SIGTERM and SIGINT back first
 (``hand_over_setup``): JAX's preemption service owns SIGTERM from there on, as without this
-handler. A ``train`` signalled in its first second or two (the interpreter importing JAX, before
-``SetupSignal``) still dies by the signal, having written nothing.
+handler. A sweep starts its points with both signals blocked, which ``SetupSignal`` unblocks once
+its handler is in place, so a signal passed on while a point's interpreter starts waits for it
+instead of killing it. A plain ``train`` signalled in its first second or two (the interpreter
+importing JAX, before ``SetupSignal``) still dies by the signal, having written nothing.
 """
 
 from __future__ import annotations
@@ -76,6 +78,9 @@ class SetupSignal:
     for signum in SIGNALS:
       self._previous[signum] = signal.signal(signum, self._first)
     SetupSignal.active = self
+    # A sweep starts its points with these blocked (``sweeps.runner``): one sent meanwhile is
+    # delivered now, to the handler above, instead of killing the half-started interpreter.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
     return self
 
   def __exit__(self, *exc) -> None:
