@@ -109,7 +109,11 @@ def add_sweep(sub, common):
     "'muon+parallax_s0' or 'L2_pairs64_*'); a comma list of variants ('a,b') works too, but "
     "a point's full name ('variant=a,seed=0', commas inside) is one pattern; default: every point",
   )
-  sw.add_argument("--dry-run", action="store_true", help="list the points and exit")
+  sw.add_argument(
+    "--dry-run",
+    action="store_true",
+    help="list the points, flag each one whose config a run would refuse (exit 2), and exit",
+  )
   sw.add_argument(
     "--collect",
     type=local_dir,
