@@ -369,10 +369,8 @@ def test_a_sweep_signalled_while_its_point_starts_records_it_preempted_and_the_r
   deadline = time.time() + 120
   while not (point / "status.json").exists() and sweep.poll() is None and time.time() < deadline:
     time.sleep(0.005)  # written just before the point's process starts
-  # The point's interpreter imports for ~2 s; a moment's wait lets the sweep's main thread settle
-  # into waiting for it (a signal landing just as it starts that wait is handled only once the
-  # wait ends: CPython's lock.acquire race).
-  time.sleep(0.3)
+  # At once: the point's interpreter is still importing, and the sweep's main thread may be just
+  # starting its wait (which it does in short slices: sweeps.runner.WAIT_SLICE_S).
   sweep.send_signal(signal.SIGTERM)
   out = sweep.communicate(timeout=300)[0]
   assert sweep.returncode == EXIT_PREEMPTED, out[-3000:]

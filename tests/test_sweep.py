@@ -809,3 +809,25 @@ def test_seed_pairs_refuse_a_base_that_is_no_arm(tmp_path):
   _write_csv(path, ["variant", "status", "eval_loss"], rows)
   with pytest.raises(UserError, match=r"--base 'sofmax' is no arm of .*: parallax, softmax"):
     paired_tables(path, "eval_loss", "sofmax")
+
+
+def test_the_sweeps_worker_threads_leave_stop_signals_to_the_main_thread(tmp_path, monkeypatch):
+  """SIGTERM / SIGINT are blocked in the threads that run points, so the kernel delivers them to
+  the sweep's main thread, whose handler passes them on at once; one taken by a worker thread
+  waited for the main thread's wait to end, i.e. for a point to finish training."""
+  import signal
+
+  from parallax_jax.sweeps import runner
+
+  masks = []
+
+  def fake_point(sweep, point, workdir, env, children):
+    masks.append(signal.pthread_sigmask(signal.SIG_BLOCK, []))
+    return {"status": "failed", "error": "not trained", "wall_s": 0.0}
+
+  monkeypatch.setattr(runner, "run_point", fake_point)
+  sweep = build_sweep({"base": TINY, "axes": {"train.seed": [0, 1]}, "overrides": FAST})
+  run_sweep(sweep, tmp_path, parallel=2, log=lambda m: None)
+  assert len(masks) == 2
+  assert all({signal.SIGTERM, signal.SIGINT} <= mask for mask in masks), masks
+  assert signal.SIGTERM not in signal.pthread_sigmask(signal.SIG_BLOCK, [])  # the caller's

@@ -39,7 +39,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 
 from parallax_jax.errors import UserError
@@ -51,6 +51,10 @@ from parallax_jax.train.run_record import SWEEP
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 STOPS = (signal.SIGTERM, signal.SIGINT)
+# How long the sweep's main thread waits at a time for its points: a signal that lands just as
+# it starts a blocking wait runs its Python handler only when that wait ends (CPython), which
+# would be when a point ends, its training done instead of stopped.
+WAIT_SLICE_S = 0.5
 _ERROR_LINE = re.compile(
   r"^(parallax-jax: error: |error: |[A-Za-z_][\w.]*(Error|Exception|Interrupt)\b)"
 )
@@ -195,6 +199,13 @@ class _Children:
         proc.send_signal(signum)
 
 
+def _block_stops() -> None:
+  """A worker thread's start: SIGTERM / SIGINT are then delivered to the main thread, whose
+  handler (``_Children.handle``) passes them on; a worker taking one would leave it pending
+  until the main thread's wait ends."""
+  signal.pthread_sigmask(signal.SIG_BLOCK, STOPS)
+
+
 def run_point(sweep: Sweep, point: Point, workdir: Path, env: dict, children: _Children) -> dict:
   """Trains one point to completion (resuming its checkpoints); returns its status."""
   directory = point_dir(workdir, point)
@@ -320,8 +331,12 @@ def run_sweep(
   main = threading.current_thread() is threading.main_thread()  # handlers: main thread only
   previous = {sig: signal.signal(sig, children.handle) for sig in STOPS} if main else {}
   try:
-    with ThreadPoolExecutor(max_workers=parallel) as pool:
-      list(pool.map(job, todo))
+    with ThreadPoolExecutor(max_workers=parallel, initializer=_block_stops) as pool:
+      futures = [pool.submit(job, point) for point in todo]
+      while wait(futures, timeout=WAIT_SLICE_S).not_done:  # short waits: see WAIT_SLICE_S
+        pass
+      for future in futures:
+        future.result()  # a job's exception, as pool.map raised it
   finally:
     for sig, handler in previous.items():
       signal.signal(sig, handler)
