@@ -797,6 +797,10 @@ def test_seed_pairs_and_pivot_clis_refuse_bad_input_in_one_line(tmp_path, capsys
   line = _cli_error(capsys, pivot_results.main, [str(missing), *pivot[1:], "eval_loss"])
   assert line.endswith(f"csv {str(missing)!r} does not exist; give a sweep's results.csv")
   assert "has no column 'eval_mse'" in _cli_error(capsys, pivot_results.main, [*pivot, "eval_mse"])
+  # a column that is no metric (a float() traceback before)
+  text = "column 'status' holds 'finished', not a number; give a metric column"
+  assert text in _cli_error(capsys, seed_pairs.main, [str(path), "--value", "status"])
+  assert text in _cli_error(capsys, pivot_results.main, [*pivot, "status"])
 
 
 def test_seed_pairs_refuse_a_base_that_is_no_arm(tmp_path):

@@ -54,7 +54,7 @@ def _runs(csv_path: str | Path, value: str) -> dict[tuple[str, str, int], float]
     if key in seen:
       raise UserError(_twice(csv_path, r["variant"]))
     seen.add(key)
-    if (x := finite(r[value])) is not None:
+    if (x := finite(r[value], f"{csv_path}: column {value!r}")) is not None:
       out[key] = x
   if not out:
     raise UserError(f"{csv_path}: no finished point named <group>+<arm>_s<seed>")
@@ -117,7 +117,10 @@ def _curves(points_dir: str | Path, value: str) -> dict[tuple[str, str, int], di
     if key in seen:
       raise UserError(_twice(points_dir, status["values"]["variant"]))
     seen.add(key)
-    steps = {r["step"]: x for r in read_metrics(d) if (x := finite(r.get(value))) is not None}
+    column = f"{d / 'metrics.jsonl'}: {value!r}"
+    steps = {
+      r["step"]: x for r in read_metrics(d) if (x := finite(r.get(value), column)) is not None
+    }
     if steps:
       out[key] = steps
   if not out:

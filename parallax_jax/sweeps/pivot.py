@@ -16,12 +16,16 @@ from pathlib import Path
 from parallax_jax.errors import UserError
 
 
-def finite(text) -> float | None:
+def finite(text, column: str = "value") -> float | None:
   """A results.csv cell as a float; None for an empty or non-finite one (``report`` writes a
-  non-finite metric as empty: a diverged run has no value to average or pair)."""
+  non-finite metric as empty: a diverged run has no value to average or pair). A cell that is
+  no number (``column`` names it in the error) is a UserError: the column is not a metric."""
   if text is None or text == "":
     return None
-  x = float(text)
+  try:
+    x = float(text)
+  except (TypeError, ValueError):
+    raise UserError(f"{column} holds {text!r}, not a number; give a metric column") from None
   return x if math.isfinite(x) else None
 
 
@@ -47,7 +51,7 @@ def pivot(csv_path: str | Path, rows: str, cols: str, value: str, fmt: str = "{:
   cells: dict[tuple[str, str], list[float]] = {}
   row_keys, col_keys = [], []
   for r in records:
-    x = finite(r[value])
+    x = finite(r[value], f"{csv_path}: column {value!r}")
     if x is None:
       continue
     if r[rows] not in row_keys:
