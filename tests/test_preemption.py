@@ -255,6 +255,39 @@ def test_a_signal_before_jax_distributed_starts_kills_as_without_the_handler():
   assert out.returncode == -signal.SIGTERM and "survived" not in out.stdout, out.stderr
 
 
+SETUP_TO_LOOP = """
+import signal
+from parallax_jax.train.preemption import SetupSignal, StopSignal
+with SetupSignal():
+  stop = StopSignal(lambda step: False)
+  signal.raise_signal(signal.SIGTERM)  # between the loop's handler's creation and its entry
+  with stop:
+    print("stopped in setup:", stop.stopped_in_setup(), flush=True)
+with SetupSignal():
+  with StopSignal(lambda step: False):
+    pass
+  signal.raise_signal(signal.SIGTERM)  # after the loop: the run's plots
+  print("epilogue finished", flush=True)
+"""
+
+
+def test_the_loop_takes_over_a_setup_signal_and_one_after_training_says_so():
+  """A signal the setup handler took just before the loop's handler was entered still stops
+  the run before its first step (it was read at creation, so such a signal was lost and the run
+  trained on); one after the loop is not reported as 'during setup'."""
+  out = subprocess.run(
+    [sys.executable, "-c", SETUP_TO_LOOP],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    env=ENV,
+    timeout=120,
+  )
+  assert out.returncode == 0, out.stderr
+  assert out.stdout == "stopped in setup: True\nepilogue finished\n", out.stdout + out.stderr
+  assert "SIGTERM received after training (saved); finishing the run's plots" in out.stderr
+
+
 def test_handlers_are_restored_after_the_run():
   before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
   with StopSignal(lambda step: False) as stop:

@@ -70,6 +70,7 @@ class SetupSignal:
 
   def __init__(self):
     self.signum: int | None = None
+    self.trained = False  # set when the training loop ends (``StopSignal``): only its epilogue left
     self._previous: dict[int, object] = {}
 
   def __enter__(self) -> SetupSignal:
@@ -97,9 +98,13 @@ class SetupSignal:
     self.signum = signum
     for s in self._previous:
       signal.signal(s, _exit_now)
+    what = (
+      "after training (saved); finishing the run's plots"
+      if self.trained
+      else "during setup; stopping before training"
+    )
     print(
-      f"parallax-jax: {signal.Signals(signum).name} received during setup; stopping before "
-      "training (signal again to exit at once)",
+      f"parallax-jax: {signal.Signals(signum).name} received {what} (signal again to exit at once)",
       file=sys.stderr,
       flush=True,
     )
@@ -134,9 +139,6 @@ class StopSignal:
     self._previous: dict[int, object] = {}
     self._multi = jax.process_count() > 1
     self._synced = self._multi and jax.config.jax_enable_preemption_service
-    setup = SetupSignal.active  # a signal received during setup (one process only)
-    if setup is not None and not self._multi:
-      self.signum = setup.signum
 
   @property
   def signame(self) -> str:
@@ -153,10 +155,15 @@ class StopSignal:
       return self
     # With several processes JAX's preemption notifier owns SIGTERM: replacing it would
     # unhook the other processes.
-    # A signal already received (during setup): the next one exits at once.
-    handler = self._first if self.signum is None else _exit_now
     for signum in (signal.SIGINT,) if self._synced else SIGNALS:
-      self._previous[signum] = signal.signal(signum, handler)
+      self._previous[signum] = signal.signal(signum, self._first)
+    # A signal setup took (one process; read once ours are in place, so none falls between):
+    # the run stops before its first step, and the next signal exits at once.
+    setup = SetupSignal.active
+    if setup is not None and not self._multi and setup.signum is not None:
+      self.signum = setup.signum
+      for signum in self._previous:
+        signal.signal(signum, _exit_now)
     return self
 
   def __exit__(self, *exc) -> None:
@@ -164,6 +171,8 @@ class StopSignal:
       if handler is not None:  # None: a handler set outside Python (JAX's notifier)
         signal.signal(signum, handler)
     self._previous.clear()
+    if SetupSignal.active is not None:  # its handler is back: for the epilogue now
+      SetupSignal.active.trained = True
 
   def _first(self, signum, frame) -> None:
     self.signum = signum
