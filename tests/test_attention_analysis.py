@@ -14,7 +14,7 @@ def test_output_stem_with_a_dot_keeps_its_whole_name():
   }
 
 
-def test_an_existing_output_is_refused_before_anything_runs(tmp_path):
+def test_an_existing_output_is_refused_before_anything_runs(tmp_path, capsys):
   import pytest
 
   from experiments.attention_analysis import main
@@ -25,8 +25,9 @@ def test_an_existing_output_is_refused_before_anything_runs(tmp_path):
     main(["--run", f"x={tmp_path / 'no_such_run'}", "--out", str(tmp_path / "a")])
   assert (tmp_path / "a.md").read_text() == "earlier result\n"
   (tmp_path / "m.json").write_text("{}")
-  with pytest.raises(SystemExit, match="exists; pass a new path"):
+  with pytest.raises(SystemExit):
     memory_main(["--out", str(tmp_path / "m.json")])
+  assert "m.json exist(s); pass a new path" in capsys.readouterr().err
   assert (tmp_path / "m.json").read_text() == "{}"
 
 
