@@ -120,6 +120,7 @@ def main(argv=None):
   p.add_argument("--out-dir", default=os.path.join(os.path.dirname(__file__), "results"))
   args = p.parse_args(argv)
   shapes = bench_kernels.parse_shapes(p, args.shapes)
+  bench_kernels.check_args(p, args, gpu_only="the Mosaic GPU kernels")
   now = datetime.datetime.now()
   keys = ("heads", "head_dim", "dtype", "iters", "interpret")
   result = bench_kernels.run_header(args, keys, now)

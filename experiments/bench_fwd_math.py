@@ -123,6 +123,7 @@ def run_variants(argv, *, name: str, doc: str, variants: dict, build_call, shape
   chosen = args.variants.split(",")
   if unknown := [v for v in chosen if v not in variants]:
     p.error(f"--variants: unknown {unknown}; choose from {list(variants)}")
+  bench_kernels.check_args(p, args, gpu_only="the Mosaic GPU kernels")
   now = datetime.datetime.now()
   keys = ("heads", "head_dim", "window", "dtype", "iters", "interpret")
   result = bench_kernels.run_header(args, keys, now, variants={v: variants[v] for v in chosen})

@@ -240,6 +240,25 @@ def parse_shapes(parser: argparse.ArgumentParser, text: str) -> list[tuple[int, 
   return shapes
 
 
+def check_args(p: argparse.ArgumentParser, args, gpu_only: str = "") -> None:
+  """``p.error`` naming the flag for a non-positive ``--heads`` / ``--head-dim`` / ``--iters``,
+  a ``--window`` below 1, an unknown ``--dtype``, or ``gpu_only`` (the requested kernels that
+  need a GPU, as their flag says them) off a GPU without ``--interpret``: such a run would write
+  a result file of error rows, or a traceback, instead of a measurement."""
+  for flag in ("heads", "head_dim", "iters"):
+    if getattr(args, flag, 1) < 1:
+      p.error(f"--{flag.replace('_', '-')}: must be >= 1, got {getattr(args, flag)}")
+  if getattr(args, "window", None) is not None and args.window < 1:
+    p.error(f"--window: must be >= 1 (keys per query) or left out, got {args.window}")
+  try:
+    jnp.dtype(args.dtype)
+  except TypeError:
+    p.error(f"--dtype: unknown dtype {args.dtype!r}; e.g. bfloat16, float16, float32")
+  backend = jax.default_backend()
+  if gpu_only and not args.interpret and backend != "gpu":
+    p.error(f"{gpu_only}: runs on a GPU, not on this {backend!r} host; pass --interpret (a smoke)")
+
+
 def run_header(args, keys, now: datetime.datetime, **extra) -> dict:
   """The fields every kernel bench's result starts with: date (``now``, the time its stem is
   named for), device, versions, the command and ``args``' values of ``keys``."""
@@ -300,7 +319,8 @@ def main(argv=None):
     args.iters = min(args.iters, 3 if args.interpret else 10)
     if args.interpret:
       args.heads, args.head_dim = 2, 64
-  check_paths(p, args.paths)
+  gpu_paths = [n for n in check_paths(p, args.paths) if n != "xla"]
+  check_args(p, args, gpu_only=gpu_paths and f"--paths {','.join(gpu_paths)}")
   causal = not args.non_causal
   dtype = jnp.dtype(args.dtype)
   shapes = parse_shapes(p, args.shapes)

@@ -275,6 +275,34 @@ def test_unknown_path_is_one_line_naming_the_flag(tmp_path, capsys):
   assert "pallas_mosaic_gpu_unstacked_bwd" in err and not list(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize(
+  ("bench", "argv", "flag"),
+  [
+    ("bench_kernels", ["--paths", "xla", "--heads", "-1"], "--heads"),
+    ("bench_kernels", ["--paths", "xla", "--iters", "0"], "--iters"),
+    ("bench_kernels", ["--paths", "xla", "--window", "-3"], "--window"),
+    ("bench_kernels", ["--paths", "xla", "--dtype", "foo"], "--dtype"),
+    ("bench_kernels", ["--paths", "xla,pallas_gpu,softmax_cudnn"], "--paths pallas_gpu,"),
+    ("bench_fwd_math", [], "the Mosaic GPU kernels"),
+    ("bench_cta_order", ["--head-dim", "0", "--interpret"], "--head-dim"),
+  ],
+)
+def test_bad_or_gpu_only_requests_are_one_line_before_anything_is_written(
+  tmp_path, capsys, bench, argv, flag
+):
+  """A bad size, or a GPU kernel asked for on a CPU host without --interpret, used to be a
+  traceback or a result file of error rows (exit 0); now one line naming the flag (exit 2)."""
+  import importlib
+
+  module = importlib.import_module(f"experiments.{bench}")
+  out = tmp_path / "out"
+  with pytest.raises(SystemExit) as exit_:
+    module.main(["--shapes", "1x128", *argv, "--out-dir", str(out)])
+  err = capsys.readouterr().err
+  assert exit_.value.code == 2 and "Traceback" not in err
+  assert f"error: {flag}" in err.strip().splitlines()[-1] and not out.exists()
+
+
 def test_good_shapes_parse():
   import argparse
 
