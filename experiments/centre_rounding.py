@@ -17,6 +17,7 @@ import argparse
 import datetime
 import json
 import os
+import platform
 import sys
 
 import ml_dtypes
@@ -25,6 +26,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from parallax_jax.benchmarking import result_files  # noqa: E402
+from parallax_jax.environment import package_versions  # noqa: E402
 
 CENTRES = ("running", "first", "none")
 SCENARIOS = {
@@ -92,10 +94,16 @@ def main(argv=None):
   p.add_argument("--seeds", type=int, default=3)
   p.add_argument("--out-dir", default=os.path.join(os.path.dirname(__file__), "results"))
   args = p.parse_args(argv)
+  for flag in ("length", "head_dim", "seeds"):  # 0 seeds: a table of NaN, written as a result
+    if getattr(args, flag) < 1:
+      p.error(f"--{flag.replace('_', '-')}: must be >= 1, got {getattr(args, flag)}")
   now = datetime.datetime.now()
   result = {
     "what": "RMS error of o against float64, bf16 PV operands, per W2 centre rule",
     "date": now.isoformat(timespec="seconds"),
+    # NumPy on the host's CPU: the machine and the libraries that do the arithmetic
+    "device": f"{platform.machine()} CPU ({os.cpu_count()} cores), {platform.system()}",
+    "versions": {"python": platform.python_version(), **package_versions(("numpy", "ml_dtypes"))},
     "command": " ".join(["python -m experiments.centre_rounding"] + (argv or sys.argv[1:])),
     "config": {"length": args.length, "head_dim": args.head_dim, "seeds": args.seeds},
     "rows": [],
@@ -119,7 +127,7 @@ def main(argv=None):
 
 def to_markdown(result: dict) -> str:
   out = [f"# centre_rounding {result['date']}", "", f"- {result['what']}"]
-  out += [f"- {k}: {result[k]}" for k in ("command", "config")]
+  out += [f"- {k}: {result[k]}" for k in ("device", "versions", "command", "config")]
   out += ["", "| scenario | " + " | ".join(f"rms, {c}" for c in CENTRES) + " | first / running |"]
   out.append("|---|" + "---:|" * (len(CENTRES) + 1))
   for row in result["rows"]:

@@ -30,3 +30,21 @@ def test_writes_its_table(tmp_path):
   assert [r["scenario"] for r in result["rows"]] == list(cr.SCENARIOS)
   (md,) = tmp_path.glob("centre_rounding_*.md")
   assert "| gaussian |" in md.read_text()
+
+
+def test_records_its_host_and_versions(tmp_path):
+  result = cr.main(
+    ["--length", "64", "--head-dim", "8", "--seeds", "1", "--out-dir", str(tmp_path)]
+  )
+  assert "CPU" in result["device"] and {"python", "numpy", "ml_dtypes"} <= set(result["versions"])
+  (md,) = tmp_path.glob("centre_rounding_*.md")
+  assert f"- device: {result['device']}" in md.read_text()
+
+
+@pytest.mark.parametrize("flag", ["--length", "--head-dim", "--seeds"])
+def test_a_non_positive_size_is_one_line_and_writes_nothing(tmp_path, capsys, flag):
+  with pytest.raises(SystemExit) as exit_:
+    cr.main([flag, "0", "--out-dir", str(tmp_path / "out")])
+  err = capsys.readouterr().err
+  assert exit_.value.code == 2 and "Traceback" not in err
+  assert f"error: {flag}: must be >= 1" in err and not (tmp_path / "out").exists()
