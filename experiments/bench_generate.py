@@ -32,6 +32,7 @@ from flax import nnx
 
 from parallax_jax.benchmarking import result_files
 from parallax_jax.benchmarking.run_info import run_info
+from parallax_jax.errors import UserError
 from parallax_jax.inference.generate import generate
 from parallax_jax.model import ModelConfig, Transformer
 from parallax_jax.train.config import load_config
@@ -129,7 +130,10 @@ def main(argv=None) -> dict:
     base = ModelConfig(**SMOKE_MODEL)
     args.batches, args.prompt_lens, args.new_tokens, args.repeats = "2", "16", 8, 1
   else:
-    cfg = load_config(args.config)
+    try:  # a missing or bad config file: one line, not a traceback
+      cfg = load_config(args.config)
+    except UserError as e:
+      p.error(f"--config: {e}")
     base = ModelConfig.from_dict(cfg.model.to_dict())
     # A serving copy: bf16 weights (no per-token f32 -> bf16 weight casts), no remat.
     base = dataclasses.replace(base, param_dtype="bfloat16", remat="none")

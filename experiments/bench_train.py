@@ -34,6 +34,7 @@ from parallax_jax.benchmarking.kernel_times import kernel_times
 from parallax_jax.benchmarking.run_info import run_info
 from parallax_jax.benchmarking.timing import time_call
 from parallax_jax.benchmarking.train_step import benchmark_train_step
+from parallax_jax.errors import UserError
 from parallax_jax.flops import MFU_HEADER, MODEL_TFLOPS_HEADER
 from parallax_jax.model import ModelConfig
 from parallax_jax.train.compile_cache import use_compilation_cache
@@ -238,7 +239,10 @@ def main(argv=None):
   args.stem = None
   if args.mosaic_backward:
     mosaic_implementation.BACKWARD = args.mosaic_backward
-  cfg = load_config(args.config, overrides)
+  try:  # a missing or bad config file, or a bad override: one line, not a traceback
+    cfg = load_config(args.config, overrides)
+  except UserError as e:
+    p.error(f"--config: {e}")
   base = ModelConfig.from_dict(cfg.model.to_dict())
   if args.layers:
     base = dataclasses.replace(base, num_layers=args.layers)

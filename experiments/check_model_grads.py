@@ -30,6 +30,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from parallax_jax.benchmarking import result_files  # noqa: E402
+from parallax_jax.errors import UserError  # noqa: E402
 from parallax_jax.model import ModelConfig  # noqa: E402
 from parallax_jax.train.config import apply_overrides, load_config  # noqa: E402
 from parallax_jax.train.step import init_params, make_loss_and_grads, model_graphdef  # noqa: E402
@@ -127,7 +128,10 @@ def main(argv=None):
   args = p.parse_args(argv)
   if args.sweep and not args.point:
     p.error("--sweep needs --point (the variant name whose config to check)")
-  base, train_seq_len = model_config(args)
+  try:  # a missing or bad config or sweep file, or a bad override: one line, not a traceback
+    base, train_seq_len = model_config(args)
+  except UserError as e:
+    p.error(str(e))
   seq_len = args.seq_len or train_seq_len
   batch = packed_batch(base, args.batch, seq_len, args.mean_doc, args.seed)
   params = init_params(base, args.seed)

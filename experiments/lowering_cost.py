@@ -23,6 +23,7 @@ import time
 from parallax_jax.benchmarking import result_files
 from parallax_jax.benchmarking.run_info import run_info
 from parallax_jax.benchmarking.train_step import benchmark_train_step
+from parallax_jax.errors import UserError
 from parallax_jax.model import ModelConfig
 from parallax_jax.train.config import load_config
 from parallax_jax.train.optimizer import OptimizerConfig
@@ -85,7 +86,10 @@ def main(argv=None):
   args, overrides = p.parse_known_args(argv)
   if args.lower_anywhere:
     _lower_anywhere()
-  cfg = load_config(args.config, overrides)
+  try:  # a missing or bad config file, or a bad override: one line, not a traceback
+    cfg = load_config(args.config, overrides)
+  except UserError as e:
+    p.error(f"--config: {e}")
   base = ModelConfig.from_dict(cfg.model.to_dict())
   base = base.with_attention(args.attention)
   if args.implementation:

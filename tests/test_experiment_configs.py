@@ -1,0 +1,30 @@
+"""The experiments that read a config file: a missing one (or a bad override) is one line naming
+``--config`` (exit 2), before anything is built or written."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+
+
+@pytest.mark.parametrize(
+  "bench", ["bench_train", "bench_generate", "lowering_cost", "check_model_grads"]
+)
+def test_a_missing_config_is_one_line_and_writes_nothing(tmp_path, capsys, bench):
+  module = importlib.import_module(f"experiments.{bench}")
+  missing, out = tmp_path / "no_such_config.py", tmp_path / "out"
+  with pytest.raises(SystemExit) as exit_:
+    module.main(["--config", str(missing), "--out-dir", str(out)])
+  err = capsys.readouterr().err
+  assert exit_.value.code == 2 and "Traceback" not in err
+  assert f"config file {str(missing)!r} does not exist" in err.strip().splitlines()[-1]
+  assert not out.exists()
+
+
+def test_a_bad_override_is_one_line():
+  from experiments import lowering_cost
+
+  with pytest.raises(SystemExit) as exit_:
+    lowering_cost.main(["--config", "configs/tiny.py", "--config.model.no_such_key=1"])
+  assert exit_.value.code == 2
