@@ -9,7 +9,8 @@ import pytest
 
 
 @pytest.mark.parametrize(
-  "bench", ["bench_train", "bench_generate", "lowering_cost", "check_model_grads"]
+  "bench",
+  ["bench_train", "bench_generate", "lowering_cost", "check_model_grads", "multi_gpu_check"],
 )
 def test_a_missing_config_is_one_line_and_writes_nothing(tmp_path, capsys, bench):
   module = importlib.import_module(f"experiments.{bench}")
