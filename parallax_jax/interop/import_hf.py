@@ -267,9 +267,8 @@ def import_hf(
     params=params,
     opt_state=program.opt_init(params),
   )
-  ckpt = Checkpointer(workdir / "checkpoints", exp.checkpoint)
-  ckpt.save(0, state, None)
-  ckpt.close()
+  with Checkpointer(workdir / "checkpoints", exp.checkpoint) as ckpt:
+    ckpt.save(0, state, None)
   params_path = workdir / "params"
   save_params(params_path, state.params)
   config_path = workdir / CONFIG_FILE

@@ -271,9 +271,8 @@ def finished_step(cfg: ml_collections.ConfigDict, workdir: str | Path) -> int | 
   """The step of ``workdir``'s run if it is finished for ``cfg``: its newest checkpoint at
   ``train.steps`` or beyond, with params that read back intact (checksums included); else None
   (``train`` trains). Reads only; ``train --dry-run`` predicts with it."""
-  checkpoints = Checkpointer(Path(workdir) / "checkpoints", CheckpointConfig(), read_only=True)
-  latest = checkpoints.latest_step()
-  checkpoints.close()
+  with Checkpointer(Path(workdir) / "checkpoints", CheckpointConfig(), read_only=True) as ckpt:
+    latest = ckpt.latest_step()
   if latest is None or latest < cfg.train.steps:
     return None
   try:
