@@ -4,7 +4,8 @@ For each (B, L) at H=16, D=128, bf16, causal: times the forward and forward+back
 (``jax.vjp`` w.r.t. all inputs, jitted) of
   * ``parallax_attention(..., implementation="pallas_gpu")``,
   * ``parallax_attention(..., implementation="xla")`` (optional above ``--skip-xla-above``),
-  * ``jax.nn.dot_product_attention(..., implementation="cudnn", is_causal=True)``,
+  * ``jax.nn.dot_product_attention(..., implementation="cudnn", is_causal=True)``
+    (``softmax_xla``: the same by XLA, the ``--interpret`` smoke's baseline),
 reports kernel TFLOP/s of the executed matmuls (``parallax_jax.flops.kernel_executed_flops``:
 Parallax fwd 4 matmuls per visible pair, bwd 11; softmax fwd 2, bwd 5; not model FLOPs) and
 checks the kernel's accuracy against the float32 ``parallax_reference`` at the smaller shapes.
@@ -47,6 +48,9 @@ from parallax_jax.testing.attention_cases import BENCHMARK_SHAPES  # noqa: E402
 # The shared benchmark problems (their heads, head dim, dtype and causality are the defaults of
 # --heads/--head-dim/--dtype/--non-causal).
 DEFAULT_SHAPES = ",".join(s.id for s in BENCHMARK_SHAPES)
+DEFAULT_PATHS = "pallas_gpu,xla,softmax_cudnn"
+# the CPU smoke's softmax baseline: XLA's (cuDNN has no interpret mode)
+INTERPRET_PATHS = "pallas_gpu,xla,softmax_xla"
 _SHAPE = BENCHMARK_SHAPES[0]
 
 
@@ -99,7 +103,8 @@ def path_fns(causal, interpret, window=None):
     "pallas_gpu": parallax_fn("pallas_gpu", causal, interpret, window),
     "pallas_gpu_fused": parallax_fn("pallas_gpu", causal, interpret, window, False),
     "xla": parallax_fn("xla", causal, interpret, window),
-    "softmax_cudnn": softmax_fn(causal, interpret, window),
+    "softmax_cudnn": softmax_fn("cudnn", causal, window),
+    "softmax_xla": softmax_fn("xla", causal, window),
   }
 
 
@@ -157,8 +162,8 @@ def check_paths(p: argparse.ArgumentParser, text: str) -> list[str]:
   return names
 
 
-def softmax_fn(causal, interpret, window=None):
-  impl = "xla" if interpret else "cudnn"
+def softmax_fn(impl, causal, window=None):
+  """``jax.nn.dot_product_attention`` by ``impl`` ("cudnn" or "xla"), ``r`` unused."""
 
   def f(q, r, k, v):
     del r
@@ -292,7 +297,7 @@ def main(argv=None):
   )
   p.add_argument(
     "--paths",
-    default="pallas_gpu,xla,softmax_cudnn",
+    default=None,
     help="comma list of paths to time: pallas_gpu, pallas_gpu_fused (the atomic single-pass "
     "backward), pallas_mosaic_gpu (Mosaic forward, the backward its BACKWARD='auto' rule "
     "picks), pallas_mosaic_gpu_bwd / pallas_mosaic_gpu_triton_bwd (Mosaic forward, the Mosaic "
@@ -302,7 +307,8 @@ def main(argv=None):
     "pallas_mosaic_gpu_fused_bwd (Mosaic forward, fused Mosaic backward), "
     "pallas_mosaic_gpu_fwd_s2 / _fwd_s4 (the Mosaic forward's K/V ring 2 / 4 deep, whatever "
     "the head dim's default), "
-    "xla, softmax_cudnn",
+    "xla, softmax_cudnn, softmax_xla (jax.nn.dot_product_attention by XLA). Default "
+    f"{DEFAULT_PATHS}; with --interpret {INTERPRET_PATHS}",
   )
   p.add_argument("--non-causal", action="store_true")
   p.add_argument("--window", type=int, default=None, help="sliding window (keys per query)")
@@ -319,8 +325,13 @@ def main(argv=None):
     args.iters = min(args.iters, 3 if args.interpret else 10)
     if args.interpret:
       args.heads, args.head_dim = 2, 64
-  gpu_paths = [n for n in check_paths(p, args.paths) if n != "xla"]
+  if args.paths is None:
+    args.paths = INTERPRET_PATHS if args.interpret else DEFAULT_PATHS
+  gpu_paths = [n for n in check_paths(p, args.paths) if n not in ("xla", "softmax_xla")]
   check_args(p, args, gpu_only=gpu_paths and f"--paths {','.join(gpu_paths)}")
+  if "softmax_cudnn" in gpu_paths and jax.default_backend() != "gpu":
+    # cuDNN has no interpret mode: timing XLA's softmax under its name would mislabel the row
+    p.error("--paths softmax_cudnn: cuDNN needs a GPU (--interpret has no cuDNN); use softmax_xla")
   causal = not args.non_causal
   dtype = jnp.dtype(args.dtype)
   shapes = parse_shapes(p, args.shapes)

@@ -303,6 +303,21 @@ def test_bad_or_gpu_only_requests_are_one_line_before_anything_is_written(
   assert f"error: {flag}" in err.strip().splitlines()[-1] and not out.exists()
 
 
+def test_interpret_softmax_is_labelled_by_what_ran(tmp_path, capsys):
+  """Under --interpret softmax_cudnn timed XLA's softmax under cuDNN's name; on a host without a
+  GPU it is now refused in one line, and XLA's softmax runs as ``softmax_xla``."""
+  from experiments import bench_kernels
+
+  out = tmp_path / "out"
+  quick = ["--quick", "--interpret", "--iters", "1", "--out-dir", str(out)]
+  with pytest.raises(SystemExit) as exit_:
+    bench_kernels.main(["--paths", "softmax_cudnn", *quick])
+  err = capsys.readouterr().err.strip().splitlines()[-1]
+  assert exit_.value.code == 2 and "error: --paths softmax_cudnn" in err and not out.exists()
+  record = bench_kernels.main(["--paths", "softmax_xla", *quick])
+  assert [(r["path"], "error" in r) for r in record["rows"]] == [("softmax_xla", False)]
+
+
 def test_good_shapes_parse():
   import argparse
 
