@@ -48,6 +48,10 @@ SMOKE_MODEL = dict(
   compute_dtype="float32",
 )
 
+# The full run's and --smoke's --batches, --prompt-lens, --new-tokens and --repeats.
+SHAPES = dict(batches="1,32", prompt_lens="1024,4096", new_tokens=256, repeats=2)
+SMOKE_SHAPES = dict(batches="2", prompt_lens="16", new_tokens=8, repeats=1)
+
 
 def build_model(cfg: ModelConfig, seed: int = 0):
   """``(graphdef, params)`` of a model with random weights, built leaf by leaf.
@@ -116,19 +120,31 @@ def main(argv=None) -> dict:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--config", default="configs/lm_0p6b.py")
   p.add_argument("--attention", default="parallax,softmax")
-  p.add_argument("--batches", default="1,32")
-  p.add_argument("--prompt-lens", default="1024,4096")
-  p.add_argument("--new-tokens", type=int, default=256)
+  # None: not given, so --smoke's value or the full run's (an explicit flag wins over either)
+  p.add_argument("--batches", default=None, help=f"default {SHAPES['batches']!r}")
+  p.add_argument("--prompt-lens", default=None, help=f"default {SHAPES['prompt_lens']!r}")
+  p.add_argument("--new-tokens", type=int, default=None, help=f"default {SHAPES['new_tokens']}")
   p.add_argument("--chunk-tokens", type=int, default=64, help="decode steps per jitted call")
   p.add_argument("--prefill-chunk", type=int, default=None)
-  p.add_argument("--repeats", type=int, default=2, help="timed runs after the compiling one")
+  p.add_argument(
+    "--repeats",
+    type=int,
+    default=None,
+    help=f"timed runs after the compiling one (default {SHAPES['repeats']})",
+  )
   p.add_argument("--layers", type=int, default=None, help="override num_layers (quick runs)")
-  p.add_argument("--smoke", action="store_true", help="tiny CPU model, tiny shapes")
+  p.add_argument(
+    "--smoke",
+    action="store_true",
+    help="tiny CPU model; unless given, --batches 2 --prompt-lens 16 --new-tokens 8 --repeats 1",
+  )
   p.add_argument("--out-dir", default=None)
   args = p.parse_args(argv)
+  for key, value in (SMOKE_SHAPES if args.smoke else SHAPES).items():
+    if getattr(args, key) is None:
+      setattr(args, key, value)
   if args.smoke:
     base = ModelConfig(**SMOKE_MODEL)
-    args.batches, args.prompt_lens, args.new_tokens, args.repeats = "2", "16", 8, 1
   else:
     try:  # a missing or bad config file: one line, not a traceback
       cfg = load_config(args.config)

@@ -167,6 +167,18 @@ def test_bench_generate_smoke_writes_both_kinds(tmp_path):
   assert result_files.new_stem(tmp_path, written.stem).name == written.stem + "_2"
 
 
+def test_bench_generate_smoke_keeps_explicit_shapes():
+  """--smoke's shapes are defaults: it used to overwrite --batches, --prompt-lens, --new-tokens
+  and --repeats given with it, measuring other shapes than the command asked for."""
+  from experiments import bench_generate
+
+  argv = ["--smoke", "--attention", "softmax", "--batches", "1", "--prompt-lens", "8"]
+  record = bench_generate.main([*argv, "--new-tokens", "3", "--repeats", "2"])
+  (row,) = record["rows"]
+  assert (row["batch"], row["prompt_len"], row["new_tokens"]) == (1, 8, 3), row
+  assert row["decode_tokens"] == 1 * 2  # 1 row, 2 decode steps
+
+
 def test_bench_kernels_paths_trace_the_backward_they_name():
   """Each GPU path's gradient program names its own backward kernels (Triton two-pass
   "parallax_bwd_dq" + "_dkv", fused "parallax_bwd_row_stats" + "_dkv", Mosaic "*_mgpu")."""
