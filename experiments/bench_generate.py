@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from parallax_jax.benchmarking import result_files
+from parallax_jax.benchmarking import cli_checks, result_files
 from parallax_jax.benchmarking.run_info import run_info
 from parallax_jax.errors import UserError
 from parallax_jax.inference.generate import generate
@@ -140,6 +140,7 @@ def main(argv=None) -> dict:
   )
   p.add_argument("--out-dir", default=None)
   args = p.parse_args(argv)
+  kinds = [cli_checks.attention_kind(p, "--attention", k) for k in args.attention.split(",")]
   for key, value in (SMOKE_SHAPES if args.smoke else SHAPES).items():
     if getattr(args, key) is None:
       setattr(args, key, value)
@@ -157,7 +158,6 @@ def main(argv=None) -> dict:
     base = dataclasses.replace(base, num_layers=args.layers)
   rows = []
   stem = _new_stem(args) if args.out_dir else None
-  kinds = args.attention.split(",")
   # Every kind's model is built up front and the kinds alternate inside each (batch, prompt),
   # so a run cut short still holds Parallax and softmax side by side.
   models = {}

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from pallas_kernels.mosaic_gpu import implementation as mosaic_implementation
-from parallax_jax.benchmarking import result_files
+from parallax_jax.benchmarking import cli_checks, result_files
 from parallax_jax.benchmarking.kernel_categories import NAMES as KERNEL_CATEGORIES
 from parallax_jax.benchmarking.kernel_categories import by_category
 from parallax_jax.benchmarking.kernel_times import kernel_times
@@ -37,6 +37,7 @@ from parallax_jax.benchmarking.train_step import benchmark_train_step
 from parallax_jax.errors import UserError
 from parallax_jax.flops import MFU_HEADER, MODEL_TFLOPS_HEADER
 from parallax_jax.model import ModelConfig
+from parallax_jax.model.config import REMAT
 from parallax_jax.train.compile_cache import use_compilation_cache
 from parallax_jax.train.config import load_config
 from parallax_jax.train.metrics import compiled_memory_bytes, mfu
@@ -235,6 +236,11 @@ def main(argv=None):
   ]
   if uneven:
     p.error(f"--microbatches {args.microbatches} must be >= 1 and divide every batch in --batches")
+  for label in args.attention.split(","):  # before any compile: not a traceback mid-run
+    kind, _, impl = label.partition("@")
+    cli_checks.attention_impl(p, "--attention", kind, impl or None, "give the kind alone")
+  for remat in args.remat.split(",") if args.remat else []:
+    cli_checks.choice(p, "--remat", remat, REMAT)
   use_compilation_cache(args.compilation_cache)
   args.stem = None
   if args.mosaic_backward:

@@ -29,9 +29,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from parallax_jax.benchmarking import result_files  # noqa: E402
+from parallax_jax.benchmarking import cli_checks, result_files  # noqa: E402
 from parallax_jax.errors import UserError  # noqa: E402
 from parallax_jax.model import ModelConfig  # noqa: E402
+from parallax_jax.model.config import DTYPES  # noqa: E402
 from parallax_jax.train.config import apply_overrides, load_config  # noqa: E402
 from parallax_jax.train.step import init_params, make_loss_and_grads, model_graphdef  # noqa: E402
 
@@ -132,6 +133,12 @@ def main(argv=None):
     base, train_seq_len = model_config(args)
   except UserError as e:
     p.error(str(e))
+  impls, dtypes = args.impls.split(","), args.dtypes.split(",")
+  for impl in impls:  # before the reference's compile, not as a traceback after it
+    named = None if impl == "default" else impl
+    cli_checks.attention_impl(p, "--impls", base.attention, named, "'default' (the best)")
+  for dtype in dtypes:
+    cli_checks.choice(p, "--dtypes", dtype, DTYPES)
   seq_len = args.seq_len or train_seq_len
   batch = packed_batch(base, args.batch, seq_len, args.mean_doc, args.seed)
   params = init_params(base, args.seed)
@@ -158,8 +165,8 @@ def main(argv=None):
     "reference": {"impl": REFERENCE[0], "compute_dtype": REFERENCE[1], "loss": ref_loss},
     "rows": [],
   }
-  for dtype in args.dtypes.split(","):
-    for impl in args.impls.split(","):
+  for dtype in dtypes:
+    for impl in impls:
       cfg = dataclasses.replace(
         base, attention_impl=None if impl == "default" else impl, compute_dtype=dtype
       )

@@ -20,7 +20,7 @@ import re
 import subprocess
 import time
 
-from parallax_jax.benchmarking import result_files
+from parallax_jax.benchmarking import cli_checks, result_files
 from parallax_jax.benchmarking.run_info import run_info
 from parallax_jax.benchmarking.train_step import benchmark_train_step
 from parallax_jax.errors import UserError
@@ -84,6 +84,7 @@ def main(argv=None):
   p.add_argument("--note", default=None)
   p.add_argument("--out-dir", default=None)
   args, overrides = p.parse_known_args(argv)
+  cli_checks.attention_impl(p, "--implementation", args.attention, args.implementation)
   if args.lower_anywhere:
     _lower_anywhere()
   try:  # a missing or bad config file, or a bad override: one line, not a traceback

@@ -29,3 +29,30 @@ def test_a_bad_override_is_one_line():
   with pytest.raises(SystemExit) as exit_:
     lowering_cost.main(["--config", "configs/tiny.py", "--config.model.no_such_key=1"])
   assert exit_.value.code == 2
+
+
+@pytest.mark.parametrize(
+  ("bench", "argv", "flag"),
+  [
+    ("bench_generate", ["--smoke", "--attention", "parallax,foo"], "--attention"),
+    ("lowering_cost", ["--attention", "foo"], "--attention"),
+    ("lowering_cost", ["--implementation", "foo"], "--implementation"),
+    ("check_model_grads", ["--impls", "default,foo"], "--impls"),
+    ("check_model_grads", ["--dtypes", "foo"], "--dtypes"),
+    ("bench_train", ["--attention", "softmax,parallax@foo"], "--attention"),
+    ("bench_train", ["--remat", "foo"], "--remat"),
+  ],
+)
+def test_an_unknown_choice_is_one_line_naming_the_choices(tmp_path, capsys, bench, argv, flag):
+  """An unknown attention kind, implementation, dtype or remat policy was a ValueError traceback
+  (check_model_grads' after compiling the reference); now one line naming the flag and the
+  valid choices (exit 2), before anything is written."""
+  module = importlib.import_module(f"experiments.{bench}")
+  out = tmp_path / "out"
+  config = [] if "--smoke" in argv else ["--config", "configs/tiny.py"]
+  with pytest.raises(SystemExit) as exit_:
+    module.main([*config, *argv, "--out-dir", str(out)])
+  err = capsys.readouterr().err
+  last = err.strip().splitlines()[-1]
+  assert exit_.value.code == 2 and "Traceback" not in err and not out.exists()
+  assert f"error: {flag}: " in last and "choose from" in last, last

@@ -1,0 +1,34 @@
+"""The experiment scripts' shared argument checks: a bad flag is one ``p.error`` line naming it and
+the fix (exit 2) before anything is built or written, not a traceback or a file of error rows."""
+
+from __future__ import annotations
+
+import argparse
+
+from parallax_jax.model.config import ATTENTION_KINDS, attention_paths
+
+
+def attention_kind(p: argparse.ArgumentParser, flag: str, kind: str) -> str:
+  """``kind`` if it is a ``model.attention`` kind, else ``p.error`` naming ``flag``."""
+  if kind not in ATTENTION_KINDS:
+    p.error(f"{flag}: unknown attention {kind!r}; choose from {', '.join(ATTENTION_KINDS)}")
+  return kind
+
+
+def attention_impl(
+  p: argparse.ArgumentParser, flag: str, kind: str, impl: str | None, unset: str = "leave it out"
+) -> str | None:
+  """``impl`` if ``kind`` has that ``model.attention_impl`` (None: the best available), else
+  ``p.error`` naming ``flag``, the kind's paths and ``unset`` (how to ask for the default)."""
+  paths = attention_paths(attention_kind(p, "--attention", kind))
+  if impl is not None and impl not in paths:
+    choices = f"choose from {', '.join(paths)} or {unset}" if paths else unset
+    p.error(f"{flag}: attention {kind!r} has no implementation {impl!r}; {choices}")
+  return impl
+
+
+def choice(p: argparse.ArgumentParser, flag: str, value: str, choices) -> str:
+  """``value`` if it is one of ``choices`` (e.g. ``model.config.DTYPES``), else ``p.error``."""
+  if value not in choices:
+    p.error(f"{flag}: unknown {value!r}; choose from {', '.join(choices)}")
+  return value
