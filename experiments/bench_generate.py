@@ -144,6 +144,11 @@ def main(argv=None) -> dict:
   for key, value in (SMOKE_SHAPES if args.smoke else SHAPES).items():
     if getattr(args, key) is None:
       setattr(args, key, value)
+  cli_checks.at_least(
+    p, args, 1, "new_tokens", "chunk_tokens", "prefill_chunk", "repeats", "layers"
+  )
+  batches = cli_checks.positive_ints(p, "--batches", args.batches)
+  prompt_lens = cli_checks.positive_ints(p, "--prompt-lens", args.prompt_lens)
   if args.smoke:
     base = ModelConfig(**SMOKE_MODEL)
   else:
@@ -165,8 +170,8 @@ def main(argv=None) -> dict:
     t0 = time.perf_counter()
     models[kind] = build_model(base.with_attention(kind))
     print(f"built the {kind} model in {time.perf_counter() - t0:.1f} s", flush=True)
-  for b in map(int, args.batches.split(",")):
-    for n in map(int, args.prompt_lens.split(",")):
+  for b in batches:
+    for n in prompt_lens:
       for kind in kinds:
         mcfg = base.with_attention(kind)
         try:

@@ -231,9 +231,10 @@ def main(argv=None):
     "of an unchanged step (lowering still runs)",
   )
   args, overrides = p.parse_known_args(argv)
-  uneven = [
-    b for b in args.batches.split(",") if args.microbatches < 1 or int(b) % args.microbatches
-  ]
+  batches = cli_checks.positive_ints(p, "--batches", args.batches)
+  cli_checks.at_least(p, args, 1, "seq_len", "steps", "layers")
+  cli_checks.at_least(p, args, 0, "warmup", "kernel_times")
+  uneven = [b for b in batches if args.microbatches < 1 or b % args.microbatches]
   if uneven:
     p.error(f"--microbatches {args.microbatches} must be >= 1 and divide every batch in --batches")
   for label in args.attention.split(","):  # before any compile: not a traceback mid-run
@@ -257,7 +258,7 @@ def main(argv=None):
   opt = OptimizerConfig.from_dict(cfg.optimizer.to_dict())
   rows = []
   remats = args.remat.split(",") if args.remat else [base.remat]
-  tries = [(r, int(b)) for r in remats for b in args.batches.split(",")]
+  tries = [(r, b) for r in remats for b in batches]
   for label in args.attention.split(","):
     kind, _, impl = label.partition("@")
     for remat, b in tries:

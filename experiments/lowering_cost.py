@@ -85,6 +85,8 @@ def main(argv=None):
   p.add_argument("--out-dir", default=None)
   args, overrides = p.parse_known_args(argv)
   cli_checks.attention_impl(p, "--implementation", args.attention, args.implementation)
+  cli_checks.at_least(p, args, 1, "seq_len", "batch")
+  layers = cli_checks.positive_ints(p, "--layers", args.layers) if args.layers else None
   if args.lower_anywhere:
     _lower_anywhere()
   try:  # a missing or bad config file, or a bad override: one line, not a traceback
@@ -96,7 +98,7 @@ def main(argv=None):
   if args.implementation:
     base = dataclasses.replace(base, attention_impl=args.implementation)
   opt = OptimizerConfig.from_dict(cfg.optimizer.to_dict())
-  layers = [int(n) for n in args.layers.split(",")] if args.layers else [base.num_layers]
+  layers = layers or [base.num_layers]
   rows = []
   for n in layers:
     row = {

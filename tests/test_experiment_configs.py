@@ -56,3 +56,33 @@ def test_an_unknown_choice_is_one_line_naming_the_choices(tmp_path, capsys, benc
   last = err.strip().splitlines()[-1]
   assert exit_.value.code == 2 and "Traceback" not in err and not out.exists()
   assert f"error: {flag}: " in last and "choose from" in last, last
+
+
+@pytest.mark.parametrize(
+  ("bench", "argv", "flag"),
+  [
+    ("bench_train", ["--steps", "-1"], "--steps"),
+    ("bench_train", ["--seq-len", "0"], "--seq-len"),
+    ("bench_train", ["--batches", "4,0"], "--batches"),
+    ("bench_train", ["--warmup", "-1"], "--warmup"),
+    ("lowering_cost", ["--seq-len", "0"], "--seq-len"),
+    ("lowering_cost", ["--batch", "-2"], "--batch"),
+    ("lowering_cost", ["--layers", "2,x"], "--layers"),
+    ("check_model_grads", ["--batch", "0"], "--batch"),
+    ("check_model_grads", ["--seq-len", "-8"], "--seq-len"),
+    ("bench_generate", ["--smoke", "--new-tokens", "0"], "--new-tokens"),
+    ("bench_generate", ["--smoke", "--prompt-lens", "-16"], "--prompt-lens"),
+  ],
+)
+def test_a_non_positive_size_is_one_line_and_writes_nothing(tmp_path, capsys, bench, argv, flag):
+  """A size below its minimum was a traceback, was ignored (--seq-len 0 in check_model_grads:
+  the config's), or ran (bench_train --steps -1 wrote a result file of error rows, exit 0);
+  now one line naming the flag (exit 2) before anything is built or written."""
+  module = importlib.import_module(f"experiments.{bench}")
+  out = tmp_path / "out"
+  config = [] if "--smoke" in argv else ["--config", "configs/tiny.py"]
+  with pytest.raises(SystemExit) as exit_:
+    module.main([*config, *argv, "--out-dir", str(out)])
+  err = capsys.readouterr().err
+  assert exit_.value.code == 2 and "Traceback" not in err and not out.exists()
+  assert f"error: {flag}: " in err.strip().splitlines()[-1]

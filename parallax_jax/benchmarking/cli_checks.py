@@ -32,3 +32,23 @@ def choice(p: argparse.ArgumentParser, flag: str, value: str, choices) -> str:
   if value not in choices:
     p.error(f"{flag}: unknown {value!r}; choose from {', '.join(choices)}")
   return value
+
+
+def at_least(p: argparse.ArgumentParser, args, minimum: int, *names: str) -> None:
+  """``p.error`` naming the first of ``args``' flags ``names`` (dest names) below ``minimum``;
+  None (a flag left to its default) passes."""
+  for name in names:
+    value = getattr(args, name)
+    if value is not None and value < minimum:
+      p.error(f"--{name.replace('_', '-')}: must be >= {minimum}, got {value}")
+
+
+def positive_ints(p: argparse.ArgumentParser, flag: str, text: str) -> list[int]:
+  """``"1,32"`` -> ``[1, 32]``; anything but a comma list of ints >= 1 is ``p.error``."""
+  try:
+    values = [int(x) for x in text.split(",")]
+  except ValueError:
+    values = []
+  if not values or min(values) < 1:
+    p.error(f"{flag}: expected a comma list of integers >= 1 such as 1,32, got {text!r}")
+  return values
