@@ -26,6 +26,8 @@ import subprocess
 import sys
 import tempfile
 
+import jax
+
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from experiments import bench_kernels  # noqa: E402
@@ -115,7 +117,9 @@ def main(argv=None):
   p.add_argument("--heads", type=int, default=16)
   p.add_argument("--head-dim", type=int, default=128)
   p.add_argument("--dtype", default="bfloat16")
-  p.add_argument("--ncu", default=shutil.which("ncu") or "ncu")
+  p.add_argument(
+    "--ncu", default="ncu", help="the ncu (Nsight Compute) to run: a path or a name on PATH"
+  )
   p.add_argument("--out-dir", default=os.path.join(os.path.dirname(__file__), "results"))
   p.add_argument("--workload", action="store_true", help="(internal) the profiled program")
   args = p.parse_args(argv)
@@ -123,10 +127,15 @@ def main(argv=None):
   paths = bench_kernels.check_paths(p, args.paths)
   if args.workload:
     return workload(paths[0], *shapes[0], args.heads, args.head_dim, args.dtype)
+  ncu = shutil.which(args.ncu)
+  if ncu is None:  # else a FileNotFoundError traceback at its first call
+    p.error(f"--ncu: {args.ncu!r} not found; this needs Nsight Compute: pass --ncu /path/to/ncu")
+  args.ncu = ncu
 
   now = datetime.datetime.now()
   meta = {
     "date": now.isoformat(timespec="seconds"),
+    "device": jax.devices()[0].device_kind,
     "versions": bench_kernels.versions(),
     "command": " ".join(["python3"] + sys.argv),
     "config": {"heads": args.heads, "head_dim": args.head_dim, "dtype": args.dtype},
@@ -153,7 +162,7 @@ def main(argv=None):
 
 def to_markdown(meta: dict, cells: list[dict]) -> str:
   out = [f"# profile_kernels {meta['date']}", ""]
-  out += [f"- {k}: {meta[k]}" for k in ("versions", "ncu", "command", "config")]
+  out += [f"- {k}: {meta[k]}" for k in ("device", "versions", "ncu", "command", "config")]
   for c in cells:
     out += ["", f"## {c['path']}, B {c['B']}, L {c['L']}", ""]
     out.append(f"error: {c['error']}" if "error" in c else ncu_report.to_markdown(c["summaries"]))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 
+import jax
 import pytest
 
 from experiments import profile_kernels
@@ -129,3 +130,30 @@ def test_unknown_path_is_one_line_error(capsys):
   with pytest.raises(SystemExit) as e:
     profile_kernels.main(["--paths", "pallas_gpu,bogus"])
   assert e.value.code == 2 and "--paths: unknown ['bogus']" in capsys.readouterr().err
+
+
+def test_a_missing_ncu_is_one_line_naming_the_flag(tmp_path, capsys):
+  """Without ncu the run was a FileNotFoundError traceback; now one line saying Nsight Compute
+  is needed and how to point to it (exit 2), before anything is written."""
+  out = tmp_path / "out"
+  with pytest.raises(SystemExit) as e:
+    profile_kernels.main(["--ncu", str(tmp_path / "no_ncu"), "--out-dir", str(out)])
+  err = capsys.readouterr().err
+  assert e.value.code == 2 and "Traceback" not in err and not out.exists()
+  assert "error: --ncu: " in err and "Nsight Compute" in err and "--ncu /path/to/ncu" in err
+
+
+def test_record_names_the_device(tmp_path):
+  """The record named no device; it now does, as bench_kernels' (a stand-in ncu that fails
+  each profile: the cell is an error row, the header is still written)."""
+  import json
+
+  fake = tmp_path / "ncu"
+  fake.write_text('#!/bin/sh\n[ "$1" = --version ] && echo "fake ncu" && exit 0\nexit 1\n')
+  fake.chmod(0o755)
+  argv = ["--ncu", str(fake), "--paths", "xla", "--shapes", "1x128", "--out-dir", str(tmp_path)]
+  profile_kernels.main(argv)
+  (written,) = tmp_path.glob("profile_kernels_*.json")
+  record = json.loads(written.read_text())
+  assert record["device"] == jax.devices()[0].device_kind and "error" in record["cells"][0]
+  assert f"- device: {record['device']}" in written.with_suffix(".md").read_text()
