@@ -27,7 +27,7 @@ import jax  # noqa: E402
 from experiments import bench_kernels  # noqa: E402
 from pallas_kernels.mosaic_gpu import backward, backward_dkv, backward_dq, common, forward  # noqa: E402
 from parallax_jax.attention.masking import MaskSpec  # noqa: E402
-from parallax_jax.benchmarking import result_files  # noqa: E402
+from parallax_jax.benchmarking import result_files, run_info  # noqa: E402
 from parallax_jax.benchmarking.kernel_times import kernel_times  # noqa: E402
 from parallax_jax.benchmarking.timing import time_call  # noqa: E402
 
@@ -123,7 +123,8 @@ def main(argv=None):
   bench_kernels.check_args(p, args, gpu_only="the Mosaic GPU kernels")
   now = datetime.datetime.now()
   keys = ("heads", "head_dim", "dtype", "iters", "interpret")
-  result = bench_kernels.run_header(args, keys, now)
+  command = run_info.command("experiments.bench_cta_order", argv)
+  result = bench_kernels.run_header(args, keys, now, command)
   stem = result_files.new_stem(args.out_dir, f"bench_cta_order_{now.strftime('%Y-%m-%d_%H%M%S')}")
   for batch, length in shapes:
     calls = kernel_calls(batch, length, args.heads, args.head_dim, args.dtype, args.interpret)

@@ -41,7 +41,7 @@ import jax.numpy as jnp
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from experiments.bench_kernels import versions  # noqa: E402
-from parallax_jax.benchmarking import result_files  # noqa: E402
+from parallax_jax.benchmarking import result_files, run_info  # noqa: E402
 from parallax_jax.benchmarking.kernel_times import kernel_times  # noqa: E402
 from parallax_jax.benchmarking.timing import time_call  # noqa: E402
 from parallax_jax.decode import DecodeTuning, parallax_decode  # noqa: E402
@@ -262,7 +262,7 @@ def main(argv=None):
     "device": getattr(device, "device_kind", str(device)),
     "backend": jax.default_backend(),
     "versions": versions(),
-    "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
+    "command": run_info.command("experiments.bench_decode", argv),
     "config": {
       "heads": hq,
       "head_dim": d,

@@ -32,7 +32,7 @@ from experiments import bench_kernels  # noqa: E402
 from experiments.bench_cta_order import add_timed_row  # noqa: E402
 from pallas_kernels.mosaic_gpu import common, forward  # noqa: E402
 from parallax_jax.attention.masking import MaskSpec  # noqa: E402
-from parallax_jax.benchmarking import result_files  # noqa: E402
+from parallax_jax.benchmarking import result_files, run_info  # noqa: E402
 
 VARIANTS = {  # name -> parallax_fwd keywords; the first is the baseline of the table's ratios
   # The tile-math variants, at the register split they were measured with (producer 40).
@@ -126,7 +126,10 @@ def run_variants(argv, *, name: str, doc: str, variants: dict, build_call, shape
   bench_kernels.check_args(p, args, gpu_only="the Mosaic GPU kernels")
   now = datetime.datetime.now()
   keys = ("heads", "head_dim", "window", "dtype", "iters", "interpret")
-  result = bench_kernels.run_header(args, keys, now, variants={v: variants[v] for v in chosen})
+  command = run_info.command(f"experiments.{name}", argv)
+  result = bench_kernels.run_header(
+    args, keys, now, command, variants={v: variants[v] for v in chosen}
+  )
   result["what"] = name
   stem = result_files.new_stem(args.out_dir, f"{name}_{now.strftime('%Y-%m-%d_%H%M%S')}")
   for batch, length in shapes:

@@ -35,7 +35,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from parallax_jax import BlockSizes, MaskSpec, parallax_attention, parallax_reference  # noqa: E402
-from parallax_jax.benchmarking import result_files  # noqa: E402
+from parallax_jax.benchmarking import result_files, run_info  # noqa: E402
 from parallax_jax.benchmarking.kernel_times import kernel_times  # noqa: E402
 from parallax_jax.benchmarking.timing import time_call, time_pipelined  # noqa: E402
 from parallax_jax.environment import PACKAGES, package_versions  # noqa: E402
@@ -264,14 +264,15 @@ def check_args(p: argparse.ArgumentParser, args, gpu_only: str = "") -> None:
     p.error(f"{gpu_only}: runs on a GPU, not on this {backend!r} host; pass --interpret (a smoke)")
 
 
-def run_header(args, keys, now: datetime.datetime, **extra) -> dict:
+def run_header(args, keys, now: datetime.datetime, command: str, **extra) -> dict:
   """The fields every kernel bench's result starts with: date (``now``, the time its stem is
-  named for), device, versions, the command and ``args``' values of ``keys``."""
+  named for), device, versions, ``command`` (``run_info.command``) and ``args``' values of
+  ``keys``."""
   return {
     "date": now.isoformat(timespec="seconds"),
     "device": jax.devices()[0].device_kind,
     "versions": versions(),
-    "command": " ".join(["python3"] + sys.argv),
+    "command": command,
     "config": {k: getattr(args, k) for k in keys},
     **extra,
     "rows": [],
@@ -343,7 +344,7 @@ def main(argv=None):
     "device": getattr(devices[0], "device_kind", str(devices[0])),
     "backend": jax.default_backend(),
     "versions": versions(),
-    "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
+    "command": run_info.command("experiments.bench_kernels", argv),
     "config": {
       "heads": h,
       "head_dim": d,

@@ -25,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from parallax_jax.benchmarking import result_files  # noqa: E402
+from parallax_jax.benchmarking import result_files, run_info  # noqa: E402
 from parallax_jax.environment import package_versions  # noqa: E402
 
 CENTRES = ("running", "first", "none")
@@ -104,7 +104,7 @@ def main(argv=None):
     # NumPy on the host's CPU: the machine and the libraries that do the arithmetic
     "device": f"{platform.machine()} CPU ({os.cpu_count()} cores), {platform.system()}",
     "versions": {"python": platform.python_version(), **package_versions(("numpy", "ml_dtypes"))},
-    "command": " ".join(["python -m experiments.centre_rounding"] + (argv or sys.argv[1:])),
+    "command": run_info.command("experiments.centre_rounding", argv),
     "config": {"length": args.length, "head_dim": args.head_dim, "seeds": args.seeds},
     "rows": [],
   }

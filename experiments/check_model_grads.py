@@ -30,6 +30,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from parallax_jax.benchmarking import cli_checks, result_files  # noqa: E402
+from parallax_jax.benchmarking.run_info import run_info  # noqa: E402
 from parallax_jax.errors import UserError  # noqa: E402
 from parallax_jax.model import ModelConfig  # noqa: E402
 from parallax_jax.model.config import DTYPES  # noqa: E402
@@ -148,10 +149,7 @@ def main(argv=None):
 
   now = datetime.datetime.now()
   result = {
-    "date": now.isoformat(timespec="seconds"),
-    "device": jax.devices()[0].device_kind,
-    "jax": jax.__version__,
-    "command": " ".join(["python3"] + sys.argv),
+    **run_info("experiments.check_model_grads", argv),
     "model": {
       "attention": base.attention,
       "layers": base.num_layers,
@@ -183,8 +181,8 @@ def main(argv=None):
 
 def to_markdown(result: dict) -> str:
   out = [f"# check_model_grads {result['date']}", ""]
-  keys = ("device", "jax", "command", "model", "batch", "seq_len", "documents_per_row", "reference")
-  out += [f"- {k}: {result[k]}" for k in keys]
+  keys = ("device", "versions", "command", "model", "batch", "seq_len", "documents_per_row")
+  out += [f"- {k}: {result[k]}" for k in (*keys, "reference")]
   out += [
     "",
     "| impl | compute | loss - ref | grad rel error | grad cosine | worst param (rel error) |",

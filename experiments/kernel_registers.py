@@ -26,7 +26,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from experiments import bench_bwd_math, bench_fwd_math, bench_kernels  # noqa: E402
-from parallax_jax.benchmarking import ptxas_report, result_files  # noqa: E402
+from parallax_jax.benchmarking import ptxas_report, result_files, run_info  # noqa: E402
 
 KINDS = {"fwd": bench_fwd_math, "bwd": bench_bwd_math}
 DEFAULT_VARIANTS = [f"{k}:{v}" for k, mod in KINDS.items() for v in mod.VARIANTS]
@@ -89,7 +89,8 @@ def main(argv=None):
     compile_variant(args.child, args.head_dim)
     return None
   now = datetime.datetime.now()
-  result = bench_kernels.run_header(args, ("head_dim", "timeout"), now, shape=CHILD_SHAPE)
+  command = run_info.command("experiments.kernel_registers", argv)
+  result = bench_kernels.run_header(args, ("head_dim", "timeout"), now, command, shape=CHILD_SHAPE)
   result["what"] = "kernel_registers"
   stem = result_files.new_stem(args.out_dir, f"kernel_registers_{now.strftime('%Y-%m-%d_%H%M%S')}")
   with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:  # children in parallel

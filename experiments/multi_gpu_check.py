@@ -38,7 +38,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from experiments.bench_kernels import versions  # noqa: E402
-from parallax_jax.benchmarking import result_files  # noqa: E402
+from parallax_jax.benchmarking import result_files, run_info  # noqa: E402
 from parallax_jax.benchmarking.synthetic_batch import synthetic_batch  # noqa: E402
 from parallax_jax.errors import UserError  # noqa: E402
 from parallax_jax.train.checkpoint import Checkpointer, abstract_like  # noqa: E402
@@ -223,7 +223,7 @@ def main(argv=None):
     "devices": jax.device_count(),
     "device_kind": jax.devices()[0].device_kind,
     "versions": versions(),
-    "command": " ".join(["python3"] + sys.argv),
+    "command": run_info.command("experiments.multi_gpu_check", argv),
     "parts": {},
   }
   stem = result_files.new_stem(args.out_dir, f"multi_gpu_check_{now.strftime('%Y-%m-%d_%H%M%S')}")

@@ -31,7 +31,7 @@ import jax
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from experiments import bench_kernels  # noqa: E402
-from parallax_jax.benchmarking import ncu_report, result_files  # noqa: E402
+from parallax_jax.benchmarking import ncu_report, result_files, run_info  # noqa: E402
 
 SECTIONS = (
   "LaunchStats",
@@ -137,7 +137,7 @@ def main(argv=None):
     "date": now.isoformat(timespec="seconds"),
     "device": jax.devices()[0].device_kind,
     "versions": bench_kernels.versions(),
-    "command": " ".join(["python3"] + sys.argv),
+    "command": run_info.command("experiments.profile_kernels", argv),
     "config": {"heads": args.heads, "head_dim": args.head_dim, "dtype": args.dtype},
     "ncu": subprocess.run([args.ncu, "--version"], capture_output=True, text=True).stdout.strip(),
   }

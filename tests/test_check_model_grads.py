@@ -49,6 +49,9 @@ def test_tiny_config_reference_against_itself_is_exact(tmp_path):
   assert 0.0 < half["grad_rel_error"] < 0.1 and half["grad_cosine"] > 0.99  # bf16 rounding only
   assert result["documents_per_row"] > 1
   assert len(list(tmp_path.glob("check_model_grads_*.md"))) == 1
+  # the arguments main parsed, not the caller's sys.argv (pytest's); the libraries' versions
+  assert result["command"] == "python -m experiments.check_model_grads " + " ".join(argv)
+  assert {"jax", "jaxlib", "flax"} <= set(result["versions"])
 
 
 def test_sweep_point_is_chosen_by_its_variant_name():

@@ -23,5 +23,11 @@ def run_info(module: str, argv=None) -> dict:
     "python": platform.python_version(),
     "versions": environment.package_versions(),
     "code": environment.code_revision(),
-    "command": f"python -m {module} " + " ".join(sys.argv[1:] if argv is None else argv),
+    "command": command(module, argv),
   }
+
+
+def command(module: str, argv=None) -> str:
+  """``python -m module`` with ``argv``: the arguments ``main(argv)`` parsed (None: the
+  process's), not ``sys.argv``, which is a caller's (pytest's, a sweep's) under ``main(argv)``."""
+  return f"python -m {module} " + " ".join(sys.argv[1:] if argv is None else argv)
