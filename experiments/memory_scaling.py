@@ -17,7 +17,7 @@ import argparse
 import os
 
 from parallax_jax.attention import implementations
-from parallax_jax.benchmarking import result_files
+from parallax_jax.benchmarking import cli_checks, result_files
 from parallax_jax.benchmarking.memory import temp_bytes
 from parallax_jax.benchmarking.run_info import run_info
 
@@ -49,12 +49,7 @@ def main(argv=None):
   parser.add_argument("--implementations", default="xla,reference")
   parser.add_argument("--out", default=None, help="write a JSON record here (and its .md)")
   args = parser.parse_args(argv)
-  try:
-    lengths = [int(x) for x in args.lengths.split(",")]
-  except ValueError:
-    lengths = []
-  if not lengths or min(lengths) < 1:
-    parser.error(f"--lengths: expected a comma list of positive ints, got {args.lengths!r}")
+  lengths = cli_checks.positive_ints(parser, "--lengths", args.lengths)
   impls = args.implementations.split(",")
   unknown = [i for i in impls if i not in implementations.names()]
   if unknown:

@@ -31,6 +31,21 @@ def test_a_bad_override_is_one_line():
   assert exit_.value.code == 2
 
 
+def _one_line_error(tmp_path, capsys, bench: str, argv: list[str], flag: str) -> str:
+  """Runs ``experiments.<bench>`` (on configs/tiny.py unless ``--smoke``): exit 2, no traceback,
+  nothing written, and a last line naming ``flag``; returns that line."""
+  module = importlib.import_module(f"experiments.{bench}")
+  out = tmp_path / "out"
+  config = [] if "--smoke" in argv else ["--config", "configs/tiny.py"]
+  with pytest.raises(SystemExit) as exit_:
+    module.main([*config, *argv, "--out-dir", str(out)])
+  err = capsys.readouterr().err
+  last = err.strip().splitlines()[-1]
+  assert exit_.value.code == 2 and "Traceback" not in err and not out.exists()
+  assert f"error: {flag}: " in last, last
+  return last
+
+
 @pytest.mark.parametrize(
   ("bench", "argv", "flag"),
   [
@@ -47,15 +62,7 @@ def test_an_unknown_choice_is_one_line_naming_the_choices(tmp_path, capsys, benc
   """An unknown attention kind, implementation, dtype or remat policy was a ValueError traceback
   (check_model_grads' after compiling the reference); now one line naming the flag and the
   valid choices (exit 2), before anything is written."""
-  module = importlib.import_module(f"experiments.{bench}")
-  out = tmp_path / "out"
-  config = [] if "--smoke" in argv else ["--config", "configs/tiny.py"]
-  with pytest.raises(SystemExit) as exit_:
-    module.main([*config, *argv, "--out-dir", str(out)])
-  err = capsys.readouterr().err
-  last = err.strip().splitlines()[-1]
-  assert exit_.value.code == 2 and "Traceback" not in err and not out.exists()
-  assert f"error: {flag}: " in last and "choose from" in last, last
+  assert "choose from" in _one_line_error(tmp_path, capsys, bench, argv, flag)
 
 
 @pytest.mark.parametrize(
@@ -78,11 +85,4 @@ def test_a_non_positive_size_is_one_line_and_writes_nothing(tmp_path, capsys, be
   """A size below its minimum was a traceback, was ignored (--seq-len 0 in check_model_grads:
   the config's), or ran (bench_train --steps -1 wrote a result file of error rows, exit 0);
   now one line naming the flag (exit 2) before anything is built or written."""
-  module = importlib.import_module(f"experiments.{bench}")
-  out = tmp_path / "out"
-  config = [] if "--smoke" in argv else ["--config", "configs/tiny.py"]
-  with pytest.raises(SystemExit) as exit_:
-    module.main([*config, *argv, "--out-dir", str(out)])
-  err = capsys.readouterr().err
-  assert exit_.value.code == 2 and "Traceback" not in err and not out.exists()
-  assert f"error: {flag}: " in err.strip().splitlines()[-1]
+  _one_line_error(tmp_path, capsys, bench, argv, flag)

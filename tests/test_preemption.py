@@ -190,6 +190,12 @@ def test_a_signal_during_the_restore_stops_before_training_and_the_rerun_resumes
   assert max(_losses(workdir)) == 32
 
 
+def _python(code: str) -> subprocess.CompletedProcess:
+  """Runs ``code`` in a fresh interpreter (its signals are its own), output captured."""
+  cmd = [sys.executable, "-c", code]
+  return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=ENV, timeout=120)
+
+
 SETUP_SECOND_SIGNAL = """
 import os, signal, time
 from parallax_jax.train.preemption import Preempted, SetupSignal, check_setup
@@ -207,14 +213,7 @@ with SetupSignal():
 
 
 def test_a_second_signal_during_setup_exits_at_once():
-  out = subprocess.run(
-    [sys.executable, "-c", SETUP_SECOND_SIGNAL],
-    cwd=ROOT,
-    capture_output=True,
-    text=True,
-    env=ENV,
-    timeout=120,
-  )
+  out = _python(SETUP_SECOND_SIGNAL)
   assert out.stdout == "first handled: None\n", out.stdout + out.stderr
   assert out.returncode == -signal.SIGTERM, out.stderr
   assert "second SIGTERM; exiting now without a checkpoint" in out.stderr
@@ -244,14 +243,7 @@ with SetupSignal():
 
 
 def test_a_signal_before_jax_distributed_starts_kills_as_without_the_handler():
-  out = subprocess.run(
-    [sys.executable, "-c", HAND_OVER_AFTER_A_SIGNAL],
-    cwd=ROOT,
-    capture_output=True,
-    text=True,
-    env=ENV,
-    timeout=120,
-  )
+  out = _python(HAND_OVER_AFTER_A_SIGNAL)
   assert out.returncode == -signal.SIGTERM and "survived" not in out.stdout, out.stderr
 
 
@@ -275,14 +267,7 @@ def test_the_loop_takes_over_a_setup_signal_and_one_after_training_says_so():
   """A signal the setup handler took just before the loop's handler was entered still stops
   the run before its first step (it was read at creation, so such a signal was lost and the run
   trained on); one after the loop is not reported as 'during setup'."""
-  out = subprocess.run(
-    [sys.executable, "-c", SETUP_TO_LOOP],
-    cwd=ROOT,
-    capture_output=True,
-    text=True,
-    env=ENV,
-    timeout=120,
-  )
+  out = _python(SETUP_TO_LOOP)
   assert out.returncode == 0, out.stderr
   assert out.stdout == "stopped in setup: True\nepilogue finished\n", out.stdout + out.stderr
   assert "SIGTERM received after training (saved); finishing the run's plots" in out.stderr
