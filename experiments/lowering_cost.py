@@ -45,6 +45,9 @@ def _lower_anywhere() -> None:
   common.check_device = lambda spec: None
 
 
+PLATFORMS = ("cuda", "rocm", "tpu", "cpu")  # the lowering platforms jax names
+
+
 def measure(model: ModelConfig, opt: OptimizerConfig, batch: int, seq_len: int, platform: str):
   step, _, state_shapes, data = benchmark_train_step(model, opt, batch, seq_len)
   t0 = time.perf_counter()
@@ -79,13 +82,14 @@ def main(argv=None):
   p.add_argument("--layers", default=None, help="comma list of num_layers (default: the config's)")
   p.add_argument("--attention", default="parallax")
   p.add_argument("--implementation", default=None, help="model.attention_impl")
-  p.add_argument("--platform", default="cuda", help="lowering platform (cuda, rocm, tpu, cpu)")
+  p.add_argument("--platform", default="cuda", help=f"lowering platform: {', '.join(PLATFORMS)}")
   p.add_argument("--lower-anywhere", action="store_true", help="see the module docstring")
   p.add_argument("--note", default=None)
   p.add_argument("--out-dir", default=None)
   args, overrides = p.parse_known_args(argv)
   cli_checks.attention_impl(p, "--implementation", args.attention, args.implementation)
   cli_checks.at_least(p, args, 1, "seq_len", "batch")
+  cli_checks.choice(p, "--platform", args.platform, PLATFORMS)
   layers = cli_checks.positive_ints(p, "--layers", args.layers) if args.layers else None
   if args.lower_anywhere:
     _lower_anywhere()

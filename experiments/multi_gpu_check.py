@@ -38,7 +38,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from experiments.bench_kernels import versions  # noqa: E402
-from parallax_jax.benchmarking import result_files, run_info  # noqa: E402
+from parallax_jax.benchmarking import cli_checks, result_files, run_info  # noqa: E402
 from parallax_jax.benchmarking.synthetic_batch import synthetic_batch  # noqa: E402
 from parallax_jax.errors import UserError  # noqa: E402
 from parallax_jax.train.checkpoint import Checkpointer, abstract_like  # noqa: E402
@@ -210,6 +210,8 @@ def main(argv=None):
   p.add_argument("--steps", type=int, default=2)
   p.add_argument("--out-dir", default=os.path.join(os.path.dirname(__file__), "results"))
   args = p.parse_args(argv)
+  cli_checks.at_least(p, args, 1, "equal_len", "batch", "steps")
+  cli_checks.positive_ints(p, "--lengths", args.lengths)
   parts = args.parts.split(",")
   if set(parts) - set(PARTS):
     p.error(f"--parts: unknown {sorted(set(parts) - set(PARTS))}; choose from {PARTS}")

@@ -56,6 +56,7 @@ def _one_line_error(tmp_path, capsys, bench: str, argv: list[str], flag: str) ->
     ("check_model_grads", ["--dtypes", "foo"], "--dtypes"),
     ("bench_train", ["--attention", "softmax,parallax@foo"], "--attention"),
     ("bench_train", ["--remat", "foo"], "--remat"),
+    ("lowering_cost", ["--platform", "cdua"], "--platform"),
   ],
 )
 def test_an_unknown_choice_is_one_line_naming_the_choices(tmp_path, capsys, bench, argv, flag):
@@ -79,6 +80,9 @@ def test_an_unknown_choice_is_one_line_naming_the_choices(tmp_path, capsys, benc
     ("check_model_grads", ["--seq-len", "-8"], "--seq-len"),
     ("bench_generate", ["--smoke", "--new-tokens", "0"], "--new-tokens"),
     ("bench_generate", ["--smoke", "--prompt-lens", "-16"], "--prompt-lens"),
+    ("multi_gpu_check", ["--steps", "0"], "--steps"),
+    ("multi_gpu_check", ["--equal-len", "-64"], "--equal-len"),
+    ("multi_gpu_check", ["--lengths", "64,0"], "--lengths"),
   ],
 )
 def test_a_non_positive_size_is_one_line_and_writes_nothing(tmp_path, capsys, bench, argv, flag):
