@@ -32,10 +32,8 @@ from flax import nnx
 
 from parallax_jax.benchmarking import cli_checks, result_files
 from parallax_jax.benchmarking.run_info import run_info
-from parallax_jax.errors import UserError
 from parallax_jax.inference.generate import generate
 from parallax_jax.model import ModelConfig, Transformer
-from parallax_jax.train.config import load_config
 
 SMOKE_MODEL = dict(
   vocab_size=256,
@@ -152,10 +150,7 @@ def main(argv=None) -> dict:
   if args.smoke:
     base = ModelConfig(**SMOKE_MODEL)
   else:
-    try:  # a missing or bad config file: one line, not a traceback
-      cfg = load_config(args.config)
-    except UserError as e:
-      p.error(f"--config: {e}")
+    cfg = cli_checks.config(p, args.config)
     base = ModelConfig.from_dict(cfg.model.to_dict())
     # A serving copy: bf16 weights (no per-token f32 -> bf16 weight casts), no remat.
     base = dataclasses.replace(base, param_dtype="bfloat16", remat="none")

@@ -34,12 +34,10 @@ from parallax_jax.benchmarking.kernel_times import kernel_times
 from parallax_jax.benchmarking.run_info import run_info
 from parallax_jax.benchmarking.timing import time_call
 from parallax_jax.benchmarking.train_step import benchmark_train_step
-from parallax_jax.errors import UserError
 from parallax_jax.flops import MFU_HEADER, MODEL_TFLOPS_HEADER
 from parallax_jax.model import ModelConfig
 from parallax_jax.model.config import REMAT
 from parallax_jax.train.compile_cache import use_compilation_cache
-from parallax_jax.train.config import load_config
 from parallax_jax.train.metrics import compiled_memory_bytes, mfu
 from parallax_jax.train.optimizer import OptimizerConfig
 
@@ -246,10 +244,7 @@ def main(argv=None):
   args.stem = None
   if args.mosaic_backward:
     mosaic_implementation.BACKWARD = args.mosaic_backward
-  try:  # a missing or bad config file, or a bad override: one line, not a traceback
-    cfg = load_config(args.config, overrides)
-  except UserError as e:
-    p.error(f"--config: {e}")
+  cfg = cli_checks.config(p, args.config, overrides)
   base = ModelConfig.from_dict(cfg.model.to_dict())
   if args.layers:
     base = dataclasses.replace(base, num_layers=args.layers)

@@ -23,9 +23,7 @@ import time
 from parallax_jax.benchmarking import cli_checks, result_files
 from parallax_jax.benchmarking.run_info import run_info
 from parallax_jax.benchmarking.train_step import benchmark_train_step
-from parallax_jax.errors import UserError
 from parallax_jax.model import ModelConfig
-from parallax_jax.train.config import load_config
 from parallax_jax.train.optimizer import OptimizerConfig
 
 # custom-call targets of the attention kernels, by kernel family
@@ -93,10 +91,7 @@ def main(argv=None):
   layers = cli_checks.positive_ints(p, "--layers", args.layers) if args.layers else None
   if args.lower_anywhere:
     _lower_anywhere()
-  try:  # a missing or bad config file, or a bad override: one line, not a traceback
-    cfg = load_config(args.config, overrides)
-  except UserError as e:
-    p.error(f"--config: {e}")
+  cfg = cli_checks.config(p, args.config, overrides)
   base = ModelConfig.from_dict(cfg.model.to_dict())
   base = base.with_attention(args.attention)
   if args.implementation:

@@ -40,12 +40,10 @@ import numpy as np  # noqa: E402
 from experiments.bench_kernels import versions  # noqa: E402
 from parallax_jax.benchmarking import cli_checks, result_files, run_info  # noqa: E402
 from parallax_jax.benchmarking.synthetic_batch import synthetic_batch  # noqa: E402
-from parallax_jax.errors import UserError  # noqa: E402
 from parallax_jax.train.checkpoint import Checkpointer, abstract_like  # noqa: E402
 from parallax_jax.train.config import (  # noqa: E402
   CheckpointConfig,
   apply_overrides,
-  load_config,
   resolve,
 )
 from parallax_jax.train.metrics import compiled_memory_bytes, mfu  # noqa: E402
@@ -215,10 +213,7 @@ def main(argv=None):
   parts = args.parts.split(",")
   if set(parts) - set(PARTS):
     p.error(f"--parts: unknown {sorted(set(parts) - set(PARTS))}; choose from {PARTS}")
-  try:  # a missing or bad config file, or a bad --set: one line, not a traceback
-    cfg = load_config(args.config, args.set)
-  except UserError as e:
-    p.error(f"--config: {e}")
+  cfg = cli_checks.config(p, args.config, args.set)
   now = datetime.datetime.now()
   result = {
     "date": now.isoformat(timespec="seconds"),

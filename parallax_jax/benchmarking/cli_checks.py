@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import argparse
 
+from parallax_jax.errors import UserError
 from parallax_jax.model.config import ATTENTION_KINDS, attention_paths
+from parallax_jax.train.config import load_config
 
 
 def attention_kind(p: argparse.ArgumentParser, flag: str, kind: str) -> str:
@@ -52,3 +54,12 @@ def positive_ints(p: argparse.ArgumentParser, flag: str, text: str) -> list[int]
   if not values or min(values) < 1:
     p.error(f"{flag}: expected a comma list of integers >= 1 such as 1,32, got {text!r}")
   return values
+
+
+def config(p: argparse.ArgumentParser, path: str, overrides=()):
+  """``load_config(path, overrides)``; a missing or bad config file, or a bad override, is one
+  ``p.error`` line naming ``--config`` instead of a traceback."""
+  try:
+    return load_config(path, list(overrides))
+  except UserError as e:
+    p.error(f"--config: {e}")
