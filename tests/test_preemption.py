@@ -365,6 +365,10 @@ def test_a_signalled_sweep_stops_its_point_once_and_a_rerun_resumes_it_exactly(
   assert f"at step {stopped}" in (first / "train.log").read_text()
   assert _losses(first) == uninterrupted  # seed 0: the same run as the plain train
   assert json.loads((second / "status.json").read_text())["status"] == "finished"
+  status = json.loads((first / "status.json").read_text())  # the stop is kept, not overwritten
+  (stop,) = status["attempts"]
+  assert stop["status"] == "preempted" and stop["final_step"] == stopped
+  assert status["status"] == "finished" and status["wall_s"] > stop["wall_s"] > 0
 
 
 def test_a_sweep_signalled_while_its_point_starts_records_it_preempted_and_the_rerun_trains_it(

@@ -14,6 +14,7 @@ from scipy import stats
 
 from parallax_jax.sweeps.config import build_sweep, cli_value, load_sweep, point_name
 from parallax_jax.sweeps.runner import (
+  earlier_attempts,
   error_summary,
   is_finished,
   last_step,
@@ -323,6 +324,26 @@ def test_failing_point_is_recorded_and_rerun_resumes(tmp_path):
   assert (tmp_path / "points" / "num_heads=2" / "train.log").read_text().count("\n$ ") == 1
   assert (tmp_path / "points" / "num_heads=3" / "train.log").read_text().count("\n$ ") == 2
   assert [r["status"] for r in rows] == ["finished", "failed"]
+  # The retry keeps the first start's record, and the point's wall time is both starts'.
+  status = json.loads((tmp_path / "points" / "num_heads=3" / "status.json").read_text())
+  (first,) = status["attempts"]
+  assert first["status"] == "failed" and "num_heads" in first["error"] and first["ended"]
+  assert status["wall_s"] == pytest.approx(status["attempt_wall_s"] + first["wall_s"], abs=0.02)
+  assert 0 < first["wall_s"] < status["wall_s"]
+
+
+def test_earlier_attempts_chain_each_starts_own_time():
+  """A point's starts, oldest first; each with its own wall time, whether the record predates
+  ``attempt_wall_s`` (one start: its wall_s) or not (wall_s is then the sum over starts)."""
+  assert earlier_attempts(None) == [] and earlier_attempts({}) == []
+  old = {"status": "preempted", "final_step": 7, "wall_s": 30.0, "command": ["x"]}
+  (one,) = earlier_attempts(old)
+  assert one["status"] == "preempted" and one["final_step"] == 7 and one["wall_s"] == 30.0
+  assert "command" not in one
+  second = {"status": "failed", "attempts": [one], "attempt_wall_s": 5.0, "wall_s": 35.0}
+  assert [a["wall_s"] for a in earlier_attempts(second)] == [30.0, 5.0]
+  killed = {"status": "running", "attempts": [one], "started": "t"}  # a sweep killed outright
+  assert earlier_attempts(killed)[-1] == {**dict.fromkeys(one), "status": "running", "started": "t"}
 
 
 def test_smoke_sweep_end_to_end(tmp_path):

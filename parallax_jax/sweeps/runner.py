@@ -9,7 +9,10 @@ count is refused. On CPU ``parallel`` processes share the cores.
 
 ``W/points/<name>/status.json`` records each point (status "finished", "failed",
 "preempted" or "running", steps, final step, error, command, timings, the config
-fingerprint); its ``train.log`` holds the subprocess output. A rerun skips finished points
+fingerprint); its ``train.log`` holds the subprocess output. A point started more than once
+(resumed after a stop, retried after a failure) keeps each earlier start in ``attempts``
+(``ATTEMPT_KEYS``; one left "running" was cut short by a sweep killed outright), and its
+``wall_s`` is the sum over all its starts: the time its result cost. A rerun skips finished points
 (final step == train.steps and the same config) and reruns the others, which resume from their
 own checkpoints; failed points are retried. A point trained with another config is not rerun
 and its record is left as it is: the table shows it failed, with the reason.
@@ -60,6 +63,11 @@ _ERROR_LINE = re.compile(
 )
 
 
+# What ``status.json``'s ``attempts`` keeps of each earlier start of a point.
+# (``wall_s`` there is that start's own time, ``attempt_wall_s`` in the point's record.)
+ATTEMPT_KEYS = ("status", "started", "ended", "returncode", "final_step", "wall_s", "error")
+
+
 def point_dir(workdir: Path, point: Point) -> Path:
   return Path(workdir) / "points" / point.name
 
@@ -77,6 +85,17 @@ def _write_status(workdir: Path, point: Point, status: dict) -> None:
 def write_description(sweep: Sweep, workdir: Path) -> None:
   """``W/sweep.json``: the sweep as run (``config.describe``), beside its points."""
   (Path(workdir) / SWEEP).write_text(json.dumps(describe(sweep), indent=2, default=str) + "\n")
+
+
+def earlier_attempts(old: dict | None) -> list[dict]:
+  """The starts a point's status records before the one beginning now, oldest first: ``old``'s
+  own ``attempts`` and ``old`` itself (``ATTEMPT_KEYS``); none for a point never started."""
+  if not old:
+    return []
+  last = {k: old.get(k) for k in ATTEMPT_KEYS}
+  # A record written before ``attempt_wall_s`` existed had one start: its wall_s is that start's
+  last["wall_s"] = old.get("attempt_wall_s", old.get("wall_s"))
+  return [*old.get("attempts", []), last]
 
 
 def is_finished(status: dict | None, point: Point) -> bool:
@@ -211,6 +230,7 @@ def run_point(sweep: Sweep, point: Point, workdir: Path, env: dict, children: _C
   directory = point_dir(workdir, point)
   directory.mkdir(parents=True, exist_ok=True)
   cmd = train_command(sweep, point, directory)
+  attempts = earlier_attempts(read_status(workdir, point))
   status = {
     "name": point.name,
     "values": point.values,
@@ -221,6 +241,7 @@ def run_point(sweep: Sweep, point: Point, workdir: Path, env: dict, children: _C
     "device": env.get("CUDA_VISIBLE_DEVICES") or env.get("TPU_VISIBLE_CHIPS"),
     "status": "running",
     "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    "attempts": attempts,
   }
   _write_status(workdir, point, status)
   t0 = time.perf_counter()
@@ -253,9 +274,12 @@ def run_point(sweep: Sweep, point: Point, workdir: Path, env: dict, children: _C
     status="finished" if done else ("preempted" if preempted else "failed"),
     returncode=rc,
     final_step=final,
-    wall_s=round(time.perf_counter() - t0, 2),
+    attempt_wall_s=round(time.perf_counter() - t0, 2),
     ended=time.strftime("%Y-%m-%dT%H:%M:%S"),
     error=None,
+  )
+  status["wall_s"] = round(
+    status["attempt_wall_s"] + sum(a.get("wall_s") or 0.0 for a in attempts), 2
   )
   if preempted:
     at = "before its first step" if final is None else f"at step {final}, checkpoint saved"
@@ -321,7 +345,11 @@ def run_sweep(
     finally:
       slots.put(slot_env)
     with lock:
-      msg = f"{status['wall_s']:.0f}s" if status["status"] == "finished" else status["error"]
+      msg = status["error"]
+      if status["status"] == "finished":
+        msg = f"{status['attempt_wall_s']:.0f}s"
+        if status["attempts"]:
+          msg += f"; {status['wall_s']:.0f}s over {len(status['attempts']) + 1} starts"
       log(f"[sweep] {point.name}: {status['status']} ({msg})")
       if status["status"] == "preempted":
         preempted.append(point.name)
