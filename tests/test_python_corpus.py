@@ -376,7 +376,7 @@ def test_a_run_recorded_before_the_tokenizer_sha256_resumes_without_a_data_chang
 # ------------------------------------------------------------------------- the study configs
 
 
-@pytest.mark.parametrize("name, count", [("gpu_study_lm", 66), ("gpu_study_mqar", 32)])
+@pytest.mark.parametrize("name, count", [("gpu_study_lm", 68), ("gpu_study_mqar", 32)])
 def test_gpu_study_configs_plan_and_validate(name, count, capsys, monkeypatch):
   import jax
 
@@ -395,7 +395,8 @@ def test_gpu_study_configs_plan_and_validate(name, count, capsys, monkeypatch):
   spec = importlib.util.spec_from_file_location(name, path)
   config = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(config)
-  # The results file's plan (PRIORITY) runs every point.
+  # The results file's plan (PRIORITY) runs every point, each once.
+  assert len(set(config.PRIORITY)) == len(config.PRIORITY)
   assert {n for n in exps if any(fnmatch.fnmatch(n, p) for p in config.PRIORITY)} == set(exps)
   two = select_points(load_sweep(path), f"{sorted(exps)[0]},{sorted(exps)[1]}")
   assert sorted(p.name for p in two.points) == [f"variant={n}" for n in sorted(exps)[:2]]
@@ -444,7 +445,7 @@ def test_gpu_study_configs_plan_and_validate(name, count, capsys, monkeypatch):
     # `<arm>_s<seed>` point with the head alone changed, or (`HEAD_ONE_SEEDS`) another seed of
     # such a point; every other point keeps the scaled head it ran with.
     head1 = {n for n, e in exps.items() if e.model.tied_head_scale == "one"}
-    assert head1 == {n for n in exps if "_head1_" in n} and len(head1) == 32
+    assert head1 == {n for n in exps if "_head1_" in n} and len(head1) == 34
     for name, source in config.HEAD_ONE_SEEDS.items():
       seed = int(name.rsplit("_s", 1)[1])
       assert seed != exps[source].train.seed and exps[name].train.seed == seed
@@ -467,6 +468,7 @@ def test_gpu_study_configs_plan_and_validate(name, count, capsys, monkeypatch):
       "adamw+parallax_r0_lr0.5_head1_s0": 5e-4,
       "adamw+parallax_r0_lr0.25_head1_s0": 2.5e-4,
       "adamw+softmax_lr0.25_head1_s0": 2.5e-4,
+      "muon+parallax_r0_lr2_head1_s0": 0.04,
     }
     # W_R = 0's AdamW lead (session 31): its seed 1 at 5e-4, and softmax at equal FLOPs
     r0_s1 = exps["adamw+parallax_r0_lr0.5_head1_s1"]
@@ -475,9 +477,11 @@ def test_gpu_study_configs_plan_and_validate(name, count, capsys, monkeypatch):
       5e-4,
       1,
     )
-    matched = exps["adamw+softmax_compute_head1_s0"]
-    assert (matched.model.attention, matched.optimizer.name) == ("softmax", "adamw")
-    assert matched.train.steps == compute.train.steps and matched.model.tied_head_scale == "one"
+    for seed in (0, 1):  # (seed 1: session 32)
+      matched = exps[f"adamw+softmax_compute_head1_s{seed}"]
+      assert (matched.model.attention, matched.optimizer.name) == ("softmax", "adamw")
+      assert matched.train.steps == compute.train.steps and matched.model.tied_head_scale == "one"
+      assert (matched.optimizer.learning_rate, matched.train.seed) == (1e-3, seed)
     # AdamW's pair at seed 1 (session 30): both kinds at 5e-4, the unscaled head
     for kind, attention in (("softmax", "softmax"), ("parallax", "parallax")):
       e = exps[f"adamw+{kind}_lr0.5_head1_s1"]
@@ -516,7 +520,7 @@ def test_gpu_study_configs_plan_and_validate(name, count, capsys, monkeypatch):
       )
 
 
-@pytest.mark.parametrize("study, at_least", [("gpu_study_lm", 51), ("gpu_study_mqar", 32)])
+@pytest.mark.parametrize("study, at_least", [("gpu_study_lm", 56), ("gpu_study_mqar", 32)])
 def test_committed_study_points_are_the_sweeps_points(study, at_least):
   """Every committed GPU-study point is a point of the sweep config as it stands, trained with
   exactly its config (the fingerprint the sweep runner compares): an edit of the config that

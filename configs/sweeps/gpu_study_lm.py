@@ -39,7 +39,9 @@ Arms (variants; `<optimizer>+<model>[_lr<scale>]_s<seed>`):
   Parallax led at both seeds under Muon (session 18), Muon's matched controls, third seed and
   LR scans, and AdamW's LR scan; then (session 29) one more step for each scan won at its edge
   (`HEAD_ONE_EDGES`: like_q at Muon x4 and AdamW x0.25, softmax at AdamW x0.5); then (session
-  30) W_R = 0 at AdamW x0.5 and AdamW's seed-1 pair at 5e-4 (`HEAD_ONE_SEEDS`).
+  30) W_R = 0 at AdamW x0.5 and AdamW's seed-1 pair at 5e-4 (`HEAD_ONE_SEEDS`); then (session
+  31) W_R = 0's seed 1 there, an AdamW compute-matched softmax and both AdamW scans one step
+  lower; then (session 32) that compute-matched softmax's seed 1 and W_R = 0 at Muon x2.
 `PRIORITY` orders them for the device sessions (experiments/results/studies_gpu/results.md).
 
 One device call runs one point (or a few): `parallax-jax sweep --points` takes their variant
@@ -169,6 +171,10 @@ HEAD_ONE_SEEDS = {
   "adamw+parallax_lr0.5_head1_s1": "adamw+parallax_lr0.5_head1_s0",
   # Session 31: W_R = 0 is AdamW's best arm at 5e-4 (3.489, softmax 3.635): its seed 1
   "adamw+parallax_r0_lr0.5_head1_s1": "adamw+parallax_r0_lr0.5_head1_s0",
+  # Session 32: W_R = 0's AdamW lead held at seed 1 (-0.141 nats; seed 0 -0.146), and at seed 0
+  # the AdamW compute-matched softmax is 0.037 below it (3.452 against 3.489), as under Muon:
+  # the compute-matched softmax's seed 1 decides whether that sign holds
+  "adamw+softmax_compute_head1_s1": "adamw+softmax_compute_head1_s0",
 }
 
 
@@ -187,6 +193,10 @@ HEAD_ONE_EDGES = {
   # 3.738), and softmax's by 0.002 nats (5e-4 3.635, 1e-3 3.637): one step lower for both
   "adamw+parallax_r0_lr0.25_head1_s0": ("adamw+parallax_r0_head1_s0", 0.25),
   "adamw+softmax_lr0.25_head1_s0": ("adamw+softmax_head1_s0", 0.25),
+  # session 32: not an edge but the one rate the init question lacks. W_R = 0 is below like_q
+  # in every paired run (ten), but under Muon only at equal rates: like_q at its best Muon rate
+  # (x2, 2.020) is below W_R = 0 at x1 (2.033), and W_R = 0 was never scanned there
+  "muon+parallax_r0_lr2_head1_s0": ("muon+parallax_r0_head1_s0", 2.0),
 }
 
 
@@ -256,7 +266,7 @@ PRIORITY = (  # device sessions run these in order: each step answers a question
   *[head_one(name) for name in HEAD_ONE[8:13]],
   # done (session 20): the compute-matched softmax at seed 1 is ahead of both Parallax arms
   # again (1.997 against 2.069 / 2.045)
-  *HEAD_ONE_SEEDS,
+  "muon+softmax_compute_head1_s1",
   # done (session 21): the parameter-matched softmax (MLP 2304) is level with softmax (2.188,
   # -0.009 nats) and 0.143 / 0.155 behind like_q / W_R = 0 at seed 0
   head_one(HEAD_ONE[13]),
@@ -279,13 +289,20 @@ PRIORITY = (  # device sessions run these in order: each step answers a question
   "adamw+parallax_r0_lr0.5_head1_s0",
   "muon+parallax_lr4_head1_s0",
   head_one("adamw+parallax_r0_lr2_s0"),
-  # next: W_R = 0's AdamW lead, seed 1 and equal FLOPs first, then both scans' next low step
+  # done (session 32, H100): W_R = 0 at AdamW 5e-4, seed 1 3.553 (-0.141 against softmax's
+  # seed 1; two seeds -0.144 ± 0.002); the AdamW compute-matched softmax 3.452, 0.037 below
+  # W_R = 0 (seed 0); one step lower both scans lose (W_R = 0 2.5e-4 3.642, softmax 3.909);
+  # like_q at AdamW 2e-3 3.723, no spike (5e-4 3.686, 1e-3 4.509 with one)
   "adamw+parallax_r0_lr0.5_head1_s1",
   head_one("adamw+softmax_compute_s0"),
   "adamw+parallax_r0_lr0.25_head1_s0",
   "adamw+softmax_lr0.25_head1_s0",
-  # then like_q's AdamW x2 (its x1 already spiked: least informative)
   head_one("adamw+parallax_lr2_s0"),
+  # next: the AdamW compute-matched softmax at seed 1 (does equal FLOPs reverse W_R = 0's lead
+  # at both seeds, as under Muon?)
+  "adamw+softmax_compute_head1_s1",
+  # then W_R = 0 at twice its Muon rate: the init comparison at each init's best Muon rate
+  "muon+parallax_r0_lr2_head1_s0",
   # then the scaled head's AdamW scan and controls: they study a head that holds every arm
   # back, so they come last
   *[name for name in ADAMW_UP_SCAN if name != "adamw+softmax_lr4_s0"],
