@@ -56,6 +56,22 @@ def test_plot_command_writes_only_its_out_file(tmp_path, monkeypatch):
   assert {k: after[k] for k in before} == before
 
 
+def test_plot_replaces_an_existing_out_only_when_asked(tmp_path, capsys):
+  """A figure already there (one kept as a result) was replaced without a word."""
+  from cli_runner import one_line_error, run_cli
+
+  a = _run(tmp_path / "a", 4.0)
+  out = tmp_path / "kept.png"
+  out.write_bytes(b"kept")
+  code, printed, err = run_cli(capsys, "plot", "--workdir", str(a), "--out", str(out))
+  assert code == 2 and printed == "" and out.read_bytes() == b"kept"
+  assert one_line_error(err).endswith(
+    f"--out {str(out)!r} exists; give a new name, or --overwrite to replace it"
+  )
+  code, printed, _ = run_cli(capsys, "plot", "--workdir", str(a), "--out", str(out), "--overwrite")
+  assert code == 0 and out.read_bytes().startswith(PNG)
+
+
 def test_plot_of_a_directory_without_metrics_is_a_one_line_error(tmp_path):
   out = subprocess.run(
     [sys.executable, "-m", "parallax_jax.cli", "plot", "--workdir", str(tmp_path)],

@@ -78,6 +78,15 @@ def test_learnt_table_counts_runs_per_kind_and_pair_count(tmp_path, capsys):
   mqar_summary.main([str(tmp_path), "--plot", str(png)])
   out = capsys.readouterr().out
   assert "| 2 | 4 | 2 of 2 | 1 of 2 |" in out and png.stat().st_size > 0
+  # An existing figure is not replaced unasked (it was, silently): one line, nothing printed
+  png.write_bytes(b"kept")
+  with pytest.raises(SystemExit) as exc:
+    mqar_summary.main([str(tmp_path), "--plot", str(png)])
+  captured = capsys.readouterr()
+  assert exc.value.code == 2 and captured.out == "" and png.read_bytes() == b"kept"
+  assert f"--plot {str(png)!r} exists; give a new name, or --overwrite" in captured.err
+  mqar_summary.main([str(tmp_path), "--plot", str(png), "--overwrite"])
+  assert png.read_bytes().startswith(b"\x89PNG")
 
 
 def test_recall_table_refuses_two_runs_in_one_cell(tmp_path):

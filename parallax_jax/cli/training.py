@@ -126,7 +126,8 @@ def _plot(args) -> int:
   from parallax_jax.train.plots import check_image_path, plot_runs, run_labels
   from parallax_jax.train.run_record import check_holds_no_other_kind
 
-  check_image_path(args.out)  # before any run is read: the file written is the one named
+  # before any run is read: the file written is the one named, and no figure is replaced unasked
+  check_image_path(args.out, overwrite=args.overwrite)
   workdirs = [Path(w) for w in args.workdir]
   for w in workdirs:
     if not w.is_dir():
@@ -224,6 +225,7 @@ def add_plot(sub, common):
     default="plot.png",
     help="image file to write, its format from its extension (default: ./plot.png)",
   )
+  pl.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
   pl.set_defaults(fn=_plot)
 
 

@@ -56,9 +56,10 @@ def curves_figure(runs: Mapping[str, str | Path]):
   return fig
 
 
-def check_image_path(out: str | Path, flag: str = "--out") -> Path:
+def check_image_path(out: str | Path, flag: str = "--out", *, overwrite: bool = False) -> Path:
   """``out`` as a path matplotlib writes as named: a ``UserError`` for a directory or an
-  extension it has no format for (none: it would write ``out.png`` instead of ``out``)."""
+  extension it has no format for (none: it would write ``out.png`` instead of ``out``), and for
+  an existing file unless ``overwrite`` (a figure kept as a result is not replaced unasked)."""
   from matplotlib.backend_bases import FigureCanvasBase
 
   from parallax_jax.errors import UserError
@@ -68,6 +69,8 @@ def check_image_path(out: str | Path, flag: str = "--out") -> Path:
     raise UserError(
       f"{flag} {str(out)!r} is a directory; give a file, e.g. {str(out / 'plot.png')!r}"
     )
+  if out.exists() and not overwrite:
+    raise UserError(f"{flag} {str(out)!r} exists; give a new name, or --overwrite to replace it")
   formats = sorted(FigureCanvasBase.get_supported_filetypes())
   ext = out.suffix[1:].lower()
   if ext not in formats:
