@@ -131,6 +131,7 @@ def main(argv=None):
   if args.sweep and not args.point:
     p.error("--sweep needs --point (the variant name whose config to check)")
   cli_checks.at_least(p, args, 1, "batch", "seq_len", "mean_doc")
+  cli_checks.at_least(p, args, 0, "seed")  # numpy's generator refuses a negative one
   try:  # a missing or bad config or sweep file, or a bad override: one line, not a traceback
     base, train_seq_len = model_config(args)
   except UserError as e:
