@@ -238,6 +238,57 @@ def test_sweep_cli_mistakes_are_one_line_and_dry_run_flags_invalid_points(tmp_pa
   assert not (tmp_path / "w").exists() and not Path("w").exists()
 
 
+def test_dry_run_says_what_a_run_would_do_with_each_held_point_and_writes_nothing(tmp_path, capsys):
+  """A dry run listed every point alike, whatever the workdir held: which ones a run would
+  skip, resume or retry was only learnt by running it."""
+  from cli_runner import run_cli
+
+  path = tmp_path / "s.py"
+  spec = {"base": TINY, "axes": {"train.seed": [0, 1, 2, 3, 4, 5]}, "overrides": {"train.steps": 9}}
+  path.write_text(f"def get_config():\n  return {spec!r}\n")
+  sweep = load_sweep(str(path))
+  fp = {p.name: p.fingerprint() for p in sweep.points}
+  held = {  # seed=5: nothing held, a new point
+    "seed=0": {"status": "finished", "final_step": 9, "fingerprint": fp["seed=0"]},
+    "seed=1": {"status": "preempted", "final_step": 4, "fingerprint": fp["seed=1"]},
+    "seed=2": {"status": "failed", "final_step": None, "error": "exit 1: OOM"},
+    "seed=3": {"status": "finished", "final_step": 9, "fingerprint": "0123456789abcdef"},
+    "seed=4": {"status": "running", "final_step": 2, "fingerprint": fp["seed=4"]},
+  }
+  for name, status in held.items():
+    (tmp_path / "w" / "points" / name).mkdir(parents=True)
+    (tmp_path / "w" / "points" / name / "status.json").write_text(json.dumps(status))
+  before = sorted((f, f.read_bytes()) for f in (tmp_path / "w").rglob("*") if f.is_file())
+  code, out, _ = run_cli(
+    capsys, "sweep", "--config", str(path), "--workdir", str(tmp_path / "w"), "--dry-run"
+  )
+  assert code == 0
+  said = {}
+  for line in out.splitlines():
+    if not line.startswith(" "):
+      name = line.split(":")[0]
+      said[name] = []
+    else:
+      said[name].append(line.strip())
+  assert said["seed=0"] == ["finished earlier, skipped"]
+  assert said["seed=1"] == ["would train: preempted at step 4; resumes from its checkpoint"]
+  assert said["seed=2"] == [
+    "would train: failed before its first step (exit 1: OOM); retried, from its checkpoints if any"
+  ]
+  assert said["seed=3"][0].startswith(
+    "not rerun: points/seed=3 was trained with a different config"
+  )
+  assert said["seed=4"] == [
+    "would train: left running at step 2 (a sweep killed outright, or one still running)"
+  ]
+  assert said["seed=5"] == []
+  assert said[str(tmp_path / "w")] == [] and out.splitlines()[-1] == (
+    f"{tmp_path / 'w'}: of 6 point(s), 2 skipped, 3 to resume or retry, 1 new"
+  )
+  after = sorted((f, f.read_bytes()) for f in (tmp_path / "w").rglob("*") if f.is_file())
+  assert after == before
+
+
 def test_values_round_trip_through_cli_overrides():
   cfg = load_config(TINY)
   for key, value in (

@@ -25,15 +25,7 @@ def _sweep(args) -> int:
   # --points: only these train; the workdir's tables stay the whole sweep's (a shared workdir)
   chosen = select_points(sweep, args.points).points
   if args.dry_run:
-    invalid = 0
-    for p in chosen:
-      print(f"{p.name}: {' '.join(p.overrides) or '(base)'}")
-      if (problem := p.problem()) is not None:
-        invalid += 1
-        print(f"  invalid: {problem}")
-    if invalid:
-      raise UserError(f"{invalid} of {len(chosen)} sweep points are invalid (above)")
-    return 0
+    return _dry_run(chosen, args.workdir)
   only = {p.name for p in chosen}
   try:
     rows = run_sweep(sweep, args.workdir, parallel=args.parallel, only=only)
@@ -43,6 +35,36 @@ def _sweep(args) -> int:
   print(f"wrote {args.workdir}/results.md:")
   print(open(f"{args.workdir}/results.md").read())
   return 0 if all(r["status"] == "finished" for r in rows if r["name"] in only) else 1
+
+
+def _dry_run(chosen, workdir) -> int:
+  """``sweep --dry-run``: each chosen point's overrides, what a run would do with it given what
+  ``workdir`` holds (nothing said for a new point), and any config a run would refuse. Reads
+  the workdir only."""
+  from collections import Counter
+  from pathlib import Path
+
+  from parallax_jax.sweeps.runner import triage
+
+  invalid, actions = 0, Counter()
+  held = Path(workdir).is_dir()
+  for p in chosen:
+    print(f"{p.name}: {' '.join(p.overrides) or '(base)'}")
+    action, why = triage(workdir, p) if held else ("train", "new")
+    actions["new" if why == "new" else action] += 1
+    if why != "new":
+      print(f"  {'would train: ' if action == 'train' else ''}{why}")
+    if (problem := p.problem()) is not None:
+      invalid += 1
+      print(f"  invalid: {problem}")
+  if held:
+    print(
+      f"{workdir}: of {len(chosen)} point(s), {actions['skip']} skipped, {actions['train']} to "
+      f"resume or retry, {actions['new']} new"
+    )
+  if invalid:
+    raise UserError(f"{invalid} of {len(chosen)} sweep points are invalid (above)")
+  return 0
 
 
 def _sweep_collect(args) -> int:
@@ -112,7 +134,8 @@ def add_sweep(sub, common):
   sw.add_argument(
     "--dry-run",
     action="store_true",
-    help="list the points, flag each one whose config a run would refuse (exit 2), and exit",
+    help="list the points, say what a run would do with each one --workdir holds (skip, "
+    "resume, retry), flag each one whose config a run would refuse (exit 2), and exit",
   )
   sw.add_argument(
     "--collect",

@@ -98,6 +98,30 @@ def earlier_attempts(old: dict | None) -> list[dict]:
   return [*old.get("attempts", []), last]
 
 
+def triage(workdir: Path, point: Point) -> tuple[str, str]:
+  """What a sweep run does with ``point`` given what ``workdir`` holds, and why: ``("skip",
+  "finished earlier, skipped")``, ``("skip", "not rerun: <reason>")`` for a point trained with
+  another config (its record is left as it is: the table shows it failed, with the reason; a
+  finished one rewritten as failed would be trained again, from scratch where it holds no
+  checkpoints, a collected point, once the config is restored), or ``("train", <what the
+  point's record says>)``: a new point, or one that resumes from its checkpoints."""
+  old = read_status(workdir, point)
+  if (changed := sweep_report.stale_reason(old, point, point_dir(workdir, point))) is not None:
+    return "skip", f"not rerun: {changed}"
+  if is_finished(old, point):
+    return "skip", "finished earlier, skipped"
+  if old is None:
+    return "train", "new"
+  state = old.get("status")
+  step = old.get("final_step")
+  at = "before its first step" if step is None else f"at step {step}"
+  if state == "running":  # no end recorded: a sweep killed outright, or one running now
+    return "train", f"left running {at} (a sweep killed outright, or one still running)"
+  if state == "failed":
+    return "train", f"failed {at} ({old.get('error')}); retried, from its checkpoints if any"
+  return "train", f"{state} {at}; resumes from its checkpoint"
+
+
 def is_finished(status: dict | None, point: Point) -> bool:
   return (
     status is not None
@@ -317,16 +341,11 @@ def run_sweep(
   for point in sweep.points:
     if only is not None and point.name not in only:
       continue
-    old = read_status(workdir, point)
-    if (changed := sweep_report.stale_reason(old, point, point_dir(workdir, point))) is not None:
-      # Its record is left as it is (the table shows the point failed, with this reason): a
-      # finished one rewritten as failed would be trained again, from scratch where it holds
-      # no checkpoints (a collected point), once the config is restored.
-      log(f"[sweep] {point.name}: not rerun: {changed}")
-    elif is_finished(old, point):
-      log(f"[sweep] {point.name}: finished earlier, skipped")
-    else:
+    action, why = triage(workdir, point)
+    if action == "train":
       todo.append(point)
+    else:
+      log(f"[sweep] {point.name}: {why}")
   slots: queue.Queue = queue.Queue()
   for e in slot_environments(min(parallel, max(len(todo), 1)), env):
     slots.put(e)
