@@ -10,6 +10,7 @@ itself is the float64 oracle of ``parallax_jax.testing.oracle``.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import jax
@@ -309,6 +310,39 @@ def test_refusals(runs, tmp_path):
   (tmp_path / "full" / "x").write_text("")
   with pytest.raises(UserError, match="is not empty"):
     export_hf(w, tmp_path / "full", fmt="fla-parallax")
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_a_failed_export_leaves_no_partial_output(runs, tmp_path, monkeypatch, existing):
+  # A disk that fills up at the last file (the tokenizer): no half-written --out (which a retry
+  # would refuse as not empty, and which looks like a model without its tokenizer).
+  from parallax_jax.interop import export_hf as module
+
+  w, original = runs("softmax")
+  out = tmp_path / "exports" / "out"
+  if existing:
+    out.mkdir(parents=True)
+  real = module._tokenizer_name
+
+  def full_disk(path):
+    raise OSError(28, "No space left on device")
+
+  monkeypatch.setattr(module, "_tokenizer_name", full_disk)
+  with pytest.raises(OSError, match="No space left"):
+    export_hf(w, out)
+  assert sorted(p.name for p in out.parent.iterdir()) == (["out"] if existing else [])
+  assert not existing or not any(out.iterdir())
+  monkeypatch.setattr(module, "_tokenizer_name", real)
+  result = export_hf(w, out)  # the retry writes the whole export
+  names = {"config.json", "model.safetensors", "tokenizer.json"}
+  assert {p.name for p in out.iterdir()} == names == {p.name for p in result.files}
+  assert sorted(p.name for p in out.parent.iterdir()) == ["out"]
+  umask = os.umask(0)
+  os.umask(umask)
+  assert out.stat().st_mode & 0o777 == 0o777 & ~umask  # readable as a mkdir'd directory is
+  exported = load_file(out / "model.safetensors")
+  for key, value in original.items():
+    np.testing.assert_array_equal(exported[key], value, err_msg=key)
 
 
 def test_fla_qk_norm_eps_is_refused_unless_allowed(runs, tmp_path):

@@ -45,7 +45,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -111,7 +113,8 @@ def export_hf(
 ) -> ExportResult:
   """Writes ``workdir``'s params (checkpoint ``step``, default the newest readable) into the
   new or empty directory ``out`` in format ``fmt`` (``FORMATS``), tensors in ``dtype``
-  (``DTYPES``). Raises a ``UserError`` naming the field for a model the format cannot hold."""
+  (``DTYPES``). Raises a ``UserError`` naming the field for a model the format cannot hold.
+  The files are written beside ``out`` and moved in once complete: a failure leaves none."""
   from parallax_jax.train import run_record
   from parallax_jax.train.checkpoint import check_step
   from parallax_jax.train.config import resolve
@@ -149,21 +152,40 @@ def export_hf(
     params = add_zero_r(params, target)
     notes.append("softmax model: r_proj = 0 and r_norm = 1 added (the same function)")
   dtype_name = model.param_dtype if dtype == "param" else dtype
-  names = hf_names.QWEN3_NAMES if fmt == "qwen3" else FLA_PARALLAX_NAMES
-  table = hf_names.tensor_table(target, names)
+  np_dtype = _NUMPY_DTYPES[dtype_name]
+  table = hf_names.tensor_table(
+    target, hf_names.QWEN3_NAMES if fmt == "qwen3" else FLA_PARALLAX_NAMES
+  )
   _check_covered(
     table, params, dropped=("r_proj", "r_norm") if target.attention == "softmax" else ()
   )
 
-  out.mkdir(parents=True, exist_ok=True)
-  files = write_safetensors(out, _hf_tensors(table, params, _NUMPY_DTYPES[dtype_name]))
-  files += [out / INDEX] if (out / INDEX).is_file() else []
   config = _hf_config(fmt, target, dtype_name, eos_id, _imported_hf_config(workdir))
-  (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-  files.append(out / "config.json")
-  if tokenizer_file is not None:
-    files.append(Path(shutil.copyfile(tokenizer_file, out / _tokenizer_name(tokenizer_file))))
-  return ExportResult(out, fmt, step, dtype_name, files, notes)
+  # Written into a sibling staging directory and moved into place whole: an error or an
+  # interrupt midway (a full disk) leaves no half-written --out, which a retry would refuse.
+  out.parent.mkdir(parents=True, exist_ok=True)
+  stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent))
+  try:
+    umask = os.umask(0)
+    os.umask(umask)  # reading the umask means setting it; restored at once
+    stage.chmod(0o777 & ~umask)  # mkdtemp's 0o700 would hide the export from other readers
+    names = [p.name for p in write_safetensors(stage, _hf_tensors(table, params, np_dtype))]
+    names += [INDEX] if (stage / INDEX).is_file() else []
+    (stage / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    names.append("config.json")
+    if tokenizer_file is not None:
+      names.append(_tokenizer_name(tokenizer_file))
+      shutil.copyfile(tokenizer_file, stage / names[-1])
+    _check_out(out)  # still new or empty
+    if out.is_dir():  # empty: keep the directory (its mode, its owner), fill it
+      for name in names:
+        os.replace(stage / name, out / name)
+      stage.rmdir()
+    else:
+      os.rename(stage, out)
+  finally:
+    shutil.rmtree(stage, ignore_errors=True)
+  return ExportResult(out, fmt, step, dtype_name, [out / n for n in names], notes)
 
 
 def _check_out(out: Path) -> None:
