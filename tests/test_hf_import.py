@@ -137,6 +137,38 @@ def test_eval_and_training_from_the_import(tied, tmp_path):
   assert np.isfinite(trainer.run()["loss"])
 
 
+@pytest.mark.parametrize("existing", [False, True])
+def test_a_failed_import_leaves_no_partial_run(tmp_path, monkeypatch, existing):
+  # A disk that fills up at the params copy, after checkpoints/0: a half import's checkpoints
+  # made the retry refuse the workdir ("already holds a run") and `train` would resume from it.
+  from parallax_jax.train import checkpoint
+
+  write_tiny_qwen3(tmp_path / "hf")
+  w = tmp_path / "runs" / "w"
+  if existing:
+    w.mkdir(parents=True)
+    (w / "notes.txt").write_text("mine")
+  real = checkpoint.save_params
+
+  def full_disk(path, params):
+    raise OSError(28, "No space left on device")
+
+  monkeypatch.setattr(checkpoint, "save_params", full_disk)
+  with pytest.raises(OSError, match="No space left"):
+    import_hf(tmp_path / "hf", w, overrides=RUN)
+  if existing:
+    assert sorted(p.name for p in w.iterdir()) == ["notes.txt"]
+  else:
+    assert not w.exists()
+  monkeypatch.setattr(checkpoint, "save_params", real)
+  result = import_hf(tmp_path / "hf", w, overrides=RUN)  # the retry imports
+  assert (w / "config.json").is_file() and (w / "params").is_dir()
+  assert existing == (w / "notes.txt").is_file()
+  params = load_run(w).params
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
+  jax.tree.map(np.testing.assert_array_equal, load_params(result.params_path, abstract), params)
+
+
 def test_r_init_like_q_copies_q(tmp_path):
   config, _ = write_tiny_qwen3(tmp_path / "hf")
   model = ModelConfig(

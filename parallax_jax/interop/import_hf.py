@@ -13,7 +13,8 @@ one tensor at a time, never the model. It writes into the workdir:
   ``train``, ``eval`` and ``generate`` run on the workdir itself,
 - ``params``: the params-only checkpoint (``--config.checkpoint.init_from=W/params``),
 - ``hf_import_config.py``: ``get_config()`` returning the run's config (``train --config``),
-- ``config.json`` last (``run_record``): a workdir with it holds a complete import.
+- ``config.json`` last (``run_record``): a workdir with it holds a complete import; a failure
+  before that removes what the import wrote.
 
 Attention: "softmax" is Qwen3 itself; "parallax" adds ``r_proj``/``r_norm``: ``r_init="zeros"``
 (W_R = 0, r_norm = 1: exactly the softmax function) or ``"like_q"`` (copies of q's).
@@ -210,10 +211,7 @@ def import_hf(
   """
   from parallax_jax.data import make_source
   from parallax_jax.data.tokenizers import make_tokenizer
-  from parallax_jax.train.checkpoint import Checkpointer, save_params
   from parallax_jax.train.config import resolve
-  from parallax_jax.train.program import Program
-  from parallax_jax.train.step import TrainState
 
   src, workdir = Path(src), Path(workdir).absolute()
   if not src.is_dir():
@@ -256,12 +254,40 @@ def import_hf(
     # The source is a softmax Qwen3: checked against the model without r.
     softmax = model.with_attention("softmax")
     _check_tensors(reader, hf_names.tensor_table(softmax), model.tie_embeddings)
-    # Everything is valid: write.
-    workdir.mkdir(parents=True, exist_ok=True)
-    if not byte_tokenizer:
-      shutil.copyfile(src / TOKENIZER, tokenizer_path)
-    program = Program(exp)
-    params = read_params(reader, model, program.state_sharding.params, r_init=r_init)
+    # Everything is valid: write. A failure from here on (a full disk at the checkpoint)
+    # removes what this import wrote: a half import's `checkpoints` would make the retry
+    # refuse the workdir as holding a run, and `train` would resume from it.
+    written = (
+      [workdir]
+      if not workdir.exists()
+      else [
+        workdir / n
+        for n in (TOKENIZER, "checkpoints", "params", CONFIG_FILE, "config.json")
+        if not (workdir / n).exists()
+      ]
+    )
+    try:
+      return _write(src, workdir, exp, cfg, hf, reader, model, byte_tokenizer, r_init)
+    except BaseException:
+      for path in written:
+        if path.is_dir():
+          shutil.rmtree(path, ignore_errors=True)
+        else:
+          path.unlink(missing_ok=True)
+      raise
+
+
+def _write(src, workdir, exp, cfg, hf, reader, model, byte_tokenizer, r_init) -> ImportResult:
+  """Writes the import into ``workdir`` (all checked by ``import_hf``; config.json last)."""
+  from parallax_jax.train.checkpoint import Checkpointer, save_params
+  from parallax_jax.train.program import Program
+  from parallax_jax.train.step import TrainState
+
+  workdir.mkdir(parents=True, exist_ok=True)
+  if not byte_tokenizer:
+    shutil.copyfile(src / TOKENIZER, workdir / TOKENIZER)
+  program = Program(exp)
+  params = read_params(reader, model, program.state_sharding.params, r_init=r_init)
   state = TrainState(
     step=_put(np.zeros((), np.int32), program.state_sharding.step),
     params=params,
