@@ -46,8 +46,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import secrets
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -164,11 +164,11 @@ def export_hf(
   # Written into a sibling staging directory and moved into place whole: an error or an
   # interrupt midway (a full disk) leaves no half-written --out, which a retry would refuse.
   out.parent.mkdir(parents=True, exist_ok=True)
-  stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent))
+  # A plain mkdir (mode 0o777 less the umask, as --out's own would be; mkdtemp's 0o700 would
+  # hide the export from other readers), named uniquely so that concurrent exports never meet.
+  stage = out.parent / f".{out.name}.export-{os.getpid()}-{secrets.token_hex(4)}"
+  stage.mkdir()
   try:
-    umask = os.umask(0)
-    os.umask(umask)  # reading the umask means setting it; restored at once
-    stage.chmod(0o777 & ~umask)  # mkdtemp's 0o700 would hide the export from other readers
     names = [p.name for p in write_safetensors(stage, _hf_tensors(table, params, np_dtype))]
     names += [INDEX] if (stage / INDEX).is_file() else []
     (stage / "config.json").write_text(json.dumps(config, indent=2) + "\n")
