@@ -322,6 +322,25 @@ def test_seeded_sampling_does_not_depend_on_chunking(models):
   assert eight != generate(models["parallax"], PROMPTS, max_new_tokens=N, chunk_tokens=CHUNK).tokens
 
 
+def test_a_prompts_sample_does_not_depend_on_its_batch(models):
+  """A prompt and its seed fix its sampled text: alone, at row 2 of 4 or of 3 (it was row 2's
+  slice of one batch-wide draw, so the same prompt and seed at row 0 and row 2 differed)."""
+  kw = dict(max_new_tokens=12, sampling=SamplingConfig(temperature=1.5), chunk_tokens=4)
+  run = lambda prompts, seed=3: generate(models["parallax"], prompts, seed=seed, **kw).tokens
+  p = PROMPTS[0]
+  alone = run([p])[0]
+  assert run([[7], [8, 9], p, [1]])[2] == alone
+  assert run([[7], [8, 9], p])[2] == alone
+  # One seed per prompt: a row's text is that prompt's alone with its seed.
+  four = run([p, [7], p, p], seed=[3, 0, 5, 3])
+  assert four[0] == four[3] == alone and four[2] == run([p], seed=5)[0] != alone
+  assert four[1] == run([[7]], seed=0)[0]
+  with pytest.raises(UserError, match=r"seed has 2 values for 3 prompt\(s\)"):
+    run(PROMPTS, seed=[1, 2])
+  with pytest.raises(UserError, match=r"seed=-1 \(--seed\)"):
+    run(PROMPTS, seed=[1, -1, 2])
+
+
 def test_compiled_once_per_shape(models):
   kw = dict(max_new_tokens=N, chunk_tokens=CHUNK)
   generate(models["softmax"], PROMPTS, **kw)

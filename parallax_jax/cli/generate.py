@@ -72,7 +72,11 @@ def add_generate(sub, common):
     "--top-p", type=float, default=None, help="nucleus: smallest set with probability >= p"
   )
   ge.add_argument(
-    "--seed", type=int, default=None, help="sampling seed (default 0; with --temperature > 0)"
+    "--seed",
+    type=int,
+    default=None,
+    help="sampling seed (default 0; with --temperature > 0), the same for every prompt: a "
+    "prompt's text does not depend on the others",
   )
   ge.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
   ge.add_argument(

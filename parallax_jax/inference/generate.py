@@ -5,8 +5,9 @@ The prompts are right-padded into one batch. Prefill fills the cache and samples
 first token; then a ``lax.scan`` of ``chunk_tokens`` decode steps runs per call, with the cache
 donated (updated in place). The host reads each chunk's tokens, hands them to ``on_tokens`` and
 stops once every row has produced EOS or ``max_new_tokens`` tokens; the extra tokens of the
-last chunk are discarded. Step ``s`` (0: the token sampled from the prefill logits) samples with
-``fold_in(key(seed), s)``, so a seed fixes the output whatever ``chunk_tokens`` is.
+last chunk are discarded. Row ``b``'s step ``s`` (0: the token sampled from the prefill logits)
+samples with ``fold_in(key(seed_b), s)``, drawn apart from the other rows, so a prompt and its
+seed fix its output whatever ``chunk_tokens``, the batch size or the prompt's place in it.
 
 Compilation is kept apart from the timings: the two functions are compiled ahead of time
 (``jit(...).lower(...).compile()``) once per model graph, parameter shapes, batch, prompt
@@ -83,18 +84,24 @@ def round_up(n: int, multiple: int) -> int:
 
 
 def _prefill(
-  graphdef, max_len, prefill_chunk, sampling, vocab_size, params, tokens_BT, lengths_B, key
+  graphdef, max_len, prefill_chunk, sampling, vocab_size, params, tokens_BT, lengths_B, keys_B
 ):
-  """Fills an empty cache with the right-padded prompts ``[B, T]``; samples step 0's token."""
+  """Fills an empty cache with the right-padded prompts ``[B, T]``; samples step 0's token
+  (row ``b`` with its own key ``keys_B[b]``)."""
   model = nnx.merge(graphdef, params)
   cache = model.init_cache(tokens_BT.shape[0], max_len)
   logits_BV, cache = model.prefill(tokens_BT, lengths_B, cache, chunk_size=prefill_chunk)
-  first_B = sample(logits_BV, jax.random.fold_in(key, 0), sampling, vocab_size=vocab_size)
+  first_B = sample(logits_BV, _step_keys(keys_B, 0), sampling, vocab_size=vocab_size)
   return first_B, cache
 
 
+def _step_keys(keys_B, step):
+  """Each row's key for one step: ``fold_in(keys_B[b], step)``."""
+  return jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys_B, step)
+
+
 def _decode_chunk(
-  graphdef, steps, sampling, vocab_size, eos_id, params, cache, last_B, done_B, key, step
+  graphdef, steps, sampling, vocab_size, eos_id, params, cache, last_B, done_B, keys_B, step
 ):
   """``steps`` decode steps: ``(cache, last token [B], done [B], next step, tokens [B, steps])``.
   A row that has produced EOS keeps emitting EOS (its cache writes are never read)."""
@@ -102,7 +109,7 @@ def _decode_chunk(
   def body(carry, _):
     cache, last_B, done_B, step = carry
     logits_BV, cache = nnx.merge(graphdef, params).decode_step(last_B, cache)
-    new_B = sample(logits_BV, jax.random.fold_in(key, step), sampling, vocab_size=vocab_size)
+    new_B = sample(logits_BV, _step_keys(keys_B, step), sampling, vocab_size=vocab_size)
     if eos_id is not None:
       new_B = jnp.where(done_B, eos_id, new_B)
       done_B = done_B | (new_B == eos_id)
@@ -129,17 +136,17 @@ def _compiled(
   params = jax.tree.unflatten(
     treedef, [jax.ShapeDtypeStruct(s, d, sharding=sh) for s, d, sh in leaves]
   )
-  key = jax.eval_shape(lambda: jax.random.key(0))
+  keys = jax.eval_shape(lambda: jax.random.split(jax.random.key(0), batch))  # one per row
   i32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.int32)
   prefill = jax.jit(
     functools.partial(_prefill, graphdef, max_len, prefill_chunk, sampling, vocab_size)
-  ).lower(params, i32(batch, width), i32(batch), key)
+  ).lower(params, i32(batch, width), i32(batch), keys)
   cache = prefill.out_info[1]
   cache = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), cache)
   chunk = jax.jit(
     functools.partial(_decode_chunk, graphdef, steps, sampling, vocab_size, eos_id),
     donate_argnums=(1,),  # the cache: updated in place
-  ).lower(params, cache, i32(batch), jax.ShapeDtypeStruct((batch,), jnp.bool_), key, i32())
+  ).lower(params, cache, i32(batch), jax.ShapeDtypeStruct((batch,), jnp.bool_), keys, i32())
   return prefill.compile(), chunk.compile()
 
 
@@ -175,6 +182,20 @@ def check_seed(seed) -> None:
       f"seed={seed!r} (--seed) must be an int in 0 .. {SEED_MAX}: the PRNG key keeps 32 bits, "
       "so another seed would repeat one of those"
     )
+
+
+def _row_seeds(seed, batch: int) -> list[int]:
+  """One seed per prompt: ``seed`` for every prompt, or a list of ``batch`` seeds."""
+  if isinstance(seed, str | bytes) or not isinstance(seed, Sequence):
+    check_seed(seed)
+    return [seed] * batch
+  if len(seed) != batch:
+    raise UserError(
+      f"seed has {len(seed)} values for {batch} prompt(s); give one int for all or one per prompt"
+    )
+  for s in seed:
+    check_seed(s)
+  return list(seed)
 
 
 def _positive_int(name: str, value) -> None:
@@ -216,7 +237,7 @@ def generate(
   max_new_tokens: int,
   sampling: SamplingConfig | None = None,
   eos_id: int | None = None,
-  seed: int = 0,
+  seed: int | Sequence[int] = 0,
   vocab_size: int | None = None,
   chunk_tokens: int = 16,
   prefill_chunk: int | None = None,
@@ -230,7 +251,10 @@ def generate(
     max_new_tokens: tokens to generate per prompt at most (>= 1).
     sampling: ``SamplingConfig``; None: greedy.
     eos_id: a row stops after producing it; None: every row runs to ``max_new_tokens``.
-    seed: the PRNG seed (with ``sampling.temperature > 0``), in ``0 .. SEED_MAX``.
+    seed: the PRNG seed (with ``sampling.temperature > 0``), in ``0 .. SEED_MAX``: one for
+      every prompt, or a list with one per prompt. A prompt's continuation depends on its own
+      seed only, not on the other prompts or its place in the batch: the same prompt twice with
+      one seed gives the same text twice (give each its own seed for different samples).
     vocab_size: the tokenizer's vocabulary; larger ids (table padding) are never sampled.
     chunk_tokens: decode steps per jitted call (between host reads); the output does not
       depend on it.
@@ -248,13 +272,13 @@ def generate(
   _positive_int("chunk_tokens", chunk_tokens)
   if prefill_chunk is not None:  # (Transformer.prefill's ValueError came after the checks)
     _positive_int("prefill_chunk", prefill_chunk)
-  check_seed(seed)
   sampling = SamplingConfig() if sampling is None else sampling
   if not isinstance(sampling, SamplingConfig):
     raise TypeError(f"sampling must be a SamplingConfig, got {type(sampling).__name__}")
   if vocab_size is not None and not 1 <= vocab_size <= table:
     raise UserError(f"vocab_size={vocab_size} must lie in 1 .. {table} (model.vocab_size)")
   prompts = _check_prompts(prompts, table)
+  seeds = _row_seeds(seed, len(prompts))
   sampled = table if vocab_size is None else vocab_size  # ids a step can produce
   if eos_id is not None and not 0 <= eos_id < sampled:  # (else no row would ever stop)
     raise UserError(
@@ -276,7 +300,8 @@ def generate(
     tokens_BT[b, : len(p)] = p
 
   tokens_BT, lengths_B = jnp.asarray(tokens_BT), jnp.asarray(lengths, jnp.int32)
-  key, first_step = jax.random.key(seed), jnp.int32(1)
+  key = jnp.stack([jax.random.key(s) for s in seeds])  # [B]: row b's own stream
+  first_step = jnp.int32(1)
   t0 = time.perf_counter()
   misses = _compiled.cache_info().misses
   prefill, chunk = _compiled(

@@ -66,8 +66,10 @@ def sample(
 ) -> Int[Array, " B"]:
   """One token per row, int32 ``[B]``.
 
-  ``vocab_size``: the tokenizer's vocabulary; ids ``>= vocab_size`` (the embedding table is
-  padded to a multiple of 128) are never chosen. ``key`` is unused when greedy.
+  ``key``: one key for the batch, or one per row ``[B]`` (each row then drawn on its own: its
+  token depends only on its logits and its key, not on the other rows or its index); unused
+  when greedy. ``vocab_size``: the tokenizer's vocabulary; ids ``>= vocab_size`` (the embedding
+  table is padded to a multiple of 128) are never chosen.
   """
   logits_BV = logits_BV.astype(jnp.float32)
   v = logits_BV.shape[-1]
@@ -85,7 +87,7 @@ def sample(
   logits_BV = (logits_BV - jnp.max(logits_BV, axis=-1, keepdims=True)) * inv_t
   top_p = None if cfg.top_p is None or cfg.top_p >= 1 else cfg.top_p
   if cfg.top_k is None and top_p is None:
-    return jax.random.categorical(key, logits_BV, axis=-1).astype(jnp.int32)
+    return _categorical(key, logits_BV).astype(jnp.int32)
   # Sort once (descending): top-k is a prefix, and the nucleus is a prefix of that.
   k = v if cfg.top_k is None else min(cfg.top_k, v)
   vals_BK, ids_BK = jax.lax.top_k(logits_BV, k)
@@ -94,5 +96,13 @@ def sample(
     # Keep a token if the tokens ranked above it hold less than top_p: the first is always kept.
     before_BK = jnp.cumsum(probs_BK, axis=-1) - probs_BK
     vals_BK = jnp.where(before_BK < top_p, vals_BK, -jnp.inf)
-  choice_B = jax.random.categorical(key, vals_BK, axis=-1)
+  choice_B = _categorical(key, vals_BK)
   return jnp.take_along_axis(ids_BK, choice_B[:, None], axis=-1)[:, 0].astype(jnp.int32)
+
+
+def _categorical(key: jax.Array, logits_BK: Float[Array, "B K"]) -> Int[Array, " B"]:
+  """A draw per row: with one key for the batch, row ``b``'s noise is that key's ``b``-th block;
+  with keys ``[B]``, row ``b`` draws from ``key[b]`` alone."""
+  if key.ndim == 0:
+    return jax.random.categorical(key, logits_BK, axis=-1)
+  return jax.vmap(lambda k, logits_K: jax.random.categorical(k, logits_K))(key, logits_BK)
