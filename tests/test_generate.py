@@ -380,6 +380,19 @@ def test_generate_argument_errors(models, kwargs, match):
     generate(models["parallax"], **args)
 
 
+def test_numpy_numbers_are_accepted(models):
+  """Settings computed with NumPy (np.int64, np.float32) were refused as "must be an int >= 1,
+  got np.int64(4)": they give what the Python numbers give."""
+  cfg = SamplingConfig(np.float32(1.5), np.int64(40), np.float32(0.5))
+  assert cfg == SamplingConfig(float(np.float32(1.5)), 40, float(np.float32(0.5)))
+  kw = dict(max_new_tokens=np.int64(9), chunk_tokens=np.int32(4), prefill_chunk=np.int64(2))
+  got = generate(models["parallax"], PROMPTS, sampling=cfg, seed=np.int64(3), **kw).tokens
+  want = dict(max_new_tokens=9, chunk_tokens=4, prefill_chunk=2)
+  assert got == generate(models["parallax"], PROMPTS, sampling=cfg, seed=3, **want).tokens
+  seeds = generate(models["parallax"], PROMPTS, sampling=cfg, seed=np.array([3, 3, 3]), **want)
+  assert seeds.tokens == got
+
+
 def test_a_cache_larger_than_the_device_is_refused_before_compiling(models, monkeypatch):
   """The cache holds every decode slot from the start: 10**12 new tokens asked of SMALL_LM
   (k and v, 2 layers, 2 KV heads of 8 float32 numbers: 256 bytes a position) was an

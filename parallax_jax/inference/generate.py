@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import numbers
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -174,33 +175,39 @@ def _check_prompts(prompts, vocab: int) -> list[list[int]]:
   return out
 
 
-def check_seed(seed) -> None:
-  """Raises a ``UserError`` unless ``seed`` is an int in ``0 .. SEED_MAX``: a larger or
+def _is_int(value) -> bool:
+  """An int of Python or NumPy (``np.int64`` from array arithmetic), not a bool."""
+  return isinstance(value, numbers.Integral) and not isinstance(value, bool | np.bool_)
+
+
+def check_seed(seed) -> int:
+  """``seed`` as an int; a ``UserError`` unless it is an int in ``0 .. SEED_MAX``: a larger or
   negative one would draw another seed's samples (past int64, ``jax.random.key`` raises)."""
-  if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= SEED_MAX:
+  if not _is_int(seed) or not 0 <= seed <= SEED_MAX:
     raise UserError(
       f"seed={seed!r} (--seed) must be an int in 0 .. {SEED_MAX}: the PRNG key keeps 32 bits, "
       "so another seed would repeat one of those"
     )
+  return int(seed)
 
 
 def _row_seeds(seed, batch: int) -> list[int]:
   """One seed per prompt: ``seed`` for every prompt, or a list of ``batch`` seeds."""
+  if isinstance(seed, np.ndarray):
+    seed = seed.tolist()
   if isinstance(seed, str | bytes) or not isinstance(seed, Sequence):
-    check_seed(seed)
-    return [seed] * batch
+    return [check_seed(seed)] * batch
   if len(seed) != batch:
     raise UserError(
       f"seed has {len(seed)} values for {batch} prompt(s); give one int for all or one per prompt"
     )
-  for s in seed:
-    check_seed(s)
-  return list(seed)
+  return [check_seed(s) for s in seed]
 
 
-def _positive_int(name: str, value) -> None:
-  if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+def _positive_int(name: str, value) -> int:
+  if not _is_int(value) or value < 1:
     raise UserError(f"{name} must be an int >= 1, got {value!r}")
+  return int(value)
 
 
 def device_memory_bytes() -> int | None:
@@ -268,10 +275,10 @@ def generate(
   graphdef, params = _split_model(model)
   merged = nnx.merge(graphdef, params)
   table = merged.cfg.vocab_size  # rows of the (padded) embedding table
-  _positive_int("max_new_tokens", max_new_tokens)
-  _positive_int("chunk_tokens", chunk_tokens)
+  max_new_tokens = _positive_int("max_new_tokens", max_new_tokens)
+  chunk_tokens = _positive_int("chunk_tokens", chunk_tokens)
   if prefill_chunk is not None:  # (Transformer.prefill's ValueError came after the checks)
-    _positive_int("prefill_chunk", prefill_chunk)
+    prefill_chunk = _positive_int("prefill_chunk", prefill_chunk)
   sampling = SamplingConfig() if sampling is None else sampling
   if not isinstance(sampling, SamplingConfig):
     raise TypeError(f"sampling must be a SamplingConfig, got {type(sampling).__name__}")

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float, Int
 
 from parallax_jax.errors import UserError
@@ -42,15 +44,24 @@ class SamplingConfig:
       flag = field.replace("_", "-")
       raise UserError(f"sampling {field}={getattr(self, field)!r} (--{flag}): {why}")
 
+    def number(x, kind) -> bool:  # Python's or NumPy's (np.float32, np.int64), not a bool
+      return isinstance(x, kind) and not isinstance(x, bool | np.bool_)
+
     t = self.temperature
-    if isinstance(t, bool) or not isinstance(t, int | float) or not 0 <= t < math.inf:
+    if not number(t, numbers.Real) or not 0 <= t < math.inf:
       bad("temperature", "must be a finite number >= 0 (0: greedy)")
     k = self.top_k
-    if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+    if k is not None and (not number(k, numbers.Integral) or k < 1):
       bad("top_k", "must be an int >= 1, or None for no top-k filter")
     p = self.top_p
-    if p is not None and (isinstance(p, bool) or not isinstance(p, int | float) or not 0 < p <= 1):
+    if p is not None and (not number(p, numbers.Real) or not 0 < p <= 1):
       bad("top_p", "must be a number in (0, 1], or None for no nucleus filter")
+    # Python numbers: one setting is one (hashable, static) jit argument whatever its type.
+    object.__setattr__(self, "temperature", float(t))
+    if k is not None:
+      object.__setattr__(self, "top_k", int(k))
+    if p is not None:
+      object.__setattr__(self, "top_p", float(p))
 
   @property
   def greedy(self) -> bool:
