@@ -360,7 +360,9 @@ def test_compiled_once_per_shape(models):
   [
     ({"prompts": []}, "prompts must be a non-empty list"),
     ({"prompts": [[1], []]}, r"prompts\[1\] must be a non-empty list"),
-    ({"prompts": [[1, 128]]}, r"prompts\[0\] has ids outside 0 .. 127"),
+    ({"prompts": [[1, 128]]}, r"prompts\[0\] has ids outside 0 .. 127 \(model.vocab_size\)"),
+    # an id of the table's padding, never trained: the tokenizer has no such id
+    ({"prompts": [[1, 100]], "vocab_size": 100}, r"outside 0 .. 99 \(vocab_size\)"),
     ({"max_new_tokens": 0}, "max_new_tokens must be an int >= 1"),
     ({"chunk_tokens": 0}, "chunk_tokens must be an int >= 1"),
     ({"prefill_chunk": 0}, "prefill_chunk must be an int >= 1, got 0"),

@@ -161,7 +161,9 @@ def _split_model(model):
   )
 
 
-def _check_prompts(prompts, vocab: int) -> list[list[int]]:
+def _check_prompts(prompts, vocab: int, source: str) -> list[list[int]]:
+  """The prompts as int lists; ``UserError`` for an empty one or an id outside
+  ``0 .. vocab - 1`` (``source`` names where ``vocab`` came from)."""
   if isinstance(prompts, str | bytes) or not isinstance(prompts, Sequence) or not prompts:
     raise UserError("prompts must be a non-empty list of token-id lists (one per prompt)")
   out = []
@@ -170,7 +172,7 @@ def _check_prompts(prompts, vocab: int) -> list[list[int]]:
     if ids.ndim != 1 or ids.size == 0 or not np.issubdtype(ids.dtype, np.integer):
       raise UserError(f"prompts[{i}] must be a non-empty list of int token ids, got {p!r}")
     if ids.min() < 0 or ids.max() >= vocab:
-      raise UserError(f"prompts[{i}] has ids outside 0 .. {vocab - 1} (the model's vocabulary)")
+      raise UserError(f"prompts[{i}] has ids outside 0 .. {vocab - 1} ({source})")
     out.append([int(t) for t in ids])
   return out
 
@@ -284,13 +286,15 @@ def generate(
     raise TypeError(f"sampling must be a SamplingConfig, got {type(sampling).__name__}")
   if vocab_size is not None and not 1 <= vocab_size <= table:
     raise UserError(f"vocab_size={vocab_size} must lie in 1 .. {table} (model.vocab_size)")
-  prompts = _check_prompts(prompts, table)
-  seeds = _row_seeds(seed, len(prompts))
+  # A tokenizer's (vocab_size) prompt never holds an id of the table's padding: those rows of
+  # the embedding were never trained.
   sampled = table if vocab_size is None else vocab_size  # ids a step can produce
+  source = "vocab_size" if vocab_size is not None else "model.vocab_size"
+  prompts = _check_prompts(prompts, sampled, source)
+  seeds = _row_seeds(seed, len(prompts))
   if eos_id is not None and not 0 <= eos_id < sampled:  # (else no row would ever stop)
     raise UserError(
-      f"eos_id={eos_id} lies outside the ids that can be sampled, 0 .. {sampled - 1} "
-      f"({'vocab_size' if vocab_size is not None else 'model.vocab_size'})"
+      f"eos_id={eos_id} lies outside the ids that can be sampled, 0 .. {sampled - 1} ({source})"
     )
 
   lengths = [len(p) for p in prompts]
