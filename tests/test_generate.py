@@ -371,6 +371,10 @@ def test_compiled_once_per_shape(models):
     # an id of the table's padding is never sampled: no row would ever stop
     ({"eos_id": 100, "vocab_size": 100}, r"eos_id=100 lies outside .* 0 .. 99 \(vocab_size\)"),
     ({"vocab_size": 129}, "vocab_size=129"),
+    # a float vocab_size masked at 100.5 (ids 0 .. 100), a float eos_id failed inside the scan
+    ({"vocab_size": 100.5}, r"vocab_size=100.5 must be an int in 1 .. 128"),
+    ({"eos_id": 2.5}, r"eos_id=2.5 must be an int token id"),
+    ({"eos_id": True}, r"eos_id=True must be an int token id"),
     # jax.random.key keeps 32 bits: 2**32 would draw seed 0's samples, -1 seed 2**32 - 1's
     ({"seed": 2**32}, r"seed=4294967296 \(--seed\) must be an int in 0 .. 4294967295"),
     ({"seed": -1}, r"seed=-1 \(--seed\)"),

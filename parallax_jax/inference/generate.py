@@ -284,18 +284,26 @@ def generate(
   sampling = SamplingConfig() if sampling is None else sampling
   if not isinstance(sampling, SamplingConfig):
     raise TypeError(f"sampling must be a SamplingConfig, got {type(sampling).__name__}")
-  if vocab_size is not None and not 1 <= vocab_size <= table:
-    raise UserError(f"vocab_size={vocab_size} must lie in 1 .. {table} (model.vocab_size)")
+  if vocab_size is not None:  # (a float one masked the logits at vocab_size=100.5: 101 ids)
+    if not _is_int(vocab_size) or not 1 <= vocab_size <= table:
+      raise UserError(
+        f"vocab_size={vocab_size!r} must be an int in 1 .. {table} (model.vocab_size)"
+      )
+    vocab_size = int(vocab_size)
   # A tokenizer's (vocab_size) prompt never holds an id of the table's padding: those rows of
   # the embedding were never trained.
   sampled = table if vocab_size is None else vocab_size  # ids a step can produce
   source = "vocab_size" if vocab_size is not None else "model.vocab_size"
   prompts = _check_prompts(prompts, sampled, source)
   seeds = _row_seeds(seed, len(prompts))
-  if eos_id is not None and not 0 <= eos_id < sampled:  # (else no row would ever stop)
-    raise UserError(
-      f"eos_id={eos_id} lies outside the ids that can be sampled, 0 .. {sampled - 1} ({source})"
-    )
+  if eos_id is not None:
+    if not _is_int(eos_id):  # (a float one failed inside the decode loop's trace)
+      raise UserError(f"eos_id={eos_id!r} must be an int token id, or None for no EOS")
+    if not 0 <= eos_id < sampled:  # (else no row would ever stop)
+      raise UserError(
+        f"eos_id={eos_id} lies outside the ids that can be sampled, 0 .. {sampled - 1} ({source})"
+      )
+    eos_id = int(eos_id)
 
   lengths = [len(p) for p in prompts]
   batch, longest = len(prompts), max(lengths)
