@@ -29,7 +29,7 @@ from parallax_jax.data.tokenizers import ByteTokenizer
 from parallax_jax.errors import UserError
 from parallax_jax.inference import SamplingConfig, generate, sample
 from parallax_jax.inference.loading import load_run
-from parallax_jax.inference.text import TextStream
+from parallax_jax.inference.text import TextStream, read_prompts
 from parallax_jax.model import ModelConfig, Transformer
 from parallax_jax.train.config import load_config
 from parallax_jax.train.loop import train
@@ -504,6 +504,13 @@ def test_cli_generate_streams_text_and_leaves_the_run_unchanged(run2, capsys):
   )
   assert out == tok.decode(want.tokens[0]) + "\n" and len(out) > 1  # some text was printed
   assert _tree(run2) == before
+
+
+def test_a_prompts_file_saved_with_a_byte_order_mark(tmp_path):
+  """A file saved by a Windows editor (BOM, CRLF): the BOM was the first prompt's start."""
+  f = tmp_path / "prompts.txt"
+  f.write_bytes("\ufeffimport os\r\n\r\nclass A:\r\n".encode())
+  assert read_prompts(["def"], str(f)) == ["def", "import os", "class A:"]
 
 
 def test_cli_several_prompts_and_a_file(run2, capsys, tmp_path):

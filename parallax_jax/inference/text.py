@@ -23,7 +23,8 @@ def read_prompts(prompts: list[str] | None, prompts_file: str | None) -> list[st
     path = Path(prompts_file)
     if not path.is_file():
       raise UserFileNotFoundError(f"--prompts-file {prompts_file!r} is not a file")
-    texts += [line for line in path.read_text(encoding="utf-8").splitlines() if line]
+    # utf-8-sig: a byte-order mark (Windows editors) is not the first prompt's first character.
+    texts += [line for line in path.read_text(encoding="utf-8-sig").splitlines() if line]
   if not texts:
     raise UserError("no prompt: give --prompt TEXT (repeatable) or --prompts-file FILE")
   return texts
