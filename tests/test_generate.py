@@ -322,19 +322,23 @@ def test_seeded_sampling_does_not_depend_on_chunking(models):
   assert eight != generate(models["parallax"], PROMPTS, max_new_tokens=N, chunk_tokens=CHUNK).tokens
 
 
-def test_a_prompts_sample_does_not_depend_on_its_batch(models):
-  """A prompt and its seed fix its sampled text: alone, at row 2 of 4 or of 3 (it was row 2's
-  slice of one batch-wide draw, so the same prompt and seed at row 0 and row 2 differed)."""
+def test_a_rows_sample_depends_on_its_prompt_and_stream_alone(models):
+  """Row b drew a slice of one batch-wide draw. Now each row has its own stream: under one int
+  seed, stream b (not the other prompts or the batch size; a repeated prompt draws anew, as
+  pass@k sampling needs); under a list, each prompt's own seed (its text alone, in any place)."""
   kw = dict(max_new_tokens=12, sampling=SamplingConfig(temperature=1.5), chunk_tokens=4)
   run = lambda prompts, seed=3: generate(models["parallax"], prompts, seed=seed, **kw).tokens
   p = PROMPTS[0]
   alone = run([p])[0]
-  assert run([[7], [8, 9], p, [1]])[2] == alone
-  assert run([[7], [8, 9], p])[2] == alone
-  # One seed per prompt: a row's text is that prompt's alone with its seed.
-  four = run([p, [7], p, p], seed=[3, 0, 5, 3])
-  assert four[0] == four[3] == alone and four[2] == run([p], seed=5)[0] != alone
-  assert four[1] == run([[7]], seed=0)[0]
+  four = run([[7], [8, 9], p, [1]])
+  assert run([[5, 5, 5], [2], p])[2] == four[2]  # other prompts, another batch size
+  assert run([p, [8, 9]])[0] == alone  # row 0's stream whatever follows it
+  repeated = run([p, p, p])
+  assert repeated[0] == alone and len({tuple(t) for t in repeated}) == 3  # new samples
+  # One seed per prompt: a row's text is that prompt's alone with its seed, in any place.
+  own = run([[7], [8, 9], p, p], seed=[0, 1, 3, 5])
+  assert own[2] == alone and own[3] == run([p], seed=5)[0] != alone
+  assert own[0] == run([[7]], seed=0)[0] and run([p], seed=[3])[0] == alone
   with pytest.raises(UserError, match=r"seed has 2 values for 3 prompt\(s\)"):
     run(PROMPTS, seed=[1, 2])
   with pytest.raises(UserError, match=r"seed=-1 \(--seed\)"):
@@ -395,8 +399,11 @@ def test_numpy_numbers_are_accepted(models):
   got = generate(models["parallax"], PROMPTS, sampling=cfg, seed=np.int64(3), **kw).tokens
   want = dict(max_new_tokens=9, chunk_tokens=4, prefill_chunk=2)
   assert got == generate(models["parallax"], PROMPTS, sampling=cfg, seed=3, **want).tokens
-  seeds = generate(models["parallax"], PROMPTS, sampling=cfg, seed=np.array([3, 3, 3]), **want)
-  assert seeds.tokens == got
+  seeds = generate(models["parallax"], PROMPTS, sampling=cfg, seed=np.array([3, 4, 5]), **want)
+  assert (
+    seeds.tokens
+    == generate(models["parallax"], PROMPTS, sampling=cfg, seed=[3, 4, 5], **want).tokens
+  )
 
 
 def test_a_cache_larger_than_the_device_is_refused_before_compiling(models, monkeypatch):

@@ -75,8 +75,8 @@ def add_generate(sub, common):
     "--seed",
     type=int,
     default=None,
-    help="sampling seed (default 0; with --temperature > 0), the same for every prompt: a "
-    "prompt's text does not depend on the others",
+    help="sampling seed (default 0; with --temperature > 0): prompt b samples from stream b of "
+    "it, so a prompt's text does not depend on the other prompts, and a repeated one draws anew",
   )
   ge.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
   ge.add_argument(

@@ -5,9 +5,13 @@ The prompts are right-padded into one batch. Prefill fills the cache and samples
 first token; then a ``lax.scan`` of ``chunk_tokens`` decode steps runs per call, with the cache
 donated (updated in place). The host reads each chunk's tokens, hands them to ``on_tokens`` and
 stops once every row has produced EOS or ``max_new_tokens`` tokens; the extra tokens of the
-last chunk are discarded. Row ``b``'s step ``s`` (0: the token sampled from the prefill logits)
-samples with ``fold_in(key(seed_b), s)``, drawn apart from the other rows, so a prompt and its
-seed fix its output whatever ``chunk_tokens``, the batch size or the prompt's place in it.
+last chunk are discarded. Each row draws apart from the others with its own stream: prompt
+``b`` under one int ``seed`` has ``fold_in(key(seed), b)``, under a list of seeds
+``fold_in(key(seeds[b]), 0)``; step ``s`` (0: the token sampled from the prefill logits) folds
+in ``s``. So a row's text depends on its prompt, its stream and nothing else: not on the other
+prompts, the batch size or ``chunk_tokens``; a prompt repeated under one seed draws new samples
+(``b`` differs), and a prompt given its own seed in a list reproduces ``generate([p], seed=s)``
+in any batch.
 
 Compilation is kept apart from the timings: the two functions are compiled ahead of time
 (``jit(...).lower(...).compile()``) once per model graph, parameter shapes, batch, prompt
@@ -193,17 +197,19 @@ def check_seed(seed) -> int:
   return int(seed)
 
 
-def _row_seeds(seed, batch: int) -> list[int]:
-  """One seed per prompt: ``seed`` for every prompt, or a list of ``batch`` seeds."""
+def _row_streams(seed, batch: int) -> list[tuple[int, int]]:
+  """Each prompt's ``(seed, stream index)``: ``(seed, b)`` for one int ``seed`` (repeats of a
+  prompt draw anew), ``(seed[b], 0)`` for a list of ``batch`` seeds (prompt ``b`` as alone)."""
   if isinstance(seed, np.ndarray):
     seed = seed.tolist()
   if isinstance(seed, str | bytes) or not isinstance(seed, Sequence):
-    return [check_seed(seed)] * batch
+    one = check_seed(seed)
+    return [(one, b) for b in range(batch)]
   if len(seed) != batch:
     raise UserError(
       f"seed has {len(seed)} values for {batch} prompt(s); give one int for all or one per prompt"
     )
-  return [check_seed(s) for s in seed]
+  return [(check_seed(s), 0) for s in seed]
 
 
 def _positive_int(name: str, value) -> int:
@@ -260,10 +266,10 @@ def generate(
     max_new_tokens: tokens to generate per prompt at most (>= 1).
     sampling: ``SamplingConfig``; None: greedy.
     eos_id: a row stops after producing it; None: every row runs to ``max_new_tokens``.
-    seed: the PRNG seed (with ``sampling.temperature > 0``), in ``0 .. SEED_MAX``: one for
-      every prompt, or a list with one per prompt. A prompt's continuation depends on its own
-      seed only, not on the other prompts or its place in the batch: the same prompt twice with
-      one seed gives the same text twice (give each its own seed for different samples).
+    seed: the PRNG seed (with ``sampling.temperature > 0``), in ``0 .. SEED_MAX``: one int
+      (prompt ``b`` samples from stream ``b`` of it: a repeated prompt draws new samples, and
+      no row depends on the other prompts or the batch size), or a list with one per prompt
+      (each prompt as ``generate([p], seed=s)`` alone, in any batch or place).
     vocab_size: the tokenizer's vocabulary; larger ids (table padding) are never sampled.
     chunk_tokens: decode steps per jitted call (between host reads); the output does not
       depend on it.
@@ -295,7 +301,7 @@ def generate(
   sampled = table if vocab_size is None else vocab_size  # ids a step can produce
   source = "vocab_size" if vocab_size is not None else "model.vocab_size"
   prompts = _check_prompts(prompts, sampled, source)
-  seeds = _row_seeds(seed, len(prompts))
+  streams = _row_streams(seed, len(prompts))
   if eos_id is not None:
     if not _is_int(eos_id):  # (a float one failed inside the decode loop's trace)
       raise UserError(f"eos_id={eos_id!r} must be an int token id, or None for no EOS")
@@ -319,7 +325,7 @@ def generate(
     tokens_BT[b, : len(p)] = p
 
   tokens_BT, lengths_B = jnp.asarray(tokens_BT), jnp.asarray(lengths, jnp.int32)
-  key = jnp.stack([jax.random.key(s) for s in seeds])  # [B]: row b's own stream
+  key = jnp.stack([jax.random.fold_in(jax.random.key(s), i) for s, i in streams])  # [B]
   first_step = jnp.int32(1)
   t0 = time.perf_counter()
   misses = _compiled.cache_info().misses
