@@ -72,8 +72,10 @@ class MetricsWriter:
       from tensorboardX import SummaryWriter
 
       # A resume redoes the steps after resume_step: TensorBoard hides the earlier files'
-      # events from purge_step on instead of drawing those steps twice.
-      purge = resume_step + 1 if resume_step else None
+      # events from purge_step on instead of drawing those steps twice. A run killed before
+      # its first checkpoint restarts from step 0 over events of its own too.
+      earlier = any(self.tensorboard_dir.glob("events.out.tfevents.*"))
+      purge = resume_step + 1 if resume_step or earlier else None
       self._tb = SummaryWriter(str(self.tensorboard_dir), purge_step=purge)
 
   def _truncate_after(self, step: int) -> None:
