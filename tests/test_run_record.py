@@ -452,3 +452,24 @@ def test_a_run_recorded_before_the_corpus_pin_can_be_read_with_one(tmp_path):
   assert cfg.data.source_sha256 == "a55c363d"
   changed = run_record.check(tmp_path, cfg.to_dict(), reading=True)
   assert changed == {"data.source_sha256": ("", "a55c363d")}
+
+
+def test_a_damaged_record_costs_only_its_own_start_s_environment(tmp_path):
+  """A damaged config.json (cut by a bad block) or a history line that is JSON but no entry:
+  ``environments`` (read for every point of a sweep's table) gives None for that start instead
+  of raising (the old code: JSONDecodeError for the record, AttributeError for the line)."""
+  from parallax_jax.sweeps.report import _hardware
+  from parallax_jax.train import run_record
+  from parallax_jax.train.defaults import base_config
+
+  config = base_config().to_dict()
+  env = {"device_kind": "cpu", "device_count": 1}
+  run_record.record_start(tmp_path, config, {"devices": 1, "environment": env})
+  run_record.record_resume(tmp_path, config, {"environment": env}, {}, resumed_from_step=2)
+  record = tmp_path / run_record.CONFIG
+  record.write_text(record.read_text()[:40])
+  with open(tmp_path / run_record.HISTORY, "a") as f:
+    f.write("7\n")
+  assert run_record.environments(tmp_path) == [None, env]
+  assert [e["resumed_from_step"] for e in run_record.read_history(tmp_path)] == [2]
+  _hardware(tmp_path)  # the sweep table's column: no exception

@@ -86,24 +86,30 @@ def read_history(workdir: str | Path) -> list[dict]:
   path = Path(workdir) / HISTORY
   if not path.exists():
     return []
-  # A start killed mid-append leaves a cut line (it may end in an inner "}"): skip it.
+  # A start killed mid-append leaves a cut line (it may end in an inner "}"): skip it, and any
+  # line that is not an object (readers look keys up in each entry).
   entries = []
   for line in path.read_text().splitlines():
     try:
-      entries.append(json.loads(line))
+      entry = json.loads(line)
     except json.JSONDecodeError:
       continue
+    if isinstance(entry, dict):
+      entries.append(entry)
   return entries
 
 
 def environments(workdir: str | Path) -> list[dict | None]:
   """What each start of the run ran on (``parallax_jax.environment.describe``): the first
   start's, then each resume's; None for a start recorded before environments were (2026-12-05).
-  Empty where the workdir holds no run."""
-  path = Path(workdir) / CONFIG
-  if not path.is_file():
+  Empty where the workdir holds no run. A damaged record gives None for its start: a sweep's
+  table reads this for every point, and one damaged point must not cost it the table."""
+  if not holds_run(workdir):
     return []
-  first = json.loads(path.read_text()).get("environment")
+  try:
+    first = read_record(workdir).get("environment")
+  except UserError:
+    first = None
   return [first, *(entry.get("environment") for entry in read_history(workdir))]
 
 
