@@ -382,3 +382,20 @@ def test_a_process_ending_right_after_building_a_checkpointer_prints_no_tracebac
     )
     assert run.returncode == 0 and "Traceback" not in run.stderr, run.stderr[-2000:]
     assert not any(directory.iterdir())  # the cleanup ended before the process did
+
+
+def test_eval_of_a_damaged_given_step_names_the_step_and_the_fix(tmp_path, run30):
+  """``eval --step 30`` of a damaged step 30 (steps 10 and 20 intact): one line naming --step
+  and the step's reason, not "no readable checkpoint" (the old message, as if the whole run
+  were unreadable); nothing in the workdir changes."""
+  workdir = tmp_path / "run"
+  shutil.copytree(run30, workdir)
+  _delete_metadata(workdir / "checkpoints" / "30")
+  before = _files(workdir)
+  with pytest.raises(CheckpointError) as info:
+    evaluate(workdir, step=30)
+  message = str(info.value)
+  assert message.startswith(f"checkpoint step 30 in {workdir / 'checkpoints'} is unreadable (")
+  assert "give another --step" in message and "\n" not in message
+  assert _files(workdir) == before
+  assert evaluate(workdir, step=20)["step"] == 20

@@ -207,6 +207,11 @@ class Checkpointer:
 
     # A given step's failure is the error itself; only a fallback needs the log line.
     found, failures = self._first_readable(steps, read, log_failures=step is None)
+    if found is None and step is not None:  # other steps may read: not "no readable checkpoint"
+      raise CheckpointError(
+        f"checkpoint step {step} in {self.directory} is unreadable ({failures[0][1]}); nothing "
+        "was changed: give another --step, or none for the newest readable step"
+      )
     if found is None:
       raise CheckpointError(
         f"no readable checkpoint in {self.directory} ({_listed(failures) or 'no steps'}); "

@@ -277,8 +277,8 @@ def finished_step(cfg: ml_collections.ConfigDict, workdir: str | Path) -> int | 
     return None
   try:
     restore_run_params(workdir, resolve(cfg), latest)
-  except CheckpointError as e:
-    log.error("the finished run's final checkpoint is damaged (%s); training again", e)
+  except CheckpointError:  # the restore that follows logs the reason, without a --step
+    log.error("the finished run's final checkpoint, step %d, is damaged; training again", latest)
     return None
   return latest
 
