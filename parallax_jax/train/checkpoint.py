@@ -314,11 +314,16 @@ def _abandoned_reads_quiet():
   """A failed restore leaves Orbax's other array reads to fail later, each printing its error
   and TensorStore spec (hundreds of lines for one bad file) through ``sys.unraisablehook``, the
   ``asyncio`` logger or a never-awaited warning. The first error is the one reported; these
-  go to the debug log."""
+  go to the debug log. Reads still in flight in TensorStore's threads finish later, on the
+  restore's closed event loop ("Event loop is closed" each): those go there too."""
   previous = sys.unraisablehook
   sys.unraisablehook = lambda u: log.debug("after a failed restore: %r", u.exc_value)
+  failed = False
   try:
     yield
+  except BaseException:
+    failed = True
+    raise
   finally:
     asyncio_log = logging.getLogger("asyncio")
     disabled, asyncio_log.disabled = asyncio_log.disabled, True
@@ -326,7 +331,24 @@ def _abandoned_reads_quiet():
       warnings.simplefilter("ignore", RuntimeWarning)
       gc.collect()  # abandoned reads report now, while the hooks are ours
     asyncio_log.disabled = disabled
-    sys.unraisablehook = previous
+    late = failed and not isinstance(previous, _LateAbandonedReads)
+    sys.unraisablehook = _LateAbandonedReads(previous) if late else previous
+
+
+class _LateAbandonedReads:
+  """``sys.unraisablehook`` after a failed restore: its reads that finish later, on the closed
+  event loop, go to the debug log (they printed a traceback each after the one-line error);
+  everything else goes to the hook it replaced."""
+
+  def __init__(self, previous):
+    self.previous = previous
+
+  def __call__(self, unraisable) -> None:
+    e = unraisable.exc_value
+    if isinstance(e, RuntimeError) and str(e) == "Event loop is closed":
+      log.debug("a read of a failed restore finished late: %r", e)
+    else:
+      self.previous(unraisable)
 
 
 def check_step(step) -> None:
