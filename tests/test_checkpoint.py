@@ -91,6 +91,13 @@ def _drop_checksums_and_change_value(step_dir: Path) -> None:
   _change_stored_value(step_dir)
 
 
+def _drop_checksums_and_metadata_and_change_value(step_dir: Path) -> None:
+  """As above with Orbax's step metadata (which names the items saved) gone too: the older
+  steps' checksums still say the step was saved with them."""
+  _drop_checksums_and_change_value(step_dir)
+  (step_dir / "_CHECKPOINT_METADATA").unlink()
+
+
 def _drop_data_state(step_dir: Path) -> None:
   shutil.rmtree(step_dir / "data")
 
@@ -113,6 +120,7 @@ def _change_data_state(step_dir: Path) -> None:
     (_delete_metadata, ""),
     (_change_stored_value, "differ from the checksums saved with them"),
     (_drop_checksums_and_change_value, "checksums/ is missing, though the step was saved with it"),
+    (_drop_checksums_and_metadata_and_change_value, "checksums/ is missing, though the older step"),
     (_drop_data_state, "would restart the data stream"),
     (_change_data_state, "the data iterator's state differs from the checksum saved with it"),
   ],

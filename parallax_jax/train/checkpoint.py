@@ -274,13 +274,27 @@ class Checkpointer:
 
   def _items(self, step: int) -> set[str]:
     """The items ``step`` holds. One that lost the ``checksums`` its save wrote (Orbax's step
-    metadata names the items saved) is damaged, not an older step to restore unchecked."""
+    metadata names the items saved) is damaged, not an older step to restore unchecked; so is
+    one without them after a step that has them (code that wrote checksums wrote this step too:
+    that catches it where the metadata is lost as well)."""
     items = {p.name for p in (self.directory / str(step)).iterdir() if p.is_dir()}
     if "checksums" not in items and "checksums" in self._saved_items(step):
       raise checksums.ChecksumMismatch(
         "checksums/ is missing, though the step was saved with it: its arrays cannot be checked"
       )
+    if "checksums" not in items and (older := self._older_step_with_checksums(step)) is not None:
+      raise checksums.ChecksumMismatch(
+        f"checksums/ is missing, though the older step {older} has it: its arrays cannot be checked"
+      )
     return items
+
+  def _older_step_with_checksums(self, step: int) -> int | None:
+    """The newest step before ``step`` that holds ``checksums/``, or None."""
+    older = [s for s in self.manager.all_steps() if s < step]
+    return next((s for s in sorted(older, reverse=True) if self._has_checksums(s)), None)
+
+  def _has_checksums(self, step: int) -> bool:
+    return (self.directory / str(step) / "checksums").is_dir()
 
   def _saved_items(self, step: int) -> set[str]:
     """The item names Orbax recorded when it saved ``step``; empty where that is unreadable."""
