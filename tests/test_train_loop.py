@@ -429,36 +429,25 @@ def _tensorboard_events(logdir: Path) -> list:
   return events
 
 
-def test_a_resume_tells_tensorboard_to_drop_the_steps_it_redoes(tmp_path):
-  """A run resumed from step 2 logs steps 3.. again: its event file starts with TensorBoard's
-  purge marker (a START session log at step 3), so the first attempt's steps >= 3 are hidden
-  rather than drawn twice."""
+@pytest.mark.parametrize(
+  "resume_step, redone",
+  [(2, [3]), (0, [1])],  # a resume from step 2; a restart of a run killed before a checkpoint
+  ids=["resume", "restart-from-0"],
+)
+def test_a_new_start_tells_tensorboard_to_drop_the_steps_it_redoes(tmp_path, resume_step, redone):
+  """A run resumed from step 2 logs steps 3.. again, and one killed before its first checkpoint
+  starts from 0 and logs 1.. again: its event file starts with TensorBoard's purge marker (a
+  START session log at the first redone step), so the earlier start's steps from there are
+  hidden rather than drawn twice (a restart from 0 wrote no marker before)."""
   first = MetricsWriter(tmp_path)
   for step in (1, 2, 3, 4):
     first.write(step, {"loss": 1.0 / step})
   first.close()
   time.sleep(1.1)  # a later file (its name holds the time in seconds)
-  again = MetricsWriter(tmp_path, resume_step=2)
-  again.write(3, {"loss": 0.5})
+  again = MetricsWriter(tmp_path, resume_step=resume_step)
+  again.write(resume_step + 1, {"loss": 0.5})
   again.close()
   events = _tensorboard_events(tmp_path / "tensorboard")
   starts = [e.step for e in events if e.HasField("session_log") and e.session_log.status == 1]
-  assert [e.step for e in events if e.summary.value] == [1, 2, 3, 4, 3]  # the reader reads
-  assert starts == [3]
-
-
-def test_a_restart_from_step_0_tells_tensorboard_to_drop_the_killed_start_s_steps(tmp_path):
-  """A run killed before its first checkpoint starts again from step 0 and logs steps 1.. again:
-  the earlier start's events are purged from step 1 on (the old code wrote no purge marker)."""
-  first = MetricsWriter(tmp_path)
-  for step in (1, 2, 3):
-    first.write(step, {"loss": 1.0 / step})
-  first.close()
-  time.sleep(1.1)  # a later file (its name holds the time in seconds)
-  again = MetricsWriter(tmp_path, resume_step=0)
-  again.write(1, {"loss": 0.5})
-  again.close()
-  events = _tensorboard_events(tmp_path / "tensorboard")
-  starts = [e.step for e in events if e.HasField("session_log") and e.session_log.status == 1]
-  assert [e.step for e in events if e.summary.value] == [1, 2, 3, 1]
-  assert starts == [1]
+  assert [e.step for e in events if e.summary.value] == [1, 2, 3, 4, *redone]  # the reader reads
+  assert starts == redone
