@@ -196,3 +196,14 @@ def test_a_none_where_a_number_belongs_names_the_key():
     cfg.train.eval_batches = None
   with pytest.raises(ValueError, match=r"^train.eval_batches must be an int >= 0, got None$"):
     resolve(cfg)
+
+
+@pytest.mark.parametrize("override", ["--config.train={'steps': 5}", "--config.sharding={}"])
+def test_a_dict_for_a_whole_section_is_refused(override):
+  """A dict replaced the section: --config.train={'steps': 5} trained tiny.py at seq_len 256
+  and eval_every 200 (the defaults), not its 128 and 100, and said nothing."""
+  cfg = load_config(ROOT / "configs" / "tiny.py")
+  with pytest.raises(UserError, match=r"a dict would replace the whole section.*one by one"):
+    apply_overrides(cfg, [override])
+  with pytest.raises(UserError, match=r"it is a section .*KEY=VALUE\), got"):
+    apply_overrides(cfg, ["--config.train=5"])
