@@ -207,3 +207,20 @@ def test_a_dict_for_a_whole_section_is_refused(override):
     apply_overrides(cfg, [override])
   with pytest.raises(UserError, match=r"it is a section .*KEY=VALUE\), got"):
     apply_overrides(cfg, ["--config.train=5"])
+
+
+@pytest.mark.parametrize(
+  "overrides",
+  [
+    ["--config.model.output_dim=1"],
+    ["--config.model.input_dim=9", "--config.model.tie_embeddings=False"],
+  ],
+)
+def test_a_regression_model_on_a_text_corpus_is_refused(overrides):
+  """tiny.py with model.output_dim=1 trained an MSE regression on byte ids (loss 8170 at step
+  1) without a word; input_dim read token ids as vectors."""
+  from parallax_jax.train.data_io import TrainData
+
+  exp = resolve(load_config(ROOT / "configs" / "tiny.py", overrides))
+  with pytest.raises(UserError, match=r"token ids in, logits out: set model.input_dim=0"):
+    TrainData(exp)

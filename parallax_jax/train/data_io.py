@@ -16,6 +16,7 @@ import jax
 import numpy as np
 
 from parallax_jax.data import make_dataset, make_source, make_tokenizer, synthetic, tokenizers
+from parallax_jax.data.config import REGRESSION_TASKS
 from parallax_jax.data.pipeline import document_split, state_from_json
 from parallax_jax.errors import UserError
 
@@ -120,6 +121,13 @@ class TrainData:
 
   def _init_text(self, cfg):
     exp = self.exp
+    model = exp.model
+    if model.input_dim or model.output_dim:  # would regress on token ids with an MSE, silently
+      raise UserError(
+        f"data.source={cfg.source!r} is token ids in, logits out: set model.input_dim=0 and "
+        f"model.output_dim=0 (got {model.input_dim} and {model.output_dim}); vector inputs and "
+        f"a regression head are for data.source in {REGRESSION_TASKS}"
+      )
     spec = tokenizers.parse_train_spec(cfg.tokenizer)
     if spec is None:
       if self.workdir is not None and not self.read_only and jax.process_index() == 0:
