@@ -224,3 +224,16 @@ def test_a_regression_model_on_a_text_corpus_is_refused(overrides):
   exp = resolve(load_config(ROOT / "configs" / "tiny.py", overrides))
   with pytest.raises(UserError, match=r"token ids in, logits out: set model.input_dim=0"):
     TrainData(exp)
+
+
+def test_tp_needs_vocab_size_divisible_by_its_axis():
+  # tp splits the embedding (and an untied head) along the vocabulary; 385 over 2 devices left
+  # them whole on every device (sharding.param_shardings drops an axis that does not divide).
+  over = ["sharding.strategy=tp", "mesh.data=1", "mesh.tensor=2", "model.vocab_size=385"]
+  cfg = load_config(ROOT / "configs" / "tiny.py", over)
+  with pytest.raises(UserError, match=r"splits vocab over 2 devices, but model.vocab_size=385"):
+    resolve(cfg, num_devices=2)
+  resolve(apply_overrides(cfg, ["model.vocab_size=386"]), 2)
+  # a model of vectors in and out has no vocabulary axis: its vocab_size is not read
+  vectors = ["model.input_dim=9", "model.output_dim=1", "model.tie_embeddings=False"]
+  resolve(apply_overrides(cfg, vectors), 2)

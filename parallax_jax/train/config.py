@@ -221,17 +221,22 @@ def _check_strategy(exp: Experiment, sizes: dict[str, int]) -> None:
   table, m = exp.sharding.table, exp.model
   # A rule that does not divide its dimension would leave the parameter whole
   # (``sharding.param_shardings``): fsdp with d_model % fsdp != 0 replicated every parameter.
+  # (The vocab axis, of the token embedding and the untied LM head, only where the model has
+  # one: tp with vocab_size 50257 over 2 devices kept both whole on every device.)
+  has_vocab = not m.input_dim or not (m.output_dim or m.tie_embeddings)
   for logical, dim, field in (
     ("embed", m.d_model, "model.d_model"),
     ("q_heads", m.num_heads, "model.num_heads"),
     ("kv_heads", m.num_kv_heads, "model.num_kv_heads"),
     ("mlp", m.mlp_dim, "model.mlp_dim"),
+    *([("vocab", m.vocab_size, "model.vocab_size")] if has_vocab else []),
   ):
     n = math.prod(sizes[a] for a in table.get(logical, ()))
     if dim % n:
+      pad = f", or pad {field} to a multiple of {n}" if logical == "vocab" else ""
       raise UserError(
         f"sharding.strategy={exp.sharding.strategy!r} splits {logical} over {n} devices, "
-        f"but {field}={dim} is not divisible by {n}; change the mesh (--config.mesh.*)"
+        f"but {field}={dim} is not divisible by {n}; change the mesh (--config.mesh.*){pad}"
       )
   n_seq = math.prod(sizes[a] for a in table.get("length", ()))
   split = [a for a in table.get("length", ()) if sizes[a] > 1]
