@@ -473,3 +473,22 @@ def test_a_damaged_record_costs_only_its_own_start_s_environment(tmp_path):
   assert run_record.environments(tmp_path) == [None, env]
   assert [e["resumed_from_step"] for e in run_record.read_history(tmp_path)] == [2]
   _hardware(tmp_path)  # the sweep table's column: no exception
+
+
+def test_a_fixed_key_the_record_lacks_is_compared_with_its_default(tmp_path):
+  """A run recorded before ``model.input_dim`` existed ran at its default, 0: resuming it with
+  another value is refused like any fixed key (it was taken for a new key and passed, neither
+  checked nor recorded); a safe one is recorded against its default."""
+  from parallax_jax.train import run_record
+  from parallax_jax.train.defaults import base_config
+
+  old = base_config().to_dict()
+  del old["model"]["input_dim"], old["model"]["logits_chunk"]
+  (tmp_path / "config.json").write_text(json.dumps({"config": old}, default=str))
+  new = base_config()
+  assert run_record.check(tmp_path, new.to_dict()) == {}
+  new.model.input_dim = 9
+  with pytest.raises(run_record.ConfigMismatchError, match="model.input_dim 0 -> 9"):
+    run_record.check(tmp_path, new.to_dict())
+  new.model.input_dim, new.model.logits_chunk = 0, 64
+  assert run_record.check(tmp_path, new.to_dict()) == {"model.logits_chunk": (0, 64)}

@@ -138,11 +138,16 @@ def load_run_config(workdir: str | Path) -> ml_collections.ConfigDict:
 
 
 def changes(old: dict, new: dict) -> dict[str, tuple]:
-  """``{key: (old, new)}`` over flattened keys; keys the old config lacks (added to the code
-  since) are left out: their default is what the run used. (A key whose default may change is
-  in ``config_keys.ADDED_KEYS``; ``current_config`` fills in the value the run used.)"""
+  """``{key: (old, new)}`` over flattened keys. A key the old config lacks (added to the code
+  since) ran at its default, and is compared with that: leaving it out let a resume change a
+  fixed key unchecked and unrecorded. (A key whose default may change is in
+  ``config_keys.ADDED_KEYS``; ``current_config`` fills in the value the run used.)"""
+  from parallax_jax.train.defaults import base_config
+
+  defaults = config_keys.flatten(_plain(base_config().to_dict()))
   old, new = config_keys.flatten(_plain(old)), config_keys.flatten(_plain(new))
-  return {k: (old[k], new[k]) for k in new if k in old and old[k] != new[k]}
+  old = {k: old[k] if k in old else defaults.get(k, new[k]) for k in new}
+  return {k: (old[k], new[k]) for k in new if old[k] != new[k]}
 
 
 def check(workdir: str | Path, new: dict, *, reading: bool = False) -> dict[str, tuple]:
