@@ -396,3 +396,13 @@ def test_an_empty_input_path_is_refused_naming_the_argument(tmp_path, capsys, mo
   assert code == 2 and out == "" and "Traceback" not in err
   assert f"argument {argv[-1]}: '' is an empty path; name one" in err
   assert list(tmp_path.iterdir()) == []
+
+
+def test_a_dry_run_checks_init_from_as_train_does(tmp_path, capsys):
+  """A dry run said 'valid' for a checkpoint.init_from that train refuses before starting (a
+  missing path here; not a params-only checkpoint or another model's params alike)."""
+  missing = tmp_path / "no_params"
+  argv = ["train", "--dry-run", "--no-compile", "--config", TINY]
+  code, out, err = run_cli(capsys, *argv, f"--config.checkpoint.init_from={missing}")
+  assert code == 2 and out == ""
+  assert f"checkpoint.init_from={str(missing)!r} does not exist" in one_line_error(err)

@@ -65,10 +65,11 @@ def _train(args) -> int:
   return 0
 
 
-def _print_validated(args, *, compiles: bool = False, workdir=None):
-  """Loads and validates the config (data opened; ``compiles``: its attention paths run on this
-  backend; ``workdir``: what ``train`` would do there, a refusal included), then prints every
-  key: ``(cfg, exp, data)``. A refused config prints one line and nothing before it."""
+def _print_validated(args, *, dry_run_checks: bool = False, compiles: bool = False, workdir=None):
+  """Loads and validates the config (data opened; ``dry_run_checks``: ``checkpoint.init_from``
+  too, as ``train`` checks it before starting a run; ``compiles``: its attention paths run on
+  this backend; ``workdir``: what ``train`` would do there, a refusal included), then prints
+  every key: ``(cfg, exp, data)``. A refused config prints one line and nothing before it."""
   import jax
 
   from parallax_jax.train import dry_run
@@ -78,6 +79,8 @@ def _print_validated(args, *, compiles: bool = False, workdir=None):
   if compiles:
     exp.model.check_paths(jax.default_backend())
   where = None if workdir is None else dry_run.workdir_line(workdir, cfg)
+  if dry_run_checks:
+    dry_run.check_init_from(exp, workdir)
   print("\n".join(dry_run.config_lines(cfg)))
   print(f"data: {data.describe()}")
   if where is not None:
@@ -88,7 +91,9 @@ def _print_validated(args, *, compiles: bool = False, workdir=None):
 def _dry_run(args) -> int:
   from parallax_jax.train import dry_run
 
-  _, exp, data = _print_validated(args, compiles=not args.no_compile, workdir=args.workdir)
+  _, exp, data = _print_validated(
+    args, dry_run_checks=True, compiles=not args.no_compile, workdir=args.workdir
+  )
   print("\n".join(dry_run.dry_run_lines(exp, data, compile=not args.no_compile)))
   print("valid: nothing was trained or written")
   return 0

@@ -103,6 +103,18 @@ def workdir_line(workdir: str | Path, cfg: ml_collections.ConfigDict) -> str:
   )
 
 
+def check_init_from(exp: Experiment, workdir: str | Path | None) -> None:
+  """A ``UserError`` where ``train`` would refuse ``checkpoint.init_from`` (missing, not a
+  params-only checkpoint, another model's params): when it would start a new run, the only
+  time it reads the path."""
+  if not exp.checkpoint.init_from or (workdir is not None and run_record.holds_run(workdir)):
+    return
+  from parallax_jax.train.checkpoint import check_init_from
+  from parallax_jax.train.program import Program
+
+  check_init_from(exp.checkpoint.init_from, Program(exp).abstract_state.params)
+
+
 def dry_run_lines(exp: Experiment, data, *, compile: bool = True) -> list[str]:
   from parallax_jax.train.program import Program
 
