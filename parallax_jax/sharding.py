@@ -276,9 +276,11 @@ def param_shardings(variables, rules: Rules) -> dict:
   ``variables``: the model's (abstract) ``nnx.State``; every ``nnx.Param`` carries its logical
   axis names as ``LOGICAL_AXES`` metadata (one name or None per dimension), and the strategy's
   rules map the names onto mesh axes. A Param without the metadata raises: it would otherwise
-  be replicated unnoticed. A mesh axis that does not divide the dimension is dropped for that
-  parameter (e.g. 2 kv heads over 4 tensor devices: the heads stay whole).
+  be replicated unnoticed. So does a rule whose mesh axes do not divide the dimension (a
+  ``UserError``; ``train.config.resolve`` refuses such configs first, naming the model key).
   """
+  from parallax_jax.errors import UserError
+
   out: dict = {}
   for path, var in nnx.to_flat_state(variables):
     if not isinstance(var, nnx.Param):
@@ -292,10 +294,14 @@ def param_shardings(variables, rules: Rules) -> dict:
         "so the sharding rules can place it."
       )
     rules.check_distinct(names, f"parameter {'/'.join(map(str, path))}")
-    spec = []
     for dim, name in zip(shape, names, strict=True):
-      axes = rules.axes(name)
-      spec.append(axes if axes and dim % rules.size(name) == 0 else None)
+      if rules.axes(name) and dim % rules.size(name):  # kept whole, it would be replicated
+        raise UserError(
+          f"sharding.rules.{rules.strategy}.{name} splits parameter {'/'.join(map(str, path))} "
+          f"of shape {shape} over {rules.size(name)} devices, which do not divide its {dim}; "
+          "change the mesh (--config.mesh.*) or the rule"
+        )
+    spec = [rules.axes(name) for name in names]
     node = out
     for key in path[:-1]:
       node = node.setdefault(key, {})

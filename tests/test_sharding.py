@@ -207,6 +207,70 @@ def test_rules_naming_one_mesh_axis_twice_for_one_array_are_one_line(strategy, r
     Program(resolve(cfg, devices), devices=jax.devices()[:devices])
 
 
+@pytest.mark.parametrize(
+  "extra, mesh, named",
+  [
+    (  # a typo: fsdp ran as dp, every parameter replicated
+      ["sharding.strategy=fsdp", "sharding.rules.fsdp={'batch': ('data',), 'embd': ('fsdp',)}"],
+      {"data": 1, "fsdp": 8},
+      r"^sharding.rules.fsdp names logical axis 'embd', which the model does not have; the mo",
+    ),
+    (  # a rule for a logical axis the model leaves unnamed (model.axes.norm=None)
+      ["sharding.strategy=tp", "sharding.rules.tp={'batch': ('data',), 'norm': ('tensor',)}"],
+      {"data": 4, "tensor": 2},
+      r"^sharding.rules.tp names logical axis 'norm', which the model does not have",
+    ),
+    (  # 257 token ids over 2: the embedding was left whole on every device
+      ["sharding.strategy=tp", "model.vocab_size=257"],
+      {"data": 4, "tensor": 2},
+      r"^sharding.strategy='tp' splits vocab over 2 devices, but model.vocab_size=257 is not ",
+    ),
+    (  # head_dim 12 over 8
+      [
+        "sharding.strategy=tp",
+        "sharding.rules.tp={'batch': ('data',), 'head_dim': ('tensor',)}",
+        "model.head_dim=12",
+      ],
+      {"data": 1, "tensor": 8},
+      r"^sharding.strategy='tp' splits head_dim over 8 devices, but model.head_dim=12 is not",
+    ),
+  ],
+)
+def test_rules_that_would_shard_nothing_are_refused_before_compiling(extra, mesh, named):
+  """A rule naming a logical axis the model lacks, or splitting a dimension (vocab, head_dim)
+  its mesh axes do not divide, left parameters replicated under a strategy that names a split;
+  refused in one line by ``resolve``."""
+  cfg = _cfg(*extra, *(f"mesh.{k}={v}" for k, v in mesh.items()))
+  with pytest.raises(UserError, match=named):
+    resolve(cfg, 8)
+
+
+def test_a_parameter_its_rule_does_not_divide_is_refused_not_replicated():
+  """``param_shardings`` (what ``resolve`` guards) left such a parameter whole; it raises."""
+  exp = resolve(
+    _cfg("sharding.strategy=tp", "model.vocab_size=257", "mesh.data=4", "mesh.tensor=2")
+  )
+  with pytest.raises(UserError, match=r"^sharding.rules.tp.vocab splits parameter embed of sha"):
+    Program(exp)
+
+
+def test_tp_preset_splits_only_as_far_as_the_vocabulary_divides():
+  """vocab_size=260 on 8 devices of 8 heads: tensor=8 left the embedding whole in a "tp" row
+  (now refused by resolve); the preset takes tensor=4, which 260 divides."""
+  model = resolve(_cfg("model.vocab_size=260", "model.num_heads=8", "model.num_kv_heads=8")).model
+  assert mesh_preset("tp", 8, model, 64) == {"data": 2, "fsdp": 1, "tensor": 4, "sequence": 1}
+  exp = _exp_of(_cfg("model.vocab_size=260", "model.num_heads=8", "model.num_kv_heads=8"), "tp")
+  assert Program(exp).state_sharding.params["embed"].spec[0] == "tensor"
+
+
+def _exp_of(cfg, strategy, devices=8):
+  sizes = mesh_preset(strategy, devices, resolve(cfg).model, resolve(cfg).train.seq_len)
+  cfg = apply_overrides(
+    cfg, [f"sharding.strategy={strategy}"] + [f"mesh.{k}={v}" for k, v in sizes.items()]
+  )
+  return resolve(cfg, devices)
+
+
 def test_restore_onto_a_different_mesh(tmp_path):
   exp8 = _exp("fsdp")
   program8 = Program(exp8)

@@ -88,7 +88,12 @@ def mesh_preset(strategy: str, n: int, model, seq_len: int, processes: int = 1) 
     return max(d for d in range(1, per_process + 1) if per_process % d == 0 and fits(d))
 
   tensor = largest(
-    lambda t: model.num_kv_heads % t == 0 and model.num_heads % t == 0 and model.mlp_dim % t == 0
+    lambda t: (
+      model.num_kv_heads % t == 0
+      and model.num_heads % t == 0
+      and model.mlp_dim % t == 0
+      and (not model.has_vocab or model.vocab_size % t == 0)
+    )
   )
   # fsdp shards every parameter along d_model: the widest split of the batch axes it divides.
   fsdp = lambda rest: max(f for f in range(1, rest + 1) if rest % f == 0 and model.d_model % f == 0)
@@ -109,10 +114,12 @@ def mesh_preset(strategy: str, n: int, model, seq_len: int, processes: int = 1) 
     raise ValueError(f"unknown strategy {strategy!r}; known: {STRATEGIES}")
   # A strategy whose own axis got no split would run as dp / fsdp under its name.
   if n > 1 and strategy in ("tp", "fsdp_tp") and tensor == 1:
+    vocab = f" and vocab_size={model.vocab_size}" if model.has_vocab else ""
+    alone = "fsdp" if strategy == "fsdp_tp" else "dp"
     raise UserError(
       f"{strategy} on {n} devices: no tensor split of 2+ of a process's {per_process} devices "
-      f"divides num_heads={model.num_heads}, num_kv_heads={model.num_kv_heads} and "
-      f"mlp_dim={model.mlp_dim}; the row would be {'fsdp' if strategy == 'fsdp_tp' else 'dp'}"
+      f"divides num_heads={model.num_heads}, num_kv_heads={model.num_kv_heads}, "
+      f"mlp_dim={model.mlp_dim}{vocab}; the row would be {alone}"
     )
   if n // sizes["tensor"] > 1 and strategy in ("fsdp", "fsdp_tp") and sizes["fsdp"] == 1:
     raise UserError(

@@ -271,6 +271,11 @@ class ModelConfig:
     return dataclasses.replace(self, attention=kind, **paths)
 
   @property
+  def has_vocab(self) -> bool:
+    """Whether a parameter has a ``vocab_size`` dimension (the embedding or an untied head)."""
+    return not self.input_dim or not (self.output_dim or self.tie_embeddings)
+
+  @property
   def uses_r(self) -> bool:
     return self.attention == "parallax"
 

@@ -218,31 +218,42 @@ def _section(name: str, build, values):
 
 def _check_strategy(exp: Experiment, sizes: dict[str, int]) -> None:
   """Shapes the strategy's rules must divide (clear errors before compiling)."""
-  table, m = exp.sharding.table, exp.model
-  # A rule that does not divide its dimension would leave the parameter whole
-  # (``sharding.param_shardings``): fsdp with d_model % fsdp != 0 replicated every parameter.
-  # (The vocab axis, of the token embedding and the untied LM head, only where the model has
-  # one: tp with vocab_size 50257 over 2 devices kept both whole on every device.)
-  has_vocab = not m.input_dim or not (m.output_dim or m.tie_embeddings)
-  for logical, dim, field in (
-    ("embed", m.d_model, "model.d_model"),
-    ("q_heads", m.num_heads, "model.num_heads"),
-    ("kv_heads", m.num_kv_heads, "model.num_kv_heads"),
-    ("mlp", m.mlp_dim, "model.mlp_dim"),
-    *([("vocab", m.vocab_size, "model.vocab_size")] if has_vocab else []),
-  ):
-    n = math.prod(sizes[a] for a in table.get(logical, ()))
-    if dim % n:
-      pad = f", or pad {field} to a multiple of {n}" if logical == "vocab" else ""
+  table, m, strategy = exp.sharding.table, exp.model, exp.sharding.strategy
+  ax = m.axes
+  # A rule naming no logical axis of the model shards nothing: a typo ('embd') ran fsdp as dp.
+  known = sorted({n for n in dataclasses.asdict(ax).values() if n is not None})
+  for logical in table:
+    if logical not in known:
       raise UserError(
-        f"sharding.strategy={exp.sharding.strategy!r} splits {logical} over {n} devices, "
+        f"sharding.rules.{strategy} names logical axis {logical!r}, which the model does not "
+        f"have; the model's logical axes are {known}"
+      )
+  # A rule that does not divide its dimension would leave the parameter whole
+  # (``sharding.param_shardings``): fsdp with d_model % fsdp != 0 replicated every parameter,
+  # tp with vocab_size % tensor != 0 the embedding and the head.
+  dims = [
+    (ax.embed, m.d_model, "model.d_model"),
+    (ax.q_heads, m.num_heads, "model.num_heads"),
+    (ax.kv_heads, m.num_kv_heads, "model.num_kv_heads"),
+    (ax.head_dim, m.head_dim, "model.head_dim"),
+    (ax.mlp, m.mlp_dim, "model.mlp_dim"),
+    *([(ax.vocab, m.vocab_size, "model.vocab_size")] if m.has_vocab else []),
+    (ax.norm, m.d_model, "model.d_model"),  # the layer norms' scales
+    *([(ax.norm, m.head_dim, "model.head_dim")] if m.qk_norm else []),
+  ]
+  for logical, dim, field in dims:
+    n = math.prod(sizes[a] for a in table.get(logical, ()))
+    if logical is not None and dim % n:
+      pad = f", or pad {field} to a multiple of {n}" if logical == ax.vocab else ""
+      raise UserError(
+        f"sharding.strategy={strategy!r} splits {logical} over {n} devices, "
         f"but {field}={dim} is not divisible by {n}; change the mesh (--config.mesh.*){pad}"
       )
   n_seq = math.prod(sizes[a] for a in table.get("length", ()))
   split = [a for a in table.get("length", ()) if sizes[a] > 1]
   if m.uses_r and len(split) > 1:
     raise UserError(
-      f"sharding.rules.{exp.sharding.strategy}.length splits the sequence over mesh axes "
+      f"sharding.rules.{strategy}.length splits the sequence over mesh axes "
       f"{tuple(split)}, but ring attention runs over one mesh axis; map length to one of them"
     )
   # The ring's zigzag layout cuts the sequence into 2n chunks; softmax (no ring, no zigzag:
