@@ -210,10 +210,13 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-def batch_sharding(rules: Rules, batch_logical: str = "batch") -> NamedSharding:
-  """Batch arrays ``[B, T]``: rows over the batch axes, and T over the sequence axes (cp)."""
-  rules.check_distinct((batch_logical, "length"), "every batch array [B, T]")
-  return NamedSharding(rules.mesh, P(rules.axes(batch_logical), rules.axes("length")))
+def batch_sharding(
+  rules: Rules, batch_logical: str = "batch", length_logical: str = "length"
+) -> NamedSharding:
+  """Batch arrays ``[B, T]``: rows over the batch axes, and T over the sequence axes (cp).
+  The logical names are the model's (``ModelConfig.axes``)."""
+  rules.check_distinct((batch_logical, length_logical), "every batch array [B, T]")
+  return NamedSharding(rules.mesh, P(rules.axes(batch_logical), rules.axes(length_logical)))
 
 
 def global_batch(local_batch: dict, sharding: NamedSharding) -> dict:
@@ -377,17 +380,20 @@ def _field(path) -> str | None:
   return str(getattr(last, "name", getattr(last, "key", last)))
 
 
-def sequence_layout(rules: Rules | None, uses_ring: bool) -> Callable | None:
+def sequence_layout(
+  rules: Rules | None, uses_ring: bool, length_logical: str = "length"
+) -> Callable | None:
   """Under context parallelism with ring attention, batches enter the model in zigzag order
   (``ring_state.to_zigzag``): each sequence shard then holds chunks ``i`` and ``2n-1-i`` and
   causal work is balanced. Token-wise layers do not care, RoPE reads the permuted
   ``positions`` and the loss is a sum over tokens, so the step's result is unchanged.
-  Returns the batch transform, or None when no reordering is needed."""
-  if rules is None or not uses_ring or rules.axes("length") is None:
+  ``length_logical``: the model's name of the sequence axis (``ModelConfig.axes.length``), the
+  one its ring reads. Returns the batch transform, or None when no reordering is needed."""
+  if rules is None or not uses_ring or rules.axes(length_logical) is None:
     return None
   from parallax_jax.attention.ring_state import to_zigzag
 
-  n = rules.size("length")
+  n = rules.size(length_logical)
   return lambda batch: {k: None if v is None else to_zigzag(v, n, axis=1) for k, v in batch.items()}
 
 

@@ -5,6 +5,7 @@ import dataclasses
 from pathlib import Path
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
@@ -126,6 +127,33 @@ def test_cp_with_q_heads_split_and_one_kv_head_matches_single_device():
   assert abs(float(loss) - float(loss_1)) < 1e-6 * abs(float(loss_1))
   for g, g1 in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_1), strict=True):
     assert np.max(np.abs(g - g1)) <= 1e-5 * np.max(np.abs(g1))
+
+
+def test_cp_with_the_model_s_own_name_for_the_sequence_axis_matches_single_device(single):
+  """``model.axes.length`` renamed ('seq', rules to match): the batch sharding, the zigzag
+  layout and the seq_len check read the fixed name "length", so T went unsharded and in plain
+  order into a ring that expects zigzag (loss off by 3e-4, relative) and seq_len 72 over 8
+  passed unchecked. Now the model's name is read: single-device numbers, and 72 refused."""
+  params, batch, loss_1, grads_1 = single["parallax"]
+
+  def cfg(*extra):
+    cfg = _cfg(
+      "sharding.strategy=cp",
+      "sharding.rules.dp={'rows': ('data',)}",
+      "sharding.rules.cp={'rows': ('data',), 'seq': ('sequence',)}",
+      *extra,
+    )
+    cfg.model.axes = ml_collections.ConfigDict({"batch": "rows", "length": "seq"})
+    return cfg
+
+  program = Program(resolve(cfg("mesh.data=2", "mesh.sequence=4"), 8))
+  assert program.batch_sharding.spec == P("data", "sequence")
+  loss, grads = jax.device_get(_loss_and_grads(program, params, batch))
+  assert abs(float(loss) - float(loss_1)) < 1e-6 * abs(float(loss_1))
+  for g, g1 in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_1), strict=True):
+    assert np.max(np.abs(g - g1)) <= 1e-5 * np.max(np.abs(g1))
+  with pytest.raises(UserError, match=r"needs train.seq_len divisible by 16 \(zigzag"):
+    resolve(cfg("mesh.data=1", "mesh.sequence=8", "train.seq_len=72"), 8)
 
 
 @pytest.mark.parametrize(

@@ -249,12 +249,12 @@ def _check_strategy(exp: Experiment, sizes: dict[str, int]) -> None:
         f"sharding.strategy={strategy!r} splits {logical} over {n} devices, "
         f"but {field}={dim} is not divisible by {n}; change the mesh (--config.mesh.*){pad}"
       )
-  n_seq = math.prod(sizes[a] for a in table.get("length", ()))
-  split = [a for a in table.get("length", ()) if sizes[a] > 1]
+  n_seq = math.prod(sizes[a] for a in table.get(ax.length, ()))
+  split = [a for a in table.get(ax.length, ()) if sizes[a] > 1]
   if m.uses_r and len(split) > 1:
     raise UserError(
-      f"sharding.rules.{strategy}.length splits the sequence over mesh axes "
-      f"{tuple(split)}, but ring attention runs over one mesh axis; map length to one of them"
+      f"sharding.rules.{strategy}.{ax.length} splits the sequence over mesh axes "
+      f"{tuple(split)}, but ring attention runs over one mesh axis; map {ax.length} to one of them"
     )
   # The ring's zigzag layout cuts the sequence into 2n chunks; softmax (no ring, no zigzag:
   # sharding.sequence_layout) needs n equal shards only.

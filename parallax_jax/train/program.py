@@ -58,12 +58,12 @@ class Program:
         self.abstract_state.opt_state, params, param_sh, self.mesh
       ),
     )
-    self.batch_sharding = sharding.batch_sharding(self.rules, model.axes.batch)
+    self.batch_sharding = sharding.batch_sharding(self.rules, model.axes.batch, model.axes.length)
     ax = model.axes  # attention's q and k/v [B, T, H, D] (shard_map or the ring)
     for heads in (ax.q_heads, ax.kv_heads):
       self.rules.check_distinct((ax.batch, ax.length, heads), "attention's q, k and v")
     sharding.check_rows_per_process(self.batch_sharding, exp.train.batch_size, exp.train.seq_len)
-    prepare = sharding.sequence_layout(self.rules, model.uses_r)
+    prepare = sharding.sequence_layout(self.rules, model.uses_r, model.axes.length)
     if not model.uses_r and self.rules.axes(model.axes.length) is not None:
       log.warning(  # said, not silent: a cp comparison of softmax is not ring attention
         "model.attention=%s with the sequence sharded (%s): its attention gathers each "
