@@ -118,6 +118,12 @@ class ShardingConfig:
           raise ValueError(
             f"sharding.rules.{name}.{logical} names mesh axes {bad}; mesh axes are {MESH_AXES}"
           )
+        twice = sorted({a for a in _as_tuple(axes) if _as_tuple(axes).count(a) > 1})
+        if twice:  # counted twice by the batch check, then a DuplicateSpecError traceback
+          raise ValueError(
+            f"sharding.rules.{name}.{logical} names mesh axes {twice} more than once; name "
+            "each mesh axis once"
+          )
 
   @classmethod
   def from_dict(cls, d: Mapping) -> ShardingConfig:

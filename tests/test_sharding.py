@@ -273,6 +273,15 @@ def test_rules_that_would_shard_nothing_are_refused_before_compiling(extra, mesh
     resolve(cfg, 8)
 
 
+def test_a_rule_naming_a_mesh_axis_twice_is_refused():
+  """'batch': ('data', 'data') was told to make train.batch_size divisible by mesh.data *
+  mesh.data = 64 (a batch of 64 was then refused as mapping "batch and batch" to one axis);
+  the rule is named."""
+  cfg = _cfg("sharding.rules.dp={'batch': ('data', 'data')}", "mesh.data=8")
+  with pytest.raises(UserError, match=r"^sharding.rules.dp.batch names mesh axes \['data'\] more"):
+    resolve(cfg, 8)
+
+
 def test_a_parameter_its_rule_does_not_divide_is_refused_not_replicated():
   """``param_shardings`` (what ``resolve`` guards) left such a parameter whole; it raises."""
   exp = resolve(
