@@ -212,6 +212,17 @@ def idle_axes(mesh: Mesh, table: Mapping[str, tuple[str, ...]]) -> dict[str, int
   return {a: n for a, n in mesh.shape.items() if n > 1 and a not in used}
 
 
+def unsplit_rules(rules: Rules, batch_logical: str = "batch") -> dict[str, tuple[str, ...]]:
+  """``{logical: mesh axes}`` of the strategy's rules, other than the batch's, whose mesh axes
+  all have size 1: what the strategy names a split of (fsdp's ``embed``, tp's heads, cp's
+  ``length``) that this mesh leaves whole on every device."""
+  return {
+    logical: axes
+    for logical, axes in rules.table.items()
+    if logical != batch_logical and axes and rules.axes(logical) is None
+  }
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 

@@ -108,6 +108,29 @@ def test_a_mesh_axis_no_rule_uses_is_said(strategy, caplog):
     assert "mesh axes tensor=2 are in no rule of sharding.strategy='dp'" in caplog.text
 
 
+@pytest.mark.parametrize("strategy", sharding.STRATEGIES)
+def test_a_strategy_whose_split_axes_have_size_1_is_said(strategy, caplog):
+  """``sharding.strategy=fsdp`` on the default mesh (data=-1: fsdp=1) ran as dp, every
+  parameter replicated, without a word; the log names the unsplit rules. Each preset mesh
+  splits what its strategy names (nothing said), and one device says nothing."""
+  Program(_exp(strategy))
+  assert "mesh axes have size 1 here" not in caplog.text, caplog.text
+  Program(resolve(_cfg(f"sharding.strategy={strategy}"), 1), devices=jax.devices()[:1])
+  assert "mesh axes have size 1 here" not in caplog.text, caplog.text
+  Program(resolve(_cfg(f"sharding.strategy={strategy}"), 8))
+  said = {
+    "dp": None,
+    "fsdp": "splits embed over fsdp, but",
+    "tp": "splits kv_heads over tensor, mlp over tensor, q_heads over tensor, vocab over tensor,",
+    "fsdp_tp": "splits embed over fsdp, kv_heads over tensor, mlp over tensor, q_heads over ",
+    "cp": "splits length over sequence, but",
+  }[strategy]
+  if said is None:
+    assert "mesh axes have size 1 here" not in caplog.text, caplog.text
+  else:
+    assert f"sharding.strategy='{strategy}' {said}" in caplog.text, caplog.text
+
+
 def test_cp_with_q_heads_split_and_one_kv_head_matches_single_device():
   """Rules that add q_heads over tensor to cp (kv_heads unsplit; one kv head cannot split over
   2): the ring kept heads over tensor for kv too and raised "the number of kv heads 1 must be

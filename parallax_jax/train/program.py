@@ -44,6 +44,16 @@ class Program:
         ", ".join(f"{a}={n}" for a, n in idle.items()),
         exp.sharding.strategy,
       )
+    unsplit = sharding.unsplit_rules(self.rules, exp.model.axes.batch)
+    if unsplit and self.mesh.size > 1:  # said, not silent: fsdp on data=-1 replicated it all
+      log.warning(
+        "sharding.strategy=%r splits %s, but those mesh axes have size 1 here: every device "
+        "holds them whole; size the axes (e.g. --config.mesh.data=1 --config.mesh.%s=-1) or "
+        "pick a strategy without the split",
+        exp.sharding.strategy,
+        ", ".join(f"{k} over {'/'.join(v)}" for k, v in unsplit.items()),
+        next(iter(unsplit.values()))[0],
+      )
     self.tx, self.schedules = make_optimizer(exp.optimizer, exp.train.steps)
     self.graphdef, variables = model_graphdef(exp.model)
     model = exp.model
