@@ -65,11 +65,3 @@ def test_sweep_point_is_chosen_by_its_variant_name():
   assert cfg.attention == "softmax" and cfg.num_layers == 12 and seq_len == 2048
   with pytest.raises(SystemExit, match="must select one point"):
     cmg.model_config(args("muon+*_s0"))
-
-
-def test_a_negative_seed_is_one_line_before_any_config_is_read(capsys):
-  """--seed -1 reached numpy's default_rng after the config was built: a ValueError traceback."""
-  with pytest.raises(SystemExit) as exc:
-    cmg.main(["--config", "configs/nope.py", "--seed", "-1"])
-  err = capsys.readouterr().err.strip().splitlines()[-1]
-  assert exc.value.code == 2 and err.endswith("error: --seed: must be >= 0, got -1")

@@ -50,9 +50,9 @@ def _dry_run(chosen, workdir) -> int:
   held = Path(workdir).is_dir()
   for p in chosen:
     print(f"{p.name}: {' '.join(p.overrides) or '(base)'}")
-    action, why = triage(workdir, p) if held else ("train", "new")
-    actions["new" if why == "new" else action] += 1
-    if why != "new":
+    action, why = triage(workdir, p) if held else ("new", "new point")
+    actions[action] += 1
+    if action != "new":  # a new point: nothing to say
       print(f"  {'would train: ' if action == 'train' else ''}{why}")
     if (problem := p.problem()) is not None:
       invalid += 1

@@ -66,10 +66,12 @@ def _train(args) -> int:
 
 
 def _print_validated(args, *, dry_run_checks: bool = False, compiles: bool = False, workdir=None):
-  """Loads and validates the config (data opened; ``dry_run_checks``: ``checkpoint.init_from``
-  too, as ``train`` checks it before starting a run; ``compiles``: its attention paths run on
-  this backend; ``workdir``: what ``train`` would do there, a refusal included), then prints
-  every key: ``(cfg, exp, data)``. A refused config prints one line and nothing before it."""
+  """Loads and validates the config (data opened; ``dry_run_checks``: the train program built
+  and ``checkpoint.init_from`` checked against it, as ``train`` does before starting a run;
+  ``compiles``: its attention paths run on this backend; ``workdir``: what ``train`` would do
+  there, a refusal included), then prints every key: ``(cfg, exp, data, program)``, the
+  program None without ``dry_run_checks``. A refused config prints one line and nothing
+  before it."""
   import jax
 
   from parallax_jax.train import dry_run
@@ -79,22 +81,27 @@ def _print_validated(args, *, dry_run_checks: bool = False, compiles: bool = Fal
   if compiles:
     exp.model.check_paths(jax.default_backend())
   where = None if workdir is None else dry_run.workdir_line(workdir, cfg)
+  program = None
   if dry_run_checks:
-    dry_run.check_init_from(exp, workdir)
+    from parallax_jax.train.program import Program
+
+    program = Program(exp)  # one, for the init_from check and the dry run's lines
+    dry_run.check_init_from(exp, workdir, program)
   print("\n".join(dry_run.config_lines(cfg)))
   print(f"data: {data.describe()}")
   if where is not None:
     print(where)
-  return cfg, exp, data
+  return cfg, exp, data, program
 
 
 def _dry_run(args) -> int:
   from parallax_jax.train import dry_run
 
-  _, exp, data = _print_validated(
+  _, exp, data, program = _print_validated(
     args, dry_run_checks=True, compiles=not args.no_compile, workdir=args.workdir
   )
-  print("\n".join(dry_run.dry_run_lines(exp, data, compile=not args.no_compile)))
+  lines = dry_run.dry_run_lines(exp, data, compile=not args.no_compile, program=program)
+  print("\n".join(lines))
   print("valid: nothing was trained or written")
   return 0
 
@@ -102,7 +109,7 @@ def _dry_run(args) -> int:
 def _config(args) -> int:
   import jax
 
-  _, exp, _ = _print_validated(args)
+  _, exp, _, _ = _print_validated(args)
   sizes = exp.mesh.shape(jax.device_count())
   print(f"valid for {jax.device_count()} device(s): mesh {sizes} (nothing compiled or written)")
   return 0

@@ -37,7 +37,7 @@ from flax import nnx
 
 from parallax_jax.config_utils import SEED_MAX
 from parallax_jax.errors import UserError
-from parallax_jax.inference.sampling import SamplingConfig, sample
+from parallax_jax.inference.sampling import SamplingConfig, is_number, sample
 
 CACHE_MULTIPLE = 128  # cache slots are rounded up to this: nearby lengths share one compile
 PROMPT_MULTIPLE = 64  # the padded prompt width likewise (at most the cache length)
@@ -181,15 +181,10 @@ def _check_prompts(prompts, vocab: int, source: str) -> list[list[int]]:
   return out
 
 
-def _is_int(value) -> bool:
-  """An int of Python or NumPy (``np.int64`` from array arithmetic), not a bool."""
-  return isinstance(value, numbers.Integral) and not isinstance(value, bool | np.bool_)
-
-
 def check_seed(seed) -> int:
   """``seed`` as an int; a ``UserError`` unless it is an int in ``0 .. SEED_MAX``: a larger or
   negative one would draw another seed's samples (past int64, ``jax.random.key`` raises)."""
-  if not _is_int(seed) or not 0 <= seed <= SEED_MAX:
+  if not is_number(seed, numbers.Integral) or not 0 <= seed <= SEED_MAX:
     raise UserError(
       f"seed={seed!r} (--seed) must be an int in 0 .. {SEED_MAX}: the PRNG key keeps 32 bits, "
       "so another seed would repeat one of those"
@@ -213,7 +208,7 @@ def _row_streams(seed, batch: int) -> list[tuple[int, int]]:
 
 
 def _positive_int(name: str, value) -> int:
-  if not _is_int(value) or value < 1:
+  if not is_number(value, numbers.Integral) or value < 1:
     raise UserError(f"{name} must be an int >= 1, got {value!r}")
   return int(value)
 
@@ -291,7 +286,7 @@ def generate(
   if not isinstance(sampling, SamplingConfig):
     raise TypeError(f"sampling must be a SamplingConfig, got {type(sampling).__name__}")
   if vocab_size is not None:  # (a float one masked the logits at vocab_size=100.5: 101 ids)
-    if not _is_int(vocab_size) or not 1 <= vocab_size <= table:
+    if not is_number(vocab_size, numbers.Integral) or not 1 <= vocab_size <= table:
       raise UserError(
         f"vocab_size={vocab_size!r} must be an int in 1 .. {table} (model.vocab_size)"
       )
@@ -303,7 +298,7 @@ def generate(
   prompts = _check_prompts(prompts, sampled, source)
   streams = _row_streams(seed, len(prompts))
   if eos_id is not None:
-    if not _is_int(eos_id):  # (a float one failed inside the decode loop's trace)
+    if not is_number(eos_id, numbers.Integral):  # (a float one failed inside the scan trace)
       raise UserError(f"eos_id={eos_id!r} must be an int token id, or None for no EOS")
     if not 0 <= eos_id < sampled:  # (else no row would ever stop)
       raise UserError(

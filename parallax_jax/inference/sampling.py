@@ -20,6 +20,12 @@ from parallax_jax.errors import UserError
 _F32_TINY, _F32_MAX = float(jnp.finfo(jnp.float32).tiny), float(jnp.finfo(jnp.float32).max)
 
 
+def is_number(value, kind: type = numbers.Real) -> bool:
+  """A number of ``kind`` (``numbers.Real``, ``numbers.Integral``), Python's or NumPy's
+  (``np.float32``, ``np.int64`` from array arithmetic), not a bool."""
+  return isinstance(value, kind) and not isinstance(value, bool | np.bool_)
+
+
 @dataclasses.dataclass(frozen=True)
 class SamplingConfig:
   """How the next token is chosen from the logits.
@@ -44,17 +50,14 @@ class SamplingConfig:
       flag = field.replace("_", "-")
       raise UserError(f"sampling {field}={getattr(self, field)!r} (--{flag}): {why}")
 
-    def number(x, kind) -> bool:  # Python's or NumPy's (np.float32, np.int64), not a bool
-      return isinstance(x, kind) and not isinstance(x, bool | np.bool_)
-
     t = self.temperature
-    if not number(t, numbers.Real) or not 0 <= t < math.inf:
+    if not is_number(t, numbers.Real) or not 0 <= t < math.inf:
       bad("temperature", "must be a finite number >= 0 (0: greedy)")
     k = self.top_k
-    if k is not None and (not number(k, numbers.Integral) or k < 1):
+    if k is not None and (not is_number(k, numbers.Integral) or k < 1):
       bad("top_k", "must be an int >= 1, or None for no top-k filter")
     p = self.top_p
-    if p is not None and (not number(p, numbers.Real) or not 0 < p <= 1):
+    if p is not None and (not is_number(p, numbers.Real) or not 0 < p <= 1):
       bad("top_p", "must be a number in (0, 1], or None for no nucleus filter")
     # Python numbers: one setting is one (hashable, static) jit argument whatever its type.
     object.__setattr__(self, "temperature", float(t))

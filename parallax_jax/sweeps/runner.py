@@ -12,10 +12,10 @@ count is refused. On CPU ``parallel`` processes share the cores.
 fingerprint); its ``train.log`` holds the subprocess output. A point started more than once
 (resumed after a stop, retried after a failure) keeps each earlier start in ``attempts``
 (``ATTEMPT_KEYS``; one left "running" was cut short by a sweep killed outright), and its
-``wall_s`` is the sum over all its starts: the time its result cost. A rerun skips finished points
-(final step == train.steps and the same config) and reruns the others, which resume from their
-own checkpoints; failed points are retried. A point trained with another config is not rerun
-and its record is left as it is: the table shows it failed, with the reason.
+``wall_s`` is the sum over all its starts: the time its result cost. A rerun skips finished
+points (final step == train.steps and the same config) and reruns the others, which resume
+from their own checkpoints; failed points are retried. A point trained with another config is
+not rerun and its record is left as it is: the table shows it failed, with the reason.
 
 Stopping: each point runs in its own session, so a signal meant for the sweep (SIGTERM from a
 scheduler or ``timeout``, Ctrl-C, to the sweep alone or to its process group) reaches the
@@ -103,15 +103,16 @@ def triage(workdir: Path, point: Point) -> tuple[str, str]:
   "finished earlier, skipped")``, ``("skip", "not rerun: <reason>")`` for a point trained with
   another config (its record is left as it is: the table shows it failed, with the reason; a
   finished one rewritten as failed would be trained again, from scratch where it holds no
-  checkpoints, a collected point, once the config is restored), or ``("train", <what the
-  point's record says>)``: a new point, or one that resumes from its checkpoints."""
+  checkpoints, a collected point, once the config is restored), ``("new", "new point")`` for
+  one the workdir holds nothing of, or ``("train", <what the point's record says>)`` for one
+  that resumes from its checkpoints or is retried."""
   old = read_status(workdir, point)
   if (changed := sweep_report.stale_reason(old, point, point_dir(workdir, point))) is not None:
     return "skip", f"not rerun: {changed}"
   if is_finished(old, point):
     return "skip", "finished earlier, skipped"
   if old is None:
-    return "train", "new"
+    return "new", "new point"
   state = old.get("status")
   step = old.get("final_step")
   at = "before its first step" if step is None else f"at step {step}"
@@ -342,10 +343,10 @@ def run_sweep(
     if only is not None and point.name not in only:
       continue
     action, why = triage(workdir, point)
-    if action == "train":
-      todo.append(point)
-    else:
+    if action == "skip":
       log(f"[sweep] {point.name}: {why}")
+    else:
+      todo.append(point)
   slots: queue.Queue = queue.Queue()
   for e in slot_environments(min(parallel, max(len(todo), 1)), env):
     slots.put(e)

@@ -327,7 +327,8 @@ def apply_overrides(cfg: ml_collections.ConfigDict, overrides: Sequence[str]):
       raise UserError(f"bad value for config.{key}: {e}") from e
     # A dict replaces what it lands on: for a whole section, every key it leaves out would go
     # back to the dataclass default, silently dropping the config file's value.
-    if not parents and leaf in SECTIONS and isinstance(parsed, Mapping):
+    whole_section = not parents and leaf in SECTIONS
+    if whole_section and isinstance(parsed, Mapping):
       raise UserError(
         f"bad value for config.{key}: a dict would replace the whole section, resetting the "
         f"keys it leaves out to their defaults (not the config file's values); set its keys "
@@ -337,7 +338,7 @@ def apply_overrides(cfg: ml_collections.ConfigDict, overrides: Sequence[str]):
       raise UserError(
         f"bad value for config.{key}: it is a section (keys {sorted(node[leaf].keys())}), not a "
         f"value; set its keys (--config.{key}.KEY=VALUE)"
-        f"{'' if not parents and leaf in SECTIONS else ' or give a dict'}, got {value!r}"
+        f"{'' if whole_section else ' or give a dict'}, got {value!r}"
       )
     with node.ignore_type():
       node[leaf] = parsed

@@ -103,23 +103,23 @@ def workdir_line(workdir: str | Path, cfg: ml_collections.ConfigDict) -> str:
   )
 
 
-def check_init_from(exp: Experiment, workdir: str | Path | None) -> None:
+def check_init_from(exp: Experiment, workdir: str | Path | None, program) -> None:
   """A ``UserError`` where ``train`` would refuse ``checkpoint.init_from`` (missing, not a
-  params-only checkpoint, another model's params): when it would start a new run, the only
-  time it reads the path."""
+  params-only checkpoint, another model's params; ``program``: ``exp``'s ``Program``): when it
+  would start a new run, the only time it reads the path."""
   if not exp.checkpoint.init_from or (workdir is not None and run_record.holds_run(workdir)):
     return
   from parallax_jax.train.checkpoint import check_init_from
-  from parallax_jax.train.program import Program
 
-  check_init_from(exp.checkpoint.init_from, Program(exp).abstract_state.params)
+  check_init_from(exp.checkpoint.init_from, program.abstract_state.params)
 
 
-def dry_run_lines(exp: Experiment, data, *, compile: bool = True) -> list[str]:
+def dry_run_lines(exp: Experiment, data, *, compile: bool = True, program=None) -> list[str]:
+  """``program``: ``exp``'s ``Program`` where the caller built one (None: built here)."""
   from parallax_jax.train.program import Program
 
   m, t = exp.model, exp.train
-  program = Program(exp)
+  program = Program(exp) if program is None else program
   lines = [
     f"parameters: {m.num_params():,} ({m.num_params(embedding=False):,} without embeddings)",
   ]
