@@ -437,6 +437,21 @@ def test_a_start_killed_mid_append_leaves_a_history_later_starts_can_read(tmp_pa
   assert run_record.current_config(tmp_path)["train"]["steps"] == 7
 
 
+def test_a_history_line_without_a_config_leaves_the_latest_one_that_has_one(tmp_path):
+  """A history entry edited outside parallax-jax (no "config" key): the run's config is the
+  latest entry's that has one, not a KeyError traceback."""
+  from parallax_jax.train import run_record
+  from parallax_jax.train.defaults import base_config
+
+  config = base_config().to_dict()
+  run_record.record_start(tmp_path, config, {"devices": 1})
+  config["train"]["steps"] = 9
+  run_record.record_resume(tmp_path, config, {"devices": 1}, {}, resumed_from_step=2)
+  with open(tmp_path / run_record.HISTORY, "a") as f:
+    f.write(json.dumps({"resumed_from_step": 5}) + "\n")
+  assert run_record.current_config(tmp_path)["train"]["steps"] == 9
+
+
 def test_a_run_recorded_before_the_corpus_pin_can_be_read_with_one(tmp_path):
   """``data.source_sha256`` came after runs were recorded: such a run's config takes the pin as
   an override (``eval``/``generate --workdir W --config.data.source_sha256=...``, the run's

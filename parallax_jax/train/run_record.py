@@ -117,9 +117,11 @@ def current_config(workdir: str | Path) -> dict:
   """The config of the run's latest start (plain dict); a key added to the code since it was
   recorded holds the value the code then used (``config_keys.ADDED_KEYS``)."""
   config = read_record(workdir)["config"]
-  history = read_history(workdir)
-  if history:
-    config = history[-1]["config"]
+  # A history line edited outside parallax-jax may lack a config: the latest one that has one.
+  for entry in reversed(read_history(workdir)):
+    if isinstance(entry.get("config"), dict):
+      config = entry["config"]
+      break
   return config_keys.with_added_defaults(config)
 
 
