@@ -55,6 +55,29 @@ def test_overrides_are_typed():
   assert exp.model.qk_norm is False and exp.optimizer.clip_norm is None
 
 
+def test_a_string_key_whose_value_is_none_takes_an_override_as_a_string():
+  """``checkpoint.init_from`` (declared ``str | None``, None by default): a directory named
+  ``2024`` stays the path it names (it was parsed as a Python literal, the int 2024, and then
+  refused); "None" still means None, and a number key whose value is None still gets a number."""
+  cfg = load_config(
+    ROOT / "configs" / "tiny.py",
+    ["--config.checkpoint.init_from=2024", "--config.distributed.coordinator_address=10"],
+  )
+  assert cfg.checkpoint.init_from == "2024" and cfg.distributed.coordinator_address == "10"
+  assert (
+    load_config(ROOT / "configs" / "tiny.py", ["--config.checkpoint.init_from=None"])["checkpoint"][
+      "init_from"
+    ]
+    is None
+  )
+  assert (
+    load_config(ROOT / "configs" / "tiny.py", ["--config.model.window_size=8"])["model"][
+      "window_size"
+    ]
+    == 8
+  )
+
+
 @pytest.mark.parametrize(
   "override,match",
   [

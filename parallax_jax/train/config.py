@@ -13,6 +13,7 @@ import ast
 import dataclasses
 import math
 import os
+import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -271,8 +272,31 @@ def _check_strategy(exp: Experiment, sizes: dict[str, int]) -> None:
 # default is None (model.window_size, checkpoint.init_from, optimizer.clip_norm, ...) nor set
 # a field to None, and it needs absl's global FLAGS, while overrides here also come from sweeps
 # and from argparse subcommands.
-def _parse(value: str, current):
-  """Parses an override string into the type of the value it replaces."""
+def _declares_str(section: str, key: str) -> bool:
+  """Whether ``section.key`` is declared ``str | None`` by its section's dataclass: a key whose
+  value is None now (``checkpoint.init_from``) then takes the override as a string (a
+  directory named ``2024`` is a path, not the int a Python literal would make it)."""
+  from parallax_jax.data.config import DataConfig  # grain: only when an override needs it
+
+  classes = {
+    "model": ModelConfig,
+    "data": DataConfig,
+    "train": TrainConfig,
+    "optimizer": OptimizerConfig,
+    "checkpoint": CheckpointConfig,
+    "mesh": MeshConfig,
+    "sharding": ShardingConfig,
+    "distributed": DistributedConfig,
+  }
+  if section not in classes:
+    return False
+  hint = typing.get_type_hints(classes[section]).get(key)
+  return hint is not None and set(typing.get_args(hint)) == {str, type(None)}
+
+
+def _parse(value: str, current, declared_str: bool = False):
+  """Parses an override string into the type of the value it replaces (a string where
+  ``declared_str`` says the key is declared ``str | None``)."""
   if isinstance(current, bool):
     if value.lower() in ("true", "1", "yes"):
       return True
@@ -291,7 +315,7 @@ def _parse(value: str, current):
       return None if value.lower() == "none" else float(value)
     except ValueError:
       raise UserError(f"expected a number, got {value!r}") from None
-  if isinstance(current, str):
+  if isinstance(current, str) or declared_str:
     return None if value == "None" else value
   try:  # None, tuples, lists: Python literals, else a plain string
     return ast.literal_eval(value)
@@ -322,7 +346,8 @@ def apply_overrides(cfg: ml_collections.ConfigDict, overrides: Sequence[str]):
         f"{_LIST_KEYS}"
       )
     try:
-      parsed = _parse(value, node[leaf])
+      declared_str = node[leaf] is None and len(parents) == 1 and _declares_str(parents[0], leaf)
+      parsed = _parse(value, node[leaf], declared_str)
     except ValueError as e:
       raise UserError(f"bad value for config.{key}: {e}") from e
     # A dict replaces what it lands on: for a whole section, every key it leaves out would go
