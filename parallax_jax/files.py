@@ -8,12 +8,37 @@ from pathlib import Path
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
-  """Writes ``text`` to ``path`` through a temporary file beside it and ``os.replace``: a
-  process killed mid-write leaves the old file (or none), never a cut one."""
+  """``write_bytes_atomic`` of ``text`` in UTF-8."""
+  write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+  """Writes ``data`` to ``path`` through a temporary file beside it and ``os.replace``: a
+  process killed mid-write leaves the old file (or none), never a cut one. The file's data
+  reaches the disk before the rename and the rename before return (``fsync`` of the file, then
+  of its folder): a machine that loses power (a preempted VM) otherwise may keep the rename but
+  not the data, an empty record where the old one was."""
   path = Path(path)
   tmp = path.with_name(f".{path.name}.tmp")
-  tmp.write_text(text)
+  with open(tmp, "wb") as f:
+    f.write(data)
+    f.flush()
+    os.fsync(f.fileno())
   os.replace(tmp, path)
+  _fsync_folder(path.parent)
+
+
+def _fsync_folder(folder: Path) -> None:
+  try:
+    fd = os.open(folder, os.O_RDONLY)
+  except OSError:  # a platform or filesystem without folder handles (Windows): nothing to sync
+    return
+  try:
+    os.fsync(fd)
+  except OSError:  # some filesystems refuse fsync on a folder; the rename itself is done
+    pass
+  finally:
+    os.close(fd)
 
 
 def lies_in(path: str | Path, directory: str | Path) -> bool:

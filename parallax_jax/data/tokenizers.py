@@ -17,12 +17,12 @@ import filecmp
 import json
 import logging
 import os
-import shutil
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from parallax_jax.errors import UserError, UserFileNotFoundError, UserPermissionError
+from parallax_jax.files import write_bytes_atomic, write_text_atomic
 
 log = logging.getLogger("parallax_jax")
 
@@ -264,13 +264,9 @@ def save_trained(tok, workdir: str | Path, info: dict) -> Path:
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   path = trained_tokenizer_path(workdir)
-  for name, text in ((TRAINED_INFO, json.dumps(info, indent=2) + "\n"), (TRAINED_FILE, None)):
-    tmp = workdir / f".{name}.tmp"
-    if text is None:
-      tok.save(str(tmp))
-    else:
-      tmp.write_text(text)
-    os.replace(tmp, workdir / name)  # tokenizer.json last: its presence means both are whole
+  write_text_atomic(workdir / TRAINED_INFO, json.dumps(info, indent=2) + "\n")
+  # tokenizer.json last: its presence means both are whole (``Tokenizer.save``'s text).
+  write_text_atomic(path, tok.to_str(pretty=True))
   return path
 
 
@@ -327,9 +323,7 @@ def keep_run_copy(spec: str, workdir: str | Path) -> None:
     return
   _check_file(spec, "tokenizer")
   dest.parent.mkdir(parents=True, exist_ok=True)
-  tmp = dest.with_name(f".{dest.name}.tmp")
-  shutil.copyfile(spec, tmp)
-  os.replace(tmp, dest)
+  write_bytes_atomic(dest, Path(spec).read_bytes())  # byte for byte: compared with filecmp
 
 
 def _run_file(spec: str, workdir: str | Path | None) -> str:
