@@ -84,7 +84,9 @@ def _write_status(workdir: Path, point: Point, status: dict) -> None:
 
 def write_description(sweep: Sweep, workdir: Path) -> None:
   """``W/sweep.json``: the sweep as run (``config.describe``), beside its points."""
-  (Path(workdir) / SWEEP).write_text(json.dumps(describe(sweep), indent=2, default=str) + "\n")
+  write_text_atomic(
+    Path(workdir) / SWEEP, json.dumps(describe(sweep), indent=2, default=str) + "\n"
+  )
 
 
 def earlier_attempts(old: dict | None) -> list[dict]:
