@@ -264,6 +264,8 @@ def test_source_errors_name_path(tmp_path):
   err(tmp_path / "null.jsonl", match="null.jsonl.* 'text' = NoneType, not a string")
   (tmp_path / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
   err(tmp_path / "latin1.txt", match="latin1.txt.*UTF-8")
+  (tmp_path / "latin1.jsonl").write_bytes('{"text": "caf\xe9"}\n'.encode("latin-1"))
+  err(tmp_path / "latin1.jsonl", UserError, match="latin1.jsonl.*UTF-8")
   (tmp_path / "mixed").mkdir()  # found when the source is built, not when training reaches it
   for name in ("a.txt", "c.txt"):
     (tmp_path / "mixed" / name).write_text("fine")

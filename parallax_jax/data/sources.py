@@ -201,6 +201,11 @@ class JsonlSource(_Spans):
       record = json.loads(line)
     except json.JSONDecodeError as e:
       raise UserError(f"data: {where} is not a JSON line: {e}") from e
+    except UnicodeDecodeError as e:  # json.loads decodes the bytes first
+      raise UserError(
+        f"data: {where} is not valid UTF-8 ({e.reason} at byte {e.start} of the line); "
+        "re-encode the file as UTF-8"
+      ) from e
     return _field(record, self.field, where)
 
   def describe(self) -> dict:
