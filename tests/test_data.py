@@ -113,6 +113,21 @@ def test_hf_tokenizer_round_trip(tmp_path):
   assert pickle.loads(pickle.dumps(hf)).encode(quoted) == hf.encode(quoted)
 
 
+def test_hf_tokenizer_with_gaps_in_its_ids(tmp_path):
+  """A vocabulary whose ids leave gaps: every id it encodes is below vocab_size, and the EOS it
+  lacks gets an id of its own, not one of its tokens'."""
+  tokenizers = pytest.importorskip("tokenizers", reason="`tokenizers` is not installed")
+  from tokenizers import models, pre_tokenizers
+
+  tok = tokenizers.Tokenizer(models.WordLevel({"<unk>": 0, "a": 1, "b": 4, "c": 10}, "<unk>"))
+  tok.pre_tokenizer = pre_tokenizers.Whitespace()
+  tok.save(str(tmp_path / "gaps.json"))
+  hf = make_tokenizer(str(tmp_path / "gaps.json"))
+  assert hf.encode("a b c") == [1, 4, 10]
+  assert hf.eos_id not in (0, 1, 4, 10)  # 4: the count of its tokens
+  assert hf.vocab_size >= 11 and hf.eos_id < hf.vocab_size
+
+
 def test_sentencepiece_round_trip(tmp_path):
   spm = pytest.importorskip("sentencepiece", reason="`sentencepiece` is not installed")
   corpus = tmp_path / "corpus.txt"

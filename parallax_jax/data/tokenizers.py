@@ -116,7 +116,10 @@ class HFTokenizer(_Base):
     self._tok.encode_special_tokens = True  # data: "<|endoftext|>" in a document is text
     self._prompt_tok = None  # the same file reading special tokens, loaded by encode_prompt
     self.path = path
-    self.base_vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
+    # Ids may leave gaps (a vocabulary edited by hand, added tokens at high ids): the largest
+    # id bounds them, not the count of tokens.
+    ids = self._tok.get_vocab(with_added_tokens=True).values()
+    self.base_vocab_size = max(self._tok.get_vocab_size(with_added_tokens=True), max(ids) + 1)
     eos = [self._tok.token_to_id(t) for t in _HF_EOS_CANDIDATES]
     eos = [i for i in eos if i is not None]
     self.eos_id = eos[0] if eos else self.base_vocab_size
