@@ -211,6 +211,13 @@ def test_text_source_splits(tmp_path):
   assert list(TextSource(paths, "line")) == ["para one", "line two", "para two", "only doc"]
 
 
+def test_a_file_whose_name_looks_like_a_glob_is_that_file(tmp_path):
+  (tmp_path / "data[1].txt").write_text("the file named")
+  (tmp_path / "data1.txt").write_text("what the name matches as a glob")
+  src = make_source(DataConfig(source=str(tmp_path / "data[1].txt")), BYTE)
+  assert list(src) == ["the file named"]
+
+
 def test_every_format_loads(tmp_path):
   docs = ["first doc", "second doc ü", "third"]
   (tmp_path / "t").mkdir()

@@ -353,10 +353,10 @@ def resolve_paths(source: str, fmt: str = "auto") -> tuple[list[str], str]:
   if os.path.isdir(source):
     paths = [os.path.join(d, n) for d, _, names in os.walk(source) for n in names]
     paths = [p for p in paths if _format_of(p) is not None and fmt in ("auto", _format_of(p))]
+  elif os.path.isfile(source):  # before the glob: a file named 'data[1].txt' is that file
+    paths = [source]
   elif glob.has_magic(source):
     paths = [p for p in glob.glob(source, recursive=True) if os.path.isfile(p)]
-  elif os.path.isfile(source):
-    paths = [source]
   else:
     named = ", ".join(("builtin", "python_corpus", *TASKS))
     raise UserFileNotFoundError(
