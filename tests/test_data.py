@@ -211,6 +211,19 @@ def test_text_source_splits(tmp_path):
   assert list(TextSource(paths, "line")) == ["para one", "line two", "para two", "only doc"]
 
 
+@pytest.mark.parametrize("source", ["builtin", "python_corpus", "docs.jsonl", "ids.npy"])
+def test_text_split_is_refused_where_nothing_is_split(tmp_path, source):
+  """Only text files are cut by data.text_split: elsewhere it is refused, not ignored."""
+  (tmp_path / "docs.jsonl").write_text('{"text": "one\\n\\ntwo"}\n')
+  np.save(tmp_path / "ids.npy", np.array([1, 2, BYTE.eos_id, 3], np.int32))
+  if source.endswith(("jsonl", "npy")):
+    source = str(tmp_path / source)
+  with pytest.raises(UserError, match="text_split='paragraph'"):
+    make_source(DataConfig(source=source, text_split="paragraph"), BYTE)
+  if source != "python_corpus":  # (indexing the installation takes a while)
+    assert len(make_source(DataConfig(source=source), BYTE)) >= 1  # the default reads it
+
+
 def test_a_file_whose_name_looks_like_a_glob_is_that_file(tmp_path):
   (tmp_path / "data[1].txt").write_text("the file named")
   (tmp_path / "data1.txt").write_text("what the name matches as a glob")

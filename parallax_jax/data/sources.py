@@ -423,6 +423,15 @@ def _pinned(source, pin: str):
   return source
 
 
+def _check_text_split(cfg: DataConfig, what: str) -> None:
+  """Only text files are split by `text_split`: another value elsewhere would be ignored."""
+  if cfg.text_split != "file":
+    raise UserError(
+      f"DataConfig.text_split={cfg.text_split!r} splits text files only; {what} is not split "
+      "that way: set data.text_split='file'"
+    )
+
+
 def make_source(cfg: DataConfig, tokenizer) -> DocumentSource:
   """Builds the document source `cfg` describes. Raises if it holds no documents.
 
@@ -433,12 +442,16 @@ def make_source(cfg: DataConfig, tokenizer) -> DocumentSource:
       raise UserError(
         f"DataConfig.format={cfg.format!r}: the builtin corpus is text; use format='auto'"
       )
+    _check_text_split(cfg, "the builtin corpus")
     return _pinned(BuiltinCorpus(), cfg.source_sha256)
   if cfg.source == "python_corpus":
     if cfg.format not in ("auto", "text"):
       raise UserError(f"DataConfig.format={cfg.format!r}: python_corpus is text; use format='auto'")
+    _check_text_split(cfg, "python_corpus")
     return _pinned(PythonCorpus(eval_fraction=cfg.eval_fraction), cfg.source_sha256)
   paths, fmt = resolve_paths(cfg.source, cfg.format)
+  if fmt != "text":
+    _check_text_split(cfg, f"a {fmt!r} source (a document per record)")
   if fmt == "npy" and cfg.tokenizer.startswith(TRAIN_PREFIX):  # format="auto" found .npy
     raise UserError(
       f"DataConfig.tokenizer={cfg.tokenizer!r}: needs text documents to train on; "
