@@ -354,6 +354,31 @@ def test_a_run_keeps_its_file_tokenizer_when_it_moves_or_the_file_changes(
   assert (moved / "tokenizer.json").read_bytes() == started_with
 
 
+def test_a_refused_start_leaves_no_tokenizer_copy(tmp_path, tree, monkeypatch):
+  """A start refused by its data (a missing data.source, no held-out document) writes no copy
+  of its file tokenizer into the workdir: the next start, with data.tokenizer='train:bpe:...',
+  trains its own BPE rather than taking that file as the tokenizer it trained."""
+  from parallax_jax.train.config import resolve
+  from parallax_jax.train.data_io import TrainData
+
+  other = tmp_path / "a.json"
+  tokenizers.train_bpe(["something else entirely " * 3] * 30, 280).save(str(other))
+  workdir = tmp_path / "run"
+  for key, value, refusal in (
+    ("source", str(tmp_path / "missing"), "no such file"),
+    ("eval_fraction", 0.0, "split='eval' has no documents"),
+  ):
+    cfg, _ = _experiment(tree, monkeypatch, tokenizer=str(other))
+    cfg.data[key] = value
+    with pytest.raises(UserError, match=refusal):
+      TrainData(resolve(cfg, 1), workdir)
+    assert not (workdir / "tokenizer.json").exists()
+  _, exp = _experiment(tree, monkeypatch)  # the fix: another data.tokenizer, in the same workdir
+  data = TrainData(exp, workdir)
+  assert data.tokenizer_training["spec"] == "train:bpe:300:1"
+  assert (workdir / "tokenizer.json").read_bytes() != other.read_bytes()
+
+
 def test_a_run_recorded_before_the_tokenizer_sha256_resumes_without_a_data_change(
   tmp_path, tree, monkeypatch
 ):

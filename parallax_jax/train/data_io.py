@@ -91,6 +91,24 @@ class TrainData:
       _same_on_every_process("data", {"source": self.describe()["source"]})
     else:
       self._check_tokenizer_on_every_process()
+      if self._keep_copy():  # from now on the run reads its own copy
+        self._train = self._dataset("train")
+        self._it = iter(self._train)
+
+  def _keep_copy(self) -> bool:
+    """At a run's first start, once every data check passed, copies a file tokenizer into the
+    workdir (`tokenizers.keep_run_copy`) and reads it from there; True if it did. A refused
+    start leaves no copy, which the next start (with another data.tokenizer) would read as the
+    run's tokenizer, a 'train:bpe:...' one included (both are named tokenizer.json)."""
+    if self.workdir is None or self.read_only or jax.process_index() != 0:
+      return False
+    spec = self.exp.data.tokenizer
+    copy = tokenizers.run_copy_path(spec, self.workdir)
+    if copy is None or copy.exists():  # nothing to copy, or kept: a resume, import-hf
+      return False
+    tokenizers.keep_run_copy(spec, self.workdir)
+    self.tokenizer = make_tokenizer(spec, self.workdir)
+    return True
 
   def _check_source_on_every_process(self) -> None:
     """Each process takes its share of the documents it sees, so a host whose files (or Python
@@ -130,13 +148,11 @@ class TrainData:
       )
     spec = tokenizers.parse_train_spec(cfg.tokenizer)
     if spec is None:
-      if self.workdir is not None and not self.read_only and jax.process_index() == 0:
-        tokenizers.keep_run_copy(cfg.tokenizer, self.workdir)  # the run reads its own copy
       self.tokenizer = make_tokenizer(cfg.tokenizer, self.workdir)
       self._check_vocab()
       self.source = make_source(cfg, self.tokenizer)
       self._check_source_on_every_process()
-      return
+      return  # the run's copy of the file is kept once every check passed (_keep_copy)
     if spec.vocab_size > exp.model.vocab_size:  # checked before minutes of training
       raise UserError(
         f"model.vocab_size={exp.model.vocab_size} is smaller than the tokenizer's vocabulary "
