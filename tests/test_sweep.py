@@ -907,3 +907,52 @@ def test_the_sweeps_worker_threads_leave_stop_signals_to_the_main_thread(tmp_pat
   assert len(masks) == 2
   assert all({signal.SIGTERM, signal.SIGINT} <= mask for mask in masks), masks
   assert signal.SIGTERM not in signal.pthread_sigmask(signal.SIG_BLOCK, [])  # the caller's
+
+
+def test_a_damaged_status_json_costs_only_its_own_point(tmp_path, capsys, monkeypatch):
+  """A status.json that is no JSON object (cut, or edited by hand) made the report, a dry run,
+  a rerun and the paired curves end in a JSONDecodeError traceback: the other points' table
+  was lost. Its row and the dry run now name the file, the sweep does not train over it, and
+  the record is left as it is."""
+  from cli_runner import run_cli
+
+  from parallax_jax.errors import UserError
+  from parallax_jax.sweeps import runner
+  from parallax_jax.sweeps.pairs import paired_curves
+
+  path = tmp_path / "s.py"
+  spec = {"base": TINY, "axes": {"train.seed": [0, 1, 2]}, "overrides": {"train.steps": 4}}
+  path.write_text(f"def get_config():\n  return {spec!r}\n")
+  sweep = load_sweep(str(path))
+  good = sweep.points[0]
+  w = tmp_path / "w"
+  texts = {
+    "seed=0": json.dumps(
+      {"status": "finished", "final_step": 4, "fingerprint": good.fingerprint()}
+    ),
+    "seed=1": '{"status": "finis',
+    "seed=2": "[1, 2]",
+  }
+  for name, text in texts.items():
+    (w / "points" / name).mkdir(parents=True)
+    (w / "points" / name / "status.json").write_text(text)
+    (w / "points" / name / "metrics.jsonl").write_text('{"step": 4, "loss": 2.5}\n')
+  before = sorted((f, f.read_bytes()) for f in w.rglob("*") if f.is_file())
+
+  code, out, err = run_cli(capsys, "sweep", "--config", str(path), "--workdir", str(w), "--dry-run")
+  assert code == 0 and "Traceback" not in err, err
+  assert f"not rerun: {w / 'points' / 'seed=1' / 'status.json'} is not JSON" in out
+  assert f"not rerun: {w / 'points' / 'seed=2' / 'status.json'} is not a point's record" in out
+  assert sorted((f, f.read_bytes()) for f in w.rglob("*") if f.is_file()) == before
+
+  monkeypatch.setattr(runner, "run_point", lambda *a: pytest.fail("trained"))
+  rows = {r["name"]: r for r in run_sweep(sweep, w, log=lambda m: None)}
+  assert rows["seed=0"]["status"] == "finished" and rows["seed=0"]["error"] is None
+  for name in ("seed=1", "seed=2"):
+    assert rows[name]["status"] == "failed"
+    assert rows[name]["error"].startswith(str(w / "points" / name / "status.json"))
+  for name, text in texts.items():
+    assert (w / "points" / name / "status.json").read_text() == text
+
+  with pytest.raises(UserError, match=r"seed=1/status.json is not JSON"):
+    paired_curves(w / "points", "loss", "base")

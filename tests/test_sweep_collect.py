@@ -306,3 +306,20 @@ def test_a_held_point_of_another_config_is_not_tabled_as_finished(tmp_path, caps
     error = {r["name"]: r["error"] for r in csv.DictReader(f)}[second.name]
   assert "trained with a different config (fingerprint 0123456789abcdef != " in error
   assert _tree(held) == before
+
+
+def test_collect_refuses_a_point_whose_status_json_is_damaged(tmp_path, capsys):
+  """A damaged status.json in a source is that point's refusal, not a traceback that collects
+  none of the others."""
+  first, second = load_sweep(SMOKE).points
+  src, out = tmp_path / "returned", tmp_path / "results"
+  _point(src, first.name, first.fingerprint(), first.steps)
+  (_point(src, second.name, second.fingerprint(), second.steps) / "status.json").write_text("{")
+  before = _tree(src)
+
+  assert _collect(out, src) == 1
+  printed = capsys.readouterr().out
+  assert f"{second.name}/status.json is not JSON" in printed
+  assert _tree(src) == before
+  assert sorted(p.name for p in (out / "points").iterdir()) == [first.name]
+  assert _statuses(out) == {first.name: "finished", second.name: "pending"}

@@ -35,7 +35,10 @@ def _why_not(source: Path, known: dict, name: str) -> str | None:
   point = known.get(name)
   if point is None:
     return "not a point of this sweep"
-  status = read_status(source, point)
+  try:
+    status = read_status(source, point)
+  except UserError as e:
+    return str(e)
   if status is None:
     return "no status.json"
   if not is_finished(status, point):

@@ -20,7 +20,6 @@ CLI: ``python -m experiments.seed_pairs W/results.csv --value eval_loss --base s
 from __future__ import annotations
 
 import csv
-import json
 import re
 import statistics
 from pathlib import Path
@@ -105,12 +104,13 @@ def paired_tables(
 def _curves(points_dir: str | Path, value: str) -> dict[tuple[str, str, int], dict[int, float]]:
   """``(group, arm, seed) -> {step: value}`` of the finished points under ``points_dir`` (a
   sweep workdir's ``points/``) whose variant is named ``<group>+<arm>_s<seed>``."""
+  from parallax_jax.sweeps.report import read_status_file  # report imports this module
+
   out, seen = {}, set()
   for d in sorted(Path(points_dir).iterdir()):
-    status_path = d / "status.json"
-    if not status_path.exists():
+    status = read_status_file(d)  # a damaged one: a UserError naming it
+    if status is None:
       continue
-    status = json.loads(status_path.read_text())
     key = _finished_key(str(status.get("values", {}).get("variant", "")), status.get("status"))
     if key is None:
       continue

@@ -47,6 +47,26 @@ def point_records(directory: Path) -> tuple[list[dict], str | None]:
     return [], str(e)
 
 
+def read_status_file(directory: str | Path) -> dict | None:
+  """A point's ``status.json`` (None where there is none); one that is not a JSON object (edited
+  or cut outside parallax-jax: the sweep writes it atomically) is a ``UserError`` naming it."""
+  path = Path(directory) / "status.json"
+  if not path.exists():
+    return None
+  try:
+    status = json.loads(path.read_text())
+  except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+    problem = f"is not JSON ({type(e).__name__}: {e})"
+  else:
+    if isinstance(status, dict):
+      return status
+    problem = "is not a point's record (a JSON object)"
+  raise UserError(
+    f"{path} {problem}: the point's record is damaged; restore it, or delete that point's folder "
+    "to train it again"
+  )
+
+
 def config_changed(status: dict | None, point: Point) -> str | None:
   """Why the run a point's ``status.json`` records is not this point's (it was trained with
   another config), or None. Derived where it is read, never written into the point: the
@@ -88,9 +108,11 @@ def stale_reason(status: dict | None, point: Point, directory: Path) -> str | No
 
 def point_row(sweep: Sweep, point: Point, workdir: Path) -> dict:
   directory = Path(workdir) / "points" / point.name
-  status_path = directory / "status.json"
-  status = json.loads(status_path.read_text()) if status_path.exists() else {}
-  changed = stale_reason(status, point, directory)  # not a result of this sweep's config
+  try:
+    status, changed = read_status_file(directory) or {}, None
+  except UserError as e:  # a damaged record: its row says so, the others are written
+    status, changed = {}, str(e)
+  changed = changed or stale_reason(status, point, directory)  # not this sweep's config's result
   records, damaged = point_records(directory)
   speeds = [r["tokens_per_s"] for r in records if r.get("tokens_per_s")]
   row = {"name": point.name, **{k: point.values.get(k) for k in sweep.axes}}

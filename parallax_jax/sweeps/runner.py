@@ -73,8 +73,8 @@ def point_dir(workdir: Path, point: Point) -> Path:
 
 
 def read_status(workdir: Path, point: Point) -> dict | None:
-  path = point_dir(workdir, point) / "status.json"
-  return json.loads(path.read_text()) if path.exists() else None
+  """The point's ``status.json``, None for none; a damaged one is a ``UserError`` naming it."""
+  return sweep_report.read_status_file(point_dir(workdir, point))
 
 
 def _write_status(workdir: Path, point: Point, status: dict) -> None:
@@ -108,7 +108,10 @@ def triage(workdir: Path, point: Point) -> tuple[str, str]:
   checkpoints, a collected point, once the config is restored), ``("new", "new point")`` for
   one the workdir holds nothing of, or ``("train", <what the point's record says>)`` for one
   that resumes from its checkpoints or is retried."""
-  old = read_status(workdir, point)
+  try:
+    old = read_status(workdir, point)
+  except UserError as e:  # not known to be finished, nor safe to train over: left as it is
+    return "skip", f"not rerun: {e}"
   if (changed := sweep_report.stale_reason(old, point, point_dir(workdir, point))) is not None:
     return "skip", f"not rerun: {changed}"
   if is_finished(old, point):
