@@ -956,3 +956,25 @@ def test_a_damaged_status_json_costs_only_its_own_point(tmp_path, capsys, monkey
 
   with pytest.raises(UserError, match=r"seed=1/status.json is not JSON"):
     paired_curves(w / "points", "loss", "base")
+
+
+def test_a_metrics_jsonl_of_no_records_or_no_text_costs_only_its_own_row(tmp_path):
+  """Lines that are JSON but no metrics record (a list, an object without a step) and bytes
+  that are not UTF-8 ended the report in an AttributeError / KeyError / UnicodeDecodeError: the
+  other points' table and plots were lost."""
+  from parallax_jax.sweeps.report import write_all
+
+  sweep = build_sweep({"base": TINY, "axes": {"train.seed": [0, 1, 2, 3]}})
+  good, *bad = sweep.points
+  texts = (b'{"step": 2, "loss": 3.0}\n', b"[1, 2]\n", b'{"loss": 2.0}\n', b"\xff\xfe\n")
+  for point, text in zip(sweep.points, texts, strict=True):
+    d = tmp_path / "points" / point.name
+    d.mkdir(parents=True)
+    (d / "metrics.jsonl").write_bytes(text)
+  rows = {r["name"]: r for r in write_all(sweep, tmp_path)}
+  assert rows[good.name]["train_loss"] == 3.0 and rows[good.name]["error"] is None
+  for point, why in zip(bad, ("record 1 is not", "record 1 is not", "is not text"), strict=True):
+    path = tmp_path / "points" / point.name / "metrics.jsonl"
+    assert rows[point.name]["final_step"] is None
+    assert rows[point.name]["error"].startswith(str(path)) and why in rows[point.name]["error"]
+  assert (tmp_path / "loss_curves.png").is_file()

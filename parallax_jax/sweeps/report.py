@@ -41,10 +41,20 @@ def _last(records: list[dict], key: str):
 def point_records(directory: Path) -> tuple[list[dict], str | None]:
   """``(metrics records, None)``, or ``([], why)`` for a damaged metrics.jsonl: one damaged
   point must not cost the whole sweep its table and plots."""
+  path = Path(directory) / "metrics.jsonl"
   try:
-    return read_metrics(directory, missing_ok=True), None
+    records = read_metrics(directory, missing_ok=True)
   except UserError as e:
     return [], str(e)
+  except ValueError as e:  # UnicodeDecodeError: not text at all
+    return [], f"{path} is not text ({e}): the file was damaged"
+  for i, r in enumerate(records):
+    if not (isinstance(r, dict) and isinstance(r.get("step"), int)):
+      return [], (
+        f"{path}: record {i + 1} is not a metrics record (a JSON object with an int step): "
+        f"{json.dumps(r)[:200]} (the file was changed by hand or damaged); delete it to go on"
+      )
+  return records, None
 
 
 def read_status_file(directory: str | Path) -> dict | None:
