@@ -978,3 +978,21 @@ def test_a_metrics_jsonl_of_no_records_or_no_text_costs_only_its_own_row(tmp_pat
     assert rows[point.name]["final_step"] is None
     assert rows[point.name]["error"].startswith(str(path)) and why in rows[point.name]["error"]
   assert (tmp_path / "loss_curves.png").is_file()
+
+
+def test_a_key_both_swept_and_set_by_overrides_or_a_variant_is_refused():
+  """An axis value is applied after the fixed overrides and the variant's: a variant "wide"
+  (d_model 128) crossed with an axis over d_model trained d_model 64 under the name
+  ``variant=wide``, and a fixed override of a swept key was dropped, both without a word."""
+  from parallax_jax.errors import UserError
+
+  variants = {"wide": {"model.d_model": 128}, "narrow": {"model.d_model": 32}}
+  with pytest.raises(UserError, match=r"sweep.axes\['model.d_model'\] is set by .*'wide'"):
+    build_sweep({"base": TINY, "variants": variants, "axes": {"model": {"d_model": [64]}}})
+  with pytest.raises(UserError, match=r"sweep.axes\['train.steps'\] is set by sweep.overrides"):
+    build_sweep({"base": TINY, "overrides": {"train.steps": 7}, "axes": {"train.steps": [10]}})
+  # a variant over a fixed override is the variants' purpose: still taken
+  sweep = build_sweep(
+    {"base": TINY, "overrides": {"model.d_model": 64}, "variants": variants, "axes": {}}
+  )
+  assert [p.config.model.d_model for p in sweep.points] == [128, 32]

@@ -266,6 +266,15 @@ def build_sweep(spec, *, base_path_for_inline: Path | None = None) -> Sweep:
     if VARIANT in axes:
       raise UserError(f"sweep.axes may not have a {VARIANT!r} axis when sweep.variants is set")
     axes = {VARIANT: list(variants), **axes}
+  for key in axes:  # a point's axis value is applied last: it would replace these unsaid
+    setters = (["sweep.overrides"] if key in fixed else []) + [
+      f"sweep.variants[{name!r}]" for name, v in variants.items() if key in v
+    ]
+    if setters:
+      raise UserError(
+        f"sweep.axes[{key!r}] is set by {', '.join(setters)} too: each point's axis value would "
+        "silently replace it; sweep the key in one place"
+      )
   combos = _combinations(axes, mode, seed, count) if axes else [{}]
   exclude = [_flatten(_to_plain(e)) for e in spec.get("exclude") or []]
   if exclude and mode != "grid":
