@@ -109,3 +109,16 @@ def test_mqar_summary_refuses_a_missing_or_non_mqar_folder_in_one_line(tmp_path,
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and "Traceback" not in err, err
     assert err.strip().splitlines()[-1].endswith(says)
+
+
+def test_mqar_summary_names_a_damaged_status_or_config_json_in_one_line(tmp_path, capsys):
+  """A cut status.json or config.json ended the summary in a JSONDecodeError traceback."""
+  for bad in ("status.json", "config.json"):
+    root = tmp_path / bad
+    _point(root, "a", kind="softmax", lr=1e-3, seed=0, pairs=4, accuracies=[0.99])
+    (root / "variant=a" / bad).write_text('{"status": "fin')
+    with pytest.raises(SystemExit) as exit_:
+      mqar_summary.main([str(root)])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "Traceback" not in err, err
+    assert f"{root / 'variant=a' / bad}" in err.strip().splitlines()[-1]

@@ -13,12 +13,13 @@ CLI: ``python -m experiments.mqar_summary W/points [--threshold 0.95]``.
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 from parallax_jax.data.synthetic import mqar_guess_accuracy, mqar_vocab
 from parallax_jax.errors import UserError
+from parallax_jax.sweeps.report import read_status_file
 from parallax_jax.train.metrics import read_metrics
+from parallax_jax.train.run_record import read_record
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,9 +53,10 @@ def read_point(point_dir: str | Path, threshold: float) -> RecallPoint | None:
   status_path, config_path = d / "status.json", d / "config.json"
   if not (status_path.exists() and config_path.exists()):
     return None
-  if json.loads(status_path.read_text()).get("status") != "finished":
+  # damaged records: a UserError naming the file, not a traceback
+  if (read_status_file(d) or {}).get("status") != "finished":
     return None
-  cfg = json.loads(config_path.read_text())["config"]
+  cfg = read_record(d)["config"]
   if cfg["data"].get("source") != "mqar":
     return None
   evals = [(r["step"], float(r["eval_accuracy"])) for r in read_metrics(d) if "eval_accuracy" in r]
