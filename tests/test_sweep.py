@@ -996,3 +996,22 @@ def test_a_key_both_swept_and_set_by_overrides_or_a_variant_is_refused():
     {"base": TINY, "overrides": {"model.d_model": 64}, "variants": variants, "axes": {}}
   )
   assert [p.config.model.d_model for p in sweep.points] == [128, 32]
+
+
+def test_an_exclude_value_matches_only_the_axis_value_that_makes_its_config():
+  """``exclude`` compared with ``==``: ``True`` (no value of an int axis) dropped the point
+  ``seed=1`` without a word; it is refused like any value the axis lacks. ``1`` still drops
+  the float axis value ``1.0`` (one config)."""
+  from parallax_jax.errors import UserError
+
+  spec = {"base": TINY, "axes": {"train.seed": [0, 1, 2]}}
+  with pytest.raises(UserError, match=r"train.seed=True is not an axis value"):
+    build_sweep({**spec, "exclude": [{"train.seed": True}]})
+  sweep = build_sweep(
+    {
+      "base": TINY,
+      "axes": {"optimizer.learning_rate": [1.0, 0.5]},
+      "exclude": [{"optimizer": {"learning_rate": 1}}],
+    }
+  )
+  assert [p.name for p in sweep.points] == ["learning_rate=0.5"]

@@ -276,15 +276,17 @@ def build_sweep(spec, *, base_path_for_inline: Path | None = None) -> Sweep:
         "silently replace it; sweep the key in one place"
       )
   combos = _combinations(axes, mode, seed, count) if axes else [{}]
-  exclude = [_flatten(_to_plain(e)) for e in spec.get("exclude") or []]
+  exclude = [_flatten(_to_plain(e, "sweep.exclude entry")) for e in spec.get("exclude") or []]
   if exclude and mode != "grid":
     # Dropping points after a random draw would silently run fewer than `count`.
     raise UserError("sweep.exclude works with mode='grid' only")
   for entry in exclude:
     for key, value in entry.items():
-      if key not in axes or value not in axes[key]:
+      if key not in axes or not any(_same(value, v) for v in axes[key]):
         raise UserError(f"sweep.exclude entry {entry}: {key}={value!r} is not an axis value")
-  combos = [c for c in combos if not any(all(c[k] == v for k, v in e.items()) for e in exclude)]
+  combos = [
+    c for c in combos if not any(all(_same(c[k], v) for k, v in e.items()) for e in exclude)
+  ]
   if not combos:
     raise UserError(f"sweep.exclude drops every point of the grid ({exclude}); keep at least one")
   points, names = [], set()
