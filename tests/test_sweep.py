@@ -1015,3 +1015,27 @@ def test_an_exclude_value_matches_only_the_axis_value_that_makes_its_config():
     }
   )
   assert [p.name for p in sweep.points] == ["learning_rate=0.5"]
+
+
+def test_paired_curves_name_a_damaged_or_missing_metrics_jsonl(tmp_path):
+  """A metrics.jsonl line that is JSON but no record ended the curves in an AttributeError, a
+  finished point without the file in a FileNotFoundError: a UserError naming the file."""
+  from parallax_jax.errors import UserError
+  from parallax_jax.sweeps.pairs import paired_curves
+
+  for variant, text in (("g+base_s0", '{"step": 10, "eval_loss": 1.0}\n'), ("g+arm_s0", None)):
+    d = tmp_path / "points" / f"variant={variant}"
+    d.mkdir(parents=True)
+    (d / "status.json").write_text(
+      json.dumps({"values": {"variant": variant}, "status": "finished"})
+    )
+    if text:
+      (d / "metrics.jsonl").write_text(text)
+  arm = tmp_path / "points" / "variant=g+arm_s0" / "metrics.jsonl"
+  with pytest.raises(UserError, match=re.escape(f"{arm} does not exist")):
+    paired_curves(tmp_path / "points", "eval_loss", "base")
+  arm.write_text('[1]\n{"step": 10, "eval_loss": 2.0}\n')
+  with pytest.raises(UserError, match=re.escape(f"{arm}: record 1 is not a metrics record")):
+    paired_curves(tmp_path / "points", "eval_loss", "base")
+  arm.write_text('{"step": 10, "eval_loss": 2.0}\n')
+  assert "| g+arm | 1.000 |" in paired_curves(tmp_path / "points", "eval_loss", "base")

@@ -26,7 +26,6 @@ from pathlib import Path
 
 from parallax_jax.errors import UserError
 from parallax_jax.sweeps.pivot import finite, mean_spread
-from parallax_jax.train.metrics import read_metrics
 
 VARIANT = re.compile(r"^(?:(?P<group>.+)\+)?(?P<arm>.+)_s(?P<seed>\d+)$")
 
@@ -104,7 +103,7 @@ def paired_tables(
 def _curves(points_dir: str | Path, value: str) -> dict[tuple[str, str, int], dict[int, float]]:
   """``(group, arm, seed) -> {step: value}`` of the finished points under ``points_dir`` (a
   sweep workdir's ``points/``) whose variant is named ``<group>+<arm>_s<seed>``."""
-  from parallax_jax.sweeps.report import read_status_file  # report imports this module
+  from parallax_jax.sweeps.report import point_records, read_status_file  # (report imports us)
 
   out, seen = {}, set()
   for d in sorted(Path(points_dir).iterdir()):
@@ -118,9 +117,10 @@ def _curves(points_dir: str | Path, value: str) -> dict[tuple[str, str, int], di
       raise UserError(_twice(points_dir, status["values"]["variant"]))
     seen.add(key)
     column = f"{d / 'metrics.jsonl'}: {value!r}"
-    steps = {
-      r["step"]: x for r in read_metrics(d) if (x := finite(r.get(value), column)) is not None
-    }
+    records, damaged = point_records(d)
+    if damaged is not None or not (d / "metrics.jsonl").is_file():
+      raise UserError(damaged or f"{d / 'metrics.jsonl'} does not exist")
+    steps = {r["step"]: x for r in records if (x := finite(r.get(value), column)) is not None}
     if steps:
       out[key] = steps
   if not out:
