@@ -298,14 +298,17 @@ PRIORITY = (  # device sessions run these in order: each step answers a question
   "adamw+parallax_r0_lr0.25_head1_s0",
   "adamw+softmax_lr0.25_head1_s0",
   head_one("adamw+parallax_lr2_s0"),
-  # next: the AdamW compute-matched softmax at seed 1 (does equal FLOPs reverse W_R = 0's lead
-  # at both seeds, as under Muon?)
+  # done (session 33, H100): the AdamW compute-matched softmax at seed 1 3.584, 0.031 above
+  # W_R = 0 (seed 0: 0.037 below; a tie); W_R = 0 at Muon x2 2.029, 0.008 above like_q at x2
+  # (the default r_init stays like_q); scaled head at AdamW 4e-3: W_R = 0 6.277, like_q 6.318
+  # (softmax 6.120), all on the plateau
   "adamw+softmax_compute_head1_s1",
-  # then W_R = 0 at twice its Muon rate: the init comparison at each init's best Muon rate
   "muon+parallax_r0_lr2_head1_s0",
-  # then the scaled head's AdamW scan and controls: they study a head that holds every arm
-  # back, so they come last
-  *[name for name in ADAMW_UP_SCAN if name != "adamw+softmax_lr4_s0"],
+  "adamw+parallax_r0_lr4_s0",
+  "adamw+parallax_lr4_s0",
+  # next: the scaled head's remaining AdamW runs: they study a head that holds every arm back,
+  # so they come last
+  "adamw+softmax_lr8_s0",
   "adamw+parallax_lr0.5_s0",
   "adamw+softmax_lr0.5_s0",
   "adamw+parallax_s1",

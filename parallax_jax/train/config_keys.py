@@ -33,7 +33,10 @@ KEYS: dict[str, tuple[str, str]] = {
   "model.head_dim": (FIXED, "width of one attention head (even: RoPE rotates pairs)"),
   "model.mlp_dim": (FIXED, "hidden width of the SwiGLU MLP"),
   "model.attention": (FIXED, "'parallax' (adds r_proj), 'softmax' or 'lla'"),
-  "model.r_init": (FIXED, "r_proj init: 'like_q', or 'zeros' (starts as a softmax model)"),
+  "model.r_init": (
+    FIXED,
+    "r_proj init: 'like_q', or 'zeros' (starts as a softmax model; trains better under AdamW)",
+  ),
   "model.qk_norm": (FIXED, "RMSNorm on q, k (and r) per head"),
   "model.tie_embeddings": (FIXED, "LM head shares the token embedding matrix"),
   "model.tied_head_scale": (
