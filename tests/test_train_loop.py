@@ -277,6 +277,8 @@ def test_convert_softmax_checkpoint_then_train_parallax(tmp_path, capsys):
   # recorded init_from then refused the corrected path).
   for init_from, extra, says in [
     (tmp_path / "none", [], "does not exist"),
+    # before the data setup, which would leave its trained tokenizer for a retry to read
+    (tmp_path / "none", ["--config.data.tokenizer=train:bpe:300"], "does not exist"),
     (tmp_path / "soft", [], "is not a params-only checkpoint"),  # a run's workdir
     (tmp_path / "plx", ["--config.model.attention=softmax"], "not in the model: blocks/0/attn/r_"),
     (tmp_path / "plx", ["--config.model.mlp_dim=96"], "other shapes: blocks/0/mlp/"),

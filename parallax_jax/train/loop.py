@@ -76,6 +76,11 @@ class Trainer:
       cache = ""
     use_compilation_cache(cache)  # before anything compiles
     self.program = Program(exp)
+    first_start = not read_only and not run_record.holds_run(self.workdir)
+    if first_start and exp.checkpoint.init_from:
+      # A wrong path must not leave a run that refuses the fix, nor files of the data setup
+      # (a trained or copied tokenizer) that a retry with another data.tokenizer would read.
+      check_init_from(exp.checkpoint.init_from, self.program.abstract_state.params)
     self.data = data_io.TrainData(exp, self.workdir, read_only=read_only)
     # A signal during the data setup (``cli train``): stop before the run is recorded or locked.
     check_setup()
@@ -91,8 +96,6 @@ class Trainer:
         self._lock()
         self._resume_record = (exp.raw.to_dict(), extra, changed)
       else:
-        if exp.checkpoint.init_from:  # a wrong path must not leave a run that refuses the fix
-          check_init_from(exp.checkpoint.init_from, self.program.abstract_state.params)
         run_record.record_start(self.workdir, exp.raw.to_dict(), extra)
         self._lock()
     self.checkpointer = Checkpointer(
