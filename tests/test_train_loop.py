@@ -312,13 +312,12 @@ def test_a_kill_during_the_resume_rewrite_of_metrics_keeps_the_old_records(tmp_p
   path = tmp_path / "metrics.jsonl"
   old = "".join(f'{{"step": {s}, "loss": {1.0 / s}}}\n' for s in range(1, 200))
   path.write_text(old)
-  write_text = Path.write_text
 
-  def killed(self, data, *args, **kwargs):  # the process dies halfway through the write
-    write_text(self, data[: len(data) // 2], *args, **kwargs)
+  def killed(fd):  # the process dies halfway through writing the new file, before the rename
+    os.ftruncate(fd, os.fstat(fd).st_size // 2)
     raise KeyboardInterrupt
 
-  monkeypatch.setattr(Path, "write_text", killed)
+  monkeypatch.setattr(os, "fsync", killed)
   with pytest.raises(KeyboardInterrupt):
     MetricsWriter(tmp_path, resume_step=150, tensorboard=False)
   monkeypatch.undo()
