@@ -41,7 +41,12 @@ Arms (variants; `<optimizer>+<model>[_lr<scale>]_s<seed>`):
   (`HEAD_ONE_EDGES`: like_q at Muon x4 and AdamW x0.25, softmax at AdamW x0.5); then (session
   30) W_R = 0 at AdamW x0.5 and AdamW's seed-1 pair at 5e-4 (`HEAD_ONE_SEEDS`); then (session
   31) W_R = 0's seed 1 there, an AdamW compute-matched softmax and both AdamW scans one step
-  lower; then (session 32) that compute-matched softmax's seed 1 and W_R = 0 at Muon x2.
+  lower; then (session 32) that compute-matched softmax's seed 1 and W_R = 0 at Muon x2; then
+  (session 33) AdamW's W_R = 0, softmax and compute-matched softmax at seed 2 and its
+  parameter-matched softmax.
+- `DROPPED` (session 33): the scaled head's AdamW points not yet run when every unscaled-head
+  point was done. With the scaled head every kind sits on a plateau under AdamW (perplexity
+  450-550 at every rate up to 4e-3), so they could not change the study's answer.
 `PRIORITY` orders them for the device sessions (experiments/results/studies_gpu/results.md).
 
 One device call runs one point (or a few): `parallax-jax sweep --points` takes their variant
@@ -155,6 +160,8 @@ HEAD_ONE = (
   # 3.635), the largest lead so far; does it survive equal FLOPs? (softmax's AdamW scan is flat
   # between 5e-4 and 1e-3: 3.635, 3.637, so its base rate serves, as under Muon)
   "adamw+softmax_compute_s0",
+  # session 33: the AdamW parameter-matched softmax (MLP 2304), at the base rate as under Muon
+  "adamw+softmax_params_s0",
 )
 
 
@@ -198,6 +205,27 @@ HEAD_ONE_EDGES = {
   # (x2, 2.020) is below W_R = 0 at x1 (2.033), and W_R = 0 was never scanned there
   "muon+parallax_r0_lr2_head1_s0": ("muon+parallax_r0_head1_s0", 2.0),
 }
+# Session 33: at equal FLOPs under AdamW the compute-matched softmax and W_R = 0 split the two
+# seeds (-0.037, +0.031 nats) and the control's seeds differ by 0.132: a third seed of the
+# three AdamW points the comparison reads. (The AdamW parameter-matched softmax joins HEAD_ONE.)
+HEAD_ONE_SEEDS.update(
+  {
+    "adamw+softmax_compute_head1_s2": "adamw+softmax_compute_head1_s0",
+    "adamw+parallax_r0_lr0.5_head1_s2": "adamw+parallax_r0_lr0.5_head1_s0",
+    "adamw+softmax_lr0.5_head1_s2": "adamw+softmax_lr0.5_head1_s0",
+  }
+)
+# Session 33: the scaled head's AdamW points still to run, dropped from the plan (docstring).
+DROPPED = (
+  "adamw+softmax_lr8_s0",
+  "adamw+parallax_lr0.5_s0",
+  "adamw+softmax_lr0.5_s0",
+  "adamw+parallax_s1",
+  "adamw+softmax_s1",
+  "adamw+softmax_compute_s0",
+  "adamw+softmax_params_s0",
+  "adamw+parallax_r0_s1",
+)
 
 
 def head_one(name: str) -> str:
@@ -306,16 +334,12 @@ PRIORITY = (  # device sessions run these in order: each step answers a question
   "muon+parallax_r0_lr2_head1_s0",
   "adamw+parallax_r0_lr4_s0",
   "adamw+parallax_lr4_s0",
-  # next: the scaled head's remaining AdamW runs: they study a head that holds every arm back,
-  # so they come last
-  "adamw+softmax_lr8_s0",
-  "adamw+parallax_lr0.5_s0",
-  "adamw+softmax_lr0.5_s0",
-  "adamw+parallax_s1",
-  "adamw+softmax_s1",
-  "adamw+softmax_compute_s0",
-  "adamw+softmax_params_s0",
-  "adamw+parallax_r0_s1",
+  # next: AdamW's equal-FLOPs comparison at a third seed (the control and W_R = 0 first), the
+  # per-step pair's softmax there, then the AdamW parameter-matched softmax
+  "adamw+softmax_compute_head1_s2",
+  "adamw+parallax_r0_lr0.5_head1_s2",
+  "adamw+softmax_lr0.5_head1_s2",
+  head_one("adamw+softmax_params_s0"),
 )
 OVERRIDES = {
   **MODEL,
@@ -415,6 +439,8 @@ def variants() -> dict[str, dict]:
     out[name] = {**out[source], "optimizer.learning_rate": lr * factor}
   for name, source in HEAD_ONE_SEEDS.items():  # after the edges: a seed of one is one of them
     out[name] = {**out[source], "train.seed": int(name.rsplit("_s", 1)[1])}
+  for name in DROPPED:  # after the reruns that derive from them
+    del out[name]
   return out
 
 
