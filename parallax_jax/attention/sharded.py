@@ -35,8 +35,18 @@ def shard_over_batch_and_heads(
 
   ``q, r: [B, T, Hq, D]`` (``r`` may be None: softmax), ``k, v: [B, T, Hkv, D]``,
   ``segment_ids: [B, T] | None``. The batch axis is split over ``batch_axes``, the head axes
-  over ``q_head_axes`` / ``kv_head_axes`` (None: not split); T and D stay whole.
+  over ``q_head_axes`` / ``kv_head_axes`` (None: not split); T and D stay whole. The two head
+  axes must be equal (GQA groups stay whole on each device), except that a single kv head may
+  stay whole while the query heads are split.
   """
+  if q_head_axes != kv_head_axes and not (kv_head_axes is None and k.shape[2] == 1):
+    # Each device maps its local query head h to local kv head h // (local Hq // local Hkv):
+    # the global pairing only when both head axes are split alike.
+    raise ValueError(
+      f"q_head_axes={q_head_axes!r} and kv_head_axes={kv_head_axes!r} must be equal: split "
+      "unlike each other, query heads would meet the wrong kv heads. Split both alike or "
+      "neither (None)."
+    )
   q_spec, kv_spec = P(batch_axes, None, q_head_axes, None), P(batch_axes, None, kv_head_axes, None)
   has_r, has_seg = r is not None, segment_ids is not None
   args = [q, *([r] if has_r else []), k, v, *([segment_ids] if has_seg else [])]

@@ -106,3 +106,29 @@ def test_heads_split_only_when_q_and_kv_heads_split_alike(devices, table):
 
   got = jax.jit(call)(q, k, v)
   np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize(("q_axes", "kv_axes"), [("h", None), (None, "h")])
+def test_q_and_kv_heads_split_unlike_each_other_are_refused(devices, q_axes, kv_axes):
+  # Split unlike each other, a device's local query head h would use its local kv head
+  # h // (local Hq // local Hkv), not the global one: GQA groups silently paired wrongly.
+  mesh = Mesh(np.asarray(devices).reshape(4, 2), ("a", "h"))
+  q = jnp.ones((4, T, HQ, D))
+  k = v = jnp.ones((4, T, HKV, D))
+  with pytest.raises(ValueError, match="q_head_axes.*kv_head_axes"):
+    shard_over_batch_and_heads(
+      _fn([]), q, None, k, v, mesh=mesh, batch_axes="a", q_head_axes=q_axes, kv_head_axes=kv_axes
+    )
+
+
+def test_one_kv_head_may_stay_whole_while_q_heads_split(devices):
+  # MQA: every query head uses kv head 0, on every device too.
+  mesh = Mesh(np.asarray(devices).reshape(4, 2), ("a", "h"))
+  keys = jax.random.split(jax.random.key(2), 3)
+  q = jax.random.normal(keys[0], (4, T, HQ, D))
+  k, v = (jax.random.normal(kk, (4, T, 1, D)) for kk in keys[1:])
+  want = _fn([])(q, None, k, v, None)
+  got = shard_over_batch_and_heads(
+    _fn([]), q, None, k, v, mesh=mesh, batch_axes="a", q_head_axes="h", kv_head_axes=None
+  )
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-6, atol=1e-6)
