@@ -149,6 +149,23 @@ def test_rejects_bad_arguments():
     lla_attention(q, k, v, scale=float("nan"))
   with pytest.raises(ValueError, match="solver"):
     lla_attention(q, k, v, solver="qr")
+  # The window and causal flag pass the op's checks: 2.5 and True were windows, None non-causal.
+  for window in (2.5, True):
+    with pytest.raises(TypeError, match="window_size must be an int"):
+      lla_attention(q, k, v, window_size=window)
+  with pytest.raises(TypeError, match="causal must be a bool"):
+    lla_attention(q, k, v, causal=None)
+
+
+@pytest.mark.parametrize("window", [9, 2**31, 2**40])
+def test_window_as_long_as_the_keys_is_no_window(window):
+  # A window past int32 ended in an OverflowError inside the jitted (int32) mask; it masks nothing.
+  q, k, v = _inputs(7)
+  got = lla_attention(
+    *(jnp.asarray(x, jnp.float32) for x in (q, k, v)), ridge=1.0, window_size=window
+  )
+  want = lla_oracle(q, k, v, ridge=1.0, scale=0.5)
+  np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4, atol=1e-4)
 
 
 def test_model_with_lla_trains(tmp_path):
