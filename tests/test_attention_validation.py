@@ -54,6 +54,7 @@ K = _x((1, 8, 2, 16))
     (dict(scale=True), TypeError, r"scale must be a static Python float .*got bool"),
     (dict(scale=np.array([0.1, 0.2])), TypeError, r"scale must be a static Python float"),
     (dict(implementation="cuda"), ValueError, r"implementation must be None or one of"),
+    (dict(implementation=["xla"]), ValueError, r"implementation must be None or one of"),
     (dict(interpret=1), TypeError, r"interpret must be a bool"),
     (
       dict(implementation="xla", block_sizes=(64, 64)),

@@ -90,7 +90,7 @@ class Registry:
     return tuple(self._entries)
 
   def get(self, name: str) -> Implementation:
-    if name not in self._entries:
+    if not isinstance(name, str) or name not in self._entries:  # a list is unhashable
       raise ValueError(f"implementation must be None or one of {self.names()}, got {name!r}.")
     module, attr = self._entries[name].split(":")
     try:
