@@ -335,11 +335,13 @@ def test_compare_sharding_refuses_a_wrong_flag_before_running(tmp_path, capsys, 
   [
     ("config.json", "holds a training run \\(config.json\\); compare-sharding writes its results"),
     ("sharding.csv", "already holds sharding.csv from an earlier comparison; pass a new folder"),
+    ("sweep.json", "holds a sweep \\(sweep.json\\); compare-sharding writes its results"),
   ],
 )
 def test_compare_sharding_refuses_a_run_or_an_earlier_comparison(tmp_path, capsys, present, match):
   """compare-sharding wrote sharding.csv/png into whatever --workdir it got: into a training
-  run's folder (which only train writes), or over an earlier comparison's results."""
+  run's folder (which only train writes), a sweep's folder (which only sweep writes), or over an
+  earlier comparison's results."""
   workdir = tmp_path / "cmp"
   workdir.mkdir()
   (workdir / present).write_text("kept\n")

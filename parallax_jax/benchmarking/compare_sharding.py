@@ -266,11 +266,16 @@ def format_table(rows: list[dict]) -> str:
 
 def check_output_folder(workdir: Path, *, scaling: bool) -> None:
   """Refuses, before anything compiles, a folder that holds a training run (a run is read,
-  never written into, by the other commands) or an earlier comparison's results (never
+  never written into, by the other commands), a sweep or an earlier comparison's results (never
   overwritten)."""
   if run_record.holds_run(workdir):
     raise UserError(
       f"--workdir {str(workdir)!r} holds a training run (config.json); compare-sharding "
+      "writes its results into a folder of its own: pass a new one"
+    )
+  if (workdir / run_record.SWEEP).is_file():  # a sweep's folder: its reports and points only
+    raise UserError(
+      f"--workdir {str(workdir)!r} holds a sweep ({run_record.SWEEP}); compare-sharding "
       "writes its results into a folder of its own: pass a new one"
     )
   names = ["sharding.csv", "sharding.png", *(["scaling.png"] if scaling else [])]
