@@ -123,6 +123,21 @@ def test_collect_with_dry_run_is_refused_and_writes_nothing(tmp_path, capsys):
   assert not out.exists() and _tree(src) == before
 
 
+def test_collect_with_parallel_is_refused_and_writes_nothing(tmp_path, capsys):
+  """--parallel (points trained at once) was accepted with --collect, which trains nothing, and
+  silently ignored."""
+  from cli_runner import one_line_error
+
+  first, _ = load_sweep(SMOKE).points
+  src, out = tmp_path / "returned", tmp_path / "results"
+  _point(src, first.name, first.fingerprint(), first.steps)
+  before = _tree(src)
+  argv = ["sweep", "--config", SMOKE, "--workdir", str(out), "--collect", str(src)]
+  assert cli.main([*argv, "--parallel", "2"]) == 2
+  assert "--parallel does not apply to --collect" in one_line_error(capsys.readouterr().err)
+  assert not out.exists() and _tree(src) == before
+
+
 def test_points_run_into_a_shared_workdir_keep_the_others_in_its_table(
   tmp_path, capsys, monkeypatch
 ):

@@ -14,10 +14,12 @@ def _sweep(args) -> int:
   from parallax_jax.train.preemption import EXIT_PREEMPTED
   from parallax_jax.train.run_record import check_holds_no_other_kind
 
-  if args.parallel < 1:  # checked before the sweep loads: a typo costs nothing
+  if args.parallel is not None and args.parallel < 1:  # checked before the sweep loads
     raise UserError(f"--parallel must be >= 1, got {args.parallel}")
   if args.collect and args.dry_run:  # collecting writes: a dry run must not
     raise UserError("--dry-run does not apply to --collect (which copies points); drop one")
+  if args.collect and args.parallel is not None:  # it would be ignored: collecting trains nothing
+    raise UserError("--parallel does not apply to --collect (which trains nothing); drop one")
   check_holds_no_other_kind(args.workdir, "sweep")
   if args.collect:
     return _sweep_collect(args)
@@ -28,7 +30,7 @@ def _sweep(args) -> int:
     return _dry_run(chosen, args.workdir)
   only = {p.name for p in chosen}
   try:
-    rows = run_sweep(sweep, args.workdir, parallel=args.parallel, only=only)
+    rows = run_sweep(sweep, args.workdir, parallel=args.parallel or 1, only=only)
   except SweepStopped as e:
     print(f"parallax-jax: {e} (report: {args.workdir}/results.md)", file=sys.stderr)
     return EXIT_PREEMPTED
@@ -120,7 +122,10 @@ def add_sweep(sub, common):
   )
   sw.add_argument("--workdir", type=local_dir, required=True)
   sw.add_argument(
-    "--parallel", type=int, default=1, help="points at once (one accelerator each if several)"
+    "--parallel",
+    type=int,
+    default=None,
+    help="points trained at once (default 1; one accelerator each if several)",
   )
   sw.add_argument(
     "--points",
