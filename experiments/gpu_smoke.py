@@ -10,6 +10,7 @@ Cases, the float64 oracle and the tolerances come from ``parallax_jax/testing`` 
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import time
@@ -49,10 +50,21 @@ def run(case, interpret: bool) -> bool:
   return ok
 
 
-def main(argv) -> int:
-  interpret = "--interpret" in argv
+def main(argv=None) -> int:
+  import jax
+
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--all", action="store_true", help="every case of the grid (default: core cases)")
+  p.add_argument(
+    "--interpret", action="store_true", help="Pallas interpret mode: the same cases on CPU (slow)"
+  )
+  args = p.parse_args(argv)
+  backend = jax.default_backend()
+  if not args.interpret and backend != "gpu":  # every case would end in the same traceback
+    p.error(f"compiles the kernels on a GPU, not on this {backend!r} host; pass --interpret")
+  interpret = args.interpret
   results = []
-  for case in CASES if "--all" in argv else CORE_CASES:
+  for case in CASES if args.all else CORE_CASES:
     try:
       results.append(run(case, interpret))
     except Exception as e:  # noqa: BLE001  (report every case, then fail)
@@ -66,4 +78,4 @@ def main(argv) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main(sys.argv[1:]))
+  sys.exit(main())

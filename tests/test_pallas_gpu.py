@@ -330,3 +330,25 @@ def test_relaxed_atomics_fall_back_when_jax_changed(monkeypatch, caplog):
   assert [r.message for r in caplog.records].count(
     "relaxed atomics unavailable (ImportError: planted): using acq_rel atomic_add"
   ) == 1
+
+
+@pytest.mark.parametrize(
+  "argv, code, says",
+  [
+    (["--help"], 0, "--interpret"),
+    (["--interpert"], 2, "unrecognized arguments: --interpert"),
+    ([], 2, "pass --interpret"),
+  ],
+  ids=["help", "typo", "no-gpu"],
+)
+def test_gpu_smoke_script_reads_its_flags_before_running(monkeypatch, capsys, argv, code, says):
+  """experiments/gpu_smoke.py looked for '--all' / '--interpret' in argv: --help and a mistyped
+  flag ran the smoke, and off a GPU each case printed the same traceback."""
+  from experiments import gpu_smoke
+
+  monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
+  monkeypatch.setattr(gpu_smoke, "run", lambda *a: pytest.fail("a case ran"))
+  with pytest.raises(SystemExit) as e:
+    gpu_smoke.main(argv)
+  out, err = capsys.readouterr()
+  assert e.value.code == code and says in out + err and "Traceback" not in err
