@@ -875,6 +875,30 @@ def test_seed_pairs_and_pivot_clis_refuse_bad_input_in_one_line(tmp_path, capsys
   assert text in _cli_error(capsys, pivot_results.main, [*pivot, "status"])
 
 
+@pytest.mark.parametrize(
+  "fmt, says",
+  [
+    ("{:.3f", "does not format a number (ValueError"),
+    ("{x}", "does not format a number (KeyError"),
+    ("{:d}", "does not format a number (ValueError"),
+    ("{1}", "does not format a number (IndexError"),
+    ("loss", "has no field for the number"),
+  ],
+)
+def test_seed_pairs_and_pivot_clis_refuse_a_bad_fmt_in_one_line(tmp_path, capsys, fmt, says):
+  """A --fmt that formats no number ended both tables in a traceback (or, with no field,
+  printed the same text in every cell)."""
+  from experiments import pivot_results, seed_pairs
+
+  path = tmp_path / "results.csv"
+  rows = [("muon+softmax_s0", "finished", "4.0"), ("muon+parallax_s0", "finished", "3.0")]
+  _write_csv(path, ["variant", "status", "eval_loss"], rows)
+  want = f"--fmt {fmt!r} {says}"
+  assert want in _cli_error(capsys, seed_pairs.main, [str(path), "--fmt", fmt])
+  pivot = [str(path), "--rows", "variant", "--cols", "status", "--value", "eval_loss"]
+  assert want in _cli_error(capsys, pivot_results.main, [*pivot, "--fmt", fmt])
+
+
 def test_seed_pairs_refuse_a_base_that_is_no_arm(tmp_path):
   """A misspelt ``--base`` gave an empty difference table: it read as "no pair finished"."""
   from parallax_jax.errors import UserError

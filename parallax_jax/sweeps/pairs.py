@@ -25,7 +25,7 @@ import statistics
 from pathlib import Path
 
 from parallax_jax.errors import UserError
-from parallax_jax.sweeps.pivot import finite, mean_spread
+from parallax_jax.sweeps.pivot import check_format, finite, mean_spread
 
 VARIANT = re.compile(r"^(?:(?P<group>.+)\+)?(?P<arm>.+)_s(?P<seed>\d+)$")
 
@@ -71,6 +71,7 @@ def paired_tables(
 ) -> str:
   """Two markdown tables: ``value`` per arm and seed (with the mean ± half the range), and
   each arm minus its group's ``base`` arm at the same seed (with the mean ± half the range)."""
+  check_format(fmt)
   runs = _runs(csv_path, value)
   seeds = sorted({s for _, _, s in runs})
   arms = sorted({(g, a) for g, a, _ in runs})
@@ -134,6 +135,7 @@ def paired_curves(
   """A markdown table: each arm minus its group's ``base`` arm at the same seed, at every step
   at which both runs of a pair logged ``value``; a cell is the mean ± half the range over the
   seeds that have the pair."""
+  check_format(fmt)
   curves = _curves(points_dir, value)
   diffs: dict[str, dict[int, list[float]]] = {}  # arm -> step -> one difference per seed
   for (g, a, seed), steps in sorted(curves.items()):

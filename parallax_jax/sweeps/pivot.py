@@ -29,6 +29,20 @@ def finite(text, column: str = "value") -> float | None:
   return x if math.isfinite(x) else None
 
 
+def check_format(fmt: str) -> None:
+  """A UserError unless ``fmt`` (``--fmt``) formats one number, ``fmt.format(x)``: a bad one
+  ended the table in a ValueError / KeyError / IndexError traceback, and one without a field
+  printed the same text in every cell."""
+  try:
+    texts = {fmt.format(x) for x in (1.25, -3.75)}
+  except (ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
+    raise UserError(
+      f"--fmt {fmt!r} does not format a number ({type(e).__name__}: {e}); e.g. '{{:.3f}}'"
+    ) from None
+  if len(texts) == 1:
+    raise UserError(f"--fmt {fmt!r} has no field for the number; e.g. '{{:.3f}}'")
+
+
 def mean_spread(xs: list[float], fmt: str = "{:.3f}") -> str:
   """A table cell of repeated measurements: ``-`` (none), the value (one), or ``mean ± half
   the range (n=...)``."""
@@ -41,6 +55,7 @@ def mean_spread(xs: list[float], fmt: str = "{:.3f}") -> str:
 
 
 def pivot(csv_path: str | Path, rows: str, cols: str, value: str, fmt: str = "{:.3f}") -> str:
+  check_format(fmt)
   with open(csv_path, newline="") as f:
     records = [r for r in csv.DictReader(f) if r.get("status") == "finished"]
   if not records:
