@@ -32,7 +32,7 @@ def main(argv=None):
     print(paired_tables(args.csv, args.value, args.base, args.fmt), end="")
     if args.curves:
       print()
-      print(paired_curves(points, args.value, args.base), end="")
+      print(paired_curves(points, args.value, args.base, args.fmt), end="")
   except UserError as e:
     p.error(str(e))
 

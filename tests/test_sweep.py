@@ -516,6 +516,27 @@ def test_seed_pairs_curves_pair_each_step_within_group_and_seed(tmp_path):
     paired_curves(tmp_path / "points", "eval_mse")
 
 
+def test_seed_pairs_cli_formats_the_curves_with_fmt(tmp_path, capsys):
+  """``seed_pairs --curves --fmt`` formatted the per-seed tables with --fmt but the curves'
+  table with the default '{:.3f}', silently."""
+  from experiments import seed_pairs
+
+  rows = []
+  for variant, loss in (("muon+softmax_s0", 4.0), ("muon+parallax_s0", 3.5)):
+    rows.append((variant, "finished", str(loss)))
+    d = tmp_path / "points" / f"variant={variant}"
+    d.mkdir(parents=True)
+    (d / "status.json").write_text(
+      json.dumps({"values": {"variant": variant}, "status": "finished"})
+    )
+    (d / "metrics.jsonl").write_text(json.dumps({"step": 100, "eval_loss": loss}) + "\n")
+  _write_csv(tmp_path / "results.csv", ["variant", "status", "eval_loss"], rows)
+  seed_pairs.main([str(tmp_path / "results.csv"), "--curves", "--fmt", "{:.1f}"])
+  out = capsys.readouterr().out
+  assert "| muon+parallax | -0.5 |" in out  # the curves' row: step 100, 3.5 - 4.0
+  assert "-0.500" not in out
+
+
 # 4 groups x 3 seeds: more curves than matplotlib's 10-colour default cycle.
 MANY = [
   f"{o}+{k}_s{s}" for o in ("adamw", "muon") for k in ("parallax", "softmax") for s in (0, 1, 2)
