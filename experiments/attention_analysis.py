@@ -121,13 +121,13 @@ def main(argv=None):
   out = output_paths(args.out)
   taken = [str(path) for path in out.values() if path.exists()]
   if taken:  # checked before any run is read: a result file is never overwritten
-    raise SystemExit(f"--out {args.out}: {', '.join(taken)} exist(s); pass a new stem")
+    p.error(f"--out {args.out}: {', '.join(taken)} exist(s); pass a new stem")
   runs = {}
   for flag, specs in (("--run", args.run), ("--init", args.init)):
     for spec in specs:
       name, sep, workdir = spec.partition("=")
       if not sep or not workdir:
-        raise SystemExit(f"{flag} must be name=workdir, got {spec!r}")
+        p.error(f"{flag} must be name=workdir, got {spec!r}")
       if name in runs:  # the results are keyed by name: the first run would be lost
         w, init = runs[name]
         p.error(

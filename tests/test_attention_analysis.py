@@ -21,14 +21,34 @@ def test_an_existing_output_is_refused_before_anything_runs(tmp_path, capsys):
   from experiments.memory_scaling import main as memory_main
 
   (tmp_path / "a.md").write_text("earlier result\n")
-  with pytest.raises(SystemExit, match=r"a.md exist\(s\); pass a new stem"):
+  with pytest.raises(SystemExit) as exit_:
     main(["--run", f"x={tmp_path / 'no_such_run'}", "--out", str(tmp_path / "a")])
+  err = capsys.readouterr().err  # argparse's one "<prog>: error: ..." line, exit 2
+  assert exit_.value.code == 2 and err.strip().splitlines()[-1].endswith(
+    f": error: --out {tmp_path / 'a'}: {tmp_path / 'a.md'} exist(s); pass a new stem"
+  )
   assert (tmp_path / "a.md").read_text() == "earlier result\n"
   (tmp_path / "m.json").write_text("{}")
   with pytest.raises(SystemExit):
     memory_main(["--out", str(tmp_path / "m.json")])
   assert "m.json exist(s); pass a new path" in capsys.readouterr().err
   assert (tmp_path / "m.json").read_text() == "{}"
+
+
+def test_a_run_not_given_as_name_equals_workdir_is_a_one_line_error(tmp_path, capsys):
+  """``--run W`` (no ``name=``) and an existing --out ended with a bare message and exit 1, not
+  argparse's ``<prog>: error:`` line and exit 2 of the other refusals."""
+  import pytest
+
+  from experiments.attention_analysis import main
+
+  with pytest.raises(SystemExit) as exit_:
+    main(["--run", str(tmp_path / "w"), "--out", str(tmp_path / "a")])
+  err = capsys.readouterr().err
+  assert exit_.value.code == 2 and "Traceback" not in err
+  want = f": error: --run must be name=workdir, got {str(tmp_path / 'w')!r}"
+  assert err.strip().splitlines()[-1].endswith(want)
+  assert list(tmp_path.iterdir()) == []
 
 
 def test_a_missing_run_is_a_one_line_error_before_any_output(tmp_path, capsys):
