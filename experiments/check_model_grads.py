@@ -73,7 +73,7 @@ def model_config(args) -> tuple[ModelConfig, int]:
     points = select_points(load_sweep(args.sweep), args.point).points
     if len(points) != 1:
       names = ", ".join(p.name for p in points)
-      raise SystemExit(f"--point: {args.point!r} must select one point of the sweep, got {names}")
+      raise UserError(f"--point: {args.point!r} must select one point of the sweep, got {names}")
     cfg = points[0].config
   else:
     cfg = load_config(args.config)
@@ -130,6 +130,8 @@ def main(argv=None):
   args = p.parse_args(argv)
   if args.sweep and not args.point:
     p.error("--sweep needs --point (the variant name whose config to check)")
+  if args.point and not args.sweep:  # it would be ignored: --config is the config
+    p.error("--point selects a point of --sweep; with --config, drop it")
   cli_checks.at_least(p, args, 1, "batch", "seq_len", "mean_doc")
   cli_checks.at_least(p, args, 0, "seed")  # numpy's generator refuses a negative one
   try:  # a missing or bad config or sweep file, or a bad override: one line, not a traceback

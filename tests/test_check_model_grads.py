@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from experiments import check_model_grads as cmg
+from parallax_jax.errors import UserError
 from parallax_jax.model import ModelConfig
 
 
@@ -63,5 +64,31 @@ def test_sweep_point_is_chosen_by_its_variant_name():
 
   cfg, seq_len = cmg.model_config(args("muon+softmax_s0"))
   assert cfg.attention == "softmax" and cfg.num_layers == 12 and seq_len == 2048
-  with pytest.raises(SystemExit, match="must select one point"):
+  with pytest.raises(UserError, match="must select one point"):
     cmg.model_config(args("muon+*_s0"))
+
+
+@pytest.mark.parametrize(
+  "argv, says",
+  [
+    (
+      ["--sweep", "configs/sweeps/smoke.py", "--point", "attention=*"],
+      "--point: 'attention=*' must select one point of the sweep, got attention=parallax, "
+      "attention=softmax",
+    ),
+    (
+      ["--config", "configs/tiny.py", "--point", "softmax"],
+      "--point selects a point of --sweep; with --config, drop it",
+    ),
+  ],
+  ids=["several-points", "point-without-sweep"],
+)
+def test_a_point_argument_mistake_is_one_line_before_anything_runs(tmp_path, capsys, argv, says):
+  """A --point matching several points ended in a bare message with exit 1; a --point beside
+  --config was silently ignored (the run checked --config's model)."""
+  with pytest.raises(SystemExit) as exit_:
+    cmg.main([*argv, "--out-dir", str(tmp_path / "out")])
+  err = capsys.readouterr().err
+  assert exit_.value.code == 2 and "Traceback" not in err
+  assert err.strip().splitlines()[-1].endswith(f": error: {says}")
+  assert not (tmp_path / "out").exists()
