@@ -26,7 +26,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from experiments import bench_bwd_math, bench_fwd_math, bench_kernels  # noqa: E402
-from parallax_jax.benchmarking import ptxas_report, result_files, run_info  # noqa: E402
+from parallax_jax.benchmarking import cli_checks, ptxas_report, result_files, run_info  # noqa: E402
 
 KINDS = {"fwd": bench_fwd_math, "bwd": bench_bwd_math}
 DEFAULT_VARIANTS = [f"{k}:{v}" for k, mod in KINDS.items() for v in mod.VARIANTS]
@@ -75,19 +75,28 @@ def run_child(variant: str, head_dim: int, timeout: int) -> tuple[list[dict], st
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS), help="comma list of kind:name")
-  p.add_argument("--head-dim", type=int, default=128)
+  p.add_argument("--head-dim", type=int, default=128, help="head width D of the kernels")
   p.add_argument("--timeout", type=int, default=300, help="seconds per child")
   p.add_argument("--jobs", type=int, default=1, help="children compiling at once")
   p.add_argument("--child", default=None, help=argparse.SUPPRESS)
-  p.add_argument("--out-dir", default=os.path.join(os.path.dirname(__file__), "results"))
+  p.add_argument(
+    "--out-dir",
+    default=os.path.join(os.path.dirname(__file__), "results"),
+    help="folder of the result files (default: experiments/results)",
+  )
   args = p.parse_args(argv)
   chosen = args.variants.split(",")
   unknown = [v for v in chosen if v not in DEFAULT_VARIANTS]
   if unknown:
     p.error(f"--variants: unknown {unknown}; choose from {DEFAULT_VARIANTS}")
+  cli_checks.at_least(p, args, 1, "head_dim", "timeout", "jobs")
   if args.child:
     compile_variant(args.child, args.head_dim)
     return None
+  import jax
+
+  if (backend := jax.default_backend()) != "gpu":  # every child would fail: error rows only
+    p.error(f"compiles the Mosaic GPU kernels on a GPU, not on this {backend!r} host")
   now = datetime.datetime.now()
   command = run_info.command("experiments.kernel_registers", argv)
   result = bench_kernels.run_header(args, ("head_dim", "timeout"), now, command, shape=CHILD_SHAPE)

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 
+import jax
+import pytest
+
 from experiments import kernel_registers
 from parallax_jax.benchmarking import ptxas_report
 
@@ -61,6 +64,7 @@ def test_kernel_registers_records_a_variant_without_a_report(tmp_path, monkeypat
     return [], "no ptxas report in the child's output"
 
   monkeypatch.setattr(kernel_registers, "run_child", fake_run_child)
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
   result = kernel_registers.main(
     ["--variants", "bwd:fused,fwd:fma_first", "--out-dir", str(tmp_path)]
   )
@@ -72,3 +76,26 @@ def test_kernel_registers_records_a_variant_without_a_report(tmp_path, monkeypat
   assert json.loads(json_file.read_text())["rows"] == rows
   md = next(tmp_path.glob("kernel_registers_*.md")).read_text()
   assert "| fwd:fma_first | parallax_fwd_mgpu_kernel | 168 | 16 | 24 | 32 |" in md
+
+
+@pytest.mark.parametrize(
+  "argv, says",
+  [
+    (["--head-dim", "0"], "--head-dim: must be >= 1, got 0"),
+    (["--jobs", "0"], "--jobs: must be >= 1, got 0"),
+    ([], "compiles the Mosaic GPU kernels on a GPU, not on this 'cpu' host"),
+  ],
+  ids=["head-dim", "jobs", "no-gpu"],
+)
+def test_kernel_registers_refuses_what_would_only_write_error_rows(
+  tmp_path, monkeypatch, capsys, argv, says
+):
+  """A head dim or job count below 1, or a host without a GPU, ran every child to an error and
+  wrote a result file of error rows (exit 0)."""
+  monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
+  monkeypatch.setattr(kernel_registers, "run_child", lambda *a: pytest.fail("a child ran"))
+  with pytest.raises(SystemExit) as exit_:
+    kernel_registers.main([*argv, "--out-dir", str(tmp_path / "out")])
+  err = capsys.readouterr().err
+  assert exit_.value.code == 2 and err.strip().splitlines()[-1].endswith(f": error: {says}")
+  assert not (tmp_path / "out").exists()
