@@ -40,8 +40,9 @@ import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from experiments import bench_kernels  # noqa: E402
 from experiments.bench_kernels import versions  # noqa: E402
-from parallax_jax.benchmarking import result_files, run_info  # noqa: E402
+from parallax_jax.benchmarking import cli_checks, result_files, run_info  # noqa: E402
 from parallax_jax.benchmarking.kernel_times import kernel_times  # noqa: E402
 from parallax_jax.benchmarking.timing import time_call  # noqa: E402
 from parallax_jax.decode import DecodeTuning, parallax_decode  # noqa: E402
@@ -197,13 +198,17 @@ def write_result(meta: dict, rows: list[dict], stem: str):
   return result, stem
 
 
+PATHS = ("floor", "pallas_gpu", "parallax_xla", "softmax_cudnn", "softmax_xla")
+GPU_PATHS = ("floor", "pallas_gpu", "softmax_cudnn")  # off a GPU: error rows only
+
+
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--shapes", default=DEFAULT_SHAPES, help="comma list of BxL (cache S = L)")
   p.add_argument("--kv-heads", default="8,2", help="comma list of Hkv (GQA when < --heads)")
   p.add_argument("--heads", type=int, default=8, help="query heads Hq")
-  p.add_argument("--head-dim", type=int, default=128)
-  p.add_argument("--dtype", default="bfloat16")
+  p.add_argument("--head-dim", type=int, default=128, help="head width D")
+  p.add_argument("--dtype", default="bfloat16", help="dtype of q, r and the cache")
   p.add_argument("--iters", type=int, default=20, help="timed chains per cell (median)")
   p.add_argument(
     "--chain", type=int, default=30, help="calls per timed chain (timed against a chain of 1)"
@@ -215,7 +220,7 @@ def main(argv=None):
   )
   p.add_argument(
     "--paths",
-    default="floor,pallas_gpu,parallax_xla,softmax_cudnn,softmax_xla",
+    default=",".join(PATHS),
     help="comma list of paths to time (floor: a Pallas copy kernel, the chain's launch floor)",
   )
   p.add_argument(
@@ -233,13 +238,27 @@ def main(argv=None):
     default=True,
     help="also record each kernel's device time per call from a profiler trace",
   )
-  p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
-  p.add_argument("--smoke", action="store_true", help="tiny shapes, interpret mode (CPU)")
+  p.add_argument(
+    "--out",
+    default=os.path.join(os.path.dirname(__file__), "results"),
+    help="folder of the result files (default: experiments/results)",
+  )
+  p.add_argument(
+    "--smoke",
+    action="store_true",
+    help="tiny shapes, interpret mode (CPU); sets --shapes, --kv-heads, --heads, --head-dim, "
+    "--iters and --chain itself",
+  )
   args = p.parse_args(argv)
   interpret = args.smoke
   from pallas_kernels.gpu import decode as gpu_decode
 
   if args.smoke:
+    set_by_smoke = ("shapes", "kv_heads", "heads", "head_dim", "iters", "chain")
+    given = [d for d in set_by_smoke if getattr(args, d) != p.get_default(d)]
+    if given:  # they would be replaced below, silently
+      flags = ", ".join(f"--{d.replace('_', '-')}" for d in given)
+      p.error(f"--smoke sets its own tiny shapes and counts: drop {flags}, or --smoke")
     args.shapes, args.kv_heads, args.heads, args.head_dim = "2x100", "2", 4, 32
     args.iters, args.chain, args.accuracy_all = 2, 3, True
     if args.tunings == "default":  # the merge of split states too
@@ -250,9 +269,25 @@ def main(argv=None):
   for m in merges:
     if m != "default" and m not in gpu_decode.MERGES:
       p.error(f"--merges entries are 'default' or one of {gpu_decode.MERGES}, got {m!r}")
-  dtype = jnp.dtype(args.dtype)
-  shapes = [tuple(int(x) for x in s.lower().split("x")) for s in args.shapes.split(",")]
-  kv_heads = [int(x) for x in args.kv_heads.split(",")]
+  # The arguments' mistakes: one line each, before anything runs or a result file is named.
+  names = args.paths.split(",")
+  if unknown := [n for n in names if n not in PATHS]:
+    p.error(f"--paths: unknown {unknown}; choose from {list(PATHS)}")
+  cli_checks.at_least(p, args, 1, "heads", "head_dim", "iters", "chain")
+  try:
+    dtype = jnp.dtype(args.dtype)
+  except TypeError:
+    p.error(f"--dtype: unknown dtype {args.dtype!r}; e.g. bfloat16, float16, float32")
+  shapes = bench_kernels.parse_shapes(p, args.shapes)
+  kv_heads = cli_checks.positive_ints(p, "--kv-heads", args.kv_heads)
+  if bad := [h for h in kv_heads if args.heads % h]:
+    p.error(f"--kv-heads: {bad} do not divide --heads {args.heads} (GQA groups)")
+  backend = jax.default_backend()
+  if not interpret and backend != "gpu" and (gpu := [n for n in names if n in GPU_PATHS]):
+    p.error(
+      f"--paths {','.join(gpu)}: run on a GPU, not on this {backend!r} host; pass --smoke "
+      "(interpret mode) or time parallax_xla,softmax_xla"
+    )
   tunings = {t: parse_tuning(t) for t in args.tunings.split(",")}
   hq, d = args.heads, args.head_dim
   now = datetime.datetime.now()
@@ -277,7 +312,7 @@ def main(argv=None):
   }
   print(json.dumps(meta, indent=1), flush=True)
   paths = {}
-  for name in args.paths.split(","):
+  for name in names:
     if name == "pallas_gpu":
       for merge in merges:
         for label, tuning in tunings.items():

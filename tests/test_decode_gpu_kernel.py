@@ -194,3 +194,29 @@ def test_bench_decode_smoke(tmp_path):
   # A second run never overwrites the first.
   _, stem2 = bench_decode.main(["--smoke", "--out", str(tmp_path), "--paths", "parallax_xla"])
   assert stem2 != stem and stem2.endswith("_2")
+
+
+@pytest.mark.parametrize(
+  "argv, says",
+  [
+    (["--shapes", "abc"], "--shapes: expected a comma list of BxL such as 2x8192, got 'abc'"),
+    (["--paths", "nope"], "--paths: unknown ['nope']; choose from"),
+    (["--dtype", "foo"], "--dtype: unknown dtype 'foo'"),
+    (["--iters", "0"], "--iters: must be >= 1, got 0"),
+    (["--kv-heads", "3", "--paths", "parallax_xla"], "--kv-heads: [3] do not divide --heads 8"),
+    (["--paths", "pallas_gpu,parallax_xla"], "--paths pallas_gpu: run on a GPU, not on this 'cpu'"),
+    (["--smoke", "--heads", "16"], "--smoke sets its own tiny shapes and counts: drop --heads"),
+  ],
+  ids=["shapes", "paths", "dtype", "iters", "kv-heads", "no-gpu", "smoke-ignores"],
+)
+def test_bench_decode_refuses_bad_arguments_in_one_line(tmp_path, capsys, argv, says):
+  """Each ended in a traceback, wrote a result file of error rows (exit 0), or, beside
+  --smoke, was replaced by the smoke's shapes silently."""
+  from experiments import bench_decode
+
+  with pytest.raises(SystemExit) as exit_:
+    bench_decode.main([*argv, "--out", str(tmp_path / "out")])
+  err = capsys.readouterr().err
+  assert exit_.value.code == 2 and "Traceback" not in err, err
+  assert says in err.strip().splitlines()[-1]
+  assert not (tmp_path / "out").exists()
