@@ -60,7 +60,7 @@ import numpy as np  # noqa: E402
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from parallax_jax.benchmarking import result_files  # noqa: E402
+from parallax_jax.benchmarking import cli_checks, result_files  # noqa: E402
 from parallax_jax.benchmarking.run_info import run_info  # noqa: E402
 from parallax_jax.environment import PACKAGES, package_versions  # noqa: E402
 
@@ -715,12 +715,16 @@ def main(argv=None) -> tuple[dict, Path]:
   p.add_argument("--tmp", default=None, help="scratch folder (default: a new temporary one)")
   p.add_argument("--keep", action="store_true", help="keep the scratch folder")
   args = p.parse_args(argv)
+  # below these, every part would end in an error row of a result file (exit 0)
+  names = ("fla_layers", "batch", "seq", "train_batch", "train_seq", "train_steps")
+  cli_checks.at_least(p, args, 1, *names)
+  cli_checks.at_least(p, args, 0, "layers", "seed")  # --layers 0: lm_0p6b's
   if args.smoke:
     args.seq, args.train_seq = min(args.seq, 32), min(args.train_seq, 64)
   parts = [s for s in args.parts.split(",") if s]
   unknown = sorted(set(parts) - set(PARTS))
-  if unknown:
-    p.error(f"--parts: unknown {unknown}; known: {list(PARTS)}")
+  if unknown or not parts:
+    p.error(f"--parts: unknown {unknown or repr(args.parts)}; known: {list(PARTS)}")
   info = run_info("experiments.hf_interop_check", argv)
   result = {
     "what": "checkpoint interop: transformers Qwen3 and fla Parallax against this package",

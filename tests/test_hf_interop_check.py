@@ -94,3 +94,25 @@ def test_output_stem_never_overwrites(tmp_path):
   assert second.name == "hf_interop_2026-01-02_h200_2"
   second.with_suffix(".json").write_text("")
   assert hf_interop_check.output_stem(tmp_path, "2026-01-02", "NVIDIA H200").name.endswith("_3")
+
+
+@pytest.mark.parametrize(
+  "argv, says",
+  [
+    (["--seq", "-1"], "--seq: must be >= 1, got -1"),
+    (["--train-steps", "0"], "--train-steps: must be >= 1, got 0"),
+    (["--layers", "-2"], "--layers: must be >= 0, got -2"),
+    (["--parts", ""], "--parts: unknown ''; known:"),
+  ],
+  ids=["seq", "train-steps", "layers", "no-parts"],
+)
+def test_bad_numbers_and_no_part_are_one_line_before_anything_runs(tmp_path, capsys, argv, says):
+  """--seq -1 (and the other counts below 1) ran every part to an error row ("negative
+  dimensions are not allowed") and wrote the result files, exit 0; --parts '' wrote an empty
+  result."""
+  with pytest.raises(SystemExit) as exit_:
+    hf_interop_check.main(["--smoke", *argv, "--out", str(tmp_path / "out")])
+  err = capsys.readouterr().err
+  assert exit_.value.code == 2 and "Traceback" not in err
+  assert says in err.strip().splitlines()[-1]
+  assert not (tmp_path / "out").exists()
