@@ -251,6 +251,22 @@ def test_train_help_points_to_config_and_dry_run(capsys):
   assert "--config.SECTION.KEY VALUE" in out
 
 
+def test_every_subcommand_flag_says_what_it_does():
+  """``sweep --help`` listed --workdir without a word on it."""
+  import argparse
+
+  (subparsers,) = [
+    a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction)
+  ]
+  silent = [
+    f"{name} {'/'.join(action.option_strings) or action.dest}"
+    for name, sub in subparsers.choices.items()
+    for action in sub._actions
+    if not action.help
+  ]
+  assert silent == []
+
+
 def test_one_document_corpus_advice(tmp_path, capsys):
   """Eval holds out whole documents and training keeps one: the error says so at the start
   (not at the first eval), and eval off with eval_fraction=0 trains."""

@@ -120,7 +120,12 @@ def add_sweep(sub, common):
   sw.add_argument(
     "--config", type=local_path, required=True, help="sweep file (configs/sweeps/<name>.py)"
   )
-  sw.add_argument("--workdir", type=local_dir, required=True)
+  sw.add_argument(
+    "--workdir",
+    type=local_dir,
+    required=True,
+    help="the sweep's directory: points/<name>/ runs, results tables and plots",
+  )
   sw.add_argument(
     "--parallel",
     type=int,
