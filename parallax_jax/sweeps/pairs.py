@@ -26,6 +26,7 @@ from pathlib import Path
 
 from parallax_jax.errors import UserError
 from parallax_jax.sweeps.pivot import check_format, finite, mean_spread
+from parallax_jax.sweeps.point_files import point_records, read_status_file
 
 VARIANT = re.compile(r"^(?:(?P<group>.+)\+)?(?P<arm>.+)_s(?P<seed>\d+)$")
 
@@ -104,8 +105,6 @@ def paired_tables(
 def _curves(points_dir: str | Path, value: str) -> dict[tuple[str, str, int], dict[int, float]]:
   """``(group, arm, seed) -> {step: value}`` of the finished points under ``points_dir`` (a
   sweep workdir's ``points/``) whose variant is named ``<group>+<arm>_s<seed>``."""
-  from parallax_jax.sweeps.report import point_records, read_status_file  # (report imports us)
-
   out, seen = {}, set()
   for d in sorted(Path(points_dir).iterdir()):
     status = read_status_file(d)  # a damaged one: a UserError naming it

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from parallax_jax.data.synthetic import mqar_guess_accuracy, mqar_vocab
 from parallax_jax.errors import UserError
-from parallax_jax.sweeps.report import read_status_file
+from parallax_jax.sweeps.point_files import read_status_file
 from parallax_jax.train.metrics import read_metrics
 from parallax_jax.train.run_record import read_record
 

@@ -22,8 +22,8 @@ from parallax_jax.data.sources import pin_mismatch
 from parallax_jax.errors import UserError
 from parallax_jax.sweeps.config import BASELINE_COLUMNS, REPO_ROOT, Point, Sweep
 from parallax_jax.sweeps.pairs import VARIANT
+from parallax_jax.sweeps.point_files import point_records, read_status_file
 from parallax_jax.train import run_record
-from parallax_jax.train.metrics import read_metrics
 
 # Larger is better for these; smaller for the rest.
 HIGHER_IS_BETTER = ("eval_accuracy", "tokens_per_s")
@@ -36,45 +36,6 @@ def _last(records: list[dict], key: str):
     if key in r:
       return r[key]
   return None
-
-
-def point_records(directory: Path) -> tuple[list[dict], str | None]:
-  """``(metrics records, None)``, or ``([], why)`` for a damaged metrics.jsonl: one damaged
-  point must not cost the whole sweep its table and plots."""
-  path = Path(directory) / "metrics.jsonl"
-  try:
-    records = read_metrics(directory, missing_ok=True)
-  except UserError as e:
-    return [], str(e)
-  except ValueError as e:  # UnicodeDecodeError: not text at all
-    return [], f"{path} is not text ({e}): the file was damaged"
-  for i, r in enumerate(records):
-    if not (isinstance(r, dict) and isinstance(r.get("step"), int)):
-      return [], (
-        f"{path}: record {i + 1} is not a metrics record (a JSON object with an int step): "
-        f"{json.dumps(r)[:200]} (the file was changed by hand or damaged); delete it to go on"
-      )
-  return records, None
-
-
-def read_status_file(directory: str | Path) -> dict | None:
-  """A point's ``status.json`` (None where there is none); one that is not a JSON object (edited
-  or cut outside parallax-jax: the sweep writes it atomically) is a ``UserError`` naming it."""
-  path = Path(directory) / "status.json"
-  if not path.exists():
-    return None
-  try:
-    status = json.loads(path.read_text())
-  except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
-    problem = f"is not JSON ({type(e).__name__}: {e})"
-  else:
-    if isinstance(status, dict):
-      return status
-    problem = "is not a point's record (a JSON object)"
-  raise UserError(
-    f"{path} {problem}: the point's record is damaged; restore it, or delete that point's folder "
-    "to train it again"
-  )
 
 
 def config_changed(status: dict | None, point: Point) -> str | None:

@@ -49,6 +49,7 @@ from parallax_jax.errors import UserError
 from parallax_jax.files import write_text_atomic
 from parallax_jax.sweeps import report as sweep_report
 from parallax_jax.sweeps.config import Point, Sweep, describe, write_inline_base
+from parallax_jax.sweeps.point_files import point_records, read_status_file
 from parallax_jax.train.preemption import EXIT_PREEMPTED
 from parallax_jax.train.run_record import SWEEP
 
@@ -74,7 +75,7 @@ def point_dir(workdir: Path, point: Point) -> Path:
 
 def read_status(workdir: Path, point: Point) -> dict | None:
   """The point's ``status.json``, None for none; a damaged one is a ``UserError`` naming it."""
-  return sweep_report.read_status_file(point_dir(workdir, point))
+  return read_status_file(point_dir(workdir, point))
 
 
 def _write_status(workdir: Path, point: Point, status: dict) -> None:
@@ -140,7 +141,7 @@ def is_finished(status: dict | None, point: Point) -> bool:
 def last_step(directory: Path) -> int | None:
   """The last logged step, None for none or a damaged metrics.jsonl (the point's run then
   failed on it and its log's error says so)."""
-  records, _ = sweep_report.point_records(directory)
+  records, _ = point_records(directory)
   return max((r.get("step", 0) for r in records), default=None)
 
 
