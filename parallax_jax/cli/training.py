@@ -83,10 +83,11 @@ def _print_validated(args, *, dry_run_checks: bool = False, compiles: bool = Fal
   where = None if workdir is None else dry_run.workdir_line(workdir, cfg)
   program = None
   if dry_run_checks:
+    from parallax_jax.train.checkpoint import check_init_from_at_start
     from parallax_jax.train.program import Program
 
     program = Program(exp)  # one, for the init_from check and the dry run's lines
-    dry_run.check_init_from(exp, workdir, program)
+    check_init_from_at_start(exp.checkpoint.init_from, workdir, program.abstract_state.params)
   print("\n".join(dry_run.config_lines(cfg)))
   print(f"data: {data.describe()}")
   if where is not None:

@@ -37,7 +37,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from parallax_jax.errors import UserError, UserFileNotFoundError
-from parallax_jax.train import checksums, data_states
+from parallax_jax.train import checksums, data_states, run_record
 from parallax_jax.train.config import CheckpointConfig
 from parallax_jax.train.step import TrainState, model_graphdef
 
@@ -443,6 +443,16 @@ def check_init_from(path: str | Path, abstract_params: dict) -> None:
       f"{key}={str(path)!r} does not hold this model's params ({listed}): give params of the "
       "same model config"
     )
+
+
+def check_init_from_at_start(
+  init_from: str | None, workdir: str | Path | None, abstract_params: dict
+) -> None:
+  """``check_init_from`` where ``train`` reads ``checkpoint.init_from``: only when it starts a
+  new run (a workdir that holds one resumes from its own checkpoints; None: no workdir yet).
+  ``train`` and ``train --dry-run`` ask here before anything is written."""
+  if init_from and (workdir is None or not run_record.holds_run(workdir)):
+    check_init_from(init_from, abstract_params)
 
 
 def _shapes(tree) -> dict[str, tuple[int, ...]]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import functools
 import math
 import os
 import typing
@@ -159,23 +160,31 @@ class Experiment:
 SECTIONS = ("model", "data", "train", "optimizer", "checkpoint", "mesh", "sharding", "distributed")
 
 
+def _section_classes() -> dict[str, type]:
+  """Each section's dataclass, in ``SECTIONS`` order."""
+  from parallax_jax.data.config import DataConfig  # data pulls in grain: imported when needed
+
+  return {
+    "model": ModelConfig,
+    "data": DataConfig,
+    "train": TrainConfig,
+    "optimizer": OptimizerConfig,
+    "checkpoint": CheckpointConfig,
+    "mesh": MeshConfig,
+    "sharding": ShardingConfig,
+    "distributed": DistributedConfig,
+  }
+
+
 def resolve(cfg: ml_collections.ConfigDict, num_devices: int | None = None) -> Experiment:
   """Validates every section (unknown keys, ranges, heads vs widths, mesh vs devices)."""
-  from parallax_jax.data.config import DataConfig  # data pulls in grain; import only when resolving
-
   unknown = sorted(set(cfg.keys()) - set(SECTIONS))
   if unknown:
     raise UserError(f"unknown config sections {unknown}; known: {list(SECTIONS)}")
   d = cfg.to_dict()
-  builders = {
-    "model": ModelConfig.from_dict,
-    "data": DataConfig.from_dict,
-    "train": lambda x: from_section(TrainConfig, "train", x),
-    "optimizer": OptimizerConfig.from_dict,
-    "checkpoint": lambda x: from_section(CheckpointConfig, "checkpoint", x),
-    "mesh": lambda x: from_section(MeshConfig, "mesh", x),
-    "sharding": ShardingConfig.from_dict,
-    "distributed": DistributedConfig.from_dict,
+  builders = {  # a section with a from_dict of its own (nested keys, extra checks) uses it
+    name: getattr(cls, "from_dict", None) or functools.partial(from_section, cls, name)
+    for name, cls in _section_classes().items()
   }
   exp = Experiment(
     **{name: _section(name, build, d.get(name, {})) for name, build in builders.items()},
@@ -276,18 +285,7 @@ def _declares_str(section: str, key: str) -> bool:
   """Whether ``section.key`` is declared ``str | None`` by its section's dataclass: a key whose
   value is None now (``checkpoint.init_from``) then takes the override as a string (a
   directory named ``2024`` is a path, not the int a Python literal would make it)."""
-  from parallax_jax.data.config import DataConfig  # grain: only when an override needs it
-
-  classes = {
-    "model": ModelConfig,
-    "data": DataConfig,
-    "train": TrainConfig,
-    "optimizer": OptimizerConfig,
-    "checkpoint": CheckpointConfig,
-    "mesh": MeshConfig,
-    "sharding": ShardingConfig,
-    "distributed": DistributedConfig,
-  }
+  classes = _section_classes()
   if section not in classes:
     return False
   hint = typing.get_type_hints(classes[section]).get(key)

@@ -103,17 +103,6 @@ def workdir_line(workdir: str | Path, cfg: ml_collections.ConfigDict) -> str:
   )
 
 
-def check_init_from(exp: Experiment, workdir: str | Path | None, program) -> None:
-  """A ``UserError`` where ``train`` would refuse ``checkpoint.init_from`` (missing, not a
-  params-only checkpoint, another model's params; ``program``: ``exp``'s ``Program``): when it
-  would start a new run, the only time it reads the path."""
-  if not exp.checkpoint.init_from or (workdir is not None and run_record.holds_run(workdir)):
-    return
-  from parallax_jax.train.checkpoint import check_init_from
-
-  check_init_from(exp.checkpoint.init_from, program.abstract_state.params)
-
-
 def dry_run_lines(exp: Experiment, data, *, compile: bool = True, program=None) -> list[str]:
   """``program``: ``exp``'s ``Program`` where the caller built one (None: built here)."""
   from parallax_jax.train.program import Program

@@ -19,7 +19,7 @@ from parallax_jax.train.checkpoint import (
   Checkpointer,
   CheckpointError,
   abstract_like,
-  check_init_from,
+  check_init_from_at_start,
   check_step,
   load_params,
   restore_run_params,
@@ -76,11 +76,11 @@ class Trainer:
       cache = ""
     use_compilation_cache(cache)  # before anything compiles
     self.program = Program(exp)
-    first_start = not read_only and not run_record.holds_run(self.workdir)
-    if first_start and exp.checkpoint.init_from:
-      # A wrong path must not leave a run that refuses the fix, nor files of the data setup
-      # (a trained or copied tokenizer) that a retry with another data.tokenizer would read.
-      check_init_from(exp.checkpoint.init_from, self.program.abstract_state.params)
+    if not read_only:
+      # Before the data setup: a wrong path must not leave a run that refuses the fix, nor its
+      # files (a trained or copied tokenizer) that a retry with another data.tokenizer reads.
+      params = self.program.abstract_state.params
+      check_init_from_at_start(exp.checkpoint.init_from, self.workdir, params)
     self.data = data_io.TrainData(exp, self.workdir, read_only=read_only)
     # A signal during the data setup (``cli train``): stop before the run is recorded or locked.
     check_setup()
