@@ -558,7 +558,7 @@ def test_gpu_study_configs_plan_and_validate(name, count, capsys, monkeypatch):
       )
 
 
-@pytest.mark.parametrize("study, at_least", [("gpu_study_lm", 60), ("gpu_study_mqar", 32)])
+@pytest.mark.parametrize("study, at_least", [("gpu_study_lm", 64), ("gpu_study_mqar", 32)])
 def test_committed_study_points_are_the_sweeps_points(study, at_least):
   """Every committed GPU-study point is a point of the sweep config as it stands, trained with
   exactly its config (the fingerprint the sweep runner compares): an edit of the config that

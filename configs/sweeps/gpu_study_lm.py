@@ -334,8 +334,10 @@ PRIORITY = (  # device sessions run these in order: each step answers a question
   "muon+parallax_r0_lr2_head1_s0",
   "adamw+parallax_r0_lr4_s0",
   "adamw+parallax_lr4_s0",
-  # next: AdamW's equal-FLOPs comparison at a third seed (the control and W_R = 0 first), the
-  # per-step pair's softmax there, then the AdamW parameter-matched softmax
+  # done (session 34, H100; the plan's last four): AdamW's equal-FLOPs comparison at seed 2,
+  # the control 3.472, 0.032 above W_R = 0's 3.440 (three seeds +0.008 ± 0.034: a tie);
+  # softmax at 5e-4 3.609 (W_R = 0 -0.169; three seeds -0.152 ± 0.014); the AdamW
+  # parameter-matched softmax 3.645, level with softmax at 1e-3 (3.637)
   "adamw+softmax_compute_head1_s2",
   "adamw+parallax_r0_lr0.5_head1_s2",
   "adamw+softmax_lr0.5_head1_s2",
