@@ -142,6 +142,7 @@ def test_microbatch_config_mistakes_are_one_line():
     _exp("train.microbatches=4", devices=8)
 
 
+@pytest.mark.slow  # ~14 s on 2 cores: the script end to end; the step itself is tested above
 def test_bench_train_times_the_accumulated_step(tmp_path):
   """``bench_train --microbatches``: the same steps (same loss after them) on pieces; the table
   says so; a count that does not divide the batch is refused before anything runs."""

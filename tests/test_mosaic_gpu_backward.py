@@ -230,8 +230,19 @@ ROW_PACKING_CASES = [  # a window inside a block, segments, Tq > Tk (rows that s
 ]
 
 
-@pytest.mark.parametrize("fused", [False, True], ids=["two_pass", "fused"])
-@pytest.mark.parametrize("case", [pytest.param(c, id=c.id) for c in ROW_PACKING_CASES])
+@pytest.mark.parametrize(  # a diagonal by default (each case, both kernels), the rest under -m slow
+  "case, fused",
+  [
+    pytest.param(
+      c,
+      fused,
+      id=f"{c.id}-{'fused' if fused else 'two_pass'}",
+      marks=[] if fused == (i % 2 == 0) else [pytest.mark.slow],
+    )
+    for i, c in enumerate(ROW_PACKING_CASES)
+    for fused in (False, True)
+  ],
+)
 def test_row_constants_packed_in_xla_change_no_bit(case, fused):
   """``1 + bart`` and ``dO.barv - dO.o`` formed once per row in ``prepare`` (the default) give
   the same bits as the kernels forming them per element (``pack_row_constants=False``): the

@@ -153,6 +153,9 @@ def test_a_mesh_that_does_not_split_the_rows_over_the_processes_is_refused(tmp_p
   assert codes == [2, 2] and not workdir.exists()
 
 
+# slow (35 s on 2 cores): two processes each compile every strategy; each strategy's numerics
+# against one device are in test_sharding.py, and two processes are in the default suite above
+@pytest.mark.slow
 def test_compare_sharding_over_two_processes(tmp_path):
   """Every strategy's mesh keeps its tensor and sequence axes within a process, lowers the
   global batch and sees the same first-step loss; process 0 alone writes the table."""

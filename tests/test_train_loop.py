@@ -395,6 +395,7 @@ def _traced_steps(workdir):
   return out
 
 
+@pytest.mark.slow  # ~20 s on 2 cores: three runs and the profiler's trace files
 def test_profiler_traces_the_asked_steps_of_each_start(tmp_path):
   """A trace of ``profile_steps`` steps after ``profile_skip_steps`` of each start, numbered as
   metrics.jsonl numbers steps; a start that ends inside its window keeps what it traced; no
