@@ -334,6 +334,21 @@ def test_cli_imports_and_errors_in_one_line(tmp_path, capsys):
   assert code == 2 and "none.txt" in one_line_error(err) and not (tmp_path / "w4").exists()
 
 
+def test_a_tokenizer_file_in_the_workdir_is_not_replaced(tmp_path):
+  """A ``tokenizer.json`` already in the workdir (no run yet) was overwritten by --from's: now a
+  different one is refused and left as it was; the same bytes import as before."""
+  write_tiny_qwen3(tmp_path / "hf")
+  mine = tmp_path / "w" / "tokenizer.json"
+  mine.parent.mkdir()
+  mine.write_text('{"mine": true}')
+  with pytest.raises(UserError, match="holds a tokenizer.json other than --from's"):
+    import_hf(tmp_path / "hf", tmp_path / "w", attention="softmax")
+  assert mine.read_text() == '{"mine": true}' and sorted(os.listdir(mine.parent)) == [mine.name]
+  shutil.copyfile(tmp_path / "hf" / "tokenizer.json", mine)
+  import_hf(tmp_path / "hf", tmp_path / "w", attention="softmax")
+  assert (tmp_path / "w" / "checkpoints" / "0").is_dir()
+
+
 def test_cli_refuses_r_init_with_softmax_attention(tmp_path, capsys):
   """--r-init initialises W_R, which a softmax import has none of: it was ignored (a softmax run
   was written as if the flag was not given)."""

@@ -95,9 +95,20 @@ def _listed(names, limit: int = 5) -> str:
   return ", ".join(names[:limit]) + more
 
 
-def _check_workdir(workdir: Path) -> None:
+def _check_workdir(workdir: Path, src_tokenizer: Path | None) -> None:
+  """Refuses a file, a run, or a ``tokenizer.json`` the copy of ``src_tokenizer`` would replace."""
   if workdir.exists() and not workdir.is_dir():
     raise UserError(f"--workdir {str(workdir)!r} is a file, not a directory")
+  stray = workdir / TOKENIZER
+  if (
+    src_tokenizer is not None
+    and stray.exists()
+    and (not stray.is_file() or stray.read_bytes() != src_tokenizer.read_bytes())
+  ):
+    raise UserError(
+      f"--workdir {str(workdir)!r} holds a {TOKENIZER} other than --from's, which the import "
+      "would replace; import into a new or empty directory, or move that file away"
+    )
   taken = [n for n in ("config.json", "checkpoints", "params") if (workdir / n).exists()]
   if taken:
     raise UserError(
@@ -230,7 +241,7 @@ def import_hf(
     raise UserError(f"--attention must be 'parallax' or 'softmax', got {attention!r}")
   if r_init not in ("zeros", "like_q"):
     raise UserError(f"--r-init must be 'zeros' or 'like_q', got {r_init!r}")
-  _check_workdir(workdir)
+  _check_workdir(workdir, src / TOKENIZER if has_tokenizer else None)
   try:
     hf = json.loads((src / "config.json").read_text())
   except ValueError as e:
