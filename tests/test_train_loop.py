@@ -29,6 +29,34 @@ def _losses(workdir):
   return {m["step"]: m["loss"] for m in read_metrics(workdir)}
 
 
+def test_metrics_are_made_durable_before_each_checkpoint(tmp_path, monkeypatch):
+  """Each checkpoint save comes after an fsync of metrics.jsonl holding every record up to its
+  step: a resume re-logs only the steps after the checkpoint, so records lost to a power cut
+  before it would stay lost."""
+  from parallax_jax.train.checkpoint import Checkpointer
+
+  events = []
+  real_fsync, real_save = os.fsync, Checkpointer.save
+
+  def fsync(fd):
+    if os.readlink(f"/proc/self/fd/{fd}").endswith("metrics.jsonl"):
+      events.append(("fsync", max(r["step"] for r in read_metrics(tmp_path))))
+    real_fsync(fd)
+
+  def save(self, step, *args, **kwargs):
+    events.append(("save", step))
+    return real_save(self, step, *args, **kwargs)
+
+  monkeypatch.setattr(os, "fsync", fsync)
+  monkeypatch.setattr(Checkpointer, "save", save)
+  steps = ("--config.train.steps=6", "--config.train.log_every=1")
+  train(_cfg(*steps, "--config.checkpoint.every_steps=3"), tmp_path)
+  saves = [i for i, e in enumerate(events) if e[0] == "save"]
+  assert [events[i][1] for i in saves] == [3, 6]
+  for i in saves:
+    assert i > 0 and events[i - 1] == ("fsync", events[i][1]), events
+
+
 def test_loss_falls_and_outputs_are_written(tmp_path):
   cfg = _cfg(
     "--config.train.steps=40",

@@ -225,6 +225,7 @@ class Trainer:
           if saved:
             saving = time.perf_counter()
             with timer.phase("checkpoint"):
+              metrics_out.sync()
               self.checkpointer.save(done, state, self.data.state())
             # A save's blocking part is not step time (as eval's is not): the next interval's
             # tokens/s and MFU measure the steps alone; time_checkpoint_s keeps the save's cost.
@@ -232,6 +233,7 @@ class Trainer:
           if done < tcfg.steps and stop.should_stop(done):  # every process, every step
             with timer.phase("checkpoint"):
               if not saved:
+                metrics_out.sync()
                 self.checkpointer.save(done, state, self.data.state())
               self.checkpointer.wait()  # complete on disk before we exit
             raise Preempted(stop.signame, done)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import jax
@@ -102,6 +103,15 @@ class MetricsWriter:
       for k, v in scalars.items():
         if isinstance(v, int | float) and v is not None and math.isfinite(v):
           self._tb.add_scalar(k, v, step)
+
+  def sync(self) -> None:
+    """Makes the records written so far durable. Called before each checkpoint: a resume re-logs
+    only the steps after its checkpoint, so a power loss that kept the checkpoint but not the
+    appended records before it would leave a gap in the curves."""
+    if jax.process_index() != 0 or not self.path.exists():
+      return
+    with self.path.open("rb") as f:
+      os.fsync(f.fileno())
 
   def close(self) -> None:
     if self._tb is not None:
