@@ -450,6 +450,18 @@ def test_pivot_results_averages_the_other_axes(tmp_path):
     pivot(path, "variant", "status", "eval_mse")
 
 
+# (variant, status, eval_loss) of a sweep with two groups and two seeds, for the pair readers
+PAIRED_ROWS = [
+  ("muon+softmax_s0", "finished", "4.0"),
+  ("muon+softmax_s1", "finished", "5.0"),
+  ("muon+parallax_s0", "finished", "4.5"),
+  ("muon+parallax_s1", "finished", "4.75"),
+  ("adamw+softmax_s0", "finished", "10.0"),
+  ("adamw+parallax_s0", "finished", "9.0"),
+  ("adamw+parallax_s1", "finished", "7.0"),  # no adamw softmax at seed 1: no pair
+]
+
+
 def test_seed_pairs_compare_within_group_and_seed(tmp_path):
   """Each arm minus its own group's base arm at the same seed (never another group's, never
   another seed's); unfinished points and names without a seed are left out."""
@@ -457,20 +469,11 @@ def test_seed_pairs_compare_within_group_and_seed(tmp_path):
 
   path = tmp_path / "results.csv"
   rows = [
-    ("muon+softmax_s0", "finished", "4.0"),
-    ("muon+softmax_s1", "finished", "5.0"),
-    ("muon+parallax_s0", "finished", "4.5"),
-    ("muon+parallax_s1", "finished", "4.75"),
-    ("adamw+softmax_s0", "finished", "10.0"),
-    ("adamw+parallax_s0", "finished", "9.0"),
-    ("adamw+parallax_s1", "finished", "7.0"),  # no adamw softmax at seed 1: no pair
+    *PAIRED_ROWS,
     ("muon+parallax_lr2_s0", "pending", ""),
     ("smoke", "finished", "1.0"),  # not <group>+<arm>_s<seed>
   ]
-  with path.open("w", newline="") as f:
-    w = csv.writer(f)
-    w.writerow(["variant", "status", "eval_loss"])
-    w.writerows(rows)
+  _write_csv(path, ["variant", "status", "eval_loss"], rows)
   values, diffs = paired_tables(path, "eval_loss", "softmax", "{:.2f}").split("minus")
   assert "| muon+softmax | 4.00 | 5.00 | 4.50 ± 0.50 (n=2) |" in values
   assert "| adamw+parallax | 9.00 | 7.00 | 8.00 ± 1.00 (n=2) |" in values
@@ -535,6 +538,40 @@ def test_seed_pairs_cli_formats_the_curves_with_fmt(tmp_path, capsys):
   out = capsys.readouterr().out
   assert "| muon+parallax | -0.5 |" in out  # the curves' row: step 100, 3.5 - 4.0
   assert "-0.500" not in out
+
+
+def test_seed_pairs_plot_draws_each_arms_paired_differences(tmp_path, capsys):
+  """``--plot``: each asked arm's differences from its group's base at the same seed, a marker
+  a seed and a bar at their mean, in the asked order; an arm without a pair, an existing image
+  and --arms without --plot are one-line errors that write nothing."""
+  from experiments import seed_pairs
+  from parallax_jax.sweeps.pairs import paired_differences
+  from parallax_jax.sweeps.pairs_plot import paired_figure
+
+  csv_path = tmp_path / "results.csv"
+  _write_csv(csv_path, ["variant", "status", "eval_loss"], PAIRED_ROWS)
+  diffs = paired_differences(csv_path, "eval_loss", "softmax")
+  assert diffs == {"adamw+parallax": {0: -1.0}, "muon+parallax": {0: 0.5, 1: -0.25}}
+  ax = paired_figure({k: diffs[k] for k in ("muon+parallax", "adamw+parallax")}, xlabel="x").axes[0]
+  assert [t.get_text() for t in ax.get_yticklabels()] == ["muon+parallax", "adamw+parallax"]
+  points = sorted((float(x), float(y)) for c in ax.collections for x, y in c.get_offsets())
+  assert points == [(-1.0, -1.0), (-0.25, 0.0), (0.5, 0.0)]  # row 0 on top, row 1 below
+  bars = [(list(b.get_xdata()), list(b.get_ydata())) for b in ax.lines if b.get_linestyle() == "-"]
+  assert bars == [([0.125, 0.125], [-0.3, 0.3]), ([-1.0, -1.0], [-1.3, -0.7])]
+
+  out = tmp_path / "pairs.png"
+  seed_pairs.main([str(csv_path), "--plot", str(out), "--arms", "muon+parallax"])
+  assert f"wrote {out}" in capsys.readouterr().out and out.stat().st_size > 0
+  for args, said in (
+    (["--plot", str(out)], "exists; give a new name, or --overwrite"),
+    (["--plot", str(tmp_path / "b.png"), "--arms", "muon+softmax"], "--arms muon+softmax: no"),
+    (["--arms", "muon+parallax"], "--arms, --title and --overwrite go with --plot"),
+  ):
+    with pytest.raises(SystemExit) as e:
+      seed_pairs.main([str(csv_path), *args])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and said in err.splitlines()[-1], err
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["pairs.png", "results.csv"]
 
 
 # 4 groups x 3 seeds: more curves than matplotlib's 10-colour default cycle.

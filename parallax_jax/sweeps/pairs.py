@@ -13,8 +13,11 @@ scatter).
 ``paired_curves`` makes the same comparison at every step both runs of a pair logged the value
 (the evals), from the points' own ``metrics.jsonl``: where a difference opens and closes.
 
+``paired_differences`` gives the same differences as numbers (``sweeps/pairs_plot.py`` draws
+them).
+
 CLI: ``python -m experiments.seed_pairs W/results.csv --value eval_loss --base softmax
-[--curves]``.
+[--curves] [--plot P.png --arms A,B]``.
 """
 
 from __future__ import annotations
@@ -67,6 +70,31 @@ def _twice(where, variant: str) -> str:
   )
 
 
+def _check_base(csv_path, arms: list[tuple[str, str]], base: str) -> None:
+  if base not in {a for _, a in arms}:
+    names = ", ".join(sorted({a for _, a in arms}))
+    raise UserError(f"--base {base!r} is no arm of {csv_path}; its arms: {names}")
+
+
+def _name(group: str, arm: str) -> str:
+  return f"{group}+{arm}" if group else arm
+
+
+def paired_differences(
+  csv_path: str | Path, value: str = "eval_loss", base: str = "softmax"
+) -> dict[str, dict[int, float]]:
+  """``'<group>+<arm>' -> {seed: value minus the group's base arm at that seed}``, for each arm
+  but the base with at least one pair (the numbers of ``paired_tables``' second table)."""
+  runs = _runs(csv_path, value)
+  arms = sorted({(g, a) for g, a, _ in runs})
+  _check_base(csv_path, arms, base)
+  out: dict[str, dict[int, float]] = {}
+  for (g, a, seed), x in sorted(runs.items()):
+    if a != base and (g, base, seed) in runs:
+      out.setdefault(_name(g, a), {})[seed] = x - runs[(g, base, seed)]
+  return out
+
+
 def paired_tables(
   csv_path: str | Path, value: str = "eval_loss", base: str = "softmax", fmt: str = "{:.3f}"
 ) -> str:
@@ -76,29 +104,24 @@ def paired_tables(
   runs = _runs(csv_path, value)
   seeds = sorted({s for _, _, s in runs})
   arms = sorted({(g, a) for g, a, _ in runs})
-  if base not in {a for _, a in arms}:
-    names = ", ".join(sorted({a for _, a in arms}))
-    raise UserError(f"--base {base!r} is no arm of {csv_path}; its arms: {names}")
+  _check_base(csv_path, arms, base)
   head = "| arm | " + " | ".join(f"seed {s}" for s in seeds) + " | mean |"
   rule = "|---|" + "---:|" * (len(seeds) + 1)
 
   def row(group, arm, xs):
     cells = ["-" if x is None else fmt.format(x) for x in xs]
     got = [x for x in xs if x is not None]
-    name = f"{group}+{arm}" if group else arm
-    return f"| {name} | " + " | ".join(cells) + f" | {mean_spread(got, fmt)} |"
+    return f"| {_name(group, arm)} | " + " | ".join(cells) + f" | {mean_spread(got, fmt)} |"
 
   lines = [f"{value} per seed:", "", head, rule]
   lines += [row(g, a, [runs.get((g, a, s)) for s in seeds]) for g, a in arms]
   lines += ["", f"{value} minus the same group's {base!r} at the same seed:", ""]
   lines += [head + " paired t, p |", rule + "---:|"]
+  differences = paired_differences(csv_path, value, base)
   for g, a in arms:
-    diffs = [
-      runs[(g, a, s)] - runs[(g, base, s)] if (g, a, s) in runs and (g, base, s) in runs else None
-      for s in seeds
-    ]
-    if a != base and any(x is not None for x in diffs):
-      lines.append(row(g, a, diffs) + f" {paired_t([x for x in diffs if x is not None])} |")
+    if (by_seed := differences.get(_name(g, a))) is not None:
+      diffs = [by_seed.get(s) for s in seeds]
+      lines.append(row(g, a, diffs) + f" {paired_t(list(by_seed.values()))} |")
   return "\n".join(lines) + "\n"
 
 
@@ -142,9 +165,7 @@ def paired_curves(
     if a == base or other is None:
       continue
     for step in sorted(steps.keys() & other.keys()):
-      diffs.setdefault(f"{g}+{a}" if g else a, {}).setdefault(step, []).append(
-        steps[step] - other[step]
-      )
+      diffs.setdefault(_name(g, a), {}).setdefault(step, []).append(steps[step] - other[step])
   rows = sorted(diffs.items())
   if not rows:
     return f"no arm has a {base!r} pair with {value!r} at a common step\n"
