@@ -86,8 +86,11 @@ def paired_differences(
   """``'<group>+<arm>' -> {seed: value minus the group's base arm at that seed}``, for each arm
   but the base with at least one pair (the numbers of ``paired_tables``' second table)."""
   runs = _runs(csv_path, value)
-  arms = sorted({(g, a) for g, a, _ in runs})
-  _check_base(csv_path, arms, base)
+  _check_base(csv_path, sorted({(g, a) for g, a, _ in runs}), base)
+  return _differences(runs, base)
+
+
+def _differences(runs: dict[tuple[str, str, int], float], base: str) -> dict[str, dict[int, float]]:
   out: dict[str, dict[int, float]] = {}
   for (g, a, seed), x in sorted(runs.items()):
     if a != base and (g, base, seed) in runs:
@@ -117,7 +120,7 @@ def paired_tables(
   lines += [row(g, a, [runs.get((g, a, s)) for s in seeds]) for g, a in arms]
   lines += ["", f"{value} minus the same group's {base!r} at the same seed:", ""]
   lines += [head + " paired t, p |", rule + "---:|"]
-  differences = paired_differences(csv_path, value, base)
+  differences = _differences(runs, base)
   for g, a in arms:
     if (by_seed := differences.get(_name(g, a))) is not None:
       diffs = [by_seed.get(s) for s in seeds]
