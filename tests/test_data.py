@@ -224,6 +224,20 @@ def test_text_split_is_refused_where_nothing_is_split(tmp_path, source):
     assert len(make_source(DataConfig(source=source), BYTE)) >= 1  # the default reads it
 
 
+@pytest.mark.parametrize("source", ["builtin", "python_corpus", "docs.txt", "ids.npy"])
+def test_jsonl_field_is_refused_where_records_have_no_fields(tmp_path, source):
+  """data.jsonl_field names the field of JSONL / JSON ArrayRecord records: for a source without
+  fields it was ignored without a word; now it is refused."""
+  (tmp_path / "docs.txt").write_text("one document")
+  np.save(tmp_path / "ids.npy", np.array([1, 2, BYTE.eos_id, 3], np.int32))
+  if source.endswith(("txt", "npy")):
+    source = str(tmp_path / source)
+  with pytest.raises(UserError, match="jsonl_field='body' names the field of JSONL"):
+    make_source(DataConfig(source=source, jsonl_field="body"), BYTE)
+  if source != "python_corpus":  # (indexing the installation takes a while)
+    assert len(make_source(DataConfig(source=source), BYTE)) >= 1  # the default reads it
+
+
 def test_a_file_whose_name_looks_like_a_glob_is_that_file(tmp_path):
   (tmp_path / "data[1].txt").write_text("the file named")
   (tmp_path / "data1.txt").write_text("what the name matches as a glob")
@@ -246,7 +260,9 @@ def test_every_format_loads(tmp_path):
   np.save(tmp_path / "d.npy", np.array([5, 6, 256, 7, 256, 256, 8, 9, 10], np.int32))
 
   def load(source, **kw):
-    cfg = DataConfig(source=str(source), jsonl_field="body", **kw)
+    # (the other formats have no fields)
+    records = str(source).endswith(("jsonl", "array_record")) or kw.get("format") == "jsonl"
+    cfg = DataConfig(source=str(source), **({"jsonl_field": "body"} if records else {}), **kw)
     return make_source(cfg, BYTE)
 
   assert list(load(tmp_path / "t")) == docs

@@ -432,6 +432,16 @@ def _check_text_split(cfg: DataConfig, what: str) -> None:
     )
 
 
+def _check_no_fields(cfg: DataConfig, what: str) -> None:
+  """Only JSONL and JSON ArrayRecord records have `jsonl_field`: elsewhere it would be ignored."""
+  default_field = DataConfig.__dataclass_fields__["jsonl_field"].default
+  if cfg.jsonl_field != default_field:
+    raise UserError(
+      f"DataConfig.jsonl_field={cfg.jsonl_field!r} names the field of JSONL and JSON "
+      f"ArrayRecord records; {what} has none: drop it (default {default_field!r})"
+    )
+
+
 def make_source(cfg: DataConfig, tokenizer) -> DocumentSource:
   """Builds the document source `cfg` describes. Raises if it holds no documents.
 
@@ -443,15 +453,19 @@ def make_source(cfg: DataConfig, tokenizer) -> DocumentSource:
         f"DataConfig.format={cfg.format!r}: the builtin corpus is text; use format='auto'"
       )
     _check_text_split(cfg, "the builtin corpus")
+    _check_no_fields(cfg, "the builtin corpus")
     return _pinned(BuiltinCorpus(), cfg.source_sha256)
   if cfg.source == "python_corpus":
     if cfg.format not in ("auto", "text"):
       raise UserError(f"DataConfig.format={cfg.format!r}: python_corpus is text; use format='auto'")
     _check_text_split(cfg, "python_corpus")
+    _check_no_fields(cfg, "python_corpus")
     return _pinned(PythonCorpus(eval_fraction=cfg.eval_fraction), cfg.source_sha256)
   paths, fmt = resolve_paths(cfg.source, cfg.format)
   if fmt != "text":
     _check_text_split(cfg, f"a {fmt!r} source (a document per record)")
+  if fmt in ("text", "npy"):
+    _check_no_fields(cfg, f"a {fmt!r} source")
   if fmt == "npy" and cfg.tokenizer.startswith(TRAIN_PREFIX):  # format="auto" found .npy
     raise UserError(
       f"DataConfig.tokenizer={cfg.tokenizer!r}: needs text documents to train on; "
