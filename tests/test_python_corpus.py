@@ -204,6 +204,24 @@ def test_trained_bpe_round_trips_any_text(tmp_path):
   assert tokenizers.train_bpe(texts, 300).to_str() == tok.to_str()  # deterministic
 
 
+@pytest.mark.parametrize(
+  "text, why", [("{not json", "is not JSON"), ("[1, 2]", "is not a JSON object")]
+)
+def test_a_damaged_training_record_is_one_line_naming_it(tmp_path, text, why):
+  """A hand-damaged ``tokenizer_train.json`` was a JSONDecodeError traceback from inside json
+  (or an AttributeError for a list); now a UserError naming the file; intact, it reads back."""
+  tok = tokenizers.train_bpe(["def f(x):\n    return x\n" * 20], 280)
+  tokenizers.save_trained(tok, tmp_path, {"spec": "train:bpe:280"})
+  assert tokenizers.trained_info(tmp_path) == {"spec": "train:bpe:280"}
+  (tmp_path / tokenizers.TRAINED_INFO).write_text(text)
+  for read in (
+    lambda: tokenizers.trained_info(tmp_path),
+    lambda: tokenizers.load_trained("train:bpe:280", tmp_path),
+  ):
+    with pytest.raises(UserError, match=f"tokenizer_train.json' {why}.*: it records what"):
+      read()
+
+
 def _experiment(tree_roots, monkeypatch, *, tokenizer="train:bpe:300:1", steps=2):
   from parallax_jax.train.config import load_config, resolve
 

@@ -276,7 +276,17 @@ def save_trained(tok, workdir: str | Path, info: dict) -> Path:
 def trained_info(workdir: str | Path) -> dict | None:
   """What the run's tokenizer was trained on (`tokenizer_train.json`), None if not recorded."""
   path = Path(workdir) / TRAINED_INFO
-  return json.loads(path.read_text()) if path.is_file() else None
+  if not path.is_file():
+    return None
+  fix = "it records what the run's tokenizer was trained on; restore it, or remove it to leave "
+  fix += "that unchecked"
+  try:
+    info = json.loads(path.read_text())
+  except ValueError as e:  # (a hand edit)
+    raise UserError(f"{str(path)!r} is not JSON ({e}): {fix}") from e
+  if not isinstance(info, dict):
+    raise UserError(f"{str(path)!r} is not a JSON object: {fix}")
+  return info
 
 
 def load_trained(spec: str, workdir: str | Path | None) -> HFTokenizer:
