@@ -211,29 +211,35 @@ def test_text_source_splits(tmp_path):
   assert list(TextSource(paths, "line")) == ["para one", "line two", "para two", "only doc"]
 
 
-@pytest.mark.parametrize("source", ["builtin", "python_corpus", "docs.jsonl", "ids.npy"])
-def test_text_split_is_refused_where_nothing_is_split(tmp_path, source):
-  """Only text files are cut by data.text_split: elsewhere it is refused, not ignored."""
-  (tmp_path / "docs.jsonl").write_text('{"text": "one\\n\\ntwo"}\n')
-  np.save(tmp_path / "ids.npy", np.array([1, 2, BYTE.eos_id, 3], np.int32))
-  if source.endswith(("jsonl", "npy")):
-    source = str(tmp_path / source)
-  with pytest.raises(UserError, match="text_split='paragraph'"):
-    make_source(DataConfig(source=source, text_split="paragraph"), BYTE)
-  if source != "python_corpus":  # (indexing the installation takes a while)
-    assert len(make_source(DataConfig(source=source), BYTE)) >= 1  # the default reads it
+REFUSED_KEYS = [  # (key, value, what the error says, sources it does not shape)
+  ("text_split", "paragraph", "text_split='paragraph'", ("builtin", "python_corpus", "d.jsonl")),
+  (
+    "jsonl_field",
+    "body",
+    "jsonl_field='body' names the field",
+    ("builtin", "python_corpus", "d.txt"),
+  ),
+]
 
 
-@pytest.mark.parametrize("source", ["builtin", "python_corpus", "docs.txt", "ids.npy"])
-def test_jsonl_field_is_refused_where_records_have_no_fields(tmp_path, source):
-  """data.jsonl_field names the field of JSONL / JSON ArrayRecord records: for a source without
-  fields it was ignored without a word; now it is refused."""
-  (tmp_path / "docs.txt").write_text("one document")
+@pytest.mark.parametrize(
+  "key, value, said, source",
+  [
+    pytest.param(k, v, said, s, id=f"{k}-{s}")
+    for k, v, said, sources in REFUSED_KEYS
+    for s in (*sources, "ids.npy")
+  ],
+)
+def test_a_data_key_is_refused_where_it_shapes_nothing(tmp_path, key, value, said, source):
+  """data.text_split cuts text files only, data.jsonl_field names the field of JSONL and JSON
+  ArrayRecord records: set for another source, each is refused, not ignored (jsonl_field was)."""
+  (tmp_path / "d.jsonl").write_text('{"text": "one\\n\\ntwo"}\n')
+  (tmp_path / "d.txt").write_text("one document")
   np.save(tmp_path / "ids.npy", np.array([1, 2, BYTE.eos_id, 3], np.int32))
-  if source.endswith(("txt", "npy")):
+  if "." in source:
     source = str(tmp_path / source)
-  with pytest.raises(UserError, match="jsonl_field='body' names the field of JSONL"):
-    make_source(DataConfig(source=source, jsonl_field="body"), BYTE)
+  with pytest.raises(UserError, match=said):
+    make_source(DataConfig(source=source, **{key: value}), BYTE)
   if source != "python_corpus":  # (indexing the installation takes a while)
     assert len(make_source(DataConfig(source=source), BYTE)) >= 1  # the default reads it
 
