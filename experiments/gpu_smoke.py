@@ -17,6 +17,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from parallax_jax.benchmarking import cli_checks  # noqa: E402
 from parallax_jax.testing.attention_cases import (  # noqa: E402
   CASES,
   CORE_CASES,
@@ -51,17 +52,14 @@ def run(case, interpret: bool) -> bool:
 
 
 def main(argv=None) -> int:
-  import jax
-
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--all", action="store_true", help="every case of the grid (default: core cases)")
   p.add_argument(
     "--interpret", action="store_true", help="Pallas interpret mode: the same cases on CPU (slow)"
   )
   args = p.parse_args(argv)
-  backend = jax.default_backend()
-  if not args.interpret and backend != "gpu":  # every case would end in the same traceback
-    p.error(f"compiles the kernels on a GPU, not on this {backend!r} host; pass --interpret")
+  if not args.interpret:  # off a GPU every case would end in the same traceback
+    cli_checks.gpu_host(p, "compiles the kernels", "pass --interpret")
   interpret = args.interpret
   results = []
   for case in CASES if args.all else CORE_CASES:

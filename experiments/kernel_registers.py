@@ -93,10 +93,7 @@ def main(argv=None):
   if args.child:
     compile_variant(args.child, args.head_dim)
     return None
-  import jax
-
-  if (backend := jax.default_backend()) != "gpu":  # every child would fail: error rows only
-    p.error(f"compiles the Mosaic GPU kernels on a GPU, not on this {backend!r} host")
+  cli_checks.gpu_host(p, "compiles the Mosaic GPU kernels")  # else error rows only
   now = datetime.datetime.now()
   command = run_info.command("experiments.kernel_registers", argv)
   result = bench_kernels.run_header(args, ("head_dim", "timeout"), now, command, shape=CHILD_SHAPE)

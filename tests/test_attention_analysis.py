@@ -3,6 +3,8 @@ test_run_record.py on a trained run)."""
 
 from pathlib import Path
 
+from cli_runner import script_error
+
 from experiments.attention_analysis import output_paths
 
 
@@ -21,10 +23,8 @@ def test_an_existing_output_is_refused_before_anything_runs(tmp_path, capsys):
   from experiments.memory_scaling import main as memory_main
 
   (tmp_path / "a.md").write_text("earlier result\n")
-  with pytest.raises(SystemExit) as exit_:
-    main(["--run", f"x={tmp_path / 'no_such_run'}", "--out", str(tmp_path / "a")])
-  err = capsys.readouterr().err  # argparse's one "<prog>: error: ..." line, exit 2
-  assert exit_.value.code == 2 and err.strip().splitlines()[-1].endswith(
+  argv = ["--run", f"x={tmp_path / 'no_such_run'}", "--out", str(tmp_path / "a")]
+  assert script_error(capsys, main, argv).endswith(
     f": error: --out {tmp_path / 'a'}: {tmp_path / 'a.md'} exist(s); pass a new stem"
   )
   assert (tmp_path / "a.md").read_text() == "earlier result\n"
@@ -38,16 +38,11 @@ def test_an_existing_output_is_refused_before_anything_runs(tmp_path, capsys):
 def test_a_run_not_given_as_name_equals_workdir_is_a_one_line_error(tmp_path, capsys):
   """``--run W`` (no ``name=``) and an existing --out ended with a bare message and exit 1, not
   argparse's ``<prog>: error:`` line and exit 2 of the other refusals."""
-  import pytest
 
   from experiments.attention_analysis import main
 
-  with pytest.raises(SystemExit) as exit_:
-    main(["--run", str(tmp_path / "w"), "--out", str(tmp_path / "a")])
-  err = capsys.readouterr().err
-  assert exit_.value.code == 2 and "Traceback" not in err
-  want = f": error: --run must be name=workdir, got {str(tmp_path / 'w')!r}"
-  assert err.strip().splitlines()[-1].endswith(want)
+  error = script_error(capsys, main, ["--run", str(tmp_path / "w"), "--out", str(tmp_path / "a")])
+  assert error.endswith(f": error: --run must be name=workdir, got {str(tmp_path / 'w')!r}")
   assert list(tmp_path.iterdir()) == []
 
 

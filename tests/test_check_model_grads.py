@@ -7,6 +7,7 @@ import argparse
 
 import numpy as np
 import pytest
+from cli_runner import script_error
 
 from experiments import check_model_grads as cmg
 from parallax_jax.errors import UserError
@@ -86,9 +87,6 @@ def test_sweep_point_is_chosen_by_its_variant_name():
 def test_a_point_argument_mistake_is_one_line_before_anything_runs(tmp_path, capsys, argv, says):
   """A --point matching several points ended in a bare message with exit 1; a --point beside
   --config was silently ignored (the run checked --config's model)."""
-  with pytest.raises(SystemExit) as exit_:
-    cmg.main([*argv, "--out-dir", str(tmp_path / "out")])
-  err = capsys.readouterr().err
-  assert exit_.value.code == 2 and "Traceback" not in err
-  assert err.strip().splitlines()[-1].endswith(f": error: {says}")
+  error = script_error(capsys, cmg.main, [*argv, "--out-dir", str(tmp_path / "out")])
+  assert error.endswith(f": error: {says}")
   assert not (tmp_path / "out").exists()

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from attention_cases import require_gpu
+from cli_runner import script_error
 
 from pallas_kernels.gpu import decode as gpu_decode
 from parallax_jax import DecodeTuning, parallax_decode
@@ -214,9 +215,5 @@ def test_bench_decode_refuses_bad_arguments_in_one_line(tmp_path, capsys, argv, 
   --smoke, was replaced by the smoke's shapes silently."""
   from experiments import bench_decode
 
-  with pytest.raises(SystemExit) as exit_:
-    bench_decode.main([*argv, "--out", str(tmp_path / "out")])
-  err = capsys.readouterr().err
-  assert exit_.value.code == 2 and "Traceback" not in err, err
-  assert says in err.strip().splitlines()[-1]
+  assert says in script_error(capsys, bench_decode.main, [*argv, "--out", str(tmp_path / "out")])
   assert not (tmp_path / "out").exists()

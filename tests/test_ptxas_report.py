@@ -7,6 +7,7 @@ import json
 
 import jax
 import pytest
+from cli_runner import script_error
 
 from experiments import kernel_registers
 from parallax_jax.benchmarking import ptxas_report
@@ -94,8 +95,6 @@ def test_kernel_registers_refuses_what_would_only_write_error_rows(
   wrote a result file of error rows (exit 0)."""
   monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
   monkeypatch.setattr(kernel_registers, "run_child", lambda *a: pytest.fail("a child ran"))
-  with pytest.raises(SystemExit) as exit_:
-    kernel_registers.main([*argv, "--out-dir", str(tmp_path / "out")])
-  err = capsys.readouterr().err
-  assert exit_.value.code == 2 and err.strip().splitlines()[-1].endswith(f": error: {says}")
+  error = script_error(capsys, kernel_registers.main, [*argv, "--out-dir", str(tmp_path / "out")])
+  assert error.endswith(f": error: {says}")
   assert not (tmp_path / "out").exists()

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import ml_collections
 import pytest
+from cli_runner import script_error
 from scipy import stats
 
 from parallax_jax.sweeps.config import build_sweep, cli_value, load_sweep, point_name
@@ -567,10 +568,7 @@ def test_seed_pairs_plot_draws_each_arms_paired_differences(tmp_path, capsys):
     (["--plot", str(tmp_path / "b.png"), "--arms", "muon+softmax"], "--arms muon+softmax: no"),
     (["--arms", "muon+parallax"], "--arms, --title and --overwrite go with --plot"),
   ):
-    with pytest.raises(SystemExit) as e:
-      seed_pairs.main([str(csv_path), *args])
-    err = capsys.readouterr().err
-    assert e.value.code == 2 and said in err.splitlines()[-1], err
+    assert said in script_error(capsys, seed_pairs.main, [str(csv_path), *args])
   assert sorted(p.name for p in tmp_path.iterdir()) == ["pairs.png", "results.csv"]
 
 

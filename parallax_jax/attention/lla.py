@@ -44,12 +44,11 @@ import numbers
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jaxtyping import Array, Float, Int
 
 from parallax_jax.attention.masking import MaskSpec
 from parallax_jax.attention.reference import effective_weights
-from parallax_jax.attention.validation import static_scale, window
+from parallax_jax.attention.validation import mask_args, static_scale
 
 
 def lla_attention(
@@ -98,10 +97,8 @@ def lla_attention(
     raise ValueError(f"ridge must be a finite Python number >= 0, got {ridge!r}")
   if segment_ids is not None and (segment_ids.shape != (b, tq) or tq != tk):
     raise ValueError(f"segment_ids{segment_ids.shape} must be [B, T] = {(b, tq)} with Tq == Tk")
-  if not isinstance(causal, bool | np.bool_):
-    raise TypeError(f"causal must be a bool, got {causal!r}.")
-  # The op's check: an int >= 1, capped at Tk (masks nothing more; no int32 overflow in the mask).
-  window_size = window(window_size, tk)
+  # The op's checks: the window an int >= 1, capped at Tk (no int32 overflow in the mask).
+  window_size = mask_args(causal, window_size, tk)
   out_dtype = q.dtype
   dt = jnp.promote_types(q.dtype, jnp.float32)
   c = static_scale(scale, d)  # a finite Python float, as every other attention path takes

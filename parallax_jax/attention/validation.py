@@ -98,6 +98,20 @@ def window(window_size, kv_len: int) -> int | None:
   return min(int(window_size), kv_len)
 
 
+def mask_args(causal, window_size, kv_len: int) -> int | None:
+  """Checks ``causal`` (a bool) and ``window_size`` (``window``; only with ``causal``) and
+  returns the window as ``window`` does."""
+  if not isinstance(causal, bool | np.bool_):
+    raise TypeError(f"causal must be a bool, got {causal!r}.")
+  window_size = window(window_size, kv_len)
+  if window_size is not None and not causal:
+    raise ValueError(
+      "window_size needs causal=True: the window keeps the W most recent keys "
+      "up to the diagonal. Pass causal=True or window_size=None."
+    )
+  return window_size
+
+
 def validate(
   q, r, k, v, *, scale, causal, window_size, segment_ids, interpret, block_sizes, deterministic=True
 ) -> CallSpec:
@@ -133,15 +147,7 @@ def validate(
   dtype = common_dtype({"q": q, "r": r, "k": k, "v": v}, "parallax_attention")
   scale = static_scale(scale, d)
 
-  if not isinstance(causal, bool | np.bool_):
-    raise TypeError(f"causal must be a bool, got {causal!r}.")
-  window_size = window(window_size, kv_len)
-  if window_size is not None:
-    if not causal:
-      raise ValueError(
-        "window_size needs causal=True: the window keeps the W most recent keys "
-        "up to the diagonal. Pass causal=True or window_size=None."
-      )
+  window_size = mask_args(causal, window_size, kv_len)
 
   if segment_ids is not None:
     seg_shape = array_shape("segment_ids", segment_ids)

@@ -45,6 +45,15 @@ def at_least(p: argparse.ArgumentParser, args, minimum: int, *names: str) -> Non
       p.error(f"--{name.replace('_', '-')}: must be >= {minimum}, got {value}")
 
 
+def gpu_host(p: argparse.ArgumentParser, what: str, fix: str = "") -> None:
+  """``p.error`` unless JAX's default backend is a GPU: ``what`` (e.g. "compiles the kernels")
+  would otherwise end in a traceback or error rows; ``fix`` says what to pass instead."""
+  import jax
+
+  if (backend := jax.default_backend()) != "gpu":
+    p.error(f"{what} on a GPU, not on this {backend!r} host" + (f"; {fix}" if fix else ""))
+
+
 def positive_ints(p: argparse.ArgumentParser, flag: str, text: str) -> list[int]:
   """``"1,32"`` -> ``[1, 32]``; anything but a comma list of ints >= 1 is ``p.error``."""
   try:

@@ -176,6 +176,12 @@ class Trainer:
     profiler = StepProfiler(
       metrics_out.tensorboard_dir, start, skip=tcfg.profile_skip_steps, steps=tcfg.profile_steps
     )
+
+    def save(step: int, state) -> None:
+      # The records before it made durable first: a resume re-logs only the steps after it.
+      metrics_out.sync()
+      self.checkpointer.save(step, state, self.data.state())
+
     with StopSignal(self.checkpointer.reached_preemption) as stop:
       try:
         if stop.stopped_in_setup():  # the state is the restored or initial one: nothing to save
@@ -225,16 +231,14 @@ class Trainer:
           if saved:
             saving = time.perf_counter()
             with timer.phase("checkpoint"):
-              metrics_out.sync()
-              self.checkpointer.save(done, state, self.data.state())
+              save(done, state)
             # A save's blocking part is not step time (as eval's is not): the next interval's
             # tokens/s and MFU measure the steps alone; time_checkpoint_s keeps the save's cost.
             last_log_time += time.perf_counter() - saving
           if done < tcfg.steps and stop.should_stop(done):  # every process, every step
             with timer.phase("checkpoint"):
               if not saved:
-                metrics_out.sync()
-                self.checkpointer.save(done, state, self.data.state())
+                save(done, state)
               self.checkpointer.wait()  # complete on disk before we exit
             raise Preempted(stop.signame, done)
       finally:
